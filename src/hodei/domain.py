@@ -1,0 +1,302 @@
+"""The domain: workers, their specs and statuses, and the rules for what a valid worker is.
+
+Nothing here knows about gRPC, SQL or Docker. Validation is one function over plain values
+(:func:`validate_worker_fields`), used by the client before it sends and by the scheduler when it receives, so
+that both sides name the same field with the same words.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+
+__all__ = [
+    "MAX_LABELS",
+    "MAX_LABEL_KEY_LENGTH",
+    "MAX_LABEL_VALUE_LENGTH",
+    "MAX_WORKER_ID_LENGTH",
+    "DynamicWorker",
+    "DynamicWorkerConfig",
+    "FieldViolation",
+    "WorkerCapabilities",
+    "WorkerRecord",
+    "WorkerStatus",
+    "WorkerType",
+    "validate_worker",
+    "validate_worker_fields",
+    "validate_worker_id",
+]
+
+MAX_WORKER_ID_LENGTH = 128
+MAX_CPU_CORES = 4096
+MAX_MEMORY_MB = 64 * 1024 * 1024  # 64 TiB
+MAX_DISK_MB = 1024 * 1024 * 1024  # 1 PiB
+MAX_GPU_COUNT = 1024
+MAX_LABELS = 64
+MAX_LABEL_KEY_LENGTH = 63
+MAX_LABEL_VALUE_LENGTH = 256
+MAX_NAME_LENGTH = 253  # pool, hostname, agent version
+
+_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+class WorkerType(str, enum.Enum):
+    """How a worker is run."""
+
+    DOCKER = "docker"
+    PROCESS = "process"
+    KUBERNETES = "kubernetes"
+    STATIC = "static"
+    MOCK = "mock"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WorkerStatus(str, enum.Enum):
+    """Lifecycle: PROVISIONING → REGISTERED → AVAILABLE ⇄ BUSY → DRAINING → UNREGISTERED → TERMINATED.
+
+    ``REGISTERED`` is the control plane's view once the scheduler acknowledged the worker; ``AVAILABLE`` is the
+    scheduler's. ``LOST`` means heartbeats stopped; ``FAILED`` that provisioning or registration failed.
+    """
+
+    PROVISIONING = "provisioning"
+    REGISTERED = "registered"
+    AVAILABLE = "available"
+    BUSY = "busy"
+    DRAINING = "draining"
+    LOST = "lost"
+    UNREGISTERED = "unregistered"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field, named by its path in the wire contract (``capabilities.cpu_cores``)."""
+
+    field: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.description}"
+
+
+def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(labels or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCapabilities:
+    """What a worker can run."""
+
+    cpu_cores: int
+    memory_mb: int
+    disk_mb: int = 0
+    gpu_count: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DynamicWorkerConfig:
+    """The shape of a worker to provision: ``DynamicWorkerConfig(worker_type=WorkerType.DOCKER, cpu_cores=4)``.
+
+    Values are not checked on construction; :meth:`violations` (and the registration adapter, before it sends)
+    reports every invalid field at once.
+    """
+
+    worker_type: WorkerType = WorkerType.DOCKER
+    cpu_cores: int = 2
+    memory_mb: int = 4096
+    disk_mb: int = 0
+    gpu_count: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    pool: str = "default"
+    image: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+    @property
+    def capabilities(self) -> WorkerCapabilities:
+        return WorkerCapabilities(self.cpu_cores, self.memory_mb, self.disk_mb, self.gpu_count)
+
+    def violations(self) -> list[FieldViolation]:
+        return validate_worker_fields(
+            worker_id=None,
+            worker_type=self.worker_type.value,
+            capabilities=self.capabilities,
+            labels=self.labels,
+            pool=self.pool,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicWorker:
+    """A worker as the control plane knows it: ``DynamicWorker("worker-1", WorkerType.DOCKER, config)``."""
+
+    worker_id: str
+    worker_type: WorkerType = WorkerType.DOCKER
+    config: DynamicWorkerConfig = field(default_factory=DynamicWorkerConfig)
+    status: WorkerStatus = WorkerStatus.PROVISIONING
+    incarnation: int = 0
+    hostname: str = ""
+
+    @property
+    def capabilities(self) -> WorkerCapabilities:
+        return self.config.capabilities
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.config.labels
+
+    @property
+    def pool(self) -> str:
+        return self.config.pool
+
+    def with_status(self, status: WorkerStatus) -> DynamicWorker:
+        return replace(self, status=status)
+
+    def violations(self) -> list[FieldViolation]:
+        return validate_worker(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """A worker as the scheduler's registry holds it."""
+
+    worker_id: str
+    worker_type: WorkerType
+    capabilities: WorkerCapabilities
+    status: WorkerStatus = WorkerStatus.AVAILABLE
+    labels: Mapping[str, str] = field(default_factory=dict)
+    pool: str = "default"
+    hostname: str = ""
+    agent_version: str = ""
+    incarnation: int = 0
+    registered_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+    def to_worker(self) -> DynamicWorker:
+        """The control plane's view of this record."""
+        config = DynamicWorkerConfig(
+            worker_type=self.worker_type,
+            cpu_cores=self.capabilities.cpu_cores,
+            memory_mb=self.capabilities.memory_mb,
+            disk_mb=self.capabilities.disk_mb,
+            gpu_count=self.capabilities.gpu_count,
+            labels=self.labels,
+            pool=self.pool,
+        )
+        return DynamicWorker(
+            self.worker_id, self.worker_type, config, self.status, self.incarnation, self.hostname
+        )
+
+
+def validate_worker_id(worker_id: str, *, field_name: str = "worker_id") -> list[FieldViolation]:
+    if not worker_id:
+        return [FieldViolation(field_name, "must not be empty")]
+    if len(worker_id) > MAX_WORKER_ID_LENGTH:
+        return [FieldViolation(field_name, f"must be at most {MAX_WORKER_ID_LENGTH} characters")]
+    if not _WORKER_ID.fullmatch(worker_id):
+        return [
+            FieldViolation(
+                field_name,
+                "must start with a letter or digit and contain only letters, digits, '.', '_' and '-'",
+            )
+        ]
+    return []
+
+
+def _range(name: str, value: int, low: int, high: int) -> list[FieldViolation]:
+    if value < low or value > high:
+        return [FieldViolation(name, f"must be between {low} and {high}, got {value}")]
+    return []
+
+
+def _name(name: str, value: str) -> list[FieldViolation]:
+    if value and (len(value) > MAX_NAME_LENGTH or not _NAME.fullmatch(value)):
+        return [
+            FieldViolation(
+                name,
+                f"must be at most {MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', "
+                "starting and ending with a letter or digit",
+            )
+        ]
+    return []
+
+
+def _labels(labels: Mapping[str, str], field_name: str) -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    if len(labels) > MAX_LABELS:
+        found.append(FieldViolation(field_name, f"at most {MAX_LABELS} labels, got {len(labels)}"))
+    for key, value in labels.items():
+        where = f"{field_name}[{key[:MAX_LABEL_KEY_LENGTH]!r}]"
+        if not key or len(key) > MAX_LABEL_KEY_LENGTH or not _LABEL_KEY.fullmatch(key):
+            found.append(
+                FieldViolation(
+                    where,
+                    f"key must be 1 to {MAX_LABEL_KEY_LENGTH} letters, digits, '.', '_', '/' or '-', "
+                    "starting and ending with a letter or digit",
+                )
+            )
+        if len(value) > MAX_LABEL_VALUE_LENGTH:
+            found.append(FieldViolation(where, f"value must be at most {MAX_LABEL_VALUE_LENGTH} characters"))
+    return found
+
+
+def validate_worker_fields(
+    *,
+    worker_id: str | None,
+    worker_type: str,
+    capabilities: WorkerCapabilities | None,
+    labels: Mapping[str, str],
+    pool: str = "",
+    hostname: str = "",
+    agent_version: str = "",
+) -> list[FieldViolation]:
+    """Every violation in one registration, with field paths as in the wire contract.
+
+    ``worker_id=None`` skips the id (a config has none yet); ``capabilities=None`` means the message had none.
+    """
+    found: list[FieldViolation] = []
+    if worker_id is not None:
+        found += validate_worker_id(worker_id)
+    if capabilities is None:
+        found.append(FieldViolation("capabilities", "is required"))
+    else:
+        found += _range("capabilities.cpu_cores", capabilities.cpu_cores, 1, MAX_CPU_CORES)
+        found += _range("capabilities.memory_mb", capabilities.memory_mb, 1, MAX_MEMORY_MB)
+        found += _range("capabilities.disk_mb", capabilities.disk_mb, 0, MAX_DISK_MB)
+        found += _range("capabilities.gpu_count", capabilities.gpu_count, 0, MAX_GPU_COUNT)
+    if worker_type not in {t.value for t in WorkerType}:
+        allowed = ", ".join(t.value for t in WorkerType)
+        found.append(FieldViolation("metadata.worker_type", f"must be one of {allowed}, got {worker_type!r}"))
+    found += _labels(labels, "metadata.labels")
+    found += _name("metadata.pool", pool)
+    found += _name("metadata.hostname", hostname)
+    found += _name("metadata.agent_version", agent_version)
+    return found
+
+
+def validate_worker(worker: DynamicWorker) -> list[FieldViolation]:
+    """Every violation in a worker the control plane is about to register."""
+    return validate_worker_fields(
+        worker_id=worker.worker_id,
+        worker_type=worker.worker_type.value,
+        capabilities=worker.capabilities,
+        labels=worker.labels,
+        pool=worker.pool,
+        hostname=worker.hostname,
+    )

@@ -1,0 +1,15 @@
+"""The control plane: provisioning, registration and decommissioning of workers."""
+
+from hodei.management.config import WorkerManagementConfig
+from hodei.management.service import DecommissionResult, ProvisionResult, WorkerManagementService
+from hodei.management.static import StaticWorkerFileError, load_static_workers, static_worker
+
+__all__ = [
+    "DecommissionResult",
+    "ProvisionResult",
+    "StaticWorkerFileError",
+    "WorkerManagementConfig",
+    "WorkerManagementService",
+    "load_static_workers",
+    "static_worker",
+]

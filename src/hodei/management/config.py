@@ -1,0 +1,29 @@
+"""WorkerManagementConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["WorkerManagementConfig"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerManagementConfig:
+    """What the management service does around provisioning.
+
+    ``destroy_on_registration_failure``: a worker whose registration failed is destroyed (default), so that
+    nothing runs unknown to the scheduler; set it to False to keep it for inspection.
+    ``provision_concurrency`` bounds the provider calls in flight in :meth:`provision_workers`;
+    ``stop_grace`` is the time a worker gets to stop before it is killed.
+    """
+
+    worker_id_prefix: str = "worker"
+    destroy_on_registration_failure: bool = True
+    provision_concurrency: int = 16
+    stop_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.provision_concurrency < 1:
+            raise ValueError(f"provision_concurrency must be >= 1, got {self.provision_concurrency}")
+        if self.stop_grace < 0:
+            raise ValueError(f"stop_grace must be >= 0, got {self.stop_grace}")

@@ -1,0 +1,175 @@
+"""WorkerManagementService: provisions workers, registers them, and takes them out of service again.
+
+The invariant it keeps: a worker it provisioned either ends registered with the scheduler, or is destroyed and
+reported to the caller with the reason (unless the configuration says to keep it) — never left running unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus
+from hodei.errors import HodeiError, InvalidWorkerData, ProviderError, ProvisioningError, RegistrationError
+from hodei.management.config import WorkerManagementConfig
+from hodei.ports import UnregistrationStatus, WorkerProvider
+from hodei.registration.adapter import BatchRegistrationResult, WorkerRegistrationAdapter
+
+__all__ = ["DecommissionResult", "ProvisionResult", "WorkerManagementService"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionResult:
+    """One worker of :meth:`WorkerManagementService.provision_workers`: ``worker`` or ``error``."""
+
+    worker_id: str
+    worker: DynamicWorker | None = None
+    error: HodeiError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class DecommissionResult:
+    worker_id: str
+    was_registered: bool
+
+
+class WorkerManagementService:
+    """``WorkerManagementService(provider, registration=adapter, config=WorkerManagementConfig())``.
+
+    Without a registration adapter it only provisions and destroys.
+    """
+
+    def __init__(
+        self,
+        provider: WorkerProvider,
+        *,
+        registration: WorkerRegistrationAdapter | None = None,
+        config: WorkerManagementConfig | None = None,
+    ) -> None:
+        self.provider = provider
+        self.registration = registration
+        self.config = config or WorkerManagementConfig()
+
+    @classmethod
+    def new_with_registration(
+        cls,
+        provider: WorkerProvider,
+        registration: WorkerRegistrationAdapter,
+        config: WorkerManagementConfig | None = None,
+    ) -> WorkerManagementService:
+        return cls(provider, registration=registration, config=config)
+
+    def new_worker_id(self) -> str:
+        return f"{self.config.worker_id_prefix}-{uuid.uuid4().hex[:12]}"
+
+    @staticmethod
+    def _check(config: DynamicWorkerConfig) -> None:
+        violations = config.violations()
+        if violations:
+            raise InvalidWorkerData("invalid worker configuration; nothing provisioned", violations=violations)
+
+    async def _destroy(self, worker_id: str) -> ProviderError | None:
+        try:
+            await self.provider.destroy(worker_id)
+        except ProviderError as error:
+            return error
+        return None
+
+    async def _give_up(self, worker_id: str, cause: HodeiError) -> ProvisioningError:
+        """Destroy a worker whose registration failed (unless configured to keep it); the error to raise."""
+        if not self.config.destroy_on_registration_failure:
+            return ProvisioningError(worker_id, cause, cleaned_up=False)
+        cleanup_error = await self._destroy(worker_id)
+        return ProvisioningError(
+            worker_id, cause, cleaned_up=cleanup_error is None, cleanup_error=cleanup_error
+        )
+
+    async def provision_worker(self, config: DynamicWorkerConfig, *, worker_id: str | None = None) -> DynamicWorker:
+        """Provision one worker and register it; it comes back with status ``REGISTERED``.
+
+        Raises :class:`~hodei.errors.InvalidWorkerData` for a bad config (nothing provisioned),
+        :class:`~hodei.errors.ProviderError` when provisioning fails, and
+        :class:`~hodei.errors.ProvisioningError` when registration fails (the worker is destroyed first).
+        """
+        self._check(config)
+        worker_id = worker_id or self.new_worker_id()
+        worker = await self.provider.provision(worker_id, config)
+        if self.registration is None:
+            return worker
+        try:
+            await self.registration.register_worker(worker)
+        except RegistrationError as error:
+            raise await self._give_up(worker_id, error) from error
+        except asyncio.CancelledError:
+            # Cancelled half-way: the worker must not outlive the caller's interest in it.
+            if self.config.destroy_on_registration_failure:
+                await asyncio.shield(self._destroy(worker_id))
+            raise
+        return worker.with_status(WorkerStatus.REGISTERED)
+
+    async def provision_workers(self, count: int, config: DynamicWorkerConfig) -> list[ProvisionResult]:
+        """Provision ``count`` workers (bounded concurrency) and register them with the batch call.
+
+        One result per worker; a worker that could not be registered is destroyed, as in
+        :meth:`provision_worker`.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._check(config)
+        ids = [self.new_worker_id() for _ in range(count)]
+        provisioned: dict[str, DynamicWorker] = {}
+        failures: dict[str, HodeiError] = {}
+        gate = asyncio.Semaphore(self.config.provision_concurrency)
+
+        async def provision_one(worker_id: str) -> None:
+            async with gate:
+                try:
+                    provisioned[worker_id] = await self.provider.provision(worker_id, config)
+                except ProviderError as error:
+                    failures[worker_id] = error
+
+        async with asyncio.TaskGroup() as group:
+            for worker_id in ids:
+                group.create_task(provision_one(worker_id))
+
+        if self.registration is not None and provisioned:
+            ready = [provisioned[i] for i in ids if i in provisioned]
+            for result in await self.registration.register_workers_batch(ready):
+                if result.error is not None:
+                    failures[result.worker_id] = await self._give_up(result.worker_id, result.error)
+                    del provisioned[result.worker_id]
+                else:
+                    provisioned[result.worker_id] = provisioned[result.worker_id].with_status(
+                        WorkerStatus.REGISTERED
+                    )
+        return [ProvisionResult(i, provisioned.get(i), failures.get(i)) for i in ids]
+
+    async def register_static_workers(self, workers: Sequence[DynamicWorker]) -> list[BatchRegistrationResult]:
+        """Register machines that exist already (no provisioning), in one batch."""
+        if self.registration is None:
+            raise RuntimeError("static workers need a registration adapter")
+        return await self.registration.register_workers_batch(workers)
+
+    async def decommission_worker(self, worker_id: str) -> DecommissionResult:
+        """Unregister the worker, then stop and destroy it — also when the scheduler had already forgotten it.
+
+        If unregistration fails, the worker is left running and registered (consistent) and the
+        :class:`~hodei.errors.RegistrationError` is raised, so the caller can try again.
+        """
+        was_registered = False
+        if self.registration is not None:
+            status = await self.registration.unregister_worker(worker_id)
+            was_registered = status is UnregistrationStatus.SUCCESS
+        await self.provider.stop(worker_id, grace=self.config.stop_grace)
+        await self.provider.destroy(worker_id)
+        return DecommissionResult(worker_id, was_registered)
+
+    async def list_workers(self) -> list[DynamicWorker]:
+        """The workers the provider owns."""
+        return await self.provider.list_workers()

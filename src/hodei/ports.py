@@ -1,0 +1,150 @@
+"""The ports: the smallest contracts the core needs from the outside world.
+
+- :class:`SchedulerPort` — how the control plane talks to the scheduler (``SchedulerPortClient`` over gRPC);
+- :class:`WorkerProvider` — how workers are created and destroyed (process, Docker, ``MockWorkerProvider``);
+- :class:`RegistryStore` — where the scheduler's registry keeps its records (memory; SQLite and PostgreSQL).
+
+They are :class:`typing.Protocol` s: fakes and third-party adapters satisfy them without inheriting.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType
+from hodei.errors import SchedulerError
+
+__all__ = [
+    "RegistrationReceipt",
+    "RegistryStore",
+    "SchedulerPort",
+    "UnregistrationStatus",
+    "UpsertOutcome",
+    "WorkerFilter",
+    "WorkerPage",
+    "WorkerProvider",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationReceipt:
+    """The scheduler's acknowledgement of one registration."""
+
+    record: WorkerRecord
+    created: bool
+
+
+class UnregistrationStatus(enum.Enum):
+    SUCCESS = "success"
+    NOT_REGISTERED = "not_registered"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerFilter:
+    """Which workers to list; an empty field does not filter."""
+
+    statuses: frozenset[WorkerStatus] = frozenset()
+    worker_type: WorkerType | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, record: WorkerRecord) -> bool:
+        if self.statuses and record.status not in self.statuses:
+            return False
+        if self.worker_type is not None and record.worker_type is not self.worker_type:
+            return False
+        return all(record.labels.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPage:
+    workers: Sequence[WorkerRecord]
+    next_page_token: str = ""
+
+
+@runtime_checkable
+class SchedulerPort(Protocol):
+    """The scheduler as the control plane sees it. Every method raises :class:`SchedulerError` kinds.
+
+    ``timeout`` is the deadline of one call, in seconds (``None``: no deadline).
+    """
+
+    async def register_worker(
+        self, worker: DynamicWorker, *, timeout: float | None = None
+    ) -> RegistrationReceipt: ...
+
+    async def register_workers(
+        self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
+    ) -> list[RegistrationReceipt | SchedulerError]:
+        """One entry per worker, in input order: its receipt, or the error that refused it."""
+        ...
+
+    async def unregister_worker(
+        self, worker_id: str, *, timeout: float | None = None
+    ) -> UnregistrationStatus: ...
+
+    async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None: ...
+
+    async def list_workers(
+        self,
+        worker_filter: WorkerFilter | None = None,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> WorkerPage: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WorkerProvider(Protocol):
+    """Creates and destroys the machines, containers or processes that workers run on.
+
+    Raises :class:`hodei.errors.ProviderError`. ``destroy`` of an unknown worker is not an error.
+    """
+
+    async def provision(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker: ...
+
+    async def status(self, worker_id: str) -> WorkerStatus | None: ...
+
+    async def stop(self, worker_id: str, *, grace: float = 10.0) -> None: ...
+
+    async def destroy(self, worker_id: str) -> None: ...
+
+    async def list_workers(self) -> list[DynamicWorker]: ...
+
+
+class UpsertOutcome(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    STALE = "stale"  # an older incarnation than the stored one: nothing written
+
+
+@runtime_checkable
+class RegistryStore(Protocol):
+    """Where the registry's records live. Writes are atomic per call.
+
+    ``upsert`` keeps the newest incarnation: a record whose incarnation is lower than the stored one is not
+    written (``STALE``); equal or higher replaces it, keeping the stored ``registered_at``.
+    """
+
+    async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        """Write each record; return, per record in order, what happened and the record now stored."""
+        ...
+
+    async def get(self, worker_id: str) -> WorkerRecord | None: ...
+
+    async def delete(self, worker_id: str) -> bool: ...
+
+    async def list(
+        self, worker_filter: WorkerFilter, *, after: str = "", limit: int = 100
+    ) -> list[WorkerRecord]:
+        """Records matching the filter with ``worker_id > after``, ordered by ``worker_id``."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def close(self) -> None: ...

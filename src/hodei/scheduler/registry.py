@@ -1,0 +1,153 @@
+"""The scheduler's worker registry: the authority on which workers exist and in what state.
+
+It validates every registration (the same rules the client applies before sending), keeps registration an
+idempotent upsert fenced by incarnation, and pages through its records in worker-id order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord, WorkerStatus, validate_worker
+from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation
+from hodei.ports import (
+    RegistrationReceipt,
+    RegistryStore,
+    UnregistrationStatus,
+    UpsertOutcome,
+    WorkerFilter,
+    WorkerPage,
+)
+
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_BATCH_SIZE", "MAX_PAGE_SIZE", "Admission", "WorkerRegistry"]
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_BATCH_SIZE = 1000
+
+Admission = Callable[[DynamicWorker], SchedulerError | None]
+"""Asked before each registration is written; an error refuses that worker (and only that one)."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def encode_page_token(last_worker_id: str) -> str:
+    return base64.urlsafe_b64encode(last_worker_id.encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii")).decode()
+    except (binascii.Error, UnicodeError, ValueError) as exc:
+        raise InvalidWorkerData(
+            "page_token is not a token this scheduler issued",
+            violations=[FieldViolation("page_token", "is not a token this scheduler issued")],
+        ) from exc
+
+
+class WorkerRegistry:
+    def __init__(
+        self,
+        store: RegistryStore,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        admission: Admission | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._admission = admission
+
+    @property
+    def store(self) -> RegistryStore:
+        return self._store
+
+    def _check(self, worker: DynamicWorker) -> WorkerRecord:
+        violations = validate_worker(worker)
+        if violations:
+            raise InvalidWorkerData(
+                f"worker {worker.worker_id!r} is invalid", worker_id=worker.worker_id, violations=violations
+            )
+        if self._admission is not None and (refusal := self._admission(worker)) is not None:
+            raise refusal
+        now = self._clock()
+        return WorkerRecord(
+            worker_id=worker.worker_id,
+            worker_type=worker.worker_type,
+            capabilities=worker.capabilities,
+            status=WorkerStatus.AVAILABLE,
+            labels=worker.labels,
+            pool=worker.pool,
+            hostname=worker.hostname,
+            incarnation=worker.incarnation,
+            registered_at=now,
+            updated_at=now,
+        )
+
+    @staticmethod
+    def _receipt(outcome: UpsertOutcome, stored: WorkerRecord, incarnation: int) -> RegistrationReceipt:
+        if outcome is UpsertOutcome.STALE:
+            raise StaleIncarnation(
+                f"worker {stored.worker_id!r}: incarnation {incarnation} is older than the registered "
+                f"incarnation {stored.incarnation}",
+                worker_id=stored.worker_id,
+            )
+        return RegistrationReceipt(stored, created=outcome is UpsertOutcome.CREATED)
+
+    async def register(self, worker: DynamicWorker) -> RegistrationReceipt:
+        """Register (or refresh) one worker; it is ``AVAILABLE`` once this returns."""
+        record = self._check(worker)
+        [(outcome, stored)] = await self._store.upsert([record])
+        return self._receipt(outcome, stored, worker.incarnation)
+
+    async def register_many(
+        self, workers: Sequence[DynamicWorker]
+    ) -> list[RegistrationReceipt | SchedulerError]:
+        """Register a batch in one store write; one entry per worker, in input order."""
+        results: list[RegistrationReceipt | SchedulerError | None] = [None] * len(workers)
+        accepted: list[tuple[int, WorkerRecord]] = []
+        for index, worker in enumerate(workers):
+            try:
+                accepted.append((index, self._check(worker)))
+            except SchedulerError as refusal:
+                results[index] = refusal
+        if accepted:
+            written = await self._store.upsert([record for _, record in accepted])
+            for (index, _), (outcome, stored) in zip(accepted, written, strict=True):
+                try:
+                    results[index] = self._receipt(outcome, stored, workers[index].incarnation)
+                except StaleIncarnation as stale:
+                    results[index] = stale
+        return [r for r in results if r is not None]
+
+    async def unregister(self, worker_id: str) -> UnregistrationStatus:
+        removed = await self._store.delete(worker_id)
+        return UnregistrationStatus.SUCCESS if removed else UnregistrationStatus.NOT_REGISTERED
+
+    async def get(self, worker_id: str) -> WorkerRecord | None:
+        return await self._store.get(worker_id)
+
+    async def list(
+        self, worker_filter: WorkerFilter | None = None, *, page_size: int = 0, page_token: str = ""
+    ) -> WorkerPage:
+        if page_size < 0:
+            raise InvalidWorkerData(
+                "page_size must not be negative",
+                violations=[FieldViolation("page_size", f"must not be negative, got {page_size}")],
+            )
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(page_token)
+        # One extra record tells whether another page follows.
+        found = await self._store.list(worker_filter or WorkerFilter(), after=after, limit=limit + 1)
+        if len(found) > limit:
+            return WorkerPage(found[:limit], encode_page_token(found[limit - 1].worker_id))
+        return WorkerPage(found)
+
+    async def count(self) -> int:
+        return await self._store.count()

@@ -1,0 +1,10 @@
+"""Test doubles that are real: a scheduler on loopback, one that fails on purpose, an in-memory provider.
+
+Shipped for people who test their own integrations with hodei; hodei's own suite uses the same.
+"""
+
+from hodei.testing._embedded import EmbeddedScheduler
+from hodei.testing._failing import REGISTRATION_METHODS, FailingScheduler
+from hodei.testing._provider import MockWorkerProvider
+
+__all__ = ["REGISTRATION_METHODS", "EmbeddedScheduler", "FailingScheduler", "MockWorkerProvider"]

@@ -1,0 +1,92 @@
+"""EmbeddedScheduler: a real scheduler (grpc.aio server + registry) on a free loopback port, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from hodei.domain import DynamicWorker, WorkerRecord
+from hodei.ports import RegistryStore, WorkerFilter
+from hodei.scheduler.registry import Admission, WorkerRegistry
+from hodei.scheduler.server import SchedulerServer
+from hodei.stores.memory import MemoryRegistryStore
+from hodei.transport.client import SchedulerPortClient
+
+__all__ = ["EmbeddedScheduler"]
+
+
+class EmbeddedScheduler:
+    """``async with EmbeddedScheduler() as scheduler:`` — then dial ``scheduler.target``.
+
+    It runs the real registry (in memory unless a store is given) behind the real gRPC service, so that what a
+    test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach the registry directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: RegistryStore | None = None,
+        admission: Admission | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.registry = WorkerRegistry(store or MemoryRegistryStore(), admission=admission)
+        self._server = SchedulerServer(self.registry, listen=f"{host}:0", interceptors=interceptors, grace=0.5)
+        self._channels: list[grpc.aio.Channel] = []
+
+    @classmethod
+    async def new(cls, **options: object) -> EmbeddedScheduler:
+        """Build and start one (the story's ``EmbeddedScheduler::new().await``); stop it with :meth:`stop`."""
+        return await cls(**options).start()  # type: ignore[arg-type]
+
+    @property
+    def target(self) -> str:
+        """The address to dial, ``127.0.0.1:<port>``."""
+        return self._server.address
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    async def start(self) -> Self:
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        """Close the channels it handed out and stop the server. Idempotent."""
+        channels, self._channels = self._channels, []
+        for channel in channels:
+            await channel.close()
+        await self._server.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def channel(self) -> grpc.aio.Channel:
+        """A new channel to this scheduler, closed when the scheduler stops."""
+        channel = grpc.aio.insecure_channel(self.target)
+        self._channels.append(channel)
+        return channel
+
+    def client(self) -> SchedulerPortClient:
+        """A :class:`SchedulerPortClient` on a channel closed when the scheduler stops."""
+        return SchedulerPortClient(self.channel())
+
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        return await self.registry.get(worker_id)
+
+    async def add_worker(self, worker: DynamicWorker) -> WorkerRecord:
+        """Register a worker directly in the registry, as if it had registered itself."""
+        return (await self.registry.register(worker)).record
+
+    async def workers(self) -> list[WorkerRecord]:
+        """Every registered worker, in worker-id order."""
+        return await self.registry.store.list(WorkerFilter(), limit=1 << 62)

@@ -1,0 +1,124 @@
+"""FailingScheduler: an EmbeddedScheduler that misbehaves on purpose, in the ways networks and servers do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+import grpc
+
+from hodei.domain import DynamicWorker
+from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
+from hodei.testing._embedded import EmbeddedScheduler
+from hodei.transport.codec import SERVICE_NAME
+from hodei.transport.status import grpc_code
+
+__all__ = ["REGISTRATION_METHODS", "FailingScheduler"]
+
+REGISTRATION_METHODS = frozenset({"RegisterWorker", "RegisterWorkers"})
+
+
+class _FaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, scheduler: FailingScheduler) -> None:
+        self._scheduler = scheduler
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        service, _, method = details.method.lstrip("/").partition("/")
+        if service != SERVICE_NAME or method not in self._scheduler.methods or handler is None:
+            return handler
+        return self._scheduler._wrap(handler)
+
+
+class FailingScheduler(EmbeddedScheduler):
+    """``FailingScheduler(2)`` fails the first two registration calls with ``UNAVAILABLE``, then behaves.
+
+    Options (all switchable later through the methods of the same names):
+
+    - ``code``: the status code of the injected failures;
+    - ``hang``: injected failures never answer (the caller's deadline ends them) instead of failing;
+    - ``delay``: every call that is not failed is served after this many seconds;
+    - ``refuse``: worker ids refused, each with its code, on every call (per worker inside a batch);
+    - ``methods``: which RPCs misbehave (default: the two registration calls).
+
+    ``calls`` counts the calls to those methods, ``failed_calls`` the ones that were failed or hung.
+    """
+
+    def __init__(
+        self,
+        failures: int = 1,
+        *,
+        code: ErrorCode = ErrorCode.UNAVAILABLE,
+        hang: bool = False,
+        delay: float = 0.0,
+        refuse: Mapping[str, ErrorCode] | None = None,
+        methods: Collection[str] = REGISTRATION_METHODS,
+        message: str = "injected failure",
+    ) -> None:
+        super().__init__(admission=self._admit, interceptors=[_FaultInterceptor(self)])
+        self.methods = frozenset(methods)
+        self.failures_left = failures
+        self.code = code
+        self.hang = hang
+        self.delay = delay
+        self.refused: dict[str, ErrorCode] = dict(refuse or {})
+        self.message = message
+        self.calls = 0
+        self.failed_calls = 0
+
+    def fail_next(self, count: int, *, code: ErrorCode | None = None, hang: bool = False) -> None:
+        """Fail (or hang) the next ``count`` calls."""
+        self.failures_left = count
+        self.hang = hang
+        if code is not None:
+            self.code = code
+
+    def set_delay(self, seconds: float) -> None:
+        self.delay = seconds
+
+    def refuse(self, worker_id: str, code: ErrorCode = ErrorCode.PERMISSION_DENIED) -> None:
+        self.refused[worker_id] = code
+
+    def _admit(self, worker: DynamicWorker) -> SchedulerError | None:
+        code = self.refused.get(worker.worker_id)
+        if code is None:
+            return None
+        return scheduler_error_for(code, f"worker {worker.worker_id!r} refused by FailingScheduler")
+
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        self.calls += 1
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            self.failed_calls += 1
+            behaviour = self._hang_forever if self.hang else self._fail
+        elif self.delay > 0:
+            behaviour = self._delayed(handler.unary_unary, self.delay)
+        else:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _fail(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc_code(self.code), self.message)
+
+    @staticmethod
+    async def _hang_forever(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await asyncio.Event().wait()
+
+    @staticmethod
+    def _delayed(
+        serve: Callable[[Any, Any], Awaitable[Any]], seconds: float
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def delayed(request: Any, context: Any) -> Any:
+            await asyncio.sleep(seconds)
+            return await serve(request, context)
+
+        return delayed

@@ -1,0 +1,262 @@
+"""The only door to the generated protobuf code: proto messages <-> domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hodei.domain import (
+    DynamicWorker,
+    DynamicWorkerConfig,
+    FieldViolation,
+    WorkerCapabilities,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+    validate_worker_fields,
+)
+from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerError, scheduler_error_for
+from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
+from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
+from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+
+__all__ = [
+    "SERVICE_NAME",
+    "filter_from_proto",
+    "filter_to_proto",
+    "pb",
+    "pb_grpc",
+    "receipt_from_proto",
+    "record_from_proto",
+    "record_to_proto",
+    "registration_result_to_proto",
+    "result_from_proto",
+    "status_from_proto",
+    "status_to_proto",
+    "unregistration_from_proto",
+    "unregistration_to_proto",
+    "worker_from_request",
+    "worker_to_request",
+]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+
+_STATUS_TO_PROTO = {status: pb.WorkerStatus.Value(f"WORKER_STATUS_{status.name}") for status in WorkerStatus}
+_STATUS_FROM_PROTO = {value: status for status, value in _STATUS_TO_PROTO.items()}
+_WORKER_TYPES = {t.value: t for t in WorkerType}
+
+
+def status_to_proto(status: WorkerStatus) -> int:
+    return _STATUS_TO_PROTO[status]
+
+
+def status_from_proto(value: int) -> WorkerStatus:
+    try:
+        return _STATUS_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidWorkerData(
+            f"unknown worker status {value}",
+            violations=[FieldViolation("statuses", f"unknown worker status {value}")],
+        ) from None
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _moment(stamp: Timestamp, present: bool) -> datetime | None:
+    return stamp.ToDatetime(tzinfo=UTC) if present else None
+
+
+def _capabilities_to_proto(capabilities: WorkerCapabilities) -> pb.WorkerCapabilities:
+    return pb.WorkerCapabilities(
+        cpu_cores=capabilities.cpu_cores,
+        memory_mb=capabilities.memory_mb,
+        disk_mb=capabilities.disk_mb,
+        gpu_count=capabilities.gpu_count,
+    )
+
+
+def _capabilities_from_proto(message: pb.WorkerCapabilities) -> WorkerCapabilities:
+    return WorkerCapabilities(message.cpu_cores, message.memory_mb, message.disk_mb, message.gpu_count)
+
+
+def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
+    return pb.RegisterWorkerRequest(
+        worker_id=worker.worker_id,
+        capabilities=_capabilities_to_proto(worker.capabilities),
+        metadata=pb.WorkerMetadata(
+            worker_type=worker.worker_type.value,
+            labels=dict(worker.labels),
+            pool=worker.pool,
+            hostname=worker.hostname,
+        ),
+        incarnation=worker.incarnation,
+    )
+
+
+def worker_from_request(request: pb.RegisterWorkerRequest) -> DynamicWorker:
+    """Decode a registration. What the domain cannot even represent (an unknown worker type, no capabilities)
+    is reported here, with every other violation of the same request; the registry checks the rest."""
+    worker_type = _WORKER_TYPES.get(request.metadata.worker_type)
+    has_capabilities = request.HasField("capabilities")
+    capabilities = _capabilities_from_proto(request.capabilities)
+    labels = dict(request.metadata.labels)
+    if worker_type is None or not has_capabilities:
+        violations = validate_worker_fields(
+            worker_id=request.worker_id,
+            worker_type=request.metadata.worker_type,
+            capabilities=capabilities if has_capabilities else None,
+            labels=labels,
+            pool=request.metadata.pool,
+            hostname=request.metadata.hostname,
+            agent_version=request.metadata.agent_version,
+        )
+        raise InvalidWorkerData(
+            f"worker {request.worker_id!r} is invalid", worker_id=request.worker_id, violations=violations
+        )
+    config = DynamicWorkerConfig(
+        worker_type=worker_type,
+        cpu_cores=capabilities.cpu_cores,
+        memory_mb=capabilities.memory_mb,
+        disk_mb=capabilities.disk_mb,
+        gpu_count=capabilities.gpu_count,
+        labels=labels,
+        pool=request.metadata.pool or "default",
+    )
+    return DynamicWorker(
+        request.worker_id,
+        worker_type,
+        config,
+        incarnation=request.incarnation,
+        hostname=request.metadata.hostname,
+    )
+
+
+def record_to_proto(record: WorkerRecord) -> pb.Worker:
+    return pb.Worker(
+        worker_id=record.worker_id,
+        status=status_to_proto(record.status),
+        capabilities=_capabilities_to_proto(record.capabilities),
+        metadata=pb.WorkerMetadata(
+            worker_type=record.worker_type.value,
+            labels=dict(record.labels),
+            pool=record.pool,
+            hostname=record.hostname,
+            agent_version=record.agent_version,
+        ),
+        incarnation=record.incarnation,
+        registered_at=_timestamp(record.registered_at),
+        updated_at=_timestamp(record.updated_at),
+    )
+
+
+def record_from_proto(message: pb.Worker) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id=message.worker_id,
+        worker_type=_WORKER_TYPES.get(message.metadata.worker_type, WorkerType.MOCK),
+        capabilities=_capabilities_from_proto(message.capabilities),
+        status=_STATUS_FROM_PROTO.get(message.status, WorkerStatus.FAILED),
+        labels=dict(message.metadata.labels),
+        pool=message.metadata.pool,
+        hostname=message.metadata.hostname,
+        agent_version=message.metadata.agent_version,
+        incarnation=message.incarnation,
+        registered_at=_moment(message.registered_at, message.HasField("registered_at")),
+        updated_at=_moment(message.updated_at, message.HasField("updated_at")),
+    )
+
+
+def receipt_from_proto(message: pb.RegisterWorkerResponse | pb.WorkerRegistrationResult) -> RegistrationReceipt:
+    return RegistrationReceipt(record_from_proto(message.worker), created=message.created)
+
+
+def _error_to_proto(error: SchedulerError) -> pb.WorkerError:
+    return pb.WorkerError(
+        code=int(error.code),
+        message=error.message,
+        field_violations=[pb.FieldViolation(field=v.field, description=v.description) for v in error.violations],
+        retry_delay_ms=round(error.retry_after * 1000) if error.retry_after else 0,
+    )
+
+
+def registration_result_to_proto(
+    worker_id: str, outcome: RegistrationReceipt | SchedulerError
+) -> pb.WorkerRegistrationResult:
+    if isinstance(outcome, SchedulerError):
+        return pb.WorkerRegistrationResult(
+            worker_id=worker_id,
+            status=pb.REGISTRATION_STATUS_FAILED,
+            error=_error_to_proto(outcome),
+        )
+    return pb.WorkerRegistrationResult(
+        worker_id=worker_id,
+        status=pb.REGISTRATION_STATUS_SUCCESS,
+        worker=record_to_proto(outcome.record),
+        created=outcome.created,
+    )
+
+
+def result_from_proto(message: pb.WorkerRegistrationResult) -> RegistrationReceipt | SchedulerError:
+    if message.status == pb.REGISTRATION_STATUS_SUCCESS:
+        return receipt_from_proto(message)
+    error = message.error
+    try:
+        code = ErrorCode(error.code)
+    except ValueError:
+        code = ErrorCode.UNKNOWN
+    if code is ErrorCode.OK:  # a failed result must carry an error; treat a missing one as the server's bug
+        code = ErrorCode.INTERNAL
+    return scheduler_error_for(
+        code,
+        error.message or "the scheduler refused the worker without saying why",
+        worker_id=message.worker_id,
+        violations=[FieldViolation(v.field, v.description) for v in error.field_violations],
+        retry_after=error.retry_delay_ms / 1000 if error.retry_delay_ms else None,
+    )
+
+
+def unregistration_to_proto(status: UnregistrationStatus) -> int:
+    if status is UnregistrationStatus.SUCCESS:
+        return pb.UNREGISTRATION_STATUS_SUCCESS
+    return pb.UNREGISTRATION_STATUS_NOT_REGISTERED
+
+
+def unregistration_from_proto(value: int) -> UnregistrationStatus:
+    if value == pb.UNREGISTRATION_STATUS_SUCCESS:
+        return UnregistrationStatus.SUCCESS
+    if value == pb.UNREGISTRATION_STATUS_NOT_REGISTERED:
+        return UnregistrationStatus.NOT_REGISTERED
+    raise scheduler_error_for(ErrorCode.INTERNAL, f"the scheduler answered an unknown unregistration status {value}")
+
+
+def filter_to_proto(worker_filter: WorkerFilter) -> dict[str, object]:
+    return {
+        "statuses": [status_to_proto(s) for s in sorted(worker_filter.statuses)],
+        "worker_type": worker_filter.worker_type.value if worker_filter.worker_type else "",
+        "labels": dict(worker_filter.labels),
+    }
+
+
+def filter_from_proto(request: pb.ListWorkersRequest) -> WorkerFilter:
+    worker_type: WorkerType | None = None
+    if request.worker_type:
+        worker_type = _WORKER_TYPES.get(request.worker_type)
+        if worker_type is None:
+            allowed = ", ".join(_WORKER_TYPES)
+            raise InvalidWorkerData(
+                f"unknown worker type {request.worker_type!r}",
+                violations=[FieldViolation("worker_type", f"must be one of {allowed}")],
+            )
+    labels: Mapping[str, str] = dict(request.labels)
+    return WorkerFilter(
+        statuses=frozenset(status_from_proto(s) for s in request.statuses),
+        worker_type=worker_type,
+        labels=labels,
+    )

@@ -1,0 +1,85 @@
+"""Rich gRPC status: SchedulerError <-> status code + google.rpc details (BadRequest, RetryInfo).
+
+The server side turns a domain error into the code, message and ``grpc-status-details-bin`` trailer once; the
+client side turns any ``grpc.aio.AioRpcError`` back into the matching :class:`SchedulerError` kind, keeping
+the original code and message.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+from hodei.domain import FieldViolation
+from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
+
+__all__ = ["STATUS_DETAILS_KEY", "error_from_rpc", "grpc_code", "status_trailer"]
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_code(code: ErrorCode) -> grpc.StatusCode:
+    return _GRPC_CODES[int(code)]
+
+
+def status_trailer(error: SchedulerError) -> tuple[tuple[str, bytes], ...]:
+    """The trailing metadata that carries the error's details, or nothing if it has none."""
+    details: list[any_pb2.Any] = []
+    if error.violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    if error.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(round(error.retry_after * 1000))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
+    if not details:
+        return ()
+    status = status_pb2.Status(code=int(error.code), message=error.message, details=details)
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+def _details(error: grpc.aio.AioRpcError) -> tuple[list[FieldViolation], float | None]:
+    violations: list[FieldViolation] = []
+    retry_after: float | None = None
+    for key, value in error.trailing_metadata() or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            continue  # unreadable details must not hide the code and message
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations += [FieldViolation(v.field, v.description) for v in bad_request.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToMilliseconds() / 1000
+    return violations, retry_after
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError, *, worker_id: str | None = None) -> SchedulerError:
+    """The :class:`SchedulerError` kind for a failed call, with code, message and details kept."""
+    code = ErrorCode(error.code().value[0])
+    violations, retry_after = _details(error)
+    return scheduler_error_for(
+        code,
+        error.details() or code.name,
+        worker_id=worker_id,
+        violations=violations,
+        retry_after=retry_after,
+    )
