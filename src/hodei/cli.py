@@ -1,0 +1,135 @@
+"""The ``hodei`` command. It only parses, calls the composition root, and prints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
+from hodei.views import workers_table
+
+app = typer.Typer(help="hodei: workers that auto-register with the scheduler.", no_args_is_help=True)
+scheduler_app = typer.Typer(help="Run the scheduler.", no_args_is_help=True)
+workers_app = typer.Typer(help="Look at and manage the scheduler's workers.", no_args_is_help=True)
+app.add_typer(scheduler_app, name="scheduler")
+app.add_typer(workers_app, name="workers")
+
+console = Console()
+T = TypeVar("T")
+SchedulerOption = Annotated[str, typer.Option("--scheduler", "-s", help="Scheduler address, HOST:PORT.")]
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``a=1,b=2`` -> {"a": "1", "b": "2"}."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"label {item!r} is not KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+@scheduler_app.command("serve")
+def scheduler_serve(
+    listen: Annotated[str, typer.Option(help="Address to listen on, HOST:PORT.")] = "127.0.0.1:50051",
+) -> None:
+    """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
+    from hodei.bootstrap import build_scheduler
+
+    async def serve() -> None:
+        server = build_scheduler(listen=listen)
+        address = await server.start()
+        console.print(f"hodei scheduler listening on {address} (store: memory)", highlight=False)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+            console.print("hodei scheduler stopped")
+
+    asyncio.run(serve())
+
+
+@workers_app.command("list")
+def workers_list(
+    scheduler: SchedulerOption = "127.0.0.1:50051",
+    status: Annotated[list[WorkerStatus] | None, typer.Option(help="Only this status (repeatable).")] = None,
+    worker_type: Annotated[WorkerType | None, typer.Option("--type", help="Only this worker type.")] = None,
+    labels: Annotated[str, typer.Option(help="Only workers with these labels, k=v,...")] = "",
+) -> None:
+    """List the registered workers."""
+    from hodei.ports import WorkerFilter
+    from hodei.transport.client import SchedulerPortClient
+
+    worker_filter = WorkerFilter(
+        statuses=frozenset(status or ()), worker_type=worker_type, labels=parse_labels(labels)
+    )
+
+    async def fetch() -> list[WorkerRecord]:
+        records: list[WorkerRecord] = []
+        async with SchedulerPortClient(scheduler) as client:
+            token = ""
+            while True:
+                page = await client.list_workers(worker_filter, page_size=1000, page_token=token, timeout=10)
+                records += page.workers
+                token = page.next_page_token
+                if not token:
+                    return records
+
+    records = _run_against_scheduler(fetch())
+    console.print(workers_table(records, f"{len(records)} worker(s) on {scheduler}"))
+
+
+@workers_app.command("unregister")
+def workers_unregister(worker_id: str, scheduler: SchedulerOption = "127.0.0.1:50051") -> None:
+    """Unregister one worker (idempotent)."""
+    from hodei.transport.client import SchedulerPortClient
+
+    async def unregister() -> str:
+        async with SchedulerPortClient(scheduler) as client:
+            return (await client.unregister_worker(worker_id, timeout=10)).value
+
+    console.print(f"{worker_id}: {_run_against_scheduler(unregister())}")
+
+
+def _run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
+    from hodei.errors import SchedulerError
+
+    try:
+        return asyncio.run(work)
+    except SchedulerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(min=1, max=200, help="How many workers to provision.")] = 5,
+) -> None:
+    """Start a scheduler, provision workers, watch them become AVAILABLE, decommission them."""
+    from hodei.demo import run_demo
+
+    asyncio.run(run_demo(console, workers))
+
+
+@app.command()
+def version() -> None:
+    """Print hodei's version."""
+    from hodei import __version__
+
+    console.print(__version__)
+
+
+def main() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        app()
