@@ -1,4 +1,4 @@
-"""Shared test helpers. The fixtures embedded_scheduler, scheduler_client, failing_scheduler and
+"""Helpers shared by the tests. The fixtures embedded_scheduler, scheduler_client, failing_scheduler and
 mock_worker_provider come from hodei's own pytest plugin (hodei.testing.pytest_plugin)."""
 
 from __future__ import annotations
