@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## provision workers against an embedded scheduler and show them registered
 	$(BIN)/hodei demo
 
+# coverage runs pytest (rather than pytest-cov) so that it measures hodei from the first import, which
+# happens when pytest loads hodei's own plugin.
 test: $(STAMP)  ## the whole suite, with the coverage floor of the adapter and the port client
-	$(BIN)/python -m pytest --cov --cov-report= $(PYTEST_ARGS)
+	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='$(FULL_COVERAGE)' --fail-under=100
 
 test-fast: $(STAMP)  ## the suite without coverage

@@ -12,7 +12,7 @@ from hodei.domain import DynamicWorker
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.transport.codec import SERVICE_NAME
-from hodei.transport.status import grpc_code
+from hodei.transport.status import grpc_code, status_trailer
 
 __all__ = ["REGISTRATION_METHODS", "FailingScheduler"]
 
@@ -41,6 +41,7 @@ class FailingScheduler(EmbeddedScheduler):
     Options (all switchable later through the methods of the same names):
 
     - ``code``: the status code of the injected failures;
+    - ``retry_after``: seconds of ``google.rpc.RetryInfo`` advice sent with each injected failure;
     - ``hang``: injected failures never answer (the caller's deadline ends them) instead of failing;
     - ``delay``: every call that is not failed is served after this many seconds;
     - ``refuse``: worker ids refused, each with its code, on every call (per worker inside a batch);
@@ -56,6 +57,7 @@ class FailingScheduler(EmbeddedScheduler):
         code: ErrorCode = ErrorCode.UNAVAILABLE,
         hang: bool = False,
         delay: float = 0.0,
+        retry_after: float | None = None,
         refuse: Mapping[str, ErrorCode] | None = None,
         methods: Collection[str] = REGISTRATION_METHODS,
         message: str = "injected failure",
@@ -66,6 +68,7 @@ class FailingScheduler(EmbeddedScheduler):
         self.code = code
         self.hang = hang
         self.delay = delay
+        self.retry_after = retry_after
         self.refused: dict[str, ErrorCode] = dict(refuse or {})
         self.message = message
         self.calls = 0
@@ -107,7 +110,8 @@ class FailingScheduler(EmbeddedScheduler):
         )
 
     async def _fail(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc_code(self.code), self.message)
+        error = scheduler_error_for(self.code, self.message, retry_after=self.retry_after)
+        await context.abort(grpc_code(self.code), self.message, trailing_metadata=status_trailer(error))
 
     @staticmethod
     async def _hang_forever(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

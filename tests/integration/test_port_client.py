@@ -1,0 +1,225 @@
+"""SchedulerPortClient over real gRPC: every method, every status code, and servers that misbehave."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from hodei import (
+    AccessDenied,
+    ErrorCode,
+    InvalidWorkerData,
+    RegistrationCancelled,
+    SchedulerConflict,
+    SchedulerError,
+    SchedulerInternalError,
+    SchedulerOverloaded,
+    SchedulerPortClient,
+    SchedulerTimeout,
+    SchedulerUnavailable,
+    StaleIncarnation,
+    UnregistrationStatus,
+    WorkerAlreadyExists,
+    WorkerFilter,
+    WorkerNotFound,
+    WorkerStatus,
+    WorkerType,
+)
+from hodei.errors import SchedulerOverloaded as Overloaded
+from hodei.testing import EmbeddedScheduler, FailingScheduler
+from hodei.transport.codec import pb, pb_grpc
+from hodei.transport.status import STATUS_DETAILS_KEY, status_trailer
+from tests.helpers import make_worker
+
+EXPECTED_KIND: dict[ErrorCode, type[SchedulerError]] = {
+    ErrorCode.CANCELLED: RegistrationCancelled,
+    ErrorCode.UNKNOWN: SchedulerInternalError,
+    ErrorCode.INVALID_ARGUMENT: InvalidWorkerData,
+    ErrorCode.DEADLINE_EXCEEDED: SchedulerTimeout,
+    ErrorCode.NOT_FOUND: WorkerNotFound,
+    ErrorCode.ALREADY_EXISTS: WorkerAlreadyExists,
+    ErrorCode.PERMISSION_DENIED: AccessDenied,
+    ErrorCode.RESOURCE_EXHAUSTED: SchedulerOverloaded,
+    ErrorCode.FAILED_PRECONDITION: StaleIncarnation,
+    ErrorCode.ABORTED: SchedulerConflict,
+    ErrorCode.OUT_OF_RANGE: InvalidWorkerData,
+    ErrorCode.UNIMPLEMENTED: SchedulerInternalError,
+    ErrorCode.INTERNAL: SchedulerInternalError,
+    ErrorCode.UNAVAILABLE: SchedulerUnavailable,
+    ErrorCode.DATA_LOSS: SchedulerInternalError,
+    ErrorCode.UNAUTHENTICATED: AccessDenied,
+}
+
+
+def test_every_non_ok_code_has_an_expected_kind() -> None:
+    assert set(EXPECTED_KIND) == set(ErrorCode) - {ErrorCode.OK}
+
+
+@pytest.mark.parametrize("code", sorted(EXPECTED_KIND))
+async def test_each_status_code_maps_to_its_error_kind_keeping_code_and_message(code: ErrorCode) -> None:
+    async with FailingScheduler(1, code=code, message=f"boom {code.name}") as scheduler:
+        async with SchedulerPortClient(scheduler.target) as client:
+            with pytest.raises(SchedulerError) as raised:
+                await client.register_worker(make_worker("w-1"))
+
+    assert type(raised.value) is EXPECTED_KIND[code]
+    assert raised.value.code is code
+    assert raised.value.message == f"boom {code.name}"
+    assert raised.value.worker_id == "w-1"
+    assert isinstance(raised.value.__cause__, grpc.aio.AioRpcError)
+
+
+async def test_client_owns_a_channel_it_made_and_closes_it_once() -> None:
+    async with EmbeddedScheduler() as scheduler:
+        client = SchedulerPortClient(scheduler.target)
+        assert client.target == scheduler.target
+        await client.register_worker(make_worker())
+        await client.close()
+        await client.close()  # idempotent
+
+        with pytest.raises(grpc.aio.UsageError):
+            await client.get_worker("test-worker")
+
+
+async def test_client_leaves_a_channel_it_was_given_open() -> None:
+    async with EmbeddedScheduler() as scheduler:
+        channel = scheduler.channel()
+        async with SchedulerPortClient(channel) as client:
+            await client.register_worker(make_worker())
+
+        async with SchedulerPortClient(channel) as again:
+            assert await again.get_worker("test-worker") is not None
+
+
+async def test_every_method_round_trips_through_a_real_scheduler() -> None:
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
+        receipt = await client.register_worker(make_worker("a", labels={"zone": "x"}, pool="gpu"))
+        batch = await client.register_workers([make_worker("b"), make_worker("c", cpu_cores=0)])
+        got = await client.get_worker("a")
+        page = await client.list_workers(WorkerFilter(labels={"zone": "x"}), page_size=10)
+        all_workers = await client.list_workers()
+        removed = await client.unregister_worker("a")
+        missing = await client.get_worker("a")
+
+    assert receipt.created and receipt.record.status is WorkerStatus.AVAILABLE
+    assert receipt.record.pool == "gpu" and receipt.record.labels == {"zone": "x"}
+    assert not isinstance(batch[0], SchedulerError) and batch[0].record.worker_id == "b"
+    assert isinstance(batch[1], InvalidWorkerData)
+    assert batch[1].worker_id == "c"
+    assert [v.field for v in batch[1].violations] == ["capabilities.cpu_cores"]
+    assert got is not None and got.worker_type is WorkerType.DOCKER and got.registered_at is not None
+    assert [w.worker_id for w in page.workers] == ["a"] and page.next_page_token == ""
+    assert [w.worker_id for w in all_workers.workers] == ["a", "b"]
+    assert removed is UnregistrationStatus.SUCCESS
+    assert missing is None
+
+
+@pytest.mark.parametrize(
+    ("method", "call"),
+    [
+        ("RegisterWorkers", lambda c: c.register_workers([make_worker()])),
+        ("UnregisterWorker", lambda c: c.unregister_worker("w")),
+        ("GetWorker", lambda c: c.get_worker("w")),
+        ("ListWorkers", lambda c: c.list_workers()),
+    ],
+)
+async def test_failed_calls_of_every_method_raise_the_mapped_error(
+    method: str, call: Callable[[SchedulerPortClient], Any]
+) -> None:
+    async with FailingScheduler(1, methods={method}) as scheduler, SchedulerPortClient(scheduler.target) as client:
+        with pytest.raises(SchedulerUnavailable):
+            await call(client)
+        assert scheduler.failed_calls == 1
+
+
+async def test_retry_info_is_read_from_the_status_details() -> None:
+    async with FailingScheduler(
+        1, code=ErrorCode.RESOURCE_EXHAUSTED, retry_after=1.25
+    ) as scheduler, SchedulerPortClient(scheduler.target) as client:
+        with pytest.raises(Overloaded) as raised:
+            await client.register_worker(make_worker())
+
+    assert raised.value.retry_after == 1.25
+
+
+class MisbehavingServicer(pb_grpc.SchedulerServiceServicer):
+    """A scheduler that breaks the contract in the ways a buggy or foreign server might."""
+
+    def __init__(self, trailer: tuple[tuple[str, Any], ...] = ()) -> None:
+        self.trailer = trailer
+
+    async def RegisterWorkers(self, request: Any, context: Any) -> Any:
+        return pb.RegisterWorkersResponse(results=[])  # one result short per worker
+
+    async def UnregisterWorker(self, request: Any, context: Any) -> Any:
+        return pb.UnregisterWorkerResponse(status=pb.UNREGISTRATION_STATUS_UNSPECIFIED)
+
+    async def RegisterWorker(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "", trailing_metadata=self.trailer)
+
+
+@pytest_asyncio.fixture
+async def misbehaving() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[grpc.aio.Server] = []
+
+    async def start(servicer: MisbehavingServicer) -> str:
+        server = grpc.aio.server()
+        pb_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        await server.stop(0)
+
+
+async def test_batch_answer_with_the_wrong_number_of_results_is_an_internal_error(
+    misbehaving: Callable[..., Any],
+) -> None:
+    async with SchedulerPortClient(await misbehaving(MisbehavingServicer())) as client:
+        with pytest.raises(SchedulerInternalError, match="0 results for 2 workers"):
+            await client.register_workers([make_worker("a"), make_worker("b")])
+
+
+async def test_unknown_unregistration_status_is_an_internal_error(misbehaving: Callable[..., Any]) -> None:
+    async with SchedulerPortClient(await misbehaving(MisbehavingServicer())) as client:
+        with pytest.raises(SchedulerInternalError, match="unknown unregistration status 0"):
+            await client.unregister_worker("a")
+
+
+async def test_unreadable_status_details_keep_the_code_and_fall_back_to_the_code_name(
+    misbehaving: Callable[..., Any],
+) -> None:
+    trailer = (("other-key-bin", b"\x00"), (STATUS_DETAILS_KEY, b"\xff\xff not a status"))
+    async with SchedulerPortClient(await misbehaving(MisbehavingServicer(trailer))) as client:
+        with pytest.raises(InvalidWorkerData) as raised:
+            await client.register_worker(make_worker())
+
+    assert raised.value.message == "INVALID_ARGUMENT"
+    assert raised.value.violations == ()
+    assert raised.value.retry_after is None
+
+
+async def test_status_details_of_unknown_types_are_ignored(misbehaving: Callable[..., Any]) -> None:
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+
+    unknown = any_pb2.Any()
+    unknown.Pack(error_details_pb2.DebugInfo(detail="stack"))
+    status = status_pb2.Status(code=3, message="x", details=[unknown])
+    trailer = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    async with SchedulerPortClient(await misbehaving(MisbehavingServicer(trailer))) as client:
+        with pytest.raises(InvalidWorkerData) as raised:
+            await client.register_worker(make_worker())
+
+    assert raised.value.violations == ()
+
+
+def test_an_error_without_details_needs_no_trailer() -> None:
+    assert status_trailer(SchedulerUnavailable("down")) == ()

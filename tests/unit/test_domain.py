@@ -1,0 +1,402 @@
+"""The domain: how workers are built, and what makes one valid (every invalid field named by its wire path)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+
+from hodei.domain import (
+    DynamicWorker,
+    DynamicWorkerConfig,
+    FieldViolation,
+    WorkerCapabilities,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+    validate_worker,
+    validate_worker_fields,
+)
+from tests.helpers import make_worker
+
+VALID_CAPABILITIES = WorkerCapabilities(cpu_cores=2, memory_mb=4096)
+
+
+def fields_of(violations: list[FieldViolation]) -> list[str]:
+    return [violation.field for violation in violations]
+
+
+def violations_for(**overrides: object) -> list[FieldViolation]:
+    """validate_worker_fields over a valid registration with some fields replaced."""
+    values: dict[str, object] = {
+        "worker_id": "worker-1",
+        "worker_type": "docker",
+        "capabilities": VALID_CAPABILITIES,
+        "labels": {},
+        "pool": "default",
+        "hostname": "",
+        "agent_version": "",
+    }
+    values.update(overrides)
+    return validate_worker_fields(**values)  # type: ignore[arg-type]
+
+
+# --- construction ---------------------------------------------------------------------------------------
+
+
+def test_config_is_constructed_with_keywords_and_defaults_the_rest() -> None:
+    config = DynamicWorkerConfig(worker_type=WorkerType.DOCKER, cpu_cores=4, memory_mb=8192)
+
+    assert config.worker_type is WorkerType.DOCKER
+    assert config.capabilities == WorkerCapabilities(cpu_cores=4, memory_mb=8192, disk_mb=0, gpu_count=0)
+    assert dict(config.labels) == {}
+    assert config.pool == "default"
+    assert config.image is None
+    assert config.violations() == []
+
+
+def test_worker_is_constructed_positionally_and_starts_provisioning() -> None:
+    config = DynamicWorkerConfig()
+    worker = DynamicWorker("worker-1", WorkerType.DOCKER, config)
+
+    assert worker.worker_id == "worker-1"
+    assert worker.worker_type is WorkerType.DOCKER
+    assert worker.config is config
+    assert worker.status is WorkerStatus.PROVISIONING
+    assert worker.incarnation == 0
+    assert worker.hostname == ""
+    assert worker.capabilities == WorkerCapabilities(cpu_cores=2, memory_mb=4096)
+    assert worker.pool == "default"
+    assert worker.violations() == []
+
+
+def test_labels_cannot_be_changed_after_construction() -> None:
+    labels = {"arch": "amd64"}
+    config = DynamicWorkerConfig(labels=labels)
+    worker = DynamicWorker("worker-1", WorkerType.DOCKER, config)
+
+    with pytest.raises(TypeError):
+        config.labels["arch"] = "arm64"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        worker.labels["os"] = "linux"  # type: ignore[index]
+    labels["arch"] = "arm64"  # the caller's dict was copied, not kept
+
+    assert dict(worker.labels) == {"arch": "amd64"}
+
+
+def test_record_labels_cannot_be_changed_after_construction() -> None:
+    record = WorkerRecord(
+        worker_id="worker-1",
+        worker_type=WorkerType.DOCKER,
+        capabilities=VALID_CAPABILITIES,
+        labels={"arch": "amd64"},
+    )
+
+    with pytest.raises(TypeError):
+        record.labels["arch"] = "arm64"  # type: ignore[index]
+    assert dict(record.labels) == {"arch": "amd64"}
+
+
+def test_workers_and_configs_are_frozen() -> None:
+    worker = make_worker("worker-1")
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        worker.status = WorkerStatus.AVAILABLE  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        worker.config.cpu_cores = 8  # type: ignore[misc]
+
+
+def test_with_status_returns_a_new_worker_and_leaves_the_original_unchanged() -> None:
+    worker = make_worker("worker-1", cpu_cores=4)
+
+    available = worker.with_status(WorkerStatus.AVAILABLE)
+
+    assert available.status is WorkerStatus.AVAILABLE
+    assert worker.status is WorkerStatus.PROVISIONING
+    assert available == dataclasses.replace(worker, status=WorkerStatus.AVAILABLE)
+
+
+def test_record_to_worker_carries_every_field_the_control_plane_knows() -> None:
+    moment = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    record = WorkerRecord(
+        worker_id="worker-1",
+        worker_type=WorkerType.PROCESS,
+        capabilities=WorkerCapabilities(cpu_cores=8, memory_mb=16384, disk_mb=100_000, gpu_count=2),
+        status=WorkerStatus.BUSY,
+        labels={"arch": "amd64"},
+        pool="gpu",
+        hostname="build-01.lan",
+        agent_version="1.2.3",
+        incarnation=7,
+        registered_at=moment,
+        updated_at=moment,
+    )
+
+    worker = record.to_worker()
+
+    assert worker == DynamicWorker(
+        "worker-1",
+        WorkerType.PROCESS,
+        DynamicWorkerConfig(
+            worker_type=WorkerType.PROCESS,
+            cpu_cores=8,
+            memory_mb=16384,
+            disk_mb=100_000,
+            gpu_count=2,
+            labels={"arch": "amd64"},
+            pool="gpu",
+        ),
+        WorkerStatus.BUSY,
+        7,
+        "build-01.lan",
+    )
+
+
+# --- worker id ------------------------------------------------------------------------------------------
+
+
+def test_an_empty_worker_id_is_reported() -> None:
+    assert violations_for(worker_id="") == [FieldViolation("worker_id", "must not be empty")]
+
+
+def test_a_worker_id_of_128_characters_is_accepted() -> None:
+    assert violations_for(worker_id="w" * 128) == []
+
+
+def test_a_worker_id_of_129_characters_is_reported() -> None:
+    assert violations_for(worker_id="w" * 129) == [
+        FieldViolation("worker_id", "must be at most 128 characters")
+    ]
+
+
+@pytest.mark.parametrize("worker_id", ["worker 1", "-worker", ".worker", "worker/1", "wörker", "worker:1"])
+def test_a_worker_id_with_bad_characters_is_reported(worker_id: str) -> None:
+    assert fields_of(violations_for(worker_id=worker_id)) == ["worker_id"]
+
+
+@pytest.mark.parametrize("worker_id", ["w", "1", "worker-1", "Worker_1.a-b", "0.0.0"])
+def test_a_worker_id_of_letters_digits_dots_underscores_and_dashes_is_accepted(worker_id: str) -> None:
+    assert violations_for(worker_id=worker_id) == []
+
+
+def test_a_config_has_no_worker_id_to_check() -> None:
+    assert violations_for(worker_id=None) == []
+
+
+# --- capabilities ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "field"),
+    [
+        (WorkerCapabilities(cpu_cores=0, memory_mb=4096), "capabilities.cpu_cores"),
+        (WorkerCapabilities(cpu_cores=-1, memory_mb=4096), "capabilities.cpu_cores"),
+        (WorkerCapabilities(cpu_cores=4097, memory_mb=4096), "capabilities.cpu_cores"),
+        (WorkerCapabilities(cpu_cores=2, memory_mb=0), "capabilities.memory_mb"),
+        (WorkerCapabilities(cpu_cores=2, memory_mb=-1), "capabilities.memory_mb"),
+        (WorkerCapabilities(cpu_cores=2, memory_mb=64 * 1024 * 1024 + 1), "capabilities.memory_mb"),
+        (WorkerCapabilities(cpu_cores=2, memory_mb=4096, disk_mb=-1), "capabilities.disk_mb"),
+        (WorkerCapabilities(cpu_cores=2, memory_mb=4096, disk_mb=1024**3 + 1), "capabilities.disk_mb"),
+        (WorkerCapabilities(cpu_cores=2, memory_mb=4096, gpu_count=-1), "capabilities.gpu_count"),
+        (WorkerCapabilities(cpu_cores=2, memory_mb=4096, gpu_count=1025), "capabilities.gpu_count"),
+    ],
+)
+def test_a_capability_out_of_range_is_reported_by_its_field(
+    capabilities: WorkerCapabilities, field: str
+) -> None:
+    assert fields_of(violations_for(capabilities=capabilities)) == [field]
+
+
+def test_a_capability_violation_says_the_range_and_the_value() -> None:
+    capabilities = WorkerCapabilities(cpu_cores=0, memory_mb=4096)
+
+    assert violations_for(capabilities=capabilities) == [
+        FieldViolation("capabilities.cpu_cores", "must be between 1 and 4096, got 0")
+    ]
+
+
+def test_capabilities_at_their_limits_are_accepted() -> None:
+    lowest = WorkerCapabilities(cpu_cores=1, memory_mb=1, disk_mb=0, gpu_count=0)
+    highest = WorkerCapabilities(
+        cpu_cores=4096, memory_mb=64 * 1024 * 1024, disk_mb=1024**3, gpu_count=1024
+    )
+
+    assert violations_for(capabilities=lowest) == []
+    assert violations_for(capabilities=highest) == []
+
+
+def test_missing_capabilities_are_reported() -> None:
+    assert violations_for(capabilities=None) == [FieldViolation("capabilities", "is required")]
+
+
+# --- worker type ----------------------------------------------------------------------------------------
+
+
+def test_an_unknown_worker_type_is_reported() -> None:
+    assert violations_for(worker_type="vm") == [
+        FieldViolation(
+            "metadata.worker_type", "must be one of docker, process, kubernetes, static, mock, got 'vm'"
+        )
+    ]
+
+
+@pytest.mark.parametrize("worker_type", list(WorkerType))
+def test_every_known_worker_type_is_accepted(worker_type: WorkerType) -> None:
+    assert violations_for(worker_type=worker_type.value) == []
+
+
+# --- labels ---------------------------------------------------------------------------------------------
+
+
+def test_64_labels_are_accepted() -> None:
+    labels = {f"key-{n}": "value" for n in range(64)}
+
+    assert violations_for(labels=labels) == []
+
+
+def test_65_labels_are_reported() -> None:
+    labels = {f"key-{n}": "value" for n in range(65)}
+
+    assert violations_for(labels=labels) == [FieldViolation("metadata.labels", "at most 64 labels, got 65")]
+
+
+@pytest.mark.parametrize("key", ["bad key", "-key", "key-", "", "k" * 64, "kéy"])
+def test_a_bad_label_key_is_reported_at_its_own_path(key: str) -> None:
+    where = f"metadata.labels[{key[:63]!r}]"
+
+    assert fields_of(violations_for(labels={key: "value"})) == [where]
+
+
+def test_a_label_key_with_spaces_is_named_exactly() -> None:
+    assert fields_of(violations_for(labels={"bad key": "v"})) == ["metadata.labels['bad key']"]
+
+
+@pytest.mark.parametrize("key", ["k", "arch", "kubernetes.io/arch", "a_b-c.d", "k" * 63])
+def test_a_well_formed_label_key_is_accepted(key: str) -> None:
+    assert violations_for(labels={key: "value"}) == []
+
+
+def test_a_label_value_of_256_characters_is_accepted() -> None:
+    assert violations_for(labels={"note": "v" * 256}) == []
+
+
+def test_an_over_long_label_value_is_reported_at_its_key() -> None:
+    assert violations_for(labels={"note": "v" * 257}) == [
+        FieldViolation("metadata.labels['note']", "value must be at most 256 characters")
+    ]
+
+
+def test_a_label_with_a_bad_key_and_an_over_long_value_reports_both() -> None:
+    violations = violations_for(labels={"bad key": "v" * 257})
+
+    assert fields_of(violations) == ["metadata.labels['bad key']", "metadata.labels['bad key']"]
+    assert violations[1].description == "value must be at most 256 characters"
+
+
+# --- pool, hostname, agent version ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["pool", "hostname", "agent_version"])
+@pytest.mark.parametrize("value", ["-pool", "pool-", "my pool", "pool!", "x" * 254])
+def test_a_bad_name_is_reported_at_its_metadata_path(field: str, value: str) -> None:
+    assert fields_of(violations_for(**{field: value})) == [f"metadata.{field}"]
+
+
+@pytest.mark.parametrize("field", ["pool", "hostname", "agent_version"])
+@pytest.mark.parametrize("value", ["", "a", "build-01.lan", "1.2.3", "gpu_pool", "x" * 253])
+def test_a_well_formed_or_empty_name_is_accepted(field: str, value: str) -> None:
+    assert violations_for(**{field: value}) == []
+
+
+# --- all at once ----------------------------------------------------------------------------------------
+
+
+def test_every_violation_of_one_registration_is_reported_together_in_field_order() -> None:
+    violations = validate_worker_fields(
+        worker_id="bad id",
+        worker_type="vm",
+        capabilities=WorkerCapabilities(cpu_cores=0, memory_mb=-1, disk_mb=-1, gpu_count=-1),
+        labels={"bad key": "v", "note": "v" * 257},
+        pool="-pool",
+        hostname="bad host",
+        agent_version="1.0-",
+    )
+
+    assert fields_of(violations) == [
+        "worker_id",
+        "capabilities.cpu_cores",
+        "capabilities.memory_mb",
+        "capabilities.disk_mb",
+        "capabilities.gpu_count",
+        "metadata.worker_type",
+        "metadata.labels['bad key']",
+        "metadata.labels['note']",
+        "metadata.pool",
+        "metadata.hostname",
+        "metadata.agent_version",
+    ]
+
+
+def test_validate_worker_reports_every_violation_of_a_worker_together() -> None:
+    config = DynamicWorkerConfig(
+        worker_type=WorkerType.DOCKER,
+        cpu_cores=0,
+        memory_mb=0,
+        disk_mb=-5,
+        gpu_count=-1,
+        labels={"bad key": "v"},
+        pool="bad pool",
+    )
+    worker = DynamicWorker("", WorkerType.DOCKER, config, hostname="-host")
+
+    expected = [
+        "worker_id",
+        "capabilities.cpu_cores",
+        "capabilities.memory_mb",
+        "capabilities.disk_mb",
+        "capabilities.gpu_count",
+        "metadata.labels['bad key']",
+        "metadata.pool",
+        "metadata.hostname",
+    ]
+    assert fields_of(validate_worker(worker)) == expected
+    assert worker.violations() == validate_worker(worker)
+
+
+def test_config_violations_report_every_invalid_field_but_no_worker_id() -> None:
+    config = DynamicWorkerConfig(
+        worker_type=WorkerType.KUBERNETES,
+        cpu_cores=-2,
+        memory_mb=64 * 1024 * 1024 + 1,
+        labels={f"key-{n}": "v" for n in range(65)},
+        pool="pool-",
+    )
+
+    assert fields_of(config.violations()) == [
+        "capabilities.cpu_cores",
+        "capabilities.memory_mb",
+        "metadata.labels",
+        "metadata.pool",
+    ]
+
+
+def test_a_valid_worker_has_no_violations() -> None:
+    config = DynamicWorkerConfig(
+        worker_type=WorkerType.STATIC,
+        cpu_cores=8,
+        memory_mb=16384,
+        disk_mb=500_000,
+        gpu_count=1,
+        labels={"arch": "amd64", "kubernetes.io/os": "linux"},
+        pool="static",
+    )
+    worker = DynamicWorker("build-01", WorkerType.STATIC, config, hostname="build-01.lan")
+
+    assert validate_worker(worker) == []
+
+
+def test_a_field_violation_reads_as_field_then_description() -> None:
+    assert str(FieldViolation("capabilities.cpu_cores", "must be positive")) == (
+        "capabilities.cpu_cores: must be positive"
+    )
