@@ -73,7 +73,9 @@ def committed() -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if the committed code is out of date")
     args = parser.parse_args()
     wanted = render()
@@ -89,7 +91,9 @@ def main() -> int:
         target = OUTPUT / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
-    (OUTPUT / "__init__.py").write_text(HEADER + '"""Generated protobuf code; reach it through hodei.transport.codec."""\n')
+    (OUTPUT / "__init__.py").write_text(
+        HEADER + '"""Generated protobuf code; reach it through hodei.transport.codec."""\n'
+    )
     print(f"wrote {len(wanted)} files under {OUTPUT.relative_to(ROOT)}")
     return 0
 

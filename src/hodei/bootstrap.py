@@ -19,7 +19,9 @@ from hodei.transport.client import SchedulerPortClient
 __all__ = ["build_control_plane", "build_scheduler"]
 
 
-def build_scheduler(*, listen: str = "127.0.0.1:50051", store: RegistryStore | None = None) -> SchedulerServer:
+def build_scheduler(
+    *, listen: str = "127.0.0.1:50051", store: RegistryStore | None = None
+) -> SchedulerServer:
     """A scheduler server over a registry on ``store`` (memory by default), not yet started."""
     return SchedulerServer(WorkerRegistry(store or MemoryRegistryStore()), listen=listen)
 

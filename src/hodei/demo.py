@@ -55,8 +55,10 @@ async def run_demo(console: Console, count: int) -> None:
             f"[bold]4.[/bold] decommissioned {len(ok)} workers in {decommissioned * 1000:.1f} ms; "
             f"{len(left.workers)} left registered, {len(provider.orphans)} left running"
         )
-        verdict = "[green]OK[/green]" if available == count and not left.workers and not provider.orphans else (
-            "[red]FAILED[/red]"
+        verdict = (
+            "[green]OK[/green]"
+            if available == count and not left.workers and not provider.orphans
+            else ("[red]FAILED[/red]")
         )
         console.print(
             f"[bold]summary[/bold] {verdict}: {count} provisioned, {available} AVAILABLE, "

@@ -46,7 +46,7 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
-class WorkerType(str, enum.Enum):
+class WorkerType(enum.StrEnum):
     """How a worker is run."""
 
     DOCKER = "docker"
@@ -55,11 +55,8 @@ class WorkerType(str, enum.Enum):
     STATIC = "static"
     MOCK = "mock"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class WorkerStatus(str, enum.Enum):
+class WorkerStatus(enum.StrEnum):
     """Lifecycle: PROVISIONING → REGISTERED → AVAILABLE ⇄ BUSY → DRAINING → UNREGISTERED → TERMINATED.
 
     ``REGISTERED`` is the control plane's view once the scheduler acknowledged the worker; ``AVAILABLE`` is the
@@ -75,9 +72,6 @@ class WorkerStatus(str, enum.Enum):
     UNREGISTERED = "unregistered"
     TERMINATED = "terminated"
     FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

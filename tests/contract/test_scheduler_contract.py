@@ -68,7 +68,9 @@ async def test_register_then_unregister_with_the_raw_stub(stub: pb_grpc.Schedule
     assert response.worker.status == pb.WORKER_STATUS_AVAILABLE
     assert response.worker.registered_at.seconds > 0
 
-    unregister_response = await stub.UnregisterWorker(pb.UnregisterWorkerRequest(worker_id="contract-test-worker"))
+    unregister_response = await stub.UnregisterWorker(
+        pb.UnregisterWorkerRequest(worker_id="contract-test-worker")
+    )
     assert unregister_response.status == pb.UNREGISTRATION_STATUS_SUCCESS
 
     again = await stub.UnregisterWorker(pb.UnregisterWorkerRequest(worker_id="contract-test-worker"))
@@ -103,10 +105,19 @@ async def test_empty_worker_id_is_invalid_argument_naming_the_field(
         ({"worker_id": "a" * 129}, ["worker_id"]),
         ({"worker_id": "no spaces"}, ["worker_id"]),
         ({"capabilities": pb.WorkerCapabilities(cpu_cores=0, memory_mb=1)}, ["capabilities.cpu_cores"]),
-        ({"capabilities": pb.WorkerCapabilities(cpu_cores=-2, memory_mb=-1)}, ["capabilities.cpu_cores", "capabilities.memory_mb"]),
+        (
+            {"capabilities": pb.WorkerCapabilities(cpu_cores=-2, memory_mb=-1)},
+            ["capabilities.cpu_cores", "capabilities.memory_mb"],
+        ),
         ({"metadata": pb.WorkerMetadata(worker_type="vm")}, ["metadata.worker_type"]),
-        ({"metadata": pb.WorkerMetadata(worker_type="docker", labels={f"k{i}": "v" for i in range(65)})}, ["metadata.labels"]),
-        ({"metadata": pb.WorkerMetadata(worker_type="docker", labels={"-bad": "v"})}, ["metadata.labels['-bad']"]),
+        (
+            {"metadata": pb.WorkerMetadata(worker_type="docker", labels={f"k{i}": "v" for i in range(65)})},
+            ["metadata.labels"],
+        ),
+        (
+            {"metadata": pb.WorkerMetadata(worker_type="docker", labels={"-bad": "v"})},
+            ["metadata.labels['-bad']"],
+        ),
         ({"metadata": pb.WorkerMetadata(worker_type="docker", pool="bad pool")}, ["metadata.pool"]),
     ],
 )
@@ -167,7 +178,10 @@ async def test_batch_answers_one_result_per_worker_in_input_order(
         pb.REGISTRATION_STATUS_SUCCESS,
     ]
     assert [r.error.code for r in response.results] == [0, 3, 3, 0]  # google.rpc.Code INVALID_ARGUMENT
-    assert [v.field for v in response.results[1].error.field_violations] == ["worker_id", "metadata.worker_type"]
+    assert [v.field for v in response.results[1].error.field_violations] == [
+        "worker_id",
+        "metadata.worker_type",
+    ]
     assert [v.field for v in response.results[2].error.field_violations] == ["capabilities.memory_mb"]
     assert sorted(r.worker_id for r in await scheduler.workers()) == ["b-0", "b-1"]
 
@@ -176,7 +190,9 @@ async def test_batch_over_1000_workers_is_refused_whole(
     stub: pb_grpc.SchedulerServiceStub, scheduler: EmbeddedScheduler
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.RegisterWorkers(pb.RegisterWorkersRequest(workers=[request(f"w-{i}") for i in range(1001)]))
+        await stub.RegisterWorkers(
+            pb.RegisterWorkersRequest(workers=[request(f"w-{i}") for i in range(1001)])
+        )
 
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(raised.value) == ["workers"]
@@ -238,7 +254,9 @@ async def test_health_service_reports_serving_for_the_server_and_the_scheduler_s
     assert scheduler_service.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_reflection_lists_the_scheduler_health_and_reflection_services(channel: grpc.aio.Channel) -> None:
+async def test_reflection_lists_the_scheduler_health_and_reflection_services(
+    channel: grpc.aio.Channel,
+) -> None:
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
 
     async def one_request() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
@@ -264,7 +282,10 @@ async def test_reflection_serves_the_contract_file(channel: grpc.aio.Channel) ->
 async def test_deadline_shorter_than_the_call_is_deadline_exceeded() -> None:
     from hodei.testing import FailingScheduler
 
-    async with FailingScheduler(0, delay=0.5) as scheduler, grpc.aio.insecure_channel(scheduler.target) as chan:
+    async with (
+        FailingScheduler(0, delay=0.5) as scheduler,
+        grpc.aio.insecure_channel(scheduler.target) as chan,
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await pb_grpc.SchedulerServiceStub(chan).RegisterWorker(request(), timeout=0.1)
 

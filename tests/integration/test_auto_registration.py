@@ -82,7 +82,9 @@ async def test_registration_succeeds_after_two_failures_and_waits_the_backoff() 
 
 async def test_always_failing_scheduler_raises_max_retries_exceeded() -> None:
     async with FailingScheduler(100) as scheduler, SchedulerPortClient(scheduler.target) as port:
-        registration_adapter = WorkerRegistrationAdapter(port, RegistrationConfig(max_retries=3, base_backoff=0.01))
+        registration_adapter = WorkerRegistrationAdapter(
+            port, RegistrationConfig(max_retries=3, base_backoff=0.01)
+        )
 
         with pytest.raises(MaxRetriesExceeded) as raised:
             await registration_adapter.register_worker(make_worker())
@@ -152,7 +154,10 @@ async def test_lifecycle_provision_register_unregister_cleanup_leaves_nothing() 
 
 async def test_partial_batch_failure_registers_the_rest_and_names_each_failure() -> None:
     refused = {"refused-1": ErrorCode.PERMISSION_DENIED, "refused-2": ErrorCode.FAILED_PRECONDITION}
-    async with FailingScheduler(0, refuse=refused) as scheduler, SchedulerPortClient(scheduler.target) as port:
+    async with (
+        FailingScheduler(0, refuse=refused) as scheduler,
+        SchedulerPortClient(scheduler.target) as port,
+    ):
         registration_adapter = WorkerRegistrationAdapter(port)
         workers = [
             make_worker("good-1"),
@@ -174,7 +179,9 @@ async def test_partial_batch_failure_registers_the_rest_and_names_each_failure()
             ErrorCode.FAILED_PRECONDITION,
             ErrorCode.INVALID_ARGUMENT,
         ]
-        assert results[2].error is not None and results[2].error.violations[0].field == "capabilities.cpu_cores"
+        assert (
+            results[2].error is not None and results[2].error.violations[0].field == "capabilities.cpu_cores"
+        )
         assert sorted(r.worker_id for r in await scheduler.workers()) == ["good-1", "good-2"]
 
 
@@ -207,7 +214,9 @@ def _closed_port() -> int:
 
 async def test_scheduler_not_listening_exhausts_retries_with_unavailable() -> None:
     async with SchedulerPortClient(f"127.0.0.1:{_closed_port()}") as port:
-        registration_adapter = WorkerRegistrationAdapter(port, RegistrationConfig(max_retries=2, base_backoff=0.01))
+        registration_adapter = WorkerRegistrationAdapter(
+            port, RegistrationConfig(max_retries=2, base_backoff=0.01)
+        )
 
         with pytest.raises(MaxRetriesExceeded) as raised:
             await registration_adapter.register_worker(make_worker())
@@ -234,7 +243,8 @@ async def test_call_hanging_past_registration_timeout_ends_in_deadline_exceeded(
 
 
 @pytest.mark.parametrize(
-    "code", [ErrorCode.INVALID_ARGUMENT, ErrorCode.PERMISSION_DENIED, ErrorCode.UNAUTHENTICATED, ErrorCode.INTERNAL]
+    "code",
+    [ErrorCode.INVALID_ARGUMENT, ErrorCode.PERMISSION_DENIED, ErrorCode.UNAUTHENTICATED, ErrorCode.INTERNAL],
 )
 async def test_permanent_errors_are_not_retried(code: ErrorCode) -> None:
     async with FailingScheduler(100, code=code) as scheduler, SchedulerPortClient(scheduler.target) as port:
@@ -249,9 +259,10 @@ async def test_permanent_errors_are_not_retried(code: ErrorCode) -> None:
 
 
 async def test_scheduler_advice_to_wait_is_honoured_instead_of_the_backoff() -> None:
-    async with FailingScheduler(
-        1, code=ErrorCode.RESOURCE_EXHAUSTED, retry_after=0.5
-    ) as scheduler, SchedulerPortClient(scheduler.target) as port:
+    async with (
+        FailingScheduler(1, code=ErrorCode.RESOURCE_EXHAUSTED, retry_after=0.5) as scheduler,
+        SchedulerPortClient(scheduler.target) as port,
+    ):
         registration_adapter = WorkerRegistrationAdapter(port, RegistrationConfig(base_backoff=0.01))
 
         started = time.monotonic()
@@ -268,7 +279,9 @@ async def test_batch_retries_a_chunk_refused_by_a_failing_scheduler_and_register
             port, RegistrationConfig(base_backoff=0.01, batch_size=10, batch_concurrency=1)
         )
 
-        results = await registration_adapter.register_workers_batch([make_worker(f"w-{i}") for i in range(30)])
+        results = await registration_adapter.register_workers_batch(
+            [make_worker(f"w-{i}") for i in range(30)]
+        )
 
         assert all(r.ok for r in results)
         assert [r.attempts for r in results] == [3] * 10 + [1] * 20

@@ -61,10 +61,10 @@ def test_every_non_ok_code_has_an_expected_kind() -> None:
 
 @pytest.mark.parametrize("code", sorted(EXPECTED_KIND))
 async def test_each_status_code_maps_to_its_error_kind_keeping_code_and_message(code: ErrorCode) -> None:
-    async with FailingScheduler(1, code=code, message=f"boom {code.name}") as scheduler:
-        async with SchedulerPortClient(scheduler.target) as client:
-            with pytest.raises(SchedulerError) as raised:
-                await client.register_worker(make_worker("w-1"))
+    failing = FailingScheduler(1, code=code, message=f"boom {code.name}")
+    async with failing as scheduler, SchedulerPortClient(scheduler.target) as client:
+        with pytest.raises(SchedulerError) as raised:
+            await client.register_worker(make_worker("w-1"))
 
     assert type(raised.value) is EXPECTED_KIND[code]
     assert raised.value.code is code
@@ -130,16 +130,20 @@ async def test_every_method_round_trips_through_a_real_scheduler() -> None:
 async def test_failed_calls_of_every_method_raise_the_mapped_error(
     method: str, call: Callable[[SchedulerPortClient], Any]
 ) -> None:
-    async with FailingScheduler(1, methods={method}) as scheduler, SchedulerPortClient(scheduler.target) as client:
+    async with (
+        FailingScheduler(1, methods={method}) as scheduler,
+        SchedulerPortClient(scheduler.target) as client,
+    ):
         with pytest.raises(SchedulerUnavailable):
             await call(client)
         assert scheduler.failed_calls == 1
 
 
 async def test_retry_info_is_read_from_the_status_details() -> None:
-    async with FailingScheduler(
-        1, code=ErrorCode.RESOURCE_EXHAUSTED, retry_after=1.25
-    ) as scheduler, SchedulerPortClient(scheduler.target) as client:
+    async with (
+        FailingScheduler(1, code=ErrorCode.RESOURCE_EXHAUSTED, retry_after=1.25) as scheduler,
+        SchedulerPortClient(scheduler.target) as client,
+    ):
         with pytest.raises(Overloaded) as raised:
             await client.register_worker(make_worker())
 

@@ -60,7 +60,9 @@ class ScriptedPort:
         self.calls += 1
         return self.single.pop(0) if self.single else None
 
-    async def register_worker(self, worker: DynamicWorker, *, timeout: float | None = None) -> RegistrationReceipt:
+    async def register_worker(
+        self, worker: DynamicWorker, *, timeout: float | None = None
+    ) -> RegistrationReceipt:
         self.timeouts.append(timeout)
         if (failure := self._next()) is not None:
             raise failure
@@ -81,7 +83,9 @@ class ScriptedPort:
         finally:
             self.in_flight -= 1
 
-    async def unregister_worker(self, worker_id: str, *, timeout: float | None = None) -> UnregistrationStatus:
+    async def unregister_worker(
+        self, worker_id: str, *, timeout: float | None = None
+    ) -> UnregistrationStatus:
         if (failure := self._next()) is not None:
             raise failure
         return UnregistrationStatus.SUCCESS
@@ -143,7 +147,8 @@ async def test_two_transient_failures_are_retried_after_100_then_200_ms() -> Non
 
 
 @pytest.mark.parametrize(
-    "code", [ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.ABORTED]
+    "code",
+    [ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.ABORTED],
 )
 async def test_each_transient_code_is_retried(code: ErrorCode) -> None:
     port = ScriptedPort()
@@ -358,7 +363,10 @@ async def test_batch_exhaustion_reports_max_retries_exceeded_per_worker() -> Non
 async def test_batch_waits_the_longest_delay_advised_for_its_workers() -> None:
     port = ScriptedPort()
     port.batch_script = [
-        {"a": error(ErrorCode.RESOURCE_EXHAUSTED, retry_after=0.3), "b": error(ErrorCode.RESOURCE_EXHAUSTED, 0.9)}
+        {
+            "a": error(ErrorCode.RESOURCE_EXHAUSTED, retry_after=0.3),
+            "b": error(ErrorCode.RESOURCE_EXHAUSTED, 0.9),
+        }
     ]
     registration, sleep = adapter(port)
 

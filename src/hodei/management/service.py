@@ -72,7 +72,9 @@ class WorkerManagementService:
     def _check(config: DynamicWorkerConfig) -> None:
         violations = config.violations()
         if violations:
-            raise InvalidWorkerData("invalid worker configuration; nothing provisioned", violations=violations)
+            raise InvalidWorkerData(
+                "invalid worker configuration; nothing provisioned", violations=violations
+            )
 
     async def _destroy(self, worker_id: str) -> ProviderError | None:
         try:
@@ -90,7 +92,9 @@ class WorkerManagementService:
             worker_id, cause, cleaned_up=cleanup_error is None, cleanup_error=cleanup_error
         )
 
-    async def provision_worker(self, config: DynamicWorkerConfig, *, worker_id: str | None = None) -> DynamicWorker:
+    async def provision_worker(
+        self, config: DynamicWorkerConfig, *, worker_id: str | None = None
+    ) -> DynamicWorker:
         """Provision one worker and register it; it comes back with status ``REGISTERED``.
 
         Raises :class:`~hodei.errors.InvalidWorkerData` for a bad config (nothing provisioned),
@@ -150,7 +154,9 @@ class WorkerManagementService:
                     )
         return [ProvisionResult(i, provisioned.get(i), failures.get(i)) for i in ids]
 
-    async def register_static_workers(self, workers: Sequence[DynamicWorker]) -> list[BatchRegistrationResult]:
+    async def register_static_workers(
+        self, workers: Sequence[DynamicWorker]
+    ) -> list[BatchRegistrationResult]:
         """Register machines that exist already (no provisioning), in one batch."""
         if self.registration is None:
             raise RuntimeError("static workers need a registration adapter")

@@ -36,7 +36,11 @@ def static_worker(
     hostname: str = "",
 ) -> DynamicWorker:
     config = DynamicWorkerConfig(
-        worker_type=WorkerType.STATIC, cpu_cores=cpu_cores, memory_mb=memory_mb, labels=labels or {}, pool=pool
+        worker_type=WorkerType.STATIC,
+        cpu_cores=cpu_cores,
+        memory_mb=memory_mb,
+        labels=labels or {},
+        pool=pool,
     )
     return DynamicWorker(worker_id, WorkerType.STATIC, config, hostname=hostname)
 

@@ -163,7 +163,9 @@ class WorkerRegistrationAdapter:
                     results[index] = BatchRegistrationResult(worker.worker_id, error=failed, attempts=attempt)
                 elif attempt >= self.config.max_attempts:
                     exhausted = MaxRetriesExceeded(worker.worker_id, outcome, attempts=attempt)
-                    results[index] = BatchRegistrationResult(worker.worker_id, error=exhausted, attempts=attempt)
+                    results[index] = BatchRegistrationResult(
+                        worker.worker_id, error=exhausted, attempts=attempt
+                    )
                 else:
                     retry.append(index)
                     delay = max(delay, self._delay(attempt, outcome))

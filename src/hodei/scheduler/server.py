@@ -60,10 +60,16 @@ class SchedulerServer:
         if self._state is not _State.NEW:
             raise RuntimeError(f"a {self._state.value} SchedulerServer cannot be started")
         server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
-        pb_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(self.registry), server)
+        pb_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SchedulerServicer(self.registry), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         self.port = server.add_insecure_port(self._listen)

@@ -82,7 +82,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         if record is None:
             await _abort(
                 context,
-                WorkerNotFound(f"worker {request.worker_id!r} is not registered", worker_id=request.worker_id),
+                WorkerNotFound(
+                    f"worker {request.worker_id!r} is not registered", worker_id=request.worker_id
+                ),
             )
         return pb.GetWorkerResponse(worker=codec.record_to_proto(record))
 

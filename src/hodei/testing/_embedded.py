@@ -34,7 +34,9 @@ class EmbeddedScheduler:
         host: str = "127.0.0.1",
     ) -> None:
         self.registry = WorkerRegistry(store or MemoryRegistryStore(), admission=admission)
-        self._server = SchedulerServer(self.registry, listen=f"{host}:0", interceptors=interceptors, grace=0.5)
+        self._server = SchedulerServer(
+            self.registry, listen=f"{host}:0", interceptors=interceptors, grace=0.5
+        )
         self._channels: list[grpc.aio.Channel] = []
 
     @classmethod

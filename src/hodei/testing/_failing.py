@@ -95,6 +95,7 @@ class FailingScheduler(EmbeddedScheduler):
 
     def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         self.calls += 1
+        behaviour: Callable[[Any, Any], Awaitable[Any]]
         if self.failures_left > 0:
             self.failures_left -= 1
             self.failed_calls += 1

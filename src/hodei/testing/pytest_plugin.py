@@ -21,7 +21,7 @@ from hodei.transport.client import SchedulerPortClient
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - only the sync fixture is offered then
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from hodei.domain import DynamicWorker, WorkerRecord
-from hodei.errors import SchedulerError, WorkerNotFound, scheduler_error_for, ErrorCode
+from hodei.errors import ErrorCode, SchedulerError, WorkerNotFound, scheduler_error_for
 from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.transport import codec
 from hodei.transport.codec import pb
@@ -40,7 +40,7 @@ class SchedulerPortClient:
             self._channel = target
             self._owns_channel = False
             self.target = ""
-        self._stub = codec.pb_grpc.SchedulerServiceStub(self._channel)
+        self._stub = codec.pb_grpc.SchedulerServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._closed = False
 
     async def __aenter__(self) -> SchedulerPortClient:
@@ -113,15 +113,11 @@ class SchedulerPortClient:
         page_token: str = "",
         timeout: float | None = None,
     ) -> WorkerPage:
-        request = pb.ListWorkersRequest(
-            **codec.filter_to_proto(worker_filter or WorkerFilter()),
-            page_size=page_size,
-            page_token=page_token,
+        request = codec.filter_to_proto(
+            worker_filter or WorkerFilter(), page_size=page_size, page_token=page_token
         )
         try:
             response = await self._stub.ListWorkers(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from error
-        return WorkerPage(
-            [codec.record_from_proto(w) for w in response.workers], response.next_page_token
-        )
+        return WorkerPage([codec.record_from_proto(w) for w in response.workers], response.next_page_token)

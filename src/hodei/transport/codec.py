@@ -43,12 +43,14 @@ __all__ = [
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 
-_STATUS_TO_PROTO = {status: pb.WorkerStatus.Value(f"WORKER_STATUS_{status.name}") for status in WorkerStatus}
-_STATUS_FROM_PROTO = {value: status for status, value in _STATUS_TO_PROTO.items()}
+_STATUS_TO_PROTO: dict[WorkerStatus, pb.WorkerStatus] = {
+    status: getattr(pb, f"WORKER_STATUS_{status.name}") for status in WorkerStatus
+}
+_STATUS_FROM_PROTO: dict[int, WorkerStatus] = {value: status for status, value in _STATUS_TO_PROTO.items()}
 _WORKER_TYPES = {t.value: t for t in WorkerType}
 
 
-def status_to_proto(status: WorkerStatus) -> int:
+def status_to_proto(status: WorkerStatus) -> pb.WorkerStatus:
     return _STATUS_TO_PROTO[status]
 
 
@@ -173,7 +175,9 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
     )
 
 
-def receipt_from_proto(message: pb.RegisterWorkerResponse | pb.WorkerRegistrationResult) -> RegistrationReceipt:
+def receipt_from_proto(
+    message: pb.RegisterWorkerResponse | pb.WorkerRegistrationResult,
+) -> RegistrationReceipt:
     return RegistrationReceipt(record_from_proto(message.worker), created=message.created)
 
 
@@ -181,7 +185,9 @@ def _error_to_proto(error: SchedulerError) -> pb.WorkerError:
     return pb.WorkerError(
         code=int(error.code),
         message=error.message,
-        field_violations=[pb.FieldViolation(field=v.field, description=v.description) for v in error.violations],
+        field_violations=[
+            pb.FieldViolation(field=v.field, description=v.description) for v in error.violations
+        ],
         retry_delay_ms=round(error.retry_after * 1000) if error.retry_after else 0,
     )
 
@@ -222,7 +228,7 @@ def result_from_proto(message: pb.WorkerRegistrationResult) -> RegistrationRecei
     )
 
 
-def unregistration_to_proto(status: UnregistrationStatus) -> int:
+def unregistration_to_proto(status: UnregistrationStatus) -> pb.UnregistrationStatus:
     if status is UnregistrationStatus.SUCCESS:
         return pb.UNREGISTRATION_STATUS_SUCCESS
     return pb.UNREGISTRATION_STATUS_NOT_REGISTERED
@@ -233,15 +239,21 @@ def unregistration_from_proto(value: int) -> UnregistrationStatus:
         return UnregistrationStatus.SUCCESS
     if value == pb.UNREGISTRATION_STATUS_NOT_REGISTERED:
         return UnregistrationStatus.NOT_REGISTERED
-    raise scheduler_error_for(ErrorCode.INTERNAL, f"the scheduler answered an unknown unregistration status {value}")
+    raise scheduler_error_for(
+        ErrorCode.INTERNAL, f"the scheduler answered an unknown unregistration status {value}"
+    )
 
 
-def filter_to_proto(worker_filter: WorkerFilter) -> dict[str, object]:
-    return {
-        "statuses": [status_to_proto(s) for s in sorted(worker_filter.statuses)],
-        "worker_type": worker_filter.worker_type.value if worker_filter.worker_type else "",
-        "labels": dict(worker_filter.labels),
-    }
+def filter_to_proto(
+    worker_filter: WorkerFilter, *, page_size: int = 0, page_token: str = ""
+) -> pb.ListWorkersRequest:
+    return pb.ListWorkersRequest(
+        statuses=[status_to_proto(s) for s in sorted(worker_filter.statuses)],
+        worker_type=worker_filter.worker_type.value if worker_filter.worker_type else "",
+        labels=dict(worker_filter.labels),
+        page_size=page_size,
+        page_token=page_token,
+    )
 
 
 def filter_from_proto(request: pb.ListWorkersRequest) -> WorkerFilter:
