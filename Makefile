@@ -20,15 +20,16 @@ demo: $(STAMP)  ## provision workers against an embedded scheduler and show them
 
 # coverage runs pytest (rather than pytest-cov) so that it measures hodei from the first import, which
 # happens when pytest loads hodei's own plugin.
-test: $(STAMP)  ## the whole suite, with the coverage floor of the adapter and the port client
+test: $(STAMP) lint  ## lint, the whole suite, and the coverage floor of the adapter and the port client
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='$(FULL_COVERAGE)' --fail-under=100
 
 test-fast: $(STAMP)  ## the suite without coverage
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff and strict mypy
 	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff format --check src tests tools
 	$(BIN)/mypy
 
 proto: $(STAMP)  ## regenerate the Python code of the contract in proto/
