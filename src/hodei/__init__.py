@@ -42,6 +42,7 @@ from hodei.management import (
     ProvisionResult,
     WorkerManagementConfig,
     WorkerManagementService,
+    StaticWorkerFileError,
     load_static_workers,
     static_worker,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "SchedulerTimeout",
     "SchedulerUnavailable",
     "StaleIncarnation",
+    "StaticWorkerFileError",
     "UnregistrationStatus",
     "WorkerAlreadyExists",
     "WorkerCapabilities",

@@ -119,6 +119,9 @@ class DynamicWorkerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
 
+    def __hash__(self) -> int:
+        return hash((self.worker_type, self.capabilities, frozenset(self.labels.items()), self.pool, self.image))
+
     @property
     def capabilities(self) -> WorkerCapabilities:
         return WorkerCapabilities(self.cpu_cores, self.memory_mb, self.disk_mb, self.gpu_count)
@@ -143,6 +146,11 @@ class DynamicWorker:
     status: WorkerStatus = WorkerStatus.PROVISIONING
     incarnation: int = 0
     hostname: str = ""
+
+    def __post_init__(self) -> None:
+        # The worker's type is the one given to the worker; its config follows it, so the two never disagree.
+        if self.config.worker_type is not self.worker_type:
+            object.__setattr__(self, "config", replace(self.config, worker_type=self.worker_type))
 
     @property
     def capabilities(self) -> WorkerCapabilities:
@@ -181,6 +189,9 @@ class WorkerRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+    def __hash__(self) -> int:
+        return hash((self.worker_id, self.incarnation, self.status, frozenset(self.labels.items())))
 
     def to_worker(self) -> DynamicWorker:
         """The control plane's view of this record."""

@@ -218,9 +218,7 @@ def test_a_capability_violation_says_the_range_and_the_value() -> None:
 
 def test_capabilities_at_their_limits_are_accepted() -> None:
     lowest = WorkerCapabilities(cpu_cores=1, memory_mb=1, disk_mb=0, gpu_count=0)
-    highest = WorkerCapabilities(
-        cpu_cores=4096, memory_mb=64 * 1024 * 1024, disk_mb=1024**3, gpu_count=1024
-    )
+    highest = WorkerCapabilities(cpu_cores=4096, memory_mb=64 * 1024 * 1024, disk_mb=1024**3, gpu_count=1024)
 
     assert violations_for(capabilities=lowest) == []
     assert violations_for(capabilities=highest) == []

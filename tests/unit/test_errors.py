@@ -88,7 +88,9 @@ def test_only_unavailable_deadline_exceeded_resource_exhausted_and_aborted_are_r
 
 
 def test_scheduler_error_for_keeps_violations_and_retry_advice() -> None:
-    error = scheduler_error_for(ErrorCode.RESOURCE_EXHAUSTED, "busy", violations=list(VIOLATIONS), retry_after=1.5)
+    error = scheduler_error_for(
+        ErrorCode.RESOURCE_EXHAUSTED, "busy", violations=list(VIOLATIONS), retry_after=1.5
+    )
 
     assert error.violations == VIOLATIONS
     assert error.retry_after == 1.5

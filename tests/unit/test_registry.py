@@ -234,7 +234,9 @@ async def test_a_mixed_batch_answers_each_worker_in_input_order_with_one_store_w
     assert (first.record.worker_id, first.created, first.record.capabilities.cpu_cores) == ("alpha", True, 2)
     assert isinstance(invalid, InvalidWorkerData)
     assert invalid.worker_id == "invalid"
-    assert invalid.violations == (FieldViolation("capabilities.cpu_cores", "must be between 1 and 4096, got 0"),)
+    assert invalid.violations == (
+        FieldViolation("capabilities.cpu_cores", "must be between 1 and 4096, got 0"),
+    )
     assert isinstance(stale, StaleIncarnation)
     assert stale.worker_id == "stale"
     assert isinstance(duplicate, RegistrationReceipt)

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
+from hodei.errors import HodeiError
 
 __all__ = ["StaticWorkerFileError", "load_static_workers", "static_worker"]
 
 
-class StaticWorkerFileError(ValueError):
+class StaticWorkerFileError(HodeiError, ValueError):
     """The static worker file cannot be read; the message names the entry and the key."""
 
 
@@ -46,6 +47,7 @@ def static_worker(
 
 
 _KEYS = {"id": str, "cpu_cores": int, "memory_mb": int, "labels": dict, "pool": str, "hostname": str}
+_KIND_NAMES = {str: "a string", int: "an integer", dict: "a table"}
 
 
 def _entry(position: int, entry: Any) -> DynamicWorker:
@@ -60,8 +62,11 @@ def _entry(position: int, entry: Any) -> DynamicWorker:
             raise StaticWorkerFileError(f"{where}: missing key {key!r}")
     for key, kind in _KEYS.items():
         if key in entry and (not isinstance(entry[key], kind) or isinstance(entry[key], bool)):
-            raise StaticWorkerFileError(f"{where}.{key} must be a {kind.__name__}")
-    labels = {str(k): str(v) for k, v in entry.get("labels", {}).items()}
+            raise StaticWorkerFileError(f"{where}.{key} must be {_KIND_NAMES[kind]}")
+    labels = entry.get("labels", {})
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            raise StaticWorkerFileError(f"{where}.labels.{key} must be a string, got {value!r}")
     return static_worker(
         entry["id"],
         cpu_cores=entry["cpu_cores"],
@@ -75,8 +80,8 @@ def _entry(position: int, entry: Any) -> DynamicWorker:
 def load_static_workers(path: str | Path) -> list[DynamicWorker]:
     """Read the workers declared in a TOML file. Values are validated at registration, like any worker's."""
     try:
-        document = tomllib.loads(Path(path).read_text())
-    except tomllib.TOMLDecodeError as exc:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise StaticWorkerFileError(f"{path}: {exc}") from exc
     entries = document.get("workers", [])
     if not isinstance(entries, list):

@@ -55,5 +55,7 @@ class RegistrationConfig:
         """The delay before retry number ``retry`` (1 for the first retry); ``random_fraction`` in [0, 1)."""
         if retry < 1:
             raise ValueError(f"retry numbers start at 1, got {retry}")
+        if not 0.0 <= random_fraction < 1.0:
+            raise ValueError(f"random_fraction must be in [0, 1), got {random_fraction}")
         nominal = min(self.max_backoff, self.base_backoff * self.backoff_multiplier ** (retry - 1))
         return nominal * (1.0 + self.jitter * random_fraction)

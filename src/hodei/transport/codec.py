@@ -160,6 +160,8 @@ def record_to_proto(record: WorkerRecord) -> pb.Worker:
 
 
 def record_from_proto(message: pb.Worker) -> WorkerRecord:
+    # A newer scheduler may know types and statuses this client does not; they read as MOCK and FAILED rather
+    # than failing the whole answer.
     return WorkerRecord(
         worker_id=message.worker_id,
         worker_type=_WORKER_TYPES.get(message.metadata.worker_type, WorkerType.MOCK),

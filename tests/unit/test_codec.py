@@ -1,0 +1,376 @@
+"""The codec: proto messages and domain objects convert both ways without loss, and bad input is named."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from hodei.domain import (
+    DynamicWorker,
+    DynamicWorkerConfig,
+    FieldViolation,
+    WorkerCapabilities,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+    validate_worker,
+)
+from hodei.errors import (
+    ErrorCode,
+    InvalidWorkerData,
+    SchedulerInternalError,
+    SchedulerOverloaded,
+    SchedulerUnavailable,
+)
+from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
+from hodei.transport.codec import (
+    filter_from_proto,
+    filter_to_proto,
+    pb,
+    record_from_proto,
+    record_to_proto,
+    registration_result_to_proto,
+    result_from_proto,
+    status_from_proto,
+    status_to_proto,
+    unregistration_from_proto,
+    unregistration_to_proto,
+    worker_from_request,
+    worker_to_request,
+)
+from tests.helpers import make_worker
+
+REGISTERED_AT = datetime(2024, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
+UPDATED_AT = datetime(2024, 3, 2, 9, 0, 0, 654321, tzinfo=UTC)
+
+
+def full_worker(worker_type: WorkerType = WorkerType.PROCESS) -> DynamicWorker:
+    config = DynamicWorkerConfig(
+        worker_type=worker_type,
+        cpu_cores=16,
+        memory_mb=65536,
+        disk_mb=200_000,
+        gpu_count=2,
+        labels={"arch": "amd64", "kubernetes.io/os": "linux"},
+        pool="gpu",
+    )
+    return DynamicWorker("worker-1", worker_type, config, incarnation=7, hostname="host-1.lan")
+
+
+def full_record(**overrides: object) -> WorkerRecord:
+    values: dict[str, object] = {
+        "worker_id": "worker-1",
+        "worker_type": WorkerType.DOCKER,
+        "capabilities": WorkerCapabilities(cpu_cores=4, memory_mb=8192, disk_mb=1000, gpu_count=1),
+        "status": WorkerStatus.BUSY,
+        "labels": {"arch": "arm64"},
+        "pool": "ci",
+        "hostname": "host-1",
+        "agent_version": "1.4.0",
+        "incarnation": 3,
+        "registered_at": REGISTERED_AT,
+        "updated_at": UPDATED_AT,
+    }
+    values.update(overrides)
+    return WorkerRecord(**values)  # type: ignore[arg-type]
+
+
+def fields_of(error: InvalidWorkerData) -> list[str]:
+    return [violation.field for violation in error.violations]
+
+
+# --- registration requests ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_type", list(WorkerType))
+def test_a_worker_survives_the_round_trip_through_a_request(worker_type: WorkerType) -> None:
+    worker = full_worker(worker_type)
+
+    assert worker_from_request(worker_to_request(worker)) == worker
+
+
+def test_a_default_worker_survives_the_round_trip_through_a_request() -> None:
+    worker = make_worker("worker-2")
+
+    assert worker_from_request(worker_to_request(worker)) == worker
+
+
+def test_a_request_carries_every_field_of_the_worker() -> None:
+    request = worker_to_request(full_worker())
+
+    assert request == pb.RegisterWorkerRequest(
+        worker_id="worker-1",
+        capabilities=pb.WorkerCapabilities(cpu_cores=16, memory_mb=65536, disk_mb=200_000, gpu_count=2),
+        metadata=pb.WorkerMetadata(
+            worker_type="process",
+            labels={"arch": "amd64", "kubernetes.io/os": "linux"},
+            pool="gpu",
+            hostname="host-1.lan",
+        ),
+        incarnation=7,
+    )
+
+
+def test_a_request_without_a_pool_decodes_to_the_default_pool() -> None:
+    request = worker_to_request(make_worker("worker-1"))
+    request.metadata.pool = ""
+
+    assert worker_from_request(request).pool == "default"
+
+
+def test_an_unknown_worker_type_is_refused_with_every_violation_of_the_request() -> None:
+    request = worker_to_request(make_worker("bad id", cpu_cores=0))
+    request.metadata.worker_type = "vm"
+
+    with pytest.raises(InvalidWorkerData) as refused:
+        worker_from_request(request)
+
+    assert refused.value.worker_id == "bad id"
+    assert fields_of(refused.value) == ["worker_id", "capabilities.cpu_cores", "metadata.worker_type"]
+    assert refused.value.violations[2] == FieldViolation(
+        "metadata.worker_type", "must be one of docker, process, kubernetes, static, mock, got 'vm'"
+    )
+
+
+def test_missing_capabilities_are_refused_with_every_violation_of_the_request() -> None:
+    request = worker_to_request(make_worker("bad id", labels={"bad key": "v"}))
+    request.ClearField("capabilities")
+    request.metadata.hostname = "-host"
+    request.metadata.agent_version = "1.0 beta"
+
+    with pytest.raises(InvalidWorkerData) as refused:
+        worker_from_request(request)
+
+    assert fields_of(refused.value) == [
+        "worker_id",
+        "capabilities",
+        "metadata.labels['bad key']",
+        "metadata.hostname",
+        "metadata.agent_version",
+    ]
+
+
+def test_a_request_with_both_an_unknown_type_and_no_capabilities_names_both() -> None:
+    request = pb.RegisterWorkerRequest(worker_id="worker-1", metadata=pb.WorkerMetadata(worker_type=""))
+
+    with pytest.raises(InvalidWorkerData) as refused:
+        worker_from_request(request)
+
+    assert fields_of(refused.value) == ["capabilities", "metadata.worker_type"]
+
+
+def test_a_decodable_but_invalid_request_is_left_for_the_registry_to_refuse() -> None:
+    request = worker_to_request(make_worker("worker-1", cpu_cores=1))
+    request.capabilities.cpu_cores = -3
+    request.worker_id = "bad id"
+
+    worker = worker_from_request(request)
+
+    assert worker.capabilities.cpu_cores == -3
+    assert [v.field for v in validate_worker(worker)] == ["worker_id", "capabilities.cpu_cores"]
+
+
+# --- records --------------------------------------------------------------------------------------------
+
+
+def test_a_record_survives_the_round_trip_with_its_timestamps() -> None:
+    record = full_record()
+
+    assert record_from_proto(record_to_proto(record)) == record
+
+
+def test_missing_timestamps_stay_missing() -> None:
+    record = full_record(registered_at=None, updated_at=None)
+
+    message = record_to_proto(record)
+
+    assert not message.HasField("registered_at")
+    assert not message.HasField("updated_at")
+    assert record_from_proto(message) == record
+
+
+def test_a_timestamp_in_another_zone_comes_back_as_the_same_instant_in_utc() -> None:
+    moment = datetime(2024, 3, 1, 10, 30, 15, 5, tzinfo=timezone(timedelta(hours=2)))
+
+    decoded = record_from_proto(record_to_proto(full_record(registered_at=moment)))
+
+    assert decoded.registered_at == moment
+    assert decoded.registered_at is not None
+    assert decoded.registered_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("status", list(WorkerStatus))
+def test_every_status_survives_the_round_trip(status: WorkerStatus) -> None:
+    assert status_from_proto(status_to_proto(status)) is status
+    assert record_from_proto(record_to_proto(full_record(status=status))).status is status
+
+
+@pytest.mark.parametrize("value", [0, 42])
+def test_an_unknown_status_value_is_refused_naming_statuses(value: int) -> None:
+    with pytest.raises(InvalidWorkerData) as refused:
+        status_from_proto(value)
+
+    assert refused.value.violations == (FieldViolation("statuses", f"unknown worker status {value}"),)
+
+
+# --- batch results --------------------------------------------------------------------------------------
+
+
+def test_a_successful_result_decodes_to_its_receipt() -> None:
+    receipt = RegistrationReceipt(full_record(), created=True)
+
+    assert result_from_proto(registration_result_to_proto("worker-1", receipt)) == receipt
+
+
+def test_a_failed_result_decodes_to_the_kind_of_its_code_with_its_violations() -> None:
+    message = pb.WorkerRegistrationResult(
+        worker_id="worker-1",
+        status=pb.REGISTRATION_STATUS_FAILED,
+        error=pb.WorkerError(
+            code=ErrorCode.INVALID_ARGUMENT,
+            message="worker 'worker-1' is invalid",
+            field_violations=[pb.FieldViolation(field="capabilities.cpu_cores", description="too small")],
+        ),
+    )
+
+    error = result_from_proto(message)
+
+    assert isinstance(error, InvalidWorkerData)
+    assert error.code is ErrorCode.INVALID_ARGUMENT
+    assert error.message == "worker 'worker-1' is invalid"
+    assert error.worker_id == "worker-1"
+    assert error.violations == (FieldViolation("capabilities.cpu_cores", "too small"),)
+    assert error.retry_after is None
+
+
+def test_a_failed_result_with_an_out_of_range_code_keeps_that_code() -> None:
+    message = pb.WorkerRegistrationResult(
+        worker_id="w", status=pb.REGISTRATION_STATUS_FAILED, error=pb.WorkerError(code=11, message="m")
+    )
+
+    error = result_from_proto(message)
+
+    assert isinstance(error, InvalidWorkerData)
+    assert error.code is ErrorCode.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize(
+    "error",
+    [None, pb.WorkerError(), pb.WorkerError(code=0, message="")],
+    ids=["no error", "empty error", "OK code"],
+)
+def test_a_failed_result_without_a_code_is_an_internal_error(error: pb.WorkerError | None) -> None:
+    message = pb.WorkerRegistrationResult(worker_id="w", status=pb.REGISTRATION_STATUS_FAILED, error=error)
+
+    decoded = result_from_proto(message)
+
+    assert isinstance(decoded, SchedulerInternalError)
+    assert decoded.code is ErrorCode.INTERNAL
+    assert decoded.message == "the scheduler refused the worker without saying why"
+    assert decoded.worker_id == "w"
+
+
+@pytest.mark.parametrize("code", [17, 99, -1])
+def test_a_failed_result_with_an_unknown_numeric_code_is_unknown(code: int) -> None:
+    message = pb.WorkerRegistrationResult(
+        worker_id="w",
+        status=pb.REGISTRATION_STATUS_FAILED,
+        error=pb.WorkerError(code=code, message="from the future"),
+    )
+
+    decoded = result_from_proto(message)
+
+    assert isinstance(decoded, SchedulerInternalError)
+    assert decoded.code is ErrorCode.UNKNOWN
+    assert decoded.message == "from the future"
+
+
+def test_retry_delay_in_milliseconds_becomes_retry_after_in_seconds() -> None:
+    message = pb.WorkerRegistrationResult(
+        worker_id="w",
+        status=pb.REGISTRATION_STATUS_FAILED,
+        error=pb.WorkerError(code=ErrorCode.RESOURCE_EXHAUSTED, message="busy", retry_delay_ms=1500),
+    )
+
+    decoded = result_from_proto(message)
+
+    assert isinstance(decoded, SchedulerOverloaded)
+    assert decoded.retry_after == 1.5
+
+
+def test_a_refusal_survives_the_round_trip_through_a_result() -> None:
+    refusal = SchedulerOverloaded(
+        "busy", worker_id="w", violations=[FieldViolation("metadata.pool", "is full")], retry_after=0.25
+    )
+
+    decoded = result_from_proto(registration_result_to_proto("w", refusal))
+
+    assert isinstance(decoded, SchedulerOverloaded)
+    assert (decoded.code, decoded.message, decoded.worker_id) == (ErrorCode.RESOURCE_EXHAUSTED, "busy", "w")
+    assert decoded.violations == (FieldViolation("metadata.pool", "is full"),)
+    assert decoded.retry_after == 0.25
+
+
+def test_a_refusal_without_retry_advice_has_none_after_the_round_trip() -> None:
+    decoded = result_from_proto(registration_result_to_proto("w", SchedulerUnavailable("down")))
+
+    assert isinstance(decoded, SchedulerUnavailable)
+    assert decoded.retry_after is None
+
+
+# --- unregistration -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", list(UnregistrationStatus))
+def test_every_unregistration_status_survives_the_round_trip(status: UnregistrationStatus) -> None:
+    assert unregistration_from_proto(unregistration_to_proto(status)) is status
+
+
+@pytest.mark.parametrize("value", [pb.UNREGISTRATION_STATUS_UNSPECIFIED, 7])
+def test_an_unknown_unregistration_status_is_an_internal_error(value: int) -> None:
+    with pytest.raises(SchedulerInternalError) as raised:
+        unregistration_from_proto(value)
+
+    assert raised.value.code is ErrorCode.INTERNAL
+    assert raised.value.message == f"the scheduler answered an unknown unregistration status {value}"
+
+
+# --- list filters ---------------------------------------------------------------------------------------
+
+
+def test_a_filter_survives_the_round_trip_through_a_list_request() -> None:
+    worker_filter = WorkerFilter(
+        statuses=frozenset({WorkerStatus.BUSY, WorkerStatus.AVAILABLE}),
+        worker_type=WorkerType.STATIC,
+        labels={"arch": "amd64"},
+    )
+
+    request = filter_to_proto(worker_filter, page_size=50, page_token="dG9rZW4=")
+
+    assert (request.page_size, request.page_token) == (50, "dG9rZW4=")
+    assert filter_from_proto(request) == worker_filter
+
+
+def test_an_empty_list_request_filters_nothing() -> None:
+    assert filter_from_proto(pb.ListWorkersRequest()) == WorkerFilter()
+
+
+def test_an_unknown_worker_type_in_a_filter_is_refused_naming_worker_type() -> None:
+    with pytest.raises(InvalidWorkerData) as refused:
+        filter_from_proto(pb.ListWorkersRequest(worker_type="vm"))
+
+    assert refused.value.violations == (
+        FieldViolation("worker_type", "must be one of docker, process, kubernetes, static, mock"),
+    )
+
+
+@pytest.mark.parametrize("value", [pb.WORKER_STATUS_UNSPECIFIED, 42])
+def test_an_unknown_status_in_a_filter_is_refused_naming_statuses(value: int) -> None:
+    request = pb.ListWorkersRequest(statuses=[pb.WORKER_STATUS_BUSY])
+    request.statuses.append(value)  # type: ignore[arg-type]  # a value this contract does not define
+
+    with pytest.raises(InvalidWorkerData) as refused:
+        filter_from_proto(request)
+
+    assert fields_of(refused.value) == ["statuses"]
