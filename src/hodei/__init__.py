@@ -40,9 +40,9 @@ from hodei.errors import (
 from hodei.management import (
     DecommissionResult,
     ProvisionResult,
+    StaticWorkerFileError,
     WorkerManagementConfig,
     WorkerManagementService,
-    StaticWorkerFileError,
     load_static_workers,
     static_worker,
 )
