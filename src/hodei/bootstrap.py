@@ -1,17 +1,18 @@
 """The composition root: builds the scheduler and the control plane from their parts.
 
-Every adapter comes in as a parameter; nothing here runs at import time. The CLI and the testing doubles call
-these functions, so that the object graph is wired in one place.
+Every adapter comes in as a parameter; nothing here runs at import time. The CLI and the demo call these
+functions, so that the object graph is wired in one place.
 """
 
 from __future__ import annotations
 
+from hodei.lifecycle import LivenessConfig
 from hodei.management.config import WorkerManagementConfig
 from hodei.management.service import WorkerManagementService
 from hodei.ports import RegistryStore, WorkerProvider
 from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
-from hodei.scheduler.registry import WorkerRegistry
+from hodei.scheduler.core import Scheduler
 from hodei.scheduler.server import SchedulerServer
 from hodei.stores.memory import MemoryRegistryStore
 from hodei.transport.client import SchedulerPortClient
@@ -20,10 +21,13 @@ __all__ = ["build_control_plane", "build_scheduler"]
 
 
 def build_scheduler(
-    *, listen: str = "127.0.0.1:50051", store: RegistryStore | None = None
+    *,
+    listen: str = "127.0.0.1:50051",
+    store: RegistryStore | None = None,
+    liveness: LivenessConfig | None = None,
 ) -> SchedulerServer:
     """A scheduler server over a registry on ``store`` (memory by default), not yet started."""
-    return SchedulerServer(WorkerRegistry(store or MemoryRegistryStore()), listen=listen)
+    return SchedulerServer(Scheduler(store or MemoryRegistryStore(), liveness=liveness), listen=listen)
 
 
 def build_control_plane(

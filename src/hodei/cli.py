@@ -113,6 +113,87 @@ def _run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
 
 
 @app.command()
+def agent(
+    scheduler: Annotated[
+        str, typer.Option("--scheduler", "-s", help="Scheduler address(es), HOST:PORT[,HOST:PORT...].")
+    ],
+    worker_id: Annotated[str, typer.Option(help="This worker's id (default: hostname and pid).")] = "",
+    labels: Annotated[str, typer.Option(help="Labels, k=v,...")] = "",
+    pool: Annotated[str, typer.Option(help="The worker's pool.")] = "default",
+    worker_type: Annotated[WorkerType, typer.Option("--worker-type", help="How this worker is run.")] = (
+        WorkerType.PROCESS
+    ),
+    cpu_cores: Annotated[int, typer.Option(help="CPU cores offered (default: all).")] = 0,
+    memory_mb: Annotated[int, typer.Option(help="Memory offered in MB (default: all).")] = 0,
+) -> None:
+    """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters."""
+    import logging
+    import os
+    import socket
+
+    from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options: dict[str, Any] = {
+        "schedulers": tuple(t.strip() for t in scheduler.split(",") if t.strip()),
+        "worker_id": worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        "labels": parse_labels(labels),
+        "pool": pool,
+        "worker_type": worker_type,
+    }
+    if cpu_cores:
+        options["cpu_cores"] = cpu_cores
+    if memory_mb:
+        options["memory_mb"] = memory_mb
+    worker_agent = WorkerAgent(AgentConfig(**options))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker_agent.request_shutdown, sig.name)
+        await worker_agent.run()
+
+    try:
+        asyncio.run(run())
+    except AgentRefused as refused:
+        console.print(f"[red]hodei agent: {refused}[/red]", highlight=False)
+        raise typer.Exit(2) from refused
+
+
+@workers_app.command("watch")
+def workers_watch(
+    scheduler: SchedulerOption = "127.0.0.1:50051",
+    events: Annotated[int, typer.Option(help="Recent events shown under the table.")] = 8,
+    exit_after: Annotated[
+        float, typer.Option(hidden=True, help="Stop after this many seconds (tests).")
+    ] = 0.0,
+) -> None:
+    """A live view of the pool: every worker and its status, with the latest lifecycle events."""
+    from rich.live import Live
+
+    from hodei.transport.client import SchedulerPortClient
+    from hodei.views import PoolView
+
+    view = PoolView(recent=events)
+
+    async def watch() -> None:
+        async with SchedulerPortClient(scheduler) as client:
+            with Live(view.render(scheduler), console=console, refresh_per_second=8) as live:
+                async for event in client.watch_workers(include_snapshot=True):
+                    view.apply(event)
+                    live.update(view.render(scheduler))
+
+    async def watch_until() -> None:
+        if exit_after:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch(), exit_after)
+        else:
+            await watch()
+
+    _run_against_scheduler(watch_until())
+
+
+@app.command()
 def demo(
     workers: Annotated[int, typer.Option(min=1, max=200, help="How many workers to provision.")] = 5,
 ) -> None:

@@ -22,10 +22,13 @@ __all__ = [
     "DynamicWorker",
     "DynamicWorkerConfig",
     "FieldViolation",
+    "ResourceUsage",
+    "UpsertOutcome",
     "WorkerCapabilities",
     "WorkerRecord",
     "WorkerStatus",
     "WorkerType",
+    "merge_registration",
     "validate_worker",
     "validate_worker_fields",
     "validate_worker_id",
@@ -90,6 +93,15 @@ def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    """What an agent reports with each heartbeat."""
+
+    cpu_percent: float = 0.0
+    memory_used_mb: int = 0
+    running_jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerCapabilities:
     """What a worker can run."""
 
@@ -120,7 +132,9 @@ class DynamicWorkerConfig:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
 
     def __hash__(self) -> int:
-        return hash((self.worker_type, self.capabilities, frozenset(self.labels.items()), self.pool, self.image))
+        return hash(
+            (self.worker_type, self.capabilities, frozenset(self.labels.items()), self.pool, self.image)
+        )
 
     @property
     def capabilities(self) -> WorkerCapabilities:
@@ -186,6 +200,12 @@ class WorkerRecord:
     incarnation: int = 0
     registered_at: datetime | None = None
     updated_at: datetime | None = None
+    lease_ttl: float | None = None  # None: no agent, never expires
+    drained: bool = False
+    # Live facts about the agent's stream: not stored, filled in by the scheduler when it answers.
+    connected: bool = False
+    usage: ResourceUsage | None = None
+    last_heartbeat_at: datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
@@ -207,6 +227,41 @@ class WorkerRecord:
         return DynamicWorker(
             self.worker_id, self.worker_type, config, self.status, self.incarnation, self.hostname
         )
+
+
+class UpsertOutcome(enum.Enum):
+    """What writing a registration did to the registry."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    KEPT = "kept"  # an unfenced (incarnation 0) registration of a worker its agent manages: the agent's wins
+    STALE = "stale"  # an older incarnation than the stored one: nothing written
+
+
+def merge_registration(stored: WorkerRecord | None, new: WorkerRecord) -> tuple[UpsertOutcome, WorkerRecord]:
+    """The rule of registration as an idempotent upsert fenced by incarnation; every store applies it atomically.
+
+    A higher incarnation is a restarted worker: it replaces the record and starts ``AVAILABLE``. The same
+    incarnation is a retry or a refresh: the fields are replaced but the status is kept (a ``LOST`` worker is
+    ``AVAILABLE`` again). A lower incarnation is refused. Incarnation 0 means "not fenced" (the control plane
+    registering what it provisioned): it never overrides a worker whose agent registered with an incarnation.
+    """
+    if stored is None:
+        return UpsertOutcome.CREATED, new
+    if new.incarnation == 0 and stored.incarnation > 0:
+        return UpsertOutcome.KEPT, stored
+    if new.incarnation < stored.incarnation:
+        return UpsertOutcome.STALE, stored
+    restarted = new.incarnation > stored.incarnation
+    keep_status = not restarted and stored.status is not WorkerStatus.LOST
+    merged = replace(
+        new,
+        registered_at=stored.registered_at,
+        status=stored.status if keep_status else new.status,
+        drained=stored.drained if keep_status else new.drained,
+        lease_ttl=new.lease_ttl if new.lease_ttl is not None else stored.lease_ttl,
+    )
+    return UpsertOutcome.UPDATED, merged
 
 
 def validate_worker_id(worker_id: str, *, field_name: str = "worker_id") -> list[FieldViolation]:

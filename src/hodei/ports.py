@@ -14,10 +14,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType
+from hodei.domain import (
+    DynamicWorker,
+    DynamicWorkerConfig,
+    UpsertOutcome,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+)
 from hodei.errors import SchedulerError
 
 __all__ = [
+    "DrainOutcome",
     "RegistrationReceipt",
     "RegistryStore",
     "SchedulerPort",
@@ -35,6 +43,14 @@ class RegistrationReceipt:
 
     record: WorkerRecord
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOutcome:
+    """The worker after a drain request, and whether the request reached a connected agent."""
+
+    record: WorkerRecord
+    delivered: bool
 
 
 class UnregistrationStatus(enum.Enum):
@@ -96,6 +112,10 @@ class SchedulerPort(Protocol):
         timeout: float | None = None,
     ) -> WorkerPage: ...
 
+    async def drain_worker(
+        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
+    ) -> DrainOutcome: ...
+
     async def close(self) -> None: ...
 
 
@@ -117,22 +137,22 @@ class WorkerProvider(Protocol):
     async def list_workers(self) -> list[DynamicWorker]: ...
 
 
-class UpsertOutcome(enum.Enum):
-    CREATED = "created"
-    UPDATED = "updated"
-    STALE = "stale"  # an older incarnation than the stored one: nothing written
-
-
 @runtime_checkable
 class RegistryStore(Protocol):
     """Where the registry's records live. Writes are atomic per call.
 
-    ``upsert`` keeps the newest incarnation: a record whose incarnation is lower than the stored one is not
-    written (``STALE``); equal or higher replaces it, keeping the stored ``registered_at``.
+    ``upsert`` applies :func:`hodei.domain.merge_registration` to each record against the stored one, atomically,
+    and writes what it returns (nothing for ``STALE`` and ``KEPT``). ``update`` writes records that already exist
+    (status changes); it returns the ones it did not find. Live fields (``connected``, ``usage``,
+    ``last_heartbeat_at``) are not stored.
     """
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         """Write each record; return, per record in order, what happened and the record now stored."""
+        ...
+
+    async def update(self, records: Sequence[WorkerRecord]) -> list[str]:
+        """Replace existing records; return the ids that were not found (and so not written)."""
         ...
 
     async def get(self, worker_id: str) -> WorkerRecord | None: ...

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections import deque
+
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from hodei.domain import WorkerRecord, WorkerStatus
+from hodei.lifecycle import WorkerEvent, WorkerEventKind
 
-__all__ = ["workers_table"]
+__all__ = ["PoolView", "workers_table"]
+
+_COLORS = {
+    WorkerStatus.AVAILABLE: "green",
+    WorkerStatus.BUSY: "cyan",
+    WorkerStatus.DRAINING: "yellow",
+    WorkerStatus.LOST: "red",
+}
 
 
 def workers_table(records: list[WorkerRecord], title: str) -> Table:
@@ -14,7 +26,7 @@ def workers_table(records: list[WorkerRecord], title: str) -> Table:
     for column in ("worker id", "status", "type", "cpu", "memory MB", "pool", "labels"):
         table.add_column(column, no_wrap=column == "worker id")
     for record in records:
-        color = "green" if record.status is WorkerStatus.AVAILABLE else "yellow"
+        color = _COLORS.get(record.status, "white")
         table.add_row(
             record.worker_id,
             f"[{color}]{record.status.value}[/{color}]",
@@ -25,3 +37,36 @@ def workers_table(records: list[WorkerRecord], title: str) -> Table:
             ",".join(f"{k}={v}" for k, v in sorted(record.labels.items())),
         )
     return table
+
+
+class PoolView:
+    """The pool as a stream of events builds it: apply events, render a table and the latest events."""
+
+    def __init__(self, *, recent: int = 8) -> None:
+        self.workers: dict[str, WorkerRecord] = {}
+        self.recent: deque[WorkerEvent] = deque(maxlen=recent)
+
+    def apply(self, event: WorkerEvent) -> None:
+        if event.kind in (WorkerEventKind.UNREGISTERED, WorkerEventKind.EXPIRED):
+            self.workers.pop(event.worker_id, None)
+        elif event.record is not None:
+            self.workers[event.worker_id] = event.record
+        if event.kind is not WorkerEventKind.SNAPSHOT:
+            self.recent.append(event)
+
+    def render(self, scheduler: str) -> Group:
+        records = [self.workers[k] for k in sorted(self.workers)]
+        counts = ", ".join(
+            f"{n} {status.value}"
+            for status in WorkerStatus
+            if (n := sum(r.status is status for r in records))
+        )
+        table = workers_table(records, f"{len(records)} worker(s) on {scheduler}: {counts or 'none'}")
+        lines = [
+            Text(
+                f"#{e.sequence} {e.time:%H:%M:%S} {e.kind.value:<14} {e.worker_id or '-':<24} {e.reason}",
+                style="red" if e.kind in (WorkerEventKind.LOST, WorkerEventKind.EXPIRY_SLOWED) else "",
+            )
+            for e in self.recent
+        ]
+        return Group(table, *lines)

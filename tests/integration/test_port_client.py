@@ -81,7 +81,7 @@ async def test_client_owns_a_channel_it_made_and_closes_it_once() -> None:
         await client.close()
         await client.close()  # idempotent
 
-        with pytest.raises(grpc.aio.UsageError):
+        with pytest.raises(RegistrationCancelled, match="closed"):
             await client.get_worker("test-worker")
 
 

@@ -110,8 +110,9 @@ class WorkerManagementService:
             await self.registration.register_worker(worker)
         except RegistrationError as error:
             raise await self._give_up(worker_id, error) from error
-        except asyncio.CancelledError:
-            # Cancelled half-way: the worker must not outlive the caller's interest in it.
+        except BaseException:
+            # Cancelled half-way, or a failure that is not a registration error: the worker must not outlive
+            # the caller's interest in it.
             if self.config.destroy_on_registration_failure:
                 await asyncio.shield(self._destroy(worker_id))
             raise

@@ -1,26 +1,31 @@
 """The scheduler's worker registry: the authority on which workers exist and in what state.
 
 It validates every registration (the same rules the client applies before sending), keeps registration an
-idempotent upsert fenced by incarnation, and pages through its records in worker-id order.
+idempotent upsert fenced by incarnation (:func:`hodei.domain.merge_registration`), pages through its records
+in worker-id order, and publishes an event for every change it makes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord, WorkerStatus, validate_worker
-from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation
-from hodei.ports import (
-    RegistrationReceipt,
-    RegistryStore,
-    UnregistrationStatus,
+from hodei.domain import (
+    DynamicWorker,
+    FieldViolation,
     UpsertOutcome,
-    WorkerFilter,
-    WorkerPage,
+    WorkerRecord,
+    WorkerStatus,
+    validate_worker,
 )
+from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
+from hodei.lifecycle import WorkerEventKind
+from hodei.ports import RegistrationReceipt, RegistryStore, UnregistrationStatus, WorkerFilter, WorkerPage
+from hodei.scheduler.events import EventHub
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_BATCH_SIZE", "MAX_PAGE_SIZE", "Admission", "WorkerRegistry"]
 
@@ -30,6 +35,13 @@ MAX_BATCH_SIZE = 1000
 
 Admission = Callable[[DynamicWorker], SchedulerError | None]
 """Asked before each registration is written; an error refuses that worker (and only that one)."""
+
+_STATUS_EVENTS = {
+    WorkerStatus.AVAILABLE: WorkerEventKind.AVAILABLE,
+    WorkerStatus.BUSY: WorkerEventKind.BUSY,
+    WorkerStatus.DRAINING: WorkerEventKind.DRAINING,
+    WorkerStatus.LOST: WorkerEventKind.LOST,
+}
 
 
 def _utcnow() -> datetime:
@@ -57,10 +69,12 @@ class WorkerRegistry:
         self,
         store: RegistryStore,
         *,
+        events: EventHub | None = None,
         clock: Callable[[], datetime] = _utcnow,
         admission: Admission | None = None,
     ) -> None:
         self._store = store
+        self.events = events or EventHub(clock=clock)
         self._clock = clock
         self._admission = admission
 
@@ -68,7 +82,7 @@ class WorkerRegistry:
     def store(self) -> RegistryStore:
         return self._store
 
-    def _check(self, worker: DynamicWorker) -> WorkerRecord:
+    def _check(self, worker: DynamicWorker, lease_ttl: float | None, status: WorkerStatus) -> WorkerRecord:
         violations = validate_worker(worker)
         if violations:
             raise InvalidWorkerData(
@@ -81,30 +95,45 @@ class WorkerRegistry:
             worker_id=worker.worker_id,
             worker_type=worker.worker_type,
             capabilities=worker.capabilities,
-            status=WorkerStatus.AVAILABLE,
+            status=status,
             labels=worker.labels,
             pool=worker.pool,
             hostname=worker.hostname,
             incarnation=worker.incarnation,
             registered_at=now,
             updated_at=now,
+            lease_ttl=lease_ttl,
         )
 
-    @staticmethod
-    def _receipt(outcome: UpsertOutcome, stored: WorkerRecord, incarnation: int) -> RegistrationReceipt:
+    def _announce(
+        self, outcome: UpsertOutcome, stored: WorkerRecord, incarnation: int
+    ) -> RegistrationReceipt:
         if outcome is UpsertOutcome.STALE:
             raise StaleIncarnation(
                 f"worker {stored.worker_id!r}: incarnation {incarnation} is older than the registered "
                 f"incarnation {stored.incarnation}",
                 worker_id=stored.worker_id,
             )
+        if outcome is UpsertOutcome.CREATED:
+            self.events.publish(WorkerEventKind.REGISTERED, stored.worker_id, stored)
+        elif outcome is UpsertOutcome.UPDATED:
+            self.events.publish(WorkerEventKind.UPDATED, stored.worker_id, stored)
         return RegistrationReceipt(stored, created=outcome is UpsertOutcome.CREATED)
 
-    async def register(self, worker: DynamicWorker) -> RegistrationReceipt:
-        """Register (or refresh) one worker; it is ``AVAILABLE`` once this returns."""
-        record = self._check(worker)
+    async def register(
+        self,
+        worker: DynamicWorker,
+        *,
+        lease_ttl: float | None = None,
+        status: WorkerStatus = WorkerStatus.AVAILABLE,
+    ) -> RegistrationReceipt:
+        """Register (or refresh) one worker; it is ``AVAILABLE`` once this returns.
+
+        ``lease_ttl`` is set for workers whose agent holds a lease; push registrations have none.
+        """
+        record = self._check(worker, lease_ttl, status)
         [(outcome, stored)] = await self._store.upsert([record])
-        return self._receipt(outcome, stored, worker.incarnation)
+        return self._announce(outcome, stored, worker.incarnation)
 
     async def register_many(
         self, workers: Sequence[DynamicWorker]
@@ -114,21 +143,48 @@ class WorkerRegistry:
         accepted: list[tuple[int, WorkerRecord]] = []
         for index, worker in enumerate(workers):
             try:
-                accepted.append((index, self._check(worker)))
+                accepted.append((index, self._check(worker, None, WorkerStatus.AVAILABLE)))
             except SchedulerError as refusal:
                 results[index] = refusal
         if accepted:
             written = await self._store.upsert([record for _, record in accepted])
             for (index, _), (outcome, stored) in zip(accepted, written, strict=True):
                 try:
-                    results[index] = self._receipt(outcome, stored, workers[index].incarnation)
+                    results[index] = self._announce(outcome, stored, workers[index].incarnation)
                 except StaleIncarnation as stale:
                     results[index] = stale
         return [r for r in results if r is not None]
 
-    async def unregister(self, worker_id: str) -> UnregistrationStatus:
-        removed = await self._store.delete(worker_id)
-        return UnregistrationStatus.SUCCESS if removed else UnregistrationStatus.NOT_REGISTERED
+    async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:
+        if not await self._store.delete(worker_id):
+            return UnregistrationStatus.NOT_REGISTERED
+        self.events.publish(WorkerEventKind.UNREGISTERED, worker_id, None, reason)
+        return UnregistrationStatus.SUCCESS
+
+    async def expire(self, worker_id: str, *, reason: str) -> bool:
+        """Remove a worker that stayed LOST past its grace. False if it is gone or no longer LOST."""
+        record = await self._store.get(worker_id)
+        if record is None or record.status is not WorkerStatus.LOST:
+            return False
+        await self._store.delete(worker_id)
+        self.events.publish(WorkerEventKind.EXPIRED, worker_id, None, reason)
+        return True
+
+    async def transition(
+        self, worker_id: str, status: WorkerStatus, *, drained: bool = False, reason: str = ""
+    ) -> WorkerRecord:
+        """Move a worker to ``status`` (DRAINING with ``drained`` once its work is done); raises WorkerNotFound."""
+        record = await self._store.get(worker_id)
+        if record is None:
+            raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
+        if record.status is status and record.drained == drained:
+            return record
+        updated = replace(record, status=status, drained=drained, updated_at=self._clock())
+        if await self._store.update([updated]):
+            raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
+        kind = WorkerEventKind.DRAINED if drained else _STATUS_EVENTS.get(status, WorkerEventKind.UPDATED)
+        self.events.publish(kind, worker_id, updated, reason)
+        return updated
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         return await self._store.get(worker_id)
@@ -148,6 +204,15 @@ class WorkerRegistry:
         if len(found) > limit:
             return WorkerPage(found[:limit], encode_page_token(found[limit - 1].worker_id))
         return WorkerPage(found)
+
+    async def all_records(self) -> builtins.list[WorkerRecord]:
+        """Every record, in worker-id order (start-up recovery, snapshots)."""
+        records: builtins.list[WorkerRecord] = []
+        after = ""
+        while batch := await self._store.list(WorkerFilter(), after=after, limit=MAX_PAGE_SIZE):
+            records += batch
+            after = batch[-1].worker_id
+        return records
 
     async def count(self) -> int:
         return await self._store.count()

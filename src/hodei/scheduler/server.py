@@ -1,4 +1,4 @@
-"""SchedulerServer: the registry served over grpc.aio, with health checking and server reflection."""
+"""SchedulerServer: the scheduler served over grpc.aio, with health checking and server reflection."""
 
 from __future__ import annotations
 
@@ -11,11 +11,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hodei.scheduler.registry import WorkerRegistry
+from hodei.scheduler.core import Scheduler
 from hodei.scheduler.service import SchedulerServicer
 from hodei.transport.codec import SERVICE_NAME, pb_grpc
 
-__all__ = ["SchedulerServer"]
+__all__ = ["SERVER_OPTIONS", "SchedulerServer"]
+
+# Agents keep streams open for hours: let them ping (keepalive) so that dead peers are noticed on both sides.
+SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 
 class _State(enum.Enum):
@@ -25,22 +34,22 @@ class _State(enum.Enum):
 
 
 class SchedulerServer:
-    """Serves a :class:`WorkerRegistry`. ``listen`` may use port 0; :attr:`address` is the bound address.
+    """Serves a :class:`Scheduler`. ``listen`` may use port 0; :attr:`address` is the bound address.
 
-    ``async with SchedulerServer(registry) as server: ...`` starts it and stops it; a server cannot be
-    started twice.
+    ``async with SchedulerServer(scheduler) as server: ...`` starts it (and its liveness sweeps) and stops it; a
+    server cannot be started twice.
     """
 
     def __init__(
         self,
-        registry: WorkerRegistry,
+        scheduler: Scheduler,
         *,
         listen: str = "127.0.0.1:0",
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-        options: Sequence[tuple[str, Any]] = (),
+        options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
         grace: float = 2.0,
     ) -> None:
-        self.registry = registry
+        self.scheduler = scheduler
         self._listen = listen
         self._interceptors = list(interceptors)
         self._options = list(options)
@@ -59,9 +68,10 @@ class SchedulerServer:
     async def start(self) -> str:
         if self._state is not _State.NEW:
             raise RuntimeError(f"a {self._state.value} SchedulerServer cannot be started")
+        self._state = _State.SERVING
         server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
         pb_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SchedulerServicer(self.registry), server
+            SchedulerServicer(self.scheduler), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -74,10 +84,11 @@ class SchedulerServer:
         )
         self.port = server.add_insecure_port(self._listen)
         if self.port == 0:
+            self._state = _State.STOPPED
             raise OSError(f"could not listen on {self._listen}")
+        await self.scheduler.start()
         await server.start()
         self._server = server
-        self._state = _State.SERVING
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         return self.address
@@ -87,13 +98,14 @@ class SchedulerServer:
             await self._server.wait_for_termination()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop serving: health turns NOT_SERVING, in-flight calls get ``grace`` seconds. Idempotent."""
-        if self._state is not _State.SERVING or self._server is None:
-            self._state = _State.STOPPED
-            return
+        """Stop serving: health turns NOT_SERVING, streams end, in-flight calls get ``grace`` s. Idempotent."""
+        server, self._server = self._server, None
         self._state = _State.STOPPED
+        if server is None:
+            return
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self._grace if grace is None else grace)
+        await self.scheduler.stop()  # ends agents' and watchers' streams, so that they do not hold the grace
+        await server.stop(self._grace if grace is None else grace)
 
     async def __aenter__(self) -> SchedulerServer:
         await self.start()

@@ -1,35 +1,46 @@
-"""The gRPC face of the registry. It only translates: proto in, domain call, proto out, errors to codes."""
+"""The gRPC face of the scheduler. It only translates: proto in, a Scheduler call, proto out, errors to codes."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
 from hodei.domain import DynamicWorker, FieldViolation
 from hodei.errors import InvalidWorkerData, SchedulerError, WorkerNotFound
-from hodei.scheduler.registry import MAX_BATCH_SIZE, WorkerRegistry
+from hodei.scheduler.core import AgentSession, Scheduler
+from hodei.scheduler.registry import MAX_BATCH_SIZE
 from hodei.transport import codec
 from hodei.transport.codec import pb, pb_grpc
 from hodei.transport.status import grpc_code, status_trailer
 
 __all__ = ["SchedulerServicer"]
 
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+HELLO_TIMEOUT = 10.0  # seconds an agent has to say who it is
 
-async def _abort(context: grpc.aio.ServicerContext[object, object], error: SchedulerError) -> NoReturn:
+
+async def _abort(context: Context, error: SchedulerError) -> NoReturn:
     await context.abort(grpc_code(error.code), error.message, trailing_metadata=status_trailer(error))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
+def _invalid(field: str, description: str) -> InvalidWorkerData:
+    return InvalidWorkerData(f"{field} {description}", violations=[FieldViolation(field, description)])
+
+
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
-    def __init__(self, registry: WorkerRegistry) -> None:
-        self._registry = registry
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
 
     async def RegisterWorker(
-        self, request: pb.RegisterWorkerRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.RegisterWorkerRequest, context: Context
     ) -> pb.RegisterWorkerResponse:
         try:
-            receipt = await self._registry.register(codec.worker_from_request(request))
+            receipt = await self._scheduler.register(codec.worker_from_request(request))
         except SchedulerError as error:
             await _abort(context, error)
         return pb.RegisterWorkerResponse(
@@ -39,46 +50,34 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
 
     async def RegisterWorkers(
-        self, request: pb.RegisterWorkersRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.RegisterWorkersRequest, context: Context
     ) -> pb.RegisterWorkersResponse:
         if len(request.workers) > MAX_BATCH_SIZE:
-            await _abort(
-                context,
-                InvalidWorkerData(
-                    f"a batch holds at most {MAX_BATCH_SIZE} workers, got {len(request.workers)}",
-                    violations=[FieldViolation("workers", f"at most {MAX_BATCH_SIZE} workers per call")],
-                ),
-            )
-        outcomes: list[object] = []
+            await _abort(context, _invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
+        outcomes: list[SchedulerError | None] = []
         decoded: list[DynamicWorker] = []
         for entry in request.workers:
             try:
-                worker = codec.worker_from_request(entry)
+                decoded.append(codec.worker_from_request(entry))
+                outcomes.append(None)
             except SchedulerError as error:
                 outcomes.append(error)
-            else:
-                outcomes.append(None)
-                decoded.append(worker)
-        registered = iter(await self._registry.register_many(decoded))
+        registered = iter(await self._scheduler.register_many(decoded))
         return pb.RegisterWorkersResponse(
             results=[
-                codec.registration_result_to_proto(
-                    entry.worker_id, outcome if isinstance(outcome, SchedulerError) else next(registered)
-                )
+                codec.registration_result_to_proto(entry.worker_id, outcome or next(registered))
                 for entry, outcome in zip(request.workers, outcomes, strict=True)
             ]
         )
 
     async def UnregisterWorker(
-        self, request: pb.UnregisterWorkerRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.UnregisterWorkerRequest, context: Context
     ) -> pb.UnregisterWorkerResponse:
-        status = await self._registry.unregister(request.worker_id)
+        status = await self._scheduler.unregister(request.worker_id)
         return pb.UnregisterWorkerResponse(status=codec.unregistration_to_proto(status))
 
-    async def GetWorker(
-        self, request: pb.GetWorkerRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.GetWorkerResponse:
-        record = await self._registry.get(request.worker_id)
+    async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
+        record = await self._scheduler.get(request.worker_id)
         if record is None:
             await _abort(
                 context,
@@ -88,11 +87,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             )
         return pb.GetWorkerResponse(worker=codec.record_to_proto(record))
 
-    async def ListWorkers(
-        self, request: pb.ListWorkersRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.ListWorkersResponse:
+    async def ListWorkers(self, request: pb.ListWorkersRequest, context: Context) -> pb.ListWorkersResponse:
         try:
-            page = await self._registry.list(
+            page = await self._scheduler.list(
                 codec.filter_from_proto(request), page_size=request.page_size, page_token=request.page_token
             )
         except SchedulerError as error:
@@ -100,3 +97,101 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.ListWorkersResponse(
             workers=[codec.record_to_proto(r) for r in page.workers], next_page_token=page.next_page_token
         )
+
+    async def DrainWorker(self, request: pb.DrainWorkerRequest, context: Context) -> pb.DrainWorkerResponse:
+        try:
+            outcome = await self._scheduler.drain(
+                request.worker_id, deadline=request.deadline_ms / 1000, reason=request.reason
+            )
+        except SchedulerError as error:
+            await _abort(context, error)
+        return pb.DrainWorkerResponse(
+            worker=codec.record_to_proto(outcome.record), delivered=outcome.delivered
+        )
+
+    async def ShutdownWorker(
+        self, request: pb.ShutdownWorkerRequest, context: Context
+    ) -> pb.ShutdownWorkerResponse:
+        try:
+            delivered = await self._scheduler.shutdown(request.worker_id, reason=request.reason)
+        except SchedulerError as error:
+            await _abort(context, error)
+        return pb.ShutdownWorkerResponse(delivered=delivered)
+
+    async def WatchWorkers(
+        self, request: pb.WatchWorkersRequest, context: Context
+    ) -> AsyncIterator[pb.WatchWorkersResponse]:
+        watcher = self._scheduler.events.watch()
+        try:
+            if request.include_snapshot:
+                for record in await self._scheduler.registry.all_records():
+                    event = self._scheduler.events.snapshot_event(self._scheduler.view(record))
+                    yield pb.WatchWorkersResponse(event=codec.event_to_proto(event))
+            async for event in watcher:
+                yield pb.WatchWorkersResponse(event=codec.event_to_proto(event))
+        except SchedulerError as error:
+            await _abort(context, error)
+        finally:
+            watcher.close()
+
+    async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
+        session = await self._open_session(context)
+        reader = asyncio.create_task(
+            self._read_agent(session, context), name=f"hodei-agent-{session.worker_id}"
+        )
+        try:
+            while (command := await session.commands.get()) is not None:
+                await context.write(pb.ConnectResponse(command=codec.command_to_proto(command)))
+            if reader.done() and (error := reader.result()) is not None:
+                await _abort(context, error)
+        finally:
+            self._scheduler.goodbye(session)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _open_session(self, context: Context) -> AgentSession:
+        try:
+            first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
+        except TimeoutError:
+            await _abort(context, _invalid("hello", f"was not sent within {HELLO_TIMEOUT:g} s"))
+        if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
+            await _abort(context, _invalid("hello", "must be the first message of the stream"))
+        try:
+            worker = codec.worker_from_request(first.hello)
+            receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
+        except SchedulerError as error:
+            await _abort(context, error)
+        ack = pb.ConnectAck(
+            worker=codec.record_to_proto(receipt.record),
+            created=receipt.created,
+            heartbeat_interval_ms=round(self._scheduler.liveness.heartbeat_interval * 1000),
+            lease_ttl_ms=round(self._scheduler.liveness.lease_ttl * 1000),
+        )
+        await context.write(pb.ConnectResponse(ack=ack))
+        return session
+
+    async def _read_agent(self, session: AgentSession, context: Context) -> SchedulerError | None:
+        """Apply what the agent sends until it closes its side; a bad message ends the stream with its error."""
+        try:
+            while (message := await context.read()) is not grpc.aio.EOF:
+                which = message.WhichOneof("message")
+                if which == "heartbeat":
+                    await self._scheduler.heartbeat(session, codec.usage_from_proto(message.heartbeat.usage))
+                elif which == "status_change":
+                    change = message.status_change
+                    await self._scheduler.report_status(
+                        session,
+                        codec.status_from_proto(change.status),
+                        drained=change.drained,
+                        reason=change.reason,
+                    )
+                else:
+                    raise _invalid(
+                        "message", "after the hello, only heartbeats and status changes are accepted"
+                    )
+            return None
+        except SchedulerError as error:
+            return error
+        finally:
+            session.close()

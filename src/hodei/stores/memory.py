@@ -6,10 +6,17 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import replace
 
-from hodei.domain import WorkerRecord
-from hodei.ports import UpsertOutcome, WorkerFilter
+from hodei.domain import UpsertOutcome, WorkerRecord, merge_registration
+from hodei.ports import WorkerFilter
 
 __all__ = ["MemoryRegistryStore"]
+
+
+def _stored_form(record: WorkerRecord) -> WorkerRecord:
+    """The record without its live fields, as every store keeps it."""
+    if record.connected or record.usage is not None or record.last_heartbeat_at is not None:
+        return replace(record, connected=False, usage=None, last_heartbeat_at=None)
+    return record
 
 
 class MemoryRegistryStore:
@@ -21,17 +28,22 @@ class MemoryRegistryStore:
         outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
         for record in records:
             stored = self._records.get(record.worker_id)
-            if stored is None:
-                self._records[record.worker_id] = record
+            outcome, written = merge_registration(stored, _stored_form(record))
+            if outcome is UpsertOutcome.CREATED:
                 self._sorted_ids = None
-                outcomes.append((UpsertOutcome.CREATED, record))
-            elif record.incarnation < stored.incarnation:
-                outcomes.append((UpsertOutcome.STALE, stored))
-            else:
-                record = replace(record, registered_at=stored.registered_at)
-                self._records[record.worker_id] = record
-                outcomes.append((UpsertOutcome.UPDATED, record))
+            if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
+                self._records[record.worker_id] = written
+            outcomes.append((outcome, written))
         return outcomes
+
+    async def update(self, records: Sequence[WorkerRecord]) -> list[str]:
+        missing: list[str] = []
+        for record in records:
+            if record.worker_id in self._records:
+                self._records[record.worker_id] = _stored_form(record)
+            else:
+                missing.append(record.worker_id)
+        return missing
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         return self._records.get(worker_id)

@@ -9,8 +9,10 @@ from typing import Self
 import grpc
 
 from hodei.domain import DynamicWorker, WorkerRecord
-from hodei.ports import RegistryStore, WorkerFilter
-from hodei.scheduler.registry import Admission, WorkerRegistry
+from hodei.lifecycle import LivenessConfig
+from hodei.ports import RegistryStore
+from hodei.scheduler.core import Scheduler
+from hodei.scheduler.registry import Admission
 from hodei.scheduler.server import SchedulerServer
 from hodei.stores.memory import MemoryRegistryStore
 from hodei.transport.client import SchedulerPortClient
@@ -21,8 +23,9 @@ __all__ = ["EmbeddedScheduler"]
 class EmbeddedScheduler:
     """``async with EmbeddedScheduler() as scheduler:`` — then dial ``scheduler.target``.
 
-    It runs the real registry (in memory unless a store is given) behind the real gRPC service, so that what a
-    test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach the registry directly.
+    It runs the real scheduler (in memory unless a store is given; leases as ``liveness`` says) behind the real
+    gRPC service, so that what a test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach
+    the registry directly; ``scheduler.events.watch()`` follows its events.
     """
 
     def __init__(
@@ -30,12 +33,15 @@ class EmbeddedScheduler:
         *,
         store: RegistryStore | None = None,
         admission: Admission | None = None,
+        liveness: LivenessConfig | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
-        self.registry = WorkerRegistry(store or MemoryRegistryStore(), admission=admission)
+        self.scheduler = Scheduler(store or MemoryRegistryStore(), admission=admission, liveness=liveness)
+        self.registry = self.scheduler.registry
         self._server = SchedulerServer(
-            self.registry, listen=f"{host}:0", interceptors=interceptors, grace=0.5
+            self.scheduler, listen=f"{host}:{port}", interceptors=interceptors, grace=0.5
         )
         self._channels: list[grpc.aio.Channel] = []
 
@@ -83,7 +89,7 @@ class EmbeddedScheduler:
         return SchedulerPortClient(self.channel())
 
     async def get_worker(self, worker_id: str) -> WorkerRecord | None:
-        return await self.registry.get(worker_id)
+        return await self.scheduler.get(worker_id)
 
     async def add_worker(self, worker: DynamicWorker) -> WorkerRecord:
         """Register a worker directly in the registry, as if it had registered itself."""
@@ -91,4 +97,4 @@ class EmbeddedScheduler:
 
     async def workers(self) -> list[WorkerRecord]:
         """Every registered worker, in worker-id order."""
-        return await self.registry.store.list(WorkerFilter(), limit=1 << 62)
+        return [self.scheduler.view(r) for r in await self.registry.all_records()]

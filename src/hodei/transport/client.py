@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from hodei.domain import DynamicWorker, WorkerRecord
-from hodei.errors import ErrorCode, SchedulerError, WorkerNotFound, scheduler_error_for
-from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
+from hodei.errors import ErrorCode, RegistrationCancelled, SchedulerError, WorkerNotFound, scheduler_error_for
+from hodei.lifecycle import WorkerEvent
+from hodei.ports import DrainOutcome, RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.transport import codec
 from hodei.transport.codec import pb
 from hodei.transport.status import error_from_rpc
 
 __all__ = ["SchedulerPortClient"]
+
+R = TypeVar("R")
 
 
 class SchedulerPortClient:
@@ -59,23 +62,32 @@ class SchedulerPortClient:
         if self._owns_channel:
             await self._channel.close()
 
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: object,
+        timeout: float | None,
+        worker_id: str | None,
+    ) -> R:
+        if self._closed:
+            raise RegistrationCancelled("the SchedulerPortClient is closed", worker_id=worker_id)
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error, worker_id=worker_id) from error
+
     async def register_worker(
         self, worker: DynamicWorker, *, timeout: float | None = None
     ) -> RegistrationReceipt:
-        try:
-            response = await self._stub.RegisterWorker(codec.worker_to_request(worker), timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error, worker_id=worker.worker_id) from error
+        request = codec.worker_to_request(worker)
+        response = await self._call(self._stub.RegisterWorker, request, timeout, worker.worker_id)
         return codec.receipt_from_proto(response)
 
     async def register_workers(
         self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
     ) -> list[RegistrationReceipt | SchedulerError]:
         request = pb.RegisterWorkersRequest(workers=[codec.worker_to_request(w) for w in workers])
-        try:
-            response = await self._stub.RegisterWorkers(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from error
+        response = await self._call(self._stub.RegisterWorkers, request, timeout, None)
         if len(response.results) != len(workers):
             raise scheduler_error_for(
                 ErrorCode.INTERNAL,
@@ -86,23 +98,18 @@ class SchedulerPortClient:
     async def unregister_worker(
         self, worker_id: str, *, timeout: float | None = None
     ) -> UnregistrationStatus:
-        try:
-            response = await self._stub.UnregisterWorker(
-                pb.UnregisterWorkerRequest(worker_id=worker_id), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error, worker_id=worker_id) from error
+        request = pb.UnregisterWorkerRequest(worker_id=worker_id)
+        response = await self._call(self._stub.UnregisterWorker, request, timeout, worker_id)
         return codec.unregistration_from_proto(response.status)
 
     async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None:
         """The worker as registered, or ``None`` if the scheduler does not know it."""
         try:
-            response = await self._stub.GetWorker(pb.GetWorkerRequest(worker_id=worker_id), timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            mapped = error_from_rpc(error, worker_id=worker_id)
-            if isinstance(mapped, WorkerNotFound):
-                return None
-            raise mapped from error
+            response = await self._call(
+                self._stub.GetWorker, pb.GetWorkerRequest(worker_id=worker_id), timeout, worker_id
+            )
+        except WorkerNotFound:
+            return None
         return codec.record_from_proto(response.worker)
 
     async def list_workers(
@@ -116,8 +123,38 @@ class SchedulerPortClient:
         request = codec.filter_to_proto(
             worker_filter or WorkerFilter(), page_size=page_size, page_token=page_token
         )
+        response = await self._call(self._stub.ListWorkers, request, timeout, None)
+        return WorkerPage([codec.record_from_proto(w) for w in response.workers], response.next_page_token)
+
+    async def drain_worker(
+        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
+    ) -> DrainOutcome:
+        """Mark the worker DRAINING and tell its agent; raises WorkerNotFound for an unknown worker."""
+        request = pb.DrainWorkerRequest(
+            worker_id=worker_id, deadline_ms=round(deadline * 1000), reason=reason
+        )
+        response = await self._call(self._stub.DrainWorker, request, timeout, worker_id)
+        return DrainOutcome(codec.record_from_proto(response.worker), response.delivered)
+
+    async def shutdown_worker(
+        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> bool:
+        """Tell the worker's agent to drain, unregister and exit; False if no agent is connected."""
+        request = pb.ShutdownWorkerRequest(worker_id=worker_id, reason=reason)
+        response = await self._call(self._stub.ShutdownWorker, request, timeout, worker_id)
+        return bool(response.delivered)
+
+    async def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
+        """Lifecycle events as they happen (after one SNAPSHOT event per worker, if asked), until closed."""
+        if self._closed:
+            raise RegistrationCancelled("the SchedulerPortClient is closed")
+        call = self._stub.WatchWorkers(pb.WatchWorkersRequest(include_snapshot=include_snapshot))
         try:
-            response = await self._stub.ListWorkers(request, timeout=timeout)
+            async for response in call:
+                event = codec.event_from_proto(response.event)
+                if event is not None:
+                    yield event
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from error
-        return WorkerPage([codec.record_from_proto(w) for w in response.workers], response.next_page_token)
+        finally:
+            call.cancel()

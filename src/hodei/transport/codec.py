@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,6 +11,7 @@ from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,
     FieldViolation,
+    ResourceUsage,
     WorkerCapabilities,
     WorkerRecord,
     WorkerStatus,
@@ -18,14 +19,20 @@ from hodei.domain import (
     validate_worker_fields,
 )
 from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerError, scheduler_error_for
+from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 __all__ = [
     "SERVICE_NAME",
+    "command_from_proto",
+    "command_to_proto",
+    "event_from_proto",
+    "event_to_proto",
     "filter_from_proto",
     "filter_to_proto",
+    "hello_from_worker",
     "pb",
     "pb_grpc",
     "receipt_from_proto",
@@ -37,6 +44,8 @@ __all__ = [
     "status_to_proto",
     "unregistration_from_proto",
     "unregistration_to_proto",
+    "usage_from_proto",
+    "usage_to_proto",
     "worker_from_request",
     "worker_to_request",
 ]
@@ -103,9 +112,10 @@ def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
     )
 
 
-def worker_from_request(request: pb.RegisterWorkerRequest) -> DynamicWorker:
-    """Decode a registration. What the domain cannot even represent (an unknown worker type, no capabilities)
-    is reported here, with every other violation of the same request; the registry checks the rest."""
+def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> DynamicWorker:
+    """Decode a registration (or an agent's hello). What the domain cannot even represent (an unknown worker
+    type, no capabilities) is reported here, with every other violation of the same request; the registry
+    checks the rest."""
     worker_type = _WORKER_TYPES.get(request.metadata.worker_type)
     has_capabilities = request.HasField("capabilities")
     capabilities = _capabilities_from_proto(request.capabilities)
@@ -141,6 +151,27 @@ def worker_from_request(request: pb.RegisterWorkerRequest) -> DynamicWorker:
     )
 
 
+def hello_from_worker(worker: DynamicWorker, running_jobs: Sequence[str] = ()) -> pb.WorkerHello:
+    request = worker_to_request(worker)
+    return pb.WorkerHello(
+        worker_id=request.worker_id,
+        incarnation=request.incarnation,
+        capabilities=request.capabilities,
+        metadata=request.metadata,
+        running_jobs=list(running_jobs),
+    )
+
+
+def usage_to_proto(usage: ResourceUsage) -> pb.ResourceUsage:
+    return pb.ResourceUsage(
+        cpu_percent=usage.cpu_percent, memory_used_mb=usage.memory_used_mb, running_jobs=usage.running_jobs
+    )
+
+
+def usage_from_proto(message: pb.ResourceUsage) -> ResourceUsage:
+    return ResourceUsage(message.cpu_percent, message.memory_used_mb, message.running_jobs)
+
+
 def record_to_proto(record: WorkerRecord) -> pb.Worker:
     return pb.Worker(
         worker_id=record.worker_id,
@@ -156,6 +187,11 @@ def record_to_proto(record: WorkerRecord) -> pb.Worker:
         incarnation=record.incarnation,
         registered_at=_timestamp(record.registered_at),
         updated_at=_timestamp(record.updated_at),
+        lease_ttl_ms=round(record.lease_ttl * 1000) if record.lease_ttl is not None else 0,
+        connected=record.connected,
+        drained=record.drained,
+        usage=usage_to_proto(record.usage) if record.usage is not None else None,
+        last_heartbeat_at=_timestamp(record.last_heartbeat_at),
     )
 
 
@@ -174,6 +210,11 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
         incarnation=message.incarnation,
         registered_at=_moment(message.registered_at, message.HasField("registered_at")),
         updated_at=_moment(message.updated_at, message.HasField("updated_at")),
+        lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
+        connected=message.connected,
+        drained=message.drained,
+        usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
+        last_heartbeat_at=_moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
     )
 
 
@@ -273,4 +314,58 @@ def filter_from_proto(request: pb.ListWorkersRequest) -> WorkerFilter:
         statuses=frozenset(status_from_proto(s) for s in request.statuses),
         worker_type=worker_type,
         labels=labels,
+    )
+
+
+def command_to_proto(command: WorkerCommand) -> pb.WorkerCommand:
+    if command.kind is CommandKind.DRAIN:
+        return pb.WorkerCommand(
+            drain=pb.DrainCommand(deadline_ms=round(command.deadline * 1000), reason=command.reason)
+        )
+    if command.kind is CommandKind.SHUTDOWN:
+        return pb.WorkerCommand(shutdown=pb.ShutdownCommand(reason=command.reason))
+    return pb.WorkerCommand(reregister=pb.ReregisterCommand(reason=command.reason))
+
+
+def command_from_proto(message: pb.WorkerCommand) -> WorkerCommand | None:
+    """The command, or None for a kind this agent does not know (a newer scheduler's)."""
+    which = message.WhichOneof("command")
+    if which == "drain":
+        return WorkerCommand(CommandKind.DRAIN, message.drain.reason, message.drain.deadline_ms / 1000)
+    if which == "shutdown":
+        return WorkerCommand(CommandKind.SHUTDOWN, message.shutdown.reason)
+    if which == "reregister":
+        return WorkerCommand(CommandKind.REREGISTER, message.reregister.reason)
+    return None
+
+
+_EVENT_TO_PROTO: dict[WorkerEventKind, pb.WorkerEventKind] = {
+    kind: getattr(pb, f"WORKER_EVENT_KIND_{kind.name}") for kind in WorkerEventKind
+}
+_EVENT_FROM_PROTO: dict[int, WorkerEventKind] = {value: kind for kind, value in _EVENT_TO_PROTO.items()}
+
+
+def event_to_proto(event: WorkerEvent) -> pb.WorkerEvent:
+    return pb.WorkerEvent(
+        sequence=event.sequence,
+        kind=_EVENT_TO_PROTO[event.kind],
+        worker_id=event.worker_id,
+        worker=record_to_proto(event.record) if event.record is not None else None,
+        reason=event.reason,
+        time=_timestamp(event.time),
+    )
+
+
+def event_from_proto(message: pb.WorkerEvent) -> WorkerEvent | None:
+    """The event, or None for a kind this client does not know (a newer scheduler's)."""
+    kind = _EVENT_FROM_PROTO.get(message.kind)
+    if kind is None:
+        return None
+    return WorkerEvent(
+        sequence=message.sequence,
+        kind=kind,
+        worker_id=message.worker_id,
+        record=record_from_proto(message.worker) if message.HasField("worker") else None,
+        reason=message.reason,
+        time=message.time.ToDatetime(tzinfo=UTC),
     )

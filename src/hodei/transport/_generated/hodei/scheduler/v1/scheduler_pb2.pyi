@@ -35,6 +35,24 @@ class UnregistrationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNREGISTRATION_STATUS_UNSPECIFIED: _ClassVar[UnregistrationStatus]
     UNREGISTRATION_STATUS_SUCCESS: _ClassVar[UnregistrationStatus]
     UNREGISTRATION_STATUS_NOT_REGISTERED: _ClassVar[UnregistrationStatus]
+
+class WorkerEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_EVENT_KIND_UNSPECIFIED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_SNAPSHOT: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_REGISTERED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_UPDATED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_CONNECTED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_DISCONNECTED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_AVAILABLE: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_BUSY: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_DRAINING: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_DRAINED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_LOST: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_UNREGISTERED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_EXPIRED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_EXPIRY_SLOWED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_EXPIRY_RESUMED: _ClassVar[WorkerEventKind]
 WORKER_STATUS_UNSPECIFIED: WorkerStatus
 WORKER_STATUS_PROVISIONING: WorkerStatus
 WORKER_STATUS_REGISTERED: WorkerStatus
@@ -51,6 +69,21 @@ REGISTRATION_STATUS_FAILED: RegistrationStatus
 UNREGISTRATION_STATUS_UNSPECIFIED: UnregistrationStatus
 UNREGISTRATION_STATUS_SUCCESS: UnregistrationStatus
 UNREGISTRATION_STATUS_NOT_REGISTERED: UnregistrationStatus
+WORKER_EVENT_KIND_UNSPECIFIED: WorkerEventKind
+WORKER_EVENT_KIND_SNAPSHOT: WorkerEventKind
+WORKER_EVENT_KIND_REGISTERED: WorkerEventKind
+WORKER_EVENT_KIND_UPDATED: WorkerEventKind
+WORKER_EVENT_KIND_CONNECTED: WorkerEventKind
+WORKER_EVENT_KIND_DISCONNECTED: WorkerEventKind
+WORKER_EVENT_KIND_AVAILABLE: WorkerEventKind
+WORKER_EVENT_KIND_BUSY: WorkerEventKind
+WORKER_EVENT_KIND_DRAINING: WorkerEventKind
+WORKER_EVENT_KIND_DRAINED: WorkerEventKind
+WORKER_EVENT_KIND_LOST: WorkerEventKind
+WORKER_EVENT_KIND_UNREGISTERED: WorkerEventKind
+WORKER_EVENT_KIND_EXPIRED: WorkerEventKind
+WORKER_EVENT_KIND_EXPIRY_SLOWED: WorkerEventKind
+WORKER_EVENT_KIND_EXPIRY_RESUMED: WorkerEventKind
 
 class WorkerCapabilities(_message.Message):
     __slots__ = ("cpu_cores", "memory_mb", "disk_mb", "gpu_count")
@@ -86,7 +119,7 @@ class WorkerMetadata(_message.Message):
     def __init__(self, worker_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., pool: _Optional[str] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "status", "capabilities", "metadata", "incarnation", "registered_at", "updated_at")
+    __slots__ = ("worker_id", "status", "capabilities", "metadata", "incarnation", "registered_at", "updated_at", "lease_ttl_ms", "connected", "drained", "usage", "last_heartbeat_at")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +127,11 @@ class Worker(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     status: WorkerStatus
     capabilities: WorkerCapabilities
@@ -101,7 +139,22 @@ class Worker(_message.Message):
     incarnation: int
     registered_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, worker_id: _Optional[str] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    lease_ttl_ms: int
+    connected: bool
+    drained: bool
+    usage: ResourceUsage
+    last_heartbeat_at: _timestamp_pb2.Timestamp
+    def __init__(self, worker_id: _Optional[str] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., connected: _Optional[bool] = ..., drained: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ResourceUsage(_message.Message):
+    __slots__ = ("cpu_percent", "memory_used_mb", "running_jobs")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_MB_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_used_mb: int
+    running_jobs: int
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_used_mb: _Optional[int] = ..., running_jobs: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("worker_id", "capabilities", "metadata", "incarnation")
@@ -223,3 +276,155 @@ class ListWorkersResponse(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[Worker]
     next_page_token: str
     def __init__(self, workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ConnectRequest(_message.Message):
+    __slots__ = ("hello", "heartbeat", "status_change")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    hello: WorkerHello
+    heartbeat: Heartbeat
+    status_change: StatusChange
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., status_change: _Optional[_Union[StatusChange, _Mapping]] = ...) -> None: ...
+
+class WorkerHello(_message.Message):
+    __slots__ = ("worker_id", "incarnation", "capabilities", "metadata", "running_jobs")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    incarnation: int
+    capabilities: WorkerCapabilities
+    metadata: WorkerMetadata
+    running_jobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., running_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sequence", "usage")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    usage: ResourceUsage
+    def __init__(self, sequence: _Optional[int] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ...) -> None: ...
+
+class StatusChange(_message.Message):
+    __slots__ = ("status", "drained", "reason")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    status: WorkerStatus
+    drained: bool
+    reason: str
+    def __init__(self, status: _Optional[_Union[WorkerStatus, str]] = ..., drained: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ConnectResponse(_message.Message):
+    __slots__ = ("ack", "command")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ack: ConnectAck
+    command: WorkerCommand
+    def __init__(self, ack: _Optional[_Union[ConnectAck, _Mapping]] = ..., command: _Optional[_Union[WorkerCommand, _Mapping]] = ...) -> None: ...
+
+class ConnectAck(_message.Message):
+    __slots__ = ("worker", "created", "heartbeat_interval_ms", "lease_ttl_ms")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    worker: Worker
+    created: bool
+    heartbeat_interval_ms: int
+    lease_ttl_ms: int
+    def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., created: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+
+class WorkerCommand(_message.Message):
+    __slots__ = ("drain", "shutdown", "reregister")
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    drain: DrainCommand
+    shutdown: ShutdownCommand
+    reregister: ReregisterCommand
+    def __init__(self, drain: _Optional[_Union[DrainCommand, _Mapping]] = ..., shutdown: _Optional[_Union[ShutdownCommand, _Mapping]] = ..., reregister: _Optional[_Union[ReregisterCommand, _Mapping]] = ...) -> None: ...
+
+class DrainCommand(_message.Message):
+    __slots__ = ("deadline_ms", "reason")
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    deadline_ms: int
+    reason: str
+    def __init__(self, deadline_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ShutdownCommand(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ReregisterCommand(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class WorkerEvent(_message.Message):
+    __slots__ = ("sequence", "kind", "worker_id", "worker", "reason", "time")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    kind: WorkerEventKind
+    worker_id: str
+    worker: Worker
+    reason: str
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[WorkerEventKind, str]] = ..., worker_id: _Optional[str] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WatchWorkersRequest(_message.Message):
+    __slots__ = ("include_snapshot",)
+    INCLUDE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    include_snapshot: bool
+    def __init__(self, include_snapshot: _Optional[bool] = ...) -> None: ...
+
+class WatchWorkersResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: WorkerEvent
+    def __init__(self, event: _Optional[_Union[WorkerEvent, _Mapping]] = ...) -> None: ...
+
+class DrainWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "deadline_ms", "reason")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    deadline_ms: int
+    reason: str
+    def __init__(self, worker_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DrainWorkerResponse(_message.Message):
+    __slots__ = ("worker", "delivered")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    worker: Worker
+    delivered: bool
+    def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., delivered: _Optional[bool] = ...) -> None: ...
+
+class ShutdownWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "reason")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    reason: str
+    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ShutdownWorkerResponse(_message.Message):
+    __slots__ = ("delivered",)
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    delivered: bool
+    def __init__(self, delivered: _Optional[bool] = ...) -> None: ...

@@ -61,6 +61,26 @@ class SchedulerServiceStub:
                 request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/hodei.scheduler.v1.SchedulerService/Connect',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ConnectResponse.FromString,
+                _registered_method=True)
+        self.WatchWorkers = channel.unary_stream(
+                '/hodei.scheduler.v1.SchedulerService/WatchWorkers',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchWorkersRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchWorkersResponse.FromString,
+                _registered_method=True)
+        self.DrainWorker = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/DrainWorker',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.DrainWorkerRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.DrainWorkerResponse.FromString,
+                _registered_method=True)
+        self.ShutdownWorker = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/ShutdownWorker',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -102,6 +122,36 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connect(self, request_iterator, context):
+        """Connect is a worker agent's stream. The agent sends a hello first (which registers the worker, or attaches
+        to the worker the control plane registered), then heartbeats and status changes; the scheduler answers
+        with an acknowledgement carrying the heartbeat interval and lease TTL it wants, then pushes commands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchWorkers(self, request, context):
+        """WatchWorkers streams lifecycle events in order, optionally after a snapshot of every current worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainWorker(self, request, context):
+        """DrainWorker marks a worker DRAINING and, if its agent is connected, tells it to finish its work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShutdownWorker(self, request, context):
+        """ShutdownWorker tells a connected agent to drain, unregister and exit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +179,26 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListWorkersRequest.FromString,
                     response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ConnectRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ConnectResponse.SerializeToString,
+            ),
+            'WatchWorkers': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkers,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchWorkersRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchWorkersResponse.SerializeToString,
+            ),
+            'DrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWorker,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.DrainWorkerRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'ShutdownWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShutdownWorker,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +337,114 @@ class SchedulerService:
             '/hodei.scheduler.v1.SchedulerService/ListWorkers',
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListWorkersRequest.SerializeToString,
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/Connect',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ConnectRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/WatchWorkers',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchWorkersRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/DrainWorker',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.DrainWorkerRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShutdownWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/ShutdownWorker',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

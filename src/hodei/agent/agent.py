@@ -1,0 +1,212 @@
+"""WorkerAgent: runs inside a worker, keeps it registered and heartbeating, and obeys the scheduler.
+
+It connects (the hello registers the worker, or attaches to the control plane's registration), heartbeats at
+the interval the scheduler asks for, and carries out commands: drain (finish work, take no more, report
+drained), shut down (drain, unregister, exit), re-register (reconnect with a new incarnation). A broken stream
+or an unreachable scheduler sends it to the next scheduler address after a jittered backoff, with a new
+incarnation. A permanent refusal (invalid data, refused credentials, a newer incarnation elsewhere) ends it
+with :class:`AgentRefused`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import psutil
+
+from hodei.agent.config import AgentConfig
+from hodei.domain import ResourceUsage, WorkerStatus
+from hodei.errors import HodeiError, SchedulerError
+from hodei.lifecycle import CommandKind, WorkerCommand
+from hodei.transport.client import SchedulerPortClient
+from hodei.transport.stream import ConnectStream, is_transient_for_stream
+
+__all__ = ["CHANNEL_OPTIONS", "AgentRefused", "WorkerAgent"]
+
+log = logging.getLogger(__name__)
+
+# Pings on an idle stream notice a scheduler that vanished without closing the connection.
+CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+class AgentRefused(HodeiError):
+    """The scheduler refused this worker for good; ``cause`` says why."""
+
+    def __init__(self, worker_id: str, cause: SchedulerError) -> None:
+        self.worker_id = worker_id
+        self.cause = cause
+        super().__init__(f"the scheduler refused worker {worker_id!r}: {cause}")
+
+
+def _usage() -> ResourceUsage:
+    return ResourceUsage(
+        cpu_percent=psutil.cpu_percent(interval=None),
+        memory_used_mb=int(psutil.virtual_memory().used // (1024 * 1024)),
+    )
+
+
+class _Reregister(Exception):
+    """The scheduler asked for a fresh registration."""
+
+
+class WorkerAgent:
+    """``await WorkerAgent(config).run()`` until :meth:`request_shutdown` (SIGTERM) or a shutdown command.
+
+    Observable state for callers and tests: ``connected`` (an event set while a stream is up), ``incarnation``,
+    ``connections`` (streams opened), ``commands`` (received, in order), ``draining``, ``unregistered``.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        random: Callable[[], float] = random.random,
+        usage: Callable[[], ResourceUsage] = _usage,
+    ) -> None:
+        self.config = config
+        self._random = random
+        self._usage = usage
+        self.incarnation = time.time_ns()
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.commands: list[WorkerCommand] = []
+        self.draining = False
+        self.unregistered = False
+        self.heartbeat_interval = 5.0
+        self.running_jobs: list[str] = []
+        self._stopping = asyncio.Event()
+        self._failures = 0
+        self._target_index = 0
+
+    @property
+    def target(self) -> str:
+        return self.config.schedulers[self._target_index % len(self.config.schedulers)]
+
+    def request_shutdown(self, reason: str = "requested") -> None:
+        """Drain, unregister and return from :meth:`run` (what SIGTERM does)."""
+        log.info("shutdown requested: %s", reason)
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._session(self.target)
+                except _Reregister:
+                    self._failures = 0
+                except SchedulerError as error:
+                    if not is_transient_for_stream(error):
+                        raise AgentRefused(self.config.worker_id, error) from error
+                    log.warning("stream to %s broke: %s", self.target, error)
+                    self._target_index += 1
+                    self._failures += 1
+                finally:
+                    self.connected.clear()
+                if self._stopping.is_set():
+                    break
+                await self._pause(self.config.reconnect_delay(max(self._failures - 1, 0), self._random()))
+                self.incarnation += 1
+        finally:
+            if self._stopping.is_set() and not self.unregistered:
+                await self._unregister()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _session(self, target: str) -> None:
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            stream = ConnectStream(channel)
+            try:
+                ack = await stream.open(
+                    self.config.worker(self.incarnation), self.running_jobs, timeout=self.config.hello_timeout
+                )
+                self.heartbeat_interval = ack.heartbeat_interval
+                self.connections += 1
+                self._failures = 0
+                self.connected.set()
+                log.info(
+                    "connected to %s as %s (incarnation %d)", target, self.config.worker_id, self.incarnation
+                )
+                await self._serve(stream, channel)
+            finally:
+                stream.cancel()
+
+    async def _serve(self, stream: ConnectStream, channel: grpc.aio.Channel) -> None:
+        # Cancelling a task that waits on the call would cancel the whole call, so the heartbeat loop stops by
+        # itself at shutdown and the reader keeps reading while the agent says goodbye on the same stream.
+        heartbeats: asyncio.Task[Any] = asyncio.create_task(self._heartbeat(stream))
+        commands: asyncio.Task[Any] = asyncio.create_task(self._obey(stream))
+        try:
+            done, _ = await asyncio.wait({heartbeats, commands}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if (error := task.exception()) is not None:
+                    raise error
+            if self._stopping.is_set():
+                await self._farewell(stream, channel)
+                with contextlib.suppress(TimeoutError, SchedulerError):
+                    await asyncio.wait_for(asyncio.shield(commands), self.config.farewell_timeout)
+        finally:
+            for task in (heartbeats, commands):
+                task.cancel()
+            await asyncio.gather(heartbeats, commands, return_exceptions=True)
+
+    async def _heartbeat(self, stream: ConnectStream) -> None:
+        sequence = 0
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.heartbeat_interval)
+                return
+            sequence += 1
+            usage = self._usage()
+            await stream.heartbeat(
+                sequence,
+                ResourceUsage(usage.cpu_percent, usage.memory_used_mb, len(self.running_jobs)),
+            )
+
+    async def _obey(self, stream: ConnectStream) -> None:
+        async for command in stream.commands():
+            self.commands.append(command)
+            log.info("command from the scheduler: %s %s", command.kind.value, command.reason)
+            if command.kind is CommandKind.DRAIN:
+                await self._drain(stream, command.reason)
+            elif command.kind is CommandKind.SHUTDOWN:
+                self.request_shutdown(f"the scheduler asked: {command.reason}")
+            else:
+                raise _Reregister(command.reason)
+
+    async def _drain(self, stream: ConnectStream, reason: str) -> None:
+        self.draining = True
+        # Running jobs would be waited for here; the agent takes no new ones from now on.
+        await stream.report(WorkerStatus.DRAINING, drained=not self.running_jobs, reason=reason or "drained")
+
+    async def _farewell(self, stream: ConnectStream, channel: grpc.aio.Channel) -> None:
+        """Drain, then unregister on the same connection, then close the stream."""
+        with contextlib.suppress(SchedulerError):
+            await asyncio.wait_for(self._drain(stream, "shutting down"), self.config.farewell_timeout)
+        await self._unregister(channel)
+        await stream.close()
+
+    async def _unregister(self, channel: grpc.aio.Channel | None = None) -> None:
+        if self.unregistered:
+            return
+        client = SchedulerPortClient(channel or self.target, options=CHANNEL_OPTIONS)
+        try:
+            await client.unregister_worker(self.config.worker_id, timeout=self.config.farewell_timeout)
+            self.unregistered = True
+            log.info("unregistered %s", self.config.worker_id)
+        except SchedulerError as error:
+            log.warning("could not unregister %s (its lease will expire): %s", self.config.worker_id, error)
+        finally:
+            await client.close()

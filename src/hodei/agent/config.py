@@ -1,0 +1,70 @@
+"""AgentConfig: who the agent says it is, where the schedulers are, and how it reconnects."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import psutil
+
+from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
+
+__all__ = ["AgentConfig"]
+
+
+def _memory_mb() -> int:
+    return int(psutil.virtual_memory().total // (1024 * 1024))
+
+
+def _hostname() -> str:
+    # A hostname the registry accepts (letters, digits, '.', '_', '-').
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname()).strip("._-")
+    return name[:253]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """``schedulers`` are tried in turn: a scheduler that cannot be reached sends the agent to the next.
+
+    After a broken stream the agent waits a random delay in ``[0, min(reconnect_max, reconnect_base * 2**n))``
+    before its n-th attempt (full jitter): a thousand agents that lost the same scheduler do not all come back
+    in the same millisecond, not even the first time.
+    """
+
+    schedulers: tuple[str, ...]
+    worker_id: str
+    worker_type: WorkerType = WorkerType.PROCESS
+    cpu_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    memory_mb: int = field(default_factory=_memory_mb)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    pool: str = "default"
+    hostname: str = field(default_factory=_hostname)
+    reconnect_base: float = 0.2
+    reconnect_max: float = 10.0
+    hello_timeout: float = 10.0
+    farewell_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.schedulers:
+            raise ValueError("AgentConfig needs at least one scheduler address")
+        if self.reconnect_base <= 0 or self.reconnect_max < self.reconnect_base:
+            raise ValueError("reconnect_base must be > 0 and reconnect_max >= reconnect_base")
+
+    def worker(self, incarnation: int) -> DynamicWorker:
+        config = DynamicWorkerConfig(
+            worker_type=self.worker_type,
+            cpu_cores=self.cpu_cores,
+            memory_mb=self.memory_mb,
+            labels=self.labels,
+            pool=self.pool,
+        )
+        return DynamicWorker(
+            self.worker_id, self.worker_type, config, incarnation=incarnation, hostname=self.hostname
+        )
+
+    def reconnect_delay(self, failures: int, random_fraction: float) -> float:
+        """The wait before reconnection attempt ``failures`` (0 for the first), full jitter."""
+        ceiling = min(self.reconnect_max, self.reconnect_base * 2.0**failures)
+        return float(ceiling * random_fraction)

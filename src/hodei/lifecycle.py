@@ -1,0 +1,136 @@
+"""The live part of the domain: what agents report, what the scheduler tells them, and what it announces.
+
+- :class:`ResourceUsage` — sent up with each heartbeat;
+- :class:`WorkerCommand` — pushed down a worker's stream (drain, shut down, re-register);
+- :class:`WorkerEvent` — a lifecycle event, published in order to every watcher;
+- :class:`LivenessConfig` — the lease rules: heartbeat interval, TTL, grace, recovery window, mass-expiry guard.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from hodei.domain import WorkerRecord
+
+__all__ = [
+    "CommandKind",
+    "LivenessConfig",
+    "ResourceUsage",
+    "WorkerCommand",
+    "WorkerEvent",
+    "WorkerEventKind",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    cpu_percent: float = 0.0
+    memory_used_mb: int = 0
+    running_jobs: int = 0
+
+
+class CommandKind(enum.StrEnum):
+    DRAIN = "drain"
+    SHUTDOWN = "shutdown"
+    REREGISTER = "reregister"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCommand:
+    kind: CommandKind
+    reason: str = ""
+    deadline: float = 0.0  # seconds, for DRAIN; 0 means the scheduler's default
+
+
+class WorkerEventKind(enum.StrEnum):
+    SNAPSHOT = "snapshot"
+    REGISTERED = "registered"
+    UPDATED = "updated"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    AVAILABLE = "available"
+    BUSY = "busy"
+    DRAINING = "draining"
+    DRAINED = "drained"
+    LOST = "lost"
+    UNREGISTERED = "unregistered"
+    EXPIRED = "expired"
+    EXPIRY_SLOWED = "expiry_slowed"
+    EXPIRY_RESUMED = "expiry_resumed"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEvent:
+    """``record`` is the worker after the change (None once removed); pool-wide events have no worker_id."""
+
+    sequence: int
+    kind: WorkerEventKind
+    worker_id: str
+    record: WorkerRecord | None
+    reason: str
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LivenessConfig:
+    """How the scheduler decides that a worker went quiet. Durations are seconds.
+
+    An agent heartbeats every ``heartbeat_interval``; each heartbeat renews its lease for ``lease_ttl``. A worker
+    whose lease runs out becomes ``LOST``, and is removed once it has been lost for ``lost_grace``; an agent that
+    reconnects before then finds its worker ``AVAILABLE`` again. For ``recovery_window`` after the scheduler
+    starts, nobody expires: agents need time to find a restarted scheduler. When more than
+    ``mass_expiry_threshold`` of the leased workers (and at least ``mass_expiry_min_workers``) go silent in one
+    sweep, the scheduler suspects itself or the network rather than the workers: it expires at most
+    ``slowed_expiry_per_sweep`` per sweep and says so in an ``EXPIRY_SLOWED`` event. If the sweeper itself ran
+    late (the scheduler stalled), every lease is extended by the delay: a scheduler that was not listening
+    cannot blame workers for not being heard.
+    """
+
+    heartbeat_interval: float = 5.0
+    lease_ttl: float = 15.0
+    lost_grace: float = 60.0
+    recovery_window: float = 30.0
+    sweep_interval: float = 1.0
+    mass_expiry_threshold: float = 0.5
+    mass_expiry_min_workers: int = 10
+    slowed_expiry_per_sweep: int = 1
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}, got {value!r}"
+            for name, value, rule, ok in (
+                ("heartbeat_interval", self.heartbeat_interval, "> 0", self.heartbeat_interval > 0),
+                (
+                    "lease_ttl",
+                    self.lease_ttl,
+                    "> heartbeat_interval",
+                    self.lease_ttl > self.heartbeat_interval,
+                ),
+                ("lost_grace", self.lost_grace, ">= 0", self.lost_grace >= 0),
+                ("recovery_window", self.recovery_window, ">= 0", self.recovery_window >= 0),
+                ("sweep_interval", self.sweep_interval, "> 0", self.sweep_interval > 0),
+                (
+                    "mass_expiry_threshold",
+                    self.mass_expiry_threshold,
+                    "in (0, 1]",
+                    0 < self.mass_expiry_threshold <= 1,
+                ),
+                (
+                    "mass_expiry_min_workers",
+                    self.mass_expiry_min_workers,
+                    ">= 1",
+                    self.mass_expiry_min_workers >= 1,
+                ),
+                (
+                    "slowed_expiry_per_sweep",
+                    self.slowed_expiry_per_sweep,
+                    ">= 1",
+                    self.slowed_expiry_per_sweep >= 1,
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("invalid LivenessConfig: " + "; ".join(problems))

@@ -1,0 +1,223 @@
+"""Scheduler: the registry, the agents' sessions and the liveness monitor, wired together.
+
+The gRPC servicer translates into these calls; EmbeddedScheduler and the server own one of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus
+from hodei.errors import InvalidWorkerData, SchedulerError, WorkerNotFound
+from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
+from hodei.ports import (
+    DrainOutcome,
+    RegistrationReceipt,
+    RegistryStore,
+    UnregistrationStatus,
+    WorkerFilter,
+    WorkerPage,
+)
+from hodei.scheduler.events import EventHub
+from hodei.scheduler.leases import LeaseTable
+from hodei.scheduler.liveness import LivenessMonitor
+from hodei.scheduler.registry import Admission, WorkerRegistry
+
+__all__ = ["AgentSession", "Scheduler"]
+
+AGENT_STATUSES = frozenset({WorkerStatus.AVAILABLE, WorkerStatus.BUSY, WorkerStatus.DRAINING})
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class AgentSession:
+    """One open Connect stream. ``commands`` feeds the stream's writer; ``None`` ends it."""
+
+    worker_id: str
+    incarnation: int
+    commands: asyncio.Queue[WorkerCommand | None] = field(default_factory=asyncio.Queue)
+    usage: ResourceUsage | None = None
+    last_heartbeat_at: datetime | None = None
+    closed: bool = False
+
+    def push(self, command: WorkerCommand) -> None:
+        self.commands.put_nowait(command)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.commands.put_nowait(None)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: RegistryStore,
+        *,
+        liveness: LivenessConfig | None = None,
+        admission: Admission | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.liveness = liveness or LivenessConfig()
+        self.events = EventHub(clock=clock)
+        self.registry = WorkerRegistry(store, events=self.events, clock=clock, admission=admission)
+        self.leases = LeaseTable()
+        self.sessions: dict[str, AgentSession] = {}
+        self._clock = clock
+        self._monotonic = monotonic
+        self.monitor = LivenessMonitor(
+            self.registry, self.leases, self.liveness, monotonic=monotonic, on_removed=self._removed
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, *, sweep: bool = True) -> None:
+        """Restore the leases of the workers the store knows, open the recovery window, start sweeping."""
+        now = self._monotonic()
+        self.monitor.begin(now)
+        for record in await self.registry.all_records():
+            if record.lease_ttl is None:
+                continue
+            if record.status is WorkerStatus.LOST:
+                self.monitor.mark_lost_since(record.worker_id, now)
+            else:
+                self.leases.renew(record.worker_id, record.lease_ttl, now)
+        if sweep:
+            self._sweeper = asyncio.create_task(self.monitor.run(), name="hodei-liveness")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for session in list(self.sessions.values()):
+            session.close()
+        self.sessions.clear()
+        self.events.close()
+
+    # -- what the control plane does ---------------------------------------------------------------------
+
+    async def register(self, worker: DynamicWorker) -> RegistrationReceipt:
+        return await self.registry.register(worker)
+
+    async def register_many(
+        self, workers: Sequence[DynamicWorker]
+    ) -> list[RegistrationReceipt | SchedulerError]:
+        return await self.registry.register_many(workers)
+
+    async def unregister(self, worker_id: str) -> UnregistrationStatus:
+        status = await self.registry.unregister(worker_id)
+        self.leases.drop(worker_id)
+        self.monitor.forget(worker_id)
+        session = self.sessions.pop(worker_id, None)
+        if session is not None:
+            session.push(WorkerCommand(CommandKind.SHUTDOWN, "unregistered"))
+            session.close()
+        return status
+
+    async def drain(self, worker_id: str, *, deadline: float = 0.0, reason: str = "") -> DrainOutcome:
+        record = await self.registry.transition(
+            worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested"
+        )
+        session = self.sessions.get(worker_id)
+        if session is not None:
+            session.push(WorkerCommand(CommandKind.DRAIN, reason, deadline))
+        return DrainOutcome(self.view(record), delivered=session is not None)
+
+    async def shutdown(self, worker_id: str, *, reason: str = "") -> bool:
+        if await self.registry.get(worker_id) is None:
+            raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
+        session = self.sessions.get(worker_id)
+        if session is not None:
+            session.push(WorkerCommand(CommandKind.SHUTDOWN, reason))
+        return session is not None
+
+    async def get(self, worker_id: str) -> WorkerRecord | None:
+        record = await self.registry.get(worker_id)
+        return None if record is None else self.view(record)
+
+    async def list(
+        self, worker_filter: WorkerFilter | None = None, *, page_size: int = 0, page_token: str = ""
+    ) -> WorkerPage:
+        page = await self.registry.list(worker_filter, page_size=page_size, page_token=page_token)
+        return WorkerPage([self.view(r) for r in page.workers], page.next_page_token)
+
+    def view(self, record: WorkerRecord) -> WorkerRecord:
+        """The record with the live facts of its agent's stream."""
+        session = self.sessions.get(record.worker_id)
+        if session is None:
+            return record
+        return replace(
+            record, connected=True, usage=session.usage, last_heartbeat_at=session.last_heartbeat_at
+        )
+
+    # -- what agents do ----------------------------------------------------------------------------------
+
+    async def hello(
+        self, worker: DynamicWorker, running_jobs: Sequence[str] = ()
+    ) -> tuple[RegistrationReceipt, AgentSession]:
+        """An agent connected: register or attach to its worker, hand it a lease and a session."""
+        ttl = self.liveness.lease_ttl
+        status = WorkerStatus.BUSY if running_jobs else WorkerStatus.AVAILABLE
+        receipt = await self.registry.register(worker, lease_ttl=ttl, status=status)
+        previous = self.sessions.get(worker.worker_id)
+        if previous is not None:
+            previous.close()
+        session = AgentSession(worker.worker_id, worker.incarnation)
+        self.sessions[worker.worker_id] = session
+        self.leases.renew(worker.worker_id, ttl, self._monotonic())
+        self.monitor.forget(worker.worker_id)
+        self.events.publish(
+            WorkerEventKind.CONNECTED, worker.worker_id, None, f"incarnation {worker.incarnation}"
+        )
+        return RegistrationReceipt(self.view(receipt.record), receipt.created), session
+
+    def _current(self, session: AgentSession) -> bool:
+        return self.sessions.get(session.worker_id) is session
+
+    async def heartbeat(self, session: AgentSession, usage: ResourceUsage) -> None:
+        if not self._current(session):
+            return
+        session.usage = usage
+        session.last_heartbeat_at = self._clock()
+        self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
+        if self.monitor.is_lost(session.worker_id):
+            self.monitor.forget(session.worker_id)
+            status = WorkerStatus.BUSY if usage.running_jobs else WorkerStatus.AVAILABLE
+            await self.registry.transition(session.worker_id, status, reason="heartbeats resumed")
+
+    async def report_status(
+        self, session: AgentSession, status: WorkerStatus, *, drained: bool, reason: str
+    ) -> None:
+        if status not in AGENT_STATUSES:
+            allowed = ", ".join(sorted(s.value for s in AGENT_STATUSES))
+            raise InvalidWorkerData(
+                f"an agent may report {allowed}, not {status.value}",
+                worker_id=session.worker_id,
+                violations=[FieldViolation("status_change.status", f"must be one of {allowed}")],
+            )
+        if self._current(session):
+            await self.registry.transition(session.worker_id, status, drained=drained, reason=reason)
+
+    def goodbye(self, session: AgentSession) -> None:
+        """The stream ended. The lease runs on: a worker that does not come back becomes LOST."""
+        session.close()
+        if self._current(session):
+            del self.sessions[session.worker_id]
+            self.events.publish(WorkerEventKind.DISCONNECTED, session.worker_id)
+
+    async def _removed(self, worker_id: str) -> None:
+        session = self.sessions.get(worker_id)
+        if session is not None:
+            session.push(WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker"))

@@ -1,0 +1,105 @@
+"""EventHub: lifecycle events, numbered and fanned out in order to every watcher.
+
+Each watcher has a bounded queue; one that falls too far behind is cut off (its iteration raises
+:class:`WatcherFellBehind`) rather than making the scheduler hold events for it without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from hodei.domain import WorkerRecord
+from hodei.errors import SchedulerOverloaded
+from hodei.lifecycle import WorkerEvent, WorkerEventKind
+
+__all__ = ["EventHub", "Watcher", "WatcherFellBehind"]
+
+
+class WatcherFellBehind(SchedulerOverloaded):
+    """A watcher did not keep up with the events; it should watch again, with a snapshot."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Watcher:
+    """One subscription. Iterate it for events; ``close()`` ends it."""
+
+    def __init__(self, hub: EventHub, limit: int) -> None:
+        self._hub = hub
+        self._queue: asyncio.Queue[WorkerEvent | None] = asyncio.Queue(limit)
+        self.fell_behind = False
+
+    def _offer(self, event: WorkerEvent) -> bool:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.fell_behind = True
+            return False
+        return True
+
+    def close(self) -> None:
+        self._hub._watchers.discard(self)
+        # Wake the reader; a full queue is drained first, then the reader sees fell_behind.
+        if not self._queue.full():
+            self._queue.put_nowait(None)
+
+    def __aiter__(self) -> AsyncIterator[WorkerEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[WorkerEvent]:
+        try:
+            while True:
+                if self.fell_behind and self._queue.empty():
+                    raise WatcherFellBehind("the watcher fell behind the events; watch again")
+                event = await self._queue.get()
+                if event is None:
+                    if self.fell_behind:
+                        continue
+                    return
+                yield event
+        finally:
+            self.close()
+
+
+class EventHub:
+    def __init__(self, *, clock: Callable[[], datetime] = _utcnow, watcher_queue: int = 10_000) -> None:
+        self._clock = clock
+        self._watcher_queue = watcher_queue
+        self._watchers: set[Watcher] = set()
+        self.sequence = 0
+
+    def publish(
+        self, kind: WorkerEventKind, worker_id: str = "", record: WorkerRecord | None = None, reason: str = ""
+    ) -> WorkerEvent:
+        self.sequence += 1
+        moment = record.updated_at if record is not None and record.updated_at is not None else self._clock()
+        event = WorkerEvent(self.sequence, kind, worker_id, record, reason, moment)
+        for watcher in list(self._watchers):
+            if not watcher._offer(event):
+                # Cut off: its reader drains what it has, then learns it fell behind.
+                self._watchers.discard(watcher)
+        return event
+
+    def snapshot_event(self, record: WorkerRecord) -> WorkerEvent:
+        """A SNAPSHOT event for a current worker, numbered with the last published sequence."""
+        return WorkerEvent(
+            self.sequence, WorkerEventKind.SNAPSHOT, record.worker_id, record, "", self._clock()
+        )
+
+    def watch(self) -> Watcher:
+        watcher = Watcher(self, self._watcher_queue)
+        self._watchers.add(watcher)
+        return watcher
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    def close(self) -> None:
+        """End every watcher's iteration."""
+        for watcher in list(self._watchers):
+            watcher.close()

@@ -1,0 +1,106 @@
+"""ConnectStream: an agent's side of the Connect stream, in domain terms."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hodei.domain import DynamicWorker, ResourceUsage, WorkerRecord, WorkerStatus
+from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
+from hodei.lifecycle import WorkerCommand
+from hodei.transport import codec
+from hodei.transport.codec import pb
+from hodei.transport.status import error_from_rpc
+
+__all__ = ["ConnectAck", "ConnectStream", "is_transient_for_stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectAck:
+    record: WorkerRecord
+    created: bool
+    heartbeat_interval: float
+    lease_ttl: float
+
+
+class ConnectStream:
+    """One Connect call on ``channel``. Every failure is raised as a :class:`SchedulerError` kind."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._call: Any = codec.pb_grpc.SchedulerServiceStub(channel).Connect()  # type: ignore[no-untyped-call]
+
+    async def _write(self, request: pb.ConnectRequest) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from error
+        except asyncio.InvalidStateError as error:
+            raise scheduler_error_for(ErrorCode.CANCELLED, "the stream has already ended") from error
+
+    async def _read(self) -> pb.ConnectResponse | None:
+        try:
+            response = await self._call.read()
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from error
+        return None if response is grpc.aio.EOF else response
+
+    async def open(
+        self, worker: DynamicWorker, running_jobs: Sequence[str] = (), *, timeout: float
+    ) -> ConnectAck:
+        """Say hello and wait (at most ``timeout`` s) for the acknowledgement."""
+        await self._write(pb.ConnectRequest(hello=codec.hello_from_worker(worker, running_jobs)))
+        try:
+            response = await asyncio.wait_for(self._read(), timeout)
+        except TimeoutError:
+            self.cancel()
+            raise scheduler_error_for(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"no acknowledgement within {timeout:g} s",
+                worker_id=worker.worker_id,
+            ) from None
+        if response is None or response.WhichOneof("message") != "ack":
+            raise scheduler_error_for(
+                ErrorCode.INTERNAL, "the scheduler did not acknowledge the hello", worker_id=worker.worker_id
+            )
+        ack = response.ack
+        return ConnectAck(
+            codec.record_from_proto(ack.worker),
+            ack.created,
+            ack.heartbeat_interval_ms / 1000,
+            ack.lease_ttl_ms / 1000,
+        )
+
+    async def heartbeat(self, sequence: int, usage: ResourceUsage) -> None:
+        await self._write(
+            pb.ConnectRequest(heartbeat=pb.Heartbeat(sequence=sequence, usage=codec.usage_to_proto(usage)))
+        )
+
+    async def report(self, status: WorkerStatus, *, drained: bool = False, reason: str = "") -> None:
+        change = pb.StatusChange(status=codec.status_to_proto(status), drained=drained, reason=reason)
+        await self._write(pb.ConnectRequest(status_change=change))
+
+    async def commands(self) -> AsyncIterator[WorkerCommand]:
+        """The scheduler's commands, until it ends the stream."""
+        while (response := await self._read()) is not None:
+            if response.WhichOneof("message") == "command":
+                command = codec.command_from_proto(response.command)
+                if command is not None:
+                    yield command
+
+    async def close(self) -> None:
+        """Half-close: tell the scheduler this side is done."""
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            await self._call.done_writing()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+def is_transient_for_stream(error: SchedulerError) -> bool:
+    """A stream can also break with CANCELLED, UNKNOWN or INTERNAL when its server goes away."""
+    return error.retryable or error.code in (ErrorCode.CANCELLED, ErrorCode.UNKNOWN, ErrorCode.INTERNAL)
