@@ -39,12 +39,28 @@ def parse_labels(text: str) -> dict[str, str]:
 @scheduler_app.command("serve")
 def scheduler_serve(
     listen: Annotated[str, typer.Option(help="Address to listen on, HOST:PORT.")] = "127.0.0.1:50051",
+    heartbeat_interval: Annotated[float, typer.Option(help="Seconds between agents' heartbeats.")] = 5.0,
+    lease_ttl: Annotated[
+        float, typer.Option(help="Seconds without a heartbeat before a worker is LOST.")
+    ] = 15.0,
+    lost_grace: Annotated[float, typer.Option(help="Seconds a LOST worker is kept before removal.")] = 60.0,
+    recovery_window: Annotated[
+        float, typer.Option(help="Seconds after start in which nobody expires.")
+    ] = 30.0,
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
     from hodei.bootstrap import build_scheduler
+    from hodei.lifecycle import LivenessConfig
+
+    liveness = LivenessConfig(
+        heartbeat_interval=heartbeat_interval,
+        lease_ttl=lease_ttl,
+        lost_grace=lost_grace,
+        recovery_window=recovery_window,
+    )
 
     async def serve() -> None:
-        server = build_scheduler(listen=listen)
+        server = build_scheduler(listen=listen, liveness=liveness)
         address = await server.start()
         console.print(f"hodei scheduler listening on {address} (store: memory)", highlight=False)
         stop = asyncio.Event()
@@ -102,6 +118,13 @@ def workers_unregister(worker_id: str, scheduler: SchedulerOption = "127.0.0.1:5
     console.print(f"{worker_id}: {_run_against_scheduler(unregister())}")
 
 
+def _label(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"label {item!r} is not KEY=VALUE")
+    return key, value
+
+
 def _run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
     from hodei.errors import SchedulerError
 
@@ -119,12 +142,18 @@ def agent(
     ],
     worker_id: Annotated[str, typer.Option(help="This worker's id (default: hostname and pid).")] = "",
     labels: Annotated[str, typer.Option(help="Labels, k=v,...")] = "",
+    label: Annotated[
+        list[str] | None, typer.Option(help="One label, k=v (repeatable; values may hold commas).")
+    ] = None,
     pool: Annotated[str, typer.Option(help="The worker's pool.")] = "default",
     worker_type: Annotated[WorkerType, typer.Option("--worker-type", help="How this worker is run.")] = (
         WorkerType.PROCESS
     ),
     cpu_cores: Annotated[int, typer.Option(help="CPU cores offered (default: all).")] = 0,
     memory_mb: Annotated[int, typer.Option(help="Memory offered in MB (default: all).")] = 0,
+    parent_pid: Annotated[
+        int, typer.Option(help="Shut down when this process exits (set by providers).")
+    ] = 0,
 ) -> None:
     """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters."""
     import logging
@@ -137,7 +166,7 @@ def agent(
     options: dict[str, Any] = {
         "schedulers": tuple(t.strip() for t in scheduler.split(",") if t.strip()),
         "worker_id": worker_id or f"{socket.gethostname()}-{os.getpid()}",
-        "labels": parse_labels(labels),
+        "labels": {**parse_labels(labels), **dict(_label(item) for item in label or ())},
         "pool": pool,
         "worker_type": worker_type,
     }
@@ -145,6 +174,8 @@ def agent(
         options["cpu_cores"] = cpu_cores
     if memory_mb:
         options["memory_mb"] = memory_mb
+    if parent_pid:
+        options["parent_pid"] = parent_pid
     worker_agent = WorkerAgent(AgentConfig(**options))
 
     async def run() -> None:
@@ -196,11 +227,15 @@ def workers_watch(
 @app.command()
 def demo(
     workers: Annotated[int, typer.Option(min=1, max=200, help="How many workers to provision.")] = 5,
+    hold: Annotated[
+        float, typer.Option(help="Seconds to keep the workers running before decommissioning.")
+    ] = 0.0,
 ) -> None:
-    """Start a scheduler, provision workers, watch them become AVAILABLE, decommission them."""
+    """Start a scheduler, provision agent processes, watch them become AVAILABLE, decommission them."""
     from hodei.demo import run_demo
 
-    asyncio.run(run_demo(console, workers))
+    if not asyncio.run(run_demo(console, workers, hold=hold)):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,69 +1,102 @@
-"""``hodei demo``: the main job on the embedded default, end to end, in one process.
+"""``hodei demo``: the main job on the embedded default, end to end.
 
-A scheduler starts on a free loopback port; the management service provisions workers (through the in-memory
-provider until the process provider lands), registers them over real gRPC, shows them AVAILABLE in the
-scheduler, decommissions them, and prints what happened and how long it took.
+A scheduler starts in-process on a free loopback port; the management service provisions workers as real
+``hodei agent`` child processes, registers them over gRPC, and the agents connect their streams and heartbeat;
+the demo shows them AVAILABLE, decommissions them (drain through the stream, unregister, stop), checks that no
+child process is left, and prints what happened and how long it took.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import psutil
 from rich.console import Console
 
 from hodei.bootstrap import build_control_plane, build_scheduler
-from hodei.domain import DynamicWorkerConfig, WorkerStatus, WorkerType
+from hodei.domain import DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType
+from hodei.lifecycle import LivenessConfig
+from hodei.management.config import WorkerManagementConfig
 from hodei.ports import WorkerFilter
-from hodei.testing import MockWorkerProvider
+from hodei.providers.process import ProcessProvider
+from hodei.transport.client import SchedulerPortClient
 from hodei.views import workers_table
 
 __all__ = ["run_demo"]
 
+DEMO_LIVENESS = LivenessConfig(heartbeat_interval=1.0, lease_ttl=3.0, lost_grace=30.0, recovery_window=3.0)
 
-async def run_demo(console: Console, count: int) -> None:
-    server = build_scheduler(listen="127.0.0.1:0")
+
+async def _wait_connected(client: SchedulerPortClient, count: int, deadline: float) -> list[WorkerRecord]:
+    records: list[WorkerRecord] = []
+    give_up = time.monotonic() + deadline
+    while time.monotonic() < give_up:
+        records = list(
+            (await client.list_workers(WorkerFilter(labels={"demo": "true"}), page_size=1000)).workers
+        )
+        if sum(r.connected and r.status is WorkerStatus.AVAILABLE for r in records) == count:
+            break
+        await asyncio.sleep(0.1)
+    return records
+
+
+async def run_demo(console: Console, count: int, *, hold: float = 0.0) -> bool:
+    server = build_scheduler(listen="127.0.0.1:0", liveness=DEMO_LIVENESS)
     address = await server.start()
     console.print(f"[bold]1.[/bold] scheduler listening on [cyan]{address}[/cyan] (in-process, memory store)")
-    provider = MockWorkerProvider()
-    service = build_control_plane(provider, scheduler=address)
+    provider = ProcessProvider(address, stop_grace=5.0)
+    service = build_control_plane(
+        provider, scheduler=address, management=WorkerManagementConfig(drain_timeout=5.0, stop_grace=5.0)
+    )
     assert service.registration is not None
     client = service.registration.port
+    assert isinstance(client, SchedulerPortClient)
     try:
         config = DynamicWorkerConfig(
-            worker_type=WorkerType.DOCKER, cpu_cores=4, memory_mb=8192, labels={"demo": "true"}
+            worker_type=WorkerType.PROCESS, cpu_cores=1, memory_mb=512, labels={"demo": "true"}
         )
         started = time.perf_counter()
         results = await service.provision_workers(count, config)
-        provisioned = time.perf_counter() - started
+        registered = time.perf_counter() - started
         ok = [r.worker for r in results if r.worker is not None]
         console.print(
-            f"[bold]2.[/bold] provisioned and registered {len(ok)}/{count} workers in {provisioned * 1000:.1f} ms"
+            f"[bold]2.[/bold] started {len(ok)}/{count} agent processes and registered them "
+            f"in {registered * 1000:.0f} ms"
         )
         for failure in (r for r in results if r.error is not None):
             console.print(f"   [red]{failure.worker_id}[/red]: {failure.error}")
 
-        page = await client.list_workers(WorkerFilter(labels={"demo": "true"}), page_size=1000)
-        console.print(workers_table(list(page.workers), "[bold]3.[/bold] the scheduler's view"))
-        available = sum(r.status is WorkerStatus.AVAILABLE for r in page.workers)
+        records = await _wait_connected(client, len(ok), deadline=30.0)
+        connected = time.perf_counter() - started
+        available = sum(r.connected and r.status is WorkerStatus.AVAILABLE for r in records)
+        console.print(workers_table(records, f"[bold]3.[/bold] the scheduler's view after {connected:.1f} s"))
+        if hold:
+            pids = ", ".join(f"{w.worker_id}={provider.pid(w.worker_id)}" for w in ok)
+            console.print(
+                f"   holding {hold:g} s: watch with `hodei workers watch --scheduler {address}`, "
+                f"or kill an agent ({pids}) to see it go LOST"
+            )
+            await asyncio.sleep(hold)
 
         started = time.perf_counter()
-        for worker in ok:
-            await service.decommission_worker(worker.worker_id)
+        outcomes = await asyncio.gather(*(service.decommission_worker(w.worker_id) for w in ok))
         decommissioned = time.perf_counter() - started
         left = await client.list_workers(page_size=1000)
+        children = psutil.Process().children(recursive=True)
+        drained = sum(o.drained for o in outcomes)
         console.print(
-            f"[bold]4.[/bold] decommissioned {len(ok)} workers in {decommissioned * 1000:.1f} ms; "
-            f"{len(left.workers)} left registered, {len(provider.orphans)} left running"
+            f"[bold]4.[/bold] decommissioned {len(ok)} workers ({drained} drained through their stream) in "
+            f"{decommissioned * 1000:.0f} ms; {len(left.workers)} left registered, {len(children)} child processes left"
         )
-        verdict = (
-            "[green]OK[/green]"
-            if available == count and not left.workers and not provider.orphans
-            else ("[red]FAILED[/red]")
-        )
+        success = available == count and not left.workers and not children
+        verdict = "[green]OK[/green]" if success else "[red]FAILED[/red]"
         console.print(
-            f"[bold]summary[/bold] {verdict}: {count} provisioned, {available} AVAILABLE, "
-            f"{len(ok)} decommissioned, 0 orphans expected / {len(provider.orphans)} found"
+            f"[bold]summary[/bold] {verdict}: {count} provisioned, {available} AVAILABLE and heartbeating, "
+            f"{len(ok)} decommissioned, {len(children)} orphans"
         )
+        return success
     finally:
+        await provider.aclose()
         await client.close()
         await server.stop()

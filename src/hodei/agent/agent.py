@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -99,6 +100,7 @@ class WorkerAgent:
         self._stopping.set()
 
     async def run(self) -> None:
+        orphan_watch = asyncio.create_task(self._watch_parent()) if self.config.parent_pid else None
         try:
             while not self._stopping.is_set():
                 try:
@@ -118,8 +120,15 @@ class WorkerAgent:
                 await self._pause(self.config.reconnect_delay(max(self._failures - 1, 0), self._random()))
                 self.incarnation += 1
         finally:
+            if orphan_watch is not None:
+                orphan_watch.cancel()
             if self._stopping.is_set() and not self.unregistered:
                 await self._unregister()
+
+    async def _watch_parent(self) -> None:
+        while os.getppid() == self.config.parent_pid:  # noqa: ASYNC110 - a parent's death has no event
+            await asyncio.sleep(self.config.parent_check_interval)
+        self.request_shutdown(f"the control plane (pid {self.config.parent_pid}) is gone")
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -45,6 +45,8 @@ class AgentConfig:
     reconnect_max: float = 10.0
     hello_timeout: float = 10.0
     farewell_timeout: float = 5.0
+    parent_pid: int | None = None  # shut down when this process is gone (the control plane that started us)
+    parent_check_interval: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.schedulers:

@@ -14,16 +14,20 @@ class WorkerManagementConfig:
     ``destroy_on_registration_failure``: a worker whose registration failed is destroyed (default), so that
     nothing runs unknown to the scheduler; set it to False to keep it for inspection.
     ``provision_concurrency`` bounds the provider calls in flight in :meth:`provision_workers`;
-    ``stop_grace`` is the time a worker gets to stop before it is killed.
+    ``stop_grace`` is the time a worker gets to stop before it is killed; ``drain_timeout`` how long
+    :meth:`decommission_worker` waits for a connected worker to finish its work.
     """
 
     worker_id_prefix: str = "worker"
     destroy_on_registration_failure: bool = True
     provision_concurrency: int = 16
     stop_grace: float = 10.0
+    drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.provision_concurrency < 1:
             raise ValueError(f"provision_concurrency must be >= 1, got {self.provision_concurrency}")
+        if self.drain_timeout < 0:
+            raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
         if self.stop_grace < 0:
             raise ValueError(f"stop_grace must be >= 0, got {self.stop_grace}")

@@ -35,8 +35,11 @@ class ProvisionResult:
 
 @dataclass(frozen=True, slots=True)
 class DecommissionResult:
+    """``drained``: the worker's agent finished its work before it was unregistered."""
+
     worker_id: str
     was_registered: bool
+    drained: bool = False
 
 
 class WorkerManagementService:
@@ -164,18 +167,21 @@ class WorkerManagementService:
         return await self.registration.register_workers_batch(workers)
 
     async def decommission_worker(self, worker_id: str) -> DecommissionResult:
-        """Unregister the worker, then stop and destroy it — also when the scheduler had already forgotten it.
+        """Drain the worker (waiting up to ``drain_timeout`` for a connected agent to finish its work),
+        unregister it, then stop and destroy it — also when the scheduler had already forgotten it.
 
-        If unregistration fails, the worker is left running and registered (consistent) and the
+        If draining or unregistration fails, the worker is left running and registered (consistent) and the
         :class:`~hodei.errors.RegistrationError` is raised, so the caller can try again.
         """
-        was_registered = False
+        was_registered = drained = False
         if self.registration is not None:
+            drain = await self.registration.drain_worker(worker_id, deadline=self.config.drain_timeout)
+            drained = drain.drained
             status = await self.registration.unregister_worker(worker_id)
             was_registered = status is UnregistrationStatus.SUCCESS
         await self.provider.stop(worker_id, grace=self.config.stop_grace)
         await self.provider.destroy(worker_id)
-        return DecommissionResult(worker_id, was_registered)
+        return DecommissionResult(worker_id, was_registered, drained)
 
     async def list_workers(self) -> list[DynamicWorker]:
         """The workers the provider owns."""

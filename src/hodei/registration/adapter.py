@@ -20,11 +20,12 @@ from hodei.errors import (
     RegistrationError,
     RegistrationFailed,
     SchedulerError,
+    WorkerNotFound,
 )
 from hodei.ports import RegistrationReceipt, SchedulerPort, UnregistrationStatus
 from hodei.registration.config import RegistrationConfig
 
-__all__ = ["BatchRegistrationResult", "WorkerRegistrationAdapter"]
+__all__ = ["BatchRegistrationResult", "DrainResult", "WorkerRegistrationAdapter"]
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[object]]
@@ -45,6 +46,17 @@ class BatchRegistrationResult:
 
     def is_ok(self) -> bool:
         return self.ok
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    """``registered``: the scheduler knew the worker; ``delivered``: its agent got the drain command;
+    ``drained``: the agent reported its work finished before the deadline."""
+
+    worker_id: str
+    registered: bool
+    delivered: bool = False
+    drained: bool = False
 
 
 class WorkerRegistrationAdapter:
@@ -111,6 +123,41 @@ class WorkerRegistrationAdapter:
         return await self._with_retries(
             worker_id, lambda timeout: self.port.unregister_worker(worker_id, timeout=timeout)
         )
+
+    async def drain_worker(
+        self, worker_id: str, *, deadline: float, poll_interval: float = 0.05
+    ) -> DrainResult:
+        """Ask the worker to drain and wait, at most ``deadline`` seconds, until its agent reports it drained.
+
+        A worker the scheduler does not know is not an error (``registered=False``); nor is one with no agent
+        connected (``delivered=False``: there is nobody to wait for).
+        """
+        try:
+            outcome = await self._with_retries(
+                worker_id,
+                lambda timeout: self.port.drain_worker(worker_id, deadline=deadline, timeout=timeout),
+            )
+        except RegistrationFailed as failure:
+            if isinstance(failure.cause, WorkerNotFound):
+                return DrainResult(worker_id, registered=False)
+            raise
+        if not outcome.delivered or outcome.record.drained:
+            return DrainResult(worker_id, True, outcome.delivered, outcome.record.drained)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + deadline
+        while loop.time() < give_up:
+            await self._sleep(poll_interval)
+            try:
+                record = await self.port.get_worker(worker_id, timeout=self.config.registration_timeout)
+            except SchedulerError as error:
+                if not error.retryable:
+                    raise RegistrationFailed(worker_id, error, attempts=1) from error
+                continue
+            if record is None:  # it unregistered itself: nothing left to drain
+                return DrainResult(worker_id, True, True, True)
+            if record.drained:
+                return DrainResult(worker_id, True, True, True)
+        return DrainResult(worker_id, True, True, False)
 
     async def register_workers_batch(self, workers: Sequence[DynamicWorker]) -> list[BatchRegistrationResult]:
         """Register many workers: one result per worker, in input order; one failure never fails the others.

@@ -1,0 +1,166 @@
+"""ProcessProvider: each worker is a local ``hodei agent`` child process.
+
+Each agent is told the control plane's pid (``--parent-pid``) and shuts itself down (drain, unregister, exit)
+when that process is gone, even after a SIGKILL; :meth:`ProcessProvider.aclose` stops every child it started.
+So no agent outlives the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+
+from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
+from hodei.errors import ProviderError
+
+__all__ = ["ProcessProvider"]
+
+
+@dataclass
+class _Child:
+    worker: DynamicWorker
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+
+class ProcessProvider:
+    """``ProcessProvider("127.0.0.1:50051")`` starts ``python -m hodei agent`` per worker.
+
+    Each agent's output goes to ``<log_dir>/<worker_id>.log``. ``stop`` sends SIGTERM (the agent drains and
+    unregisters) and SIGKILL after ``grace``.
+    """
+
+    def __init__(
+        self,
+        schedulers: str | Sequence[str],
+        *,
+        python: str = sys.executable,
+        log_dir: str | Path | None = None,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.schedulers = (schedulers,) if isinstance(schedulers, str) else tuple(schedulers)
+        self._python = python
+        self._log_dir = (
+            Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="hodei-agents-"))
+        )
+        self.stop_grace = stop_grace
+        self._children: dict[str, _Child] = {}
+
+    def _command(self, worker_id: str, config: DynamicWorkerConfig) -> list[str]:
+        command = [
+            self._python,
+            "-m",
+            "hodei",
+            "agent",
+            "--scheduler",
+            ",".join(self.schedulers),
+            "--worker-id",
+            worker_id,
+            "--worker-type",
+            WorkerType.PROCESS.value,
+            "--cpu-cores",
+            str(config.cpu_cores),
+            "--memory-mb",
+            str(config.memory_mb),
+            "--pool",
+            config.pool,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        for key, value in config.labels.items():
+            command += ["--label", f"{key}={value}"]
+        return command
+
+    async def provision(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker:
+        if worker_id in self._children:
+            raise ProviderError(
+                f"worker {worker_id!r} already runs here",
+                worker_id=worker_id,
+                hint="choose another worker id",
+            )
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_dir / f"{worker_id}.log"
+        try:
+            with log_path.open("ab") as log:
+                process = await asyncio.create_subprocess_exec(
+                    *self._command(worker_id, config),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as error:
+            raise ProviderError(
+                f"could not start the agent of {worker_id!r}: {error}",
+                worker_id=worker_id,
+                hint=f"check that {self._python} can run `-m hodei`",
+            ) from error
+        worker = DynamicWorker(
+            worker_id,
+            WorkerType.PROCESS,
+            replace(config, worker_type=WorkerType.PROCESS),
+            WorkerStatus.PROVISIONING,
+        )
+        self._children[worker_id] = _Child(worker, process, log_path)
+        return worker
+
+    def pid(self, worker_id: str) -> int | None:
+        child = self._children.get(worker_id)
+        return None if child is None else child.process.pid
+
+    def log_path(self, worker_id: str) -> Path | None:
+        child = self._children.get(worker_id)
+        return None if child is None else child.log_path
+
+    async def status(self, worker_id: str) -> WorkerStatus | None:
+        child = self._children.get(worker_id)
+        if child is None:
+            return None
+        code = child.process.returncode
+        if code is None:
+            return WorkerStatus.AVAILABLE
+        return WorkerStatus.TERMINATED if code == 0 else WorkerStatus.FAILED
+
+    async def stop(self, worker_id: str, *, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if the agent has not exited after ``grace`` seconds."""
+        child = self._children.get(worker_id)
+        if child is None or child.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            child.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.process.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+            await child.process.wait()
+
+    async def destroy(self, worker_id: str) -> None:
+        """Stop the worker (if it runs) and forget it. Unknown workers are not an error."""
+        if worker_id not in self._children:
+            return
+        await self.stop(worker_id, grace=self.stop_grace)
+        del self._children[worker_id]
+
+    async def list_workers(self) -> list[DynamicWorker]:
+        return [c.worker for c in self._children.values() if c.process.returncode is None]
+
+    async def aclose(self) -> None:
+        """Stop every child this provider started. Idempotent."""
+        await asyncio.gather(*(self.destroy(worker_id) for worker_id in list(self._children)))
+
+    async def __aenter__(self) -> ProcessProvider:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
