@@ -78,7 +78,9 @@ class LivenessConfig:
     """How the scheduler decides that a worker went quiet. Durations are seconds.
 
     An agent heartbeats every ``heartbeat_interval``; each heartbeat renews its lease for ``lease_ttl``. A worker
-    whose lease runs out becomes ``LOST``, and is removed once it has been lost for ``lost_grace``; an agent that
+    whose lease ran out and that stays silent one heartbeat interval more becomes ``LOST`` (so within
+    ``lease_ttl + heartbeat_interval + sweep_interval`` of its last heartbeat), and is removed once it has been
+    lost for ``lost_grace``; an agent that
     reconnects before then finds its worker ``AVAILABLE`` again. For ``recovery_window`` after the scheduler
     starts, nobody expires: agents need time to find a restarted scheduler. When more than
     ``mass_expiry_threshold`` of the leased workers (and at least ``mass_expiry_min_workers``) go silent in one

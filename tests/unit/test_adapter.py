@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -24,7 +25,8 @@ from hodei import (
 )
 from hodei.domain import WorkerRecord
 from hodei.errors import scheduler_error_for
-from hodei.ports import RegistrationReceipt, WorkerFilter, WorkerPage
+from hodei.ports import DrainOutcome, RegistrationReceipt, WorkerFilter, WorkerPage
+from hodei.registration import DrainResult
 from tests.helpers import make_worker
 
 Outcome = RegistrationReceipt | SchedulerError
@@ -55,6 +57,8 @@ class ScriptedPort:
         self.timeouts: list[float | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.drain_answer: DrainOutcome | SchedulerError | None = None
+        self.records: list[WorkerRecord | SchedulerError | None] = []  # answers of get_worker, in turn
 
     def _next(self) -> SchedulerError | None:
         self.calls += 1
@@ -91,7 +95,19 @@ class ScriptedPort:
         return UnregistrationStatus.SUCCESS
 
     async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None:
-        raise NotImplementedError
+        answer = self.records.pop(0)
+        if isinstance(answer, SchedulerError):
+            raise answer
+        return answer
+
+    async def drain_worker(
+        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
+    ) -> DrainOutcome:
+        self.calls += 1
+        if isinstance(self.drain_answer, SchedulerError):
+            raise self.drain_answer
+        assert self.drain_answer is not None
+        return self.drain_answer
 
     async def list_workers(
         self,
@@ -397,3 +413,96 @@ async def test_batch_of_one_chunk_uses_one_task() -> None:
 
     assert port.batch_calls == [[f"w-{i}" for i in range(7)]]
     assert port.max_in_flight == 1
+
+
+def drained_record(worker_id: str = "w-1", *, drained: bool) -> WorkerRecord:
+    return replace(receipt(make_worker(worker_id)).record, drained=drained)
+
+
+async def test_drain_of_a_worker_the_scheduler_does_not_know_reports_not_registered() -> None:
+    port = ScriptedPort()
+    port.drain_answer = error(ErrorCode.NOT_FOUND)
+    registration, _ = adapter(port)
+
+    result = await registration.drain_worker("w-1", deadline=1.0)
+
+    assert result == DrainResult("w-1", registered=False)
+
+
+async def test_drain_failing_permanently_raises() -> None:
+    port = ScriptedPort()
+    port.drain_answer = error(ErrorCode.PERMISSION_DENIED)
+    registration, _ = adapter(port)
+
+    with pytest.raises(RegistrationFailed):
+        await registration.drain_worker("w-1", deadline=1.0)
+
+
+async def test_drain_without_a_connected_agent_does_not_wait() -> None:
+    port = ScriptedPort()
+    port.drain_answer = DrainOutcome(drained_record(drained=False), delivered=False)
+    registration, sleep = adapter(port)
+
+    result = await registration.drain_worker("w-1", deadline=1.0)
+
+    assert result == DrainResult("w-1", registered=True, delivered=False, drained=False)
+    assert sleep.delays == []
+
+
+async def test_drain_waits_until_the_agent_reports_drained() -> None:
+    port = ScriptedPort()
+    port.drain_answer = DrainOutcome(drained_record(drained=False), delivered=True)
+    port.records = [drained_record(drained=False), error(ErrorCode.UNAVAILABLE), drained_record(drained=True)]
+    registration, sleep = adapter(port)
+
+    result = await registration.drain_worker("w-1", deadline=5.0, poll_interval=0.01)
+
+    assert result == DrainResult("w-1", registered=True, delivered=True, drained=True)
+    assert sleep.delays == [0.01, 0.01, 0.01]
+    assert port.records == []
+
+
+async def test_drain_of_an_already_drained_worker_returns_at_once() -> None:
+    port = ScriptedPort()
+    port.drain_answer = DrainOutcome(drained_record(drained=True), delivered=True)
+    registration, sleep = adapter(port)
+
+    result = await registration.drain_worker("w-1", deadline=5.0)
+
+    assert result.drained and sleep.delays == []
+
+
+async def test_drain_of_a_worker_that_unregistered_itself_counts_as_drained() -> None:
+    port = ScriptedPort()
+    port.drain_answer = DrainOutcome(drained_record(drained=False), delivered=True)
+    port.records = [None]
+    registration, _ = adapter(port)
+
+    result = await registration.drain_worker("w-1", deadline=5.0)
+
+    assert result == DrainResult("w-1", registered=True, delivered=True, drained=True)
+
+
+async def test_drain_polling_stops_on_a_permanent_error() -> None:
+    port = ScriptedPort()
+    port.drain_answer = DrainOutcome(drained_record(drained=False), delivered=True)
+    port.records = [error(ErrorCode.PERMISSION_DENIED)]
+    registration, _ = adapter(port)
+
+    with pytest.raises(RegistrationFailed) as raised:
+        await registration.drain_worker("w-1", deadline=5.0)
+
+    assert raised.value.code is ErrorCode.PERMISSION_DENIED
+
+
+async def test_drain_gives_up_at_the_deadline_and_says_not_drained() -> None:
+    port = ScriptedPort()
+    port.drain_answer = DrainOutcome(drained_record(drained=False), delivered=True)
+    port.records = [drained_record(drained=False)] * 1000
+    registration = WorkerRegistrationAdapter(
+        port, RegistrationConfig()
+    )  # real sleep: the deadline is real time
+
+    result = await registration.drain_worker("w-1", deadline=0.05, poll_interval=0.01)
+
+    assert result == DrainResult("w-1", registered=True, delivered=True, drained=False)

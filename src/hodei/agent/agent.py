@@ -65,7 +65,8 @@ class WorkerAgent:
     """``await WorkerAgent(config).run()`` until :meth:`request_shutdown` (SIGTERM) or a shutdown command.
 
     Observable state for callers and tests: ``connected`` (an event set while a stream is up), ``incarnation``,
-    ``connections`` (streams opened), ``commands`` (received, in order), ``draining``, ``unregistered``.
+    ``connections`` (streams opened), ``heartbeats_sent``, ``commands`` (received, in order), ``draining``,
+    ``unregistered``.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class WorkerAgent:
         self.draining = False
         self.unregistered = False
         self.heartbeat_interval = 5.0
+        self.heartbeats_sent = 0
         self.running_jobs: list[str] = []
         self._stopping = asyncio.Event()
         self._failures = 0
@@ -183,6 +185,7 @@ class WorkerAgent:
                 sequence,
                 ResourceUsage(usage.cpu_percent, usage.memory_used_mb, len(self.running_jobs)),
             )
+            self.heartbeats_sent += 1
 
     async def _obey(self, stream: ConnectStream) -> None:
         async for command in stream.commands():

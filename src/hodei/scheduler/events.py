@@ -7,7 +7,7 @@ Each watcher has a bounded queue; one that falls too far behind is cut off (its 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from hodei.domain import WorkerRecord
@@ -26,7 +26,7 @@ def _utcnow() -> datetime:
 
 
 class Watcher:
-    """One subscription. Iterate it for events; ``close()`` ends it."""
+    """One subscription. Iterate it (as often as you like) for events; ``close()`` ends it."""
 
     def __init__(self, hub: EventHub, limit: int) -> None:
         self._hub = hub
@@ -47,22 +47,19 @@ class Watcher:
         if not self._queue.full():
             self._queue.put_nowait(None)
 
-    def __aiter__(self) -> AsyncIterator[WorkerEvent]:
-        return self._events()
+    def __aiter__(self) -> Watcher:
+        return self
 
-    async def _events(self) -> AsyncIterator[WorkerEvent]:
-        try:
-            while True:
-                if self.fell_behind and self._queue.empty():
-                    raise WatcherFellBehind("the watcher fell behind the events; watch again")
-                event = await self._queue.get()
-                if event is None:
-                    if self.fell_behind:
-                        continue
-                    return
-                yield event
-        finally:
-            self.close()
+    async def __anext__(self) -> WorkerEvent:
+        if self.fell_behind and self._queue.empty():
+            raise WatcherFellBehind("the watcher fell behind the events; watch again")
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # stay ended for the next reader too
+            if self.fell_behind:
+                raise WatcherFellBehind("the watcher fell behind the events; watch again")
+            raise StopAsyncIteration
+        return event
 
 
 class EventHub:

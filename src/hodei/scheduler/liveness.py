@@ -4,8 +4,9 @@ Each sweep (every ``sweep_interval``):
 
 1. if the sweep itself ran late, the scheduler stalled: every lease is extended by the delay;
 2. during the recovery window after start, nothing expires;
-3. expired leases make their workers ``LOST`` — unless more than ``mass_expiry_threshold`` of the leased
-   workers expired at once, in which case at most ``slowed_expiry_per_sweep`` do, and an ``EXPIRY_SLOWED``
+3. a worker whose lease ran out is suspect, and becomes ``LOST`` after one more heartbeat interval of
+   silence — unless more than ``mass_expiry_threshold`` of the leased workers went silent within one lease
+   TTL, in which case at most ``slowed_expiry_per_sweep`` become LOST per sweep, and an ``EXPIRY_SLOWED``
    event says why (``EXPIRY_RESUMED`` when the pace is normal again);
 4. workers ``LOST`` for longer than ``lost_grace`` are removed (``EXPIRED``).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from hodei.domain import WorkerStatus
@@ -43,6 +45,7 @@ class LivenessMonitor:
         self._monotonic = monotonic
         self._on_removed = on_removed
         self._lost_since: dict[str, float] = {}
+        self._recent: deque[float] = deque()  # when workers were made LOST, within the last lease TTL
         self._recovering_until = 0.0
         self._last_sweep: float | None = None
         self.slowed = False
@@ -88,27 +91,39 @@ class LivenessMonitor:
 
     async def _expire_leases(self, now: float) -> None:
         config = self._config
-        due = self._leases.expired(now)
-        leased = len(self._leases)
-        mass = leased >= config.mass_expiry_min_workers and len(due) > config.mass_expiry_threshold * leased
+        # A worker is suspect once its lease ran out, and LOST once it stayed silent one heartbeat interval
+        # more: by then the rest of a group that died together (their last beats spread over one interval)
+        # is suspect too, so a mass silence is seen whole instead of in slices.
+        suspects = self._leases.expired(now)
+        confirmed = self._leases.expired(now - config.heartbeat_interval)
+        while self._recent and self._recent[0] < now - config.lease_ttl:
+            self._recent.popleft()
+        population = len(self._leases) + len(self._recent)
+        silent = len(suspects) + len(self._recent)
+        mass = (
+            population >= config.mass_expiry_min_workers
+            and silent > config.mass_expiry_threshold * population
+        )
         if mass:
             if not self.slowed:
                 self.slowed = True
                 reason = (
-                    f"{len(due)} of {leased} leased workers went silent at once; suspecting the network or the "
-                    f"scheduler, expiring at most {config.slowed_expiry_per_sweep} per {config.sweep_interval:g} s"
+                    f"{silent} of {population} leased workers went silent at once; suspecting the network or "
+                    f"the scheduler, expiring at most {config.slowed_expiry_per_sweep} per {config.sweep_interval:g} s"
                 )
                 log.warning(reason)
                 self._registry.events.publish(WorkerEventKind.EXPIRY_SLOWED, reason=reason)
-            due = due[: config.slowed_expiry_per_sweep]
+            confirmed = confirmed[: config.slowed_expiry_per_sweep]
         elif self.slowed:
             self.slowed = False
             self._registry.events.publish(
-                WorkerEventKind.EXPIRY_RESUMED, reason=f"{len(due)} of {leased} leases expired; normal pace"
+                WorkerEventKind.EXPIRY_RESUMED,
+                reason=f"{silent} of {population} leased workers silent; normal pace",
             )
-        for worker_id in due:
+        for worker_id in confirmed:
             self._leases.drop(worker_id)
             self._lost_since[worker_id] = now
+            self._recent.append(now)
             try:
                 await self._registry.transition(
                     worker_id, WorkerStatus.LOST, reason=f"no heartbeat for {config.lease_ttl:g} s"

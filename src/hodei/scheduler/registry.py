@@ -182,8 +182,12 @@ class WorkerRegistry:
         updated = replace(record, status=status, drained=drained, updated_at=self._clock())
         if await self._store.update([updated]):
             raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
-        kind = WorkerEventKind.DRAINED if drained else _STATUS_EVENTS.get(status, WorkerEventKind.UPDATED)
-        self.events.publish(kind, worker_id, updated, reason)
+        if record.status is not status:
+            self.events.publish(
+                _STATUS_EVENTS.get(status, WorkerEventKind.UPDATED), worker_id, updated, reason
+            )
+        if drained and not record.drained:
+            self.events.publish(WorkerEventKind.DRAINED, worker_id, updated, reason)
         return updated
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
