@@ -1,0 +1,290 @@
+"""Agents as real processes: what happens when processes die, are stopped, or lose their scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+import pytest_asyncio
+
+from hodei import DynamicWorkerConfig, SchedulerError, SchedulerPortClient, WorkerStatus, WorkerType
+from hodei.lifecycle import LivenessConfig, WorkerEventKind
+from hodei.management import WorkerManagementConfig, WorkerManagementService
+from hodei.providers import ProcessProvider
+from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
+from hodei.testing import EmbeddedScheduler
+from tests.helpers import wait_for
+
+LIVENESS = LivenessConfig(
+    heartbeat_interval=0.2, lease_ttl=1.0, lost_grace=1.0, recovery_window=0.0, sweep_interval=0.05
+)
+CONFIG = DynamicWorkerConfig(worker_type=WorkerType.PROCESS, cpu_cores=1, memory_mb=256, labels={"suite": "p"})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def hodei_command() -> list[str]:
+    return [sys.executable, "-m", "hodei"]
+
+
+@pytest_asyncio.fixture
+async def provider(tmp_path: Path) -> AsyncIterator[ProcessProvider]:
+    started = ProcessProvider("unset", log_dir=tmp_path / "agents", stop_grace=5.0)
+    yield started
+    await started.aclose()
+    assert no_children_of_ours(), "an agent process outlived the test"
+
+
+def no_children_of_ours() -> bool:
+    return not [p for p in psutil.Process().children(recursive=True) if "agent" in " ".join(p.cmdline())]
+
+
+async def connected(scheduler: EmbeddedScheduler | SchedulerPortClient, worker_id: str) -> bool:
+    record = await scheduler.get_worker(worker_id)
+    return record is not None and record.connected and record.status is WorkerStatus.AVAILABLE
+
+
+async def test_provisioned_agent_process_registers_and_is_available_with_the_same_id(
+    provider: ProcessProvider,
+) -> None:
+    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler, SchedulerPortClient(scheduler.target) as port:
+        provider.schedulers = (scheduler.target,)
+        service = WorkerManagementService(provider, registration=WorkerRegistrationAdapter(port))
+
+        worker = await service.provision_worker(CONFIG)
+        await wait_for(lambda: connected(scheduler, worker.worker_id), timeout=15)
+
+        record = await scheduler.get_worker(worker.worker_id)
+        assert record is not None
+        assert record.worker_type is WorkerType.PROCESS
+        assert (record.capabilities.cpu_cores, record.capabilities.memory_mb) == (1, 256)
+        assert record.labels == {"suite": "p"}
+        assert record.incarnation > 0  # the agent's own registration took over the control plane's
+        assert [w.worker_id for w in await scheduler.workers()] == [worker.worker_id]
+        assert await provider.status(worker.worker_id) is WorkerStatus.AVAILABLE
+
+
+async def test_an_agent_killed_with_sigkill_is_lost_within_its_ttl_and_removed_after_the_grace(
+    provider: ProcessProvider,
+) -> None:
+    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler:
+        provider.schedulers = (scheduler.target,)
+        await provider.provision("victim", CONFIG)
+        await wait_for(lambda: connected(scheduler, "victim"), timeout=15)
+        watcher = scheduler.scheduler.events.watch()
+        pid = provider.pid("victim")
+        assert pid is not None
+
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        kinds: list[WorkerEventKind] = []
+        lost_after = removed_after = 0.0
+        async with asyncio.timeout(10):
+            async for event in watcher:
+                kinds.append(event.kind)
+                if event.kind is WorkerEventKind.LOST:
+                    lost_after = time.monotonic() - killed_at
+                if event.kind is WorkerEventKind.EXPIRED:
+                    removed_after = time.monotonic() - killed_at
+                    break
+
+    assert kinds == [WorkerEventKind.DISCONNECTED, WorkerEventKind.LOST, WorkerEventKind.EXPIRED]
+    bound = LIVENESS.lease_ttl + LIVENESS.heartbeat_interval + 2 * LIVENESS.sweep_interval
+    assert lost_after <= bound + 0.3, f"LOST {lost_after:.2f} s after SIGKILL"
+    assert removed_after >= lost_after + LIVENESS.lost_grace - LIVENESS.sweep_interval
+    print(f"\nSIGKILL -> LOST in {lost_after:.3f} s (TTL {LIVENESS.lease_ttl} s), removed after {removed_after:.3f} s")
+
+
+async def test_sigterm_makes_an_agent_drain_unregister_and_exit_zero(provider: ProcessProvider) -> None:
+    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler:
+        provider.schedulers = (scheduler.target,)
+        await provider.provision("polite", CONFIG)
+        await wait_for(lambda: connected(scheduler, "polite"), timeout=15)
+        watcher = scheduler.scheduler.events.watch()
+
+        await provider.stop("polite", grace=10)
+
+        assert await provider.status("polite") is WorkerStatus.TERMINATED  # exit code 0
+        assert await scheduler.get_worker("polite") is None
+        watcher.close()
+        kinds = [e.kind async for e in watcher]
+        assert kinds[:3] == [WorkerEventKind.DRAINING, WorkerEventKind.DRAINED, WorkerEventKind.UNREGISTERED]
+
+
+async def test_decommission_drains_through_the_stream_unregisters_and_leaves_no_process(
+    provider: ProcessProvider,
+) -> None:
+    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler, SchedulerPortClient(scheduler.target) as port:
+        provider.schedulers = (scheduler.target,)
+        service = WorkerManagementService(
+            provider,
+            registration=WorkerRegistrationAdapter(port, RegistrationConfig()),
+            config=WorkerManagementConfig(drain_timeout=5, stop_grace=5),
+        )
+        worker = await service.provision_worker(CONFIG)
+        await wait_for(lambda: connected(scheduler, worker.worker_id), timeout=15)
+        pid = provider.pid(worker.worker_id)
+
+        result = await service.decommission_worker(worker.worker_id)
+
+        assert (result.was_registered, result.drained) == (True, True)
+        assert await scheduler.get_worker(worker.worker_id) is None
+        assert pid is not None and not psutil.pid_exists(pid)
+        assert await provider.list_workers() == []
+
+
+async def test_agents_of_a_control_plane_killed_with_sigkill_unregister_and_exit(tmp_path: Path) -> None:
+    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler:
+        script = textwrap.dedent(
+            f"""
+            import asyncio, sys
+            from hodei import DynamicWorkerConfig
+            from hodei.providers import ProcessProvider
+
+            async def main():
+                provider = ProcessProvider({scheduler.target!r}, log_dir={str(tmp_path)!r})
+                for name in ("orphan-1", "orphan-2"):
+                    await provider.provision(name, DynamicWorkerConfig(cpu_cores=1, memory_mb=64))
+                print(provider.pid("orphan-1"), provider.pid("orphan-2"), flush=True)
+                await asyncio.Event().wait()
+
+            asyncio.run(main())
+            """
+        )
+        control_plane = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert control_plane.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(control_plane.stdout.readline), 15)
+            pids = [int(p) for p in line.split()]
+            await wait_for(lambda: connected(scheduler, "orphan-2"), timeout=15)
+            await wait_for(lambda: connected(scheduler, "orphan-1"), timeout=15)
+
+            control_plane.kill()  # SIGKILL: the control plane cannot clean up
+            control_plane.wait(5)
+            await wait_for(lambda: _all_gone(pids), timeout=10)
+
+            assert await scheduler.workers() == []  # they unregistered on the way out
+        finally:
+            control_plane.kill()
+            control_plane.wait(5)
+
+
+async def _all_gone(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+
+
+async def test_fifty_agents_come_back_after_the_scheduler_process_is_killed_and_restarted(
+    provider: ProcessProvider, tmp_path: Path
+) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    serve = [
+        *hodei_command(),
+        "scheduler",
+        "serve",
+        "--listen",
+        address,
+        "--heartbeat-interval",
+        "0.5",
+        "--lease-ttl",
+        "3",
+        "--recovery-window",
+        "5",
+    ]
+    log = (tmp_path / "scheduler.log").open("ab")
+    scheduler = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with SchedulerPortClient(address) as client:
+            await wait_for(lambda: _serving(client), timeout=15)
+            provider.schedulers = (address,)
+            ids = [f"fleet-{i:02}" for i in range(50)]
+            for worker_id in ids:
+                await provider.provision(worker_id, CONFIG)
+            await wait_for(lambda: _all_available(client, ids), timeout=60, interval=0.2)
+
+            scheduler.kill()
+            scheduler.wait(5)
+            restarted_at = time.monotonic()
+            scheduler = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+            await wait_for(lambda: _all_available(client, ids), timeout=30, interval=0.1)
+            back_after = time.monotonic() - restarted_at
+
+            page = await client.list_workers(page_size=1000)
+            assert sorted(w.worker_id for w in page.workers) == ids  # every one, and none twice
+            assert all(w.status is WorkerStatus.AVAILABLE and w.connected for w in page.workers)
+            print(f"\n50 agents AVAILABLE again {back_after:.2f} s after the scheduler was restarted")
+            assert back_after < 15
+    finally:
+        scheduler.terminate()
+        scheduler.wait(10)
+        log.close()
+
+
+async def _serving(client: SchedulerPortClient) -> bool:
+    try:
+        await client.list_workers(timeout=1)
+    except SchedulerError:
+        return False
+    return True
+
+
+async def _all_available(client: SchedulerPortClient, ids: list[str]) -> bool:
+    try:
+        page = await client.list_workers(page_size=1000, timeout=2)
+    except SchedulerError:
+        return False
+    ready = {w.worker_id for w in page.workers if w.connected and w.status is WorkerStatus.AVAILABLE}
+    return ready == set(ids) and len(page.workers) == len(ids)
+
+
+@pytest.mark.parametrize("bad_id", ["bad id!"])
+def test_the_agent_command_exits_non_zero_with_a_clear_message_on_invalid_data(bad_id: str) -> None:
+    with EmbeddedSchedulerThread() as target:
+        result = subprocess.run(
+            [*hodei_command(), "agent", "--scheduler", target, "--worker-id", bad_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert result.returncode == 2
+    assert "refused worker 'bad id!'" in result.stdout
+    assert "INVALID_ARGUMENT" in result.stdout and "worker_id" in result.stdout
+
+
+class EmbeddedSchedulerThread:
+    """A scheduler process for synchronous tests (the agent command is a blocking subprocess)."""
+
+    def __enter__(self) -> str:
+        self.address = f"127.0.0.1:{free_port()}"
+        self.process = subprocess.Popen(
+            [*hodei_command(), "scheduler", "serve", "--listen", self.address],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", int(self.address.rsplit(":", 1)[1]))) == 0:
+                    return self.address
+            if time.monotonic() > deadline:
+                raise AssertionError("the scheduler did not start")
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(10)
