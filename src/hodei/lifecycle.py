@@ -1,6 +1,5 @@
 """The live part of the domain: what agents report, what the scheduler tells them, and what it announces.
 
-- :class:`ResourceUsage` — sent up with each heartbeat;
 - :class:`WorkerCommand` — pushed down a worker's stream (drain, shut down, re-register);
 - :class:`WorkerEvent` — a lifecycle event, published in order to every watcher;
 - :class:`LivenessConfig` — the lease rules: heartbeat interval, TTL, grace, recovery window, mass-expiry guard.
@@ -17,18 +16,10 @@ from hodei.domain import WorkerRecord
 __all__ = [
     "CommandKind",
     "LivenessConfig",
-    "ResourceUsage",
     "WorkerCommand",
     "WorkerEvent",
     "WorkerEventKind",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceUsage:
-    cpu_percent: float = 0.0
-    memory_used_mb: int = 0
-    running_jobs: int = 0
 
 
 class CommandKind(enum.StrEnum):

@@ -28,7 +28,9 @@ from tests.helpers import wait_for
 LIVENESS = LivenessConfig(
     heartbeat_interval=0.2, lease_ttl=1.0, lost_grace=1.0, recovery_window=0.0, sweep_interval=0.05
 )
-CONFIG = DynamicWorkerConfig(worker_type=WorkerType.PROCESS, cpu_cores=1, memory_mb=256, labels={"suite": "p"})
+CONFIG = DynamicWorkerConfig(
+    worker_type=WorkerType.PROCESS, cpu_cores=1, memory_mb=256, labels={"suite": "p"}
+)
 
 
 def free_port() -> int:
@@ -61,7 +63,10 @@ async def connected(scheduler: EmbeddedScheduler | SchedulerPortClient, worker_i
 async def test_provisioned_agent_process_registers_and_is_available_with_the_same_id(
     provider: ProcessProvider,
 ) -> None:
-    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler, SchedulerPortClient(scheduler.target) as port:
+    async with (
+        EmbeddedScheduler(liveness=LIVENESS) as scheduler,
+        SchedulerPortClient(scheduler.target) as port,
+    ):
         provider.schedulers = (scheduler.target,)
         service = WorkerManagementService(provider, registration=WorkerRegistrationAdapter(port))
 
@@ -106,7 +111,9 @@ async def test_an_agent_killed_with_sigkill_is_lost_within_its_ttl_and_removed_a
     bound = LIVENESS.lease_ttl + LIVENESS.heartbeat_interval + 2 * LIVENESS.sweep_interval
     assert lost_after <= bound + 0.3, f"LOST {lost_after:.2f} s after SIGKILL"
     assert removed_after >= lost_after + LIVENESS.lost_grace - LIVENESS.sweep_interval
-    print(f"\nSIGKILL -> LOST in {lost_after:.3f} s (TTL {LIVENESS.lease_ttl} s), removed after {removed_after:.3f} s")
+    print(
+        f"\nSIGKILL -> LOST in {lost_after:.3f} s (TTL {LIVENESS.lease_ttl} s), removed after {removed_after:.3f} s"
+    )
 
 
 async def test_sigterm_makes_an_agent_drain_unregister_and_exit_zero(provider: ProcessProvider) -> None:
@@ -128,7 +135,10 @@ async def test_sigterm_makes_an_agent_drain_unregister_and_exit_zero(provider: P
 async def test_decommission_drains_through_the_stream_unregisters_and_leaves_no_process(
     provider: ProcessProvider,
 ) -> None:
-    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler, SchedulerPortClient(scheduler.target) as port:
+    async with (
+        EmbeddedScheduler(liveness=LIVENESS) as scheduler,
+        SchedulerPortClient(scheduler.target) as port,
+    ):
         provider.schedulers = (scheduler.target,)
         service = WorkerManagementService(
             provider,

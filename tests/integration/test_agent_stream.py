@@ -84,7 +84,9 @@ async def test_an_agent_registers_itself_and_heartbeats_keep_it_available_past_m
     record = await scheduler.get_worker("agent-1")
     assert record is not None
     assert (record.status, record.connected, record.lease_ttl) == (WorkerStatus.AVAILABLE, True, 0.4)
-    assert record.labels == {"zone": "a"} and record.usage is not None and record.last_heartbeat_at is not None
+    assert (
+        record.labels == {"zone": "a"} and record.usage is not None and record.last_heartbeat_at is not None
+    )
     watcher.close()
     kinds = [e.kind async for e in watcher]
     assert WorkerEventKind.LOST not in kinds
@@ -141,7 +143,9 @@ async def test_an_agent_back_within_the_grace_is_available_again_with_one_regist
     assert kinds[-2:] == [WorkerEventKind.UPDATED, WorkerEventKind.CONNECTED]
 
 
-async def test_drain_and_shutdown_commands_reach_the_agent(scheduler: EmbeddedScheduler, running: Running) -> None:
+async def test_drain_and_shutdown_commands_reach_the_agent(
+    scheduler: EmbeddedScheduler, running: Running
+) -> None:
     agent = agent_for(scheduler, "agent-1")
     task = running.start(agent)
     await asyncio.wait_for(agent.connected.wait(), 5)

@@ -170,7 +170,7 @@ class MisbehavingServicer(pb_grpc.SchedulerServiceServicer):
 async def misbehaving() -> AsyncIterator[Callable[..., Any]]:
     servers: list[grpc.aio.Server] = []
 
-    async def start(servicer: MisbehavingServicer) -> str:
+    async def start(servicer: pb_grpc.SchedulerServiceServicer) -> str:
         server = grpc.aio.server()
         pb_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -227,3 +227,78 @@ async def test_status_details_of_unknown_types_are_ignored(misbehaving: Callable
 
 def test_an_error_without_details_needs_no_trailer() -> None:
     assert status_trailer(SchedulerUnavailable("down")) == ()
+
+
+async def test_drain_and_shutdown_of_a_worker_without_an_agent_are_not_delivered() -> None:
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
+        await client.register_worker(make_worker("w-1"))
+
+        drain = await client.drain_worker("w-1", deadline=1.5, reason="maintenance")
+        delivered = await client.shutdown_worker("w-1", reason="bye")
+
+        assert (drain.delivered, drain.record.status, drain.record.drained) == (
+            False,
+            WorkerStatus.DRAINING,
+            False,
+        )
+        assert delivered is False
+
+
+async def test_drain_and_shutdown_of_an_unknown_worker_are_not_found() -> None:
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
+        with pytest.raises(WorkerNotFound):
+            await client.drain_worker("nobody")
+        with pytest.raises(WorkerNotFound):
+            await client.shutdown_worker("nobody")
+
+
+async def test_watch_sends_a_snapshot_then_live_events_until_the_scheduler_stops() -> None:
+    from hodei.lifecycle import WorkerEventKind
+
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
+        await client.register_worker(make_worker("w-1"))
+        events = client.watch_workers(include_snapshot=True)
+        first = await anext(events)
+        await client.register_worker(make_worker("w-2"))
+        second = await anext(events)
+        await scheduler.stop()  # ends the stream: the iteration ends with it
+        rest = [event async for event in events]
+
+    assert (first.kind, first.worker_id, first.record is not None) == (WorkerEventKind.SNAPSHOT, "w-1", True)
+    assert (second.kind, second.worker_id) == (WorkerEventKind.REGISTERED, "w-2")
+    assert second.sequence == first.sequence + 1
+    assert rest == []
+
+
+async def test_watch_on_a_closed_client_is_cancelled() -> None:
+    client = SchedulerPortClient("127.0.0.1:1")
+    await client.close()
+
+    with pytest.raises(RegistrationCancelled):
+        await anext(client.watch_workers())
+
+
+async def test_watch_of_an_unreachable_scheduler_raises_unavailable() -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with SchedulerPortClient(f"127.0.0.1:{port}") as client:
+        with pytest.raises(SchedulerUnavailable):
+            await anext(client.watch_workers())
+
+
+class UnknownEventsServicer(pb_grpc.SchedulerServiceServicer):
+    async def WatchWorkers(self, request: Any, context: Any) -> Any:
+        yield pb.WatchWorkersResponse(event=pb.WorkerEvent(sequence=1, kind=99, worker_id="future"))
+        yield pb.WatchWorkersResponse(
+            event=pb.WorkerEvent(sequence=2, kind=pb.WORKER_EVENT_KIND_REGISTERED, worker_id="w")
+        )
+
+
+async def test_watch_skips_event_kinds_from_a_newer_scheduler(misbehaving: Callable[..., Any]) -> None:
+    async with SchedulerPortClient(await misbehaving(UnknownEventsServicer())) as client:
+        events = [event async for event in client.watch_workers()]
+
+    assert [(e.sequence, e.worker_id) for e in events] == [(2, "w")]

@@ -193,8 +193,12 @@ class Scheduler:
         session.last_heartbeat_at = self._clock()
         self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
         if self.monitor.is_lost(session.worker_id):
+            before = self.monitor.status_before_lost(session.worker_id)
             self.monitor.forget(session.worker_id)
-            status = WorkerStatus.BUSY if usage.running_jobs else WorkerStatus.AVAILABLE
+            if before is WorkerStatus.DRAINING:
+                status = WorkerStatus.DRAINING
+            else:
+                status = WorkerStatus.BUSY if usage.running_jobs else WorkerStatus.AVAILABLE
             await self.registry.transition(session.worker_id, status, reason="heartbeats resumed")
 
     async def report_status(

@@ -26,12 +26,14 @@ def _utcnow() -> datetime:
 
 
 class Watcher:
-    """One subscription. Iterate it (as often as you like) for events; ``close()`` ends it."""
+    """One subscription. Iterate it (as often as you like) for events; ``close()`` ends it after the events
+    it already holds."""
 
     def __init__(self, hub: EventHub, limit: int) -> None:
         self._hub = hub
         self._queue: asyncio.Queue[WorkerEvent | None] = asyncio.Queue(limit)
         self.fell_behind = False
+        self.closed = False
 
     def _offer(self, event: WorkerEvent) -> bool:
         try:
@@ -42,24 +44,24 @@ class Watcher:
         return True
 
     def close(self) -> None:
+        self.closed = True
         self._hub._watchers.discard(self)
-        # Wake the reader; a full queue is drained first, then the reader sees fell_behind.
         if not self._queue.full():
-            self._queue.put_nowait(None)
+            self._queue.put_nowait(None)  # wake a reader waiting on an empty queue
 
     def __aiter__(self) -> Watcher:
         return self
 
     async def __anext__(self) -> WorkerEvent:
-        if self.fell_behind and self._queue.empty():
-            raise WatcherFellBehind("the watcher fell behind the events; watch again")
-        event = await self._queue.get()
-        if event is None:
-            self._queue.put_nowait(None)  # stay ended for the next reader too
-            if self.fell_behind:
-                raise WatcherFellBehind("the watcher fell behind the events; watch again")
-            raise StopAsyncIteration
-        return event
+        while True:
+            if self._queue.empty():
+                if self.fell_behind:
+                    raise WatcherFellBehind("the watcher fell behind the events; watch again")
+                if self.closed:
+                    raise StopAsyncIteration
+            event = await self._queue.get()
+            if event is not None:
+                return event
 
 
 class EventHub:

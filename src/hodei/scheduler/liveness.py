@@ -45,6 +45,7 @@ class LivenessMonitor:
         self._monotonic = monotonic
         self._on_removed = on_removed
         self._lost_since: dict[str, float] = {}
+        self._status_before_lost: dict[str, WorkerStatus] = {}
         self._recent: deque[float] = deque()  # when workers were made LOST, within the last lease TTL
         self._recovering_until = 0.0
         self._last_sweep: float | None = None
@@ -66,8 +67,13 @@ class LivenessMonitor:
     def mark_lost_since(self, worker_id: str, now: float) -> None:
         self._lost_since.setdefault(worker_id, now)
 
+    def status_before_lost(self, worker_id: str) -> WorkerStatus | None:
+        """What a LOST worker was doing before it went silent (a DRAINING worker stays DRAINING on return)."""
+        return self._status_before_lost.get(worker_id)
+
     def forget(self, worker_id: str) -> None:
         self._lost_since.pop(worker_id, None)
+        self._status_before_lost.pop(worker_id, None)
 
     async def run(self) -> None:
         """Sweep forever (until cancelled)."""
@@ -122,21 +128,25 @@ class LivenessMonitor:
             )
         for worker_id in confirmed:
             self._leases.drop(worker_id)
-            self._lost_since[worker_id] = now
-            self._recent.append(now)
+            record = await self._registry.get(worker_id)
+            if record is None:
+                continue
             try:
                 await self._registry.transition(
                     worker_id, WorkerStatus.LOST, reason=f"no heartbeat for {config.lease_ttl:g} s"
                 )
             except WorkerNotFound:
-                self._lost_since.pop(worker_id, None)
+                continue
+            self._lost_since[worker_id] = now
+            self._status_before_lost[worker_id] = record.status
+            self._recent.append(now)
 
     async def _remove_long_lost(self, now: float) -> None:
         grace = self._config.lost_grace
         for worker_id, since in list(self._lost_since.items()):
             if now - since < grace:
                 continue
-            del self._lost_since[worker_id]
+            self.forget(worker_id)
             removed = await self._registry.expire(worker_id, reason=f"lost for more than {grace:g} s")
             if removed and self._on_removed is not None:
                 await self._on_removed(worker_id)

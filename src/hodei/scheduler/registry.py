@@ -171,12 +171,17 @@ class WorkerRegistry:
         return True
 
     async def transition(
-        self, worker_id: str, status: WorkerStatus, *, drained: bool = False, reason: str = ""
+        self, worker_id: str, status: WorkerStatus, *, drained: bool | None = None, reason: str = ""
     ) -> WorkerRecord:
-        """Move a worker to ``status`` (DRAINING with ``drained`` once its work is done); raises WorkerNotFound."""
+        """Move a worker to ``status`` (DRAINING with ``drained`` once its work is done); raises WorkerNotFound.
+
+        ``drained=None`` keeps the flag while the status stays the same, and clears it on a change.
+        """
         record = await self._store.get(worker_id)
         if record is None:
             raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
+        if drained is None:
+            drained = record.drained and record.status is status
         if record.status is status and record.drained == drained:
             return record
         updated = replace(record, status=status, drained=drained, updated_at=self._clock())

@@ -1,0 +1,644 @@
+"""LeaseTable and LivenessMonitor: silent workers become LOST, then are removed; mass silence is distrusted.
+
+The monitor is driven by explicit sweeps at chosen moments of a fake monotonic clock; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+
+import pytest
+
+from hodei.domain import WorkerStatus
+from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
+from hodei.scheduler.events import Watcher
+from hodei.scheduler.leases import LeaseTable
+from hodei.scheduler.liveness import LivenessMonitor
+from hodei.scheduler.registry import WorkerRegistry
+from hodei.stores.memory import MemoryRegistryStore
+from tests.helpers import make_worker
+
+# A 3 s lease renewed every second, swept every second; lost workers are removed after 5 s.
+CONFIG = LivenessConfig(
+    heartbeat_interval=1.0,
+    lease_ttl=3.0,
+    lost_grace=5.0,
+    recovery_window=0.0,
+    sweep_interval=1.0,
+)
+
+
+class Fleet:
+    """A registry over the memory store, a lease table and a monitor, on a fake monotonic clock."""
+
+    def __init__(self, config: LivenessConfig) -> None:
+        self.config = config
+        self.now = 0.0
+        self.registry = WorkerRegistry(MemoryRegistryStore())
+        self.leases = LeaseTable()
+        self.removed: list[str] = []
+        self.monitor = LivenessMonitor(
+            self.registry, self.leases, config, monotonic=lambda: self.now, on_removed=self._on_removed
+        )
+        self._watcher: Watcher = self.registry.events.watch()
+
+    async def _on_removed(self, worker_id: str) -> None:
+        self.removed.append(worker_id)
+
+    async def register(self, *worker_ids: str, leased: bool = True, renewed_at: float = 0.0) -> None:
+        """Register workers, with a lease renewed at ``renewed_at`` (or as push registrations, without)."""
+        for worker_id in worker_ids:
+            await self.registry.register(
+                make_worker(worker_id), lease_ttl=self.config.lease_ttl if leased else None
+            )
+            if leased:
+                self.leases.renew(worker_id, self.config.lease_ttl, renewed_at)
+
+    def begin(self, now: float = 0.0) -> None:
+        self.now = now
+        self.monitor.begin(now)
+
+    async def sweep(self, now: float) -> None:
+        self.now = now
+        await self.monitor.sweep(now)
+
+    async def sweep_through(self, until: float) -> None:
+        """Sweep on time, every sweep_interval after the current moment, up to and including ``until``."""
+        step = self.config.sweep_interval
+        moment = self.now + step
+        while moment <= until:
+            await self.sweep(moment)
+            moment += step
+
+    async def status(self, worker_id: str) -> WorkerStatus | None:
+        record = await self.registry.get(worker_id)
+        return None if record is None else record.status
+
+    async def events(self) -> list[WorkerEvent]:
+        """The events published since the previous call."""
+        watcher, self._watcher = self._watcher, self.registry.events.watch()
+        watcher.close()
+
+        async def read() -> list[WorkerEvent]:
+            return [event async for event in watcher]
+
+        return await asyncio.wait_for(read(), 1)
+
+
+def kinds(events: Sequence[WorkerEvent]) -> list[tuple[WorkerEventKind, str]]:
+    return [(event.kind, event.worker_id) for event in events]
+
+
+# --- LeaseTable -----------------------------------------------------------------------------------------
+
+
+def test_a_renewed_lease_expires_ttl_after_the_renewal() -> None:
+    leases = LeaseTable()
+
+    leases.renew("w", 3.0, 10.0)
+
+    assert leases.expires_at("w") == 13.0
+
+
+def test_renewing_a_lease_again_moves_its_expiry() -> None:
+    leases = LeaseTable()
+    leases.renew("w", 3.0, 10.0)
+
+    leases.renew("w", 3.0, 12.5)
+
+    assert leases.expires_at("w") == 15.5
+    assert len(leases) == 1
+
+
+def test_a_worker_without_a_lease_has_no_expiry() -> None:
+    assert LeaseTable().expires_at("nobody") is None
+
+
+def test_a_dropped_lease_is_gone() -> None:
+    leases = LeaseTable()
+    leases.renew("w", 3.0, 0.0)
+    leases.renew("other", 3.0, 0.0)
+
+    leases.drop("w")
+
+    assert "w" not in leases
+    assert leases.expires_at("w") is None
+    assert len(leases) == 1
+    assert leases.expired(100.0) == ["other"]
+
+
+def test_dropping_an_unknown_lease_does_nothing() -> None:
+    leases = LeaseTable()
+    leases.renew("w", 3.0, 0.0)
+
+    leases.drop("nobody")
+
+    assert len(leases) == 1
+
+
+def test_a_lease_expires_at_its_expiry_and_not_before() -> None:
+    leases = LeaseTable()
+    leases.renew("w", 3.0, 0.0)
+
+    assert leases.expired(2.999) == []
+    assert leases.expired(3.0) == ["w"]
+    assert leases.expired(4.0) == ["w"]
+
+
+def test_expired_leases_are_listed_longest_expired_first() -> None:
+    leases = LeaseTable()
+    leases.renew("a", 3.0, 5.0)  # expires at 8
+    leases.renew("b", 3.0, 1.0)  # expires at 4
+    leases.renew("c", 3.0, 3.0)  # expires at 6
+    leases.renew("d", 3.0, 20.0)  # not yet
+
+    assert leases.expired(10.0) == ["b", "c", "a"]
+
+
+def test_extending_all_leases_moves_every_expiry_by_as_much() -> None:
+    leases = LeaseTable()
+    leases.renew("a", 3.0, 0.0)
+    leases.renew("b", 10.0, 0.0)
+
+    leases.extend_all(7.5)
+
+    assert leases.expires_at("a") == 10.5
+    assert leases.expires_at("b") == 17.5
+    assert leases.expired(10.0) == []
+
+
+def test_the_table_counts_and_contains_its_leases() -> None:
+    leases = LeaseTable()
+    assert len(leases) == 0
+    assert "a" not in leases
+
+    leases.renew("a", 3.0, 0.0)
+    leases.renew("b", 3.0, 0.0)
+    leases.renew("a", 3.0, 1.0)
+
+    assert len(leases) == 2
+    assert "a" in leases
+    assert "b" in leases
+    assert "c" not in leases
+
+
+# --- LivenessConfig -------------------------------------------------------------------------------------
+
+
+def test_a_lease_ttl_not_longer_than_the_heartbeat_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match=re.escape("lease_ttl must be > heartbeat_interval, got 5.0")):
+        LivenessConfig(heartbeat_interval=5.0, lease_ttl=5.0)
+
+
+# --- expiry ---------------------------------------------------------------------------------------------
+# A lease renewed at 0 runs out at 3 (suspect); one heartbeat interval later, at 4, the worker is LOST.
+
+
+async def test_a_worker_whose_lease_just_ran_out_is_suspect_but_still_available() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(3.0)
+
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
+    assert fleet.leases.expires_at("w1") == 3.0
+    assert not fleet.monitor.is_lost("w1")
+    assert await fleet.events() == []
+
+
+async def test_a_worker_silent_one_heartbeat_past_its_lease_becomes_lost_with_an_event_naming_the_ttl() -> (
+    None
+):
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.sweep_through(3.0)
+    await fleet.events()
+
+    await fleet.sweep(4.0)
+
+    assert await fleet.status("w1") is WorkerStatus.LOST
+    [event] = await fleet.events()
+    assert event.kind is WorkerEventKind.LOST
+    assert event.worker_id == "w1"
+    assert event.reason == "no heartbeat for 3 s"
+    assert event.record is not None
+    assert event.record.status is WorkerStatus.LOST
+    assert "w1" not in fleet.leases
+    assert fleet.monitor.is_lost("w1")
+
+
+async def test_a_worker_whose_lease_is_renewed_in_time_never_becomes_lost() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.events()
+
+    for second in range(1, 30):
+        fleet.leases.renew("w1", CONFIG.lease_ttl, float(second))  # a heartbeat, then the sweep
+        await fleet.sweep(float(second))
+
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
+    assert await fleet.events() == []
+
+
+async def test_only_the_silent_worker_becomes_lost() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("silent", "talking")
+    fleet.begin(0.0)
+    await fleet.events()
+
+    for second in range(1, 6):
+        fleet.leases.renew("talking", CONFIG.lease_ttl, float(second))
+        await fleet.sweep(float(second))
+
+    assert await fleet.status("silent") is WorkerStatus.LOST
+    assert await fleet.status("talking") is WorkerStatus.AVAILABLE
+    assert kinds(await fleet.events()) == [(WorkerEventKind.LOST, "silent")]
+
+
+async def test_a_push_registered_worker_without_a_lease_is_never_made_lost() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("pushed", leased=False)
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(100.0)
+
+    assert await fleet.status("pushed") is WorkerStatus.AVAILABLE
+    assert await fleet.events() == []
+    assert fleet.removed == []
+
+
+async def test_a_lease_of_a_worker_no_longer_registered_expires_without_an_event() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    await fleet.registry.unregister("w1")
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(20.0)
+
+    assert "w1" not in fleet.leases
+    assert not fleet.monitor.is_lost("w1")
+    assert await fleet.events() == []
+    assert fleet.removed == []
+
+
+# --- removal after the grace ----------------------------------------------------------------------------
+
+
+async def test_a_lost_worker_is_not_removed_before_the_grace() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.sweep_through(4.0)  # LOST at 4
+    await fleet.events()
+
+    await fleet.sweep_through(8.0)  # lost for 4 s of a 5 s grace
+
+    assert await fleet.status("w1") is WorkerStatus.LOST
+    assert await fleet.events() == []
+    assert fleet.removed == []
+
+
+async def test_a_worker_lost_for_the_grace_is_removed_with_an_expired_event() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.sweep_through(8.0)  # LOST at 4
+    await fleet.events()
+
+    await fleet.sweep(9.0)  # lost for 5 s
+
+    assert await fleet.registry.get("w1") is None
+    [event] = await fleet.events()
+    assert event.kind is WorkerEventKind.EXPIRED
+    assert event.worker_id == "w1"
+    assert event.record is None
+    assert event.reason == "lost for more than 5 s"
+    assert fleet.removed == ["w1"]
+    assert not fleet.monitor.is_lost("w1")
+
+
+async def test_a_removed_worker_is_removed_once() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.sweep_through(9.0)
+    await fleet.events()
+
+    await fleet.sweep_through(30.0)
+
+    assert await fleet.events() == []
+    assert fleet.removed == ["w1"]
+
+
+async def test_a_worker_available_again_and_forgotten_is_not_removed_when_the_grace_ends() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.sweep_through(4.0)  # LOST at 4
+    await fleet.registry.transition("w1", WorkerStatus.AVAILABLE, reason="heartbeats resumed")
+    fleet.monitor.forget("w1")
+    await fleet.events()
+
+    await fleet.sweep_through(20.0)
+
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
+    assert await fleet.events() == []
+    assert fleet.removed == []
+
+
+async def test_a_worker_no_longer_lost_when_the_grace_ends_is_not_removed_even_if_not_forgotten() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.sweep_through(4.0)  # LOST at 4
+    await fleet.registry.transition("w1", WorkerStatus.BUSY, reason="it came back by another path")
+    await fleet.events()
+
+    await fleet.sweep_through(20.0)
+
+    assert await fleet.status("w1") is WorkerStatus.BUSY
+    assert await fleet.events() == []
+    assert fleet.removed == []
+    assert not fleet.monitor.is_lost("w1")
+
+
+# --- the recovery window --------------------------------------------------------------------------------
+
+RECOVERING = LivenessConfig(
+    heartbeat_interval=1.0, lease_ttl=3.0, lost_grace=5.0, recovery_window=10.0, sweep_interval=1.0
+)
+
+
+async def test_nothing_expires_during_the_recovery_window_and_does_after_it() -> None:
+    fleet = Fleet(RECOVERING)
+    await fleet.register("w1", "w2")
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(9.0)  # every lease ran out at 3
+
+    assert fleet.monitor.recovering
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
+    assert await fleet.status("w2") is WorkerStatus.AVAILABLE
+    assert await fleet.events() == []
+
+    await fleet.sweep(10.0)
+
+    assert not fleet.monitor.recovering
+    assert await fleet.status("w1") is WorkerStatus.LOST
+    assert await fleet.status("w2") is WorkerStatus.LOST
+    assert kinds(await fleet.events()) == [(WorkerEventKind.LOST, "w1"), (WorkerEventKind.LOST, "w2")]
+
+
+async def test_the_recovery_window_opens_at_the_moment_given_to_begin() -> None:
+    fleet = Fleet(RECOVERING)
+    await fleet.register("w1", renewed_at=100.0)
+    fleet.begin(100.0)
+
+    await fleet.sweep_through(109.0)
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
+
+    await fleet.sweep(110.0)
+    assert await fleet.status("w1") is WorkerStatus.LOST
+
+
+async def test_no_lost_worker_is_removed_during_the_recovery_window() -> None:
+    fleet = Fleet(RECOVERING)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    fleet.monitor.mark_lost_since("w1", 0.0)
+    await fleet.registry.transition("w1", WorkerStatus.LOST)
+    fleet.leases.drop("w1")
+    await fleet.events()
+
+    await fleet.sweep_through(9.0)  # lost for 9 s of a 5 s grace, but recovering
+
+    assert await fleet.status("w1") is WorkerStatus.LOST
+    assert fleet.removed == []
+
+    await fleet.sweep(10.0)
+
+    assert await fleet.registry.get("w1") is None
+    assert kinds(await fleet.events()) == [(WorkerEventKind.EXPIRED, "w1")]
+    assert fleet.removed == ["w1"]
+
+
+# --- the mass-expiry guard ------------------------------------------------------------------------------
+
+GUARDED = LivenessConfig(
+    heartbeat_interval=1.0,
+    lease_ttl=3.0,
+    lost_grace=1000.0,
+    recovery_window=0.0,
+    sweep_interval=1.0,
+    mass_expiry_threshold=0.5,
+    mass_expiry_min_workers=10,
+    slowed_expiry_per_sweep=2,
+)
+SILENT = [f"silent-{index:02d}" for index in range(15)]
+HEALTHY = [f"healthy-{index}" for index in range(5)]
+
+
+async def mass_silence() -> Fleet:
+    """20 leased workers, of which the 15 silent ones all went silent within one heartbeat.
+
+    Their leases run out in the reverse of their ids' order, 1/8 s apart: silent-14 at 2.25 s (the longest
+    expired), silent-13 at 2.375 s, ..., silent-00 at 4.0 s. At the sweep at 3 s, 7 of 20 are suspect (no
+    guard); at 4 s all 15 are, and the 7 whose lease ran out by 3 s are confirmed LOST, 2 at a time.
+    """
+    fleet = Fleet(GUARDED)
+    await fleet.register(*HEALTHY, *SILENT)
+    for worker_id in HEALTHY:
+        fleet.leases.renew(worker_id, 1000.0, 0.0)
+    for index, worker_id in enumerate(SILENT):
+        fleet.leases.renew(worker_id, 2.25 + (14 - index) / 8, 0.0)
+    fleet.begin(0.0)
+    await fleet.events()
+    return fleet
+
+
+async def test_mass_expiry_makes_lost_only_the_slowed_number_per_sweep_longest_expired_first() -> None:
+    fleet = await mass_silence()
+    lost_per_sweep: list[list[str]] = []
+
+    for second in range(1, 12):
+        await fleet.sweep(float(second))
+        lost_per_sweep.append(
+            [event.worker_id for event in await fleet.events() if event.kind is WorkerEventKind.LOST]
+        )
+
+    assert lost_per_sweep == [
+        [],
+        [],
+        [],
+        ["silent-14", "silent-13"],
+        ["silent-12", "silent-11"],
+        ["silent-10", "silent-09"],
+        ["silent-08", "silent-07"],
+        ["silent-06", "silent-05"],
+        ["silent-04", "silent-03"],
+        ["silent-02", "silent-01"],
+        ["silent-00"],
+    ]
+    for worker_id in HEALTHY:
+        assert await fleet.status(worker_id) is WorkerStatus.AVAILABLE
+
+
+async def test_mass_expiry_publishes_one_expiry_slowed_event_naming_how_many_went_silent() -> None:
+    fleet = await mass_silence()
+    await fleet.sweep_through(3.0)
+    assert await fleet.events() == []
+
+    await fleet.sweep(4.0)
+
+    assert fleet.monitor.slowed
+    first = await fleet.events()
+    assert kinds(first) == [
+        (WorkerEventKind.EXPIRY_SLOWED, ""),
+        (WorkerEventKind.LOST, "silent-14"),
+        (WorkerEventKind.LOST, "silent-13"),
+    ]
+    assert first[0].record is None
+    assert "15 of 20" in first[0].reason
+    assert "at most 2 per 1 s" in first[0].reason
+
+    await fleet.sweep_through(11.0)
+    later = await fleet.events()
+    assert [event.kind for event in later] == [WorkerEventKind.LOST] * 13
+    assert fleet.monitor.slowed
+
+
+async def test_expiry_resumes_at_normal_pace_once_expirations_fall_under_the_threshold() -> None:
+    fleet = await mass_silence()
+    await fleet.sweep_through(11.0)  # every silent worker LOST, the last 6 within one lease TTL
+    await fleet.events()
+    for worker_id in SILENT:
+        assert await fleet.status(worker_id) is WorkerStatus.LOST
+
+    await fleet.sweep(12.0)  # 5 made LOST within the last 3 s, of 10 workers: not more than half
+
+    [resumed] = await fleet.events()
+    assert resumed.kind is WorkerEventKind.EXPIRY_RESUMED
+    assert resumed.worker_id == ""
+    assert resumed.reason == "5 of 10 leased workers silent; normal pace"
+    assert not fleet.monitor.slowed
+    for worker_id in HEALTHY:
+        assert await fleet.status(worker_id) is WorkerStatus.AVAILABLE
+
+    await fleet.sweep_through(20.0)
+    assert await fleet.events() == []
+
+
+async def test_below_the_minimum_fleet_size_there_is_no_guard_and_all_expire_at_once() -> None:
+    fleet = Fleet(GUARDED)
+    await fleet.register("healthy", "silent-a", "silent-b", "silent-c")
+    fleet.leases.renew("healthy", 1000.0, 0.0)
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(4.0)  # 3 of 4 silent: more than half, but fewer than 10 leased workers
+
+    assert kinds(await fleet.events()) == [
+        (WorkerEventKind.LOST, "silent-a"),
+        (WorkerEventKind.LOST, "silent-b"),
+        (WorkerEventKind.LOST, "silent-c"),
+    ]
+    assert not fleet.monitor.slowed
+    assert await fleet.status("healthy") is WorkerStatus.AVAILABLE
+
+
+async def test_half_of_a_large_fleet_going_silent_is_not_slowed() -> None:
+    fleet = Fleet(GUARDED)
+    workers = [f"w-{index:02d}" for index in range(20)]
+    await fleet.register(*workers)
+    for worker_id in workers[10:]:
+        fleet.leases.renew(worker_id, 1000.0, 0.0)
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(4.0)  # 10 of 20: exactly half is not more than half
+
+    assert kinds(await fleet.events()) == [(WorkerEventKind.LOST, worker_id) for worker_id in workers[:10]]
+    assert not fleet.monitor.slowed
+
+
+# --- stall compensation ---------------------------------------------------------------------------------
+
+
+async def test_a_sweep_that_runs_far_too_late_extends_every_lease_by_the_lateness_instead_of_expiring() -> (
+    None
+):
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1", "w2")  # leases run out at 3
+    fleet.leases.renew("w2", CONFIG.lease_ttl, 1.0)  # this one at 4
+    fleet.begin(0.0)
+    await fleet.sweep_through(2.0)
+    await fleet.events()
+
+    await fleet.sweep(12.0)  # due at 3: 9 s late
+
+    assert fleet.monitor.stall_compensations == 1
+    assert fleet.leases.expires_at("w1") == 12.0
+    assert fleet.leases.expires_at("w2") == 13.0
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
+    assert await fleet.status("w2") is WorkerStatus.AVAILABLE
+    assert await fleet.events() == []
+
+
+async def test_after_a_stall_an_extended_lease_still_expires_on_normally_timed_sweeps() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+    await fleet.sweep_through(2.0)
+    await fleet.sweep(12.0)  # extended to 12
+
+    await fleet.sweep(13.0)
+
+    assert fleet.monitor.stall_compensations == 1
+    assert await fleet.status("w1") is WorkerStatus.LOST
+
+
+async def test_normally_timed_sweeps_expire_the_lease_without_compensation() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")
+    fleet.begin(0.0)
+
+    await fleet.sweep_through(4.0)
+
+    assert fleet.monitor.stall_compensations == 0
+    assert await fleet.status("w1") is WorkerStatus.LOST
+
+
+async def test_a_sweep_a_little_late_is_not_a_stall() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")  # lease runs out at 3
+    fleet.begin(0.0)
+    await fleet.sweep_through(2.0)
+
+    await fleet.sweep(3.5)  # half a second late
+    assert fleet.leases.expires_at("w1") == 3.0
+    await fleet.sweep(4.5)
+
+    assert fleet.monitor.stall_compensations == 0
+    assert await fleet.status("w1") is WorkerStatus.LOST
+
+
+async def test_every_stalled_sweep_is_counted_and_compensated() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("w1")  # lease runs out at 3
+    fleet.begin(0.0)
+
+    await fleet.sweep(10.0)  # 9 s late
+    await fleet.sweep(20.0)  # 9 s late again
+
+    assert fleet.monitor.stall_compensations == 2
+    assert fleet.leases.expires_at("w1") == 21.0
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
