@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -20,7 +21,9 @@ workers_app = typer.Typer(help="Look at and manage the scheduler's workers.", no
 app.add_typer(scheduler_app, name="scheduler")
 app.add_typer(workers_app, name="workers")
 
-console = Console()
+# Piped output is not cut to 80 columns: every field stays whole on its line, for grep and friends.
+console = Console(width=None if sys.stdout.isatty() else 1000)
+errors = Console(stderr=True)
 T = TypeVar("T")
 SchedulerOption = Annotated[str, typer.Option("--scheduler", "-s", help="Scheduler address, HOST:PORT.")]
 
@@ -131,7 +134,7 @@ def _run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(work)
     except SchedulerError as error:
-        console.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(1) from error
 
 
@@ -187,7 +190,7 @@ def agent(
     try:
         asyncio.run(run())
     except AgentRefused as refused:
-        console.print(f"[red]hodei agent: {refused}[/red]", highlight=False)
+        errors.print(f"[red]hodei agent: {refused}[/red]", highlight=False)
         raise typer.Exit(2) from refused
 
 

@@ -21,10 +21,19 @@ _COLORS = {
 }
 
 
+def _agent(record: WorkerRecord) -> str:
+    """How the worker's agent is doing: connected (and drained), or gone quiet, or none at all."""
+    if record.lease_ttl is None:
+        return "none"
+    state = "connected" if record.connected else "disconnected"
+    return f"{state}, drained" if record.drained else state
+
+
 def workers_table(records: list[WorkerRecord], title: str) -> Table:
     table = Table(title=title)
-    for column in ("worker id", "status", "type", "cpu", "memory MB", "pool", "labels"):
-        table.add_column(column, no_wrap=column == "worker id")
+    for column in ("worker id", "status", "type", "cpu", "memory MB", "pool", "labels", "agent"):
+        # Fold rather than cut, so that no field is ever shortened.
+        table.add_column(column, overflow="fold")
     for record in records:
         color = _COLORS.get(record.status, "white")
         table.add_row(
@@ -35,6 +44,7 @@ def workers_table(records: list[WorkerRecord], title: str) -> Table:
             str(record.capabilities.memory_mb),
             record.pool,
             ",".join(f"{k}={v}" for k, v in sorted(record.labels.items())),
+            _agent(record),
         )
     return table
 

@@ -272,8 +272,8 @@ def test_the_agent_command_exits_non_zero_with_a_clear_message_on_invalid_data(b
         )
 
     assert result.returncode == 2
-    assert "refused worker 'bad id!'" in result.stdout
-    assert "INVALID_ARGUMENT" in result.stdout and "worker_id" in result.stdout
+    assert "refused worker 'bad id!'" in result.stderr
+    assert "INVALID_ARGUMENT" in result.stderr and "worker_id" in result.stderr
 
 
 class EmbeddedSchedulerThread:

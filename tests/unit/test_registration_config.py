@@ -125,3 +125,9 @@ def test_values_at_the_edges_of_their_range_are_accepted(options: dict[str, obje
     config = RegistrationConfig(**options)  # type: ignore[arg-type]
 
     assert {name: getattr(config, name) for name in options} == options
+
+
+@pytest.mark.parametrize("fraction", [-0.01, 1.0, 1.5])
+def test_a_random_fraction_outside_zero_to_one_is_refused(fraction: float) -> None:
+    with pytest.raises(ValueError, match="random_fraction"):
+        RegistrationConfig().backoff(1, fraction)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus
+from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, validate_worker_id
 from hodei.errors import HodeiError, InvalidWorkerData, ProviderError, ProvisioningError, RegistrationError
 from hodei.management.config import WorkerManagementConfig
 from hodei.ports import UnregistrationStatus, WorkerProvider
@@ -105,6 +105,10 @@ class WorkerManagementService:
         :class:`~hodei.errors.ProvisioningError` when registration fails (the worker is destroyed first).
         """
         self._check(config)
+        if worker_id is not None and (violations := validate_worker_id(worker_id)):
+            raise InvalidWorkerData(
+                "invalid worker id; nothing provisioned", worker_id=worker_id, violations=violations
+            )
         worker_id = worker_id or self.new_worker_id()
         worker = await self.provider.provision(worker_id, config)
         if self.registration is None:
@@ -142,20 +146,26 @@ class WorkerManagementService:
                 except ProviderError as error:
                     failures[worker_id] = error
 
-        async with asyncio.TaskGroup() as group:
-            for worker_id in ids:
-                group.create_task(provision_one(worker_id))
-
-        if self.registration is not None and provisioned:
-            ready = [provisioned[i] for i in ids if i in provisioned]
-            for result in await self.registration.register_workers_batch(ready):
-                if result.error is not None:
-                    failures[result.worker_id] = await self._give_up(result.worker_id, result.error)
-                    del provisioned[result.worker_id]
-                else:
-                    provisioned[result.worker_id] = provisioned[result.worker_id].with_status(
-                        WorkerStatus.REGISTERED
-                    )
+        try:
+            async with asyncio.TaskGroup() as group:
+                for worker_id in ids:
+                    group.create_task(provision_one(worker_id))
+            if self.registration is not None and provisioned:
+                ready = [provisioned[i] for i in ids if i in provisioned]
+                for result in await self.registration.register_workers_batch(ready):
+                    if result.error is not None:
+                        failures[result.worker_id] = await self._give_up(result.worker_id, result.error)
+                        del provisioned[result.worker_id]
+                    else:
+                        provisioned[result.worker_id] = provisioned[result.worker_id].with_status(
+                            WorkerStatus.REGISTERED
+                        )
+        except BaseException:
+            # Cancelled (or failed) half-way: the caller will never hear of these workers, so none may stay.
+            if self.config.destroy_on_registration_failure:
+                cleanup = asyncio.gather(*(self._destroy(i) for i in list(provisioned)))
+                await asyncio.shield(cleanup)
+            raise
         return [ProvisionResult(i, provisioned.get(i), failures.get(i)) for i in ids]
 
     async def register_static_workers(
