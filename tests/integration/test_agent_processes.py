@@ -298,3 +298,93 @@ class EmbeddedSchedulerThread:
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+async def test_an_agent_that_ignores_sigterm_is_killed_after_the_grace(provider: ProcessProvider) -> None:
+    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler:
+        provider.schedulers = (scheduler.target,)
+        await provider.provision("frozen", CONFIG)
+        await wait_for(lambda: connected(scheduler, "frozen"), timeout=15)
+        pid = provider.pid("frozen")
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGTERM
+
+        started = time.monotonic()
+        await provider.stop("frozen", grace=0.5)
+        took = time.monotonic() - started
+
+        assert await provider.status("frozen") is WorkerStatus.FAILED  # killed, not exited
+        assert not psutil.pid_exists(pid)
+        assert took >= 0.5
+
+
+def test_killing_an_agent_shows_it_lost_in_workers_watch() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    scheduler = subprocess.Popen(
+        [
+            *hodei_command(),
+            "scheduler",
+            "serve",
+            "--listen",
+            address,
+            "--heartbeat-interval",
+            "0.2",
+            "--lease-ttl",
+            "1",
+            "--recovery-window",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    agent = watch = None
+    try:
+        agent = subprocess.Popen(
+            [*hodei_command(), "agent", "--scheduler", address, "--worker-id", "watched-1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        watch = subprocess.Popen(
+            [*hodei_command(), "workers", "watch", "--scheduler", address, "--exit-after", "12"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_until_listed(address, "watched-1")
+        agent.kill()
+        _wait_until_lost(address, "watched-1")
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=15)
+    finally:
+        for process in (agent, watch, scheduler):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(5)
+
+    assert "watched-1" in out, err
+    assert "lost" in out and "no heartbeat for 1 s" in out
+
+
+def _status_of(address: str, worker_id: str) -> str:
+    listed = subprocess.run(
+        [*hodei_command(), "workers", "list", "--scheduler", address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    row = next((line for line in listed.stdout.splitlines() if worker_id in line), "")
+    return row
+
+
+def _wait_until_listed(address: str, worker_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while "available" not in _status_of(address, worker_id):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{worker_id} never became available")
+
+
+def _wait_until_lost(address: str, worker_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while "lost" not in _status_of(address, worker_id):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{worker_id} never became lost")
