@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from hodei._settings import check_settings
 from hodei.domain import WorkerRecord
 
 __all__ = [
@@ -91,39 +92,16 @@ class LivenessConfig:
     slowed_expiry_per_sweep: int = 1
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be {rule}, got {value!r}"
-            for name, value, rule, ok in (
-                ("heartbeat_interval", self.heartbeat_interval, "> 0", self.heartbeat_interval > 0),
-                (
-                    "lease_ttl",
-                    self.lease_ttl,
-                    "> heartbeat_interval",
-                    self.lease_ttl > self.heartbeat_interval,
-                ),
-                ("lost_grace", self.lost_grace, ">= 0", self.lost_grace >= 0),
-                ("recovery_window", self.recovery_window, ">= 0", self.recovery_window >= 0),
-                ("sweep_interval", self.sweep_interval, "> 0", self.sweep_interval > 0),
-                (
-                    "mass_expiry_threshold",
-                    self.mass_expiry_threshold,
-                    "in (0, 1]",
-                    0 < self.mass_expiry_threshold <= 1,
-                ),
-                (
-                    "mass_expiry_min_workers",
-                    self.mass_expiry_min_workers,
-                    ">= 1",
-                    self.mass_expiry_min_workers >= 1,
-                ),
-                (
-                    "slowed_expiry_per_sweep",
-                    self.slowed_expiry_per_sweep,
-                    ">= 1",
-                    self.slowed_expiry_per_sweep >= 1,
-                ),
-            )
-            if not ok
-        ]
-        if problems:
-            raise ValueError("invalid LivenessConfig: " + "; ".join(problems))
+        check_settings(
+            self,
+            {
+                "heartbeat_interval": ("> 0", self.heartbeat_interval > 0),
+                "lease_ttl": ("> heartbeat_interval", self.lease_ttl > self.heartbeat_interval),
+                "lost_grace": (">= 0", self.lost_grace >= 0),
+                "recovery_window": (">= 0", self.recovery_window >= 0),
+                "sweep_interval": ("> 0", self.sweep_interval > 0),
+                "mass_expiry_threshold": ("in (0, 1]", 0 < self.mass_expiry_threshold <= 1),
+                "mass_expiry_min_workers": (">= 1", self.mass_expiry_min_workers >= 1),
+                "slowed_expiry_per_sweep": (">= 1", self.slowed_expiry_per_sweep >= 1),
+            },
+        )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from hodei._settings import check_settings
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
 
 __all__ = ["AgentConfig"]
@@ -49,10 +50,14 @@ class AgentConfig:
     parent_check_interval: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.schedulers:
-            raise ValueError("AgentConfig needs at least one scheduler address")
-        if self.reconnect_base <= 0 or self.reconnect_max < self.reconnect_base:
-            raise ValueError("reconnect_base must be > 0 and reconnect_max >= reconnect_base")
+        check_settings(
+            self,
+            {
+                "schedulers": ("at least one address", bool(self.schedulers)),
+                "reconnect_base": ("> 0", self.reconnect_base > 0),
+                "reconnect_max": (">= reconnect_base", self.reconnect_max >= self.reconnect_base),
+            },
+        )
 
     def worker(self, incarnation: int) -> DynamicWorker:
         config = DynamicWorkerConfig(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hodei._settings import check_settings
+
 __all__ = ["WorkerManagementConfig"]
 
 
@@ -25,9 +27,11 @@ class WorkerManagementConfig:
     drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.provision_concurrency < 1:
-            raise ValueError(f"provision_concurrency must be >= 1, got {self.provision_concurrency}")
-        if self.drain_timeout < 0:
-            raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
-        if self.stop_grace < 0:
-            raise ValueError(f"stop_grace must be >= 0, got {self.stop_grace}")
+        check_settings(
+            self,
+            {
+                "provision_concurrency": (">= 1", self.provision_concurrency >= 1),
+                "drain_timeout": (">= 0", self.drain_timeout >= 0),
+                "stop_grace": (">= 0", self.stop_grace >= 0),
+            },
+        )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hodei._settings import check_settings
+
 __all__ = ["RegistrationConfig"]
 
 
@@ -30,22 +32,19 @@ class RegistrationConfig:
     validate_before_send: bool = True
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be {rule}, got {value!r}"
-            for name, value, rule, ok in (
-                ("max_retries", self.max_retries, ">= 0", self.max_retries >= 0),
-                ("base_backoff", self.base_backoff, ">= 0", self.base_backoff >= 0),
-                ("max_backoff", self.max_backoff, ">= base_backoff", self.max_backoff >= self.base_backoff),
-                ("backoff_multiplier", self.backoff_multiplier, ">= 1", self.backoff_multiplier >= 1),
-                ("jitter", self.jitter, "between 0 and 1", 0 <= self.jitter <= 1),
-                ("registration_timeout", self.registration_timeout, "> 0", self.registration_timeout > 0),
-                ("batch_size", self.batch_size, "between 1 and 1000", 1 <= self.batch_size <= 1000),
-                ("batch_concurrency", self.batch_concurrency, ">= 1", self.batch_concurrency >= 1),
-            )
-            if not ok
-        ]
-        if problems:
-            raise ValueError("invalid RegistrationConfig: " + "; ".join(problems))
+        check_settings(
+            self,
+            {
+                "max_retries": (">= 0", self.max_retries >= 0),
+                "base_backoff": (">= 0", self.base_backoff >= 0),
+                "max_backoff": (">= base_backoff", self.max_backoff >= self.base_backoff),
+                "backoff_multiplier": (">= 1", self.backoff_multiplier >= 1),
+                "jitter": ("between 0 and 1", 0 <= self.jitter <= 1),
+                "registration_timeout": ("> 0", self.registration_timeout > 0),
+                "batch_size": ("between 1 and 1000", 1 <= self.batch_size <= 1000),
+                "batch_concurrency": (">= 1", self.batch_concurrency >= 1),
+            },
+        )
 
     @property
     def max_attempts(self) -> int:
