@@ -339,6 +339,7 @@ def test_killing_an_agent_shows_it_lost_in_workers_watch() -> None:
     )
     agent = watch = None
     try:
+        _wait_until_serving(address)
         agent = subprocess.Popen(
             [*hodei_command(), "agent", "--scheduler", address, "--worker-id", "watched-1"],
             stdout=subprocess.DEVNULL,
@@ -366,14 +367,23 @@ def test_killing_an_agent_shows_it_lost_in_workers_watch() -> None:
 
 
 def _status_of(address: str, worker_id: str) -> str:
-    listed = subprocess.run(
+    return next((line for line in _list(address).stdout.splitlines() if worker_id in line), "")
+
+
+def _list(address: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [*hodei_command(), "workers", "list", "--scheduler", address],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    row = next((line for line in listed.stdout.splitlines() if worker_id in line), "")
-    return row
+
+
+def _wait_until_serving(address: str) -> None:
+    deadline = time.monotonic() + 20
+    while _list(address).returncode != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no scheduler answered on {address}")
 
 
 def _wait_until_listed(address: str, worker_id: str) -> None:
