@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -225,6 +226,41 @@ def workers_watch(
             await watch()
 
     _run_against_scheduler(watch_until())
+
+
+@app.command()
+def bench(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option("--scenario", help="Run only these scenarios (repeatable); default: all."),
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="Benchmark this scheduler instead of starting one per scenario.")
+    ] = "",
+    quick: Annotated[bool, typer.Option(help="Small counts: a smoke run, not a measurement.")] = False,
+    json_out: Annotated[
+        str, typer.Option("--json", help="Also write the results as JSON to this file ('-': stdout).")
+    ] = "",
+) -> None:
+    """Measure registration throughput, latency, CPU and memory against the targets."""
+    import json
+
+    from hodei.bench.report import results_table
+    from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
+
+    names = scenario or list(SCENARIOS)
+    scale = Scale.quick() if quick else Scale()
+    try:
+        results = asyncio.run(run_benchmark(names, scale, target=target or None, console=errors))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    document = json.dumps([r.to_json() for r in results], indent=2)
+    if json_out == "-":
+        print(document)
+    else:
+        console.print(results_table(results))
+        if json_out:
+            Path(json_out).write_text(document + "\n")
 
 
 @app.command()

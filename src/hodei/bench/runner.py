@@ -1,0 +1,209 @@
+"""Runs the benchmark: each scenario against a scheduler process of its own (or ``--target``), the baseline
+against a raw grpc.aio server process, with the scheduler's CPU and memory sampled around the load."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hodei.bench import scenarios
+from hodei.bench.processes import ProcessProbe, ServerProcess
+from hodei.bench.report import ScenarioResult, Target
+from hodei.transport.client import SchedulerPortClient
+
+__all__ = ["SCENARIOS", "Scale", "run_benchmark"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    """How much load each scenario offers; ``quick`` is for smoke runs."""
+
+    sequential: int = 3_000
+    concurrent: int = 30_000
+    storm: int = 10_000
+    batch: int = 10_000
+    open_loop_seconds: float = 10.0
+    churn: int = 100_000
+    agents: int = 300
+    agents_seconds: float = 10.0
+    baseline: int = 30_000
+
+    @classmethod
+    def quick(cls) -> Scale:
+        return cls(
+            sequential=50,
+            concurrent=300,
+            storm=200,
+            batch=500,
+            open_loop_seconds=0.3,
+            churn=200,
+            agents=5,
+            agents_seconds=0.5,
+            baseline=300,
+        )
+
+
+Scenario = Callable[["Context"], Awaitable[scenarios.Load]]
+
+
+@dataclass
+class Context:
+    target: str
+    client: SchedulerPortClient
+    scale: Scale
+    progress: scenarios.Progress
+    baseline_target: str = ""
+
+
+def _targets(name: str) -> list[Target]:
+    return {
+        "concurrent-500": [
+            Target("workers_per_second", 2000),
+            Target("ratio_to_baseline", 0.6, label="throughput >= 60% of the raw grpc.aio baseline"),
+            Target("p95_ms", 2000, at_most=True),
+            Target("p95_ratio_to_baseline", 1.5, at_most=True, label="p95 <= 1.5x the baseline's p95"),
+        ],
+        "batch-10000": [
+            Target("workers_per_second", 50_000),
+            Target("rss_mb_per_1000_workers", 2.0, at_most=True),
+            Target(
+                "client_tasks_peak", 64, at_most=True, label="client tasks at most 64 (no gather per worker)"
+            ),
+        ],
+        "open-loop-1000": [Target("p95_ms", 10, at_most=True)],
+        "concurrent-10000": [Target("errors", 0, at_most=True)],
+        "churn": [Target("rss_growth_after_warmup_mb", 2.0, at_most=True)],
+        "sequential": [Target("workers_per_second", 500, label="workers/s >= 500 (the story's target)")],
+    }.get(name, [])
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[Scale], int]]] = {
+    "baseline-sequential": ("raw grpc.aio unary calls, one at a time", lambda s: s.sequential),
+    "baseline-concurrent": ("raw grpc.aio unary calls, 500 in flight", lambda s: s.baseline),
+    "sequential": ("single registrations, one at a time", lambda s: s.sequential),
+    "concurrent-500": ("single registrations, 500 in flight", lambda s: s.concurrent),
+    "concurrent-10000": ("10,000 registrations started at once", lambda s: s.storm),
+    "batch-10000": ("register_workers_batch of 10,000", lambda s: s.batch),
+    "open-loop-1000": ("1,000 registrations/s offered", lambda s: int(1000 * s.open_loop_seconds)),
+    "churn": ("register/unregister cycles", lambda s: s.churn),
+    "agents": ("connected agents heartbeating", lambda s: s.agents),
+}
+
+
+async def _load(name: str, ctx: Context) -> scenarios.Load:
+    s = ctx.scale
+    if name == "baseline-sequential":
+        return await scenarios.baseline(ctx.baseline_target, s.sequential, 1, ctx.progress)
+    if name == "baseline-concurrent":
+        return await scenarios.baseline(ctx.baseline_target, s.baseline, 500, ctx.progress)
+    if name == "sequential":
+        return await scenarios.registrations(ctx.client, "seq", s.sequential, 1, ctx.progress)
+    if name == "concurrent-500":
+        return await scenarios.registrations(ctx.client, "c500", s.concurrent, 500, ctx.progress)
+    if name == "concurrent-10000":
+        return await scenarios.storm(ctx.client, "storm", s.storm, ctx.progress)
+    if name == "batch-10000":
+        return await scenarios.batch(ctx.client, "batch", s.batch, ctx.progress)
+    if name == "open-loop-1000":
+        return await scenarios.paced(ctx.client, "open", 1000, s.open_loop_seconds, ctx.progress)
+    if name == "churn":
+        return await scenarios.churn(ctx.client, "churn", s.churn, 50, ctx.progress)
+    if name == "agents":
+        return await scenarios.agents(ctx.target, s.agents, s.agents_seconds, ctx.progress)
+    raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+
+
+@contextlib.asynccontextmanager
+async def _server(name: str, target: str | None) -> AsyncIterator[tuple[str, ProcessProbe | None]]:
+    if name.startswith("baseline"):
+        async with ServerProcess.baseline() as server:
+            yield server.address, ProcessProbe(server.pid)
+    elif target:
+        yield target, None
+    else:
+        args = ("--heartbeat-interval", "1", "--lease-ttl", "5") if name == "agents" else ()
+        async with ServerProcess.scheduler(*args) as server:
+            yield server.address, ProcessProbe(server.pid)
+
+
+async def _registered(client: SchedulerPortClient) -> int:
+    count, token = 0, ""
+    while True:
+        page = await client.list_workers(page_size=1000, page_token=token, timeout=30)
+        count += len(page.workers)
+        if not (token := page.next_page_token):
+            return count
+
+
+async def run_scenario(name: str, scale: Scale, *, target: str | None, progress: Progress) -> ScenarioResult:
+    total = SCENARIOS[name][1](scale)
+    task = progress.add_task(name, total=total)
+    async with _server(name, target) as (address, probe), SchedulerPortClient(address) as client:
+        baseline = name.startswith("baseline")
+        before_count = 0 if baseline else await _registered(client)
+        ctx = Context(address, client, scale, lambda n: progress.advance(task, n), address)
+        if name == "churn":
+            # Warm up with a tenth of the cycles, then measure growth over the rest.
+            warm = scale.churn // 10
+            await scenarios.churn(client, "churn", warm, 50, lambda n: progress.advance(task, n))
+            ctx.scale = replace(scale, churn=scale.churn - warm)
+        gc.collect()
+        before = probe.sample() if probe else None
+        load = await _load(name, ctx)
+        after = probe.sample() if probe else None
+        after_count = 0 if baseline else await _registered(client)
+    result = ScenarioResult(
+        name=name,
+        workers=total if name != "agents" else scale.agents,
+        elapsed=load.elapsed,
+        latencies=load.latencies,
+        errors=load.errors,
+        registered_before=before_count,
+        registered_after=after_count,
+        extra=dict(load.extra),
+        targets=_targets(name),
+    )
+    if before and after:
+        result.scheduler_cpu_percent = ProcessProbe.cpu_percent(before, after)
+        result.scheduler_rss_before, result.scheduler_rss_after = before.rss, after.rss
+        if name == "churn":
+            result.extra["rss_growth_after_warmup_mb"] = (after.rss - before.rss) / 2**20
+    if name == "churn":
+        result.workers = scale.churn
+    return result
+
+
+def _relate_to_baseline(results: list[ScenarioResult]) -> None:
+    by_name = {r.name: r for r in results}
+    base = by_name.get("baseline-concurrent")
+    for name in ("concurrent-500",):
+        result = by_name.get(name)
+        if base is None or result is None or not base.workers_per_second:
+            continue
+        result.extra["ratio_to_baseline"] = result.workers_per_second / base.workers_per_second
+        if base.latency(0.95):
+            result.extra["p95_ratio_to_baseline"] = result.latency(0.95) / base.latency(0.95)
+    seq_base = by_name.get("baseline-sequential")
+    seq = by_name.get("sequential")
+    if seq_base and seq and seq_base.workers_per_second:
+        seq.extra["ratio_to_baseline"] = seq.workers_per_second / seq_base.workers_per_second
+
+
+async def run_benchmark(
+    names: Sequence[str], scale: Scale, *, target: str | None, console: Console
+) -> list[ScenarioResult]:
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    results: list[ScenarioResult] = []
+    columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        for name in names:
+            results.append(await run_scenario(name, scale, target=target, progress=progress))
+    _relate_to_baseline(results)
+    return results

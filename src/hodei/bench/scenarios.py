@@ -1,0 +1,226 @@
+"""The benchmark's scenarios. Each drives load through the real adapter and client (or raw grpc.aio for the
+baseline) and returns what it measured; the runner adds the scheduler's CPU and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from hodei.agent import AgentConfig, WorkerAgent
+from hodei.bench.baseline import METHOD, request_bytes
+from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
+from hodei.errors import RegistrationError
+from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
+from hodei.transport.client import SchedulerPortClient
+
+__all__ = ["Load", "Progress"]
+
+Progress = Callable[[int], None]
+_CONFIG = DynamicWorkerConfig(labels={"bench": "true"})
+
+
+def worker(prefix: str, index: int) -> DynamicWorker:
+    return DynamicWorker(f"{prefix}-{index:07}", WorkerType.DOCKER, _CONFIG)
+
+
+@dataclass
+class Load:
+    """Latencies (seconds), errors by kind, and the wall time of one run of load."""
+
+    latencies: list[float]
+    errors: Counter[str]
+    elapsed: float
+    extra: dict[str, float]
+
+
+async def _timed(
+    call: Callable[[int], Awaitable[object]], index: int, latencies: list[float], errors: Counter[str]
+) -> None:
+    started = time.perf_counter()
+    try:
+        await call(index)
+    except RegistrationError as error:
+        errors[error.code.name] += 1
+    except grpc.aio.AioRpcError as error:
+        errors[error.code().name] += 1
+    else:
+        latencies.append(time.perf_counter() - started)
+
+
+async def closed_loop(
+    count: int, in_flight: int, call: Callable[[int], Awaitable[object]], progress: Progress
+) -> Load:
+    """``count`` calls, ``in_flight`` at a time: each of ``in_flight`` lanes starts its next call when its last
+    one ends."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    next_index = iter(range(count))
+
+    async def lane() -> None:
+        for index in next_index:
+            await _timed(call, index, latencies, errors)
+            progress(1)
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(in_flight, count)):
+            group.create_task(lane())
+    return Load(latencies, errors, time.perf_counter() - started, {})
+
+
+async def all_at_once(count: int, call: Callable[[int], Awaitable[object]], progress: Progress) -> Load:
+    """``count`` calls started together (a registration storm)."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async def one(index: int) -> None:
+        await _timed(call, index, latencies, errors)
+        progress(1)
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for index in range(count):
+            group.create_task(one(index))
+    return Load(latencies, errors, time.perf_counter() - started, {})
+
+
+async def open_loop(
+    rate: float, duration: float, call: Callable[[int], Awaitable[object]], progress: Progress
+) -> Load:
+    """Calls offered at ``rate`` per second for ``duration`` seconds, whether or not earlier ones finished;
+    latency counts from the moment a call was due."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    count = int(rate * duration)
+    interval = 1.0 / rate
+    loop = asyncio.get_running_loop()
+
+    async def one(index: int, due: float) -> None:
+        try:
+            await call(index)
+        except RegistrationError as error:
+            errors[error.code.name] += 1
+        else:
+            latencies.append(loop.time() - due)
+        progress(1)
+
+    started = loop.time()
+    async with asyncio.TaskGroup() as group:
+        for index in range(count):
+            due = started + index * interval
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            group.create_task(one(index, due))
+    return Load(latencies, errors, loop.time() - started, {"offered_per_second": rate})
+
+
+def adapter_for(client: SchedulerPortClient, **config: object) -> WorkerRegistrationAdapter:
+    return WorkerRegistrationAdapter(client, RegistrationConfig(**config))  # type: ignore[arg-type]
+
+
+async def baseline(target: str, count: int, in_flight: int, progress: Progress) -> Load:
+    """Raw grpc.aio unary calls, as large as a registration and its answer."""
+    payload = request_bytes()
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(METHOD)
+
+        async def raw(index: int) -> object:
+            return await call(payload, timeout=30)
+
+        return await closed_loop(count, in_flight, raw, progress)
+
+
+async def registrations(
+    client: SchedulerPortClient, prefix: str, count: int, in_flight: int, progress: Progress
+) -> Load:
+    adapter = adapter_for(client, registration_timeout=30.0)
+    return await closed_loop(count, in_flight, lambda i: adapter.register_worker(worker(prefix, i)), progress)
+
+
+async def storm(client: SchedulerPortClient, prefix: str, count: int, progress: Progress) -> Load:
+    adapter = adapter_for(client, registration_timeout=60.0, max_retries=10)
+    return await all_at_once(count, lambda i: adapter.register_worker(worker(prefix, i)), progress)
+
+
+async def paced(
+    client: SchedulerPortClient, prefix: str, rate: float, duration: float, progress: Progress
+) -> Load:
+    adapter = adapter_for(client)
+    return await open_loop(rate, duration, lambda i: adapter.register_worker(worker(prefix, i)), progress)
+
+
+async def batch(client: SchedulerPortClient, prefix: str, count: int, progress: Progress) -> Load:
+    """One register_workers_batch of ``count``; its latency is the whole batch's, and the client's peak task
+    count shows that the batch never holds a coroutine per worker."""
+    adapter = adapter_for(client, registration_timeout=30.0)
+    workers = [worker(prefix, i) for i in range(count)]
+    peak_tasks = 0
+    done = asyncio.Event()
+
+    async def watch_tasks() -> None:
+        nonlocal peak_tasks
+        while not done.is_set():
+            peak_tasks = max(peak_tasks, len(asyncio.all_tasks()))
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch_tasks())
+    started = time.perf_counter()
+    results = await adapter.register_workers_batch(workers)
+    elapsed = time.perf_counter() - started
+    done.set()
+    await watcher
+    progress(count)
+    errors = Counter(r.error.code.name for r in results if r.error is not None)
+    return Load([elapsed], errors, elapsed, {"client_tasks_peak": float(peak_tasks)})
+
+
+async def churn(
+    client: SchedulerPortClient, prefix: str, cycles: int, in_flight: int, progress: Progress
+) -> Load:
+    """Register and unregister the same small set of ids over and over."""
+    adapter = adapter_for(client)
+    pool = max(in_flight, 1)
+
+    async def cycle(index: int) -> None:
+        one = worker(prefix, index % pool)
+        await adapter.register_worker(one)
+        await adapter.unregister_worker(one.worker_id)
+
+    return await closed_loop(cycles, in_flight, cycle, progress)
+
+
+async def agents(target: str, count: int, duration: float, progress: Progress) -> Load:
+    """``count`` in-process agents connect, then heartbeat for ``duration`` seconds."""
+    fleet = [
+        WorkerAgent(
+            AgentConfig(schedulers=(target,), worker_id=f"bench-agent-{i:05}", cpu_cores=1, memory_mb=512)
+        )
+        for i in range(count)
+    ]
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(agent.run()) for agent in fleet]
+    latencies: list[float] = []
+
+    async def connected(agent: WorkerAgent) -> None:
+        await agent.connected.wait()
+        latencies.append(time.perf_counter() - started)
+        progress(1)
+
+    await asyncio.wait_for(asyncio.gather(*(connected(a) for a in fleet)), 120)
+    all_connected = time.perf_counter() - started
+    await asyncio.sleep(duration)
+    heartbeats = sum(a.heartbeats_sent for a in fleet)
+    for agent in fleet:
+        agent.request_shutdown("benchmark over")
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return Load(
+        latencies,
+        Counter(),
+        all_connected,
+        {"heartbeats_per_second": heartbeats / duration, "agents_connected_s": all_connected},
+    )
