@@ -1,0 +1,143 @@
+"""Smoke runs of every benchmark scenario at small counts: correctness and a complete report, not speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from hodei.bench.report import ScenarioResult, Target, percentile
+from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
+
+REPORT_FIELDS = {
+    "scenario",
+    "workers",
+    "elapsed_s",
+    "errors_by_kind",
+    "workers_per_second",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "errors",
+    "scheduler_cpu_percent",
+    "scheduler_rss_before_mb",
+    "scheduler_rss_after_mb",
+    "targets",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_results() -> list[ScenarioResult]:
+    import asyncio
+
+    return asyncio.run(
+        run_benchmark(list(SCENARIOS), Scale.quick(), target=None, console=Console(quiet=True))
+    )
+
+
+def test_every_scenario_runs_without_errors_and_reports_every_field(
+    quick_results: list[ScenarioResult],
+) -> None:
+    assert [r.name for r in quick_results] == list(SCENARIOS)
+    for result in quick_results:
+        report = result.to_json()
+        assert set(report) >= REPORT_FIELDS, result.name
+        assert report["errors"] == 0 and report["errors_by_kind"] == {}, result.name
+        assert report["workers_per_second"] > 0, result.name
+        assert report["scheduler_rss_after_mb"] > 0 and report["scheduler_cpu_percent"] > 0, result.name
+
+
+def test_each_registration_scenario_registered_exactly_its_workers(
+    quick_results: list[ScenarioResult],
+) -> None:
+    scale = Scale.quick()
+    registered = {r.name: r.registered_after - r.registered_before for r in quick_results}
+
+    assert registered["sequential"] == scale.sequential
+    assert registered["concurrent-500"] == scale.concurrent
+    assert registered["concurrent-10000"] == scale.storm
+    assert registered["batch-10000"] == scale.batch
+    assert registered["open-loop-1000"] == int(1000 * scale.open_loop_seconds)
+    assert registered["churn"] == 0  # every cycle unregistered what it registered
+    assert registered["agents"] == 0  # the agents unregistered on the way out
+
+
+def test_latencies_are_measured_per_call(quick_results: list[ScenarioResult]) -> None:
+    by_name = {r.name: r for r in quick_results}
+    scale = Scale.quick()
+
+    assert len(by_name["sequential"].latencies) == scale.sequential
+    assert len(by_name["concurrent-500"].latencies) == scale.concurrent
+    assert len(by_name["baseline-concurrent"].latencies) == scale.baseline
+    assert len(by_name["agents"].latencies) == scale.agents
+    assert by_name["batch-10000"].extra["client_tasks_peak"] <= 64
+
+
+def test_the_concurrent_scenario_is_related_to_the_same_run_baseline(
+    quick_results: list[ScenarioResult],
+) -> None:
+    by_name = {r.name: r for r in quick_results}
+    concurrent, base = by_name["concurrent-500"], by_name["baseline-concurrent"]
+
+    assert concurrent.extra["ratio_to_baseline"] == pytest.approx(
+        concurrent.workers_per_second / base.workers_per_second
+    )
+    assert {t.metric for t, _, _ in concurrent.verdicts()} == {
+        "workers_per_second",
+        "ratio_to_baseline",
+        "p95_ms",
+        "p95_ratio_to_baseline",
+    }
+
+
+def test_the_churn_scenario_reports_memory_growth_after_warm_up(quick_results: list[ScenarioResult]) -> None:
+    churn = next(r for r in quick_results if r.name == "churn")
+
+    assert "rss_growth_after_warmup_mb" in churn.metrics()
+    assert churn.workers == Scale.quick().churn
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+
+    assert (percentile(values, 0.5), percentile(values, 0.95), percentile(values, 1.0)) == (50.0, 95.0, 100.0)
+    assert percentile([], 0.5) == 0.0
+
+
+def test_a_target_is_met_or_missed_in_its_direction() -> None:
+    at_least, at_most = Target("workers_per_second", 100), Target("p95_ms", 10, at_most=True)
+
+    assert (at_least.met(100), at_least.met(99.9)) == (True, False)
+    assert (at_most.met(10), at_most.met(10.1)) == (True, False)
+
+
+def test_the_bench_command_writes_json_with_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "hodei", "bench", "--quick", "--scenario", "sequential", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "hodei registration benchmark" in result.stdout
+    [report] = json.loads(out.read_text())
+    assert set(report) >= REPORT_FIELDS and report["scenario"] == "sequential"
+
+
+def test_an_unknown_scenario_is_refused_with_the_known_ones() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hodei", "bench", "--scenario", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "unknown scenario(s) nope" in result.stderr and "sequential" in result.stderr
