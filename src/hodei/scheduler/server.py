@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.service import SchedulerServicer
 from hodei.transport.codec import SERVICE_NAME, pb_grpc
@@ -24,6 +25,10 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC core cancels (with CANCELLED, which nobody retries) the calls it holds beyond 1,000 (soft) or 3,000
+    # (hard) before the server takes them; admission control, not silent cancellation, bounds the load.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 200_000),
 )
 
 
@@ -46,12 +51,14 @@ class SchedulerServer:
         *,
         listen: str = "127.0.0.1:0",
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        admission: AdmissionControl | None = None,
         options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
         grace: float = 2.0,
     ) -> None:
         self.scheduler = scheduler
+        self.admission = admission or AdmissionControl()
         self._listen = listen
-        self._interceptors = list(interceptors)
+        self._interceptors = [self.admission, *interceptors]
         self._options = list(options)
         self._grace = grace
         self._server: grpc.aio.Server | None = None
