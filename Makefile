@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/client.py,src/hodei/transport/status.py
 
-.PHONY: demo test test-fast lint proto clean
+.PHONY: demo test test-fast lint proto bench clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -31,6 +31,9 @@ lint: $(STAMP)  ## ruff and strict mypy
 	$(BIN)/ruff check src tests tools
 	$(BIN)/ruff format --check src tests tools
 	$(BIN)/mypy
+
+bench: $(STAMP)  ## the registration benchmark: every scenario, a table, and benchmarks/last-run.json
+	$(BIN)/hodei bench --json benchmarks/last-run.json
 
 proto: $(STAMP)  ## regenerate the Python code of the contract in proto/
 	$(BIN)/python tools/genproto.py

@@ -29,6 +29,7 @@ __all__ = [
     "WorkerStatus",
     "WorkerType",
     "merge_registration",
+    "validate_record",
     "validate_worker",
     "validate_worker_fields",
     "validate_worker_id",
@@ -264,6 +265,9 @@ def merge_registration(stored: WorkerRecord | None, new: WorkerRecord) -> tuple[
     return UpsertOutcome.UPDATED, merged
 
 
+_WORKER_TYPE_VALUES = frozenset(t.value for t in WorkerType)
+
+
 def validate_worker_id(worker_id: str, *, field_name: str = "worker_id") -> list[FieldViolation]:
     if not worker_id:
         return [FieldViolation(field_name, "must not be empty")]
@@ -340,7 +344,7 @@ def validate_worker_fields(
         found += _range("capabilities.memory_mb", capabilities.memory_mb, 1, MAX_MEMORY_MB)
         found += _range("capabilities.disk_mb", capabilities.disk_mb, 0, MAX_DISK_MB)
         found += _range("capabilities.gpu_count", capabilities.gpu_count, 0, MAX_GPU_COUNT)
-    if worker_type not in {t.value for t in WorkerType}:
+    if worker_type not in _WORKER_TYPE_VALUES:
         allowed = ", ".join(t.value for t in WorkerType)
         found.append(FieldViolation("metadata.worker_type", f"must be one of {allowed}, got {worker_type!r}"))
     found += _labels(labels, "metadata.labels")
@@ -348,6 +352,19 @@ def validate_worker_fields(
     found += _name("metadata.hostname", hostname)
     found += _name("metadata.agent_version", agent_version)
     return found
+
+
+def validate_record(record: WorkerRecord) -> list[FieldViolation]:
+    """Every violation in a record the registry is about to write."""
+    return validate_worker_fields(
+        worker_id=record.worker_id,
+        worker_type=record.worker_type.value,
+        capabilities=record.capabilities,
+        labels=record.labels,
+        pool=record.pool,
+        hostname=record.hostname,
+        agent_version=record.agent_version,
+    )
 
 
 def validate_worker(worker: DynamicWorker) -> list[FieldViolation]:

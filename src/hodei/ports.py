@@ -10,7 +10,7 @@ They are :class:`typing.Protocol` s: fakes and third-party adapters satisfy them
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -37,12 +37,37 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
 class RegistrationReceipt:
-    """The scheduler's acknowledgement of one registration."""
+    """The scheduler's acknowledgement of one registration: the record as registered, and whether it is new.
 
-    record: WorkerRecord
-    created: bool
+    ``record`` may be given as a function that makes it: a client decodes it only if somebody looks, which
+    spares a batch of 10,000 the decoding of 10,000 records nobody reads.
+    """
+
+    __slots__ = ("_make", "_record", "created")
+
+    def __init__(self, record: WorkerRecord | Callable[[], WorkerRecord], created: bool) -> None:
+        self._record: WorkerRecord | None = None if callable(record) else record
+        self._make = record if callable(record) else None
+        self.created = created
+
+    @property
+    def record(self) -> WorkerRecord:
+        if self._record is None:
+            assert self._make is not None
+            self._record, self._make = self._make(), None
+        return self._record
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RegistrationReceipt):
+            return NotImplemented
+        return (self.record, self.created) == (other.record, other.created)
+
+    def __hash__(self) -> int:
+        return hash((self.record, self.created))
+
+    def __repr__(self) -> str:
+        return f"RegistrationReceipt(record={self.record!r}, created={self.created!r})"
 
 
 @dataclass(frozen=True, slots=True)

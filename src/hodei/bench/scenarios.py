@@ -158,6 +158,7 @@ async def batch(client: SchedulerPortClient, prefix: str, count: int, progress: 
     """One register_workers_batch of ``count``; its latency is the whole batch's, and the client's peak task
     count shows that the batch never holds a coroutine per worker."""
     adapter = adapter_for(client, registration_timeout=30.0)
+    await adapter.register_workers_batch([worker(f"{prefix}-warm", i) for i in range(min(count, 1000))])
     workers = [worker(prefix, i) for i in range(count)]
     peak_tasks = 0
     done = asyncio.Event()

@@ -116,6 +116,11 @@ class Scheduler:
     ) -> list[RegistrationReceipt | SchedulerError]:
         return await self.registry.register_many(workers)
 
+    async def register_records(
+        self, records: Sequence[WorkerRecord]
+    ) -> list[RegistrationReceipt | SchedulerError]:
+        return await self.registry.register_records(records)
+
     async def unregister(self, worker_id: str) -> UnregistrationStatus:
         status = await self.registry.unregister(worker_id)
         self.leases.drop(worker_id)

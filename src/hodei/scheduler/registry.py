@@ -20,7 +20,7 @@ from hodei.domain import (
     UpsertOutcome,
     WorkerRecord,
     WorkerStatus,
-    validate_worker,
+    validate_record,
 )
 from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
 from hodei.lifecycle import WorkerEventKind
@@ -33,7 +33,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 1000
 
-Admission = Callable[[DynamicWorker], SchedulerError | None]
+Admission = Callable[[WorkerRecord], SchedulerError | None]
 """Asked before each registration is written; an error refuses that worker (and only that one)."""
 
 _STATUS_EVENTS = {
@@ -82,14 +82,11 @@ class WorkerRegistry:
     def store(self) -> RegistryStore:
         return self._store
 
-    def _check(self, worker: DynamicWorker, lease_ttl: float | None, status: WorkerStatus) -> WorkerRecord:
-        violations = validate_worker(worker)
-        if violations:
-            raise InvalidWorkerData(
-                f"worker {worker.worker_id!r} is invalid", worker_id=worker.worker_id, violations=violations
-            )
-        if self._admission is not None and (refusal := self._admission(worker)) is not None:
-            raise refusal
+    def now(self) -> datetime:
+        """The registry's clock."""
+        return self._clock()
+
+    def _record(self, worker: DynamicWorker, lease_ttl: float | None, status: WorkerStatus) -> WorkerRecord:
         now = self._clock()
         return WorkerRecord(
             worker_id=worker.worker_id,
@@ -104,6 +101,15 @@ class WorkerRegistry:
             updated_at=now,
             lease_ttl=lease_ttl,
         )
+
+    def _check(self, record: WorkerRecord) -> None:
+        violations = validate_record(record)
+        if violations:
+            raise InvalidWorkerData(
+                f"worker {record.worker_id!r} is invalid", worker_id=record.worker_id, violations=violations
+            )
+        if self._admission is not None and (refusal := self._admission(record)) is not None:
+            raise refusal
 
     def _announce(
         self, outcome: UpsertOutcome, stored: WorkerRecord, incarnation: int
@@ -131,7 +137,8 @@ class WorkerRegistry:
 
         ``lease_ttl`` is set for workers whose agent holds a lease; push registrations have none.
         """
-        record = self._check(worker, lease_ttl, status)
+        record = self._record(worker, lease_ttl, status)
+        self._check(record)
         [(outcome, stored)] = await self._store.upsert([record])
         return self._announce(outcome, stored, worker.incarnation)
 
@@ -139,18 +146,27 @@ class WorkerRegistry:
         self, workers: Sequence[DynamicWorker]
     ) -> list[RegistrationReceipt | SchedulerError]:
         """Register a batch in one store write; one entry per worker, in input order."""
-        results: list[RegistrationReceipt | SchedulerError | None] = [None] * len(workers)
-        accepted: list[tuple[int, WorkerRecord]] = []
-        for index, worker in enumerate(workers):
+        return await self.register_records([self._record(w, None, WorkerStatus.AVAILABLE) for w in workers])
+
+    async def register_records(
+        self, records: Sequence[WorkerRecord]
+    ) -> builtins.list[RegistrationReceipt | SchedulerError]:
+        """Register records built by the caller (the servicer builds them straight from the wire): each is
+        validated and admitted here, then all are written in one store call. One entry per record, in order."""
+        results: builtins.list[RegistrationReceipt | SchedulerError | None] = [None] * len(records)
+        accepted: builtins.list[tuple[int, WorkerRecord]] = []
+        for index, record in enumerate(records):
             try:
-                accepted.append((index, self._check(worker, None, WorkerStatus.AVAILABLE)))
+                self._check(record)
             except SchedulerError as refusal:
                 results[index] = refusal
+            else:
+                accepted.append((index, record))
         if accepted:
             written = await self._store.upsert([record for _, record in accepted])
-            for (index, _), (outcome, stored) in zip(accepted, written, strict=True):
+            for (index, record), (outcome, stored) in zip(accepted, written, strict=True):
                 try:
-                    results[index] = self._announce(outcome, stored, workers[index].incarnation)
+                    results[index] = self._announce(outcome, stored, record.incarnation)
                 except StaleIncarnation as stale:
                     results[index] = stale
         return [r for r in results if r is not None]

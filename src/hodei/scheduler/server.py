@@ -51,12 +51,12 @@ class SchedulerServer:
         *,
         listen: str = "127.0.0.1:0",
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-        admission: AdmissionControl | None = None,
+        admission_control: AdmissionControl | None = None,
         options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
         grace: float = 2.0,
     ) -> None:
         self.scheduler = scheduler
-        self.admission = admission or AdmissionControl()
+        self.admission = admission_control or AdmissionControl()
         self._listen = listen
         self._interceptors = [self.admission, *interceptors]
         self._options = list(options)

@@ -9,7 +9,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
-from hodei.domain import DynamicWorker, FieldViolation
+from hodei.domain import FieldViolation, WorkerRecord
 from hodei.errors import InvalidWorkerData, SchedulerError, WorkerNotFound
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.registry import MAX_BATCH_SIZE
@@ -54,15 +54,16 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> pb.RegisterWorkersResponse:
         if len(request.workers) > MAX_BATCH_SIZE:
             await _abort(context, _invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
+        now = self._scheduler.registry.now()
         outcomes: list[SchedulerError | None] = []
-        decoded: list[DynamicWorker] = []
+        decoded: list[WorkerRecord] = []
         for entry in request.workers:
             try:
-                decoded.append(codec.worker_from_request(entry))
+                decoded.append(codec.record_from_request(entry, registered_at=now))
                 outcomes.append(None)
             except SchedulerError as error:
                 outcomes.append(error)
-        registered = iter(await self._scheduler.register_many(decoded))
+        registered = iter(await self._scheduler.register_records(decoded))
         return pb.RegisterWorkersResponse(
             results=[
                 codec.registration_result_to_proto(entry.worker_id, outcome or next(registered))

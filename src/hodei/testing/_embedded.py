@@ -11,6 +11,7 @@ import grpc
 from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.lifecycle import LivenessConfig
 from hodei.ports import RegistryStore
+from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.registry import Admission
 from hodei.scheduler.server import SchedulerServer
@@ -34,6 +35,7 @@ class EmbeddedScheduler:
         store: RegistryStore | None = None,
         admission: Admission | None = None,
         liveness: LivenessConfig | None = None,
+        admission_control: AdmissionControl | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         host: str = "127.0.0.1",
         port: int = 0,
@@ -41,8 +43,13 @@ class EmbeddedScheduler:
         self.scheduler = Scheduler(store or MemoryRegistryStore(), admission=admission, liveness=liveness)
         self.registry = self.scheduler.registry
         self._server = SchedulerServer(
-            self.scheduler, listen=f"{host}:{port}", interceptors=interceptors, grace=0.5
+            self.scheduler,
+            listen=f"{host}:{port}",
+            interceptors=interceptors,
+            admission_control=admission_control,
+            grace=0.5,
         )
+        self.admission_control = self._server.admission
         self._channels: list[grpc.aio.Channel] = []
 
     @classmethod

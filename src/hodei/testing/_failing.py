@@ -8,8 +8,9 @@ from typing import Any
 
 import grpc
 
-from hodei.domain import DynamicWorker
+from hodei.domain import WorkerRecord
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
+from hodei.scheduler.admission import AdmissionControl
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.transport.codec import SERVICE_NAME
 from hodei.transport.status import grpc_code, status_trailer
@@ -61,8 +62,11 @@ class FailingScheduler(EmbeddedScheduler):
         refuse: Mapping[str, ErrorCode] | None = None,
         methods: Collection[str] = REGISTRATION_METHODS,
         message: str = "injected failure",
+        admission_control: AdmissionControl | None = None,
     ) -> None:
-        super().__init__(admission=self._admit, interceptors=[_FaultInterceptor(self)])
+        super().__init__(
+            admission=self._admit, interceptors=[_FaultInterceptor(self)], admission_control=admission_control
+        )
         self.methods = frozenset(methods)
         self.failures_left = failures
         self.code = code
@@ -87,7 +91,7 @@ class FailingScheduler(EmbeddedScheduler):
     def refuse(self, worker_id: str, code: ErrorCode = ErrorCode.PERMISSION_DENIED) -> None:
         self.refused[worker_id] = code
 
-    def _admit(self, worker: DynamicWorker) -> SchedulerError | None:
+    def _admit(self, worker: WorkerRecord) -> SchedulerError | None:
         code = self.refused.get(worker.worker_id)
         if code is None:
             return None

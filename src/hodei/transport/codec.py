@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -37,6 +37,7 @@ __all__ = [
     "pb_grpc",
     "receipt_from_proto",
     "record_from_proto",
+    "record_from_request",
     "record_to_proto",
     "registration_result_to_proto",
     "result_from_proto",
@@ -73,16 +74,21 @@ def status_from_proto(value: int) -> WorkerStatus:
         ) from None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _timestamp(moment: datetime | None) -> Timestamp | None:
+    # Plain arithmetic: Timestamp.FromDatetime goes through time tuples, and this runs twice per worker.
     if moment is None:
         return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    delta = moment - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def _moment(stamp: Timestamp, present: bool) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=UTC) if present else None
+    if not present:
+        return None
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def _capabilities_to_proto(capabilities: WorkerCapabilities) -> pb.WorkerCapabilities:
@@ -148,6 +154,36 @@ def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> D
         config,
         incarnation=request.incarnation,
         hostname=request.metadata.hostname,
+    )
+
+
+def record_from_request(
+    request: pb.RegisterWorkerRequest,
+    *,
+    registered_at: datetime,
+    status: WorkerStatus = WorkerStatus.AVAILABLE,
+) -> WorkerRecord:
+    """A registry record straight from a registration on the wire (the batch path: no intermediate worker).
+    Like :func:`worker_from_request`, it reports only what a record cannot represent; the registry checks
+    the rest."""
+    metadata = request.metadata
+    worker_type = _WORKER_TYPES.get(metadata.worker_type)
+    if worker_type is None or not request.HasField("capabilities"):
+        worker_from_request(request)  # raises with every violation of the request
+    assert worker_type is not None
+    caps = request.capabilities
+    return WorkerRecord(
+        worker_id=request.worker_id,
+        worker_type=worker_type,
+        capabilities=WorkerCapabilities(caps.cpu_cores, caps.memory_mb, caps.disk_mb, caps.gpu_count),
+        status=status,
+        labels=dict(metadata.labels),
+        pool=metadata.pool or "default",
+        hostname=metadata.hostname,
+        agent_version=metadata.agent_version,
+        incarnation=request.incarnation,
+        registered_at=registered_at,
+        updated_at=registered_at,
     )
 
 
@@ -221,7 +257,8 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
 def receipt_from_proto(
     message: pb.RegisterWorkerResponse | pb.WorkerRegistrationResult,
 ) -> RegistrationReceipt:
-    return RegistrationReceipt(record_from_proto(message.worker), created=message.created)
+    worker = message.worker
+    return RegistrationReceipt(lambda: record_from_proto(worker), created=message.created)
 
 
 def _error_to_proto(error: SchedulerError) -> pb.WorkerError:
