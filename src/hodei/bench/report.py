@@ -113,7 +113,9 @@ def results_table(results: list[ScenarioResult]) -> Table:
         "max ms",
         "errors",
         "sched CPU %",
+        "client CPU %",
         "sched RSS MB",
+        "MB/1000 workers",
         "targets",
     ):
         table.add_column(
@@ -137,7 +139,9 @@ def results_table(results: list[ScenarioResult]) -> Table:
             f"{metrics['max_ms']:.2f}",
             errors,
             f"{metrics['scheduler_cpu_percent']:.0f}",
+            f"{metrics.get('client_cpu_percent', 0.0):.0f}",
             f"{metrics['scheduler_rss_before_mb']:.1f} → {metrics['scheduler_rss_after_mb']:.1f}",
+            f"{metrics['rss_mb_per_1000_workers']:.2f}" if "rss_mb_per_1000_workers" in metrics else "",
             verdicts,
         )
     return table

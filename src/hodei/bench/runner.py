@@ -3,8 +3,13 @@ against a raw grpc.aio server process, with the scheduler's CPU and memory sampl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -76,7 +81,15 @@ def _targets(name: str) -> list[Target]:
             ),
         ],
         "open-loop-1000": [Target("p95_ms", 10, at_most=True)],
-        "concurrent-10000": [Target("errors", 0, at_most=True)],
+        "concurrent-10000": [
+            Target("errors", 0, at_most=True),
+            Target(
+                "health_max_ms",
+                100,
+                at_most=True,
+                label="health checks answer within 100 ms during the storm",
+            ),
+        ],
         "churn": [Target("rss_growth_after_warmup_mb", 2.0, at_most=True)],
         "sequential": [Target("workers_per_second", 500, label="workers/s >= 500 (the story's target)")],
     }.get(name, [])
@@ -131,6 +144,16 @@ async def _server(name: str, target: str | None) -> AsyncIterator[tuple[str, Pro
             yield server.address, ProcessProbe(server.pid)
 
 
+def _health_probe(address: str, scale: Scale) -> subprocess.Popen[str]:
+    """Health checks from another process for about as long as the storm lasts."""
+    seconds = max(1.0, scale.storm / 2000)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hodei.bench.health_probe", address, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 async def _registered(client: SchedulerPortClient) -> int:
     count, token = 0, ""
     while True:
@@ -153,9 +176,19 @@ async def run_scenario(name: str, scale: Scale, *, target: str | None, progress:
             await scenarios.churn(client, "churn", warm, 50, lambda n: progress.advance(task, n))
             ctx.scale = replace(scale, churn=scale.churn - warm)
         gc.collect()
+        health = _health_probe(address, scale) if name == "concurrent-10000" else None
+        if health is not None:
+            assert health.stdout is not None
+            await asyncio.to_thread(health.stdout.readline)
+        own = ProcessProbe(os.getpid())
+        client_before = own.sample()
         before = probe.sample() if probe else None
         load = await _load(name, ctx)
         after = probe.sample() if probe else None
+        load.extra["client_cpu_percent"] = ProcessProbe.cpu_percent(client_before, own.sample())
+        if health is not None:
+            out, _ = await asyncio.to_thread(health.communicate)
+            load.extra.update(json.loads(out))
         after_count = 0 if baseline else await _registered(client)
     result = ScenarioResult(
         name=name,

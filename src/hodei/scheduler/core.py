@@ -111,6 +111,9 @@ class Scheduler:
     async def register(self, worker: DynamicWorker) -> RegistrationReceipt:
         return await self.registry.register(worker)
 
+    async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
+        return await self.registry.register_record(record)
+
     async def register_many(
         self, workers: Sequence[DynamicWorker]
     ) -> list[RegistrationReceipt | SchedulerError]:

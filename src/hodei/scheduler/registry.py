@@ -137,10 +137,13 @@ class WorkerRegistry:
 
         ``lease_ttl`` is set for workers whose agent holds a lease; push registrations have none.
         """
-        record = self._record(worker, lease_ttl, status)
+        return await self.register_record(self._record(worker, lease_ttl, status))
+
+    async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
+        """Register one record built by the caller (validated and admitted here); raises the refusal."""
         self._check(record)
         [(outcome, stored)] = await self._store.upsert([record])
-        return self._announce(outcome, stored, worker.incarnation)
+        return self._announce(outcome, stored, record.incarnation)
 
     async def register_many(
         self, workers: Sequence[DynamicWorker]

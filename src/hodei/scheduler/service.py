@@ -40,7 +40,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.RegisterWorkerRequest, context: Context
     ) -> pb.RegisterWorkerResponse:
         try:
-            receipt = await self._scheduler.register(codec.worker_from_request(request))
+            record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
+            receipt = await self._scheduler.register_record(record)
         except SchedulerError as error:
             await _abort(context, error)
         return pb.RegisterWorkerResponse(

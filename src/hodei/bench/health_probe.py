@@ -1,0 +1,42 @@
+"""``python -m hodei.bench.health_probe ADDRESS SECONDS``: health checks from a process of their own, so that
+what they measure is the scheduler's responsiveness and not the load generator's; prints their latencies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hodei.bench.report import percentile
+
+
+async def probe(address: str, seconds: float, interval: float = 0.01) -> dict[str, float]:
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        print("ready", flush=True)  # the load starts once the probe is in place
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(interval)
+    return {
+        "health_checks": float(len(latencies)),
+        "health_p50_ms": percentile(latencies, 0.5) * 1000,
+        "health_p99_ms": percentile(latencies, 0.99) * 1000,
+        "health_max_ms": max(latencies, default=0.0) * 1000,
+    }
+
+
+def main() -> None:
+    print(json.dumps(asyncio.run(probe(sys.argv[1], float(sys.argv[2])))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
