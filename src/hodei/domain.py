@@ -90,6 +90,8 @@ class FieldViolation:
 
 
 def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
+    if isinstance(labels, MappingProxyType):
+        return labels  # already read-only (a worker's labels passed on to its record)
     return MappingProxyType(dict(labels or {}))
 
 
@@ -367,13 +369,16 @@ def validate_record(record: WorkerRecord) -> list[FieldViolation]:
     )
 
 
-def validate_worker(worker: DynamicWorker) -> list[FieldViolation]:
-    """Every violation in a worker the control plane is about to register."""
-    return validate_worker_fields(
-        worker_id=worker.worker_id,
-        worker_type=worker.worker_type.value,
-        capabilities=worker.capabilities,
-        labels=worker.labels,
-        pool=worker.pool,
-        hostname=worker.hostname,
+def validate_worker(
+    worker: DynamicWorker, *, config_violations: list[FieldViolation] | None = None
+) -> list[FieldViolation]:
+    """Every violation in a worker the control plane is about to register, in contract order.
+
+    ``config_violations`` may pass in ``worker.config.violations()`` computed once for many workers that share
+    their config (a batch usually does).
+    """
+    if config_violations is None:
+        config_violations = worker.config.violations()
+    return (
+        validate_worker_id(worker.worker_id) + config_violations + _name("metadata.hostname", worker.hostname)
     )

@@ -298,3 +298,23 @@ def test_generated_code_is_up_to_date_with_the_proto() -> None:
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_batch_answers_leave_out_only_what_the_request_already_said(
+    stub: pb_grpc.SchedulerServiceStub,
+) -> None:
+    await stub.RegisterWorker(request("agent-managed", incarnation=5))
+
+    response = await stub.RegisterWorkers(
+        pb.RegisterWorkersRequest(workers=[request("fresh"), request("agent-managed", incarnation=0)])
+    )
+
+    fresh, kept = response.results
+    assert not fresh.worker.HasField("metadata") and not fresh.worker.HasField("capabilities")
+    assert (fresh.worker.worker_id, fresh.worker.status, fresh.created) == (
+        "fresh",
+        pb.WORKER_STATUS_AVAILABLE,
+        True,
+    )
+    # The agent's registration (incarnation 5) was kept: the answer says what is actually registered.
+    assert kept.worker.HasField("metadata") and kept.worker.incarnation == 5 and not kept.created

@@ -302,3 +302,22 @@ async def test_watch_skips_event_kinds_from_a_newer_scheduler(misbehaving: Calla
         events = [event async for event in client.watch_workers()]
 
     assert [(e.sequence, e.worker_id) for e in events] == [(2, "w")]
+
+
+async def test_batch_receipts_hold_the_full_record_whether_or_not_the_answer_was_slim() -> None:
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
+        await scheduler.add_worker(
+            make_worker("kept", labels={"from": "agent"}).__class__("kept", incarnation=7)
+        )
+        sent = [
+            make_worker("fresh", labels={"zone": "b"}, pool=""),
+            make_worker("kept", labels={"from": "push"}),
+        ]
+
+        fresh, kept = await client.register_workers(sent)
+
+        assert not isinstance(fresh, SchedulerError) and not isinstance(kept, SchedulerError)
+        assert fresh.record == await scheduler.get_worker("fresh")
+        assert fresh.record.pool == "default" and fresh.record.labels == {"zone": "b"}
+        assert kept.record == await scheduler.get_worker("kept")
+        assert kept.record.incarnation == 7 and kept.record.labels == {}

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from hodei.domain import DynamicWorker
+from hodei.domain import DynamicWorker, FieldViolation, validate_worker
 from hodei.errors import (
     InvalidWorkerData,
     MaxRetriesExceeded,
@@ -83,10 +83,18 @@ class WorkerRegistrationAdapter:
             return error.retry_after
         return self.config.backoff(retry, self._random())
 
-    def _rejected_locally(self, worker: DynamicWorker) -> RegistrationFailed | None:
+    def _rejected_locally(
+        self, worker: DynamicWorker, checked_configs: dict[int, list[FieldViolation]] | None = None
+    ) -> RegistrationFailed | None:
         if not self.config.validate_before_send:
             return None
-        violations = worker.violations()
+        if checked_configs is None:
+            violations = worker.violations()
+        else:  # a batch: a config shared by many workers is checked once
+            config = worker.config
+            if (known := checked_configs.get(id(config))) is None:
+                known = checked_configs[id(config)] = config.violations()
+            violations = validate_worker(worker, config_violations=known)
         if not violations:
             return None
         cause = InvalidWorkerData(
@@ -167,8 +175,9 @@ class WorkerRegistrationAdapter:
         """
         results: list[BatchRegistrationResult | None] = [None] * len(workers)
         valid: list[int] = []
+        checked_configs: dict[int, list[FieldViolation]] = {}
         for index, worker in enumerate(workers):
-            rejected = self._rejected_locally(worker)
+            rejected = self._rejected_locally(worker, checked_configs)
             if rejected is None:
                 valid.append(index)
             else:

@@ -67,7 +67,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         registered = iter(await self._scheduler.register_records(decoded))
         return pb.RegisterWorkersResponse(
             results=[
-                codec.registration_result_to_proto(entry.worker_id, outcome or next(registered))
+                codec.registration_result_to_proto(entry.worker_id, outcome or next(registered), entry)
                 for entry, outcome in zip(request.workers, outcomes, strict=True)
             ]
         )

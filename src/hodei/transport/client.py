@@ -86,14 +86,17 @@ class SchedulerPortClient:
     async def register_workers(
         self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
     ) -> list[RegistrationReceipt | SchedulerError]:
-        request = pb.RegisterWorkersRequest(workers=[codec.worker_to_request(w) for w in workers])
+        request = pb.RegisterWorkersRequest(workers=codec.workers_to_requests(workers))
         response = await self._call(self._stub.RegisterWorkers, request, timeout, None)
         if len(response.results) != len(workers):
             raise scheduler_error_for(
                 ErrorCode.INTERNAL,
                 f"the scheduler answered {len(response.results)} results for {len(workers)} workers",
             )
-        return [codec.result_from_proto(result) for result in response.results]
+        return [
+            codec.result_from_proto(result, sent)
+            for result, sent in zip(response.results, workers, strict=True)
+        ]
 
     async def unregister_worker(
         self, worker_id: str, *, timeout: float | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -49,6 +50,7 @@ __all__ = [
     "usage_to_proto",
     "worker_from_request",
     "worker_to_request",
+    "workers_to_requests",
 ]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SchedulerService"].full_name
@@ -104,18 +106,43 @@ def _capabilities_from_proto(message: pb.WorkerCapabilities) -> WorkerCapabiliti
     return WorkerCapabilities(message.cpu_cores, message.memory_mb, message.disk_mb, message.gpu_count)
 
 
+def _worker_parts(worker: DynamicWorker) -> tuple[pb.WorkerCapabilities, pb.WorkerMetadata]:
+    metadata = pb.WorkerMetadata(
+        worker_type=worker.worker_type.value,
+        labels=dict(worker.labels),
+        pool=worker.pool,
+        hostname=worker.hostname,
+    )
+    return _capabilities_to_proto(worker.capabilities), metadata
+
+
 def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
+    capabilities, metadata = _worker_parts(worker)
     return pb.RegisterWorkerRequest(
         worker_id=worker.worker_id,
-        capabilities=_capabilities_to_proto(worker.capabilities),
-        metadata=pb.WorkerMetadata(
-            worker_type=worker.worker_type.value,
-            labels=dict(worker.labels),
-            pool=worker.pool,
-            hostname=worker.hostname,
-        ),
+        capabilities=capabilities,
+        metadata=metadata,
         incarnation=worker.incarnation,
     )
+
+
+def workers_to_requests(workers: Sequence[DynamicWorker]) -> list[pb.RegisterWorkerRequest]:
+    """Requests for a batch; workers that share a config (and hostname) share its encoding."""
+    parts: dict[tuple[int, str], tuple[pb.WorkerCapabilities, pb.WorkerMetadata]] = {}
+    requests = []
+    for worker in workers:
+        key = (id(worker.config), worker.hostname)
+        if (shared := parts.get(key)) is None:
+            shared = parts[key] = _worker_parts(worker)
+        requests.append(
+            pb.RegisterWorkerRequest(
+                worker_id=worker.worker_id,
+                capabilities=shared[0],
+                metadata=shared[1],
+                incarnation=worker.incarnation,
+            )
+        )
+    return requests
 
 
 def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> DynamicWorker:
@@ -177,7 +204,7 @@ def record_from_request(
         worker_type=worker_type,
         capabilities=WorkerCapabilities(caps.cpu_cores, caps.memory_mb, caps.disk_mb, caps.gpu_count),
         status=status,
-        labels=dict(metadata.labels),
+        labels=MappingProxyType(dict(metadata.labels)),
         pool=metadata.pool or "default",
         hostname=metadata.hostname,
         agent_version=metadata.agent_version,
@@ -208,18 +235,32 @@ def usage_from_proto(message: pb.ResourceUsage) -> ResourceUsage:
     return ResourceUsage(message.cpu_percent, message.memory_used_mb, message.running_jobs)
 
 
-def record_to_proto(record: WorkerRecord) -> pb.Worker:
+def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
+    """The record on the wire; ``slim`` leaves out capabilities and metadata (a batch answer does, where they
+    are the request's own)."""
+    if slim:
+        return pb.Worker(
+            worker_id=record.worker_id,
+            status=status_to_proto(record.status),
+            incarnation=record.incarnation,
+            registered_at=_timestamp(record.registered_at),
+            updated_at=_timestamp(record.updated_at),
+            lease_ttl_ms=round(record.lease_ttl * 1000) if record.lease_ttl is not None else 0,
+            drained=record.drained,
+        )
+    capabilities = _capabilities_to_proto(record.capabilities)
+    metadata = pb.WorkerMetadata(
+        worker_type=record.worker_type.value,
+        labels=dict(record.labels),
+        pool=record.pool,
+        hostname=record.hostname,
+        agent_version=record.agent_version,
+    )
     return pb.Worker(
         worker_id=record.worker_id,
         status=status_to_proto(record.status),
-        capabilities=_capabilities_to_proto(record.capabilities),
-        metadata=pb.WorkerMetadata(
-            worker_type=record.worker_type.value,
-            labels=dict(record.labels),
-            pool=record.pool,
-            hostname=record.hostname,
-            agent_version=record.agent_version,
-        ),
+        capabilities=capabilities,
+        metadata=metadata,
         incarnation=record.incarnation,
         registered_at=_timestamp(record.registered_at),
         updated_at=_timestamp(record.updated_at),
@@ -273,7 +314,9 @@ def _error_to_proto(error: SchedulerError) -> pb.WorkerError:
 
 
 def registration_result_to_proto(
-    worker_id: str, outcome: RegistrationReceipt | SchedulerError
+    worker_id: str,
+    outcome: RegistrationReceipt | SchedulerError,
+    request: pb.RegisterWorkerRequest | None = None,
 ) -> pb.WorkerRegistrationResult:
     if isinstance(outcome, SchedulerError):
         return pb.WorkerRegistrationResult(
@@ -284,13 +327,40 @@ def registration_result_to_proto(
     return pb.WorkerRegistrationResult(
         worker_id=worker_id,
         status=pb.REGISTRATION_STATUS_SUCCESS,
-        worker=record_to_proto(outcome.record),
+        # A record written from this very request (same incarnation: not kept from a newer registration)
+        # carries the request's capabilities and metadata; the answer leaves them out.
+        worker=record_to_proto(
+            outcome.record, slim=request is not None and outcome.record.incarnation == request.incarnation
+        ),
         created=outcome.created,
     )
 
 
-def result_from_proto(message: pb.WorkerRegistrationResult) -> RegistrationReceipt | SchedulerError:
+def _slim_record(message: pb.Worker, sent: DynamicWorker) -> WorkerRecord:
+    """A batch answer's record, completed with what was sent (the answer leaves out what did not change)."""
+    return WorkerRecord(
+        worker_id=message.worker_id,
+        worker_type=sent.worker_type,
+        capabilities=sent.capabilities,
+        status=_STATUS_FROM_PROTO.get(message.status, WorkerStatus.FAILED),
+        labels=sent.labels,
+        pool=sent.pool or "default",
+        hostname=sent.hostname,
+        incarnation=message.incarnation,
+        registered_at=_moment(message.registered_at, message.HasField("registered_at")),
+        updated_at=_moment(message.updated_at, message.HasField("updated_at")),
+        lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
+        drained=message.drained,
+    )
+
+
+def result_from_proto(
+    message: pb.WorkerRegistrationResult, sent: DynamicWorker | None = None
+) -> RegistrationReceipt | SchedulerError:
     if message.status == pb.REGISTRATION_STATUS_SUCCESS:
+        worker = message.worker
+        if sent is not None and not worker.HasField("metadata"):
+            return RegistrationReceipt(lambda: _slim_record(worker, sent), created=message.created)
         return receipt_from_proto(message)
     error = message.error
     try:
