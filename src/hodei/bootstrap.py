@@ -12,6 +12,7 @@ from hodei.management.service import WorkerManagementService
 from hodei.ports import RegistryStore, WorkerProvider
 from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
+from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.server import SchedulerServer
 from hodei.stores.memory import MemoryRegistryStore
@@ -25,9 +26,14 @@ def build_scheduler(
     listen: str = "127.0.0.1:50051",
     store: RegistryStore | None = None,
     liveness: LivenessConfig | None = None,
+    max_in_flight: int = 1000,
 ) -> SchedulerServer:
     """A scheduler server over a registry on ``store`` (memory by default), not yet started."""
-    return SchedulerServer(Scheduler(store or MemoryRegistryStore(), liveness=liveness), listen=listen)
+    return SchedulerServer(
+        Scheduler(store or MemoryRegistryStore(), liveness=liveness),
+        listen=listen,
+        admission_control=AdmissionControl(max_in_flight=max_in_flight),
+    )
 
 
 def build_control_plane(

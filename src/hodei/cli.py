@@ -51,6 +51,10 @@ def scheduler_serve(
     recovery_window: Annotated[
         float, typer.Option(help="Seconds after start in which nobody expires.")
     ] = 30.0,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(help="Registrations worked on at once; beyond, RESOURCE_EXHAUSTED with a retry delay."),
+    ] = 1000,
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
     from hodei.bootstrap import build_scheduler
@@ -64,7 +68,7 @@ def scheduler_serve(
     )
 
     async def serve() -> None:
-        server = build_scheduler(listen=listen, liveness=liveness)
+        server = build_scheduler(listen=listen, liveness=liveness, max_in_flight=max_in_flight)
         address = await server.start()
         console.print(f"hodei scheduler listening on {address} (store: memory)", highlight=False)
         stop = asyncio.Event()

@@ -61,7 +61,8 @@ def test_each_registration_scenario_registered_exactly_its_workers(
     assert registered["sequential"] == scale.sequential
     assert registered["concurrent-500"] == scale.concurrent
     assert registered["concurrent-10000"] == scale.storm
-    assert registered["batch-10000"] == scale.batch + min(scale.batch, 1000)  # the batch and its warm-up
+    # the batches and their warm-up
+    assert registered["batch-10000"] == scale.batch * scale.batch_rounds + min(scale.batch, 1000)
     assert registered["open-loop-1000"] == int(1000 * scale.open_loop_seconds)
     assert registered["churn"] == 0  # every cycle unregistered what it registered
     assert registered["agents"] == 0  # the agents unregistered on the way out

@@ -32,6 +32,7 @@ class Scale:
     concurrent: int = 30_000
     storm: int = 10_000
     batch: int = 10_000
+    batch_rounds: int = 5
     open_loop_seconds: float = 10.0
     churn: int = 100_000
     agents: int = 300
@@ -45,6 +46,7 @@ class Scale:
             concurrent=300,
             storm=200,
             batch=500,
+            batch_rounds=2,
             open_loop_seconds=0.3,
             churn=200,
             agents=5,
@@ -101,7 +103,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Scale], int]]] = {
     "sequential": ("single registrations, one at a time", lambda s: s.sequential),
     "concurrent-500": ("single registrations, 500 in flight", lambda s: s.concurrent),
     "concurrent-10000": ("10,000 registrations started at once", lambda s: s.storm),
-    "batch-10000": ("register_workers_batch of 10,000", lambda s: s.batch),
+    "batch-10000": ("register_workers_batch of 10,000, 5 times", lambda s: s.batch * s.batch_rounds),
     "open-loop-1000": ("1,000 registrations/s offered", lambda s: int(1000 * s.open_loop_seconds)),
     "churn": ("register/unregister cycles", lambda s: s.churn),
     "agents": ("connected agents heartbeating", lambda s: s.agents),
@@ -121,7 +123,7 @@ async def _load(name: str, ctx: Context) -> scenarios.Load:
     if name == "concurrent-10000":
         return await scenarios.storm(ctx.client, "storm", s.storm, ctx.progress)
     if name == "batch-10000":
-        return await scenarios.batch(ctx.client, "batch", s.batch, ctx.progress)
+        return await scenarios.batch(ctx.client, "batch", s.batch, s.batch_rounds, ctx.progress)
     if name == "open-loop-1000":
         return await scenarios.paced(ctx.client, "open", 1000, s.open_loop_seconds, ctx.progress)
     if name == "churn":

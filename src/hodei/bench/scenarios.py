@@ -154,12 +154,14 @@ async def paced(
     return await open_loop(rate, duration, lambda i: adapter.register_worker(worker(prefix, i)), progress)
 
 
-async def batch(client: SchedulerPortClient, prefix: str, count: int, progress: Progress) -> Load:
-    """One register_workers_batch of ``count``; its latency is the whole batch's, and the client's peak task
-    count shows that the batch never holds a coroutine per worker."""
+async def batch(
+    client: SchedulerPortClient, prefix: str, count: int, rounds: int, progress: Progress
+) -> Load:
+    """``rounds`` calls of register_workers_batch with ``count`` workers each (after a warm-up batch); each
+    latency is one whole batch's, and the client's peak task count shows that no batch ever holds a coroutine
+    per worker."""
     adapter = adapter_for(client, registration_timeout=30.0)
     await adapter.register_workers_batch([worker(f"{prefix}-warm", i) for i in range(min(count, 1000))])
-    workers = [worker(prefix, i) for i in range(count)]
     peak_tasks = 0
     done = asyncio.Event()
 
@@ -170,14 +172,22 @@ async def batch(client: SchedulerPortClient, prefix: str, count: int, progress: 
             await asyncio.sleep(0.001)
 
     watcher = asyncio.create_task(watch_tasks())
-    started = time.perf_counter()
-    results = await adapter.register_workers_batch(workers)
-    elapsed = time.perf_counter() - started
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    elapsed = 0.0
+    for round_ in range(rounds):
+        workers = [worker(f"{prefix}{round_}", i) for i in range(count)]
+        started = time.perf_counter()
+        results = await adapter.register_workers_batch(workers)
+        latencies.append(time.perf_counter() - started)
+        elapsed += latencies[-1]
+        errors.update(r.error.code.name for r in results if r.error is not None)
+        progress(count)
     done.set()
     await watcher
-    progress(count)
-    errors = Counter(r.error.code.name for r in results if r.error is not None)
-    return Load([elapsed], errors, elapsed, {"client_tasks_peak": float(peak_tasks)})
+    return Load(
+        latencies, errors, elapsed, {"client_tasks_peak": float(peak_tasks), "batches": float(rounds)}
+    )
 
 
 async def churn(
