@@ -27,7 +27,7 @@ class RegistrationConfig:
     backoff_multiplier: float = 2.0
     jitter: float = 0.1
     registration_timeout: float = 5.0
-    batch_size: int = 100
+    batch_size: int = 250
     batch_concurrency: int = 8
     validate_before_send: bool = True
 
