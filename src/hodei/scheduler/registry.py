@@ -21,6 +21,7 @@ from hodei.domain import (
     WorkerRecord,
     WorkerStatus,
     validate_record,
+    validate_worker_id,
 )
 from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
 from hodei.lifecycle import WorkerEventKind
@@ -102,8 +103,23 @@ class WorkerRegistry:
             lease_ttl=lease_ttl,
         )
 
-    def _check(self, record: WorkerRecord) -> None:
-        violations = validate_record(record)
+    def _check(
+        self, record: WorkerRecord, checked: dict[tuple[object, ...], list[FieldViolation]] | None = None
+    ) -> None:
+        if checked is None:
+            violations = validate_record(record)
+        else:  # a batch: parts shared by many records (same objects) are validated once
+            key = (
+                id(record.capabilities),
+                id(record.labels),
+                record.worker_type,
+                record.pool,
+                record.hostname,
+                record.agent_version,
+            )
+            if (parts := checked.get(key)) is None:
+                parts = checked[key] = validate_record(replace(record, worker_id="x"))
+            violations = validate_worker_id(record.worker_id) + parts
         if violations:
             raise InvalidWorkerData(
                 f"worker {record.worker_id!r} is invalid", worker_id=record.worker_id, violations=violations
@@ -120,7 +136,9 @@ class WorkerRegistry:
                 f"incarnation {stored.incarnation}",
                 worker_id=stored.worker_id,
             )
-        if outcome is UpsertOutcome.CREATED:
+        if not self.events.watchers:
+            pass  # nobody to tell: a batch of 10,000 need not build 10,000 events for nobody
+        elif outcome is UpsertOutcome.CREATED:
             self.events.publish(WorkerEventKind.REGISTERED, stored.worker_id, stored)
         elif outcome is UpsertOutcome.UPDATED:
             self.events.publish(WorkerEventKind.UPDATED, stored.worker_id, stored)
@@ -158,9 +176,10 @@ class WorkerRegistry:
         validated and admitted here, then all are written in one store call. One entry per record, in order."""
         results: builtins.list[RegistrationReceipt | SchedulerError | None] = [None] * len(records)
         accepted: builtins.list[tuple[int, WorkerRecord]] = []
+        checked: dict[tuple[object, ...], builtins.list[FieldViolation]] = {}
         for index, record in enumerate(records):
             try:
-                self._check(record)
+                self._check(record, checked)
             except SchedulerError as refusal:
                 results[index] = refusal
             else:

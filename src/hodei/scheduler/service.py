@@ -56,11 +56,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         if len(request.workers) > MAX_BATCH_SIZE:
             await _abort(context, _invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
         now = self._scheduler.registry.now()
+        shared: dict[bytes, Any] = {}
         outcomes: list[SchedulerError | None] = []
         decoded: list[WorkerRecord] = []
         for entry in request.workers:
             try:
-                decoded.append(codec.record_from_request(entry, registered_at=now))
+                decoded.append(codec.record_from_request(entry, registered_at=now, shared=shared))
                 outcomes.append(None)
             except SchedulerError as error:
                 outcomes.append(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -80,9 +81,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timestamp(moment: datetime | None) -> Timestamp | None:
-    # Plain arithmetic: Timestamp.FromDatetime goes through time tuples, and this runs twice per worker.
-    if moment is None:
-        return None
+    return None if moment is None else _timestamp_of(moment)
+
+
+@functools.lru_cache(maxsize=1024)
+def _timestamp_of(moment: datetime) -> Timestamp:
+    # Every record of a batch has the same time, and a message given to a constructor is copied: one
+    # conversion serves the whole batch. Plain arithmetic, as Timestamp.FromDatetime goes through time tuples.
     delta = moment - _EPOCH
     return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
@@ -184,27 +189,42 @@ def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> D
     )
 
 
+_Parts = tuple[WorkerType, WorkerCapabilities, Mapping[str, str]]
+
+
 def record_from_request(
     request: pb.RegisterWorkerRequest,
     *,
     registered_at: datetime,
     status: WorkerStatus = WorkerStatus.AVAILABLE,
+    shared: dict[bytes, _Parts] | None = None,
 ) -> WorkerRecord:
     """A registry record straight from a registration on the wire (the batch path: no intermediate worker).
     Like :func:`worker_from_request`, it reports only what a record cannot represent; the registry checks
-    the rest."""
+    the rest. Given a ``shared`` dict, entries of one batch with the same capabilities and metadata share
+    their decoded parts (the registry then validates those parts once)."""
     metadata = request.metadata
-    worker_type = _WORKER_TYPES.get(metadata.worker_type)
-    if worker_type is None or not request.HasField("capabilities"):
-        worker_from_request(request)  # raises with every violation of the request
-    assert worker_type is not None
-    caps = request.capabilities
+    key = b""
+    parts = None
+    if shared is not None:
+        key = request.capabilities.SerializeToString() + b"\0" + metadata.SerializeToString()
+        parts = shared.get(key)
+    if parts is None:
+        worker_type = _WORKER_TYPES.get(metadata.worker_type)
+        if worker_type is None or not request.HasField("capabilities"):
+            worker_from_request(request)  # raises with every violation of the request
+        assert worker_type is not None
+        caps = request.capabilities
+        capabilities = WorkerCapabilities(caps.cpu_cores, caps.memory_mb, caps.disk_mb, caps.gpu_count)
+        parts = (worker_type, capabilities, MappingProxyType(dict(metadata.labels)))
+        if shared is not None:
+            shared[key] = parts
     return WorkerRecord(
         worker_id=request.worker_id,
-        worker_type=worker_type,
-        capabilities=WorkerCapabilities(caps.cpu_cores, caps.memory_mb, caps.disk_mb, caps.gpu_count),
+        worker_type=parts[0],
+        capabilities=parts[1],
         status=status,
-        labels=MappingProxyType(dict(metadata.labels)),
+        labels=parts[2],
         pool=metadata.pool or "default",
         hostname=metadata.hostname,
         agent_version=metadata.agent_version,
