@@ -9,7 +9,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from hodei import ErrorCode, SchedulerPortClient, WorkerStatus
+from hodei import DynamicWorker, ErrorCode, SchedulerPortClient, WorkerStatus
 from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.scheduler.events import Watcher
@@ -284,17 +284,22 @@ async def test_the_first_message_must_be_a_hello(scheduler: EmbeddedScheduler) -
     assert "hello" in (raised.value.details() or "")
 
 
+def raw_hello(worker_id: str, *, incarnation: int) -> pb.ConnectRequest:
+    """The first message of a Connect stream, as any agent would send it."""
+    hello = pb.WorkerHello(
+        worker_id=worker_id,
+        incarnation=incarnation,
+        capabilities=pb.WorkerCapabilities(cpu_cores=1, memory_mb=1),
+        metadata=pb.WorkerMetadata(worker_type="process"),
+    )
+    return pb.ConnectRequest(hello=hello)
+
+
 async def test_a_hello_with_an_older_incarnation_is_refused(scheduler: EmbeddedScheduler) -> None:
-    await scheduler.add_worker(make_worker("w-1").__class__("w-1", incarnation=10))
+    await scheduler.add_worker(DynamicWorker("w-1", incarnation=10))
     async with grpc.aio.insecure_channel(scheduler.target) as channel:
         call = pb_grpc.SchedulerServiceStub(channel).Connect()
-        hello = pb.WorkerHello(
-            worker_id="w-1",
-            incarnation=9,
-            capabilities=pb.WorkerCapabilities(cpu_cores=1, memory_mb=1),
-            metadata=pb.WorkerMetadata(worker_type="process"),
-        )
-        await call.write(pb.ConnectRequest(hello=hello))
+        await call.write(raw_hello("w-1", incarnation=9))
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call.read()
@@ -307,13 +312,7 @@ async def test_an_agent_reporting_a_status_it_may_not_set_ends_its_stream_with_i
 ) -> None:
     async with grpc.aio.insecure_channel(scheduler.target) as channel:
         call = pb_grpc.SchedulerServiceStub(channel).Connect()
-        hello = pb.WorkerHello(
-            worker_id="w-1",
-            incarnation=1,
-            capabilities=pb.WorkerCapabilities(cpu_cores=1, memory_mb=1),
-            metadata=pb.WorkerMetadata(worker_type="process"),
-        )
-        await call.write(pb.ConnectRequest(hello=hello))
+        await call.write(raw_hello("w-1", incarnation=1))
         ack = await call.read()
         await call.write(pb.ConnectRequest(status_change=pb.StatusChange(status=pb.WORKER_STATUS_LOST)))
 
