@@ -107,3 +107,18 @@ async def test_calls_other_than_registrations_are_never_refused() -> None:
 def test_a_bound_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
         AdmissionControl(max_in_flight=0)
+
+
+async def test_calls_whose_body_cannot_be_decoded_are_never_counted_in_flight() -> None:
+    bound = AdmissionControl(max_in_flight=2)
+    async with EmbeddedScheduler(admission_control=bound) as scheduler:
+        async with grpc.aio.insecure_channel(scheduler.target) as channel:
+            raw = channel.unary_unary("/hodei.scheduler.v1.SchedulerService/RegisterWorker")
+            for _ in range(5):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await raw(b"\xff\xff\xff not a message", timeout=5)
+        async with SchedulerPortClient(scheduler.target) as client:
+            receipt = await client.register_worker(make_worker())
+
+    assert (bound.in_flight, bound.rejected) == (0, 0)
+    assert receipt.created

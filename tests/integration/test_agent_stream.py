@@ -358,3 +358,78 @@ async def test_watch_delivers_every_transition_in_order_after_a_snapshot(
     live = [e.sequence for e in events[1:]]
     assert live == list(range(live[0], live[0] + len(live)))
     assert events[4].record is not None and events[4].record.drained
+
+
+async def test_a_draining_worker_stays_draining_when_its_agent_reconnects_and_hears_the_drain_again(
+    scheduler: EmbeddedScheduler, running: Running
+) -> None:
+    first = agent_for(scheduler, "agent-1")
+    task = running.start(first)
+    await asyncio.wait_for(first.connected.wait(), 5)
+    async with SchedulerPortClient(scheduler.target) as client:
+        await client.drain_worker("agent-1")
+        await wait_for(lambda: _drained(client, "agent-1"))
+        task.cancel()  # the stream breaks; the agent comes back as a new incarnation
+
+        second = agent_for(scheduler, "agent-1")
+        running.start(second)
+        await asyncio.wait_for(second.connected.wait(), 5)
+        await wait_for(lambda: _drained(client, "agent-1"))
+        record = await client.get_worker("agent-1")
+
+    assert record is not None and record.status is WorkerStatus.DRAINING
+    assert [c.kind for c in second.commands] == [CommandKind.DRAIN]
+
+
+async def test_a_hello_without_an_incarnation_is_refused(scheduler: EmbeddedScheduler) -> None:
+    async with grpc.aio.insecure_channel(scheduler.target) as channel:
+        call = pb_grpc.SchedulerServiceStub(channel).Connect()
+        await call.write(raw_hello("w-1", incarnation=0))
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert await scheduler.get_worker("w-1") is None
+
+
+async def test_streams_cancelled_right_after_their_hello_leave_no_session(
+    scheduler: EmbeddedScheduler,
+) -> None:
+    async with grpc.aio.insecure_channel(scheduler.target) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        for i in range(100):
+            call = stub.Connect()
+            await call.write(raw_hello(f"w-{i}", incarnation=1))
+            call.cancel()
+
+    await wait_for(lambda: _true(not scheduler.scheduler.sessions), timeout=5)
+    assert not any(w.connected for w in await scheduler.workers())
+
+
+async def test_heartbeats_and_status_reports_written_together_keep_the_stream_up(
+    scheduler: EmbeddedScheduler,
+) -> None:
+    from hodei.domain import ResourceUsage
+    from hodei.transport.stream import ConnectStream
+
+    async with grpc.aio.insecure_channel(scheduler.target) as channel:
+        stream = ConnectStream(channel)
+        await stream.open(DynamicWorker("w-1", incarnation=1), timeout=5)
+        for round_ in range(30):
+            await asyncio.gather(
+                stream.heartbeat(round_, ResourceUsage()),
+                stream.report(WorkerStatus.BUSY if round_ % 2 else WorkerStatus.AVAILABLE),
+                stream.heartbeat(round_, ResourceUsage()),
+            )
+        # The last report of round 29 said BUSY: the stream carried every write, in order, to the end.
+        await wait_for(lambda: _status_is(scheduler, "w-1", WorkerStatus.BUSY))
+        record = await scheduler.get_worker("w-1")
+        stream.cancel()
+
+    assert record is not None and record.connected
+
+
+async def _status_is(scheduler: EmbeddedScheduler, worker_id: str, status: WorkerStatus) -> bool:
+    record = await scheduler.get_worker(worker_id)
+    return record is not None and record.status is status

@@ -19,7 +19,7 @@ from hodei.ports import UnregistrationStatus
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.events import Watcher
 from hodei.stores.memory import MemoryRegistryStore
-from tests.helpers import make_worker
+from tests.helpers import make_worker, wait_for
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -712,3 +712,50 @@ async def test_stop_ends_every_session_and_every_watcher(scheduler: Scheduler) -
         return [event async for event in watcher]
 
     assert await asyncio.wait_for(read(), 1) == []
+
+
+async def test_draining_a_lost_worker_leaves_it_lost_and_undelivered(
+    scheduler: Scheduler, clock: FakeClock
+) -> None:
+    _, session = await scheduler.hello(agent())
+    scheduler.goodbye(session)
+    await sweep_through(scheduler, clock, 4.0)  # LOST at 4
+
+    outcome = await scheduler.drain("agent-1")
+    await sweep_through(scheduler, clock, 9.0)  # the grace ends at 9
+
+    assert (outcome.delivered, outcome.record.status) == (False, WorkerStatus.LOST)
+    assert await scheduler.get("agent-1") is None  # it expired as LOST workers do
+
+
+async def test_a_status_report_renews_the_lease_like_a_heartbeat(
+    scheduler: Scheduler, clock: FakeClock
+) -> None:
+    _, session = await scheduler.hello(agent())
+    await sweep_through(scheduler, clock, 2.0)
+
+    await scheduler.report_status(session, WorkerStatus.BUSY, drained=False, reason="a job")
+    await sweep_through(scheduler, clock, 5.0)  # without the renewal it would be LOST at 4
+
+    assert await status(scheduler, "agent-1") is WorkerStatus.BUSY
+    assert scheduler.leases.expires_at("agent-1") == 2.0 + LIVENESS.lease_ttl
+
+
+async def test_a_liveness_sweeper_that_dies_makes_the_scheduler_unhealthy(clock: FakeClock) -> None:
+    scheduler = Scheduler(MemoryRegistryStore(), liveness=LIVENESS, monotonic=clock.monotonic)
+    told: list[bool] = []
+    scheduler.on_unhealthy = lambda: told.append(True)
+
+    async def broken_run() -> None:
+        raise RuntimeError("the store went away")
+
+    scheduler.monitor.run = broken_run  # type: ignore[method-assign]
+    await scheduler.start()
+    await wait_for(lambda: _is(not scheduler.healthy), timeout=1, interval=0)
+    await scheduler.stop()  # the failure was reported once; stopping does not raise it again
+
+    assert told == [True]
+
+
+async def _is(value: bool) -> bool:
+    return value

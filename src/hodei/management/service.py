@@ -163,7 +163,8 @@ class WorkerManagementService:
         except BaseException:
             # Cancelled (or failed) half-way: the caller will never hear of these workers, so none may stay.
             if self.config.destroy_on_registration_failure:
-                cleanup = asyncio.gather(*(self._destroy(i) for i in list(provisioned)))
+                # Every id: a provision cancelled half-way may have left something behind too.
+                cleanup = asyncio.gather(*(self._destroy(i) for i in ids))
                 await asyncio.shield(cleanup)
             raise
         return [ProvisionResult(i, provisioned.get(i), failures.get(i)) for i in ids]

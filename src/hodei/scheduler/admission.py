@@ -57,39 +57,32 @@ class AdmissionControl(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         service, _, method = details.method.lstrip("/").partition("/")
         if handler is None or service != SERVICE_NAME or method not in self._methods:
             return handler
-        if self.in_flight >= self.max_in_flight:
-            self.rejected += 1
-            return self._refusal(handler)
-        self.admitted += 1
-        return self._counted(handler)
+        return self._bounded(handler)
 
-    def _refusal(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        error = SchedulerOverloaded(
-            f"the scheduler is working on {self.in_flight} registrations, its limit; retry later",
-            retry_after=self.advice(),
-        )
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(grpc_code(error.code), error.message, trailing_metadata=status_trailer(error))
-
-        return grpc.unary_unary_rpc_method_handler(
-            refuse,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _bounded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         serve = handler.unary_unary
-        self.in_flight += 1
 
-        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # Counted inside the handler, so that a call gRPC never hands over (an undecodable body, a client that
+        # went away first) is never counted either.
+        async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if self.in_flight >= self.max_in_flight:
+                self.rejected += 1
+                error = SchedulerOverloaded(
+                    f"the scheduler is working on {self.in_flight} registrations, its limit; retry later",
+                    retry_after=self.advice(),
+                )
+                await context.abort(
+                    grpc_code(error.code), error.message, trailing_metadata=status_trailer(error)
+                )
+            self.admitted += 1
+            self.in_flight += 1
             try:
                 return await serve(request, context)
             finally:
                 self.in_flight -= 1
 
         return grpc.unary_unary_rpc_method_handler(
-            counted,
+            bounded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,8 @@ from hodei.scheduler.liveness import LivenessMonitor
 from hodei.scheduler.registry import Admission, WorkerRegistry
 
 __all__ = ["AgentSession", "Scheduler"]
+
+log = logging.getLogger(__name__)
 
 AGENT_STATUSES = frozenset({WorkerStatus.AVAILABLE, WorkerStatus.BUSY, WorkerStatus.DRAINING})
 
@@ -78,6 +81,8 @@ class Scheduler:
             self.registry, self.leases, self.liveness, monotonic=monotonic, on_removed=self._removed
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self.healthy = True
+        self.on_unhealthy: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -94,11 +99,22 @@ class Scheduler:
                 self.leases.renew(record.worker_id, record.lease_ttl, now)
         if sweep:
             self._sweeper = asyncio.create_task(self.monitor.run(), name="hodei-liveness")
+            self._sweeper.add_done_callback(self._sweeper_ended)
+
+    def _sweeper_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # Liveness has stopped: nobody would ever be found LOST. Say so, and tell whoever watches health.
+        log.critical("the liveness sweeper died; no worker will be found LOST", exc_info=task.exception())
+        self.healthy = False
+        if self.on_unhealthy is not None:
+            self.on_unhealthy()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A sweeper that died has been reported by _sweeper_ended; stopping does not raise it again.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sweeper
             self._sweeper = None
         for session in list(self.sessions.values()):
@@ -135,6 +151,10 @@ class Scheduler:
         return status
 
     async def drain(self, worker_id: str, *, deadline: float = 0.0, reason: str = "") -> DrainOutcome:
+        current = await self.registry.get(worker_id)
+        if current is not None and current.status is WorkerStatus.LOST:
+            # Nobody is there to drain; the worker stays LOST (and expires as LOST workers do).
+            return DrainOutcome(self.view(current), delivered=False)
         record = await self.registry.transition(
             worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested"
         )
@@ -177,12 +197,23 @@ class Scheduler:
     ) -> tuple[RegistrationReceipt, AgentSession]:
         """An agent connected: register or attach to its worker, hand it a lease and a session."""
         ttl = self.liveness.lease_ttl
-        status = WorkerStatus.BUSY if running_jobs else WorkerStatus.AVAILABLE
+        stored = await self.registry.get(worker.worker_id)
+        # A worker asked to drain stays draining across its agent's reconnections (each a new incarnation),
+        # and the new stream hears the drain again: a reconnect must not put it back to work.
+        draining = stored is not None and stored.status is WorkerStatus.DRAINING
+        if draining:
+            status = WorkerStatus.DRAINING
+        elif running_jobs:
+            status = WorkerStatus.BUSY
+        else:
+            status = WorkerStatus.AVAILABLE
         receipt = await self.registry.register(worker, lease_ttl=ttl, status=status)
         previous = self.sessions.get(worker.worker_id)
         if previous is not None:
             previous.close()
         session = AgentSession(worker.worker_id, worker.incarnation)
+        if draining:
+            session.push(WorkerCommand(CommandKind.DRAIN, "still draining"))
         self.sessions[worker.worker_id] = session
         self.leases.renew(worker.worker_id, ttl, self._monotonic())
         self.monitor.forget(worker.worker_id)
@@ -220,6 +251,9 @@ class Scheduler:
                 violations=[FieldViolation("status_change.status", f"must be one of {allowed}")],
             )
         if self._current(session):
+            # An agent that speaks is alive: a report renews its lease as a heartbeat would.
+            self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
+            self.monitor.forget(session.worker_id)
             await self.registry.transition(session.worker_id, status, drained=drained, reason=reason)
 
     def goodbye(self, session: AgentSession) -> None:

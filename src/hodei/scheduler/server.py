@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Sequence
 from types import TracebackType
@@ -93,12 +94,18 @@ class SchedulerServer:
         if self.port == 0:
             self._state = _State.STOPPED
             raise OSError(f"could not listen on {self._listen}")
+        self.scheduler.on_unhealthy = self._unhealthy
         await self.scheduler.start()
         await server.start()
         self._server = server
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         return self.address
+
+    def _unhealthy(self) -> None:
+        asyncio.get_running_loop().create_task(
+            self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:

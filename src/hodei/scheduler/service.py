@@ -10,7 +10,7 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 
 from hodei.domain import FieldViolation, WorkerRecord
-from hodei.errors import InvalidWorkerData, SchedulerError, WorkerNotFound
+from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.registry import MAX_BATCH_SIZE
 from hodei.transport import codec
@@ -138,7 +138,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             watcher.close()
 
     async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
-        session = await self._open_session(context)
+        session, ack = await self._open_session(context)
+        try:
+            await context.write(pb.ConnectResponse(ack=ack))
+        except BaseException:
+            self._scheduler.goodbye(session)  # the agent went away before it heard the acknowledgement
+            raise
         reader = asyncio.create_task(
             self._read_agent(session, context), name=f"hodei-agent-{session.worker_id}"
         )
@@ -153,13 +158,16 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _open_session(self, context: Context) -> AgentSession:
+    async def _open_session(self, context: Context) -> tuple[AgentSession, pb.ConnectAck]:
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
         except TimeoutError:
-            await _abort(context, _invalid("hello", f"was not sent within {HELLO_TIMEOUT:g} s"))
+            await _abort(context, SchedulerTimeout(f"no hello within {HELLO_TIMEOUT:g} s"))
         if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
             await _abort(context, _invalid("hello", "must be the first message of the stream"))
+        if first.hello.incarnation == 0:
+            # An agent fences itself with its incarnation; 0 would take over another agent's stream unfenced.
+            await _abort(context, _invalid("hello.incarnation", "must be greater than 0"))
         try:
             worker = codec.worker_from_request(first.hello)
             receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
@@ -171,8 +179,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             heartbeat_interval_ms=round(self._scheduler.liveness.heartbeat_interval * 1000),
             lease_ttl_ms=round(self._scheduler.liveness.lease_ttl * 1000),
         )
-        await context.write(pb.ConnectResponse(ack=ack))
-        return session
+        return session, ack
 
     async def _read_agent(self, session: AgentSession, context: Context) -> SchedulerError | None:
         """Apply what the agent sends until it closes its side; a bad message ends the stream with its error."""

@@ -33,10 +33,13 @@ class ConnectStream:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._call: Any = codec.pb_grpc.SchedulerServiceStub(channel).Connect()  # type: ignore[no-untyped-call]
+        # gRPC allows one write in flight per call; heartbeats and status reports come from different tasks.
+        self._writing = asyncio.Lock()
 
     async def _write(self, request: pb.ConnectRequest) -> None:
         try:
-            await self._call.write(request)
+            async with self._writing:
+                await self._call.write(request)
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from error
         except asyncio.InvalidStateError as error:
