@@ -50,11 +50,10 @@ def test_every_scenario_runs_without_errors_and_reports_every_field(
         assert report["errors"] == 0 and report["errors_by_kind"] == {}, result.name
         assert report["workers_per_second"] > 0, result.name
         assert report["scheduler_rss_after_mb"] > 0, result.name
-        # CPU time is counted in 10 ms ticks: a handful of idle agents may not cost the scheduler one.
-        light = result.name == "agents"
-        assert report["scheduler_cpu_percent"] >= 0 if light else report["scheduler_cpu_percent"] > 0, (
-            result.name
-        )
+        # CPU time is counted in 10 ms ticks: a handful of idle agents may not cost the scheduler one, so only
+        # the registration scenarios must show some.
+        if result.name != "agents":
+            assert report["scheduler_cpu_percent"] > 0, result.name
 
 
 def test_each_registration_scenario_registered_exactly_its_workers(

@@ -577,3 +577,22 @@ async def test_new_with_registration_builds_a_service_that_provisions_and_regist
     assert worker.worker_id.startswith("built-")
     record = await embedded_scheduler.get_worker(worker.worker_id)
     assert record is not None and record.status is WorkerStatus.AVAILABLE
+
+
+async def test_a_worker_registered_by_an_attempt_whose_answer_was_lost_is_unregistered_before_it_is_destroyed(
+    failing_scheduler: Callable[..., Any],
+    mock_worker_provider: MockWorkerProvider,
+    service_for: ServiceFactory,
+) -> None:
+    # Every registration is written, then answered UNAVAILABLE: the caller exhausts its retries and gives up
+    # on a worker that the scheduler holds — and that no lease would ever expire.
+    scheduler: FailingScheduler = await failing_scheduler(100, lose_answers=True)
+    service = service_for(scheduler, registration=RegistrationConfig(max_retries=1, base_backoff=0.01))
+
+    with pytest.raises(ProvisioningError) as caught:
+        await service.provision_worker(CONFIG, worker_id="lost-answer")
+
+    assert isinstance(caught.value.cause, MaxRetriesExceeded)
+    assert scheduler.failed_calls == 2
+    assert mock_worker_provider.destroyed == ["lost-answer"]
+    assert await scheduler.get_worker("lost-answer") is None

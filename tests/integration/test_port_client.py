@@ -321,3 +321,20 @@ async def test_batch_receipts_hold_the_full_record_whether_or_not_the_answer_was
         assert fresh.record.pool == "default" and fresh.record.labels == {"zone": "b"}
         assert kept.record == await scheduler.get_worker("kept")
         assert kept.record.incarnation == 7 and kept.record.labels == {}
+
+
+async def test_a_worker_the_wire_cannot_hold_is_refused_alone_and_the_rest_of_its_batch_registers() -> None:
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
+        huge = make_worker("huge", cpu_cores=2**40)
+
+        outcomes = await client.register_workers([huge, make_worker("fine")])
+        with pytest.raises(InvalidWorkerData) as single:
+            await client.register_worker(huge)
+        only_invalid = await client.register_workers([huge])
+
+        assert isinstance(outcomes[0], InvalidWorkerData)
+        assert [v.field for v in outcomes[0].violations] == ["capabilities.cpu_cores"]
+        assert not isinstance(outcomes[1], SchedulerError) and outcomes[1].record.worker_id == "fine"
+        assert [v.field for v in single.value.violations] == ["capabilities.cpu_cores"]
+        assert len(only_invalid) == 1 and isinstance(only_invalid[0], InvalidWorkerData)
+        assert [w.worker_id for w in await scheduler.workers()] == ["fine"]

@@ -506,3 +506,19 @@ async def test_drain_gives_up_at_the_deadline_and_says_not_drained() -> None:
     result = await registration.drain_worker("w-1", deadline=0.05, poll_interval=0.01)
 
     assert result == DrainResult("w-1", registered=True, delivered=True, drained=False)
+
+
+async def test_a_batch_checks_a_config_shared_by_many_workers_once_and_still_names_each_worker() -> None:
+    from hodei import DynamicWorkerConfig, WorkerType
+
+    port = ScriptedPort()
+    registration, _ = adapter(port)
+    bad = DynamicWorkerConfig(cpu_cores=0)
+    workers = [DynamicWorker(f"w-{i}", WorkerType.DOCKER, bad) for i in range(3)] + [make_worker("ok")]
+
+    results = await registration.register_workers_batch(workers)
+
+    assert [r.ok for r in results] == [False, False, False, True]
+    assert [r.error.worker_id for r in results if r.error] == ["w-0", "w-1", "w-2"]
+    assert {v.field for r in results if r.error for v in r.error.violations} == {"capabilities.cpu_cores"}
+    assert port.batch_calls == [["ok"]]

@@ -205,7 +205,7 @@ class WorkerAgent:
 
     async def _farewell(self, stream: ConnectStream, channel: grpc.aio.Channel) -> None:
         """Drain, then unregister on the same connection, then close the stream."""
-        with contextlib.suppress(SchedulerError):
+        with contextlib.suppress(SchedulerError, TimeoutError):
             await asyncio.wait_for(self._drain(stream, "shutting down"), self.config.farewell_timeout)
         await self._unregister(channel)
         await stream.close()

@@ -7,12 +7,21 @@ reported to the caller with the reason (unless the configuration says to keep it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, validate_worker_id
-from hodei.errors import HodeiError, InvalidWorkerData, ProviderError, ProvisioningError, RegistrationError
+from hodei.errors import (
+    HodeiError,
+    InvalidWorkerData,
+    MaxRetriesExceeded,
+    ProviderError,
+    ProvisioningError,
+    RegistrationError,
+    SchedulerError,
+)
 from hodei.management.config import WorkerManagementConfig
 from hodei.ports import UnregistrationStatus, WorkerProvider
 from hodei.registration.adapter import BatchRegistrationResult, WorkerRegistrationAdapter
@@ -86,10 +95,25 @@ class WorkerManagementService:
             return error
         return None
 
+    async def _forget(self, worker_id: str) -> None:
+        """One best-effort unregistration: a last attempt that timed out (or a cancelled one) may have been
+        written all the same, and a push registration holds no lease that would ever expire it."""
+        if self.registration is None:
+            return
+        timeout = min(self.registration.config.registration_timeout, 2.0)
+        with contextlib.suppress(SchedulerError):
+            await self.registration.port.unregister_worker(worker_id, timeout=timeout)
+
+    async def _retire(self, worker_id: str) -> ProviderError | None:
+        await self._forget(worker_id)
+        return await self._destroy(worker_id)
+
     async def _give_up(self, worker_id: str, cause: HodeiError) -> ProvisioningError:
         """Destroy a worker whose registration failed (unless configured to keep it); the error to raise."""
         if not self.config.destroy_on_registration_failure:
             return ProvisioningError(worker_id, cause, cleaned_up=False)
+        if isinstance(cause, MaxRetriesExceeded):
+            await self._forget(worker_id)
         cleanup_error = await self._destroy(worker_id)
         return ProvisioningError(
             worker_id, cause, cleaned_up=cleanup_error is None, cleanup_error=cleanup_error
@@ -121,7 +145,7 @@ class WorkerManagementService:
             # Cancelled half-way, or a failure that is not a registration error: the worker must not outlive
             # the caller's interest in it.
             if self.config.destroy_on_registration_failure:
-                await asyncio.shield(self._destroy(worker_id))
+                await asyncio.shield(self._retire(worker_id))
             raise
         return worker.with_status(WorkerStatus.REGISTERED)
 
@@ -164,7 +188,7 @@ class WorkerManagementService:
             # Cancelled (or failed) half-way: the caller will never hear of these workers, so none may stay.
             if self.config.destroy_on_registration_failure:
                 # Every id: a provision cancelled half-way may have left something behind too.
-                cleanup = asyncio.gather(*(self._destroy(i) for i in ids))
+                cleanup = asyncio.gather(*(self._retire(i) for i in ids))
                 await asyncio.shield(cleanup)
             raise
         return [ProvisionResult(i, provisioned.get(i), failures.get(i)) for i in ids]

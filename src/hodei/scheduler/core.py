@@ -125,10 +125,12 @@ class Scheduler:
     # -- what the control plane does ---------------------------------------------------------------------
 
     async def register(self, worker: DynamicWorker) -> RegistrationReceipt:
-        return await self.registry.register(worker)
+        receipt = await self.registry.register(worker)
+        return RegistrationReceipt(self.view(receipt.record), receipt.created)
 
     async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
-        return await self.registry.register_record(record)
+        receipt = await self.registry.register_record(record)
+        return RegistrationReceipt(self.view(receipt.record), receipt.created)
 
     async def register_many(
         self, workers: Sequence[DynamicWorker]

@@ -44,6 +44,8 @@ class FailingScheduler(EmbeddedScheduler):
     - ``code``: the status code of the injected failures;
     - ``retry_after``: seconds of ``google.rpc.RetryInfo`` advice sent with each injected failure;
     - ``hang``: injected failures never answer (the caller's deadline ends them) instead of failing;
+    - ``lose_answers``: injected failures do the work first, then fail: the registration is written but the
+      caller hears the error, as when an answer is lost on its way back;
     - ``delay``: every call that is not failed is served after this many seconds;
     - ``refuse``: worker ids refused, each with its code, on every call (per worker inside a batch);
     - ``methods``: which RPCs misbehave (default: the two registration calls).
@@ -57,6 +59,7 @@ class FailingScheduler(EmbeddedScheduler):
         *,
         code: ErrorCode = ErrorCode.UNAVAILABLE,
         hang: bool = False,
+        lose_answers: bool = False,
         delay: float = 0.0,
         retry_after: float | None = None,
         refuse: Mapping[str, ErrorCode] | None = None,
@@ -71,6 +74,7 @@ class FailingScheduler(EmbeddedScheduler):
         self.failures_left = failures
         self.code = code
         self.hang = hang
+        self.lose_answers = lose_answers
         self.delay = delay
         self.retry_after = retry_after
         self.refused: dict[str, ErrorCode] = dict(refuse or {})
@@ -103,7 +107,12 @@ class FailingScheduler(EmbeddedScheduler):
         if self.failures_left > 0:
             self.failures_left -= 1
             self.failed_calls += 1
-            behaviour = self._hang_forever if self.hang else self._fail
+            if self.hang:
+                behaviour = self._hang_forever
+            elif self.lose_answers:
+                behaviour = self._served_then_failed(handler.unary_unary)
+            else:
+                behaviour = self._fail
         elif self.delay > 0:
             behaviour = self._delayed(handler.unary_unary, self.delay)
         else:
@@ -117,6 +126,15 @@ class FailingScheduler(EmbeddedScheduler):
     async def _fail(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         error = scheduler_error_for(self.code, self.message, retry_after=self.retry_after)
         await context.abort(grpc_code(self.code), self.message, trailing_metadata=status_trailer(error))
+
+    def _served_then_failed(
+        self, serve: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def served_then_failed(request: Any, context: Any) -> Any:
+            await serve(request, context)
+            await self._fail(request, context)
+
+        return served_then_failed
 
     @staticmethod
     async def _hang_forever(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

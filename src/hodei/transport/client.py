@@ -79,24 +79,30 @@ class SchedulerPortClient:
     async def register_worker(
         self, worker: DynamicWorker, *, timeout: float | None = None
     ) -> RegistrationReceipt:
-        request = codec.worker_to_request(worker)
+        request = codec.worker_to_request(worker)  # raises InvalidWorkerData if the wire cannot hold it
         response = await self._call(self._stub.RegisterWorker, request, timeout, worker.worker_id)
         return codec.receipt_from_proto(response)
 
     async def register_workers(
         self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
     ) -> list[RegistrationReceipt | SchedulerError]:
-        request = pb.RegisterWorkersRequest(workers=codec.workers_to_requests(workers))
-        response = await self._call(self._stub.RegisterWorkers, request, timeout, None)
-        if len(response.results) != len(workers):
-            raise scheduler_error_for(
-                ErrorCode.INTERNAL,
-                f"the scheduler answered {len(response.results)} results for {len(workers)} workers",
-            )
-        return [
-            codec.result_from_proto(result, sent)
-            for result, sent in zip(response.results, workers, strict=True)
+        # Each worker's outcome in its place: a worker that cannot even be encoded is refused alone.
+        encoded = codec.workers_to_requests(workers)
+        outcomes: list[RegistrationReceipt | SchedulerError | None] = [
+            e if isinstance(e, SchedulerError) else None for e in encoded
         ]
+        sendable = [(i, e) for i, e in enumerate(encoded) if not isinstance(e, SchedulerError)]
+        if sendable:
+            request = pb.RegisterWorkersRequest(workers=[e for _, e in sendable])
+            response = await self._call(self._stub.RegisterWorkers, request, timeout, None)
+            if len(response.results) != len(sendable):
+                raise scheduler_error_for(
+                    ErrorCode.INTERNAL,
+                    f"the scheduler answered {len(response.results)} results for {len(sendable)} workers",
+                )
+            for (index, _), result in zip(sendable, response.results, strict=True):
+                outcomes[index] = codec.result_from_proto(result, workers[index])
+        return [outcome for outcome in outcomes if outcome is not None]
 
     async def unregister_worker(
         self, worker_id: str, *, timeout: float | None = None

@@ -111,7 +111,28 @@ def _capabilities_from_proto(message: pb.WorkerCapabilities) -> WorkerCapabiliti
     return WorkerCapabilities(message.cpu_cores, message.memory_mb, message.disk_mb, message.gpu_count)
 
 
+_WIRE_RANGES = {
+    "cpu_cores": (-(2**31), 2**31 - 1),
+    "memory_mb": (-(2**63), 2**63 - 1),
+    "disk_mb": (-(2**63), 2**63 - 1),
+    "gpu_count": (-(2**31), 2**31 - 1),
+}
+
+
 def _worker_parts(worker: DynamicWorker) -> tuple[pb.WorkerCapabilities, pb.WorkerMetadata]:
+    """Encode what a worker carries besides its id; what the wire cannot hold is InvalidWorkerData for that
+    worker alone (its batch goes on without it)."""
+    violations = [
+        FieldViolation(f"capabilities.{name}", f"does not fit the wire's {low}..{high}, got {value}")
+        for name, (low, high) in _WIRE_RANGES.items()
+        if not isinstance(value := getattr(worker.capabilities, name), int) or not low <= value <= high
+    ]
+    if violations:
+        raise InvalidWorkerData(
+            f"worker {worker.worker_id!r} cannot be encoded",
+            worker_id=worker.worker_id,
+            violations=violations,
+        )
     metadata = pb.WorkerMetadata(
         worker_type=worker.worker_type.value,
         labels=dict(worker.labels),
@@ -131,14 +152,21 @@ def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
     )
 
 
-def workers_to_requests(workers: Sequence[DynamicWorker]) -> list[pb.RegisterWorkerRequest]:
-    """Requests for a batch; workers that share a config (and hostname) share its encoding."""
+def workers_to_requests(
+    workers: Sequence[DynamicWorker],
+) -> list[pb.RegisterWorkerRequest | InvalidWorkerData]:
+    """Requests for a batch, in order, or the reason a worker cannot be encoded; workers that share a config
+    (and hostname) share its encoding."""
     parts: dict[tuple[int, str], tuple[pb.WorkerCapabilities, pb.WorkerMetadata]] = {}
-    requests = []
+    requests: list[pb.RegisterWorkerRequest | InvalidWorkerData] = []
     for worker in workers:
         key = (id(worker.config), worker.hostname)
         if (shared := parts.get(key)) is None:
-            shared = parts[key] = _worker_parts(worker)
+            try:
+                shared = parts[key] = _worker_parts(worker)
+            except InvalidWorkerData as unencodable:
+                requests.append(unencodable)
+                continue
         requests.append(
             pb.RegisterWorkerRequest(
                 worker_id=worker.worker_id,
@@ -207,7 +235,9 @@ def record_from_request(
     key = b""
     parts = None
     if shared is not None:
-        key = request.capabilities.SerializeToString() + b"\0" + metadata.SerializeToString()
+        # Absent and all-zero capabilities encode alike: the key says which it was.
+        present = b"+" if request.HasField("capabilities") else b"-"
+        key = present + request.capabilities.SerializeToString() + b"\0" + metadata.SerializeToString()
         parts = shared.get(key)
     if parts is None:
         worker_type = _WORKER_TYPES.get(metadata.worker_type)
