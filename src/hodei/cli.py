@@ -30,15 +30,17 @@ T = TypeVar("T")
 SchedulerOption = Annotated[str, typer.Option("--scheduler", "-s", help="Scheduler address, HOST:PORT.")]
 
 
+def parse_label(item: str) -> tuple[str, str]:
+    """``k=v`` -> ("k", "v")."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"label {item!r} is not KEY=VALUE")
+    return key, value
+
+
 def parse_labels(text: str) -> dict[str, str]:
     """``a=1,b=2`` -> {"a": "1", "b": "2"}."""
-    labels: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"label {item!r} is not KEY=VALUE")
-        labels[key] = value
-    return labels
+    return dict(parse_label(item) for item in filter(None, (part.strip() for part in text.split(","))))
 
 
 @scheduler_app.command("serve")
@@ -132,13 +134,6 @@ def workers_unregister(worker_id: str, scheduler: SchedulerOption = "127.0.0.1:5
     console.print(f"{worker_id}: {_run_against_scheduler(unregister())}")
 
 
-def _label(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"label {item!r} is not KEY=VALUE")
-    return key, value
-
-
 def _run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
     from hodei.errors import SchedulerError
 
@@ -180,7 +175,7 @@ def agent(
     options: dict[str, Any] = {
         "schedulers": tuple(t.strip() for t in scheduler.split(",") if t.strip()),
         "worker_id": worker_id or f"{socket.gethostname()}-{os.getpid()}",
-        "labels": {**parse_labels(labels), **dict(_label(item) for item in label or ())},
+        "labels": {**parse_labels(labels), **dict(parse_label(item) for item in label or ())},
         "pool": pool,
         "worker_type": worker_type,
     }

@@ -11,7 +11,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "WorkerStatus",
     "WorkerType",
     "merge_registration",
+    "utcnow",
     "validate_record",
     "validate_worker",
     "validate_worker_fields",
@@ -87,6 +88,11 @@ class FieldViolation:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.description}"
+
+
+def utcnow() -> datetime:
+    """The wall clock every default clock of hodei reads (tests inject their own)."""
+    return datetime.now(UTC)
 
 
 def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -11,9 +11,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 
-from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus
+from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import InvalidWorkerData, SchedulerError, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
 from hodei.ports import (
@@ -34,10 +34,6 @@ __all__ = ["AgentSession", "Scheduler"]
 log = logging.getLogger(__name__)
 
 AGENT_STATUSES = frozenset({WorkerStatus.AVAILABLE, WorkerStatus.BUSY, WorkerStatus.DRAINING})
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(eq=False)
@@ -67,7 +63,7 @@ class Scheduler:
         *,
         liveness: LivenessConfig | None = None,
         admission: Admission | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.liveness = liveness or LivenessConfig()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
-from hodei.domain import WorkerRecord
+from hodei.domain import WorkerRecord, utcnow
 from hodei.errors import SchedulerOverloaded
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
 
@@ -19,10 +19,6 @@ __all__ = ["EventHub", "Watcher", "WatcherFellBehind"]
 
 class WatcherFellBehind(SchedulerOverloaded):
     """A watcher did not keep up with the events; it should watch again, with a snapshot."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Watcher:
@@ -65,7 +61,7 @@ class Watcher:
 
 
 class EventHub:
-    def __init__(self, *, clock: Callable[[], datetime] = _utcnow, watcher_queue: int = 10_000) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utcnow, watcher_queue: int = 10_000) -> None:
         self._clock = clock
         self._watcher_queue = watcher_queue
         self._watchers: set[Watcher] = set()

@@ -12,7 +12,7 @@ import binascii
 import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from hodei.domain import (
     DynamicWorker,
@@ -20,6 +20,7 @@ from hodei.domain import (
     UpsertOutcome,
     WorkerRecord,
     WorkerStatus,
+    utcnow,
     validate_record,
     validate_worker_id,
 )
@@ -45,10 +46,6 @@ _STATUS_EVENTS = {
 }
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def encode_page_token(last_worker_id: str) -> str:
     return base64.urlsafe_b64encode(last_worker_id.encode()).decode()
 
@@ -71,7 +68,7 @@ class WorkerRegistry:
         store: RegistryStore,
         *,
         events: EventHub | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         admission: Admission | None = None,
     ) -> None:
         self._store = store
