@@ -9,21 +9,19 @@ scheduler keeps time for everything else — health checks, heartbeats, the work
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
 
 from hodei.errors import SchedulerOverloaded
-from hodei.transport.codec import SERVICE_NAME
-from hodei.transport.status import grpc_code, status_trailer
+from hodei.scheduler.interception import REGISTRATION_METHODS, MethodInterceptor, with_behaviour
+from hodei.transport.status import abort_with
 
-__all__ = ["ADMITTED_METHODS", "AdmissionControl"]
-
-ADMITTED_METHODS = frozenset({"RegisterWorker", "RegisterWorkers"})
+__all__ = ["AdmissionControl"]
 
 
-class AdmissionControl(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AdmissionControl(MethodInterceptor):
     """``in_flight``, ``admitted`` and ``rejected`` say what it did; ``retry_after`` is the mean advised delay."""
 
     def __init__(
@@ -31,14 +29,14 @@ class AdmissionControl(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         *,
         max_in_flight: int = 1000,
         retry_after: float = 0.1,
-        methods: Collection[str] = ADMITTED_METHODS,
+        methods: Collection[str] = REGISTRATION_METHODS,
         random: Callable[[], float] = random.random,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        super().__init__(methods)
         self.max_in_flight = max_in_flight
         self.retry_after = retry_after
-        self._methods = frozenset(methods)
         self._random = random
         self.in_flight = 0
         self.admitted = 0
@@ -48,18 +46,7 @@ class AdmissionControl(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """The delay to advise: ``retry_after`` scaled by a random factor in [0.5, 1.5)."""
         return self.retry_after * (0.5 + self._random())
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        service, _, method = details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE_NAME or method not in self._methods:
-            return handler
-        return self._bounded(handler)
-
-    def _bounded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def intercept(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         serve = handler.unary_unary
 
         # Counted inside the handler, so that a call gRPC never hands over (an undecodable body, a client that
@@ -67,12 +54,12 @@ class AdmissionControl(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if self.in_flight >= self.max_in_flight:
                 self.rejected += 1
-                error = SchedulerOverloaded(
-                    f"the scheduler is working on {self.in_flight} registrations, its limit; retry later",
-                    retry_after=self.advice(),
-                )
-                await context.abort(
-                    grpc_code(error.code), error.message, trailing_metadata=status_trailer(error)
+                await abort_with(
+                    context,
+                    SchedulerOverloaded(
+                        f"the scheduler is working on {self.in_flight} registrations, its limit; retry later",
+                        retry_after=self.advice(),
+                    ),
                 )
             self.admitted += 1
             self.in_flight += 1
@@ -81,8 +68,4 @@ class AdmissionControl(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 self.in_flight -= 1
 
-        return grpc.unary_unary_rpc_method_handler(
-            bounded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, bounded)

@@ -128,11 +128,6 @@ class Scheduler:
         receipt = await self.registry.register_record(record)
         return RegistrationReceipt(self.view(receipt.record), receipt.created)
 
-    async def register_many(
-        self, workers: Sequence[DynamicWorker]
-    ) -> list[RegistrationReceipt | SchedulerError]:
-        return await self.registry.register_many(workers)
-
     async def register_records(
         self, records: Sequence[WorkerRecord]
     ) -> list[RegistrationReceipt | SchedulerError]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -15,17 +15,12 @@ from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.registry import MAX_BATCH_SIZE
 from hodei.transport import codec
 from hodei.transport.codec import pb, pb_grpc
-from hodei.transport.status import grpc_code, status_trailer
+from hodei.transport.status import abort_with
 
 __all__ = ["SchedulerServicer"]
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 HELLO_TIMEOUT = 10.0  # seconds an agent has to say who it is
-
-
-async def _abort(context: Context, error: SchedulerError) -> NoReturn:
-    await context.abort(grpc_code(error.code), error.message, trailing_metadata=status_trailer(error))
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 def _invalid(field: str, description: str) -> InvalidWorkerData:
@@ -43,7 +38,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
             receipt = await self._scheduler.register_record(record)
         except SchedulerError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return pb.RegisterWorkerResponse(
             status=pb.REGISTRATION_STATUS_SUCCESS,
             worker=codec.record_to_proto(receipt.record),
@@ -54,7 +49,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.RegisterWorkersRequest, context: Context
     ) -> pb.RegisterWorkersResponse:
         if len(request.workers) > MAX_BATCH_SIZE:
-            await _abort(context, _invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
+            await abort_with(context, _invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
         now = self._scheduler.registry.now()
         shared: dict[bytes, Any] = {}
         outcomes: list[SchedulerError | None] = []
@@ -82,7 +77,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
         record = await self._scheduler.get(request.worker_id)
         if record is None:
-            await _abort(
+            await abort_with(
                 context,
                 WorkerNotFound(
                     f"worker {request.worker_id!r} is not registered", worker_id=request.worker_id
@@ -96,7 +91,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                 codec.filter_from_proto(request), page_size=request.page_size, page_token=request.page_token
             )
         except SchedulerError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return pb.ListWorkersResponse(
             workers=[codec.record_to_proto(r) for r in page.workers], next_page_token=page.next_page_token
         )
@@ -107,7 +102,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                 request.worker_id, deadline=request.deadline_ms / 1000, reason=request.reason
             )
         except SchedulerError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return pb.DrainWorkerResponse(
             worker=codec.record_to_proto(outcome.record), delivered=outcome.delivered
         )
@@ -118,7 +113,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         try:
             delivered = await self._scheduler.shutdown(request.worker_id, reason=request.reason)
         except SchedulerError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return pb.ShutdownWorkerResponse(delivered=delivered)
 
     async def WatchWorkers(
@@ -133,7 +128,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             async for event in watcher:
                 yield pb.WatchWorkersResponse(event=codec.event_to_proto(event))
         except SchedulerError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         finally:
             watcher.close()
 
@@ -151,7 +146,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             while (command := await session.commands.get()) is not None:
                 await context.write(pb.ConnectResponse(command=codec.command_to_proto(command)))
             if reader.done() and (error := reader.result()) is not None:
-                await _abort(context, error)
+                await abort_with(context, error)
         finally:
             self._scheduler.goodbye(session)
             reader.cancel()
@@ -162,17 +157,17 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
         except TimeoutError:
-            await _abort(context, SchedulerTimeout(f"no hello within {HELLO_TIMEOUT:g} s"))
+            await abort_with(context, SchedulerTimeout(f"no hello within {HELLO_TIMEOUT:g} s"))
         if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
-            await _abort(context, _invalid("hello", "must be the first message of the stream"))
+            await abort_with(context, _invalid("hello", "must be the first message of the stream"))
         if first.hello.incarnation == 0:
             # An agent fences itself with its incarnation; 0 would take over another agent's stream unfenced.
-            await _abort(context, _invalid("hello.incarnation", "must be greater than 0"))
+            await abort_with(context, _invalid("hello.incarnation", "must be greater than 0"))
         try:
             worker = codec.worker_from_request(first.hello)
             receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
         except SchedulerError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         ack = pb.ConnectAck(
             worker=codec.record_to_proto(receipt.record),
             created=receipt.created,

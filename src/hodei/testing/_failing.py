@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import grpc
@@ -11,28 +11,19 @@ import grpc
 from hodei.domain import WorkerRecord
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 from hodei.scheduler.admission import AdmissionControl
+from hodei.scheduler.interception import REGISTRATION_METHODS, Behaviour, MethodInterceptor, with_behaviour
 from hodei.testing._embedded import EmbeddedScheduler
-from hodei.transport.codec import SERVICE_NAME
-from hodei.transport.status import grpc_code, status_trailer
+from hodei.transport.status import abort_with
 
 __all__ = ["REGISTRATION_METHODS", "FailingScheduler"]
 
-REGISTRATION_METHODS = frozenset({"RegisterWorker", "RegisterWorkers"})
 
-
-class _FaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, scheduler: FailingScheduler) -> None:
+class _FaultInterceptor(MethodInterceptor):
+    def __init__(self, scheduler: FailingScheduler, methods: Collection[str]) -> None:
+        super().__init__(methods)
         self._scheduler = scheduler
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        service, _, method = details.method.lstrip("/").partition("/")
-        if service != SERVICE_NAME or method not in self._scheduler.methods or handler is None:
-            return handler
+    def intercept(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return self._scheduler._wrap(handler)
 
 
@@ -68,7 +59,9 @@ class FailingScheduler(EmbeddedScheduler):
         admission_control: AdmissionControl | None = None,
     ) -> None:
         super().__init__(
-            admission=self._admit, interceptors=[_FaultInterceptor(self)], admission_control=admission_control
+            admission=self._admit,
+            interceptors=[_FaultInterceptor(self, methods)],
+            admission_control=admission_control,
         )
         self.methods = frozenset(methods)
         self.failures_left = failures
@@ -103,7 +96,7 @@ class FailingScheduler(EmbeddedScheduler):
 
     def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         self.calls += 1
-        behaviour: Callable[[Any, Any], Awaitable[Any]]
+        behaviour: Behaviour
         if self.failures_left > 0:
             self.failures_left -= 1
             self.failed_calls += 1
@@ -117,19 +110,12 @@ class FailingScheduler(EmbeddedScheduler):
             behaviour = self._delayed(handler.unary_unary, self.delay)
         else:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, behaviour)
 
     async def _fail(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        error = scheduler_error_for(self.code, self.message, retry_after=self.retry_after)
-        await context.abort(grpc_code(self.code), self.message, trailing_metadata=status_trailer(error))
+        await abort_with(context, scheduler_error_for(self.code, self.message, retry_after=self.retry_after))
 
-    def _served_then_failed(
-        self, serve: Callable[[Any, Any], Awaitable[Any]]
-    ) -> Callable[[Any, Any], Awaitable[Any]]:
+    def _served_then_failed(self, serve: Behaviour) -> Behaviour:
         async def served_then_failed(request: Any, context: Any) -> Any:
             await serve(request, context)
             await self._fail(request, context)
@@ -141,9 +127,7 @@ class FailingScheduler(EmbeddedScheduler):
         await asyncio.Event().wait()
 
     @staticmethod
-    def _delayed(
-        serve: Callable[[Any, Any], Awaitable[Any]], seconds: float
-    ) -> Callable[[Any, Any], Awaitable[Any]]:
+    def _delayed(serve: Behaviour, seconds: float) -> Behaviour:
         async def delayed(request: Any, context: Any) -> Any:
             await asyncio.sleep(seconds)
             return await serve(request, context)

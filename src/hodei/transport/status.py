@@ -7,6 +7,8 @@ the original code and message.
 
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
@@ -15,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from hodei.domain import FieldViolation
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 
-__all__ = ["STATUS_DETAILS_KEY", "error_from_rpc", "grpc_code", "status_trailer"]
+__all__ = ["STATUS_DETAILS_KEY", "abort_with", "error_from_rpc", "grpc_code", "status_trailer"]
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -48,6 +50,12 @@ def status_trailer(error: SchedulerError) -> tuple[tuple[str, bytes], ...]:
         return ()
     status = status_pb2.Status(code=int(error.code), message=error.message, details=details)
     return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: SchedulerError) -> NoReturn:
+    """End the call with the error's code, message and details."""
+    await context.abort(grpc_code(error.code), error.message, trailing_metadata=status_trailer(error))
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 def _details(error: grpc.aio.AioRpcError) -> tuple[list[FieldViolation], float | None]:
