@@ -178,27 +178,34 @@ def workers_to_requests(
     return requests
 
 
-def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> DynamicWorker:
-    """Decode a registration (or an agent's hello). What the domain cannot even represent (an unknown worker
-    type, no capabilities) is reported here, with every other violation of the same request; the registry
-    checks the rest."""
+def _representable(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> WorkerType:
+    """The request's worker type. What the domain cannot even represent (an unknown worker type, no
+    capabilities) is refused here, with every other violation of the same request; the registry checks the
+    rest of a request that passes."""
     worker_type = _WORKER_TYPES.get(request.metadata.worker_type)
     has_capabilities = request.HasField("capabilities")
+    if worker_type is not None and has_capabilities:
+        return worker_type
+    metadata = request.metadata
+    violations = validate_worker_fields(
+        worker_id=request.worker_id,
+        worker_type=metadata.worker_type,
+        capabilities=_capabilities_from_proto(request.capabilities) if has_capabilities else None,
+        labels=dict(metadata.labels),
+        pool=metadata.pool,
+        hostname=metadata.hostname,
+        agent_version=metadata.agent_version,
+    )
+    raise InvalidWorkerData(
+        f"worker {request.worker_id!r} is invalid", worker_id=request.worker_id, violations=violations
+    )
+
+
+def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> DynamicWorker:
+    """Decode a registration (or an agent's hello); see :func:`_representable` for what is refused here."""
+    worker_type = _representable(request)
     capabilities = _capabilities_from_proto(request.capabilities)
     labels = dict(request.metadata.labels)
-    if worker_type is None or not has_capabilities:
-        violations = validate_worker_fields(
-            worker_id=request.worker_id,
-            worker_type=request.metadata.worker_type,
-            capabilities=capabilities if has_capabilities else None,
-            labels=labels,
-            pool=request.metadata.pool,
-            hostname=request.metadata.hostname,
-            agent_version=request.metadata.agent_version,
-        )
-        raise InvalidWorkerData(
-            f"worker {request.worker_id!r} is invalid", worker_id=request.worker_id, violations=violations
-        )
     config = DynamicWorkerConfig(
         worker_type=worker_type,
         cpu_cores=capabilities.cpu_cores,
@@ -240,10 +247,7 @@ def record_from_request(
         key = present + request.capabilities.SerializeToString() + b"\0" + metadata.SerializeToString()
         parts = shared.get(key)
     if parts is None:
-        worker_type = _WORKER_TYPES.get(metadata.worker_type)
-        if worker_type is None or not request.HasField("capabilities"):
-            worker_from_request(request)  # raises with every violation of the request
-        assert worker_type is not None
+        worker_type = _representable(request)
         caps = request.capabilities
         capabilities = WorkerCapabilities(caps.cpu_cores, caps.memory_mb, caps.disk_mb, caps.gpu_count)
         parts = (worker_type, capabilities, MappingProxyType(dict(metadata.labels)))
@@ -286,40 +290,35 @@ def usage_from_proto(message: pb.ResourceUsage) -> ResourceUsage:
 
 
 def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
-    """The record on the wire; ``slim`` leaves out capabilities and metadata (a batch answer does, where they
-    are the request's own)."""
-    if slim:
-        return pb.Worker(
-            worker_id=record.worker_id,
-            status=status_to_proto(record.status),
-            incarnation=record.incarnation,
-            registered_at=_timestamp(record.registered_at),
-            updated_at=_timestamp(record.updated_at),
-            lease_ttl_ms=round(record.lease_ttl * 1000) if record.lease_ttl is not None else 0,
-            drained=record.drained,
-        )
-    capabilities = _capabilities_to_proto(record.capabilities)
-    metadata = pb.WorkerMetadata(
-        worker_type=record.worker_type.value,
-        labels=dict(record.labels),
-        pool=record.pool,
-        hostname=record.hostname,
-        agent_version=record.agent_version,
-    )
-    return pb.Worker(
+    """The record on the wire; ``slim`` leaves out capabilities, metadata and the live facts of the agent's
+    stream (a batch answer does, where they are the request's own)."""
+    worker = pb.Worker(
         worker_id=record.worker_id,
         status=status_to_proto(record.status),
-        capabilities=capabilities,
-        metadata=metadata,
         incarnation=record.incarnation,
         registered_at=_timestamp(record.registered_at),
         updated_at=_timestamp(record.updated_at),
         lease_ttl_ms=round(record.lease_ttl * 1000) if record.lease_ttl is not None else 0,
-        connected=record.connected,
         drained=record.drained,
-        usage=usage_to_proto(record.usage) if record.usage is not None else None,
-        last_heartbeat_at=_timestamp(record.last_heartbeat_at),
     )
+    if slim:
+        return worker
+    worker.capabilities.CopyFrom(_capabilities_to_proto(record.capabilities))
+    worker.metadata.CopyFrom(
+        pb.WorkerMetadata(
+            worker_type=record.worker_type.value,
+            labels=dict(record.labels),
+            pool=record.pool,
+            hostname=record.hostname,
+            agent_version=record.agent_version,
+        )
+    )
+    worker.connected = record.connected
+    if record.usage is not None:
+        worker.usage.CopyFrom(usage_to_proto(record.usage))
+    if record.last_heartbeat_at is not None:
+        worker.last_heartbeat_at.CopyFrom(_timestamp_of(record.last_heartbeat_at))
+    return worker
 
 
 def record_from_proto(message: pb.Worker) -> WorkerRecord:
