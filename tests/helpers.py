@@ -8,6 +8,21 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hodei import DynamicWorker, DynamicWorkerConfig, WorkerType
+from hodei.errors import (
+    AccessDenied,
+    ErrorCode,
+    InvalidWorkerData,
+    RegistrationCancelled,
+    SchedulerConflict,
+    SchedulerError,
+    SchedulerInternalError,
+    SchedulerOverloaded,
+    SchedulerTimeout,
+    SchedulerUnavailable,
+    StaleIncarnation,
+    WorkerAlreadyExists,
+    WorkerNotFound,
+)
 
 
 def make_worker(worker_id: str = "test-worker", **config: object) -> DynamicWorker:
@@ -24,3 +39,25 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+# The table in the errors module's docstring; codes it does not name are internal errors.
+KIND_BY_CODE: dict[ErrorCode, type[SchedulerError]] = {
+    ErrorCode.OK: SchedulerInternalError,
+    ErrorCode.CANCELLED: RegistrationCancelled,
+    ErrorCode.UNKNOWN: SchedulerInternalError,
+    ErrorCode.INVALID_ARGUMENT: InvalidWorkerData,
+    ErrorCode.DEADLINE_EXCEEDED: SchedulerTimeout,
+    ErrorCode.NOT_FOUND: WorkerNotFound,
+    ErrorCode.ALREADY_EXISTS: WorkerAlreadyExists,
+    ErrorCode.PERMISSION_DENIED: AccessDenied,
+    ErrorCode.RESOURCE_EXHAUSTED: SchedulerOverloaded,
+    ErrorCode.FAILED_PRECONDITION: StaleIncarnation,
+    ErrorCode.ABORTED: SchedulerConflict,
+    ErrorCode.OUT_OF_RANGE: InvalidWorkerData,
+    ErrorCode.UNIMPLEMENTED: SchedulerInternalError,
+    ErrorCode.INTERNAL: SchedulerInternalError,
+    ErrorCode.UNAVAILABLE: SchedulerUnavailable,
+    ErrorCode.DATA_LOSS: SchedulerInternalError,
+    ErrorCode.UNAUTHENTICATED: AccessDenied,
+}

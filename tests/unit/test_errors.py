@@ -27,27 +27,7 @@ from hodei.errors import (
     WorkerNotFound,
     scheduler_error_for,
 )
-
-# The table in the errors module's docstring; codes it does not name are internal errors.
-KIND_BY_CODE: dict[ErrorCode, type[SchedulerError]] = {
-    ErrorCode.OK: SchedulerInternalError,
-    ErrorCode.CANCELLED: RegistrationCancelled,
-    ErrorCode.UNKNOWN: SchedulerInternalError,
-    ErrorCode.INVALID_ARGUMENT: InvalidWorkerData,
-    ErrorCode.DEADLINE_EXCEEDED: SchedulerTimeout,
-    ErrorCode.NOT_FOUND: WorkerNotFound,
-    ErrorCode.ALREADY_EXISTS: WorkerAlreadyExists,
-    ErrorCode.PERMISSION_DENIED: AccessDenied,
-    ErrorCode.RESOURCE_EXHAUSTED: SchedulerOverloaded,
-    ErrorCode.FAILED_PRECONDITION: StaleIncarnation,
-    ErrorCode.ABORTED: SchedulerConflict,
-    ErrorCode.OUT_OF_RANGE: InvalidWorkerData,
-    ErrorCode.UNIMPLEMENTED: SchedulerInternalError,
-    ErrorCode.INTERNAL: SchedulerInternalError,
-    ErrorCode.UNAVAILABLE: SchedulerUnavailable,
-    ErrorCode.DATA_LOSS: SchedulerInternalError,
-    ErrorCode.UNAUTHENTICATED: AccessDenied,
-}
+from tests.helpers import KIND_BY_CODE
 
 TRANSIENT = {
     ErrorCode.UNAVAILABLE,
