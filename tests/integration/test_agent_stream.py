@@ -40,6 +40,12 @@ class Running:
         self.tasks[agent.config.worker_id] = task
         return task
 
+    async def connected(self, agent: WorkerAgent) -> asyncio.Task[None]:
+        """Start the agent and wait (at most 5 s) until its stream is up."""
+        task = self.start(agent)
+        await asyncio.wait_for(agent.connected.wait(), 5)
+        return task
+
     async def stop(self) -> None:
         for task in self.tasks.values():
             task.cancel()
@@ -75,9 +81,7 @@ async def test_an_agent_registers_itself_and_heartbeats_keep_it_available_past_m
 ) -> None:
     watcher = scheduler.scheduler.events.watch()
     agent = agent_for(scheduler, "agent-1", labels={"zone": "a"})
-    running.start(agent)
-
-    await asyncio.wait_for(agent.connected.wait(), 5)
+    await running.connected(agent)
     # 20 heartbeats at 50 ms span 1 s: two and a half lease TTLs.
     await wait_for(lambda: _true(agent.heartbeats_sent >= 20), timeout=5)
 
@@ -101,8 +105,7 @@ async def test_an_agent_that_goes_silent_is_lost_within_its_ttl_then_removed_aft
     scheduler: EmbeddedScheduler, running: Running
 ) -> None:
     agent = agent_for(scheduler, "agent-1")
-    task = running.start(agent)
-    await asyncio.wait_for(agent.connected.wait(), 5)
+    task = await running.connected(agent)
     watcher = scheduler.scheduler.events.watch()
     loop = asyncio.get_running_loop()
 
@@ -123,15 +126,13 @@ async def test_an_agent_back_within_the_grace_is_available_again_with_one_regist
     scheduler: EmbeddedScheduler, running: Running
 ) -> None:
     first = agent_for(scheduler, "agent-1")
-    task = running.start(first)
-    await asyncio.wait_for(first.connected.wait(), 5)
+    task = await running.connected(first)
     watcher = scheduler.scheduler.events.watch()
     task.cancel()
     await events_until(watcher, WorkerEventKind.LOST, "agent-1")
 
     second = agent_for(scheduler, "agent-1")
-    running.start(second)
-    await asyncio.wait_for(second.connected.wait(), 5)
+    await running.connected(second)
 
     record = await scheduler.get_worker("agent-1")
     assert record is not None and record.status is WorkerStatus.AVAILABLE and record.connected
@@ -147,8 +148,7 @@ async def test_drain_and_shutdown_commands_reach_the_agent(
     scheduler: EmbeddedScheduler, running: Running
 ) -> None:
     agent = agent_for(scheduler, "agent-1")
-    task = running.start(agent)
-    await asyncio.wait_for(agent.connected.wait(), 5)
+    task = await running.connected(agent)
 
     async with SchedulerPortClient(scheduler.target) as client:
         drain = await client.drain_worker("agent-1", deadline=2.0, reason="maintenance")
@@ -178,8 +178,7 @@ async def test_an_agent_asked_to_shut_down_drains_unregisters_and_returns(
     scheduler: EmbeddedScheduler, running: Running
 ) -> None:
     agent = agent_for(scheduler, "agent-1")
-    task = running.start(agent)
-    await asyncio.wait_for(agent.connected.wait(), 5)
+    task = await running.connected(agent)
     watcher = scheduler.scheduler.events.watch()
 
     agent.request_shutdown("SIGTERM")
@@ -195,8 +194,7 @@ async def test_unregistering_a_connected_worker_tells_its_agent_to_exit(
     scheduler: EmbeddedScheduler, running: Running
 ) -> None:
     agent = agent_for(scheduler, "agent-1")
-    task = running.start(agent)
-    await asyncio.wait_for(agent.connected.wait(), 5)
+    task = await running.connected(agent)
 
     async with SchedulerPortClient(scheduler.target) as client:
         await client.unregister_worker("agent-1")
@@ -339,8 +337,7 @@ async def test_watch_delivers_every_transition_in_order_after_a_snapshot(
         watching = asyncio.create_task(collect())
         await wait_for(lambda: _true(len(events) == 1))  # the snapshot arrived: the watch is live
         agent = agent_for(scheduler, "agent-1")
-        task = running.start(agent)
-        await asyncio.wait_for(agent.connected.wait(), 5)
+        task = await running.connected(agent)
         await client.drain_worker("agent-1")
         await wait_for(lambda: _drained(client, "agent-1"))
         agent.request_shutdown()
@@ -364,16 +361,14 @@ async def test_a_draining_worker_stays_draining_when_its_agent_reconnects_and_he
     scheduler: EmbeddedScheduler, running: Running
 ) -> None:
     first = agent_for(scheduler, "agent-1")
-    task = running.start(first)
-    await asyncio.wait_for(first.connected.wait(), 5)
+    task = await running.connected(first)
     async with SchedulerPortClient(scheduler.target) as client:
         await client.drain_worker("agent-1")
         await wait_for(lambda: _drained(client, "agent-1"))
         task.cancel()  # the stream breaks; the agent comes back as a new incarnation
 
         second = agent_for(scheduler, "agent-1")
-        running.start(second)
-        await asyncio.wait_for(second.connected.wait(), 5)
+        await running.connected(second)
         await wait_for(lambda: _drained(client, "agent-1"))
         record = await client.get_worker("agent-1")
 
