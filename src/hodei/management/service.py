@@ -176,14 +176,18 @@ class WorkerManagementService:
                     group.create_task(provision_one(worker_id))
             if self.registration is not None and provisioned:
                 ready = [provisioned[i] for i in ids if i in provisioned]
+                refused: list[tuple[str, RegistrationError]] = []
                 for result in await self.registration.register_workers_batch(ready):
                     if result.error is not None:
-                        failures[result.worker_id] = await self._give_up(result.worker_id, result.error)
+                        refused.append((result.worker_id, result.error))
                         del provisioned[result.worker_id]
                     else:
                         provisioned[result.worker_id] = provisioned[result.worker_id].with_status(
                             WorkerStatus.REGISTERED
                         )
+                # The refused are given up together: destroying one must not wait for another's grace.
+                given_up = await asyncio.gather(*(self._give_up(i, error) for i, error in refused))
+                failures.update((i, error) for (i, _), error in zip(refused, given_up, strict=True))
         except BaseException:
             # Cancelled (or failed) half-way: the caller will never hear of these workers, so none may stay.
             if self.config.destroy_on_registration_failure:
