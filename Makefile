@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/client.py,src/hodei/transport/status.py
 
-.PHONY: demo test test-fast lint proto bench clean
+.PHONY: demo test test-fast system-deps lint proto bench clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -20,12 +20,15 @@ demo: $(STAMP)  ## provision workers against an embedded scheduler and show them
 
 # coverage runs pytest (rather than pytest-cov) so that it measures hodei from the first import, which
 # happens when pytest loads hodei's own plugin.
-test: $(STAMP) lint  ## lint, the whole suite, and the coverage floor of the adapter and the port client
+test: $(STAMP) system-deps lint  ## lint, the whole suite, and the coverage floor of the adapter and the port client
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='$(FULL_COVERAGE)' --fail-under=100
 
-test-fast: $(STAMP)  ## the suite without coverage
+test-fast: $(STAMP) system-deps  ## the suite without coverage
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+system-deps:  ## PostgreSQL for the tests' throw-away cluster (installed when root and missing)
+	@sh tools/ensure-postgres.sh
 
 lint: $(STAMP)  ## ruff and strict mypy
 	$(BIN)/ruff check src tests tools

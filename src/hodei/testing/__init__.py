@@ -1,4 +1,5 @@
-"""Test doubles that are real: a scheduler on loopback, one that fails on purpose, an in-memory provider.
+"""Test doubles that are real: a scheduler on loopback, one that fails on purpose, an in-memory provider, and a
+throw-away PostgreSQL cluster.
 
 Shipped for people who test their own integrations with hodei; hodei's own suite uses the same.
 """
@@ -6,5 +7,12 @@ Shipped for people who test their own integrations with hodei; hodei's own suite
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.testing._failing import REGISTRATION_METHODS, FailingScheduler
 from hodei.testing._provider import MockWorkerProvider
+from hodei.testing.postgres import PostgresCluster
 
-__all__ = ["REGISTRATION_METHODS", "EmbeddedScheduler", "FailingScheduler", "MockWorkerProvider"]
+__all__ = [
+    "REGISTRATION_METHODS",
+    "EmbeddedScheduler",
+    "FailingScheduler",
+    "MockWorkerProvider",
+    "PostgresCluster",
+]

@@ -4,18 +4,28 @@
 :class:`SchedulerPortClient` connected to it), ``mock_worker_provider``, and ``failing_scheduler`` — a factory:
 ``scheduler = await failing_scheduler(2, code=ErrorCode.ABORTED)``, stopped at the end of the test.
 Async fixtures need pytest-asyncio (``pip install hodei[testing]``).
+
+PostgreSQL: ``postgres_cluster`` is one throw-away :class:`PostgresCluster` per test session (started on first
+use, stopped and its directory removed at the end); ``postgres_dsn`` is the DSN of a fresh, empty database on
+it, one per test, dropped afterwards. When PostgreSQL is not installed, the tests that use them are skipped
+with a message that names what is missing — unless the environment variable ``CI`` is ``true``, where a
+missing dependency fails them instead (see :func:`skip_or_fail_for_missing`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, NoReturn
 
 import pytest
 
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.testing._failing import FailingScheduler
 from hodei.testing._provider import MockWorkerProvider
+from hodei.testing.postgres import PostgresCluster, missing_postgres
 from hodei.transport.client import SchedulerPortClient
 
 try:
@@ -27,6 +37,35 @@ except ImportError:  # pragma: no cover - only the sync fixture is offered then
 @pytest.fixture
 def mock_worker_provider() -> MockWorkerProvider:
     return MockWorkerProvider()
+
+
+def skip_or_fail_for_missing(what_is_missing: str) -> NoReturn:
+    """Skip the current test because ``what_is_missing`` is missing; fail it instead when ``CI`` is ``true``.
+
+    On a developer's machine a missing system dependency is a skip; in CI it means the pipeline lost tests
+    without anyone noticing, so it is a failure.
+    """
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"{what_is_missing} (a failure, not a skip, because CI=true)", pytrace=False)
+    pytest.skip(what_is_missing)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    missing = missing_postgres()
+    if missing is not None:
+        skip_or_fail_for_missing(f"PostgreSQL is needed: {missing}")
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster: PostgresCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    # The test's name in the database's name makes a leftover database (or a server log line) say whose it is.
+    test_name = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
+    database = f"test_{test_name}_{uuid.uuid4().hex[:8]}"
+    yield postgres_cluster.create_database(database)
+    postgres_cluster.drop_database(database)
 
 
 if pytest_asyncio is not None:
