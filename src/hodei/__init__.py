@@ -34,6 +34,8 @@ from hodei.errors import (
     SchedulerTimeout,
     SchedulerUnavailable,
     StaleIncarnation,
+    StoreError,
+    StoreUnavailable,
     WorkerAlreadyExists,
     WorkerNotFound,
 )
@@ -89,6 +91,8 @@ __all__ = [
     "SchedulerTimeout",
     "SchedulerUnavailable",
     "StaleIncarnation",
+    "StoreError",
+    "StoreUnavailable",
     "StaticWorkerFileError",
     "UnregistrationStatus",
     "WorkerAlreadyExists",

@@ -49,6 +49,8 @@ __all__ = [
     "SchedulerTimeout",
     "SchedulerUnavailable",
     "StaleIncarnation",
+    "StoreError",
+    "StoreUnavailable",
     "WorkerAlreadyExists",
     "WorkerNotFound",
     "scheduler_error_for",
@@ -232,6 +234,14 @@ class MaxRetriesExceeded(RegistrationError):
 
     def _describe(self) -> str:
         return f"worker {self.worker_id!r}: gave up after {self.attempts} attempts; last error {self.cause}"
+
+
+class StoreError(HodeiError):
+    """The registry's store cannot be used as it is (a schema from the future, a closed store)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (its database is down or restarting): worth retrying."""
 
 
 class ProviderError(HodeiError):

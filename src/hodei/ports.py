@@ -26,9 +26,11 @@ from hodei.errors import SchedulerError
 
 __all__ = [
     "DrainOutcome",
+    "Leadership",
     "RegistrationReceipt",
     "RegistryStore",
     "SchedulerPort",
+    "SharedLeases",
     "UnregistrationStatus",
     "UpsertOutcome",
     "WorkerFilter",
@@ -164,11 +166,13 @@ class WorkerProvider(Protocol):
 
 @runtime_checkable
 class RegistryStore(Protocol):
-    """Where the registry's records live. Writes are atomic per call.
+    """Where the registry's records live. Every write is atomic and durable before it returns.
 
-    ``upsert`` applies :func:`hodei.domain.merge_registration` to each record against the stored one, atomically,
-    and writes what it returns (nothing for ``STALE`` and ``KEPT``). ``update`` writes records that already exist
-    (status changes); it returns the ones it did not find. Live fields (``connected``, ``usage``,
+    ``upsert`` applies :func:`hodei.domain.merge_registration` to each record against the stored one, in one
+    transaction, and writes what it returns (nothing for ``STALE`` and ``KEPT``). ``modify`` is an atomic
+    read-modify-write of one record: ``change`` (a pure function, which a store may call again when it lost a
+    race) gets the stored record and returns the one to write, or ``None`` to leave it. ``delete`` removes a
+    record, only when ``only_if`` (if given) holds for the stored one. Live fields (``connected``, ``usage``,
     ``last_heartbeat_at``) are not stored.
     """
 
@@ -176,13 +180,17 @@ class RegistryStore(Protocol):
         """Write each record; return, per record in order, what happened and the record now stored."""
         ...
 
-    async def update(self, records: Sequence[WorkerRecord]) -> list[str]:
-        """Replace existing records; return the ids that were not found (and so not written)."""
+    async def modify(
+        self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
+    ) -> tuple[WorkerRecord, WorkerRecord] | None:
+        """Apply ``change`` to the stored record atomically; ``(before, after)``, or ``None`` if not found."""
         ...
 
     async def get(self, worker_id: str) -> WorkerRecord | None: ...
 
-    async def delete(self, worker_id: str) -> bool: ...
+    async def delete(
+        self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None
+    ) -> bool: ...
 
     async def list(
         self, worker_filter: WorkerFilter, *, after: str = "", limit: int = 100
@@ -193,3 +201,30 @@ class RegistryStore(Protocol):
     async def count(self) -> int: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SharedLeases(Protocol):
+    """A store that several scheduler replicas share also shares the agents' leases.
+
+    Each replica records when it last heard the agents connected to it (``touch``); the replica that runs
+    expiry reads how long ago each leased worker was last heard of, by any replica (``lease_ages``).
+    """
+
+    async def touch(self, worker_ids: Sequence[str]) -> list[str]:
+        """Record that these workers were heard from now; return those of them that are stored ``LOST``."""
+        ...
+
+    async def lease_ages(self) -> list[tuple[str, float, float]]:
+        """``(worker_id, lease_ttl, seconds since last heard)`` for every leased worker that is not LOST."""
+        ...
+
+
+class Leadership(Protocol):
+    """Who runs lease expiry and garbage collection: one replica at a time."""
+
+    async def acquire(self) -> bool:
+        """Try to be (or stay) the leader; True while this replica leads. Never blocks for long."""
+        ...
+
+    async def release(self) -> None: ...

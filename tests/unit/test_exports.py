@@ -36,6 +36,8 @@ HODEI_NAMES = [
     "SchedulerUnavailable",
     "StaleIncarnation",
     "StaticWorkerFileError",
+    "StoreError",
+    "StoreUnavailable",
     "UnregistrationStatus",
     "WorkerAlreadyExists",
     "WorkerCapabilities",
@@ -54,7 +56,13 @@ HODEI_NAMES = [
     "static_worker",
 ]
 
-TESTING_NAMES = ["EmbeddedScheduler", "FailingScheduler", "MockWorkerProvider", "REGISTRATION_METHODS"]
+TESTING_NAMES = [
+    "EmbeddedScheduler",
+    "FailingScheduler",
+    "MockWorkerProvider",
+    "PostgresCluster",
+    "REGISTRATION_METHODS",
+]
 
 
 @pytest.mark.parametrize(

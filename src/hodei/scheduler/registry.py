@@ -198,10 +198,8 @@ class WorkerRegistry:
 
     async def expire(self, worker_id: str, *, reason: str) -> bool:
         """Remove a worker that stayed LOST past its grace. False if it is gone or no longer LOST."""
-        record = await self._store.get(worker_id)
-        if record is None or record.status is not WorkerStatus.LOST:
+        if not await self._store.delete(worker_id, only_if=lambda stored: stored.status is WorkerStatus.LOST):
             return False
-        await self._store.delete(worker_id)
         self.events.publish(WorkerEventKind.EXPIRED, worker_id, None, reason)
         return True
 
@@ -210,23 +208,25 @@ class WorkerRegistry:
     ) -> WorkerRecord:
         """Move a worker to ``status`` (DRAINING with ``drained`` once its work is done); raises WorkerNotFound.
 
-        ``drained=None`` keeps the flag while the status stays the same, and clears it on a change.
+        ``drained=None`` keeps the flag while the status stays the same, and clears it on a change. The move
+        is one atomic read-modify-write of the store: a registration that lands meanwhile is not undone.
         """
-        record = await self._store.get(worker_id)
-        if record is None:
+
+        def move(record: WorkerRecord) -> WorkerRecord | None:
+            flag = record.drained and record.status is status if drained is None else drained
+            if record.status is status and record.drained == flag:
+                return None
+            return replace(record, status=status, drained=flag, updated_at=self._clock())
+
+        changed = await self._store.modify(worker_id, move)
+        if changed is None:
             raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
-        if drained is None:
-            drained = record.drained and record.status is status
-        if record.status is status and record.drained == drained:
-            return record
-        updated = replace(record, status=status, drained=drained, updated_at=self._clock())
-        if await self._store.update([updated]):
-            raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
-        if record.status is not status:
+        record, updated = changed
+        if record.status is not updated.status:
             self.events.publish(
                 _STATUS_EVENTS.get(status, WorkerEventKind.UPDATED), worker_id, updated, reason
             )
-        if drained and not record.drained:
+        if updated.drained and not record.drained:
             self.events.publish(WorkerEventKind.DRAINED, worker_id, updated, reason)
         return updated
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from hodei.domain import UpsertOutcome, WorkerRecord, merge_registration
 from hodei.ports import WorkerFilter
 
-__all__ = ["MemoryRegistryStore"]
+__all__ = ["MemoryRegistryStore", "stored_form"]
 
 
-def _stored_form(record: WorkerRecord) -> WorkerRecord:
+def stored_form(record: WorkerRecord) -> WorkerRecord:
     """The record without its live fields, as every store keeps it."""
     if record.connected or record.usage is not None or record.last_heartbeat_at is not None:
         return replace(record, connected=False, usage=None, last_heartbeat_at=None)
@@ -28,7 +28,7 @@ class MemoryRegistryStore:
         outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
         for record in records:
             stored = self._records.get(record.worker_id)
-            outcome, written = merge_registration(stored, _stored_form(record))
+            outcome, written = merge_registration(stored, stored_form(record))
             if outcome is UpsertOutcome.CREATED:
                 self._sorted_ids = None
             if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
@@ -36,21 +36,26 @@ class MemoryRegistryStore:
             outcomes.append((outcome, written))
         return outcomes
 
-    async def update(self, records: Sequence[WorkerRecord]) -> list[str]:
-        missing: list[str] = []
-        for record in records:
-            if record.worker_id in self._records:
-                self._records[record.worker_id] = _stored_form(record)
-            else:
-                missing.append(record.worker_id)
-        return missing
+    async def modify(
+        self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
+    ) -> tuple[WorkerRecord, WorkerRecord] | None:
+        before = self._records.get(worker_id)
+        if before is None:
+            return None
+        after = change(before)
+        if after is None:
+            return before, before
+        self._records[worker_id] = after = stored_form(after)
+        return before, after
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         return self._records.get(worker_id)
 
-    async def delete(self, worker_id: str) -> bool:
-        if self._records.pop(worker_id, None) is None:
+    async def delete(self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None) -> bool:
+        stored = self._records.get(worker_id)
+        if stored is None or (only_if is not None and not only_if(stored)):
             return False
+        del self._records[worker_id]
         self._sorted_ids = None
         return True
 

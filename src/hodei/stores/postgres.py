@@ -1,0 +1,353 @@
+"""A :class:`~hodei.ports.RegistryStore` in PostgreSQL (asyncpg), shared by several scheduler replicas.
+
+Every call is one transaction. A batch of registrations locks the rows it touches (``SELECT … FOR UPDATE``,
+in worker-id order so that two replicas cannot deadlock on one batch), merges each registration with
+:func:`hodei.domain.merge_registration`, and writes creations with one ``INSERT … ON CONFLICT DO NOTHING`` and
+updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another replica created meanwhile
+rolls the transaction back and runs it again, so the incarnation fence holds across replicas. The store also
+shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`), and
+:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock.
+
+The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
+replicas starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registration
+from hodei.errors import StoreError, StoreUnavailable
+from hodei.ports import WorkerFilter
+from hodei.stores._rows import COLUMNS, from_row, to_row
+from hodei.stores.memory import stored_form
+
+__all__ = ["SCHEMA_VERSION", "PostgresLeadership", "PostgresRegistryStore"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+MIGRATION_LOCK = 0x686F6465_69000001  # "hodei" + 1: held while the schema is migrated
+LEADER_LOCK = 0x686F6465_69000002  # held by the replica that runs lease expiry
+
+# Each entry migrates the schema from version ``index`` to ``index + 1``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE hodei_workers (
+            worker_id text PRIMARY KEY,
+            worker_type text NOT NULL,
+            status text NOT NULL,
+            pool text NOT NULL,
+            hostname text NOT NULL,
+            agent_version text NOT NULL,
+            incarnation bigint NOT NULL,
+            cpu_cores integer NOT NULL,
+            memory_mb bigint NOT NULL,
+            disk_mb bigint NOT NULL,
+            gpu_count integer NOT NULL,
+            labels jsonb NOT NULL,
+            registered_at timestamptz,
+            updated_at timestamptz,
+            lease_ttl double precision,
+            drained boolean NOT NULL,
+            last_seen timestamptz
+        )""",
+        "CREATE INDEX hodei_workers_by_status ON hodei_workers (status, worker_id)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_TYPES = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "integer",
+    "bigint",
+    "bigint",
+    "integer",
+    "text",  # labels: JSON text, cast to jsonb in the statement
+    "timestamptz",
+    "timestamptz",
+    "double precision",
+    "boolean",
+)
+_UNNEST = (
+    "unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES)) + f") AS u({', '.join(COLUMNS)})"
+)
+_VALUES = ", ".join("u.labels::jsonb" if c == "labels" else f"u.{c}" for c in COLUMNS)
+_SEEN = "CASE WHEN u.lease_ttl IS NULL THEN NULL ELSE now() END"
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM hodei_workers"
+_INSERT = (
+    f"INSERT INTO hodei_workers ({', '.join(COLUMNS)}, last_seen) SELECT {_VALUES}, {_SEEN} FROM {_UNNEST} "
+    "ON CONFLICT (worker_id) DO NOTHING RETURNING worker_id"
+)
+_UPDATE = (
+    "UPDATE hodei_workers AS w SET "
+    + ", ".join(f"{c} = u.{c}::jsonb" if c == "labels" else f"{c} = u.{c}" for c in COLUMNS[1:])
+    + f", last_seen = COALESCE({_SEEN}, w.last_seen) FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
+)
+_RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_ATTEMPTS = 10
+
+
+class _RaceLost(Exception):
+    """Another replica created a row this transaction meant to create: run the transaction again."""
+
+
+def _same(moment: datetime | None) -> datetime | None:
+    return moment
+
+
+def _record(row: Any) -> WorkerRecord:
+    return from_row(row, _same)
+
+
+def _columns(records: Sequence[WorkerRecord]) -> list[list[Any]]:
+    rows = [to_row(record, _same) for record in records]
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in COLUMNS]
+
+
+@contextlib.contextmanager
+def _translated(dsn_hint: str) -> Any:
+    """Connection failures become :class:`StoreUnavailable` (retryable); the rest passes through."""
+    try:
+        yield
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
+        raise StoreUnavailable(f"the registry database {dsn_hint} is unreachable: {error}") from error
+    except asyncpg.CannotConnectNowError as error:  # pragma: no cover - starting or stopping database
+        raise StoreUnavailable(
+            f"the registry database {dsn_hint} is not accepting connections: {error}"
+        ) from error
+
+
+def _hint(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    if "@" not in dsn:
+        return dsn
+    scheme, _, rest = dsn.partition("://")
+    credentials, _, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+
+
+class PostgresRegistryStore:
+    """``await PostgresRegistryStore.open("postgresql://user@host/db")``; close it with :meth:`close`."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self.dsn = _hint(dsn)
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresRegistryStore:
+        with _translated(_hint(dsn)):
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        store = cls(pool, dsn)
+        try:
+            await store._migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS hodei_schema "
+                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            version = await db.fetchval("SELECT coalesce(max(version), 0) FROM hodei_schema")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.dsn} has registry schema version {version}, newer than this hodei's "
+                    f"{SCHEMA_VERSION}: upgrade hodei, or use another database"
+                )
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute("INSERT INTO hodei_schema (version) VALUES ($1)", number)
+                log.info("registry schema of %s migrated to version %d", self.dsn, number)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Db]:
+        with _translated(self.dsn):
+            async with self._pool.acquire() as db, db.transaction():
+                yield db
+
+    async def _retrying(self, work: Callable[[Db], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction; again (with a fresh snapshot) when it lost a race with a replica."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self._transaction() as db:
+                    return await work(db)
+            except (_RaceLost, *_RACES):
+                if attempt == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read(self, query: str, *args: Any) -> builtins.list[asyncpg.Record]:
+        with _translated(self.dsn):
+            return await self._pool.fetch(query, *args)
+
+    # -- RegistryStore ---------------------------------------------------------------------------------
+
+    async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        ids = sorted({record.worker_id for record in records})
+
+        async def write(db: Db) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+            rows = await db.fetch(
+                f"{_SELECT} WHERE worker_id = ANY($1::text[]) ORDER BY worker_id FOR UPDATE", ids
+            )
+            current = {row[0]: _record(row) for row in rows}
+            existing = set(current)
+            outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
+            written: dict[str, WorkerRecord] = {}
+            for record in records:
+                outcome, stored = merge_registration(current.get(record.worker_id), stored_form(record))
+                if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
+                    current[record.worker_id] = written[record.worker_id] = stored
+                outcomes.append((outcome, stored))
+            created = [r for worker_id, r in written.items() if worker_id not in existing]
+            updated = [r for worker_id, r in written.items() if worker_id in existing]
+            if created:
+                inserted = await db.fetch(_INSERT, *_columns(created))
+                if len(inserted) != len(created):
+                    raise _RaceLost
+            if updated:
+                await db.execute(_UPDATE, *_columns(updated))
+            return outcomes
+
+        return await self._retrying(write)
+
+    async def modify(
+        self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
+    ) -> tuple[WorkerRecord, WorkerRecord] | None:
+        async def write(db: Db) -> tuple[WorkerRecord, WorkerRecord] | None:
+            row = await db.fetchrow(f"{_SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
+            if row is None:
+                return None
+            before = _record(row)
+            after = change(before)
+            if after is None:
+                return before, before
+            after = stored_form(after)
+            await db.execute(_UPDATE, *_columns([after]))
+            return before, after
+
+        return await self._retrying(write)
+
+    async def get(self, worker_id: str) -> WorkerRecord | None:
+        rows = await self._read(f"{_SELECT} WHERE worker_id = $1", worker_id)
+        return _record(rows[0]) if rows else None
+
+    async def delete(self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None) -> bool:
+        async def write(db: Db) -> bool:
+            if only_if is not None:
+                row = await db.fetchrow(f"{_SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
+                if row is None or not only_if(_record(row)):
+                    return False
+            deleted = await db.fetchval(
+                "WITH gone AS (DELETE FROM hodei_workers WHERE worker_id = $1 RETURNING 1) SELECT count(*) FROM gone",
+                worker_id,
+            )
+            return bool(deleted)
+
+        return await self._retrying(write)
+
+    async def list(
+        self, worker_filter: WorkerFilter, *, after: str = "", limit: int = 100
+    ) -> list[WorkerRecord]:
+        where = ["worker_id > $1"]
+        params: list[Any] = [after]
+        if worker_filter.statuses:
+            params.append(sorted(s.value for s in worker_filter.statuses))
+            where.append(f"status = ANY(${len(params)}::text[])")
+        if worker_filter.worker_type is not None:
+            params.append(worker_filter.worker_type.value)
+            where.append(f"worker_type = ${len(params)}")
+        if worker_filter.labels:
+            params.append(json.dumps(dict(worker_filter.labels)))
+            where.append(f"labels @> ${len(params)}::jsonb")
+        params.append(limit)
+        query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ${len(params)}"
+        return [_record(row) for row in await self._read(query, *params)]
+
+    async def count(self) -> int:
+        [row] = await self._read("SELECT count(*) FROM hodei_workers")
+        return int(row[0])
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # -- SharedLeases ----------------------------------------------------------------------------------
+
+    async def touch(self, worker_ids: Sequence[str]) -> builtins.list[str]:
+        rows = await self._read(
+            "UPDATE hodei_workers SET last_seen = now() "
+            "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status",
+            list(worker_ids),
+        )
+        return [row[0] for row in rows if row[1] == WorkerStatus.LOST.value]
+
+    async def lease_ages(self) -> builtins.list[tuple[str, float, float]]:
+        rows = await self._read(
+            "SELECT worker_id, lease_ttl, extract(epoch FROM now() - last_seen)::float8 FROM hodei_workers "
+            "WHERE lease_ttl IS NOT NULL AND last_seen IS NOT NULL AND status <> $1",
+            WorkerStatus.LOST.value,
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+class PostgresLeadership:
+    """Leadership among the replicas of one database: whoever holds a session advisory lock leads.
+
+    The lock lives on a connection of its own. When the leader dies its connection closes and PostgreSQL
+    releases the lock; the next replica to ask takes it. A leader that loses its connection stops leading at
+    once (the database has released the lock too).
+    """
+
+    def __init__(self, dsn: str, *, key: int = LEADER_LOCK, connect_timeout: float = 2.0) -> None:
+        self._dsn = dsn
+        self._key = key
+        self._connect_timeout = connect_timeout
+        self._db: asyncpg.Connection | None = None
+        self.leading = False
+
+    async def acquire(self) -> bool:
+        try:
+            if self._db is None or self._db.is_closed():
+                self.leading = False
+                self._db = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+            if self.leading:
+                await self._db.fetchval("SELECT 1", timeout=self._connect_timeout)
+            else:
+                self.leading = bool(
+                    await self._db.fetchval(
+                        "SELECT pg_try_advisory_lock($1)", self._key, timeout=self._connect_timeout
+                    )
+                )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            if self.leading:
+                log.warning("lost the lease leadership: %s", error)
+            await self.release()
+        return self.leading
+
+    async def release(self) -> None:
+        self.leading = False
+        db, self._db = self._db, None
+        if db is not None:
+            db.terminate()  # closing the session releases the lock, whatever state the connection is in

@@ -1,0 +1,242 @@
+"""A :class:`~hodei.ports.RegistryStore` in one SQLite file: the embedded default, durable across restarts.
+
+Every call is one transaction, run on the store's own thread (sqlite3 blocks): a batch of registrations is
+one ``BEGIN IMMEDIATE … COMMIT``, so a batch costs one fsync, not one per worker. The file is in WAL mode with
+``synchronous=FULL``: a commit that returned is on disk, and a registration acknowledged to a client survives
+the scheduler's crash and the machine's. The schema is versioned (``PRAGMA user_version``) and migrated when
+the store opens; a file written by a newer hodei is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hodei.domain import UpsertOutcome, WorkerRecord, merge_registration
+from hodei.errors import StoreError
+from hodei.ports import WorkerFilter
+from hodei.stores._rows import COLUMNS, from_row, to_row
+from hodei.stores.memory import stored_form
+
+__all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
+
+T = TypeVar("T")
+
+# Each entry migrates the schema from version ``index`` to ``index + 1``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE workers (
+            worker_id TEXT PRIMARY KEY,
+            worker_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            hostname TEXT NOT NULL,
+            agent_version TEXT NOT NULL,
+            incarnation INTEGER NOT NULL,
+            cpu_cores INTEGER NOT NULL,
+            memory_mb INTEGER NOT NULL,
+            disk_mb INTEGER NOT NULL,
+            gpu_count INTEGER NOT NULL,
+            labels TEXT NOT NULL,
+            registered_at TEXT,
+            updated_at TEXT,
+            lease_ttl REAL,
+            drained INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX workers_by_status ON workers (status, worker_id)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM workers"
+_UPSERT = (
+    f"INSERT INTO workers ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+    f"ON CONFLICT (worker_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
+)
+_IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _parse(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _record(row: Sequence[Any]) -> WorkerRecord:
+    return from_row(row, _parse)
+
+
+class SqliteRegistryStore:
+    """``await SqliteRegistryStore.open("registry.db")``; close it with :meth:`close`."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hodei-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> SqliteRegistryStore:
+        store = cls(path, synchronous=synchronous)
+        await store._run(store._connect)
+        return store
+
+    # -- the thread ------------------------------------------------------------------------------------
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute("PRAGMA busy_timeout = 5000")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has registry schema version {version}, newer than this hodei's "
+                    f"{SCHEMA_VERSION}: upgrade hodei, or use another file"
+                )
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def run() -> T:
+            db = self._db
+            if db is None:
+                raise StoreError(f"the registry store {self.path} is closed")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return run
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def run() -> T:
+            if self._db is None:
+                raise StoreError(f"the registry store {self.path} is closed")
+            return work(self._db)
+
+        return run
+
+    # -- RegistryStore ---------------------------------------------------------------------------------
+
+    async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        def write(db: sqlite3.Connection) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+            current = _fetch(db, list({r.worker_id: None for r in records}))
+            outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
+            written: dict[str, WorkerRecord] = {}
+            for record in records:
+                outcome, stored = merge_registration(current.get(record.worker_id), stored_form(record))
+                if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
+                    current[record.worker_id] = written[record.worker_id] = stored
+                outcomes.append((outcome, stored))
+            db.executemany(_UPSERT, [to_row(r, _iso) for r in written.values()])
+            return outcomes
+
+        return await self._run(self._transaction(write))
+
+    async def modify(
+        self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
+    ) -> tuple[WorkerRecord, WorkerRecord] | None:
+        def write(db: sqlite3.Connection) -> tuple[WorkerRecord, WorkerRecord] | None:
+            before = _fetch(db, [worker_id]).get(worker_id)
+            if before is None:
+                return None
+            after = change(before)
+            if after is None:
+                return before, before
+            after = stored_form(after)
+            db.execute(_UPSERT, to_row(after, _iso))
+            return before, after
+
+        return await self._run(self._transaction(write))
+
+    async def get(self, worker_id: str) -> WorkerRecord | None:
+        return await self._run(self._read(lambda db: _fetch(db, [worker_id]).get(worker_id)))
+
+    async def delete(self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            if only_if is not None:
+                stored = _fetch(db, [worker_id]).get(worker_id)
+                if stored is None or not only_if(stored):
+                    return False
+            return db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,)).rowcount > 0
+
+        return await self._run(self._transaction(write))
+
+    async def list(
+        self, worker_filter: WorkerFilter, *, after: str = "", limit: int = 100
+    ) -> list[WorkerRecord]:
+        where = ["worker_id > ?"]
+        params: list[Any] = [after]
+        if worker_filter.statuses:
+            where.append(f"status IN ({', '.join('?' for _ in worker_filter.statuses)})")
+            params += sorted(s.value for s in worker_filter.statuses)
+        if worker_filter.worker_type is not None:
+            where.append("worker_type = ?")
+            params.append(worker_filter.worker_type.value)
+        for key, value in sorted(worker_filter.labels.items()):
+            where.append("EXISTS (SELECT 1 FROM json_each(labels) WHERE key = ? AND value = ?)")
+            params += [key, value]
+        query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ?"
+        params.append(limit)
+        rows = await self._run(self._read(lambda db: db.execute(query, params).fetchall()))
+        return [_record(row) for row in rows]
+
+    async def count(self) -> int:
+        (count,) = await self._run(
+            self._read(lambda db: db.execute("SELECT count(*) FROM workers").fetchone())
+        )
+        return int(count)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        if not self._closed:
+            self._closed = True
+            await self._run(shut)
+            self._thread.shutdown(wait=True)
+
+
+def _fetch(db: sqlite3.Connection, worker_ids: Sequence[str]) -> dict[str, WorkerRecord]:
+    found: dict[str, WorkerRecord] = {}
+    for start in range(0, len(worker_ids), _IN_CHUNK):
+        chunk = worker_ids[start : start + _IN_CHUNK]
+        query = f"{_SELECT} WHERE worker_id IN ({', '.join('?' for _ in chunk)})"
+        for row in db.execute(query, chunk):
+            found[row[0]] = _record(row)
+    return found

@@ -1,0 +1,340 @@
+"""One contract, three stores: memory, SQLite and PostgreSQL pass the same tests.
+
+The PostgreSQL store runs against the private cluster the hodei pytest plugin starts (``postgres_dsn``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from hodei import StoreError, WorkerCapabilities, WorkerFilter, WorkerRecord, WorkerStatus, WorkerType
+from hodei.domain import ResourceUsage, UpsertOutcome
+from hodei.ports import RegistryStore, SharedLeases
+from hodei.stores.memory import MemoryRegistryStore
+from hodei.stores.postgres import PostgresRegistryStore
+from hodei.stores.sqlite import SCHEMA_VERSION, SqliteRegistryStore
+
+T0 = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)
+
+Opener = Callable[[], Awaitable[RegistryStore]]
+
+
+def record(worker_id: str = "w-1", incarnation: int = 0, **fields: object) -> WorkerRecord:
+    values: dict[str, object] = {
+        "worker_type": WorkerType.DOCKER,
+        "capabilities": WorkerCapabilities(4, 8192, 100_000, 1),
+        "labels": {"zone": "eu-1", "gpu.vendor/model": "x'y\"z ü"},
+        "pool": "builders",
+        "hostname": "host-1.example",
+        "agent_version": "0.1.0",
+        "registered_at": T0,
+        "updated_at": T0,
+    }
+    values.update(fields)
+    return WorkerRecord(worker_id=worker_id, incarnation=incarnation, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens the store under test; a second call opens the same registry again (a restart, or a replica)."""
+    opened: list[RegistryStore] = []
+    if request.param == "memory":
+        shared = MemoryRegistryStore()
+
+        async def open_store() -> RegistryStore:
+            return shared
+
+    elif request.param == "sqlite":
+
+        async def open_store() -> RegistryStore:
+            store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+            opened.append(store)
+            return store
+
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+
+        async def open_store() -> RegistryStore:
+            store = await PostgresRegistryStore.open(dsn, min_size=1, max_size=4)
+            opened.append(store)
+            return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(opener: Opener) -> RegistryStore:
+    return await opener()
+
+
+async def test_a_new_record_is_created_and_read_back_field_for_field(store: RegistryStore) -> None:
+    new = record(lease_ttl=15.0, drained=True, status=WorkerStatus.DRAINING)
+    assert await store.upsert([new]) == [(UpsertOutcome.CREATED, new)]
+    assert await store.get("w-1") == new
+    stored = await store.get("w-1")
+    assert stored is not None
+    assert (stored.labels, stored.registered_at, stored.lease_ttl, stored.drained) == (
+        new.labels,
+        T0,
+        15.0,
+        True,
+    )
+
+
+async def test_a_record_without_labels_or_timestamps_round_trips(store: RegistryStore) -> None:
+    bare = record(labels={}, registered_at=None, updated_at=None, hostname="", agent_version="")
+    await store.upsert([bare])
+    assert await store.get("w-1") == bare
+
+
+async def test_live_fields_are_not_stored(store: RegistryStore) -> None:
+    live = record(connected=True, usage=ResourceUsage(1.0, 2, 3), last_heartbeat_at=T0)
+    [(outcome, stored)] = await store.upsert([live])
+    assert outcome is UpsertOutcome.CREATED
+    expected = replace(live, connected=False, usage=None, last_heartbeat_at=None)
+    assert stored == expected
+    assert await store.get("w-1") == expected
+
+
+async def test_the_same_incarnation_updates_the_fields_and_keeps_status_and_registration_time(
+    store: RegistryStore,
+) -> None:
+    await store.upsert([record(incarnation=3, status=WorkerStatus.BUSY)])
+    later = T0 + timedelta(seconds=5)
+    refreshed = record(incarnation=3, pool="other", registered_at=later, updated_at=later)
+    [(outcome, stored)] = await store.upsert([refreshed])
+    assert outcome is UpsertOutcome.UPDATED
+    assert stored == replace(refreshed, status=WorkerStatus.BUSY, registered_at=T0)
+    assert await store.get("w-1") == stored
+
+
+async def test_a_higher_incarnation_replaces_the_record_and_starts_it_afresh(store: RegistryStore) -> None:
+    await store.upsert([record(incarnation=3, status=WorkerStatus.DRAINING, drained=True)])
+    [(outcome, stored)] = await store.upsert([record(incarnation=4)])
+    assert outcome is UpsertOutcome.UPDATED
+    assert (stored.incarnation, stored.status, stored.drained) == (4, WorkerStatus.AVAILABLE, False)
+    assert await store.get("w-1") == stored
+
+
+async def test_a_lower_incarnation_is_stale_and_changes_nothing(store: RegistryStore) -> None:
+    current = record(incarnation=5)
+    await store.upsert([current])
+    [(outcome, stored)] = await store.upsert([record(incarnation=4, pool="old")])
+    assert (outcome, stored) == (UpsertOutcome.STALE, current)
+    assert await store.get("w-1") == current
+
+
+async def test_an_unfenced_registration_keeps_a_fenced_record(store: RegistryStore) -> None:
+    current = record(incarnation=2)
+    await store.upsert([current])
+    assert await store.upsert([record(incarnation=0, pool="cp")]) == [(UpsertOutcome.KEPT, current)]
+    assert await store.get("w-1") == current
+
+
+async def test_a_batch_merges_in_order_even_for_one_worker_twice(store: RegistryStore) -> None:
+    first, second, stale = record("a", 1), record("a", 2), record("a", 1)
+    outcomes = await store.upsert([first, record("b"), second, stale])
+    assert [outcome for outcome, _ in outcomes] == [
+        UpsertOutcome.CREATED,
+        UpsertOutcome.CREATED,
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.STALE,
+    ]
+    assert await store.get("a") == second
+    assert await store.count() == 2
+
+
+async def test_a_batch_of_a_thousand_is_written_whole(store: RegistryStore) -> None:
+    outcomes = await store.upsert([record(f"w-{n:04d}") for n in range(1000)])
+    assert {outcome for outcome, _ in outcomes} == {UpsertOutcome.CREATED}
+    assert await store.count() == 1000
+    assert await store.get("w-0999") == record("w-0999")
+
+
+async def test_modify_writes_what_the_change_returns(store: RegistryStore) -> None:
+    await store.upsert([record()])
+    changed = await store.modify("w-1", lambda r: replace(r, status=WorkerStatus.LOST, usage=ResourceUsage()))
+    assert changed == (record(), record(status=WorkerStatus.LOST))
+    assert await store.get("w-1") == record(status=WorkerStatus.LOST)
+
+
+async def test_modify_leaves_the_record_when_the_change_returns_none(store: RegistryStore) -> None:
+    await store.upsert([record()])
+    assert await store.modify("w-1", lambda r: None) == (record(), record())
+    assert await store.get("w-1") == record()
+
+
+async def test_modify_of_an_unknown_worker_is_none_and_creates_nothing(store: RegistryStore) -> None:
+    assert await store.modify("ghost", lambda r: replace(r, pool="x")) is None
+    assert await store.count() == 0
+
+
+async def test_delete_removes_once(store: RegistryStore) -> None:
+    await store.upsert([record()])
+    assert await store.delete("w-1") is True
+    assert await store.delete("w-1") is False
+    assert await store.get("w-1") is None
+
+
+async def test_delete_only_if_checks_the_stored_record(store: RegistryStore) -> None:
+    await store.upsert([record(status=WorkerStatus.AVAILABLE)])
+    assert await store.delete("w-1", only_if=lambda r: r.status is WorkerStatus.LOST) is False
+    assert await store.get("w-1") == record()
+    assert await store.delete("w-1", only_if=lambda r: r.status is WorkerStatus.AVAILABLE) is True
+    assert await store.delete("w-1", only_if=lambda r: True) is False
+
+
+async def test_list_pages_in_worker_id_order(store: RegistryStore) -> None:
+    await store.upsert([record(f"w-{n}") for n in (3, 1, 4, 0, 2)])
+    first = await store.list(WorkerFilter(), limit=2)
+    assert [r.worker_id for r in first] == ["w-0", "w-1"]
+    rest = await store.list(WorkerFilter(), after="w-1", limit=10)
+    assert [r.worker_id for r in rest] == ["w-2", "w-3", "w-4"]
+    assert await store.list(WorkerFilter(), after="w-4") == []
+
+
+async def test_list_filters_by_status_type_and_labels(store: RegistryStore) -> None:
+    await store.upsert(
+        [
+            record("a", status=WorkerStatus.AVAILABLE, labels={"zone": "eu", "k.io/x": "1"}),
+            record("b", status=WorkerStatus.BUSY, labels={"zone": "eu"}),
+            record("c", status=WorkerStatus.LOST, worker_type=WorkerType.PROCESS, labels={"zone": "us"}),
+            record("d", status=WorkerStatus.AVAILABLE, worker_type=WorkerType.PROCESS, labels={}),
+        ]
+    )
+
+    async def ids(**criteria: object) -> list[str]:
+        return [r.worker_id for r in await store.list(WorkerFilter(**criteria))]  # type: ignore[arg-type]
+
+    assert await ids(statuses=frozenset({WorkerStatus.AVAILABLE, WorkerStatus.LOST})) == ["a", "c", "d"]
+    assert await ids(worker_type=WorkerType.PROCESS) == ["c", "d"]
+    assert await ids(labels={"zone": "eu"}) == ["a", "b"]
+    assert await ids(labels={"zone": "eu", "k.io/x": "1"}) == ["a"]
+    assert await ids(labels={"zone": "eu", "k.io/x": "2"}) == []
+    assert await ids(labels={"zone": "eu"}, statuses=frozenset({WorkerStatus.BUSY})) == ["b"]
+    assert await ids(labels={"zone": "us"}, worker_type=WorkerType.DOCKER) == []
+
+
+async def test_list_limit_counts_only_matching_records(store: RegistryStore) -> None:
+    await store.upsert([record(f"w-{n}", labels={"even": str(n % 2 == 0)}) for n in range(10)])
+    found = await store.list(WorkerFilter(labels={"even": "True"}), limit=3)
+    assert [r.worker_id for r in found] == ["w-0", "w-2", "w-4"]
+
+
+async def test_count(store: RegistryStore) -> None:
+    assert await store.count() == 0
+    await store.upsert([record("a"), record("b")])
+    assert await store.count() == 2
+
+
+async def test_a_reopened_store_has_every_record(opener: Opener) -> None:
+    first = await opener()
+    await first.upsert([record(f"w-{n:03d}", lease_ttl=15.0) for n in range(300)])
+    await first.modify("w-007", lambda r: replace(r, status=WorkerStatus.LOST))
+    if not isinstance(first, MemoryRegistryStore):
+        await first.close()
+    again = await opener()
+    assert await again.count() == 300
+    assert await again.get("w-007") == record("w-007", lease_ttl=15.0, status=WorkerStatus.LOST)
+
+
+async def test_two_handles_racing_to_register_one_worker_keep_the_newest_incarnation(opener: Opener) -> None:
+    one, two = await opener(), await opener()
+    for round_ in range(20):
+        worker_id = f"race-{round_}"
+        low, high = record(worker_id, 2 * round_ + 1), record(worker_id, 2 * round_ + 2)
+        results = await asyncio.gather(one.upsert([low]), two.upsert([high]))
+        outcomes = {outcome for [(outcome, _)] in results}
+        assert UpsertOutcome.CREATED in outcomes
+        stored = await one.get(worker_id)
+        assert stored is not None and stored.incarnation == 2 * round_ + 2
+    assert await two.count() == 20
+
+
+async def test_concurrent_batches_over_the_same_workers_neither_fail_nor_duplicate(opener: Opener) -> None:
+    one, two = await opener(), await opener()
+    ids = [f"w-{n:03d}" for n in range(200)]
+    await asyncio.gather(
+        one.upsert([record(i, 1) for i in ids]),
+        two.upsert([record(i, 2) for i in reversed(ids)]),
+        one.upsert([record(i, 3) for i in ids[50:150]]),
+    )
+    assert await two.count() == 200
+    stored = await two.list(WorkerFilter(), limit=1000)
+    assert [r.incarnation for r in stored] == [2] * 50 + [3] * 100 + [2] * 50
+
+
+# -- what only durable stores do -------------------------------------------------------------------------
+
+
+async def test_sqlite_records_its_schema_version(tmp_path: Path) -> None:
+    store = await SqliteRegistryStore.open(tmp_path / "r.db")
+    await store.close()
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_sqlite_refuses_a_schema_from_a_newer_hodei(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 1"):
+        await SqliteRegistryStore.open(tmp_path / "r.db")
+
+
+async def test_sqlite_makes_the_directory_of_its_file(tmp_path: Path) -> None:
+    store = await SqliteRegistryStore.open(tmp_path / "state" / "hodei" / "r.db")
+    await store.upsert([record()])
+    await store.close()
+    assert (tmp_path / "state" / "hodei" / "r.db").is_file()
+
+
+async def test_a_closed_sqlite_store_says_so(tmp_path: Path) -> None:
+    store = await SqliteRegistryStore.open(tmp_path / "r.db")
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(RuntimeError):  # its thread is gone: nothing is written after close
+        await store.get("w-1")
+
+
+async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: str) -> None:
+    first, second = await asyncio.gather(
+        PostgresRegistryStore.open(postgres_dsn, min_size=1),
+        PostgresRegistryStore.open(postgres_dsn, min_size=1),
+    )
+    await first.close()
+    await second.close()
+    db = await asyncpg.connect(postgres_dsn)
+    try:
+        assert await db.fetch("SELECT version FROM hodei_schema") == [(1,)]
+        await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
+    finally:
+        await db.close()
+    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 1"):
+        await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+
+
+async def test_postgres_shares_when_each_leased_worker_was_last_heard(postgres_dsn: str) -> None:
+    store = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    try:
+        assert isinstance(store, SharedLeases)
+        await store.upsert(
+            [record("agent", 1, lease_ttl=15.0), record("pushed"), record("gone", 1, lease_ttl=9.0)]
+        )
+        await store.modify("gone", lambda r: replace(r, status=WorkerStatus.LOST))
+        ages = {worker_id: (ttl, age) for worker_id, ttl, age in await store.lease_ages()}
+        assert set(ages) == {"agent"}
+        assert ages["agent"][0] == 15.0 and 0 <= ages["agent"][1] < 5
+        assert await store.touch(["agent", "pushed", "gone", "unknown"]) == ["gone"]
+    finally:
+        await store.close()
