@@ -196,6 +196,14 @@ def scheduler_error_for(
     return kind(message, code=code, worker_id=worker_id, violations=violations, retry_after=retry_after)
 
 
+class StoreError(HodeiError):
+    """The registry's store cannot be used as it is (a schema from the future, a closed store)."""
+
+
+class StoreUnavailable(StoreError, SchedulerUnavailable):
+    """The registry's database cannot be reached now: to a client, the scheduler is unavailable (retryable)."""
+
+
 class RegistrationError(HodeiError):
     """The registration adapter could not register (or unregister) a worker.
 
@@ -234,14 +242,6 @@ class MaxRetriesExceeded(RegistrationError):
 
     def _describe(self) -> str:
         return f"worker {self.worker_id!r}: gave up after {self.attempts} attempts; last error {self.cause}"
-
-
-class StoreError(HodeiError):
-    """The registry's store cannot be used as it is (a schema from the future, a closed store)."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached now (its database is down or restarting): worth retrying."""
 
 
 class ProviderError(HodeiError):

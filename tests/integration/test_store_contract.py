@@ -6,6 +6,7 @@ The PostgreSQL store runs against the private cluster the hodei pytest plugin st
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -15,8 +16,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hodei import StoreError, WorkerCapabilities, WorkerFilter, WorkerRecord, WorkerStatus, WorkerType
+from hodei import (
+    StoreError,
+    StoreUnavailable,
+    WorkerCapabilities,
+    WorkerFilter,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+)
 from hodei.domain import ResourceUsage, UpsertOutcome
+from hodei.errors import ErrorCode
 from hodei.ports import RegistryStore, SharedLeases
 from hodei.stores.memory import MemoryRegistryStore
 from hodei.stores.postgres import PostgresRegistryStore
@@ -337,4 +347,51 @@ async def test_postgres_shares_when_each_leased_worker_was_last_heard(postgres_d
         assert ages["agent"][0] == 15.0 and 0 <= ages["agent"][1] < 5
         assert await store.touch(["agent", "pushed", "gone", "unknown"]) == ["gone"]
     finally:
+        await store.close()
+
+
+async def test_a_sqlite_file_locked_by_another_writer_is_unavailable_not_broken(tmp_path: Path) -> None:
+    store = SqliteRegistryStore(tmp_path / "r.db")
+    store._busy_timeout_ms = 50
+    await store._run(store._connect)
+    try:
+        other = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.upsert([record()])
+        assert raised.value.code is ErrorCode.UNAVAILABLE and raised.value.retryable
+        other.execute("ROLLBACK")
+        other.close()
+        assert await store.upsert([record()]) == [(UpsertOutcome.CREATED, record())]
+    finally:
+        await store.close()
+
+
+async def test_a_postgres_that_does_not_answer_is_unavailable() -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StoreUnavailable, match="the registry database is unreachable") as raised:
+        await PostgresRegistryStore.open(f"postgresql://hodei:s3cret@127.0.0.1:{port}/registry")
+    assert raised.value.retryable and "s3cret" not in str(raised.value)
+
+
+async def test_sessions_killed_under_the_store_are_replaced_and_every_call_is_answered(
+    postgres_dsn: str,
+) -> None:
+    store = await PostgresRegistryStore.open(postgres_dsn, min_size=3, max_size=3)
+    db = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.upsert([record()])
+        for round_ in range(10):
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            expected = record(hostname=f"host-{round_ - 1}") if round_ else record()
+            assert await store.get("w-1") == expected
+            await store.modify("w-1", lambda r, n=round_: replace(r, hostname=f"host-{n}"))
+        assert await store.get("w-1") == record(hostname="host-9")
+    finally:
+        await db.close()
         await store.close()

@@ -6,6 +6,7 @@ No background sweeper runs: time is a fake clock, and the liveness monitor is sw
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hodei.domain import DynamicWorker, ResourceUsage, WorkerStatus
-from hodei.errors import ErrorCode, InvalidWorkerData, StaleIncarnation, WorkerNotFound
+from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerUnavailable, StaleIncarnation, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import UnregistrationStatus
 from hodei.scheduler.core import AgentSession, Scheduler
@@ -742,19 +743,38 @@ async def test_a_status_report_renews_the_lease_like_a_heartbeat(
 
 
 async def test_a_liveness_sweeper_that_dies_makes_the_scheduler_unhealthy(clock: FakeClock) -> None:
-    scheduler = Scheduler(MemoryRegistryStore(), liveness=LIVENESS, monotonic=clock.monotonic)
+    fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
+    scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
     told: list[bool] = []
     scheduler.on_unhealthy = lambda: told.append(True)
 
-    async def broken_run() -> None:
-        raise RuntimeError("the store went away")
+    async def broken_tick(now: float) -> None:
+        raise RuntimeError("a bug in a sweep")
 
-    scheduler.monitor.run = broken_run  # type: ignore[method-assign]
+    scheduler.tick = broken_tick  # type: ignore[method-assign]
     await scheduler.start()
     await wait_for(lambda: _is(not scheduler.healthy), timeout=1, interval=0)
     await scheduler.stop()  # the failure was reported once; stopping does not raise it again
 
     assert told == [True]
+
+
+async def test_a_sweep_that_cannot_reach_the_store_is_skipped_and_the_sweeper_goes_on(
+    clock: FakeClock,
+) -> None:
+    fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
+    scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
+    ticks: list[float] = []
+
+    async def unreachable_tick(now: float) -> None:
+        ticks.append(now)
+        raise SchedulerUnavailable("the registry database is unreachable")
+
+    scheduler.tick = unreachable_tick  # type: ignore[method-assign]
+    await scheduler.start()
+    await wait_for(lambda: _is(len(ticks) >= 3), timeout=2)
+    assert scheduler.healthy
+    await scheduler.stop()
 
 
 async def _is(value: bool) -> bool:

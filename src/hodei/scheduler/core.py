@@ -14,17 +14,20 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus, utcnow
-from hodei.errors import InvalidWorkerData, SchedulerError, WorkerNotFound
+from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerUnavailable, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
 from hodei.ports import (
     DrainOutcome,
+    Leadership,
     RegistrationReceipt,
     RegistryStore,
+    SharedLeases,
     UnregistrationStatus,
     WorkerFilter,
     WorkerPage,
 )
 from hodei.scheduler.events import EventHub
+from hodei.scheduler.leadership import SoleLeader
 from hodei.scheduler.leases import LeaseTable
 from hodei.scheduler.liveness import LivenessMonitor
 from hodei.scheduler.registry import Admission, WorkerRegistry
@@ -63,10 +66,17 @@ class Scheduler:
         *,
         liveness: LivenessConfig | None = None,
         admission: Admission | None = None,
+        leadership: Leadership | None = None,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.liveness = liveness or LivenessConfig()
+        self.leadership = leadership or SoleLeader()
+        # Replicas on one database share their agents' leases through it; a store of one scheduler does not.
+        self._shared = store if isinstance(store, SharedLeases) else None
+        self._heard: set[str] = set()  # workers heard from since the last lease sync
+        self.leading = False
+        self.on_leadership: Callable[[bool], None] | None = None
         self.events = EventHub(clock=clock)
         self.registry = WorkerRegistry(store, events=self.events, clock=clock, admission=admission)
         self.leases = LeaseTable()
@@ -86,16 +96,74 @@ class Scheduler:
         """Restore the leases of the workers the store knows, open the recovery window, start sweeping."""
         now = self._monotonic()
         self.monitor.begin(now)
+        await self._restore(now)
+        if sweep:
+            self._sweeper = asyncio.create_task(self._run_liveness(), name="hodei-liveness")
+            self._sweeper.add_done_callback(self._sweeper_ended)
+
+    async def _restore(self, now: float) -> None:
+        """What the store says of leases: every leased worker's lease starts now, LOST workers are LOST."""
         for record in await self.registry.all_records():
             if record.lease_ttl is None:
                 continue
             if record.status is WorkerStatus.LOST:
                 self.monitor.mark_lost_since(record.worker_id, now)
-            else:
+            elif self._shared is None:
                 self.leases.renew(record.worker_id, record.lease_ttl, now)
-        if sweep:
-            self._sweeper = asyncio.create_task(self.monitor.run(), name="hodei-liveness")
-            self._sweeper.add_done_callback(self._sweeper_ended)
+
+    async def _run_liveness(self) -> None:
+        """Every sweep interval: share what this replica heard, and sweep if this replica leads.
+
+        A store that cannot be reached makes a sweep fail, not the sweeper: it tries again next time.
+        """
+        while True:
+            await asyncio.sleep(self.liveness.sweep_interval)
+            try:
+                await self.tick(self._monotonic())
+            except SchedulerUnavailable as error:
+                log.warning("liveness sweep skipped: %s", error)
+
+    async def tick(self, now: float) -> None:
+        """One round of liveness (the sweeper calls it; tests call it with their own clock)."""
+        if self._shared is not None:
+            await self._share_heard()
+        leading = await self.leadership.acquire()
+        if leading != self.leading:
+            self.leading = leading
+            log.warning("this scheduler %s lease expiry", "now leads" if leading else "no longer leads")
+            if leading and self._shared is not None:
+                self.monitor.resume(now)
+                await self._restore(now)
+            if self.on_leadership is not None:
+                self.on_leadership(leading)
+        if not leading:
+            self.monitor.resume(now)  # a follower does not sweep; when it leads, it starts from now
+            return
+        if self._shared is not None:
+            for worker_id, ttl, age in await self._shared.lease_ages():
+                heard = now - age
+                expiry = self.leases.expires_at(worker_id)
+                if expiry is None or expiry < heard + ttl:
+                    self.leases.renew(worker_id, ttl, heard)
+        await self.monitor.sweep(now)
+
+    async def _share_heard(self) -> None:
+        assert self._shared is not None
+        heard, self._heard = self._heard, set()
+        if not heard:
+            return
+        try:
+            found_lost = await self._shared.touch(sorted(heard))
+        except SchedulerUnavailable:
+            self._heard |= heard
+            raise
+        for worker_id in found_lost:
+            # The leader found it silent (this replica's news came too late); it is not: bring it back.
+            session = self.sessions.get(worker_id)
+            if session is not None:
+                running = session.usage is not None and session.usage.running_jobs
+                status = WorkerStatus.BUSY if running else WorkerStatus.AVAILABLE
+                await self.registry.transition(worker_id, status, reason="heartbeats resumed")
 
     def _sweeper_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -117,6 +185,7 @@ class Scheduler:
             session.close()
         self.sessions.clear()
         self.events.close()
+        await self.leadership.release()
 
     # -- what the control plane does ---------------------------------------------------------------------
 
@@ -208,6 +277,7 @@ class Scheduler:
         if draining:
             session.push(WorkerCommand(CommandKind.DRAIN, "still draining"))
         self.sessions[worker.worker_id] = session
+        self._heard.add(worker.worker_id)
         self.leases.renew(worker.worker_id, ttl, self._monotonic())
         self.monitor.forget(worker.worker_id)
         self.events.publish(
@@ -223,6 +293,7 @@ class Scheduler:
             return
         session.usage = usage
         session.last_heartbeat_at = self._clock()
+        self._heard.add(session.worker_id)
         self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
         if self.monitor.is_lost(session.worker_id):
             before = self.monitor.status_before_lost(session.worker_id)
@@ -245,6 +316,7 @@ class Scheduler:
             )
         if self._current(session):
             # An agent that speaks is alive: a report renews its lease as a heartbeat would.
+            self._heard.add(session.worker_id)
             self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
             self.monitor.forget(session.worker_id)
             await self.registry.transition(session.worker_id, status, drained=drained, reason=reason)

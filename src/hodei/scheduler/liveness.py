@@ -13,7 +13,6 @@ Each sweep (every ``sweep_interval``):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -75,11 +74,9 @@ class LivenessMonitor:
         self._lost_since.pop(worker_id, None)
         self._status_before_lost.pop(worker_id, None)
 
-    async def run(self) -> None:
-        """Sweep forever (until cancelled)."""
-        while True:
-            await asyncio.sleep(self._config.sweep_interval)
-            await self.sweep(self._monotonic())
+    def resume(self, now: float) -> None:
+        """Sweeps start again from ``now`` (a replica that just took the lead): no stall is blamed on the gap."""
+        self._last_sweep = now
 
     async def sweep(self, now: float) -> None:
         config = self._config

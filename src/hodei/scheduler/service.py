@@ -60,7 +60,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                 outcomes.append(None)
             except SchedulerError as error:
                 outcomes.append(error)
-        registered = iter(await self._scheduler.register_records(decoded))
+        try:
+            registered = iter(await self._scheduler.register_records(decoded))
+        except SchedulerError as error:  # the store could not be reached: nothing of the batch was written
+            await abort_with(context, error)
         return pb.RegisterWorkersResponse(
             results=[
                 codec.registration_result_to_proto(entry.worker_id, outcome or next(registered), entry)

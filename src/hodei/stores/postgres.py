@@ -18,7 +18,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
@@ -101,8 +101,16 @@ _UPDATE = (
     + ", ".join(f"{c} = u.{c}::jsonb" if c == "labels" else f"{c} = u.{c}" for c in COLUMNS[1:])
     + f", last_seen = COALESCE({_SEEN}, w.last_seen) FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
 )
+# The server went away (stopped, restarted, terminated this session) or the connection broke under a call.
+_UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 _RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-_ATTEMPTS = 10
+_RACE_ATTEMPTS = 10
 
 
 class _RaceLost(Exception):
@@ -123,16 +131,16 @@ def _columns(records: Sequence[WorkerRecord]) -> list[list[Any]]:
 
 
 @contextlib.contextmanager
-def _translated(dsn_hint: str) -> Any:
-    """Connection failures become :class:`StoreUnavailable` (retryable); the rest passes through."""
+def _translated(dsn_hint: str) -> Iterator[None]:
+    """Connection failures become :class:`StoreUnavailable` (retryable); the rest passes through.
+
+    The client hears that the registry database is unreachable; the log says which, and why.
+    """
     try:
         yield
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
-        raise StoreUnavailable(f"the registry database {dsn_hint} is unreachable: {error}") from error
-    except asyncpg.CannotConnectNowError as error:  # pragma: no cover - starting or stopping database
-        raise StoreUnavailable(
-            f"the registry database {dsn_hint} is not accepting connections: {error}"
-        ) from error
+    except _UNREACHABLE as error:
+        log.warning("the registry database %s is unreachable: %s", dsn_hint, error)
+        raise StoreUnavailable("the registry database is unreachable") from error
 
 
 def _hint(dsn: str) -> str:
@@ -164,44 +172,56 @@ class PostgresRegistryStore:
         return store
 
     async def _migrate(self) -> None:
-        async with self._transaction() as db:
-            await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            await db.execute(
-                "CREATE TABLE IF NOT EXISTS hodei_schema "
-                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        await self._retrying(self._migrate_in)
+
+    async def _migrate_in(self, db: Db) -> None:
+        await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS hodei_schema "
+            "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        version = await db.fetchval("SELECT coalesce(max(version), 0) FROM hodei_schema")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.dsn} has registry schema version {version}, newer than this hodei's "
+                f"{SCHEMA_VERSION}: upgrade hodei, or use another database"
             )
-            version = await db.fetchval("SELECT coalesce(max(version), 0) FROM hodei_schema")
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.dsn} has registry schema version {version}, newer than this hodei's "
-                    f"{SCHEMA_VERSION}: upgrade hodei, or use another database"
-                )
-            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    await db.execute(statement)
-                await db.execute("INSERT INTO hodei_schema (version) VALUES ($1)", number)
-                log.info("registry schema of %s migrated to version %d", self.dsn, number)
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                await db.execute(statement)
+            await db.execute("INSERT INTO hodei_schema (version) VALUES ($1)", number)
+            log.info("registry schema of %s migrated to version %d", self.dsn, number)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Db]:
-        with _translated(self.dsn):
-            async with self._pool.acquire() as db, db.transaction():
-                yield db
+    async def _retrying(self, work: Callable[[Db], Awaitable[T]], *, transaction: bool = True) -> T:
+        """Run ``work`` on a pooled connection (in a transaction unless told otherwise), and run it again when
 
-    async def _retrying(self, work: Callable[[Db], Awaitable[T]]) -> T:
-        """Run ``work`` in a transaction; again (with a fresh snapshot) when it lost a race with a replica."""
-        for attempt in range(1, _ATTEMPTS + 1):
+        - it lost a race with another replica (a fresh snapshot decides again), or
+        - its connection was dead (the database restarted, or killed the session, since the pool last used
+          it): the next attempts take other connections, and a pool whose connections all died reconnects.
+          Writes are safe to repeat: an upsert or a change applied twice leaves what applying it once does.
+
+        A database that stays unreachable is :class:`StoreUnavailable`.
+        """
+        races = broken = 0
+        while True:
             try:
-                async with self._transaction() as db:
-                    return await work(db)
+                with _translated(self.dsn):
+                    async with self._pool.acquire() as db:
+                        if not transaction:
+                            return await work(db)
+                        async with db.transaction():
+                            return await work(db)
             except (_RaceLost, *_RACES):
-                if attempt == _ATTEMPTS:
+                races += 1
+                if races == _RACE_ATTEMPTS:
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+            except StoreUnavailable:
+                broken += 1
+                if broken > self._pool.get_max_size():
+                    raise
 
     async def _read(self, query: str, *args: Any) -> builtins.list[asyncpg.Record]:
-        with _translated(self.dsn):
-            return await self._pool.fetch(query, *args)
+        return await self._retrying(lambda db: db.fetch(query, *args), transaction=False)
 
     # -- RegistryStore ---------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ the store opens; a file written by a newer hodei is refused rather than misread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hodei.domain import UpsertOutcome, WorkerRecord, merge_registration
-from hodei.errors import StoreError
+from hodei.errors import StoreError, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._rows import COLUMNS, from_row, to_row
 from hodei.stores.memory import stored_form
@@ -26,6 +27,8 @@ from hodei.stores.memory import stored_form
 __all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Each entry migrates the schema from version ``index`` to ``index + 1``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -82,6 +85,7 @@ class SqliteRegistryStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hodei-sqlite")
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        self._busy_timeout_ms = 5000
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> SqliteRegistryStore:
@@ -92,7 +96,11 @@ class SqliteRegistryStore:
     # -- the thread ------------------------------------------------------------------------------------
 
     async def _run(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        except sqlite3.OperationalError as error:  # locked past the busy timeout, disk full, I/O error
+            log.warning("the registry file %s cannot be used now: %s", self.path, error)
+            raise StoreUnavailable(f"the registry store cannot be written now ({error})") from error
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +108,7 @@ class SqliteRegistryStore:
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             self._migrate(db)
         except BaseException:
             db.close()
