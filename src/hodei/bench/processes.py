@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -48,15 +49,22 @@ class ProcessProbe:
 class ServerProcess:
     """A server started as ``python -m ...`` on a free loopback port, stopped (and reaped) on exit."""
 
-    def __init__(self, module_args: Sequence[str], *, port: int | None = None) -> None:
+    def __init__(
+        self, module_args: Sequence[str], *, port: int | None = None, log: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._args = [arg.replace("{address}", self.address) for arg in module_args]
+        self._log = log
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def scheduler(cls, *extra: str) -> ServerProcess:
-        return cls(["hodei", "scheduler", "serve", "--listen", "{address}", *extra])
+    def scheduler(
+        cls, *extra: str, store: str = "memory", port: int | None = None, log: Path | None = None
+    ) -> ServerProcess:
+        """``hodei scheduler serve`` on ``store``; ``log`` (appended to) keeps what it says on stderr."""
+        args = ["hodei", "scheduler", "serve", "--listen", "{address}", "--store", store, *extra]
+        return cls(args, port=port, log=log)
 
     @classmethod
     def baseline(cls) -> ServerProcess:
@@ -68,9 +76,11 @@ class ServerProcess:
         return self._process.pid
 
     async def start(self, *, timeout: float = 30.0) -> ServerProcess:
-        self._process = subprocess.Popen(  # noqa: ASYNC220 - returns once forked; the server outlives the loop
-            [sys.executable, "-m", *self._args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        with contextlib.ExitStack() as files:
+            stderr = files.enter_context(self._log.open("ab")) if self._log else subprocess.DEVNULL
+            self._process = subprocess.Popen(  # noqa: ASYNC220 - returns once forked; the server outlives the loop
+                [sys.executable, "-m", *self._args], stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + timeout
         while not await self._listening():
             if self._process.poll() is not None:
@@ -89,6 +99,12 @@ class ServerProcess:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return True
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no cleanup, no goodbye; reaped before this returns."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
 
     def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:
