@@ -6,6 +6,8 @@ functions, so that the object graph is wired in one place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hodei.lifecycle import LivenessConfig
 from hodei.management.config import WorkerManagementConfig
 from hodei.management.service import WorkerManagementService
@@ -39,14 +41,16 @@ def build_scheduler(
 def build_control_plane(
     provider: WorkerProvider,
     *,
-    scheduler: str | SchedulerPortClient,
+    scheduler: str | Sequence[str] | SchedulerPortClient,
     registration: RegistrationConfig | None = None,
     management: WorkerManagementConfig | None = None,
 ) -> WorkerManagementService:
-    """A management service that provisions through ``provider`` and registers with ``scheduler``.
+    """A management service that provisions through ``provider`` and registers with ``scheduler``: a client,
+    or the address of a scheduler, or of several replicas (``"HOST:PORT,HOST:PORT"`` or a sequence), which
+    the client fails over between.
 
     Close it with ``await service.registration.port.close()`` (the CLI does).
     """
-    port = SchedulerPortClient(scheduler) if isinstance(scheduler, str) else scheduler
+    port = scheduler if isinstance(scheduler, SchedulerPortClient) else SchedulerPortClient(scheduler)
     adapter = WorkerRegistrationAdapter(port, registration)
     return WorkerManagementService(provider, registration=adapter, config=management)

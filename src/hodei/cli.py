@@ -27,7 +27,28 @@ app.add_typer(workers_app, name="workers")
 console = Console(width=None if sys.stdout.isatty() else 1000)
 errors = Console(stderr=True)
 T = TypeVar("T")
-SchedulerOption = Annotated[str, typer.Option("--scheduler", "-s", help="Scheduler address, HOST:PORT.")]
+
+
+def check_scheduler_addresses(text: str) -> str:
+    """Refuse a malformed ``--scheduler`` list before anything is dialled."""
+    from hodei.transport.client import scheduler_addresses
+
+    try:
+        scheduler_addresses(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    return text
+
+
+SchedulerOption = Annotated[
+    str,
+    typer.Option(
+        "--scheduler",
+        "-s",
+        help="Scheduler address, HOST:PORT; several replicas' as HOST:PORT,HOST:PORT,... (failed over).",
+        callback=check_scheduler_addresses,
+    ),
+]
 
 
 def parse_label(item: str) -> tuple[str, str]:

@@ -1,7 +1,11 @@
-"""SchedulerPortClient: the :class:`~hodei.ports.SchedulerPort` over grpc.aio."""
+"""SchedulerPortClient: the :class:`~hodei.ports.SchedulerPort` over grpc.aio, to one scheduler or several."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -9,36 +13,161 @@ from typing import Any, TypeVar
 import grpc
 
 from hodei.domain import DynamicWorker, WorkerRecord
-from hodei.errors import ErrorCode, RegistrationCancelled, SchedulerError, WorkerNotFound, scheduler_error_for
+from hodei.errors import (
+    ErrorCode,
+    RegistrationCancelled,
+    SchedulerError,
+    SchedulerUnavailable,
+    WorkerNotFound,
+    scheduler_error_for,
+)
 from hodei.lifecycle import WorkerEvent
 from hodei.ports import DrainOutcome, RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.transport import codec
 from hodei.transport.codec import pb
 from hodei.transport.status import error_from_rpc
 
-__all__ = ["SchedulerPortClient"]
+__all__ = ["FAILOVER_CHANNEL_OPTIONS", "SchedulerPortClient", "scheduler_addresses"]
 
 R = TypeVar("R")
+
+# A gRPC target URI (``dns:///name:50051``, ``unix:/path``, ``ipv4:a:1,b:2``): a scheme not followed by a port.
+_TARGET_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?![0-9]*\s*(?:,|$))")
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The channel options of a client given several addresses; options passed in replace them key by key.
+# pick_first tries the addresses in order and moves on when one cannot be reached or goes away: a client stays
+# on one replica, the first that answers, as an agent given the same list does (the replica that holds an
+# agent's stream is the one that can deliver its drain), instead of spreading its calls over all of them
+# (("grpc.lb_policy_name", "round_robin") does that). A replica that shuts down answers CANCELLED to the calls
+# it had received but not yet started (grpc/grpc#41785), and the registration adapter does not retry
+# CANCELLED; gRPC retries those calls here, on the next replica. Any scheduler call may be repeated:
+# registration is an idempotent upsert, the others are reads or idempotent commands.
+FAILOVER_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.lb_policy_name", "pick_first"),
+    (
+        "grpc.service_config",
+        json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": [{"service": codec.SERVICE_NAME}],
+                        "retryPolicy": {
+                            "maxAttempts": 3,
+                            "initialBackoff": "0.05s",
+                            "maxBackoff": "0.5s",
+                            "backoffMultiplier": 2,
+                            "retryableStatusCodes": ["CANCELLED"],
+                        },
+                    }
+                ]
+            }
+        ),
+    ),
+)
+
+
+def scheduler_addresses(target: str | Sequence[str]) -> tuple[str, ...]:
+    """The scheduler addresses in ``target``: a sequence of addresses, or one string of comma-separated ones.
+
+    A single address may be any gRPC target (a URI such as ``dns:///scheduler:50051`` stays whole, commas and
+    all); each of several must be ``HOST:PORT``, an IPv6 address in brackets (``[::1]:50051``). Raises
+    ``ValueError`` naming the entry that is not.
+    """
+    entries = [target] if isinstance(target, str) else list(target)
+    if len(entries) == 1 and _TARGET_URI.match(entries[0].strip()):
+        return (entries[0].strip(),)
+    addresses = tuple(part.strip() for entry in entries for part in entry.split(","))
+    if not any(addresses):
+        raise ValueError(f"no scheduler address in {','.join(entries)!r}")
+    if "" in addresses:
+        raise ValueError(f"an empty scheduler address in {','.join(entries)!r}")
+    if len(addresses) > 1:
+        for address in addresses:
+            _host_and_port(address)
+    return addresses
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    match = _HOST_PORT.fullmatch(address)
+    if match is None:
+        if re.search(r":[0-9]+$", address) is None:
+            raise ValueError(f"scheduler address {address!r} has no port: expected HOST:PORT")
+        raise ValueError(
+            f"scheduler address {address!r} is not HOST:PORT "
+            "(each of several addresses is HOST:PORT; an IPv6 address goes in brackets, [::1]:50051)"
+        )
+    port = int(match["port"])
+    if not 0 < port < 65536:
+        raise ValueError(f"scheduler address {address!r}: port {port} is out of range")
+    if match["ipv6"] is None:
+        return match["host"], port
+    try:
+        return str(ipaddress.IPv6Address(match["ipv6"])), port
+    except ValueError:
+        raise ValueError(f"scheduler address {address!r}: {match['ipv6']!r} is not an IPv6 address") from None
+
+
+def _resolve(address: str) -> list[tuple[_IPAddress, int]]:
+    """The IP addresses of ``HOST:PORT``: its literal, or every address its host name resolves to."""
+    host, port = _host_and_port(address)
+    try:
+        return [(ipaddress.ip_address(host), port)]
+    except ValueError:
+        pass  # a host name
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise SchedulerUnavailable(
+            f"scheduler address {address!r}: cannot resolve {host!r}: {error}"
+        ) from error
+    return [(ipaddress.ip_address(sockaddr[0]), port) for *_, sockaddr in found]
+
+
+def _channel_target(addresses: Sequence[str]) -> str:
+    """gRPC's target: one address as it is; several as a list of IP literals, the ``ipv4:``/``ipv6:`` schemes
+    being the only ones that take a list (so host names are resolved once, here)."""
+    if len(addresses) == 1:
+        return addresses[0]
+    endpoints = dict.fromkeys(endpoint for address in addresses for endpoint in _resolve(address))
+    if all(ip.version == 4 for ip, _ in endpoints):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in endpoints)
+    # A list holds one family: IPv4 addresses join IPv6 ones as IPv4-mapped IPv6 addresses.
+    return "ipv6:" + ",".join(
+        f"[{ip if ip.version == 6 else f'::ffff:{ip}'}]:{port}" for ip, port in endpoints
+    )
 
 
 class SchedulerPortClient:
     """Talks to a scheduler: ``SchedulerPortClient("127.0.0.1:50051")`` or ``SchedulerPortClient(channel)``.
 
-    A client made from an address owns its channel and closes it in :meth:`close` (or at the end of
+    Given several replicas' addresses — ``SchedulerPortClient("10.0.0.1:50051,10.0.0.2:50051")`` or a
+    sequence of ``HOST:PORT`` strings — it uses the first that answers and fails over to the next when that
+    one goes away (:data:`FAILOVER_CHANNEL_OPTIONS`). ``target`` is then the addresses joined by commas. Host
+    names are resolved once, when the client is made: a malformed list raises ``ValueError``, a name that does
+    not resolve :class:`~hodei.errors.SchedulerUnavailable`.
+
+    A client made from addresses owns its channel and closes it in :meth:`close` (or at the end of
     ``async with``); a channel passed in belongs to the caller. Every failed call raises the
     :class:`~hodei.errors.SchedulerError` kind of its status code.
     """
 
     def __init__(
         self,
-        target: str | grpc.aio.Channel,
+        target: str | Sequence[str] | grpc.aio.Channel,
         *,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if isinstance(target, str):
-            self._channel = grpc.aio.insecure_channel(target, options=list(options))
+        if isinstance(target, Sequence):
+            addresses = scheduler_addresses(target)
+            if len(addresses) > 1:
+                given = {key for key, _ in options}
+                options = [*(o for o in FAILOVER_CHANNEL_OPTIONS if o[0] not in given), *options]
+            self._channel = grpc.aio.insecure_channel(_channel_target(addresses), options=list(options))
             self._owns_channel = True
-            self.target = target
+            self.target = ",".join(addresses)
         else:
             self._channel = target
             self._owns_channel = False
