@@ -6,12 +6,15 @@ functions, so that the object graph is wired in one place.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from hodei.lifecycle import LivenessConfig
 from hodei.management.config import WorkerManagementConfig
 from hodei.management.service import WorkerManagementService
-from hodei.ports import RegistryStore, WorkerProvider
+from hodei.ports import Leadership, RegistryStore, WorkerProvider
 from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
 from hodei.scheduler.admission import AdmissionControl
@@ -20,19 +23,65 @@ from hodei.scheduler.server import SchedulerServer
 from hodei.stores.memory import MemoryRegistryStore
 from hodei.transport.client import SchedulerPortClient
 
-__all__ = ["build_control_plane", "build_scheduler"]
+__all__ = ["OpenedStore", "build_control_plane", "build_scheduler", "default_store_url", "open_store"]
+
+
+def default_store_url() -> str:
+    """The embedded default: a SQLite file in the user's state directory (``$XDG_STATE_HOME/hodei``)."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return f"sqlite:///{(state / 'hodei' / 'registry.db').absolute()}"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStore:
+    """A registry store opened from its URL, the leadership its replicas share, and how to name it in logs."""
+
+    store: RegistryStore
+    leadership: Leadership | None
+    shown: str
+
+
+async def open_store(url: str) -> OpenedStore:
+    """Open the registry store that ``url`` names; the caller closes ``opened.store``.
+
+    - ``memory`` — in this process only, gone when it stops;
+    - ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db`` — one scheduler, durable;
+    - ``postgresql://user:password@host:port/database`` — several scheduler replicas may share it; they elect
+      one of them to run lease expiry (the password is never shown).
+    """
+    if url in ("memory", "memory://"):
+        return OpenedStore(MemoryRegistryStore(), None, "memory")
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ValueError(
+                f"--store {url!r}: a SQLite store is sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        from hodei.stores.sqlite import SqliteRegistryStore
+
+        path = Path(url.removeprefix("sqlite:///"))
+        return OpenedStore(await SqliteRegistryStore.open(path), None, f"sqlite:///{path}")
+    if url.startswith(("postgresql://", "postgres://")):
+        from hodei.stores.postgres import PostgresLeadership, PostgresRegistryStore
+
+        store = await PostgresRegistryStore.open(url)
+        return OpenedStore(store, PostgresLeadership(url), store.dsn)
+    raise ValueError(f"--store {url!r}: expected memory, sqlite:///PATH or postgresql://…")
 
 
 def build_scheduler(
     *,
     listen: str = "127.0.0.1:50051",
     store: RegistryStore | None = None,
+    leadership: Leadership | None = None,
     liveness: LivenessConfig | None = None,
     max_in_flight: int = 1000,
 ) -> SchedulerServer:
-    """A scheduler server over a registry on ``store`` (memory by default), not yet started."""
+    """A scheduler server over a registry on ``store`` (memory by default), not yet started.
+
+    ``leadership`` elects the replica that expires leases when several share the store (default: this one).
+    """
     return SchedulerServer(
-        Scheduler(store or MemoryRegistryStore(), liveness=liveness),
+        Scheduler(store or MemoryRegistryStore(), liveness=liveness, leadership=leadership),
         listen=listen,
         admission_control=AdmissionControl(max_in_flight=max_in_flight),
     )

@@ -25,6 +25,7 @@ app.add_typer(workers_app, name="workers")
 
 # Piped output is not cut to 80 columns: every field stays whole on its line, for grep and friends.
 console = Console(width=None if sys.stdout.isatty() else 1000)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
 errors = Console(stderr=True)
 T = TypeVar("T")
 
@@ -75,13 +76,27 @@ def scheduler_serve(
     recovery_window: Annotated[
         float, typer.Option(help="Seconds after start in which nobody expires.")
     ] = 30.0,
+    sweep_interval: Annotated[float, typer.Option(help="Seconds between liveness sweeps.")] = 1.0,
+    mass_expiry_threshold: Annotated[
+        float, typer.Option(help="Share of leased workers silent at once beyond which expiry slows down.")
+    ] = 0.5,
     max_in_flight: Annotated[
         int,
         typer.Option(help="Registrations worked on at once; beyond, RESOURCE_EXHAUSTED with a retry delay."),
     ] = 1000,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Registry store: memory, sqlite:///PATH (relative) or sqlite:////PATH (absolute), or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB (shared by several replicas). "
+            "Default: sqlite in $XDG_STATE_HOME/hodei (~/.local/state/hodei/registry.db).",
+            show_default=False,
+        ),
+    ] = "",
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
-    from hodei.bootstrap import build_scheduler
+    from hodei.bootstrap import build_scheduler, default_store_url, open_store
+    from hodei.errors import StoreError
     from hodei.lifecycle import LivenessConfig
 
     liveness = LivenessConfig(
@@ -89,6 +104,8 @@ def scheduler_serve(
         lease_ttl=lease_ttl,
         lost_grace=lost_grace,
         recovery_window=recovery_window,
+        sweep_interval=sweep_interval,
+        mass_expiry_threshold=mass_expiry_threshold,
     )
 
     # The registry holds many long-lived objects; the default gen-0 threshold (700) makes the collector walk
@@ -97,18 +114,32 @@ def scheduler_serve(
     gc.set_threshold(50_000, 20, 100)
 
     async def serve() -> None:
-        server = build_scheduler(listen=listen, liveness=liveness, max_in_flight=max_in_flight)
-        address = await server.start()
-        console.print(f"hodei scheduler listening on {address} (store: memory)", highlight=False)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            opened = await open_store(store or default_store_url())
+        except (StoreError, ValueError) as error:
+            err_console.print(f"hodei scheduler: cannot open the registry store: {error}", highlight=False)
+            raise typer.Exit(1) from error
+        try:
+            server = build_scheduler(
+                listen=listen,
+                store=opened.store,
+                leadership=opened.leadership,
+                liveness=liveness,
+                max_in_flight=max_in_flight,
+            )
+            address = await server.start()
+            console.print(f"hodei scheduler listening on {address} (store: {opened.shown})", highlight=False)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            try:
+                await stop.wait()
+            finally:
+                await server.stop()
+                console.print("hodei scheduler stopped")
         finally:
-            await server.stop()
-            console.print("hodei scheduler stopped")
+            await opened.store.close()
 
     asyncio.run(serve())
 

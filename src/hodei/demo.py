@@ -1,20 +1,23 @@
 """``hodei demo``: the main job on the embedded default, end to end.
 
-A scheduler starts in-process on a free loopback port; the management service provisions workers as real
-``hodei agent`` child processes, registers them over gRPC, and the agents connect their streams and heartbeat;
-the demo shows them AVAILABLE, decommissions them (drain through the stream, unregister, stop), checks that no
-child process is left, and prints what happened and how long it took.
+A scheduler starts in-process on a free loopback port, its registry in a SQLite file (the embedded default,
+here in a temporary directory); the management service provisions workers as real ``hodei agent`` child
+processes, registers them over gRPC, and the agents connect their streams and heartbeat; the demo shows them
+AVAILABLE, decommissions them (drain through the stream, unregister, stop), checks that no child process is
+left, and prints what happened and how long it took.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 from rich.console import Console
 
-from hodei.bootstrap import build_control_plane, build_scheduler
+from hodei.bootstrap import OpenedStore, build_control_plane, build_scheduler, open_store
 from hodei.domain import DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management.config import WorkerManagementConfig
@@ -42,9 +45,20 @@ async def _wait_connected(client: SchedulerPortClient, count: int, deadline: flo
 
 
 async def run_demo(console: Console, count: int, *, hold: float = 0.0) -> bool:
-    server = build_scheduler(listen="127.0.0.1:0", liveness=DEMO_LIVENESS)
+    with tempfile.TemporaryDirectory(prefix="hodei-demo-") as state:
+        opened = await open_store(f"sqlite:///{Path(state) / 'registry.db'}")
+        try:
+            return await _demo(console, count, hold, opened)
+        finally:
+            await opened.store.close()
+
+
+async def _demo(console: Console, count: int, hold: float, opened: OpenedStore) -> bool:
+    server = build_scheduler(listen="127.0.0.1:0", store=opened.store, liveness=DEMO_LIVENESS)
     address = await server.start()
-    console.print(f"[bold]1.[/bold] scheduler listening on [cyan]{address}[/cyan] (in-process, memory store)")
+    console.print(
+        f"[bold]1.[/bold] scheduler listening on [cyan]{address}[/cyan] (in-process; store: {opened.shown})"
+    )
     provider = ProcessProvider(address, stop_grace=5.0)
     service = build_control_plane(
         provider, scheduler=address, management=WorkerManagementConfig(drain_timeout=5.0, stop_grace=5.0)

@@ -206,6 +206,8 @@ async def test_fifty_agents_come_back_after_the_scheduler_process_is_killed_and_
         *hodei_command(),
         "scheduler",
         "serve",
+        "--store",
+        "memory",
         "--listen",
         address,
         "--heartbeat-interval",
@@ -282,7 +284,7 @@ class EmbeddedSchedulerThread:
     def __enter__(self) -> str:
         self.address = f"127.0.0.1:{free_port()}"
         self.process = subprocess.Popen(
-            [*hodei_command(), "scheduler", "serve", "--listen", self.address],
+            [*hodei_command(), "scheduler", "serve", "--listen", self.address, "--store", "memory"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -325,6 +327,8 @@ def test_killing_an_agent_shows_it_lost_in_workers_watch() -> None:
             *hodei_command(),
             "scheduler",
             "serve",
+            "--store",
+            "memory",
             "--listen",
             address,
             "--heartbeat-interval",

@@ -94,7 +94,7 @@ def scheduler_serve() -> Iterator[ServedScheduler]:
     SERVING (set last, when the server is ready); killed at exit."""
     target = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
-        [HODEI, "scheduler", "serve", "--listen", target],
+        [HODEI, "scheduler", "serve", "--listen", target, "--store", "memory"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=CLI_ENV,

@@ -130,7 +130,11 @@ class Scheduler:
         leading = await self.leadership.acquire()
         if leading != self.leading:
             self.leading = leading
-            log.warning("this scheduler %s lease expiry", "now leads" if leading else "no longer leads")
+            if self._shared is not None:  # a scheduler alone with its store leads without an election
+                if leading:
+                    log.info("this replica now leads lease expiry")
+                else:
+                    log.warning("this replica no longer leads lease expiry")
             if leading and self._shared is not None:
                 self.monitor.resume(now)
                 await self._restore(now)

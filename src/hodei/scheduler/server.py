@@ -17,7 +17,10 @@ from hodei.scheduler.core import Scheduler
 from hodei.scheduler.service import SchedulerServicer
 from hodei.transport.codec import SERVICE_NAME, pb_grpc
 
-__all__ = ["SERVER_OPTIONS", "SchedulerServer"]
+__all__ = ["LEADER_HEALTH", "SERVER_OPTIONS", "SchedulerServer"]
+
+# The health of this service name is SERVING while this replica runs lease expiry for the registry.
+LEADER_HEALTH = "hodei.scheduler.v1.LeaseLeader"
 
 # Agents keep streams open for hours: let them ping (keepalive) so that dead peers are noticed on both sides.
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -95,6 +98,8 @@ class SchedulerServer:
             self._state = _State.STOPPED
             raise OSError(f"could not listen on {self._listen}")
         self.scheduler.on_unhealthy = self._unhealthy
+        self.scheduler.on_leadership = self._leadership
+        await self._health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.scheduler.start()
         await server.start()
         self._server = server
@@ -106,6 +111,12 @@ class SchedulerServer:
         asyncio.get_running_loop().create_task(
             self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         )
+
+    def _leadership(self, leading: bool) -> None:
+        serving = (
+            health_pb2.HealthCheckResponse.SERVING if leading else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        asyncio.get_running_loop().create_task(self._health.set(LEADER_HEALTH, serving))
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:
