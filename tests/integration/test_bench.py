@@ -12,6 +12,8 @@ from rich.console import Console
 
 from hodei.bench.report import ScenarioResult, Target, percentile
 from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
+from hodei.testing.postgres import missing_postgres
+from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 REPORT_FIELDS = {
     "scenario",
@@ -35,6 +37,8 @@ REPORT_FIELDS = {
 def quick_results() -> list[ScenarioResult]:
     import asyncio
 
+    if (missing := missing_postgres()) is not None:  # batch-postgres starts a cluster of its own
+        skip_or_fail_for_missing(missing)
     return asyncio.run(
         run_benchmark(list(SCENARIOS), Scale.quick(), target=None, console=Console(quiet=True))
     )

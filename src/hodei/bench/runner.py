@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -75,6 +77,10 @@ def _targets(name: str) -> list[Target]:
             Target("p95_ms", 2000, at_most=True),
             Target("p95_ratio_to_baseline", 1.5, at_most=True, label="p95 <= 1.5x the baseline's p95"),
         ],
+        "batch-sqlite": [
+            Target("workers_per_second", 5_000, label="workers/s >= 5,000 (durable, one fsync a chunk)")
+        ],
+        "batch-postgres": [Target("workers_per_second", 5_000, label="workers/s >= 5,000 (durable, shared)")],
         "batch-10000": [
             Target("workers_per_second", 50_000),
             Target("rss_mb_per_1000_workers", 2.0, at_most=True),
@@ -104,6 +110,8 @@ SCENARIOS: dict[str, tuple[str, Callable[[Scale], int]]] = {
     "concurrent-500": ("single registrations, 500 in flight", lambda s: s.concurrent),
     "concurrent-10000": ("10,000 registrations started at once", lambda s: s.storm),
     "batch-10000": ("register_workers_batch of 10,000, 5 times", lambda s: s.batch * s.batch_rounds),
+    "batch-sqlite": ("the same batches, the registry in a SQLite file", lambda s: s.batch * s.batch_rounds),
+    "batch-postgres": ("the same batches, the registry in PostgreSQL", lambda s: s.batch * s.batch_rounds),
     "open-loop-1000": ("1,000 registrations/s offered", lambda s: int(1000 * s.open_loop_seconds)),
     "churn": ("register/unregister cycles", lambda s: s.churn),
     "agents": ("connected agents heartbeating", lambda s: s.agents),
@@ -122,7 +130,7 @@ async def _load(name: str, ctx: Context) -> scenarios.Load:
         return await scenarios.registrations(ctx.client, "c500", s.concurrent, 500, ctx.progress)
     if name == "concurrent-10000":
         return await scenarios.storm(ctx.client, "storm", s.storm, ctx.progress)
-    if name == "batch-10000":
+    if name in ("batch-10000", "batch-sqlite", "batch-postgres"):
         return await scenarios.batch(ctx.client, "batch", s.batch, s.batch_rounds, ctx.progress)
     if name == "open-loop-1000":
         return await scenarios.paced(ctx.client, "open", 1000, s.open_loop_seconds, ctx.progress)
@@ -142,8 +150,29 @@ async def _server(name: str, target: str | None) -> AsyncIterator[tuple[str, Pro
         yield target, None
     else:
         args = ("--heartbeat-interval", "1", "--lease-ttl", "5") if name == "agents" else ()
-        async with ServerProcess.scheduler(*args) as server:
+        async with _store(name) as store, ServerProcess.scheduler(*args, store=store) as server:
             yield server.address, ProcessProbe(server.pid)
+
+
+@contextlib.asynccontextmanager
+async def _store(name: str) -> AsyncIterator[str]:
+    """The registry store of a scenario's scheduler: memory, a fresh SQLite file, or a fresh PostgreSQL cluster
+    (started here, on loopback, with fsync on: durable commits cost what they cost)."""
+    if name == "batch-sqlite":
+        with tempfile.TemporaryDirectory(prefix="hodei-bench-") as directory:
+            yield f"sqlite:///{Path(directory) / 'registry.db'}"
+    elif name == "batch-postgres":
+        from hodei.testing.postgres import PostgresCluster, missing_postgres
+
+        if (missing := missing_postgres()) is not None:
+            raise RuntimeError(f"batch-postgres needs PostgreSQL: {missing}")
+        cluster = await asyncio.to_thread(PostgresCluster().start)
+        try:
+            yield await asyncio.to_thread(cluster.create_database, "hodei_bench")
+        finally:
+            await asyncio.to_thread(cluster.stop)
+    else:
+        yield "memory"
 
 
 def _health_probe(address: str, scale: Scale) -> subprocess.Popen[str]:
