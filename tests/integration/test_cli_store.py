@@ -1,0 +1,226 @@
+"""``hodei scheduler serve --store``, run as a real subprocess: the registry outlives the scheduler in a SQLite
+file, a store that cannot be opened stops it with one line and exit code 1, the default store is a file in the
+user's state directory, and a sole scheduler leads lease expiry.
+
+Every process a test starts is killed by the test (by its PID) whatever happens; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hodei import SchedulerPortClient, WorkerStatus
+from hodei.scheduler.server import LEADER_HEALTH
+from tests.helpers import make_worker
+from tests.integration.test_cli import (
+    CLI_ENV,
+    HODEI,
+    SCHEDULER_SERVICE,
+    Finished,
+    end,
+    free_port,
+    run_hodei,
+)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+PASSWORD = "s3cret-Passw0rd"
+
+
+async def health_becomes_serving(target: str, service: str, *, timeout: float) -> None:
+    """Watch ``service``'s health on ``target`` until it is SERVING; fail after ``timeout`` seconds."""
+    seen: list[str] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        updates = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True
+        )
+        try:
+            async for update in updates:
+                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
+                if update.status == SERVING:
+                    return
+        except grpc.aio.AioRpcError as error:
+            raise AssertionError(
+                f"{service} on {target} was not SERVING within {timeout} s (statuses seen: {seen}): "
+                f"{error.code()}"
+            ) from None
+        finally:
+            updates.cancel()
+    raise AssertionError(f"the health watch of {service} on {target} ended at {seen}")
+
+
+@dataclass
+class ServedScheduler:
+    process: asyncio.subprocess.Process
+    target: str
+
+    async def listening_line(self, *, timeout: float = 5.0) -> str:
+        """The first line the scheduler printed, read while it runs."""
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        return line.decode().rstrip("\n")
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, *, timeout: float = 15.0) -> Finished:
+        """Send ``sig`` and wait for the scheduler to exit; what it printed from here on."""
+        self.process.send_signal(sig)
+        stdout, stderr = await asyncio.wait_for(self.process.communicate(), timeout)
+        assert self.process.returncode is not None
+        return Finished(self.process.returncode, stdout.decode(), stderr.decode())
+
+
+@contextlib.asynccontextmanager
+async def scheduler_serve(
+    *options: str, env: Mapping[str, str] = CLI_ENV, timeout: float = 20.0
+) -> AsyncIterator[ServedScheduler]:
+    """``hodei scheduler serve OPTIONS`` on a free loopback port, once its scheduler service is SERVING;
+    killed at exit if it still runs."""
+    target = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        HODEI,
+        "scheduler",
+        "serve",
+        "--listen",
+        target,
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+    )
+    try:
+        serving = asyncio.create_task(health_becomes_serving(target, SCHEDULER_SERVICE, timeout=timeout))
+        exited = asyncio.create_task(process.wait())
+        await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not serving.done():
+            serving.cancel()
+            _, stderr = await end(process)
+            raise AssertionError(
+                f"hodei scheduler serve {' '.join(options)} exited with {process.returncode} before serving: "
+                f"{stderr.decode()}"
+            )
+        exited.cancel()
+        serving.result()
+        yield ServedScheduler(process, target)
+    finally:
+        await end(process)
+
+
+async def test_a_worker_registered_with_a_sqlite_store_is_still_there_after_sigterm_and_restart(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+
+    async with scheduler_serve("--store", url) as first:
+        async with SchedulerPortClient(first.target) as client:
+            await client.register_worker(make_worker("durable-1", labels={"team": "red"}))
+        stopped = await first.stop()
+
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.splitlines() == [
+        f"hodei scheduler listening on {first.target} (store: {url})",
+        "hodei scheduler stopped",
+    ]
+    async with scheduler_serve("--store", url) as second:
+        async with SchedulerPortClient(second.target) as client:
+            found = await client.get_worker("durable-1", timeout=10)
+        await second.stop()
+
+    assert found is not None
+    assert (found.worker_id, found.status, dict(found.labels)) == (
+        "durable-1",
+        WorkerStatus.AVAILABLE,
+        {"team": "red"},
+    )
+
+
+async def test_a_registration_acknowledged_with_a_sqlite_store_survives_a_sigkill(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+
+    async with scheduler_serve("--store", url) as first:
+        async with SchedulerPortClient(first.target) as client:
+            await client.register_worker(make_worker("durable-2"))
+        killed = await first.stop(signal.SIGKILL)
+
+    assert killed.returncode == -signal.SIGKILL
+    async with scheduler_serve("--store", url) as second, SchedulerPortClient(second.target) as client:
+        found = await client.get_worker("durable-2", timeout=10)
+
+    assert found is not None
+    assert found.status is WorkerStatus.AVAILABLE
+
+
+async def test_scheduler_serve_prints_its_listening_line_with_the_store_while_it_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+
+    async with scheduler_serve("--store", url) as served:
+        line = await served.listening_line()
+
+    assert line == f"hodei scheduler listening on {served.target} (store: {url})"
+
+
+async def test_an_unknown_store_scheme_makes_scheduler_serve_exit_1_with_one_line_on_stderr() -> None:
+    served = await run_hodei(
+        "scheduler", "serve", "--listen", f"127.0.0.1:{free_port()}", "--store", "bogus://x", timeout=15
+    )
+
+    assert served.returncode == 1, served
+    assert served.stdout == ""
+    assert served.stderr.splitlines() == [
+        "hodei scheduler: cannot open the registry store: "
+        "--store 'bogus://x': expected memory, sqlite:///PATH or postgresql://…"
+    ]
+
+
+async def test_an_unreachable_postgres_store_makes_scheduler_serve_exit_1_hiding_the_password() -> None:
+    url = f"postgresql://nobody:{PASSWORD}@127.0.0.1:{free_port()}/db"
+
+    served = await run_hodei(
+        "scheduler", "serve", "--listen", f"127.0.0.1:{free_port()}", "--store", url, timeout=20
+    )
+
+    assert served.returncode == 1, served
+    assert "hodei scheduler: cannot open the registry store: " in served.stderr
+    assert "listening" not in served.stdout
+    assert "Traceback" not in served.stderr
+    assert PASSWORD not in served.stdout + served.stderr
+
+
+async def test_without_store_scheduler_serve_keeps_its_registry_in_xdg_state_home(tmp_path: Path) -> None:
+    state, home = tmp_path / "state", tmp_path / "home"
+    env = CLI_ENV | {"XDG_STATE_HOME": str(state), "HOME": str(home)}
+
+    async with scheduler_serve(env=env) as served:
+        async with SchedulerPortClient(served.target) as client:
+            await client.register_worker(make_worker("in-the-default-store"))
+        stopped = await served.stop()
+
+    path = state / "hodei" / "registry.db"
+    assert stopped.returncode == 0, stopped.stderr
+    assert (
+        stopped.stdout.splitlines()[0]
+        == f"hodei scheduler listening on {served.target} (store: sqlite:///{path})"
+    )
+    assert path.is_file()
+    assert not home.exists()
+    async with (
+        scheduler_serve("--store", f"sqlite:///{path}") as again,
+        SchedulerPortClient(again.target) as client,
+    ):
+        assert await client.get_worker("in-the-default-store", timeout=10) is not None
+
+
+@pytest.mark.parametrize("options", [(), ("--sweep-interval", "0.2", "--mass-expiry-threshold", "0.9")])
+async def test_a_sole_scheduler_becomes_the_lease_leader_in_its_health(
+    tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    async with scheduler_serve("--store", f"sqlite:///{tmp_path / 'r.db'}", *options) as served:
+        await health_becomes_serving(served.target, LEADER_HEALTH, timeout=10)
+
+        assert served.process.returncode is None
