@@ -96,7 +96,7 @@ def scheduler_serve(
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
     from hodei.bootstrap import build_scheduler, default_store_url, open_store
-    from hodei.errors import StoreError
+    from hodei.errors import SchedulerError, StoreError
     from hodei.lifecycle import LivenessConfig
 
     liveness = LivenessConfig(
@@ -117,7 +117,8 @@ def scheduler_serve(
         try:
             opened = await open_store(store or default_store_url())
         except (StoreError, ValueError) as error:
-            err_console.print(f"hodei scheduler: cannot open the registry store: {error}", highlight=False)
+            reason = error.message if isinstance(error, SchedulerError) else str(error)
+            err_console.print(f"hodei scheduler: cannot open the registry store: {reason}", highlight=False)
             raise typer.Exit(1) from error
         try:
             server = build_scheduler(

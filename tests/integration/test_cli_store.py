@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei import SchedulerPortClient, WorkerStatus
 from hodei.scheduler.server import LEADER_HEALTH
+from hodei.testing import PostgresCluster
 from tests.helpers import make_worker
 from tests.integration.test_cli import (
     CLI_ENV,
@@ -190,6 +191,85 @@ async def test_an_unreachable_postgres_store_makes_scheduler_serve_exit_1_hiding
     assert "listening" not in served.stdout
     assert "Traceback" not in served.stderr
     assert PASSWORD not in served.stdout + served.stderr
+
+
+async def test_an_unreachable_postgres_store_says_which_database_and_why_in_one_line() -> None:
+    port = free_port()
+    url = f"postgresql://nobody:{PASSWORD}@127.0.0.1:{port}/db?password={PASSWORD}&sslmode=disable"
+
+    served = await run_hodei(
+        "scheduler", "serve", "--listen", f"127.0.0.1:{free_port()}", "--store", url, timeout=20
+    )
+
+    assert served.returncode == 1, served
+    [line] = served.stderr.splitlines()
+    assert line.startswith(
+        "hodei scheduler: cannot open the registry store: the registry database "
+        f"postgresql://nobody@127.0.0.1:{port}/db?sslmode=disable is unreachable: "
+    ), line
+
+
+async def test_a_postgres_that_refuses_the_database_is_one_line_naming_it(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{postgres_cluster.port}/no_such_db"
+
+    served = await run_hodei(
+        "scheduler", "serve", "--listen", f"127.0.0.1:{free_port()}", "--store", url, timeout=20
+    )
+
+    assert served.returncode == 1, served
+    assert served.stderr.splitlines() == [
+        "hodei scheduler: cannot open the registry store: the registry database "
+        f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/no_such_db refused the connection: "
+        'database "no_such_db" does not exist'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        (
+            "/proc/hodei/r.db",
+            "cannot open /proc/hodei/r.db: [Errno 2] No such file or directory: '/proc/hodei'",
+        ),
+        ("/dev/null/r.db", "cannot open /dev/null/r.db: [Errno 17] File exists: '/dev/null'"),
+    ],
+)
+async def test_a_sqlite_file_that_cannot_be_made_is_one_line_naming_it(where: str, reason: str) -> None:
+    served = await run_hodei(
+        "scheduler",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--store",
+        f"sqlite:///{where}",
+        timeout=20,
+    )
+
+    assert served.returncode == 1, served
+    assert served.stderr.splitlines() == [f"hodei scheduler: cannot open the registry store: {reason}"]
+
+
+async def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("my notes, not a registry\n" * 100)
+
+    served = await run_hodei(
+        "scheduler",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--store",
+        f"sqlite:///{not_a_db}",
+        timeout=20,
+    )
+
+    assert served.returncode == 1, served
+    assert served.stderr.splitlines() == [
+        f"hodei scheduler: cannot open the registry store: cannot use {not_a_db} as a registry: file is not a database"
+    ]
+    assert not_a_db.read_text() == "my notes, not a registry\n" * 100
 
 
 async def test_without_store_scheduler_serve_keeps_its_registry_in_xdg_state_home(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ the replica whose ``hodei.scheduler.v1.LeaseLeader`` health is SERVING.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -221,5 +224,61 @@ async def test_concurrent_registrations_of_one_worker_through_two_replicas_keep_
             page = await via_b.list_workers(page_size=1000)
             assert len(page.workers) == 30
     finally:
+        a.kill()
+        b.kill()
+
+
+async def test_an_agent_given_both_replicas_moves_to_the_other_when_its_replica_is_killed_and_is_never_lost(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    a = await replica(postgres_dsn, tmp_path / "a.log")
+    b = await replica(postgres_dsn, tmp_path / "b.log")
+    with (tmp_path / "agent.log").open("wb") as agent_log:
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hodei",
+                "agent",
+                "--scheduler",
+                f"{a.address},{b.address}",
+                "--worker-id",
+                "roaming-1",
+            ],
+            stdout=agent_log,
+            stderr=agent_log,
+        )
+    try:
+        async with SchedulerPortClient(b.address, options=OWN_SUBCHANNELS) as via_b:
+
+            async def connected_available() -> bool:
+                stored = await via_b.get_worker("roaming-1")
+                return stored is not None and stored.status is WorkerStatus.AVAILABLE
+
+            await wait_for(connected_available, timeout=20)
+            events = via_b.watch_workers()
+            first_event = asyncio.create_task(anext(events))
+            a.kill()  # the agent's replica (it tries the addresses in order) dies under it
+
+            async def connected_to_b() -> bool:
+                stored = await via_b.get_worker("roaming-1")
+                return stored is not None and stored.connected
+
+            await wait_for(connected_to_b, timeout=20)
+            # Through all of it the worker stayed registered and was never found LOST; let two leases pass.
+            seen: list[WorkerEventKind] = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2 * LEASE_TTL + HEARTBEAT):
+                    event = await first_event
+                    while True:
+                        if event.worker_id == "roaming-1":
+                            seen.append(event.kind)
+                        event = await anext(events)
+            assert WorkerEventKind.LOST not in seen and WorkerEventKind.EXPIRED not in seen
+            stored = await via_b.get_worker("roaming-1")
+            assert stored is not None and stored.status is WorkerStatus.AVAILABLE and stored.connected
+    finally:
+        agent.terminate()
+        agent.wait(10)
         a.kill()
         b.kill()

@@ -18,6 +18,7 @@ import builtins
 import contextlib
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
@@ -144,12 +145,16 @@ def _translated(dsn_hint: str) -> Iterator[None]:
 
 
 def _hint(dsn: str) -> str:
-    """The DSN without its password, for messages and logs."""
-    if "@" not in dsn:
-        return dsn
-    scheme, _, rest = dsn.partition("://")
-    credentials, _, host = rest.rpartition("@")
-    return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    """The DSN without any password (in ``user:password@`` or in the query), for messages and logs."""
+    parts = urllib.parse.urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, _, host = netloc.rpartition("@")
+        netloc = f"{credentials.split(':', 1)[0]}@{host}"
+    query = "&".join(
+        item for item in parts.query.split("&") if item and "password" not in item.split("=", 1)[0].lower()
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 class PostgresRegistryStore:
@@ -161,8 +166,13 @@ class PostgresRegistryStore:
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresRegistryStore:
-        with _translated(_hint(dsn)):
+        hint = _hint(dsn)
+        try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        except _UNREACHABLE as error:
+            raise StoreUnavailable(f"the registry database {hint} is unreachable: {error}") from error
+        except asyncpg.PostgresError as error:  # no such database or user, a wrong password, too many clients
+            raise StoreError(f"the registry database {hint} refused the connection: {error}") from error
         store = cls(pool, dsn)
         try:
             await store._migrate()

@@ -103,13 +103,19 @@ class SqliteRegistryStore:
             raise StoreUnavailable(f"the registry store cannot be written now ({error})") from error
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"cannot open {self.path}: {error}") from error
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             self._migrate(db)
+        except sqlite3.DatabaseError as error:  # not a database, or a damaged one
+            db.close()
+            raise StoreError(f"cannot use {self.path} as a registry: {error}") from error
         except BaseException:
             db.close()
             raise
