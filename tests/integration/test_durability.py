@@ -154,7 +154,8 @@ async def test_a_restart_with_a_thousand_leased_workers_knows_them_all_and_expir
         async with agents(first.address, fleet):
             first.kill()  # the scheduler dies with 1,000 streams open
 
-        restarted_at = time.monotonic()  # before the process starts: its recovery window opens later than this
+        # Taken before the process starts: its recovery window opens later than this.
+        restarted_at = time.monotonic()
         second = await ServerProcess.scheduler(*liveness, store=store, port=first.port, log=log).start()
         async with SchedulerPortClient(second.address, options=OWN_SUBCHANNELS) as client:
             events = client.watch_workers()
