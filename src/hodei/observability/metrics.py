@@ -1,0 +1,157 @@
+"""The Prometheus metrics of hodei: one catalogue, so that dashboards and alert rules have one source of names.
+
+Each side of the system owns a class of metrics, registered into a :class:`CollectorRegistry` given to it
+(one per process, served on ``/metrics``), or into a private one when none is given (tests, embedded use).
+Names follow Prometheus conventions: base units in the name (``_seconds``), ``_total`` on counters (added by
+the client library), and labels with a small, fixed set of values: never a worker id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "AgentMetrics",
+    "ControlPlaneMetrics",
+    "SchedulerMetrics",
+]
+
+# From half a millisecond to 30 s: resolves both a 1 ms loopback registration and the 2 s alert threshold.
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
+HEARTBEAT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
+
+
+class ControlPlaneMetrics:
+    """What the control plane (registration adapter, management service) counts.
+
+    ``hodei_registrations_total{result, worker_type}``: one per registration the adapter finished, by
+    ``result``: ``success``, ``rejected`` (a permanent refusal: invalid data, stale incarnation, denied),
+    ``exhausted`` (transient failures outlasted the retries), ``cancelled``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.registrations = Counter(
+            "hodei_registrations",
+            "Registrations the control plane finished, by result and worker type.",
+            ["result", "worker_type"],
+            registry=r,
+        )
+        self.registration_duration = Histogram(
+            "hodei_registration_duration_seconds",
+            "Time from the first attempt of a registration to its outcome, retries included.",
+            ["worker_type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.registration_attempts = Histogram(
+            "hodei_registration_attempts",
+            "Attempts one registration took (1 when the first attempt settled it).",
+            buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "hodei_registration_retries",
+            "Registration attempts that were retried, by the status code that caused the retry.",
+            ["cause"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "hodei_registration_batch_size",
+            "Workers per register_workers_batch call.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.provisioning_rollbacks = Counter(
+            "hodei_provisioning_rollbacks",
+            "Provisioned workers destroyed again because their registration did not succeed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+
+class SchedulerMetrics:
+    """What the scheduler counts.
+
+    ``hodei_scheduler_registrations_total{result, worker_type}`` by ``result``: ``created``, ``updated``,
+    ``kept``, ``invalid``, ``stale``, ``refused`` (admission). ``hodei_workers{status}`` is read from the
+    registry (on the lease leader's every sweep and at scrape time on each replica).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.registrations = Counter(
+            "hodei_scheduler_registrations",
+            "Registrations the scheduler answered, by result and worker type.",
+            ["result", "worker_type"],
+            registry=r,
+        )
+        self.workers = Gauge("hodei_workers", "Registered workers, by status.", ["status"], registry=r)
+        self.heartbeat_lag = Histogram(
+            "hodei_heartbeat_lag_seconds",
+            "Time between two consecutive heartbeats of one agent.",
+            buckets=HEARTBEAT_LAG_BUCKETS,
+            registry=r,
+        )
+        self.lease_expiries = Counter(
+            "hodei_lease_expiries",
+            "Workers that went LOST (reason lease_expired) and LOST workers removed (reason lost_grace).",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_connects = Counter(
+            "hodei_stream_connects",
+            "Agent streams opened, by kind: first (a worker new to the registry) or reconnect.",
+            ["kind"],
+            registry=r,
+        )
+        self.streams_open = Gauge("hodei_streams_open", "Agent streams open on this scheduler.", registry=r)
+        self.admission_rejections = Counter(
+            "hodei_admission_rejections",
+            "Calls refused with RESOURCE_EXHAUSTED by admission control, by method.",
+            ["method"],
+            registry=r,
+        )
+        self.lease_leader = Gauge(
+            "hodei_lease_leader", "1 while this scheduler runs lease expiry for its registry.", registry=r
+        )
+
+
+class AgentMetrics:
+    """What a worker agent counts."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.stream_connects = Counter(
+            "hodei_agent_stream_connects",
+            "Connect streams the agent opened, by result: ok, or the status code that refused it.",
+            ["result"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "hodei_agent_reconnects", "Times the agent's stream broke and it connected again.", registry=r
+        )
+        self.heartbeats = Counter("hodei_agent_heartbeats", "Heartbeats the agent sent.", registry=r)
