@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -29,6 +29,8 @@ __all__ = [
     "WorkerStatus",
     "WorkerType",
     "merge_registration",
+    "merge_registrations",
+    "stored_form",
     "utcnow",
     "validate_record",
     "validate_worker",
@@ -271,6 +273,31 @@ def merge_registration(stored: WorkerRecord | None, new: WorkerRecord) -> tuple[
         lease_ttl=new.lease_ttl if new.lease_ttl is not None else stored.lease_ttl,
     )
     return UpsertOutcome.UPDATED, merged
+
+
+def stored_form(record: WorkerRecord) -> WorkerRecord:
+    """The record without its live fields (stream, usage, last heartbeat), as every store keeps it."""
+    if record.connected or record.usage is not None or record.last_heartbeat_at is not None:
+        return replace(record, connected=False, usage=None, last_heartbeat_at=None)
+    return record
+
+
+def merge_registrations(
+    current: MutableMapping[str, WorkerRecord], records: Sequence[WorkerRecord]
+) -> tuple[list[tuple[UpsertOutcome, WorkerRecord]], dict[str, WorkerRecord]]:
+    """A batch of registrations merged in order against ``current`` (updated in place), as every store does it.
+
+    Returns each record's outcome and the record now stored, and what the store must write: the last state of
+    every worker that was created or updated (a worker may appear twice in one batch).
+    """
+    outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
+    written: dict[str, WorkerRecord] = {}
+    for record in records:
+        outcome, stored = merge_registration(current.get(record.worker_id), stored_form(record))
+        if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
+            current[record.worker_id] = written[record.worker_id] = stored
+        outcomes.append((outcome, stored))
+    return outcomes, written
 
 
 _WORKER_TYPE_VALUES = frozenset(t.value for t in WorkerType)

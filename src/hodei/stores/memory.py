@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
-from hodei.domain import UpsertOutcome, WorkerRecord, merge_registration
+from hodei.domain import UpsertOutcome, WorkerRecord, merge_registrations, stored_form
 from hodei.ports import WorkerFilter
 
-__all__ = ["MemoryRegistryStore", "stored_form"]
-
-
-def stored_form(record: WorkerRecord) -> WorkerRecord:
-    """The record without its live fields, as every store keeps it."""
-    if record.connected or record.usage is not None or record.last_heartbeat_at is not None:
-        return replace(record, connected=False, usage=None, last_heartbeat_at=None)
-    return record
+__all__ = ["MemoryRegistryStore"]
 
 
 class MemoryRegistryStore:
@@ -25,15 +17,10 @@ class MemoryRegistryStore:
         self._sorted_ids: list[str] | None = []
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
-        outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
-        for record in records:
-            stored = self._records.get(record.worker_id)
-            outcome, written = merge_registration(stored, stored_form(record))
-            if outcome is UpsertOutcome.CREATED:
-                self._sorted_ids = None
-            if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
-                self._records[record.worker_id] = written
-            outcomes.append((outcome, written))
+        before = len(self._records)
+        outcomes, _ = merge_registrations(self._records, records)
+        if len(self._records) != before:
+            self._sorted_ids = None
         return outcomes
 
     async def modify(

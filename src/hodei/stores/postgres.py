@@ -26,11 +26,10 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registration
+from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.errors import StoreError, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._rows import COLUMNS, from_row, to_row
-from hodei.stores.memory import stored_form
 
 __all__ = ["SCHEMA_VERSION", "PostgresLeadership", "PostgresRegistryStore"]
 
@@ -244,13 +243,7 @@ class PostgresRegistryStore:
             )
             current = {row[0]: _record(row) for row in rows}
             existing = set(current)
-            outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
-            written: dict[str, WorkerRecord] = {}
-            for record in records:
-                outcome, stored = merge_registration(current.get(record.worker_id), stored_form(record))
-                if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
-                    current[record.worker_id] = written[record.worker_id] = stored
-                outcomes.append((outcome, stored))
+            outcomes, written = merge_registrations(current, records)
             created = [r for worker_id, r in written.items() if worker_id not in existing]
             updated = [r for worker_id, r in written.items() if worker_id in existing]
             if created:

@@ -18,11 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hodei.domain import UpsertOutcome, WorkerRecord, merge_registration
+from hodei.domain import UpsertOutcome, WorkerRecord, merge_registrations, stored_form
 from hodei.errors import StoreError, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._rows import COLUMNS, from_row, to_row
-from hodei.stores.memory import stored_form
 
 __all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
 
@@ -167,14 +166,9 @@ class SqliteRegistryStore:
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         def write(db: sqlite3.Connection) -> list[tuple[UpsertOutcome, WorkerRecord]]:
-            current = _fetch(db, list({r.worker_id: None for r in records}))
-            outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
-            written: dict[str, WorkerRecord] = {}
-            for record in records:
-                outcome, stored = merge_registration(current.get(record.worker_id), stored_form(record))
-                if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
-                    current[record.worker_id] = written[record.worker_id] = stored
-                outcomes.append((outcome, stored))
+            outcomes, written = merge_registrations(
+                _fetch(db, list({r.worker_id: None for r in records})), records
+            )
             db.executemany(_UPSERT, [to_row(r, _iso) for r in written.values()])
             return outcomes
 
