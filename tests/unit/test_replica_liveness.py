@@ -485,14 +485,9 @@ async def test_workers_stored_lost_at_a_takeover_are_removed_a_grace_after_it(
     )
 
 
-# --- known bugs -----------------------------------------------------------------------------------------
+# --- races and corners of taking over and bringing back ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a takeover keeps a LOST mark the replica took at start (mark_lost_since is setdefault), "
-    "so a worker lost again just before the takeover is removed at once instead of a grace after it",
-)
 async def test_a_worker_lost_when_the_replica_started_and_lost_again_before_its_takeover_gets_a_full_grace(
     store: SharedMemoryStore, clock: FakeClock, start_replica: StartReplica, elsewhere: WorkerRegistry
 ) -> None:
@@ -523,11 +518,6 @@ async def test_a_worker_lost_when_the_replica_started_and_lost_again_before_its_
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: tick sets self.leading before _restore; when _restore fails the next tick sees no change, "
-    "so on_leadership(True) is never called and the stored LOST markers are never restored",
-)
 async def test_a_takeover_whose_restore_cannot_reach_the_store_is_completed_at_the_next_tick(
     store: SharedMemoryStore, clock: FakeClock, start_replica: StartReplica, elsewhere: WorkerRegistry
 ) -> None:
@@ -551,11 +541,6 @@ async def test_a_takeover_whose_restore_cannot_reach_the_store_is_completed_at_t
     assert await status(replica, "gone") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _share_heard does not expect a worker touch found LOST to be removed before it is brought "
-    "back; WorkerNotFound escapes tick (and would end _run_liveness, which only catches SchedulerUnavailable)",
-)
 async def test_a_worker_removed_between_the_touch_and_its_return_does_not_stop_the_tick(
     store: SharedMemoryStore, clock: FakeClock, start_replica: StartReplica, elsewhere: WorkerRegistry
 ) -> None:
@@ -575,11 +560,6 @@ async def test_a_worker_removed_between_the_touch_and_its_return_does_not_stop_t
     assert await status(replica, "y") is WorkerStatus.AVAILABLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _share_heard brings a worker back AVAILABLE/BUSY even when it was DRAINING before the leader "
-    "found it LOST; on one replica a heartbeat keeps it DRAINING (status_before_lost)",
-)
 async def test_a_draining_worker_found_lost_by_the_leader_stays_draining_when_this_replica_brings_it_back(
     store: SharedMemoryStore, clock: FakeClock, start_replica: StartReplica, elsewhere: WorkerRegistry
 ) -> None:
@@ -595,11 +575,6 @@ async def test_a_draining_worker_found_lost_by_the_leader_stays_draining_when_th
     assert await status(replica, "retiring") is WorkerStatus.DRAINING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: hello, heartbeat and report_status add to _heard even when the store is not shared, and only "
-    "_share_heard (shared stores) empties it: every worker id ever heard is kept for the process's life",
-)
 async def test_a_scheduler_alone_with_its_store_keeps_no_list_of_whom_it_heard(clock: FakeClock) -> None:
     scheduler = Scheduler(
         MemoryRegistryStore(), liveness=LIVENESS, clock=clock.wall, monotonic=clock.monotonic

@@ -49,8 +49,11 @@ class AgentSession:
     usage: ResourceUsage | None = None
     last_heartbeat_at: datetime | None = None
     closed: bool = False
+    draining: bool = False  # told to drain, or said it drains: it stays DRAINING whatever happens
 
     def push(self, command: WorkerCommand) -> None:
+        if command.kind is CommandKind.DRAIN:
+            self.draining = True
         self.commands.put_nowait(command)
 
     def close(self) -> None:
@@ -101,8 +104,14 @@ class Scheduler:
             self._sweeper = asyncio.create_task(self._run_liveness(), name="hodei-liveness")
             self._sweeper.add_done_callback(self._sweeper_ended)
 
-    async def _restore(self, now: float) -> None:
-        """What the store says of leases: every leased worker's lease starts now, LOST workers are LOST."""
+    async def _restore(self, now: float, *, takeover: bool = False) -> None:
+        """What the store says of leases: every leased worker's lease starts now, LOST workers are LOST.
+
+        A replica taking over expiry cannot know since when a worker has been LOST: it counts the grace from
+        the takeover, and forgets what it noted in an earlier spell (those workers may have come back since).
+        """
+        if takeover:
+            self.monitor.forget_lost()
         for record in await self.registry.all_records():
             if record.lease_ttl is None:
                 continue
@@ -129,15 +138,17 @@ class Scheduler:
             await self._share_heard()
         leading = await self.leadership.acquire()
         if leading != self.leading:
+            if leading and self._shared is not None:
+                # Taking over: only once the store has been read is the takeover done (a failure here is
+                # retried whole at the next tick).
+                self.monitor.resume(now)
+                await self._restore(now, takeover=True)
             self.leading = leading
             if self._shared is not None:  # a scheduler alone with its store leads without an election
                 if leading:
                     log.info("this replica now leads lease expiry")
                 else:
                     log.warning("this replica no longer leads lease expiry")
-            if leading and self._shared is not None:
-                self.monitor.resume(now)
-                await self._restore(now)
             if self.on_leadership is not None:
                 self.on_leadership(leading)
         if not leading:
@@ -151,6 +162,11 @@ class Scheduler:
                     self.leases.renew(worker_id, ttl, heard)
         await self.monitor.sweep(now)
 
+    def _hear(self, worker_id: str) -> None:
+        """Note that a worker was heard from, for the other replicas (a scheduler alone keeps no such list)."""
+        if self._shared is not None:
+            self._heard.add(worker_id)
+
     async def _share_heard(self) -> None:
         assert self._shared is not None
         heard, self._heard = self._heard, set()
@@ -162,11 +178,18 @@ class Scheduler:
             self._heard |= heard
             raise
         for worker_id in found_lost:
-            # The leader found it silent (this replica's news came too late); it is not: bring it back.
+            # The leader found it silent (this replica's news came too late); it is not: bring it back, to
+            # what it was doing (a worker told to drain stays draining).
             session = self.sessions.get(worker_id)
-            if session is not None:
-                running = session.usage is not None and session.usage.running_jobs
-                status = WorkerStatus.BUSY if running else WorkerStatus.AVAILABLE
+            if session is None:
+                continue
+            if session.draining:
+                status = WorkerStatus.DRAINING
+            elif session.usage is not None and session.usage.running_jobs:
+                status = WorkerStatus.BUSY
+            else:
+                status = WorkerStatus.AVAILABLE
+            with contextlib.suppress(WorkerNotFound):  # unregistered meanwhile: it stays gone
                 await self.registry.transition(worker_id, status, reason="heartbeats resumed")
 
     def _sweeper_ended(self, task: asyncio.Task[None]) -> None:
@@ -281,7 +304,7 @@ class Scheduler:
         if draining:
             session.push(WorkerCommand(CommandKind.DRAIN, "still draining"))
         self.sessions[worker.worker_id] = session
-        self._heard.add(worker.worker_id)
+        self._hear(worker.worker_id)
         self.leases.renew(worker.worker_id, ttl, self._monotonic())
         self.monitor.forget(worker.worker_id)
         self.events.publish(
@@ -297,7 +320,7 @@ class Scheduler:
             return
         session.usage = usage
         session.last_heartbeat_at = self._clock()
-        self._heard.add(session.worker_id)
+        self._hear(session.worker_id)
         self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
         if self.monitor.is_lost(session.worker_id):
             before = self.monitor.status_before_lost(session.worker_id)
@@ -319,8 +342,9 @@ class Scheduler:
                 violations=[FieldViolation("status_change.status", f"must be one of {allowed}")],
             )
         if self._current(session):
+            session.draining = session.draining or status is WorkerStatus.DRAINING
             # An agent that speaks is alive: a report renews its lease as a heartbeat would.
-            self._heard.add(session.worker_id)
+            self._hear(session.worker_id)
             self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
             self.monitor.forget(session.worker_id)
             await self.registry.transition(session.worker_id, status, drained=drained, reason=reason)

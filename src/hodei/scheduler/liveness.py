@@ -66,6 +66,11 @@ class LivenessMonitor:
     def mark_lost_since(self, worker_id: str, now: float) -> None:
         self._lost_since.setdefault(worker_id, now)
 
+    def forget_lost(self) -> None:
+        """Forget every LOST worker noted so far (a replica taking over reads them from the store again)."""
+        self._lost_since.clear()
+        self._status_before_lost.clear()
+
     def status_before_lost(self, worker_id: str) -> WorkerStatus | None:
         """What a LOST worker was doing before it went silent (a DRAINING worker stays DRAINING on return)."""
         return self._status_before_lost.get(worker_id)
