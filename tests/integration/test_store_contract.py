@@ -398,3 +398,20 @@ async def test_sessions_killed_under_the_store_are_replaced_and_every_call_is_an
     finally:
         await db.close()
         await store.close()
+
+
+async def test_postgres_a_status_change_is_not_news_of_the_worker(postgres_dsn: str) -> None:
+    store = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    db = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.upsert([record("agent", 1, lease_ttl=15.0)])
+        await db.execute("UPDATE hodei_workers SET last_seen = now() - interval '10 seconds'")
+        await store.modify("agent", lambda r: replace(r, status=WorkerStatus.DRAINING))
+        [(_, _, age)] = await store.lease_ages()
+        assert age >= 10  # draining it did not extend its lease
+        await store.upsert([record("agent", 2, lease_ttl=15.0)])
+        [(_, _, age)] = await store.lease_ages()
+        assert age < 5  # a registration is news: it did
+    finally:
+        await db.close()
+        await store.close()

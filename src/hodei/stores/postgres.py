@@ -96,11 +96,13 @@ _INSERT = (
     f"INSERT INTO hodei_workers ({', '.join(COLUMNS)}, last_seen) SELECT {_VALUES}, {_SEEN} FROM {_UNNEST} "
     "ON CONFLICT (worker_id) DO NOTHING RETURNING worker_id"
 )
+_SET = ", ".join(f"{c} = u.{c}::jsonb" if c == "labels" else f"{c} = u.{c}" for c in COLUMNS[1:])
+# A registration is news of its worker (last_seen moves); a status change made by the scheduler is not.
 _UPDATE = (
-    "UPDATE hodei_workers AS w SET "
-    + ", ".join(f"{c} = u.{c}::jsonb" if c == "labels" else f"{c} = u.{c}" for c in COLUMNS[1:])
-    + f", last_seen = COALESCE({_SEEN}, w.last_seen) FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
+    f"UPDATE hodei_workers AS w SET {_SET}, last_seen = COALESCE({_SEEN}, w.last_seen) "
+    f"FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
 )
+_CHANGE = f"UPDATE hodei_workers AS w SET {_SET} FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
 # The server went away (stopped, restarted, terminated this session) or the connection broke under a call.
 _UNREACHABLE = (
     OSError,
@@ -268,7 +270,7 @@ class PostgresRegistryStore:
             if after is None:
                 return before, before
             after = stored_form(after)
-            await db.execute(_UPDATE, *_columns([after]))
+            await db.execute(_CHANGE, *_columns([after]))
             return before, after
 
         return await self._retrying(write)
