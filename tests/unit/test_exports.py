@@ -59,6 +59,7 @@ HODEI_NAMES = [
 TESTING_NAMES = [
     "EmbeddedScheduler",
     "FailingScheduler",
+    "FaultProxy",
     "MockWorkerProvider",
     "PostgresCluster",
     "REGISTRATION_METHODS",

@@ -7,12 +7,14 @@ Shipped for people who test their own integrations with hodei; hodei's own suite
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.testing._failing import REGISTRATION_METHODS, FailingScheduler
 from hodei.testing._provider import MockWorkerProvider
+from hodei.testing._proxy import FaultProxy
 from hodei.testing.postgres import PostgresCluster
 
 __all__ = [
     "REGISTRATION_METHODS",
     "EmbeddedScheduler",
     "FailingScheduler",
+    "FaultProxy",
     "MockWorkerProvider",
     "PostgresCluster",
 ]
