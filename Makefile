@@ -27,8 +27,9 @@ test: $(STAMP) system-deps lint  ## lint, the whole suite, and the coverage floo
 test-fast: $(STAMP) system-deps  ## the suite without coverage
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-system-deps:  ## PostgreSQL for the tests' throw-away cluster (installed when root and missing)
+system-deps:  ## PostgreSQL for the tests' throw-away cluster, Prometheus (promtool, server) for the alert tests (installed when root and missing)
 	@sh tools/ensure-postgres.sh
+	@sh tools/ensure-prometheus.sh
 
 lint: $(STAMP)  ## ruff and strict mypy
 	$(BIN)/ruff check src tests tools

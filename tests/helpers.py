@@ -7,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import CollectorRegistry
+
 from hodei import DynamicWorker, DynamicWorkerConfig, WorkerType
 from hodei.errors import (
     AccessDenied,
@@ -61,3 +63,10 @@ KIND_BY_CODE: dict[ErrorCode, type[SchedulerError]] = {
     ErrorCode.DATA_LOSS: SchedulerInternalError,
     ErrorCode.UNAUTHENTICATED: AccessDenied,
 }
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The value of one sample of ``registry``; a sample that does not exist fails (rather than reading 0)."""
+    found = registry.get_sample_value(name, labels)
+    assert found is not None, f"no sample {name}{labels}"
+    return found

@@ -14,6 +14,7 @@ from pathlib import Path
 from hodei.lifecycle import LivenessConfig
 from hodei.management.config import WorkerManagementConfig
 from hodei.management.service import WorkerManagementService
+from hodei.observability.metrics import ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import Leadership, RegistryStore, WorkerProvider
 from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
@@ -75,15 +76,19 @@ def build_scheduler(
     leadership: Leadership | None = None,
     liveness: LivenessConfig | None = None,
     max_in_flight: int = 1000,
+    metrics: SchedulerMetrics | None = None,
 ) -> SchedulerServer:
     """A scheduler server over a registry on ``store`` (memory by default), not yet started.
 
     ``leadership`` elects the replica that expires leases when several share the store (default: this one).
+    ``metrics`` receives every metric of the scheduler, admission control's included (default: a private
+    registry's); serve its registry with :class:`hodei.observability.http.MetricsEndpoint`.
     """
+    metrics = metrics or SchedulerMetrics()
     return SchedulerServer(
-        Scheduler(store or MemoryRegistryStore(), liveness=liveness, leadership=leadership),
+        Scheduler(store or MemoryRegistryStore(), liveness=liveness, leadership=leadership, metrics=metrics),
         listen=listen,
-        admission_control=AdmissionControl(max_in_flight=max_in_flight),
+        admission_control=AdmissionControl(max_in_flight=max_in_flight, metrics=metrics),
     )
 
 
@@ -93,13 +98,16 @@ def build_control_plane(
     scheduler: str | Sequence[str] | SchedulerPortClient,
     registration: RegistrationConfig | None = None,
     management: WorkerManagementConfig | None = None,
+    metrics: ControlPlaneMetrics | None = None,
 ) -> WorkerManagementService:
     """A management service that provisions through ``provider`` and registers with ``scheduler``: a client,
     or the address of a scheduler, or of several replicas (``"HOST:PORT,HOST:PORT"`` or a sequence), which
     the client fails over between.
 
-    Close it with ``await service.registration.port.close()`` (the CLI does).
+    Close it with ``await service.registration.port.close()`` (the CLI does). ``metrics`` receives the
+    adapter's and the service's metrics (default: a private registry's).
     """
     port = scheduler if isinstance(scheduler, SchedulerPortClient) else SchedulerPortClient(scheduler)
-    adapter = WorkerRegistrationAdapter(port, registration)
-    return WorkerManagementService(provider, registration=adapter, config=management)
+    metrics = metrics or ControlPlaneMetrics()
+    adapter = WorkerRegistrationAdapter(port, registration, metrics=metrics)
+    return WorkerManagementService(provider, registration=adapter, config=management, metrics=metrics)

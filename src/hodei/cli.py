@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import gc
 import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
 from hodei.views import workers_table
+
+if TYPE_CHECKING:
+    from hodei.observability.http import MetricsEndpoint
 
 app = typer.Typer(help="hodei: workers that auto-register with the scheduler.", no_args_is_help=True)
 scheduler_app = typer.Typer(help="Run the scheduler.", no_args_is_help=True)
@@ -52,12 +56,70 @@ SchedulerOption = Annotated[
 ]
 
 
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+    AUTO = "auto"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        help="Logs on stderr: json (one object per line), console, or auto (console on a TTY).",
+    ),
+]
+LogLevelOption = Annotated[LogLevel, typer.Option("--log-level", help="The least severe level logged.")]
+
+
+def observe(service: str, log_format: LogFormat, log_level: LogLevel) -> None:
+    """Structured logs on stderr, and traces if the ``OTEL_*`` environment names an exporter."""
+    from hodei.observability.logging import configure_logging
+    from hodei.observability.tracing import configure_tracing
+
+    configure_logging(log_format.value, log_level.value)
+    try:
+        configure_tracing(service)
+    except ValueError as error:
+        errors.print(f"hodei: cannot trace: {error}", highlight=False)
+        raise typer.Exit(2) from error
+
+
 def parse_label(item: str) -> tuple[str, str]:
     """``k=v`` -> ("k", "v")."""
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise typer.BadParameter(f"label {item!r} is not KEY=VALUE")
     return key, value
+
+
+def check_metrics_listen(text: str) -> str:
+    """Refuse a malformed ``--metrics-listen`` before anything starts; empty means no endpoint."""
+    from hodei.observability.http import parse_listen
+
+    if text:
+        try:
+            parse_listen(text)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+    return text
+
+
+MetricsListenOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics-listen",
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port). Default: none.",
+        callback=check_metrics_listen,
+    ),
+]
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -93,11 +155,17 @@ def scheduler_serve(
             show_default=False,
         ),
     ] = "",
+    metrics_listen: MetricsListenOption = "",
+    log_format: LogFormatOption = LogFormat.JSON,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
     from hodei.bootstrap import build_scheduler, default_store_url, open_store
     from hodei.errors import SchedulerError, StoreError
     from hodei.lifecycle import LivenessConfig
+    from hodei.observability.http import MetricsEndpoint
+    from hodei.observability.logging import redact_text
+    from hodei.observability.metrics import SchedulerMetrics, process_registry
 
     liveness = LivenessConfig(
         heartbeat_interval=heartbeat_interval,
@@ -107,6 +175,8 @@ def scheduler_serve(
         sweep_interval=sweep_interval,
         mass_expiry_threshold=mass_expiry_threshold,
     )
+
+    observe("hodei-scheduler", log_format, log_level)
 
     # The registry holds many long-lived objects; the default gen-0 threshold (700) makes the collector walk
     # them over and over under load. Freeze what start-up made, and collect young objects less often.
@@ -118,18 +188,28 @@ def scheduler_serve(
             opened = await open_store(store or default_store_url())
         except (StoreError, ValueError) as error:
             reason = error.message if isinstance(error, SchedulerError) else str(error)
-            err_console.print(f"hodei scheduler: cannot open the registry store: {reason}", highlight=False)
+            reason = redact_text(reason)
+            err_console.print(
+                f"hodei scheduler: cannot open the registry store: {reason}", highlight=False, markup=False
+            )
             raise typer.Exit(1) from error
+        registry = process_registry()
+        endpoint = MetricsEndpoint(registry, metrics_listen) if metrics_listen else None
         try:
+            if endpoint is not None:
+                _start_metrics(endpoint, "hodei scheduler")
             server = build_scheduler(
                 listen=listen,
                 store=opened.store,
                 leadership=opened.leadership,
                 liveness=liveness,
                 max_in_flight=max_in_flight,
+                metrics=SchedulerMetrics(registry),
             )
             address = await server.start()
             console.print(f"hodei scheduler listening on {address} (store: {opened.shown})", highlight=False)
+            if endpoint is not None:
+                console.print(f"metrics on {endpoint.url}", highlight=False)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,9 +220,20 @@ def scheduler_serve(
                 await server.stop()
                 console.print("hodei scheduler stopped")
         finally:
+            if endpoint is not None:
+                endpoint.stop()
             await opened.store.close()
 
     asyncio.run(serve())
+
+
+def _start_metrics(endpoint: MetricsEndpoint, who: str) -> None:
+    """Start serving metrics, or exit 1 saying why not (the address is taken, or cannot be bound)."""
+    try:
+        endpoint.start()
+    except OSError as error:
+        err_console.print(f"{who}: cannot serve metrics on {endpoint.listen}: {error}", highlight=False)
+        raise typer.Exit(1) from error
 
 
 @workers_app.command("list")
@@ -216,15 +307,23 @@ def agent(
     parent_pid: Annotated[
         int, typer.Option(help="Shut down when this process exits (set by providers).")
     ] = 0,
+    metrics_listen: MetricsListenOption = "",
+    log_format: LogFormatOption = LogFormat.JSON,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters."""
     import logging
     import os
     import socket
 
-    from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
+    from rich.markup import escape
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
+    from hodei.observability.http import MetricsEndpoint
+    from hodei.observability.logging import redact_text
+    from hodei.observability.metrics import AgentMetrics, process_registry
+
+    observe("hodei-agent", log_format, log_level)
     options: dict[str, Any] = {
         "schedulers": tuple(t.strip() for t in scheduler.split(",") if t.strip()),
         "worker_id": worker_id or f"{socket.gethostname()}-{os.getpid()}",
@@ -238,7 +337,12 @@ def agent(
         options["memory_mb"] = memory_mb
     if parent_pid:
         options["parent_pid"] = parent_pid
-    worker_agent = WorkerAgent(AgentConfig(**options))
+    registry = process_registry()
+    worker_agent = WorkerAgent(AgentConfig(**options), metrics=AgentMetrics(registry))
+    endpoint = MetricsEndpoint(registry, metrics_listen) if metrics_listen else None
+    if endpoint is not None:
+        _start_metrics(endpoint, "hodei agent")
+        logging.getLogger("hodei.agent").info("metrics on %s", endpoint.url)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -249,8 +353,11 @@ def agent(
     try:
         asyncio.run(run())
     except AgentRefused as refused:
-        errors.print(f"[red]hodei agent: {refused}[/red]", highlight=False)
+        errors.print(f"[red]hodei agent: {escape(redact_text(str(refused)))}[/red]", highlight=False)
         raise typer.Exit(2) from refused
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
 
 
 @workers_app.command("watch")
@@ -307,6 +414,8 @@ def bench(
     from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
 
     names = scenario or list(SCENARIOS)
+    # Traced if the OTEL_* environment says so; the bench's scheduler processes inherit it.
+    observe("hodei-bench", LogFormat.CONSOLE, LogLevel.WARNING)
     scale = Scale.quick() if quick else Scale()
     try:
         results = asyncio.run(run_benchmark(names, scale, target=target or None, console=errors))
@@ -331,6 +440,8 @@ def demo(
     """Start a scheduler, provision agent processes, watch them become AVAILABLE, decommission them."""
     from hodei.demo import run_demo
 
+    # The demo's story is on stdout; only trouble is logged.
+    observe("hodei-demo", LogFormat.CONSOLE, LogLevel.WARNING)
     if not asyncio.run(run_demo(console, workers, hold=hold)):
         raise typer.Exit(1)
 

@@ -4,7 +4,8 @@ A scheduler starts in-process on a free loopback port, its registry in a SQLite 
 here in a temporary directory); the management service provisions workers as real ``hodei agent`` child
 processes, registers them over gRPC, and the agents connect their streams and heartbeat; the demo shows them
 AVAILABLE, decommissions them (drain through the stream, unregister, stop), checks that no child process is
-left, and prints what happened and how long it took.
+left, and prints what happened and how long it took. The scheduler's and the control plane's metrics are
+served together on a free loopback port, printed at the start.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import time
 from pathlib import Path
 
 import psutil
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from hodei.bootstrap import OpenedStore, build_control_plane, build_scheduler, open_store
 from hodei.domain import DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management.config import WorkerManagementConfig
+from hodei.observability.http import MetricsEndpoint
+from hodei.observability.metrics import ControlPlaneMetrics, SchedulerMetrics, process_registry
 from hodei.ports import WorkerFilter
 from hodei.providers.process import ProcessProvider
 from hodei.transport.client import SchedulerPortClient
@@ -45,23 +49,40 @@ async def _wait_connected(client: SchedulerPortClient, count: int, deadline: flo
 
 
 async def run_demo(console: Console, count: int, *, hold: float = 0.0) -> bool:
-    with tempfile.TemporaryDirectory(prefix="hodei-demo-") as state:
+    registry = process_registry()  # one for the process: the scheduler's and the control plane's metrics
+    with (
+        tempfile.TemporaryDirectory(prefix="hodei-demo-") as state,
+        MetricsEndpoint(registry, "127.0.0.1:0") as endpoint,
+    ):
         opened = await open_store(f"sqlite:///{Path(state) / 'registry.db'}")
         try:
-            return await _demo(console, count, hold, opened)
+            return await _demo(console, count, hold, opened, registry, endpoint)
         finally:
             await opened.store.close()
 
 
-async def _demo(console: Console, count: int, hold: float, opened: OpenedStore) -> bool:
-    server = build_scheduler(listen="127.0.0.1:0", store=opened.store, liveness=DEMO_LIVENESS)
+async def _demo(
+    console: Console,
+    count: int,
+    hold: float,
+    opened: OpenedStore,
+    registry: CollectorRegistry,
+    endpoint: MetricsEndpoint,
+) -> bool:
+    server = build_scheduler(
+        listen="127.0.0.1:0", store=opened.store, liveness=DEMO_LIVENESS, metrics=SchedulerMetrics(registry)
+    )
     address = await server.start()
     console.print(
         f"[bold]1.[/bold] scheduler listening on [cyan]{address}[/cyan] (in-process; store: {opened.shown})"
     )
+    console.print(f"   metrics: [cyan]{endpoint.url}[/cyan]")
     provider = ProcessProvider(address, stop_grace=5.0)
     service = build_control_plane(
-        provider, scheduler=address, management=WorkerManagementConfig(drain_timeout=5.0, stop_grace=5.0)
+        provider,
+        scheduler=address,
+        management=WorkerManagementConfig(drain_timeout=5.0, stop_grace=5.0),
+        metrics=ControlPlaneMetrics(registry),
     )
     assert service.registration is not None
     client = service.registration.port

@@ -200,6 +200,10 @@ class RegistryStore(Protocol):
 
     async def count(self) -> int: ...
 
+    async def count_by_status(self) -> dict[WorkerStatus, int]:
+        """How many records have each status (statuses nobody has may be left out)."""
+        ...
+
     async def close(self) -> None: ...
 
 

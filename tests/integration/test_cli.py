@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -245,6 +246,7 @@ async def test_demo_with_three_workers_exits_0_and_prints_summary_ok() -> None:
     assert demo.returncode == 0, demo
     assert any(line.startswith("summary OK: 3 provisioned, 3 AVAILABLE") for line in demo.stdout.splitlines())
     assert "FAILED" not in demo.stdout
+    assert re.search(r"^   metrics: http://127\.0\.0\.1:\d+/metrics$", demo.stdout, re.MULTILINE), demo.stdout
 
 
 async def test_version_prints_the_package_version() -> None:

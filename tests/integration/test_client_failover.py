@@ -55,7 +55,7 @@ class RegistrationCounter(MethodInterceptor):
         super().__init__(REGISTRATION_METHODS)
         self.calls = 0
 
-    def intercept(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def intercept(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         self.calls += 1
         return handler
 

@@ -247,6 +247,24 @@ async def test_count(store: RegistryStore) -> None:
     assert await store.count() == 2
 
 
+async def test_count_by_status_counts_each_stored_status_and_follows_changes(store: RegistryStore) -> None:
+    assert await store.count_by_status() == {}
+    await store.upsert([record(f"w-{n}") for n in range(5)] + [record("d", status=WorkerStatus.DRAINING)])
+    await store.modify("w-0", lambda r: replace(r, status=WorkerStatus.LOST))
+    await store.modify("w-1", lambda r: replace(r, status=WorkerStatus.BUSY))
+    await store.delete("w-2")
+
+    counts = await store.count_by_status()
+
+    assert counts == {
+        WorkerStatus.AVAILABLE: 2,
+        WorkerStatus.BUSY: 1,
+        WorkerStatus.DRAINING: 1,
+        WorkerStatus.LOST: 1,
+    }
+    assert all(isinstance(status, WorkerStatus) and type(n) is int for status, n in counts.items())
+
+
 async def test_a_reopened_store_has_every_record(opener: Opener) -> None:
     first = await opener()
     await first.upsert([record(f"w-{n:03d}", lease_ttl=15.0) for n in range(300)])

@@ -7,6 +7,7 @@ end to end over real gRPC in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -522,3 +523,27 @@ async def test_a_batch_checks_a_config_shared_by_many_workers_once_and_still_nam
     assert [r.error.worker_id for r in results if r.error] == ["w-0", "w-1", "w-2"]
     assert {v.field for r in results if r.error for v in r.error.violations} == {"capabilities.cpu_cores"}
     assert port.batch_calls == [["ok"]]
+
+
+async def test_each_retry_and_the_outcome_are_logged_with_the_worker_the_attempt_and_the_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hodei.registration")
+    port = ScriptedPort()
+    port.single = [error(ErrorCode.UNAVAILABLE)]
+    registration, _ = adapter(port)
+
+    await registration.register_worker(make_worker("w-logged"))
+    await registration.unregister_worker("w-logged")
+
+    logged = [(r.getMessage(), r.__dict__) for r in caplog.records if r.name == "hodei.registration"]
+    assert [message for message, _ in logged] == [
+        "registration.retrying",
+        "registration.succeeded",
+        "unregistration.succeeded",
+    ]
+    retrying, succeeded, unregistered = (fields for _, fields in logged)
+    assert (retrying["worker_id"], retrying["attempt"], retrying["code"]) == ("w-logged", 1, "UNAVAILABLE")
+    assert retrying["backoff_s"] == pytest.approx(0.1)
+    assert (succeeded["attempts"], succeeded["worker_type"]) == (2, "docker")
+    assert "worker_type" not in unregistered

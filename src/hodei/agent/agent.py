@@ -26,6 +26,7 @@ from hodei.agent.config import AgentConfig
 from hodei.domain import ResourceUsage, WorkerStatus
 from hodei.errors import HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
+from hodei.observability.metrics import AgentMetrics
 from hodei.transport.client import SchedulerPortClient
 from hodei.transport.stream import ConnectStream, is_transient_for_stream
 
@@ -66,7 +67,8 @@ class WorkerAgent:
 
     Observable state for callers and tests: ``connected`` (an event set while a stream is up), ``incarnation``,
     ``connections`` (streams opened), ``heartbeats_sent``, ``commands`` (received, in order), ``draining``,
-    ``unregistered``.
+    ``unregistered``. ``metrics`` (default: a private registry's) counts stream connects by result, reconnects
+    and heartbeats.
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class WorkerAgent:
         *,
         random: Callable[[], float] = random.random,
         usage: Callable[[], ResourceUsage] = _usage,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or AgentMetrics()
         self._random = random
         self._usage = usage
         self.incarnation = time.time_ns()
@@ -92,13 +96,18 @@ class WorkerAgent:
         self._failures = 0
         self._target_index = 0
 
+    def _fields(self, **fields: object) -> dict[str, object]:
+        return {"worker_id": self.config.worker_id, **fields}
+
     @property
     def target(self) -> str:
         return self.config.schedulers[self._target_index % len(self.config.schedulers)]
 
     def request_shutdown(self, reason: str = "requested") -> None:
         """Drain, unregister and return from :meth:`run` (what SIGTERM does)."""
-        log.info("shutdown requested: %s", reason)
+        if self._stopping.is_set():
+            return
+        log.info("agent.shutdown_requested", extra={"worker_id": self.config.worker_id, "reason": reason})
         self._stopping.set()
 
     async def run(self) -> None:
@@ -111,15 +120,28 @@ class WorkerAgent:
                     self._failures = 0
                 except SchedulerError as error:
                     if not is_transient_for_stream(error):
+                        log.error(
+                            "agent.refused", extra=self._fields(code=error.code.name, error=error.message)
+                        )
                         raise AgentRefused(self.config.worker_id, error) from error
-                    log.warning("stream to %s broke: %s", self.target, error)
+                    log.warning(
+                        "agent.stream_broken",
+                        extra=self._fields(scheduler=self.target, code=error.code.name, error=error.message),
+                    )
                     self._target_index += 1
                     self._failures += 1
                 finally:
                     self.connected.clear()
                 if self._stopping.is_set():
                     break
-                await self._pause(self.config.reconnect_delay(max(self._failures - 1, 0), self._random()))
+                delay = self.config.reconnect_delay(max(self._failures - 1, 0), self._random())
+                log.info(
+                    "agent.reconnecting",
+                    extra=self._fields(
+                        scheduler=self.target, delay_s=round(delay, 3), failures=self._failures
+                    ),
+                )
+                await self._pause(delay)
                 self.incarnation += 1
         finally:
             if orphan_watch is not None:
@@ -140,15 +162,29 @@ class WorkerAgent:
         async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             stream = ConnectStream(channel)
             try:
-                ack = await stream.open(
-                    self.config.worker(self.incarnation), self.running_jobs, timeout=self.config.hello_timeout
-                )
+                try:
+                    ack = await stream.open(
+                        self.config.worker(self.incarnation),
+                        self.running_jobs,
+                        timeout=self.config.hello_timeout,
+                    )
+                except SchedulerError as error:
+                    self.metrics.stream_connects.labels(error.code.name.lower()).inc()
+                    raise
+                self.metrics.stream_connects.labels("ok").inc()
+                if self.connections:
+                    self.metrics.reconnects.inc()
                 self.heartbeat_interval = ack.heartbeat_interval
                 self.connections += 1
                 self._failures = 0
                 self.connected.set()
                 log.info(
-                    "connected to %s as %s (incarnation %d)", target, self.config.worker_id, self.incarnation
+                    "agent.connected",
+                    extra=self._fields(
+                        scheduler=target,
+                        incarnation=self.incarnation,
+                        heartbeat_interval_s=self.heartbeat_interval,
+                    ),
                 )
                 await self._serve(stream, channel)
             finally:
@@ -186,11 +222,12 @@ class WorkerAgent:
                 ResourceUsage(usage.cpu_percent, usage.memory_used_mb, len(self.running_jobs)),
             )
             self.heartbeats_sent += 1
+            self.metrics.heartbeats.inc()
 
     async def _obey(self, stream: ConnectStream) -> None:
         async for command in stream.commands():
             self.commands.append(command)
-            log.info("command from the scheduler: %s %s", command.kind.value, command.reason)
+            log.info("agent.command", extra=self._fields(command=command.kind.value, reason=command.reason))
             if command.kind is CommandKind.DRAIN:
                 await self._drain(stream, command.reason)
             elif command.kind is CommandKind.SHUTDOWN:
@@ -200,6 +237,7 @@ class WorkerAgent:
 
     async def _drain(self, stream: ConnectStream, reason: str) -> None:
         self.draining = True
+        log.info("agent.draining", extra=self._fields(reason=reason, running_jobs=len(self.running_jobs)))
         # Running jobs would be waited for here; the agent takes no new ones from now on.
         await stream.report(WorkerStatus.DRAINING, drained=not self.running_jobs, reason=reason or "drained")
 
@@ -217,8 +255,11 @@ class WorkerAgent:
         try:
             await client.unregister_worker(self.config.worker_id, timeout=self.config.farewell_timeout)
             self.unregistered = True
-            log.info("unregistered %s", self.config.worker_id)
+            log.info("agent.unregistered", extra=self._fields())
         except SchedulerError as error:
-            log.warning("could not unregister %s (its lease will expire): %s", self.config.worker_id, error)
+            # Its lease will expire.
+            log.warning(
+                "agent.unregister_failed", extra=self._fields(code=error.code.name, error=error.message)
+            )
         finally:
             await client.close()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from opentelemetry import trace
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, validate_worker_id
 from hodei.errors import (
@@ -23,10 +26,14 @@ from hodei.errors import (
     SchedulerError,
 )
 from hodei.management.config import WorkerManagementConfig
+from hodei.observability import tracing
+from hodei.observability.metrics import ControlPlaneMetrics
 from hodei.ports import UnregistrationStatus, WorkerProvider
 from hodei.registration.adapter import BatchRegistrationResult, WorkerRegistrationAdapter
 
 __all__ = ["DecommissionResult", "ProvisionResult", "WorkerManagementService"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +58,15 @@ class DecommissionResult:
     drained: bool = False
 
 
+def _rollback_reason(error: BaseException) -> str:
+    return "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
+
+
 class WorkerManagementService:
     """``WorkerManagementService(provider, registration=adapter, config=WorkerManagementConfig())``.
 
-    Without a registration adapter it only provisions and destroys.
+    Without a registration adapter it only provisions and destroys. ``metrics`` counts the provisioned workers
+    destroyed again because their registration did not succeed (default: the adapter's, else a private one).
     """
 
     def __init__(
@@ -63,10 +75,14 @@ class WorkerManagementService:
         *,
         registration: WorkerRegistrationAdapter | None = None,
         config: WorkerManagementConfig | None = None,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
         self.provider = provider
         self.registration = registration
         self.config = config or WorkerManagementConfig()
+        if metrics is None:
+            metrics = registration.metrics if registration is not None else ControlPlaneMetrics()
+        self.metrics = metrics
 
     @classmethod
     def new_with_registration(
@@ -110,11 +126,19 @@ class WorkerManagementService:
 
     async def _give_up(self, worker_id: str, cause: HodeiError) -> ProvisioningError:
         """Destroy a worker whose registration failed (unless configured to keep it); the error to raise."""
+        fields = {"worker_id": worker_id, "error": str(cause)}
+        if isinstance(cause, RegistrationError):
+            fields["code"] = cause.code.name
         if not self.config.destroy_on_registration_failure:
+            log.warning("provisioning.kept_unregistered", extra=fields)
             return ProvisioningError(worker_id, cause, cleaned_up=False)
         if isinstance(cause, MaxRetriesExceeded):
             await self._forget(worker_id)
         cleanup_error = await self._destroy(worker_id)
+        if cleanup_error is None:
+            log.warning("provisioning.rolled_back", extra=fields)
+        else:
+            log.error("provisioning.rollback_failed", extra=fields | {"cleanup_error": str(cleanup_error)})
         return ProvisioningError(
             worker_id, cause, cleaned_up=cleanup_error is None, cleanup_error=cleanup_error
         )
@@ -128,23 +152,34 @@ class WorkerManagementService:
         :class:`~hodei.errors.ProviderError` when provisioning fails, and
         :class:`~hodei.errors.ProvisioningError` when registration fails (the worker is destroyed first).
         """
+        with tracing.span("provision_worker", {tracing.WORKER_TYPE: config.worker_type.value}):
+            return await self._provision_worker(config, worker_id)
+
+    async def _provision_worker(self, config: DynamicWorkerConfig, worker_id: str | None) -> DynamicWorker:
         self._check(config)
         if worker_id is not None and (violations := validate_worker_id(worker_id)):
             raise InvalidWorkerData(
                 "invalid worker id; nothing provisioned", worker_id=worker_id, violations=violations
             )
         worker_id = worker_id or self.new_worker_id()
+        trace.get_current_span().set_attribute(tracing.WORKER_ID, worker_id)
         worker = await self.provider.provision(worker_id, config)
+        log.info(
+            "worker.provisioned", extra={"worker_id": worker_id, "worker_type": worker.worker_type.value}
+        )
         if self.registration is None:
             return worker
         try:
             await self.registration.register_worker(worker)
         except RegistrationError as error:
+            self._count_rollbacks("registration_failed", 1)
             raise await self._give_up(worker_id, error) from error
-        except BaseException:
+        except BaseException as error:
             # Cancelled half-way, or a failure that is not a registration error: the worker must not outlive
             # the caller's interest in it.
             if self.config.destroy_on_registration_failure:
+                self._count_rollbacks(_rollback_reason(error), 1)
+                log.warning("provisioning.abandoned", extra={"worker_id": worker_id, "error": repr(error)})
                 await asyncio.shield(self._retire(worker_id))
             raise
         return worker.with_status(WorkerStatus.REGISTERED)
@@ -155,12 +190,25 @@ class WorkerManagementService:
         One result per worker; a worker that could not be registered is destroyed, as in
         :meth:`provision_worker`.
         """
+        attributes = {tracing.WORKERS: count, tracing.WORKER_TYPE: config.worker_type.value}
+        with tracing.span("provision_workers", attributes):
+            results = await self._provision_workers(count, config)
+        failed = [r.worker_id for r in results if r.error is not None]
+        log.log(
+            logging.WARNING if failed else logging.INFO,
+            "provisioning.batch_finished",
+            extra={"workers": count, "provisioned": count - len(failed), "failed": len(failed)},
+        )
+        return results
+
+    async def _provision_workers(self, count: int, config: DynamicWorkerConfig) -> list[ProvisionResult]:
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         self._check(config)
         ids = [self.new_worker_id() for _ in range(count)]
         provisioned: dict[str, DynamicWorker] = {}
         failures: dict[str, HodeiError] = {}
+        refused: list[tuple[str, RegistrationError]] = []
         gate = asyncio.Semaphore(self.config.provision_concurrency)
 
         async def provision_one(worker_id: str) -> None:
@@ -176,7 +224,6 @@ class WorkerManagementService:
                     group.create_task(provision_one(worker_id))
             if self.registration is not None and provisioned:
                 ready = [provisioned[i] for i in ids if i in provisioned]
-                refused: list[tuple[str, RegistrationError]] = []
                 for result in await self.registration.register_workers_batch(ready):
                     if result.error is not None:
                         refused.append((result.worker_id, result.error))
@@ -185,17 +232,29 @@ class WorkerManagementService:
                         provisioned[result.worker_id] = provisioned[result.worker_id].with_status(
                             WorkerStatus.REGISTERED
                         )
+                self._count_rollbacks("registration_failed", len(refused))
                 # The refused are given up together: destroying one must not wait for another's grace.
                 given_up = await asyncio.gather(*(self._give_up(i, error) for i, error in refused))
                 failures.update((i, error) for (i, _), error in zip(refused, given_up, strict=True))
-        except BaseException:
+        except BaseException as error:
             # Cancelled (or failed) half-way: the caller will never hear of these workers, so none may stay.
             if self.config.destroy_on_registration_failure:
+                # The refused were counted when refused; those the provider failed were never provisioned.
+                counted = {i for i, _ in refused}
+                self._count_rollbacks(
+                    _rollback_reason(error),
+                    sum(i not in counted and not isinstance(failures.get(i), ProviderError) for i in ids),
+                )
                 # Every id: a provision cancelled half-way may have left something behind too.
                 cleanup = asyncio.gather(*(self._retire(i) for i in ids))
                 await asyncio.shield(cleanup)
             raise
         return [ProvisionResult(i, provisioned.get(i), failures.get(i)) for i in ids]
+
+    def _count_rollbacks(self, reason: str, count: int) -> None:
+        """``count`` provisioned workers are destroyed again (unless configured to keep them), for ``reason``."""
+        if self.config.destroy_on_registration_failure:
+            self.metrics.provisioning_rollbacks.labels(reason).inc(count)
 
     async def register_static_workers(
         self, workers: Sequence[DynamicWorker]
@@ -212,14 +271,29 @@ class WorkerManagementService:
         If draining or unregistration fails, the worker is left running and registered (consistent) and the
         :class:`~hodei.errors.RegistrationError` is raised, so the caller can try again.
         """
+        with tracing.span("decommission_worker", {tracing.WORKER_ID: worker_id}):
+            return await self._decommission_worker(worker_id)
+
+    async def _decommission_worker(self, worker_id: str) -> DecommissionResult:
         was_registered = drained = False
         if self.registration is not None:
             drain = await self.registration.drain_worker(worker_id, deadline=self.config.drain_timeout)
             drained = drain.drained
+            log.info(
+                "decommission.drained",
+                extra={
+                    "worker_id": worker_id,
+                    "registered": drain.registered,
+                    "delivered": drain.delivered,
+                    "drained": drain.drained,
+                },
+            )
             status = await self.registration.unregister_worker(worker_id)
             was_registered = status is UnregistrationStatus.SUCCESS
+            log.info("decommission.unregistered", extra={"worker_id": worker_id, "status": status.value})
         await self.provider.stop(worker_id, grace=self.config.stop_grace)
         await self.provider.destroy(worker_id)
+        log.info("decommission.destroyed", extra={"worker_id": worker_id})
         return DecommissionResult(worker_id, was_registered, drained)
 
     async def list_workers(self) -> list[DynamicWorker]:

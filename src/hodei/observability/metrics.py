@@ -8,13 +8,34 @@ the client library), and labels with a small, fixed set of values: never a worke
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from hodei.domain import WorkerStatus, WorkerType
 
 __all__ = [
     "DURATION_BUCKETS",
+    "LEASE_EXPIRY_REASONS",
+    "REGISTRATION_RESULTS",
+    "RETRY_CAUSES",
+    "ROLLBACK_REASONS",
+    "SCHEDULER_REGISTRATION_RESULTS",
+    "STREAM_CONNECT_KINDS",
+    "UNKNOWN_WORKER_TYPE",
     "AgentMetrics",
+    "BulkHistogram",
     "ControlPlaneMetrics",
     "SchedulerMetrics",
+    "process_registry",
 ]
 
 # From half a millisecond to 30 s: resolves both a 1 ms loopback registration and the 2 s alert threshold.
@@ -40,13 +61,50 @@ ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
 HEARTBEAT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
 
+# The values each label takes. Every series they make exists from the start (at 0), so that rates and ratios
+# over them are defined before the first event.
+REGISTRATION_RESULTS = ("success", "rejected", "exhausted", "cancelled")
+RETRY_CAUSES = ("unavailable", "deadline_exceeded", "resource_exhausted", "aborted")  # the transient codes
+ROLLBACK_REASONS = ("registration_failed", "cancelled", "error")
+SCHEDULER_REGISTRATION_RESULTS = ("created", "updated", "kept", "invalid", "stale", "refused")
+UNKNOWN_WORKER_TYPE = "unknown"  # a registration refused before its worker type could be read
+LEASE_EXPIRY_REASONS = ("lease_expired", "lost_grace")
+STREAM_CONNECT_KINDS = ("first", "reconnect")
+
+
+class BulkHistogram(Histogram):
+    """A :class:`Histogram` that also records many observations of one value at once: the workers of a batch
+    that were settled by the same call took the same time and the same attempts, and 10,000 of them cost
+    one update instead of 10,000."""
+
+    def observe_many(self, amount: float, count: int) -> None:
+        """Observe ``amount`` ``count`` times (the same as ``count`` calls of :meth:`observe`)."""
+        self._raise_if_not_observable()  # type: ignore[no-untyped-call]
+        self._sum.inc(amount * count)
+        # The bounds end with +Inf: every amount has a bucket.
+        self._buckets[bisect_left(self._upper_bounds, amount)].inc(count)
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry for one process's ``/metrics``: hodei's metrics go in it, beside the process's own
+    (``process_*`` CPU, memory and file descriptors, ``python_gc_*``, ``python_info``)."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
 
 class ControlPlaneMetrics:
     """What the control plane (registration adapter, management service) counts.
 
     ``hodei_registrations_total{result, worker_type}``: one per registration the adapter finished, by
     ``result``: ``success``, ``rejected`` (a permanent refusal: invalid data, stale incarnation, denied),
-    ``exhausted`` (transient failures outlasted the retries), ``cancelled``.
+    ``exhausted`` (transient failures outlasted the retries), ``cancelled`` (the caller gave up, or the
+    scheduler answered ``CANCELLED``). A worker rejected locally, before any call, counts as ``rejected``; the
+    duration and attempts histograms observe every registration that made at least one attempt, except those
+    its caller cancelled. ``hodei_registration_retries_total{cause}``: the lowercase status code name.
+    ``hodei_provisioning_rollbacks_total{reason}``: ``registration_failed``, ``cancelled``, ``error``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -58,14 +116,14 @@ class ControlPlaneMetrics:
             ["result", "worker_type"],
             registry=r,
         )
-        self.registration_duration = Histogram(
+        self.registration_duration = BulkHistogram(
             "hodei_registration_duration_seconds",
             "Time from the first attempt of a registration to its outcome, retries included.",
             ["worker_type"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.registration_attempts = Histogram(
+        self.registration_attempts = BulkHistogram(
             "hodei_registration_attempts",
             "Attempts one registration took (1 when the first attempt settled it).",
             buckets=ATTEMPT_BUCKETS,
@@ -89,14 +147,28 @@ class ControlPlaneMetrics:
             ["reason"],
             registry=r,
         )
+        for result in REGISTRATION_RESULTS:
+            for worker_type in WorkerType:
+                self.registrations.labels(result, worker_type.value)
+        for worker_type in WorkerType:
+            self.registration_duration.labels(worker_type.value)
+        for cause in RETRY_CAUSES:
+            self.retries.labels(cause)
+        for reason in ROLLBACK_REASONS:
+            self.provisioning_rollbacks.labels(reason)
 
 
 class SchedulerMetrics:
     """What the scheduler counts.
 
     ``hodei_scheduler_registrations_total{result, worker_type}`` by ``result``: ``created``, ``updated``,
-    ``kept``, ``invalid``, ``stale``, ``refused`` (admission). ``hodei_workers{status}`` is read from the
-    registry (on the lease leader's every sweep and at scrape time on each replica).
+    ``kept``, ``invalid``, ``stale``, ``refused`` (by the registry's admission hook), counted once per worker
+    (batch entries and agents' hellos included); ``worker_type`` is ``unknown`` for a registration refused
+    before its type could be read. Calls refused whole by admission control count in
+    ``hodei_admission_rejections_total{method}`` (the short RPC name) instead. ``hodei_workers{status}`` is
+    read from the registry on every liveness tick of every replica (0 for the statuses nobody has).
+    ``hodei_lease_expiries_total{reason}``: ``lease_expired``, ``lost_grace``;
+    ``hodei_stream_connects_total{kind}``: ``first``, ``reconnect``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -137,10 +209,20 @@ class SchedulerMetrics:
         self.lease_leader = Gauge(
             "hodei_lease_leader", "1 while this scheduler runs lease expiry for its registry.", registry=r
         )
+        for result in SCHEDULER_REGISTRATION_RESULTS:
+            for worker_type in (*(t.value for t in WorkerType), UNKNOWN_WORKER_TYPE):
+                self.registrations.labels(result, worker_type)
+        for status in WorkerStatus:
+            self.workers.labels(status.value)
+        for reason in LEASE_EXPIRY_REASONS:
+            self.lease_expiries.labels(reason)
+        for kind in STREAM_CONNECT_KINDS:
+            self.stream_connects.labels(kind)
 
 
 class AgentMetrics:
-    """What a worker agent counts."""
+    """What a worker agent counts. ``hodei_agent_stream_connects_total{result}``: ``ok``, or the lowercase
+    status code name of the failure (``unavailable``, ``invalid_argument``, ...)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -155,3 +237,4 @@ class AgentMetrics:
             "hodei_agent_reconnects", "Times the agent's stream broke and it connected again.", registry=r
         )
         self.heartbeats = Counter("hodei_agent_heartbeats", "Heartbeats the agent sent.", registry=r)
+        self.stream_connects.labels("ok")

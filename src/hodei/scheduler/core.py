@@ -16,6 +16,7 @@ from datetime import datetime
 from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerUnavailable, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
+from hodei.observability.metrics import STREAM_CONNECT_KINDS, SchedulerMetrics
 from hodei.ports import (
     DrainOutcome,
     Leadership,
@@ -49,6 +50,8 @@ class AgentSession:
     usage: ResourceUsage | None = None
     last_heartbeat_at: datetime | None = None
     closed: bool = False
+    last_beat: float | None = None  # the monotonic time of the last heartbeat (heartbeat lag)
+    ended: bool = False  # goodbye was said: no longer counted among the open streams
     draining: bool = False  # told to drain, or said it drains: it stays DRAINING whatever happens
 
     def push(self, command: WorkerCommand) -> None:
@@ -63,6 +66,10 @@ class AgentSession:
 
 
 class Scheduler:
+    """``metrics`` (:class:`~hodei.observability.metrics.SchedulerMetrics`, default: a private registry's) is
+    shared by the registry and the liveness monitor; the workers-by-status gauge is read from the store on
+    every liveness tick."""
+
     def __init__(
         self,
         store: RegistryStore,
@@ -72,7 +79,11 @@ class Scheduler:
         leadership: Leadership | None = None,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or SchedulerMetrics()
+        self._connects = {kind: self.metrics.stream_connects.labels(kind) for kind in STREAM_CONNECT_KINDS}
+        self._workers = {status: self.metrics.workers.labels(status.value) for status in WorkerStatus}
         self.liveness = liveness or LivenessConfig()
         self.leadership = leadership or SoleLeader()
         # Replicas on one database share their agents' leases through it; a store of one scheduler does not.
@@ -81,13 +92,20 @@ class Scheduler:
         self.leading = False
         self.on_leadership: Callable[[bool], None] | None = None
         self.events = EventHub(clock=clock)
-        self.registry = WorkerRegistry(store, events=self.events, clock=clock, admission=admission)
+        self.registry = WorkerRegistry(
+            store, events=self.events, clock=clock, admission=admission, metrics=self.metrics
+        )
         self.leases = LeaseTable()
         self.sessions: dict[str, AgentSession] = {}
         self._clock = clock
         self._monotonic = monotonic
         self.monitor = LivenessMonitor(
-            self.registry, self.leases, self.liveness, monotonic=monotonic, on_removed=self._removed
+            self.registry,
+            self.leases,
+            self.liveness,
+            monotonic=monotonic,
+            on_removed=self._removed,
+            metrics=self.metrics,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self.healthy = True
@@ -100,6 +118,7 @@ class Scheduler:
         now = self._monotonic()
         self.monitor.begin(now)
         await self._restore(now)
+        await self.count_workers()
         if sweep:
             self._sweeper = asyncio.create_task(self._run_liveness(), name="hodei-liveness")
             self._sweeper.add_done_callback(self._sweeper_ended)
@@ -133,7 +152,18 @@ class Scheduler:
                 log.warning("liveness sweep skipped: %s", error)
 
     async def tick(self, now: float) -> None:
-        """One round of liveness (the sweeper calls it; tests call it with their own clock)."""
+        """One round of liveness, then the workers-by-status gauge from the store, on every replica (the
+        sweeper calls it; tests call it with their own clock)."""
+        await self._liveness_round(now)
+        await self.count_workers()
+
+    async def count_workers(self) -> None:
+        """Set ``hodei_workers{status}`` from the store: every status, 0 for those nobody has."""
+        counts = await self.registry.store.count_by_status()
+        for status, series in self._workers.items():
+            series.set(counts.get(status, 0))
+
+    async def _liveness_round(self, now: float) -> None:
         if self._shared is not None:
             await self._share_heard()
         leading = await self.leadership.acquire()
@@ -144,6 +174,7 @@ class Scheduler:
                 self.monitor.resume(now)
                 await self._restore(now, takeover=True)
             self.leading = leading
+            self.metrics.lease_leader.set(1 if leading else 0)
             if self._shared is not None:  # a scheduler alone with its store leads without an election
                 if leading:
                     log.info("this replica now leads lease expiry")
@@ -210,6 +241,7 @@ class Scheduler:
             self._sweeper = None
         for session in list(self.sessions.values()):
             session.close()
+            self._end(session)
         self.sessions.clear()
         self.events.close()
         await self.leadership.release()
@@ -301,6 +333,8 @@ class Scheduler:
         if previous is not None:
             previous.close()
         session = AgentSession(worker.worker_id, worker.incarnation)
+        self._connects["first" if receipt.created else "reconnect"].inc()
+        self.metrics.streams_open.inc()
         if draining:
             session.push(WorkerCommand(CommandKind.DRAIN, "still draining"))
         self.sessions[worker.worker_id] = session
@@ -318,10 +352,14 @@ class Scheduler:
     async def heartbeat(self, session: AgentSession, usage: ResourceUsage) -> None:
         if not self._current(session):
             return
+        now = self._monotonic()
+        if session.last_beat is not None:
+            self.metrics.heartbeat_lag.observe(now - session.last_beat)
+        session.last_beat = now
         session.usage = usage
         session.last_heartbeat_at = self._clock()
         self._hear(session.worker_id)
-        self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
+        self.leases.renew(session.worker_id, self.liveness.lease_ttl, now)
         if self.monitor.is_lost(session.worker_id):
             before = self.monitor.status_before_lost(session.worker_id)
             self.monitor.forget(session.worker_id)
@@ -352,9 +390,16 @@ class Scheduler:
     def goodbye(self, session: AgentSession) -> None:
         """The stream ended. The lease runs on: a worker that does not come back becomes LOST."""
         session.close()
+        self._end(session)
         if self._current(session):
             del self.sessions[session.worker_id]
             self.events.publish(WorkerEventKind.DISCONNECTED, session.worker_id)
+
+    def _end(self, session: AgentSession) -> None:
+        """The session's stream is no longer open (counted once, whoever ends it first)."""
+        if not session.ended:
+            session.ended = True
+            self.metrics.streams_open.dec()
 
     async def _removed(self, worker_id: str) -> None:
         session = self.sessions.get(worker_id)

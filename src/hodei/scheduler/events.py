@@ -61,10 +61,15 @@ class Watcher:
 
 
 class EventHub:
+    """Numbers lifecycle events and hands each, in order, to every watcher (a queue per watcher, read by a task)
+    and to every listener (a function called as the event is published: it must be quick and must not raise).
+    """
+
     def __init__(self, *, clock: Callable[[], datetime] = utcnow, watcher_queue: int = 10_000) -> None:
         self._clock = clock
         self._watcher_queue = watcher_queue
         self._watchers: set[Watcher] = set()
+        self._listeners: list[Callable[[WorkerEvent], None]] = []
         self.sequence = 0
 
     def publish(
@@ -77,6 +82,8 @@ class EventHub:
             if not watcher._offer(event):
                 # Cut off: its reader drains what it has, then learns it fell behind.
                 self._watchers.discard(watcher)
+        for listener in self._listeners:
+            listener(event)
         return event
 
     def snapshot_event(self, record: WorkerRecord) -> WorkerEvent:
@@ -89,6 +96,12 @@ class EventHub:
         watcher = Watcher(self, self._watcher_queue)
         self._watchers.add(watcher)
         return watcher
+
+    def listen(self, listener: Callable[[WorkerEvent], None]) -> None:
+        """Call ``listener`` with every event published from now on (the scheduler's event log does). Like
+        watchers, listeners hear of registrations only while a watcher is there (registrations are logged by
+        the gRPC service, one line per call)."""
+        self._listeners.append(listener)
 
     @property
     def watchers(self) -> int:

@@ -28,8 +28,9 @@ def with_behaviour(handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> grpc
 
 
 class MethodInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Hands the handler of every SchedulerService call among ``methods`` to :meth:`intercept`; passes every
-    other call (health, reflection, other methods) through untouched."""
+    """Hands the handler of every SchedulerService call among ``methods`` to :meth:`intercept`, with the
+    method's short name (``RegisterWorkers``); passes every other call (health, reflection, other methods)
+    through untouched."""
 
     def __init__(self, methods: Collection[str]) -> None:
         self.methods = frozenset(methods)
@@ -43,7 +44,7 @@ class MethodInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         service, _, method = details.method.lstrip("/").partition("/")
         if handler is None or service != SERVICE_NAME or method not in self.methods:
             return handler
-        return self.intercept(handler)
+        return self.intercept(handler, method)
 
-    def intercept(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def intercept(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         raise NotImplementedError

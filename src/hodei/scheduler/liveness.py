@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from hodei.domain import WorkerStatus
 from hodei.errors import WorkerNotFound
 from hodei.lifecycle import LivenessConfig, WorkerEventKind
+from hodei.observability.metrics import SchedulerMetrics
 from hodei.scheduler.leases import LeaseTable
 from hodei.scheduler.registry import WorkerRegistry
 
@@ -37,7 +38,11 @@ class LivenessMonitor:
         *,
         monotonic: Callable[[], float],
         on_removed: Callable[[str], Awaitable[None]] | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
+        metrics = metrics or SchedulerMetrics()
+        self._expired = metrics.lease_expiries.labels("lease_expired")
+        self._removed_after_grace = metrics.lease_expiries.labels("lost_grace")
         self._registry = registry
         self._leases = leases
         self._config = config
@@ -139,6 +144,8 @@ class LivenessMonitor:
                 )
             except WorkerNotFound:
                 continue
+            if record.status is not WorkerStatus.LOST:
+                self._expired.inc()
             self._lost_since[worker_id] = now
             self._status_before_lost[worker_id] = record.status
             self._recent.append(now)
@@ -150,5 +157,7 @@ class LivenessMonitor:
                 continue
             self.forget(worker_id)
             removed = await self._registry.expire(worker_id, reason=f"lost for more than {grace:g} s")
+            if removed:
+                self._removed_after_grace.inc()
             if removed and self._on_removed is not None:
                 await self._on_removed(worker_id)

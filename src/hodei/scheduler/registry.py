@@ -20,12 +20,14 @@ from hodei.domain import (
     UpsertOutcome,
     WorkerRecord,
     WorkerStatus,
+    WorkerType,
     utcnow,
     validate_record,
     validate_worker_id,
 )
 from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
 from hodei.lifecycle import WorkerEventKind
+from hodei.observability.metrics import SCHEDULER_REGISTRATION_RESULTS, UNKNOWN_WORKER_TYPE, SchedulerMetrics
 from hodei.ports import RegistrationReceipt, RegistryStore, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.scheduler.events import EventHub
 
@@ -34,6 +36,8 @@ __all__ = ["DEFAULT_PAGE_SIZE", "MAX_BATCH_SIZE", "MAX_PAGE_SIZE", "Admission", 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 1000
+
+_WORKER_TYPE_VALUES = frozenset(t.value for t in WorkerType)
 
 Admission = Callable[[WorkerRecord], SchedulerError | None]
 """Asked before each registration is written; an error refuses that worker (and only that one)."""
@@ -70,11 +74,19 @@ class WorkerRegistry:
         events: EventHub | None = None,
         clock: Callable[[], datetime] = utcnow,
         admission: Admission | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._store = store
         self.events = events or EventHub(clock=clock)
         self._clock = clock
         self._admission = admission
+        self.metrics = metrics or SchedulerMetrics()
+        # Keyed by (result, worker type); a WorkerType is a str, so either finds its series.
+        self._results = {
+            (result, worker_type): self.metrics.registrations.labels(result, worker_type)
+            for result in SCHEDULER_REGISTRATION_RESULTS
+            for worker_type in (*(t.value for t in WorkerType), UNKNOWN_WORKER_TYPE)
+        }
 
     @property
     def store(self) -> RegistryStore:
@@ -100,9 +112,27 @@ class WorkerRegistry:
             lease_ttl=lease_ttl,
         )
 
-    def _check(
+    def _count(self, result: str, worker_type: str, count: int = 1) -> None:
+        self._results[result, worker_type].inc(count)
+
+    def count_invalid(self, worker_type: str) -> None:
+        """Count a registration refused as invalid before it became a record (the servicer could not decode
+        it, or an agent's hello was malformed): every registration the scheduler answers counts once."""
+        known = worker_type in _WORKER_TYPE_VALUES
+        self._count("invalid", worker_type if known else UNKNOWN_WORKER_TYPE)
+
+    def _check(self, record: WorkerRecord) -> None:
+        """Raise the refusal of ``record``, if any (counted)."""
+        refusal = self._refusal(record)
+        if refusal is not None:
+            result, error = refusal
+            self._count(result, record.worker_type)
+            raise error
+
+    def _refusal(
         self, record: WorkerRecord, checked: dict[tuple[object, ...], list[FieldViolation]] | None = None
-    ) -> None:
+    ) -> tuple[str, SchedulerError] | None:
+        """Why ``record`` may not be registered, as its ``result`` label and its error; None if it may."""
         if checked is None:
             violations = validate_record(record)
         else:  # a batch: parts shared by many records (same objects) are validated once
@@ -118,11 +148,13 @@ class WorkerRegistry:
                 parts = checked[key] = validate_record(replace(record, worker_id="x"))
             violations = validate_worker_id(record.worker_id) + parts
         if violations:
-            raise InvalidWorkerData(
+            invalid = InvalidWorkerData(
                 f"worker {record.worker_id!r} is invalid", worker_id=record.worker_id, violations=violations
             )
+            return "invalid", invalid
         if self._admission is not None and (refusal := self._admission(record)) is not None:
-            raise refusal
+            return "refused", refusal
+        return None
 
     def _announce(
         self, outcome: UpsertOutcome, stored: WorkerRecord, incarnation: int
@@ -158,6 +190,7 @@ class WorkerRegistry:
         """Register one record built by the caller (validated and admitted here); raises the refusal."""
         self._check(record)
         [(outcome, stored)] = await self._store.upsert([record])
+        self._count(outcome.value, record.worker_type)
         return self._announce(outcome, stored, record.incarnation)
 
     async def register_many(
@@ -174,20 +207,28 @@ class WorkerRegistry:
         results: builtins.list[RegistrationReceipt | SchedulerError | None] = [None] * len(records)
         accepted: builtins.list[tuple[int, WorkerRecord]] = []
         checked: dict[tuple[object, ...], builtins.list[FieldViolation]] = {}
+        # Counted by (result, worker type) once the batch is written: a batch the store refused is not
+        # answered with these results.
+        tally: dict[tuple[str, str], int] = {}
         for index, record in enumerate(records):
-            try:
-                self._check(record, checked)
-            except SchedulerError as refusal:
-                results[index] = refusal
-            else:
+            refusal = self._refusal(record, checked)
+            if refusal is None:
                 accepted.append((index, record))
+            else:
+                key = (refusal[0], record.worker_type)
+                tally[key] = tally.get(key, 0) + 1
+                results[index] = refusal[1]
         if accepted:
             written = await self._store.upsert([record for _, record in accepted])
             for (index, record), (outcome, stored) in zip(accepted, written, strict=True):
+                key = (outcome.value, record.worker_type)
+                tally[key] = tally.get(key, 0) + 1
                 try:
                     results[index] = self._announce(outcome, stored, record.incarnation)
                 except StaleIncarnation as stale:
                     results[index] = stale
+        for (result, worker_type), count in tally.items():
+            self._count(result, worker_type, count)
         return [r for r in results if r is not None]
 
     async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -12,12 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hodei.observability import tracing
+from hodei.observability.logging import log_worker_event
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.service import SchedulerServicer
 from hodei.transport.codec import SERVICE_NAME, pb_grpc
 
 __all__ = ["LEADER_HEALTH", "SERVER_OPTIONS", "SchedulerServer"]
+
+log = logging.getLogger(__name__)
 
 # The health of this service name is SERVING while this replica runs lease expiry for the registry.
 LEADER_HEALTH = "hodei.scheduler.v1.LeaseLeader"
@@ -60,7 +65,7 @@ class SchedulerServer:
         grace: float = 2.0,
     ) -> None:
         self.scheduler = scheduler
-        self.admission = admission_control or AdmissionControl()
+        self.admission = admission_control or AdmissionControl(metrics=scheduler.metrics)
         self._listen = listen
         self._interceptors = [self.admission, *interceptors]
         self._options = list(options)
@@ -80,7 +85,10 @@ class SchedulerServer:
         if self._state is not _State.NEW:
             raise RuntimeError(f"a {self._state.value} SchedulerServer cannot be started")
         self._state = _State.SERVING
-        server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
+        # The server span comes first, so that it covers every call, those refused by admission control too.
+        traced = tracing.server_interceptors()
+        interceptors = [*traced, *self._interceptors]
+        server = grpc.aio.server(interceptors=interceptors, options=self._options)
         pb_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
             SchedulerServicer(self.scheduler), server
         )
@@ -99,12 +107,14 @@ class SchedulerServer:
             raise OSError(f"could not listen on {self._listen}")
         self.scheduler.on_unhealthy = self._unhealthy
         self.scheduler.on_leadership = self._leadership
+        self.scheduler.events.listen(log_worker_event)
         await self._health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.scheduler.start()
         await server.start()
         self._server = server
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("scheduler.started", extra={"address": self.address, "traced": bool(traced)})
         return self.address
 
     def _unhealthy(self) -> None:
@@ -131,6 +141,7 @@ class SchedulerServer:
         await self._health.enter_graceful_shutdown()
         await self.scheduler.stop()  # ends agents' and watchers' streams, so that they do not hold the grace
         await server.stop(self._grace if grace is None else grace)
+        log.info("scheduler.stopped", extra={"address": self.address})
 
     async def __aenter__(self) -> SchedulerServer:
         await self.start()

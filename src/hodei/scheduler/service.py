@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias
 
 import grpc
 
-from hodei.domain import FieldViolation, WorkerRecord
+from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
+from hodei.ports import RegistrationReceipt
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.registry import MAX_BATCH_SIZE
 from hodei.transport import codec
@@ -21,6 +23,49 @@ __all__ = ["SchedulerServicer"]
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 HELLO_TIMEOUT = 10.0  # seconds an agent has to say who it is
+
+log = logging.getLogger(__name__)
+
+
+def _log_registered(receipt: RegistrationReceipt) -> None:
+    record = receipt.record
+    log.info(
+        "worker.registered" if receipt.created else "worker.updated",
+        extra={
+            "worker_id": record.worker_id,
+            "worker_type": record.worker_type.value,
+            "status": record.status.value,
+            "incarnation": record.incarnation,
+        },
+    )
+
+
+def _log_refused(worker_id: str, error: SchedulerError) -> None:
+    log.warning(
+        "registration.refused",
+        extra={"worker_id": worker_id, "code": error.code.name, "reason": error.message},
+    )
+
+
+def _log_batch(outcomes: Sequence[RegistrationReceipt | SchedulerError]) -> None:
+    """One line per batch call, whatever its size: the counts, and the codes of the refused."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    created = updated = 0
+    codes: dict[str, int] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, RegistrationReceipt):
+            if outcome.created:
+                created += 1
+            else:
+                updated += 1
+        else:
+            codes[outcome.code.name] = codes.get(outcome.code.name, 0) + 1
+    # "created" would clash with the LogRecord attribute of that name.
+    fields: dict[str, Any] = {"workers": len(outcomes), "added": created, "updated": updated}
+    if codes:
+        fields |= {"refused": sum(codes.values()), "codes": codes}
+    log.log(logging.WARNING if codes else logging.INFO, "workers.registered", extra=fields)
 
 
 def _invalid(field: str, description: str) -> InvalidWorkerData:
@@ -34,11 +79,16 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def RegisterWorker(
         self, request: pb.RegisterWorkerRequest, context: Context
     ) -> pb.RegisterWorkerResponse:
+        record: WorkerRecord | None = None
         try:
             record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
             receipt = await self._scheduler.register_record(record)
         except SchedulerError as error:
+            if record is None:  # not even decoded: the registry never saw it, so it is counted here
+                self._scheduler.registry.count_invalid(request.metadata.worker_type)
+            _log_refused(request.worker_id, error)
             await abort_with(context, error)
+        _log_registered(receipt)
         return pb.RegisterWorkerResponse(
             status=pb.REGISTRATION_STATUS_SUCCESS,
             worker=codec.record_to_proto(receipt.record),
@@ -54,20 +104,26 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         shared: dict[bytes, Any] = {}
         outcomes: list[SchedulerError | None] = []
         decoded: list[WorkerRecord] = []
+        undecoded: list[str] = []  # worker types of entries refused here (the registry never sees them)
         for entry in request.workers:
             try:
                 decoded.append(codec.record_from_request(entry, registered_at=now, shared=shared))
                 outcomes.append(None)
             except SchedulerError as error:
                 outcomes.append(error)
+                undecoded.append(entry.metadata.worker_type)
         try:
             registered = iter(await self._scheduler.register_records(decoded))
         except SchedulerError as error:  # the store could not be reached: nothing of the batch was written
             await abort_with(context, error)
+        for worker_type in undecoded:
+            self._scheduler.registry.count_invalid(worker_type)
+        answers = [outcome or next(registered) for outcome in outcomes]
+        _log_batch(answers)
         return pb.RegisterWorkersResponse(
             results=[
-                codec.registration_result_to_proto(entry.worker_id, outcome or next(registered), entry)
-                for entry, outcome in zip(request.workers, outcomes, strict=True)
+                codec.registration_result_to_proto(entry.worker_id, answer, entry)
+                for entry, answer in zip(request.workers, answers, strict=True)
             ]
         )
 
@@ -165,11 +221,15 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             await abort_with(context, _invalid("hello", "must be the first message of the stream"))
         if first.hello.incarnation == 0:
             # An agent fences itself with its incarnation; 0 would take over another agent's stream unfenced.
+            self._scheduler.registry.count_invalid(first.hello.metadata.worker_type)
             await abort_with(context, _invalid("hello.incarnation", "must be greater than 0"))
+        worker: DynamicWorker | None = None
         try:
             worker = codec.worker_from_request(first.hello)
             receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
         except SchedulerError as error:
+            if worker is None:  # not even decoded: the registry never saw it, so it is counted here
+                self._scheduler.registry.count_invalid(first.hello.metadata.worker_type)
             await abort_with(context, error)
         ack = pb.ConnectAck(
             worker=codec.record_to_proto(receipt.record),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import collections
 from collections.abc import Callable, Sequence
 
-from hodei.domain import UpsertOutcome, WorkerRecord, merge_registrations, stored_form
+from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.ports import WorkerFilter
 
 __all__ = ["MemoryRegistryStore"]
@@ -63,6 +64,9 @@ class MemoryRegistryStore:
 
     async def count(self) -> int:
         return len(self._records)
+
+    async def count_by_status(self) -> dict[WorkerStatus, int]:
+        return dict(collections.Counter(record.status for record in self._records.values()))
 
     async def close(self) -> None:
         self._records.clear()

@@ -315,6 +315,10 @@ class PostgresRegistryStore:
         [row] = await self._read("SELECT count(*) FROM hodei_workers")
         return int(row[0])
 
+    async def count_by_status(self) -> dict[WorkerStatus, int]:
+        rows = await self._read("SELECT status, count(*) FROM hodei_workers GROUP BY status")
+        return {WorkerStatus(row[0]): int(row[1]) for row in rows}
+
     async def close(self) -> None:
         await self._pool.close()
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hodei.domain import UpsertOutcome, WorkerRecord, merge_registrations, stored_form
+from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.errors import StoreError, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._rows import COLUMNS, from_row, to_row
@@ -227,6 +227,14 @@ class SqliteRegistryStore:
             self._read(lambda db: db.execute("SELECT count(*) FROM workers").fetchone())
         )
         return int(count)
+
+    async def count_by_status(self) -> dict[WorkerStatus, int]:
+        rows = await self._run(
+            self._read(
+                lambda db: db.execute("SELECT status, count(*) FROM workers GROUP BY status").fetchall()
+            )
+        )
+        return {WorkerStatus(status): int(count) for status, count in rows}
 
     async def close(self) -> None:
         def shut() -> None:

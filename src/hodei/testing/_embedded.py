@@ -10,6 +10,8 @@ import grpc
 
 from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.lifecycle import LivenessConfig
+from hodei.observability import tracing
+from hodei.observability.metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
@@ -26,7 +28,8 @@ class EmbeddedScheduler:
 
     It runs the real scheduler (in memory unless a store is given; leases as ``liveness`` says) behind the real
     gRPC service, so that what a test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach
-    the registry directly; ``scheduler.events.watch()`` follows its events.
+    the registry directly; ``scheduler.events.watch()`` follows its events. ``metrics`` (default: a private
+    registry's) receives the scheduler's metrics, admission control's included.
     """
 
     def __init__(
@@ -39,8 +42,12 @@ class EmbeddedScheduler:
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         host: str = "127.0.0.1",
         port: int = 0,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
-        self.scheduler = Scheduler(store or MemoryRegistryStore(), admission=admission, liveness=liveness)
+        self.scheduler = Scheduler(
+            store or MemoryRegistryStore(), admission=admission, liveness=liveness, metrics=metrics
+        )
+        self.metrics = self.scheduler.metrics
         self.registry = self.scheduler.registry
         self._server = SchedulerServer(
             self.scheduler,
@@ -86,8 +93,8 @@ class EmbeddedScheduler:
         await self.stop()
 
     def channel(self) -> grpc.aio.Channel:
-        """A new channel to this scheduler, closed when the scheduler stops."""
-        channel = grpc.aio.insecure_channel(self.target)
+        """A new channel to this scheduler, closed when the scheduler stops (traced if tracing is on)."""
+        channel = grpc.aio.insecure_channel(self.target, interceptors=tracing.client_interceptors() or None)
         self._channels.append(channel)
         return channel
 

@@ -10,6 +10,7 @@ import grpc
 
 from hodei.domain import WorkerRecord
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
+from hodei.observability.metrics import SchedulerMetrics
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.interception import REGISTRATION_METHODS, Behaviour, MethodInterceptor, with_behaviour
 from hodei.testing._embedded import EmbeddedScheduler
@@ -23,7 +24,7 @@ class _FaultInterceptor(MethodInterceptor):
         super().__init__(methods)
         self._scheduler = scheduler
 
-    def intercept(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def intercept(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         return self._scheduler._wrap(handler)
 
 
@@ -57,11 +58,13 @@ class FailingScheduler(EmbeddedScheduler):
         methods: Collection[str] = REGISTRATION_METHODS,
         message: str = "injected failure",
         admission_control: AdmissionControl | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         super().__init__(
             admission=self._admit,
             interceptors=[_FaultInterceptor(self, methods)],
             admission_control=admission_control,
+            metrics=metrics,
         )
         self.methods = frozenset(methods)
         self.failures_left = failures

@@ -22,6 +22,7 @@ from hodei.errors import (
     scheduler_error_for,
 )
 from hodei.lifecycle import WorkerEvent
+from hodei.observability import tracing
 from hodei.ports import DrainOutcome, RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.transport import codec
 from hodei.transport.codec import pb
@@ -152,6 +153,10 @@ class SchedulerPortClient:
     A client made from addresses owns its channel and closes it in :meth:`close` (or at the end of
     ``async with``); a channel passed in belongs to the caller. Every failed call raises the
     :class:`~hodei.errors.SchedulerError` kind of its status code.
+
+    When tracing is configured (:func:`hodei.observability.tracing.configure_tracing`) before the client is
+    made, the channel it makes traces each call and sends the W3C trace context along; a channel passed in is
+    traced only if its maker added the interceptors (``tracing.client_interceptors()``).
     """
 
     def __init__(
@@ -165,7 +170,11 @@ class SchedulerPortClient:
             if len(addresses) > 1:
                 given = {key for key, _ in options}
                 options = [*(o for o in FAILOVER_CHANNEL_OPTIONS if o[0] not in given), *options]
-            self._channel = grpc.aio.insecure_channel(_channel_target(addresses), options=list(options))
+            # With tracing on, each call gets a client span and carries the trace context in its metadata.
+            interceptors = tracing.client_interceptors() or None
+            self._channel = grpc.aio.insecure_channel(
+                _channel_target(addresses), options=list(options), interceptors=interceptors
+            )
             self._owns_channel = True
             self.target = ",".join(addresses)
         else:

@@ -1,0 +1,271 @@
+"""Structured logs of real processes: ``hodei scheduler serve`` and ``hodei agent`` write one JSON event per
+state change on stderr, with its context, and no secret given to them ever shows in anything they print.
+
+Every process a test starts is killed by the test whatever happens; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from hodei import (
+    DynamicWorkerConfig,
+    ErrorCode,
+    RegistrationConfig,
+    SchedulerPortClient,
+    WorkerManagementService,
+    WorkerRegistrationAdapter,
+)
+from hodei.agent import AgentConfig, WorkerAgent
+from hodei.domain import WorkerRecord
+from hodei.errors import SchedulerError, scheduler_error_for
+from hodei.observability.logging import configure_logging
+from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
+from tests.helpers import make_worker, wait_for
+from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port, run_hodei
+from tests.integration.test_cli_store import scheduler_serve
+
+SECRET = "Sup3r-S3cret-Passw0rd"
+DSN = f"postgresql://hodei:{SECRET}@127.0.0.1:1/registry"
+FAST_LIVENESS = (
+    "--heartbeat-interval", "0.2", "--lease-ttl", "0.6", "--recovery-window", "0", "--sweep-interval", "0.1",
+)  # fmt: skip
+
+
+def events(text: str) -> list[dict[str, Any]]:
+    """Every line of ``text`` parsed as JSON (fails on a line that is not)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def the(found: list[dict[str, Any]], event: str, **fields: Any) -> dict[str, Any]:
+    """The one event called ``event`` whose fields include ``fields``."""
+    matching = [e for e in found if e["event"] == event and fields.items() <= e.items()]
+    assert len(matching) == 1, f"{len(matching)} {event} {fields} in {[e['event'] for e in found]}"
+    return matching[0]
+
+
+class AgentProcess:
+    """``hodei agent`` with its stderr read line by line as it runs."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[dict[str, Any]] = []  # its log events
+        self.printed = ""  # what else it wrote on stderr (an error message for people)
+
+    async def until(self, event: str, *, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        assert self.process.stderr is not None
+        async with asyncio.timeout(timeout):
+            while len(found := [e for e in self.lines if e["event"] == event]) < count:
+                line = await self.process.stderr.readline()
+                assert line, f"the agent exited before {event}: {self.lines}"
+                self.lines.append(json.loads(line))
+        return found
+
+    async def finish(self) -> int:
+        """Wait for it to exit (10 s at most); its exit code. The rest of its stderr goes to ``lines`` and
+        ``printed``, its stdout to ``printed``."""
+        stdout, rest = await asyncio.wait_for(self.process.communicate(), 10)
+        for line in rest.decode().splitlines():
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+            else:
+                self.printed += line + "\n"
+        self.printed += stdout.decode()
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+
+async def start_agent(*options: str) -> AgentProcess:
+    process = await asyncio.create_subprocess_exec(
+        HODEI, "agent", "--log-format", "json", *options,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=CLI_ENV,
+    )  # fmt: skip
+    return AgentProcess(process)
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    try:
+        yield started
+    finally:
+        for agent in started:
+            await end(agent.process)
+
+
+async def test_the_scheduler_logs_each_change_of_a_workers_life_as_one_json_event(
+    agents: list[AgentProcess],
+) -> None:
+    async with scheduler_serve("--store", "memory", *FAST_LIVENESS) as served:
+        async with SchedulerPortClient(served.target) as client:
+            await client.register_worker(make_worker("pushed-1"))
+            agents.append(agent := await start_agent("--scheduler", served.target, "--worker-id", "agent-1"))
+            [connected] = await agent.until("agent.connected")
+            await client.drain_worker("agent-1", deadline=5.0)
+
+            async def has(flag: str) -> bool:
+                record = await client.get_worker("agent-1")
+                return record is not None and (
+                    record.drained if flag == "drained" else record.status.value == flag
+                )
+
+            await wait_for(lambda: has("drained"), timeout=10)
+            agent.process.kill()  # no goodbye: the scheduler must find it silent
+            await agent.process.wait()
+            await wait_for(lambda: has("lost"), timeout=10)
+            await client.unregister_worker("pushed-1")
+        stopped = await served.stop()
+
+    found = events(stopped.stderr)
+    assert all({"timestamp", "level", "logger", "event"} <= line.keys() for line in found)
+    started = the(found, "scheduler.started")
+    assert started["address"] == served.target and started["traced"] is False
+    registered = the(found, "worker.registered", worker_id="pushed-1")
+    assert (registered["worker_type"], registered["status"], registered["logger"]) == (
+        "docker",
+        "available",
+        "hodei.scheduler.service",
+    )
+    incarnation = connected["incarnation"]
+    assert the(found, "worker.connected", worker_id="agent-1")["reason"] == f"incarnation {incarnation}"
+    assert the(found, "worker.draining", worker_id="agent-1")["status"] == "draining"
+    assert the(found, "worker.drained", worker_id="agent-1")["incarnation"] == incarnation
+    the(found, "worker.disconnected", worker_id="agent-1")
+    lost_line = the(found, "worker.lost", worker_id="agent-1")
+    assert lost_line["level"] == "warning" and lost_line["reason"].startswith("no heartbeat for")
+    assert the(found, "worker.unregistered", worker_id="pushed-1")["logger"] == "hodei.scheduler.events"
+    the(found, "scheduler.stopped")
+    # The events of one registry come numbered, in order.
+    sequences = [line["sequence"] for line in found if "sequence" in line]
+    assert sequences == sorted(sequences)
+
+
+async def test_an_agent_logs_its_connection_and_its_orderly_shutdown(agents: list[AgentProcess]) -> None:
+    async with EmbeddedScheduler() as scheduler:
+        agents.append(agent := await start_agent("--scheduler", scheduler.target, "--worker-id", "agent-2"))
+        [connected] = await agent.until("agent.connected")
+        agent.process.terminate()
+        code = await agent.finish()
+
+    assert code == 0
+    assert connected["worker_id"] == "agent-2" and connected["scheduler"] == scheduler.target
+    assert connected["incarnation"] > 0 and connected["heartbeat_interval_s"] == 5.0
+    assert the(agent.lines, "agent.shutdown_requested")["reason"] == "SIGTERM"
+    assert the(agent.lines, "agent.draining")["reason"] == "shutting down"
+    assert the(agent.lines, "agent.unregistered")["worker_id"] == "agent-2"
+
+
+async def test_an_agent_that_cannot_reach_its_scheduler_logs_each_reconnection_with_its_delay(
+    agents: list[AgentProcess],
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    agents.append(agent := await start_agent("--scheduler", nowhere, "--worker-id", "agent-3"))
+
+    broken = await agent.until("agent.stream_broken", count=2)
+    reconnecting = await agent.until("agent.reconnecting", count=2)
+
+    assert all(line["code"] == "UNAVAILABLE" and line["scheduler"] == nowhere for line in broken)
+    assert [line["failures"] for line in reconnecting[:2]] == [1, 2]
+    assert all(line["worker_id"] == "agent-3" and line["delay_s"] >= 0 for line in reconnecting)
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+
+async def test_a_postgres_password_given_to_scheduler_serve_is_in_nothing_it_prints() -> None:
+    served = await run_hodei(
+        "scheduler", "serve", "--listen", f"127.0.0.1:{free_port()}", "--store", DSN, "--log-level", "debug",
+        timeout=20,
+    )  # fmt: skip
+
+    assert served.returncode == 1, served
+    assert "cannot open the registry store" in served.stderr
+    assert SECRET not in served.stdout + served.stderr
+
+
+def refusing_with_a_password(record: WorkerRecord) -> SchedulerError:
+    return scheduler_error_for(
+        ErrorCode.PERMISSION_DENIED, f"{record.worker_id} may not join: the allow-list at {DSN} says no"
+    )
+
+
+async def test_a_refused_agent_leaks_no_secret_in_its_logs_nor_in_its_error(
+    agents: list[AgentProcess],
+) -> None:
+    async with EmbeddedScheduler(admission=refusing_with_a_password) as scheduler:
+        agents.append(
+            agent := await start_agent(
+                *("--scheduler", scheduler.target, "--worker-id", "agent-4", "--log-level", "debug"),
+                *("--label", f"api_token={SECRET}"),
+            )
+        )
+        code = await agent.finish()
+
+    assert code == 2
+    refused = the(agent.lines, "agent.refused", worker_id="agent-4")
+    assert refused["code"] == "PERMISSION_DENIED"
+    assert "postgresql://hodei:[redacted]@127.0.0.1:1/registry" in refused["error"]
+    assert "refused worker 'agent-4'" in agent.printed
+    assert SECRET not in json.dumps(agent.lines) + agent.printed
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """This process's logs, JSON at DEBUG, into a string; the root logger restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure_logging("json", "debug", stream=stream)
+    try:
+        yield stream
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        logging.captureWarnings(False)
+        structlog.reset_defaults()
+
+
+async def test_secrets_in_worker_labels_and_in_the_schedulers_errors_stay_out_of_the_control_planes_logs(
+    captured_logs: io.StringIO,
+) -> None:
+    config = RegistrationConfig(max_retries=3, base_backoff=0.001, max_backoff=0.001, jitter=0.0)
+    message = f"the registry {DSN} is unreachable"
+    async with (
+        FailingScheduler(2, message=message) as scheduler,
+        SchedulerPortClient(scheduler.target) as port,
+    ):
+        service = WorkerManagementService(
+            MockWorkerProvider(), registration=WorkerRegistrationAdapter(port, config)
+        )
+        worker = await service.provision_worker(DynamicWorkerConfig(labels={"api_token": SECRET}))
+        agent = WorkerAgent(
+            AgentConfig(schedulers=(scheduler.target,), worker_id="agent-5", labels={"token": SECRET})
+        )
+        running = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.connected.wait(), 10)
+        agent.request_shutdown("test over")
+        await asyncio.wait_for(running, 10)
+        await service.decommission_worker(worker.worker_id)
+
+    found = events(captured_logs.getvalue())
+    retries = [e for e in found if e["event"] == "registration.retrying"]
+    assert [e["attempt"] for e in retries] == [1, 2]
+    assert all(
+        e["error"] == "the registry postgresql://hodei:[redacted]@127.0.0.1:1/registry is unreachable"
+        for e in retries
+    )
+    the(found, "registration.succeeded", worker_id=worker.worker_id, attempts=3)
+    the(found, "worker.provisioned", worker_id=worker.worker_id)
+    the(found, "agent.connected", worker_id="agent-5")
+    the(found, "worker.connected", worker_id="agent-5")
+    the(found, "decommission.destroyed", worker_id=worker.worker_id)
+    assert SECRET not in captured_logs.getvalue()
