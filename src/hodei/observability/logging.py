@@ -16,6 +16,7 @@ handler on the root logger whose structlog formatter makes every record, hodei's
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -107,8 +108,13 @@ def _redact_value(value: object) -> object:
     return redact_text(str(value))  # rendered as text anyway: mask what its text holds
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_name(key: str) -> bool:
+    return SECRET_KEY.search(key) is not None
+
+
 def _is_secret_key(key: object, value: object) -> bool:
-    return isinstance(key, str) and value not in (None, "") and SECRET_KEY.search(key) is not None
+    return isinstance(key, str) and value not in (None, "") and _secret_name(key)
 
 
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
