@@ -104,7 +104,7 @@ async def agents() -> AsyncIterator[list[AgentProcess]]:
 async def test_the_scheduler_logs_each_change_of_a_workers_life_as_one_json_event(
     agents: list[AgentProcess],
 ) -> None:
-    async with scheduler_serve("--store", "memory", *FAST_LIVENESS) as served:
+    async with scheduler_serve("--store", "memory", "--log-level", "debug", *FAST_LIVENESS) as served:
         async with SchedulerPortClient(served.target) as client:
             await client.register_worker(make_worker("pushed-1"))
             agents.append(agent := await start_agent("--scheduler", served.target, "--worker-id", "agent-1"))

@@ -278,7 +278,7 @@ async def traced_scheduler() -> AsyncIterator[tuple[asyncio.subprocess.Process, 
     target = f"127.0.0.1:{free_port()}"
     env = CLI_ENV | {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "scheduler-under-test"}
     process = await asyncio.create_subprocess_exec(
-        HODEI, "scheduler", "serve", "--listen", target, "--store", "memory",
+        HODEI, "scheduler", "serve", "--listen", target, "--store", "memory", "--log-level", "debug",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     try:
