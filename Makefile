@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/client.py,src/hodei/transport/status.py
 
-.PHONY: demo test test-fast system-deps lint proto bench clean
+.PHONY: demo test test-fast system-deps lint proto bench clean mutation
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -27,9 +27,10 @@ test: $(STAMP) system-deps lint  ## lint, the whole suite, and the coverage floo
 test-fast: $(STAMP) system-deps  ## the suite without coverage
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-system-deps:  ## PostgreSQL for the tests' throw-away cluster, Prometheus (promtool, server) for the alert tests (installed when root and missing)
+system-deps:  ## PostgreSQL for the tests' throw-away cluster, Prometheus (promtool, server) for the alert tests, buf (npm, pinned, in tools/buf) for the contract checks (installed when missing)
 	@sh tools/ensure-postgres.sh
 	@sh tools/ensure-prometheus.sh
+	@sh tools/ensure-buf.sh
 
 lint: $(STAMP)  ## ruff and strict mypy
 	$(BIN)/ruff check src tests tools
@@ -41,6 +42,48 @@ bench: $(STAMP)  ## the registration benchmark: every scenario, a table, and ben
 
 proto: $(STAMP)  ## regenerate the Python code of the contract in proto/
 	$(BIN)/python tools/genproto.py
+
+# Mutation testing: the mutants of these functions only (mutmut globs; `?` stands for mutmut's `ǁ` in method
+# names). See docs/mutation.md for the last run's score and its survivors.
+MUTANTS := 'hodei.registration.adapter.*' 'hodei.registration.config.*' 'hodei.transport.status.*' \
+	'hodei.errors.x_scheduler_error_for__mutmut_*' 'hodei.errors.x?SchedulerError?__init____mutmut_*' \
+	'hodei.domain.x_validate_*' 'hodei.domain.x__range__mutmut_*' 'hodei.domain.x__name__mutmut_*' \
+	'hodei.domain.x__labels__mutmut_*'
+MUTATION_CHILDREN ?= 2
+MUTATION_FLOOR ?= 90
+
+# Prints every module's score and every surviving mutant; fails below $(MUTATION_FLOOR)% killed.
+define MUTATION_SCORE
+import collections, fnmatch, sys
+floor, patterns = float(sys.argv[1]), sys.argv[2:]
+by_module = collections.defaultdict(collections.Counter)
+survivors = []
+for line in sys.stdin:
+    name, _, status = line.strip().rpartition(": ")
+    if not any(fnmatch.fnmatch(name, p) for p in patterns):
+        continue
+    module = name.split(".x", 1)[0]
+    by_module[module][status] += 1
+    if status != "killed":
+        survivors.append(f"{status}: {name}")
+total = collections.Counter()
+for module, counts in sorted(by_module.items()):
+    total += counts
+    n = sum(counts.values())
+    print(f"{module:32} {counts['killed']:4} / {n:4} killed ({100 * counts['killed'] / n:5.1f}%)")
+n = sum(total.values())
+score = 100 * total["killed"] / n if n else 0.0
+print(*sorted(survivors), sep="\n")
+print(f"mutation score: {total['killed']} / {n} killed ({score:.1f}%), floor {floor:g}%")
+sys.exit(0 if n and score >= floor else 1)
+endef
+export MUTATION_SCORE
+
+mutation: $(STAMP)  ## mutation testing (mutmut) of the registration adapter, the error mapping and validation; >= 90% killed
+	rm -rf mutants && mkdir mutants
+	$(BIN)/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS) > mutants/run.log 2>&1 \
+		|| (tail -50 mutants/run.log; exit 1)
+	$(BIN)/mutmut results --all true | $(BIN)/python -c "$$MUTATION_SCORE" $(MUTATION_FLOOR) $(MUTANTS)
 
 clean:
 	rm -rf $(VENV) .coverage .pytest_cache .mypy_cache .ruff_cache
