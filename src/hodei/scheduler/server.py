@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hodei.errors import InvalidWorkerData
 from hodei.observability import tracing
 from hodei.observability.logging import log_worker_event
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.service import SchedulerServicer
-from hodei.transport.codec import SERVICE_NAME, pb_grpc
+from hodei.transport.codec import SERVICE_NAME, pb, pb_grpc
+from hodei.transport.status import abort_with
 
 __all__ = ["LEADER_HEALTH", "SERVER_OPTIONS", "SchedulerServer"]
 
@@ -39,6 +42,65 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.server.max_pending_requests", 100_000),
     ("grpc.server.max_pending_requests_hard_limit", 200_000),
 )
+
+
+class _Undecodable:
+    """What a request deserializer yields for bytes that are not a message of its type."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidWorkerData) -> None:
+        self.error = error
+
+
+class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Answers a SchedulerService call with one request (unary or server-streaming) whose request does not parse
+    with ``INVALID_ARGUMENT`` ("request is not a valid hodei.scheduler.v1.X"), as the gRPC status-code spec
+    prescribes; left to itself, grpc.aio answers ``UNKNOWN`` for a deserializer that raises. The servicer, and
+    the interceptors inside this one, never see such a call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        service, _, method = details.method.lstrip("/").partition("/")
+        if handler is None or service != SERVICE_NAME or handler.request_streaming:
+            return handler
+        message = (
+            pb.DESCRIPTOR.services_by_name["SchedulerService"].methods_by_name[method].input_type.full_name
+        )
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError:
+                return _Undecodable(InvalidWorkerData(f"request is not a valid {message}"))
+
+        if handler.response_streaming:
+            serve_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await abort_with(context, request.error)
+                async for response in serve_stream(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=deserialize, response_serializer=handler.response_serializer
+            )
+        serve = handler.unary_unary
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Undecodable):
+                await abort_with(context, request.error)
+            return await serve(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour, request_deserializer=deserialize, response_serializer=handler.response_serializer
+        )
 
 
 class _State(enum.Enum):
@@ -85,9 +147,10 @@ class SchedulerServer:
         if self._state is not _State.NEW:
             raise RuntimeError(f"a {self._state.value} SchedulerServer cannot be started")
         self._state = _State.SERVING
-        # The server span comes first, so that it covers every call, those refused by admission control too.
+        # The server span comes first, so that it covers every call, those refused by admission control too;
+        # an undecodable request is refused next, before admission control or any other interceptor sees it.
         traced = tracing.server_interceptors()
-        interceptors = [*traced, *self._interceptors]
+        interceptors = [*traced, _RejectUndecodable(), *self._interceptors]
         server = grpc.aio.server(interceptors=interceptors, options=self._options)
         pb_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
             SchedulerServicer(self.scheduler), server

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
@@ -23,6 +24,7 @@ __all__ = ["SchedulerServicer"]
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 HELLO_TIMEOUT = 10.0  # seconds an agent has to say who it is
+_CONNECT_REQUEST = pb.ConnectRequest.DESCRIPTOR.full_name
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
         except TimeoutError:
             await abort_with(context, SchedulerTimeout(f"no hello within {HELLO_TIMEOUT:g} s"))
+        except DecodeError:  # grpc.aio would answer UNKNOWN; an unparsable request is the caller's error
+            await abort_with(context, _invalid("hello", f"is not a valid {_CONNECT_REQUEST}"))
         if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
             await abort_with(context, _invalid("hello", "must be the first message of the stream"))
         if first.hello.incarnation == 0:
@@ -266,5 +270,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             return None
         except SchedulerError as error:
             return error
+        except DecodeError:
+            return _invalid("message", f"is not a valid {_CONNECT_REQUEST}")
         finally:
             session.close()

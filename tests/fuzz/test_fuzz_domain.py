@@ -1,0 +1,125 @@
+"""Fuzzed values through the domain's validation, no I/O: the control plane (before it sends) and the scheduler
+(after it decodes) name the same fields for the same worker, and validation never fails on any value.
+
+Examples per property (derandomized): :data:`EXAMPLES`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hodei.domain import (
+    DynamicWorker,
+    DynamicWorkerConfig,
+    WorkerCapabilities,
+    WorkerType,
+    validate_record,
+    validate_worker,
+    validate_worker_fields,
+)
+from hodei.errors import InvalidWorkerData
+from hodei.transport import codec
+from hodei.transport.codec import pb
+from tests.fuzz import strategies as fuzz
+
+EXAMPLES = {"client_and_server_agree": 500, "validation_is_total": 500}
+
+FIELD_PATHS = {
+    "worker_id",
+    "capabilities",
+    "capabilities.cpu_cores",
+    "capabilities.memory_mb",
+    "capabilities.disk_mb",
+    "capabilities.gpu_count",
+    "metadata.worker_type",
+    "metadata.labels",
+    "metadata.pool",
+    "metadata.hostname",
+    "metadata.agent_version",
+}
+
+
+def fuzzing(name: str) -> settings:
+    return settings(
+        max_examples=EXAMPLES[name],
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+workers = st.builds(
+    lambda worker_id, worker_type, caps, labels, pool, hostname, incarnation: DynamicWorker(
+        worker_id,
+        worker_type,
+        DynamicWorkerConfig(
+            worker_type=worker_type,
+            cpu_cores=caps.cpu_cores,
+            memory_mb=caps.memory_mb,
+            disk_mb=caps.disk_mb,
+            gpu_count=caps.gpu_count,
+            labels=labels,
+            pool=pool,
+        ),
+        incarnation=incarnation,
+        hostname=hostname,
+    ),
+    fuzz.worker_ids,
+    st.sampled_from(WorkerType),
+    fuzz.capabilities,
+    fuzz.labels,
+    fuzz.names,
+    fuzz.names,
+    fuzz.incarnations,
+)
+
+
+def path(field: str) -> str:
+    """A field's path without the label key (``metadata.labels['k']`` -> ``metadata.labels``)."""
+    return field.split("[", 1)[0]
+
+
+@fuzzing("client_and_server_agree")
+@given(worker=workers)
+def test_the_client_and_the_scheduler_name_the_same_fields_for_the_same_worker(worker: DynamicWorker) -> None:
+    before_sending = validate_worker(worker)
+
+    request = codec.worker_to_request(worker)
+    try:
+        record = codec.record_from_request(request, registered_at=datetime.now(UTC))
+    except InvalidWorkerData as refused:  # what a record cannot represent is refused while decoding
+        after_decoding = list(refused.violations)
+    else:
+        after_decoding = validate_record(record)
+
+    # Labels are a map: the two sides may meet bad labels in a different order, never different ones.
+    assert Counter(v.field for v in after_decoding) == Counter(v.field for v in before_sending)
+    assert [v.field for v in after_decoding if "[" not in v.field] == [
+        v.field for v in before_sending if "[" not in v.field
+    ]
+
+
+@fuzzing("validation_is_total")
+@given(request=fuzz.register_worker_requests)
+def test_validation_never_fails_and_names_only_fields_of_the_contract(
+    request: pb.RegisterWorkerRequest,
+) -> None:
+    metadata = request.metadata
+    caps = request.capabilities
+    found = validate_worker_fields(
+        worker_id=request.worker_id,
+        worker_type=metadata.worker_type,
+        capabilities=WorkerCapabilities(caps.cpu_cores, caps.memory_mb, caps.disk_mb, caps.gpu_count),
+        labels=dict(metadata.labels),
+        pool=metadata.pool,
+        hostname=metadata.hostname,
+        agent_version=metadata.agent_version,
+    )
+
+    assert {path(v.field) for v in found} <= FIELD_PATHS
+    assert all(v.description for v in found)
