@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/client.py,src/hodei/transport/status.py
 
-.PHONY: demo test test-fast system-deps lint proto bench clean mutation
+.PHONY: demo test test-fast test-flaky system-deps lint proto bench clean mutation
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -26,6 +26,14 @@ test: $(STAMP) system-deps lint  ## lint, the whole suite, and the coverage floo
 
 test-fast: $(STAMP) system-deps  ## the suite without coverage
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-flaky: $(STAMP)  ## the failure suite (tests/failure) 20 times in a row; every run must be green
+	@started=$$(date +%s); \
+	for run in $$(seq 20); do \
+		echo "test-flaky: run $$run of 20"; \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/failure || exit 1; \
+	done; \
+	echo "test-flaky: 20 green runs in $$(( $$(date +%s) - started )) s"
 
 system-deps:  ## PostgreSQL for the tests' throw-away cluster, Prometheus (promtool, server) for the alert tests, buf (npm, pinned, in tools/buf) for the contract checks (installed when missing)
 	@sh tools/ensure-postgres.sh

@@ -70,3 +70,50 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     found = registry.get_sample_value(name, labels)
     assert found is not None, f"no sample {name}{labels}"
     return found
+
+
+# Support for the failure suite (tests/failure).
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+from hodei import RegistrationReceipt, SchedulerPortClient  # noqa: E402
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout: float = 5.0, interval: float = 0.01) -> None:
+    """:func:`wait_for` for a plain (not awaitable) condition."""
+
+    async def holds() -> bool:
+        return predicate()
+
+    await wait_for(holds, timeout=timeout, interval=interval)
+
+
+class AttemptRecordingClient(SchedulerPortClient):
+    """The real port client, recording the outcome of every registration call it makes: ``"OK"`` or the
+    error code's name (a batch call records one entry per call, the code of the whole call or ``"OK"``)."""
+
+    def __init__(self, target: str, **options: Any) -> None:
+        super().__init__(target, **options)
+        self.attempts: list[str] = []
+
+    async def register_worker(
+        self, worker: DynamicWorker, *, timeout: float | None = None
+    ) -> RegistrationReceipt:
+        try:
+            receipt = await super().register_worker(worker, timeout=timeout)
+        except SchedulerError as error:
+            self.attempts.append(error.code.name)
+            raise
+        self.attempts.append("OK")
+        return receipt
+
+    async def register_workers(
+        self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
+    ) -> list[RegistrationReceipt | SchedulerError]:
+        try:
+            outcomes = await super().register_workers(workers, timeout=timeout)
+        except SchedulerError as error:
+            self.attempts.append(error.code.name)
+            raise
+        self.attempts.append("OK")
+        return outcomes

@@ -55,10 +55,15 @@ class ConnectStream:
     async def open(
         self, worker: DynamicWorker, running_jobs: Sequence[str] = (), *, timeout: float
     ) -> ConnectAck:
-        """Say hello and wait (at most ``timeout`` s) for the acknowledgement."""
-        await self._write(pb.ConnectRequest(hello=codec.hello_from_worker(worker, running_jobs)))
+        """Say hello and wait (at most ``timeout`` s, connecting included) for the acknowledgement."""
+        hello = pb.ConnectRequest(hello=codec.hello_from_worker(worker, running_jobs))
+
+        async def greet() -> pb.ConnectResponse | None:
+            await self._write(hello)  # waits for the connection: a network that answers nothing holds it
+            return await self._read()
+
         try:
-            response = await asyncio.wait_for(self._read(), timeout)
+            response = await asyncio.wait_for(greet(), timeout)
         except TimeoutError:
             self.cancel()
             raise scheduler_error_for(
