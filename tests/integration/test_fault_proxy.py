@@ -21,7 +21,6 @@ from hodei import (
     ErrorCode,
     RegistrationConfig,
     RegistrationError,
-    RegistrationReceipt,
     SchedulerError,
     SchedulerPortClient,
     SchedulerTimeout,
@@ -29,7 +28,7 @@ from hodei import (
     WorkerRegistrationAdapter,
 )
 from hodei.testing import EmbeddedScheduler, FaultProxy
-from tests.helpers import make_worker, wait_for
+from tests.helpers import AttemptRecordingClient, make_worker, wait_for
 
 OWN_CONNECTIONS = (("grpc.use_local_subchannel_pool", 1),)
 # gRPC waits about 1 s (jittered, growing) before it connects again after a refused or reset connection attempt;
@@ -42,25 +41,6 @@ QUICK_RECONNECTS = (
     ("grpc.max_reconnect_backoff_ms", 200),
 )
 LIST_SIZE = 1000  # workers in the scheduler for the tests of large answers: one ListWorkers page of ~90 KB
-
-
-class RecordingClient(SchedulerPortClient):
-    """A SchedulerPortClient that records the outcome of each registration attempt: ``"OK"`` or the code."""
-
-    def __init__(self, target: str, **options: Any) -> None:
-        super().__init__(target, **options)
-        self.attempts: list[str] = []
-
-    async def register_worker(
-        self, worker: DynamicWorker, *, timeout: float | None = None
-    ) -> RegistrationReceipt:
-        try:
-            receipt = await super().register_worker(worker, timeout=timeout)
-        except SchedulerError as error:
-            self.attempts.append(error.code.name)
-            raise
-        self.attempts.append("OK")
-        return receipt
 
 
 @pytest.fixture
@@ -76,12 +56,12 @@ async def proxy(scheduler: EmbeddedScheduler) -> AsyncIterator[FaultProxy]:
 
 
 @pytest.fixture
-async def connect(proxy: FaultProxy) -> AsyncIterator[Callable[..., RecordingClient]]:
+async def connect(proxy: FaultProxy) -> AsyncIterator[Callable[..., AttemptRecordingClient]]:
     """``connect(options=...)``: a client of the proxy with connections of its own, closed after the test."""
-    clients: list[RecordingClient] = []
+    clients: list[AttemptRecordingClient] = []
 
-    def make(options: tuple[tuple[str, Any], ...] = OWN_CONNECTIONS) -> RecordingClient:
-        client = RecordingClient(proxy.target, options=options)
+    def make(options: tuple[tuple[str, Any], ...] = OWN_CONNECTIONS) -> AttemptRecordingClient:
+        client = AttemptRecordingClient(proxy.target, options=options)
         clients.append(client)
         return client
 
@@ -91,7 +71,7 @@ async def connect(proxy: FaultProxy) -> AsyncIterator[Callable[..., RecordingCli
 
 
 @pytest.fixture
-async def client(connect: Callable[..., RecordingClient]) -> RecordingClient:
+async def client(connect: Callable[..., AttemptRecordingClient]) -> AttemptRecordingClient:
     """A client whose connection through the proxy is open (one call made)."""
     client = connect(QUICK_RECONNECTS)
     assert await client.get_worker("warm-up") is None
@@ -123,7 +103,7 @@ async def raises(kind: type[SchedulerError], call: Awaitable[object]) -> Schedul
 
 
 async def test_a_registration_through_the_proxy_reaches_the_scheduler_and_moves_both_byte_counters(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, connect: Callable[..., RecordingClient]
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, connect: Callable[..., AttemptRecordingClient]
 ) -> None:
     client = connect()
 
@@ -206,7 +186,7 @@ def test_an_upstream_without_a_port_is_refused() -> None:
 
 
 async def test_latency_makes_a_registration_take_at_least_the_delay_each_way(
-    proxy: FaultProxy, client: RecordingClient
+    proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.delay(0.2)
     started = now()
@@ -231,7 +211,7 @@ async def test_jitter_only_lengthens_the_delay(scheduler: EmbeddedScheduler) -> 
 
 
 async def test_downstream_latency_holds_the_answer_while_the_request_is_served_and_heal_releases_it(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: RecordingClient
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.delay(30, direction="downstream")
     call = asyncio.create_task(client.register_worker(make_worker("answer-held"), timeout=60))
@@ -245,7 +225,7 @@ async def test_downstream_latency_holds_the_answer_while_the_request_is_served_a
 
 
 async def test_a_deadline_shorter_than_the_latency_ends_the_call_with_scheduler_timeout(
-    proxy: FaultProxy, client: RecordingClient
+    proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.delay(0.5)
 
@@ -259,7 +239,7 @@ async def test_a_deadline_shorter_than_the_latency_ends_the_call_with_scheduler_
 
 
 async def test_a_black_hole_times_a_call_out_and_after_heal_the_same_connection_serves_the_next(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: RecordingClient
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.black_hole()
     started = now()
@@ -277,7 +257,7 @@ async def test_a_black_hole_times_a_call_out_and_after_heal_the_same_connection_
 
 
 async def test_a_call_held_by_a_black_hole_is_delivered_when_it_ends_before_the_calls_deadline(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: RecordingClient
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.black_hole()
     sent_before = proxy.bytes_upstream
@@ -296,7 +276,7 @@ async def test_a_call_held_by_a_black_hole_is_delivered_when_it_ends_before_the_
 
 
 async def test_a_connection_opened_into_a_black_hole_is_accepted_but_unanswered_until_heal(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, connect: Callable[..., RecordingClient]
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, connect: Callable[..., AttemptRecordingClient]
 ) -> None:
     client = connect()
     proxy.black_hole()
@@ -315,7 +295,7 @@ async def test_a_connection_opened_into_a_black_hole_is_accepted_but_unanswered_
 
 
 async def test_a_reset_fails_the_call_in_flight_with_unavailable_and_a_retry_reconnects(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: RecordingClient
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.delay(30, direction="downstream")  # the request is served; its answer waits in the proxy
     call = asyncio.create_task(client.register_worker(make_worker("in-flight"), timeout=60))
@@ -337,7 +317,7 @@ async def test_a_reset_fails_the_call_in_flight_with_unavailable_and_a_retry_rec
 
 
 async def test_after_a_reset_the_adapters_retry_registers_the_worker_on_a_new_connection(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: RecordingClient
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     adapter = WorkerRegistrationAdapter(client, RegistrationConfig(max_retries=3, base_backoff=0.05))
     proxy.delay(30, direction="downstream")
@@ -355,7 +335,7 @@ async def test_after_a_reset_the_adapters_retry_registers_the_worker_on_a_new_co
 
 
 async def test_resetting_new_connections_too_fails_every_call_with_unavailable_until_heal(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: RecordingClient
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.reset_all(including_new=True)
 
@@ -373,7 +353,7 @@ async def test_resetting_new_connections_too_fails_every_call_with_unavailable_u
 
 
 async def test_a_connection_closed_half_way_through_a_large_list_fails_it_with_unavailable(
-    proxy: FaultProxy, client: RecordingClient, many_workers: int
+    proxy: FaultProxy, client: AttemptRecordingClient, many_workers: int
 ) -> None:
     proxy.close_after(10_000)
     received_before = proxy.bytes_downstream
@@ -396,8 +376,8 @@ async def test_a_connection_closed_half_way_through_a_large_list_fails_it_with_u
 async def test_a_refusing_proxy_fails_new_connections_with_unavailable_while_open_ones_carry_on(
     scheduler: EmbeddedScheduler,
     proxy: FaultProxy,
-    client: RecordingClient,
-    connect: Callable[..., RecordingClient],
+    client: AttemptRecordingClient,
+    connect: Callable[..., AttemptRecordingClient],
 ) -> None:
     port = proxy.port
     proxy.refuse()
@@ -418,7 +398,7 @@ async def test_a_refusing_proxy_fails_new_connections_with_unavailable_while_ope
 
 
 async def test_a_refusing_proxy_that_resets_the_open_connection_fails_calls_until_it_listens_again(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: RecordingClient
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     proxy.refuse()
     proxy.reset_all()
@@ -445,7 +425,7 @@ async def test_a_refusing_proxy_that_resets_the_open_connection_fails_calls_unti
 
 
 async def test_a_bandwidth_limit_makes_a_large_list_take_at_least_its_size_over_the_rate(
-    proxy: FaultProxy, client: RecordingClient, many_workers: int
+    proxy: FaultProxy, client: AttemptRecordingClient, many_workers: int
 ) -> None:
     before = proxy.bytes_downstream
     await client.list_workers(page_size=many_workers, timeout=10)
@@ -463,7 +443,7 @@ async def test_a_bandwidth_limit_makes_a_large_list_take_at_least_its_size_over_
 
 
 async def test_an_upstream_bandwidth_limit_slows_requests_and_not_answers(
-    proxy: FaultProxy, client: RecordingClient
+    proxy: FaultProxy, client: AttemptRecordingClient
 ) -> None:
     worker = make_worker("big-request", labels={f"label-{i}": "x" * 40 for i in range(60)})
     proxy.limit_bandwidth(4_000, direction="upstream")
@@ -480,7 +460,7 @@ async def test_an_upstream_bandwidth_limit_slows_requests_and_not_answers(
 
 
 async def test_faults_switched_while_registrations_flow_leave_every_reported_registration_in_the_scheduler(
-    scheduler: EmbeddedScheduler, proxy: FaultProxy, connect: Callable[..., RecordingClient]
+    scheduler: EmbeddedScheduler, proxy: FaultProxy, connect: Callable[..., AttemptRecordingClient]
 ) -> None:
     client = connect(QUICK_RECONNECTS)
     adapter = WorkerRegistrationAdapter(
