@@ -42,6 +42,9 @@ CHANNEL_OPTIONS = (
     # gRPC times a keepalive ping out after this, not after keepalive_timeout_ms (its default is 60 s): a
     # black-holed connection is then noticed within 10 s + 5 s.
     ("grpc.http2.ping_timeout_ms", 5_000),
+    # Each session dials afresh: the agent's own jittered backoff paces its reconnections, not the reconnect
+    # backoff (growing to two minutes) of a connection that gRPC shares between a process's channels.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
