@@ -39,6 +39,7 @@ from hodei.bootstrap import build_control_plane
 from hodei.scheduler.interception import REGISTRATION_METHODS, MethodInterceptor
 from hodei.stores.memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler, MockWorkerProvider
+from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 from hodei.transport.client import scheduler_addresses
 from tests.helpers import make_worker
 
@@ -92,13 +93,14 @@ def dead_address(host: str = "127.0.0.1") -> Iterator[str]:
         yield f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 
-def ipv6_loopback_works() -> bool:
+def missing_ipv6_loopback() -> str | None:
+    """Why this machine cannot listen on the IPv6 loopback, or None when it can."""
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
             probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
+    except OSError as error:
+        return f"the IPv6 loopback [::1] cannot be bound here ({error}); the mixed IPv4/IPv6 list needs it"
+    return None
 
 
 class PortHeldMidway:
@@ -309,8 +311,8 @@ async def test_when_every_address_is_dead_unavailable_surfaces_as_max_retries_ex
 
 
 async def test_host_names_are_resolved_and_a_list_may_mix_ipv4_and_ipv6_addresses() -> None:
-    if not ipv6_loopback_works():
-        pytest.skip("no IPv6 loopback here")
+    if (missing := missing_ipv6_loopback()) is not None:
+        skip_or_fail_for_missing(missing)
     async with EmbeddedScheduler() as on_ipv4, EmbeddedScheduler(host="[::1]") as on_ipv6:
         with dead_address("::1") as dead_ipv6, dead_address() as dead_ipv4:
             mixed = SchedulerPortClient([dead_ipv6, f"localhost:{on_ipv4.port}"])
