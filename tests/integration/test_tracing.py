@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -41,20 +40,6 @@ REGISTER = "/hodei.scheduler.v1.SchedulerService/RegisterWorker"
 REGISTER_BATCH = "/hodei.scheduler.v1.SchedulerService/RegisterWorkers"
 SCHEDULER_SERVICE = "hodei.scheduler.v1.SchedulerService"
 NO_WAIT = RegistrationConfig(max_retries=3, base_backoff=0.001, max_backoff=0.001, jitter=0.0)
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """hodei traces into memory for the test; tracing is off again afterwards."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.configure_tracing("hodei-tests", provider=provider)
-    try:
-        yield exporter
-    finally:
-        tracing.configure_tracing("hodei-tests", environ={})
-        provider.shutdown()
 
 
 def named(exporter: InMemorySpanExporter, name: str, kind: SpanKind | None = None) -> list[ReadableSpan]:

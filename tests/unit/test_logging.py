@@ -17,14 +17,12 @@ from typing import Any
 import pytest
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hodei import ErrorCode, MaxRetriesExceeded
 from hodei.domain import WorkerStatus
 from hodei.errors import scheduler_error_for
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
-from hodei.observability import tracing
 from hodei.observability.logging import REDACTED, configure_logging, log_worker_event, redact_text
 from tests.helpers import make_worker
 from tests.unit.test_adapter import ScriptedPort, adapter, error, receipt
@@ -59,18 +57,6 @@ def json_log(restore_logging: None) -> tuple[io.StringIO, Lines]:
         return [json.loads(line) for line in stream.getvalue().splitlines()]
 
     return stream, lines
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.configure_tracing("hodei-tests", provider=provider)
-    try:
-        yield exporter
-    finally:
-        tracing.configure_tracing("hodei-tests", environ={})
 
 
 # --- format and context --------------------------------------------------------------------------------

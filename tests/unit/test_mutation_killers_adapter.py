@@ -7,12 +7,11 @@ The scripted port of tests/unit/test_adapter.py is reused, recording what each c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
@@ -79,20 +78,6 @@ def metered(
         metrics=metrics,
     )
     return registration, sleep, metrics.registry
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """hodei traces into memory for the test; tracing is off again afterwards."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.configure_tracing("hodei-tests", provider=provider)
-    try:
-        yield exporter
-    finally:
-        tracing.configure_tracing("hodei-tests", environ={})
-        provider.shutdown()
 
 
 def attributes_of(exporter: InMemorySpanExporter, name: str) -> list[dict[str, Any]]:
