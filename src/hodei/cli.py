@@ -8,7 +8,7 @@ import enum
 import gc
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -34,15 +34,20 @@ errors = Console(stderr=True)
 T = TypeVar("T")
 
 
+def _refuse_malformed(text: str, parse: Callable[[str], object]) -> str:
+    """``text``, unless ``parse`` refuses it (ValueError): then a bad-parameter error, before anything starts."""
+    try:
+        parse(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    return text
+
+
 def check_scheduler_addresses(text: str) -> str:
     """Refuse a malformed ``--scheduler`` list before anything is dialled."""
     from hodei.transport.client import scheduler_addresses
 
-    try:
-        scheduler_addresses(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    return text
+    return _refuse_malformed(text, scheduler_addresses)
 
 
 SchedulerOption = Annotated[
@@ -104,12 +109,7 @@ def check_metrics_listen(text: str) -> str:
     """Refuse a malformed ``--metrics-listen`` before anything starts; empty means no endpoint."""
     from hodei.observability.http import parse_listen
 
-    if text:
-        try:
-            parse_listen(text)
-        except ValueError as error:
-            raise typer.BadParameter(str(error)) from error
-    return text
+    return _refuse_malformed(text, parse_listen) if text else text
 
 
 MetricsListenOption = Annotated[
