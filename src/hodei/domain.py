@@ -19,6 +19,7 @@ __all__ = [
     "MAX_LABEL_KEY_LENGTH",
     "MAX_LABEL_VALUE_LENGTH",
     "MAX_WORKER_ID_LENGTH",
+    "WORKER_TYPE_VALUES",
     "DynamicWorker",
     "DynamicWorkerConfig",
     "FieldViolation",
@@ -300,7 +301,7 @@ def merge_registrations(
     return outcomes, written
 
 
-_WORKER_TYPE_VALUES = frozenset(t.value for t in WorkerType)
+WORKER_TYPE_VALUES = frozenset(t.value for t in WorkerType)
 
 
 def validate_worker_id(worker_id: str, *, field_name: str = "worker_id") -> list[FieldViolation]:
@@ -379,7 +380,7 @@ def validate_worker_fields(
         found += _range("capabilities.memory_mb", capabilities.memory_mb, 1, MAX_MEMORY_MB)
         found += _range("capabilities.disk_mb", capabilities.disk_mb, 0, MAX_DISK_MB)
         found += _range("capabilities.gpu_count", capabilities.gpu_count, 0, MAX_GPU_COUNT)
-    if worker_type not in _WORKER_TYPE_VALUES:
+    if worker_type not in WORKER_TYPE_VALUES:
         allowed = ", ".join(t.value for t in WorkerType)
         found.append(FieldViolation("metadata.worker_type", f"must be one of {allowed}, got {worker_type!r}"))
     found += _labels(labels, "metadata.labels")

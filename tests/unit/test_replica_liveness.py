@@ -450,6 +450,29 @@ async def test_a_scheduler_alone_with_its_store_leads_from_the_first_tick_and_sw
 # --- taking over ----------------------------------------------------------------------------------------
 
 
+# The takeover at 10, plus the 5 s grace.
+LOST_THEN_REMOVED_AT_15 = {
+    10.0: WorkerStatus.LOST,
+    11.0: WorkerStatus.LOST,
+    12.0: WorkerStatus.LOST,
+    13.0: WorkerStatus.LOST,
+    14.0: WorkerStatus.LOST,
+    15.0: None,
+}
+
+
+async def statuses_after_taking_over_at_10(
+    clock: FakeClock, replica: Scheduler, leadership: SwitchedLeadership, worker_id: str
+) -> dict[float, WorkerStatus | None]:
+    """The replica takes the lead at 10 and ticks each second to 15: the worker's status after each tick."""
+    leadership.leading = True
+    seen = {}
+    for second in range(10, 16):
+        await tick_at(clock, float(second), replica)
+        seen[float(second)] = await status(replica, worker_id)
+    return seen
+
+
 async def test_workers_stored_lost_at_a_takeover_are_removed_a_grace_after_it(
     store: SharedMemoryStore, clock: FakeClock, start_replica: StartReplica, elsewhere: WorkerRegistry
 ) -> None:
@@ -463,20 +486,9 @@ async def test_workers_stored_lost_at_a_takeover_are_removed_a_grace_after_it(
     for second in range(2, 10):
         await tick_at(clock, float(second), replica)
 
-    leadership.leading = True
-    seen = {}
-    for second in range(10, 16):
-        await tick_at(clock, float(second), replica)
-        seen[float(second)] = await status(replica, "gone")
-
-    assert seen == {
-        10.0: WorkerStatus.LOST,
-        11.0: WorkerStatus.LOST,
-        12.0: WorkerStatus.LOST,
-        13.0: WorkerStatus.LOST,
-        14.0: WorkerStatus.LOST,
-        15.0: None,  # the takeover at 10, plus the 5 s grace
-    }
+    assert (
+        await statuses_after_taking_over_at_10(clock, replica, leadership, "gone") == LOST_THEN_REMOVED_AT_15
+    )
     [event] = await events.take()
     assert (event.kind, event.worker_id, event.reason) == (
         WorkerEventKind.EXPIRED,
@@ -502,20 +514,10 @@ async def test_a_worker_lost_when_the_replica_started_and_lost_again_before_its_
     for second in range(1, 10):
         await tick_at(clock, float(second), replica)
 
-    leadership.leading = True
-    seen = {}
-    for second in range(10, 16):
-        await tick_at(clock, float(second), replica)
-        seen[float(second)] = await status(replica, "roamer")
-
-    assert seen == {
-        10.0: WorkerStatus.LOST,
-        11.0: WorkerStatus.LOST,
-        12.0: WorkerStatus.LOST,
-        13.0: WorkerStatus.LOST,
-        14.0: WorkerStatus.LOST,
-        15.0: None,
-    }
+    assert (
+        await statuses_after_taking_over_at_10(clock, replica, leadership, "roamer")
+        == LOST_THEN_REMOVED_AT_15
+    )
 
 
 async def test_a_takeover_whose_restore_cannot_reach_the_store_is_completed_at_the_next_tick(

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from hodei.domain import (
+    WORKER_TYPE_VALUES,
     DynamicWorker,
     FieldViolation,
     UpsertOutcome,
@@ -37,7 +38,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 1000
 
-_WORKER_TYPE_VALUES = frozenset(t.value for t in WorkerType)
 
 Admission = Callable[[WorkerRecord], SchedulerError | None]
 """Asked before each registration is written; an error refuses that worker (and only that one)."""
@@ -118,7 +118,7 @@ class WorkerRegistry:
     def count_invalid(self, worker_type: str) -> None:
         """Count a registration refused as invalid before it became a record (the servicer could not decode
         it, or an agent's hello was malformed): every registration the scheduler answers counts once."""
-        known = worker_type in _WORKER_TYPE_VALUES
+        known = worker_type in WORKER_TYPE_VALUES
         self._count("invalid", worker_type if known else UNKNOWN_WORKER_TYPE)
 
     def _check(self, record: WorkerRecord) -> None:
