@@ -322,10 +322,11 @@ def agent(
     from hodei.observability.http import MetricsEndpoint
     from hodei.observability.logging import redact_text
     from hodei.observability.metrics import AgentMetrics, process_registry
+    from hodei.transport.client import scheduler_addresses
 
     observe("hodei-agent", log_format, log_level)
     options: dict[str, Any] = {
-        "schedulers": tuple(t.strip() for t in scheduler.split(",") if t.strip()),
+        "schedulers": scheduler_addresses(scheduler),  # the addresses its --scheduler check accepted
         "worker_id": worker_id or f"{socket.gethostname()}-{os.getpid()}",
         "labels": {**parse_labels(labels), **dict(parse_label(item) for item in label or ())},
         "pool": pool,
