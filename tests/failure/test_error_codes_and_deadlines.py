@@ -5,7 +5,6 @@ verdict; a client's deadline reaches the server, and a call that expires or is c
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,7 +131,7 @@ async def test_the_clients_deadline_reaches_the_server_as_the_time_remaining_of_
     # the server counts it from when it read the header: a few ms either way of the client's 1.5 s.
     assert remaining is not None and 1.0 < remaining <= 1.5 + 0.05
     no_deadline = await _remaining_without_deadline(scheduler, server)
-    assert no_deadline is None or math.isinf(no_deadline) or no_deadline > 1e6
+    assert no_deadline is None
 
 
 async def _remaining_without_deadline(scheduler: EmbeddedScheduler, server: Stall) -> float | None:

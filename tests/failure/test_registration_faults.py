@@ -121,7 +121,7 @@ async def test_a_black_hole_shorter_than_the_retry_budget_ends_with_the_worker_r
 
     assert worker.status is WorkerStatus.REGISTERED
     assert client.attempts[0] == "DEADLINE_EXCEEDED" and client.attempts[-1] == "OK"
-    assert len(client.attempts) >= 2
+    assert client.attempts.count("OK") == 1
     # The attempts held in the black hole reach the scheduler when it ends: the registration is idempotent.
     assert await registered_ids(scheduler) == ["dark-1"]
     assert provider.orphans == ["dark-1"] and provider.destroyed == []
