@@ -74,14 +74,20 @@ class LogLevel(enum.StrEnum):
     ERROR = "error"
 
 
-LogFormatOption = Annotated[
-    LogFormat,
-    typer.Option(
+def _log_format_option(envvar: str | None = None) -> Any:
+    return typer.Option(
         "--log-format",
+        envvar=envvar,
         help="Logs on stderr: json (one object per line), console, or auto (console on a TTY).",
-    ),
-]
-LogLevelOption = Annotated[LogLevel, typer.Option("--log-level", help="The least severe level logged.")]
+    )
+
+
+def _log_level_option(envvar: str | None = None) -> Any:
+    return typer.Option("--log-level", envvar=envvar, help="The least severe level logged.")
+
+
+LogFormatOption = Annotated[LogFormat, _log_format_option()]
+LogLevelOption = Annotated[LogLevel, _log_level_option()]
 
 
 def observe(service: str, log_format: LogFormat, log_level: LogLevel) -> None:
@@ -112,14 +118,16 @@ def check_metrics_listen(text: str) -> str:
     return _refuse_malformed(text, parse_listen) if text else text
 
 
-MetricsListenOption = Annotated[
-    str,
-    typer.Option(
+def _metrics_listen_option(envvar: str | None = None) -> Any:
+    return typer.Option(
         "--metrics-listen",
+        envvar=envvar,
         help="Serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port). Default: none.",
         callback=check_metrics_listen,
-    ),
-]
+    )
+
+
+MetricsListenOption = Annotated[str, _metrics_listen_option()]
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -291,25 +299,37 @@ def _run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
 @app.command()
 def agent(
     scheduler: Annotated[
-        str, typer.Option("--scheduler", "-s", help="Scheduler address(es), HOST:PORT[,HOST:PORT...].")
+        str,
+        typer.Option(
+            "--scheduler",
+            "-s",
+            envvar="HODEI_SCHEDULER",
+            help="Scheduler address(es), HOST:PORT[,HOST:PORT...].",
+        ),
     ],
-    worker_id: Annotated[str, typer.Option(help="This worker's id (default: hostname and pid).")] = "",
-    labels: Annotated[str, typer.Option(help="Labels, k=v,...")] = "",
+    worker_id: Annotated[
+        str, typer.Option(envvar="HODEI_WORKER_ID", help="This worker's id (default: hostname and pid).")
+    ] = "",
+    labels: Annotated[str, typer.Option(envvar="HODEI_LABELS", help="Labels, k=v,...")] = "",
     label: Annotated[
         list[str] | None, typer.Option(help="One label, k=v (repeatable; values may hold commas).")
     ] = None,
-    pool: Annotated[str, typer.Option(help="The worker's pool.")] = "default",
-    worker_type: Annotated[WorkerType, typer.Option("--worker-type", help="How this worker is run.")] = (
-        WorkerType.PROCESS
-    ),
-    cpu_cores: Annotated[int, typer.Option(help="CPU cores offered (default: all).")] = 0,
-    memory_mb: Annotated[int, typer.Option(help="Memory offered in MB (default: all).")] = 0,
+    pool: Annotated[str, typer.Option(envvar="HODEI_POOL", help="The worker's pool.")] = "default",
+    worker_type: Annotated[
+        WorkerType, typer.Option("--worker-type", envvar="HODEI_WORKER_TYPE", help="How this worker is run.")
+    ] = WorkerType.PROCESS,
+    cpu_cores: Annotated[
+        int, typer.Option(envvar="HODEI_CPU_CORES", help="CPU cores offered (default: all).")
+    ] = 0,
+    memory_mb: Annotated[
+        int, typer.Option(envvar="HODEI_MEMORY_MB", help="Memory offered in MB (default: all).")
+    ] = 0,
     parent_pid: Annotated[
         int, typer.Option(help="Shut down when this process exits (set by providers).")
     ] = 0,
-    metrics_listen: MetricsListenOption = "",
-    log_format: LogFormatOption = LogFormat.JSON,
-    log_level: LogLevelOption = LogLevel.INFO,
+    metrics_listen: Annotated[str, _metrics_listen_option("HODEI_METRICS_LISTEN")] = "",
+    log_format: Annotated[LogFormat, _log_format_option("HODEI_LOG_FORMAT")] = LogFormat.JSON,
+    log_level: Annotated[LogLevel, _log_level_option("HODEI_LOG_LEVEL")] = LogLevel.INFO,
 ) -> None:
     """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters."""
     import logging

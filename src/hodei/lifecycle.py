@@ -51,6 +51,7 @@ class WorkerEventKind(enum.StrEnum):
     EXPIRED = "expired"
     EXPIRY_SLOWED = "expiry_slowed"
     EXPIRY_RESUMED = "expiry_resumed"
+    ORPHAN_REMOVED = "orphan_removed"  # a machine with no registration was destroyed (not in the registry)
 
 
 @dataclass(frozen=True, slots=True)

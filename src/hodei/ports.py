@@ -125,8 +125,10 @@ class SchedulerPort(Protocol):
         ...
 
     async def unregister_worker(
-        self, worker_id: str, *, timeout: float | None = None
-    ) -> UnregistrationStatus: ...
+        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> UnregistrationStatus:
+        """Remove the worker; ``reason`` goes with the UNREGISTERED event."""
+        ...
 
     async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None: ...
 
@@ -142,6 +144,12 @@ class SchedulerPort(Protocol):
     async def drain_worker(
         self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
     ) -> DrainOutcome: ...
+
+    async def report_orphan_removed(
+        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> None:
+        """Announce (an ORPHAN_REMOVED event) that a machine of ``worker_id`` with no registration was destroyed."""
+        ...
 
     async def close(self) -> None: ...
 

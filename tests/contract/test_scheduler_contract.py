@@ -318,3 +318,62 @@ async def test_batch_answers_leave_out_only_what_the_request_already_said(
     )
     # The agent's registration (incarnation 5) was kept: the answer says what is actually registered.
     assert kept.worker.HasField("metadata") and kept.worker.incarnation == 5 and not kept.created
+
+
+@pytest.mark.parametrize(
+    ("worker_id", "reason", "fields"),
+    [
+        ("", "removed", ["worker_id"]),
+        ("bad id!", "removed", ["worker_id"]),
+        ("orphan-1", "x" * 1025, ["reason"]),
+        ("", "x" * 1025, ["worker_id", "reason"]),
+    ],
+)
+async def test_a_bad_orphan_report_is_invalid_argument_naming_each_field_and_publishes_nothing(
+    scheduler: EmbeddedScheduler,
+    stub: pb_grpc.SchedulerServiceStub,
+    worker_id: str,
+    reason: str,
+    fields: list[str],
+) -> None:
+    before = scheduler.scheduler.events.sequence
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReportOrphanRemoved(
+            pb.ReportOrphanRemovedRequest(worker_id=worker_id, reason=reason), timeout=5
+        )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(caught.value) == fields
+    assert scheduler.scheduler.events.sequence == before
+
+
+async def test_an_orphan_report_publishes_one_event_and_leaves_the_registry_alone(
+    scheduler: EmbeddedScheduler, stub: pb_grpc.SchedulerServiceStub
+) -> None:
+    await stub.RegisterWorker(request("kept-1"), timeout=5)
+    watcher = scheduler.scheduler.events.watch()
+    await stub.ReportOrphanRemoved(
+        pb.ReportOrphanRemovedRequest(worker_id="orphan-1", reason="container hodei-orphan-1 removed"),
+        timeout=5,
+    )
+    event = await anext(aiter(watcher))
+    assert (event.kind.value, event.worker_id, event.reason, event.record) == (
+        "orphan_removed",
+        "orphan-1",
+        "container hodei-orphan-1 removed",
+        None,
+    )
+    watcher.close()
+    assert [r.worker_id for r in await scheduler.workers()] == ["kept-1"]
+
+
+async def test_an_unregistration_reason_over_1024_characters_is_refused_and_the_worker_stays(
+    scheduler: EmbeddedScheduler, stub: pb_grpc.SchedulerServiceStub
+) -> None:
+    await stub.RegisterWorker(request("kept-2"), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UnregisterWorker(
+            pb.UnregisterWorkerRequest(worker_id="kept-2", reason="x" * 1025), timeout=5
+        )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(caught.value) == ["reason"]
+    assert [r.worker_id for r in await scheduler.workers()] == ["kept-2"]

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -26,6 +26,7 @@ from hodei.errors import (
     SchedulerError,
 )
 from hodei.management.config import WorkerManagementConfig
+from hodei.management.reconciler import Reconciler, ReconcilerConfig
 from hodei.observability import tracing
 from hodei.observability.metrics import ControlPlaneMetrics
 from hodei.ports import UnregistrationStatus, WorkerProvider
@@ -83,6 +84,7 @@ class WorkerManagementService:
         if metrics is None:
             metrics = registration.metrics if registration is not None else ControlPlaneMetrics()
         self.metrics = metrics
+        self._in_flight: set[str] = set()  # ids being provisioned or decommissioned: not the reconciler's
 
     @classmethod
     def new_with_registration(
@@ -155,6 +157,15 @@ class WorkerManagementService:
         with tracing.span("provision_worker", {tracing.WORKER_TYPE: config.worker_type.value}):
             return await self._provision_worker(config, worker_id)
 
+    @contextlib.contextmanager
+    def _working_on(self, worker_ids: Sequence[str]) -> Iterator[None]:
+        """While the block runs, the reconciler leaves these workers alone."""
+        self._in_flight.update(worker_ids)
+        try:
+            yield
+        finally:
+            self._in_flight.difference_update(worker_ids)
+
     async def _provision_worker(self, config: DynamicWorkerConfig, worker_id: str | None) -> DynamicWorker:
         self._check(config)
         if worker_id is not None and (violations := validate_worker_id(worker_id)):
@@ -163,6 +174,10 @@ class WorkerManagementService:
             )
         worker_id = worker_id or self.new_worker_id()
         trace.get_current_span().set_attribute(tracing.WORKER_ID, worker_id)
+        with self._working_on([worker_id]):
+            return await self._provision_and_register(worker_id, config)
+
+    async def _provision_and_register(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker:
         worker = await self.provider.provision(worker_id, config)
         log.info(
             "worker.provisioned", extra={"worker_id": worker_id, "worker_type": worker.worker_type.value}
@@ -206,6 +221,10 @@ class WorkerManagementService:
             raise ValueError(f"count must be >= 0, got {count}")
         self._check(config)
         ids = [self.new_worker_id() for _ in range(count)]
+        with self._working_on(ids):
+            return await self._provision_batch(ids, config)
+
+    async def _provision_batch(self, ids: list[str], config: DynamicWorkerConfig) -> list[ProvisionResult]:
         provisioned: dict[str, DynamicWorker] = {}
         failures: dict[str, HodeiError] = {}
         refused: list[tuple[str, RegistrationError]] = []
@@ -271,7 +290,10 @@ class WorkerManagementService:
         If draining or unregistration fails, the worker is left running and registered (consistent) and the
         :class:`~hodei.errors.RegistrationError` is raised, so the caller can try again.
         """
-        with tracing.span("decommission_worker", {tracing.WORKER_ID: worker_id}):
+        with (
+            tracing.span("decommission_worker", {tracing.WORKER_ID: worker_id}),
+            self._working_on([worker_id]),
+        ):
             return await self._decommission_worker(worker_id)
 
     async def _decommission_worker(self, worker_id: str) -> DecommissionResult:
@@ -299,3 +321,35 @@ class WorkerManagementService:
     async def list_workers(self) -> list[DynamicWorker]:
         """The workers the provider owns."""
         return await self.provider.list_workers()
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        """The ids this service is provisioning or decommissioning right now."""
+        return frozenset(self._in_flight)
+
+    def reconciler(self, config: ReconcilerConfig | None = None) -> Reconciler:
+        """A reconciler of this service's provider against the scheduler's registry; it leaves alone the
+        workers this service is provisioning or decommissioning."""
+        if self.registration is None:
+            raise RuntimeError(
+                "the reconciler needs a registration adapter (to read the scheduler's registry)"
+            )
+        return Reconciler(
+            self.provider,
+            self.registration.port,
+            config=config,
+            metrics=self.metrics,
+            busy=lambda: self._in_flight,
+        )
+
+    @contextlib.asynccontextmanager
+    async def reconciling(self, config: ReconcilerConfig | None = None) -> AsyncIterator[Reconciler]:
+        """``async with service.reconciling(): ...`` runs a reconciler's passes for the block."""
+        reconciler = self.reconciler(config)
+        task = asyncio.create_task(reconciler.run(), name="hodei-reconciler")
+        try:
+            yield reconciler
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

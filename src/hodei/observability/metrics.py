@@ -25,6 +25,8 @@ from hodei.domain import WorkerStatus, WorkerType
 __all__ = [
     "DURATION_BUCKETS",
     "LEASE_EXPIRY_REASONS",
+    "RECONCILER_ACTIONS",
+    "RECONCILER_PASS_RESULTS",
     "REGISTRATION_RESULTS",
     "RETRY_CAUSES",
     "ROLLBACK_REASONS",
@@ -70,6 +72,8 @@ SCHEDULER_REGISTRATION_RESULTS = ("created", "updated", "kept", "invalid", "stal
 UNKNOWN_WORKER_TYPE = "unknown"  # a registration refused before its worker type could be read
 LEASE_EXPIRY_REASONS = ("lease_expired", "lost_grace")
 STREAM_CONNECT_KINDS = ("first", "reconnect")
+RECONCILER_ACTIONS = ("orphan_destroyed", "ghost_unregistered")
+RECONCILER_PASS_RESULTS = ("ok", "failed")
 
 
 class BulkHistogram(Histogram):
@@ -105,6 +109,10 @@ class ControlPlaneMetrics:
     duration and attempts histograms observe every registration that made at least one attempt, except those
     its caller cancelled. ``hodei_registration_retries_total{cause}``: the lowercase status code name.
     ``hodei_provisioning_rollbacks_total{reason}``: ``registration_failed``, ``cancelled``, ``error``.
+    The reconciler: ``hodei_reconciler_actions_total{action}`` (``orphan_destroyed``: a machine with no
+    registration; ``ghost_unregistered``: a registration with no machine), ``hodei_reconciler_passes_total{result}``
+    (``ok``, ``failed``: the inventory or the registry could not be read), ``hodei_reconciler_suspects`` (machines
+    and registrations without their other half, still within the grace, after the last pass).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -147,6 +155,27 @@ class ControlPlaneMetrics:
             ["reason"],
             registry=r,
         )
+        self.reconciler_actions = Counter(
+            "hodei_reconciler_actions",
+            "Repairs the reconciler made: orphan machines destroyed, ghost registrations removed.",
+            ["action"],
+            registry=r,
+        )
+        self.reconciler_passes = Counter(
+            "hodei_reconciler_passes",
+            "Reconciler passes, by result (failed: the inventory or the registry could not be read).",
+            ["result"],
+            registry=r,
+        )
+        self.reconciler_suspects = Gauge(
+            "hodei_reconciler_suspects",
+            "Machines without a registration and registrations without a machine, still within the grace.",
+            registry=r,
+        )
+        for action in RECONCILER_ACTIONS:
+            self.reconciler_actions.labels(action)
+        for result in RECONCILER_PASS_RESULTS:
+            self.reconciler_passes.labels(result)
         for result in REGISTRATION_RESULTS:
             for worker_type in WorkerType:
                 self.registrations.labels(result, worker_type.value)

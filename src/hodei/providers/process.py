@@ -54,6 +54,8 @@ class ProcessProvider:
         self.stop_grace = stop_grace
         self._children: dict[str, _Child] = {}
 
+    worker_type = WorkerType.PROCESS
+
     def _command(self, worker_id: str, config: DynamicWorkerConfig) -> list[str]:
         command = [
             self._python,
@@ -96,6 +98,9 @@ class ProcessProvider:
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
+                    # The agent is told everything on its command line; HODEI_* settings of the control plane's
+                    # own environment (HODEI_LABELS, say) are not its.
+                    env={k: v for k, v in os.environ.items() if not k.startswith("HODEI_")},
                 )
         except OSError as error:
             raise ProviderError(

@@ -261,8 +261,8 @@ class Scheduler:
     ) -> list[RegistrationReceipt | SchedulerError]:
         return await self.registry.register_records(records)
 
-    async def unregister(self, worker_id: str) -> UnregistrationStatus:
-        status = await self.registry.unregister(worker_id)
+    async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:
+        status = await self.registry.unregister(worker_id, reason=reason)
         self.leases.drop(worker_id)
         self.monitor.forget(worker_id)
         session = self.sessions.pop(worker_id, None)
@@ -270,6 +270,10 @@ class Scheduler:
             session.push(WorkerCommand(CommandKind.SHUTDOWN, "unregistered"))
             session.close()
         return status
+
+    def report_orphan_removed(self, worker_id: str, *, reason: str) -> None:
+        """The control plane destroyed a machine of this id that had no registration: tell the watchers."""
+        self.events.publish(WorkerEventKind.ORPHAN_REMOVED, worker_id, None, reason)
 
     async def drain(self, worker_id: str, *, deadline: float = 0.0, reason: str = "") -> DrainOutcome:
         current = await self.registry.get(worker_id)

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
-from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord
+from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord, validate_worker_id
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
 from hodei.ports import RegistrationReceipt
 from hodei.scheduler.core import AgentSession, Scheduler
@@ -27,6 +27,9 @@ HELLO_TIMEOUT = 10.0  # seconds an agent has to say who it is
 _CONNECT_REQUEST = pb.ConnectRequest.DESCRIPTOR.full_name
 
 log = logging.getLogger(__name__)
+
+MAX_REASON_LENGTH = 1024
+"""The longest reason a caller may attach to an unregistration or an orphan report."""
 
 
 def _log_registered(receipt: RegistrationReceipt) -> None:
@@ -137,8 +140,27 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UnregisterWorker(
         self, request: pb.UnregisterWorkerRequest, context: Context
     ) -> pb.UnregisterWorkerResponse:
-        status = await self._scheduler.unregister(request.worker_id)
+        if len(request.reason) > MAX_REASON_LENGTH:
+            await abort_with(context, _invalid("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
+        status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
         return pb.UnregisterWorkerResponse(status=codec.unregistration_to_proto(status))
+
+    async def ReportOrphanRemoved(
+        self, request: pb.ReportOrphanRemovedRequest, context: Context
+    ) -> pb.ReportOrphanRemovedResponse:
+        violations = validate_worker_id(request.worker_id)
+        if len(request.reason) > MAX_REASON_LENGTH:
+            violations.append(FieldViolation("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
+        if violations:
+            await abort_with(
+                context,
+                InvalidWorkerData(
+                    "; ".join(map(str, violations)), worker_id=request.worker_id, violations=violations
+                ),
+            )
+        self._scheduler.report_orphan_removed(request.worker_id, reason=request.reason)
+        log.info("worker.orphan_removed", extra={"worker_id": request.worker_id, "reason": request.reason})
+        return pb.ReportOrphanRemovedResponse()
 
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
         record = await self._scheduler.get(request.worker_id)

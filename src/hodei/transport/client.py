@@ -243,9 +243,9 @@ class SchedulerPortClient:
         return [outcome for outcome in outcomes if outcome is not None]
 
     async def unregister_worker(
-        self, worker_id: str, *, timeout: float | None = None
+        self, worker_id: str, *, reason: str = "", timeout: float | None = None
     ) -> UnregistrationStatus:
-        request = pb.UnregisterWorkerRequest(worker_id=worker_id)
+        request = pb.UnregisterWorkerRequest(worker_id=worker_id, reason=reason)
         response = await self._call(self._stub.UnregisterWorker, request, timeout, worker_id)
         return codec.unregistration_from_proto(response.status)
 
@@ -290,6 +290,13 @@ class SchedulerPortClient:
         request = pb.ShutdownWorkerRequest(worker_id=worker_id, reason=reason)
         response = await self._call(self._stub.ShutdownWorker, request, timeout, worker_id)
         return bool(response.delivered)
+
+    async def report_orphan_removed(
+        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> None:
+        """Tell the scheduler's watchers that a machine of ``worker_id`` with no registration was destroyed."""
+        request = pb.ReportOrphanRemovedRequest(worker_id=worker_id, reason=reason)
+        await self._call(self._stub.ReportOrphanRemoved, request, timeout, worker_id)
 
     async def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
         """Lifecycle events as they happen (after one SNAPSHOT event per worker, if asked), until closed."""

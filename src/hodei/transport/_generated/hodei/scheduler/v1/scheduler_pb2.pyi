@@ -53,6 +53,7 @@ class WorkerEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_EVENT_KIND_EXPIRED: _ClassVar[WorkerEventKind]
     WORKER_EVENT_KIND_EXPIRY_SLOWED: _ClassVar[WorkerEventKind]
     WORKER_EVENT_KIND_EXPIRY_RESUMED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_ORPHAN_REMOVED: _ClassVar[WorkerEventKind]
 WORKER_STATUS_UNSPECIFIED: WorkerStatus
 WORKER_STATUS_PROVISIONING: WorkerStatus
 WORKER_STATUS_REGISTERED: WorkerStatus
@@ -84,6 +85,7 @@ WORKER_EVENT_KIND_UNREGISTERED: WorkerEventKind
 WORKER_EVENT_KIND_EXPIRED: WorkerEventKind
 WORKER_EVENT_KIND_EXPIRY_SLOWED: WorkerEventKind
 WORKER_EVENT_KIND_EXPIRY_RESUMED: WorkerEventKind
+WORKER_EVENT_KIND_ORPHAN_REMOVED: WorkerEventKind
 
 class WorkerCapabilities(_message.Message):
     __slots__ = ("cpu_cores", "memory_mb", "disk_mb", "gpu_count")
@@ -225,10 +227,12 @@ class RegisterWorkersResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[WorkerRegistrationResult, _Mapping]]] = ...) -> None: ...
 
 class UnregisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id",)
+    __slots__ = ("worker_id", "reason")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
-    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class UnregisterWorkerResponse(_message.Message):
     __slots__ = ("status",)
@@ -428,3 +432,15 @@ class ShutdownWorkerResponse(_message.Message):
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     delivered: bool
     def __init__(self, delivered: _Optional[bool] = ...) -> None: ...
+
+class ReportOrphanRemovedRequest(_message.Message):
+    __slots__ = ("worker_id", "reason")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    reason: str
+    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReportOrphanRemovedResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -81,6 +81,11 @@ class SchedulerServiceStub:
                 request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerRequest.SerializeToString,
                 response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerResponse.FromString,
                 _registered_method=True)
+        self.ReportOrphanRemoved = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/ReportOrphanRemoved',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -152,6 +157,14 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportOrphanRemoved(self, request, context):
+        """ReportOrphanRemoved announces to watchers that the control plane destroyed a worker's machine (container,
+        process) that had no registration: an ORPHAN_REMOVED event. The registry is not changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +212,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ShutdownWorker,
                     request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerRequest.FromString,
                     response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerResponse.SerializeToString,
+            ),
+            'ReportOrphanRemoved': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOrphanRemoved,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +463,33 @@ class SchedulerService:
             '/hodei.scheduler.v1.SchedulerService/ShutdownWorker',
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerRequest.SerializeToString,
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ShutdownWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOrphanRemoved(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/ReportOrphanRemoved',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedResponse.FromString,
             options,
             channel_credentials,
             insecure,
