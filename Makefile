@@ -35,10 +35,11 @@ test-flaky: $(STAMP)  ## the failure suite (tests/failure) 20 times in a row; ev
 	done; \
 	echo "test-flaky: 20 green runs in $$(( $$(date +%s) - started )) s"
 
-system-deps:  ## PostgreSQL for the tests' throw-away cluster, Prometheus (promtool, server) for the alert tests, buf (npm, pinned, in tools/buf) for the contract checks (installed when missing)
+system-deps:  ## PostgreSQL for the tests' throw-away cluster, Prometheus (promtool, server) for the alert tests, buf (npm, pinned, in tools/buf) for the contract checks, Podman (runc, mmdebstrap) for the Docker-API tests and their worker image (installed when missing)
 	@sh tools/ensure-postgres.sh
 	@sh tools/ensure-prometheus.sh
 	@sh tools/ensure-buf.sh
+	@sh tools/ensure-podman.sh
 
 lint: $(STAMP)  ## ruff and strict mypy
 	$(BIN)/ruff check src tests tools

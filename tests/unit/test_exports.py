@@ -61,6 +61,7 @@ TESTING_NAMES = [
     "FailingScheduler",
     "FaultProxy",
     "MockWorkerProvider",
+    "PodmanService",
     "PostgresCluster",
     "REGISTRATION_METHODS",
 ]

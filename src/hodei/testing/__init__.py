@@ -8,6 +8,7 @@ from hodei.testing._embedded import EmbeddedScheduler
 from hodei.testing._failing import REGISTRATION_METHODS, FailingScheduler
 from hodei.testing._provider import MockWorkerProvider
 from hodei.testing._proxy import FaultProxy
+from hodei.testing.podman import PodmanService
 from hodei.testing.postgres import PostgresCluster
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "FailingScheduler",
     "FaultProxy",
     "MockWorkerProvider",
+    "PodmanService",
     "PostgresCluster",
 ]

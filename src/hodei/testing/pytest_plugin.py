@@ -10,6 +10,14 @@ use, stopped and its directory removed at the end); ``postgres_dsn`` is the DSN 
 it, one per test, dropped afterwards. When PostgreSQL is not installed, the tests that use them are skipped
 with a message that names what is missing — unless the environment variable ``CI`` is ``true``, where a
 missing dependency fails them instead (see :func:`skip_or_fail_for_missing`).
+
+Podman: ``podman_service`` is one private :class:`PodmanService` per test session (its own storage, stopped
+with every container removed and its directory deleted at the end); ``docker_url`` is its Docker API endpoint
+(``unix:///…/podman.sock``, the ``base_url`` of a ``docker.DockerClient``); ``agent_image`` is the tag of the
+worker image in its storage, built from this source tree on first use and cached across sessions (see
+:mod:`hodei.testing.agent_image`). Without Podman, runc or root, or without mmdebstrap for the image, they skip
+(or fail under ``CI=true``) the same way. A cold build of the image takes about a minute: a test that is the
+first to use ``agent_image`` needs a ``timeout`` mark above pytest-timeout's default.
 """
 
 from __future__ import annotations
@@ -25,6 +33,13 @@ import pytest
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.testing._failing import FailingScheduler
 from hodei.testing._provider import MockWorkerProvider
+from hodei.testing.agent_image import (
+    AgentImageError,
+    ensure_agent_image,
+    find_project_dir,
+    missing_image_builder,
+)
+from hodei.testing.podman import PodmanService, missing_podman
 from hodei.testing.postgres import PostgresCluster, missing_postgres
 from hodei.transport.client import SchedulerPortClient
 
@@ -66,6 +81,32 @@ def postgres_dsn(postgres_cluster: PostgresCluster, request: pytest.FixtureReque
     database = f"test_{test_name}_{uuid.uuid4().hex[:8]}"
     yield postgres_cluster.create_database(database)
     postgres_cluster.drop_database(database)
+
+
+@pytest.fixture(scope="session")
+def podman_service() -> Iterator[PodmanService]:
+    missing = missing_podman()
+    if missing is not None:
+        skip_or_fail_for_missing(f"Podman is needed: {missing}")
+    with PodmanService() as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def docker_url(podman_service: PodmanService) -> str:
+    return podman_service.url
+
+
+@pytest.fixture(scope="session")
+def agent_image(podman_service: PodmanService) -> str:
+    missing = missing_image_builder()
+    if missing is not None:
+        skip_or_fail_for_missing(f"the agent image cannot be built: {missing}")
+    try:
+        project_dir = find_project_dir()
+    except AgentImageError as exc:
+        skip_or_fail_for_missing(f"the agent image cannot be built: {exc}")
+    return ensure_agent_image(podman_service, project_dir=project_dir)
 
 
 if pytest_asyncio is not None:
