@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/client.py,src/hodei/transport/status.py
 
-.PHONY: demo test test-fast test-flaky system-deps lint proto bench clean mutation
+.PHONY: demo test test-fast test-flaky system-deps lint proto bench bench-containers clean mutation
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -48,6 +48,9 @@ lint: $(STAMP)  ## ruff and strict mypy
 
 bench: $(STAMP)  ## the registration benchmark: every scenario, a table, and benchmarks/last-run.json
 	$(BIN)/hodei bench --json benchmarks/last-run.json
+
+bench-containers: $(STAMP) system-deps  ## how long a container worker takes from provision_worker to AVAILABLE (root, Podman)
+	$(BIN)/python -m hodei.bench.containers
 
 proto: $(STAMP)  ## regenerate the Python code of the contract in proto/
 	$(BIN)/python tools/genproto.py

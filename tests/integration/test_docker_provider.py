@@ -6,6 +6,8 @@ register themselves with a scheduler on the host's loopback (``network_mode=host
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from rich.console import Console
 
 from hodei import (
     DynamicWorker,
@@ -23,11 +26,12 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
+from hodei.bench.containers import run
 from hodei.domain import WorkerRecord
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.management import Reconciler, ReconcilerConfig
 from hodei.providers.docker import DockerProvider, DockerProviderConfig
-from hodei.testing import EmbeddedScheduler
+from hodei.testing import EmbeddedScheduler, PodmanService
 from hodei.testing.agent_image import (
     AGENT_IMAGE_ENTRYPOINT,
     AGENT_IMAGE_ENV,
@@ -375,3 +379,21 @@ def test_the_dockerfile_and_the_local_test_image_share_one_contract() -> None:
         f"STOPSIGNAL {AGENT_IMAGE_STOPSIGNAL}",
         f"USER {AGENT_IMAGE_USER}",
     ]
+
+
+async def test_the_container_benchmark_measures_every_phase(
+    podman_service: PodmanService, agent_image: str
+) -> None:
+    out = io.StringIO()
+    await run(1, 2, Console(file=out, width=200), engine=podman_service)
+    text = out.getvalue()
+    assert f"image {agent_image} ready in " in text
+    for phase in (
+        "container created and started",
+        "provision_worker -> REGISTERED",
+        "provision_worker -> AVAILABLE, agent connected",
+        "decommission_worker",
+    ):
+        assert re.search(rf"│ {re.escape(phase)} +│ 1 │ +\d+ ms │ +\d+ ms │ +\d+ ms │", text), (phase, text)
+    assert re.search(r"2 at once: all REGISTERED after \d+\.\d\d s, all AVAILABLE after \d+\.\d\d s", text)
+    assert text.rstrip().endswith("failed: none")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import docker
 import docker.errors
@@ -358,7 +358,7 @@ class DockerProvider:
             self._client.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def __aenter__(self) -> DockerProvider:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
