@@ -38,15 +38,13 @@ class Clock:
 
 
 @pytest.fixture
-async def scheduler() -> AsyncIterator[EmbeddedScheduler]:
-    async with EmbeddedScheduler() as started:
-        yield started
+def scheduler(embedded_scheduler: EmbeddedScheduler) -> EmbeddedScheduler:
+    return embedded_scheduler
 
 
 @pytest.fixture
-async def client(scheduler: EmbeddedScheduler) -> AsyncIterator[SchedulerPortClient]:
-    async with SchedulerPortClient(scheduler.target) as port:
-        yield port
+def client(scheduler_client: SchedulerPortClient) -> SchedulerPortClient:
+    return scheduler_client
 
 
 @pytest.fixture

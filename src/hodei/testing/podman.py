@@ -31,7 +31,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +38,8 @@ from types import TracebackType
 import docker
 import docker.errors
 import requests
+
+from hodei.testing._directories import private_directory
 
 __all__ = ["PodmanService", "PodmanServiceError", "missing_podman"]
 
@@ -258,18 +259,13 @@ class PodmanService:
         return result
 
     def _make_directory(self) -> Path:
-        if self._requested_directory is None:
-            directory = Path(tempfile.mkdtemp(prefix="hodei-podman-"))
-        else:
-            directory = self._requested_directory.absolute()
-            socket_path = directory / _SOCKET_NAME
+        requested = self._requested_directory
+        if requested is not None:
+            requested = requested.absolute()
+            socket_path = requested / _SOCKET_NAME
             if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
                 raise PodmanServiceError(f"{socket_path} is too long for a Unix socket; choose a shorter one")
-            directory.mkdir(parents=True, exist_ok=True)
-            if any(directory.iterdir()):
-                raise PodmanServiceError(f"{directory} is not empty")
-        directory.chmod(0o700)
-        return directory
+        return private_directory(requested, prefix="hodei-podman-", error=PodmanServiceError)
 
     def _configure(self) -> None:
         conf = self.directory / "containers.conf"

@@ -27,10 +27,11 @@ import shlex
 import shutil
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
+
+from hodei.testing._directories import private_directory
 
 __all__ = ["PostgresCluster", "PostgresClusterError", "find_postgres_tool", "missing_postgres"]
 
@@ -226,17 +227,12 @@ class PostgresCluster:
     # -- internals
 
     def _make_directory(self) -> Path:
-        if self._requested_directory is None:
-            directory = Path(tempfile.mkdtemp(prefix="hodei-postgres-"))
-        else:
-            directory = self._requested_directory
-            directory.mkdir(parents=True, exist_ok=True)
-            if any(directory.iterdir()):
-                raise PostgresClusterError(f"{directory} is not empty")
+        directory = private_directory(
+            self._requested_directory, prefix="hodei-postgres-", error=PostgresClusterError
+        )
         if _running_as_root():
             user = pwd.getpwnam(POSTGRES_OS_USER)
             os.chown(directory, user.pw_uid, user.pw_gid)
-        directory.chmod(0o700)
         return directory
 
     def _run_as_server_user(self, command: list[str]) -> subprocess.CompletedProcess[str]:
