@@ -131,6 +131,7 @@ class DockerProvider:
         self._executor = ThreadPoolExecutor(config.api_threads, thread_name_prefix="hodei-docker")
         self._client = client
         self._closed = False
+        self._capacity: tuple[int, int] | None = None
 
     # -- the engine ---------------------------------------------------------------------------------------
 
@@ -226,9 +227,15 @@ class DockerProvider:
             command += ["--label", f"{key}={value}"]
         return command
 
+    def _engine_capacity(self) -> tuple[int, int]:
+        """The engine's CPUs and memory in bytes (0: not reported), asked once: a machine does not grow."""
+        if self._capacity is None:
+            info = self._docker().info()
+            self._capacity = int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+        return self._capacity
+
     def _check_capacity(self, worker_id: str, config: DynamicWorkerConfig) -> None:
-        info = self._docker().info()
-        cpus, memory = int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+        cpus, memory = self._engine_capacity()
         if cpus and config.cpu_cores > cpus:
             raise ProviderError(
                 f"worker {worker_id!r} asks for {config.cpu_cores} CPU cores; the engine has {cpus}",
