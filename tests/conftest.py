@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hodei.observability import tracing
+from hodei.observability.logging import configure_logging
 
 
 @pytest.fixture
@@ -24,3 +28,20 @@ def spans() -> Iterator[InMemorySpanExporter]:
     finally:
         tracing.configure_tracing("hodei-tests", environ={})
         provider.shutdown()
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """This process's logs, JSON at DEBUG, into a string; the root logger restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure_logging("json", "debug", stream=stream)
+    try:
+        yield stream
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        logging.captureWarnings(False)
+        structlog.reset_defaults()

@@ -20,9 +20,12 @@ from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
+from hodei.scheduler.limits import ServerLimits
 from hodei.scheduler.server import SchedulerServer
+from hodei.security.config import SchedulerSecurity
+from hodei.security.tls import ClientTlsConfig
 from hodei.stores.memory import MemoryRegistryStore
-from hodei.transport.client import SchedulerPortClient
+from hodei.transport.client import Credential, SchedulerPortClient
 
 __all__ = ["OpenedStore", "build_control_plane", "build_scheduler", "default_store_url", "open_store"]
 
@@ -77,18 +80,23 @@ def build_scheduler(
     liveness: LivenessConfig | None = None,
     max_in_flight: int = 1000,
     metrics: SchedulerMetrics | None = None,
+    security: SchedulerSecurity | None = None,
+    limits: ServerLimits | None = None,
 ) -> SchedulerServer:
     """A scheduler server over a registry on ``store`` (memory by default), not yet started.
 
     ``leadership`` elects the replica that expires leases when several share the store (default: this one).
     ``metrics`` receives every metric of the scheduler, admission control's included (default: a private
-    registry's); serve its registry with :class:`hodei.observability.http.MetricsEndpoint`.
+    registry's); serve its registry with :class:`hodei.observability.http.MetricsEndpoint`. ``security``
+    requires tokens and serves TLS (default: neither, for local use); ``limits`` bound what one caller takes.
     """
     metrics = metrics or SchedulerMetrics()
     return SchedulerServer(
         Scheduler(store or MemoryRegistryStore(), liveness=liveness, leadership=leadership, metrics=metrics),
         listen=listen,
         admission_control=AdmissionControl(max_in_flight=max_in_flight, metrics=metrics),
+        security=security,
+        limits=limits,
     )
 
 
@@ -99,15 +107,21 @@ def build_control_plane(
     registration: RegistrationConfig | None = None,
     management: WorkerManagementConfig | None = None,
     metrics: ControlPlaneMetrics | None = None,
+    credential: Credential | None = None,
+    tls: ClientTlsConfig | None = None,
 ) -> WorkerManagementService:
     """A management service that provisions through ``provider`` and registers with ``scheduler``: a client,
     or the address of a scheduler, or of several replicas (``"HOST:PORT,HOST:PORT"`` or a sequence), which
-    the client fails over between.
+    the client fails over between; given addresses, the client presents ``credential`` (an operator token) and
+    speaks TLS with ``tls``.
 
     Close it with ``await service.registration.port.close()`` (the CLI does). ``metrics`` receives the
     adapter's and the service's metrics (default: a private registry's).
     """
-    port = scheduler if isinstance(scheduler, SchedulerPortClient) else SchedulerPortClient(scheduler)
+    if isinstance(scheduler, SchedulerPortClient):
+        port = scheduler
+    else:
+        port = SchedulerPortClient(scheduler, credential=credential, tls=tls)
     metrics = metrics or ControlPlaneMetrics()
     adapter = WorkerRegistrationAdapter(port, registration, metrics=metrics)
     return WorkerManagementService(provider, registration=adapter, config=management, metrics=metrics)

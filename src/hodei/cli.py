@@ -15,6 +15,27 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from hodei._cli_security import (
+    AuthKeyOption,
+    MetricsTlsCertOption,
+    MetricsTlsClientCaOption,
+    MetricsTlsKeyOption,
+    ServeTlsCertOption,
+    ServeTlsClientCaOption,
+    ServeTlsKeyOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenFileOption,
+    TokenOption,
+    WorkerCredentialTtlOption,
+    client_tls,
+    pki_app,
+    read_token,
+    scheduler_client,
+    serve_security,
+    token_app,
+)
 from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
 from hodei.views import workers_table
 
@@ -26,6 +47,8 @@ scheduler_app = typer.Typer(help="Run the scheduler.", no_args_is_help=True)
 workers_app = typer.Typer(help="Look at and manage the scheduler's workers.", no_args_is_help=True)
 app.add_typer(scheduler_app, name="scheduler")
 app.add_typer(workers_app, name="workers")
+app.add_typer(token_app, name="token")
+app.add_typer(pki_app, name="pki")
 
 # Piped output is not cut to 80 columns: every field stays whole on its line, for grep and friends.
 console = Console(width=None if sys.stdout.isatty() else 1000)
@@ -164,6 +187,24 @@ def scheduler_serve(
         ),
     ] = "",
     metrics_listen: MetricsListenOption = "",
+    auth_key: AuthKeyOption = "",
+    worker_credential_ttl: WorkerCredentialTtlOption = 0.0,
+    tls_cert: ServeTlsCertOption = "",
+    tls_key: ServeTlsKeyOption = "",
+    tls_client_ca: ServeTlsClientCaOption = "",
+    metrics_tls_cert: MetricsTlsCertOption = "",
+    metrics_tls_key: MetricsTlsKeyOption = "",
+    metrics_tls_client_ca: MetricsTlsClientCaOption = "",
+    max_streams: Annotated[
+        int,
+        typer.Option(help="Agents' and watchers' streams open at once; beyond, RESOURCE_EXHAUSTED.", min=1),
+    ] = 20_000,
+    max_streams_per_peer: Annotated[
+        int, typer.Option(help="Streams open at once from one IP address.", min=1)
+    ] = 5_000,
+    max_message_bytes: Annotated[
+        int, typer.Option(help="The largest request accepted (RESOURCE_EXHAUSTED beyond).", min=1024)
+    ] = 24 * 1024 * 1024,
     log_format: LogFormatOption = LogFormat.JSON,
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
@@ -174,6 +215,7 @@ def scheduler_serve(
     from hodei.observability.http import MetricsEndpoint
     from hodei.observability.logging import redact_text
     from hodei.observability.metrics import SchedulerMetrics, process_registry
+    from hodei.scheduler.limits import ServerLimits
 
     liveness = LivenessConfig(
         heartbeat_interval=heartbeat_interval,
@@ -185,6 +227,20 @@ def scheduler_serve(
     )
 
     observe("hodei-scheduler", log_format, log_level)
+    security, metrics_tls = serve_security(
+        auth_key,
+        worker_credential_ttl,
+        (tls_cert, tls_key, tls_client_ca),
+        (metrics_tls_cert, metrics_tls_key, metrics_tls_client_ca),
+    )
+    try:
+        limits = ServerLimits(
+            max_streams=max_streams,
+            max_streams_per_peer=max_streams_per_peer,
+            max_message_bytes=max_message_bytes,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
 
     # The registry holds many long-lived objects; the default gen-0 threshold (700) makes the collector walk
     # them over and over under load. Freeze what start-up made, and collect young objects less often.
@@ -202,7 +258,7 @@ def scheduler_serve(
             )
             raise typer.Exit(1) from error
         registry = process_registry()
-        endpoint = MetricsEndpoint(registry, metrics_listen) if metrics_listen else None
+        endpoint = MetricsEndpoint(registry, metrics_listen, tls=metrics_tls) if metrics_listen else None
         try:
             if endpoint is not None:
                 _start_metrics(endpoint, "hodei scheduler")
@@ -213,9 +269,15 @@ def scheduler_serve(
                 liveness=liveness,
                 max_in_flight=max_in_flight,
                 metrics=SchedulerMetrics(registry),
+                security=security,
+                limits=limits,
             )
             address = await server.start()
-            console.print(f"hodei scheduler listening on {address} (store: {opened.shown})", highlight=False)
+            shown = opened.shown
+            if security.auth or security.tls is not None:
+                tls = "off" if security.tls is None else "mutual" if security.tls.ca_file else "on"
+                shown += f"; auth: {'on' if security.auth else 'off'}, tls: {tls}"
+            console.print(f"hodei scheduler listening on {address} (store: {shown})", highlight=False)
             if endpoint is not None:
                 console.print(f"metrics on {endpoint.url}", highlight=False)
             stop = asyncio.Event()
@@ -250,18 +312,23 @@ def workers_list(
     status: Annotated[list[WorkerStatus] | None, typer.Option(help="Only this status (repeatable).")] = None,
     worker_type: Annotated[WorkerType | None, typer.Option("--type", help="Only this worker type.")] = None,
     labels: Annotated[str, typer.Option(help="Only workers with these labels, k=v,...")] = "",
+    token: TokenOption = "",
+    token_file: TokenFileOption = "",
+    tls_ca: TlsCaOption = "",
+    tls_cert: TlsCertOption = "",
+    tls_key: TlsKeyOption = "",
 ) -> None:
     """List the registered workers."""
     from hodei.ports import WorkerFilter
-    from hodei.transport.client import SchedulerPortClient
 
     worker_filter = WorkerFilter(
         statuses=frozenset(status or ()), worker_type=worker_type, labels=parse_labels(labels)
     )
+    connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
 
     async def fetch() -> list[WorkerRecord]:
         records: list[WorkerRecord] = []
-        async with SchedulerPortClient(scheduler) as client:
+        async with connect() as client:
             token = ""
             while True:
                 page = await client.list_workers(worker_filter, page_size=1000, page_token=token, timeout=10)
@@ -275,12 +342,20 @@ def workers_list(
 
 
 @workers_app.command("unregister")
-def workers_unregister(worker_id: str, scheduler: SchedulerOption = "127.0.0.1:50051") -> None:
+def workers_unregister(
+    worker_id: str,
+    scheduler: SchedulerOption = "127.0.0.1:50051",
+    token: TokenOption = "",
+    token_file: TokenFileOption = "",
+    tls_ca: TlsCaOption = "",
+    tls_cert: TlsCertOption = "",
+    tls_key: TlsKeyOption = "",
+) -> None:
     """Unregister one worker (idempotent)."""
-    from hodei.transport.client import SchedulerPortClient
+    connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
 
     async def unregister() -> str:
-        async with SchedulerPortClient(scheduler) as client:
+        async with connect() as client:
             return (await client.unregister_worker(worker_id, timeout=10)).value
 
     console.print(f"{worker_id}: {_run_against_scheduler(unregister())}")
@@ -328,6 +403,19 @@ def agent(
         int, typer.Option(help="Shut down when this process exits (set by providers).")
     ] = 0,
     metrics_listen: Annotated[str, _metrics_listen_option("HODEI_METRICS_LISTEN")] = "",
+    join_token: Annotated[
+        str,
+        typer.Option(
+            envvar="HODEI_JOIN_TOKEN",
+            help="The join token (or worker credential) to register with; prefer the environment or "
+            "--token-file, which other users of the machine cannot read.",
+            show_default=False,
+        ),
+    ] = "",
+    token_file: TokenFileOption = "",
+    tls_ca: TlsCaOption = "",
+    tls_cert: TlsCertOption = "",
+    tls_key: TlsKeyOption = "",
     log_format: Annotated[LogFormat, _log_format_option("HODEI_LOG_FORMAT")] = LogFormat.JSON,
     log_level: Annotated[LogLevel, _log_level_option("HODEI_LOG_LEVEL")] = LogLevel.INFO,
 ) -> None:
@@ -351,6 +439,8 @@ def agent(
         "labels": {**parse_labels(labels), **dict(parse_label(item) for item in label or ())},
         "pool": pool,
         "worker_type": worker_type,
+        "token": read_token(join_token, token_file, option="--join-token"),
+        "tls": client_tls(tls_ca, tls_cert, tls_key),
     }
     if cpu_cores:
         options["cpu_cores"] = cpu_cores
@@ -374,7 +464,10 @@ def agent(
     try:
         asyncio.run(run())
     except AgentRefused as refused:
-        errors.print(f"[red]hodei agent: {escape(redact_text(str(refused)))}[/red]", highlight=False)
+        message = redact_text(str(refused))
+        if refused.cause.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            message += " (check the agent's token: --join-token, HODEI_JOIN_TOKEN or --token-file)"
+        errors.print(f"[red]hodei agent: {escape(message)}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from refused
     finally:
         if endpoint is not None:
@@ -388,17 +481,22 @@ def workers_watch(
     exit_after: Annotated[
         float, typer.Option(hidden=True, help="Stop after this many seconds (tests).")
     ] = 0.0,
+    token: TokenOption = "",
+    token_file: TokenFileOption = "",
+    tls_ca: TlsCaOption = "",
+    tls_cert: TlsCertOption = "",
+    tls_key: TlsKeyOption = "",
 ) -> None:
     """A live view of the pool: every worker and its status, with the latest lifecycle events."""
     from rich.live import Live
 
-    from hodei.transport.client import SchedulerPortClient
     from hodei.views import PoolView
 
     view = PoolView(recent=events)
+    connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
 
     async def watch() -> None:
-        async with SchedulerPortClient(scheduler) as client:
+        async with connect() as client:
             with Live(view.render(scheduler), console=console, refresh_per_second=8) as live:
                 async for event in client.watch_workers(include_snapshot=True):
                     view.apply(event)
@@ -427,19 +525,30 @@ def bench(
     json_out: Annotated[
         str, typer.Option("--json", help="Also write the results as JSON to this file ('-': stdout).")
     ] = "",
+    tls: Annotated[bool, typer.Option(help="The schedulers serve TLS (a throw-away CA).")] = False,
+    auth: Annotated[bool, typer.Option(help="The schedulers require tokens (operator, join).")] = False,
 ) -> None:
     """Measure registration throughput, latency, CPU and memory against the targets."""
     import json
 
     from hodei.bench.report import results_table
     from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
+    from hodei.bench.security import BenchSecurity
 
     names = scenario or list(SCENARIOS)
     # Traced if the OTEL_* environment says so; the bench's scheduler processes inherit it.
     observe("hodei-bench", LogFormat.CONSOLE, LogLevel.WARNING)
     scale = Scale.quick() if quick else Scale()
     try:
-        results = asyncio.run(run_benchmark(names, scale, target=target or None, console=errors))
+        results = asyncio.run(
+            run_benchmark(
+                names,
+                scale,
+                target=target or None,
+                console=errors,
+                security=BenchSecurity(tls=tls, auth=auth),
+            )
+        )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     document = json.dumps([r.to_json() for r in results], indent=2)

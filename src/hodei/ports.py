@@ -43,15 +43,20 @@ class RegistrationReceipt:
     """The scheduler's acknowledgement of one registration: the record as registered, and whether it is new.
 
     ``record`` may be given as a function that makes it: a client decodes it only if somebody looks, which
-    spares a batch of 10,000 the decoding of 10,000 records nobody reads.
+    spares a batch of 10,000 the decoding of 10,000 records nobody reads. ``credential`` is the worker
+    credential a scheduler with auth on hands a worker that registered itself (empty otherwise); it is a
+    secret, so it is never shown by ``repr``.
     """
 
-    __slots__ = ("_make", "_record", "created")
+    __slots__ = ("_make", "_record", "created", "credential")
 
-    def __init__(self, record: WorkerRecord | Callable[[], WorkerRecord], created: bool) -> None:
+    def __init__(
+        self, record: WorkerRecord | Callable[[], WorkerRecord], created: bool, *, credential: str = ""
+    ) -> None:
         self._record: WorkerRecord | None = None if callable(record) else record
         self._make = record if callable(record) else None
         self.created = created
+        self.credential = credential
 
     @property
     def record(self) -> WorkerRecord:

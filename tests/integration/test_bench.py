@@ -150,3 +150,43 @@ def test_an_unknown_scenario_is_refused_with_the_known_ones() -> None:
 
     assert result.returncode == 2
     assert "unknown scenario(s) nope" in result.stderr and "sequential" in result.stderr
+
+
+def test_the_scenarios_run_against_a_scheduler_with_tls_and_tokens_without_errors() -> None:
+    import asyncio
+
+    from hodei.bench.security import BenchSecurity
+
+    names = ["baseline-sequential", "sequential", "batch-10000", "concurrent-10000", "churn", "agents"]
+    results = asyncio.run(
+        run_benchmark(
+            names,
+            Scale.quick(),
+            target=None,
+            console=Console(quiet=True),
+            security=BenchSecurity(tls=True, auth=True),
+        )
+    )
+
+    assert [r.name for r in results] == names
+    assert [r.errors for r in results] == [{}] * len(names)
+    assert all(r.workers_per_second > 0 for r in results)
+    assert [(r.extra.get("tls"), r.extra.get("auth")) for r in results] == [(None, None)] + [(1.0, 1.0)] * 5
+    assert results[3].extra["health_checks"] > 0  # the health probe spoke TLS too
+
+
+def test_tls_and_tokens_are_for_the_bench_s_own_schedulers_not_a_target() -> None:
+    import asyncio
+
+    from hodei.bench.security import BenchSecurity
+
+    with pytest.raises(ValueError, match="not to --target"):
+        asyncio.run(
+            run_benchmark(
+                ["sequential"],
+                Scale.quick(),
+                target="127.0.0.1:1",
+                console=Console(quiet=True),
+                security=BenchSecurity(tls=True),
+            )
+        )

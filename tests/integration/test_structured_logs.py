@@ -10,12 +10,10 @@ import asyncio
 import io
 import itertools
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import structlog
 
 from hodei import (
     DynamicWorkerConfig,
@@ -28,7 +26,6 @@ from hodei import (
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.domain import WorkerRecord
 from hodei.errors import SchedulerError, scheduler_error_for
-from hodei.observability.logging import configure_logging
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import make_worker, wait_for
 from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port, run_hodei
@@ -220,23 +217,6 @@ async def test_a_refused_agent_leaks_no_secret_in_its_logs_nor_in_its_error(
     assert "postgresql://hodei:[redacted]@127.0.0.1:1/registry" in refused["error"]
     assert "refused worker 'agent-4'" in agent.printed
     assert SECRET not in json.dumps(agent.lines) + agent.printed
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    """This process's logs, JSON at DEBUG, into a string; the root logger restored afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    stream = io.StringIO()
-    configure_logging("json", "debug", stream=stream)
-    try:
-        yield stream
-    finally:
-        for handler in [h for h in root.handlers if h not in handlers]:
-            root.removeHandler(handler)
-        root.setLevel(level)
-        logging.captureWarnings(False)
-        structlog.reset_defaults()
 
 
 async def test_secrets_in_worker_labels_and_in_the_schedulers_errors_stay_out_of_the_control_planes_logs(

@@ -174,6 +174,13 @@ def test_an_unknown_format_or_level_is_refused(restore_logging: None) -> None:
 # --- redaction -----------------------------------------------------------------------------------------
 
 
+# A join token as hodei mints them (HS256): header, payload, signature.
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOiJob2RlaS1qb2luIiwic3ViIjoidy0xIn0."
+    "k3p9Tq4Zx0vRrQeY3bW9mN2uJ7cF1hL8sD6aG5eK0oI"
+)
+
+
 @pytest.mark.parametrize(
     ("text", "masked"),
     [
@@ -191,6 +198,10 @@ def test_an_unknown_format_or_level_is_refused(restore_logging: None) -> None:
         (f"{{'api_token': '{SECRET}', 'a': 1}}", f"{{'api_token': {REDACTED}, 'a': 1}}"),
         (f'{{"client_secret": "{SECRET}"}}', f'{{"client_secret": {REDACTED}}}'),
         (f"Authorization: Bearer {SECRET}", f"Authorization: Bearer {REDACTED}"),
+        (f"joined with {JWT}, then left", f"joined with {REDACTED}, then left"),
+        (f"sent [{JWT}] twice", f"sent [{REDACTED}] twice"),
+        (f"unsigned {JWT.rsplit('.', 1)[0]}.", f"unsigned {REDACTED}"),
+        ("eyJ alone, eyJhbGciOiJIUzI1NiJ9 alone", "eyJ alone, eyJhbGciOiJIUzI1NiJ9 alone"),
         ("postgresql://nobody@127.0.0.1:5432/db", "postgresql://nobody@127.0.0.1:5432/db"),
         (
             "registration.retrying attempt=2 code=UNAVAILABLE",

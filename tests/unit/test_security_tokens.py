@@ -635,12 +635,17 @@ def test_errors_are_hodei_errors_with_the_code_to_answer() -> None:
 
 
 @pytest.mark.parametrize("reason", list(AuthFailure))
-def test_a_refusal_is_permission_denied_only_for_a_credential_bound_to_someone_else(
+def test_a_refusal_is_permission_denied_only_for_a_credential_bound_to_someone_else_or_another_action(
     reason: AuthFailure,
 ) -> None:
     error = AuthError.refusal(reason, kind=TokenKind.WORKER, worker_id="w-9")
 
-    bound_elsewhere = reason in (AuthFailure.WRONG_WORKER, AuthFailure.WRONG_POOL, AuthFailure.WRONG_LABELS)
+    bound_elsewhere = reason in (
+        AuthFailure.WRONG_WORKER,
+        AuthFailure.WRONG_POOL,
+        AuthFailure.WRONG_LABELS,
+        AuthFailure.WRONG_ACTION,
+    )
     assert type(error) is (PermissionDenied if bound_elsewhere else Unauthenticated)
     assert (error.reason, error.kind, error.worker_id) == (reason, TokenKind.WORKER, "w-9")
     assert "worker credential" in error.message

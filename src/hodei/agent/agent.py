@@ -27,6 +27,7 @@ from hodei.domain import ResourceUsage, WorkerStatus
 from hodei.errors import HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.observability.metrics import AgentMetrics
+from hodei.security.access import authorization_metadata
 from hodei.transport.client import SchedulerPortClient
 from hodei.transport.stream import ConnectStream, is_transient_for_stream
 
@@ -73,8 +74,8 @@ class WorkerAgent:
 
     Observable state for callers and tests: ``connected`` (an event set while a stream is up), ``incarnation``,
     ``connections`` (streams opened), ``heartbeats_sent``, ``commands`` (received, in order), ``draining``,
-    ``unregistered``. ``metrics`` (default: a private registry's) counts stream connects by result, reconnects
-    and heartbeats.
+    ``unregistered``, ``credential``. ``metrics`` (default: a private registry's) counts stream connects by
+    result, reconnects and heartbeats.
     """
 
     def __init__(
@@ -101,6 +102,23 @@ class WorkerAgent:
         self._stopping = asyncio.Event()
         self._failures = 0
         self._target_index = 0
+        self._credential = ""  # the worker credential the scheduler handed over; replaces config.token
+
+    @property
+    def credential(self) -> str:
+        """The worker credential the scheduler handed this agent (kept for reconnecting and unregistering);
+        empty until it has one. A secret: for the agent's own use and for tests."""
+        return self._credential
+
+    def _token(self) -> str:
+        """What the agent presents now: its worker credential once it has one, else what it was given."""
+        return self._credential or self.config.token or ""
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        tls = self.config.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
 
     def _fields(self, **fields: object) -> dict[str, object]:
         return {"worker_id": self.config.worker_id, **fields}
@@ -165,8 +183,9 @@ class WorkerAgent:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _session(self, target: str) -> None:
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-            stream = ConnectStream(channel)
+        async with self._channel(target) as channel:
+            token = self._token()
+            stream = ConnectStream(channel, metadata=authorization_metadata(token) if token else ())
             try:
                 try:
                     ack = await stream.open(
@@ -178,6 +197,8 @@ class WorkerAgent:
                     self.metrics.stream_connects.labels(error.code.name.lower()).inc()
                     raise
                 self.metrics.stream_connects.labels("ok").inc()
+                if ack.credential:
+                    self._credential = ack.credential
                 if self.connections:
                     self.metrics.reconnects.inc()
                 self.heartbeat_interval = ack.heartbeat_interval
@@ -257,7 +278,12 @@ class WorkerAgent:
     async def _unregister(self, channel: grpc.aio.Channel | None = None) -> None:
         if self.unregistered:
             return
-        client = SchedulerPortClient(channel or self.target, options=CHANNEL_OPTIONS)
+        if channel is None:
+            client = SchedulerPortClient(
+                self.target, options=CHANNEL_OPTIONS, credential=self._token, tls=self.config.tls
+            )
+        else:
+            client = SchedulerPortClient(channel, credential=self._token)
         try:
             await client.unregister_worker(self.config.worker_id, timeout=self.config.farewell_timeout)
             self.unregistered = True

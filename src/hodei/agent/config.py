@@ -11,6 +11,7 @@ import psutil
 
 from hodei._settings import check_settings
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
+from hodei.security.tls import ClientTlsConfig
 
 __all__ = ["AgentConfig"]
 
@@ -32,6 +33,11 @@ class AgentConfig:
     After a broken stream the agent waits a random delay in ``[0, min(reconnect_max, reconnect_base * 2**n))``
     before its n-th attempt (full jitter): a thousand agents that lost the same scheduler do not all come back
     in the same millisecond, not even the first time.
+
+    ``token`` is what the agent presents first to a scheduler with auth on: a join token (single-use; the
+    scheduler answers with the worker's own credential, which the agent keeps for reconnecting and
+    unregistering) or a worker credential. It is a secret: never shown by ``repr``. ``tls`` makes the agent
+    speak TLS to the schedulers (their CA, and a client certificate for mutual TLS).
     """
 
     schedulers: tuple[str, ...]
@@ -48,6 +54,8 @@ class AgentConfig:
     farewell_timeout: float = 5.0
     parent_pid: int | None = None  # shut down when this process is gone (the control plane that started us)
     parent_check_interval: float = 0.5
+    token: str | None = field(default=None, repr=False)
+    tls: ClientTlsConfig | None = None
 
     def __post_init__(self) -> None:
         check_settings(

@@ -1,5 +1,6 @@
-"""``python -m hodei.bench.health_probe ADDRESS SECONDS``: health checks from a process of their own, so that
-what they measure is the scheduler's responsiveness and not the load generator's; prints their latencies."""
+"""``python -m hodei.bench.health_probe ADDRESS SECONDS [CA_FILE]``: health checks from a process of their own, so
+that what they measure is the scheduler's responsiveness and not the load generator's; prints their latencies.
+With ``CA_FILE`` it speaks TLS, trusting that CA."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei.bench.report import percentile
+from hodei.security.tls import channel_credentials
 
 
-async def probe(address: str, seconds: float, interval: float = 0.01) -> dict[str, float]:
+async def probe(
+    address: str, seconds: float, interval: float = 0.01, *, ca_file: str | None = None
+) -> dict[str, float]:
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    if ca_file is None:
+        channel = grpc.aio.insecure_channel(address)
+    else:
+        channel = grpc.aio.secure_channel(address, channel_credentials(ca_file))
+    async with channel:
         health = health_pb2_grpc.HealthStub(channel)
         await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
         print("ready", flush=True)  # the load starts once the probe is in place
@@ -35,7 +43,8 @@ async def probe(address: str, seconds: float, interval: float = 0.01) -> dict[st
 
 
 def main() -> None:
-    print(json.dumps(asyncio.run(probe(sys.argv[1], float(sys.argv[2])))), flush=True)
+    ca_file = sys.argv[3] if len(sys.argv) > 3 else None
+    print(json.dumps(asyncio.run(probe(sys.argv[1], float(sys.argv[2]), ca_file=ca_file))), flush=True)
 
 
 if __name__ == "__main__":

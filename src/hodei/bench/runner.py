@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hodei.bench import scenarios
 from hodei.bench.processes import ProcessProbe, ServerProcess
 from hodei.bench.report import ScenarioResult, Target
+from hodei.bench.security import PLAIN, PLAINTEXT, BenchSecurity, PreparedSecurity
 from hodei.transport.client import SchedulerPortClient
 
 __all__ = ["SCENARIOS", "Scale", "run_benchmark"]
@@ -67,6 +68,7 @@ class Context:
     scale: Scale
     progress: scenarios.Progress
     baseline_target: str = ""
+    security: PreparedSecurity = PLAINTEXT
 
 
 def _targets(name: str) -> list[Target]:
@@ -137,19 +139,22 @@ async def _load(name: str, ctx: Context) -> scenarios.Load:
     if name == "churn":
         return await scenarios.churn(ctx.client, "churn", s.churn, 50, ctx.progress)
     if name == "agents":
-        return await scenarios.agents(ctx.target, s.agents, s.agents_seconds, ctx.progress)
+        return await scenarios.agents(ctx.target, s.agents, s.agents_seconds, ctx.progress, ctx.security)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
 @contextlib.asynccontextmanager
-async def _server(name: str, target: str | None) -> AsyncIterator[tuple[str, ProcessProbe | None]]:
+async def _server(
+    name: str, target: str | None, security: PreparedSecurity
+) -> AsyncIterator[tuple[str, ProcessProbe | None]]:
     if name.startswith("baseline"):
         async with ServerProcess.baseline() as server:
             yield server.address, ProcessProbe(server.pid)
     elif target:
         yield target, None
     else:
-        args = ("--heartbeat-interval", "1", "--lease-ttl", "5") if name == "agents" else ()
+        liveness = ("--heartbeat-interval", "1", "--lease-ttl", "5") if name == "agents" else ()
+        args = (*liveness, *security.server_args)
         async with _store(name) as store, ServerProcess.scheduler(*args, store=store) as server:
             yield server.address, ProcessProbe(server.pid)
 
@@ -175,11 +180,11 @@ async def _store(name: str) -> AsyncIterator[str]:
         yield "memory"
 
 
-def _health_probe(address: str, scale: Scale) -> subprocess.Popen[str]:
+def _health_probe(address: str, scale: Scale, security: PreparedSecurity) -> subprocess.Popen[str]:
     """Health checks from another process for about as long as the storm lasts."""
     seconds = max(1.0, scale.storm / 2000)
     return subprocess.Popen(
-        [sys.executable, "-m", "hodei.bench.health_probe", address, str(seconds)],
+        [sys.executable, "-m", "hodei.bench.health_probe", address, str(seconds), *security.probe_args()],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -194,20 +199,32 @@ async def _registered(client: SchedulerPortClient) -> int:
             return count
 
 
-async def run_scenario(name: str, scale: Scale, *, target: str | None, progress: Progress) -> ScenarioResult:
+async def run_scenario(
+    name: str,
+    scale: Scale,
+    *,
+    target: str | None,
+    progress: Progress,
+    security: PreparedSecurity = PLAINTEXT,
+) -> ScenarioResult:
     total = SCENARIOS[name][1](scale)
     task = progress.add_task(name, total=total)
-    async with _server(name, target) as (address, probe), SchedulerPortClient(address) as client:
-        baseline = name.startswith("baseline")
+    baseline = name.startswith("baseline")
+    # The raw baseline speaks plaintext, without tokens, whatever the scheduler's security.
+    reach = PLAINTEXT if baseline else security
+    async with (
+        _server(name, target, reach) as (address, probe),
+        SchedulerPortClient(address, credential=reach.operator, tls=reach.client_tls) as client,
+    ):
         before_count = 0 if baseline else await _registered(client)
-        ctx = Context(address, client, scale, lambda n: progress.advance(task, n), address)
+        ctx = Context(address, client, scale, lambda n: progress.advance(task, n), address, reach)
         if name == "churn":
             # Warm up with a tenth of the cycles, then measure growth over the rest.
             warm = scale.churn // 10
             await scenarios.churn(client, "churn", warm, 50, lambda n: progress.advance(task, n))
             ctx.scale = replace(scale, churn=scale.churn - warm)
         gc.collect()
-        health = _health_probe(address, scale) if name == "concurrent-10000" else None
+        health = _health_probe(address, scale, reach) if name == "concurrent-10000" else None
         if health is not None:
             assert health.stdout is not None
             await asyncio.to_thread(health.stdout.readline)
@@ -259,15 +276,27 @@ def _relate_to_baseline(results: list[ScenarioResult]) -> None:
 
 
 async def run_benchmark(
-    names: Sequence[str], scale: Scale, *, target: str | None, console: Console
+    names: Sequence[str],
+    scale: Scale,
+    *,
+    target: str | None,
+    console: Console,
+    security: BenchSecurity = PLAIN,
 ) -> list[ScenarioResult]:
+    """Run ``names``; with ``security``, each scheduler the bench starts serves TLS and/or requires tokens, and
+    the bench's clients use them (against ``target``, a scheduler of the caller's, they cannot)."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    if target and (security.tls or security.auth):
+        raise ValueError("--tls and --auth apply to the schedulers the bench starts, not to --target")
     results: list[ScenarioResult] = []
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False) as progress, security.prepared() as prepared:
         for name in names:
-            results.append(await run_scenario(name, scale, target=target, progress=progress))
+            result = await run_scenario(name, scale, target=target, progress=progress, security=prepared)
+            if not name.startswith("baseline"):
+                result.extra |= {"tls": float(security.tls), "auth": float(security.auth)}
+            results.append(result)
     _relate_to_baseline(results)
     return results

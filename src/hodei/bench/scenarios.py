@@ -13,6 +13,7 @@ import grpc
 
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.bench.baseline import METHOD, request_bytes
+from hodei.bench.security import PLAINTEXT, PreparedSecurity
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
 from hodei.errors import RegistrationError
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
@@ -205,13 +206,28 @@ async def churn(
     return await closed_loop(cycles, in_flight, cycle, progress)
 
 
-async def agents(target: str, count: int, duration: float, progress: Progress) -> Load:
-    """``count`` in-process agents connect, then heartbeat for ``duration`` seconds."""
+async def agents(
+    target: str,
+    count: int,
+    duration: float,
+    progress: Progress,
+    security: PreparedSecurity = PLAINTEXT,
+) -> Load:
+    """``count`` in-process agents connect (each with a join token of its own when auth is on), then heartbeat
+    for ``duration`` seconds."""
+    ids = [f"bench-agent-{i:05}" for i in range(count)]
     fleet = [
         WorkerAgent(
-            AgentConfig(schedulers=(target,), worker_id=f"bench-agent-{i:05}", cpu_cores=1, memory_mb=512)
+            AgentConfig(
+                schedulers=(target,),
+                worker_id=worker_id,
+                cpu_cores=1,
+                memory_mb=512,
+                token=security.join_token(worker_id),
+                tls=security.client_tls,
+            )
         )
-        for i in range(count)
+        for worker_id in ids
     ]
     started = time.perf_counter()
     tasks = [asyncio.create_task(agent.run()) for agent in fleet]

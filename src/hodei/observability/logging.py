@@ -8,8 +8,9 @@ handler on the root logger whose structlog formatter makes every record, hodei's
   ``registration.retrying``), every ``extra`` key as a field of its own, and ``trace_id``/``span_id`` (hex)
   while an OpenTelemetry span is recording;
 - no secret: values of keys that look like secrets (:data:`SECRET_KEY`) become ``"[redacted]"``, and passwords
-  inside text (``scheme://user:PASSWORD@host``, ``password=…``, ``"token": "…"``, ``Bearer …``) are masked in
-  every string, the event and tracebacks included (tracebacks never show local variables).
+  inside text (``scheme://user:PASSWORD@host``, ``password=…``, ``"token": "…"``, ``Bearer …``, a JSON Web
+  Token anywhere) are masked in every string, the event and tracebacks included (tracebacks never show local
+  variables).
 
 :func:`log_worker_event` logs one scheduler lifecycle event (the registry's ``EventHub`` publishes every change).
 """
@@ -65,6 +66,8 @@ _QUOTED = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?P<name>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{6,}", re.IGNORECASE)
+# A JSON Web Token (hodei's join tokens and credentials are): a JSON header, "eyJ…", then two more parts.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 _LOG_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -82,7 +85,7 @@ def _mask_url(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     """``text`` with the secrets it holds masked: URL passwords, ``secret=value``, ``"token": "…"``, bearer
-    credentials."""
+    credentials, JSON Web Tokens (hodei's join tokens and credentials)."""
     if "://" in text:
         text = _URL.sub(_mask_url, text)
     if "=" in text:
@@ -91,6 +94,8 @@ def redact_text(text: str) -> str:
         text = _QUOTED.sub(lambda m: f"{m['name']}{REDACTED}", text)
     if " " in text:
         text = _BEARER.sub(lambda m: f"{m['name']}{REDACTED}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
     return text
 
 

@@ -3,6 +3,10 @@
 Each agent is told the control plane's pid (``--parent-pid``) and shuts itself down (drain, unregister, exit)
 when that process is gone, even after a SIGKILL; :meth:`ProcessProvider.aclose` stops every child it started.
 So no agent outlives the control plane.
+
+Against a scheduler with auth on, ``join_tokens`` (:class:`hodei.security.JoinTokens`) gives each agent a join
+token of its own, in its environment (``HODEI_JOIN_TOKEN``) rather than on its command line, which any user of
+the machine can read; ``tls`` is passed as the files' paths (``--tls-ca``, ``--tls-cert``, ``--tls-key``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.errors import ProviderError
+from hodei.security.provisioning import JOIN_TOKEN_VARIABLE
+from hodei.security.tls import ClientTlsConfig
 
 __all__ = ["ProcessProvider"]
 
@@ -45,6 +51,8 @@ class ProcessProvider:
         python: str = sys.executable,
         log_dir: str | Path | None = None,
         stop_grace: float = 10.0,
+        join_tokens: Callable[[str, DynamicWorkerConfig], str] | None = None,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
         self.schedulers = (schedulers,) if isinstance(schedulers, str) else tuple(schedulers)
         self._python = python
@@ -52,6 +60,8 @@ class ProcessProvider:
             Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="hodei-agents-"))
         )
         self.stop_grace = stop_grace
+        self._join_tokens = join_tokens
+        self._tls = tls
         self._children: dict[str, _Child] = {}
 
     worker_type = WorkerType.PROCESS
@@ -79,7 +89,24 @@ class ProcessProvider:
         ]
         for key, value in config.labels.items():
             command += ["--label", f"{key}={value}"]
+        tls = self._tls
+        if tls is not None:
+            for option, path in (
+                ("--tls-ca", tls.ca_file),
+                ("--tls-cert", tls.cert_file),
+                ("--tls-key", tls.key_file),
+            ):
+                if path is not None:
+                    command += [option, str(path.absolute())]
         return command
+
+    def _environment(self, worker_id: str, config: DynamicWorkerConfig) -> dict[str, str]:
+        # The agent is told everything on its command line; HODEI_* settings of the control plane's own
+        # environment (HODEI_LABELS, say) are not its. Its join token alone comes in its environment.
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+        if self._join_tokens is not None:
+            environment[JOIN_TOKEN_VARIABLE] = self._join_tokens(worker_id, config)
+        return environment
 
     async def provision(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker:
         if worker_id in self._children:
@@ -98,9 +125,7 @@ class ProcessProvider:
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
-                    # The agent is told everything on its command line; HODEI_* settings of the control plane's
-                    # own environment (HODEI_LABELS, say) are not its.
-                    env={k: v for k, v in os.environ.items() if not k.startswith("HODEI_")},
+                    env=self._environment(worker_id, config),
                 )
         except OSError as error:
             raise ProviderError(

@@ -121,8 +121,12 @@ class WorkerRegistry:
         known = worker_type in WORKER_TYPE_VALUES
         self._count("invalid", worker_type if known else UNKNOWN_WORKER_TYPE)
 
-    def _check(self, record: WorkerRecord) -> None:
-        """Raise the refusal of ``record``, if any (counted)."""
+    def check(self, record: WorkerRecord | DynamicWorker) -> None:
+        """Raise the refusal of ``record`` (or of a worker's registration), if any (counted): what
+        :meth:`register_record` would refuse before writing, said before anything is done for it (a join
+        token is spent only on a registration that passes)."""
+        if isinstance(record, DynamicWorker):
+            record = self._record(record, None, WorkerStatus.AVAILABLE)
         refusal = self._refusal(record)
         if refusal is not None:
             result, error = refusal
@@ -188,7 +192,7 @@ class WorkerRegistry:
 
     async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
         """Register one record built by the caller (validated and admitted here); raises the refusal."""
-        self._check(record)
+        self.check(record)
         [(outcome, stored)] = await self._store.upsert([record])
         self._count(outcome.value, record.worker_type)
         return self._announce(outcome, stored, record.incarnation)

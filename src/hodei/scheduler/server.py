@@ -1,9 +1,15 @@
-"""SchedulerServer: the scheduler served over grpc.aio, with health checking and server reflection."""
+"""SchedulerServer: the scheduler served over grpc.aio, with health checking and server reflection.
+
+Its :class:`~hodei.security.SchedulerSecurity` says whether callers must authenticate (tokens) and whether the
+port speaks TLS; its :class:`~hodei.scheduler.limits.ServerLimits` what a caller may take (message size,
+streams, pings, idle connections).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
@@ -18,12 +24,15 @@ from hodei.errors import InvalidWorkerData
 from hodei.observability import tracing
 from hodei.observability.logging import log_worker_event
 from hodei.scheduler.admission import AdmissionControl
+from hodei.scheduler.authentication import Authentication
 from hodei.scheduler.core import Scheduler
+from hodei.scheduler.limits import ServerLimits, StreamLimits
 from hodei.scheduler.service import SchedulerServicer
+from hodei.security.config import SchedulerSecurity
 from hodei.transport.codec import SERVICE_NAME, pb, pb_grpc
 from hodei.transport.status import abort_with
 
-__all__ = ["LEADER_HEALTH", "SERVER_OPTIONS", "SchedulerServer"]
+__all__ = ["LEADER_HEALTH", "SERVER_OPTIONS", "SchedulerServer", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +40,11 @@ log = logging.getLogger(__name__)
 LEADER_HEALTH = "hodei.scheduler.v1.LeaseLeader"
 
 # Agents keep streams open for hours: let them ping (keepalive) so that dead peers are noticed on both sides.
+# How often a client may ping, and the other limits on what a client may take, are ServerLimits'.
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     # gRPC core cancels (with CANCELLED, which nobody retries) the calls it holds beyond 1,000 (soft) or 3,000
     # (hard) before the server takes them; admission control, not silent cancellation, bounds the load.
@@ -103,6 +112,17 @@ class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+def is_loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens on loopback only (``127.0.0.1``, ``[::1]``, ``localhost``)."""
+    host = listen.rsplit(":", 1)[0].removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _State(enum.Enum):
     NEW = "new"
     SERVING = "serving"
@@ -113,7 +133,8 @@ class SchedulerServer:
     """Serves a :class:`Scheduler`. ``listen`` may use port 0; :attr:`address` is the bound address.
 
     ``async with SchedulerServer(scheduler) as server: ...`` starts it (and its liveness sweeps) and stops it; a
-    server cannot be started twice.
+    server cannot be started twice. ``security`` (default: no auth, plaintext) and ``limits`` are described in
+    the module docstring; ``options`` are more grpc.aio server options, which replace those of the same name.
     """
 
     def __init__(
@@ -125,12 +146,17 @@ class SchedulerServer:
         admission_control: AdmissionControl | None = None,
         options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
         grace: float = 2.0,
+        security: SchedulerSecurity | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.security = security or SchedulerSecurity()
+        self.limits = limits or ServerLimits()
         self.admission = admission_control or AdmissionControl(metrics=scheduler.metrics)
+        self.streams = StreamLimits(self.limits, metrics=scheduler.metrics)
         self._listen = listen
-        self._interceptors = [self.admission, *interceptors]
-        self._options = list(options)
+        self._interceptors = [self.admission, self.streams, *interceptors]
+        self._options = list({**dict(self.limits.options()), **dict(options)}.items())
         self._grace = grace
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -148,12 +174,15 @@ class SchedulerServer:
             raise RuntimeError(f"a {self._state.value} SchedulerServer cannot be started")
         self._state = _State.SERVING
         # The server span comes first, so that it covers every call, those refused by admission control too;
-        # an undecodable request is refused next, before admission control or any other interceptor sees it.
+        # a caller without a valid token is refused next, before its request is read; an undecodable request
+        # then, before admission control or any other interceptor sees it.
         traced = tracing.server_interceptors()
-        interceptors = [*traced, _RejectUndecodable(), *self._interceptors]
+        access = self.security.access
+        authentication = [] if access is None else [Authentication(access)]
+        interceptors = [*traced, *authentication, _RejectUndecodable(), *self._interceptors]
         server = grpc.aio.server(interceptors=interceptors, options=self._options)
         pb_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SchedulerServicer(self.scheduler), server
+            SchedulerServicer(self.scheduler, access=access), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -164,7 +193,11 @@ class SchedulerServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(self._listen)
+        tls = self.security.tls
+        if tls is None:
+            self.port = server.add_insecure_port(self._listen)
+        else:
+            self.port = server.add_secure_port(self._listen, tls.server_credentials())
         if self.port == 0:
             self._state = _State.STOPPED
             raise OSError(f"could not listen on {self._listen}")
@@ -177,8 +210,40 @@ class SchedulerServer:
         self._server = server
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        log.info("scheduler.started", extra={"address": self.address, "traced": bool(traced)})
+        log.info(
+            "scheduler.started",
+            extra={
+                "address": self.address,
+                "traced": bool(traced),
+                "auth": access is not None,
+                "tls": "off" if tls is None else "mutual" if tls.ca_file is not None else "on",
+            },
+        )
+        self._warn_if_exposed()
         return self.address
+
+    def _warn_if_exposed(self) -> None:
+        """Say loudly when a port beyond loopback lets anyone in, or carries tokens in plaintext."""
+        if is_loopback(self._listen):
+            return
+        if self.security.access is None:
+            log.warning(
+                "scheduler.auth_off",
+                extra={
+                    "address": self.address,
+                    "reason": "auth is off on a port beyond loopback: anyone who can reach it can register, "
+                    "unregister or impersonate any worker (give the scheduler a token key: --auth-key)",
+                },
+            )
+        elif self.security.tls is None:
+            log.warning(
+                "scheduler.plaintext",
+                extra={
+                    "address": self.address,
+                    "reason": "tokens travel in plaintext on a port beyond loopback: anyone on the path can "
+                    "read and replay them (give the scheduler a certificate: --tls-cert, --tls-key)",
+                },
+            )
 
     def _unhealthy(self) -> None:
         asyncio.get_running_loop().create_task(

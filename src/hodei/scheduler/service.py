@@ -1,4 +1,8 @@
-"""The gRPC face of the scheduler. It only translates: proto in, a Scheduler call, proto out, errors to codes."""
+"""The gRPC face of the scheduler. It only translates: proto in, a Scheduler call, proto out, errors to codes.
+
+With auth on, each method first asks :class:`~hodei.security.AccessPolicy` whether the caller (authenticated at
+the door by :class:`~hodei.scheduler.authentication.Authentication`) may do this to this worker.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord, validate_worker_id
-from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
+from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
 from hodei.ports import RegistrationReceipt
+from hodei.scheduler.authentication import access_denied, current_caller, log_refusal
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.registry import MAX_BATCH_SIZE
+from hodei.security.access import AccessPolicy
+from hodei.security.refusals import AuthError, AuthFailure
+from hodei.security.tokens import OperatorClaims
 from hodei.transport import codec
 from hodei.transport.codec import pb, pb_grpc
 from hodei.transport.status import abort_with
@@ -83,8 +91,55 @@ def _invalid(field: str, description: str) -> InvalidWorkerData:
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
-    def __init__(self, scheduler: Scheduler) -> None:
+    """``access``: the rules each call must pass (None: auth off, everything is allowed)."""
+
+    def __init__(self, scheduler: Scheduler, *, access: AccessPolicy | None = None) -> None:
         self._scheduler = scheduler
+        self._access = access
+
+    def _allow(
+        self,
+        context: Context,
+        action: str,
+        worker_id: str | None = None,
+        *,
+        worker: WorkerRecord | DynamicWorker | None = None,
+    ) -> str:
+        """Whether the caller may do ``action`` to ``worker_id``, or register ``worker``: the worker credential
+        to hand back (empty: none), or :class:`AccessDenied` (or the registry's refusal of ``worker``). Spends
+        a join token."""
+        if worker is not None:
+            worker_id = worker.worker_id
+        if self._access is None:
+            return ""
+        claims = current_caller()
+        if worker is not None and claims is not None and not isinstance(claims, OperatorClaims):
+            # What the registry would refuse is refused first: a join token is spent only on a registration
+            # that passes.
+            self._scheduler.registry.check(worker)
+        try:
+            if claims is None:  # a call that did not pass the door: refused, never let through
+                raise AuthError.refusal(AuthFailure.MISSING, kind=None, action=action)
+            grant = self._access.authorize(
+                claims,
+                action,
+                worker_id=worker_id,
+                pool=None if worker is None else worker.pool,
+                labels=None if worker is None else worker.labels,
+            )
+        except AuthError as error:
+            log_refusal(action, error, context.peer())
+            raise access_denied(error) from error
+        return grant.credential
+
+    async def _admit(self, context: Context, action: str, worker_id: str | None = None) -> None:
+        """End the call unless the caller may do ``action`` (to ``worker_id``)."""
+        if self._access is None:
+            return
+        try:
+            self._allow(context, action, worker_id)
+        except AccessDenied as error:
+            await abort_with(context, error)
 
     async def RegisterWorker(
         self, request: pb.RegisterWorkerRequest, context: Context
@@ -92,22 +147,26 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         record: WorkerRecord | None = None
         try:
             record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
+            credential = self._allow(context, "RegisterWorker", worker=record)
             receipt = await self._scheduler.register_record(record)
         except SchedulerError as error:
             if record is None:  # not even decoded: the registry never saw it, so it is counted here
                 self._scheduler.registry.count_invalid(request.metadata.worker_type)
-            _log_refused(request.worker_id, error)
+            if not isinstance(error, AccessDenied):  # logged as auth.refused
+                _log_refused(request.worker_id, error)
             await abort_with(context, error)
         _log_registered(receipt)
         return pb.RegisterWorkerResponse(
             status=pb.REGISTRATION_STATUS_SUCCESS,
             worker=codec.record_to_proto(receipt.record),
             created=receipt.created,
+            credential=credential,
         )
 
     async def RegisterWorkers(
         self, request: pb.RegisterWorkersRequest, context: Context
     ) -> pb.RegisterWorkersResponse:
+        await self._admit(context, "RegisterWorkers")
         if len(request.workers) > MAX_BATCH_SIZE:
             await abort_with(context, _invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
         now = self._scheduler.registry.now()
@@ -140,6 +199,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UnregisterWorker(
         self, request: pb.UnregisterWorkerRequest, context: Context
     ) -> pb.UnregisterWorkerResponse:
+        await self._admit(context, "UnregisterWorker", request.worker_id)
         if len(request.reason) > MAX_REASON_LENGTH:
             await abort_with(context, _invalid("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
         status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
@@ -148,6 +208,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ReportOrphanRemoved(
         self, request: pb.ReportOrphanRemovedRequest, context: Context
     ) -> pb.ReportOrphanRemovedResponse:
+        await self._admit(context, "ReportOrphanRemoved")
         violations = validate_worker_id(request.worker_id)
         if len(request.reason) > MAX_REASON_LENGTH:
             violations.append(FieldViolation("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
@@ -163,6 +224,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.ReportOrphanRemovedResponse()
 
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
+        await self._admit(context, "GetWorker")
         record = await self._scheduler.get(request.worker_id)
         if record is None:
             await abort_with(
@@ -174,6 +236,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.GetWorkerResponse(worker=codec.record_to_proto(record))
 
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Context) -> pb.ListWorkersResponse:
+        await self._admit(context, "ListWorkers")
         try:
             page = await self._scheduler.list(
                 codec.filter_from_proto(request), page_size=request.page_size, page_token=request.page_token
@@ -185,6 +248,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
 
     async def DrainWorker(self, request: pb.DrainWorkerRequest, context: Context) -> pb.DrainWorkerResponse:
+        await self._admit(context, "DrainWorker")
         try:
             outcome = await self._scheduler.drain(
                 request.worker_id, deadline=request.deadline_ms / 1000, reason=request.reason
@@ -198,6 +262,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ShutdownWorker(
         self, request: pb.ShutdownWorkerRequest, context: Context
     ) -> pb.ShutdownWorkerResponse:
+        await self._admit(context, "ShutdownWorker")
         try:
             delivered = await self._scheduler.shutdown(request.worker_id, reason=request.reason)
         except SchedulerError as error:
@@ -207,6 +272,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def WatchWorkers(
         self, request: pb.WatchWorkersRequest, context: Context
     ) -> AsyncIterator[pb.WatchWorkersResponse]:
+        await self._admit(context, "WatchWorkers")
         watcher = self._scheduler.events.watch()
         try:
             if request.include_snapshot:
@@ -257,6 +323,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         worker: DynamicWorker | None = None
         try:
             worker = codec.worker_from_request(first.hello)
+            credential = self._allow(context, "Connect", worker=worker)
             receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
         except SchedulerError as error:
             if worker is None:  # not even decoded: the registry never saw it, so it is counted here
@@ -267,6 +334,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             created=receipt.created,
             heartbeat_interval_ms=round(self._scheduler.liveness.heartbeat_interval * 1000),
             lease_ttl_ms=round(self._scheduler.liveness.lease_ttl * 1000),
+            credential=credential,
         )
         return session, ack
 

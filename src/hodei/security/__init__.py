@@ -1,9 +1,18 @@
 """Security: signed tokens for joining, for workers and for operators; TLS and mutual TLS from files.
 
 Nothing here is wired into a server by importing it: the scheduler and the agent build what they need from
-these parts (see :mod:`hodei.security.tokens`, :mod:`hodei.security.tls`, :mod:`hodei.security.certs`).
+these parts (see :mod:`hodei.security.tokens`, :mod:`hodei.security.access` (who may call what),
+:mod:`hodei.security.config` (the scheduler's settings), :mod:`hodei.security.provisioning` (join tokens for
+providers), :mod:`hodei.security.tls`, :mod:`hodei.security.certs`). ``docs/security.md`` tells how to use them.
 """
 
+from hodei.security.access import (
+    AUTHORIZATION,
+    AccessPolicy,
+    Grant,
+    authorization_metadata,
+    bearer_token,
+)
 from hodei.security.certs import (
     DEFAULT_VALIDITY,
     PemPair,
@@ -12,13 +21,22 @@ from hodei.security.certs import (
     make_ca,
     write_test_pki,
 )
-from hodei.security.tls import TlsConfig, channel_credentials, server_credentials, ssl_context_for_http
+from hodei.security.config import SchedulerSecurity
+from hodei.security.provisioning import JoinTokens
+from hodei.security.tls import (
+    ClientTlsConfig,
+    TlsConfig,
+    channel_credentials,
+    server_credentials,
+    ssl_context_for_http,
+)
 from hodei.security.tokens import (
     DEFAULT_LEEWAY,
     MAX_TOKEN_LENGTH,
     MIN_SECRET_BYTES,
     AuthError,
     AuthFailure,
+    Claims,
     JoinClaims,
     JtiLedger,
     MemoryJtiLedger,
@@ -34,18 +52,25 @@ from hodei.security.tokens import (
 )
 
 __all__ = [
+    "AUTHORIZATION",
     "DEFAULT_LEEWAY",
     "DEFAULT_VALIDITY",
     "MAX_TOKEN_LENGTH",
     "MIN_SECRET_BYTES",
+    "AccessPolicy",
     "AuthError",
     "AuthFailure",
+    "Claims",
+    "ClientTlsConfig",
+    "Grant",
     "JoinClaims",
+    "JoinTokens",
     "JtiLedger",
     "MemoryJtiLedger",
     "OperatorClaims",
     "PemPair",
     "PermissionDenied",
+    "SchedulerSecurity",
     "TestPki",
     "TlsConfig",
     "TokenAuthority",
@@ -53,6 +78,8 @@ __all__ = [
     "TokenKind",
     "Unauthenticated",
     "WorkerClaims",
+    "authorization_metadata",
+    "bearer_token",
     "channel_credentials",
     "generate_secret",
     "issue_certificate",

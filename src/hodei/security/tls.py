@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from hodei.domain import FieldViolation
 
-__all__ = ["TlsConfig", "channel_credentials", "server_credentials", "ssl_context_for_http"]
+__all__ = [
+    "ClientTlsConfig",
+    "TlsConfig",
+    "channel_credentials",
+    "server_credentials",
+    "ssl_context_for_http",
+]
 
 StrPath = str | os.PathLike[str]
 
@@ -74,6 +80,47 @@ class TlsConfig:
     def ssl_context_for_http(self) -> ssl.SSLContext:
         """:func:`ssl_context_for_http` from these files (client certificates required when ``ca_file`` is set)."""
         return ssl_context_for_http(self.cert_file, self.key_file, self.ca_file)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTlsConfig:
+    """A client's TLS: the CA it trusts (None: the system's roots), and the certificate and key it presents to a
+    server that requires one (mutual TLS; both or neither)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is not None:
+                object.__setattr__(self, item.name, Path(value))
+
+    def violations(self) -> list[FieldViolation]:
+        """Every problem with the files, as :meth:`TlsConfig.violations` finds them."""
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            return [FieldViolation(missing, "a client certificate needs both cert_file and key_file")]
+        if self.cert_file is not None and self.key_file is not None:
+            return TlsConfig(self.cert_file, self.key_file, self.ca_file).violations()
+        if self.ca_file is None:
+            return []
+        try:
+            _certificates(self.ca_file)
+        except ValueError as exc:
+            return [FieldViolation("ca_file", str(exc))]
+        return []
+
+    def check(self) -> None:
+        """Raise ValueError listing every violation."""
+        found = self.violations()
+        if found:
+            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(str(v) for v in found))
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """:func:`channel_credentials` from these files."""
+        return channel_credentials(self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
 
 def server_credentials(

@@ -9,31 +9,27 @@ private key (or a secret) it mints and verifies; with an Ed25519 public key it o
   for that worker id only, and for as long as its ``ttl`` (by default, for ever);
 - an **operator token** (``aud=hodei-operator``) is for the CLI and the management service.
 
-A token of one kind is never accepted as another. Verification errors::
+A token of one kind is never accepted as another. A refusal is an :class:`~hodei.security.refusals.AuthError`
+(:mod:`hodei.security.refusals` draws the tree): ``Unauthenticated`` or ``PermissionDenied``. Single-use join
+tokens are remembered by a :class:`~hodei.security.ledger.JtiLedger`.
 
-    HodeiError
-    └── AuthError              a credential was refused; ``reason`` says why, ``code`` how to answer
-        ├── Unauthenticated        UNAUTHENTICATED: none, malformed, forged, expired, another kind, replayed
-        └── PermissionDenied       PERMISSION_DENIED: valid, but bound to another worker, pool or labels
-
-No message ever contains the token.
+:meth:`TokenAuthority.identify` reads a token of any kind (a caller need not say which it holds);
+:meth:`TokenAuthority.admit_join` then binds a join token to the registration and spends it. No message ever
+contains the token.
 """
 
 from __future__ import annotations
 
-import enum
-import heapq
 import math
 import os
 import secrets
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -41,7 +37,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from hodei.domain import utcnow, validate_worker_id
-from hodei.errors import ErrorCode, HodeiError
+from hodei.security.ledger import JtiLedger, MemoryJtiLedger
+from hodei.security.refusals import AuthError, AuthFailure, PermissionDenied, TokenKind, Unauthenticated
 
 __all__ = [
     "DEFAULT_LEEWAY",
@@ -49,6 +46,7 @@ __all__ = [
     "MIN_SECRET_BYTES",
     "AuthError",
     "AuthFailure",
+    "Claims",
     "JoinClaims",
     "JtiLedger",
     "MemoryJtiLedger",
@@ -66,95 +64,9 @@ __all__ = [
 MIN_SECRET_BYTES = 32
 DEFAULT_LEEWAY = 5.0  # seconds of clock skew forgiven on ``exp`` and ``iat``
 MAX_TOKEN_LENGTH = 4096  # ours are a few hundred characters; anything longer is refused unread
+IDENTIFIED_CACHE_SIZE = 4096  # tokens whose signature identify() checked, remembered (their times are not)
 
 TokenKey = bytes | Ed25519PrivateKey | Ed25519PublicKey
-
-
-class TokenKind(enum.StrEnum):
-    """The kinds of token, each its own audience (``aud``)."""
-
-    JOIN = "hodei-join"
-    WORKER = "hodei-worker"
-    OPERATOR = "hodei-operator"
-
-    @property
-    def noun(self) -> str:
-        return _NOUNS[self]
-
-
-_NOUNS = {
-    TokenKind.JOIN: "join token",
-    TokenKind.WORKER: "worker credential",
-    TokenKind.OPERATOR: "operator token",
-}
-
-
-class AuthFailure(enum.StrEnum):
-    """Why a credential was refused (a stable value, fit for a metric label)."""
-
-    MISSING = "missing"
-    MALFORMED = "malformed"
-    BAD_SIGNATURE = "bad_signature"
-    EXPIRED = "expired"
-    NOT_YET_VALID = "not_yet_valid"
-    WRONG_KIND = "wrong_kind"
-    REPLAYED = "replayed"
-    WRONG_WORKER = "wrong_worker"
-    WRONG_POOL = "wrong_pool"
-    WRONG_LABELS = "wrong_labels"
-
-
-# The only texts a refusal shows: made of the kind and the claimed worker id, never of the token.
-_MESSAGES = {
-    AuthFailure.MISSING: "no {noun}",
-    AuthFailure.MALFORMED: "malformed {noun}",
-    AuthFailure.BAD_SIGNATURE: "{noun} is not signed by a trusted key",
-    AuthFailure.EXPIRED: "{noun} expired",
-    AuthFailure.NOT_YET_VALID: "{noun} issued in the future",
-    AuthFailure.WRONG_KIND: "not a {noun}",
-    AuthFailure.REPLAYED: "{noun} already used",
-    AuthFailure.WRONG_WORKER: "{noun} is for another worker than {worker_id!r}",
-    AuthFailure.WRONG_POOL: "{noun} is bound to another pool",
-    AuthFailure.WRONG_LABELS: "{noun} is bound to other labels",
-}
-_DENIALS = frozenset({AuthFailure.WRONG_WORKER, AuthFailure.WRONG_POOL, AuthFailure.WRONG_LABELS})
-
-
-class AuthError(HodeiError):
-    """A credential was refused. ``kind`` is what was expected, ``worker_id`` the worker the caller claimed.
-
-    :meth:`refusal` picks the subclass for a ``reason``; the message is made from ``reason``, ``kind`` and
-    ``worker_id`` alone.
-    """
-
-    code = ErrorCode.UNAUTHENTICATED
-
-    def __init__(self, reason: AuthFailure, *, kind: TokenKind, worker_id: str | None = None) -> None:
-        self.reason = reason
-        self.kind = kind
-        self.worker_id = worker_id
-        self.message = _MESSAGES[reason].format(noun=kind.noun, worker_id=worker_id)
-        super().__init__(self.message)
-
-    @staticmethod
-    def refusal(reason: AuthFailure, *, kind: TokenKind, worker_id: str | None = None) -> AuthError:
-        """:class:`PermissionDenied` for a credential bound to another worker, pool or labels; else
-        :class:`Unauthenticated`."""
-        error_type = PermissionDenied if reason in _DENIALS else Unauthenticated
-        return error_type(reason, kind=kind, worker_id=worker_id)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(reason={self.reason.value}, message={self.message!r})"
-
-
-class Unauthenticated(AuthError):
-    """No credential, or one that does not prove anything: answer ``UNAUTHENTICATED``."""
-
-
-class PermissionDenied(AuthError):
-    """A valid credential for someone else: answer ``PERMISSION_DENIED``."""
-
-    code = ErrorCode.PERMISSION_DENIED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,43 +103,8 @@ class OperatorClaims:
     expires_at: datetime | None = None
 
 
-class JtiLedger(Protocol):
-    """The replay guard's port: remembers the ids of used single-use tokens until they expire."""
-
-    def claim(self, jti: str, expires_at: datetime) -> bool:
-        """Record ``jti`` as used; False when it was already used."""
-        ...
-
-
-class MemoryJtiLedger:
-    """A :class:`JtiLedger` in this process's memory; an id is forgotten once its ``expires_at`` has passed."""
-
-    def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
-        self._clock = clock
-        self._used: dict[str, datetime] = {}
-        self._by_expiry: list[tuple[datetime, str]] = []
-        self._lock = threading.Lock()
-
-    def claim(self, jti: str, expires_at: datetime) -> bool:
-        with self._lock:
-            self._forget_expired()
-            if jti in self._used:
-                return False
-            self._used[jti] = expires_at
-            heapq.heappush(self._by_expiry, (expires_at, jti))
-            return True
-
-    def __len__(self) -> int:
-        """How many ids are remembered now."""
-        with self._lock:
-            self._forget_expired()
-            return len(self._used)
-
-    def _forget_expired(self) -> None:
-        now = self._clock()
-        while self._by_expiry and self._by_expiry[0][0] < now:
-            _, jti = heapq.heappop(self._by_expiry)
-            del self._used[jti]
+Claims = JoinClaims | WorkerClaims | OperatorClaims
+"""What a valid token of any kind says (:meth:`TokenAuthority.identify`)."""
 
 
 class TokenAuthority:
@@ -262,6 +139,9 @@ class TokenAuthority:
         self.leeway = leeway
         self.clock = clock
         self.ledger: JtiLedger = MemoryJtiLedger(clock=clock) if ledger is None else ledger
+        # identify()'s verified tokens: checking a signature again costs tens of µs on every call of a client
+        # that presents the same token each time. Times are checked on every use; the oldest entry goes first.
+        self._identified: dict[str, tuple[Claims, int, int | None]] = {}
 
     @property
     def can_mint(self) -> bool:
@@ -299,33 +179,31 @@ class TokenAuthority:
         A token that binds a pool (labels) admits exactly that pool (those labels). A single-use token is spent
         only once every other check has passed. Raises :class:`Unauthenticated` or :class:`PermissionDenied`.
         """
-        refused = partial(AuthError.refusal, kind=TokenKind.JOIN, worker_id=worker_id)
         payload = self._decode(TokenKind.JOIN, token, now, worker_id=worker_id, expires=True)
-        bound_pool, bound_labels = payload.get("pool"), payload.get("labels")
-        single_use = payload.get("single_use", True)
-        if not (
-            (bound_pool is None or isinstance(bound_pool, str))
-            and (bound_labels is None or _is_labels(bound_labels))
-            and isinstance(single_use, bool)
-        ):
-            raise refused(AuthFailure.MALFORMED)
-        if payload["sub"] != worker_id:
+        claims = _join_claims(payload, worker_id=worker_id)
+        return self.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels)
+
+    def admit_join(
+        self,
+        claims: JoinClaims,
+        *,
+        worker_id: str,
+        pool: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> JoinClaims:
+        """``claims`` (of a join token already verified, by :meth:`identify`) admitted for registering
+        ``worker_id`` with ``pool`` and ``labels``: the bindings are checked, then a single-use token is spent.
+        Raises :class:`PermissionDenied` (another worker, pool or labels) or :class:`Unauthenticated`
+        (already used)."""
+        refused = partial(AuthError.refusal, kind=TokenKind.JOIN, worker_id=worker_id)
+        if claims.worker_id != worker_id:
             raise refused(AuthFailure.WRONG_WORKER)
-        if bound_pool is not None and pool != bound_pool:
+        if claims.pool is not None and pool != claims.pool:
             raise refused(AuthFailure.WRONG_POOL)
-        if bound_labels is not None and dict(labels or {}) != bound_labels:
+        if claims.labels is not None and dict(labels or {}) != claims.labels:
             raise refused(AuthFailure.WRONG_LABELS)
-        claims = JoinClaims(
-            worker_id=payload["sub"],
-            token_id=payload["jti"],
-            issued_at=_moment(payload["iat"]),
-            expires_at=_moment(payload["exp"]),
-            pool=bound_pool,
-            labels=None if bound_labels is None else MappingProxyType(bound_labels),
-            single_use=single_use,
-        )
         remember_until = claims.expires_at + timedelta(seconds=self.leeway)
-        if single_use and not self.ledger.claim(claims.token_id, remember_until):
+        if claims.single_use and not self.ledger.claim(claims.token_id, remember_until):
             raise refused(AuthFailure.REPLAYED)
         return claims
 
@@ -341,20 +219,11 @@ class TokenAuthority:
         self, token: str | None, *, worker_id: str, now: datetime | None = None
     ) -> WorkerClaims:
         """The claims of a credential presented to act as ``worker_id``; raises :class:`AuthError`."""
-        refused = partial(AuthError.refusal, kind=TokenKind.WORKER, worker_id=worker_id)
         payload = self._decode(TokenKind.WORKER, token, now, worker_id=worker_id, expires=False)
-        incarnation = payload.get("inc")
-        if incarnation is not None and not _is_int(incarnation):
-            raise refused(AuthFailure.MALFORMED)
-        if payload["sub"] != worker_id:
-            raise refused(AuthFailure.WRONG_WORKER)
-        return WorkerClaims(
-            worker_id=payload["sub"],
-            token_id=payload["jti"],
-            issued_at=_moment(payload["iat"]),
-            expires_at=_moment(payload["exp"]) if "exp" in payload else None,
-            incarnation=incarnation,
-        )
+        claims = _worker_claims(payload, worker_id=worker_id)
+        if claims.worker_id != worker_id:
+            raise AuthError.refusal(AuthFailure.WRONG_WORKER, kind=TokenKind.WORKER, worker_id=worker_id)
+        return claims
 
     def mint_operator_token(self, name: str, ttl: float | None = None) -> str:
         """A token for the operator ``name``; it expires after ``ttl`` s (None: never)."""
@@ -363,13 +232,41 @@ class TokenAuthority:
 
     def verify_operator_token(self, token: str | None, *, now: datetime | None = None) -> OperatorClaims:
         """The claims of an operator token; raises :class:`Unauthenticated`."""
-        payload = self._decode(TokenKind.OPERATOR, token, now, worker_id=None, expires=False)
-        return OperatorClaims(
-            name=payload["sub"],
-            token_id=payload["jti"],
-            issued_at=_moment(payload["iat"]),
-            expires_at=_moment(payload["exp"]) if "exp" in payload else None,
+        return _operator_claims(self._decode(TokenKind.OPERATOR, token, now, worker_id=None, expires=False))
+
+    def identify(self, token: str | None, *, now: datetime | None = None) -> Claims:
+        """The claims of a token of any kind whose signature, kind and times are good: what the caller holds,
+        read from the token itself. Nothing is bound and nothing is spent: a join token is admitted by
+        :meth:`admit_join`, a worker credential is good for its own ``worker_id`` only.
+
+        Raises :class:`Unauthenticated` (none, malformed, of no kind of ours, forged, expired).
+        """
+        refused = partial(AuthError.refusal, kind=None)
+        if not token:
+            raise refused(AuthFailure.MISSING)
+        known = self._identified.get(token)
+        if known is not None:
+            claims, issued_at, expires_at = known
+            self._check_times(_KIND_OF[type(claims)], issued_at, expires_at, now, worker_id=None)
+            return claims
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise refused(AuthFailure.MALFORMED)
+        kind = _claimed_kind(token)
+        if kind is None:
+            raise refused(AuthFailure.MALFORMED)
+        # The claimed kind only chooses the verifier, which checks the signature and the audience again.
+        payload = self._decode(kind, token, now, worker_id=None, expires=kind is TokenKind.JOIN)
+        claims = (
+            _join_claims(payload, worker_id=None)
+            if kind is TokenKind.JOIN
+            else _worker_claims(payload, worker_id=None)
+            if kind is TokenKind.WORKER
+            else _operator_claims(payload)
         )
+        if len(self._identified) >= IDENTIFIED_CACHE_SIZE:
+            del self._identified[next(iter(self._identified))]
+        self._identified[token] = (claims, payload["iat"], payload.get("exp"))
+        return claims
 
     def _mint(self, kind: TokenKind, subject: str, ttl: float | None, claims: dict[str, Any]) -> str:
         if self._signing_key is None:
@@ -428,12 +325,23 @@ class TokenAuthority:
             and (_is_int(exp) or (exp is None and not expires))
         ):
             raise refused(AuthFailure.MALFORMED)
-        moment = (self.clock() if now is None else now).timestamp()
-        if payload["iat"] > moment + self.leeway:
-            raise refused(AuthFailure.NOT_YET_VALID)
-        if exp is not None and moment >= exp + self.leeway:
-            raise refused(AuthFailure.EXPIRED)
+        self._check_times(kind, payload["iat"], exp, now, worker_id=worker_id)
         return payload
+
+    def _check_times(
+        self,
+        kind: TokenKind,
+        issued_at: int,
+        expires_at: int | None,
+        now: datetime | None,
+        *,
+        worker_id: str | None,
+    ) -> None:
+        moment = (self.clock() if now is None else now).timestamp()
+        if issued_at > moment + self.leeway:
+            raise AuthError.refusal(AuthFailure.NOT_YET_VALID, kind=kind, worker_id=worker_id)
+        if expires_at is not None and moment >= expires_at + self.leeway:
+            raise AuthError.refusal(AuthFailure.EXPIRED, kind=kind, worker_id=worker_id)
 
 
 def load_key(path: str | os.PathLike[str]) -> TokenKey:
@@ -464,6 +372,68 @@ def load_key(path: str | os.PathLike[str]) -> TokenKey:
 def generate_secret() -> bytes:
     """A fresh HMAC secret: 64 URL-safe characters (384 random bits), safe to write to a file as it is."""
     return secrets.token_urlsafe(48).encode("ascii")
+
+
+_KIND_OF: dict[type, TokenKind] = {
+    JoinClaims: TokenKind.JOIN,
+    WorkerClaims: TokenKind.WORKER,
+    OperatorClaims: TokenKind.OPERATOR,
+}
+
+
+def _claimed_kind(token: str) -> TokenKind | None:
+    """The kind a token says it is (its ``aud``), read without checking anything; None when unreadable."""
+    try:
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    audience = payload.get("aud") if isinstance(payload, dict) else None
+    try:
+        return TokenKind(audience) if isinstance(audience, str) else None
+    except ValueError:
+        return None
+
+
+def _join_claims(payload: dict[str, Any], *, worker_id: str | None) -> JoinClaims:
+    bound_pool, bound_labels = payload.get("pool"), payload.get("labels")
+    single_use = payload.get("single_use", True)
+    if not (
+        (bound_pool is None or isinstance(bound_pool, str))
+        and (bound_labels is None or _is_labels(bound_labels))
+        and isinstance(single_use, bool)
+    ):
+        raise AuthError.refusal(AuthFailure.MALFORMED, kind=TokenKind.JOIN, worker_id=worker_id)
+    return JoinClaims(
+        worker_id=payload["sub"],
+        token_id=payload["jti"],
+        issued_at=_moment(payload["iat"]),
+        expires_at=_moment(payload["exp"]),
+        pool=bound_pool,
+        labels=None if bound_labels is None else MappingProxyType(bound_labels),
+        single_use=single_use,
+    )
+
+
+def _worker_claims(payload: dict[str, Any], *, worker_id: str | None) -> WorkerClaims:
+    incarnation = payload.get("inc")
+    if incarnation is not None and not _is_int(incarnation):
+        raise AuthError.refusal(AuthFailure.MALFORMED, kind=TokenKind.WORKER, worker_id=worker_id)
+    return WorkerClaims(
+        worker_id=payload["sub"],
+        token_id=payload["jti"],
+        issued_at=_moment(payload["iat"]),
+        expires_at=_moment(payload["exp"]) if "exp" in payload else None,
+        incarnation=incarnation,
+    )
+
+
+def _operator_claims(payload: dict[str, Any]) -> OperatorClaims:
+    return OperatorClaims(
+        name=payload["sub"],
+        token_id=payload["jti"],
+        issued_at=_moment(payload["iat"]),
+        expires_at=_moment(payload["exp"]) if "exp" in payload else None,
+    )
 
 
 def _checked_id(value: str, field_name: str) -> str:

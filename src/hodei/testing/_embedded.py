@@ -15,10 +15,13 @@ from hodei.observability.metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.core import Scheduler
+from hodei.scheduler.limits import ServerLimits
 from hodei.scheduler.registry import Admission
 from hodei.scheduler.server import SchedulerServer
+from hodei.security.config import SchedulerSecurity
+from hodei.security.tls import ClientTlsConfig
 from hodei.stores.memory import MemoryRegistryStore
-from hodei.transport.client import SchedulerPortClient
+from hodei.transport.client import Credential, SchedulerPortClient
 
 __all__ = ["EmbeddedScheduler"]
 
@@ -29,7 +32,9 @@ class EmbeddedScheduler:
     It runs the real scheduler (in memory unless a store is given; leases as ``liveness`` says) behind the real
     gRPC service, so that what a test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach
     the registry directly; ``scheduler.events.watch()`` follows its events. ``metrics`` (default: a private
-    registry's) receives the scheduler's metrics, admission control's included.
+    registry's) receives the scheduler's metrics, admission control's included. ``security`` turns on tokens
+    and TLS as a deployment would (default: neither); ``limits`` are the server's
+    (:class:`~hodei.scheduler.limits.ServerLimits`).
     """
 
     def __init__(
@@ -43,6 +48,8 @@ class EmbeddedScheduler:
         host: str = "127.0.0.1",
         port: int = 0,
         metrics: SchedulerMetrics | None = None,
+        security: SchedulerSecurity | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.scheduler = Scheduler(
             store or MemoryRegistryStore(), admission=admission, liveness=liveness, metrics=metrics
@@ -55,8 +62,11 @@ class EmbeddedScheduler:
             interceptors=interceptors,
             admission_control=admission_control,
             grace=0.5,
+            security=security,
+            limits=limits,
         )
         self.admission_control = self._server.admission
+        self.stream_limits = self._server.streams
         self._channels: list[grpc.aio.Channel] = []
 
     @classmethod
@@ -92,15 +102,25 @@ class EmbeddedScheduler:
     ) -> None:
         await self.stop()
 
-    def channel(self) -> grpc.aio.Channel:
-        """A new channel to this scheduler, closed when the scheduler stops (traced if tracing is on)."""
-        channel = grpc.aio.insecure_channel(self.target, interceptors=tracing.client_interceptors() or None)
+    def channel(self, *, tls: ClientTlsConfig | None = None) -> grpc.aio.Channel:
+        """A new channel to this scheduler, closed when the scheduler stops (traced if tracing is on); over TLS
+        with ``tls``."""
+        interceptors = tracing.client_interceptors() or None
+        if tls is None:
+            channel = grpc.aio.insecure_channel(self.target, interceptors=interceptors)
+        else:
+            channel = grpc.aio.secure_channel(
+                self.target, tls.channel_credentials(), interceptors=interceptors
+            )
         self._channels.append(channel)
         return channel
 
-    def client(self) -> SchedulerPortClient:
-        """A :class:`SchedulerPortClient` on a channel closed when the scheduler stops."""
-        return SchedulerPortClient(self.channel())
+    def client(
+        self, *, credential: Credential | None = None, tls: ClientTlsConfig | None = None
+    ) -> SchedulerPortClient:
+        """A :class:`SchedulerPortClient` on a channel closed when the scheduler stops, presenting
+        ``credential`` (with auth on), over TLS with ``tls``."""
+        return SchedulerPortClient(self.channel(tls=tls), credential=credential)
 
     async def get_worker(self, worker_id: str) -> WorkerRecord | None:
         return await self.scheduler.get(worker_id)

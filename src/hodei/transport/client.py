@@ -24,13 +24,18 @@ from hodei.errors import (
 from hodei.lifecycle import WorkerEvent
 from hodei.observability import tracing
 from hodei.ports import DrainOutcome, RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
+from hodei.security.access import authorization_metadata
+from hodei.security.tls import ClientTlsConfig
 from hodei.transport import codec
 from hodei.transport.codec import pb
 from hodei.transport.status import error_from_rpc
 
-__all__ = ["FAILOVER_CHANNEL_OPTIONS", "SchedulerPortClient", "scheduler_addresses"]
+__all__ = ["FAILOVER_CHANNEL_OPTIONS", "Credential", "SchedulerPortClient", "scheduler_addresses"]
 
 R = TypeVar("R")
+
+Credential = str | Callable[[], str]
+"""A token, or a function that gives the token to present now (an agent's changes as it is handed new ones)."""
 
 # A gRPC target URI (``dns:///name:50051``, ``unix:/path``, ``ipv4:a:1,b:2``): a scheme not followed by a port.
 _TARGET_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?![0-9]*\s*(?:,|$))")
@@ -157,6 +162,11 @@ class SchedulerPortClient:
     When tracing is configured (:func:`hodei.observability.tracing.configure_tracing`) before the client is
     made, the channel it makes traces each call and sends the W3C trace context along; a channel passed in is
     traced only if its maker added the interceptors (``tracing.client_interceptors()``).
+
+    Against a scheduler with auth on, ``credential`` (an operator token, or a worker's own credential; or a
+    function giving the one to use now) goes with every call as ``authorization: Bearer <token>`` metadata.
+    ``tls`` makes the channel speak TLS, trusting its CA and presenting its client certificate if it has one
+    (for a client made from addresses; a channel passed in is already what its maker made it).
     """
 
     def __init__(
@@ -164,7 +174,10 @@ class SchedulerPortClient:
         target: str | Sequence[str] | grpc.aio.Channel,
         *,
         options: Sequence[tuple[str, Any]] = (),
+        credential: Credential | None = None,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
+        self._credential = credential
         if isinstance(target, Sequence):
             addresses = scheduler_addresses(target)
             if len(addresses) > 1:
@@ -172,12 +185,24 @@ class SchedulerPortClient:
                 options = [*(o for o in FAILOVER_CHANNEL_OPTIONS if o[0] not in given), *options]
             # With tracing on, each call gets a client span and carries the trace context in its metadata.
             interceptors = tracing.client_interceptors() or None
-            self._channel = grpc.aio.insecure_channel(
-                _channel_target(addresses), options=list(options), interceptors=interceptors
-            )
+            if tls is None:
+                self._channel = grpc.aio.insecure_channel(
+                    _channel_target(addresses), options=list(options), interceptors=interceptors
+                )
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    _channel_target(addresses),
+                    tls.channel_credentials(),
+                    options=list(options),
+                    interceptors=interceptors,
+                )
             self._owns_channel = True
             self.target = ",".join(addresses)
         else:
+            if tls is not None:
+                raise ValueError(
+                    "tls is for a client that makes its own channel; this one was given a channel"
+                )
             self._channel = target
             self._owns_channel = False
             self.target = ""
@@ -200,6 +225,12 @@ class SchedulerPortClient:
         if self._owns_channel:
             await self._channel.close()
 
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The credential's metadata for one call (None without a credential)."""
+        credential = self._credential
+        token = credential() if callable(credential) else credential
+        return authorization_metadata(token) if token else None
+
     async def _call(
         self,
         method: Callable[..., Awaitable[R]],
@@ -210,7 +241,7 @@ class SchedulerPortClient:
         if self._closed:
             raise RegistrationCancelled("the SchedulerPortClient is closed", worker_id=worker_id)
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout, metadata=self._metadata())
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error, worker_id=worker_id) from error
 
@@ -302,7 +333,9 @@ class SchedulerPortClient:
         """Lifecycle events as they happen (after one SNAPSHOT event per worker, if asked), until closed."""
         if self._closed:
             raise RegistrationCancelled("the SchedulerPortClient is closed")
-        call = self._stub.WatchWorkers(pb.WatchWorkersRequest(include_snapshot=include_snapshot))
+        call = self._stub.WatchWorkers(
+            pb.WatchWorkersRequest(include_snapshot=include_snapshot), metadata=self._metadata()
+        )
         try:
             async for response in call:
                 event = codec.event_from_proto(response.event)

@@ -348,7 +348,10 @@ def receipt_from_proto(
     message: pb.RegisterWorkerResponse | pb.WorkerRegistrationResult,
 ) -> RegistrationReceipt:
     worker = message.worker
-    return RegistrationReceipt(lambda: record_from_proto(worker), created=message.created)
+    credential = message.credential if isinstance(message, pb.RegisterWorkerResponse) else ""
+    return RegistrationReceipt(
+        lambda: record_from_proto(worker), created=message.created, credential=credential
+    )
 
 
 def _error_to_proto(error: SchedulerError) -> pb.WorkerError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -22,17 +22,22 @@ __all__ = ["ConnectAck", "ConnectStream", "is_transient_for_stream"]
 
 @dataclass(frozen=True, slots=True)
 class ConnectAck:
+    """The scheduler's answer to the hello; ``credential`` is a worker credential to keep (empty: none new)."""
+
     record: WorkerRecord
     created: bool
     heartbeat_interval: float
     lease_ttl: float
+    credential: str = field(default="", repr=False)
 
 
 class ConnectStream:
-    """One Connect call on ``channel``. Every failure is raised as a :class:`SchedulerError` kind."""
+    """One Connect call on ``channel``, sending ``metadata`` (the agent's credential) with it. Every failure is
+    raised as a :class:`SchedulerError` kind."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._call: Any = codec.pb_grpc.SchedulerServiceStub(channel).Connect()  # type: ignore[no-untyped-call]
+    def __init__(self, channel: grpc.aio.Channel, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
+        stub = codec.pb_grpc.SchedulerServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._call: Any = stub.Connect(metadata=tuple(metadata) or None)
         # gRPC allows one write in flight per call; heartbeats and status reports come from different tasks.
         self._writing = asyncio.Lock()
 
@@ -81,6 +86,7 @@ class ConnectStream:
             ack.created,
             ack.heartbeat_interval_ms / 1000,
             ack.lease_ttl_ms / 1000,
+            ack.credential,
         )
 
     async def heartbeat(self, sequence: int, usage: ResourceUsage) -> None:

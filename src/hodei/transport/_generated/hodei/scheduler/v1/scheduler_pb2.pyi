@@ -171,14 +171,16 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("status", "worker", "created")
+    __slots__ = ("status", "worker", "created", "credential")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     status: RegistrationStatus
     worker: Worker
     created: bool
-    def __init__(self, status: _Optional[_Union[RegistrationStatus, str]] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    credential: str
+    def __init__(self, status: _Optional[_Union[RegistrationStatus, str]] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., created: _Optional[bool] = ..., credential: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkersRequest(_message.Message):
     __slots__ = ("workers",)
@@ -332,16 +334,18 @@ class ConnectResponse(_message.Message):
     def __init__(self, ack: _Optional[_Union[ConnectAck, _Mapping]] = ..., command: _Optional[_Union[WorkerCommand, _Mapping]] = ...) -> None: ...
 
 class ConnectAck(_message.Message):
-    __slots__ = ("worker", "created", "heartbeat_interval_ms", "lease_ttl_ms")
+    __slots__ = ("worker", "created", "heartbeat_interval_ms", "lease_ttl_ms", "credential")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     worker: Worker
     created: bool
     heartbeat_interval_ms: int
     lease_ttl_ms: int
-    def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., created: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+    credential: str
+    def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., created: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., credential: _Optional[str] = ...) -> None: ...
 
 class WorkerCommand(_message.Message):
     __slots__ = ("drain", "shutdown", "reregister")
