@@ -223,4 +223,4 @@ async def test_auth_off_on_loopback_starts_quietly(caplog: pytest.LogCaptureFixt
 
     started = [r for r in caplog.records if r.getMessage() == "scheduler.started"]
     assert warnings_of(caplog) == []
-    assert [(r.auth, r.tls) for r in started] == [(False, "off")]  # type: ignore[attr-defined]
+    assert [(r.access_control, r.tls) for r in started] == [("off", "off")]  # type: ignore[attr-defined]

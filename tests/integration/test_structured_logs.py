@@ -126,6 +126,7 @@ async def test_the_scheduler_logs_each_change_of_a_workers_life_as_one_json_even
     assert all({"timestamp", "level", "logger", "event"} <= line.keys() for line in found)
     started = the(found, "scheduler.started")
     assert started["address"] == served.target and started["traced"] is False
+    assert (started["access_control"], started["tls"]) == ("off", "off")  # shown, not redacted
     registered = the(found, "worker.registered", worker_id="pushed-1")
     assert (registered["worker_type"], registered["status"], registered["logger"]) == (
         "docker",

@@ -215,7 +215,7 @@ class SchedulerServer:
             extra={
                 "address": self.address,
                 "traced": bool(traced),
-                "auth": access is not None,
+                "access_control": "off" if access is None else "on",
                 "tls": "off" if tls is None else "mutual" if tls.ca_file is not None else "on",
             },
         )
