@@ -74,7 +74,10 @@ class DockerProviderConfig:
     names its own. ``network_mode``: ``host`` lets agents reach a scheduler on the host's loopback.
     ``owner`` marks the containers of this control plane (label ``hodei.owner``): :meth:`DockerProvider.list_workers`
     lists only those. ``environment`` is given to every container; ``environment_for(worker_id, config)`` adds
-    a worker's own variables (its credentials). ``stop_grace``: seconds between SIGTERM and SIGKILL.
+    a worker's own variables (its credentials). ``mounts``: host files for every container, as
+    ``HOST_PATH:CONTAINER_PATH[:ro|rw]`` (the CA and client certificate of a TLS scheduler, for instance;
+    the image runs as uid 65532, which must be able to read them). ``stop_grace``: seconds between SIGTERM
+    and SIGKILL.
     """
 
     schedulers: tuple[str, ...]
@@ -87,6 +90,7 @@ class DockerProviderConfig:
     name_prefix: str = "hodei-"
     environment: Mapping[str, str] = field(default_factory=dict)
     environment_for: Callable[[str, DynamicWorkerConfig], Mapping[str, str]] | None = None
+    mounts: tuple[str, ...] = ()
     stop_grace: float = 10.0
     api_timeout: float = 60.0
     api_threads: int = 16
@@ -105,8 +109,21 @@ class DockerProviderConfig:
                 "stop_grace": (">= 0", self.stop_grace >= 0),
                 "api_timeout": ("> 0", self.api_timeout > 0),
                 "api_threads": (">= 1", self.api_threads >= 1),
+                "mounts": (
+                    "HOST_PATH:CONTAINER_PATH[:ro|rw], absolute paths",
+                    all(map(_valid_mount, self.mounts)),
+                ),
             },
         )
+
+
+def _valid_mount(mount: str) -> bool:
+    parts = mount.split(":")
+    return (
+        len(parts) in (2, 3)
+        and all(part.startswith("/") for part in parts[:2])
+        and (len(parts) == 2 or parts[2] in ("ro", "rw"))
+    )
 
 
 def _status_of(container: Container) -> WorkerStatus:
@@ -268,6 +285,7 @@ class DockerProvider:
             mem_limit=config.memory_mb * _MIB,
             restart_policy=restart,
             stop_signal="SIGTERM",
+            volumes=list(self.config.mounts),
         )
         try:
             container.start()
