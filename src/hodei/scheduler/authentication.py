@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 
 from hodei.errors import AccessDenied
+from hodei.scheduler.interception import scheduler_method
 from hodei.security.access import AccessPolicy, bearer_token
 from hodei.security.refusals import AuthError
 from hodei.security.tokens import Claims
-from hodei.transport.codec import SERVICE_NAME
 from hodei.transport.status import abort_with
 
 __all__ = ["Authentication", "access_denied", "current_caller", "log_refusal"]
@@ -68,8 +68,8 @@ class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        service, _, method = details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE_NAME:
+        method = scheduler_method(details)
+        if handler is None or method is None:
             return handler
         try:
             claims = self.access.authenticate(bearer_token(details.invocation_metadata))

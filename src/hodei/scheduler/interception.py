@@ -10,12 +10,24 @@ import grpc
 
 from hodei.transport.codec import SERVICE_NAME
 
-__all__ = ["REGISTRATION_METHODS", "Behaviour", "MethodInterceptor", "with_behaviour"]
+__all__ = [
+    "REGISTRATION_METHODS",
+    "Behaviour",
+    "MethodInterceptor",
+    "scheduler_method",
+    "with_behaviour",
+]
 
 REGISTRATION_METHODS = frozenset({"RegisterWorker", "RegisterWorkers"})
 
 Behaviour = Callable[[Any, Any], Awaitable[Any]]
 """A unary call's behaviour: ``(request, context) -> response``."""
+
+
+def scheduler_method(details: grpc.HandlerCallDetails) -> str | None:
+    """The short name (``RegisterWorker``) of a SchedulerService call; None for any other service's."""
+    service, _, method = details.method.lstrip("/").partition("/")
+    return method if service == SERVICE_NAME else None
 
 
 def with_behaviour(handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> grpc.RpcMethodHandler:
@@ -41,8 +53,8 @@ class MethodInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        service, _, method = details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE_NAME or method not in self.methods:
+        method = scheduler_method(details)
+        if handler is None or method not in self.methods:
             return handler
         return self.intercept(handler, method)
 

@@ -22,7 +22,7 @@ Registrations are bounded by admission control (:mod:`hodei.scheduler.admission`
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ import grpc
 from hodei._settings import check_settings
 from hodei.errors import SchedulerOverloaded
 from hodei.observability.metrics import SchedulerMetrics
-from hodei.transport.codec import SERVICE_NAME
+from hodei.scheduler.interception import MethodInterceptor
 from hodei.transport.status import abort_with
 
 __all__ = ["STREAM_METHODS", "ServerLimits", "StreamLimits", "peer_host"]
@@ -103,12 +103,13 @@ def peer_host(peer: str) -> str:
     return host.removeprefix("[").removesuffix("]") or rest
 
 
-class StreamLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class StreamLimits(MethodInterceptor):
     """Caps the open ``Connect`` and ``WatchWorkers`` streams: ``max_streams`` in all, ``max_streams_per_peer``
     from one IP address; a stream beyond is refused with ``RESOURCE_EXHAUSTED`` and a retry delay.
     ``open`` and ``open_by_peer`` say what is open now, ``refused`` how many were refused."""
 
     def __init__(self, limits: ServerLimits, *, metrics: SchedulerMetrics | None = None) -> None:
+        super().__init__(STREAM_METHODS)
         self.limits = limits
         self.open = 0
         self.open_by_peer: Counter[str] = Counter()
@@ -116,15 +117,7 @@ class StreamLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metrics = metrics or SchedulerMetrics()
         self._rejections = {m: metrics.admission_rejections.labels(m) for m in STREAM_METHODS}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        service, _, method = details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE_NAME or method not in STREAM_METHODS:
-            return handler
+    def intercept(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.request_streaming:
             return self._bounded_stream(handler, method)
         return self._bounded_watch(handler, method)

@@ -26,6 +26,7 @@ from hodei.observability.logging import log_worker_event
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.authentication import Authentication
 from hodei.scheduler.core import Scheduler
+from hodei.scheduler.interception import scheduler_method
 from hodei.scheduler.limits import ServerLimits, StreamLimits
 from hodei.scheduler.service import SchedulerServicer
 from hodei.security.config import SchedulerSecurity
@@ -74,8 +75,8 @@ class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        service, _, method = details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE_NAME or handler.request_streaming:
+        method = scheduler_method(details)
+        if handler is None or method is None or handler.request_streaming:
             return handler
         message = (
             pb.DESCRIPTOR.services_by_name["SchedulerService"].methods_by_name[method].input_type.full_name
