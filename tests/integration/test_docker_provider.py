@@ -9,8 +9,7 @@ import asyncio
 import io
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import docker
@@ -50,22 +49,6 @@ SMALL = DynamicWorkerConfig(
     worker_type=WorkerType.DOCKER, cpu_cores=1, memory_mb=256, labels={"team": "ci", "note": "a,b=c"}
 )
 FAST_LEASES = LivenessConfig(heartbeat_interval=0.5, lease_ttl=3.0, recovery_window=0.0)
-
-
-@pytest.fixture
-def owner() -> str:
-    """A label value of this test's own: its containers, and only them, are its provider's."""
-    return f"test-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def engine(docker_url: str, owner: str) -> Iterator[docker.DockerClient]:
-    """The engine, through the SDK; every container of this test's owner is removed at the end."""
-    client = docker.DockerClient(base_url=docker_url, timeout=60)
-    yield client
-    for container in client.containers.list(all=True, filters={"label": f"hodei.owner={owner}"}):
-        container.remove(force=True)
-    client.close()
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import docker
@@ -35,20 +34,6 @@ pytestmark = pytest.mark.timeout(600)  # the first test to use the agent image m
 
 SECRET = b"d" * 48
 CONFIG = DynamicWorkerConfig(worker_type=WorkerType.DOCKER, cpu_cores=1, memory_mb=256, labels={"team": "ci"})
-
-
-@pytest.fixture
-def owner() -> str:
-    return f"test-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def engine(docker_url: str, owner: str) -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url=docker_url, timeout=60)
-    yield client
-    for container in client.containers.list(all=True, filters={"label": f"hodei.owner={owner}"}):
-        container.remove(force=True)
-    client.close()
 
 
 @pytest.fixture
