@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from hodei.domain import (
@@ -31,6 +32,7 @@ __all__ = [
     "RegistryStore",
     "SchedulerPort",
     "SharedLeases",
+    "SpentTokens",
     "UnregistrationStatus",
     "UpsertOutcome",
     "WorkerFilter",
@@ -234,6 +236,17 @@ class SharedLeases(Protocol):
 
     async def lease_ages(self) -> list[tuple[str, float, float]]:
         """``(worker_id, lease_ttl, seconds since last heard)`` for every leased worker that is not LOST."""
+        ...
+
+
+@runtime_checkable
+class SpentTokens(Protocol):
+    """A durable store also remembers the single-use join tokens that were spent, so that a token used once is
+    refused by every replica sharing the store, and after a restart, until it expires."""
+
+    async def spend(self, token_id: str, expires_at: datetime) -> bool:
+        """Record ``token_id`` as spent; False when it was spent already. Ids past ``expires_at`` may be
+        forgotten (their tokens are refused as expired anyway)."""
         ...
 
 

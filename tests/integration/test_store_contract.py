@@ -27,9 +27,10 @@ from hodei import (
 )
 from hodei.domain import ResourceUsage, UpsertOutcome
 from hodei.errors import ErrorCode
-from hodei.ports import RegistryStore, SharedLeases
+from hodei.ports import RegistryStore, SharedLeases, SpentTokens
 from hodei.stores.memory import MemoryRegistryStore
 from hodei.stores.postgres import PostgresRegistryStore
+from hodei.stores.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from hodei.stores.sqlite import SCHEMA_VERSION, SqliteRegistryStore
 
 T0 = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)
@@ -305,6 +306,65 @@ async def test_concurrent_batches_over_the_same_workers_neither_fail_nor_duplica
 # -- what only durable stores do -------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens a durable store; a second call opens the same registry again (a restart, or a replica)."""
+    opened: list[SqliteRegistryStore | PostgresRegistryStore] = []
+
+    async def open_store() -> RegistryStore:
+        store: SqliteRegistryStore | PostgresRegistryStore
+        if request.param == "sqlite":
+            store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+        else:
+            store = await PostgresRegistryStore.open(request.getfixturevalue("postgres_dsn"), min_size=1)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
+async def test_a_spent_token_is_refused_by_the_same_registry_after_a_restart_and_by_a_replica(
+    durable: Opener,
+) -> None:
+    first = await durable()
+    assert isinstance(first, SpentTokens)
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    assert await first.spend("jti-1", later) is True
+    assert await first.spend("jti-1", later) is False
+    assert await first.spend("jti-2", later) is True
+    second = await durable()  # the same file reopened, or another replica on the same database
+    assert isinstance(second, SpentTokens)
+    assert await second.spend("jti-1", later) is False
+    assert await second.spend("jti-3", later) is True
+    assert await first.spend("jti-3", later) is False
+
+
+async def test_spent_tokens_past_their_expiry_are_forgotten(durable: Opener) -> None:
+    store = await durable()
+    assert isinstance(store, SpentTokens)
+    assert await store.spend("old", datetime.now(UTC) - timedelta(seconds=1)) is True
+    assert await store.spend("kept", datetime.now(UTC) + timedelta(minutes=10)) is True
+    # The next spend clears what expired: an expired token is refused as expired before its id is looked up.
+    assert await store.spend("old", datetime.now(UTC) + timedelta(minutes=10)) is True
+    assert await store.spend("kept", datetime.now(UTC) + timedelta(minutes=10)) is False
+
+
+async def test_a_sqlite_file_of_schema_1_is_migrated_to_keep_spent_tokens(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        for statement in SQLITE_MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+    store = await SqliteRegistryStore.open(tmp_path / "r.db")
+    try:
+        assert await store.spend("jti-1", datetime.now(UTC) + timedelta(minutes=1)) is True
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+
+
 async def test_sqlite_records_its_schema_version(tmp_path: Path) -> None:
     store = await SqliteRegistryStore.open(tmp_path / "r.db")
     await store.close()
@@ -316,7 +376,7 @@ async def test_sqlite_records_its_schema_version(tmp_path: Path) -> None:
 async def test_sqlite_refuses_a_schema_from_a_newer_hodei(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "r.db") as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 1"):
+    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 2"):
         await SqliteRegistryStore.open(tmp_path / "r.db")
 
 
@@ -344,11 +404,11 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: s
     await second.close()
     db = await asyncpg.connect(postgres_dsn)
     try:
-        assert await db.fetch("SELECT version FROM hodei_schema") == [(1,)]
+        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,)]
         await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
     finally:
         await db.close()
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 1"):
+    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 2"):
         await PostgresRegistryStore.open(postgres_dsn, min_size=1)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any, TypeAlias
 
 import grpc
@@ -17,13 +18,13 @@ from google.protobuf.message import DecodeError
 
 from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord, validate_worker_id
 from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
-from hodei.ports import RegistrationReceipt
+from hodei.ports import RegistrationReceipt, SpentTokens
 from hodei.scheduler.authentication import access_denied, current_caller, log_refusal
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.registry import MAX_BATCH_SIZE
 from hodei.security.access import AccessPolicy
-from hodei.security.refusals import AuthError, AuthFailure
-from hodei.security.tokens import OperatorClaims
+from hodei.security.refusals import AuthError, AuthFailure, TokenKind
+from hodei.security.tokens import JoinClaims, OperatorClaims
 from hodei.transport import codec
 from hodei.transport.codec import pb, pb_grpc
 from hodei.transport.status import abort_with
@@ -97,7 +98,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self._scheduler = scheduler
         self._access = access
 
-    def _allow(
+    async def _allow(
         self,
         context: Context,
         action: str,
@@ -107,7 +108,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> str:
         """Whether the caller may do ``action`` to ``worker_id``, or register ``worker``: the worker credential
         to hand back (empty: none), or :class:`AccessDenied` (or the registry's refusal of ``worker``). Spends
-        a join token."""
+        a join token: in this process's ledger, and in the registry store when it keeps spent tokens (then a
+        token spent on another replica, or before a restart, is refused too)."""
         if worker is not None:
             worker_id = worker.worker_id
         if self._access is None:
@@ -127,17 +129,27 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                 pool=None if worker is None else worker.pool,
                 labels=None if worker is None else worker.labels,
             )
+            if isinstance(claims, JoinClaims) and claims.single_use:
+                await self._spend_durably(claims, worker_id)
         except AuthError as error:
             log_refusal(action, error, context.peer())
             raise access_denied(error) from error
         return grant.credential
+
+    async def _spend_durably(self, claims: JoinClaims, worker_id: str | None) -> None:
+        store = self._scheduler.registry.store
+        if not isinstance(store, SpentTokens) or self._access is None:
+            return
+        until = claims.expires_at + timedelta(seconds=self._access.authority.leeway)
+        if not await store.spend(claims.token_id, until):
+            raise AuthError.refusal(AuthFailure.REPLAYED, kind=TokenKind.JOIN, worker_id=worker_id)
 
     async def _admit(self, context: Context, action: str, worker_id: str | None = None) -> None:
         """End the call unless the caller may do ``action`` (to ``worker_id``)."""
         if self._access is None:
             return
         try:
-            self._allow(context, action, worker_id)
+            await self._allow(context, action, worker_id)
         except AccessDenied as error:
             await abort_with(context, error)
 
@@ -147,7 +159,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         record: WorkerRecord | None = None
         try:
             record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
-            credential = self._allow(context, "RegisterWorker", worker=record)
+            credential = await self._allow(context, "RegisterWorker", worker=record)
             receipt = await self._scheduler.register_record(record)
         except SchedulerError as error:
             if record is None:  # not even decoded: the registry never saw it, so it is counted here
@@ -323,7 +335,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         worker: DynamicWorker | None = None
         try:
             worker = codec.worker_from_request(first.hello)
-            credential = self._allow(context, "Connect", worker=worker)
+            credential = await self._allow(context, "Connect", worker=worker)
             receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
         except SchedulerError as error:
             if worker is None:  # not even decoded: the registry never saw it, so it is counted here

@@ -65,6 +65,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX hodei_workers_by_status ON hodei_workers (status, worker_id)",
     ),
+    (
+        # Single-use join tokens already spent by any replica (SpentTokens), until they expire.
+        "CREATE TABLE hodei_spent_tokens (token_id text PRIMARY KEY, expires_at timestamptz NOT NULL)",
+        "CREATE INDEX hodei_spent_tokens_by_expiry ON hodei_spent_tokens (expires_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -321,6 +326,21 @@ class PostgresRegistryStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    # -- SpentTokens -----------------------------------------------------------------------------------
+
+    async def spend(self, token_id: str, expires_at: datetime) -> bool:
+        async def write(db: Db) -> bool:
+            await db.execute("DELETE FROM hodei_spent_tokens WHERE expires_at < now()")
+            inserted = await db.fetchval(
+                "INSERT INTO hodei_spent_tokens (token_id, expires_at) VALUES ($1, $2) "
+                "ON CONFLICT (token_id) DO NOTHING RETURNING 1",
+                token_id,
+                expires_at,
+            )
+            return bool(inserted == 1)
+
+        return await self._retrying(write)
 
     # -- SharedLeases ----------------------------------------------------------------------------------
 

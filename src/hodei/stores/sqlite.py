@@ -18,7 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
+from hodei.domain import (
+    UpsertOutcome,
+    WorkerRecord,
+    WorkerStatus,
+    merge_registrations,
+    stored_form,
+    utcnow,
+)
 from hodei.errors import StoreError, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._rows import COLUMNS, from_row, to_row
@@ -51,6 +58,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             drained INTEGER NOT NULL
         ) WITHOUT ROWID""",
         "CREATE INDEX workers_by_status ON workers (status, worker_id)",
+    ),
+    (
+        # Single-use join tokens already spent (SpentTokens), until they expire.
+        "CREATE TABLE spent_tokens (token_id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
+        "CREATE INDEX spent_tokens_by_expiry ON spent_tokens (expires_at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -235,6 +247,18 @@ class SqliteRegistryStore:
             )
         )
         return {WorkerStatus(status): int(count) for status, count in rows}
+
+    async def spend(self, token_id: str, expires_at: datetime) -> bool:
+        now, until = utcnow().timestamp(), expires_at.timestamp()  # seconds since the epoch
+
+        def write(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM spent_tokens WHERE expires_at < ?", (now,))
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO spent_tokens (token_id, expires_at) VALUES (?, ?)", (token_id, until)
+            )
+            return inserted.rowcount == 1
+
+        return await self._run(self._transaction(write))
 
     async def close(self) -> None:
         def shut() -> None:
