@@ -278,7 +278,7 @@ def token_join(
     reusable: Annotated[bool, typer.Option(help="Usable more than once until it expires.")] = False,
 ) -> None:
     """Print a join token for one worker: its agent registers with it (hodei agent --token-file)."""
-    from hodei.cli import parse_label
+    from hodei._cli_values import parse_label
 
     authority = _authority(key)
     labels = dict(parse_label(item) for item in label) if label else None

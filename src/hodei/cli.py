@@ -36,6 +36,7 @@ from hodei._cli_security import (
     serve_security,
     token_app,
 )
+from hodei._cli_values import parse_label, parse_labels
 from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
 from hodei.views import workers_table
 
@@ -126,14 +127,6 @@ def observe(service: str, log_format: LogFormat, log_level: LogLevel) -> None:
         raise typer.Exit(2) from error
 
 
-def parse_label(item: str) -> tuple[str, str]:
-    """``k=v`` -> ("k", "v")."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"label {item!r} is not KEY=VALUE")
-    return key, value
-
-
 def check_metrics_listen(text: str) -> str:
     """Refuse a malformed ``--metrics-listen`` before anything starts; empty means no endpoint."""
     from hodei.observability.http import parse_listen
@@ -151,11 +144,6 @@ def _metrics_listen_option(envvar: str | None = None) -> Any:
 
 
 MetricsListenOption = Annotated[str, _metrics_listen_option()]
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """``a=1,b=2`` -> {"a": "1", "b": "2"}."""
-    return dict(parse_label(item) for item in filter(None, (part.strip() for part in text.split(","))))
 
 
 @scheduler_app.command("serve")
