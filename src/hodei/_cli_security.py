@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from hodei._cli_common import errors, parse_label
+
 if TYPE_CHECKING:
     from hodei.transport.client import SchedulerPortClient
 
@@ -43,7 +45,6 @@ __all__ = [
 token_app = typer.Typer(help="Make the keys and tokens of a scheduler with auth on.", no_args_is_help=True)
 pki_app = typer.Typer(help="Throw-away certificates for local use and tests.", no_args_is_help=True)
 out = Console(width=10_000, highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _path_option(name: str, envvar: str | None, help_text: str) -> Any:
@@ -133,7 +134,7 @@ def serve_security(
             http = TlsConfig(Path(m_cert), Path(m_key), Path(m_client_ca) if m_client_ca else None)
             http.check()
     except (OSError, ValueError) as error:
-        errors.print(f"hodei scheduler: {error}", markup=False)
+        errors.print(f"hodei scheduler: {error}", markup=False, highlight=False)
         raise typer.Exit(2) from error
     return security, http
 
@@ -252,7 +253,7 @@ def token_secret(
     with os.fdopen(fd, "wb") as file:
         os.fchmod(file.fileno(), 0o600)
         file.write(generate_secret() + b"\n")
-    errors.print(f"wrote a new token secret to {path}")
+    errors.print(f"wrote a new token secret to {path}", highlight=False)
 
 
 @token_app.command("operator")
@@ -278,7 +279,6 @@ def token_join(
     reusable: Annotated[bool, typer.Option(help="Usable more than once until it expires.")] = False,
 ) -> None:
     """Print a join token for one worker: its agent registers with it (hodei agent --token-file)."""
-    from hodei._cli_values import parse_label
 
     authority = _authority(key)
     labels = dict(parse_label(item) for item in label) if label else None

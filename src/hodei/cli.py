@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import gc
 import signal
-import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
+from hodei._cli_common import (
+    LogFormat,
+    LogFormatOption,
+    LogLevel,
+    LogLevelOption,
+    MetricsListenOption,
+    console,
+    errors,
+    log_format_option,
+    log_level_option,
+    metrics_listen_option,
+    observe,
+    parse_label,
+    parse_labels,
+    start_metrics,
+)
 from hodei._cli_security import (
     AuthKeyOption,
     MetricsTlsCertOption,
@@ -27,123 +39,25 @@ from hodei._cli_security import (
     TlsCertOption,
     TlsKeyOption,
     TokenFileOption,
-    TokenOption,
     WorkerCredentialTtlOption,
     client_tls,
     pki_app,
     read_token,
-    scheduler_client,
     serve_security,
     token_app,
 )
-from hodei._cli_values import parse_label, parse_labels
-from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
-from hodei.views import workers_table
+from hodei._cli_workers import workers_app
+from hodei.domain import WorkerType
 
 if TYPE_CHECKING:
-    from hodei.observability.http import MetricsEndpoint
+    pass
 
 app = typer.Typer(help="hodei: workers that auto-register with the scheduler.", no_args_is_help=True)
 scheduler_app = typer.Typer(help="Run the scheduler.", no_args_is_help=True)
-workers_app = typer.Typer(help="Look at and manage the scheduler's workers.", no_args_is_help=True)
 app.add_typer(scheduler_app, name="scheduler")
 app.add_typer(workers_app, name="workers")
 app.add_typer(token_app, name="token")
 app.add_typer(pki_app, name="pki")
-
-# Piped output is not cut to 80 columns: every field stays whole on its line, for grep and friends.
-console = Console(width=None if sys.stdout.isatty() else 1000)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
-errors = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _refuse_malformed(text: str, parse: Callable[[str], object]) -> str:
-    """``text``, unless ``parse`` refuses it (ValueError): then a bad-parameter error, before anything starts."""
-    try:
-        parse(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    return text
-
-
-def check_scheduler_addresses(text: str) -> str:
-    """Refuse a malformed ``--scheduler`` list before anything is dialled."""
-    from hodei.transport.client import scheduler_addresses
-
-    return _refuse_malformed(text, scheduler_addresses)
-
-
-SchedulerOption = Annotated[
-    str,
-    typer.Option(
-        "--scheduler",
-        "-s",
-        help="Scheduler address, HOST:PORT; several replicas' as HOST:PORT,HOST:PORT,... (failed over).",
-        callback=check_scheduler_addresses,
-    ),
-]
-
-
-class LogFormat(enum.StrEnum):
-    JSON = "json"
-    CONSOLE = "console"
-    AUTO = "auto"
-
-
-class LogLevel(enum.StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-def _log_format_option(envvar: str | None = None) -> Any:
-    return typer.Option(
-        "--log-format",
-        envvar=envvar,
-        help="Logs on stderr: json (one object per line), console, or auto (console on a TTY).",
-    )
-
-
-def _log_level_option(envvar: str | None = None) -> Any:
-    return typer.Option("--log-level", envvar=envvar, help="The least severe level logged.")
-
-
-LogFormatOption = Annotated[LogFormat, _log_format_option()]
-LogLevelOption = Annotated[LogLevel, _log_level_option()]
-
-
-def observe(service: str, log_format: LogFormat, log_level: LogLevel) -> None:
-    """Structured logs on stderr, and traces if the ``OTEL_*`` environment names an exporter."""
-    from hodei.observability.logging import configure_logging
-    from hodei.observability.tracing import configure_tracing
-
-    configure_logging(log_format.value, log_level.value)
-    try:
-        configure_tracing(service)
-    except ValueError as error:
-        errors.print(f"hodei: cannot trace: {error}", highlight=False)
-        raise typer.Exit(2) from error
-
-
-def check_metrics_listen(text: str) -> str:
-    """Refuse a malformed ``--metrics-listen`` before anything starts; empty means no endpoint."""
-    from hodei.observability.http import parse_listen
-
-    return _refuse_malformed(text, parse_listen) if text else text
-
-
-def _metrics_listen_option(envvar: str | None = None) -> Any:
-    return typer.Option(
-        "--metrics-listen",
-        envvar=envvar,
-        help="Serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port). Default: none.",
-        callback=check_metrics_listen,
-    )
-
-
-MetricsListenOption = Annotated[str, _metrics_listen_option()]
 
 
 @scheduler_app.command("serve")
@@ -241,7 +155,7 @@ def scheduler_serve(
         except (StoreError, ValueError) as error:
             reason = error.message if isinstance(error, SchedulerError) else str(error)
             reason = redact_text(reason)
-            err_console.print(
+            errors.print(
                 f"hodei scheduler: cannot open the registry store: {reason}", highlight=False, markup=False
             )
             raise typer.Exit(1) from error
@@ -249,7 +163,7 @@ def scheduler_serve(
         endpoint = MetricsEndpoint(registry, metrics_listen, tls=metrics_tls) if metrics_listen else None
         try:
             if endpoint is not None:
-                _start_metrics(endpoint, "hodei scheduler")
+                start_metrics(endpoint, "hodei scheduler")
             server = build_scheduler(
                 listen=listen,
                 store=opened.store,
@@ -285,80 +199,6 @@ def scheduler_serve(
     asyncio.run(serve())
 
 
-def _start_metrics(endpoint: MetricsEndpoint, who: str) -> None:
-    """Start serving metrics, or exit 1 saying why not (the address is taken, or cannot be bound)."""
-    try:
-        endpoint.start()
-    except OSError as error:
-        err_console.print(f"{who}: cannot serve metrics on {endpoint.listen}: {error}", highlight=False)
-        raise typer.Exit(1) from error
-
-
-@workers_app.command("list")
-def workers_list(
-    scheduler: SchedulerOption = "127.0.0.1:50051",
-    status: Annotated[list[WorkerStatus] | None, typer.Option(help="Only this status (repeatable).")] = None,
-    worker_type: Annotated[WorkerType | None, typer.Option("--type", help="Only this worker type.")] = None,
-    labels: Annotated[str, typer.Option(help="Only workers with these labels, k=v,...")] = "",
-    token: TokenOption = "",
-    token_file: TokenFileOption = "",
-    tls_ca: TlsCaOption = "",
-    tls_cert: TlsCertOption = "",
-    tls_key: TlsKeyOption = "",
-) -> None:
-    """List the registered workers."""
-    from hodei.ports import WorkerFilter
-
-    worker_filter = WorkerFilter(
-        statuses=frozenset(status or ()), worker_type=worker_type, labels=parse_labels(labels)
-    )
-    connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
-
-    async def fetch() -> list[WorkerRecord]:
-        records: list[WorkerRecord] = []
-        async with connect() as client:
-            token = ""
-            while True:
-                page = await client.list_workers(worker_filter, page_size=1000, page_token=token, timeout=10)
-                records += page.workers
-                token = page.next_page_token
-                if not token:
-                    return records
-
-    records = _run_against_scheduler(fetch())
-    console.print(workers_table(records, f"{len(records)} worker(s) on {scheduler}"))
-
-
-@workers_app.command("unregister")
-def workers_unregister(
-    worker_id: str,
-    scheduler: SchedulerOption = "127.0.0.1:50051",
-    token: TokenOption = "",
-    token_file: TokenFileOption = "",
-    tls_ca: TlsCaOption = "",
-    tls_cert: TlsCertOption = "",
-    tls_key: TlsKeyOption = "",
-) -> None:
-    """Unregister one worker (idempotent)."""
-    connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
-
-    async def unregister() -> str:
-        async with connect() as client:
-            return (await client.unregister_worker(worker_id, timeout=10)).value
-
-    console.print(f"{worker_id}: {_run_against_scheduler(unregister())}")
-
-
-def _run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
-    from hodei.errors import SchedulerError
-
-    try:
-        return asyncio.run(work)
-    except SchedulerError as error:
-        errors.print(f"[red]error:[/red] {error}", highlight=False)
-        raise typer.Exit(1) from error
-
-
 @app.command()
 def agent(
     scheduler: Annotated[
@@ -390,7 +230,7 @@ def agent(
     parent_pid: Annotated[
         int, typer.Option(help="Shut down when this process exits (set by providers).")
     ] = 0,
-    metrics_listen: Annotated[str, _metrics_listen_option("HODEI_METRICS_LISTEN")] = "",
+    metrics_listen: Annotated[str, metrics_listen_option("HODEI_METRICS_LISTEN")] = "",
     join_token: Annotated[
         str,
         typer.Option(
@@ -404,8 +244,8 @@ def agent(
     tls_ca: TlsCaOption = "",
     tls_cert: TlsCertOption = "",
     tls_key: TlsKeyOption = "",
-    log_format: Annotated[LogFormat, _log_format_option("HODEI_LOG_FORMAT")] = LogFormat.JSON,
-    log_level: Annotated[LogLevel, _log_level_option("HODEI_LOG_LEVEL")] = LogLevel.INFO,
+    log_format: Annotated[LogFormat, log_format_option("HODEI_LOG_FORMAT")] = LogFormat.JSON,
+    log_level: Annotated[LogLevel, log_level_option("HODEI_LOG_LEVEL")] = LogLevel.INFO,
 ) -> None:
     """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters."""
     import logging
@@ -440,7 +280,7 @@ def agent(
     worker_agent = WorkerAgent(AgentConfig(**options), metrics=AgentMetrics(registry))
     endpoint = MetricsEndpoint(registry, metrics_listen) if metrics_listen else None
     if endpoint is not None:
-        _start_metrics(endpoint, "hodei agent")
+        start_metrics(endpoint, "hodei agent")
         logging.getLogger("hodei.agent").info("metrics on %s", endpoint.url)
 
     async def run() -> None:
@@ -460,44 +300,6 @@ def agent(
     finally:
         if endpoint is not None:
             endpoint.stop()
-
-
-@workers_app.command("watch")
-def workers_watch(
-    scheduler: SchedulerOption = "127.0.0.1:50051",
-    events: Annotated[int, typer.Option(help="Recent events shown under the table.")] = 8,
-    exit_after: Annotated[
-        float, typer.Option(hidden=True, help="Stop after this many seconds (tests).")
-    ] = 0.0,
-    token: TokenOption = "",
-    token_file: TokenFileOption = "",
-    tls_ca: TlsCaOption = "",
-    tls_cert: TlsCertOption = "",
-    tls_key: TlsKeyOption = "",
-) -> None:
-    """A live view of the pool: every worker and its status, with the latest lifecycle events."""
-    from rich.live import Live
-
-    from hodei.views import PoolView
-
-    view = PoolView(recent=events)
-    connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
-
-    async def watch() -> None:
-        async with connect() as client:
-            with Live(view.render(scheduler), console=console, refresh_per_second=8) as live:
-                async for event in client.watch_workers(include_snapshot=True):
-                    view.apply(event)
-                    live.update(view.render(scheduler))
-
-    async def watch_until() -> None:
-        if exit_after:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch(), exit_after)
-        else:
-            await watch()
-
-    _run_against_scheduler(watch_until())
 
 
 @app.command()
