@@ -21,6 +21,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 from hodei.transport.codec import pb_grpc
 from tests.helpers import wait_until
 from tests.integration.test_cli import CLI_ENV, HODEI, free_port
@@ -42,7 +43,7 @@ def enough_file_descriptors() -> Iterator[None]:
         yield
         return
     if hard != resource.RLIM_INFINITY and hard < FDS_NEEDED:
-        pytest.skip(f"this test needs {FDS_NEEDED} open files; the hard limit is {hard}")
+        skip_or_fail_for_missing(f"{FDS_NEEDED} open files (RLIMIT_NOFILE); the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (FDS_NEEDED, hard))
     try:
         yield

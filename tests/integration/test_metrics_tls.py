@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from hodei.observability.http import MetricsEndpoint
 from hodei.security import TestPki, TlsConfig, write_test_pki
+from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_metrics_over_https_on_the_ipv6_loopback(pki: TestPki, registry: Collect
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError as error:
-        pytest.skip(f"the IPv6 loopback cannot be bound here: {error}")
+        skip_or_fail_for_missing(f"an IPv6 loopback (::1) to bind: {error}")
     with MetricsEndpoint(
         registry, "[::1]:0", tls=TlsConfig(pki.server_cert_file, pki.server_key_file)
     ) as endpoint:
