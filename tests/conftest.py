@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from hodei.observability import tracing
 from hodei.observability.logging import configure_logging
+from hodei.testing import EmbeddedScheduler, FaultProxy
 
 
 @pytest.fixture
@@ -45,3 +46,17 @@ def captured_logs() -> Iterator[io.StringIO]:
         root.setLevel(level)
         logging.captureWarnings(False)
         structlog.reset_defaults()
+
+
+@pytest.fixture
+def scheduler(embedded_scheduler: EmbeddedScheduler) -> EmbeddedScheduler:
+    """The plugin's embedded scheduler (in memory, default leases); a module that needs another kind (other
+    leases, security, a store) defines its own ``scheduler``."""
+    return embedded_scheduler
+
+
+@pytest.fixture
+async def proxy(scheduler: EmbeddedScheduler) -> AsyncIterator[FaultProxy]:
+    """A :class:`FaultProxy` in front of this test's ``scheduler``: dial ``proxy.target``."""
+    async with FaultProxy(scheduler.target) as started:
+        yield started

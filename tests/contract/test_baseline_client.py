@@ -15,12 +15,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
 from hodei.testing import EmbeddedScheduler
@@ -118,12 +116,6 @@ def baseline_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (directory / "__init__.py").touch()
     (root / "client.py").write_text(CLIENT)
     return root
-
-
-@pytest_asyncio.fixture
-async def scheduler() -> AsyncIterator[EmbeddedScheduler]:
-    async with EmbeddedScheduler() as embedded:
-        yield embedded
 
 
 async def run_baseline_client(client_dir: Path, target: str) -> dict[str, Any]:

@@ -32,12 +32,6 @@ def request(worker_id: str = "contract-test-worker", **overrides: object) -> pb.
 
 
 @pytest_asyncio.fixture
-async def scheduler() -> AsyncIterator[EmbeddedScheduler]:
-    async with EmbeddedScheduler() as embedded:
-        yield embedded
-
-
-@pytest_asyncio.fixture
 async def channel(scheduler: EmbeddedScheduler) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(scheduler.target) as opened:
         yield opened

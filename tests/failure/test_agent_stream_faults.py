@@ -60,12 +60,6 @@ async def scheduler() -> AsyncIterator[EmbeddedScheduler]:
         yield scheduler
 
 
-@pytest.fixture
-async def proxy(scheduler: EmbeddedScheduler) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(scheduler.target) as proxy:
-        yield proxy
-
-
 async def assert_recovered(scheduler: EmbeddedScheduler, agent: WorkerAgent, incarnation: int) -> None:
     """The agent is connected again, on a new stream, and the scheduler holds it AVAILABLE, same id, newer."""
     await asyncio.wait_for(agent.connected.wait(), 15)

@@ -38,18 +38,6 @@ CONFIG = DynamicWorkerConfig(cpu_cores=2, memory_mb=1024)
 
 
 @pytest.fixture
-async def scheduler() -> AsyncIterator[EmbeddedScheduler]:
-    async with EmbeddedScheduler() as scheduler:
-        yield scheduler
-
-
-@pytest.fixture
-async def proxy(scheduler: EmbeddedScheduler) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(scheduler.target) as proxy:
-        yield proxy
-
-
-@pytest.fixture
 async def client(proxy: FaultProxy) -> AsyncIterator[AttemptRecordingClient]:
     client = AttemptRecordingClient(proxy.target, options=QUICK_RECONNECTS)
     yield client

@@ -44,18 +44,6 @@ LIST_SIZE = 1000  # workers in the scheduler for the tests of large answers: one
 
 
 @pytest.fixture
-async def scheduler() -> AsyncIterator[EmbeddedScheduler]:
-    async with EmbeddedScheduler() as scheduler:
-        yield scheduler
-
-
-@pytest.fixture
-async def proxy(scheduler: EmbeddedScheduler) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(scheduler.target) as proxy:
-        yield proxy
-
-
-@pytest.fixture
 async def connect(proxy: FaultProxy) -> AsyncIterator[Callable[..., AttemptRecordingClient]]:
     """``connect(options=...)``: a client of the proxy with connections of its own, closed after the test."""
     clients: list[AttemptRecordingClient] = []

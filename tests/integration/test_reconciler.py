@@ -38,11 +38,6 @@ class Clock:
 
 
 @pytest.fixture
-def scheduler(embedded_scheduler: EmbeddedScheduler) -> EmbeddedScheduler:
-    return embedded_scheduler
-
-
-@pytest.fixture
 def client(scheduler_client: SchedulerPortClient) -> SchedulerPortClient:
     return scheduler_client
 
