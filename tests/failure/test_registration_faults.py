@@ -8,6 +8,7 @@ the caller got, how many calls were made, and that nothing is left provisioned a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -50,6 +51,18 @@ def service_for(
     settings = {"max_retries": 3, "base_backoff": 0.05, "max_backoff": 0.2, "registration_timeout": 1.0}
     adapter = WorkerRegistrationAdapter(client, RegistrationConfig(**(settings | config)))  # type: ignore[arg-type]
     return WorkerManagementService(provider, registration=adapter)
+
+
+@contextlib.asynccontextmanager
+async def served(
+    target: str, **config: object
+) -> AsyncIterator[tuple[AttemptRecordingClient, MockWorkerProvider, WorkerManagementService]]:
+    """A recording client of ``target``, a mock provider and the service over both; the client closed after."""
+    client, provider = AttemptRecordingClient(target), MockWorkerProvider()
+    try:
+        yield client, provider, service_for(client, provider, **config)
+    finally:
+        await client.close()
 
 
 async def registered_ids(scheduler: EmbeddedScheduler) -> list[str]:
@@ -159,14 +172,9 @@ async def test_retries_exhausted_raise_max_retries_exceeded_after_max_retries_pl
     max_retries: int,
 ) -> None:
     async with FailingScheduler(100, retry_after=0.01, message="still starting") as scheduler:
-        client = AttemptRecordingClient(scheduler.target)
-        provider = MockWorkerProvider()
-        service = service_for(client, provider, max_retries=max_retries)
-        try:
+        async with served(scheduler.target, max_retries=max_retries) as (_, provider, service):
             with pytest.raises(ProvisioningError) as caught:
                 await service.provision_worker(CONFIG, worker_id="tired-1")
-        finally:
-            await client.close()
 
         failure = caught.value.cause
         assert isinstance(failure, MaxRetriesExceeded)
@@ -178,13 +186,8 @@ async def test_retries_exhausted_raise_max_retries_exceeded_after_max_retries_pl
 
 async def test_a_scheduler_just_faster_than_the_timeout_registers_the_worker_at_the_first_attempt() -> None:
     async with FailingScheduler(0, delay=0.35) as scheduler:
-        client = AttemptRecordingClient(scheduler.target)
-        provider = MockWorkerProvider()
-        service = service_for(client, provider, registration_timeout=0.6)
-        try:
+        async with served(scheduler.target, registration_timeout=0.6) as (client, provider, service):
             worker = await service.provision_worker(CONFIG, worker_id="slow-1")
-        finally:
-            await client.close()
 
         assert worker.status is WorkerStatus.REGISTERED
         assert client.attempts == ["OK"] and scheduler.calls == 1
@@ -194,14 +197,13 @@ async def test_a_scheduler_just_faster_than_the_timeout_registers_the_worker_at_
 
 async def test_a_scheduler_just_slower_than_the_timeout_times_each_attempt_out_until_exhausted() -> None:
     async with FailingScheduler(0, delay=0.5) as scheduler:
-        client = AttemptRecordingClient(scheduler.target)
-        provider = MockWorkerProvider()
-        service = service_for(client, provider, max_retries=2, registration_timeout=0.3)
-        try:
+        async with served(scheduler.target, max_retries=2, registration_timeout=0.3) as (
+            client,
+            provider,
+            service,
+        ):
             with pytest.raises(ProvisioningError) as caught:
                 await service.provision_worker(CONFIG, worker_id="slow-2")
-        finally:
-            await client.close()
 
         failure = caught.value.cause
         assert isinstance(failure, MaxRetriesExceeded)
@@ -214,16 +216,15 @@ async def test_a_scheduler_just_slower_than_the_timeout_times_each_attempt_out_u
 
 async def test_a_scheduler_just_slower_than_the_timeout_then_faster_registers_at_the_second_attempt() -> None:
     async with FailingScheduler(0, delay=0.5) as scheduler:
-        client = AttemptRecordingClient(scheduler.target)
-        provider = MockWorkerProvider()
-        service = service_for(client, provider, max_retries=3, registration_timeout=0.3, base_backoff=0.1)
-        try:
+        async with served(scheduler.target, max_retries=3, registration_timeout=0.3, base_backoff=0.1) as (
+            client,
+            provider,
+            service,
+        ):
             provisioning = asyncio.create_task(service.provision_worker(CONFIG, worker_id="slow-3"))
             await wait_until(lambda: client.attempts == ["DEADLINE_EXCEEDED"])
             scheduler.set_delay(0.0)
             worker = await provisioning
-        finally:
-            await client.close()
 
         assert worker.status is WorkerStatus.REGISTERED
         assert client.attempts == ["DEADLINE_EXCEEDED", "OK"]
