@@ -117,7 +117,12 @@ async def test_token_commands_print_tokens_of_each_kind_that_the_key_verifies(
     assert authority.verify_worker_credential(worker.stdout.strip(), worker_id="w-1").expires_at is None
 
 
-async def test_token_commands_refuse_a_public_key_and_a_missing_key_file(tmp_path: Path) -> None:
+def flat(text: str) -> str:
+    """A message as one line: the box rich draws around a usage error (and its wrapping) taken away."""
+    return " ".join(text.replace("│", " ").split())
+
+
+async def test_token_commands_refuse_a_public_key_and_a_missing_key_file(tmp_path: Path, key: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -130,11 +135,12 @@ async def test_token_commands_refuse_a_public_key_and_a_missing_key_file(tmp_pat
 
     from_public = await run_hodei("token", "operator", "alice", "--key", str(public))
     from_nothing = await run_hodei("token", "operator", "alice", "--key", str(tmp_path / "nothing"))
-    bad_id = await run_hodei("token", "join", "not a worker id!", "--key", str(public))
+    bad_id = await run_hodei("token", "join", "not a worker id!", "--key", str(key))
 
     assert (from_public.returncode, from_nothing.returncode, bad_id.returncode) == (2, 2, 2)
     assert "cannot make them" in from_public.stderr
     assert "nothing" in from_nothing.stderr
+    assert "Invalid value: worker_id: must start with a letter or digit" in flat(bad_id.stderr)
 
 
 async def test_pki_init_writes_a_ca_and_certificates_for_localhost(tmp_path: Path) -> None:
@@ -181,12 +187,16 @@ async def test_workers_commands_refuse_unreadable_tls_files_and_two_tokens(tmp_p
     bogus.write_text("nothing here")
 
     bad_ca = await run_hodei("workers", "list", "--tls-ca", str(bogus))
-    half = await run_hodei("workers", "list", "--tls-ca", str(bogus), "--tls-cert", str(bogus))
+    pki = write_test_pki(tmp_path / "pki")
+    half = await run_hodei(
+        "workers", "list", "--tls-ca", str(pki.ca_file), "--tls-cert", str(pki.client_cert_file)
+    )
     both = await run_hodei("workers", "list", "--token", "x", "--token-file", str(bogus))
 
     assert (bad_ca.returncode, half.returncode, both.returncode) == (2, 2, 2)
     assert "holds no PEM certificate" in bad_ca.stderr
     assert "not both" in both.stderr
+    assert "a client certificate needs both cert_file and key_file" in flat(half.stderr)
 
 
 async def test_scheduler_serve_names_a_tls_file_that_is_wrong_and_exits_2(tmp_path: Path, key: Path) -> None:

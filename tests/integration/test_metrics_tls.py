@@ -73,7 +73,7 @@ def test_metrics_over_mutual_tls_need_a_client_certificate_from_the_ca(
         with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
             scrape(endpoint.url, trusting(pki))
 
-    assert b"hodei_test_scrapes_total" in body
+    assert b"hodei_test_scrapes_total 1.0" in body
 
 
 def test_a_silent_client_does_not_stop_other_scrapes(pki: TestPki, registry: CollectorRegistry) -> None:
@@ -85,7 +85,7 @@ def test_a_silent_client_does_not_stop_other_scrapes(pki: TestPki, registry: Col
             for sock in silent:
                 sock.close()
 
-    assert b"hodei_test_scrapes_total" in body
+    assert b"hodei_test_scrapes_total 1.0" in body
 
 
 def test_a_metrics_endpoint_names_a_bad_certificate_file_when_made(
@@ -110,4 +110,4 @@ def test_metrics_over_https_on_the_ipv6_loopback(pki: TestPki, registry: Collect
         body = scrape(endpoint.url, trusting(pki))
 
     assert endpoint.url.startswith("https://[::1]:")
-    assert b"hodei_test_scrapes_total" in body
+    assert b"hodei_test_scrapes_total 1.0" in body

@@ -162,7 +162,7 @@ async def test_an_agent_keeps_the_credential_it_was_handed_and_reconnects_and_un
     finally:
         running.cancel()
 
-    assert authority.verify_worker_credential(agent.credential, worker_id="w-1")
+    assert authority.verify_worker_credential(agent.credential, worker_id="w-1").worker_id == "w-1"
     assert agent.connections == 2
     assert agent.unregistered
     assert await scheduler.workers() == []
@@ -235,6 +235,11 @@ def test_join_tokens_bind_the_pool_and_labels_of_the_worker_and_name_no_secret(
     claims = authority.verify_join_token(token, worker_id="w-1", pool="builders", labels={"suite": "secure"})
     assert (claims.expires_at - claims.issued_at).total_seconds() == 30
     assert variable == JOIN_TOKEN_VARIABLE
-    assert authority.verify_join_token(value, worker_id="w-2", pool="builders", labels={"suite": "secure"})
+    assert (
+        authority.verify_join_token(
+            value, worker_id="w-2", pool="builders", labels={"suite": "secure"}
+        ).worker_id
+        == "w-2"
+    )
     assert authority.verify_join_token(loose, worker_id="w-3", pool="elsewhere", labels={}).pool is None
     assert repr(tokens) == "JoinTokens(ttl=30, bind_pool=True, bind_labels=True)"

@@ -89,6 +89,9 @@ async def test_mutual_tls_refuses_a_client_certificate_from_another_ca(
     async with EmbeddedScheduler(security=tls_security(pki, mutual=True)) as scheduler:
         with pytest.raises(SchedulerUnavailable):
             await register(scheduler.target, tls)
+        workers = await scheduler.workers()
+
+    assert workers == []
 
 
 async def test_mutual_tls_and_a_token_register_a_worker(pki: TestPki) -> None:
@@ -213,6 +216,8 @@ async def test_auth_and_tls_on_every_interface_start_quietly(
     async with EmbeddedScheduler(host="0.0.0.0", security=tls_security(pki, auth=True)):
         pass
 
+    started = [r for r in caplog.records if r.getMessage() == "scheduler.started"]
+    assert [(r.access_control, r.tls) for r in started] == [("on", "on")]  # type: ignore[attr-defined]
     assert warnings_of(caplog) == []
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from hodei import RegistrationConfig, WorkerRegistrationAdapter
+from hodei import ErrorCode, RegistrationConfig, WorkerRegistrationAdapter
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.domain import utcnow
 from hodei.errors import SchedulerError
@@ -131,6 +131,7 @@ async def test_no_token_appears_in_any_log_line_or_span_of_a_whole_secure_scenar
         "PERMISSION_DENIED",
     ]
     assert failed[0].error is not None
+    assert (failed[0].error.code, failed[0].attempts) == (ErrorCode.PERMISSION_DENIED, 1)
     assert events.count("auth.refused") == 14
     assert {
         "agent.connected",
