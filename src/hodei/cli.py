@@ -177,8 +177,7 @@ def scheduler_serve(
             address = await server.start()
             shown = opened.shown
             if security.auth or security.tls is not None:
-                tls = "off" if security.tls is None else "mutual" if security.tls.ca_file else "on"
-                shown += f"; auth: {'on' if security.auth else 'off'}, tls: {tls}"
+                shown += f"; auth: {'on' if security.auth else 'off'}, tls: {security.tls_mode}"
             console.print(f"hodei scheduler listening on {address} (store: {shown})", highlight=False)
             if endpoint is not None:
                 console.print(f"metrics on {endpoint.url}", highlight=False)

@@ -56,11 +56,10 @@ def log_refusal(method: str, error: AuthError, peer: str) -> None:
 
 
 class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses every SchedulerService call without a valid token of ``access``; ``refused`` counts them."""
+    """Refuses every SchedulerService call without a valid token of ``access``."""
 
     def __init__(self, access: AccessPolicy) -> None:
         self.access = access
-        self.refused = 0
 
     async def intercept_service(
         self,
@@ -74,7 +73,6 @@ class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         try:
             claims = self.access.authenticate(bearer_token(details.invocation_metadata))
         except AuthError as error:
-            self.refused += 1
             return _refusal(handler, method, error)
         return _with_caller(handler, claims)
 

@@ -63,6 +63,13 @@ class _Undecodable:
         self.error = error
 
 
+# The request message of each SchedulerService method, by its short name (RegisterWorker -> ...RegisterWorkerRequest).
+_REQUEST_TYPES = {
+    method.name: method.input_type.full_name
+    for method in pb.DESCRIPTOR.services_by_name["SchedulerService"].methods
+}
+
+
 class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Answers a SchedulerService call with one request (unary or server-streaming) whose request does not parse
     with ``INVALID_ARGUMENT`` ("request is not a valid hodei.scheduler.v1.X"), as the gRPC status-code spec
@@ -78,9 +85,7 @@ class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = scheduler_method(details)
         if handler is None or method is None or handler.request_streaming:
             return handler
-        message = (
-            pb.DESCRIPTOR.services_by_name["SchedulerService"].methods_by_name[method].input_type.full_name
-        )
+        message = _REQUEST_TYPES[method]
         parse = handler.request_deserializer
 
         def deserialize(data: bytes) -> Any:
@@ -216,8 +221,8 @@ class SchedulerServer:
             extra={
                 "address": self.address,
                 "traced": bool(traced),
-                "access_control": "off" if access is None else "on",
-                "tls": "off" if tls is None else "mutual" if tls.ca_file is not None else "on",
+                "access_control": "on" if self.security.auth else "off",
+                "tls": self.security.tls_mode,
             },
         )
         self._warn_if_exposed()

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
 from typing import Any, TypeAlias
 
 import grpc
@@ -97,6 +96,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     def __init__(self, scheduler: Scheduler, *, access: AccessPolicy | None = None) -> None:
         self._scheduler = scheduler
         self._access = access
+        store = scheduler.registry.store
+        # A store that remembers spent join tokens for every replica and across restarts (SQLite, PostgreSQL).
+        self._spent_tokens = store if isinstance(store, SpentTokens) else None
 
     async def _allow(
         self,
@@ -137,11 +139,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return grant.credential
 
     async def _spend_durably(self, claims: JoinClaims, worker_id: str | None) -> None:
-        store = self._scheduler.registry.store
-        if not isinstance(store, SpentTokens) or self._access is None:
+        if self._spent_tokens is None or self._access is None:
             return
-        until = claims.expires_at + timedelta(seconds=self._access.authority.leeway)
-        if not await store.spend(claims.token_id, until):
+        until = self._access.authority.remember_until(claims)
+        if not await self._spent_tokens.spend(claims.token_id, until):
             raise AuthError.refusal(AuthFailure.REPLAYED, kind=TokenKind.JOIN, worker_id=worker_id)
 
     async def _admit(self, context: Context, action: str, worker_id: str | None = None) -> None:

@@ -33,6 +33,11 @@ class SchedulerSecurity:
     def auth(self) -> bool:
         return self.access is not None
 
+    @property
+    def tls_mode(self) -> str:
+        """``off`` (plaintext), ``on`` (TLS), or ``mutual`` (clients present certificates too)."""
+        return "off" if self.tls is None else "mutual" if self.tls.ca_file is not None else "on"
+
     @classmethod
     def from_files(
         cls,

@@ -202,10 +202,13 @@ class TokenAuthority:
             raise refused(AuthFailure.WRONG_POOL)
         if claims.labels is not None and dict(labels or {}) != claims.labels:
             raise refused(AuthFailure.WRONG_LABELS)
-        remember_until = claims.expires_at + timedelta(seconds=self.leeway)
-        if claims.single_use and not self.ledger.claim(claims.token_id, remember_until):
+        if claims.single_use and not self.ledger.claim(claims.token_id, self.remember_until(claims)):
             raise refused(AuthFailure.REPLAYED)
         return claims
+
+    def remember_until(self, claims: JoinClaims) -> datetime:
+        """Until when a spent join token must be remembered: as long as it could still be accepted."""
+        return claims.expires_at + timedelta(seconds=self.leeway)
 
     def mint_worker_credential(
         self, worker_id: str, incarnation: int | None = None, *, ttl: float | None = None
