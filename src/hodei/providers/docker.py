@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -149,6 +150,7 @@ class DockerProvider:
         self._client = client
         self._closed = False
         self._capacity: tuple[int, int] | None = None
+        self._capacity_lock = threading.Lock()
 
     # -- the engine ---------------------------------------------------------------------------------------
 
@@ -245,11 +247,13 @@ class DockerProvider:
         return command
 
     def _engine_capacity(self) -> tuple[int, int]:
-        """The engine's CPUs and memory in bytes (0: not reported), asked once: a machine does not grow."""
-        if self._capacity is None:
-            info = self._docker().info()
-            self._capacity = int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
-        return self._capacity
+        """The engine's CPUs and memory in bytes (0: not reported), asked once: a machine does not grow. (The
+        lock: 20 provisions at once ask once, not 20 times.)"""
+        with self._capacity_lock:
+            if self._capacity is None:
+                info = self._docker().info()
+                self._capacity = int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+            return self._capacity
 
     def _check_capacity(self, worker_id: str, config: DynamicWorkerConfig) -> None:
         cpus, memory = self._engine_capacity()
@@ -327,10 +331,12 @@ class DockerProvider:
         container = await self.container(worker_id)
         return None if container is None else _status_of(container)
 
-    def _stop(self, worker_id: str, grace: float) -> None:
+    def _stop(self, worker_id: str, grace: float) -> Container | None:
+        """Stop the worker's container if it runs; the container (None: there is none)."""
         container = self._find(worker_id)
         if container is not None and container.status in ("running", "restarting", "paused"):
             container.stop(timeout=max(0, round(grace)))
+        return container
 
     async def stop(self, worker_id: str, *, grace: float = 10.0) -> None:
         """SIGTERM (the agent drains and unregisters), then SIGKILL after ``grace`` seconds."""
@@ -338,17 +344,22 @@ class DockerProvider:
             worker_id, f"could not stop worker {worker_id!r}", lambda: self._stop(worker_id, grace)
         )
 
-    def _remove(self, worker_id: str) -> None:
-        container = self._find(worker_id)
-        if container is None:
-            return
+    @staticmethod
+    def _remove(container: Container) -> None:
         with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile: gone is gone
             container.remove(force=True)
 
     async def destroy(self, worker_id: str) -> None:
         """Stop the container (``stop_grace``) and remove it. An unknown worker is not an error."""
-        await self.stop(worker_id, grace=self.config.stop_grace)
-        await self._call(worker_id, f"could not remove worker {worker_id!r}", lambda: self._remove(worker_id))
+        stopped = await self._call(
+            worker_id,
+            f"could not stop worker {worker_id!r}",
+            lambda: self._stop(worker_id, self.config.stop_grace),
+        )
+        if stopped is not None:
+            await self._call(
+                worker_id, f"could not remove worker {worker_id!r}", lambda: self._remove(stopped)
+            )
 
     def _owned(self) -> list[Container]:
         filters: dict[str, str | list[str] | bool] = {

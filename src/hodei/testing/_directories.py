@@ -1,11 +1,14 @@
-"""The private working directory of a throw-away service (PostgreSQL cluster, Podman service)."""
+"""What the throw-away services of hodei.testing (PostgreSQL cluster, Podman service) share: a private working
+directory, the tail of a log for an error message, a free loopback port, and whether we run as root."""
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["private_directory"]
+__all__ = ["free_loopback_port", "log_tail", "private_directory", "running_as_root"]
 
 
 def private_directory(requested: Path | None, *, prefix: str, error: type[Exception]) -> Path:
@@ -23,3 +26,23 @@ def private_directory(requested: Path | None, *, prefix: str, error: type[Except
             raise error(f"{directory} is not empty")
     directory.chmod(0o700)
     return directory
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of the log at ``path`` ("" when it cannot be read), for an error message."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -39,12 +39,11 @@ import docker
 import docker.errors
 import requests
 
-from hodei.testing._directories import private_directory
+from hodei.testing._directories import log_tail, private_directory, running_as_root
 
 __all__ = ["PodmanService", "PodmanServiceError", "missing_podman"]
 
 _SOCKET_NAME = "podman.sock"
-_LOG_TAIL_LINES = 30
 _START_TIMEOUT = 30.0  # seconds the service has to answer GET /_ping
 _STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 _POLL_INTERVAL = 0.05
@@ -89,10 +88,6 @@ class PodmanServiceError(RuntimeError):
         self.log_tail = log_tail
 
 
-def _running_as_root() -> bool:
-    return os.geteuid() == 0
-
-
 def _find_runc() -> str | None:
     return shutil.which("runc") or shutil.which("runc", path=os.pathsep.join(_RUNTIME_DIRS))
 
@@ -107,7 +102,7 @@ def missing_podman() -> str | None:
             f"{' and '.join(missing)} not found; install Debian's podman and runc packages "
             "(tools/ensure-podman.sh does it when run as root)"
         )
-    if not _running_as_root():
+    if not running_as_root():
         return "not root: the tests run podman as root (rootless podman needs user namespaces and a systemd session)"
     return None
 
@@ -308,33 +303,35 @@ class PodmanService:
                 start_new_session=True,  # its own process group: a Ctrl-C of the tests does not reach it first
             )
         deadline = time.monotonic() + _START_TIMEOUT
-        while not self._answers_ping():
+        # A version given up front: otherwise the client asks the server for it on construction.
+        client = docker.DockerClient(base_url=self.url, version="1.41", timeout=5)
+        try:
+            self._wait_for_ping(client, deadline)
+        finally:
+            client.close()
+
+    def _wait_for_ping(self, client: docker.DockerClient, deadline: float) -> None:
+        assert self._process is not None
+        while not self._answers_ping(client):
             if self._process.poll() is not None:
                 raise PodmanServiceError(
                     f"podman system service exited with status {self._process.returncode} before it answered",
-                    log_tail=self._log_tail(),
+                    log_tail=log_tail(self.log_path),
                 )
             if time.monotonic() > deadline:
                 raise PodmanServiceError(
                     f"podman system service did not answer GET /_ping on {self.url} within {_START_TIMEOUT:g} s",
-                    log_tail=self._log_tail(),
+                    log_tail=log_tail(self.log_path),
                 )
             time.sleep(_POLL_INTERVAL)
 
-    def _answers_ping(self) -> bool:
+    def _answers_ping(self, client: docker.DockerClient) -> bool:
         if not self.socket_path.exists():
-            return False
-        try:
-            # A version given up front: otherwise the client asks the server for it on construction.
-            client = docker.DockerClient(base_url=self.url, version="1.41", timeout=5)
-        except docker.errors.DockerException:
             return False
         try:
             return bool(client.ping())
         except (docker.errors.DockerException, requests.RequestException):
             return False
-        finally:
-            client.close()
 
     def _remove_containers(self) -> None:
         # Through the CLI rather than the API, so that it also works when the service is the thing that broke.
@@ -369,18 +366,13 @@ class PodmanService:
             return
         shutil.rmtree(self._directory, ignore_errors=True)
         if self._directory.exists():
-            raise PodmanServiceError(f"{self._directory} could not be removed", log_tail=self._log_tail())
+            raise PodmanServiceError(
+                f"{self._directory} could not be removed", log_tail=log_tail(self.log_path)
+            )
 
     def _append_to_log(self, text: str) -> None:
         with self.log_path.open("a") as log:
             log.write(text)
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
 
 
 def _mount_points_under(directory: Path) -> list[Path]:

@@ -25,13 +25,12 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from hodei.testing._directories import private_directory
+from hodei.testing._directories import free_loopback_port, log_tail, private_directory, running_as_root
 
 __all__ = ["PostgresCluster", "PostgresClusterError", "find_postgres_tool", "missing_postgres"]
 
@@ -41,7 +40,6 @@ POSTGRES_OS_USER = "postgres"
 _TOOLS = ("initdb", "pg_ctl", "psql")
 _DEBIAN_BIN_DIRS = "/usr/lib/postgresql/*/bin"
 _PORT_ATTEMPTS = 5
-_LOG_TAIL_LINES = 30
 _START_TIMEOUT = 30  # seconds pg_ctl waits for the server to accept connections
 
 
@@ -71,10 +69,6 @@ def find_postgres_tool(name: str) -> Path | None:
     return None
 
 
-def _running_as_root() -> bool:
-    return os.geteuid() == 0
-
-
 def missing_postgres() -> str | None:
     """What keeps a :class:`PostgresCluster` from starting here, in words for a skip message; None if nothing."""
     missing = [name for name in _TOOLS if find_postgres_tool(name) is None]
@@ -83,7 +77,7 @@ def missing_postgres() -> str | None:
             f"{', '.join(missing)} not found on PATH or in {_DEBIAN_BIN_DIRS}; install Debian's postgresql "
             "package (tools/ensure-postgres.sh does it when run as root)"
         )
-    if _running_as_root():
+    if running_as_root():
         try:
             pwd.getpwnam(POSTGRES_OS_USER)
         except KeyError:
@@ -93,13 +87,6 @@ def missing_postgres() -> str | None:
                 "running as root, and runuser (util-linux) is not on PATH to run the server as another user"
             )
     return None
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _tool(name: str) -> str:
@@ -230,13 +217,13 @@ class PostgresCluster:
         directory = private_directory(
             self._requested_directory, prefix="hodei-postgres-", error=PostgresClusterError
         )
-        if _running_as_root():
+        if running_as_root():
             user = pwd.getpwnam(POSTGRES_OS_USER)
             os.chown(directory, user.pw_uid, user.pw_gid)
         return directory
 
     def _run_as_server_user(self, command: list[str]) -> subprocess.CompletedProcess[str]:
-        if _running_as_root():
+        if running_as_root():
             command = ["runuser", "-u", POSTGRES_OS_USER, "--", *command]
         # The server's user may not be able to enter the caller's working directory (/root, say).
         return subprocess.run(
@@ -263,7 +250,7 @@ class PostgresCluster:
     def _start_server(self) -> None:
         attempts = 1 if self._requested_port is not None else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            port = self._requested_port or _free_loopback_port()
+            port = self._requested_port or free_loopback_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -c port={port} "
                 f"-c unix_socket_directories={shlex.quote(str(self.directory))} -c max_connections=200"
@@ -278,12 +265,12 @@ class PostgresCluster:
             if result.returncode == 0:
                 self._port = port
                 return
-            log_tail = self._log_tail()
-            port_taken = "could not bind" in log_tail or "already in use" in log_tail
+            tail = log_tail(self.log_path)
+            port_taken = "could not bind" in tail or "already in use" in tail
             if not port_taken or attempt == attempts:
                 raise PostgresClusterError(
                     f"the PostgreSQL server did not start on 127.0.0.1:{port}: {result.stdout.strip()}",
-                    log_tail=log_tail,
+                    log_tail=tail,
                 )
             # Another process took the port between our probe and the server's bind: try another one.
             self.log_path.unlink(missing_ok=True)
@@ -297,15 +284,8 @@ class PostgresCluster:
         )
         if result.returncode != 0 and pid_file.exists():
             raise PostgresClusterError(
-                f"pg_ctl stop failed: {result.stdout.strip()}", log_tail=self._log_tail()
+                f"pg_ctl stop failed: {result.stdout.strip()}", log_tail=log_tail(self.log_path)
             )
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
 
     def _remove_directory(self) -> None:
         if self._directory is not None:
