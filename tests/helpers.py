@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
-from hodei import DynamicWorker, DynamicWorkerConfig, WorkerType
+from hodei import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.errors import (
     AccessDenied,
     ErrorCode,
@@ -25,6 +25,8 @@ from hodei.errors import (
     WorkerAlreadyExists,
     WorkerNotFound,
 )
+from hodei.testing import EmbeddedScheduler
+from hodei.testing._directories import free_loopback_port as free_port  # noqa: F401  (for the tests)
 
 
 def make_worker(worker_id: str = "test-worker", **config: object) -> DynamicWorker:
@@ -117,3 +119,9 @@ class AttemptRecordingClient(SchedulerPortClient):
             raise
         self.attempts.append("OK")
         return outcomes
+
+
+async def connected(scheduler: EmbeddedScheduler | SchedulerPortClient, worker_id: str) -> bool:
+    """Whether the worker is AVAILABLE with its agent's stream connected."""
+    record = await scheduler.get_worker(worker_id)
+    return record is not None and record.connected and record.status is WorkerStatus.AVAILABLE

@@ -23,7 +23,7 @@ from hodei.management import WorkerManagementConfig, WorkerManagementService
 from hodei.providers import ProcessProvider
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
 from hodei.testing import EmbeddedScheduler
-from tests.helpers import wait_for
+from tests.helpers import connected, free_port, wait_for
 
 LIVENESS = LivenessConfig(
     heartbeat_interval=0.2, lease_ttl=1.0, lost_grace=1.0, recovery_window=0.0, sweep_interval=0.05
@@ -31,12 +31,6 @@ LIVENESS = LivenessConfig(
 CONFIG = DynamicWorkerConfig(
     worker_type=WorkerType.PROCESS, cpu_cores=1, memory_mb=256, labels={"suite": "p"}
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def hodei_command() -> list[str]:
@@ -53,11 +47,6 @@ async def provider(tmp_path: Path) -> AsyncIterator[ProcessProvider]:
 
 def no_children_of_ours() -> bool:
     return not [p for p in psutil.Process().children(recursive=True) if "agent" in " ".join(p.cmdline())]
-
-
-async def connected(scheduler: EmbeddedScheduler | SchedulerPortClient, worker_id: str) -> bool:
-    record = await scheduler.get_worker(worker_id)
-    return record is not None and record.connected and record.status is WorkerStatus.AVAILABLE
 
 
 async def test_provisioned_agent_process_registers_and_is_available_with_the_same_id(

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import hodei
 from hodei import SchedulerPortClient, UnregistrationStatus
-from tests.helpers import make_worker
+from tests.helpers import free_port, make_worker
 
 HODEI = shutil.which("hodei") or str(Path(sys.executable).parent / "hodei")
 SCHEDULER_SERVICE = "hodei.scheduler.v1.SchedulerService"
@@ -35,12 +34,6 @@ CLI_ENV = {
     for key, value in os.environ.items()
     if key not in {"COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
 } | {"NO_COLOR": "1"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from hodei import DynamicWorkerConfig, WorkerRegistrationAdapter, WorkerStatus, WorkerType
+from hodei import DynamicWorkerConfig, WorkerRegistrationAdapter, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management import WorkerManagementService
 from hodei.providers.docker import DockerProvider, DockerProviderConfig
@@ -28,7 +28,7 @@ from hodei.security import (
 )
 from hodei.security.provisioning import JOIN_TOKEN_VARIABLE
 from hodei.testing import EmbeddedScheduler
-from tests.helpers import wait_for
+from tests.helpers import connected, wait_for
 
 pytestmark = pytest.mark.timeout(600)  # the first test to use the agent image may build it
 
@@ -138,8 +138,3 @@ def test_a_malformed_mount_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="mounts"):
         DockerProviderConfig(schedulers=("127.0.0.1:1",), image="i", mounts=("/a:/b:rx",))
     assert DockerProviderConfig(schedulers=("127.0.0.1:1",), image="i", mounts=("/a:/b", "/c:/d:ro")).mounts
-
-
-async def connected(scheduler: EmbeddedScheduler, worker_id: str) -> bool:
-    record = await scheduler.get_worker(worker_id)
-    return record is not None and record.connected and record.status is WorkerStatus.AVAILABLE

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from hodei import DynamicWorkerConfig, WorkerStatus, WorkerType
+from hodei import DynamicWorkerConfig, WorkerType
 from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
 from hodei.bootstrap import build_control_plane
 from hodei.domain import utcnow
@@ -34,7 +34,7 @@ from hodei.security import (
 )
 from hodei.security.provisioning import JOIN_TOKEN_VARIABLE
 from hodei.testing import EmbeddedScheduler
-from tests.helpers import wait_for
+from tests.helpers import connected, wait_for
 
 SECRET = b"p" * 48
 LIVENESS = LivenessConfig(heartbeat_interval=0.2, lease_ttl=2.0, lost_grace=5.0, recovery_window=0.0)
@@ -66,11 +66,6 @@ async def scheduler(authority: TokenAuthority, pki: TestPki) -> AsyncIterator[Em
     )
     async with EmbeddedScheduler(security=security, liveness=LIVENESS) as embedded:
         yield embedded
-
-
-async def connected(scheduler: EmbeddedScheduler, worker_id: str) -> bool:
-    record = await scheduler.get_worker(worker_id)
-    return record is not None and record.connected and record.status is WorkerStatus.AVAILABLE
 
 
 async def test_provision_register_available_decommission_with_join_tokens_and_mutual_tls(
