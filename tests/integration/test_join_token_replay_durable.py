@@ -32,13 +32,19 @@ async def replayed(scheduler: EmbeddedScheduler, token: str, worker_id: str) -> 
 async def test_a_join_token_spent_before_a_restart_is_refused_after_it(tmp_path: Path) -> None:
     token = TokenAuthority(SECRET).mint_join_token("w-1", ttl=60)
     path = tmp_path / "registry.db"
-    async with EmbeddedScheduler(store=await SqliteRegistryStore.open(path), security=secured()) as first:
+    store = await SqliteRegistryStore.open(path)
+    async with EmbeddedScheduler(store=store, security=secured()) as first:
         receipt = await first.client(credential=token).register_worker(make_worker("w-1"), timeout=5)
         await first.scheduler.unregister("w-1")  # gone from the registry: only the spent token remains
+    await store.close()  # as the scheduler's process does when it stops: the file is free for its restart
 
-    async with EmbeddedScheduler(store=await SqliteRegistryStore.open(path), security=secured()) as restarted:
-        error = await replayed(restarted, token, "w-1")
-        assert await restarted.workers() == []
+    store = await SqliteRegistryStore.open(path)
+    try:
+        async with EmbeddedScheduler(store=store, security=secured()) as restarted:
+            error = await replayed(restarted, token, "w-1")
+            assert await restarted.workers() == []
+    finally:
+        await store.close()
 
     assert receipt.record.worker_id == "w-1"
     assert (error.code, error.message) == (ErrorCode.UNAUTHENTICATED, "join token already used")

@@ -6,6 +6,7 @@ The PostgreSQL store runs against the private cluster the hodei pytest plugin st
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,7 +67,8 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     elif request.param == "sqlite":
 
         async def open_store() -> RegistryStore:
-            store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+            # Not exclusive: two handles on one file, as two processes would be, test SQLite's transactions.
+            store = await SqliteRegistryStore.open(tmp_path / "registry.db", exclusive=False)
             opened.append(store)
             return store
 
@@ -325,20 +327,55 @@ async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         await store.close()
 
 
-async def test_a_spent_token_is_refused_by_the_same_registry_after_a_restart_and_by_a_replica(
-    durable: Opener,
-) -> None:
+async def test_a_spent_token_is_refused_by_the_same_registry_after_a_restart(durable: Opener) -> None:
     first = await durable()
     assert isinstance(first, SpentTokens)
     later = datetime.now(UTC) + timedelta(minutes=10)
     assert await first.spend("jti-1", later) is True
     assert await first.spend("jti-1", later) is False
     assert await first.spend("jti-2", later) is True
-    second = await durable()  # the same file reopened, or another replica on the same database
+    await first.close()
+    second = await durable()  # the same file, or the same database, reopened
     assert isinstance(second, SpentTokens)
     assert await second.spend("jti-1", later) is False
+    assert await second.spend("jti-2", later) is False
     assert await second.spend("jti-3", later) is True
-    assert await first.spend("jti-3", later) is False
+
+
+async def test_a_spent_token_is_refused_by_a_replica_on_the_same_database(postgres_dsn: str) -> None:
+    first = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    second = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    try:
+        later = datetime.now(UTC) + timedelta(minutes=10)
+        assert await first.spend("jti-1", later) is True
+        assert await first.spend("jti-2", later) is True
+        assert await second.spend("jti-1", later) is False
+        assert await second.spend("jti-3", later) is True
+        assert await first.spend("jti-3", later) is False
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_sqlite_file_open_in_one_store_is_refused_to_another_naming_the_holder(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    first = await SqliteRegistryStore.open(path)
+    try:
+        with pytest.raises(StoreError) as refused:
+            await SqliteRegistryStore.open(path)
+        assert (path.parent / "registry.db.lock").read_text() == f"{os.getpid()}\n"
+    finally:
+        await first.close()
+    again = await SqliteRegistryStore.open(path)  # released on close
+    await again.close()
+
+    assert str(refused.value) == (
+        f"{path} is in use by another scheduler (PID {os.getpid()}, holding {path}.lock): a SQLite registry "
+        "serves one scheduler; stop that one, or give this one another --store (several replicas share a "
+        "PostgreSQL store)"
+    )
 
 
 async def test_spent_tokens_past_their_expiry_are_forgotten(durable: Opener) -> None:

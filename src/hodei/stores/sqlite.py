@@ -28,6 +28,7 @@ from hodei.domain import (
 )
 from hodei.errors import StoreError, StoreUnavailable
 from hodei.ports import WorkerFilter
+from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._rows import COLUMNS, from_row, to_row
 
 __all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
@@ -88,19 +89,27 @@ def _record(row: Sequence[Any]) -> WorkerRecord:
 
 
 class SqliteRegistryStore:
-    """``await SqliteRegistryStore.open("registry.db")``; close it with :meth:`close`."""
+    """``await SqliteRegistryStore.open("registry.db")``; close it with :meth:`close`.
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    An open store holds an exclusive lock on ``registry.db.lock`` beside its file (``exclusive=False``: it does
+    not, for tests of two handles on one file): two schedulers on one file would expire and delete each other's
+    workers, so a second store opened on a locked file is refused, naming the PID that holds it.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", exclusive: bool = True) -> None:
         self.path = Path(path)
         self._synchronous = synchronous
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hodei-sqlite")
         self._db: sqlite3.Connection | None = None
         self._closed = False
         self._busy_timeout_ms = 5000
+        self._lock = RegistryFileLock(self.path) if exclusive else None
 
     @classmethod
-    async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> SqliteRegistryStore:
-        store = cls(path, synchronous=synchronous)
+    async def open(
+        cls, path: str | Path, *, synchronous: str = "FULL", exclusive: bool = True
+    ) -> SqliteRegistryStore:
+        store = cls(path, synchronous=synchronous, exclusive=exclusive)
         await store._run(store._connect)
         return store
 
@@ -116,8 +125,16 @@ class SqliteRegistryStore:
     def _connect(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot open {self.path}: {error}") from error
+        if (
+            self._lock is not None
+        ):  # one scheduler per file: a second would expire and delete the first's workers
+            self._lock.acquire()
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as error:
+            self._release_lock()
             raise StoreError(f"cannot open {self.path}: {error}") from error
         try:
             db.execute("PRAGMA journal_mode = WAL")
@@ -126,11 +143,17 @@ class SqliteRegistryStore:
             self._migrate(db)
         except sqlite3.DatabaseError as error:  # not a database, or a damaged one
             db.close()
+            self._release_lock()
             raise StoreError(f"cannot use {self.path} as a registry: {error}") from error
         except BaseException:
             db.close()
+            self._release_lock()
             raise
         self._db = db
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -265,6 +288,7 @@ class SqliteRegistryStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            self._release_lock()
 
         if not self._closed:
             self._closed = True
