@@ -37,6 +37,13 @@ def check_scheduler_addresses(text: str) -> str:
     return _refuse_malformed(text, scheduler_addresses)
 
 
+def check_listen(text: str) -> str:
+    """Refuse a ``--listen`` that is not ``HOST:PORT`` with a port in 0-65535 (0: any free port)."""
+    from hodei.observability.http import parse_listen
+
+    return _refuse_malformed(text, parse_listen)
+
+
 SchedulerOption = Annotated[
     str,
     typer.Option(

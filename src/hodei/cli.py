@@ -17,6 +17,8 @@ from hodei._cli_common import (
     LogLevel,
     LogLevelOption,
     MetricsListenOption,
+    check_listen,
+    check_scheduler_addresses,
     console,
     errors,
     log_format_option,
@@ -62,7 +64,10 @@ app.add_typer(pki_app, name="pki")
 
 @scheduler_app.command("serve")
 def scheduler_serve(
-    listen: Annotated[str, typer.Option(help="Address to listen on, HOST:PORT.")] = "127.0.0.1:50051",
+    listen: Annotated[
+        str,
+        typer.Option(help="Address to listen on, HOST:PORT (port 0: any free port).", callback=check_listen),
+    ] = "127.0.0.1:50051",
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between agents' heartbeats.")] = 5.0,
     lease_ttl: Annotated[
         float, typer.Option(help="Seconds without a heartbeat before a worker is LOST.")
@@ -174,7 +179,11 @@ def scheduler_serve(
                 security=security,
                 limits=limits,
             )
-            address = await server.start()
+            try:
+                address = await server.start()
+            except OSError as error:
+                errors.print(f"hodei scheduler: {error.strerror or error}", highlight=False, markup=False)
+                raise typer.Exit(1) from error
             shown = opened.shown
             if security.auth or security.tls is not None:
                 shown += f"; auth: {'on' if security.auth else 'off'}, tls: {security.tls_mode}"
@@ -207,6 +216,7 @@ def agent(
             "-s",
             envvar="HODEI_SCHEDULER",
             help="Scheduler address(es), HOST:PORT[,HOST:PORT...].",
+            callback=check_scheduler_addresses,
         ),
     ],
     worker_id: Annotated[
@@ -373,6 +383,37 @@ def version() -> None:
     console.print(__version__)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main() -> None:
-    with contextlib.suppress(KeyboardInterrupt):
-        app()
+    """The ``hodei`` console script. On a terminal, typer's rich help and error boxes; otherwise (a pipe, a file,
+    CI) plain help and every usage error as one line on stderr, so that no width or path length can wrap it."""
+    import sys
+
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        with contextlib.suppress(KeyboardInterrupt):
+            app()
+        return
+    # typer vendors click in its recent versions and uses click itself in older ones: find its exception base
+    # by name rather than by a private import.
+    click_exception: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    app.rich_markup_mode = None
+    try:
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        code = 130
+    except click_exception as error:
+        code = getattr(error, "exit_code", 1)
+        if type(error).__name__ == "NoArgsIsHelpError":  # the help, asked for by giving no arguments
+            error.show()
+        else:
+            context = getattr(error, "ctx", None)
+            where = context.command_path if context is not None else "hodei"
+            hint = f" (see '{where} --help')" if context is not None else ""
+            print(f"{where}: error: {_one_line(error.format_message())}{hint}", file=sys.stderr, flush=True)
+    except typer.Abort:
+        print("hodei: aborted", file=sys.stderr, flush=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

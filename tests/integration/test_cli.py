@@ -50,10 +50,15 @@ async def end(process: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
     return await process.communicate()
 
 
-async def run_hodei(*args: str, timeout: float = 30.0) -> Finished:
-    """Run ``hodei ARGS`` to completion; fail the test if it takes longer than ``timeout`` seconds."""
+async def run_hodei(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> Finished:
+    """Run ``hodei ARGS`` to completion (with ``env`` added to :data:`CLI_ENV`); fail the test if it takes longer
+    than ``timeout`` seconds."""
     process = await asyncio.create_subprocess_exec(
-        HODEI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=CLI_ENV
+        HODEI,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=CLI_ENV | (env or {}),
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)

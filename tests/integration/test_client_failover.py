@@ -378,6 +378,10 @@ def test_address_lists_split_into_their_addresses(
         ("a:1,b:70000", "scheduler address 'b:70000': port 70000 is out of range"),
         ("a:1,b:0", "scheduler address 'b:0': port 0 is out of range"),
         ("a:1,[::g]:5", "scheduler address '[::g]:5': '::g' is not an IPv6 address"),
+        # One address alone too: gRPC would dial a missing port as :443, and wrap one out of range.
+        ("127.0.0.1", "scheduler address '127.0.0.1' has no port: expected HOST:PORT"),
+        ("localhost", "scheduler address 'localhost' has no port: expected HOST:PORT"),
+        ("127.0.0.1:99999", "scheduler address '127.0.0.1:99999': port 99999 is out of range"),
     ],
 )
 def test_a_bad_address_list_is_a_value_error_naming_the_bad_entry(

@@ -63,8 +63,12 @@ class _Server6(_Server):
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as ``(host, port)``; raises ValueError when malformed."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{listen!r} is not HOST:PORT")
+    if not sep or not port.isascii() or not port.isdigit():
+        raise ValueError(f"{listen[:64]!r} has no port: expected HOST:PORT")
+    if not host:
+        raise ValueError(f"{listen[:64]!r} has no host: expected HOST:PORT (127.0.0.1, 0.0.0.0, [::1], ...)")
+    if len(port) > 5 or int(port) > 65535:
+        raise ValueError(f"{listen[:64]!r}: port {port[:8]} is out of range (0-65535)")
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 

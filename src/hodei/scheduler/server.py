@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -51,6 +53,9 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     # (hard) before the server takes them; admission control, not silent cancellation, bounds the load.
     ("grpc.server.max_pending_requests", 100_000),
     ("grpc.server.max_pending_requests_hard_limit", 200_000),
+    # gRPC sets SO_REUSEPORT by default: a second scheduler on a port in use would then start too, and the
+    # kernel would split connections between the two. One port, one scheduler.
+    ("grpc.so_reuseport", 0),
 )
 
 
@@ -129,6 +134,38 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+def _refuse_unbindable(listen: str) -> None:
+    """Raise OSError saying why, if ``listen`` is taken by another socket, or none of its addresses can be bound
+    here: gRPC's own failure says only "Failed to bind", and logs the reason raw on stderr."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        return  # gRPC says what is wrong with it
+    try:
+        found = socket.getaddrinfo(
+            host.removeprefix("[").removesuffix("]") or None,
+            int(port),
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+    except OSError:
+        return  # gRPC says why it cannot resolve it
+    refusals: list[OSError] = []
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC binds: past connections in TIME_WAIT do not hold the port, a listening socket does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise OSError(
+                        error.errno, f"cannot listen on {listen}: the address is in use (another scheduler?)"
+                    ) from None
+                refusals.append(error)
+    if refusals and len(refusals) == len(found):
+        raise OSError(refusals[0].errno, f"cannot listen on {listen}: {refusals[0].strerror}")
+
+
 class _State(enum.Enum):
     NEW = "new"
     SERVING = "serving"
@@ -200,13 +237,22 @@ class SchedulerServer:
             server,
         )
         tls = self.security.tls
-        if tls is None:
-            self.port = server.add_insecure_port(self._listen)
-        else:
-            self.port = server.add_secure_port(self._listen, tls.server_credentials())
+        try:
+            _refuse_unbindable(self._listen)
+        except OSError:
+            self._state = _State.STOPPED
+            raise
+        reason = "the address is not available"
+        try:
+            if tls is None:
+                self.port = server.add_insecure_port(self._listen)
+            else:
+                self.port = server.add_secure_port(self._listen, tls.server_credentials())
+        except RuntimeError as error:  # gRPC's "Failed to bind to address"
+            self.port, reason = 0, str(error)
         if self.port == 0:
             self._state = _State.STOPPED
-            raise OSError(f"could not listen on {self._listen}")
+            raise OSError(f"cannot listen on {self._listen}: {reason}")
         self.scheduler.on_unhealthy = self._unhealthy
         self.scheduler.on_leadership = self._leadership
         self.scheduler.events.listen(log_worker_event)

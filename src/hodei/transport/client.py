@@ -79,7 +79,7 @@ def scheduler_addresses(target: str | Sequence[str]) -> tuple[str, ...]:
     """The scheduler addresses in ``target``: a sequence of addresses, or one string of comma-separated ones.
 
     A single address may be any gRPC target (a URI such as ``dns:///scheduler:50051`` stays whole, commas and
-    all); each of several must be ``HOST:PORT``, an IPv6 address in brackets (``[::1]:50051``). Raises
+    all); any other must be ``HOST:PORT``, an IPv6 address in brackets (``[::1]:50051``). Raises
     ``ValueError`` naming the entry that is not.
     """
     entries = [target] if isinstance(target, str) else list(target)
@@ -90,9 +90,8 @@ def scheduler_addresses(target: str | Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"no scheduler address in {','.join(entries)!r}")
     if "" in addresses:
         raise ValueError(f"an empty scheduler address in {','.join(entries)!r}")
-    if len(addresses) > 1:
-        for address in addresses:
-            _host_and_port(address)
+    for address in addresses:  # one address too: gRPC would dial a missing port as :443
+        _host_and_port(address)
     return addresses
 
 

@@ -1,0 +1,153 @@
+"""What an operator meets first with the ``hodei`` command: errors and help that no terminal width or path length
+can cut or wrap, addresses checked before anything starts, one scheduler per port and per registry file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hodei import SchedulerPortClient
+from hodei.testing import EmbeddedScheduler
+from tests.helpers import free_port, make_worker
+from tests.integration.test_cli import run_hodei
+from tests.integration.test_cli_store import scheduler_serve
+
+
+@pytest.mark.parametrize("columns", ["40", "60", "120"])
+async def test_a_usage_error_is_one_line_on_stderr_whatever_the_path_length_and_the_columns(
+    tmp_path: Path, columns: str
+) -> None:
+    deep = tmp_path / ("d" * 150) / ("e" * 150)
+    deep.mkdir(parents=True)
+    bogus = deep / "bogus.pem"
+    bogus.write_text("nothing here")
+
+    listed = await run_hodei("workers", "list", "--tls-ca", str(bogus), env={"COLUMNS": columns})
+
+    assert listed.returncode == 2
+    assert listed.stderr == (
+        "hodei workers list: error: Invalid value for --tls-ca/--tls-cert/--tls-key: "
+        f"ca_file: {bogus} holds no PEM certificate (see 'hodei workers list --help')\n"
+    )
+    assert listed.stdout == ""
+
+
+async def test_an_unknown_option_is_one_line_naming_it() -> None:
+    listed = await run_hodei("workers", "list", "--bogus")
+
+    assert (listed.returncode, listed.stderr) == (
+        2,
+        "hodei workers list: error: No such option: --bogus (see 'hodei workers list --help')\n",
+    )
+
+
+@pytest.mark.parametrize("columns", ["", "40"])
+async def test_help_without_a_terminal_shows_every_option_whole(columns: str) -> None:
+    helped = await run_hodei("scheduler", "serve", "--help", env={"COLUMNS": columns} if columns else None)
+
+    assert helped.returncode == 0, helped
+    assert "--mass-expiry-threshold" in helped.stdout
+    assert "…" not in helped.stdout
+    assert "╭" not in helped.stdout + helped.stderr
+
+
+# --- one scheduler per port, one per registry file ---------------------------------------------------------
+
+
+async def test_a_second_scheduler_on_a_port_in_use_exits_1_with_one_line_and_the_first_keeps_it() -> None:
+    async with scheduler_serve("--store", "memory") as first:
+        second = await run_hodei("scheduler", "serve", "--store", "memory", "--listen", first.target)
+        async with SchedulerPortClient(first.target) as client:
+            await client.register_worker(make_worker("still-the-first"))
+            listed = [(await client.list_workers(timeout=5)).workers for _ in range(6)]
+
+    assert (second.returncode, second.stdout) == (1, "")
+    assert second.stderr == (
+        f"hodei scheduler: cannot listen on {first.target}: the address is in use (another scheduler?)\n"
+    )
+    assert [[w.worker_id for w in page] for page in listed] == [["still-the-first"]] * 6
+
+
+async def test_a_scheduler_server_binds_its_port_without_so_reuseport() -> None:
+    async with EmbeddedScheduler() as first:
+        intruder = grpc.aio.server()  # gRPC's default: SO_REUSEPORT on
+        try:
+            with pytest.raises(RuntimeError, match="Failed to bind"):
+                intruder.add_insecure_port(first.target)
+        finally:
+            await intruder.stop(None)
+
+
+async def test_a_second_scheduler_on_a_sqlite_file_in_use_exits_1_naming_the_file_and_the_holders_pid(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    async with scheduler_serve("--store", f"sqlite:///{path}") as first:
+        second = await run_hodei(
+            "scheduler", "serve", "--store", f"sqlite:///{path}", "--listen", f"127.0.0.1:{free_port()}"
+        )
+        async with SchedulerPortClient(first.target) as client:
+            await client.register_worker(make_worker("kept"))
+        stopped = await first.stop()
+
+    assert (second.returncode, second.stdout) == (1, "")
+    assert second.stderr == (
+        f"hodei scheduler: cannot open the registry store: {path} is in use by another scheduler "
+        f"(PID {first.process.pid}, holding {path}.lock): a SQLite registry serves one scheduler; stop that one, "
+        "or give this one another --store (several replicas share a PostgreSQL store)\n"
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    # The lock went with the first: a restart on the file works, and finds its workers.
+    async with (
+        scheduler_serve("--store", f"sqlite:///{path}") as restarted,
+        SchedulerPortClient(restarted.target) as client,
+    ):
+        assert await client.get_worker("kept", timeout=5) is not None
+
+
+# --- addresses checked before anything starts --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("scheduler", "serve", "--listen", "127.0.0.1"),
+            "hodei scheduler serve: error: Invalid value for '--listen': '127.0.0.1' has no port: expected "
+            "HOST:PORT (see 'hodei scheduler serve --help')",
+        ),
+        (
+            ("scheduler", "serve", "--listen", "127.0.0.1:99999"),
+            "hodei scheduler serve: error: Invalid value for '--listen': '127.0.0.1:99999': port 99999 is out "
+            "of range (0-65535) (see 'hodei scheduler serve --help')",
+        ),
+        (
+            ("scheduler", "serve", "--listen", ":99999"),
+            "hodei scheduler serve: error: Invalid value for '--listen': ':99999' has no host: expected "
+            "HOST:PORT (127.0.0.1, 0.0.0.0, [::1], ...) (see 'hodei scheduler serve --help')",
+        ),
+        (
+            ("workers", "list", "-s", "127.0.0.1"),
+            "hodei workers list: error: Invalid value for '--scheduler' / '-s': scheduler address '127.0.0.1' "
+            "has no port: expected HOST:PORT (see 'hodei workers list --help')",
+        ),
+        (
+            ("agent", "-s", "127.0.0.1"),
+            "hodei agent: error: Invalid value for '--scheduler' / '-s' (env var: 'HODEI_SCHEDULER'): "
+            "scheduler address '127.0.0.1' has no port: expected HOST:PORT (see 'hodei agent --help')",
+        ),
+        (
+            ("agent", "-s", "127.0.0.1:70000"),
+            "hodei agent: error: Invalid value for '--scheduler' / '-s' (env var: 'HODEI_SCHEDULER'): "
+            "scheduler address '127.0.0.1:70000': port 70000 is out of range (see 'hodei agent --help')",
+        ),
+    ],
+)
+async def test_an_address_without_a_port_or_with_one_out_of_range_is_refused_naming_the_option(
+    args: tuple[str, ...], message: str
+) -> None:
+    refused = await run_hodei(*args, timeout=15)
+
+    assert (refused.returncode, refused.stdout, refused.stderr) == (2, "", message + "\n")
