@@ -31,10 +31,11 @@ def _refuse_malformed(text: str, parse: Callable[[str], object]) -> str:
 
 
 def check_scheduler_addresses(text: str) -> str:
-    """Refuse a malformed ``--scheduler`` list before anything is dialled."""
+    """Refuse a malformed ``--scheduler`` list before anything is dialled: every address needs its port (gRPC
+    would dial a missing one as :443, and wrap one out of range)."""
     from hodei.transport.client import scheduler_addresses
 
-    return _refuse_malformed(text, scheduler_addresses)
+    return _refuse_malformed(text, lambda given: scheduler_addresses(given, explicit_port=True))
 
 
 def check_listen(text: str) -> str:
@@ -84,11 +85,16 @@ LogFormatOption = Annotated[LogFormat, log_format_option()]
 LogLevelOption = Annotated[LogLevel, log_level_option()]
 
 
-def observe(service: str, log_format: LogFormat, log_level: LogLevel) -> None:
-    """Structured logs on stderr, and traces if the ``OTEL_*`` environment names an exporter."""
+def observe(service: str, log_format: LogFormat, log_level: LogLevel, *, native: bool = False) -> None:
+    """Structured logs on stderr, and traces if the ``OTEL_*`` environment names an exporter. ``native``: gRPC
+    core's own log lines become structured events too (for long-running services)."""
     from hodei.observability.logging import configure_logging
     from hodei.observability.tracing import configure_tracing
 
+    if native:
+        from hodei.observability.native_log import route_native_log
+
+        route_native_log()
     configure_logging(log_format.value, log_level.value)
     try:
         configure_tracing(service)
@@ -125,14 +131,37 @@ def start_metrics(endpoint: MetricsEndpoint, who: str) -> None:
         raise typer.Exit(1) from error
 
 
-def run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
-    from hodei.errors import SchedulerError
+def run_against_scheduler(
+    work: Coroutine[Any, Any, T], *, scheduler: str = "", tls_ca: str = "", tls_cert: str = ""
+) -> T:
+    """Run ``work``; a scheduler's error is one line and exit 1. When the scheduler at ``scheduler`` cannot be
+    reached, the line says whether TLS is why (``tls_ca``, ``tls_cert``: this command's TLS options)."""
+    from rich.markup import escape
 
+    from hodei.errors import ErrorCode, SchedulerError
+    from hodei.observability.native_log import silence_native_log
+
+    silence_native_log()  # gRPC core's raw lines: what they would say, the error line says
     try:
         return asyncio.run(work)
     except SchedulerError as error:
-        errors.print(f"[red]error:[/red] {error}", highlight=False)
+        hint = tls_hint(scheduler, tls_ca, tls_cert) if error.code is ErrorCode.UNAVAILABLE else None
+        said = f"{hint} ({error})" if hint else str(error)
+        errors.print(f"[red]error:[/red] {escape(said)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error
+
+
+def tls_hint(scheduler: str, tls_ca: str, tls_cert: str) -> str | None:
+    """Which TLS option is missing or too many, asked of each address in ``scheduler`` in turn; None if TLS
+    is not the problem."""
+    from hodei.transport.client import scheduler_addresses
+    from hodei.transport.diagnosis import tls_mismatch
+
+    for address in scheduler_addresses(scheduler) if scheduler else ():
+        hint = tls_mismatch(address, tls=bool(tls_ca), client_cert=bool(tls_cert))
+        if hint:
+            return hint
+    return None
 
 
 def parse_label(item: str) -> tuple[str, str]:

@@ -54,7 +54,7 @@ def workers_list(
                 if not token:
                     return records
 
-    records = run_against_scheduler(fetch())
+    records = run_against_scheduler(fetch(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
     console.print(workers_table(records, f"{len(records)} worker(s) on {scheduler}"))
 
 
@@ -75,7 +75,8 @@ def workers_unregister(
         async with connect() as client:
             return (await client.unregister_worker(worker_id, timeout=10)).value
 
-    console.print(f"{worker_id}: {run_against_scheduler(unregister())}")
+    outcome = run_against_scheduler(unregister(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
+    console.print(f"{worker_id}: {outcome}")
 
 
 @workers_app.command("watch")
@@ -113,4 +114,4 @@ def workers_watch(
         else:
             await watch()
 
-    run_against_scheduler(watch_until())
+    run_against_scheduler(watch_until(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)

@@ -133,7 +133,7 @@ def scheduler_serve(
         mass_expiry_threshold=mass_expiry_threshold,
     )
 
-    observe("hodei-scheduler", log_format, log_level)
+    observe("hodei-scheduler", log_format, log_level, native=True)
     security, metrics_tls = serve_security(
         auth_key,
         worker_credential_ttl,
@@ -269,7 +269,7 @@ def agent(
     from hodei.observability.metrics import AgentMetrics, process_registry
     from hodei.transport.client import scheduler_addresses
 
-    observe("hodei-agent", log_format, log_level)
+    observe("hodei-agent", log_format, log_level, native=True)
     options: dict[str, Any] = {
         "schedulers": scheduler_addresses(scheduler),  # the addresses its --scheduler check accepted
         "worker_id": worker_id or f"{socket.gethostname()}-{os.getpid()}",

@@ -120,8 +120,8 @@ async def test_a_second_scheduler_on_a_sqlite_file_in_use_exits_1_naming_the_fil
         ),
         (
             ("scheduler", "serve", "--listen", "127.0.0.1:99999"),
-            "hodei scheduler serve: error: Invalid value for '--listen': '127.0.0.1:99999': port 99999 is out "
-            "of range (0-65535) (see 'hodei scheduler serve --help')",
+            "hodei scheduler serve: error: Invalid value for '--listen': '127.0.0.1:99999' is not HOST:PORT: "
+            "port 99999 is out of range (0-65535) (see 'hodei scheduler serve --help')",
         ),
         (
             ("scheduler", "serve", "--listen", ":99999"),

@@ -378,10 +378,6 @@ def test_address_lists_split_into_their_addresses(
         ("a:1,b:70000", "scheduler address 'b:70000': port 70000 is out of range"),
         ("a:1,b:0", "scheduler address 'b:0': port 0 is out of range"),
         ("a:1,[::g]:5", "scheduler address '[::g]:5': '::g' is not an IPv6 address"),
-        # One address alone too: gRPC would dial a missing port as :443, and wrap one out of range.
-        ("127.0.0.1", "scheduler address '127.0.0.1' has no port: expected HOST:PORT"),
-        ("localhost", "scheduler address 'localhost' has no port: expected HOST:PORT"),
-        ("127.0.0.1:99999", "scheduler address '127.0.0.1:99999': port 99999 is out of range"),
     ],
 )
 def test_a_bad_address_list_is_a_value_error_naming_the_bad_entry(
@@ -429,3 +425,17 @@ async def test_workers_commands_refuse_a_malformed_scheduler_list_naming_the_bad
     assert code == 2
     said = " ".join(stderr.replace("│", " ").split())  # the error box may wrap the message
     assert "scheduler address 'localhost' has no port" in said
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("127.0.0.1", "scheduler address '127.0.0.1' has no port: expected HOST:PORT"),
+        ("localhost", "scheduler address 'localhost' has no port: expected HOST:PORT"),
+        ("127.0.0.1:99999", "scheduler address '127.0.0.1:99999': port 99999 is out of range"),
+    ],
+)
+def test_one_address_needs_its_port_where_the_port_must_be_explicit(target: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        scheduler_addresses(target, explicit_port=True)
+    assert scheduler_addresses("dns:///scheduler:50051", explicit_port=True) == ("dns:///scheduler:50051",)

@@ -68,7 +68,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not host:
         raise ValueError(f"{listen[:64]!r} has no host: expected HOST:PORT (127.0.0.1, 0.0.0.0, [::1], ...)")
     if len(port) > 5 or int(port) > 65535:
-        raise ValueError(f"{listen[:64]!r}: port {port[:8]} is out of range (0-65535)")
+        raise ValueError(f"{listen[:64]!r} is not HOST:PORT: port {port[:8]} is out of range (0-65535)")
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 

@@ -75,11 +75,12 @@ FAILOVER_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def scheduler_addresses(target: str | Sequence[str]) -> tuple[str, ...]:
+def scheduler_addresses(target: str | Sequence[str], *, explicit_port: bool = False) -> tuple[str, ...]:
     """The scheduler addresses in ``target``: a sequence of addresses, or one string of comma-separated ones.
 
     A single address may be any gRPC target (a URI such as ``dns:///scheduler:50051`` stays whole, commas and
-    all); any other must be ``HOST:PORT``, an IPv6 address in brackets (``[::1]:50051``). Raises
+    all; ``localhost`` is dialled on gRPC's default port) unless ``explicit_port`` (as the command line says);
+    each of several must be ``HOST:PORT``, an IPv6 address in brackets (``[::1]:50051``). Raises
     ``ValueError`` naming the entry that is not.
     """
     entries = [target] if isinstance(target, str) else list(target)
@@ -90,8 +91,9 @@ def scheduler_addresses(target: str | Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"no scheduler address in {','.join(entries)!r}")
     if "" in addresses:
         raise ValueError(f"an empty scheduler address in {','.join(entries)!r}")
-    for address in addresses:  # one address too: gRPC would dial a missing port as :443
-        _host_and_port(address)
+    if len(addresses) > 1 or explicit_port:
+        for address in addresses:
+            _host_and_port(address)
     return addresses
 
 
