@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ from hodei._cli_security import (
     scheduler_client,
 )
 from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
+from hodei.lifecycle import WorkerEvent
 from hodei.views import workers_table
 
 workers_app = typer.Typer(help="Look at and manage the scheduler's workers.", no_args_is_help=True)
@@ -83,6 +85,9 @@ def workers_unregister(
 def workers_watch(
     scheduler: SchedulerOption = "127.0.0.1:50051",
     events: Annotated[int, typer.Option(help="Recent events shown under the table.")] = 8,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per event (JSON lines) instead of the live view.")
+    ] = False,
     exit_after: Annotated[
         float, typer.Option(hidden=True, help="Stop after this many seconds (tests).")
     ] = 0.0,
@@ -92,26 +97,74 @@ def workers_watch(
     tls_cert: TlsCertOption = "",
     tls_key: TlsKeyOption = "",
 ) -> None:
-    """A live view of the pool: every worker and its status, with the latest lifecycle events."""
+    """A live view of the pool: every worker and its status, with the latest lifecycle events. Without a
+    terminal (or with --json), one line per event as it happens. Ends on SIGINT or SIGTERM."""
+    import signal
+    import sys
+
     from rich.live import Live
 
     from hodei.views import PoolView
 
     view = PoolView(recent=events)
     connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
+    one_line_each = as_json or not sys.stdout.isatty()
 
     async def watch() -> None:
         async with connect() as client:
+            # Reach the scheduler (and pass its access control) before drawing anything: a dead address or a
+            # refused token is one error line, not an empty table first.
+            await client.list_workers(page_size=1, timeout=10)
+            stream = client.watch_workers(include_snapshot=True)
+            if one_line_each:
+                async for event in stream:
+                    print(event_json(event) if as_json else event_line(event), flush=True)
+                return
             with Live(view.render(scheduler), console=console, refresh_per_second=8) as live:
-                async for event in client.watch_workers(include_snapshot=True):
+                async for event in stream:
                     view.apply(event)
                     live.update(view.render(scheduler))
 
-    async def watch_until() -> None:
-        if exit_after:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch(), exit_after)
-        else:
-            await watch()
+    async def watch_until_told() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        watching = asyncio.create_task(watch())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait(
+                {watching, stopping}, timeout=exit_after or None, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (watching, stopping):
+                task.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching  # its error, if it ended by one
 
-    run_against_scheduler(watch_until(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
+    with contextlib.suppress(BrokenPipeError):  # the reader went away (| head): nothing more to say
+        run_against_scheduler(watch_until_told(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
+
+
+def event_line(event: WorkerEvent) -> str:
+    """One event as one line of text: time, sequence, kind, worker, its status after, and the reason."""
+    status = event.record.status.value if event.record is not None else "-"
+    return (
+        f"{event.time.isoformat(timespec='milliseconds')} #{event.sequence} {event.kind.value} "
+        f"{event.worker_id or '-'} {status} {event.reason}".rstrip()
+    )
+
+
+def event_json(event: WorkerEvent) -> str:
+    """One event as one JSON object on one line."""
+    return json.dumps(
+        {
+            "time": event.time.isoformat(timespec="milliseconds"),
+            "sequence": event.sequence,
+            "kind": event.kind.value,
+            "worker_id": event.worker_id,
+            "status": event.record.status.value if event.record is not None else None,
+            "reason": event.reason,
+        }
+    )

@@ -3,6 +3,10 @@ can cut or wrap, addresses checked before anything starts, one scheduler per por
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import signal
 from pathlib import Path
 
 import grpc
@@ -11,7 +15,7 @@ import pytest
 from hodei import SchedulerPortClient
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import free_port, make_worker
-from tests.integration.test_cli import run_hodei
+from tests.integration.test_cli import CLI_ENV, HODEI, end, run_hodei
 from tests.integration.test_cli_store import scheduler_serve
 
 
@@ -151,3 +155,56 @@ async def test_an_address_without_a_port_or_with_one_out_of_range_is_refused_nam
     refused = await run_hodei(*args, timeout=15)
 
     assert (refused.returncode, refused.stdout, refused.stderr) == (2, "", message + "\n")
+
+
+# --- hodei workers watch without a terminal ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signal_sent", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_workers_watch_through_a_pipe_prints_one_flushed_line_per_event_and_exits_0_on_a_signal(
+    as_json: bool, signal_sent: signal.Signals
+) -> None:
+    async with scheduler_serve("--store", "memory") as served, SchedulerPortClient(served.target) as client:
+        await client.register_worker(make_worker("before-the-watch"))
+        watch = await asyncio.create_subprocess_exec(
+            HODEI, "workers", "watch", "-s", served.target, *(("--json",) if as_json else ()),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=CLI_ENV,
+        )  # fmt: skip
+        try:
+            assert watch.stdout is not None
+            snapshot = (await asyncio.wait_for(watch.stdout.readline(), 20)).decode()
+            await client.unregister_worker("before-the-watch")
+            unregistered = (await asyncio.wait_for(watch.stdout.readline(), 20)).decode()
+            watch.send_signal(signal_sent)
+            rest, stderr = await asyncio.wait_for(watch.communicate(), 15)
+        finally:
+            await end(watch)
+
+    assert (watch.returncode, rest, stderr) == (0, b"", b"")
+    if as_json:
+        first, second = json.loads(snapshot), json.loads(unregistered)
+        assert {k: first[k] for k in ("kind", "worker_id", "status")} == {
+            "kind": "snapshot",
+            "worker_id": "before-the-watch",
+            "status": "available",
+        }
+        assert (second["kind"], second["worker_id"], second["status"]) == (
+            "unregistered",
+            "before-the-watch",
+            None,
+        )
+        assert second["sequence"] > first["sequence"]
+    else:
+        assert re.fullmatch(r"\S+ #\d+ snapshot before-the-watch available.*\n", snapshot), snapshot
+        assert re.fullmatch(r"\S+ #\d+ unregistered before-the-watch -\n", unregistered), unregistered
+
+
+async def test_workers_watch_of_a_dead_address_fails_at_once_without_drawing_anything() -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+
+    watched = await run_hodei("workers", "watch", "-s", nowhere, timeout=10)
+
+    assert (watched.returncode, watched.stdout) == (1, "")
+    [line] = watched.stderr.splitlines()
+    assert line.startswith("error: UNAVAILABLE: "), line

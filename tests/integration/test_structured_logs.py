@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from hodei import (
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.domain import WorkerRecord
 from hodei.errors import SchedulerError, scheduler_error_for
+from hodei.security import SchedulerSecurity, TlsConfig, write_test_pki
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import make_worker, wait_for
 from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port, run_hodei
@@ -162,11 +164,13 @@ async def test_an_agent_logs_its_connection_and_its_orderly_shutdown(agents: lis
     assert the(agent.lines, "agent.unregistered")["worker_id"] == "agent-2"
 
 
-async def test_an_agent_that_cannot_reach_its_scheduler_logs_each_reconnection_with_its_delay(
+async def test_an_agent_that_cannot_reach_its_scheduler_logs_each_reconnection_with_its_delay_at_debug_level(
     agents: list[AgentProcess],
 ) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
-    agents.append(agent := await start_agent("--scheduler", nowhere, "--worker-id", "agent-3"))
+    agents.append(
+        agent := await start_agent("--scheduler", nowhere, "--worker-id", "agent-3", "--log-level", "debug")
+    )
 
     broken = await agent.until("agent.stream_broken", count=2)
     reconnecting = await agent.until("agent.reconnecting", count=2)
@@ -177,6 +181,39 @@ async def test_an_agent_that_cannot_reach_its_scheduler_logs_each_reconnection_w
     assert all(
         line["worker_id"] == "agent-3" and 0 <= line["delay_s"] < min(10.0, 0.2 * 2 ** (line["failures"] - 1))
         for line in reconnecting
+    )
+
+
+async def test_an_agent_that_never_connected_says_why_once_then_retries_quietly(
+    agents: list[AgentProcess],
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    agents.append(agent := await start_agent("--scheduler", nowhere, "--worker-id", "agent-5"))
+
+    [said] = await agent.until("agent.cannot_connect")
+    # Quiet retries: the next attempts (every 0.2 s or so at first) log nothing at the default level.
+    with pytest.raises(TimeoutError):
+        await agent.until("agent.cannot_connect", count=2, timeout=3.0)
+
+    assert said["level"] == "warning"
+    assert said["reason"] == (
+        f"nothing listens at {nowhere}: check the address (--scheduler) and that the scheduler runs"
+    )
+    assert (said["failures"], said["code"], said["ever_connected"]) == (1, "UNAVAILABLE", False)
+    assert [line["event"] for line in agent.lines] == ["agent.cannot_connect"]
+
+
+async def test_an_agent_without_the_ca_of_a_tls_scheduler_is_told_to_give_it(
+    agents: list[AgentProcess], tmp_path: Path
+) -> None:
+    pki = write_test_pki(tmp_path / "pki")
+    security = SchedulerSecurity(tls=TlsConfig(pki.server_cert_file, pki.server_key_file))
+    async with EmbeddedScheduler(security=security) as scheduler:
+        agents.append(agent := await start_agent("--scheduler", scheduler.target, "--worker-id", "agent-6"))
+        [said] = await agent.until("agent.cannot_connect")
+
+    assert said["reason"] == (
+        f"the scheduler at {scheduler.target} speaks TLS: give --tls-ca (the CA that signed its certificate)"
     )
 
 

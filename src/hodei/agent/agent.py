@@ -24,11 +24,12 @@ import psutil
 
 from hodei.agent.config import AgentConfig
 from hodei.domain import ResourceUsage, WorkerStatus
-from hodei.errors import HodeiError, SchedulerError
+from hodei.errors import ErrorCode, HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.observability.metrics import AgentMetrics
 from hodei.security.access import authorization_metadata
 from hodei.transport.client import SchedulerPortClient
+from hodei.transport.diagnosis import unreachable_reason
 from hodei.transport.stream import ConnectStream, is_transient_for_stream
 
 __all__ = ["CHANNEL_OPTIONS", "AgentRefused", "WorkerAgent"]
@@ -102,6 +103,9 @@ class WorkerAgent:
         self._stopping = asyncio.Event()
         self._failures = 0
         self._target_index = 0
+        self._warned_at: float | None = (
+            None  # when agent.cannot_connect was last logged, in this run of failures
+        )
         self._credential = ""  # the worker credential the scheduler handed over; replaces config.token
 
     @property
@@ -148,10 +152,7 @@ class WorkerAgent:
                             "agent.refused", extra=self._fields(code=error.code.name, error=error.message)
                         )
                         raise AgentRefused(self.config.worker_id, error) from error
-                    log.warning(
-                        "agent.stream_broken",
-                        extra=self._fields(scheduler=self.target, code=error.code.name, error=error.message),
-                    )
+                    await self._report_failure(error)
                     self._target_index += 1
                     self._failures += 1
                 finally:
@@ -159,7 +160,7 @@ class WorkerAgent:
                 if self._stopping.is_set():
                     break
                 delay = self.config.reconnect_delay(max(self._failures - 1, 0), self._random())
-                log.info(
+                log.debug(  # every attempt: quiet; agent.cannot_connect says why, rate-limited
                     "agent.reconnecting",
                     extra=self._fields(
                         scheduler=self.target, delay_s=round(delay, 3), failures=self._failures
@@ -172,6 +173,49 @@ class WorkerAgent:
                 orphan_watch.cancel()
             if self._stopping.is_set() and not self.unregistered:
                 await self._unregister()
+
+    async def _report_failure(self, error: SchedulerError) -> None:
+        """Log a broken stream or a failed connection: each at debug level; a stream that was up breaking, as a
+        warning; and why the agent cannot connect (with what to check) at its first failure in a row, then at
+        most once per ``failure_log_interval`` seconds, as a warning."""
+        fields = self._fields(scheduler=self.target, code=error.code.name, error=error.message)
+        was_up = self.connected.is_set()
+        log.log(logging.WARNING if was_up else logging.DEBUG, "agent.stream_broken", extra=fields)
+        if was_up:
+            self._warned_at = None  # a new run of failures: say at once if it cannot come back
+            return
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < self.config.failure_log_interval:
+            return
+        self._warned_at = now
+        reason = await self._why_unreachable(error)
+        log.warning(
+            "agent.cannot_connect",
+            extra=self._fields(
+                scheduler=self.target,
+                code=error.code.name,
+                reason=reason,
+                failures=self._failures + 1,
+                ever_connected=self.connections > 0,
+            ),
+        )
+
+    async def _why_unreachable(self, error: SchedulerError) -> str:
+        if error.code is not ErrorCode.UNAVAILABLE:
+            if error.code is ErrorCode.DEADLINE_EXCEEDED:
+                return (
+                    f"no answer from {self.target} within {self.config.hello_timeout} s: check the address "
+                    "(--scheduler) and any firewall on the way"
+                )
+            return f"the scheduler at {self.target} answered {error.code.name}: it is retried"
+        tls = self.config.tls
+        return await asyncio.to_thread(
+            unreachable_reason,
+            self.target,
+            error.message,
+            tls=tls is not None,
+            client_cert=tls is not None and tls.cert_file is not None,
+        )
 
     async def _watch_parent(self) -> None:
         while os.getppid() == self.config.parent_pid:  # noqa: ASYNC110 - a parent's death has no event

@@ -32,7 +32,8 @@ class AgentConfig:
 
     After a broken stream the agent waits a random delay in ``[0, min(reconnect_max, reconnect_base * 2**n))``
     before its n-th attempt (full jitter): a thousand agents that lost the same scheduler do not all come back
-    in the same millisecond, not even the first time.
+    in the same millisecond, not even the first time. While it cannot connect, it says why (and what to check)
+    at its first failure, then quietly retries: at most one warning per ``failure_log_interval`` seconds.
 
     ``token`` is what the agent presents first to a scheduler with auth on: a join token (single-use; the
     scheduler answers with the worker's own credential, which the agent keeps for reconnecting and
@@ -54,6 +55,8 @@ class AgentConfig:
     farewell_timeout: float = 5.0
     parent_pid: int | None = None  # shut down when this process is gone (the control plane that started us)
     parent_check_interval: float = 0.5
+    # While it cannot connect, the agent says why once at once, then at most once per this many seconds.
+    failure_log_interval: float = 30.0
     token: str | None = field(default=None, repr=False)
     tls: ClientTlsConfig | None = None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-__all__ = ["tls_mismatch"]
+__all__ = ["tls_mismatch", "unreachable_reason"]
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -75,3 +75,27 @@ def _refuses_without_certificate(secured: ssl.SSLSocket) -> bool:
         return "CERTIFICATE" in text or "HANDSHAKE_FAILURE" in text
     except OSError:
         return False
+
+
+def unreachable_reason(address: str, message: str, *, tls: bool, client_cert: bool) -> str:
+    """The operator's words for why the scheduler at ``address`` could not be reached, given gRPC's
+    ``UNAVAILABLE`` text ``message``: a TLS mismatch (asked of the port itself), nothing listening, a name that
+    does not resolve, a certificate not trusted, or else gRPC's own words (bounded). Blocks for a few seconds
+    at most."""
+    mismatch = tls_mismatch(address, tls=tls, client_cert=client_cert)
+    if mismatch:
+        return mismatch
+    lowered = message.lower()
+    if "connection refused" in lowered:
+        return f"nothing listens at {address}: check the address (--scheduler) and that the scheduler runs"
+    if "resolv" in lowered or "name or service not known" in lowered:
+        return f"{address} does not resolve: check the host name (--scheduler)"
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        return (
+            f"the certificate of the scheduler at {address} is not signed by the CA of --tls-ca, or not for "
+            "this host name"
+        )
+    if "deadline" in lowered or "timed out" in lowered or "timeout" in lowered:
+        return f"no answer from {address}: check the address (--scheduler) and any firewall on the way"
+    quoted = message if len(message) <= 200 else f"{message[:200]}… ({len(message)} chars)"
+    return f"the scheduler at {address} cannot be reached: {quoted}"
