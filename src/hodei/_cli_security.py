@@ -306,13 +306,19 @@ def token_worker(
 @pki_app.command("init")
 def pki_init(
     directory: Annotated[Path, typer.Argument(help="Where to write the files (made if missing).")],
+    force: Annotated[bool, typer.Option(help="Replace the files of an existing one.")] = False,
 ) -> None:
     """Write a throw-away CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate.
 
-    For local use and tests only: the CA's key is not kept, so nothing else can ever be signed by it.
+    For local use and tests only: the CA's key is not kept, so nothing else can ever be signed by it. Files
+    already there are kept (exit 2) unless --force: certificates signed by their CA would stop working.
     """
     from hodei.security import write_test_pki
 
+    names = ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem")
+    existing = [directory / name for name in names if (directory / name).exists()]
+    if existing and not force:
+        raise typer.BadParameter(f"{existing[0]} exists (--force replaces it)", param_hint="DIRECTORY")
     pki = write_test_pki(directory)
     for label, path in (
         ("CA", pki.ca_file),

@@ -22,6 +22,8 @@ from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
 from hodei.lifecycle import WorkerEvent
 from hodei.views import workers_table
 
+NOT_REGISTERED_EXIT = 3  # hodei workers unregister: no such worker
+
 workers_app = typer.Typer(help="Look at and manage the scheduler's workers.", no_args_is_help=True)
 
 
@@ -70,15 +72,20 @@ def workers_unregister(
     tls_cert: TlsCertOption = "",
     tls_key: TlsKeyOption = "",
 ) -> None:
-    """Unregister one worker (idempotent)."""
+    """Unregister one worker. Exit codes: 0 unregistered; 3 no such worker (not_registered: nothing changed);
+    1 the scheduler could not be asked; 2 a bad option."""
+    from hodei.ports import UnregistrationStatus
+
     connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
 
-    async def unregister() -> str:
+    async def unregister() -> UnregistrationStatus:
         async with connect() as client:
-            return (await client.unregister_worker(worker_id, timeout=10)).value
+            return await client.unregister_worker(worker_id, timeout=10)
 
     outcome = run_against_scheduler(unregister(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
-    console.print(f"{worker_id}: {outcome}")
+    console.print(f"{worker_id}: {outcome.value}", markup=False, highlight=False)
+    if outcome is UnregistrationStatus.NOT_REGISTERED:
+        raise typer.Exit(NOT_REGISTERED_EXIT)
 
 
 @workers_app.command("watch")

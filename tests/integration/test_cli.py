@@ -197,7 +197,7 @@ async def test_workers_list_prints_every_field_in_full_when_its_output_goes_to_a
     ]
 
 
-async def test_workers_unregister_prints_success_and_then_not_registered(
+async def test_workers_unregister_prints_success_and_then_not_registered_with_exit_code_3(
     scheduler_target: str,
 ) -> None:
     await register_two_workers(scheduler_target)
@@ -207,7 +207,7 @@ async def test_workers_unregister_prints_success_and_then_not_registered(
     second = await run_hodei("workers", "unregister", "cli-worker-a", "--scheduler", target)
 
     assert (first.returncode, first.stdout.strip()) == (0, "cli-worker-a: success")
-    assert (second.returncode, second.stdout.strip()) == (0, "cli-worker-a: not_registered")
+    assert (second.returncode, second.stdout.strip()) == (3, "cli-worker-a: not_registered")
     async with SchedulerPortClient(target) as client:
         assert await client.get_worker("cli-worker-a") is None
         assert await client.get_worker("cli-worker-b") is not None

@@ -151,6 +151,24 @@ async def test_pki_init_writes_a_ca_and_certificates_for_localhost(tmp_path: Pat
     assert (tmp_path / "pki" / "server-key.pem").stat().st_mode & 0o777 == 0o600
 
 
+async def test_pki_init_keeps_an_existing_ca_unless_forced(tmp_path: Path) -> None:
+    await run_hodei("pki", "init", str(tmp_path / "pki"))
+    ca = (tmp_path / "pki" / "ca.pem").read_bytes()
+
+    again = await run_hodei("pki", "init", str(tmp_path / "pki"))
+    kept = (tmp_path / "pki" / "ca.pem").read_bytes()
+    forced = await run_hodei("pki", "init", str(tmp_path / "pki"), "--force")
+
+    assert (again.returncode, again.stdout) == (2, "")
+    assert again.stderr == (
+        f"hodei pki init: error: Invalid value for DIRECTORY: {tmp_path / 'pki' / 'ca.pem'} exists (--force "
+        "replaces it) (see 'hodei pki init --help')\n"
+    )
+    assert kept == ca
+    assert forced.returncode == 0, forced
+    assert (tmp_path / "pki" / "ca.pem").read_bytes() != ca
+
+
 # --- hodei scheduler serve with auth and TLS -----------------------------------------------------------------
 
 
