@@ -112,7 +112,7 @@ def scheduler_serve(
     max_message_bytes: Annotated[
         int, typer.Option(help="The largest request accepted (RESOURCE_EXHAUSTED beyond).", min=1024)
     ] = 24 * 1024 * 1024,
-    log_format: LogFormatOption = LogFormat.JSON,
+    log_format: LogFormatOption = LogFormat.AUTO,
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
@@ -253,7 +253,7 @@ def agent(
     tls_ca: TlsCaOption = "",
     tls_cert: TlsCertOption = "",
     tls_key: TlsKeyOption = "",
-    log_format: Annotated[LogFormat, log_format_option("HODEI_LOG_FORMAT")] = LogFormat.JSON,
+    log_format: Annotated[LogFormat, log_format_option("HODEI_LOG_FORMAT")] = LogFormat.AUTO,
     log_level: Annotated[LogLevel, log_level_option("HODEI_LOG_LEVEL")] = LogLevel.INFO,
 ) -> None:
     """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters."""
@@ -290,7 +290,7 @@ def agent(
     endpoint = MetricsEndpoint(registry, metrics_listen) if metrics_listen else None
     if endpoint is not None:
         start_metrics(endpoint, "hodei agent")
-        logging.getLogger("hodei.agent").info("metrics on %s", endpoint.url)
+        logging.getLogger("hodei.agent").info("agent.metrics_serving", extra={"url": endpoint.url})
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import re
+import select
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -208,3 +213,46 @@ async def test_workers_watch_of_a_dead_address_fails_at_once_without_drawing_any
     assert (watched.returncode, watched.stdout) == (1, "")
     [line] = watched.stderr.splitlines()
     assert line.startswith("error: UNAVAILABLE: "), line
+
+
+# --- logs: console on a terminal, JSON otherwise -----------------------------------------------------------
+
+
+def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
+    """What ``fd`` gives until ``wanted`` appears in it; fails after ``timeout`` seconds."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{wanted!r} not seen within {timeout} s: {seen!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            seen += os.read(fd, 4096)
+    return seen
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_scheduler_logs_are_console_text_on_a_terminal_and_json_otherwise(terminal: bool) -> None:
+    controller, attached = pty.openpty() if terminal else os.pipe()
+    process = subprocess.Popen(
+        [HODEI, "scheduler", "serve", "--store", "memory", "--listen", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.DEVNULL,
+        stderr=attached,
+        env=CLI_ENV,
+    )
+    os.close(attached)
+    try:
+        seen = read_until(controller, b"scheduler.started", timeout=20)
+    finally:
+        process.kill()
+        process.wait(15)
+        os.close(controller)
+
+    [line] = [text for text in seen.decode().splitlines() if "scheduler.started" in text]
+    if terminal:
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", line)  # the console's colours
+        assert re.fullmatch(
+            r"\S+Z \[info +\] scheduler\.started .*address=127\.0\.0\.1:\d+.*", plain.strip()
+        ), plain
+    else:
+        assert json.loads(line)["event"] == "scheduler.started"

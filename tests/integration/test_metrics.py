@@ -537,7 +537,7 @@ async def test_hodei_agent_serves_its_metrics_and_logs_where() -> None:
                 while url is None:
                     line = (await process.stderr.readline()).decode()
                     assert line, "hodei agent ended without saying where its metrics are"
-                    if found := re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", line):
+                    if found := re.search(r'"url": "(http://127\.0\.0\.1:\d+/metrics)"', line):
                         url = found.group(1)
             for _ in range(100):
                 text = await scrape(url)

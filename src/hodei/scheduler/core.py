@@ -149,7 +149,7 @@ class Scheduler:
             try:
                 await self.tick(self._monotonic())
             except SchedulerUnavailable as error:
-                log.warning("liveness sweep skipped: %s", error)
+                log.warning("liveness.sweep_skipped", extra={"error": str(error)})
 
     async def tick(self, now: float) -> None:
         """One round of liveness, then the workers-by-status gauge from the store, on every replica (the
@@ -177,9 +177,9 @@ class Scheduler:
             self.metrics.lease_leader.set(1 if leading else 0)
             if self._shared is not None:  # a scheduler alone with its store leads without an election
                 if leading:
-                    log.info("this replica now leads lease expiry")
+                    log.info("leadership.acquired")
                 else:
-                    log.warning("this replica no longer leads lease expiry")
+                    log.warning("leadership.released")
             if self.on_leadership is not None:
                 self.on_leadership(leading)
         if not leading:
@@ -227,7 +227,11 @@ class Scheduler:
         if task.cancelled() or task.exception() is None:
             return
         # Liveness has stopped: nobody would ever be found LOST. Say so, and tell whoever watches health.
-        log.critical("the liveness sweeper died; no worker will be found LOST", exc_info=task.exception())
+        log.critical(
+            "liveness.sweeper_died",
+            extra={"consequence": "no worker will be found LOST"},
+            exc_info=task.exception(),
+        )
         self.healthy = False
         if self.on_unhealthy is not None:
             self.on_unhealthy()

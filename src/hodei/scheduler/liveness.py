@@ -95,7 +95,10 @@ class LivenessMonitor:
             if lateness > config.sweep_interval:
                 self._leases.extend_all(lateness)
                 self.stall_compensations += 1
-                log.warning("liveness sweep ran %.3f s late; leases extended by as much", lateness)
+                log.warning(
+                    "liveness.sweep_late",
+                    extra={"late_s": round(lateness, 3), "leases_extended_s": round(lateness, 3)},
+                )
         self._last_sweep = now
         if now < self._recovering_until:
             return

@@ -146,7 +146,7 @@ def _translated(dsn_hint: str) -> Iterator[None]:
     try:
         yield
     except _UNREACHABLE as error:
-        log.warning("the registry database %s is unreachable: %s", dsn_hint, error)
+        log.warning("store.unreachable", extra={"store": dsn_hint, "error": str(error)})
         raise StoreUnavailable("the registry database is unreachable") from error
 
 
@@ -206,7 +206,7 @@ class PostgresRegistryStore:
             for statement in statements:
                 await db.execute(statement)
             await db.execute("INSERT INTO hodei_schema (version) VALUES ($1)", number)
-            log.info("registry schema of %s migrated to version %d", self.dsn, number)
+            log.info("store.migrated", extra={"store": self.dsn, "schema_version": number})
 
     async def _retrying(self, work: Callable[[Db], Awaitable[T]], *, transaction: bool = True) -> T:
         """Run ``work`` on a pooled connection (in a transaction unless told otherwise), and run it again when
@@ -391,7 +391,7 @@ class PostgresLeadership:
                 )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             if self.leading:
-                log.warning("lost the lease leadership: %s", error)
+                log.warning("leadership.lost", extra={"error": str(error)})
             await self.release()
         return self.leading
 

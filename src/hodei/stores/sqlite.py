@@ -119,7 +119,7 @@ class SqliteRegistryStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, work)
         except sqlite3.OperationalError as error:  # locked past the busy timeout, disk full, I/O error
-            log.warning("the registry file %s cannot be used now: %s", self.path, error)
+            log.warning("store.unavailable", extra={"path": str(self.path), "error": str(error)})
             raise StoreUnavailable(f"the registry store cannot be written now ({error})") from error
 
     def _connect(self) -> None:
