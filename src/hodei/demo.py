@@ -11,6 +11,7 @@ served together on a free loopback port, printed at the start.
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +47,33 @@ async def _wait_connected(client: SchedulerPortClient, count: int, deadline: flo
             break
         await asyncio.sleep(0.1)
     return records
+
+
+def _command() -> str:
+    """How the user ran hodei (``.venv/bin/hodei``, as the README does), for hints they can paste."""
+    given = sys.argv[0] if sys.argv else ""
+    return given if Path(given).name == "hodei" else "hodei"
+
+
+async def _died(client: SchedulerPortClient, provider: ProcessProvider, worker_ids: list[str]) -> list[str]:
+    """The workers whose agent process has exited, or whose stream is no longer up."""
+    records = {
+        r.worker_id: r
+        for r in (await client.list_workers(WorkerFilter(labels={"demo": "true"}), page_size=1000)).workers
+    }
+    gone = []
+    for worker_id in worker_ids:
+        record, pid = records.get(worker_id), provider.pid(worker_id)
+        if record is None or not record.connected or pid is None or not _running(pid):
+            gone.append(worker_id)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def run_demo(console: Console, count: int, *, hold: float = 0.0) -> bool:
@@ -106,13 +134,18 @@ async def _demo(
         connected = time.perf_counter() - started
         available = sum(r.connected and r.status is WorkerStatus.AVAILABLE for r in records)
         console.print(workers_table(records, f"[bold]3.[/bold] the scheduler's view after {connected:.1f} s"))
+        died: list[str] = []
         if hold:
             pids = ", ".join(f"{w.worker_id}={provider.pid(w.worker_id)}" for w in ok)
             console.print(
-                f"   holding {hold:g} s: watch with `hodei workers watch --scheduler {address}`, "
-                f"or kill an agent ({pids}) to see it go LOST"
+                f"   holding {hold:g} s: watch with `{_command()} workers watch --scheduler {address}`, "
+                f"or kill an agent ({pids}) to see it go LOST",
+                markup=False,
             )
             await asyncio.sleep(hold)
+            died = await _died(client, provider, [w.worker_id for w in ok])
+            if died:
+                console.print(f"   [red]died during the hold[/red]: {', '.join(died)}")
 
         started = time.perf_counter()
         outcomes = await asyncio.gather(*(service.decommission_worker(w.worker_id) for w in ok))
@@ -124,11 +157,11 @@ async def _demo(
             f"[bold]4.[/bold] decommissioned {len(ok)} workers ({drained} drained through their stream) in "
             f"{decommissioned * 1000:.0f} ms; {len(left.workers)} left registered, {len(children)} child processes left"
         )
-        success = available == count and not left.workers and not children
+        success = available == count and not died and not left.workers and not children
         verdict = "[green]OK[/green]" if success else "[red]FAILED[/red]"
         console.print(
             f"[bold]summary[/bold] {verdict}: {count} provisioned, {available} AVAILABLE and heartbeating, "
-            f"{len(ok)} decommissioned, {len(children)} orphans"
+            f"{len(died)} died during the hold, {len(ok)} decommissioned, {len(children)} orphans"
         )
         return success
     finally:

@@ -256,3 +256,40 @@ def test_scheduler_logs_are_console_text_on_a_terminal_and_json_otherwise(termin
         ), plain
     else:
         assert json.loads(line)["event"] == "scheduler.started"
+
+
+# --- hodei demo --hold -------------------------------------------------------------------------------------
+
+
+async def test_a_worker_killed_during_the_demos_hold_fails_its_summary() -> None:
+    demo = await asyncio.create_subprocess_exec(
+        HODEI, "demo", "--workers", "2", "--hold", "4",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=CLI_ENV,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        printed = ""
+        async with asyncio.timeout(60):
+            while "holding" not in printed:
+                line = (await demo.stdout.readline()).decode()
+                assert line, f"the demo ended before its hold: {printed}"
+                printed += line
+        holding = printed.splitlines()[-1]
+        found = re.search(r"\(([^=\s]+)=(\d+), ", holding)
+        assert found is not None, holding
+        victim, pid = found.group(1), int(found.group(2))
+        os.kill(pid, signal.SIGKILL)  # an agent the demo started for this test
+        rest, _ = await asyncio.wait_for(demo.communicate(), 60)
+    finally:
+        await end(demo)
+
+    assert demo.returncode == 1
+    assert f"watch with `{HODEI} workers watch --scheduler 127.0.0.1:" in holding
+    after = rest.decode()
+    assert f"   died during the hold: {victim}\n" in after, after
+    assert re.search(
+        r"^summary FAILED: 2 provisioned, 2 AVAILABLE and heartbeating, 1 died during the hold, 2 decommissioned, "
+        r"0 orphans$",
+        after,
+        re.MULTILINE,
+    ), after
