@@ -7,7 +7,7 @@ import asyncio
 import enum
 import sys
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -85,9 +85,16 @@ LogFormatOption = Annotated[LogFormat, log_format_option()]
 LogLevelOption = Annotated[LogLevel, log_level_option()]
 
 
-def observe(service: str, log_format: LogFormat, log_level: LogLevel, *, native: bool = False) -> None:
-    """Structured logs on stderr, and traces if the ``OTEL_*`` environment names an exporter. ``native``: gRPC
-    core's own log lines become structured events too (for long-running services)."""
+def observe(
+    service: str,
+    log_format: LogFormat,
+    log_level: LogLevel,
+    *,
+    native: bool = False,
+    stream: IO[str] | None = None,
+) -> None:
+    """Structured logs on stderr (or ``stream``), and traces if the ``OTEL_*`` environment names an exporter.
+    ``native``: gRPC core's own log lines become structured events too (for long-running services)."""
     from hodei.observability.logging import configure_logging
     from hodei.observability.tracing import configure_tracing
 
@@ -95,7 +102,7 @@ def observe(service: str, log_format: LogFormat, log_level: LogLevel, *, native:
         from hodei.observability.native_log import route_native_log
 
         route_native_log()
-    configure_logging(log_format.value, log_level.value)
+    configure_logging(log_format.value, log_level.value, stream=stream)
     try:
         configure_tracing(service)
     except ValueError as error:

@@ -329,14 +329,22 @@ def bench(
 ) -> None:
     """Measure registration throughput, latency, CPU and memory against the targets."""
     import json
+    import tempfile
+    from collections import Counter
 
     from hodei.bench.report import results_table
     from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
     from hodei.bench.security import BenchSecurity
+    from hodei.observability.native_log import silence_native_log
 
     names = scenario or list(SCENARIOS)
-    # Traced if the OTEL_* environment says so; the bench's scheduler processes inherit it.
-    observe("hodei-bench", LogFormat.CONSOLE, LogLevel.WARNING)
+    # Warnings (retries under load, say) go to a file, summarised after the table, so that the progress bars
+    # and the table stay whole. Traced if the OTEL_* environment says so; its scheduler processes inherit it.
+    silence_native_log()
+    warnings = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept (and named) after the run if not empty
+        "w", prefix="hodei-bench-", suffix=".log", delete=False, encoding="utf-8"
+    )
+    observe("hodei-bench", LogFormat.JSON, LogLevel.WARNING, stream=warnings)
     scale = Scale.quick() if quick else Scale()
     try:
         results = asyncio.run(
@@ -350,6 +358,8 @@ def bench(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
+    finally:
+        warnings.close()
     document = json.dumps([r.to_json() for r in results], indent=2)
     if json_out == "-":
         print(document)
@@ -357,6 +367,12 @@ def bench(
         console.print(results_table(results))
         if json_out:
             Path(json_out).write_text(document + "\n")
+    logged = Counter(json.loads(line)["event"] for line in Path(warnings.name).read_text().splitlines())
+    if logged:
+        by_event = ", ".join(f"{n} {event}" for event, n in logged.most_common())
+        errors.print(f"logged during the run: {by_event} (in {warnings.name})", highlight=False, markup=False)
+    else:
+        Path(warnings.name).unlink()
 
 
 @app.command()

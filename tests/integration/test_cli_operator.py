@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from hodei import SchedulerPortClient
-from hodei.testing import EmbeddedScheduler
+from hodei.testing import EmbeddedScheduler, FailingScheduler
 from tests.helpers import free_port, make_worker
 from tests.integration.test_cli import CLI_ENV, HODEI, end, run_hodei
 from tests.integration.test_cli_store import scheduler_serve
@@ -293,3 +293,28 @@ async def test_a_worker_killed_during_the_demos_hold_fails_its_summary() -> None
         after,
         re.MULTILINE,
     ), after
+
+
+# --- hodei bench -------------------------------------------------------------------------------------------
+
+
+async def test_bench_prints_its_progress_and_table_with_the_runs_warnings_summarised_after_it(
+    tmp_path: Path,
+) -> None:
+    async with FailingScheduler(3) as failing:  # three retries: three registration.retrying warnings
+        bench = await run_hodei(
+            "bench", "--quick", "--scenario", "sequential", "--target", failing.target,
+            timeout=120, env={"TMPDIR": str(tmp_path)},
+        )  # fmt: skip
+
+    assert bench.returncode == 0, bench
+    # Progress on stderr, then the summary of what was logged; no log line in between.
+    [progress, summary] = bench.stderr.splitlines()
+    assert progress.startswith("sequential "), progress
+    [name] = [n for n in await asyncio.to_thread(os.listdir, tmp_path) if n.startswith("hodei-bench-")]
+    log_file = tmp_path / name
+    assert summary == f"logged during the run: 3 registration.retrying (in {log_file})"
+    logged = await asyncio.to_thread(log_file.read_text)
+    assert [json.loads(line)["event"] for line in logged.splitlines()] == ["registration.retrying"] * 3
+    assert "hodei registration benchmark" in bench.stdout
+    assert "registration.retrying" not in bench.stdout
