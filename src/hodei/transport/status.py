@@ -14,12 +14,23 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from hodei._quoting import MAX_ERROR_BYTES, fit_violations
 from hodei.domain import FieldViolation
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 
-__all__ = ["STATUS_DETAILS_KEY", "abort_with", "error_from_rpc", "grpc_code", "status_trailer"]
+__all__ = [
+    "MAX_STATUS_BYTES",
+    "STATUS_DETAILS_KEY",
+    "abort_with",
+    "error_from_rpc",
+    "grpc_code",
+    "status_trailer",
+]
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+MAX_STATUS_BYTES = MAX_ERROR_BYTES
+"""The encoded status with its details is always smaller: far below gRPC's 16 KiB limit on trailers (the details
+travel base64-encoded, beside the message), whatever a client sent."""
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -28,13 +39,14 @@ def grpc_code(code: ErrorCode) -> grpc.StatusCode:
 
 
 def status_trailer(error: SchedulerError) -> tuple[tuple[str, bytes], ...]:
-    """The trailing metadata that carries the error's details, or nothing if it has none."""
+    """The trailing metadata that carries the error's details, or nothing if it has none. Smaller than
+    :data:`MAX_STATUS_BYTES` always: the violations that do not fit are counted, not listed."""
     details: list[any_pb2.Any] = []
     if error.violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                for v in fit_violations(error.violations, message=error.message)
             ]
         )
         packed = any_pb2.Any()
