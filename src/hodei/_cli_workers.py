@@ -7,6 +7,7 @@ import contextlib
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from hodei._cli_common import SchedulerOption, console, parse_labels, run_against_scheduler
 from hodei._cli_security import (
@@ -18,7 +19,7 @@ from hodei._cli_security import (
     scheduler_client,
 )
 from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
-from hodei.views import workers_table
+from hodei.views import plain, workers_table
 
 workers_app = typer.Typer(help="Look at and manage the scheduler's workers.", no_args_is_help=True)
 
@@ -55,7 +56,7 @@ def workers_list(
                     return records
 
     records = run_against_scheduler(fetch())
-    console.print(workers_table(records, f"{len(records)} worker(s) on {scheduler}"))
+    console.print(workers_table(records, f"{len(records)} worker(s) on {escape(scheduler)}"))
 
 
 @workers_app.command("unregister")
@@ -75,7 +76,7 @@ def workers_unregister(
         async with connect() as client:
             return (await client.unregister_worker(worker_id, timeout=10)).value
 
-    console.print(f"{worker_id}: {run_against_scheduler(unregister())}")
+    console.print(plain(f"{worker_id}: {run_against_scheduler(unregister())}"))
 
 
 @workers_app.command("watch")
