@@ -251,3 +251,33 @@ async def test_five_hundred_of_the_largest_workers_page_through_a_client_with_it
     assert on_the_wire <= wire_size(record) < on_the_wire + 1024  # the estimate is an upper one, and close
     assert listed == [f"w-{i:04d}" for i in range(WORKERS)]
     assert pages == -(-WORKERS // per_page)
+
+
+@pytest.mark.parametrize("reason", ["drained\x1b[2J", "r" * 1025])
+async def test_an_agent_status_change_with_a_hostile_reason_ends_its_stream_naming_the_field(
+    scheduler: EmbeddedScheduler, reason: str
+) -> None:
+    hello = pb.WorkerHello(
+        worker_id="w-1",
+        incarnation=1,
+        capabilities=pb.WorkerCapabilities(cpu_cores=1, memory_mb=1),
+        metadata=pb.WorkerMetadata(worker_type="process"),
+    )
+    watcher = scheduler.scheduler.events.watch()
+    call = stub_of(scheduler).Connect()
+    await call.write(pb.ConnectRequest(hello=hello))
+    await call.read()
+    change = pb.StatusChange(status=pb.WORKER_STATUS_DRAINING, drained=True, reason=reason)
+    await call.write(pb.ConnectRequest(status_change=change))
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+
+    watcher.close()
+    _, status = status_of(raised.value)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in violations_of(status)] == ["status_change.reason"]
+    assert [w.status.value for w in await scheduler.workers()] == ["available"]
+    reasons = [event.reason async for event in watcher]  # what it received before it was closed
+    assert reasons  # the worker's registration and connection at least
+    assert reason not in reasons
