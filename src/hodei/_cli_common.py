@@ -119,12 +119,14 @@ def start_metrics(endpoint: MetricsEndpoint, who: str) -> None:
 
 
 def run_against_scheduler(work: Coroutine[Any, Any, T]) -> T:
+    from rich.markup import escape
+
     from hodei.errors import SchedulerError
 
     try:
         return asyncio.run(work)
     except SchedulerError as error:
-        errors.print(f"[red]error:[/red] {error}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)  # it may quote client text
         raise typer.Exit(1) from error
 
 
