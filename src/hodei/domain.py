@@ -33,6 +33,7 @@ __all__ = [
     "WorkerRecord",
     "WorkerStatus",
     "WorkerType",
+    "holds_control_characters",
     "merge_registration",
     "merge_registrations",
     "stored_form",
@@ -366,6 +367,11 @@ def _labels(labels: Mapping[str, str], field_name: str) -> list[FieldViolation]:
         elif _CONTROL.search(value):
             found.append(FieldViolation(where, "value must not contain control characters"))
     return found
+
+
+def holds_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a character no label value or reason may hold (C0 with NUL, DEL, C1)."""
+    return _CONTROL.search(text) is not None
 
 
 def validate_incarnation(incarnation: int) -> list[FieldViolation]:

@@ -281,3 +281,16 @@ async def test_an_agent_status_change_with_a_hostile_reason_ends_its_stream_nami
     reasons = [event.reason async for event in watcher]  # what it received before it was closed
     assert reasons  # the worker's registration and connection at least
     assert reason not in reasons
+
+
+async def test_a_list_filter_with_a_nul_label_value_matches_nothing_on_a_durable_store(
+    durable_store: RegistryStore,
+) -> None:
+    async with EmbeddedScheduler(store=durable_store) as scheduler:
+        await scheduler.client().register_worker(make_worker("w-1", labels={"team": "red"}))
+        stub = stub_of(scheduler)
+        hostile = await stub.ListWorkers(pb.ListWorkersRequest(labels={"team": "r\x00ed"}), timeout=10)
+        plain = await stub.ListWorkers(pb.ListWorkersRequest(labels={"team": "red"}), timeout=10)
+
+    assert [w.worker_id for w in hostile.workers] == []
+    assert [w.worker_id for w in plain.workers] == ["w-1"]

@@ -23,6 +23,7 @@ from hodei.domain import (
     WorkerRecord,
     WorkerStatus,
     WorkerType,
+    holds_control_characters,
     utcnow,
     validate_incarnation,
     validate_record,
@@ -315,8 +316,12 @@ class WorkerRegistry:
             )
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = decode_page_token(page_token)
+        worker_filter = worker_filter or WorkerFilter()
+        if any(holds_control_characters(k + v) for k, v in worker_filter.labels.items()):
+            # No worker holds one (validation refuses them), and PostgreSQL's jsonb cannot even hold a NUL.
+            return WorkerPage([])
         # One extra record tells whether another page follows.
-        found = await self._store.list(worker_filter or WorkerFilter(), after=after, limit=limit + 1)
+        found = await self._store.list(worker_filter, after=after, limit=limit + 1)
         size = 0
         for index, record in enumerate(found[:limit]):
             size += wire_size(record)
