@@ -11,16 +11,16 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from hodei import SchedulerPortClient
+from hodei import ErrorCode, InvalidWorkerData, SchedulerPortClient
 from hodei.domain import MAX_INCARNATION, MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS, utcnow
 from hodei.ports import RegistryStore
 from hodei.scheduler.registry import MAX_PAGE_BYTES, wire_size
 from hodei.stores.postgres import PostgresRegistryStore
 from hodei.stores.sqlite import SqliteRegistryStore
-from hodei.testing import EmbeddedScheduler
+from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport import codec
 from hodei.transport.codec import pb, pb_grpc
-from hodei.transport.status import MAX_STATUS_BYTES, STATUS_DETAILS_KEY
+from hodei.transport.status import MAX_MESSAGE_BYTES, MAX_STATUS_BYTES, STATUS_DETAILS_KEY
 from tests.helpers import make_worker
 
 SHORT_MESSAGE = 300  # characters: a message quotes client text by a short prefix and its length
@@ -86,6 +86,19 @@ async def test_three_hundred_bad_label_keys_list_twenty_violations_and_count_the
     assert found[0] == ("metadata.labels", "at most 64 labels, got 300")
     assert found[-1] == ("…", "and 281 more violations not listed")
     assert len(details) < MAX_STATUS_BYTES
+
+
+@pytest.mark.parametrize("character", ["😀", "a"])
+async def test_an_error_with_the_longest_message_in_any_characters_keeps_its_code(character: str) -> None:
+    refusing = FailingScheduler(1, code=ErrorCode.INVALID_ARGUMENT, message=character * 5000, retry_after=1.0)
+    async with refusing as scheduler:
+        with pytest.raises(InvalidWorkerData) as raised:
+            await scheduler.client().register_worker(make_worker("w-1"))
+
+    assert raised.value.code is ErrorCode.INVALID_ARGUMENT
+    assert raised.value.retry_after == 1.0
+    assert raised.value.message.startswith(character * 200)
+    assert len(raised.value.message.encode()) <= MAX_MESSAGE_BYTES
 
 
 @pytest.mark.parametrize("method", ["GetWorker", "DrainWorker", "ShutdownWorker"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,7 +11,7 @@ from hodei._quoting import MAX_ERROR_BYTES, MAX_VIOLATIONS, cap_violations, clip
 from hodei.domain import FieldViolation
 from hodei.errors import MAX_MESSAGE_LENGTH, ErrorCode, InvalidWorkerData, scheduler_error_for
 from hodei.transport import codec
-from hodei.transport.status import MAX_STATUS_BYTES, STATUS_DETAILS_KEY, status_trailer
+from hodei.transport.status import MAX_STATUS_BYTES, status_trailer, wire_message
 
 
 def test_short_text_is_quoted_whole_and_long_text_by_a_prefix_and_its_length() -> None:
@@ -74,8 +76,10 @@ def test_any_error_encodes_under_eight_kib_as_a_status_and_as_a_batch_entry(
 ) -> None:
     error = scheduler_error_for(code, message, violations=found, retry_after=retry_after)
 
-    for key, value in status_trailer(error):
-        assert key == STATUS_DETAILS_KEY
-        assert len(value) < MAX_STATUS_BYTES
+    details = b"".join(value for _, value in status_trailer(error))
+    assert len(details) < MAX_STATUS_BYTES
+    # gRPC's trailers (at most 16 KiB): the details base64-encoded, the message with each non-ASCII byte
+    # percent-encoded into three.
+    assert len(base64.b64encode(details)) + 3 * len(wire_message(error.message).encode()) < 16 * 1024 - 1024
     entry = codec.registration_result_to_proto("w-1", error)
     assert len(entry.error.SerializeToString()) < MAX_ERROR_BYTES
