@@ -8,6 +8,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from hodei._cli_common import SchedulerOption, console, parse_labels, run_against_scheduler
 from hodei._cli_security import (
@@ -20,7 +21,7 @@ from hodei._cli_security import (
 )
 from hodei.domain import WorkerRecord, WorkerStatus, WorkerType
 from hodei.lifecycle import WorkerEvent
-from hodei.views import workers_table
+from hodei.views import plain, workers_table
 
 NOT_REGISTERED_EXIT = 3  # hodei workers unregister: no such worker
 
@@ -59,7 +60,7 @@ def workers_list(
                     return records
 
     records = run_against_scheduler(fetch(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
-    console.print(workers_table(records, f"{len(records)} worker(s) on {scheduler}"))
+    console.print(workers_table(records, f"{len(records)} worker(s) on {escape(scheduler)}"))
 
 
 @workers_app.command("unregister")
@@ -83,7 +84,7 @@ def workers_unregister(
             return await client.unregister_worker(worker_id, timeout=10)
 
     outcome = run_against_scheduler(unregister(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
-    console.print(f"{worker_id}: {outcome.value}", markup=False, highlight=False)
+    console.print(plain(f"{worker_id}: {outcome.value}"))
     if outcome is UnregistrationStatus.NOT_REGISTERED:
         raise typer.Exit(NOT_REGISTERED_EXIT)
 

@@ -29,7 +29,7 @@ from hodei.observability.metrics import ControlPlaneMetrics, SchedulerMetrics, p
 from hodei.ports import WorkerFilter
 from hodei.providers.process import ProcessProvider
 from hodei.transport.client import SchedulerPortClient
-from hodei.views import workers_table
+from hodei.views import plain, workers_table
 
 __all__ = ["run_demo"]
 
@@ -128,7 +128,7 @@ async def _demo(
             f"in {registered * 1000:.0f} ms"
         )
         for failure in (r for r in results if r.error is not None):
-            console.print(f"   [red]{failure.worker_id}[/red]: {failure.error}")
+            console.print(plain(f"   {failure.worker_id}: {failure.error}", "red"))
 
         records = await _wait_connected(client, len(ok), deadline=30.0)
         connected = time.perf_counter() - started

@@ -14,10 +14,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from hodei._quoting import quote_short
+
 __all__ = [
+    "MAX_INCARNATION",
     "MAX_LABELS",
     "MAX_LABEL_KEY_LENGTH",
     "MAX_LABEL_VALUE_LENGTH",
+    "MAX_REASON_LENGTH",
     "MAX_WORKER_ID_LENGTH",
     "WORKER_TYPE_VALUES",
     "DynamicWorker",
@@ -29,10 +33,13 @@ __all__ = [
     "WorkerRecord",
     "WorkerStatus",
     "WorkerType",
+    "holds_control_characters",
     "merge_registration",
     "merge_registrations",
     "stored_form",
     "utcnow",
+    "validate_incarnation",
+    "validate_reason",
     "validate_record",
     "validate_worker",
     "validate_worker_fields",
@@ -48,10 +55,14 @@ MAX_LABELS = 64
 MAX_LABEL_KEY_LENGTH = 63
 MAX_LABEL_VALUE_LENGTH = 256
 MAX_NAME_LENGTH = 253  # pool, hostname, agent version
+MAX_INCARNATION = 2**63 - 1  # what every store's integer column holds
+MAX_REASON_LENGTH = 1024  # a reason given with an unregistration, drain, shutdown or status change
 
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+# C0 (NUL included), DEL and C1: they break PostgreSQL's jsonb (NUL) and reach terminals as escape sequences.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class WorkerType(enum.StrEnum):
@@ -353,7 +364,29 @@ def _labels(labels: Mapping[str, str], field_name: str) -> list[FieldViolation]:
             )
         if len(value) > MAX_LABEL_VALUE_LENGTH:
             found.append(FieldViolation(where, f"value must be at most {MAX_LABEL_VALUE_LENGTH} characters"))
+        elif _CONTROL.search(value):
+            found.append(FieldViolation(where, "value must not contain control characters"))
     return found
+
+
+def holds_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a character no label value or reason may hold (C0 with NUL, DEL, C1)."""
+    return _CONTROL.search(text) is not None
+
+
+def validate_incarnation(incarnation: int) -> list[FieldViolation]:
+    """An incarnation every store can hold: 0 (not fenced) to :data:`MAX_INCARNATION`."""
+    return _range("incarnation", incarnation, 0, MAX_INCARNATION)
+
+
+def validate_reason(reason: str, field_name: str = "reason") -> list[FieldViolation]:
+    """A reason a caller gives (unregistration, drain, shutdown, an agent's status change): at most
+    :data:`MAX_REASON_LENGTH` characters, no control characters."""
+    if len(reason) > MAX_REASON_LENGTH:
+        return [FieldViolation(field_name, f"is longer than {MAX_REASON_LENGTH} characters")]
+    if _CONTROL.search(reason):
+        return [FieldViolation(field_name, "must not contain control characters")]
+    return []
 
 
 def validate_worker_fields(
@@ -365,6 +398,7 @@ def validate_worker_fields(
     pool: str = "",
     hostname: str = "",
     agent_version: str = "",
+    incarnation: int = 0,
 ) -> list[FieldViolation]:
     """Every violation in one registration, with field paths as in the wire contract.
 
@@ -382,11 +416,16 @@ def validate_worker_fields(
         found += _range("capabilities.gpu_count", capabilities.gpu_count, 0, MAX_GPU_COUNT)
     if worker_type not in WORKER_TYPE_VALUES:
         allowed = ", ".join(t.value for t in WorkerType)
-        found.append(FieldViolation("metadata.worker_type", f"must be one of {allowed}, got {worker_type!r}"))
+        found.append(
+            FieldViolation(
+                "metadata.worker_type", f"must be one of {allowed}, got {quote_short(worker_type)}"
+            )
+        )
     found += _labels(labels, "metadata.labels")
     found += _name("metadata.pool", pool)
     found += _name("metadata.hostname", hostname)
     found += _name("metadata.agent_version", agent_version)
+    found += validate_incarnation(incarnation)
     return found
 
 
@@ -400,6 +439,7 @@ def validate_record(record: WorkerRecord) -> list[FieldViolation]:
         pool=record.pool,
         hostname=record.hostname,
         agent_version=record.agent_version,
+        incarnation=record.incarnation,
     )
 
 
@@ -414,5 +454,8 @@ def validate_worker(
     if config_violations is None:
         config_violations = worker.config.violations()
     return (
-        validate_worker_id(worker.worker_id) + config_violations + _name("metadata.hostname", worker.hostname)
+        validate_worker_id(worker.worker_id)
+        + config_violations
+        + _name("metadata.hostname", worker.hostname)
+        + validate_incarnation(worker.incarnation)
     )

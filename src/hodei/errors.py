@@ -29,9 +29,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
+from hodei._quoting import cap_violations, clip
 from hodei.domain import FieldViolation
 
 __all__ = [
+    "MAX_MESSAGE_LENGTH",
     "AccessDenied",
     "ErrorCode",
     "HodeiError",
@@ -83,11 +85,17 @@ class HodeiError(Exception):
     """The root of every error hodei raises."""
 
 
+MAX_MESSAGE_LENGTH = 1024
+"""The longest message a :class:`SchedulerError` carries (client text inside it is quoted shorter still)."""
+
+
 class SchedulerError(HodeiError):
     """An error answered by the scheduler, or the failure to reach it.
 
     ``code`` is the status code as received, ``message`` its text; ``violations`` names invalid fields;
-    ``retry_after`` (seconds) is the scheduler's advice when it is overloaded.
+    ``retry_after`` (seconds) is the scheduler's advice when it is overloaded. Whatever was given, the message
+    keeps at most :data:`MAX_MESSAGE_LENGTH` characters and the violations the first
+    :data:`~hodei._quoting.MAX_VIOLATIONS` and a count of the others (an error is echoed to clients and logs).
     """
 
     default_code = ErrorCode.UNKNOWN
@@ -103,9 +111,9 @@ class SchedulerError(HodeiError):
         retry_after: float | None = None,
     ) -> None:
         self.code = self.default_code if code is None else code
-        self.message = message
+        self.message = message = clip(message, MAX_MESSAGE_LENGTH)
         self.worker_id = worker_id
-        self.violations = tuple(violations)
+        self.violations = tuple(cap_violations(violations))
         self.retry_after = retry_after
         super().__init__(message)
 

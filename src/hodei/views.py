@@ -1,17 +1,24 @@
-"""Terminal views shared by the CLI and the demo."""
+"""Terminal views shared by the CLI and the demo.
+
+What a worker or an event holds came from a client: it is shown as plain text (never read as rich markup, so
+``[/]`` is a label like any other) with control characters escaped (``\\x1b``), so that no escape sequence in
+a label reaches the operator's terminal.
+"""
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from hodei.domain import WorkerRecord, WorkerStatus
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
 
-__all__ = ["PoolView", "workers_table"]
+__all__ = ["PoolView", "plain", "workers_table"]
 
 _COLORS = {
     WorkerStatus.AVAILABLE: "green",
@@ -19,6 +26,14 @@ _COLORS = {
     WorkerStatus.DRAINING: "yellow",
     WorkerStatus.LOST: "red",
 }
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain(text: str, style: str = "") -> Text:
+    """``text`` as it is (no markup), its control characters shown escaped."""
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text), style=style)
 
 
 def _agent(record: WorkerRecord) -> str:
@@ -30,21 +45,21 @@ def _agent(record: WorkerRecord) -> str:
 
 
 def workers_table(records: list[WorkerRecord], title: str) -> Table:
+    """The workers, one a row. ``title`` is rich markup (escape what a client gave in it)."""
     table = Table(title=title)
     for column in ("worker id", "status", "type", "cpu", "memory MB", "pool", "labels", "agent"):
         # Fold rather than cut, so that no field is ever shortened.
         table.add_column(column, overflow="fold")
     for record in records:
-        color = _COLORS.get(record.status, "white")
         table.add_row(
-            record.worker_id,
-            f"[{color}]{record.status.value}[/{color}]",
-            record.worker_type.value,
-            str(record.capabilities.cpu_cores),
-            str(record.capabilities.memory_mb),
-            record.pool,
-            ",".join(f"{k}={v}" for k, v in sorted(record.labels.items())),
-            _agent(record),
+            plain(record.worker_id),
+            plain(record.status.value, _COLORS.get(record.status, "white")),
+            plain(record.worker_type.value),
+            plain(str(record.capabilities.cpu_cores)),
+            plain(str(record.capabilities.memory_mb)),
+            plain(record.pool),
+            plain(",".join(f"{k}={v}" for k, v in sorted(record.labels.items()))),
+            plain(_agent(record)),
         )
     return table
 
@@ -71,9 +86,10 @@ class PoolView:
             for status in WorkerStatus
             if (n := sum(r.status is status for r in records))
         )
-        table = workers_table(records, f"{len(records)} worker(s) on {scheduler}: {counts or 'none'}")
+        title = f"{len(records)} worker(s) on {escape(scheduler)}: {counts or 'none'}"
+        table = workers_table(records, title)
         lines = [
-            Text(
+            plain(
                 f"#{e.sequence} {e.time:%H:%M:%S} {e.kind.value:<14} {e.worker_id or '-':<24} {e.reason}",
                 style="red" if e.kind in (WorkerEventKind.LOST, WorkerEventKind.EXPIRY_SLOWED) else "",
             )

@@ -124,11 +124,17 @@ label_keys = st.one_of(
     _spoiled(valid_label_keys),
     st.text(max_size=20),
 )
+# Any text but control characters (Unicode's Cc: C0 with NUL, DEL, C1): markup such as "[/]" included.
 valid_label_values = st.one_of(
-    st.text(max_size=20), _of_length(_ALNUM, [0, MAX_LABEL_VALUE_LENGTH - 1, MAX_LABEL_VALUE_LENGTH])
+    st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20),
+    st.sampled_from(["[/]", "[bold]x[/bold]", "[link=http://x]y[/link]", "\\[", "é", "😀"]),
+    _of_length(_ALNUM, [0, MAX_LABEL_VALUE_LENGTH - 1, MAX_LABEL_VALUE_LENGTH]),
 )
 label_values = st.one_of(
-    valid_label_values, _of_length(_ALNUM, [MAX_LABEL_VALUE_LENGTH + 1, 4 * MAX_LABEL_VALUE_LENGTH])
+    valid_label_values,
+    _of_length(_ALNUM, [MAX_LABEL_VALUE_LENGTH + 1, 4 * MAX_LABEL_VALUE_LENGTH]),
+    st.text(max_size=20),  # control characters too: NUL, escape sequences
+    st.sampled_from(["\x00", "a\x1b]8;;http://x\x07b", "\x1b[2J", "\x7f", "\x85", "\x9b31m"]),
 )
 
 
@@ -171,11 +177,13 @@ worker_types = st.one_of(
     st.text(max_size=12),
 )
 
-incarnations = st.one_of(
-    st.sampled_from([0, 1, 2, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]),
-    st.integers(*UINT64),
+valid_incarnations = st.one_of(
+    st.sampled_from([0, 1, 2, 2**32 - 1, 2**32, 2**63 - 1]),
+    st.integers(0, 2**63 - 1),
     st.integers(0, 5),  # small ones, so that registrations of one worker meet and fence each other
 )
+# The wire's uint64 holds more than a store's integer column: 2**63 and above are refused.
+incarnations = st.one_of(valid_incarnations, st.sampled_from([2**63, 2**64 - 1]), st.integers(*UINT64))
 
 # -- whole messages --------------------------------------------------------------------------------------------
 
@@ -199,13 +207,14 @@ def _request(
     ids: st.SearchStrategy[str],
     caps: st.SearchStrategy[pb.WorkerCapabilities | None],
     metadata: st.SearchStrategy[pb.WorkerMetadata | None],
+    incarnation: st.SearchStrategy[int] = incarnations,
 ) -> st.SearchStrategy[pb.RegisterWorkerRequest]:
     return st.builds(
         pb.RegisterWorkerRequest,
         worker_id=ids,
         capabilities=caps,  # None: the field is absent
         metadata=metadata,
-        incarnation=incarnations,
+        incarnation=incarnation,
     )
 
 
@@ -216,6 +225,7 @@ valid_register_worker_requests = _request(
     st.one_of(_REUSED_IDS, valid_worker_ids),
     valid_capabilities,
     _metadata(valid_worker_types, valid_labels, valid_names),
+    valid_incarnations,
 )
 
 register_worker_requests = st.one_of(

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from hodei._quoting import cap_violations
 from hodei.domain import WorkerCapabilities, WorkerRecord, WorkerType, validate_worker_fields
 from hodei.scheduler.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from hodei.testing import EmbeddedScheduler
@@ -112,7 +113,8 @@ def as_received(message: M) -> M:
 
 
 def expected_violations(request: pb.RegisterWorkerRequest) -> list[str]:
-    """The fields the domain's validation names for this request (as parsed from the wire), in its order."""
+    """The fields the domain's validation names for this request (as parsed from the wire), in its order, as
+    an error lists them."""
     metadata = request.metadata
     caps = request.capabilities
     found = validate_worker_fields(
@@ -125,8 +127,9 @@ def expected_violations(request: pb.RegisterWorkerRequest) -> list[str]:
         pool=metadata.pool,
         hostname=metadata.hostname,
         agent_version=metadata.agent_version,
+        incarnation=request.incarnation,
     )
-    return [violation.field for violation in found]
+    return [violation.field for violation in cap_violations(found)]  # the first 20, and a count of the rest
 
 
 class RegistryModel:

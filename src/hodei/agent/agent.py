@@ -28,7 +28,7 @@ from hodei.errors import ErrorCode, HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.observability.metrics import AgentMetrics
 from hodei.security.access import authorization_metadata
-from hodei.transport.client import SchedulerPortClient
+from hodei.transport.client import RECEIVE_OPTIONS, SchedulerPortClient
 from hodei.transport.diagnosis import unreachable_reason
 from hodei.transport.stream import ConnectStream, is_transient_for_stream
 
@@ -47,6 +47,7 @@ CHANNEL_OPTIONS = (
     # Each session dials afresh: the agent's own jittered backoff paces its reconnections, not the reconnect
     # backoff (growing to two minutes) of a connection that gRPC shares between a process's channels.
     ("grpc.use_local_subchannel_pool", 1),
+    *RECEIVE_OPTIONS,  # the scheduler's largest answers
 )
 
 

@@ -10,16 +10,14 @@ handler on the root logger whose structlog formatter makes every record, hodei's
 - no secret: values of keys that look like secrets (:data:`SECRET_KEY`) become ``"[redacted]"``, and passwords
   inside text (``scheme://user:PASSWORD@host``, ``password=…``, ``"token": "…"``, ``Bearer …``, a JSON Web
   Token anywhere) are masked in every string, the event and tracebacks included (tracebacks never show local
-  variables).
+  variables), in time linear in the text (:mod:`hodei.observability.redaction`).
 
 :func:`log_worker_event` logs one scheduler lifecycle event (the registry's ``EventHub`` publishes every change).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,6 +28,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
+from hodei.observability.redaction import REDACTED, SECRET_KEY, redact, redact_text
 
 __all__ = [
     "REDACTED",
@@ -43,90 +42,7 @@ __all__ = [
 
 LogFormat = Literal["json", "console", "auto"]
 
-REDACTED = "[redacted]"
-
-# A key whose value is a secret, whatever the value looks like.
-SECRET_KEY = re.compile(
-    r"pass(?:word|wd|phrase)|pwd|secret|token|authori[sz]ation|^auth$|credential|dsn|api[_-]?key"
-    r"|private[_-]?key|cookie",
-    re.IGNORECASE,
-)
-_SECRET_NAME = (
-    r"[\w.-]*(?:pass(?:word|wd|phrase)|pwd|secret|token|api[_-]?key|credential|private[_-]?key)[\w.-]*"
-)
-# scheme://USERINFO@host: the userinfo runs to the last @ of the whole token, so that an unescaped @ or / in a
-# password is masked too (a path holding an @ is masked with it: too much rather than too little).
-_URL = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<rest>[^\s'\"<>]+)")
-# password=VALUE (query strings, libpq keyword DSNs), and "password": "VALUE" (JSON, Python reprs).
-_ASSIGNED = re.compile(
-    rf"(?P<name>\b{_SECRET_NAME}\s*=\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)", re.IGNORECASE
-)
-_QUOTED = re.compile(
-    rf"(?P<name>(?P<q>[\"']){_SECRET_NAME}(?P=q)\s*:\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,}}\]]+)",
-    re.IGNORECASE,
-)
-_BEARER = re.compile(r"(?P<name>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{6,}", re.IGNORECASE)
-# A JSON Web Token (hodei's join tokens and credentials are): a JSON header, "eyJ…", then two more parts.
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
 _LOG_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-
-def _mask_url(match: re.Match[str]) -> str:
-    rest = match["rest"]
-    at = rest.rfind("@")
-    if at <= 0:
-        return match[0]
-    user, colon, _ = rest[:at].partition(":")
-    if not colon:
-        return match[0]  # a user name alone
-    return f"{match['scheme']}{user}:{REDACTED}{rest[at:]}"
-
-
-def redact_text(text: str) -> str:
-    """``text`` with the secrets it holds masked: URL passwords, ``secret=value``, ``"token": "…"``, bearer
-    credentials, JSON Web Tokens (hodei's join tokens and credentials)."""
-    if "://" in text:
-        text = _URL.sub(_mask_url, text)
-    if "=" in text:
-        text = _ASSIGNED.sub(lambda m: f"{m['name']}{REDACTED}", text)
-    if ":" in text and ('"' in text or "'" in text):
-        text = _QUOTED.sub(lambda m: f"{m['name']}{REDACTED}", text)
-    if " " in text:
-        text = _BEARER.sub(lambda m: f"{m['name']}{REDACTED}", text)
-    if "eyJ" in text:
-        text = _JWT.sub(REDACTED, text)
-    return text
-
-
-def _redact_value(value: object) -> object:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, Mapping):
-        return {
-            key: REDACTED if _is_secret_key(key, item) else _redact_value(item) for key, item in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_redact_value(item) for item in value]
-    if isinstance(value, int | float | bool) or value is None:
-        return value
-    return redact_text(str(value))  # rendered as text anyway: mask what its text holds
-
-
-@functools.lru_cache(maxsize=1024)
-def _secret_name(key: str) -> bool:
-    return SECRET_KEY.search(key) is not None
-
-
-def _is_secret_key(key: object, value: object) -> bool:
-    return isinstance(key, str) and value not in (None, "") and _secret_name(key)
-
-
-def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """The structlog processor: secret-looking keys' values replaced, secrets inside every string masked."""
-    for key, value in event_dict.items():
-        event_dict[key] = REDACTED if _is_secret_key(key, value) else _redact_value(value)
-    return event_dict
 
 
 def _add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -18,6 +18,8 @@ from typing import Any
 
 import grpc
 
+from hodei._quoting import clip
+from hodei.domain import MAX_WORKER_ID_LENGTH
 from hodei.errors import AccessDenied
 from hodei.scheduler.interception import scheduler_method
 from hodei.security.access import AccessPolicy, bearer_token
@@ -49,7 +51,7 @@ def log_refusal(method: str, error: AuthError, peer: str) -> None:
             "method": method,
             "code": error.code.name,
             "reason": error.reason.value,
-            "worker_id": error.worker_id,
+            "worker_id": None if error.worker_id is None else clip(error.worker_id, MAX_WORKER_ID_LENGTH),
             "peer": peer,
         },
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from hodei._quoting import quote_short
 from hodei.domain import (
     WORKER_TYPE_VALUES,
     DynamicWorker,
@@ -22,7 +23,9 @@ from hodei.domain import (
     WorkerRecord,
     WorkerStatus,
     WorkerType,
+    holds_control_characters,
     utcnow,
+    validate_incarnation,
     validate_record,
     validate_worker_id,
 )
@@ -32,11 +35,25 @@ from hodei.observability.metrics import SCHEDULER_REGISTRATION_RESULTS, UNKNOWN_
 from hodei.ports import RegistrationReceipt, RegistryStore, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.scheduler.events import EventHub
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_BATCH_SIZE", "MAX_PAGE_SIZE", "Admission", "WorkerRegistry"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_BATCH_SIZE",
+    "MAX_PAGE_BYTES",
+    "MAX_PAGE_SIZE",
+    "Admission",
+    "WorkerRegistry",
+    "wire_size",
+]
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 1000
+MAX_PAGE_BYTES = 1024 * 1024
+"""A page ends before the record that would take its encoded size past this (a page holds one record at
+least): 1,000 workers with the most labels allowed would be ~22 MB, more than a client accepts."""
+# What a record's encoding takes besides its texts: numbers, timestamps, tags and lengths, generously.
+_RECORD_FRAMING = 160
+_LABEL_FRAMING = 8
 
 
 Admission = Callable[[WorkerRecord], SchedulerError | None]
@@ -48,6 +65,13 @@ _STATUS_EVENTS = {
     WorkerStatus.DRAINING: WorkerEventKind.DRAINING,
     WorkerStatus.LOST: WorkerEventKind.LOST,
 }
+
+
+def wire_size(record: WorkerRecord) -> int:
+    """An upper estimate of the bytes ``record`` takes on the wire (its texts in UTF-8, and the framing)."""
+    texts = (record.worker_id, record.pool, record.hostname, record.agent_version, record.worker_type.value)
+    labels = sum(len(k.encode()) + len(v.encode()) + _LABEL_FRAMING for k, v in record.labels.items())
+    return _RECORD_FRAMING + sum(len(t.encode()) for t in texts) + labels
 
 
 def encode_page_token(last_worker_id: str) -> str:
@@ -149,11 +173,15 @@ class WorkerRegistry:
                 record.agent_version,
             )
             if (parts := checked.get(key)) is None:
-                parts = checked[key] = validate_record(replace(record, worker_id="x"))
-            violations = validate_worker_id(record.worker_id) + parts
+                parts = checked[key] = validate_record(replace(record, worker_id="x", incarnation=0))
+            violations = (
+                validate_worker_id(record.worker_id) + parts + validate_incarnation(record.incarnation)
+            )
         if violations:
             invalid = InvalidWorkerData(
-                f"worker {record.worker_id!r} is invalid", worker_id=record.worker_id, violations=violations
+                f"worker {quote_short(record.worker_id)} is invalid",
+                worker_id=record.worker_id,
+                violations=violations,
             )
             return "invalid", invalid
         if self._admission is not None and (refusal := self._admission(record)) is not None:
@@ -265,7 +293,7 @@ class WorkerRegistry:
 
         changed = await self._store.modify(worker_id, move)
         if changed is None:
-            raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
+            raise WorkerNotFound(f"worker {quote_short(worker_id)} is not registered", worker_id=worker_id)
         record, updated = changed
         if record.status is not updated.status:
             self.events.publish(
@@ -288,8 +316,17 @@ class WorkerRegistry:
             )
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = decode_page_token(page_token)
+        worker_filter = worker_filter or WorkerFilter()
+        if any(holds_control_characters(k + v) for k, v in worker_filter.labels.items()):
+            # No worker holds one (validation refuses them), and PostgreSQL's jsonb cannot even hold a NUL.
+            return WorkerPage([])
         # One extra record tells whether another page follows.
-        found = await self._store.list(worker_filter or WorkerFilter(), after=after, limit=limit + 1)
+        found = await self._store.list(worker_filter, after=after, limit=limit + 1)
+        size = 0
+        for index, record in enumerate(found[:limit]):
+            size += wire_size(record)
+            if size > MAX_PAGE_BYTES and index > 0:  # full by bytes before it is by count
+                return WorkerPage(found[:index], encode_page_token(found[index - 1].worker_id))
         if len(found) > limit:
             return WorkerPage(found[:limit], encode_page_token(found[limit - 1].worker_id))
         return WorkerPage(found)

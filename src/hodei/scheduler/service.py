@@ -15,7 +15,15 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
-from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord, validate_worker_id
+from hodei._quoting import clip, quote_short
+from hodei.domain import (
+    MAX_WORKER_ID_LENGTH,
+    DynamicWorker,
+    FieldViolation,
+    WorkerRecord,
+    validate_reason,
+    validate_worker_id,
+)
 from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
 from hodei.ports import RegistrationReceipt, SpentTokens
 from hodei.scheduler.authentication import access_denied, current_caller, log_refusal
@@ -35,9 +43,6 @@ HELLO_TIMEOUT = 10.0  # seconds an agent has to say who it is
 _CONNECT_REQUEST = pb.ConnectRequest.DESCRIPTOR.full_name
 
 log = logging.getLogger(__name__)
-
-MAX_REASON_LENGTH = 1024
-"""The longest reason a caller may attach to an unregistration or an orphan report."""
 
 
 def _log_registered(receipt: RegistrationReceipt) -> None:
@@ -61,7 +66,11 @@ def _log_registered(receipt: RegistrationReceipt) -> None:
 def _log_refused(worker_id: str, error: SchedulerError) -> None:
     log.warning(
         "registration.refused",
-        extra={"worker_id": worker_id, "code": error.code.name, "reason": error.message},
+        extra={
+            "worker_id": clip(worker_id, MAX_WORKER_ID_LENGTH),  # the caller's text, maybe megabytes
+            "code": error.code.name,
+            "reason": error.message,
+        },
     )
 
 
@@ -88,6 +97,22 @@ def _log_batch(outcomes: Sequence[RegistrationReceipt | SchedulerError]) -> None
 
 def _invalid(field: str, description: str) -> InvalidWorkerData:
     return InvalidWorkerData(f"{field} {description}", violations=[FieldViolation(field, description)])
+
+
+def _check_reason(reason: str, field: str = "reason") -> None:
+    """Raise InvalidWorkerData for a reason too long or holding control characters (it reaches events, logs
+    and terminals)."""
+    if violations := validate_reason(reason, field):
+        raise InvalidWorkerData(str(violations[0]), violations=violations)
+
+
+def _not_found(worker_id: str) -> WorkerNotFound:
+    return WorkerNotFound(f"worker {quote_short(worker_id)} is not registered", worker_id=worker_id)
+
+
+def _registrable(worker_id: str) -> bool:
+    """Whether a worker of this id could be registered at all (if not, the store need not be asked)."""
+    return not validate_worker_id(worker_id)
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
@@ -213,8 +238,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.UnregisterWorkerRequest, context: Context
     ) -> pb.UnregisterWorkerResponse:
         await self._admit(context, "UnregisterWorker", request.worker_id)
-        if len(request.reason) > MAX_REASON_LENGTH:
-            await abort_with(context, _invalid("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
+        try:
+            _check_reason(request.reason)
+        except InvalidWorkerData as error:
+            await abort_with(context, error)
+        if not _registrable(request.worker_id):
+            return pb.UnregisterWorkerResponse(status=pb.UNREGISTRATION_STATUS_NOT_REGISTERED)
         status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
         return pb.UnregisterWorkerResponse(status=codec.unregistration_to_proto(status))
 
@@ -222,9 +251,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.ReportOrphanRemovedRequest, context: Context
     ) -> pb.ReportOrphanRemovedResponse:
         await self._admit(context, "ReportOrphanRemoved")
-        violations = validate_worker_id(request.worker_id)
-        if len(request.reason) > MAX_REASON_LENGTH:
-            violations.append(FieldViolation("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
+        violations = validate_worker_id(request.worker_id) + validate_reason(request.reason)
         if violations:
             await abort_with(
                 context,
@@ -238,14 +265,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
         await self._admit(context, "GetWorker")
-        record = await self._scheduler.get(request.worker_id)
+        record = await self._scheduler.get(request.worker_id) if _registrable(request.worker_id) else None
         if record is None:
-            await abort_with(
-                context,
-                WorkerNotFound(
-                    f"worker {request.worker_id!r} is not registered", worker_id=request.worker_id
-                ),
-            )
+            await abort_with(context, _not_found(request.worker_id))
         return pb.GetWorkerResponse(worker=codec.record_to_proto(record))
 
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Context) -> pb.ListWorkersResponse:
@@ -263,6 +285,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def DrainWorker(self, request: pb.DrainWorkerRequest, context: Context) -> pb.DrainWorkerResponse:
         await self._admit(context, "DrainWorker")
         try:
+            _check_reason(request.reason)
+            if not _registrable(request.worker_id):
+                raise _not_found(request.worker_id)
             outcome = await self._scheduler.drain(
                 request.worker_id, deadline=request.deadline_ms / 1000, reason=request.reason
             )
@@ -277,6 +302,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> pb.ShutdownWorkerResponse:
         await self._admit(context, "ShutdownWorker")
         try:
+            _check_reason(request.reason)
+            if not _registrable(request.worker_id):
+                raise _not_found(request.worker_id)
             delivered = await self._scheduler.shutdown(request.worker_id, reason=request.reason)
         except SchedulerError as error:
             await abort_with(context, error)
@@ -360,6 +388,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                     await self._scheduler.heartbeat(session, codec.usage_from_proto(message.heartbeat.usage))
                 elif which == "status_change":
                     change = message.status_change
+                    _check_reason(change.reason, "status_change.reason")
                     await self._scheduler.report_status(
                         session,
                         codec.status_from_proto(change.status),

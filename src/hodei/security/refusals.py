@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 
+from hodei._quoting import quote_short
 from hodei.errors import ErrorCode, HodeiError
 
 __all__ = ["AuthError", "AuthFailure", "PermissionDenied", "TokenKind", "Unauthenticated"]
@@ -64,7 +65,7 @@ _MESSAGES = {
     AuthFailure.NOT_YET_VALID: "{noun} issued in the future",
     AuthFailure.WRONG_KIND: "not a {noun}",
     AuthFailure.REPLAYED: "{noun} already used",
-    AuthFailure.WRONG_WORKER: "{noun} is for another worker than {worker_id!r}",
+    AuthFailure.WRONG_WORKER: "{noun} is for another worker than {worker_id}",
     AuthFailure.WRONG_POOL: "{noun} is bound to another pool",
     AuthFailure.WRONG_LABELS: "{noun} is bound to other labels",
     AuthFailure.WRONG_ACTION: "a {noun} does not allow {action}",
@@ -98,7 +99,8 @@ class AuthError(HodeiError):
         self.worker_id = worker_id
         self.action = action
         noun = _ANY_KIND if kind is None else kind.noun
-        self.message = _MESSAGES[reason].format(noun=noun, worker_id=worker_id, action=action)
+        quoted = None if worker_id is None else quote_short(worker_id)  # the caller's text: quoted short
+        self.message = _MESSAGES[reason].format(noun=noun, worker_id=quoted, action=action)
         super().__init__(self.message)
 
     @staticmethod

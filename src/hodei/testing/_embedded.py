@@ -21,7 +21,7 @@ from hodei.scheduler.server import SchedulerServer
 from hodei.security.config import SchedulerSecurity
 from hodei.security.tls import ClientTlsConfig
 from hodei.stores.memory import MemoryRegistryStore
-from hodei.transport.client import Credential, SchedulerPortClient
+from hodei.transport.client import RECEIVE_OPTIONS, Credential, SchedulerPortClient
 
 __all__ = ["EmbeddedScheduler"]
 
@@ -107,10 +107,12 @@ class EmbeddedScheduler:
         with ``tls``."""
         interceptors = tracing.client_interceptors() or None
         if tls is None:
-            channel = grpc.aio.insecure_channel(self.target, interceptors=interceptors)
+            channel = grpc.aio.insecure_channel(
+                self.target, options=RECEIVE_OPTIONS, interceptors=interceptors
+            )
         else:
             channel = grpc.aio.secure_channel(
-                self.target, tls.channel_credentials(), interceptors=interceptors
+                self.target, tls.channel_credentials(), options=RECEIVE_OPTIONS, interceptors=interceptors
             )
         self._channels.append(channel)
         return channel

@@ -30,7 +30,14 @@ from hodei.transport import codec
 from hodei.transport.codec import pb
 from hodei.transport.status import error_from_rpc
 
-__all__ = ["FAILOVER_CHANNEL_OPTIONS", "Credential", "SchedulerPortClient", "scheduler_addresses"]
+__all__ = [
+    "FAILOVER_CHANNEL_OPTIONS",
+    "MAX_ANSWER_BYTES",
+    "RECEIVE_OPTIONS",
+    "Credential",
+    "SchedulerPortClient",
+    "scheduler_addresses",
+]
 
 R = TypeVar("R")
 
@@ -73,6 +80,19 @@ FAILOVER_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
         ),
     ),
 )
+
+
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+"""The largest answer a client accepts (gRPC's default is 4 MiB). A scheduler's largest answers stay under: a
+RegisterWorkers answer echoes each entry's worker id (the request is at most 24 MiB,
+``limits.DEFAULT_MAX_MESSAGE_BYTES``) with an error of under 8 KiB (``transport.status.MAX_STATUS_BYTES``) or
+a slim record for each of at most 1,000 entries; a ListWorkers page is cut at ~1 MiB
+(``registry.MAX_PAGE_BYTES``) plus one record; an event or a GetWorker answer is one record (under 100 KB
+with the most labels allowed)."""
+
+RECEIVE_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
+"""The channel option every client of a scheduler needs (a client made from addresses has it; options passed in
+replace it key by key)."""
 
 
 def scheduler_addresses(target: str | Sequence[str], *, explicit_port: bool = False) -> tuple[str, ...]:
@@ -181,9 +201,9 @@ class SchedulerPortClient:
         self._credential = credential
         if isinstance(target, Sequence):
             addresses = scheduler_addresses(target)
-            if len(addresses) > 1:
-                given = {key for key, _ in options}
-                options = [*(o for o in FAILOVER_CHANNEL_OPTIONS if o[0] not in given), *options]
+            defaults = RECEIVE_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(addresses) > 1 else ())
+            given = {key for key, _ in options}
+            options = [*(o for o in defaults if o[0] not in given), *options]
             # With tracing on, each call gets a client span and carries the trace context in its metadata.
             interceptors = tracing.client_interceptors() or None
             if tls is None:

@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from hodei._quoting import fit_violations, quote_short
 from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,
@@ -129,7 +130,7 @@ def _worker_parts(worker: DynamicWorker) -> tuple[pb.WorkerCapabilities, pb.Work
     ]
     if violations:
         raise InvalidWorkerData(
-            f"worker {worker.worker_id!r} cannot be encoded",
+            f"worker {quote_short(worker.worker_id)} cannot be encoded",
             worker_id=worker.worker_id,
             violations=violations,
         )
@@ -195,9 +196,12 @@ def _representable(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> Worker
         pool=metadata.pool,
         hostname=metadata.hostname,
         agent_version=metadata.agent_version,
+        incarnation=request.incarnation,
     )
     raise InvalidWorkerData(
-        f"worker {request.worker_id!r} is invalid", worker_id=request.worker_id, violations=violations
+        f"worker {quote_short(request.worker_id)} is invalid",
+        worker_id=request.worker_id,
+        violations=violations,
     )
 
 
@@ -359,7 +363,8 @@ def _error_to_proto(error: SchedulerError) -> pb.WorkerError:
         code=int(error.code),
         message=error.message,
         field_violations=[
-            pb.FieldViolation(field=v.field, description=v.description) for v in error.violations
+            pb.FieldViolation(field=v.field, description=v.description)
+            for v in fit_violations(error.violations, message=error.message)
         ],
         retry_delay_ms=round(error.retry_after * 1000) if error.retry_after else 0,
     )
@@ -465,7 +470,7 @@ def filter_from_proto(request: pb.ListWorkersRequest) -> WorkerFilter:
         if worker_type is None:
             allowed = ", ".join(_WORKER_TYPES)
             raise InvalidWorkerData(
-                f"unknown worker type {request.worker_type!r}",
+                f"unknown worker type {quote_short(request.worker_type)}",
                 violations=[FieldViolation("worker_type", f"must be one of {allowed}")],
             )
     labels: Mapping[str, str] = dict(request.labels)
