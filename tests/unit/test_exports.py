@@ -60,6 +60,7 @@ TESTING_NAMES = [
     "EmbeddedScheduler",
     "FailingScheduler",
     "FaultProxy",
+    "FaultyStore",
     "MockWorkerProvider",
     "PodmanService",
     "PostgresCluster",

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerUnavailable, WorkerNotFound
@@ -262,14 +263,22 @@ class Scheduler:
         return await self.registry.register_records(records)
 
     async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:
-        status = await self.registry.unregister(worker_id, reason=reason)
+        write = asyncio.ensure_future(self.registry.unregister(worker_id, reason=reason))
+        try:
+            status = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            _once_committed(write, lambda: self._forget_unregistered(worker_id))
+            raise
+        self._forget_unregistered(worker_id)
+        return status
+
+    def _forget_unregistered(self, worker_id: str) -> None:
         self.leases.drop(worker_id)
         self.monitor.forget(worker_id)
         session = self.sessions.pop(worker_id, None)
         if session is not None:
             session.push(WorkerCommand(CommandKind.SHUTDOWN, "unregistered"))
             session.close()
-        return status
 
     def report_orphan_removed(self, worker_id: str, *, reason: str) -> None:
         """The control plane destroyed a machine of this id that had no registration: tell the watchers."""
@@ -332,7 +341,15 @@ class Scheduler:
             status = WorkerStatus.BUSY
         else:
             status = WorkerStatus.AVAILABLE
-        receipt = await self.registry.register(worker, lease_ttl=ttl, status=status)
+        write = asyncio.ensure_future(self.registry.register(worker, lease_ttl=ttl, status=status))
+        try:
+            receipt = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The agent went away, but its registration may still commit (a SQLite write already in its
+            # thread, a PostgreSQL commit already sent). If it does, the worker gets a lease and no session:
+            # it is found LOST unless its agent comes back, never left AVAILABLE with nobody there.
+            _once_committed(write, lambda: self._leased_without_session(worker.worker_id, ttl))
+            raise
         previous = self.sessions.get(worker.worker_id)
         if previous is not None:
             previous.close()
@@ -350,6 +367,11 @@ class Scheduler:
         )
         return RegistrationReceipt(self.view(receipt.record), receipt.created), session
 
+    def _leased_without_session(self, worker_id: str, ttl: float) -> None:
+        self._hear(worker_id)
+        self.leases.renew(worker_id, ttl, self._monotonic())
+        self.monitor.forget(worker_id)
+
     def _current(self, session: AgentSession) -> bool:
         return self.sessions.get(session.worker_id) is session
 
@@ -366,12 +388,14 @@ class Scheduler:
         self.leases.renew(session.worker_id, self.liveness.lease_ttl, now)
         if self.monitor.is_lost(session.worker_id):
             before = self.monitor.status_before_lost(session.worker_id)
-            self.monitor.forget(session.worker_id)
             if before is WorkerStatus.DRAINING:
                 status = WorkerStatus.DRAINING
             else:
                 status = WorkerStatus.BUSY if usage.running_jobs else WorkerStatus.AVAILABLE
+            # Forgotten as LOST only once the store says it is back: a failed write is tried again at the
+            # next heartbeat.
             await self.registry.transition(session.worker_id, status, reason="heartbeats resumed")
+            self.monitor.forget(session.worker_id)
 
     async def report_status(
         self, session: AgentSession, status: WorkerStatus, *, drained: bool, reason: str
@@ -388,8 +412,8 @@ class Scheduler:
             # An agent that speaks is alive: a report renews its lease as a heartbeat would.
             self._hear(session.worker_id)
             self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
-            self.monitor.forget(session.worker_id)
             await self.registry.transition(session.worker_id, status, drained=drained, reason=reason)
+            self.monitor.forget(session.worker_id)
 
     def goodbye(self, session: AgentSession) -> None:
         """The stream ended. The lease runs on: a worker that does not come back becomes LOST."""
@@ -409,3 +433,13 @@ class Scheduler:
         session = self.sessions.get(worker_id)
         if session is not None:
             session.push(WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker"))
+
+
+def _once_committed(write: asyncio.Future[Any], follow: Callable[[], None]) -> None:
+    """Run ``follow`` when ``write`` (a store write whose caller went away) has committed; not if it failed."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            follow()
+
+    write.add_done_callback(done)

@@ -6,6 +6,7 @@ Shipped for people who test their own integrations with hodei; hodei's own suite
 
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.testing._failing import REGISTRATION_METHODS, FailingScheduler
+from hodei.testing._faulty_store import FaultyStore
 from hodei.testing._provider import MockWorkerProvider
 from hodei.testing._proxy import FaultProxy
 from hodei.testing.podman import PodmanService
@@ -16,6 +17,7 @@ __all__ = [
     "EmbeddedScheduler",
     "FailingScheduler",
     "FaultProxy",
+    "FaultyStore",
     "MockWorkerProvider",
     "PodmanService",
     "PostgresCluster",
