@@ -129,9 +129,12 @@ class Scheduler:
 
         A replica taking over expiry cannot know since when a worker has been LOST: it counts the grace from
         the takeover, and forgets what it noted in an earlier spell (those workers may have come back since).
+        It forgets the leases it renewed as a follower too (its agents may have gone elsewhere, or been
+        removed, since): the store's lease ages, read next, are the truth it starts from.
         """
         if takeover:
             self.monitor.forget_lost()
+            self.leases.clear()
         for record in await self.registry.all_records():
             if record.lease_ttl is None:
                 continue
