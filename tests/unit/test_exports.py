@@ -37,6 +37,7 @@ HODEI_NAMES = [
     "StaleIncarnation",
     "StaticWorkerFileError",
     "StoreError",
+    "StoreRefusedData",
     "StoreUnavailable",
     "UnregistrationStatus",
     "WorkerAlreadyExists",

@@ -17,7 +17,7 @@ from typing import Any
 from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerUnavailable, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
-from hodei.observability.metrics import STREAM_CONNECT_KINDS, SchedulerMetrics
+from hodei.observability.metrics import STREAM_CONNECT_KINDS, SWEEP_FAILURE_KINDS, SchedulerMetrics
 from hodei.ports import (
     DrainOutcome,
     Leadership,
@@ -85,6 +85,9 @@ class Scheduler:
         self.metrics = metrics or SchedulerMetrics()
         self._connects = {kind: self.metrics.stream_connects.labels(kind) for kind in STREAM_CONNECT_KINDS}
         self._workers = {status: self.metrics.workers.labels(status.value) for status in WorkerStatus}
+        self._sweep_failures = {
+            kind: self.metrics.liveness_sweep_failures.labels(kind) for kind in SWEEP_FAILURE_KINDS
+        }
         self.liveness = liveness or LivenessConfig()
         self.leadership = leadership or SoleLeader()
         # Replicas on one database share their agents' leases through it; a store of one scheduler does not.
@@ -146,14 +149,22 @@ class Scheduler:
     async def _run_liveness(self) -> None:
         """Every sweep interval: share what this replica heard, and sweep if this replica leads.
 
-        A store that cannot be reached makes a sweep fail, not the sweeper: it tries again next time.
+        Whatever fails makes a tick fail, never the sweeper: it is logged, counted
+        (``hodei_liveness_sweep_failures_total``) and tried again at the next tick. A sweeper that stopped
+        would leave every silent worker AVAILABLE for good (and a PostgreSQL leader keeps its lock, so no other
+        replica would sweep either). Every step of a tick is written store first, so a tick cut short leaves
+        nothing half-done.
         """
         while True:
             await asyncio.sleep(self.liveness.sweep_interval)
             try:
                 await self.tick(self._monotonic())
             except SchedulerUnavailable as error:
-                log.warning("liveness sweep skipped: %s", error)
+                self._sweep_failures["unavailable"].inc()
+                log.warning("liveness tick failed, trying again at the next: %s", error)
+            except Exception:
+                self._sweep_failures["other"].inc()
+                log.exception("liveness tick failed unexpectedly, trying again at the next")
 
     async def tick(self, now: float) -> None:
         """One round of liveness, then the workers-by-status gauge from the store, on every replica (the
@@ -240,8 +251,7 @@ class Scheduler:
         if self._sweeper is not None:
             self._sweeper.cancel()
             # A sweeper that died has been reported by _sweeper_ended; stopping does not raise it again.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sweeper
+            await asyncio.wait([self._sweeper])
             self._sweeper = None
         for session in list(self.sessions.values()):
             session.close()

@@ -151,7 +151,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             return
         try:
             await self._allow(context, action, worker_id)
-        except AccessDenied as error:
+        except SchedulerError as error:  # refused, or the store of spent tokens could not be used
             await abort_with(context, error)
 
     async def RegisterWorker(
@@ -215,7 +215,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         await self._admit(context, "UnregisterWorker", request.worker_id)
         if len(request.reason) > MAX_REASON_LENGTH:
             await abort_with(context, _invalid("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
-        status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
+        try:
+            status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
+        except SchedulerError as error:  # the store could not be used: UNAVAILABLE, never UNKNOWN
+            await abort_with(context, error)
         return pb.UnregisterWorkerResponse(status=codec.unregistration_to_proto(status))
 
     async def ReportOrphanRemoved(
@@ -238,7 +241,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
         await self._admit(context, "GetWorker")
-        record = await self._scheduler.get(request.worker_id)
+        try:
+            record = await self._scheduler.get(request.worker_id)
+        except SchedulerError as error:  # the store could not be used: UNAVAILABLE, never UNKNOWN
+            await abort_with(context, error)
         if record is None:
             await abort_with(
                 context,

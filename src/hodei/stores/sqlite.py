@@ -26,7 +26,7 @@ from hodei.domain import (
     stored_form,
     utcnow,
 )
-from hodei.errors import StoreError, StoreUnavailable
+from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._rows import COLUMNS, from_row, to_row
 
@@ -75,6 +75,12 @@ _UPSERT = (
 _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
 
+def _short(error: BaseException) -> str:
+    """The driver's message, bounded (it may quote a value a client sent)."""
+    text = str(error)
+    return text if len(text) <= 200 else f"{text[:200]}… ({len(text)} chars)"
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
@@ -90,28 +96,39 @@ def _record(row: Sequence[Any]) -> WorkerRecord:
 class SqliteRegistryStore:
     """``await SqliteRegistryStore.open("registry.db")``; close it with :meth:`close`."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self._synchronous = synchronous
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hodei-sqlite")
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        self._busy_timeout_ms = 5000
+        self._busy_timeout_ms = round(busy_timeout * 1000)  # how long a write waits for another's lock
 
     @classmethod
-    async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> SqliteRegistryStore:
-        store = cls(path, synchronous=synchronous)
+    async def open(
+        cls, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0
+    ) -> SqliteRegistryStore:
+        store = cls(path, synchronous=synchronous, busy_timeout=busy_timeout)
         await store._run(store._connect)
         return store
 
     # -- the thread ------------------------------------------------------------------------------------
 
     async def _run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the store's thread; every error of the driver becomes a :class:`StoreError` kind."""
+        if self._closed:
+            raise StoreUnavailable(f"the registry store {self.path} is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, work)
-        except sqlite3.OperationalError as error:  # locked past the busy timeout, disk full, I/O error
-            log.warning("the registry file %s cannot be used now: %s", self.path, error)
-            raise StoreUnavailable(f"the registry store cannot be written now ({error})") from error
+        except (OverflowError, UnicodeEncodeError, sqlite3.DataError) as error:  # a value SQLite cannot hold
+            raise StoreRefusedData(
+                f"the registry store cannot hold this data ({type(error).__name__})"
+            ) from error
+        except (
+            sqlite3.Error
+        ) as error:  # locked past the busy timeout, read-only, disk full, I/O error, damage
+            log.warning("the registry file %s cannot be used now: %s", self.path, _short(error))
+            raise StoreUnavailable(f"the registry store cannot be used now ({_short(error)})") from error
 
     def _connect(self) -> None:
         try:
@@ -154,7 +171,7 @@ class SqliteRegistryStore:
         def run() -> T:
             db = self._db
             if db is None:
-                raise StoreError(f"the registry store {self.path} is closed")
+                raise StoreUnavailable(f"the registry store {self.path} is closed")
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = work(db)
@@ -169,7 +186,7 @@ class SqliteRegistryStore:
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
         def run() -> T:
             if self._db is None:
-                raise StoreError(f"the registry store {self.path} is closed")
+                raise StoreUnavailable(f"the registry store {self.path} is closed")
             return work(self._db)
 
         return run
@@ -268,7 +285,7 @@ class SqliteRegistryStore:
 
         if not self._closed:
             self._closed = True
-            await self._run(shut)
+            await asyncio.get_running_loop().run_in_executor(self._thread, shut)
             self._thread.shutdown(wait=True)
 
 
