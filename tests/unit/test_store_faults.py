@@ -184,6 +184,30 @@ async def test_an_unregistration_the_store_refused_keeps_the_session_and_the_lea
     assert pending(session) == []
 
 
+# --- a drain ---------------------------------------------------------------------------------------------
+
+
+async def test_a_drain_cancelled_while_its_write_stalls_reaches_the_agent_once_the_write_commits(
+    scheduler: Scheduler, store: FaultyStore
+) -> None:
+    _, session = await scheduler.hello(agent("a1"))  # write 1
+    store.stall_write(2)
+    call = asyncio.create_task(scheduler.drain("a1", deadline=30.0, reason="scale down"))
+    await store.stalled()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert pending(session) == []
+
+    store.release()
+    await store.settled()
+    await wait_for(async_true(lambda: not session.commands.empty()))  # followed once the write committed
+
+    assert await status(scheduler, "a1") is WorkerStatus.DRAINING
+    assert pending(session) == [WorkerCommand(CommandKind.DRAIN, "scale down", 30.0)]
+    assert session.draining
+
+
 # --- a mass silence --------------------------------------------------------------------------------------
 
 FLEET = 1000

@@ -220,7 +220,7 @@ class Scheduler:
             return
         try:
             found_lost = await self._shared.touch(sorted(heard))
-        except SchedulerUnavailable:
+        except BaseException:  # not shared (whatever stopped it, a cancel included): shared next time
             self._heard |= heard
             raise
         for worker_id in found_lost:
@@ -302,13 +302,24 @@ class Scheduler:
         if current is not None and current.status is WorkerStatus.LOST:
             # Nobody is there to drain; the worker stays LOST (and expires as LOST workers do).
             return DrainOutcome(self.view(current), delivered=False)
-        record = await self.registry.transition(
-            worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested"
+        write = asyncio.ensure_future(
+            self.registry.transition(worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested")
         )
+        command = WorkerCommand(CommandKind.DRAIN, reason, deadline)
+        try:
+            record = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The caller went away, but the worker may be DRAINING in the store: its agent hears it all the same.
+            _once_committed(write, lambda: self._tell_drain(worker_id, command))
+            raise
+        delivered = self._tell_drain(worker_id, command)
+        return DrainOutcome(self.view(record), delivered=delivered)
+
+    def _tell_drain(self, worker_id: str, command: WorkerCommand) -> bool:
         session = self.sessions.get(worker_id)
         if session is not None:
-            session.push(WorkerCommand(CommandKind.DRAIN, reason, deadline))
-        return DrainOutcome(self.view(record), delivered=session is not None)
+            session.push(command)
+        return session is not None
 
     async def shutdown(self, worker_id: str, *, reason: str = "") -> bool:
         if await self.registry.get(worker_id) is None:
@@ -448,7 +459,7 @@ class Scheduler:
             session.push(WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker"))
 
 
-def _once_committed(write: asyncio.Future[Any], follow: Callable[[], None]) -> None:
+def _once_committed(write: asyncio.Future[Any], follow: Callable[[], object]) -> None:
     """Run ``follow`` when ``write`` (a store write whose caller went away) has committed; not if it failed."""
 
     def done(task: asyncio.Future[Any]) -> None:
