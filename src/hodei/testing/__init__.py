@@ -1,5 +1,5 @@
-"""Test doubles that are real: a scheduler on loopback, one that fails on purpose, an in-memory provider, and a
-throw-away PostgreSQL cluster.
+"""Test doubles that are real: a scheduler on loopback, one that fails on purpose, a store whose writes fail or
+stall on purpose, an in-memory provider, and a throw-away PostgreSQL cluster.
 
 Shipped for people who test their own integrations with hodei; hodei's own suite uses the same.
 """
