@@ -66,6 +66,43 @@ def async_true(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     return check
 
 
+# --- FaultyStore itself -------------------------------------------------------------------------------------
+
+
+async def test_a_faulty_store_fails_exactly_its_nth_write_before_it_reaches_the_store_and_passes_reads() -> (
+    None
+):
+    store = FaultyStore(MemoryRegistryStore(), fail_on=2, error=lambda: RuntimeError("boom"))
+    scheduler = Scheduler(store, liveness=LIVENESS)
+    await scheduler.register(agent("a1"))  # write 1
+
+    with pytest.raises(RuntimeError, match=r"^boom$"):
+        await scheduler.register(agent("a2"))  # write 2: not written
+    await scheduler.register(agent("a3"))  # write 3
+
+    assert store.writes == ["upsert", "upsert", "upsert"]
+    assert [record.worker_id for record in (await scheduler.list()).workers] == ["a1", "a3"]
+    assert await store.count() == 2
+    assert await store.count_by_status() == {WorkerStatus.AVAILABLE: 2}
+
+
+async def test_a_stalled_write_commits_after_release_even_when_its_caller_was_cancelled() -> None:
+    store = FaultyStore(MemoryRegistryStore(), stall_on=1)
+    scheduler = Scheduler(store, liveness=LIVENESS)
+    call = asyncio.create_task(scheduler.register(agent("a1")))
+    await store.stalled()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await store.get("a1") is None
+
+    store.release()
+    await store.settled()
+
+    record = await store.get("a1")
+    assert record is not None and record.status is WorkerStatus.AVAILABLE
+
+
 # --- the hello -------------------------------------------------------------------------------------------
 
 
