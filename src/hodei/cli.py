@@ -78,7 +78,8 @@ def scheduler_serve(
     ] = 30.0,
     sweep_interval: Annotated[float, typer.Option(help="Seconds between liveness sweeps.")] = 1.0,
     mass_expiry_threshold: Annotated[
-        float, typer.Option(help="Share of leased workers silent at once beyond which expiry slows down.")
+        float,
+        typer.Option(help="Share of leased workers unreachable at once beyond which removals slow down."),
     ] = 0.5,
     max_in_flight: Annotated[
         int,

@@ -18,6 +18,9 @@
     ├── RegistrationError             the registration adapter's verdict on one worker
     │   ├── RegistrationFailed            a permanent error: not retried
     │   └── MaxRetriesExceeded            every attempt failed with a transient error
+    ├── StoreError                    the registry's store cannot be used as it is (a schema from the future)
+    │   ├── StoreUnavailable              also a SchedulerUnavailable: any failure of the database or its driver
+    │   └── StoreRefusedData              also an InvalidWorkerData: data the database cannot hold
     ├── ProviderError                 a worker provider could not provision, stop or destroy a worker
     └── ProvisioningError             the management service gave up on a worker (and says what it cleaned up)
 
@@ -52,6 +55,7 @@ __all__ = [
     "SchedulerUnavailable",
     "StaleIncarnation",
     "StoreError",
+    "StoreRefusedData",
     "StoreUnavailable",
     "WorkerAlreadyExists",
     "WorkerNotFound",
@@ -209,7 +213,13 @@ class StoreError(HodeiError):
 
 
 class StoreUnavailable(StoreError, SchedulerUnavailable):
-    """The registry's database cannot be reached now: to a client, the scheduler is unavailable (retryable)."""
+    """The registry's database cannot be used now (unreachable, locked, read-only after a failover, out of
+    connections, failing in any way of its driver's): to a client, the scheduler is unavailable (retryable)."""
+
+
+class StoreRefusedData(StoreError, InvalidWorkerData):
+    """The registry's database cannot hold this data (a number beyond its range, a character it refuses): to
+    a client, its request is invalid (not retried)."""
 
 
 class RegistrationError(HodeiError):

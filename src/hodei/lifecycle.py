@@ -75,10 +75,11 @@ class LivenessConfig:
     ``lease_ttl + heartbeat_interval + sweep_interval`` of its last heartbeat), and is removed once it has been
     lost for ``lost_grace``; an agent that
     reconnects before then finds its worker ``AVAILABLE`` again. For ``recovery_window`` after the scheduler
-    starts, nobody expires: agents need time to find a restarted scheduler. When more than
-    ``mass_expiry_threshold`` of the leased workers (and at least ``mass_expiry_min_workers``) go silent in one
-    sweep, the scheduler suspects itself or the network rather than the workers: it expires at most
-    ``slowed_expiry_per_sweep`` per sweep and says so in an ``EXPIRY_SLOWED`` event. If the sweeper itself ran
+    starts, nobody expires: agents need time to find a restarted scheduler. However many go silent together,
+    each is ``LOST`` on time. While more than ``mass_expiry_threshold`` of the leased workers (and at least
+    ``mass_expiry_min_workers``) are unreachable, the scheduler suspects itself or the network rather than the
+    workers: it removes at most ``slowed_expiry_per_sweep`` LOST workers per sweep and says so in an
+    ``EXPIRY_SLOWED`` event. If the sweeper itself ran
     late (the scheduler stalled), every lease is extended by the delay: a scheduler that was not listening
     cannot blame workers for not being heard.
     """

@@ -437,6 +437,11 @@ MUTATIONS = [
         'absent(up{job="hodei-schedulers"})',
     ),
     ("the scheduler-down alert waits longer", "== 0\n        for: 1m\n", "== 0\n        for: 10m\n"),
+    (
+        "the failing-ticks threshold rises above one a second",
+        'sweep_failures_total{job="hodei-scheduler"}[5m])) > 0.1\n',
+        'sweep_failures_total{job="hodei-scheduler"}[5m])) > 2\n',
+    ),
 ]
 
 

@@ -428,7 +428,8 @@ async def test_a_closed_sqlite_store_says_so(tmp_path: Path) -> None:
     store = await SqliteRegistryStore.open(tmp_path / "r.db")
     await store.close()
     await store.close()  # idempotent
-    with pytest.raises(RuntimeError):  # its thread is gone: nothing is written after close
+    # Its thread is gone: nothing is written after close, and a caller hears UNAVAILABLE, not a crash.
+    with pytest.raises(StoreUnavailable, match=r"^UNAVAILABLE: the registry store .*r\.db is closed$"):
         await store.get("w-1")
 
 

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 import pytest
 
 from hodei.domain import WorkerStatus
+from hodei.errors import SchedulerUnavailable
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.scheduler.events import Watcher
 from hodei.scheduler.leases import LeaseTable
 from hodei.scheduler.liveness import LivenessMonitor
 from hodei.scheduler.registry import WorkerRegistry
 from hodei.stores.memory import MemoryRegistryStore
+from hodei.testing import FaultyStore
 from tests.helpers import make_worker
 
 # A 3 s lease renewed every second, swept every second; lost workers are removed after 5 s.
@@ -432,11 +434,12 @@ async def test_no_lost_worker_is_removed_during_the_recovery_window() -> None:
 
 
 # --- the mass-expiry guard ------------------------------------------------------------------------------
+# A mass silence never keeps a silent worker AVAILABLE: every one is LOST on time. What it slows is removal.
 
 GUARDED = LivenessConfig(
     heartbeat_interval=1.0,
     lease_ttl=3.0,
-    lost_grace=1000.0,
+    lost_grace=3.0,
     recovery_window=0.0,
     sweep_interval=1.0,
     mass_expiry_threshold=0.5,
@@ -450,9 +453,9 @@ HEALTHY = [f"healthy-{index}" for index in range(5)]
 async def mass_silence() -> Fleet:
     """20 leased workers, of which the 15 silent ones all went silent within one heartbeat.
 
-    Their leases run out in the reverse of their ids' order, 1/8 s apart: silent-14 at 2.25 s (the longest
-    expired), silent-13 at 2.375 s, ..., silent-00 at 4.0 s. At the sweep at 3 s, 7 of 20 are suspect (no
-    guard); at 4 s all 15 are, and the 7 whose lease ran out by 3 s are confirmed LOST, 2 at a time.
+    Their leases run out in the reverse of their ids' order, 1/8 s apart: silent-14 at 2.25 s, silent-13 at
+    2.375 s, ..., silent-00 at 4.0 s. At the sweep at 4 s the 7 whose lease ran out by 3 s (silent-14 down to
+    silent-08) are LOST, at 5 s the other 8; they are due for removal 3 s later (7 s and 8 s).
     """
     fleet = Fleet(GUARDED)
     await fleet.register(*HEALTHY, *SILENT)
@@ -465,91 +468,126 @@ async def mass_silence() -> Fleet:
     return fleet
 
 
-async def test_mass_expiry_makes_lost_only_the_slowed_number_per_sweep_longest_expired_first() -> None:
+async def test_a_mass_silence_makes_every_silent_worker_lost_on_time_not_one_per_sweep() -> None:
     fleet = await mass_silence()
     lost_per_sweep: list[list[str]] = []
 
-    for second in range(1, 12):
+    for second in range(1, 6):
         await fleet.sweep(float(second))
         lost_per_sweep.append(
             [event.worker_id for event in await fleet.events() if event.kind is WorkerEventKind.LOST]
         )
 
-    assert lost_per_sweep == [
+    assert lost_per_sweep == [[], [], [], [f"silent-{i:02d}" for i in range(14, 7, -1)], SILENT[7::-1]]
+    for worker_id in SILENT:
+        assert await fleet.status(worker_id) is WorkerStatus.LOST
+    for worker_id in HEALTHY:
+        assert await fleet.status(worker_id) is WorkerStatus.AVAILABLE
+    assert fleet.monitor.slowed
+
+
+async def test_a_mass_silence_removes_lost_workers_only_the_slowed_number_per_sweep_longest_lost_first() -> (
+    None
+):
+    fleet = await mass_silence()
+    await fleet.sweep_through(6.0)
+    await fleet.events()
+    removed_per_sweep: list[list[str]] = []
+
+    for second in range(7, 14):
+        await fleet.sweep(float(second))
+        removed_per_sweep.append(
+            [event.worker_id for event in await fleet.events() if event.kind is WorkerEventKind.EXPIRED]
+        )
+
+    # LOST at 4 s: silent-08..14; at 5 s: silent-00..07; each group in id order. Two a sweep while more than
+    # half of the leased workers are unreachable (15 of 20 at first; 7 of 12 before the sweep at 11 s); at
+    # 12 s, 5 of 10 is not more than half: the rest go at once.
+    assert removed_per_sweep == [
+        ["silent-08", "silent-09"],
+        ["silent-10", "silent-11"],
+        ["silent-12", "silent-13"],
+        ["silent-14", "silent-00"],
+        ["silent-01", "silent-02"],
+        ["silent-03", "silent-04", "silent-05", "silent-06", "silent-07"],
         [],
-        [],
-        [],
-        ["silent-14", "silent-13"],
-        ["silent-12", "silent-11"],
-        ["silent-10", "silent-09"],
-        ["silent-08", "silent-07"],
-        ["silent-06", "silent-05"],
-        ["silent-04", "silent-03"],
-        ["silent-02", "silent-01"],
-        ["silent-00"],
     ]
+    assert fleet.removed == [worker for group in removed_per_sweep for worker in group]
     for worker_id in HEALTHY:
         assert await fleet.status(worker_id) is WorkerStatus.AVAILABLE
 
 
-async def test_mass_expiry_publishes_one_expiry_slowed_event_naming_how_many_went_silent() -> None:
+async def test_a_mass_silence_publishes_one_expiry_slowed_event_about_removals_and_one_resumed_after() -> (
+    None
+):
     fleet = await mass_silence()
     await fleet.sweep_through(3.0)
     assert await fleet.events() == []
 
     await fleet.sweep(4.0)
 
-    assert fleet.monitor.slowed
     first = await fleet.events()
     assert kinds(first) == [
+        *[(WorkerEventKind.LOST, f"silent-{i:02d}") for i in range(14, 7, -1)],
         (WorkerEventKind.EXPIRY_SLOWED, ""),
-        (WorkerEventKind.LOST, "silent-14"),
-        (WorkerEventKind.LOST, "silent-13"),
     ]
-    assert first[0].record is None
-    assert "15 of 20" in first[0].reason
-    assert "at most 2 per 1 s" in first[0].reason
+    slowed = first[-1]
+    assert slowed.record is None
+    assert slowed.reason == (
+        "15 of 20 leased workers unreachable at once; suspecting the network or the scheduler: they are LOST, "
+        "and removed at most 2 per 1 s"
+    )
 
     await fleet.sweep_through(11.0)
-    later = await fleet.events()
-    assert [event.kind for event in later] == [WorkerEventKind.LOST] * 13
+    assert WorkerEventKind.EXPIRY_SLOWED not in [event.kind for event in await fleet.events()]
     assert fleet.monitor.slowed
 
+    await fleet.sweep(12.0)
 
-async def test_expiry_resumes_at_normal_pace_once_expirations_fall_under_the_threshold() -> None:
-    fleet = await mass_silence()
-    await fleet.sweep_through(11.0)  # every silent worker LOST, the last 6 within one lease TTL
-    await fleet.events()
-    for worker_id in SILENT:
-        assert await fleet.status(worker_id) is WorkerStatus.LOST
-
-    await fleet.sweep(12.0)  # 5 made LOST within the last 3 s, of 10 workers: not more than half
-
-    [resumed] = await fleet.events()
-    assert resumed.kind is WorkerEventKind.EXPIRY_RESUMED
-    assert resumed.worker_id == ""
-    assert resumed.reason == "5 of 10 leased workers silent; normal pace"
+    resumed = [event for event in await fleet.events() if event.kind is WorkerEventKind.EXPIRY_RESUMED]
+    assert [(event.worker_id, event.reason) for event in resumed] == [
+        ("", "5 of 10 leased workers unreachable; removals at normal pace")
+    ]
     assert not fleet.monitor.slowed
-    for worker_id in HEALTHY:
-        assert await fleet.status(worker_id) is WorkerStatus.AVAILABLE
-
     await fleet.sweep_through(20.0)
     assert await fleet.events() == []
 
 
-async def test_below_the_minimum_fleet_size_there_is_no_guard_and_all_expire_at_once() -> None:
+async def test_workers_lost_in_a_mass_silence_whose_lease_is_renewed_are_no_longer_unreachable() -> None:
+    fleet = await mass_silence()
+    await fleet.sweep_through(5.0)  # all 15 LOST, removals slowed
+    await fleet.events()
+
+    for worker_id in SILENT:  # the partition heals: what Scheduler.heartbeat does for each
+        fleet.leases.renew(worker_id, GUARDED.lease_ttl, 5.5)
+        await fleet.registry.transition(worker_id, WorkerStatus.AVAILABLE, reason="heartbeats resumed")
+        fleet.monitor.forget(worker_id)
+    await fleet.events()
+    await fleet.sweep(6.0)
+
+    assert kinds(await fleet.events()) == [(WorkerEventKind.EXPIRY_RESUMED, "")]
+    assert not fleet.monitor.slowed
+    for worker_id in SILENT:
+        assert await fleet.status(worker_id) is WorkerStatus.AVAILABLE
+    assert fleet.removed == []
+
+
+async def test_below_the_minimum_fleet_size_there_is_no_guard_and_all_are_removed_at_once() -> None:
     fleet = Fleet(GUARDED)
     await fleet.register("healthy", "silent-a", "silent-b", "silent-c")
     fleet.leases.renew("healthy", 1000.0, 0.0)
     fleet.begin(0.0)
     await fleet.events()
 
-    await fleet.sweep_through(4.0)  # 3 of 4 silent: more than half, but fewer than 10 leased workers
+    await fleet.sweep_through(7.0)  # 3 of 4 silent: more than half, but fewer than 10 leased workers
 
     assert kinds(await fleet.events()) == [
         (WorkerEventKind.LOST, "silent-a"),
         (WorkerEventKind.LOST, "silent-b"),
         (WorkerEventKind.LOST, "silent-c"),
+        (WorkerEventKind.EXPIRED, "silent-a"),
+        (WorkerEventKind.EXPIRED, "silent-b"),
+        (WorkerEventKind.EXPIRED, "silent-c"),
     ]
     assert not fleet.monitor.slowed
     assert await fleet.status("healthy") is WorkerStatus.AVAILABLE
@@ -564,10 +602,85 @@ async def test_half_of_a_large_fleet_going_silent_is_not_slowed() -> None:
     fleet.begin(0.0)
     await fleet.events()
 
-    await fleet.sweep_through(4.0)  # 10 of 20: exactly half is not more than half
+    await fleet.sweep_through(7.0)  # 10 of 20: exactly half is not more than half
 
-    assert kinds(await fleet.events()) == [(WorkerEventKind.LOST, worker_id) for worker_id in workers[:10]]
+    assert kinds(await fleet.events()) == [
+        *[(WorkerEventKind.LOST, worker_id) for worker_id in workers[:10]],
+        *[(WorkerEventKind.EXPIRED, worker_id) for worker_id in workers[:10]],
+    ]
     assert not fleet.monitor.slowed
+
+
+# --- store faults: the store commits, then memory follows -----------------------------------------------
+
+
+def faulty_fleet(config: LivenessConfig) -> tuple[Fleet, FaultyStore]:
+    fleet = Fleet(config)
+    store = FaultyStore(MemoryRegistryStore())
+    fleet.registry = WorkerRegistry(store)
+    fleet.monitor = LivenessMonitor(
+        fleet.registry, fleet.leases, config, monotonic=lambda: fleet.now, on_removed=fleet._on_removed
+    )
+    fleet._watcher = fleet.registry.events.watch()
+    return fleet, store
+
+
+async def test_a_lost_transition_the_store_refused_keeps_the_lease_and_is_made_at_the_next_sweep() -> None:
+    fleet, store = faulty_fleet(CONFIG)
+    await fleet.register("w1")  # write 1
+    fleet.begin(0.0)
+    await fleet.sweep_through(3.0)
+    store.fail_write(2)  # the sweep's transition to LOST
+
+    with pytest.raises(SchedulerUnavailable):
+        await fleet.sweep(4.0)
+
+    assert await fleet.status("w1") is WorkerStatus.AVAILABLE
+    assert fleet.leases.expires_at("w1") == 3.0
+    assert not fleet.monitor.is_lost("w1")
+
+    await fleet.sweep(5.0)
+
+    assert await fleet.status("w1") is WorkerStatus.LOST
+    assert "w1" not in fleet.leases
+    assert fleet.monitor.is_lost("w1")
+
+
+async def test_a_removal_the_store_refused_keeps_the_worker_noted_lost_and_is_made_at_the_next_sweep() -> (
+    None
+):
+    fleet, store = faulty_fleet(CONFIG)
+    await fleet.register("w1")  # write 1
+    fleet.begin(0.0)
+    await fleet.sweep_through(8.0)  # LOST at 4 (write 2)
+    store.fail_write(3)  # the removal at 9
+
+    with pytest.raises(SchedulerUnavailable):
+        await fleet.sweep(9.0)
+
+    assert await fleet.status("w1") is WorkerStatus.LOST
+    assert fleet.monitor.is_lost("w1")
+    assert fleet.removed == []
+
+    await fleet.sweep(10.0)
+
+    assert await fleet.registry.get("w1") is None
+    assert not fleet.monitor.is_lost("w1")
+    assert fleet.removed == ["w1"]
+
+
+async def test_a_lease_the_store_does_not_hold_is_dropped_without_making_the_worker_lost() -> None:
+    fleet = Fleet(CONFIG)
+    await fleet.register("pushed", leased=False)
+    fleet.leases.renew("pushed", CONFIG.lease_ttl, 0.0)  # e.g. from a hello whose write never committed
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(10.0)
+
+    assert await fleet.status("pushed") is WorkerStatus.AVAILABLE
+    assert "pushed" not in fleet.leases
+    assert await fleet.events() == []
 
 
 # --- stall compensation ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from hodei.domain import ResourceUsage, UpsertOutcome, WorkerRecord, WorkerStatus
-from hodei.errors import SchedulerError, SchedulerUnavailable
+from hodei.errors import SchedulerError, SchedulerInternalError, SchedulerUnavailable
 from hodei.lifecycle import WorkerEventKind
 from hodei.ports import SharedLeases, WorkerFilter
 from hodei.scheduler.core import Scheduler
@@ -357,6 +357,23 @@ async def test_a_touch_that_cannot_reach_the_store_keeps_the_heard_workers_for_t
         ("lease_ages",),
     ]
     assert store.last_seen == {"a": 2.0, "b": 2.0}
+
+
+async def test_a_touch_failing_with_any_error_keeps_the_heard_workers_for_the_next_tick(
+    store: SharedMemoryStore, clock: FakeClock, start_replica: StartReplica
+) -> None:
+    replica = await start_replica(SwitchedLeadership(leading=True, calls=store.calls))
+    await replica.hello(agent("a"))
+    store.fail_next_touch(SchedulerInternalError("the driver failed in a way nobody foresaw"))
+
+    clock.now = 1.0
+    with pytest.raises(SchedulerInternalError):
+        await replica.tick(1.0)
+    store.calls.clear()
+    await tick_at(clock, 2.0, replica)
+
+    assert store.calls == [("touch", ["a"]), ("acquire",), ("lease_ages",)]
+    assert store.last_seen == {"a": 2.0}
 
 
 async def test_workers_found_lost_come_back_where_this_replica_holds_their_session(

@@ -20,6 +20,7 @@ from hodei.ports import UnregistrationStatus
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.events import Watcher
 from hodei.stores.memory import MemoryRegistryStore
+from hodei.testing import FaultyStore
 from tests.helpers import make_worker, wait_for
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
@@ -742,16 +743,46 @@ async def test_a_status_report_renews_the_lease_like_a_heartbeat(
     assert scheduler.leases.expires_at("agent-1") == 2.0 + LIVENESS.lease_ttl
 
 
-async def test_a_liveness_sweeper_that_dies_makes_the_scheduler_unhealthy(clock: FakeClock) -> None:
+async def test_a_liveness_tick_failing_with_any_error_is_counted_and_the_sweeper_goes_on() -> None:
+    fast = LivenessConfig(
+        heartbeat_interval=0.02, lease_ttl=0.05, lost_grace=60.0, recovery_window=0.0, sweep_interval=0.01
+    )
+    store = FaultyStore(MemoryRegistryStore())
+    scheduler = Scheduler(store, liveness=fast)
+    told: list[bool] = []
+    scheduler.on_unhealthy = lambda: told.append(True)
+    await scheduler.start()
+    try:
+        store.fail_write(2, lambda: RuntimeError("the driver failed in a way nobody foresaw"))  # LOST, once
+        _, session = await scheduler.hello(agent("a1"))  # write 1
+        scheduler.goodbye(session)
+
+        await wait_for(lambda: _is_status(scheduler, "a1", WorkerStatus.LOST), timeout=5)
+
+        assert store.writes == ["upsert", "modify", "modify"]  # the failed LOST, then the one that took
+        assert scheduler.healthy
+        assert told == []
+        assert sample(scheduler, "hodei_liveness_sweep_failures_total", error="other") == 1
+        assert sample(scheduler, "hodei_liveness_sweep_failures_total", error="unavailable") == 0
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_liveness_sweeper_ended_by_what_is_not_an_exception_makes_the_scheduler_unhealthy(
+    clock: FakeClock,
+) -> None:
     fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
     scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
     told: list[bool] = []
     scheduler.on_unhealthy = lambda: told.append(True)
 
-    async def broken_tick(now: float) -> None:
-        raise RuntimeError("a bug in a sweep")
+    class Fatal(BaseException):
+        pass
 
-    scheduler.tick = broken_tick  # type: ignore[method-assign]
+    async def fatal_tick(now: float) -> None:
+        raise Fatal
+
+    scheduler.tick = fatal_tick  # type: ignore[method-assign]
     await scheduler.start()
     await wait_for(lambda: _is(not scheduler.healthy), timeout=1, interval=0)
     await scheduler.stop()  # the failure was reported once; stopping does not raise it again
@@ -775,7 +806,16 @@ async def test_a_sweep_that_cannot_reach_the_store_is_skipped_and_the_sweeper_go
     await wait_for(lambda: _is(len(ticks) >= 3), timeout=2)
     assert scheduler.healthy
     await scheduler.stop()
+    assert sample(scheduler, "hodei_liveness_sweep_failures_total", error="unavailable") == len(ticks)
 
 
 async def _is(value: bool) -> bool:
     return value
+
+
+async def _is_status(scheduler: Scheduler, worker_id: str, expected: WorkerStatus) -> bool:
+    return await status(scheduler, worker_id) is expected
+
+
+def sample(scheduler: Scheduler, name: str, **labels: str) -> float | None:
+    return scheduler.metrics.registry.get_sample_value(name, labels)

@@ -32,6 +32,7 @@ __all__ = [
     "ROLLBACK_REASONS",
     "SCHEDULER_REGISTRATION_RESULTS",
     "STREAM_CONNECT_KINDS",
+    "SWEEP_FAILURE_KINDS",
     "UNKNOWN_WORKER_TYPE",
     "AgentMetrics",
     "BulkHistogram",
@@ -71,6 +72,7 @@ ROLLBACK_REASONS = ("registration_failed", "cancelled", "error")
 SCHEDULER_REGISTRATION_RESULTS = ("created", "updated", "kept", "invalid", "stale", "refused")
 UNKNOWN_WORKER_TYPE = "unknown"  # a registration refused before its worker type could be read
 LEASE_EXPIRY_REASONS = ("lease_expired", "lost_grace")
+SWEEP_FAILURE_KINDS = ("unavailable", "other")
 STREAM_CONNECT_KINDS = ("first", "reconnect")
 RECONCILER_ACTIONS = ("orphan_destroyed", "ghost_unregistered")
 RECONCILER_PASS_RESULTS = ("ok", "failed")
@@ -197,7 +199,8 @@ class SchedulerMetrics:
     ``hodei_admission_rejections_total{method}`` (the short RPC name) instead. ``hodei_workers{status}`` is
     read from the registry on every liveness tick of every replica (0 for the statuses nobody has).
     ``hodei_lease_expiries_total{reason}``: ``lease_expired``, ``lost_grace``;
-    ``hodei_stream_connects_total{kind}``: ``first``, ``reconnect``.
+    ``hodei_stream_connects_total{kind}``: ``first``, ``reconnect``;
+    ``hodei_liveness_sweep_failures_total{error}``: ``unavailable``, ``other``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -235,6 +238,13 @@ class SchedulerMetrics:
             ["method"],
             registry=r,
         )
+        self.liveness_sweep_failures = Counter(
+            "hodei_liveness_sweep_failures",
+            "Liveness ticks that failed (and were tried again at the next), by error: unavailable (the store "
+            "could not be used) or other.",
+            ["error"],
+            registry=r,
+        )
         self.lease_leader = Gauge(
             "hodei_lease_leader", "1 while this scheduler runs lease expiry for its registry.", registry=r
         )
@@ -247,6 +257,8 @@ class SchedulerMetrics:
             self.lease_expiries.labels(reason)
         for kind in STREAM_CONNECT_KINDS:
             self.stream_connects.labels(kind)
+        for error in SWEEP_FAILURE_KINDS:
+            self.liveness_sweep_failures.labels(error)
 
 
 class AgentMetrics:

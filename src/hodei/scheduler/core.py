@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from hodei.domain import DynamicWorker, FieldViolation, ResourceUsage, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerUnavailable, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
-from hodei.observability.metrics import STREAM_CONNECT_KINDS, SchedulerMetrics
+from hodei.observability.metrics import STREAM_CONNECT_KINDS, SWEEP_FAILURE_KINDS, SchedulerMetrics
 from hodei.ports import (
     DrainOutcome,
     Leadership,
@@ -84,6 +85,9 @@ class Scheduler:
         self.metrics = metrics or SchedulerMetrics()
         self._connects = {kind: self.metrics.stream_connects.labels(kind) for kind in STREAM_CONNECT_KINDS}
         self._workers = {status: self.metrics.workers.labels(status.value) for status in WorkerStatus}
+        self._sweep_failures = {
+            kind: self.metrics.liveness_sweep_failures.labels(kind) for kind in SWEEP_FAILURE_KINDS
+        }
         self.liveness = liveness or LivenessConfig()
         self.leadership = leadership or SoleLeader()
         # Replicas on one database share their agents' leases through it; a store of one scheduler does not.
@@ -128,9 +132,12 @@ class Scheduler:
 
         A replica taking over expiry cannot know since when a worker has been LOST: it counts the grace from
         the takeover, and forgets what it noted in an earlier spell (those workers may have come back since).
+        It forgets the leases it renewed as a follower too (its agents may have gone elsewhere, or been
+        removed, since): the store's lease ages, read next, are the truth it starts from.
         """
         if takeover:
             self.monitor.forget_lost()
+            self.leases.clear()
         for record in await self.registry.all_records():
             if record.lease_ttl is None:
                 continue
@@ -142,14 +149,22 @@ class Scheduler:
     async def _run_liveness(self) -> None:
         """Every sweep interval: share what this replica heard, and sweep if this replica leads.
 
-        A store that cannot be reached makes a sweep fail, not the sweeper: it tries again next time.
+        Whatever fails makes a tick fail, never the sweeper: it is logged, counted
+        (``hodei_liveness_sweep_failures_total``) and tried again at the next tick. A sweeper that stopped
+        would leave every silent worker AVAILABLE for good (and a PostgreSQL leader keeps its lock, so no other
+        replica would sweep either). Every step of a tick is written store first, so a tick cut short leaves
+        nothing half-done.
         """
         while True:
             await asyncio.sleep(self.liveness.sweep_interval)
             try:
                 await self.tick(self._monotonic())
             except SchedulerUnavailable as error:
+                self._sweep_failures["unavailable"].inc()
                 log.warning("liveness.sweep_skipped", extra={"error": str(error)})
+            except Exception:
+                self._sweep_failures["other"].inc()
+                log.exception("liveness.sweep_failed")
 
     async def tick(self, now: float) -> None:
         """One round of liveness, then the workers-by-status gauge from the store, on every replica (the
@@ -205,7 +220,7 @@ class Scheduler:
             return
         try:
             found_lost = await self._shared.touch(sorted(heard))
-        except SchedulerUnavailable:
+        except BaseException:  # not shared (whatever stopped it, a cancel included): shared next time
             self._heard |= heard
             raise
         for worker_id in found_lost:
@@ -240,8 +255,7 @@ class Scheduler:
         if self._sweeper is not None:
             self._sweeper.cancel()
             # A sweeper that died has been reported by _sweeper_ended; stopping does not raise it again.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sweeper
+            await asyncio.wait([self._sweeper])
             self._sweeper = None
         for session in list(self.sessions.values()):
             session.close()
@@ -266,14 +280,22 @@ class Scheduler:
         return await self.registry.register_records(records)
 
     async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:
-        status = await self.registry.unregister(worker_id, reason=reason)
+        write = asyncio.ensure_future(self.registry.unregister(worker_id, reason=reason))
+        try:
+            status = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            _once_committed(write, lambda: self._forget_unregistered(worker_id))
+            raise
+        self._forget_unregistered(worker_id)
+        return status
+
+    def _forget_unregistered(self, worker_id: str) -> None:
         self.leases.drop(worker_id)
         self.monitor.forget(worker_id)
         session = self.sessions.pop(worker_id, None)
         if session is not None:
             session.push(WorkerCommand(CommandKind.SHUTDOWN, "unregistered"))
             session.close()
-        return status
 
     def report_orphan_removed(self, worker_id: str, *, reason: str) -> None:
         """The control plane destroyed a machine of this id that had no registration: tell the watchers."""
@@ -284,13 +306,24 @@ class Scheduler:
         if current is not None and current.status is WorkerStatus.LOST:
             # Nobody is there to drain; the worker stays LOST (and expires as LOST workers do).
             return DrainOutcome(self.view(current), delivered=False)
-        record = await self.registry.transition(
-            worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested"
+        write = asyncio.ensure_future(
+            self.registry.transition(worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested")
         )
+        command = WorkerCommand(CommandKind.DRAIN, reason, deadline)
+        try:
+            record = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The caller went away, but the worker may be DRAINING in the store: its agent hears it all the same.
+            _once_committed(write, lambda: self._tell_drain(worker_id, command))
+            raise
+        delivered = self._tell_drain(worker_id, command)
+        return DrainOutcome(self.view(record), delivered=delivered)
+
+    def _tell_drain(self, worker_id: str, command: WorkerCommand) -> bool:
         session = self.sessions.get(worker_id)
         if session is not None:
-            session.push(WorkerCommand(CommandKind.DRAIN, reason, deadline))
-        return DrainOutcome(self.view(record), delivered=session is not None)
+            session.push(command)
+        return session is not None
 
     async def shutdown(self, worker_id: str, *, reason: str = "") -> bool:
         if await self.registry.get(worker_id) is None:
@@ -336,7 +369,15 @@ class Scheduler:
             status = WorkerStatus.BUSY
         else:
             status = WorkerStatus.AVAILABLE
-        receipt = await self.registry.register(worker, lease_ttl=ttl, status=status)
+        write = asyncio.ensure_future(self.registry.register(worker, lease_ttl=ttl, status=status))
+        try:
+            receipt = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The agent went away, but its registration may still commit (a SQLite write already in its
+            # thread, a PostgreSQL commit already sent). If it does, the worker gets a lease and no session:
+            # it is found LOST unless its agent comes back, never left AVAILABLE with nobody there.
+            _once_committed(write, lambda: self._leased_without_session(worker.worker_id, ttl))
+            raise
         previous = self.sessions.get(worker.worker_id)
         if previous is not None:
             previous.close()
@@ -354,6 +395,11 @@ class Scheduler:
         )
         return RegistrationReceipt(self.view(receipt.record), receipt.created), session
 
+    def _leased_without_session(self, worker_id: str, ttl: float) -> None:
+        self._hear(worker_id)
+        self.leases.renew(worker_id, ttl, self._monotonic())
+        self.monitor.forget(worker_id)
+
     def _current(self, session: AgentSession) -> bool:
         return self.sessions.get(session.worker_id) is session
 
@@ -370,12 +416,14 @@ class Scheduler:
         self.leases.renew(session.worker_id, self.liveness.lease_ttl, now)
         if self.monitor.is_lost(session.worker_id):
             before = self.monitor.status_before_lost(session.worker_id)
-            self.monitor.forget(session.worker_id)
             if before is WorkerStatus.DRAINING:
                 status = WorkerStatus.DRAINING
             else:
                 status = WorkerStatus.BUSY if usage.running_jobs else WorkerStatus.AVAILABLE
+            # Forgotten as LOST only once the store says it is back: a failed write is tried again at the
+            # next heartbeat.
             await self.registry.transition(session.worker_id, status, reason="heartbeats resumed")
+            self.monitor.forget(session.worker_id)
 
     async def report_status(
         self, session: AgentSession, status: WorkerStatus, *, drained: bool, reason: str
@@ -392,8 +440,8 @@ class Scheduler:
             # An agent that speaks is alive: a report renews its lease as a heartbeat would.
             self._hear(session.worker_id)
             self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
-            self.monitor.forget(session.worker_id)
             await self.registry.transition(session.worker_id, status, drained=drained, reason=reason)
+            self.monitor.forget(session.worker_id)
 
     def goodbye(self, session: AgentSession) -> None:
         """The stream ended. The lease runs on: a worker that does not come back becomes LOST."""
@@ -413,3 +461,13 @@ class Scheduler:
         session = self.sessions.get(worker_id)
         if session is not None:
             session.push(WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker"))
+
+
+def _once_committed(write: asyncio.Future[Any], follow: Callable[[], object]) -> None:
+    """Run ``follow`` when ``write`` (a store write whose caller went away) has committed; not if it failed."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            follow()
+
+    write.add_done_callback(done)

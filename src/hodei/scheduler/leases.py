@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 __all__ = ["LeaseTable"]
 
 
@@ -26,6 +28,12 @@ class LeaseTable:
     def extend_all(self, seconds: float) -> None:
         for worker_id in self._expiry:
             self._expiry[worker_id] += seconds
+
+    def clear(self) -> None:
+        self._expiry.clear()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._expiry)
 
     def __len__(self) -> int:
         return len(self._expiry)

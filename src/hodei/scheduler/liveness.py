@@ -5,16 +5,20 @@ Each sweep (every ``sweep_interval``):
 1. if the sweep itself ran late, the scheduler stalled: every lease is extended by the delay;
 2. during the recovery window after start, nothing expires;
 3. a worker whose lease ran out is suspect, and becomes ``LOST`` after one more heartbeat interval of
-   silence — unless more than ``mass_expiry_threshold`` of the leased workers went silent within one lease
-   TTL, in which case at most ``slowed_expiry_per_sweep`` become LOST per sweep, and an ``EXPIRY_SLOWED``
-   event says why (``EXPIRY_RESUMED`` when the pace is normal again);
-4. workers ``LOST`` for longer than ``lost_grace`` are removed (``EXPIRED``).
+   silence — however many go silent together: a status tells the truth at once;
+4. workers ``LOST`` for longer than ``lost_grace`` are removed (``EXPIRED``) — unless more than
+   ``mass_expiry_threshold`` of the leased workers are unreachable (LOST or suspect), in which case the
+   scheduler suspects itself or the network, removes at most ``slowed_expiry_per_sweep`` per sweep, and an
+   ``EXPIRY_SLOWED`` event says why (``EXPIRY_RESUMED`` when the pace is normal again). Workers that come
+   back meanwhile (their heartbeats resume) are AVAILABLE again without registering anew.
+
+Every change is written to the store first; memory follows only what the store took, so a write that fails
+is tried again at the next sweep.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from hodei.domain import WorkerStatus
@@ -50,7 +54,6 @@ class LivenessMonitor:
         self._on_removed = on_removed
         self._lost_since: dict[str, float] = {}
         self._status_before_lost: dict[str, WorkerStatus] = {}
-        self._recent: deque[float] = deque()  # when workers were made LOST, within the last lease TTL
         self._recovering_until = 0.0
         self._last_sweep: float | None = None
         self.slowed = False
@@ -103,63 +106,74 @@ class LivenessMonitor:
         if now < self._recovering_until:
             return
         await self._expire_leases(now)
+        self._pace(now)
         await self._remove_long_lost(now)
 
     async def _expire_leases(self, now: float) -> None:
         config = self._config
         # A worker is suspect once its lease ran out, and LOST once it stayed silent one heartbeat interval
         # more: by then the rest of a group that died together (their last beats spread over one interval)
-        # is suspect too, so a mass silence is seen whole instead of in slices.
-        suspects = self._leases.expired(now)
-        confirmed = self._leases.expired(now - config.heartbeat_interval)
-        while self._recent and self._recent[0] < now - config.lease_ttl:
-            self._recent.popleft()
-        population = len(self._leases) + len(self._recent)
-        silent = len(suspects) + len(self._recent)
-        mass = (
-            population >= config.mass_expiry_min_workers
-            and silent > config.mass_expiry_threshold * population
-        )
-        if mass:
-            if not self.slowed:
-                self.slowed = True
-                reason = (
-                    f"{silent} of {population} leased workers went silent at once; suspecting the network or "
-                    f"the scheduler, expiring at most {config.slowed_expiry_per_sweep} per {config.sweep_interval:g} s"
-                )
-                log.warning(reason)
-                self._registry.events.publish(WorkerEventKind.EXPIRY_SLOWED, reason=reason)
-            confirmed = confirmed[: config.slowed_expiry_per_sweep]
-        elif self.slowed:
-            self.slowed = False
-            self._registry.events.publish(
-                WorkerEventKind.EXPIRY_RESUMED,
-                reason=f"{silent} of {population} leased workers silent; normal pace",
-            )
-        for worker_id in confirmed:
-            self._leases.drop(worker_id)
+        # is suspect too. LOST says the truth at once, however many went silent: nobody is offered a worker
+        # that nobody hears. What a mass silence slows is the removal (see _pace).
+        for worker_id in self._leases.expired(now - config.heartbeat_interval):
             record = await self._registry.get(worker_id)
-            if record is None:
+            if record is None or record.lease_ttl is None:
+                self._leases.drop(worker_id)  # the store holds no lease for it: nothing to expire
                 continue
             try:
                 await self._registry.transition(
                     worker_id, WorkerStatus.LOST, reason=f"no heartbeat for {config.lease_ttl:g} s"
                 )
             except WorkerNotFound:
+                self._leases.drop(worker_id)
                 continue
+            # The store says LOST: memory follows (a write that failed left the lease, to try again).
+            self._leases.drop(worker_id)
             if record.status is not WorkerStatus.LOST:
                 self._expired.inc()
             self._lost_since[worker_id] = now
             self._status_before_lost[worker_id] = record.status
-            self._recent.append(now)
+
+    def _pace(self, now: float) -> None:
+        """Whether removals are slowed: while more than ``mass_expiry_threshold`` of the leased workers are
+        unreachable (LOST, or their lease ran out), the scheduler suspects itself or the network and removes
+        at most ``slowed_expiry_per_sweep`` LOST workers per sweep. Derived from the state at every sweep."""
+        config = self._config
+        lost = set(self._lost_since)
+        population = len(lost | set(self._leases))
+        unreachable = len(lost | set(self._leases.expired(now)))
+        mass = (
+            population >= config.mass_expiry_min_workers
+            and unreachable > config.mass_expiry_threshold * population
+        )
+        if mass and not self.slowed:
+            self.slowed = True
+            reason = (
+                f"{unreachable} of {population} leased workers unreachable at once; suspecting the network or "
+                f"the scheduler: they are LOST, and removed at most {config.slowed_expiry_per_sweep} per "
+                f"{config.sweep_interval:g} s"
+            )
+            log.warning(reason)
+            self._registry.events.publish(WorkerEventKind.EXPIRY_SLOWED, reason=reason)
+        elif not mass and self.slowed:
+            self.slowed = False
+            self._registry.events.publish(
+                WorkerEventKind.EXPIRY_RESUMED,
+                reason=f"{unreachable} of {population} leased workers unreachable; removals at normal pace",
+            )
 
     async def _remove_long_lost(self, now: float) -> None:
         grace = self._config.lost_grace
-        for worker_id, since in list(self._lost_since.items()):
-            if now - since < grace:
-                continue
-            self.forget(worker_id)
+        due = sorted(
+            (since, worker_id) for worker_id, since in self._lost_since.items() if now - since >= grace
+        )
+        if self.slowed:
+            due = due[: self._config.slowed_expiry_per_sweep]
+        for _, worker_id in due:
             removed = await self._registry.expire(worker_id, reason=f"lost for more than {grace:g} s")
+            # Removed, or no longer LOST in the store (it came back): either way no longer ours to remove. A
+            # write that failed left it noted, to try again at the next sweep.
+            self.forget(worker_id)
             if removed:
                 self._removed_after_grace.inc()
             if removed and self._on_removed is not None:

@@ -176,7 +176,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             return
         try:
             await self._allow(context, action, worker_id)
-        except AccessDenied as error:
+        except SchedulerError as error:  # refused, or the store of spent tokens could not be used
             await abort_with(context, error)
 
     async def RegisterWorker(
@@ -244,7 +244,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             await abort_with(context, error)
         if not _registrable(request.worker_id):
             return pb.UnregisterWorkerResponse(status=pb.UNREGISTRATION_STATUS_NOT_REGISTERED)
-        status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
+        try:
+            status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
+        except SchedulerError as error:  # the store could not be used: UNAVAILABLE, never UNKNOWN
+            await abort_with(context, error)
         return pb.UnregisterWorkerResponse(status=codec.unregistration_to_proto(status))
 
     async def ReportOrphanRemoved(
@@ -265,7 +268,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
         await self._admit(context, "GetWorker")
-        record = await self._scheduler.get(request.worker_id) if _registrable(request.worker_id) else None
+        try:
+            record = await self._scheduler.get(request.worker_id) if _registrable(request.worker_id) else None
+        except SchedulerError as error:  # the store could not be used: UNAVAILABLE, never UNKNOWN
+            await abort_with(context, error)
         if record is None:
             await abort_with(context, _not_found(request.worker_id))
         return pb.GetWorkerResponse(worker=codec.record_to_proto(record))

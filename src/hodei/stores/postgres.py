@@ -24,10 +24,11 @@ from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
 from asyncpg.pool import PoolConnectionProxy
 
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
-from hodei.errors import StoreError, StoreUnavailable
+from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._rows import COLUMNS, from_row, to_row
 
@@ -117,6 +118,8 @@ _UNREACHABLE = (
     asyncpg.InternalClientError,
 )
 _RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# A value the server refuses (SQLSTATE class 22), or one the client cannot encode for it.
+_REFUSED_DATA = (asyncpg.DataError, ClientDataError, UnicodeEncodeError)
 _RACE_ATTEMPTS = 10
 
 
@@ -137,17 +140,45 @@ def _columns(records: Sequence[WorkerRecord]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in COLUMNS]
 
 
+class _Broken(StoreUnavailable):
+    """The call's connection broke, or none could be made: another connection may do (see ``_retrying``)."""
+
+
+def _short(error: BaseException) -> str:
+    """The driver's message, bounded (it may quote a value a client sent)."""
+    text = str(error)
+    return text if len(text) <= 200 else f"{text[:200]}… ({len(text)} chars)"
+
+
 @contextlib.contextmanager
 def _translated(dsn_hint: str) -> Iterator[None]:
-    """Connection failures become :class:`StoreUnavailable` (retryable); the rest passes through.
+    """Every error of the driver becomes a :class:`StoreError` kind, here and only here:
 
-    The client hears that the registry database is unreachable; the log says which, and why.
+    - data the database cannot hold (a number beyond its range, a NUL in text): :class:`StoreRefusedData`;
+    - a connection that broke under the call, or could not be made: ``_Broken`` (a :class:`StoreUnavailable`
+      that ``_retrying`` tries again on another connection);
+    - anything else the database answers (read-only after a failover, too many connections, a cancelled
+      statement, an error nobody foresaw): :class:`StoreUnavailable`, not tried again.
+
+    Lost races (deadlock, serialization failure) pass through, for ``_retrying`` to run the transaction again.
+    The client hears that the registry database cannot be used; the log says which, and why.
     """
     try:
         yield
+    except _REFUSED_DATA as error:
+        raise StoreRefusedData(
+            f"the registry database cannot hold this data ({type(error).__name__})"
+        ) from error
     except _UNREACHABLE as error:
-        log.warning("store.unreachable", extra={"store": dsn_hint, "error": str(error)})
-        raise StoreUnavailable("the registry database is unreachable") from error
+        log.warning("store.unreachable", extra={"store": dsn_hint, "error": _short(error)})
+        raise _Broken("the registry database is unreachable") from error
+    except _RACES:
+        raise
+    except asyncpg.PostgresError as error:
+        log.warning("store.refused_call", extra={"store": dsn_hint, "error": _short(error)})
+        raise StoreUnavailable(
+            f"the registry database cannot be used now ({type(error).__name__})"
+        ) from error
 
 
 def _hint(dsn: str) -> str:
@@ -216,7 +247,7 @@ class PostgresRegistryStore:
           it): the next attempts take other connections, and a pool whose connections all died reconnects.
           Writes are safe to repeat: an upsert or a change applied twice leaves what applying it once does.
 
-        A database that stays unreachable is :class:`StoreUnavailable`.
+        A database that stays unreachable, or races lost too often, is :class:`StoreUnavailable`.
         """
         races = broken = 0
         while True:
@@ -227,14 +258,14 @@ class PostgresRegistryStore:
                             return await work(db)
                         async with db.transaction():
                             return await work(db)
-            except (_RaceLost, *_RACES):
+            except (_RaceLost, *_RACES) as error:
                 races += 1
                 if races == _RACE_ATTEMPTS:
-                    raise
-            except StoreUnavailable:
+                    raise StoreUnavailable("the registry database is too contended now") from error
+            except _Broken as error:
                 broken += 1
                 if broken > self._pool.get_max_size():
-                    raise
+                    raise StoreUnavailable(str(error)) from error.__cause__
 
     async def _read(self, query: str, *args: Any) -> builtins.list[asyncpg.Record]:
         return await self._retrying(lambda db: db.fetch(query, *args), transaction=False)

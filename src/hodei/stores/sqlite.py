@@ -26,7 +26,7 @@ from hodei.domain import (
     stored_form,
     utcnow,
 )
-from hodei.errors import StoreError, StoreUnavailable
+from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._rows import COLUMNS, from_row, to_row
@@ -76,6 +76,12 @@ _UPSERT = (
 _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
 
+def _short(error: BaseException) -> str:
+    """The driver's message, bounded (it may quote a value a client sent)."""
+    text = str(error)
+    return text if len(text) <= 200 else f"{text[:200]}… ({len(text)} chars)"
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
@@ -96,31 +102,47 @@ class SqliteRegistryStore:
     workers, so a second store opened on a locked file is refused, naming the PID that holds it.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", exclusive: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        exclusive: bool = True,
+    ) -> None:
         self.path = Path(path)
         self._synchronous = synchronous
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hodei-sqlite")
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        self._busy_timeout_ms = 5000
+        self._busy_timeout_ms = round(busy_timeout * 1000)  # how long a write waits for another's lock
         self._lock = RegistryFileLock(self.path) if exclusive else None
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, synchronous: str = "FULL", exclusive: bool = True
+        cls, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0, exclusive: bool = True
     ) -> SqliteRegistryStore:
-        store = cls(path, synchronous=synchronous, exclusive=exclusive)
+        store = cls(path, synchronous=synchronous, busy_timeout=busy_timeout, exclusive=exclusive)
         await store._run(store._connect)
         return store
 
     # -- the thread ------------------------------------------------------------------------------------
 
     async def _run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the store's thread; every error of the driver becomes a :class:`StoreError` kind."""
+        if self._closed:
+            raise StoreUnavailable(f"the registry store {self.path} is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, work)
-        except sqlite3.OperationalError as error:  # locked past the busy timeout, disk full, I/O error
-            log.warning("store.unavailable", extra={"path": str(self.path), "error": str(error)})
-            raise StoreUnavailable(f"the registry store cannot be written now ({error})") from error
+        except (OverflowError, UnicodeEncodeError, sqlite3.DataError) as error:  # a value SQLite cannot hold
+            raise StoreRefusedData(
+                f"the registry store cannot hold this data ({type(error).__name__})"
+            ) from error
+        except (
+            sqlite3.Error
+        ) as error:  # locked past the busy timeout, read-only, disk full, I/O error, damage
+            log.warning("store.unavailable", extra={"path": str(self.path), "error": _short(error)})
+            raise StoreUnavailable(f"the registry store cannot be used now ({_short(error)})") from error
 
     def _connect(self) -> None:
         try:
@@ -177,7 +199,7 @@ class SqliteRegistryStore:
         def run() -> T:
             db = self._db
             if db is None:
-                raise StoreError(f"the registry store {self.path} is closed")
+                raise StoreUnavailable(f"the registry store {self.path} is closed")
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = work(db)
@@ -192,7 +214,7 @@ class SqliteRegistryStore:
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
         def run() -> T:
             if self._db is None:
-                raise StoreError(f"the registry store {self.path} is closed")
+                raise StoreUnavailable(f"the registry store {self.path} is closed")
             return work(self._db)
 
         return run
@@ -292,7 +314,7 @@ class SqliteRegistryStore:
 
         if not self._closed:
             self._closed = True
-            await self._run(shut)
+            await asyncio.get_running_loop().run_in_executor(self._thread, shut)
             self._thread.shutdown(wait=True)
 
 
