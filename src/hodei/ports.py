@@ -132,9 +132,16 @@ class SchedulerPort(Protocol):
         ...
 
     async def unregister_worker(
-        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+        self,
+        worker_id: str,
+        *,
+        reason: str = "",
+        incarnation: int | None = None,
+        timeout: float | None = None,
     ) -> UnregistrationStatus:
-        """Remove the worker; ``reason`` goes with the UNREGISTERED event."""
+        """Remove the worker; ``reason`` goes with the UNREGISTERED event. With ``incarnation``, only if the
+        registered incarnation is not newer (else :class:`~hodei.errors.StaleIncarnation`): an agent's farewell
+        never removes its successor's registration."""
         ...
 
     async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None: ...

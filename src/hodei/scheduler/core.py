@@ -261,8 +261,12 @@ class Scheduler:
     ) -> list[RegistrationReceipt | SchedulerError]:
         return await self.registry.register_records(records)
 
-    async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:
-        status = await self.registry.unregister(worker_id, reason=reason)
+    async def unregister(
+        self, worker_id: str, *, reason: str = "", incarnation: int | None = None
+    ) -> UnregistrationStatus:
+        """Remove the worker and shut its agent down; ``incarnation`` fences it (StaleIncarnation: nothing
+        changes, a newer agent keeps its registration and its stream)."""
+        status = await self.registry.unregister(worker_id, reason=reason, incarnation=incarnation)
         self.leases.drop(worker_id)
         self.monitor.forget(worker_id)
         session = self.sessions.pop(worker_id, None)

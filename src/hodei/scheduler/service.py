@@ -215,7 +215,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         await self._admit(context, "UnregisterWorker", request.worker_id)
         if len(request.reason) > MAX_REASON_LENGTH:
             await abort_with(context, _invalid("reason", f"is longer than {MAX_REASON_LENGTH} characters"))
-        status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
+        try:
+            status = await self._scheduler.unregister(
+                request.worker_id, reason=request.reason, incarnation=codec.unregister_incarnation(request)
+            )
+        except SchedulerError as error:  # a farewell older than the registration (StaleIncarnation)
+            await abort_with(context, error)
         return pb.UnregisterWorkerResponse(status=codec.unregistration_to_proto(status))
 
     async def ReportOrphanRemoved(

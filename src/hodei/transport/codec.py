@@ -45,6 +45,8 @@ __all__ = [
     "result_from_proto",
     "status_from_proto",
     "status_to_proto",
+    "unregister_incarnation",
+    "unregister_request",
     "unregistration_from_proto",
     "unregistration_to_proto",
     "usage_from_proto",
@@ -428,6 +430,18 @@ def result_from_proto(
         violations=[FieldViolation(v.field, v.description) for v in error.field_violations],
         retry_after=error.retry_delay_ms / 1000 if error.retry_delay_ms else None,
     )
+
+
+def unregister_request(
+    worker_id: str, *, reason: str = "", incarnation: int | None = None
+) -> pb.UnregisterWorkerRequest:
+    """The request; ``incarnation`` (None: unset) fences it against a newer registration."""
+    return pb.UnregisterWorkerRequest(worker_id=worker_id, reason=reason, incarnation=incarnation)
+
+
+def unregister_incarnation(request: pb.UnregisterWorkerRequest) -> int | None:
+    """The incarnation an unregistration is fenced by, or None when the caller sent none."""
+    return request.incarnation if request.HasField("incarnation") else None
 
 
 def unregistration_to_proto(status: UnregistrationStatus) -> pb.UnregistrationStatus:

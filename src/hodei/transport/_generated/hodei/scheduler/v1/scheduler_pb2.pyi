@@ -229,12 +229,14 @@ class RegisterWorkersResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[WorkerRegistrationResult, _Mapping]]] = ...) -> None: ...
 
 class UnregisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "reason")
+    __slots__ = ("worker_id", "reason", "incarnation")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     reason: str
-    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class UnregisterWorkerResponse(_message.Message):
     __slots__ = ("status",)
