@@ -15,7 +15,7 @@ import pytest
 from hodei.domain import ResourceUsage, UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.errors import SchedulerError, SchedulerUnavailable
 from hodei.lifecycle import WorkerEventKind
-from hodei.ports import SharedLeases, WorkerFilter
+from hodei.ports import SharedLeases, TouchedLeases, WorkerFilter
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.registry import WorkerRegistry
 from hodei.stores.memory import MemoryRegistryStore
@@ -88,14 +88,17 @@ class SharedMemoryStore(MemoryRegistryStore):
 
     # -- SharedLeases ----------------------------------------------------------------------------------
 
-    async def touch(self, worker_ids: Sequence[str]) -> list[str]:
+    async def touch(self, worker_ids: Sequence[str]) -> TouchedLeases:
         self.calls.append(("touch", list(worker_ids)))
         if self._touch_failure is not None:
             error, self._touch_failure = self._touch_failure, None
             raise error
         lost: list[str] = []
+        gone: list[str] = []
         for worker_id in worker_ids:
             record = await self.get(worker_id)
+            if record is None:
+                gone.append(worker_id)
             if record is None or record.lease_ttl is None:
                 continue
             self.last_seen[worker_id] = self._clock.now
@@ -104,7 +107,7 @@ class SharedMemoryStore(MemoryRegistryStore):
         if self._after_touch is not None:
             change, self._after_touch = self._after_touch, None
             await change()
-        return lost
+        return TouchedLeases(lost=lost, gone=gone)
 
     async def lease_ages(self) -> list[tuple[str, float, float]]:
         self.calls.append(("lease_ages",))

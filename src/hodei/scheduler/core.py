@@ -19,9 +19,11 @@ from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEv
 from hodei.observability.metrics import STREAM_CONNECT_KINDS, SchedulerMetrics
 from hodei.ports import (
     DrainOutcome,
+    EventRelay,
     Leadership,
     RegistrationReceipt,
     RegistryStore,
+    RelayedCommand,
     SharedLeases,
     UnregistrationStatus,
     WorkerFilter,
@@ -32,6 +34,7 @@ from hodei.scheduler.leadership import SoleLeader
 from hodei.scheduler.leases import LeaseTable
 from hodei.scheduler.liveness import LivenessMonitor
 from hodei.scheduler.registry import Admission, WorkerRegistry
+from hodei.scheduler.relay import ReplicaRelay
 
 __all__ = ["AgentSession", "Scheduler"]
 
@@ -68,7 +71,7 @@ class AgentSession:
 class Scheduler:
     """``metrics`` (:class:`~hodei.observability.metrics.SchedulerMetrics`, default: a private registry's) is
     shared by the registry and the liveness monitor; the workers-by-status gauge is read from the store on
-    every liveness tick."""
+    every liveness tick. ``relay`` joins the replicas sharing the store (see :mod:`hodei.scheduler.relay`)."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: SchedulerMetrics | None = None,
+        relay: EventRelay | None = None,
     ) -> None:
         self.metrics = metrics or SchedulerMetrics()
         self._connects = {kind: self.metrics.stream_connects.labels(kind) for kind in STREAM_CONNECT_KINDS}
@@ -107,6 +111,11 @@ class Scheduler:
             on_removed=self._removed,
             metrics=self.metrics,
         )
+        self.relay = (
+            None
+            if relay is None
+            else ReplicaRelay(relay, self.events, deliver=self._deliver_relayed, forgotten=self._forgotten)
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self.healthy = True
         self.on_unhealthy: Callable[[], None] | None = None
@@ -119,6 +128,8 @@ class Scheduler:
         self.monitor.begin(now)
         await self._restore(now)
         await self.count_workers()
+        if self.relay is not None:
+            await self.relay.start()
         if sweep:
             self._sweeper = asyncio.create_task(self._run_liveness(), name="hodei-liveness")
             self._sweeper.add_done_callback(self._sweeper_ended)
@@ -204,11 +215,13 @@ class Scheduler:
         if not heard:
             return
         try:
-            found_lost = await self._shared.touch(sorted(heard))
+            found = await self._shared.touch(sorted(heard))
         except SchedulerUnavailable:
             self._heard |= heard
             raise
-        for worker_id in found_lost:
+        for worker_id in found.gone:  # deleted under its open stream (by another replica)
+            self._forgotten(worker_id)
+        for worker_id in found.lost:
             # The leader found it silent (this replica's news came too late); it is not: bring it back, to
             # what it was doing (a worker told to drain stays draining).
             session = self.sessions.get(worker_id)
@@ -244,6 +257,8 @@ class Scheduler:
             self._end(session)
         self.sessions.clear()
         self.events.close()
+        if self.relay is not None:
+            await self.relay.close()
         await self.leadership.release()
 
     # -- what the control plane does ---------------------------------------------------------------------
@@ -270,9 +285,13 @@ class Scheduler:
         self.leases.drop(worker_id)
         self.monitor.forget(worker_id)
         session = self.sessions.pop(worker_id, None)
+        shutdown = WorkerCommand(CommandKind.SHUTDOWN, "unregistered")
         if session is not None:
-            session.push(WorkerCommand(CommandKind.SHUTDOWN, "unregistered"))
+            session.push(shutdown)
             session.close()
+        elif status is UnregistrationStatus.SUCCESS and self.relay is not None:
+            # Its stream may be on another replica: that one shuts it down (nobody waits for it to say so).
+            await self.relay.command(worker_id, shutdown, incarnation=incarnation, close=True, wait=False)
         return status
 
     def report_orphan_removed(self, worker_id: str, *, reason: str) -> None:
@@ -287,18 +306,37 @@ class Scheduler:
         record = await self.registry.transition(
             worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested"
         )
-        session = self.sessions.get(worker_id)
-        if session is not None:
-            session.push(WorkerCommand(CommandKind.DRAIN, reason, deadline))
-        return DrainOutcome(self.view(record), delivered=session is not None)
+        delivered = await self._tell(record, WorkerCommand(CommandKind.DRAIN, reason, deadline))
+        return DrainOutcome(self.view(record), delivered=delivered)
 
     async def shutdown(self, worker_id: str, *, reason: str = "") -> bool:
-        if await self.registry.get(worker_id) is None:
+        record = await self.registry.get(worker_id)
+        if record is None:
             raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
-        session = self.sessions.get(worker_id)
+        return await self._tell(record, WorkerCommand(CommandKind.SHUTDOWN, reason))
+
+    async def _tell(self, record: WorkerRecord, command: WorkerCommand) -> bool:
+        """Push ``command`` down the worker's stream, here or (relayed) on another replica; whether it went."""
+        session = self.sessions.get(record.worker_id)
         if session is not None:
-            session.push(WorkerCommand(CommandKind.SHUTDOWN, reason))
-        return session is not None
+            session.push(command)
+            return True
+        if self.relay is None or record.lease_ttl is None:  # no replicas, or no agent: nobody to tell
+            return False
+        return await self.relay.command(record.worker_id, command, incarnation=record.incarnation)
+
+    def _deliver_relayed(self, relayed: RelayedCommand) -> bool:
+        """Another replica's command for a worker: pushed down its stream if it is here (and not newer)."""
+        session = self.sessions.get(relayed.worker_id)
+        if session is None or (relayed.incarnation is not None and session.incarnation > relayed.incarnation):
+            return False
+        session.push(relayed.command)
+        if relayed.close:  # unregistered on the other replica: as unregister() does here
+            del self.sessions[relayed.worker_id]
+            self.leases.drop(relayed.worker_id)
+            self.monitor.forget(relayed.worker_id)
+            session.close()
+        return True
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         record = await self.registry.get(worker_id)
@@ -410,6 +448,10 @@ class Scheduler:
             self.metrics.streams_open.dec()
 
     async def _removed(self, worker_id: str) -> None:
+        self._forgotten(worker_id)
+
+    def _forgotten(self, worker_id: str) -> None:
+        """The worker is gone from the store: an agent still streaming here must register again."""
         session = self.sessions.get(worker_id)
         if session is not None:
             session.push(WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker"))

@@ -5,8 +5,9 @@ in worker-id order so that two replicas cannot deadlock on one batch), merges ea
 :func:`hodei.domain.merge_registration`, and writes creations with one ``INSERT … ON CONFLICT DO NOTHING`` and
 updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another replica created meanwhile
 rolls the transaction back and runs it again, so the incarnation fence holds across replicas. The store also
-shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`), and
-:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock.
+shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`),
+:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock, and
+:class:`PostgresEventRelay` passes events and commands between replicas with LISTEN/NOTIFY.
 
 The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
 replicas starting together migrate once.
@@ -28,10 +29,11 @@ from asyncpg.pool import PoolConnectionProxy
 
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.errors import StoreError, StoreUnavailable
-from hodei.ports import WorkerFilter
+from hodei.ports import TouchedLeases, WorkerFilter
+from hodei.stores._postgres_relay import PostgresEventRelay
 from hodei.stores._rows import COLUMNS, from_row, to_row
 
-__all__ = ["SCHEMA_VERSION", "PostgresLeadership", "PostgresRegistryStore"]
+__all__ = ["SCHEMA_VERSION", "PostgresEventRelay", "PostgresLeadership", "PostgresRegistryStore"]
 
 log = logging.getLogger(__name__)
 
@@ -344,13 +346,19 @@ class PostgresRegistryStore:
 
     # -- SharedLeases ----------------------------------------------------------------------------------
 
-    async def touch(self, worker_ids: Sequence[str]) -> builtins.list[str]:
+    async def touch(self, worker_ids: Sequence[str]) -> TouchedLeases:
         rows = await self._read(
-            "UPDATE hodei_workers SET last_seen = now() "
-            "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status",
+            "WITH touched AS (UPDATE hodei_workers SET last_seen = now() "
+            "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status) "
+            "SELECT worker_id, status FROM touched UNION ALL "
+            "SELECT a.worker_id, NULL FROM unnest($1::text[]) AS a(worker_id) "
+            "WHERE NOT EXISTS (SELECT 1 FROM hodei_workers w WHERE w.worker_id = a.worker_id)",
             list(worker_ids),
         )
-        return [row[0] for row in rows if row[1] == WorkerStatus.LOST.value]
+        return TouchedLeases(
+            lost=[row[0] for row in rows if row[1] == WorkerStatus.LOST.value],
+            gone=[row[0] for row in rows if row[1] is None],
+        )
 
     async def lease_ages(self) -> builtins.list[tuple[str, float, float]]:
         rows = await self._read(

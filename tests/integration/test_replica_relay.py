@@ -1,0 +1,183 @@
+"""Replicas on one PostgreSQL behave as one scheduler: commands reach an agent wherever its stream is, and
+every replica's watchers see every replica's events (relayed with LISTEN/NOTIFY).
+
+The replicas are real ``hodei scheduler serve`` processes on the test session's private PostgreSQL cluster,
+as in test_replicas.py; agents are real Connect streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from hodei import DynamicWorker, DynamicWorkerConfig, SchedulerPortClient, WorkerStatus, WorkerType
+from hodei.domain import ResourceUsage
+from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
+from hodei.ports import UnregistrationStatus
+from hodei.transport.stream import ConnectStream
+from tests.helpers import make_worker
+from tests.integration.test_replicas import OWN_SUBCHANNELS, replica
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def agent_worker(worker_id: str, incarnation: int = 1) -> DynamicWorker:
+    return DynamicWorker(
+        worker_id, WorkerType.PROCESS, DynamicWorkerConfig(cpu_cores=1, memory_mb=64), incarnation=incarnation
+    )
+
+
+async def next_command(commands: AsyncIterator[WorkerCommand]) -> WorkerCommand:
+    return await asyncio.wait_for(anext(commands), 10)
+
+
+async def test_drain_shutdown_and_unregister_asked_through_one_replica_reach_an_agent_connected_to_the_other(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    a = await replica(postgres_dsn, tmp_path / "a.log")
+    b = await replica(postgres_dsn, tmp_path / "b.log")
+    try:
+        async with (
+            grpc.aio.insecure_channel(a.address, options=OWN_SUBCHANNELS) as channel,
+            SchedulerPortClient(b.address, options=OWN_SUBCHANNELS) as via_b,
+        ):
+            stream = ConnectStream(channel)
+            await stream.open(agent_worker("on-a"), timeout=10)
+            commands = stream.commands()
+
+            drain = await via_b.drain_worker("on-a", deadline=3.0, reason="maintenance")
+            assert drain.delivered is True
+            assert drain.record.status is WorkerStatus.DRAINING
+            assert await next_command(commands) == WorkerCommand(CommandKind.DRAIN, "maintenance", 3.0)
+
+            assert await via_b.shutdown_worker("on-a", reason="bye") is True
+            assert await next_command(commands) == WorkerCommand(CommandKind.SHUTDOWN, "bye")
+
+            assert await via_b.unregister_worker("on-a") is UnregistrationStatus.SUCCESS
+            assert await next_command(commands) == WorkerCommand(CommandKind.SHUTDOWN, "unregistered")
+            # A ended the stream, as it would have after an unregistration asked through itself.
+            with pytest.raises(StopAsyncIteration):
+                await next_command(commands)
+            assert await via_b.get_worker("on-a") is None
+    finally:
+        a.kill()
+        b.kill()
+
+
+async def test_a_drain_of_a_worker_whose_agent_is_connected_nowhere_is_not_delivered(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    a = await replica(postgres_dsn, tmp_path / "a.log")
+    b = await replica(postgres_dsn, tmp_path / "b.log")
+    try:
+        async with grpc.aio.insecure_channel(a.address, options=OWN_SUBCHANNELS) as channel:
+            stream = ConnectStream(channel)
+            await stream.open(agent_worker("gone-from-a"), timeout=10)
+            stream.cancel()
+        async with SchedulerPortClient(b.address, options=OWN_SUBCHANNELS) as via_b:
+            # Its lease still runs (it is not LOST yet), but no replica holds its stream.
+            drain = await via_b.drain_worker("gone-from-a", reason="maintenance")
+            assert drain.delivered is False and drain.record.status is WorkerStatus.DRAINING
+            # A pushed registration (no agent, no lease) is not even asked about.
+            await via_b.register_worker(make_worker("pushed-1"))
+            assert (await via_b.drain_worker("pushed-1")).delivered is False
+    finally:
+        a.kill()
+        b.kill()
+
+
+async def _events_by_worker(
+    events: AsyncIterator[WorkerEvent], worker_ids: list[str], until: WorkerEventKind
+) -> dict[str, list[WorkerEvent]]:
+    """Each worker's events, in the order the watch gave them, until each has had ``until``."""
+    seen: dict[str, list[WorkerEvent]] = {worker_id: [] for worker_id in worker_ids}
+    waiting = set(worker_ids)
+    async with asyncio.timeout(15):
+        async for event in events:
+            if event.worker_id in seen:
+                seen[event.worker_id].append(event)
+                if event.kind is until:
+                    waiting.discard(event.worker_id)
+                    if not waiting:
+                        return seen
+    raise AssertionError(f"the watch ended before {until}: {seen}")
+
+
+async def test_a_watch_on_a_third_replica_sees_the_other_replicas_events_in_order_per_worker(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    a = await replica(postgres_dsn, tmp_path / "a.log")
+    b = await replica(postgres_dsn, tmp_path / "b.log")
+    c = await replica(postgres_dsn, tmp_path / "c.log")
+    try:
+        async with (
+            SchedulerPortClient(b.address, options=OWN_SUBCHANNELS) as via_b,
+            SchedulerPortClient(c.address, options=OWN_SUBCHANNELS) as via_c,
+        ):
+            # The snapshot of a marker worker says C's watch is up before anything happens elsewhere.
+            await via_c.register_worker(make_worker("marker"))
+            events = via_c.watch_workers(include_snapshot=True)
+            first = await asyncio.wait_for(anext(events), 10)
+            assert (first.kind, first.worker_id) == (WorkerEventKind.SNAPSHOT, "marker")
+
+            async with grpc.aio.insecure_channel(a.address, options=OWN_SUBCHANNELS) as to_a:
+                streams = [ConnectStream(to_a) for _ in range(3)]
+                for number, stream in enumerate(streams):
+                    await stream.open(agent_worker(f"watched-{number}"), timeout=10)
+                for number, stream in enumerate(streams):
+                    await via_b.drain_worker(f"watched-{number}", reason=f"drain {number}")
+                    # The agent on A says it drained, as an agent does.
+                    await stream.report(WorkerStatus.DRAINING, drained=True, reason="drained")
+
+                ids = [f"watched-{number}" for number in range(3)]
+                by_worker = await _events_by_worker(events, ids, WorkerEventKind.DRAINED)
+                for number, worker_id in enumerate(ids):
+                    seen = by_worker[worker_id]
+                    assert [e.kind for e in seen] == [
+                        WorkerEventKind.REGISTERED,  # A
+                        WorkerEventKind.CONNECTED,  # A
+                        WorkerEventKind.DRAINING,  # B
+                        WorkerEventKind.DRAINED,  # A
+                    ]
+                    assert seen[1].reason == "incarnation 1" and seen[2].reason == f"drain {number}"
+                    assert [e.sequence for e in seen] == sorted(e.sequence for e in seen)
+                    assert all(e.record is None for e in seen)  # ids, kinds and reasons only
+                for stream in streams:
+                    await stream.heartbeat(1, ResourceUsage())
+                    stream.cancel()
+    finally:
+        a.kill()
+        b.kill()
+        c.kill()
+
+
+async def test_an_agent_whose_worker_was_deleted_under_its_stream_is_told_to_register_again(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    a = await replica(postgres_dsn, tmp_path / "a.log")
+    try:
+        async with grpc.aio.insecure_channel(a.address, options=OWN_SUBCHANNELS) as channel:
+            stream = ConnectStream(channel)
+            await stream.open(agent_worker("deleted-1"), timeout=10)
+            commands = stream.commands()
+            # Removed by something that told no replica (a lost notification, an operator's SQL): the lease
+            # sync of the replica holding the stream finds it gone.
+            db = await asyncpg.connect(postgres_dsn)
+            try:
+                assert (
+                    await db.execute("DELETE FROM hodei_workers WHERE worker_id = 'deleted-1'") == "DELETE 1"
+                )
+            finally:
+                await db.close()
+            await stream.heartbeat(1, ResourceUsage())
+
+            command = await next_command(commands)
+            assert command == WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker")
+            stream.cancel()
+    finally:
+        a.kill()
