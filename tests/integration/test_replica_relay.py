@@ -8,6 +8,7 @@ as in test_replicas.py; agents are real Connect streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,9 +17,13 @@ import grpc
 import pytest
 
 from hodei import DynamicWorker, DynamicWorkerConfig, SchedulerPortClient, WorkerStatus, WorkerType
-from hodei.domain import ResourceUsage
-from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
+from hodei.domain import MAX_WORKER_ID_LENGTH, ResourceUsage
+from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import UnregistrationStatus
+from hodei.scheduler.core import Scheduler
+from hodei.scheduler.events import Watcher
+from hodei.scheduler.relay import REASON_LIMIT, short_reason
+from hodei.stores.postgres import PostgresEventRelay, PostgresRegistryStore
 from hodei.transport.stream import ConnectStream
 from tests.helpers import make_worker
 from tests.integration.test_replicas import OWN_SUBCHANNELS, replica
@@ -181,3 +186,124 @@ async def test_an_agent_whose_worker_was_deleted_under_its_stream_is_told_to_reg
             stream.cancel()
     finally:
         a.kill()
+
+
+# -- in-process replicas: two Schedulers on one database, each with its own relay ------------------------
+
+
+@contextlib.asynccontextmanager
+async def in_process_replica(dsn: str) -> AsyncIterator[Scheduler]:
+    store = await PostgresRegistryStore.open(dsn, min_size=1, max_size=2)
+    scheduler = Scheduler(store, liveness=LivenessConfig(recovery_window=0.0), relay=PostgresEventRelay(dsn))
+    try:
+        await scheduler.start(sweep=False)
+        yield scheduler
+    finally:
+        await scheduler.stop()
+        await store.close()
+
+
+async def _until(watcher: Watcher, worker_id: str) -> list[WorkerEvent]:
+    """Every event up to the first of ``worker_id``, failing after 10 s."""
+    seen: list[WorkerEvent] = []
+    async with asyncio.timeout(10):
+        async for event in watcher:
+            seen.append(event)
+            if event.worker_id == worker_id:
+                return seen
+    raise AssertionError(f"no event of {worker_id}: {seen}")
+
+
+def _kinds(events: list[WorkerEvent]) -> list[tuple[WorkerEventKind, str]]:
+    return [(event.kind, event.worker_id) for event in events]
+
+
+async def test_a_worker_expired_by_another_replica_tells_its_agent_here_to_register_again_and_nothing_echoes(
+    postgres_dsn: str,
+) -> None:
+    async with in_process_replica(postgres_dsn) as a, in_process_replica(postgres_dsn) as b:
+        on_a, on_b = a.events.watch(), b.events.watch()
+        _, session = await a.hello(agent_worker("expired-1"))
+        connected = [(WorkerEventKind.REGISTERED, "expired-1"), (WorkerEventKind.CONNECTED, "expired-1")]
+        assert _kinds(await _until(on_b, "expired-1")) == connected[:1]
+        assert _kinds(await _until(on_b, "expired-1")) == connected[1:]
+        # B (the leader) found it silent and removed it: A's news of its heartbeats came too late.
+        await b.registry.transition("expired-1", WorkerStatus.LOST, reason="lease expired")
+        assert await b.registry.expire("expired-1", reason="lost for too long")
+
+        command = await asyncio.wait_for(session.commands.get(), 10)
+        assert command == WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker")
+
+        # A marker from each side flushes the other's relay: by then every event either published is in, and
+        # each was seen exactly once on each replica (a relayed event is never sent back).
+        a.report_orphan_removed("marker-a", reason="flush")
+        b.report_orphan_removed("marker-b", reason="flush")
+        removed = [(WorkerEventKind.LOST, "expired-1"), (WorkerEventKind.EXPIRED, "expired-1")]
+        markers = [(WorkerEventKind.ORPHAN_REMOVED, "marker-a"), (WorkerEventKind.ORPHAN_REMOVED, "marker-b")]
+        assert _kinds(await _until(on_a, "marker-b")) == [*connected, *removed, *markers]
+        assert _kinds(await _until(on_b, "marker-a")) == [*removed, *reversed(markers)]
+
+
+async def test_a_burst_of_events_with_the_longest_ids_and_reasons_arrives_whole_and_in_order(
+    postgres_dsn: str,
+) -> None:
+    async with in_process_replica(postgres_dsn) as a, in_process_replica(postgres_dsn) as b:
+        on_b = b.events.watch()
+        # Escaped as \\uXXXX in the JSON payload: six bytes a character, the most a message can grow by.
+        ids = [f"{n:04d}" + "é" * (MAX_WORKER_ID_LENGTH - 4) for n in range(2_000)]
+        for worker_id in ids:
+            a.events.publish(WorkerEventKind.UPDATED, worker_id, None, "ü" * 5_000)
+        a.report_orphan_removed("end", reason="")
+
+        seen = await _until(on_b, "end")
+        assert [event.worker_id for event in seen] == [*ids, "end"]
+        assert {event.reason for event in seen[:-1]} == {short_reason("ü" * 5_000)}
+        assert len(short_reason("ü" * 5_000)) <= REASON_LIMIT
+
+
+async def _terminate(dsn: str, query_prefix: str) -> int:
+    """Kill the sessions of this database whose last statement starts with ``query_prefix``; how many."""
+    db = await asyncpg.connect(dsn)
+    try:
+        killed = await db.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE $1",
+            query_prefix + "%",
+        )
+    finally:
+        await db.close()
+    return len(killed)
+
+
+async def _relayed_again(sender: Scheduler, watcher: Watcher, marker: str) -> None:
+    """Publish ``marker`` events on ``sender`` until ``watcher`` (another replica's) sees one: what is notified
+    while a listener is cut off is lost, by design."""
+    async with asyncio.timeout(15):
+        while True:
+            sender.report_orphan_removed(marker, reason="probe")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    async for event in watcher:
+                        if event.worker_id == marker:
+                            return
+
+
+async def test_a_relay_whose_connections_the_database_killed_listens_again_and_resends_what_it_had_not_sent(
+    postgres_dsn: str,
+) -> None:
+    async with in_process_replica(postgres_dsn) as a, in_process_replica(postgres_dsn) as b:
+        on_a, on_b = a.events.watch(), b.events.watch()
+        await _relayed_again(a, on_b, "warm-a")  # both sending connections are open now
+        await _relayed_again(b, on_a, "warm-b")
+
+        assert await _terminate(postgres_dsn, "LISTEN") == 2
+        await _relayed_again(a, on_b, "after-listeners-a")
+        await _relayed_again(b, on_a, "after-listeners-b")
+
+        assert await _terminate(postgres_dsn, "SELECT pg_notify") == 2
+        # The next message meets a dead connection: it is sent again on a new one, not lost.
+        a.report_orphan_removed("after-senders", reason="once")
+        async with asyncio.timeout(15):
+            async for event in on_b:
+                if event.worker_id == "after-senders":
+                    break

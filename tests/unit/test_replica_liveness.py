@@ -14,7 +14,7 @@ import pytest
 
 from hodei.domain import ResourceUsage, UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.errors import SchedulerError, SchedulerUnavailable
-from hodei.lifecycle import WorkerEventKind
+from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
 from hodei.ports import SharedLeases, TouchedLeases, WorkerFilter
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.registry import WorkerRegistry
@@ -594,3 +594,28 @@ async def test_a_scheduler_alone_with_its_store_keeps_no_list_of_whom_it_heard(c
         assert scheduler._heard == set()
     finally:
         await scheduler.stop()
+
+
+# --- a worker deleted under its agent's open stream ------------------------------------------------------
+
+
+async def test_an_agent_whose_worker_another_replica_deleted_is_told_to_register_again_at_the_next_sync(
+    store: SharedMemoryStore, clock: FakeClock, elsewhere: WorkerRegistry, start_replica: StartReplica
+) -> None:
+    replica = await start_replica(SwitchedLeadership(leading=False))
+    _, session = await replica.hello(agent("deleted"))
+    _, other = await replica.hello(agent("kept"))
+    await tick_at(clock, 1.0, replica)  # both heard and touched: nothing to say
+    assert session.commands.empty() and other.commands.empty()
+
+    await elsewhere.unregister("deleted")  # by a replica (or an operator) that could not tell this one
+    clock.now = 1.5
+    await replica.heartbeat(session, ResourceUsage())
+    await replica.heartbeat(other, ResourceUsage())
+    await tick_at(clock, 2.0, replica)
+
+    assert session.commands.get_nowait() == WorkerCommand(
+        CommandKind.REREGISTER, "the scheduler forgot this worker"
+    )
+    assert other.commands.empty()
+    assert ("touch", ["deleted", "kept"]) in store.calls
