@@ -253,9 +253,13 @@ class SharedLeases(Protocol):
     expiry reads how long ago each leased worker was last heard of, by any replica (``lease_ages``).
     """
 
-    async def touch(self, worker_ids: Sequence[str]) -> TouchedLeases:
-        """Record that these workers were heard from now; say which of them are stored ``LOST``, and which are
-        not stored at all (deleted under their agent's open stream, by another replica)."""
+    async def touch(
+        self, worker_ids: Sequence[str], *, stream_at: str = "", left: Sequence[str] = ()
+    ) -> TouchedLeases:
+        """Record that these workers were heard from now (by the replica ``stream_at``, if named: it holds their
+        streams), and that the streams of ``left`` closed there; say which of ``worker_ids`` are stored
+        ``LOST``, and which are not stored at all (deleted under their agent's open stream, by another
+        replica). Reads (``get``, ``list``) show where a worker's stream is as ``connected_via``."""
         ...
 
     async def lease_ages(self) -> list[tuple[str, float, float]]:

@@ -25,8 +25,9 @@ from hodei.scheduler.events import Watcher
 from hodei.scheduler.relay import REASON_LIMIT, short_reason
 from hodei.stores.postgres import PostgresEventRelay, PostgresRegistryStore
 from hodei.transport.stream import ConnectStream
-from tests.helpers import make_worker
-from tests.integration.test_replicas import OWN_SUBCHANNELS, replica
+from tests.helpers import make_worker, wait_for
+from tests.integration.test_cli import CLI_ENV, HODEI, table_rows
+from tests.integration.test_replicas import LEASE_TTL, OWN_SUBCHANNELS, replica
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -307,3 +308,54 @@ async def test_a_relay_whose_connections_the_database_killed_listens_again_and_r
             async for event in on_b:
                 if event.worker_id == "after-senders":
                     break
+
+
+# -- where a worker is connected, seen through any replica ----------------------------------------------
+
+
+async def test_a_listing_through_another_replica_shows_which_replica_holds_the_agents_stream(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    a = await replica(postgres_dsn, tmp_path / "a.log")
+    b = await replica(postgres_dsn, tmp_path / "b.log")
+    try:
+        async with (
+            grpc.aio.insecure_channel(a.address, options=OWN_SUBCHANNELS) as channel,
+            SchedulerPortClient(a.address, options=OWN_SUBCHANNELS) as via_a,
+            SchedulerPortClient(b.address, options=OWN_SUBCHANNELS) as via_b,
+        ):
+            stream = ConnectStream(channel)
+            await stream.open(agent_worker("seen-1"), timeout=10)
+
+            async def shown_via_a_on_b() -> bool:  # after A's next lease sync
+                stored = await via_b.get_worker("seen-1")
+                return stored is not None and stored.connected_via == a.address
+
+            await wait_for(shown_via_a_on_b, timeout=10)
+            [listed] = (await via_b.list_workers()).workers
+            assert (listed.connected, listed.connected_via) == (False, a.address)
+            here = await via_a.get_worker("seen-1")
+            assert here is not None and (here.connected, here.connected_via) == (True, "")
+
+            # The operator's listing through B says where the agent is, not "disconnected".
+            env = CLI_ENV | {"COLUMNS": "200"}
+            listing = await asyncio.create_subprocess_exec(
+                HODEI, "workers", "list", "--scheduler", b.address, stdout=asyncio.subprocess.PIPE, env=env
+            )
+            printed, _ = await asyncio.wait_for(listing.communicate(), 30)
+            assert listing.returncode == 0
+            [row] = table_rows(printed.decode())
+            assert row[0] == "seen-1" and row[-1] == f"connected via {a.address}"
+
+            # The stream closes: A clears it at its next sync, while the worker's lease still runs.
+            stream.cancel()
+
+            async def disconnected_on_b() -> bool:
+                stored = await via_b.get_worker("seen-1")
+                assert stored is not None and stored.status is WorkerStatus.AVAILABLE, stored
+                return stored.connected_via == ""
+
+            await wait_for(disconnected_on_b, timeout=LEASE_TTL)
+    finally:
+        a.kill()
+        b.kill()

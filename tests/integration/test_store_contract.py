@@ -404,11 +404,11 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: s
     await second.close()
     db = await asyncpg.connect(postgres_dsn)
     try:
-        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,)]
+        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,), (3,)]
         await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
     finally:
         await db.close()
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 2"):
+    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 3"):
         await PostgresRegistryStore.open(postgres_dsn, min_size=1)
 
 

@@ -88,7 +88,9 @@ class SharedMemoryStore(MemoryRegistryStore):
 
     # -- SharedLeases ----------------------------------------------------------------------------------
 
-    async def touch(self, worker_ids: Sequence[str]) -> TouchedLeases:
+    async def touch(
+        self, worker_ids: Sequence[str], *, stream_at: str = "", left: Sequence[str] = ()
+    ) -> TouchedLeases:
         self.calls.append(("touch", list(worker_ids)))
         if self._touch_failure is not None:
             error, self._touch_failure = self._touch_failure, None

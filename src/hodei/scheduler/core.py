@@ -93,6 +93,8 @@ class Scheduler:
         # Replicas on one database share their agents' leases through it; a store of one scheduler does not.
         self._shared = store if isinstance(store, SharedLeases) else None
         self._heard: set[str] = set()  # workers heard from since the last lease sync
+        self._left: set[str] = set()  # workers whose stream closed here since the last lease sync
+        self.address = ""  # where agents reach this replica (set by the server): recorded with their leases
         self.leading = False
         self.on_leadership: Callable[[bool], None] | None = None
         self.events = EventHub(clock=clock)
@@ -212,12 +214,14 @@ class Scheduler:
     async def _share_heard(self) -> None:
         assert self._shared is not None
         heard, self._heard = self._heard, set()
-        if not heard:
+        left, self._left = self._left - self.sessions.keys(), set()  # minus those that came back here
+        if not heard and not left:
             return
         try:
-            found = await self._shared.touch(sorted(heard))
+            found = await self._shared.touch(sorted(heard), stream_at=self.address, left=sorted(left))
         except SchedulerUnavailable:
             self._heard |= heard
+            self._left |= left
             raise
         for worker_id in found.gone:  # deleted under its open stream (by another replica)
             self._forgotten(worker_id)
@@ -352,9 +356,17 @@ class Scheduler:
         """The record with the live facts of its agent's stream."""
         session = self.sessions.get(record.worker_id)
         if session is None:
+            if record.connected_via and (
+                record.connected_via == self.address or record.status is WorkerStatus.LOST
+            ):
+                return replace(record, connected_via="")  # its stream was here and closed, or it went quiet
             return record
         return replace(
-            record, connected=True, usage=session.usage, last_heartbeat_at=session.last_heartbeat_at
+            record,
+            connected=True,
+            usage=session.usage,
+            last_heartbeat_at=session.last_heartbeat_at,
+            connected_via="",
         )
 
     # -- what agents do ----------------------------------------------------------------------------------
@@ -439,6 +451,8 @@ class Scheduler:
         self._end(session)
         if self._current(session):
             del self.sessions[session.worker_id]
+            if self._shared is not None and self.address:
+                self._left.add(session.worker_id)
             self.events.publish(WorkerEventKind.DISCONNECTED, session.worker_id)
 
     def _end(self, session: AgentSession) -> None:

@@ -316,6 +316,7 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
         )
     )
     worker.connected = record.connected
+    worker.connected_via = record.connected_via
     if record.usage is not None:
         worker.usage.CopyFrom(usage_to_proto(record.usage))
     if record.last_heartbeat_at is not None:
@@ -340,6 +341,7 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
         updated_at=_moment(message.updated_at, message.HasField("updated_at")),
         lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
         connected=message.connected,
+        connected_via=message.connected_via,
         drained=message.drained,
         usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
         last_heartbeat_at=_moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
