@@ -15,7 +15,7 @@ from hodei.lifecycle import LivenessConfig
 from hodei.management.config import WorkerManagementConfig
 from hodei.management.service import WorkerManagementService
 from hodei.observability.metrics import ControlPlaneMetrics, SchedulerMetrics
-from hodei.ports import Leadership, RegistryStore, WorkerProvider
+from hodei.ports import EventRelay, Leadership, RegistryStore, WorkerProvider
 from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
 from hodei.scheduler.admission import AdmissionControl
@@ -38,11 +38,13 @@ def default_store_url() -> str:
 
 @dataclass(frozen=True, slots=True)
 class OpenedStore:
-    """A registry store opened from its URL, the leadership its replicas share, and how to name it in logs."""
+    """A registry store opened from its URL, the leadership its replicas share, how to name it in logs, and
+    the relay its replicas talk through."""
 
     store: RegistryStore
     leadership: Leadership | None
     shown: str
+    relay: EventRelay | None = None
 
 
 async def open_store(url: str) -> OpenedStore:
@@ -51,7 +53,8 @@ async def open_store(url: str) -> OpenedStore:
     - ``memory`` — in this process only, gone when it stops;
     - ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db`` — one scheduler, durable;
     - ``postgresql://user:password@host:port/database`` — several scheduler replicas may share it; they elect
-      one of them to run lease expiry (the password is never shown).
+      one of them to run lease expiry, and relay events and agents' commands to each other (the password is
+      never shown).
     """
     if url in ("memory", "memory://"):
         return OpenedStore(MemoryRegistryStore(), None, "memory")
@@ -65,10 +68,10 @@ async def open_store(url: str) -> OpenedStore:
         path = Path(url.removeprefix("sqlite:///"))
         return OpenedStore(await SqliteRegistryStore.open(path), None, f"sqlite:///{path}")
     if url.startswith(("postgresql://", "postgres://")):
-        from hodei.stores.postgres import PostgresLeadership, PostgresRegistryStore
+        from hodei.stores.postgres import PostgresEventRelay, PostgresLeadership, PostgresRegistryStore
 
         store = await PostgresRegistryStore.open(url)
-        return OpenedStore(store, PostgresLeadership(url), store.dsn)
+        return OpenedStore(store, PostgresLeadership(url), store.dsn, PostgresEventRelay(url))
     raise ValueError(f"--store {url!r}: expected memory, sqlite:///PATH or postgresql://…")
 
 
@@ -82,6 +85,7 @@ def build_scheduler(
     metrics: SchedulerMetrics | None = None,
     security: SchedulerSecurity | None = None,
     limits: ServerLimits | None = None,
+    relay: EventRelay | None = None,
 ) -> SchedulerServer:
     """A scheduler server over a registry on ``store`` (memory by default), not yet started.
 
@@ -89,10 +93,18 @@ def build_scheduler(
     ``metrics`` receives every metric of the scheduler, admission control's included (default: a private
     registry's); serve its registry with :class:`hodei.observability.http.MetricsEndpoint`. ``security``
     requires tokens and serves TLS (default: neither, for local use); ``limits`` bound what one caller takes.
+    ``relay`` joins the replicas sharing ``store``: drains and shutdowns reach agents on any of them, and
+    watchers see every replica's events.
     """
     metrics = metrics or SchedulerMetrics()
     return SchedulerServer(
-        Scheduler(store or MemoryRegistryStore(), liveness=liveness, leadership=leadership, metrics=metrics),
+        Scheduler(
+            store or MemoryRegistryStore(),
+            liveness=liveness,
+            leadership=leadership,
+            metrics=metrics,
+            relay=relay,
+        ),
         listen=listen,
         admission_control=AdmissionControl(max_in_flight=max_in_flight, metrics=metrics),
         security=security,

@@ -174,6 +174,7 @@ def scheduler_serve(
                 listen=listen,
                 store=opened.store,
                 leadership=opened.leadership,
+                relay=opened.relay,
                 liveness=liveness,
                 max_in_flight=max_in_flight,
                 metrics=SchedulerMetrics(registry),

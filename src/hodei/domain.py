@@ -229,6 +229,7 @@ class WorkerRecord:
     connected: bool = False
     usage: ResourceUsage | None = None
     last_heartbeat_at: datetime | None = None
+    connected_via: str = ""  # the other replica (of a shared registry) whose stream the agent holds
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
@@ -289,8 +290,13 @@ def merge_registration(stored: WorkerRecord | None, new: WorkerRecord) -> tuple[
 
 def stored_form(record: WorkerRecord) -> WorkerRecord:
     """The record without its live fields (stream, usage, last heartbeat), as every store keeps it."""
-    if record.connected or record.usage is not None or record.last_heartbeat_at is not None:
-        return replace(record, connected=False, usage=None, last_heartbeat_at=None)
+    if (
+        record.connected
+        or record.usage is not None
+        or record.last_heartbeat_at is not None
+        or record.connected_via
+    ):
+        return replace(record, connected=False, usage=None, last_heartbeat_at=None, connected_via="")
     return record
 
 

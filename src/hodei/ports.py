@@ -2,7 +2,8 @@
 
 - :class:`SchedulerPort` — how the control plane talks to the scheduler (``SchedulerPortClient`` over gRPC);
 - :class:`WorkerProvider` — how workers are created and destroyed (process, Docker, ``MockWorkerProvider``);
-- :class:`RegistryStore` — where the scheduler's registry keeps its records (memory; SQLite and PostgreSQL).
+- :class:`RegistryStore` — where the scheduler's registry keeps its records (memory; SQLite and PostgreSQL);
+- :class:`EventRelay` — how scheduler replicas on one store pass each other events and agents' commands.
 
 They are :class:`typing.Protocol` s: fakes and third-party adapters satisfy them without inheriting.
 """
@@ -24,15 +25,22 @@ from hodei.domain import (
     WorkerType,
 )
 from hodei.errors import SchedulerError
+from hodei.lifecycle import WorkerCommand, WorkerEventKind
 
 __all__ = [
     "DrainOutcome",
+    "EventRelay",
     "Leadership",
     "RegistrationReceipt",
     "RegistryStore",
+    "Relayed",
+    "RelayedAck",
+    "RelayedCommand",
+    "RelayedEvent",
     "SchedulerPort",
     "SharedLeases",
     "SpentTokens",
+    "TouchedLeases",
     "UnregistrationStatus",
     "UpsertOutcome",
     "WorkerFilter",
@@ -132,9 +140,16 @@ class SchedulerPort(Protocol):
         ...
 
     async def unregister_worker(
-        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+        self,
+        worker_id: str,
+        *,
+        reason: str = "",
+        incarnation: int | None = None,
+        timeout: float | None = None,
     ) -> UnregistrationStatus:
-        """Remove the worker; ``reason`` goes with the UNREGISTERED event."""
+        """Remove the worker; ``reason`` goes with the UNREGISTERED event. With ``incarnation``, only if the
+        registered incarnation is not newer (else :class:`~hodei.errors.StaleIncarnation`): an agent's farewell
+        never removes its successor's registration."""
         ...
 
     async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None: ...
@@ -222,6 +237,14 @@ class RegistryStore(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class TouchedLeases:
+    """What a lease sync found of the workers it touched: those stored ``LOST``, and those no longer stored."""
+
+    lost: Sequence[str] = ()
+    gone: Sequence[str] = ()
+
+
 @runtime_checkable
 class SharedLeases(Protocol):
     """A store that several scheduler replicas share also shares the agents' leases.
@@ -230,8 +253,13 @@ class SharedLeases(Protocol):
     expiry reads how long ago each leased worker was last heard of, by any replica (``lease_ages``).
     """
 
-    async def touch(self, worker_ids: Sequence[str]) -> list[str]:
-        """Record that these workers were heard from now; return those of them that are stored ``LOST``."""
+    async def touch(
+        self, worker_ids: Sequence[str], *, stream_at: str = "", left: Sequence[str] = ()
+    ) -> TouchedLeases:
+        """Record that these workers were heard from now (by the replica ``stream_at``, if named: it holds their
+        streams), and that the streams of ``left`` closed there; say which of ``worker_ids`` are stored
+        ``LOST``, and which are not stored at all (deleted under their agent's open stream, by another
+        replica). Reads (``get``, ``list``) show where a worker's stream is as ``connected_via``."""
         ...
 
     async def lease_ages(self) -> list[tuple[str, float, float]]:
@@ -258,3 +286,57 @@ class Leadership(Protocol):
         ...
 
     async def release(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedEvent:
+    """A lifecycle event published on another replica. Only ids, kinds and a short reason travel (no record):
+    a watcher that wants the worker as it is now asks for it."""
+
+    kind: WorkerEventKind
+    worker_id: str
+    reason: str
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedCommand:
+    """A command for the agent of ``worker_id``, wherever its stream is. The replica that holds the stream
+    delivers it and answers ``request`` with a :class:`RelayedAck`; only a stream of ``incarnation`` or older
+    is told (None: any); ``close`` ends the stream after the command (the worker was unregistered)."""
+
+    worker_id: str
+    command: WorkerCommand
+    request: str
+    incarnation: int | None = None
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedAck:
+    """The stream of a :class:`RelayedCommand`'s worker was here, and the command went down it."""
+
+    request: str
+
+
+Relayed = RelayedEvent | RelayedCommand | RelayedAck
+
+
+class EventRelay(Protocol):
+    """Scheduler replicas sharing one store pass each other what one of them must hear from another.
+
+    Best effort and at most once: a message published while the relay is cut off may be lost (the store stays
+    the truth; a lease sync finds what a lost message would have said). Messages from one replica arrive
+    everywhere in the order it published them; a replica never hears its own.
+    """
+
+    async def start(self, receive: Callable[[Relayed], None]) -> None:
+        """Listen: ``receive`` (quick, never raising) is called with every other replica's messages in order.
+        Returns once listening."""
+        ...
+
+    def publish(self, message: Relayed) -> None:
+        """Send ``message`` to every other replica (queued, never blocking: a full queue drops the oldest)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -37,10 +37,16 @@ def plain(text: str, style: str = "") -> Text:
 
 
 def _agent(record: WorkerRecord) -> str:
-    """How the worker's agent is doing: connected (and drained), or gone quiet, or none at all."""
+    """How the worker's agent is doing: connected (here, or to another replica), and drained, or gone quiet,
+    or none at all."""
     if record.lease_ttl is None:
         return "none"
-    state = "connected" if record.connected else "disconnected"
+    if record.connected:
+        state = "connected"
+    elif record.connected_via:
+        state = f"connected via {escape(record.connected_via)}"
+    else:
+        state = "disconnected"
     return f"{state}, drained" if record.drained else state
 
 

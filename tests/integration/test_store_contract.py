@@ -28,7 +28,7 @@ from hodei import (
 )
 from hodei.domain import ResourceUsage, UpsertOutcome
 from hodei.errors import ErrorCode
-from hodei.ports import RegistryStore, SharedLeases, SpentTokens
+from hodei.ports import RegistryStore, SharedLeases, SpentTokens, TouchedLeases
 from hodei.stores.memory import MemoryRegistryStore
 from hodei.stores.postgres import PostgresRegistryStore
 from hodei.stores.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -442,11 +442,11 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: s
     await second.close()
     db = await asyncpg.connect(postgres_dsn)
     try:
-        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,)]
+        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,), (3,)]
         await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
     finally:
         await db.close()
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 2"):
+    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 3"):
         await PostgresRegistryStore.open(postgres_dsn, min_size=1)
 
 
@@ -461,7 +461,9 @@ async def test_postgres_shares_when_each_leased_worker_was_last_heard(postgres_d
         ages = {worker_id: (ttl, age) for worker_id, ttl, age in await store.lease_ages()}
         assert set(ages) == {"agent"}
         assert ages["agent"][0] == 15.0 and 0 <= ages["agent"][1] < 5
-        assert await store.touch(["agent", "pushed", "gone", "unknown"]) == ["gone"]
+        # "gone" is stored LOST; "unknown" is not stored at all (deleted under its agent's stream, say).
+        touched = await store.touch(["agent", "pushed", "gone", "unknown"])
+        assert touched == TouchedLeases(lost=["gone"], gone=["unknown"])
     finally:
         await store.close()
 

@@ -89,7 +89,7 @@ class ScriptedPort:
             self.in_flight -= 1
 
     async def unregister_worker(
-        self, worker_id: str, *, timeout: float | None = None
+        self, worker_id: str, *, incarnation: int | None = None, timeout: float | None = None
     ) -> UnregistrationStatus:
         if (failure := self._next()) is not None:
             raise failure

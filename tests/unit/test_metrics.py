@@ -79,7 +79,7 @@ class GatedPort:
         return [receipt(w) for w in workers]
 
     async def unregister_worker(
-        self, worker_id: str, *, timeout: float | None = None
+        self, worker_id: str, *, incarnation: int | None = None, timeout: float | None = None
     ) -> UnregistrationStatus:
         await self._answer()
         return UnregistrationStatus.SUCCESS

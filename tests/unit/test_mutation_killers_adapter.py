@@ -43,10 +43,10 @@ class RecordingPort(ScriptedPort):
         self.args: list[tuple[Any, ...]] = []
 
     async def unregister_worker(
-        self, worker_id: str, *, timeout: float | None = None
+        self, worker_id: str, *, incarnation: int | None = None, timeout: float | None = None
     ) -> UnregistrationStatus:
         self.args.append(("unregister_worker", worker_id, timeout))
-        return await super().unregister_worker(worker_id, timeout=timeout)
+        return await super().unregister_worker(worker_id, incarnation=incarnation, timeout=timeout)
 
     async def drain_worker(
         self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None

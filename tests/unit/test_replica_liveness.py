@@ -14,8 +14,8 @@ import pytest
 
 from hodei.domain import ResourceUsage, UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.errors import SchedulerError, SchedulerInternalError, SchedulerUnavailable
-from hodei.lifecycle import WorkerEventKind
-from hodei.ports import SharedLeases, WorkerFilter
+from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
+from hodei.ports import SharedLeases, TouchedLeases, WorkerFilter
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.registry import WorkerRegistry
 from hodei.stores.memory import MemoryRegistryStore
@@ -88,14 +88,19 @@ class SharedMemoryStore(MemoryRegistryStore):
 
     # -- SharedLeases ----------------------------------------------------------------------------------
 
-    async def touch(self, worker_ids: Sequence[str]) -> list[str]:
+    async def touch(
+        self, worker_ids: Sequence[str], *, stream_at: str = "", left: Sequence[str] = ()
+    ) -> TouchedLeases:
         self.calls.append(("touch", list(worker_ids)))
         if self._touch_failure is not None:
             error, self._touch_failure = self._touch_failure, None
             raise error
         lost: list[str] = []
+        gone: list[str] = []
         for worker_id in worker_ids:
             record = await self.get(worker_id)
+            if record is None:
+                gone.append(worker_id)
             if record is None or record.lease_ttl is None:
                 continue
             self.last_seen[worker_id] = self._clock.now
@@ -104,7 +109,7 @@ class SharedMemoryStore(MemoryRegistryStore):
         if self._after_touch is not None:
             change, self._after_touch = self._after_touch, None
             await change()
-        return lost
+        return TouchedLeases(lost=lost, gone=gone)
 
     async def lease_ages(self) -> list[tuple[str, float, float]]:
         self.calls.append(("lease_ages",))
@@ -608,3 +613,28 @@ async def test_a_scheduler_alone_with_its_store_keeps_no_list_of_whom_it_heard(c
         assert scheduler._heard == set()
     finally:
         await scheduler.stop()
+
+
+# --- a worker deleted under its agent's open stream ------------------------------------------------------
+
+
+async def test_an_agent_whose_worker_another_replica_deleted_is_told_to_register_again_at_the_next_sync(
+    store: SharedMemoryStore, clock: FakeClock, elsewhere: WorkerRegistry, start_replica: StartReplica
+) -> None:
+    replica = await start_replica(SwitchedLeadership(leading=False))
+    _, session = await replica.hello(agent("deleted"))
+    _, other = await replica.hello(agent("kept"))
+    await tick_at(clock, 1.0, replica)  # both heard and touched: nothing to say
+    assert session.commands.empty() and other.commands.empty()
+
+    await elsewhere.unregister("deleted")  # by a replica (or an operator) that could not tell this one
+    clock.now = 1.5
+    await replica.heartbeat(session, ResourceUsage())
+    await replica.heartbeat(other, ResourceUsage())
+    await tick_at(clock, 2.0, replica)
+
+    assert session.commands.get_nowait() == WorkerCommand(
+        CommandKind.REREGISTER, "the scheduler forgot this worker"
+    )
+    assert other.commands.empty()
+    assert ("touch", ["deleted", "kept"]) in store.calls

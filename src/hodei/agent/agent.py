@@ -330,7 +330,11 @@ class WorkerAgent:
         else:
             client = SchedulerPortClient(channel, credential=self._token)
         try:
-            await client.unregister_worker(self.config.worker_id, timeout=self.config.farewell_timeout)
+            # Fenced by this agent's incarnation: a farewell that arrives after a successor's hello (the same
+            # worker id, a newer incarnation) is refused, and the successor stays registered and connected.
+            await client.unregister_worker(
+                self.config.worker_id, incarnation=self.incarnation, timeout=self.config.farewell_timeout
+            )
             self.unregistered = True
             log.info("agent.unregistered", extra=self._fields())
         except SchedulerError as error:

@@ -194,11 +194,14 @@ class WorkerRegistrationAdapter:
         )
         return receipt
 
-    async def unregister_worker(self, worker_id: str) -> UnregistrationStatus:
-        """Unregister one worker; ``NOT_REGISTERED`` if the scheduler did not know it."""
+    async def unregister_worker(
+        self, worker_id: str, *, incarnation: int | None = None
+    ) -> UnregistrationStatus:
+        """Unregister one worker; ``NOT_REGISTERED`` if the scheduler did not know it. ``incarnation`` fences it
+        (see :meth:`SchedulerPort.unregister_worker`): a newer registration is refused as StaleIncarnation."""
         return await self._with_retries(
             worker_id,
-            lambda timeout: self.port.unregister_worker(worker_id, timeout=timeout),
+            lambda timeout: self.port.unregister_worker(worker_id, incarnation=incarnation, timeout=timeout),
             operation="unregister_worker",
         )
 

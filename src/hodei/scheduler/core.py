@@ -20,9 +20,11 @@ from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEv
 from hodei.observability.metrics import STREAM_CONNECT_KINDS, SWEEP_FAILURE_KINDS, SchedulerMetrics
 from hodei.ports import (
     DrainOutcome,
+    EventRelay,
     Leadership,
     RegistrationReceipt,
     RegistryStore,
+    RelayedCommand,
     SharedLeases,
     UnregistrationStatus,
     WorkerFilter,
@@ -33,6 +35,7 @@ from hodei.scheduler.leadership import SoleLeader
 from hodei.scheduler.leases import LeaseTable
 from hodei.scheduler.liveness import LivenessMonitor
 from hodei.scheduler.registry import Admission, WorkerRegistry
+from hodei.scheduler.relay import ReplicaRelay
 
 __all__ = ["AgentSession", "Scheduler"]
 
@@ -69,7 +72,7 @@ class AgentSession:
 class Scheduler:
     """``metrics`` (:class:`~hodei.observability.metrics.SchedulerMetrics`, default: a private registry's) is
     shared by the registry and the liveness monitor; the workers-by-status gauge is read from the store on
-    every liveness tick."""
+    every liveness tick. ``relay`` joins the replicas sharing the store (see :mod:`hodei.scheduler.relay`)."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: SchedulerMetrics | None = None,
+        relay: EventRelay | None = None,
     ) -> None:
         self.metrics = metrics or SchedulerMetrics()
         self._connects = {kind: self.metrics.stream_connects.labels(kind) for kind in STREAM_CONNECT_KINDS}
@@ -93,6 +97,8 @@ class Scheduler:
         # Replicas on one database share their agents' leases through it; a store of one scheduler does not.
         self._shared = store if isinstance(store, SharedLeases) else None
         self._heard: set[str] = set()  # workers heard from since the last lease sync
+        self._left: set[str] = set()  # workers whose stream closed here since the last lease sync
+        self.address = ""  # where agents reach this replica (set by the server): recorded with their leases
         self.leading = False
         self.on_leadership: Callable[[bool], None] | None = None
         self.events = EventHub(clock=clock)
@@ -111,6 +117,11 @@ class Scheduler:
             on_removed=self._removed,
             metrics=self.metrics,
         )
+        self.relay = (
+            None
+            if relay is None
+            else ReplicaRelay(relay, self.events, deliver=self._deliver_relayed, forgotten=self._forgotten)
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self.healthy = True
         self.on_unhealthy: Callable[[], None] | None = None
@@ -123,6 +134,8 @@ class Scheduler:
         self.monitor.begin(now)
         await self._restore(now)
         await self.count_workers()
+        if self.relay is not None:
+            await self.relay.start()
         if sweep:
             self._sweeper = asyncio.create_task(self._run_liveness(), name="hodei-liveness")
             self._sweeper.add_done_callback(self._sweeper_ended)
@@ -216,14 +229,18 @@ class Scheduler:
     async def _share_heard(self) -> None:
         assert self._shared is not None
         heard, self._heard = self._heard, set()
-        if not heard:
+        left, self._left = self._left - self.sessions.keys(), set()  # minus those that came back here
+        if not heard and not left:
             return
         try:
-            found_lost = await self._shared.touch(sorted(heard))
+            found = await self._shared.touch(sorted(heard), stream_at=self.address, left=sorted(left))
         except BaseException:  # not shared (whatever stopped it, a cancel included): shared next time
             self._heard |= heard
+            self._left |= left
             raise
-        for worker_id in found_lost:
+        for worker_id in found.gone:  # deleted under its open stream (by another replica)
+            self._forgotten(worker_id)
+        for worker_id in found.lost:
             # The leader found it silent (this replica's news came too late); it is not: bring it back, to
             # what it was doing (a worker told to drain stays draining).
             session = self.sessions.get(worker_id)
@@ -262,6 +279,8 @@ class Scheduler:
             self._end(session)
         self.sessions.clear()
         self.events.close()
+        if self.relay is not None:
+            await self.relay.close()
         await self.leadership.release()
 
     # -- what the control plane does ---------------------------------------------------------------------
@@ -279,23 +298,36 @@ class Scheduler:
     ) -> list[RegistrationReceipt | SchedulerError]:
         return await self.registry.register_records(records)
 
-    async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:
-        write = asyncio.ensure_future(self.registry.unregister(worker_id, reason=reason))
+    async def unregister(
+        self, worker_id: str, *, reason: str = "", incarnation: int | None = None
+    ) -> UnregistrationStatus:
+        """Remove the worker and shut its agent down; ``incarnation`` fences it (StaleIncarnation: nothing
+        changes, a newer agent keeps its registration and its stream)."""
+        write = asyncio.ensure_future(
+            self.registry.unregister(worker_id, reason=reason, incarnation=incarnation)
+        )
         try:
             status = await asyncio.shield(write)
         except asyncio.CancelledError:
             _once_committed(write, lambda: self._forget_unregistered(worker_id))
             raise
-        self._forget_unregistered(worker_id)
+        here = self._forget_unregistered(worker_id)
+        if not here and status is UnregistrationStatus.SUCCESS and self.relay is not None:
+            # Its stream may be on another replica: that one shuts it down (nobody waits for it to say so).
+            shutdown = WorkerCommand(CommandKind.SHUTDOWN, "unregistered")
+            await self.relay.command(worker_id, shutdown, incarnation=incarnation, close=True, wait=False)
         return status
 
-    def _forget_unregistered(self, worker_id: str) -> None:
+    def _forget_unregistered(self, worker_id: str) -> bool:
+        """Forget an unregistered worker's lease and end its stream here; whether its stream was here."""
         self.leases.drop(worker_id)
         self.monitor.forget(worker_id)
         session = self.sessions.pop(worker_id, None)
+        shutdown = WorkerCommand(CommandKind.SHUTDOWN, "unregistered")
         if session is not None:
-            session.push(WorkerCommand(CommandKind.SHUTDOWN, "unregistered"))
+            session.push(shutdown)
             session.close()
+        return session is not None
 
     def report_orphan_removed(self, worker_id: str, *, reason: str) -> None:
         """The control plane destroyed a machine of this id that had no registration: tell the watchers."""
@@ -316,7 +348,7 @@ class Scheduler:
             # The caller went away, but the worker may be DRAINING in the store: its agent hears it all the same.
             _once_committed(write, lambda: self._tell_drain(worker_id, command))
             raise
-        delivered = self._tell_drain(worker_id, command)
+        delivered = await self._tell(record, command)
         return DrainOutcome(self.view(record), delivered=delivered)
 
     def _tell_drain(self, worker_id: str, command: WorkerCommand) -> bool:
@@ -326,12 +358,33 @@ class Scheduler:
         return session is not None
 
     async def shutdown(self, worker_id: str, *, reason: str = "") -> bool:
-        if await self.registry.get(worker_id) is None:
+        record = await self.registry.get(worker_id)
+        if record is None:
             raise WorkerNotFound(f"worker {worker_id!r} is not registered", worker_id=worker_id)
-        session = self.sessions.get(worker_id)
+        return await self._tell(record, WorkerCommand(CommandKind.SHUTDOWN, reason))
+
+    async def _tell(self, record: WorkerRecord, command: WorkerCommand) -> bool:
+        """Push ``command`` down the worker's stream, here or (relayed) on another replica; whether it went."""
+        session = self.sessions.get(record.worker_id)
         if session is not None:
-            session.push(WorkerCommand(CommandKind.SHUTDOWN, reason))
-        return session is not None
+            session.push(command)
+            return True
+        if self.relay is None or record.lease_ttl is None:  # no replicas, or no agent: nobody to tell
+            return False
+        return await self.relay.command(record.worker_id, command, incarnation=record.incarnation)
+
+    def _deliver_relayed(self, relayed: RelayedCommand) -> bool:
+        """Another replica's command for a worker: pushed down its stream if it is here (and not newer)."""
+        session = self.sessions.get(relayed.worker_id)
+        if session is None or (relayed.incarnation is not None and session.incarnation > relayed.incarnation):
+            return False
+        session.push(relayed.command)
+        if relayed.close:  # unregistered on the other replica: as unregister() does here
+            del self.sessions[relayed.worker_id]
+            self.leases.drop(relayed.worker_id)
+            self.monitor.forget(relayed.worker_id)
+            session.close()
+        return True
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         record = await self.registry.get(worker_id)
@@ -347,9 +400,17 @@ class Scheduler:
         """The record with the live facts of its agent's stream."""
         session = self.sessions.get(record.worker_id)
         if session is None:
+            if record.connected_via and (
+                record.connected_via == self.address or record.status is WorkerStatus.LOST
+            ):
+                return replace(record, connected_via="")  # its stream was here and closed, or it went quiet
             return record
         return replace(
-            record, connected=True, usage=session.usage, last_heartbeat_at=session.last_heartbeat_at
+            record,
+            connected=True,
+            usage=session.usage,
+            last_heartbeat_at=session.last_heartbeat_at,
+            connected_via="",
         )
 
     # -- what agents do ----------------------------------------------------------------------------------
@@ -449,6 +510,8 @@ class Scheduler:
         self._end(session)
         if self._current(session):
             del self.sessions[session.worker_id]
+            if self._shared is not None and self.address:
+                self._left.add(session.worker_id)
             self.events.publish(WorkerEventKind.DISCONNECTED, session.worker_id)
 
     def _end(self, session: AgentSession) -> None:
@@ -458,6 +521,10 @@ class Scheduler:
             self.metrics.streams_open.dec()
 
     async def _removed(self, worker_id: str) -> None:
+        self._forgotten(worker_id)
+
+    def _forgotten(self, worker_id: str) -> None:
+        """The worker is gone from the store: an agent still streaming here must register again."""
         session = self.sessions.get(worker_id)
         if session is not None:
             session.push(WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker"))

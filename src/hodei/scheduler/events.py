@@ -70,13 +70,27 @@ class EventHub:
         self._watcher_queue = watcher_queue
         self._watchers: set[Watcher] = set()
         self._listeners: list[Callable[[WorkerEvent], None]] = []
+        self._relays = 0  # listeners that pass every event on to other replicas' watchers
         self.sequence = 0
 
     def publish(
-        self, kind: WorkerEventKind, worker_id: str = "", record: WorkerRecord | None = None, reason: str = ""
+        self,
+        kind: WorkerEventKind,
+        worker_id: str = "",
+        record: WorkerRecord | None = None,
+        reason: str = "",
+        *,
+        time: datetime | None = None,
     ) -> WorkerEvent:
+        """Number the event and hand it out; ``time`` (default: the record's update, else now) is when it
+        happened (an event relayed from another replica keeps its own)."""
         self.sequence += 1
-        moment = record.updated_at if record is not None and record.updated_at is not None else self._clock()
+        if time is not None:
+            moment = time
+        elif record is not None and record.updated_at is not None:
+            moment = record.updated_at
+        else:
+            moment = self._clock()
         event = WorkerEvent(self.sequence, kind, worker_id, record, reason, moment)
         for watcher in list(self._watchers):
             if not watcher._offer(event):
@@ -97,15 +111,19 @@ class EventHub:
         self._watchers.add(watcher)
         return watcher
 
-    def listen(self, listener: Callable[[WorkerEvent], None]) -> None:
+    def listen(self, listener: Callable[[WorkerEvent], None], *, relay: bool = False) -> None:
         """Call ``listener`` with every event published from now on (the scheduler's event log does). Like
         watchers, listeners hear of registrations only while a watcher is there (registrations are logged by
-        the gRPC service, one line per call)."""
+        the gRPC service, one line per call). A ``relay`` listener passes events on to the watchers of other
+        replicas, which this hub cannot count: it counts as a watcher, for as long as the hub lives."""
         self._listeners.append(listener)
+        if relay:
+            self._relays += 1
 
     @property
     def watchers(self) -> int:
-        return len(self._watchers)
+        """How many watch: this hub's watchers, and a relay to other replicas' (which may have some)."""
+        return len(self._watchers) + self._relays
 
     def close(self) -> None:
         """End every watcher's iteration."""

@@ -263,8 +263,26 @@ class WorkerRegistry:
             self._count(result, worker_type, count)
         return [r for r in results if r is not None]
 
-    async def unregister(self, worker_id: str, *, reason: str = "") -> UnregistrationStatus:
-        if not await self._store.delete(worker_id):
+    async def unregister(
+        self, worker_id: str, *, reason: str = "", incarnation: int | None = None
+    ) -> UnregistrationStatus:
+        """Remove a worker; with ``incarnation``, only if the registered one is not newer (else
+        :class:`StaleIncarnation`, and nothing changes)."""
+        newer: list[int] = []  # the registered incarnation, when the fence refused
+
+        def not_newer(stored: WorkerRecord) -> bool:
+            if incarnation is not None and stored.incarnation > incarnation:
+                newer.append(stored.incarnation)
+                return False
+            return True
+
+        if not await self._store.delete(worker_id, only_if=None if incarnation is None else not_newer):
+            if newer:
+                raise StaleIncarnation(
+                    f"worker {worker_id!r}: incarnation {incarnation} is older than the registered "
+                    f"incarnation {newer[-1]}; it was not unregistered",
+                    worker_id=worker_id,
+                )
             return UnregistrationStatus.NOT_REGISTERED
         self.events.publish(WorkerEventKind.UNREGISTERED, worker_id, None, reason)
         return UnregistrationStatus.SUCCESS

@@ -256,6 +256,7 @@ class SchedulerServer:
         self.scheduler.on_unhealthy = self._unhealthy
         self.scheduler.on_leadership = self._leadership
         self.scheduler.events.listen(log_worker_event)
+        self.scheduler.address = self.address  # the replica agents stream to, as other replicas show it
         await self._health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.scheduler.start()
         await server.start()

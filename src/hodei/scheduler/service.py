@@ -245,8 +245,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         if not _registrable(request.worker_id):
             return pb.UnregisterWorkerResponse(status=pb.UNREGISTRATION_STATUS_NOT_REGISTERED)
         try:
-            status = await self._scheduler.unregister(request.worker_id, reason=request.reason)
-        except SchedulerError as error:  # the store could not be used: UNAVAILABLE, never UNKNOWN
+            status = await self._scheduler.unregister(
+                request.worker_id, reason=request.reason, incarnation=codec.unregister_incarnation(request)
+            )
+        except SchedulerError as error:  # the store could not be used (UNAVAILABLE), or a stale farewell
             await abort_with(context, error)
         return pb.UnregisterWorkerResponse(status=codec.unregistration_to_proto(status))
 

@@ -5,8 +5,9 @@ in worker-id order so that two replicas cannot deadlock on one batch), merges ea
 :func:`hodei.domain.merge_registration`, and writes creations with one ``INSERT … ON CONFLICT DO NOTHING`` and
 updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another replica created meanwhile
 rolls the transaction back and runs it again, so the incarnation fence holds across replicas. The store also
-shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`), and
-:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock.
+shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`),
+:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock, and
+:class:`PostgresEventRelay` passes events and commands between replicas with LISTEN/NOTIFY.
 
 The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
 replicas starting together migrate once.
@@ -20,6 +21,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
@@ -29,10 +31,11 @@ from asyncpg.pool import PoolConnectionProxy
 
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
-from hodei.ports import WorkerFilter
+from hodei.ports import TouchedLeases, WorkerFilter
+from hodei.stores._postgres_relay import PostgresEventRelay
 from hodei.stores._rows import COLUMNS, from_row, to_row
 
-__all__ = ["SCHEMA_VERSION", "PostgresLeadership", "PostgresRegistryStore"]
+__all__ = ["SCHEMA_VERSION", "PostgresEventRelay", "PostgresLeadership", "PostgresRegistryStore"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE hodei_spent_tokens (token_id text PRIMARY KEY, expires_at timestamptz NOT NULL)",
         "CREATE INDEX hodei_spent_tokens_by_expiry ON hodei_spent_tokens (expires_at)",
     ),
+    (
+        # The replica whose Connect stream the worker's agent holds (set at each lease sync, cleared when the
+        # stream closes): what listings through the other replicas show as "connected via".
+        "ALTER TABLE hodei_workers ADD COLUMN stream_at text",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -98,6 +106,7 @@ _UNNEST = (
 _VALUES = ", ".join("u.labels::jsonb" if c == "labels" else f"u.{c}" for c in COLUMNS)
 _SEEN = "CASE WHEN u.lease_ttl IS NULL THEN NULL ELSE now() END"
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM hodei_workers"
+_VIEW = f"SELECT {', '.join(COLUMNS)}, stream_at FROM hodei_workers"  # what reads for callers also show
 _INSERT = (
     f"INSERT INTO hodei_workers ({', '.join(COLUMNS)}, last_seen) SELECT {_VALUES}, {_SEEN} FROM {_UNNEST} "
     "ON CONFLICT (worker_id) DO NOTHING RETURNING worker_id"
@@ -133,6 +142,12 @@ def _same(moment: datetime | None) -> datetime | None:
 
 def _record(row: Any) -> WorkerRecord:
     return from_row(row, _same)
+
+
+def _viewed(row: Any) -> WorkerRecord:
+    """A row of :data:`_VIEW`: the record, with the replica holding its agent's stream as ``connected_via``."""
+    record = from_row(tuple(row)[: len(COLUMNS)], _same)
+    return replace(record, connected_via=row[len(COLUMNS)]) if row[len(COLUMNS)] else record
 
 
 def _columns(records: Sequence[WorkerRecord]) -> list[list[Any]]:
@@ -312,8 +327,8 @@ class PostgresRegistryStore:
         return await self._retrying(write)
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
-        rows = await self._read(f"{_SELECT} WHERE worker_id = $1", worker_id)
-        return _record(rows[0]) if rows else None
+        rows = await self._read(f"{_VIEW} WHERE worker_id = $1", worker_id)
+        return _viewed(rows[0]) if rows else None
 
     async def delete(self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None) -> bool:
         async def write(db: Db) -> bool:
@@ -344,8 +359,8 @@ class PostgresRegistryStore:
             params.append(json.dumps(dict(worker_filter.labels)))
             where.append(f"labels @> ${len(params)}::jsonb")
         params.append(limit)
-        query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ${len(params)}"
-        return [_record(row) for row in await self._read(query, *params)]
+        query = f"{_VIEW} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ${len(params)}"
+        return [_viewed(row) for row in await self._read(query, *params)]
 
     async def count(self) -> int:
         [row] = await self._read("SELECT count(*) FROM hodei_workers")
@@ -375,13 +390,33 @@ class PostgresRegistryStore:
 
     # -- SharedLeases ----------------------------------------------------------------------------------
 
-    async def touch(self, worker_ids: Sequence[str]) -> builtins.list[str]:
-        rows = await self._read(
-            "UPDATE hodei_workers SET last_seen = now() "
-            "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status",
-            list(worker_ids),
+    async def touch(
+        self, worker_ids: Sequence[str], *, stream_at: str = "", left: Sequence[str] = ()
+    ) -> TouchedLeases:
+        async def write(db: Db) -> builtins.list[asyncpg.Record]:
+            if left and stream_at:
+                await db.execute(
+                    "UPDATE hodei_workers SET stream_at = NULL WHERE worker_id = ANY($1::text[]) AND stream_at = $2",
+                    list(left),
+                    stream_at,
+                )
+            if not worker_ids:
+                return []
+            return await db.fetch(
+                "WITH touched AS (UPDATE hodei_workers SET last_seen = now(), stream_at = coalesce($2, stream_at) "
+                "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status) "
+                "SELECT worker_id, status FROM touched UNION ALL "
+                "SELECT a.worker_id, NULL FROM unnest($1::text[]) AS a(worker_id) "
+                "WHERE NOT EXISTS (SELECT 1 FROM hodei_workers w WHERE w.worker_id = a.worker_id)",
+                list(worker_ids),
+                stream_at or None,
+            )
+
+        rows = await self._retrying(write)
+        return TouchedLeases(
+            lost=[row[0] for row in rows if row[1] == WorkerStatus.LOST.value],
+            gone=[row[0] for row in rows if row[1] is None],
         )
-        return [row[0] for row in rows if row[1] == WorkerStatus.LOST.value]
 
     async def lease_ages(self) -> builtins.list[tuple[str, float, float]]:
         rows = await self._read(

@@ -295,9 +295,14 @@ class SchedulerPortClient:
         return [outcome for outcome in outcomes if outcome is not None]
 
     async def unregister_worker(
-        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+        self,
+        worker_id: str,
+        *,
+        reason: str = "",
+        incarnation: int | None = None,
+        timeout: float | None = None,
     ) -> UnregistrationStatus:
-        request = pb.UnregisterWorkerRequest(worker_id=worker_id, reason=reason)
+        request = codec.unregister_request(worker_id, reason=reason, incarnation=incarnation)
         response = await self._call(self._stub.UnregisterWorker, request, timeout, worker_id)
         return codec.unregistration_from_proto(response.status)
 

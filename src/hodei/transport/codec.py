@@ -46,6 +46,8 @@ __all__ = [
     "result_from_proto",
     "status_from_proto",
     "status_to_proto",
+    "unregister_incarnation",
+    "unregister_request",
     "unregistration_from_proto",
     "unregistration_to_proto",
     "usage_from_proto",
@@ -318,6 +320,7 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
         )
     )
     worker.connected = record.connected
+    worker.connected_via = record.connected_via
     if record.usage is not None:
         worker.usage.CopyFrom(usage_to_proto(record.usage))
     if record.last_heartbeat_at is not None:
@@ -342,6 +345,7 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
         updated_at=_moment(message.updated_at, message.HasField("updated_at")),
         lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
         connected=message.connected,
+        connected_via=message.connected_via,
         drained=message.drained,
         usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
         last_heartbeat_at=_moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
@@ -433,6 +437,18 @@ def result_from_proto(
         violations=[FieldViolation(v.field, v.description) for v in error.field_violations],
         retry_after=error.retry_delay_ms / 1000 if error.retry_delay_ms else None,
     )
+
+
+def unregister_request(
+    worker_id: str, *, reason: str = "", incarnation: int | None = None
+) -> pb.UnregisterWorkerRequest:
+    """The request; ``incarnation`` (None: unset) fences it against a newer registration."""
+    return pb.UnregisterWorkerRequest(worker_id=worker_id, reason=reason, incarnation=incarnation)
+
+
+def unregister_incarnation(request: pb.UnregisterWorkerRequest) -> int | None:
+    """The incarnation an unregistration is fenced by, or None when the caller sent none."""
+    return request.incarnation if request.HasField("incarnation") else None
 
 
 def unregistration_to_proto(status: UnregistrationStatus) -> pb.UnregistrationStatus:

@@ -121,7 +121,7 @@ class WorkerMetadata(_message.Message):
     def __init__(self, worker_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., pool: _Optional[str] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "status", "capabilities", "metadata", "incarnation", "registered_at", "updated_at", "lease_ttl_ms", "connected", "drained", "usage", "last_heartbeat_at")
+    __slots__ = ("worker_id", "status", "capabilities", "metadata", "incarnation", "registered_at", "updated_at", "lease_ttl_ms", "connected", "drained", "usage", "last_heartbeat_at", "connected_via")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class Worker(_message.Message):
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_VIA_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     status: WorkerStatus
     capabilities: WorkerCapabilities
@@ -146,7 +147,8 @@ class Worker(_message.Message):
     drained: bool
     usage: ResourceUsage
     last_heartbeat_at: _timestamp_pb2.Timestamp
-    def __init__(self, worker_id: _Optional[str] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., connected: _Optional[bool] = ..., drained: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    connected_via: str
+    def __init__(self, worker_id: _Optional[str] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., connected: _Optional[bool] = ..., drained: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected_via: _Optional[str] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
     __slots__ = ("cpu_percent", "memory_used_mb", "running_jobs")
@@ -229,12 +231,14 @@ class RegisterWorkersResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[WorkerRegistrationResult, _Mapping]]] = ...) -> None: ...
 
 class UnregisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "reason")
+    __slots__ = ("worker_id", "reason", "incarnation")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     reason: str
-    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class UnregisterWorkerResponse(_message.Message):
     __slots__ = ("status",)

@@ -108,6 +108,7 @@ class SchedulerServiceServicer:
 
     def UnregisterWorker(self, request, context):
         """UnregisterWorker removes a worker. It is idempotent: an unknown worker answers NOT_REGISTERED, not an error.
+        Fenced when the request carries an incarnation: an older one than registered is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

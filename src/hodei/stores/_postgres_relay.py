@@ -1,0 +1,236 @@
+"""PostgresEventRelay: the :class:`~hodei.ports.EventRelay` of replicas sharing one PostgreSQL database.
+
+Messages go out with ``NOTIFY`` on one channel of the database and come in through ``LISTEN`` (asyncpg's
+``add_listener``); no other infrastructure. Each replica sends from one connection, one ``pg_notify`` at a
+time, from a queue, so its messages reach every listener in the order it published them (PostgreSQL delivers
+notifications in commit order). Several messages share one notification, up to :data:`PAYLOAD_LIMIT` bytes
+(NOTIFY refuses 8000); each payload names its sender, and a replica skips its own.
+
+The payload is JSON: ``{"o": origin, "m": [message, ...]}`` with each message a list —
+``["e", kind, worker_id, reason, time]``, ``["c", worker_id, kind, reason, deadline, request, incarnation,
+close]`` or ``["a", request]``.
+
+Best effort: the queue is bounded (the oldest are dropped, and counted, when it is full); a send that fails
+is tried again on a new connection; a listening connection that breaks is reopened, and what was notified
+meanwhile is missed (the store stays the truth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from hodei.errors import StoreUnavailable
+from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
+from hodei.ports import Relayed, RelayedAck, RelayedCommand, RelayedEvent
+
+__all__ = ["CHANNEL", "PAYLOAD_LIMIT", "PostgresEventRelay", "decode", "encode"]
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "hodei_relay"
+PAYLOAD_LIMIT = 7_900  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
+QUEUE_LIMIT = 10_000
+_TROUBLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def encode(message: Relayed) -> list[Any]:
+    if isinstance(message, RelayedEvent):
+        return ["e", message.kind.value, message.worker_id, message.reason, message.time.isoformat()]
+    if isinstance(message, RelayedCommand):
+        command = message.command
+        return [
+            "c",
+            message.worker_id,
+            command.kind.value,
+            command.reason,
+            command.deadline,
+            message.request,
+            message.incarnation,
+            message.close,
+        ]
+    return ["a", message.request]
+
+
+def decode(item: list[Any]) -> Relayed:
+    """Raises ValueError (or KeyError, TypeError, IndexError) for what no replica sent."""
+    if item[0] == "e":
+        return RelayedEvent(
+            WorkerEventKind(item[1]), str(item[2]), str(item[3]), datetime.fromisoformat(item[4])
+        )
+    if item[0] == "c":
+        incarnation = None if item[6] is None else int(item[6])
+        command = WorkerCommand(CommandKind(item[2]), str(item[3]), float(item[4]))
+        return RelayedCommand(str(item[1]), command, str(item[5]), incarnation, bool(item[7]))
+    if item[0] == "a":
+        return RelayedAck(str(item[1]))
+    raise ValueError(f"unknown message type {str(item[0])[:16]!r}")
+
+
+class PostgresEventRelay:
+    """``PostgresEventRelay(dsn)``; the scheduler starts and closes it. ``origin`` names this replica in its
+    messages; ``dropped`` counts the messages a full queue (or an oversized message) lost."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        channel: str = CHANNEL,
+        queue_limit: int = QUEUE_LIMIT,
+        retry_delay: float = 0.5,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._retry_delay = retry_delay
+        self._connect_timeout = connect_timeout
+        self.origin = secrets.token_hex(6)
+        self._queue: deque[Relayed] = deque(maxlen=queue_limit)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing waits to be sent
+        self._idle.set()
+        self._cut = asyncio.Event()
+        self._receive: Callable[[Relayed], None] | None = None
+        self._listening: asyncpg.Connection | None = None
+        self._sending: asyncpg.Connection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._head = len(json.dumps({"o": self.origin, "m": []}, separators=(",", ":")))
+        self.dropped = 0
+        self.closed = False
+
+    async def start(self, receive: Callable[[Relayed], None]) -> None:
+        if self._receive is not None:
+            raise RuntimeError("the relay was started already")
+        self._receive = receive
+        try:
+            await self._listen()
+        except _TROUBLE as error:
+            raise StoreUnavailable(f"the relay could not listen on the registry database: {error}") from error
+        self._tasks = [
+            asyncio.create_task(self._keep_listening(), name="hodei-relay-listen"),
+            asyncio.create_task(self._send(), name="hodei-relay-send"),
+        ]
+
+    def publish(self, message: Relayed) -> None:
+        if self.closed:
+            return
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1  # the deque drops the oldest
+        self._queue.append(message)
+        self._idle.clear()
+        self._wake.set()
+
+    async def close(self, *, flush: float = 1.0) -> None:
+        """Send what is queued (for at most ``flush`` seconds), then stop listening and sending."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), flush)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for db in (self._listening, self._sending):
+            if db is not None:
+                db.terminate()
+        self._listening = self._sending = None
+
+    # -- listening -------------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        db = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+        try:
+            db.add_termination_listener(lambda _db: self._cut.set())
+            await db.add_listener(self._channel, self._heard)
+        except BaseException:
+            db.terminate()
+            raise
+        self._listening = db
+
+    async def _keep_listening(self) -> None:
+        while True:
+            await self._cut.wait()
+            self._cut.clear()
+            log.warning("relay.cut", extra={"channel": self._channel})
+            while True:
+                await asyncio.sleep(self._retry_delay)
+                try:
+                    await self._listen()
+                except _TROUBLE:
+                    continue
+                log.info("relay.listening_again", extra={"channel": self._channel})
+                break
+
+    def _heard(self, _db: object, _pid: int, _channel: str, notified: object) -> None:
+        payload = str(notified)
+        try:
+            parsed = json.loads(payload)
+            if parsed["o"] == self.origin:
+                return
+            items = list(parsed["m"])
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("relay.unreadable", extra={"error": str(error)[:200], "payload_bytes": len(payload)})
+            return
+        assert self._receive is not None
+        for item in items:
+            try:
+                message = decode(item)
+            except (ValueError, KeyError, TypeError, IndexError) as error:  # a newer replica's, or garbage
+                log.warning(
+                    "relay.unreadable", extra={"error": str(error)[:200], "payload_bytes": len(payload)}
+                )
+                continue
+            self._receive(message)
+
+    # -- sending ---------------------------------------------------------------------------------------
+
+    def _pack(self) -> tuple[str, int]:
+        """The next payload, and how many queued messages it carries (a message too large for any payload
+        is dropped)."""
+        items: list[str] = []
+        size = self._head
+        for message in self._queue:
+            item = json.dumps(encode(message), separators=(",", ":"))
+            if size + len(item) + 1 > PAYLOAD_LIMIT:
+                break
+            items.append(item)
+            size += len(item) + 1
+        if not items:
+            self._queue.popleft()
+            self.dropped += 1
+            log.warning("relay.message_too_large", extra={"channel": self._channel})
+            return "", 0
+        return f'{{"o":"{self.origin}","m":[{",".join(items)}]}}', len(items)
+
+    async def _send(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                self._idle.set()
+                await self._wake.wait()
+                continue
+            payload, count = self._pack()
+            if not count:
+                continue
+            sent = [self._queue.popleft() for _ in range(count)]
+            try:
+                if self._sending is None or self._sending.is_closed():
+                    self._sending = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+                await self._sending.execute("SELECT pg_notify($1, $2)", self._channel, payload)
+            except _TROUBLE as error:
+                log.warning("relay.send_failed", extra={"channel": self._channel, "error": str(error)[:200]})
+                if self._sending is not None:
+                    self._sending.terminate()
+                    self._sending = None
+                self._queue.extendleft(reversed(sent))  # sent again first, in order
+                await asyncio.sleep(self._retry_delay)
