@@ -316,6 +316,12 @@ def bench(
     ] = "",
     tls: Annotated[bool, typer.Option(help="The schedulers serve TLS (a throw-away CA).")] = False,
     auth: Annotated[bool, typer.Option(help="The schedulers require tokens (operator, join).")] = False,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="The registry store of every scheduler the bench starts: sqlite, memory or postgres."
+        ),
+    ] = "sqlite",
 ) -> None:
     """Measure registration throughput, latency, CPU and memory against the targets."""
     import json
@@ -336,6 +342,7 @@ def bench(
                 target=target or None,
                 console=errors,
                 security=BenchSecurity(tls=tls, auth=auth),
+                store=store,
             )
         )
     except ValueError as error:
