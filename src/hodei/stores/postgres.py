@@ -4,10 +4,11 @@ Every call is one transaction; registrations that arrive while one commits are g
 (:class:`~hodei.stores._group.GroupCommit`, two groups in flight). A batch of registrations locks the rows it
 touches (``SELECT … FOR UPDATE``, in worker-id order so that two replicas cannot deadlock on one batch),
 merges each registration with :func:`hodei.domain.merge_registration`, and writes creations with one
-``INSERT … ON CONFLICT DO NOTHING`` and updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another replica created meanwhile
-rolls the transaction back and runs it again, so the incarnation fence holds across replicas. The store also
-shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`), and
-:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock.
+``INSERT … ON CONFLICT DO NOTHING`` and updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a
+row another replica created meanwhile rolls the transaction back and runs it again, so the incarnation fence
+holds across replicas. The store also shares the agents' leases between replicas
+(:class:`~hodei.ports.SharedLeases`), and :class:`PostgresLeadership` elects the one replica that expires
+leases, with a session advisory lock.
 
 The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
 replicas starting together migrate once.
