@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from hodei.bench.disk import fsync_rate
 from hodei.bench.report import ScenarioResult, Target, percentile
 from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
 from hodei.testing.postgres import missing_postgres
@@ -98,6 +99,15 @@ def test_an_unknown_store_is_refused_with_the_known_ones() -> None:
 
     assert result.returncode == 2
     assert "unknown store 'mongo'; known: sqlite, memory, postgres" in result.stderr
+
+
+def test_the_sequential_scenario_on_sqlite_reports_the_disk_s_fsync_rate_beside_it(
+    quick_results: list[ScenarioResult], tmp_path: Path
+) -> None:
+    sequential = next(r for r in quick_results if r.name == "sequential")
+    assert sequential.metrics()["disk_fsyncs_per_second"] > 0
+    assert fsync_rate(tmp_path, seconds=0.05) > 0
+    assert list(tmp_path.iterdir()) == []  # the probe's file is gone
 
 
 def test_each_registration_scenario_registered_exactly_its_workers(

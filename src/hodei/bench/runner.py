@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hodei.bench import scenarios
+from hodei.bench.disk import fsync_rate
 from hodei.bench.processes import ProcessProbe, ServerProcess
 from hodei.bench.report import ScenarioResult, Target
 from hodei.bench.security import PLAIN, PLAINTEXT, BenchSecurity, PreparedSecurity
@@ -266,6 +267,11 @@ async def run_scenario(
             result.extra["rss_growth_after_warmup_mb"] = (after.rss - before.rss) / 2**20
     if name == "churn":
         result.workers = scale.churn
+    if name == "sequential" and store == "sqlite" and not target:
+        # One registration at a time is one commit at a time: beside it, what the disk itself allows.
+        result.extra["disk_fsyncs_per_second"] = await asyncio.to_thread(
+            fsync_rate, Path(tempfile.gettempdir())
+        )
     return result
 
 
