@@ -23,6 +23,7 @@ from hodei.bench.disk import fsync_rate
 from hodei.bench.processes import ProcessProbe, ServerProcess
 from hodei.bench.report import ScenarioResult, Target
 from hodei.bench.security import PLAIN, PLAINTEXT, BenchSecurity, PreparedSecurity
+from hodei.bench.stores import STORES, registry_store
 from hodei.transport.client import SchedulerPortClient
 
 __all__ = ["SCENARIOS", "STORES", "Scale", "run_benchmark"]
@@ -71,9 +72,6 @@ class Context:
     baseline_target: str = ""
     security: PreparedSecurity = PLAINTEXT
 
-
-STORES = ("sqlite", "memory", "postgres")
-"""The registry stores a scenario's scheduler can use; the first is what ``hodei scheduler serve`` defaults to."""
 
 # Single registrations with 500 in flight, as a share of the same run's raw grpc.aio baseline, by store.
 _CONCURRENT_RATIO = {"memory": 0.65, "sqlite": 0.6, "postgres": 0.5}
@@ -164,29 +162,8 @@ async def _server(
     else:
         liveness = ("--heartbeat-interval", "1", "--lease-ttl", "5") if name == "agents" else ()
         args = (*liveness, *security.server_args)
-        async with _store(store) as url, ServerProcess.scheduler(*args, store=url) as server:
+        async with registry_store(store) as url, ServerProcess.scheduler(*args, store=url) as server:
             yield server.address, ProcessProbe(server.pid)
-
-
-@contextlib.asynccontextmanager
-async def _store(kind: str) -> AsyncIterator[str]:
-    """The registry store of a scenario's scheduler: memory, a fresh SQLite file, or a fresh PostgreSQL cluster
-    (started here, on loopback, with fsync on: durable commits cost what they cost)."""
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="hodei-bench-") as directory:
-            yield f"sqlite:///{Path(directory) / 'registry.db'}"
-    elif kind == "postgres":
-        from hodei.testing.postgres import PostgresCluster, missing_postgres
-
-        if (missing := missing_postgres()) is not None:
-            raise RuntimeError(f"--store postgres needs PostgreSQL: {missing}")
-        cluster = await asyncio.to_thread(PostgresCluster().start)
-        try:
-            yield await asyncio.to_thread(cluster.create_database, "hodei_bench")
-        finally:
-            await asyncio.to_thread(cluster.stop)
-    else:
-        yield "memory"
 
 
 def _health_probe(address: str, scale: Scale, security: PreparedSecurity) -> subprocess.Popen[str]:
