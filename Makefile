@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/client.py,src/hodei/transport/status.py
 
-.PHONY: demo test test-fast test-flaky system-deps lint proto bench bench-containers clean mutation
+.PHONY: demo test test-fast test-flaky system-deps lint proto bench bench-fleet bench-containers clean mutation
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -48,6 +48,10 @@ lint: $(STAMP)  ## ruff and strict mypy
 
 bench: $(STAMP)  ## the registration benchmark: every scenario, a table, and benchmarks/last-run.json
 	$(BIN)/hodei bench --json benchmarks/last-run.json
+
+AGENTS ?= 10000
+bench-fleet: $(STAMP)  ## the fleet benchmark: $(AGENTS) agents on one scheduler, steady heartbeats, SIGKILL and restart
+	$(BIN)/hodei bench --scenario fleet --agents $(AGENTS) --json benchmarks/fleet-last-run.json
 
 bench-containers: $(STAMP) system-deps  ## how long a container worker takes from provision_worker to AVAILABLE (root, Podman)
 	$(BIN)/python -m hodei.bench.containers

@@ -328,11 +328,26 @@ def bench(
     ] = "",
     tls: Annotated[bool, typer.Option(help="The schedulers serve TLS (a throw-away CA).")] = False,
     auth: Annotated[bool, typer.Option(help="The schedulers require tokens (operator, join).")] = False,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="The registry store of every scheduler the bench starts: sqlite, memory or postgres."
+        ),
+    ] = "sqlite",
+    agents: Annotated[
+        int, typer.Option(help="--scenario fleet: how many agents (each its own connection).", min=1)
+    ] = 1000,
+    steady: Annotated[float, typer.Option(help="--scenario fleet: seconds of heartbeats measured.")] = 30.0,
 ) -> None:
-    """Measure registration throughput, latency, CPU and memory against the targets."""
+    """Measure registration throughput, latency, CPU and memory against the targets; or, with
+    ``--scenario fleet``, a fleet of agents: cold start, steady heartbeats, SIGKILL and restart."""
     import json
     import tempfile
     from collections import Counter
+
+    if scenario == ["fleet"]:
+        _bench_fleet(agents, store=store, steady=steady, json_out=json_out)
+        return
 
     from hodei.bench.report import results_table
     from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
@@ -356,6 +371,7 @@ def bench(
                 target=target or None,
                 console=errors,
                 security=BenchSecurity(tls=tls, auth=auth),
+                store=store,
             )
         )
     except ValueError as error:
@@ -375,6 +391,40 @@ def bench(
         errors.print(f"logged during the run: {by_event} (in {warnings.name})", highlight=False, markup=False)
     else:
         Path(warnings.name).unlink()
+
+
+def _bench_fleet(agents: int, *, store: str, steady: float, json_out: str) -> None:
+    import json
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hodei.bench.fleet import fleet_table, run_fleet
+
+    observe("hodei-bench", LogFormat.CONSOLE, LogLevel.WARNING)
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+    )
+    with Progress(*columns, TimeElapsedColumn(), console=errors) as bar:
+        phases: dict[str, Any] = {}
+
+        def progress(phase: str, done: float, total: float) -> None:
+            if phase not in phases:
+                phases[phase] = bar.add_task(phase, total=total)
+            bar.update(phases[phase], completed=done, total=total)
+
+        try:
+            report = asyncio.run(run_fleet(agents, store=store, steady=steady, progress=progress))
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+    document = json.dumps(report.to_json(), indent=2)
+    if json_out == "-":
+        print(document)
+        return
+    console.print(fleet_table([report]))
+    if json_out:
+        Path(json_out).write_text(document + "\n")
 
 
 @app.command()

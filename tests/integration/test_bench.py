@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from hodei.bench.disk import fsync_rate
 from hodei.bench.report import ScenarioResult, Target, percentile
 from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
 from hodei.testing.postgres import missing_postgres
@@ -17,6 +18,7 @@ from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 REPORT_FIELDS = {
     "scenario",
+    "store",
     "workers",
     "elapsed_s",
     "errors_by_kind",
@@ -37,8 +39,6 @@ REPORT_FIELDS = {
 def quick_results() -> list[ScenarioResult]:
     import asyncio
 
-    if (missing := missing_postgres()) is not None:  # batch-postgres starts a cluster of its own
-        skip_or_fail_for_missing(missing)
     return asyncio.run(
         run_benchmark(list(SCENARIOS), Scale.quick(), target=None, console=Console(quiet=True))
     )
@@ -58,6 +58,56 @@ def test_every_scenario_runs_without_errors_and_reports_every_field(
         # the registration scenarios must show some.
         if result.name != "agents":
             assert report["scheduler_cpu_percent"] > 0, result.name
+
+
+def test_every_scenario_runs_on_the_store_serve_defaults_to_and_says_so(
+    quick_results: list[ScenarioResult],
+) -> None:
+    assert {r.store for r in quick_results if not r.name.startswith("baseline")} == {"sqlite"}
+    assert {r.store for r in quick_results if r.name.startswith("baseline")} == {""}
+
+
+@pytest.mark.parametrize("store", ["memory", "postgres"])
+def test_the_scenarios_run_on_each_store_with_that_store_s_targets(store: str) -> None:
+    import asyncio
+
+    if store == "postgres" and (missing := missing_postgres()) is not None:
+        skip_or_fail_for_missing(missing)
+    names = ["baseline-concurrent", "concurrent-500", "batch-10000"]
+    results = asyncio.run(
+        run_benchmark(names, Scale.quick(), target=None, console=Console(quiet=True), store=store)
+    )
+
+    assert [(r.name, r.store) for r in results] == [(names[0], ""), (names[1], store), (names[2], store)]
+    assert [r.errors for r in results] == [{}] * 3
+    assert [r.registered_after - r.registered_before for r in results[1:]] == [
+        Scale.quick().concurrent,
+        Scale.quick().batch * Scale.quick().batch_rounds + min(Scale.quick().batch, 1000),
+    ]
+    ratio = next(t for t in results[1].targets if t.metric == "ratio_to_baseline")
+    batch = next(t for t in results[2].targets if t.metric == "workers_per_second")
+    assert (ratio.value, batch.value) == {"memory": (0.65, 50_000), "postgres": (0.5, 23_000)}[store]
+
+
+def test_an_unknown_store_is_refused_with_the_known_ones() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hodei", "bench", "--store", "mongo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "unknown store 'mongo'; known: sqlite, memory, postgres" in result.stderr
+
+
+def test_the_sequential_scenario_on_sqlite_reports_the_disk_s_fsync_rate_beside_it(
+    quick_results: list[ScenarioResult], tmp_path: Path
+) -> None:
+    sequential = next(r for r in quick_results if r.name == "sequential")
+    assert sequential.metrics()["disk_fsyncs_per_second"] > 0
+    assert fsync_rate(tmp_path, seconds=0.05) > 0
+    assert list(tmp_path.iterdir()) == []  # the probe's file is gone
 
 
 def test_each_registration_scenario_registered_exactly_its_workers(

@@ -22,6 +22,7 @@ from hodei import (
     RegistrationReceipt,
     SchedulerError,
     SchedulerPortClient,
+    WorkerRecord,
     WorkerRegistrationAdapter,
     WorkerStatus,
     WorkerType,
@@ -54,6 +55,13 @@ class RecordingClient(SchedulerPortClient):
             if isinstance(outcome, RegistrationReceipt):
                 self.told.setdefault(worker.worker_id, outcome)
         return outcomes
+
+    async def register_worker(
+        self, worker: DynamicWorker, *, timeout: float | None = None
+    ) -> RegistrationReceipt:
+        receipt = await super().register_worker(worker, timeout=timeout)
+        self.told.setdefault(worker.worker_id, receipt)
+        return receipt
 
 
 async def all_workers(client: SchedulerPortClient) -> list[str]:
@@ -109,6 +117,65 @@ async def test_sigkill_in_the_middle_of_a_500_worker_batch_loses_no_acknowledged
         first.kill()
         if restarted is not None:
             restarted.kill()
+
+
+async def test_sigkill_while_500_single_registrations_are_in_flight_loses_no_acknowledged_worker_and_duplicates_none(
+    tmp_path: Path,
+) -> None:
+    """The twin of the batch test for group commit: 500 single registrations in flight share transactions, and
+    each is acknowledged only once the transaction holding it committed."""
+    store = f"sqlite:///{tmp_path / 'registry.db'}"
+    first = await ServerProcess.scheduler(store=store, log=tmp_path / "scheduler.log").start()
+    restarted: ServerProcess | None = None
+    client = RecordingClient(first.address)
+    config = RegistrationConfig(max_retries=60, base_backoff=0.05, max_backoff=0.25, registration_timeout=5.0)
+    adapter = WorkerRegistrationAdapter(client, config)
+    workers = [make_worker(f"single-{n:04d}") for n in range(1500)]
+    in_flight = asyncio.Semaphore(500)
+
+    async def register(worker: DynamicWorker) -> RegistrationReceipt:
+        async with in_flight:
+            return await adapter.register_worker(worker)
+
+    try:
+        registering = asyncio.gather(*(register(w) for w in workers))
+        await wait_for(lambda: _at_least(len(client.told), 600), timeout=30)
+        first.kill()
+        told_before_the_crash = dict(client.told)
+        assert 600 <= len(told_before_the_crash) < 1500, (
+            "the crash must land while registrations are in flight"
+        )
+
+        restarted = await ServerProcess.scheduler(
+            store=store, port=first.port, log=tmp_path / "scheduler.log"
+        ).start()
+        async with SchedulerPortClient(restarted.address, options=OWN_SUBCHANNELS) as reader:
+            stored = {record.worker_id: record for record in await all_records(reader)}
+            lost = [worker_id for worker_id in told_before_the_crash if worker_id not in stored]
+            assert lost == [], f"{len(lost)} acknowledged registrations were lost in the crash"
+            for worker_id, receipt in told_before_the_crash.items():
+                assert stored[worker_id].registered_at == receipt.record.registered_at
+
+            receipts = await asyncio.wait_for(registering, 60)
+            assert [r.record.worker_id for r in receipts] == [w.worker_id for w in workers]
+            ids = await all_workers(reader)
+            assert len(ids) == len(set(ids)) == len(workers)  # each once, none missing
+            assert set(ids) == {w.worker_id for w in workers}
+    finally:
+        await client.close()
+        first.kill()
+        if restarted is not None:
+            restarted.kill()
+
+
+async def all_records(client: SchedulerPortClient) -> list[WorkerRecord]:
+    records: list[WorkerRecord] = []
+    token = ""
+    while True:
+        page = await client.list_workers(page_size=1000, page_token=token)
+        records += page.workers
+        if not (token := page.next_page_token):
+            return records
 
 
 async def _at_least(value: int, minimum: int) -> bool:

@@ -533,3 +533,35 @@ async def test_postgres_a_status_change_is_not_news_of_the_worker(postgres_dsn: 
     finally:
         await db.close()
         await store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_concurrent_single_registrations_share_transactions_and_each_gets_its_own_exact_outcome(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "sqlite":
+        store: SqliteRegistryStore | PostgresRegistryStore = await SqliteRegistryStore.open(tmp_path / "r.db")
+    else:
+        store = await PostgresRegistryStore.open(request.getfixturevalue("postgres_dsn"))
+    try:
+        await store.upsert([record("fenced", incarnation=5)])
+        before = store.registration_transactions
+        calls = [[record(f"w-{n:03d}")] for n in range(300)]
+        calls.append([record("fenced", incarnation=4)])  # older than the stored one: STALE, and only it
+        calls.append([record("fenced", incarnation=6), record("w-000", incarnation=1)])
+        outcomes = await asyncio.gather(*(store.upsert(call) for call in calls))
+        for n in range(300):
+            [(outcome, stored)] = outcomes[n]
+            assert outcome is UpsertOutcome.CREATED
+            assert stored.worker_id == f"w-{n:03d}"
+        [(stale, kept)] = outcomes[300]
+        assert (stale, kept.incarnation) == (UpsertOutcome.STALE, 5)
+        [(newer, fenced), (again, w0)] = outcomes[301]
+        assert (newer, fenced.incarnation) == (UpsertOutcome.UPDATED, 6)
+        assert (again, w0.incarnation) == (UpsertOutcome.UPDATED, 1)
+        assert store.registration_transactions - before < len(calls) / 4  # shared, not one each
+        assert await store.count() == 301
+        assert (await store.get("fenced")).incarnation == 6  # type: ignore[union-attr]
+        assert (await store.get("w-000")).incarnation == 1  # type: ignore[union-attr]
+    finally:
+        await store.close()

@@ -42,6 +42,7 @@ class ScenarioResult:
     name: str
     workers: int
     elapsed: float
+    store: str = ""  # the registry store of the scenario's scheduler ("" for the raw baseline)
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     scheduler_cpu_percent: float = 0.0
@@ -90,6 +91,7 @@ class ScenarioResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.name,
+            "store": self.store,
             "workers": self.workers,
             "elapsed_s": self.elapsed,
             "errors_by_kind": dict(self.errors),
@@ -105,6 +107,7 @@ def results_table(results: list[ScenarioResult]) -> Table:
     table = Table(title="hodei registration benchmark")
     for column in (
         "scenario",
+        "store",
         "workers",
         "workers/s",
         "p50 ms",
@@ -131,6 +134,7 @@ def results_table(results: list[ScenarioResult]) -> Table:
         )
         table.add_row(
             result.name,
+            result.store,
             f"{result.workers:,}",
             f"{metrics['workers_per_second']:,.0f}",
             f"{metrics['p50_ms']:.2f}",

@@ -62,7 +62,22 @@ DURATION_BUCKETS = (
 )
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
-HEARTBEAT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
+# 0.1 s apart around the default heartbeat interval (5 s), so that its p50 and p99 read to 0.1 s.
+HEARTBEAT_LAG_BUCKETS = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    4.0,
+    *(round(4.5 + step / 10, 1) for step in range(21)),  # 4.5, 4.6, ... 6.5
+    7.5,
+    10.0,
+    15.0,
+    30.0,
+    60.0,
+)
 
 # The values each label takes. Every series they make exists from the start (at 0), so that rates and ratios
 # over them are defined before the first event.

@@ -1,13 +1,15 @@
 """A :class:`~hodei.ports.RegistryStore` in PostgreSQL (asyncpg), shared by several scheduler replicas.
 
-Every call is one transaction. A batch of registrations locks the rows it touches (``SELECT … FOR UPDATE``,
-in worker-id order so that two replicas cannot deadlock on one batch), merges each registration with
-:func:`hodei.domain.merge_registration`, and writes creations with one ``INSERT … ON CONFLICT DO NOTHING`` and
-updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another replica created meanwhile
-rolls the transaction back and runs it again, so the incarnation fence holds across replicas. The store also
-shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`),
-:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock, and
-:class:`PostgresEventRelay` passes events and commands between replicas with LISTEN/NOTIFY.
+Every call is one transaction; registrations that arrive while one commits are group committed
+(:class:`~hodei.stores._group.GroupCommit`, two groups in flight). A batch of registrations locks the rows it
+touches (``SELECT … FOR UPDATE``, in worker-id order so that two replicas cannot deadlock on one batch),
+merges each registration with :func:`hodei.domain.merge_registration`, and writes creations with one
+``INSERT … ON CONFLICT DO NOTHING`` and updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a
+row another replica created meanwhile rolls the transaction back and runs it again, so the incarnation fence
+holds across replicas. The store also shares the agents' leases between replicas
+(:class:`~hodei.ports.SharedLeases`), :class:`PostgresLeadership` elects the one replica that expires leases,
+with a session advisory lock, and :class:`PostgresEventRelay` passes events and commands between replicas with
+LISTEN/NOTIFY.
 
 The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
 replicas starting together migrate once.
@@ -32,8 +34,9 @@ from asyncpg.pool import PoolConnectionProxy
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import TouchedLeases, WorkerFilter
+from hodei.stores._group import GroupCommit
 from hodei.stores._postgres_relay import PostgresEventRelay
-from hodei.stores._rows import COLUMNS, from_row, to_row
+from hodei.stores._rows import COLUMNS, estimated_size, from_row, to_row
 
 __all__ = ["SCHEMA_VERSION", "PostgresEventRelay", "PostgresLeadership", "PostgresRegistryStore"]
 
@@ -215,6 +218,10 @@ class PostgresRegistryStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self.dsn = _hint(dsn)
+        # Two groups in flight: one commits while the next one locks its rows and merges.
+        self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
+            self._upsert_now, size=estimated_size, in_flight=2
+        )
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresRegistryStore:
@@ -288,6 +295,14 @@ class PostgresRegistryStore:
     # -- RegistryStore ---------------------------------------------------------------------------------
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        return await self._registrations.write(records)
+
+    @property
+    def registration_transactions(self) -> int:
+        """Transactions that registrations have been written in so far (group commit: fewer than calls)."""
+        return self._registrations.groups
+
+    async def _upsert_now(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         ids = sorted({record.worker_id for record in records})
 
         async def write(db: Db) -> list[tuple[UpsertOutcome, WorkerRecord]]:
@@ -371,6 +386,7 @@ class PostgresRegistryStore:
         return {WorkerStatus(row[0]): int(row[1]) for row in rows}
 
     async def close(self) -> None:
+        await self._registrations.aclose()
         await self._pool.close()
 
     # -- SpentTokens -----------------------------------------------------------------------------------

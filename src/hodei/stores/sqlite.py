@@ -1,7 +1,9 @@
 """A :class:`~hodei.ports.RegistryStore` in one SQLite file: the embedded default, durable across restarts.
 
 Every call is one transaction, run on the store's own thread (sqlite3 blocks): a batch of registrations is
-one ``BEGIN IMMEDIATE … COMMIT``, so a batch costs one fsync, not one per worker. The file is in WAL mode with
+one ``BEGIN IMMEDIATE … COMMIT``, so a batch costs one fsync, not one per worker. Registrations are group
+committed (:class:`~hodei.stores._group.GroupCommit`): those that arrive while a commit runs share the next
+transaction and its fsync, each answered once that transaction committed. The file is in WAL mode with
 ``synchronous=FULL``: a commit that returned is on disk, and a registration acknowledged to a client survives
 the scheduler's crash and the machine's. The schema is versioned (``PRAGMA user_version``) and migrated when
 the store opens; a file written by a newer hodei is refused rather than misread.
@@ -29,7 +31,8 @@ from hodei.domain import (
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._file_lock import RegistryFileLock
-from hodei.stores._rows import COLUMNS, from_row, to_row
+from hodei.stores._group import GroupCommit
+from hodei.stores._rows import COLUMNS, estimated_size, from_row, to_row
 
 __all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
 
@@ -117,6 +120,9 @@ class SqliteRegistryStore:
         self._closed = False
         self._busy_timeout_ms = round(busy_timeout * 1000)  # how long a write waits for another's lock
         self._lock = RegistryFileLock(self.path) if exclusive else None
+        self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
+            self._upsert_now, size=estimated_size
+        )
 
     @classmethod
     async def open(
@@ -222,6 +228,14 @@ class SqliteRegistryStore:
     # -- RegistryStore ---------------------------------------------------------------------------------
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        return await self._registrations.write(records)
+
+    @property
+    def registration_transactions(self) -> int:
+        """Transactions that registrations have been written in so far (group commit: fewer than calls)."""
+        return self._registrations.groups
+
+    async def _upsert_now(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         def write(db: sqlite3.Connection) -> list[tuple[UpsertOutcome, WorkerRecord]]:
             outcomes, written = merge_registrations(
                 _fetch(db, list({r.worker_id: None for r in records})), records
@@ -314,6 +328,7 @@ class SqliteRegistryStore:
 
         if not self._closed:
             self._closed = True
+            await self._registrations.aclose()
             await asyncio.get_running_loop().run_in_executor(self._thread, shut)
             self._thread.shutdown(wait=True)
 

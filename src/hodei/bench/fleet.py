@@ -1,0 +1,402 @@
+"""The fleet benchmark: N real agents against one scheduler process, a steady window, then SIGKILL and restart.
+
+``hodei bench --scenario fleet --agents N`` (``make bench-fleet``). The agents run in swarm processes
+(:mod:`hodei.bench.swarm`, at most ``per_swarm`` agents each, so that the load generator is never the
+bottleneck), each agent with a connection of its own; the scheduler is ``hodei scheduler serve`` in a process
+of its own, on the default store (SQLite) unless told otherwise, with its ``/metrics`` scraped. Measured:
+
+1. the cold start: time until every agent's stream is up;
+2. a steady window: heartbeats the scheduler received against those expected (agents * window / interval),
+   the observed heartbeat interval's p50 and p99 (from ``hodei_heartbeat_lag_seconds``, whose buckets are
+   0.1 s apart around the default interval), the scheduler's CPU share, RSS per agent and open files;
+3. SIGKILL of the scheduler and a restart on the same port and store: time until every agent is connected
+   again and every worker ``AVAILABLE``, the peak of the scheduler's connections and open files meanwhile,
+   hellos refused and reconnections, workers seen ``LOST``, agents that exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from rich.table import Table
+
+from hodei.bench.processes import ProcessProbe, ServerProcess, free_port
+from hodei.bench.stores import registry_store
+
+__all__ = ["FleetReport", "fleet_table", "run_fleet"]
+
+Progress = Callable[[str, float, float], None]
+"""``progress(phase, done, total)``."""
+
+
+@dataclass
+class RestartFigures:
+    all_connected_s: float = math.nan
+    all_available_s: float = math.nan
+    peak_connections: int = 0
+    peak_fds: int = 0
+    hellos_refused: int = 0
+    reconnects: int = 0
+    workers_lost_max: int = 0
+
+
+@dataclass
+class FleetReport:
+    agents: int
+    swarms: int
+    store: str
+    heartbeat_interval: float
+    connect_s: float = math.nan
+    steady_s: float = 0.0
+    heartbeats_expected: float = 0.0
+    heartbeats_delivered: float = 0.0
+    interval_p50_s: float = math.nan
+    interval_p99_s: float = math.nan
+    scheduler_cpu_share: float = 0.0  # cores
+    scheduler_rss_mb: float = 0.0
+    rss_kb_per_agent: float = 0.0
+    scheduler_fds: int = 0
+    hellos_refused_at_start: int = 0
+    restart: RestartFigures | None = None
+    agent_exits: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def heartbeats_delivered_share(self) -> float:
+        return self.heartbeats_delivered / self.heartbeats_expected if self.heartbeats_expected else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        document = asdict(self)
+        document["scenario"] = "fleet"
+        document["heartbeats_delivered_share"] = self.heartbeats_delivered_share
+        return document
+
+
+class _Swarm:
+    """One swarm process and the last counts it reported."""
+
+    def __init__(self, target: str, prefix: str, first: int, count: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hodei.bench.swarm", target, prefix, str(first), str(count)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.counts: dict[str, int] = {"agents": count}
+        self._reader: asyncio.Task[None] | None = None
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        stream = self.process.stdout
+        while line := await asyncio.to_thread(stream.readline):
+            with contextlib.suppress(ValueError):
+                self.counts = json.loads(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+        if self._reader is not None:
+            await self._reader
+
+
+def _total(swarms: list[_Swarm], key: str) -> int:
+    return sum(s.counts.get(key, 0) for s in swarms)
+
+
+async def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Every sample of the scheduler's ``/metrics``: name -> labels -> value."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return str(answer.read().decode())
+
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(await asyncio.to_thread(fetch)):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def _buckets(samples: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> list[tuple[float, float]]:
+    found = samples.get("hodei_heartbeat_lag_seconds_bucket", {})
+    return sorted((float(dict(labels)["le"]), value) for labels, value in found.items())
+
+
+def histogram_quantile(fraction: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' ``histogram_quantile`` over cumulative ``(upper bound, count)`` buckets: linear within the
+    bucket the rank falls in. NaN without observations."""
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    rank = fraction * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _connections(pid: int) -> int:
+    with contextlib.suppress(psutil.Error):
+        return len(psutil.Process(pid).net_connections(kind="tcp"))
+    return 0
+
+
+def _fds(pid: int) -> int:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).num_fds()
+    return 0
+
+
+async def _until(condition: Callable[[], bool], timeout: float, on_tick: Callable[[], None]) -> float:
+    """Seconds until ``condition`` held (NaN if it did not within ``timeout``), calling ``on_tick`` as it waits."""
+    started = time.perf_counter()
+    while not condition():
+        on_tick()
+        if time.perf_counter() - started > timeout:
+            return math.nan
+        await asyncio.sleep(0.2)
+    return time.perf_counter() - started
+
+
+def _scheduler(
+    port: int, store: str, metrics_port: int, agents: int, heartbeat: float, log: Path
+) -> ServerProcess:
+    """``hodei scheduler serve`` for ``agents`` agents from one address, its ``/metrics`` on ``metrics_port``."""
+    return ServerProcess.scheduler(
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        "--max-streams",
+        str(max(20_000, agents + 1000)),
+        "--max-streams-per-peer",
+        str(agents + 1000),
+        "--heartbeat-interval",
+        str(heartbeat),
+        "--lease-ttl",
+        str(3 * heartbeat),
+        "--log-level",
+        "warning",
+        store=store,
+        port=port,
+        log=log,
+    )
+
+
+async def run_fleet(
+    agents: int,
+    *,
+    store: str = "sqlite",
+    steady: float = 30.0,
+    heartbeat: float = 5.0,
+    per_swarm: int = 2500,
+    restart: bool = True,
+    timeout: float = 300.0,
+    progress: Progress | None = None,
+    log_directory: Path | None = None,
+) -> FleetReport:
+    """Run the fleet benchmark with ``agents`` agents; ``steady`` seconds of heartbeats are measured."""
+    if agents < 1:
+        raise ValueError(f"--agents must be at least 1, got {agents}")
+    tell = progress or (lambda phase, done, total: None)
+    swarm_count = math.ceil(agents / per_swarm)
+    report = FleetReport(agents=agents, swarms=swarm_count, store=store, heartbeat_interval=heartbeat)
+    port, metrics_port = free_port(), free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with contextlib.ExitStack() as stack:
+        directory = log_directory or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="hodei-fleet-"))
+        )
+        log = directory / "scheduler.log"
+        async with registry_store(store) as url:
+            first = await _scheduler(port, url, metrics_port, agents, heartbeat, log).start(timeout=60)
+            second: ServerProcess | None = None
+            swarms: list[_Swarm] = []
+            try:
+                size = math.ceil(agents / swarm_count)
+                for index in range(swarm_count):
+                    count = min(size, agents - index * size)
+                    swarms.append(_Swarm(first.address, f"fleet-{index:02d}", index * size, count))
+                for swarm in swarms:
+                    swarm.start_reading()
+                # 1. cold start
+                report.connect_s = await _until(
+                    lambda: _total(swarms, "connected") == agents,
+                    timeout,
+                    lambda: tell("connect", _total(swarms, "connected"), agents),
+                )
+                tell("connect", _total(swarms, "connected"), agents)
+                report.hellos_refused_at_start = _total(swarms, "hellos_refused")
+                if math.isnan(report.connect_s):
+                    report.notes.append(
+                        f"only {_total(swarms, 'connected')} of {agents} connected in {timeout:g} s"
+                    )
+                # 2. steady window (after one interval, so every agent is in its heartbeat rhythm)
+                await asyncio.sleep(heartbeat)
+                probe = ProcessProbe(first.pid)
+                before, usage_before = await _scrape(metrics_url), probe.sample()
+                started = time.perf_counter()
+                while (elapsed := time.perf_counter() - started) < steady:
+                    tell("steady", elapsed, steady)
+                    await asyncio.sleep(min(0.5, steady - elapsed))
+                after, usage_after = await _scrape(metrics_url), probe.sample()
+                report.steady_s = usage_after.at - usage_before.at
+                tell("steady", steady, steady)
+                count_key: tuple[tuple[str, str], ...] = ()
+                delivered = after.get("hodei_heartbeat_lag_seconds_count", {}).get(
+                    count_key, 0.0
+                ) - before.get("hodei_heartbeat_lag_seconds_count", {}).get(count_key, 0.0)
+                report.heartbeats_expected = agents * report.steady_s / heartbeat
+                report.heartbeats_delivered = delivered
+                window = [
+                    (bound, count - dict(_buckets(before)).get(bound, 0.0))
+                    for bound, count in _buckets(after)
+                ]
+                report.interval_p50_s = histogram_quantile(0.5, window)
+                report.interval_p99_s = histogram_quantile(0.99, window)
+                report.scheduler_cpu_share = ProcessProbe.cpu_percent(usage_before, usage_after) / 100
+                report.scheduler_rss_mb = usage_after.rss / 2**20
+                report.rss_kb_per_agent = usage_after.rss / 1024 / agents
+                report.scheduler_fds = _fds(first.pid)
+                # 3. SIGKILL and restart on the same port and store
+                if restart:
+                    first.kill()
+                    killed_at = time.perf_counter()
+                    # The swarms' next reports show the broken streams: "all connected" is not the old news.
+                    await _until(lambda: _total(swarms, "connected") < agents, 30, lambda: None)
+                    second = _scheduler(port, url, metrics_port, agents, heartbeat, log)
+                    report.restart = await _restart(
+                        second, swarms, metrics_url, agents, heartbeat, timeout, tell, killed_at
+                    )
+                report.agent_exits = _total(swarms, "exits")
+            finally:
+                for swarm in swarms:
+                    swarm.stop()
+                for swarm in swarms:
+                    await swarm.wait(90)
+                first.kill()
+                if second is not None:
+                    second.kill()
+    return report
+
+
+async def _restart(
+    second: ServerProcess,
+    swarms: list[_Swarm],
+    metrics_url: str,
+    agents: int,
+    heartbeat: float,
+    timeout: float,
+    tell: Progress,
+    started: float,
+) -> RestartFigures:
+    """The first scheduler was killed at ``started``: start ``second`` on its port and store, and watch the
+    fleet come back (times count from the kill)."""
+    figures = RestartFigures()
+    refused, reconnects = _total(swarms, "hellos_refused"), _total(swarms, "reconnects")
+    await second.start(timeout=60)
+    available = 0
+    lost = 0
+
+    async def sample() -> None:
+        nonlocal available, lost
+        figures.peak_connections = max(figures.peak_connections, _connections(second.pid))
+        figures.peak_fds = max(figures.peak_fds, _fds(second.pid))
+        with contextlib.suppress(OSError, ValueError):
+            workers = (await _scrape(metrics_url)).get("hodei_workers", {})
+            available = int(workers.get((("status", "available"),), 0))
+            lost = int(workers.get((("status", "lost"),), 0))
+            figures.workers_lost_max = max(figures.workers_lost_max, lost)
+
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        await sample()
+        connected = _total(swarms, "connected")
+        tell("restart", connected, agents)
+        if connected == agents and math.isnan(figures.all_connected_s):
+            figures.all_connected_s = time.perf_counter() - started
+        if connected == agents and available == agents:
+            figures.all_available_s = time.perf_counter() - started
+            break
+        await asyncio.sleep(0.5)
+    # Keep the restarted scheduler for one lease more: a worker that goes LOST after all came back counts.
+    settle = time.perf_counter() + 3 * heartbeat
+    while time.perf_counter() < settle:
+        await sample()
+        await asyncio.sleep(0.5)
+    figures.hellos_refused = _total(swarms, "hellos_refused") - refused
+    figures.reconnects = _total(swarms, "reconnects") - reconnects
+    return figures
+
+
+def _seconds(value: float) -> str:
+    return "not reached" if math.isnan(value) else f"{value:.1f} s"
+
+
+def fleet_table(reports: list[FleetReport]) -> Table:
+    table = Table(title="hodei fleet benchmark")
+    for column in (
+        "agents",
+        "swarms",
+        "store",
+        "all connected",
+        "heartbeats delivered",
+        "interval p50 / p99",
+        "sched CPU",
+        "sched RSS",
+        "KB/agent",
+        "fds",
+        "restart: all connected",
+        "all AVAILABLE",
+        "peak conns / fds",
+        "refused / reconnects",
+        "LOST",
+        "agent exits",
+    ):
+        table.add_column(column, justify="right", overflow="fold")
+    for r in reports:
+        again = r.restart
+        table.add_row(
+            f"{r.agents:,}",
+            str(r.swarms),
+            r.store,
+            _seconds(r.connect_s),
+            f"{r.heartbeats_delivered_share:.1%}",
+            f"{r.interval_p50_s:.2f} / {r.interval_p99_s:.2f} s",
+            f"{r.scheduler_cpu_share:.2f} core",
+            f"{r.scheduler_rss_mb:.0f} MB",
+            f"{r.rss_kb_per_agent:.1f}",
+            str(r.scheduler_fds),
+            _seconds(again.all_connected_s) if again else "-",
+            _seconds(again.all_available_s) if again else "-",
+            f"{again.peak_connections:,} / {again.peak_fds:,}" if again else "-",
+            f"{again.hellos_refused:,} / {again.reconnects:,}" if again else "-",
+            str(again.workers_lost_max) if again else "-",
+            str(r.agent_exits),
+        )
+    return table

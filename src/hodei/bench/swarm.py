@@ -1,0 +1,103 @@
+"""A swarm of real agents in one process, for the fleet benchmark.
+
+``python -m hodei.bench.swarm TARGET PREFIX FIRST COUNT [--report-every S]`` runs ``COUNT`` in-process
+:class:`~hodei.agent.WorkerAgent`\\ s (``PREFIX-FIRST`` …), each with a connection of its own as real agents
+have, and prints one JSON line of counts every ``--report-every`` seconds on standard output (see
+:func:`counts`). SIGTERM shuts every agent down (drain, unregister) and prints a last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+from hodei.agent.agent import WorkerAgent
+from hodei.agent.config import AgentConfig
+from hodei.observability.metrics import AgentMetrics
+
+__all__ = ["counts", "swarm"]
+
+
+def counts(
+    agents: Sequence[WorkerAgent], tasks: Sequence[asyncio.Task[None]], metrics: AgentMetrics
+) -> dict[str, int]:
+    """``connected``: agents whose stream is up now; ``heartbeats``: sent so far; ``hellos_ok`` and
+    ``hellos_refused``: Connect streams opened or refused (any status code) so far; ``reconnects``; ``exits``:
+    agents whose run ended (before they were told to stop, none should)."""
+    registry = metrics.registry
+    refused = 0
+    for family in registry.collect():
+        if family.name == "hodei_agent_stream_connects":
+            refused += int(
+                sum(
+                    s.value
+                    for s in family.samples
+                    if s.name.endswith("_total") and s.labels["result"] != "ok"
+                )
+            )
+    return {
+        "agents": len(agents),
+        "connected": sum(1 for agent in agents if agent.connected.is_set()),
+        "heartbeats": int(registry.get_sample_value("hodei_agent_heartbeats_total") or 0),
+        "hellos_ok": int(
+            registry.get_sample_value("hodei_agent_stream_connects_total", {"result": "ok"}) or 0
+        ),
+        "hellos_refused": refused,
+        "reconnects": int(registry.get_sample_value("hodei_agent_reconnects_total") or 0),
+        "exits": sum(1 for task in tasks if task.done()),
+    }
+
+
+async def swarm(target: str, prefix: str, first: int, count: int, *, report_every: float = 0.5) -> None:
+    metrics = AgentMetrics()  # one registry for the swarm: its counts are the sums over its agents
+    agents = [
+        WorkerAgent(
+            AgentConfig(
+                schedulers=(target,),
+                worker_id=f"{prefix}-{index:05d}",
+                cpu_cores=1,
+                memory_mb=512,
+                hostname=f"{prefix}-host",
+            ),
+            metrics=metrics,
+        )
+        for index in range(first, first + count)
+    ]
+    tasks = [asyncio.create_task(agent.run()) for agent in agents]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    def report() -> None:
+        sys.stdout.write(json.dumps(counts(agents, tasks, metrics)) + "\n")
+        sys.stdout.flush()
+
+    while not stop.is_set():
+        report()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), report_every)
+    for agent in agents:
+        agent.request_shutdown("fleet benchmark over")
+    await asyncio.wait(tasks, timeout=60)
+    report()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hodei.bench.swarm")
+    parser.add_argument("target")
+    parser.add_argument("prefix")
+    parser.add_argument("first", type=int)
+    parser.add_argument("count", type=int)
+    parser.add_argument("--report-every", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    asyncio.run(swarm(args.target, args.prefix, args.first, args.count, report_every=args.report_every))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The fleet benchmark at a small size: its figures are complete and what it counts is true (not its speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hodei.bench.fleet import histogram_quantile, run_fleet
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def test_a_small_fleet_connects_heartbeats_and_all_come_back_after_a_sigkill_and_restart(
+    tmp_path: Path,
+) -> None:
+    phases: set[str] = set()
+    report = await run_fleet(
+        60,
+        steady=3.0,
+        heartbeat=1.0,
+        per_swarm=25,
+        progress=lambda phase, done, total: phases.add(phase),
+        log_directory=tmp_path,
+    )
+
+    assert (report.agents, report.swarms, report.store) == (60, 3, "sqlite")
+    assert phases == {"connect", "steady", "restart"}
+    assert report.connect_s > 0 and report.notes == []
+    assert report.heartbeats_expected == pytest.approx(60 * report.steady_s / 1.0)
+    assert report.heartbeats_delivered > 0
+    # The agents beat at the interval the scheduler asked for: p50 falls in the bucket above 1 s (the buckets
+    # are 0.1 s apart only around the default 5 s interval).
+    assert 1.0 <= report.interval_p50_s <= 2.0
+    assert report.scheduler_rss_mb > 0 and report.scheduler_fds > 60
+    assert report.restart is not None
+    assert (
+        report.restart.all_connected_s > 0
+        and report.restart.all_available_s >= report.restart.all_connected_s
+    )
+    assert report.restart.reconnects >= 60  # every agent's stream broke and was opened again
+    assert report.restart.peak_connections >= 60
+    assert report.restart.workers_lost_max == 0
+    assert report.agent_exits == 0
+    document = report.to_json()
+    assert document["scenario"] == "fleet" and document["restart"]["workers_lost_max"] == 0  # type: ignore[index]
+
+
+def test_quantiles_are_read_from_cumulative_buckets_as_prometheus_does() -> None:
+    buckets = [(4.9, 0.0), (5.0, 50.0), (5.1, 99.0), (5.2, 100.0), (math.inf, 100.0)]
+
+    assert histogram_quantile(0.5, buckets) == pytest.approx(5.0)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(5.1)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(4.95)
+    assert math.isnan(histogram_quantile(0.5, [(5.0, 0.0), (math.inf, 0.0)]))
+    assert histogram_quantile(0.99, [(5.0, 10.0), (math.inf, 20.0)]) == 5.0  # beyond the last bound
+
+
+def test_the_bench_command_runs_the_fleet_scenario_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    command = ["bench", "--scenario", "fleet", "--agents", "5", "--steady", "1", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "hodei", *command],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "hodei fleet benchmark" in result.stdout
+    document = json.loads(out.read_text())
+    assert (document["scenario"], document["agents"], document["agent_exits"]) == ("fleet", 5, 0)
