@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "hodei_relay"
 PAYLOAD_LIMIT = 7_900  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 QUEUE_LIMIT = 10_000
-_TROUBLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a connection the database dropped, or a database out of reach, raises (a statement on a connection whose
+# session was just terminated raises InternalClientError, InterfaceError or ConnectionDoesNotExistError).
+_TROUBLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def encode(message: Relayed) -> list[Any]:
@@ -119,6 +121,14 @@ class PostgresEventRelay:
             asyncio.create_task(self._keep_listening(), name="hodei-relay-listen"),
             asyncio.create_task(self._send(), name="hodei-relay-send"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # The replicas no longer hear from this one (or it from them): say so where an operator looks.
+        log.critical("relay.stopped", extra={"task": task.get_name()}, exc_info=task.exception())
 
     def publish(self, message: Relayed) -> None:
         if self.closed:
