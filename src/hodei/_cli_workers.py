@@ -165,7 +165,7 @@ def event_line(event: WorkerEvent) -> str:
 
 
 def event_json(event: WorkerEvent) -> str:
-    """One event as one JSON object on one line."""
+    """One event as one JSON object on one line (the worker's labels with it, when the event carries its record)."""
     return json.dumps(
         {
             "time": event.time.isoformat(timespec="milliseconds"),
@@ -173,6 +173,7 @@ def event_json(event: WorkerEvent) -> str:
             "kind": event.kind.value,
             "worker_id": event.worker_id,
             "status": event.record.status.value if event.record is not None else None,
+            "labels": dict(event.record.labels) if event.record is not None else None,
             "reason": event.reason,
         }
     )

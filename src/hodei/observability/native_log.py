@@ -97,9 +97,21 @@ def _python_keeps_stderr() -> int:
     return real
 
 
+def _owns_descriptor_2() -> bool:
+    """Whether Python's standard error is descriptor 2 itself. When something else has taken it over (a test
+    harness capturing output, an application embedding hodei), descriptor 2 is not ours to redirect."""
+    try:
+        return sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def silence_native_log() -> None:
     """From now on, Python writes to a duplicate of the real standard error, and what native code writes on
-    descriptor 2 is dropped: for short commands, whose errors say themselves what gRPC core would have logged."""
+    descriptor 2 is dropped: for short commands, whose errors say themselves what gRPC core would have logged.
+    Nothing changes when Python's standard error is not descriptor 2."""
+    if not _owns_descriptor_2():
+        return
     _python_keeps_stderr()
     nowhere = os.open(os.devnull, os.O_WRONLY)
     os.dup2(nowhere, 2)
@@ -109,7 +121,10 @@ def silence_native_log() -> None:
 def route_native_log(router: NativeLogRouter | None = None) -> None:
     """From now on, Python writes to a duplicate of the real standard error (``sys.stderr`` is replaced: set up
     logging after this), and what native code writes on descriptor 2 goes through ``router``, line by line, on a
-    daemon thread. For long-running commands only (the scheduler, the agent); call it once."""
+    daemon thread. For long-running commands only (the scheduler, the agent); call it once. Nothing changes when
+    Python's standard error is not descriptor 2."""
+    if not _owns_descriptor_2():
+        return
     router = router or NativeLogRouter()
     _python_keeps_stderr()
     reading, writing = os.pipe()
