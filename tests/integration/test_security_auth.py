@@ -6,6 +6,7 @@ Each refusal is checked for its code, and for the registry left as it was.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 
 import grpc
@@ -115,9 +116,10 @@ async def test_a_join_token_registers_its_worker_once_and_a_replay_is_unauthenti
     token = authority.mint_join_token("w-1", ttl=60)
     client = scheduler.client(credential=token)
 
-    receipt = await client.register_worker(make_worker("w-1"))
+    receipt = await client.register_worker(replace(make_worker("w-1"), incarnation=1))
     await scheduler.scheduler.unregister("w-1")
-    replay = await refused(lambda: client.register_worker(make_worker("w-1")))
+    # The worker restarted (a new incarnation): a new registration, which a spent token does not admit.
+    replay = await refused(lambda: client.register_worker(replace(make_worker("w-1"), incarnation=2)))
 
     assert receipt.record.worker_id == "w-1"
     assert authority.verify_worker_credential(receipt.credential, worker_id="w-1").worker_id == "w-1"

@@ -86,12 +86,14 @@ def test_a_join_token_registers_its_worker_once_and_hands_a_credential(
 ) -> None:
     claims = policy.authenticate(authority.mint_join_token("w-1", ttl=60))
 
-    grant = policy.authorize(claims, action, worker_id="w-1", pool="default", labels={})
-    replay = refusal(lambda: policy.authorize(claims, action, worker_id="w-1"))
+    grant = policy.authorize(claims, action, worker_id="w-1", pool="default", labels={}, incarnation=1)
+    retried = policy.authorize(claims, action, worker_id="w-1", pool="default", labels={}, incarnation=1)
+    replay = refusal(lambda: policy.authorize(claims, action, worker_id="w-1", incarnation=2))
 
     assert (grant.caller, grant.kind) == ("w-1", TokenKind.JOIN)
     assert authority.verify_worker_credential(grant.credential, worker_id="w-1").expires_at is None
     assert grant.credential not in repr(grant)
+    assert (retried.caller, retried.kind) == ("w-1", TokenKind.JOIN)  # its answer was lost: no replay
     assert (type(replay), replay.reason) == (Unauthenticated, AuthFailure.REPLAYED)
 
 

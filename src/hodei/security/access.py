@@ -102,6 +102,7 @@ class AccessPolicy:
         worker_id: str | None = None,
         pool: str | None = None,
         labels: Mapping[str, str] | None = None,
+        incarnation: int = 0,
     ) -> Grant:
         """Allow ``action`` on ``worker_id`` (with that pool and labels) for a caller holding ``claims``, or
         raise :class:`~hodei.security.PermissionDenied` (or :class:`~hodei.security.Unauthenticated` for a
@@ -113,7 +114,9 @@ class AccessPolicy:
         if action not in allowed or worker_id is None:
             raise AuthError.refusal(AuthFailure.WRONG_ACTION, kind=kind, worker_id=worker_id, action=action)
         if isinstance(claims, JoinClaims):
-            self.authority.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels)
+            self.authority.admit_join(
+                claims, worker_id=worker_id, pool=pool, labels=labels, incarnation=incarnation
+            )
             return Grant(worker_id, kind, self._credential(worker_id))
         if claims.worker_id != worker_id:
             raise AuthError.refusal(AuthFailure.WRONG_WORKER, kind=kind, worker_id=worker_id)

@@ -3,8 +3,9 @@
 A :class:`TokenAuthority` holds one key: an HMAC secret (``bytes``, HS256) or an Ed25519 key (EdDSA). With a
 private key (or a secret) it mints and verifies; with an Ed25519 public key it only verifies. The three kinds:
 
-- a **join token** (``aud=hodei-join``) lets one worker id register once, before it expires; it may also bind
-  the worker's pool and labels;
+- a **join token** (``aud=hodei-join``) lets one worker id register once (one incarnation), before it expires
+  (the same registration retried, after its answer was lost, is not a second use); it may also bind the
+  worker's pool and labels;
 - a **worker credential** (``aud=hodei-worker``) is what a registered worker presents afterwards: it is good
   for that worker id only, and for as long as its ``ttl`` (by default, for ever);
 - an **operator token** (``aud=hodei-operator``) is for the CLI and the management service.
@@ -172,6 +173,7 @@ class TokenAuthority:
         worker_id: str,
         pool: str | None = None,
         labels: Mapping[str, str] | None = None,
+        incarnation: int = 0,
         now: datetime | None = None,
     ) -> JoinClaims:
         """The claims of a join token presented to register ``worker_id`` with ``pool`` and ``labels``.
@@ -181,7 +183,7 @@ class TokenAuthority:
         """
         payload = self._decode(TokenKind.JOIN, token, now, worker_id=worker_id, expires=True)
         claims = _join_claims(payload, worker_id=worker_id)
-        return self.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels)
+        return self.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels, incarnation=incarnation)
 
     def admit_join(
         self,
@@ -190,11 +192,13 @@ class TokenAuthority:
         worker_id: str,
         pool: str | None = None,
         labels: Mapping[str, str] | None = None,
+        incarnation: int = 0,
     ) -> JoinClaims:
         """``claims`` (of a join token already verified, by :meth:`identify`) admitted for registering
-        ``worker_id`` with ``pool`` and ``labels``: the bindings are checked, then a single-use token is spent.
+        ``worker_id`` (its ``incarnation``) with ``pool`` and ``labels``: the bindings are checked, then a
+        single-use token is spent — for this registration: the same one retried is admitted again.
         Raises :class:`PermissionDenied` (another worker, pool or labels) or :class:`Unauthenticated`
-        (already used)."""
+        (already used by another registration)."""
         refused = partial(AuthError.refusal, kind=TokenKind.JOIN, worker_id=worker_id)
         if claims.worker_id != worker_id:
             raise refused(AuthFailure.WRONG_WORKER)
@@ -202,7 +206,9 @@ class TokenAuthority:
             raise refused(AuthFailure.WRONG_POOL)
         if claims.labels is not None and dict(labels or {}) != claims.labels:
             raise refused(AuthFailure.WRONG_LABELS)
-        if claims.single_use and not self.ledger.claim(claims.token_id, self.remember_until(claims)):
+        if claims.single_use and not self.ledger.claim(
+            claims.token_id, self.remember_until(claims), worker_id, incarnation
+        ):
             raise refused(AuthFailure.REPLAYED)
         return claims
 
