@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from hodei.errors import ErrorCode, HodeiError
 from hodei.security import (
+    DEFAULT_OPERATOR_TOKEN_TTL,
     MIN_SECRET_BYTES,
     AuthError,
     AuthFailure,
@@ -465,10 +466,19 @@ def test_worker_credential_with_a_non_integer_incarnation_is_malformed() -> None
 # --- operator tokens -----------------------------------------------------------------------------------------
 
 
-def test_operator_token_round_trips_its_name(authority: TokenAuthority) -> None:
+def test_operator_token_round_trips_its_name_and_expires_after_thirty_days_by_default(
+    authority: TokenAuthority,
+) -> None:
     claims = authority.verify_operator_token(authority.mint_operator_token("alice"))
 
-    assert (claims.name, claims.issued_at, claims.expires_at) == ("alice", T0, None)
+    assert (claims.name, claims.issued_at, claims.expires_at) == ("alice", T0, T0 + timedelta(days=30))
+    assert DEFAULT_OPERATOR_TOKEN_TTL == 30 * 24 * 3600
+
+
+def test_an_operator_token_minted_without_expiry_never_expires(authority: TokenAuthority) -> None:
+    claims = authority.verify_operator_token(authority.mint_operator_token("alice", ttl=None))
+
+    assert (claims.name, claims.expires_at) == ("alice", None)
 
 
 def test_operator_token_with_a_ttl_expires(authority: TokenAuthority) -> None:
