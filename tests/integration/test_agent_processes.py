@@ -66,7 +66,7 @@ async def test_provisioned_agent_process_registers_and_is_available_with_the_sam
         assert record is not None
         assert record.worker_type is WorkerType.PROCESS
         assert (record.capabilities.cpu_cores, record.capabilities.memory_mb) == (1, 256)
-        assert record.labels == {"suite": "p"}
+        assert record.labels == {"suite": "p", "hodei.owner": "hodei"}
         assert record.incarnation > 0  # the agent's own registration took over the control plane's
         assert [w.worker_id for w in await scheduler.workers()] == [worker.worker_id]
         assert await provider.status(worker.worker_id) is WorkerStatus.AVAILABLE

@@ -28,6 +28,7 @@ from types import TracebackType
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.errors import ProviderError
+from hodei.ownership import DEFAULT_OWNER, owned
 from hodei.security.provisioning import JOIN_TOKEN_VARIABLE
 from hodei.security.tls import ClientTlsConfig
 
@@ -53,7 +54,8 @@ class ProcessProvider:
 
     ``pass_environment`` names more variables of the control plane's environment to pass on (when set);
     ``environment`` gives variables of the agents' own (they win over passed ones, and the join token over
-    both).
+    both). ``owner`` is written on each agent's labels (``hodei.owner``), so that its registration says whose
+    it is.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class ProcessProvider:
         tls: ClientTlsConfig | None = None,
         pass_environment: Sequence[str] = (),
         environment: Mapping[str, str] | None = None,
+        owner: str = DEFAULT_OWNER,
     ) -> None:
         if isinstance(pass_environment, str):
             raise TypeError("pass_environment is a sequence of variable names, not one string")
@@ -80,6 +83,7 @@ class ProcessProvider:
         self._tls = tls
         self.pass_environment = tuple(pass_environment)
         self.environment = dict(environment or {})
+        self.owner = owner
         self._children: dict[str, _Child] = {}
 
     worker_type = WorkerType.PROCESS
@@ -136,6 +140,7 @@ class ProcessProvider:
                 worker_id=worker_id,
                 hint="choose another worker id",
             )
+        config = owned(config, self.owner)  # before the join token is minted: it binds the labels
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"{worker_id}.log"
         try:
