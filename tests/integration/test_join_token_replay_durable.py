@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from hodei import ErrorCode
+from hodei.agent import AgentConfig, WorkerAgent
 from hodei.domain import DynamicWorker
 from hodei.errors import AccessDenied, SchedulerError
+from hodei.lifecycle import WorkerEventKind
 from hodei.ports import RegistryStore
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
 from hodei.security import AccessPolicy, SchedulerSecurity, TokenAuthority
@@ -147,3 +149,61 @@ async def test_a_registration_whose_answer_the_network_held_past_its_deadline_is
     assert set(client.attempts[:-1]) == {"DEADLINE_EXCEEDED"}
     assert (receipt.record.worker_id, receipt.created) == ("w-6", False)
     assert [w.worker_id for w in workers] == ["w-6"]
+
+
+async def test_an_agent_whose_first_hello_was_answered_in_vain_joins_with_its_token_on_the_next_try(
+    durable_store: StoreOpener,
+) -> None:
+    """The scheduler registered the agent and spent its join token, and the answer (the credential) never
+    arrived: the agent says the same hello again (same incarnation), which the token still admits."""
+    token = TokenAuthority(SECRET).mint_join_token("agent-1", ttl=60)
+    async with (
+        EmbeddedScheduler(store=await durable_store(), security=secured()) as scheduler,
+        FaultProxy(scheduler.target) as proxy,
+    ):
+        config = AgentConfig(
+            schedulers=(proxy.target,),
+            worker_id="agent-1",
+            token=token,
+            cpu_cores=1,
+            memory_mb=64,
+            hello_timeout=0.5,
+            reconnect_base=0.05,
+            reconnect_max=0.1,
+        )
+        agent = WorkerAgent(config, random=lambda: 0.0)
+        incarnation = agent.incarnation
+        watcher = scheduler.scheduler.events.watch()
+
+        async def lose_the_first_answer() -> None:
+            async for event in watcher:
+                if event.kind is WorkerEventKind.CONNECTED:  # registered; its answer is about to leave
+                    proxy.black_hole()
+                    return
+
+        losing = asyncio.create_task(lose_the_first_answer())
+        running = asyncio.create_task(agent.run())
+        try:
+            await asyncio.wait_for(losing, 10)
+            registry = agent.metrics.registry
+
+            def timed_out() -> float:  # hellos that got no answer in time
+                found = registry.get_sample_value(
+                    "hodei_agent_stream_connects_total", {"result": "deadline_exceeded"}
+                )
+                return found or 0.0
+
+            await wait_until(lambda: timed_out() >= 1, timeout=10)
+            proxy.heal()
+            await wait_until(lambda: agent.connected.is_set() or running.done(), timeout=10)
+            refused = running.exception() if running.done() else None
+            record = await scheduler.get_worker("agent-1")
+        finally:
+            watcher.close()
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+
+    assert refused is None
+    assert agent.connections == 1 and agent.credential != ""
+    assert record is not None and record.connected
+    assert record.incarnation == agent.incarnation == incarnation  # the same registration, said again
