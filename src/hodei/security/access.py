@@ -5,8 +5,9 @@ the token itself. What each kind may do:
 
 ==========================  ==================================================================================
 operator token              every call
-join token for worker W     ``RegisterWorker`` and ``Connect`` (the hello) of W, once (single-use), with the
-                            pool and labels the token binds; the answer carries W's worker credential
+join token for worker W     ``RegisterWorker`` and ``Connect`` (the hello) of W, for one registration (single
+                            use: that incarnation, retried, is admitted again), with the pool and labels the
+                            token binds; the answer carries W's worker credential
 worker credential for W     ``RegisterWorker``, ``Connect`` and ``UnregisterWorker`` of W, registering with
                             the pool and labels its join token bound (the credential carries them on); the
                             answer of a registration or hello carries a fresh credential (same binding)
