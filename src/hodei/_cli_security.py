@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from hodei.transport.client import SchedulerPortClient
 
 __all__ = [
+    "WORKER_CREDENTIAL_TTL",
     "AuthKeyOption",
     "MetricsTlsCertOption",
     "MetricsTlsClientCaOption",
@@ -84,9 +86,14 @@ AuthKeyOption = Annotated[
         show_default=False,
     ),
 ]
+WORKER_CREDENTIAL_TTL = 7 * 24 * 3600.0  # hodei.security.DEFAULT_WORKER_CREDENTIAL_TTL, without importing it
+OPERATOR_TOKEN_TTL = 30 * 24 * 3600.0  # hodei.security.DEFAULT_OPERATOR_TOKEN_TTL
 WorkerCredentialTtlOption = Annotated[
     float,
-    typer.Option(help="Seconds a worker credential is valid, renewed at each hello (0: no expiry).", min=0),
+    typer.Option(
+        help="Seconds a worker credential is valid, renewed at each hello (default: a week; 0: no expiry).",
+        min=0,
+    ),
 ]
 ServeTlsCertOption = Annotated[
     str, typer.Option("--tls-cert", help="Serve gRPC over TLS with this certificate.")
@@ -227,12 +234,33 @@ def _authority(key: Path) -> Any:
     return authority
 
 
-def _mint(make: Any) -> None:
+def _say_expiry(what: str, expires_at: datetime | None, ttl: float) -> None:
+    """On stderr (stdout holds the token alone): when the token just minted expires."""
+    if expires_at is None:
+        errors.print(f"the {what} never expires", markup=False, highlight=False)
+        return
+    errors.print(
+        f"the {what} expires at {expires_at.isoformat().replace('+00:00', 'Z')} (in {_duration(ttl)})",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = round(seconds / size, 1)
+            return f"{count:g} {unit}" + ("" if count == 1 else "s")
+    return f"{seconds:g} s"
+
+
+def _mint(make: Any) -> str:
     try:
-        token = make()
+        token: str = make()
     except ValueError as error:  # an invalid name or worker id
         raise typer.BadParameter(str(error)) from error
     out.print(token, markup=False)
+    return token
 
 
 @token_app.command("secret")
@@ -260,11 +288,16 @@ def token_secret(
 def token_operator(
     name: Annotated[str, typer.Argument(help="Who the token is for (shown in the scheduler's logs).")],
     key: KeyOption,
-    ttl: TtlOption = 0.0,
+    ttl: Annotated[
+        float, typer.Option(help="Seconds the token is valid (default: 30 days; 0: no expiry).", min=0)
+    ] = OPERATOR_TOKEN_TTL,
 ) -> None:
-    """Print an operator token: every call allowed (the CLI's workers commands, a control plane)."""
+    """Print an operator token: every call allowed (the CLI's workers commands, a control plane).
+
+    The token goes to stdout; when it expires, to stderr."""
     authority = _authority(key)
-    _mint(lambda: authority.mint_operator_token(name, ttl or None))
+    token = _mint(lambda: authority.mint_operator_token(name, ttl or None))
+    _say_expiry("operator token", authority.verify_operator_token(token).expires_at, ttl)
 
 
 @token_app.command("join")
@@ -294,10 +327,17 @@ def token_worker(
     worker_id: Annotated[str, typer.Argument(help="The worker the credential is for.")],
     key: KeyOption,
     ttl: TtlOption = 0.0,
+    pool: Annotated[str, typer.Option(help="Bind the credential to this pool.")] = "",
+    label: Annotated[
+        list[str] | None, typer.Option(help="Bind the credential to exactly these labels, k=v (repeatable).")
+    ] = None,
 ) -> None:
     """Print a worker credential: a static worker's own, long-lived token (it survives restarts of its agent)."""
     authority = _authority(key)
-    _mint(lambda: authority.mint_worker_credential(worker_id, ttl=ttl or None))
+    labels = dict(parse_label(item) for item in label) if label else None
+    _mint(
+        lambda: authority.mint_worker_credential(worker_id, ttl=ttl or None, pool=pool or None, labels=labels)
+    )
 
 
 # --- hodei pki -----------------------------------------------------------------------------------------------

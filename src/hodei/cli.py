@@ -30,6 +30,7 @@ from hodei._cli_common import (
     start_metrics,
 )
 from hodei._cli_security import (
+    WORKER_CREDENTIAL_TTL,
     AuthKeyOption,
     MetricsTlsCertOption,
     MetricsTlsClientCaOption,
@@ -96,7 +97,7 @@ def scheduler_serve(
     ] = "",
     metrics_listen: MetricsListenOption = "",
     auth_key: AuthKeyOption = "",
-    worker_credential_ttl: WorkerCredentialTtlOption = 0.0,
+    worker_credential_ttl: WorkerCredentialTtlOption = WORKER_CREDENTIAL_TTL,
     tls_cert: ServeTlsCertOption = "",
     tls_key: ServeTlsKeyOption = "",
     tls_client_ca: ServeTlsClientCaOption = "",

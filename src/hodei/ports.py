@@ -272,9 +272,11 @@ class SpentTokens(Protocol):
     """A durable store also remembers the single-use join tokens that were spent, so that a token used once is
     refused by every replica sharing the store, and after a restart, until it expires."""
 
-    async def spend(self, token_id: str, expires_at: datetime) -> bool:
-        """Record ``token_id`` as spent; False when it was spent already. Ids past ``expires_at`` may be
-        forgotten (their tokens are refused as expired anyway)."""
+    async def spend(self, token_id: str, expires_at: datetime, worker_id: str, incarnation: int) -> bool:
+        """Record ``token_id`` as spent by ``worker_id``'s ``incarnation``; False when another registration
+        (another worker, or another incarnation) spent it already. Spending it again for the same one is True:
+        a write retried after an ambiguous commit, or a registration retried after its answer was lost, is not
+        a replay. Ids past ``expires_at`` may be forgotten (their tokens are refused as expired anyway)."""
         ...
 
 

@@ -66,7 +66,7 @@ async def test_provisioned_agent_process_registers_and_is_available_with_the_sam
         assert record is not None
         assert record.worker_type is WorkerType.PROCESS
         assert (record.capabilities.cpu_cores, record.capabilities.memory_mb) == (1, 256)
-        assert record.labels == {"suite": "p"}
+        assert record.labels == {"suite": "p", "hodei.owner": "hodei"}
         assert record.incarnation > 0  # the agent's own registration took over the control plane's
         assert [w.worker_id for w in await scheduler.workers()] == [worker.worker_id]
         assert await provider.status(worker.worker_id) is WorkerStatus.AVAILABLE
@@ -391,3 +391,60 @@ def _wait_until_lost(address: str, worker_id: str) -> None:
     while "lost" not in _status_of(address, worker_id):
         if time.monotonic() > deadline:
             raise AssertionError(f"{worker_id} never became lost")
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    """The environment a process was started with, as the kernel keeps it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
+
+
+async def test_an_agent_process_gets_the_allowed_environment_and_none_of_the_control_planes_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_PASSWORD", "hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI")
+    monkeypatch.setenv("HODEI_LABELS", "stolen=1")  # the control plane's own setting, not the agent's
+    monkeypatch.setenv("LC_TIME", "C.UTF-8")
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("FOO", "passed-by-name")
+    monkeypatch.setenv("BAR", "not-named")
+    async with EmbeddedScheduler(liveness=LIVENESS) as scheduler:
+        provider = ProcessProvider(
+            scheduler.target,
+            log_dir=tmp_path / "agents",
+            stop_grace=5.0,
+            pass_environment=("FOO",),
+            environment={"EXTRA": "given"},
+        )
+        try:
+            await provider.provision("env-1", CONFIG)
+            await wait_for(lambda: connected(scheduler, "env-1"), timeout=15)
+            pid = provider.pid("env-1")
+            assert pid is not None
+            environ = _environ_of(pid)
+        finally:
+            await provider.aclose()
+
+    assert "DATABASE_PASSWORD" not in environ
+    assert "AWS_SECRET_ACCESS_KEY" not in environ
+    assert "HODEI_LABELS" not in environ
+    assert "BAR" not in environ
+    assert (environ["FOO"], environ["EXTRA"], environ["TZ"], environ["LC_TIME"]) == (
+        "passed-by-name",
+        "given",
+        "UTC",
+        "C.UTF-8",
+    )
+    assert environ["PATH"] == os.environ["PATH"]
+    assert set(environ) <= {
+        "PATH",
+        "HOME",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "FOO",
+        "EXTRA",
+    } | {k for k in environ if k.startswith("LC_")}

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,9 @@ async def test_token_commands_print_tokens_of_each_kind_that_the_key_verifies(
         "token", "join", "w-1", "--key", str(key), "--pool", "gpu", "--label", "os=linux", "--ttl", "60"
     )
     worker = await run_hodei("token", "worker", "w-1", "--key", str(key))
+    bound = await run_hodei(
+        "token", "worker", "w-1", "--key", str(key), "--pool", "gpu", "--label", "os=linux"
+    )
 
     assert authority.verify_operator_token(operator.stdout.strip()).name == "alice"
     claims = authority.verify_join_token(
@@ -115,6 +119,34 @@ async def test_token_commands_print_tokens_of_each_kind_that_the_key_verifies(
     )
     assert claims.single_use
     assert authority.verify_worker_credential(worker.stdout.strip(), worker_id="w-1").expires_at is None
+    binding = authority.verify_worker_credential(bound.stdout.strip(), worker_id="w-1")
+    assert (binding.pool, binding.labels) == ("gpu", {"os": "linux"})
+
+
+async def test_an_operator_token_expires_after_thirty_days_by_default_and_the_command_says_when(
+    key: Path,
+) -> None:
+    authority = TokenAuthority(load_key(key))
+
+    default = await run_hodei("token", "operator", "alice", "--key", str(key))
+    hour = await run_hodei("token", "operator", "alice", "--key", str(key), "--ttl", "3600")
+    forever = await run_hodei("token", "operator", "alice", "--key", str(key), "--ttl", "0")
+
+    claims = authority.verify_operator_token(default.stdout.strip())
+    assert claims.expires_at is not None
+    assert claims.expires_at - claims.issued_at == timedelta(days=30)
+    assert (
+        default.stderr
+        == f"the operator token expires at {claims.expires_at:%Y-%m-%dT%H:%M:%S}Z (in 30 days)\n"
+    )
+    hourly = authority.verify_operator_token(hour.stdout.strip())
+    assert hourly.expires_at is not None
+    assert (
+        hour.stderr == f"the operator token expires at {hourly.expires_at:%Y-%m-%dT%H:%M:%S}Z (in 1 hour)\n"
+    )
+    assert authority.verify_operator_token(forever.stdout.strip()).expires_at is None
+    assert forever.stderr == "the operator token never expires\n"
+    assert [default.returncode, hour.returncode, forever.returncode] == [0, 0, 0]
 
 
 async def test_token_commands_refuse_a_public_key_and_a_missing_key_file(tmp_path: Path, key: Path) -> None:

@@ -29,6 +29,7 @@ from hodei.bench.containers import run
 from hodei.domain import WorkerRecord
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.management import Reconciler, ReconcilerConfig
+from hodei.ownership import owned
 from hodei.providers.docker import DockerProvider, DockerProviderConfig
 from hodei.testing import EmbeddedScheduler, PodmanService
 from hodei.testing.agent_image import (
@@ -117,7 +118,7 @@ async def test_a_container_runs_the_agent_registers_itself_and_decommission_leav
     # The id the control plane chose is the one the agent inside the container says it is.
     assert record.worker_id == "docker-1"
     assert record.worker_type is WorkerType.DOCKER
-    assert dict(record.labels) == {"team": "ci", "note": "a,b=c"}
+    assert dict(record.labels) == {"team": "ci", "note": "a,b=c", "hodei.owner": owner}
     assert (record.capabilities.cpu_cores, record.capabilities.memory_mb) == (1, 256)
     assert record.incarnation >= 1  # the agent's hello, after the control plane's registration
 
@@ -294,7 +295,7 @@ async def test_the_reconciler_destroys_a_hand_made_orphan_container_and_unregist
         detach=True,
     )
     # A ghost: a docker worker registered with no container behind it.
-    await client.register_worker(DynamicWorker("ghost-1", WorkerType.DOCKER, SMALL), timeout=5)
+    await client.register_worker(DynamicWorker("ghost-1", WorkerType.DOCKER, owned(SMALL, owner)), timeout=5)
     # A healthy worker: container and registration both there.
     service = WorkerManagementService(provider, registration=WorkerRegistrationAdapter(client))
     await service.provision_worker(SMALL, worker_id="healthy-1")

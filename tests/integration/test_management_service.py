@@ -36,6 +36,7 @@ from hodei import (
     WorkerType,
     load_static_workers,
 )
+from hodei.ownership import owned
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import wait_for
 
@@ -96,14 +97,14 @@ async def test_provisioned_worker_comes_back_registered_and_is_available_in_the_
     worker = await service.provision_worker(CONFIG)
 
     assert worker.status is WorkerStatus.REGISTERED
-    assert worker.config == CONFIG
+    assert worker.config == owned(CONFIG, "hodei")  # the config, marked with the control plane's owner id
     assert mock_worker_provider.provisioned == [worker.worker_id]
     record = await embedded_scheduler.get_worker(worker.worker_id)
     assert record is not None
     assert record.status is WorkerStatus.AVAILABLE
     assert record.worker_type is WorkerType.DOCKER
     assert (record.capabilities.cpu_cores, record.capabilities.memory_mb) == (4, 8192)
-    assert dict(record.labels) == {"team": "ci", "arch": "amd64"}
+    assert dict(record.labels) == {"team": "ci", "arch": "amd64", "hodei.owner": "hodei"}
     assert [r.worker_id for r in await embedded_scheduler.workers()] == [worker.worker_id]
 
 
@@ -289,7 +290,7 @@ async def test_provision_workers_registers_all_twenty_workers_and_the_scheduler_
     records = await embedded_scheduler.workers()
     assert sorted(r.worker_id for r in records) == sorted(ids)
     assert all(r.status is WorkerStatus.AVAILABLE for r in records)
-    assert all(dict(r.labels) == {"team": "ci", "arch": "amd64"} for r in records)
+    assert all(dict(r.labels) == {"team": "ci", "arch": "amd64", "hodei.owner": "hodei"} for r in records)
     assert sorted(mock_worker_provider.provisioned) == sorted(ids)
     assert mock_worker_provider.destroyed == []
 

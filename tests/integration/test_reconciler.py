@@ -18,14 +18,17 @@ from hodei import (
     WorkerRegistrationAdapter,
     WorkerType,
 )
+from hodei.agent import AgentConfig, WorkerAgent
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.management import Reconciler, ReconcilerConfig
+from hodei.ownership import DEFAULT_OWNER, owned
 from hodei.ports import WorkerFilter
 from hodei.testing import EmbeddedScheduler, MockWorkerProvider
 from hodei.transport.client import SchedulerPortClient
 from tests.helpers import metric, wait_for, wait_until
 
 MOCK = DynamicWorkerConfig(worker_type=WorkerType.MOCK, cpu_cores=1, memory_mb=512)
+OURS = owned(MOCK, DEFAULT_OWNER)  # a registration of a worker this control plane provisioned
 SCOPE = WorkerFilter(worker_type=WorkerType.MOCK)
 
 
@@ -110,7 +113,7 @@ async def test_a_ghost_is_unregistered_after_the_grace_with_the_reason_in_the_ev
     scheduler: EmbeddedScheduler, client: SchedulerPortClient, events: list[WorkerEvent]
 ) -> None:
     await _watching(scheduler)
-    await scheduler.add_worker(DynamicWorker("ghost-1", WorkerType.MOCK, MOCK))
+    await scheduler.add_worker(DynamicWorker("ghost-1", WorkerType.MOCK, OURS))
     provider, clock = MockWorkerProvider(), Clock()
     reconciler = _reconciler(provider, client, clock, grace=5.0)
 
@@ -137,7 +140,7 @@ async def test_matched_workers_and_registrations_outside_the_scope_are_left_alon
 ) -> None:
     provider, clock = MockWorkerProvider(), Clock()
     await provider.provision("both-1", MOCK)
-    await scheduler.add_worker(DynamicWorker("both-1", WorkerType.MOCK, MOCK))
+    await scheduler.add_worker(DynamicWorker("both-1", WorkerType.MOCK, OURS))
     await scheduler.add_worker(DynamicWorker("static-1", WorkerType.STATIC))
     reconciler = _reconciler(provider, client, clock, grace=0.0)
 
@@ -155,7 +158,7 @@ async def test_a_mismatch_that_heals_within_the_grace_is_forgotten(
     await provider.provision("late-1", MOCK)
     reconciler = _reconciler(provider, client, clock, grace=10.0)
     assert (await reconciler.reconcile_once()).suspects == ["late-1"]
-    await scheduler.add_worker(DynamicWorker("late-1", WorkerType.MOCK, MOCK))  # registered at last
+    await scheduler.add_worker(DynamicWorker("late-1", WorkerType.MOCK, OURS))  # registered at last
     clock.now += 9.0
     assert (await reconciler.reconcile_once()).suspects == []
     await scheduler.registry.unregister("late-1")  # a mismatch again: its grace starts from here, not before
@@ -239,7 +242,7 @@ async def test_reconciling_runs_passes_in_the_background_until_the_block_ends(
     provider = MockWorkerProvider()
     service = WorkerManagementService(provider, registration=WorkerRegistrationAdapter(client))
     await provider.provision("orphan-3", MOCK)
-    await scheduler.add_worker(DynamicWorker("ghost-3", WorkerType.MOCK, MOCK))
+    await scheduler.add_worker(DynamicWorker("ghost-3", WorkerType.MOCK, OURS))
 
     async def ghost_gone() -> bool:
         return await scheduler.get_worker("ghost-3") is None
@@ -259,7 +262,7 @@ async def test_the_scope_defaults_to_the_providers_worker_type_and_is_required_w
         worker_type = WorkerType.DOCKER
 
     reconciler = Reconciler(Typed(), client, clock=Clock())
-    assert reconciler.scope == WorkerFilter(worker_type=WorkerType.DOCKER)
+    assert reconciler.scope == WorkerFilter(worker_type=WorkerType.DOCKER, labels={"hodei.owner": "hodei"})
     with pytest.raises(
         ValueError, match=r"^MockWorkerProvider has no worker_type: give ReconcilerConfig\.scope"
     ):
@@ -273,3 +276,100 @@ async def test_the_scope_defaults_to_the_providers_worker_type_and_is_required_w
 def test_bad_reconciler_settings_are_refused_by_name(options: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ReconcilerConfig(**options)  # type: ignore[arg-type]
+
+
+# --- it acts only on what its own control plane provisioned -------------------------------------------------
+
+
+async def test_a_static_worker_and_another_control_planes_worker_are_untouched_after_three_graces(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    """Same worker type, same engine: only the owner id tells them apart. Ours are repaired meanwhile."""
+    ours, clock = MockWorkerProvider(), Clock()
+    theirs = MockWorkerProvider(owner="cp-2")
+    theirs.running = ours.running  # one engine, two control planes: each sees every machine on it
+    # Another control plane's worker, machine and registration, and one of its machines not yet registered.
+    await client.register_worker(await theirs.provision("cp2-1", MOCK), timeout=5)
+    await theirs.provision("cp2-starting", MOCK)
+    # A static worker (a hand-started agent) of the same type: registered, with no owner, no machine of ours.
+    await scheduler.add_worker(DynamicWorker("static-1", WorkerType.MOCK, MOCK))
+    # And an orphan and a ghost of our own, which the same passes do repair.
+    await ours.provision("orphan-1", MOCK)
+    await scheduler.add_worker(DynamicWorker("ghost-1", WorkerType.MOCK, OURS))
+    reconciler = _reconciler(ours, client, clock, grace=5.0)
+
+    reports = []
+    for _ in range(4):  # at 0, 5, 10 and 15 s: three graces
+        reports.append(await reconciler.reconcile_once())
+        clock.now += 5.0
+
+    assert reports[0].suspects == ["ghost-1", "orphan-1"]
+    assert (reports[1].orphans_destroyed, reports[1].ghosts_unregistered) == (["orphan-1"], ["ghost-1"])
+    assert [(r.orphans_destroyed, r.ghosts_unregistered, r.suspects) for r in reports[2:]] == [
+        ([], [], [])
+    ] * 2
+    assert sorted(r.worker_id for r in await scheduler.workers()) == ["cp2-1", "static-1"]
+    assert sorted(ours.running) == ["cp2-1", "cp2-starting"]
+    assert ours.destroyed == ["orphan-1"] and theirs.destroyed == []
+
+
+async def test_a_hand_started_agent_beside_a_reconciling_control_plane_stays_connected(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    """A real agent of the provider's worker type, started by hand: passes for more than three graces leave it
+    registered and connected (before, the first pass past the grace unregistered it, which shut it down)."""
+    config = AgentConfig(
+        schedulers=(scheduler.target,), worker_id="by-hand-1", worker_type=WorkerType.MOCK, cpu_cores=1
+    )
+    agent = WorkerAgent(config, random=lambda: 0.0)
+    running = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 5)
+        service = WorkerManagementService(
+            MockWorkerProvider(), registration=WorkerRegistrationAdapter(client)
+        )
+        grace = 0.05
+        async with service.reconciling(
+            ReconcilerConfig(interval=0.01, grace=grace, scope=SCOPE)
+        ) as reconciler:
+            started = asyncio.get_running_loop().time()
+
+            def passes() -> float:
+                found = reconciler.metrics.registry.get_sample_value(
+                    "hodei_reconciler_passes_total", {"result": "ok"}
+                )
+                return found or 0.0
+
+            # Passes keep coming for three graces and more after the first one saw the agent.
+            await wait_until(
+                lambda: passes() >= 2 and asyncio.get_running_loop().time() - started > 3 * grace
+            )
+            seen = passes()
+            await wait_until(lambda: passes() >= seen + 2)
+        record = await scheduler.get_worker("by-hand-1")
+        assert record is not None and record.connected
+        assert agent.connected.is_set() and not agent.unregistered and not running.done()
+        assert (
+            metric(reconciler.metrics.registry, "hodei_reconciler_actions_total", action="ghost_unregistered")
+            == 0
+        )
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_management_service_marks_what_it_provisions_with_its_owner(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    provider = MockWorkerProvider(owner="cp-7")
+    service = WorkerManagementService(provider, registration=WorkerRegistrationAdapter(client))
+
+    worker = await service.provision_worker(MOCK, worker_id="mine-1")
+    record = await scheduler.get_worker("mine-1")
+
+    assert service.owner == "cp-7"
+    assert dict(worker.config.labels) == {"hodei.owner": "cp-7"}
+    assert record is not None and dict(record.labels) == {"hodei.owner": "cp-7"}
+    assert service.reconciler(ReconcilerConfig(scope=SCOPE)).scope == WorkerFilter(
+        worker_type=WorkerType.MOCK, labels={"hodei.owner": "cp-7"}
+    )

@@ -110,7 +110,7 @@ async def test_provision_register_available_decommission_with_join_tokens_and_mu
     assert record is not None
     assert (record.pool, dict(record.labels), record.incarnation > 0) == (
         "builders",
-        {"suite": "secure"},
+        {"suite": "secure", "hodei.owner": "hodei"},
         True,
     )
     token = environment[JOIN_TOKEN_VARIABLE]

@@ -6,6 +6,7 @@ Each refusal is checked for its code, and for the registry left as it was.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 
 import grpc
@@ -115,9 +116,10 @@ async def test_a_join_token_registers_its_worker_once_and_a_replay_is_unauthenti
     token = authority.mint_join_token("w-1", ttl=60)
     client = scheduler.client(credential=token)
 
-    receipt = await client.register_worker(make_worker("w-1"))
+    receipt = await client.register_worker(replace(make_worker("w-1"), incarnation=1))
     await scheduler.scheduler.unregister("w-1")
-    replay = await refused(lambda: client.register_worker(make_worker("w-1")))
+    # The worker restarted (a new incarnation): a new registration, which a spent token does not admit.
+    replay = await refused(lambda: client.register_worker(replace(make_worker("w-1"), incarnation=2)))
 
     assert receipt.record.worker_id == "w-1"
     assert authority.verify_worker_credential(receipt.credential, worker_id="w-1").worker_id == "w-1"
@@ -338,7 +340,10 @@ async def test_a_hello_with_a_join_token_gets_a_credential_that_reconnects_and_t
 
     assert ack.created and ack.credential
     assert authority.verify_worker_credential(ack.credential, worker_id="w-1").worker_id == "w-1"
-    assert second.credential == ""  # it keeps the one it has
+    renewed = authority.verify_worker_credential(second.credential, worker_id="w-1")  # renewed at the hello
+    assert second.credential != ack.credential
+    assert renewed.expires_at is not None
+    assert renewed.expires_at - renewed.issued_at == timedelta(days=7)
     assert ack.credential not in repr(ack)
     assert error.code is ErrorCode.UNAUTHENTICATED
 
@@ -384,3 +389,44 @@ async def test_a_scheduler_that_renews_credentials_hands_a_fresh_one_with_each_h
     assert ack.credential != credential
     assert claims.expires_at is not None
     assert claims.expires_at - claims.issued_at == timedelta(seconds=3600)
+
+
+# --- a credential keeps its join token's binding -------------------------------------------------------------
+
+
+def bound_agent(pool: str, labels: dict[str, str], incarnation: int) -> DynamicWorker:
+    config = DynamicWorkerConfig(pool=pool, labels=labels)
+    return DynamicWorker("w-1", WorkerType.PROCESS, config, incarnation=incarnation)
+
+
+@pytest.mark.parametrize(
+    ("pool", "labels", "message"),
+    [
+        ("release", {"os": "linux"}, "worker credential is bound to another pool"),
+        ("untrusted", {"os": "linux", "trusted": "yes"}, "worker credential is bound to other labels"),
+    ],
+)
+async def test_a_credential_from_a_token_bound_to_a_pool_cannot_hello_or_register_outside_it(
+    scheduler: EmbeddedScheduler, authority: TokenAuthority, pool: str, labels: dict[str, str], message: str
+) -> None:
+    token = authority.mint_join_token("w-1", ttl=60, pool="untrusted", labels={"os": "linux"})
+    joined = connect(scheduler, token)
+    ack = await joined.open(bound_agent("untrusted", {"os": "linux"}, 1), timeout=5)
+    joined.cancel()
+
+    hello = connect(scheduler, ack.credential)
+    by_hello = await refused(lambda: hello.open(bound_agent(pool, labels, 2), timeout=5))
+    client = scheduler.client(credential=ack.credential)
+    by_register = await refused(lambda: client.register_worker(bound_agent(pool, labels, 3)))
+    within = connect(scheduler, ack.credential)
+    rejoined = await within.open(bound_agent("untrusted", {"os": "linux"}, 4), timeout=5)
+    within.cancel()
+    record = await scheduler.get_worker("w-1")
+
+    for error in (by_hello, by_register):
+        assert (type(error), error.code) == (AccessDenied, ErrorCode.PERMISSION_DENIED)
+        assert error.message.startswith(message)
+    assert record is not None
+    assert (record.pool, dict(record.labels), record.incarnation) == ("untrusted", {"os": "linux"}, 4)
+    carried = authority.verify_worker_credential(rejoined.credential, worker_id="w-1")
+    assert (carried.pool, carried.labels) == ("untrusted", {"os": "linux"})

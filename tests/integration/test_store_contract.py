@@ -9,6 +9,7 @@ import asyncio
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -331,15 +332,15 @@ async def test_a_spent_token_is_refused_by_the_same_registry_after_a_restart(dur
     first = await durable()
     assert isinstance(first, SpentTokens)
     later = datetime.now(UTC) + timedelta(minutes=10)
-    assert await first.spend("jti-1", later) is True
-    assert await first.spend("jti-1", later) is False
-    assert await first.spend("jti-2", later) is True
+    assert await first.spend("jti-1", later, "w-1", 1) is True
+    assert await first.spend("jti-1", later, "w-9", 1) is False
+    assert await first.spend("jti-2", later, "w-2", 1) is True
     await first.close()
     second = await durable()  # the same file, or the same database, reopened
     assert isinstance(second, SpentTokens)
-    assert await second.spend("jti-1", later) is False
-    assert await second.spend("jti-2", later) is False
-    assert await second.spend("jti-3", later) is True
+    assert await second.spend("jti-1", later, "w-9", 1) is False
+    assert await second.spend("jti-2", later, "w-9", 1) is False
+    assert await second.spend("jti-3", later, "w-3", 1) is True
 
 
 async def test_a_spent_token_is_refused_by_a_replica_on_the_same_database(postgres_dsn: str) -> None:
@@ -347,11 +348,12 @@ async def test_a_spent_token_is_refused_by_a_replica_on_the_same_database(postgr
     second = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
     try:
         later = datetime.now(UTC) + timedelta(minutes=10)
-        assert await first.spend("jti-1", later) is True
-        assert await first.spend("jti-2", later) is True
-        assert await second.spend("jti-1", later) is False
-        assert await second.spend("jti-3", later) is True
-        assert await first.spend("jti-3", later) is False
+        assert await first.spend("jti-1", later, "w-1", 1) is True
+        assert await first.spend("jti-2", later, "w-2", 1) is True
+        assert await second.spend("jti-1", later, "w-9", 1) is False
+        assert await second.spend("jti-1", later, "w-1", 1) is True  # the same registration: a retry
+        assert await second.spend("jti-3", later, "w-3", 1) is True
+        assert await first.spend("jti-3", later, "w-9", 1) is False
     finally:
         await first.close()
         await second.close()
@@ -378,14 +380,35 @@ async def test_a_sqlite_file_open_in_one_store_is_refused_to_another_naming_the_
     )
 
 
+async def test_spending_a_token_again_for_the_same_registration_is_a_retry_before_and_after_a_restart(
+    durable: Opener,
+) -> None:
+    """A write retried after an ambiguous commit (or a call retried after its answer was lost) spends the same
+    token for the same registration (worker id and incarnation) again: that is no replay; another worker, or
+    another incarnation of the same one, still cannot."""
+    first = await durable()
+    assert isinstance(first, SpentTokens)
+    later = datetime.now(UTC) + timedelta(minutes=10)
+
+    assert await first.spend("jti-1", later, "w-1", 1) is True
+    assert await first.spend("jti-1", later, "w-1", 1) is True
+    assert await first.spend("jti-1", later, "w-2", 1) is False
+    await first.close()
+    second = await durable()  # the same file, or the same database, reopened
+    assert isinstance(second, SpentTokens)
+    assert await second.spend("jti-1", later, "w-1", 1) is True
+    assert await second.spend("jti-1", later, "w-2", 1) is False
+    assert await second.spend("jti-1", later, "w-1", 2) is False  # a restarted worker is a new registration
+
+
 async def test_spent_tokens_past_their_expiry_are_forgotten(durable: Opener) -> None:
     store = await durable()
     assert isinstance(store, SpentTokens)
-    assert await store.spend("old", datetime.now(UTC) - timedelta(seconds=1)) is True
-    assert await store.spend("kept", datetime.now(UTC) + timedelta(minutes=10)) is True
+    assert await store.spend("old", datetime.now(UTC) - timedelta(seconds=1), "w-1", 1) is True
+    assert await store.spend("kept", datetime.now(UTC) + timedelta(minutes=10), "w-1", 1) is True
     # The next spend clears what expired: an expired token is refused as expired before its id is looked up.
-    assert await store.spend("old", datetime.now(UTC) + timedelta(minutes=10)) is True
-    assert await store.spend("kept", datetime.now(UTC) + timedelta(minutes=10)) is False
+    assert await store.spend("old", datetime.now(UTC) + timedelta(minutes=10), "w-2", 1) is True
+    assert await store.spend("kept", datetime.now(UTC) + timedelta(minutes=10), "w-2", 1) is False
 
 
 async def test_a_sqlite_file_of_schema_1_is_migrated_to_keep_spent_tokens(tmp_path: Path) -> None:
@@ -395,11 +418,27 @@ async def test_a_sqlite_file_of_schema_1_is_migrated_to_keep_spent_tokens(tmp_pa
         db.execute("PRAGMA user_version = 1")
     store = await SqliteRegistryStore.open(tmp_path / "r.db")
     try:
-        assert await store.spend("jti-1", datetime.now(UTC) + timedelta(minutes=1)) is True
+        assert await store.spend("jti-1", datetime.now(UTC) + timedelta(minutes=1), "w-1", 1) is True
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "r.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+
+
+async def test_a_token_spent_before_the_spender_was_recorded_is_refused_to_every_worker(
+    tmp_path: Path,
+) -> None:
+    """A row of schema 2 does not say who spent it: nobody may spend it again."""
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        for statement in (*SQLITE_MIGRATIONS[0], *SQLITE_MIGRATIONS[1]):
+            db.execute(statement)
+        db.execute("INSERT INTO spent_tokens VALUES ('jti-1', ?)", (time.time() + 600,))
+        db.execute("PRAGMA user_version = 2")
+    store = await SqliteRegistryStore.open(tmp_path / "r.db")
+    try:
+        assert await store.spend("jti-1", datetime.now(UTC) + timedelta(minutes=10), "w-1", 1) is False
+    finally:
+        await store.close()
 
 
 async def test_sqlite_records_its_schema_version(tmp_path: Path) -> None:
@@ -413,7 +452,7 @@ async def test_sqlite_records_its_schema_version(tmp_path: Path) -> None:
 async def test_sqlite_refuses_a_schema_from_a_newer_hodei(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "r.db") as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 2"):
+    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 3"):
         await SqliteRegistryStore.open(tmp_path / "r.db")
 
 
@@ -442,11 +481,11 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: s
     await second.close()
     db = await asyncpg.connect(postgres_dsn)
     try:
-        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,), (3,)]
+        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,), (3,), (4,)]
         await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
     finally:
         await db.close()
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 3"):
+    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 4"):
         await PostgresRegistryStore.open(postgres_dsn, min_size=1)
 
 

@@ -31,6 +31,7 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
+from hodei.ownership import owned
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import make_worker
 
@@ -358,7 +359,7 @@ async def test_mock_provider_records_provisioned_stopped_and_destroyed_workers_i
     assert (worker.worker_id, worker.worker_type, worker.config, worker.status) == (
         "b",
         WorkerType.PROCESS,
-        config,
+        owned(config, "hodei"),  # marked with its owner id
         WorkerStatus.PROVISIONING,
     )
     assert provider.provisioned == ["b", "a", "c"]

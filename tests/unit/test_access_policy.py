@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hodei.security import (
+    DEFAULT_WORKER_CREDENTIAL_TTL,
     AccessPolicy,
     AuthError,
     AuthFailure,
     PermissionDenied,
+    SchedulerSecurity,
     TokenAuthority,
     TokenKind,
     Unauthenticated,
@@ -86,12 +91,15 @@ def test_a_join_token_registers_its_worker_once_and_hands_a_credential(
 ) -> None:
     claims = policy.authenticate(authority.mint_join_token("w-1", ttl=60))
 
-    grant = policy.authorize(claims, action, worker_id="w-1", pool="default", labels={})
-    replay = refusal(lambda: policy.authorize(claims, action, worker_id="w-1"))
+    grant = policy.authorize(claims, action, worker_id="w-1", pool="default", labels={}, incarnation=1)
+    retried = policy.authorize(claims, action, worker_id="w-1", pool="default", labels={}, incarnation=1)
+    replay = refusal(lambda: policy.authorize(claims, action, worker_id="w-1", incarnation=2))
 
     assert (grant.caller, grant.kind) == ("w-1", TokenKind.JOIN)
-    assert authority.verify_worker_credential(grant.credential, worker_id="w-1").expires_at is None
+    credential = authority.verify_worker_credential(grant.credential, worker_id="w-1")
+    assert credential.expires_at == credential.issued_at + timedelta(days=7)  # expires by default
     assert grant.credential not in repr(grant)
+    assert (retried.caller, retried.kind) == ("w-1", TokenKind.JOIN)  # its answer was lost: no replay
     assert (type(replay), replay.reason) == (Unauthenticated, AuthFailure.REPLAYED)
 
 
@@ -123,8 +131,9 @@ def test_a_join_token_for_another_worker_or_pool_is_denied_and_not_spent(
 
 @pytest.mark.parametrize("action", sorted(WORKER_ACTIONS))
 def test_a_worker_credential_acts_on_its_own_worker_and_keeps_itself(
-    policy: AccessPolicy, authority: TokenAuthority, action: str
+    authority: TokenAuthority, action: str
 ) -> None:
+    policy = AccessPolicy(authority, worker_credential_ttl=None)  # credentials that never expire
     claims = policy.authenticate(authority.mint_worker_credential("w-1"))
 
     grant = policy.authorize(claims, action, worker_id="w-1")
@@ -181,3 +190,87 @@ def test_a_policy_needs_a_key_that_mints_and_a_positive_ttl() -> None:
         AccessPolicy(public)
     with pytest.raises(ValueError, match="worker_credential_ttl must be > 0"):
         AccessPolicy(TokenAuthority(SECRET), worker_credential_ttl=0)
+
+
+# --- a credential carries its join token's binding, expires, and is renewed --------------------------------
+
+
+def bound_credential(policy: AccessPolicy, authority: TokenAuthority) -> str:
+    """The credential a worker got for joining with a token bound to pool ``untrusted`` and ``{"os": "linux"}``."""
+    join = policy.authenticate(
+        authority.mint_join_token("w-1", ttl=60, pool="untrusted", labels={"os": "linux"})
+    )
+    grant = policy.authorize(join, "Connect", worker_id="w-1", pool="untrusted", labels={"os": "linux"})
+    return grant.credential
+
+
+@pytest.mark.parametrize("action", sorted(JOIN_ACTIONS))
+@pytest.mark.parametrize(
+    ("pool", "labels", "reason"),
+    [
+        ("release", {"os": "linux"}, AuthFailure.WRONG_POOL),
+        ("untrusted", {"os": "linux", "trusted": "yes"}, AuthFailure.WRONG_LABELS),
+        ("untrusted", {"os": "windows"}, AuthFailure.WRONG_LABELS),
+        ("untrusted", {}, AuthFailure.WRONG_LABELS),
+    ],
+)
+def test_a_credential_from_a_bound_join_token_registers_only_within_the_binding(
+    policy: AccessPolicy,
+    authority: TokenAuthority,
+    action: str,
+    pool: str,
+    labels: dict[str, str],
+    reason: AuthFailure,
+) -> None:
+    credential = bound_credential(policy, authority)
+    claims = policy.authenticate(credential)
+
+    error = refusal(lambda: policy.authorize(claims, action, worker_id="w-1", pool=pool, labels=labels))
+    allowed = policy.authorize(claims, action, worker_id="w-1", pool="untrusted", labels={"os": "linux"})
+
+    assert (type(error), error.reason, error.kind) == (PermissionDenied, reason, TokenKind.WORKER)
+    carried = authority.verify_worker_credential(credential, worker_id="w-1")
+    assert (carried.pool, carried.labels) == ("untrusted", {"os": "linux"})
+    renewed = authority.verify_worker_credential(allowed.credential, worker_id="w-1")
+    assert (renewed.pool, renewed.labels) == ("untrusted", {"os": "linux"})  # the renewal keeps the binding
+
+
+def test_worker_credentials_expire_after_a_week_by_default_and_each_hello_renews_them() -> None:
+    clock = [datetime(2030, 1, 1, tzinfo=UTC)]
+    authority = TokenAuthority(SECRET, clock=lambda: clock[0])
+    policy = AccessPolicy(authority)
+    first = policy.authorize(
+        policy.authenticate(authority.mint_join_token("w-1", ttl=60)), "Connect", worker_id="w-1"
+    ).credential
+
+    clock[0] += timedelta(days=6)  # a day before it would expire, the agent says hello again
+    renewed = policy.authorize(policy.authenticate(first), "Connect", worker_id="w-1").credential
+    clock[0] += timedelta(days=6)  # the first has expired by now; the renewed one has not
+    expired = refusal(lambda: policy.authenticate(first))
+    again = policy.authorize(policy.authenticate(renewed), "Connect", worker_id="w-1").credential
+
+    assert policy.worker_credential_ttl == DEFAULT_WORKER_CREDENTIAL_TTL == 7 * 24 * 3600
+    assert (type(expired), expired.reason) == (Unauthenticated, AuthFailure.EXPIRED)
+    claims = authority.verify_worker_credential(again, worker_id="w-1")
+    assert claims.expires_at == datetime(2030, 1, 13, tzinfo=UTC) + timedelta(days=7)
+
+
+def test_unregistering_with_a_credential_hands_no_new_one(
+    policy: AccessPolicy, authority: TokenAuthority
+) -> None:
+    claims = policy.authenticate(authority.mint_worker_credential("w-1", ttl=60))
+
+    grant = policy.authorize(claims, "UnregisterWorker", worker_id="w-1")
+
+    assert (grant.caller, grant.kind, grant.credential) == ("w-1", TokenKind.WORKER, "")
+
+
+def test_a_scheduler_configured_from_files_expires_worker_credentials_after_a_week(tmp_path: Path) -> None:
+    key = tmp_path / "token.key"
+    key.write_bytes(SECRET)
+
+    default = SchedulerSecurity.from_files(auth_key=key)
+    never = SchedulerSecurity.from_files(auth_key=key, worker_credential_ttl=None)
+
+    assert default.access is not None and default.access.worker_credential_ttl == 7 * 24 * 3600
+    assert never.access is not None and never.access.worker_credential_ttl is None

@@ -145,8 +145,8 @@ def test_admit_join_spends_the_token_once(authority: TokenAuthority) -> None:
     claims = authority.identify(authority.mint_join_token("w-1", ttl=60))
     assert isinstance(claims, JoinClaims)
 
-    authority.admit_join(claims, worker_id="w-1")
-    error = refusal(lambda: authority.admit_join(claims, worker_id="w-1"))
+    authority.admit_join(claims, worker_id="w-1", incarnation=1)
+    error = refusal(lambda: authority.admit_join(claims, worker_id="w-1", incarnation=2))
 
     assert (type(error), error.reason) == (Unauthenticated, AuthFailure.REPLAYED)
 
@@ -215,11 +215,11 @@ def test_a_token_identified_once_is_not_valid_before_its_time_either() -> None:
 
 def test_a_replayed_join_token_is_refused_though_it_was_identified_before(authority: TokenAuthority) -> None:
     token = authority.mint_join_token("w-1", ttl=60)
-    authority.admit_join(authority.identify(token), worker_id="w-1")  # type: ignore[arg-type]
+    authority.admit_join(authority.identify(token), worker_id="w-1", incarnation=1)  # type: ignore[arg-type]
 
     again = authority.identify(token)
     assert isinstance(again, JoinClaims)
-    error = refusal(lambda: authority.admit_join(again, worker_id="w-1"))
+    error = refusal(lambda: authority.admit_join(again, worker_id="w-1", incarnation=2))
 
     assert error.reason is AuthFailure.REPLAYED
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from hodei.errors import ErrorCode, HodeiError
 from hodei.security import (
+    DEFAULT_OPERATOR_TOKEN_TTL,
     MIN_SECRET_BYTES,
     AuthError,
     AuthFailure,
@@ -236,13 +237,24 @@ def test_join_token_binding_nothing_admits_any_pool_and_labels(authority: TokenA
 
 def test_replayed_single_use_join_token_is_unauthenticated(authority: TokenAuthority) -> None:
     token = authority.mint_join_token("w-1", ttl=60)
-    authority.verify_join_token(token, worker_id="w-1")
+    authority.verify_join_token(token, worker_id="w-1", incarnation=1)
 
-    error = refused(lambda: authority.verify_join_token(token, worker_id="w-1"))
+    error = refused(lambda: authority.verify_join_token(token, worker_id="w-1", incarnation=2))
 
     assert type(error) is Unauthenticated
     assert error.reason is AuthFailure.REPLAYED
     assert str(error) == "join token already used"
+
+
+def test_a_single_use_join_token_admits_its_registration_again_when_retried(
+    authority: TokenAuthority,
+) -> None:
+    token = authority.mint_join_token("w-1", ttl=60)
+
+    first = authority.verify_join_token(token, worker_id="w-1", incarnation=1)
+    retried = authority.verify_join_token(token, worker_id="w-1", incarnation=1)  # its answer was lost
+
+    assert first == retried
 
 
 def test_a_join_token_that_is_not_single_use_may_be_presented_again(authority: TokenAuthority) -> None:
@@ -263,8 +275,8 @@ def test_replicas_sharing_a_ledger_refuse_a_token_spent_at_the_other(key: TokenK
     )
     token = first.mint_join_token("w-1", ttl=60)
 
-    first.verify_join_token(token, worker_id="w-1")
-    error = refused(lambda: second.verify_join_token(token, worker_id="w-1"))
+    first.verify_join_token(token, worker_id="w-1", incarnation=1)
+    error = refused(lambda: second.verify_join_token(token, worker_id="w-1", incarnation=2))
 
     assert error.reason is AuthFailure.REPLAYED
 
@@ -454,10 +466,19 @@ def test_worker_credential_with_a_non_integer_incarnation_is_malformed() -> None
 # --- operator tokens -----------------------------------------------------------------------------------------
 
 
-def test_operator_token_round_trips_its_name(authority: TokenAuthority) -> None:
+def test_operator_token_round_trips_its_name_and_expires_after_thirty_days_by_default(
+    authority: TokenAuthority,
+) -> None:
     claims = authority.verify_operator_token(authority.mint_operator_token("alice"))
 
-    assert (claims.name, claims.issued_at, claims.expires_at) == ("alice", T0, None)
+    assert (claims.name, claims.issued_at, claims.expires_at) == ("alice", T0, T0 + timedelta(days=30))
+    assert DEFAULT_OPERATOR_TOKEN_TTL == 30 * 24 * 3600
+
+
+def test_an_operator_token_minted_without_expiry_never_expires(authority: TokenAuthority) -> None:
+    claims = authority.verify_operator_token(authority.mint_operator_token("alice", ttl=None))
+
+    assert (claims.name, claims.expires_at) == ("alice", None)
 
 
 def test_operator_token_with_a_ttl_expires(authority: TokenAuthority) -> None:
@@ -599,15 +620,25 @@ def test_generate_secret_makes_distinct_secrets_that_survive_a_file() -> None:
 def test_ledger_refuses_a_second_claim_and_forgets_an_id_after_its_expiry(clock: Clock) -> None:
     ledger = MemoryJtiLedger(clock=clock)
 
-    assert ledger.claim("a", at(10)) is True
-    assert ledger.claim("b", at(20)) is True
-    assert ledger.claim("a", at(10)) is False
+    assert ledger.claim("a", at(10), "w-1", 1) is True
+    assert ledger.claim("b", at(20), "w-2", 1) is True
+    assert ledger.claim("a", at(10), "w-9", 1) is False
     clock.advance(15)
     assert len(ledger) == 1
-    assert ledger.claim("a", at(30)) is True
-    assert ledger.claim("b", at(20)) is False
+    assert ledger.claim("a", at(30), "w-9", 1) is True
+    assert ledger.claim("b", at(20), "w-9", 1) is False
     clock.advance(100)
     assert len(ledger) == 0
+
+
+def test_ledger_lets_the_same_registration_claim_again_and_no_other(clock: Clock) -> None:
+    ledger = MemoryJtiLedger(clock=clock)
+
+    assert ledger.claim("a", at(10), "w-1", 1) is True
+    assert ledger.claim("a", at(10), "w-1", 1) is True  # a retry after a lost answer
+    assert ledger.claim("a", at(10), "w-2", 1) is False
+    assert ledger.claim("a", at(10), "w-1", 2) is False  # the worker restarted: a new registration
+    assert len(ledger) == 1
 
 
 def test_authority_remembers_a_spent_token_until_its_expiry_plus_the_leeway(
@@ -673,7 +704,12 @@ def test_no_refusal_ever_shows_the_token(key: TokenKey, clock: Clock) -> None:
     ]
     authority.verify_join_token(join, worker_id="w-1", pool="p", labels={"a": "b"})
     attempts.append(
-        (join, lambda: authority.verify_join_token(join, worker_id="w-1", pool="p", labels={"a": "b"}))
+        (
+            join,
+            lambda: authority.verify_join_token(
+                join, worker_id="w-1", pool="p", labels={"a": "b"}, incarnation=2
+            ),
+        )
     )
 
     for token, attempt in attempts:

@@ -93,6 +93,7 @@ class WorkerAgent:
         self._random = random
         self._usage = usage
         self.incarnation = time.time_ns()
+        self._acknowledged = False  # a hello of this incarnation was answered: the next one is new
         self.connected = asyncio.Event()
         self.connections = 0
         self.commands: list[WorkerCommand] = []
@@ -168,7 +169,12 @@ class WorkerAgent:
                     ),
                 )
                 await self._pause(delay)
-                self.incarnation += 1
+                if self._acknowledged:
+                    # A new incarnation fences the old stream. A hello never answered (its answer lost, or the
+                    # scheduler unreachable) is retried as it was: the same registration, which a single-use
+                    # join token still admits.
+                    self.incarnation += 1
+                    self._acknowledged = False
         finally:
             if orphan_watch is not None:
                 orphan_watch.cancel()
@@ -242,6 +248,7 @@ class WorkerAgent:
                     self.metrics.stream_connects.labels(error.code.name.lower()).inc()
                     raise
                 self.metrics.stream_connects.labels("ok").inc()
+                self._acknowledged = True
                 if ack.credential:
                     self._credential = ack.credential
                 if self.connections:

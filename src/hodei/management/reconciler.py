@@ -1,6 +1,9 @@
 """Reconciler: keeps the provider's inventory and the scheduler's registry telling the same story.
 
-Each pass lists the machines the provider owns and the registrations in the reconciler's scope, and compares:
+Each pass lists the machines the provider owns and the registrations in the reconciler's scope, and compares.
+Both are only those of its own control plane: they carry its owner id (the reserved label ``hodei.owner``,
+:mod:`hodei.ownership`), which the management service and the providers set on every worker they provision. A
+hand-started agent, a static worker or another control plane's worker is never an orphan nor a ghost of it.
 
 - an **orphan** is a machine (container, process) with no registration: a control plane that died between
   provisioning and registering, a container started by hand with hodei's labels, an agent that never got in.
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from hodei._settings import check_settings
 from hodei.errors import HodeiError
 from hodei.observability.metrics import ControlPlaneMetrics
+from hodei.ownership import OWNER_LABEL, owner_of
 from hodei.ports import SchedulerPort, WorkerFilter, WorkerProvider
 
 __all__ = ["ReconcileReport", "Reconciler", "ReconcilerConfig"]
@@ -37,8 +41,8 @@ class ReconcilerConfig:
     """``interval``: seconds between passes; ``grace``: how long a mismatch may last before it is repaired.
 
     ``scope``: the registrations that are the provider's business (default: those of the provider's
-    ``worker_type``); registrations outside it are never ghosts. ``call_timeout`` bounds each call to the
-    scheduler.
+    ``worker_type``); registrations outside it are never ghosts. Whatever the scope, only workers of ``owner``
+    (default: the provider's owner id) are in it. ``call_timeout`` bounds each call to the scheduler.
     """
 
     interval: float = 30.0
@@ -46,6 +50,7 @@ class ReconcilerConfig:
     scope: WorkerFilter | None = None
     page_size: int = 500
     call_timeout: float = 10.0
+    owner: str | None = None
 
     def __post_init__(self) -> None:
         check_settings(
@@ -69,16 +74,22 @@ class ReconcileReport:
     failures: dict[str, HodeiError] = field(default_factory=dict)
 
 
-def _scope_of(provider: WorkerProvider, scope: WorkerFilter | None) -> WorkerFilter:
-    if scope is not None:
-        return scope
-    worker_type = getattr(provider, "worker_type", None)
-    if worker_type is None:
-        raise ValueError(
-            f"{type(provider).__name__} has no worker_type: give ReconcilerConfig.scope, the registrations "
-            "that are this provider's"
-        )
-    return WorkerFilter(worker_type=worker_type)
+def _scope_of(provider: WorkerProvider, scope: WorkerFilter | None, owner: str) -> WorkerFilter:
+    """The registrations in scope: ``scope`` (default: the provider's worker type), of ``owner`` only."""
+    if scope is None:
+        worker_type = getattr(provider, "worker_type", None)
+        if worker_type is None:
+            raise ValueError(
+                f"{type(provider).__name__} has no worker_type: give ReconcilerConfig.scope, the registrations "
+                "that are this provider's"
+            )
+        scope = WorkerFilter(worker_type=worker_type)
+    claimed = scope.labels.get(OWNER_LABEL, owner)
+    if claimed != owner:
+        raise ValueError(f"the scope names owner {claimed!r}, but this reconciler's owner is {owner!r}")
+    return WorkerFilter(
+        statuses=scope.statuses, worker_type=scope.worker_type, labels={**scope.labels, OWNER_LABEL: owner}
+    )
 
 
 class Reconciler:
@@ -100,7 +111,8 @@ class Reconciler:
         self.provider = provider
         self.port = port
         self.config = config or ReconcilerConfig()
-        self.scope = _scope_of(provider, self.config.scope)
+        self.owner = self.config.owner or owner_of(provider)
+        self.scope = _scope_of(provider, self.config.scope, self.owner)
         self.metrics = metrics or ControlPlaneMetrics()
         self._busy = busy
         self._clock = clock
@@ -134,7 +146,11 @@ class Reconciler:
     async def reconcile_once(self) -> ReconcileReport:
         """One comparison, and the repairs that are due. Raises the error if a listing failed (nothing done)."""
         try:
-            machines = {worker.worker_id for worker in await self.provider.list_workers()}
+            machines = {
+                worker.worker_id
+                for worker in await self.provider.list_workers()
+                if worker.config.labels.get(OWNER_LABEL) == self.owner
+            }
             registered = await self._registered()
         except HodeiError:
             self.metrics.reconciler_passes.labels("failed").inc()

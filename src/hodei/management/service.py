@@ -29,6 +29,7 @@ from hodei.management.config import WorkerManagementConfig
 from hodei.management.reconciler import Reconciler, ReconcilerConfig
 from hodei.observability import tracing
 from hodei.observability.metrics import ControlPlaneMetrics
+from hodei.ownership import owned, owner_of
 from hodei.ports import UnregistrationStatus, WorkerProvider
 from hodei.registration.adapter import BatchRegistrationResult, WorkerRegistrationAdapter
 
@@ -68,6 +69,8 @@ class WorkerManagementService:
 
     Without a registration adapter it only provisions and destroys. ``metrics`` counts the provisioned workers
     destroyed again because their registration did not succeed (default: the adapter's, else a private one).
+    Every worker it provisions carries its ``owner`` (the provider's owner id) in the reserved ``hodei.owner``
+    label, which is what its reconciler acts on.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class WorkerManagementService:
         if metrics is None:
             metrics = registration.metrics if registration is not None else ControlPlaneMetrics()
         self.metrics = metrics
+        self.owner = owner_of(provider)
         self._in_flight: set[str] = set()  # ids being provisioned or decommissioned: not the reconciler's
 
     @classmethod
@@ -178,7 +182,7 @@ class WorkerManagementService:
             return await self._provision_and_register(worker_id, config)
 
     async def _provision_and_register(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker:
-        worker = await self.provider.provision(worker_id, config)
+        worker = await self.provider.provision(worker_id, owned(config, self.owner))
         log.info(
             "worker.provisioned", extra={"worker_id": worker_id, "worker_type": worker.worker_type.value}
         )
@@ -233,7 +237,9 @@ class WorkerManagementService:
         async def provision_one(worker_id: str) -> None:
             async with gate:
                 try:
-                    provisioned[worker_id] = await self.provider.provision(worker_id, config)
+                    provisioned[worker_id] = await self.provider.provision(
+                        worker_id, owned(config, self.owner)
+                    )
                 except ProviderError as error:
                     failures[worker_id] = error
 

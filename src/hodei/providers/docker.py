@@ -32,6 +32,7 @@ from docker.models.containers import Container
 from hodei._settings import check_settings
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.errors import ProviderError
+from hodei.ownership import OWNER_LABEL, owned
 
 if TYPE_CHECKING:
     from docker.api.container import _RestartPolicy
@@ -146,6 +147,7 @@ class DockerProvider:
 
     def __init__(self, config: DockerProviderConfig, *, client: docker.DockerClient | None = None) -> None:
         self.config = config
+        self.owner = config.owner
         self._executor = ThreadPoolExecutor(config.api_threads, thread_name_prefix="hodei-docker")
         self._client = client
         self._closed = False
@@ -300,6 +302,7 @@ class DockerProvider:
 
     async def provision(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker:
         """Create and start the worker's container; nothing is left behind when this fails or is cancelled."""
+        config = owned(config, self.config.owner)  # the agent registers with its owner's label
         work = functools.partial(self._create_and_start, worker_id, config)
         task = asyncio.ensure_future(self._call(worker_id, f"could not provision worker {worker_id!r}", work))
         try:
@@ -382,6 +385,7 @@ class DockerProvider:
             memory_mb=int(host.get("Memory") or 0) // _MIB,
             pool=labels.get(LABEL_POOL, "default"),
             image=(container.attrs.get("Config") or {}).get("Image"),
+            labels={OWNER_LABEL: labels[LABEL_OWNER]} if labels.get(LABEL_OWNER) else {},
         )
         return DynamicWorker(labels[LABEL_WORKER_ID], WorkerType.DOCKER, config, _status_of(container))
 

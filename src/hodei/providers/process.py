@@ -7,6 +7,10 @@ So no agent outlives the control plane.
 Against a scheduler with auth on, ``join_tokens`` (:class:`hodei.security.JoinTokens`) gives each agent a join
 token of its own, in its environment (``HODEI_JOIN_TOKEN``) rather than on its command line, which any user of
 the machine can read; ``tls`` is passed as the files' paths (``--tls-ca``, ``--tls-cert``, ``--tls-key``).
+
+An agent does not inherit the control plane's environment (its database password, its cloud keys): it gets
+only :data:`PASSED_ENVIRONMENT` (and the ``LC_*`` locale variables), the variables ``pass_environment``
+names, the values of ``environment``, and its own ``HODEI_JOIN_TOKEN``.
 """
 
 from __future__ import annotations
@@ -17,17 +21,22 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.errors import ProviderError
+from hodei.ownership import DEFAULT_OWNER, owned
 from hodei.security.provisioning import JOIN_TOKEN_VARIABLE
 from hodei.security.tls import ClientTlsConfig
 
-__all__ = ["ProcessProvider"]
+__all__ = ["PASSED_ENVIRONMENT", "ProcessProvider"]
+
+PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHOME")
+"""The control plane's variables every agent gets (when set), with the ``LC_*`` ones: what a process needs to
+run ``python -m hodei`` as the control plane does, and nothing secret."""
 
 
 @dataclass
@@ -42,6 +51,11 @@ class ProcessProvider:
 
     Each agent's output goes to ``<log_dir>/<worker_id>.log``. ``stop`` sends SIGTERM (the agent drains and
     unregisters) and SIGKILL after ``grace``.
+
+    ``pass_environment`` names more variables of the control plane's environment to pass on (when set);
+    ``environment`` gives variables of the agents' own (they win over passed ones, and the join token over
+    both). ``owner`` is written on each agent's labels (``hodei.owner``), so that its registration says whose
+    it is.
     """
 
     def __init__(
@@ -53,7 +67,12 @@ class ProcessProvider:
         stop_grace: float = 10.0,
         join_tokens: Callable[[str, DynamicWorkerConfig], str] | None = None,
         tls: ClientTlsConfig | None = None,
+        pass_environment: Sequence[str] = (),
+        environment: Mapping[str, str] | None = None,
+        owner: str = DEFAULT_OWNER,
     ) -> None:
+        if isinstance(pass_environment, str):
+            raise TypeError("pass_environment is a sequence of variable names, not one string")
         self.schedulers = (schedulers,) if isinstance(schedulers, str) else tuple(schedulers)
         self._python = python
         self._log_dir = (
@@ -62,6 +81,9 @@ class ProcessProvider:
         self.stop_grace = stop_grace
         self._join_tokens = join_tokens
         self._tls = tls
+        self.pass_environment = tuple(pass_environment)
+        self.environment = dict(environment or {})
+        self.owner = owner
         self._children: dict[str, _Child] = {}
 
     worker_type = WorkerType.PROCESS
@@ -101,9 +123,12 @@ class ProcessProvider:
         return command
 
     def _environment(self, worker_id: str, config: DynamicWorkerConfig) -> dict[str, str]:
-        # The agent is told everything on its command line; HODEI_* settings of the control plane's own
-        # environment (HODEI_LABELS, say) are not its. Its join token alone comes in its environment.
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+        # An allow-list, never the control plane's whole environment: its secrets are not the agent's. The
+        # agent is told everything on its command line; HODEI_* settings of the control plane's own environment
+        # (HODEI_LABELS, say) are not its. Its join token alone comes in its environment.
+        passed = {*PASSED_ENVIRONMENT, *self.pass_environment}
+        environment = {k: v for k, v in os.environ.items() if k in passed or k.startswith("LC_")}
+        environment.update(self.environment)
         if self._join_tokens is not None:
             environment[JOIN_TOKEN_VARIABLE] = self._join_tokens(worker_id, config)
         return environment
@@ -115,6 +140,7 @@ class ProcessProvider:
                 worker_id=worker_id,
                 hint="choose another worker id",
             )
+        config = owned(config, self.owner)  # before the join token is minted: it binds the labels
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"{worker_id}.log"
         try:

@@ -155,20 +155,23 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                 worker_id=worker_id,
                 pool=None if worker is None else worker.pool,
                 labels=None if worker is None else worker.labels,
+                incarnation=0 if worker is None else worker.incarnation,
             )
-            if isinstance(claims, JoinClaims) and claims.single_use:
-                await self._spend_durably(claims, worker_id)
+            if isinstance(claims, JoinClaims) and claims.single_use and worker is not None:
+                await self._spend_durably(claims, worker)
         except AuthError as error:
             log_refusal(action, error, context.peer())
             raise access_denied(error) from error
         return grant.credential
 
-    async def _spend_durably(self, claims: JoinClaims, worker_id: str | None) -> None:
+    async def _spend_durably(self, claims: JoinClaims, worker: WorkerRecord | DynamicWorker) -> None:
+        """Spent for this registration (worker id and incarnation): the same one retried (its answer lost, or
+        its commit ambiguous) is let through; another is a replay."""
         if self._spent_tokens is None or self._access is None:
             return
         until = self._access.authority.remember_until(claims)
-        if not await self._spent_tokens.spend(claims.token_id, until):
-            raise AuthError.refusal(AuthFailure.REPLAYED, kind=TokenKind.JOIN, worker_id=worker_id)
+        if not await self._spent_tokens.spend(claims.token_id, until, worker.worker_id, worker.incarnation):
+            raise AuthError.refusal(AuthFailure.REPLAYED, kind=TokenKind.JOIN, worker_id=worker.worker_id)
 
     async def _admit(self, context: Context, action: str, worker_id: str | None = None) -> None:
         """End the call unless the caller may do ``action`` (to ``worker_id``)."""

@@ -32,6 +32,8 @@ from hodei.security.tls import (
 )
 from hodei.security.tokens import (
     DEFAULT_LEEWAY,
+    DEFAULT_OPERATOR_TOKEN_TTL,
+    DEFAULT_WORKER_CREDENTIAL_TTL,
     MAX_TOKEN_LENGTH,
     MIN_SECRET_BYTES,
     AuthError,
@@ -54,7 +56,9 @@ from hodei.security.tokens import (
 __all__ = [
     "AUTHORIZATION",
     "DEFAULT_LEEWAY",
+    "DEFAULT_OPERATOR_TOKEN_TTL",
     "DEFAULT_VALIDITY",
+    "DEFAULT_WORKER_CREDENTIAL_TTL",
     "MAX_TOKEN_LENGTH",
     "MIN_SECRET_BYTES",
     "AccessPolicy",

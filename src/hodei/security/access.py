@@ -5,10 +5,17 @@ the token itself. What each kind may do:
 
 ==========================  ==================================================================================
 operator token              every call
-join token for worker W     ``RegisterWorker`` and ``Connect`` (the hello) of W, once (single-use), with the
-                            pool and labels the token binds; the answer carries W's worker credential
-worker credential for W     ``RegisterWorker``, ``Connect`` and ``UnregisterWorker`` of W
+join token for worker W     ``RegisterWorker`` and ``Connect`` (the hello) of W, for one registration (single
+                            use: that incarnation, retried, is admitted again), with the pool and labels the
+                            token binds; the answer carries W's worker credential
+worker credential for W     ``RegisterWorker``, ``Connect`` and ``UnregisterWorker`` of W, registering with
+                            the pool and labels its join token bound (the credential carries them on); the
+                            answer of a registration or hello carries a fresh credential (same binding)
 ==========================  ==================================================================================
+
+Worker credentials expire (:data:`~hodei.security.tokens.DEFAULT_WORKER_CREDENTIAL_TTL`, a week, unless the
+scheduler says otherwise) and are renewed at every hello, so that a connected fleet never runs out and an agent
+rides out an outage of days; a credential that leaked from a worker gone for good dies with time.
 
 No credential, or one that proves nothing (malformed, forged, expired, replayed) is ``UNAUTHENTICATED``; a
 valid one for another worker, or for a call its kind does not allow, is ``PERMISSION_DENIED``.
@@ -20,7 +27,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from hodei.security.refusals import AuthError, AuthFailure, TokenKind
-from hodei.security.tokens import Claims, JoinClaims, OperatorClaims, TokenAuthority
+from hodei.security.tokens import (
+    DEFAULT_WORKER_CREDENTIAL_TTL,
+    Claims,
+    JoinClaims,
+    OperatorClaims,
+    TokenAuthority,
+    WorkerClaims,
+    check_binding,
+)
 
 __all__ = [
     "AUTHORIZATION",
@@ -77,12 +92,17 @@ class Grant:
 class AccessPolicy:
     """The scheduler's rules (see the module docstring) over one :class:`TokenAuthority`.
 
-    ``worker_credential_ttl`` (seconds; None: never) is the life of the worker credentials it mints; when set,
-    a worker that registers or connects with its credential gets a fresh one each time, so that a connected
-    worker never runs out.
+    ``worker_credential_ttl`` (seconds, a week by default; None: never) is the life of the worker credentials
+    it mints; when set, a worker that registers or connects with its credential gets a fresh one each time, so
+    that a connected worker never runs out.
     """
 
-    def __init__(self, authority: TokenAuthority, *, worker_credential_ttl: float | None = None) -> None:
+    def __init__(
+        self,
+        authority: TokenAuthority,
+        *,
+        worker_credential_ttl: float | None = DEFAULT_WORKER_CREDENTIAL_TTL,
+    ) -> None:
         if not authority.can_mint:
             raise ValueError("the scheduler's token key must be able to mint worker credentials")
         if worker_credential_ttl is not None and not worker_credential_ttl > 0:
@@ -102,6 +122,7 @@ class AccessPolicy:
         worker_id: str | None = None,
         pool: str | None = None,
         labels: Mapping[str, str] | None = None,
+        incarnation: int = 0,
     ) -> Grant:
         """Allow ``action`` on ``worker_id`` (with that pool and labels) for a caller holding ``claims``, or
         raise :class:`~hodei.security.PermissionDenied` (or :class:`~hodei.security.Unauthenticated` for a
@@ -113,12 +134,21 @@ class AccessPolicy:
         if action not in allowed or worker_id is None:
             raise AuthError.refusal(AuthFailure.WRONG_ACTION, kind=kind, worker_id=worker_id, action=action)
         if isinstance(claims, JoinClaims):
-            self.authority.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels)
-            return Grant(worker_id, kind, self._credential(worker_id))
+            self.authority.admit_join(
+                claims, worker_id=worker_id, pool=pool, labels=labels, incarnation=incarnation
+            )
+            return Grant(worker_id, kind, self._credential(claims, worker_id))
         if claims.worker_id != worker_id:
             raise AuthError.refusal(AuthFailure.WRONG_WORKER, kind=kind, worker_id=worker_id)
-        renew = self.worker_credential_ttl is not None and action in _ISSUING_ACTIONS
-        return Grant(worker_id, kind, self._credential(worker_id) if renew else "")
+        if action not in _ISSUING_ACTIONS:
+            return Grant(worker_id, kind)
+        # A registration or a hello: only with what the join token bound, which the credential carries on.
+        check_binding(claims, worker_id=worker_id, pool=pool, labels=labels)
+        renew = self.worker_credential_ttl is not None
+        return Grant(worker_id, kind, self._credential(claims, worker_id) if renew else "")
 
-    def _credential(self, worker_id: str) -> str:
-        return self.authority.mint_worker_credential(worker_id, ttl=self.worker_credential_ttl)
+    def _credential(self, claims: JoinClaims | WorkerClaims, worker_id: str) -> str:
+        """A fresh worker credential for ``worker_id`` with the binding of ``claims``."""
+        return self.authority.mint_worker_credential(
+            worker_id, ttl=self.worker_credential_ttl, pool=claims.pool, labels=claims.labels
+        )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hodei.security.access import AccessPolicy
 from hodei.security.tls import TlsConfig
-from hodei.security.tokens import TokenAuthority, load_key
+from hodei.security.tokens import DEFAULT_WORKER_CREDENTIAL_TTL, TokenAuthority, load_key
 
 __all__ = ["SchedulerSecurity"]
 
@@ -46,7 +46,7 @@ class SchedulerSecurity:
         tls_cert: StrPath | None = None,
         tls_key: StrPath | None = None,
         tls_client_ca: StrPath | None = None,
-        worker_credential_ttl: float | None = None,
+        worker_credential_ttl: float | None = DEFAULT_WORKER_CREDENTIAL_TTL,
     ) -> SchedulerSecurity:
         """From the files of the configuration: the token key (:func:`~hodei.security.load_key`: an HMAC
         secret or an Ed25519 private key), the server's certificate and key, and the client CA (mutual TLS).

@@ -14,10 +14,13 @@ __all__ = ["JtiLedger", "MemoryJtiLedger"]
 
 
 class JtiLedger(Protocol):
-    """The replay guard's port: remembers the ids of used single-use tokens until they expire."""
+    """The replay guard's port: remembers the ids of used single-use tokens, and by which registration (worker
+    id and incarnation), until they expire."""
 
-    def claim(self, jti: str, expires_at: datetime) -> bool:
-        """Record ``jti`` as used; False when it was already used."""
+    def claim(self, jti: str, expires_at: datetime, worker_id: str, incarnation: int) -> bool:
+        """Record ``jti`` as used by ``worker_id``'s ``incarnation``; False when it was used by another
+        registration. Claiming it again for the same one is True: a registration retried after its answer was
+        lost is not a replay (a restarted worker, with a new incarnation, is)."""
         ...
 
 
@@ -26,16 +29,16 @@ class MemoryJtiLedger:
 
     def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._clock = clock
-        self._used: dict[str, datetime] = {}
+        self._used: dict[str, tuple[str, int]] = {}  # jti -> the registration (worker id, incarnation)
         self._by_expiry: list[tuple[datetime, str]] = []
         self._lock = threading.Lock()
 
-    def claim(self, jti: str, expires_at: datetime) -> bool:
+    def claim(self, jti: str, expires_at: datetime, worker_id: str, incarnation: int) -> bool:
         with self._lock:
             self._forget_expired()
             if jti in self._used:
-                return False
-            self._used[jti] = expires_at
+                return self._used[jti] == (worker_id, incarnation)
+            self._used[jti] = (worker_id, incarnation)
             heapq.heappush(self._by_expiry, (expires_at, jti))
             return True
 

@@ -3,11 +3,14 @@
 A :class:`TokenAuthority` holds one key: an HMAC secret (``bytes``, HS256) or an Ed25519 key (EdDSA). With a
 private key (or a secret) it mints and verifies; with an Ed25519 public key it only verifies. The three kinds:
 
-- a **join token** (``aud=hodei-join``) lets one worker id register once, before it expires; it may also bind
-  the worker's pool and labels;
+- a **join token** (``aud=hodei-join``) lets one worker id register once (one incarnation), before it expires
+  (the same registration retried, after its answer was lost, is not a second use); it may also bind the
+  worker's pool and labels;
 - a **worker credential** (``aud=hodei-worker``) is what a registered worker presents afterwards: it is good
-  for that worker id only, and for as long as its ``ttl`` (by default, for ever);
-- an **operator token** (``aud=hodei-operator``) is for the CLI and the management service.
+  for that worker id only, with the pool and labels its join token bound (it carries the binding on), and
+  for as long as its ``ttl``;
+- an **operator token** (``aud=hodei-operator``) is for the CLI and the management service; it expires after
+  :data:`DEFAULT_OPERATOR_TOKEN_TTL` unless its minter says otherwise.
 
 A token of one kind is never accepted as another. A refusal is an :class:`~hodei.security.refusals.AuthError`
 (:mod:`hodei.security.refusals` draws the tree): ``Unauthenticated`` or ``PermissionDenied``. Single-use join
@@ -42,6 +45,8 @@ from hodei.security.refusals import AuthError, AuthFailure, PermissionDenied, To
 
 __all__ = [
     "DEFAULT_LEEWAY",
+    "DEFAULT_OPERATOR_TOKEN_TTL",
+    "DEFAULT_WORKER_CREDENTIAL_TTL",
     "MAX_TOKEN_LENGTH",
     "MIN_SECRET_BYTES",
     "AuthError",
@@ -64,6 +69,11 @@ __all__ = [
 MIN_SECRET_BYTES = 32
 DEFAULT_LEEWAY = 5.0  # seconds of clock skew forgiven on ``exp`` and ``iat``
 MAX_TOKEN_LENGTH = 4096  # ours are a few hundred characters; anything longer is refused unread
+DEFAULT_WORKER_CREDENTIAL_TTL = 7 * 24 * 3600.0
+"""Seconds a worker credential the scheduler hands out is good for (renewed at every hello): a week, so that an
+agent rides out an outage of days, and a credential leaked from a worker gone for good dies with time."""
+DEFAULT_OPERATOR_TOKEN_TTL = 30 * 24 * 3600.0
+"""Seconds an operator token is good for, unless its minter says otherwise (``ttl=None``: for ever)."""
 IDENTIFIED_CACHE_SIZE = 4096  # tokens whose signature identify() checked, remembered (their times are not)
 
 TokenKey = bytes | Ed25519PrivateKey | Ed25519PublicKey
@@ -84,13 +94,16 @@ class JoinClaims:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerClaims:
-    """What a valid worker credential says; ``expires_at`` is None for a credential that does not expire."""
+    """What a valid worker credential says; ``expires_at`` is None for a credential that does not expire;
+    ``pool`` and ``labels`` are None when it does not bind them (it binds what its join token bound)."""
 
     worker_id: str
     token_id: str
     issued_at: datetime
     expires_at: datetime | None = None
     incarnation: int | None = None
+    pool: str | None = None
+    labels: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +185,7 @@ class TokenAuthority:
         worker_id: str,
         pool: str | None = None,
         labels: Mapping[str, str] | None = None,
+        incarnation: int = 0,
         now: datetime | None = None,
     ) -> JoinClaims:
         """The claims of a join token presented to register ``worker_id`` with ``pool`` and ``labels``.
@@ -181,7 +195,7 @@ class TokenAuthority:
         """
         payload = self._decode(TokenKind.JOIN, token, now, worker_id=worker_id, expires=True)
         claims = _join_claims(payload, worker_id=worker_id)
-        return self.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels)
+        return self.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels, incarnation=incarnation)
 
     def admit_join(
         self,
@@ -190,19 +204,18 @@ class TokenAuthority:
         worker_id: str,
         pool: str | None = None,
         labels: Mapping[str, str] | None = None,
+        incarnation: int = 0,
     ) -> JoinClaims:
         """``claims`` (of a join token already verified, by :meth:`identify`) admitted for registering
-        ``worker_id`` with ``pool`` and ``labels``: the bindings are checked, then a single-use token is spent.
+        ``worker_id`` (its ``incarnation``) with ``pool`` and ``labels``: the bindings are checked, then a
+        single-use token is spent — for this registration: the same one retried is admitted again.
         Raises :class:`PermissionDenied` (another worker, pool or labels) or :class:`Unauthenticated`
-        (already used)."""
+        (already used by another registration)."""
         refused = partial(AuthError.refusal, kind=TokenKind.JOIN, worker_id=worker_id)
-        if claims.worker_id != worker_id:
-            raise refused(AuthFailure.WRONG_WORKER)
-        if claims.pool is not None and pool != claims.pool:
-            raise refused(AuthFailure.WRONG_POOL)
-        if claims.labels is not None and dict(labels or {}) != claims.labels:
-            raise refused(AuthFailure.WRONG_LABELS)
-        if claims.single_use and not self.ledger.claim(claims.token_id, self.remember_until(claims)):
+        check_binding(claims, worker_id=worker_id, pool=pool, labels=labels)
+        if claims.single_use and not self.ledger.claim(
+            claims.token_id, self.remember_until(claims), worker_id, incarnation
+        ):
             raise refused(AuthFailure.REPLAYED)
         return claims
 
@@ -211,10 +224,21 @@ class TokenAuthority:
         return claims.expires_at + timedelta(seconds=self.leeway)
 
     def mint_worker_credential(
-        self, worker_id: str, incarnation: int | None = None, *, ttl: float | None = None
+        self,
+        worker_id: str,
+        incarnation: int | None = None,
+        *,
+        ttl: float | None = None,
+        pool: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
-        """The credential a registered worker presents from now on; it expires after ``ttl`` s (None: never)."""
+        """The credential a registered worker presents from now on; it expires after ``ttl`` s (None: never),
+        and binds ``pool``/``labels`` when given (a worker holding it may register with those alone)."""
         claims: dict[str, Any] = {} if incarnation is None else {"inc": incarnation}
+        if pool is not None:
+            claims["pool"] = pool
+        if labels is not None:
+            claims["labels"] = dict(labels)
         checked_ttl = None if ttl is None else _checked_ttl(ttl)
         return self._mint(TokenKind.WORKER, _checked_id(worker_id, "worker_id"), checked_ttl, claims)
 
@@ -228,8 +252,8 @@ class TokenAuthority:
             raise AuthError.refusal(AuthFailure.WRONG_WORKER, kind=TokenKind.WORKER, worker_id=worker_id)
         return claims
 
-    def mint_operator_token(self, name: str, ttl: float | None = None) -> str:
-        """A token for the operator ``name``; it expires after ``ttl`` s (None: never)."""
+    def mint_operator_token(self, name: str, ttl: float | None = DEFAULT_OPERATOR_TOKEN_TTL) -> str:
+        """A token for the operator ``name``; it expires after ``ttl`` s (by default 30 days; None: never)."""
         checked_ttl = None if ttl is None else _checked_ttl(ttl)
         return self._mint(TokenKind.OPERATOR, _checked_id(name, "name"), checked_ttl, {})
 
@@ -419,7 +443,12 @@ def _join_claims(payload: dict[str, Any], *, worker_id: str | None) -> JoinClaim
 
 def _worker_claims(payload: dict[str, Any], *, worker_id: str | None) -> WorkerClaims:
     incarnation = payload.get("inc")
-    if incarnation is not None and not _is_int(incarnation):
+    bound_pool, bound_labels = payload.get("pool"), payload.get("labels")
+    if not (
+        (incarnation is None or _is_int(incarnation))
+        and (bound_pool is None or isinstance(bound_pool, str))
+        and (bound_labels is None or _is_labels(bound_labels))
+    ):
         raise AuthError.refusal(AuthFailure.MALFORMED, kind=TokenKind.WORKER, worker_id=worker_id)
     return WorkerClaims(
         worker_id=payload["sub"],
@@ -427,7 +456,29 @@ def _worker_claims(payload: dict[str, Any], *, worker_id: str | None) -> WorkerC
         issued_at=_moment(payload["iat"]),
         expires_at=_moment(payload["exp"]) if "exp" in payload else None,
         incarnation=incarnation,
+        pool=bound_pool,
+        labels=None if bound_labels is None else MappingProxyType(bound_labels),
     )
+
+
+def check_binding(
+    claims: JoinClaims | WorkerClaims,
+    *,
+    worker_id: str,
+    pool: str | None,
+    labels: Mapping[str, str] | None,
+) -> None:
+    """Refuse (:class:`PermissionDenied`) a registration of ``worker_id`` with ``pool`` and ``labels`` that the
+    token's claims do not admit: another worker, another pool than the bound one, other labels than the bound
+    ones (exactly those: none more, none fewer, none changed)."""
+    kind = TokenKind.JOIN if isinstance(claims, JoinClaims) else TokenKind.WORKER
+    refused = partial(AuthError.refusal, kind=kind, worker_id=worker_id)
+    if claims.worker_id != worker_id:
+        raise refused(AuthFailure.WRONG_WORKER)
+    if claims.pool is not None and pool != claims.pool:
+        raise refused(AuthFailure.WRONG_POOL)
+    if claims.labels is not None and dict(labels or {}) != claims.labels:
+        raise refused(AuthFailure.WRONG_LABELS)
 
 
 def _operator_claims(payload: dict[str, Any]) -> OperatorClaims:

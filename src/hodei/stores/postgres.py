@@ -82,6 +82,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # stream closes): what listings through the other replicas show as "connected via".
         "ALTER TABLE hodei_workers ADD COLUMN stream_at text",
     ),
+    (
+        # Which registration spent each token: the same one spending it again is a retry (after an ambiguous
+        # commit, or a lost answer), not a replay.
+        "ALTER TABLE hodei_spent_tokens ADD COLUMN worker_id text, ADD COLUMN incarnation bigint",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -391,16 +396,22 @@ class PostgresRegistryStore:
 
     # -- SpentTokens -----------------------------------------------------------------------------------
 
-    async def spend(self, token_id: str, expires_at: datetime) -> bool:
+    async def spend(self, token_id: str, expires_at: datetime, worker_id: str, incarnation: int) -> bool:
         async def write(db: Db) -> bool:
             await db.execute("DELETE FROM hodei_spent_tokens WHERE expires_at < now()")
-            inserted = await db.fetchval(
-                "INSERT INTO hodei_spent_tokens (token_id, expires_at) VALUES ($1, $2) "
-                "ON CONFLICT (token_id) DO NOTHING RETURNING 1",
+            # A row comes back when inserted, or spent already by the same registration (a retry, perhaps of
+            # this very transaction after a commit whose answer was lost); none when another one spent it.
+            written = await db.fetchval(
+                "INSERT INTO hodei_spent_tokens AS t (token_id, expires_at, worker_id, incarnation) "
+                "VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (token_id) DO UPDATE SET expires_at = greatest(t.expires_at, excluded.expires_at) "
+                "WHERE t.worker_id = excluded.worker_id AND t.incarnation = excluded.incarnation RETURNING 1",
                 token_id,
                 expires_at,
+                worker_id,
+                incarnation,
             )
-            return bool(inserted == 1)
+            return bool(written == 1)
 
         return await self._retrying(write)
 

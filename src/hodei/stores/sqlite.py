@@ -68,6 +68,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE spent_tokens (token_id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
         "CREATE INDEX spent_tokens_by_expiry ON spent_tokens (expires_at)",
     ),
+    (
+        # Which registration spent each token: the same one spending it again is a retry, not a replay.
+        "ALTER TABLE spent_tokens ADD COLUMN worker_id TEXT",
+        "ALTER TABLE spent_tokens ADD COLUMN incarnation INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -307,15 +312,19 @@ class SqliteRegistryStore:
         )
         return {WorkerStatus(status): int(count) for status, count in rows}
 
-    async def spend(self, token_id: str, expires_at: datetime) -> bool:
+    async def spend(self, token_id: str, expires_at: datetime, worker_id: str, incarnation: int) -> bool:
         now, until = utcnow().timestamp(), expires_at.timestamp()  # seconds since the epoch
 
         def write(db: sqlite3.Connection) -> bool:
             db.execute("DELETE FROM spent_tokens WHERE expires_at < ?", (now,))
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO spent_tokens (token_id, expires_at) VALUES (?, ?)", (token_id, until)
+            # Inserted, or spent already by the same registration (a retry): one row changed; by another: none.
+            written = db.execute(
+                "INSERT INTO spent_tokens (token_id, expires_at, worker_id, incarnation) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (token_id) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at) "
+                "WHERE worker_id = excluded.worker_id AND incarnation = excluded.incarnation",
+                (token_id, until, worker_id, incarnation),
             )
-            return inserted.rowcount == 1
+            return written.rowcount == 1
 
         return await self._run(self._transaction(write))
 

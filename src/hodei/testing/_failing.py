@@ -11,8 +11,10 @@ import grpc
 from hodei.domain import WorkerRecord
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 from hodei.observability.metrics import SchedulerMetrics
+from hodei.ports import RegistryStore
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.interception import REGISTRATION_METHODS, Behaviour, MethodInterceptor, with_behaviour
+from hodei.security.config import SchedulerSecurity
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.transport.status import abort_with
 
@@ -40,7 +42,8 @@ class FailingScheduler(EmbeddedScheduler):
       caller hears the error, as when an answer is lost on its way back;
     - ``delay``: every call that is not failed is served after this many seconds;
     - ``refuse``: worker ids refused, each with its code, on every call (per worker inside a batch);
-    - ``methods``: which RPCs misbehave (default: the two registration calls).
+    - ``methods``: which RPCs misbehave (default: the two registration calls);
+    - ``store`` and ``security``: as :class:`EmbeddedScheduler`'s.
 
     ``calls`` counts the calls to those methods, ``failed_calls`` the ones that were failed or hung.
     """
@@ -59,12 +62,16 @@ class FailingScheduler(EmbeddedScheduler):
         message: str = "injected failure",
         admission_control: AdmissionControl | None = None,
         metrics: SchedulerMetrics | None = None,
+        store: RegistryStore | None = None,
+        security: SchedulerSecurity | None = None,
     ) -> None:
         super().__init__(
             admission=self._admit,
             interceptors=[_FaultInterceptor(self, methods)],
             admission_control=admission_control,
             metrics=metrics,
+            store=store,
+            security=security,
         )
         self.methods = frozenset(methods)
         self.failures_left = failures

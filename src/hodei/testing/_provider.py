@@ -6,16 +6,19 @@ import asyncio
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus
 from hodei.errors import ProviderError
+from hodei.ownership import DEFAULT_OWNER, owned
 
 __all__ = ["MockWorkerProvider"]
 
 
 class MockWorkerProvider:
     """Provisions nothing real. ``provisioned``, ``stopped`` and ``destroyed`` list ids in call order;
-    ``running`` holds the live workers. ``fail_provision`` / ``fail_destroy`` make the next calls fail."""
+    ``running`` holds the live workers. ``fail_provision`` / ``fail_destroy`` make the next calls fail.
+    ``owner`` is written on each worker it provisions (the ``hodei.owner`` label of its config)."""
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, owner: str = DEFAULT_OWNER) -> None:
         self.delay = delay
+        self.owner = owner
         self.running: dict[str, DynamicWorker] = {}
         self.provisioned: list[str] = []
         self.stopped: list[str] = []
@@ -43,6 +46,7 @@ class MockWorkerProvider:
             raise ProviderError(
                 f"worker {worker_id!r} already exists", worker_id=worker_id, hint="choose another worker id"
             )
+        config = owned(config, self.owner)
         worker = DynamicWorker(worker_id, config.worker_type, config, WorkerStatus.PROVISIONING)
         self.running[worker_id] = worker
         self.provisioned.append(worker_id)
