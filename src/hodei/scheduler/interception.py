@@ -14,6 +14,7 @@ __all__ = [
     "REGISTRATION_METHODS",
     "Behaviour",
     "MethodInterceptor",
+    "WrappedHandlers",
     "scheduler_method",
     "with_behaviour",
 ]
@@ -39,13 +40,38 @@ def with_behaviour(handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> grpc
     )
 
 
+class WrappedHandlers:
+    """The handler an interceptor made of each method's handler, made once rather than on every call: gRPC
+    hands over the same handler object for a method each time, so its wrapper is kept until a different one
+    comes (one entry per method, never more)."""
+
+    __slots__ = ("_made",)
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(
+        self, method: str, handler: grpc.RpcMethodHandler, make: Callable[[], grpc.RpcMethodHandler]
+    ) -> grpc.RpcMethodHandler:
+        made = self._made.get(method)
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapped = make()
+        self._made[method] = (handler, wrapped)
+        return wrapped
+
+
 class MethodInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Hands the handler of every SchedulerService call among ``methods`` to :meth:`intercept`, with the
     method's short name (``RegisterWorkers``); passes every other call (health, reflection, other methods)
-    through untouched."""
+    through untouched. What :meth:`intercept` makes is kept for the next call of the same method (it must not
+    hold anything of one call), unless ``per_call`` says it decides afresh for each call."""
+
+    per_call = False
 
     def __init__(self, methods: Collection[str]) -> None:
         self.methods = frozenset(methods)
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -56,7 +82,9 @@ class MethodInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = scheduler_method(details)
         if handler is None or method not in self.methods:
             return handler
-        return self.intercept(handler, method)
+        if self.per_call:
+            return self.intercept(handler, method)
+        return self._wrapped.get(method, handler, lambda: self.intercept(handler, method))
 
     def intercept(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         raise NotImplementedError

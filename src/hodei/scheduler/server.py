@@ -28,7 +28,7 @@ from hodei.observability.logging import log_worker_event
 from hodei.scheduler.admission import AdmissionControl
 from hodei.scheduler.authentication import Authentication
 from hodei.scheduler.core import Scheduler
-from hodei.scheduler.interception import scheduler_method
+from hodei.scheduler.interception import WrappedHandlers, scheduler_method
 from hodei.scheduler.limits import ServerLimits, StreamLimits
 from hodei.scheduler.service import SchedulerServicer
 from hodei.security.config import SchedulerSecurity
@@ -81,6 +81,9 @@ class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     prescribes; left to itself, grpc.aio answers ``UNKNOWN`` for a deserializer that raises. The servicer, and
     the interceptors inside this one, never see such a call."""
 
+    def __init__(self) -> None:
+        self._wrapped = WrappedHandlers()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -90,6 +93,9 @@ class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = scheduler_method(details)
         if handler is None or method is None or handler.request_streaming:
             return handler
+        return self._wrapped.get(method, handler, lambda: self._wrap(handler, method))
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         message = _REQUEST_TYPES[method]
         parse = handler.request_deserializer
 

@@ -22,6 +22,8 @@ __all__ = ["REGISTRATION_METHODS", "FailingScheduler"]
 
 
 class _FaultInterceptor(MethodInterceptor):
+    per_call = True  # each call is counted, and failed or served, on its own
+
     def __init__(self, scheduler: FailingScheduler, methods: Collection[str]) -> None:
         super().__init__(methods)
         self._scheduler = scheduler
