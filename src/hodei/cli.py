@@ -78,6 +78,15 @@ def scheduler_serve(
         float, typer.Option(help="Seconds after start in which nobody expires.")
     ] = 30.0,
     sweep_interval: Annotated[float, typer.Option(help="Seconds between liveness sweeps.")] = 1.0,
+    heartbeat_budget: Annotated[
+        float,
+        typer.Option(
+            help="Heartbeats per second the scheduler aims to receive, whatever the fleet's size: each agent's "
+            "interval (and lease) grows with the agents connected when it says hello. 0: off, every agent "
+            "heartbeats every --heartbeat-interval.",
+            min=0,
+        ),
+    ] = 0.0,
     mass_expiry_threshold: Annotated[
         float,
         typer.Option(help="Share of leased workers unreachable at once beyond which removals slow down."),
@@ -133,6 +142,7 @@ def scheduler_serve(
         recovery_window=recovery_window,
         sweep_interval=sweep_interval,
         mass_expiry_threshold=mass_expiry_threshold,
+        heartbeat_budget=heartbeat_budget,
     )
 
     observe("hodei-scheduler", log_format, log_level, native=True)

@@ -82,6 +82,11 @@ class LivenessConfig:
     ``EXPIRY_SLOWED`` event. If the sweeper itself ran
     late (the scheduler stalled), every lease is extended by the delay: a scheduler that was not listening
     cannot blame workers for not being heard.
+
+    ``heartbeat_budget`` (heartbeats per second; 0, the default: off) keeps the heartbeats a scheduler receives
+    under a budget as its fleet grows, as Nomad does: each agent is handed, when it connects, the interval
+    ``max(heartbeat_interval, agents / heartbeat_budget)`` for the agents then connected, and a lease that
+    grows with it (``lease_ttl`` scaled by the same factor). See :meth:`pace`.
     """
 
     heartbeat_interval: float = 5.0
@@ -92,6 +97,16 @@ class LivenessConfig:
     mass_expiry_threshold: float = 0.5
     mass_expiry_min_workers: int = 10
     slowed_expiry_per_sweep: int = 1
+    heartbeat_budget: float = 0.0
+
+    def pace(self, agents: int) -> tuple[float, float]:
+        """The heartbeat interval and lease TTL to hand an agent when ``agents`` agents (itself included) are
+        connected: the configured ones, or, with a ``heartbeat_budget``, both stretched by the same factor so
+        that ``agents`` agents send at most ``heartbeat_budget`` heartbeats a second."""
+        if self.heartbeat_budget <= 0:
+            return self.heartbeat_interval, self.lease_ttl
+        stretch = max(1.0, agents / self.heartbeat_budget / self.heartbeat_interval)
+        return self.heartbeat_interval * stretch, self.lease_ttl * stretch
 
     def __post_init__(self) -> None:
         check_settings(
@@ -105,5 +120,6 @@ class LivenessConfig:
                 "mass_expiry_threshold": ("in (0, 1]", 0 < self.mass_expiry_threshold <= 1),
                 "mass_expiry_min_workers": (">= 1", self.mass_expiry_min_workers >= 1),
                 "slowed_expiry_per_sweep": (">= 1", self.slowed_expiry_per_sweep >= 1),
+                "heartbeat_budget": (">= 0", self.heartbeat_budget >= 0),
             },
         )

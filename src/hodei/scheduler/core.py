@@ -50,6 +50,8 @@ class AgentSession:
 
     worker_id: str
     incarnation: int
+    heartbeat_interval: float = 5.0  # what this agent was told at its hello (LivenessConfig.pace)
+    lease_ttl: float = 15.0
     commands: asyncio.Queue[WorkerCommand | None] = field(default_factory=asyncio.Queue)
     usage: ResourceUsage | None = None
     last_heartbeat_at: datetime | None = None
@@ -418,8 +420,10 @@ class Scheduler:
     async def hello(
         self, worker: DynamicWorker, running_jobs: Sequence[str] = ()
     ) -> tuple[RegistrationReceipt, AgentSession]:
-        """An agent connected: register or attach to its worker, hand it a lease and a session."""
-        ttl = self.liveness.lease_ttl
+        """An agent connected: register or attach to its worker, hand it a lease and a session (with the
+        heartbeat interval and lease TTL for the fleet connected now: :meth:`LivenessConfig.pace`)."""
+        others = len(self.sessions) - (worker.worker_id in self.sessions)
+        interval, ttl = self.liveness.pace(others + 1)
         stored = await self.registry.get(worker.worker_id)
         # A worker asked to drain stays draining across its agent's reconnections (each a new incarnation),
         # and the new stream hears the drain again: a reconnect must not put it back to work.
@@ -442,7 +446,7 @@ class Scheduler:
         previous = self.sessions.get(worker.worker_id)
         if previous is not None:
             previous.close()
-        session = AgentSession(worker.worker_id, worker.incarnation)
+        session = AgentSession(worker.worker_id, worker.incarnation, interval, ttl)
         self._connects["first" if receipt.created else "reconnect"].inc()
         self.metrics.streams_open.inc()
         if draining:
@@ -474,7 +478,7 @@ class Scheduler:
         session.usage = usage
         session.last_heartbeat_at = self._clock()
         self._hear(session.worker_id)
-        self.leases.renew(session.worker_id, self.liveness.lease_ttl, now)
+        self.leases.renew(session.worker_id, session.lease_ttl, now)
         if self.monitor.is_lost(session.worker_id):
             before = self.monitor.status_before_lost(session.worker_id)
             if before is WorkerStatus.DRAINING:
@@ -500,7 +504,7 @@ class Scheduler:
             session.draining = session.draining or status is WorkerStatus.DRAINING
             # An agent that speaks is alive: a report renews its lease as a heartbeat would.
             self._hear(session.worker_id)
-            self.leases.renew(session.worker_id, self.liveness.lease_ttl, self._monotonic())
+            self.leases.renew(session.worker_id, session.lease_ttl, self._monotonic())
             await self.registry.transition(session.worker_id, status, drained=drained, reason=reason)
             self.monitor.forget(session.worker_id)
 

@@ -384,8 +384,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         ack = pb.ConnectAck(
             worker=codec.record_to_proto(receipt.record),
             created=receipt.created,
-            heartbeat_interval_ms=round(self._scheduler.liveness.heartbeat_interval * 1000),
-            lease_ttl_ms=round(self._scheduler.liveness.lease_ttl * 1000),
+            heartbeat_interval_ms=round(session.heartbeat_interval * 1000),
+            lease_ttl_ms=round(session.lease_ttl * 1000),
             credential=credential,
         )
         return session, ack
