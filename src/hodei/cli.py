@@ -266,17 +266,29 @@ def agent(
     tls_ca: TlsCaOption = "",
     tls_cert: TlsCertOption = "",
     tls_key: TlsKeyOption = "",
+    spawn: Annotated[
+        int,
+        typer.Option(
+            envvar="HODEI_SPAWN",
+            min=1,
+            help="Worker slots in this process: N workers (WORKER_ID-1 ... WORKER_ID-N), each registered, leased "
+            "and drained on its own, all over one connection to the scheduler.",
+        ),
+    ] = 1,
     log_format: Annotated[LogFormat, log_format_option("HODEI_LOG_FORMAT")] = LogFormat.AUTO,
     log_level: Annotated[LogLevel, log_level_option("HODEI_LOG_LEVEL")] = LogLevel.INFO,
 ) -> None:
-    """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters."""
+    """Run the worker agent: register, heartbeat, obey the scheduler; SIGTERM drains and unregisters. With
+    --spawn N, N workers in one process (a slot refused ends alone; the process exits 2 if any was refused)."""
     import logging
     import os
     import socket
+    from dataclasses import replace
 
     from rich.markup import escape
 
     from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
+    from hodei.agent.slots import SharedChannels, run_slots, slot_ids
     from hodei.observability.http import MetricsEndpoint
     from hodei.observability.logging import redact_text
     from hodei.observability.metrics import AgentMetrics, process_registry
@@ -299,29 +311,44 @@ def agent(
     if parent_pid:
         options["parent_pid"] = parent_pid
     registry = process_registry()
-    worker_agent = WorkerAgent(AgentConfig(**options), metrics=AgentMetrics(registry))
+    config = AgentConfig(**options)
+    metrics = AgentMetrics(registry)
+    channels = SharedChannels(config.tls) if spawn > 1 else None
+    slots = [
+        WorkerAgent(replace(config, worker_id=slot), metrics=metrics, channels=channels)
+        for slot in slot_ids(config.worker_id, spawn)
+    ]
     endpoint = MetricsEndpoint(registry, metrics_listen) if metrics_listen else None
     if endpoint is not None:
         start_metrics(endpoint, "hodei agent")
         logging.getLogger("hodei.agent").info("agent.metrics_serving", extra={"url": endpoint.url})
 
-    async def run() -> None:
+    def stop(reason: str) -> None:
+        for slot in slots:
+            slot.request_shutdown(reason)
+
+    async def run() -> list[AgentRefused]:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker_agent.request_shutdown, sig.name)
-        await worker_agent.run()
+            loop.add_signal_handler(sig, stop, sig.name)
+        try:
+            return await run_slots(slots)
+        finally:
+            if channels is not None:
+                await channels.aclose()
 
     try:
-        asyncio.run(run())
-    except AgentRefused as refused:
+        refusals = asyncio.run(run())
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+    for refused in refusals:
         message = redact_text(str(refused))
         if refused.cause.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             message += " (check the agent's token: --join-token, HODEI_JOIN_TOKEN or --token-file)"
         errors.print(f"[red]hodei agent: {escape(message)}[/red]", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from refused
-    finally:
-        if endpoint is not None:
-            endpoint.stop()
+    if refusals:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -349,6 +376,10 @@ def bench(
         int, typer.Option(help="--scenario fleet: how many agents (each its own connection).", min=1)
     ] = 1000,
     steady: Annotated[float, typer.Option(help="--scenario fleet: seconds of heartbeats measured.")] = 30.0,
+    slots: Annotated[
+        int,
+        typer.Option(help="--scenario fleet: worker slots per host, each host's over one connection.", min=1),
+    ] = 1,
 ) -> None:
     """Measure registration throughput, latency, CPU and memory against the targets; or, with
     ``--scenario fleet``, a fleet of agents: cold start, steady heartbeats, SIGKILL and restart."""
@@ -357,7 +388,7 @@ def bench(
     from collections import Counter
 
     if scenario == ["fleet"]:
-        _bench_fleet(agents, store=store, steady=steady, json_out=json_out)
+        _bench_fleet(agents, store=store, steady=steady, slots=slots, json_out=json_out)
         return
 
     from hodei.bench.report import results_table
@@ -404,7 +435,7 @@ def bench(
         Path(warnings.name).unlink()
 
 
-def _bench_fleet(agents: int, *, store: str, steady: float, json_out: str) -> None:
+def _bench_fleet(agents: int, *, store: str, steady: float, slots: int, json_out: str) -> None:
     import json
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -426,7 +457,9 @@ def _bench_fleet(agents: int, *, store: str, steady: float, json_out: str) -> No
             bar.update(phases[phase], completed=done, total=total)
 
         try:
-            report = asyncio.run(run_fleet(agents, store=store, steady=steady, progress=progress))
+            report = asyncio.run(
+                run_fleet(agents, store=store, steady=steady, slots=slots, progress=progress)
+            )
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
     document = json.dumps(report.to_json(), indent=2)

@@ -50,6 +50,15 @@ async def test_a_small_fleet_connects_heartbeats_and_all_come_back_after_a_sigki
     assert document["scenario"] == "fleet" and document["restart"]["workers_lost_max"] == 0  # type: ignore[index]
 
 
+async def test_a_fleet_of_hosts_with_several_slots_holds_one_connection_per_host(tmp_path: Path) -> None:
+    report = await run_fleet(40, steady=1.0, heartbeat=1.0, slots=10, restart=True, log_directory=tmp_path)
+
+    assert (report.agents, report.slots, report.agent_exits, report.notes) == (40, 10, 0, [])
+    assert report.restart is not None and report.restart.workers_lost_max == 0
+    # Four hosts of ten slots: four connections (the scheduler's own sockets aside), not forty.
+    assert 4 <= report.restart.peak_connections < 10
+
+
 def test_quantiles_are_read_from_cumulative_buckets_as_prometheus_does() -> None:
     buckets = [(4.9, 0.0), (5.0, 50.0), (5.1, 99.0), (5.2, 100.0), (math.inf, 100.0)]
 

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import psutil
@@ -49,6 +49,12 @@ CHANNEL_OPTIONS = (
     ("grpc.use_local_subchannel_pool", 1),
     *RECEIVE_OPTIONS,  # the scheduler's largest answers
 )
+
+
+class SharedChannelsLike(Protocol):
+    """Where the slots of one agent process get the channel they share (:class:`hodei.agent.slots.SharedChannels`)."""
+
+    def session(self, target: str) -> contextlib.AbstractAsyncContextManager[grpc.aio.Channel]: ...
 
 
 class AgentRefused(HodeiError):
@@ -87,8 +93,10 @@ class WorkerAgent:
         random: Callable[[], float] = random.random,
         usage: Callable[[], ResourceUsage] = _usage,
         metrics: AgentMetrics | None = None,
+        channels: SharedChannelsLike | None = None,
     ) -> None:
         self.config = config
+        self._shared = channels
         self.metrics = metrics or AgentMetrics()
         self._random = random
         self._usage = usage
@@ -120,11 +128,17 @@ class WorkerAgent:
         """What the agent presents now: its worker credential once it has one, else what it was given."""
         return self._credential or self.config.token or ""
 
-    def _channel(self, target: str) -> grpc.aio.Channel:
+    def _channel(self, target: str) -> contextlib.AbstractAsyncContextManager[grpc.aio.Channel]:
+        """A session's channel: a fresh one of its own, or the one its process's slots share (``--spawn``)."""
+        if self._shared is not None:
+            return self._shared.session(target)
         tls = self.config.tls
-        if tls is None:
-            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        return grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+        own: contextlib.AbstractAsyncContextManager[grpc.aio.Channel] = (
+            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if tls is None
+            else grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+        )
+        return own
 
     def _fields(self, **fields: object) -> dict[str, object]:
         return {"worker_id": self.config.worker_id, **fields}

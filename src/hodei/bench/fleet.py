@@ -59,6 +59,7 @@ class FleetReport:
     swarms: int
     store: str
     heartbeat_interval: float
+    slots: int = 1  # worker slots per host (agents sharing one connection)
     connect_s: float = math.nan
     steady_s: float = 0.0
     heartbeats_expected: float = 0.0
@@ -88,9 +89,19 @@ class FleetReport:
 class _Swarm:
     """One swarm process and the last counts it reported."""
 
-    def __init__(self, target: str, prefix: str, first: int, count: int) -> None:
+    def __init__(self, target: str, prefix: str, first: int, count: int, slots: int = 1) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hodei.bench.swarm", target, prefix, str(first), str(count)],
+            [
+                sys.executable,
+                "-m",
+                "hodei.bench.swarm",
+                target,
+                prefix,
+                str(first),
+                str(count),
+                "--slots",
+                str(slots),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -215,6 +226,7 @@ async def run_fleet(
     steady: float = 30.0,
     heartbeat: float = 5.0,
     per_swarm: int = 2500,
+    slots: int = 1,
     restart: bool = True,
     timeout: float = 300.0,
     progress: Progress | None = None,
@@ -225,7 +237,11 @@ async def run_fleet(
         raise ValueError(f"--agents must be at least 1, got {agents}")
     tell = progress or (lambda phase, done, total: None)
     swarm_count = math.ceil(agents / per_swarm)
-    report = FleetReport(agents=agents, swarms=swarm_count, store=store, heartbeat_interval=heartbeat)
+    if slots < 1:
+        raise ValueError(f"--slots must be at least 1, got {slots}")
+    report = FleetReport(
+        agents=agents, swarms=swarm_count, store=store, heartbeat_interval=heartbeat, slots=slots
+    )
     port, metrics_port = free_port(), free_port()
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     with contextlib.ExitStack() as stack:
@@ -238,10 +254,10 @@ async def run_fleet(
             second: ServerProcess | None = None
             swarms: list[_Swarm] = []
             try:
-                size = math.ceil(agents / swarm_count)
+                size = math.ceil(agents / swarm_count / slots) * slots  # whole hosts in each swarm
                 for index in range(swarm_count):
                     count = min(size, agents - index * size)
-                    swarms.append(_Swarm(first.address, f"fleet-{index:02d}", index * size, count))
+                    swarms.append(_Swarm(first.address, f"fleet-{index:02d}", index * size, count, slots))
                 for swarm in swarms:
                     swarm.start_reading()
                 # 1. cold start
@@ -362,6 +378,7 @@ def fleet_table(reports: list[FleetReport]) -> Table:
     table = Table(title="hodei fleet benchmark")
     for column in (
         "agents",
+        "slots/host",
         "swarms",
         "store",
         "all connected",
@@ -383,6 +400,7 @@ def fleet_table(reports: list[FleetReport]) -> Table:
         again = r.restart
         table.add_row(
             f"{r.agents:,}",
+            str(r.slots),
             str(r.swarms),
             r.store,
             _seconds(r.connect_s),

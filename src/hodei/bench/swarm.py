@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from hodei.agent.agent import WorkerAgent
 from hodei.agent.config import AgentConfig
+from hodei.agent.slots import SharedChannels
 from hodei.observability.metrics import AgentMetrics
 
 __all__ = ["counts", "swarm"]
@@ -53,21 +54,33 @@ def counts(
     }
 
 
-async def swarm(target: str, prefix: str, first: int, count: int, *, report_every: float = 0.5) -> None:
+async def swarm(
+    target: str, prefix: str, first: int, count: int, *, report_every: float = 0.5, slots: int = 1
+) -> None:
+    """``slots`` > 1: the agents are hosts of that many worker slots, each host's slots over one connection (as
+    ``hodei agent --spawn``); 1: every agent has a connection of its own."""
     metrics = AgentMetrics()  # one registry for the swarm: its counts are the sums over its agents
-    agents = [
-        WorkerAgent(
-            AgentConfig(
-                schedulers=(target,),
-                worker_id=f"{prefix}-{index:05d}",
-                cpu_cores=1,
-                memory_mb=512,
-                hostname=f"{prefix}-host",
-            ),
-            metrics=metrics,
+    hosts: list[SharedChannels] = []
+    agents: list[WorkerAgent] = []
+    for index in range(first, first + count):
+        channels = None
+        if slots > 1:
+            if (index - first) % slots == 0:
+                hosts.append(SharedChannels())
+            channels = hosts[-1]
+        agents.append(
+            WorkerAgent(
+                AgentConfig(
+                    schedulers=(target,),
+                    worker_id=f"{prefix}-{index:05d}",
+                    cpu_cores=1,
+                    memory_mb=512,
+                    hostname=f"{prefix}-host-{(index - first) // slots}",
+                ),
+                metrics=metrics,
+                channels=channels,
+            )
         )
-        for index in range(first, first + count)
-    ]
     tasks = [asyncio.create_task(agent.run()) for agent in agents]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,6 +98,8 @@ async def swarm(target: str, prefix: str, first: int, count: int, *, report_ever
     for agent in agents:
         agent.request_shutdown("fleet benchmark over")
     await asyncio.wait(tasks, timeout=60)
+    for host in hosts:
+        await host.aclose()
     report()
 
 
@@ -95,8 +110,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("first", type=int)
     parser.add_argument("count", type=int)
     parser.add_argument("--report-every", type=float, default=0.5)
+    parser.add_argument(
+        "--slots", type=int, default=1, help="worker slots per host (one connection each host)"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(swarm(args.target, args.prefix, args.first, args.count, report_every=args.report_every))
+    asyncio.run(
+        swarm(
+            args.target, args.prefix, args.first, args.count, report_every=args.report_every, slots=args.slots
+        )
+    )
 
 
 if __name__ == "__main__":
