@@ -5,7 +5,9 @@ delay (not its backoff), and a hello's timeout counts from the scheduler's accep
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -211,3 +213,36 @@ async def test_an_agent_refused_comes_back_after_the_advised_delay_not_its_backo
     assert record is not None and record.connected and record.incarnation == incarnation
     assert agent.connections == 1
     assert [r.getMessage() for r in caplog.records if r.name == "hodei.agent.agent"] == []  # no failure told
+
+
+async def test_a_refused_hello_lets_go_of_its_stream_at_once_not_when_the_garbage_collector_runs() -> None:
+    """A refused agent's stream (its call, and so its connection to the scheduler) is freed as soon as the
+    refusal is handled: a reference cycle would keep the connection open on the scheduler until a collection,
+    and a fleet refused after a restart would hold hundreds of connections more than it has agents."""
+    admission = HelloAdmission(max_in_flight=1)
+    scheduler, store = stalled_scheduler(admission)
+    async with scheduler:
+        first, first_channel, opening = await hello(scheduler.target, "agent-first")
+        await store.stalled()
+        channel = grpc.aio.insecure_channel(scheduler.target, options=OWN_CONNECTION)
+        gc.disable()
+        try:
+            stream = ConnectStream(channel)
+            held = weakref.ref(stream)
+            codes = []
+            try:
+                await stream.open(replace(make_worker("agent-refused"), incarnation=1), timeout=10)
+            except SchedulerError as error:
+                codes.append(error.code)
+            del stream
+            alive = held() is not None
+        finally:
+            gc.enable()
+            await channel.close()
+            store.release()
+            await opening
+            first.cancel()
+            await first_channel.close()
+
+    assert codes == [ErrorCode.RESOURCE_EXHAUSTED]
+    assert not alive

@@ -87,13 +87,19 @@ class ConnectStream:
                 ErrorCode.DEADLINE_EXCEEDED, f"{what} within {seconds:g} s", worker_id=worker.worker_id
             )
 
+        # asyncio.timeout, not wait_for: a failure raised through wait_for's task is held in a reference cycle
+        # (the task, its exception, the traceback, wait_for's frame) with this stream, its call and so its
+        # connection, which then stays open until the garbage collector runs; a refused agent must let go of
+        # its connection at once.
         waited = timeout if accept_timeout is None else accept_timeout
         try:
-            await asyncio.wait_for(accepted(), waited)
+            async with asyncio.timeout(waited):
+                await accepted()
         except TimeoutError:
             raise expired("the scheduler did not accept the hello", waited) from None
         try:
-            response = await asyncio.wait_for(self._read(), timeout)
+            async with asyncio.timeout(timeout):
+                response = await self._read()
         except TimeoutError:
             raise expired("no acknowledgement", timeout) from None
         if response is None or response.WhichOneof("message") != "ack":
