@@ -5,6 +5,7 @@ delay (not its backoff), and a hello's timeout counts from the scheduler's accep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import weakref
@@ -112,6 +113,25 @@ async def test_the_admission_rate_follows_the_time_the_last_hellos_took() -> Non
         stream.cancel()
         await channel.close()
     assert admission.rate() == 5.0  # 10 at once, 2 s each
+
+
+class QuietContext:
+    """What :meth:`HelloAdmission.admitted` asks of a call it admits."""
+
+    async def send_initial_metadata(self, metadata: object) -> None:
+        return None
+
+
+async def test_the_admission_rate_is_at_least_the_hellos_acknowledged_in_the_last_second() -> None:
+    clock = Clock()
+    admission = HelloAdmission(max_in_flight=50, clock=clock)
+    async with contextlib.AsyncExitStack() as hellos:
+        for _ in range(50):
+            await hellos.enter_async_context(admission.admitted(QuietContext()))  # type: ignore[arg-type]
+        clock.now += 5.0  # a slow loop: each hello took 5 s, 50 at once
+    assert admission.rate() == 50.0  # not 50 / 5 s: 50 were acknowledged in the last second
+    clock.now += 1.0
+    assert admission.rate() == 10.0  # a second later, Little's law again
 
 
 class Unhurried(MethodInterceptor):

@@ -107,8 +107,10 @@ class HelloAdmission:
     (``u`` uniform in [0, 1)), at most ``max_delay`` (beyond, uniform over [``base_delay``, ``max_delay``]):
     ``waiting`` is the number of agents refused whose advised delay has not run out, ``rate`` the hellos it can
     admit per second (``max_in_flight`` over the mean time of the last hellos, ``expected_hello`` before
-    any). So each refused agent comes back after those refused before it, and the fleet returns at about the
-    rate the scheduler admits it.
+    any; or the hellos acknowledged in the last second, if more). So each refused agent comes back after those
+    refused before it, and the fleet returns at about the rate the scheduler admits it. ``max_delay`` keeps the
+    longest wait well inside the scheduler's recovery window after a restart (30 s by default): an agent that
+    comes back too early is refused again, cheaply, and told a new delay.
 
     ``in_flight``, ``waiting`` and ``rejected`` say what it does; refusals count in
     ``hodei_hello_rejections_total`` of ``metrics``, and ``hodei_hellos_in_flight`` and ``hodei_hellos_waiting``
@@ -120,7 +122,7 @@ class HelloAdmission:
         *,
         max_in_flight: int = 500,
         base_delay: float = 0.25,
-        max_delay: float = 30.0,
+        max_delay: float = 10.0,
         expected_hello: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = random.random,
@@ -141,6 +143,7 @@ class HelloAdmission:
         self._working: set[object] = set()
         self._returns: list[float] = []  # a heap: when each refused agent was told to come back
         self._durations: deque[float] = deque(maxlen=DURATIONS_KEPT)
+        self._finished: deque[float] = deque()  # when the hellos of the last second were acknowledged
         self.rejected = 0
         self.metrics = metrics or SchedulerMetrics()
         self.metrics.hellos_in_flight.set_function(lambda: self.in_flight)
@@ -159,9 +162,13 @@ class HelloAdmission:
         return len(self._returns)
 
     def rate(self) -> float:
-        """Hellos admitted per second at the bound, by Little's law."""
+        """Hellos admitted per second: by Little's law at the bound, or as many as were in the last second if
+        more (a loop slowed by a flood of connections makes every hello slow, not fewer of them done)."""
         mean = sum(self._durations) / len(self._durations) if self._durations else self.expected_hello
-        return self.max_in_flight / max(mean, 1e-3)
+        now = self._clock()
+        while self._finished and self._finished[0] <= now - 1.0:
+            self._finished.popleft()
+        return max(self.max_in_flight / max(mean, 1e-3), float(len(self._finished)))
 
     def advice(self) -> float:
         """The delay to advise a refused agent (and count it among the waiting until then)."""
@@ -193,6 +200,8 @@ class HelloAdmission:
         try:
             await context.send_initial_metadata(())
             yield
-            self._durations.append(self._clock() - started)
+            finished = self._clock()
+            self._durations.append(finished - started)
+            self._finished.append(finished)
         finally:
             self._working.discard(hello)
