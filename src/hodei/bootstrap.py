@@ -18,7 +18,7 @@ from hodei.observability.metrics import ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import EventRelay, Leadership, RegistryStore, WorkerProvider
 from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
-from hodei.scheduler.admission import AdmissionControl
+from hodei.scheduler.admission import AdmissionControl, HelloAdmission
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.limits import ServerLimits
 from hodei.scheduler.server import SchedulerServer
@@ -82,6 +82,7 @@ def build_scheduler(
     leadership: Leadership | None = None,
     liveness: LivenessConfig | None = None,
     max_in_flight: int = 1000,
+    max_hellos_in_flight: int = 500,
     metrics: SchedulerMetrics | None = None,
     security: SchedulerSecurity | None = None,
     limits: ServerLimits | None = None,
@@ -90,6 +91,8 @@ def build_scheduler(
     """A scheduler server over a registry on ``store`` (memory by default), not yet started.
 
     ``leadership`` elects the replica that expires leases when several share the store (default: this one).
+    ``max_in_flight`` registrations and ``max_hellos_in_flight`` agents' hellos are worked on at once (beyond,
+    ``RESOURCE_EXHAUSTED`` with an advised retry delay).
     ``metrics`` receives every metric of the scheduler, admission control's included (default: a private
     registry's); serve its registry with :class:`hodei.observability.http.MetricsEndpoint`. ``security``
     requires tokens and serves TLS (default: neither, for local use); ``limits`` bound what one caller takes.
@@ -107,6 +110,7 @@ def build_scheduler(
         ),
         listen=listen,
         admission_control=AdmissionControl(max_in_flight=max_in_flight, metrics=metrics),
+        hello_admission=HelloAdmission(max_in_flight=max_hellos_in_flight, metrics=metrics),
         security=security,
         limits=limits,
     )

@@ -95,6 +95,14 @@ def scheduler_serve(
         int,
         typer.Option(help="Registrations worked on at once; beyond, RESOURCE_EXHAUSTED with a retry delay."),
     ] = 1000,
+    max_hellos_in_flight: Annotated[
+        int,
+        typer.Option(
+            help="Agents' hellos worked on at once; beyond, RESOURCE_EXHAUSTED with a retry delay that spreads "
+            "the agents waiting (after a restart, the whole fleet) over time.",
+            min=1,
+        ),
+    ] = 500,
     store: Annotated[
         str,
         typer.Option(
@@ -188,6 +196,7 @@ def scheduler_serve(
                 relay=opened.relay,
                 liveness=liveness,
                 max_in_flight=max_in_flight,
+                max_hellos_in_flight=max_hellos_in_flight,
                 metrics=SchedulerMetrics(registry),
                 security=security,
                 limits=limits,

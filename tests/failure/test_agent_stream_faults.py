@@ -142,11 +142,13 @@ async def test_an_agent_reconnecting_into_a_black_hole_connects_as_soon_as_the_n
 TIMED_OUT_HELLOS = "hodei_agent_stream_connects_total"
 
 
-async def test_an_agent_reconnecting_into_a_black_hole_gives_up_each_attempt_after_its_hello_timeout(
+async def test_an_agent_reconnecting_into_a_black_hole_gives_up_each_attempt_after_its_accept_timeout(
     scheduler: EmbeddedScheduler, proxy: FaultProxy
 ) -> None:
-    hello_timeout = 0.5
-    running = RunningAgent(proxy.target, "agent-dark-3", hello_timeout=hello_timeout)
+    # The black hole holds the handshake and the hello: the scheduler never accepts it (a hello's own timeout
+    # counts from acceptance), and the agent gives the attempt up after accept_timeout.
+    accept_timeout = 0.5
+    running = RunningAgent(proxy.target, "agent-dark-3", accept_timeout=accept_timeout)
     agent = await running.connected()
     try:
         proxy.black_hole()
@@ -155,7 +157,7 @@ async def test_an_agent_reconnecting_into_a_black_hole_gives_up_each_attempt_aft
         registry = agent.metrics.registry
         await wait_until(
             lambda: (registry.get_sample_value(TIMED_OUT_HELLOS, {"result": "deadline_exceeded"}) or 0) >= 1,
-            timeout=hello_timeout + 2.0,
+            timeout=accept_timeout + 2.0,
         )
     finally:
         await running.stop()

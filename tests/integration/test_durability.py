@@ -211,6 +211,8 @@ async def test_a_restart_with_a_thousand_leased_workers_knows_them_all_and_expir
         "0.2",
         "--mass-expiry-threshold",
         "1",  # half of the fleet stays silent on purpose: expire them at the normal pace
+        "--max-hellos-in-flight",
+        "1000",  # the raw streams below say all their hellos at once and do not come back when refused
     ]
     log = tmp_path / "scheduler.log"
     first = await ServerProcess.scheduler(*liveness, store=store, log=log).start()

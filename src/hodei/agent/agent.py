@@ -4,7 +4,8 @@ It connects (the hello registers the worker, or attaches to the control plane's 
 the interval the scheduler asks for, and carries out commands: drain (finish work, take no more, report
 drained), shut down (drain, unregister, exit), re-register (reconnect with a new incarnation). A broken stream
 or an unreachable scheduler sends it to the next scheduler address after a jittered backoff, with a new
-incarnation. A permanent refusal (invalid data, refused credentials, a newer incarnation elsewhere) ends it
+incarnation; a scheduler busy with other hellos says when to come back, and the agent comes back then (with
+jitter). A permanent refusal (invalid data, refused credentials, a newer incarnation elsewhere) ends it
 with :class:`AgentRefused`.
 """
 
@@ -71,6 +72,13 @@ def _usage() -> ResourceUsage:
         cpu_percent=psutil.cpu_percent(interval=None),
         memory_used_mb=int(psutil.virtual_memory().used // (1024 * 1024)),
     )
+
+
+def _advised(error: SchedulerError) -> float | None:
+    """The delay a busy scheduler advised (``RESOURCE_EXHAUSTED`` with RetryInfo), or None."""
+    if error.code is ErrorCode.RESOURCE_EXHAUSTED and error.retry_after is not None:
+        return max(error.retry_after, 0.0)
+    return None
 
 
 class _Reregister(Exception):
@@ -158,6 +166,7 @@ class WorkerAgent:
         orphan_watch = asyncio.create_task(self._watch_parent()) if self.config.parent_pid else None
         try:
             while not self._stopping.is_set():
+                advised: float | None = None
                 try:
                     await self._session(self.target)
                 except _Reregister:
@@ -168,14 +177,24 @@ class WorkerAgent:
                             "agent.refused", extra=self._fields(code=error.code.name, error=error.message)
                         )
                         raise AgentRefused(self.config.worker_id, error) from error
-                    await self._report_failure(error)
+                    advised = _advised(error)
+                    if advised is None:
+                        await self._report_failure(error)
+                        self._failures += 1
+                    else:  # the scheduler is busy and said when to come back: no failure, no longer backoff
+                        log.debug(
+                            "agent.hello_deferred",
+                            extra=self._fields(scheduler=self.target, retry_after_s=advised),
+                        )
                     self._target_index += 1
-                    self._failures += 1
                 finally:
                     self.connected.clear()
                 if self._stopping.is_set():
                     break
-                delay = self.config.reconnect_delay(max(self._failures - 1, 0), self._random())
+                if advised is None:
+                    delay = self.config.reconnect_delay(max(self._failures - 1, 0), self._random())
+                else:
+                    delay = self.config.advised_delay(advised, self._random())
                 log.debug(  # every attempt: quiet; agent.cannot_connect says why, rate-limited
                     "agent.reconnecting",
                     extra=self._fields(
@@ -257,6 +276,7 @@ class WorkerAgent:
                         self.config.worker(self.incarnation),
                         self.running_jobs,
                         timeout=self.config.hello_timeout,
+                        accept_timeout=self.config.accept_timeout,
                     )
                 except SchedulerError as error:
                     self.metrics.stream_connects.labels(error.code.name.lower()).inc()

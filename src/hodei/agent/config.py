@@ -35,6 +35,12 @@ class AgentConfig:
     in the same millisecond, not even the first time. While it cannot connect, it says why (and what to check)
     at its first failure, then quietly retries: at most one warning per ``failure_log_interval`` seconds.
 
+    A scheduler that refuses a hello because it is working on too many (``RESOURCE_EXHAUSTED`` with a
+    ``google.rpc.RetryInfo`` delay) is not a failure: the agent comes back after the advised delay, stretched by
+    a random share of up to ``advised_jitter``, and its backoff does not grow. A hello is given
+    ``accept_timeout`` seconds (dialing included) to be accepted by the scheduler, and ``hello_timeout`` from
+    then to be acknowledged: a hello queued at a busy scheduler is not abandoned for a new connection.
+
     ``token`` is what the agent presents first to a scheduler with auth on: a join token (single-use; the
     scheduler answers with the worker's own credential, which the agent keeps for reconnecting and
     unregistering) or a worker credential. It is a secret: never shown by ``repr``. ``tls`` makes the agent
@@ -52,6 +58,8 @@ class AgentConfig:
     reconnect_base: float = 0.2
     reconnect_max: float = 10.0
     hello_timeout: float = 10.0
+    accept_timeout: float = 30.0
+    advised_jitter: float = 0.2
     farewell_timeout: float = 5.0
     parent_pid: int | None = None  # shut down when this process is gone (the control plane that started us)
     parent_check_interval: float = 0.5
@@ -67,6 +75,9 @@ class AgentConfig:
                 "schedulers": ("at least one address", bool(self.schedulers)),
                 "reconnect_base": ("> 0", self.reconnect_base > 0),
                 "reconnect_max": (">= reconnect_base", self.reconnect_max >= self.reconnect_base),
+                "hello_timeout": ("> 0", self.hello_timeout > 0),
+                "accept_timeout": ("> 0", self.accept_timeout > 0),
+                "advised_jitter": (">= 0", self.advised_jitter >= 0),
             },
         )
 
@@ -86,3 +97,7 @@ class AgentConfig:
         """The wait before reconnection attempt ``failures`` (0 for the first), full jitter."""
         ceiling = min(self.reconnect_max, self.reconnect_base * 2.0**failures)
         return float(ceiling * random_fraction)
+
+    def advised_delay(self, retry_after: float, random_fraction: float) -> float:
+        """The wait the scheduler advised (``retry_after``), stretched by up to ``advised_jitter`` of itself."""
+        return retry_after * (1.0 + self.advised_jitter * random_fraction)

@@ -216,6 +216,8 @@ class SchedulerMetrics:
     ``hodei_lease_expiries_total{reason}``: ``lease_expired``, ``lost_grace``;
     ``hodei_stream_connects_total{kind}``: ``first``, ``reconnect``;
     ``hodei_liveness_sweep_failures_total{error}``: ``unavailable``, ``other``.
+    Agents' hellos refused beyond the hello bound count in ``hodei_hello_rejections_total``;
+    ``hodei_hellos_in_flight`` and ``hodei_hellos_waiting`` say how many are worked on and told to wait now.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -251,6 +253,20 @@ class SchedulerMetrics:
             "hodei_admission_rejections",
             "Calls refused with RESOURCE_EXHAUSTED by admission control, by method.",
             ["method"],
+            registry=r,
+        )
+        self.hello_rejections = Counter(
+            "hodei_hello_rejections",
+            "Agents' hellos refused with RESOURCE_EXHAUSTED and an advised retry delay: the scheduler was "
+            "already working on its bound of hellos (--max-hellos-in-flight).",
+            registry=r,
+        )
+        self.hellos_in_flight = Gauge(
+            "hodei_hellos_in_flight", "Agents' hellos the scheduler is working on now.", registry=r
+        )
+        self.hellos_waiting = Gauge(
+            "hodei_hellos_waiting",
+            "Agents refused a hello whose advised retry delay has not yet run out.",
             registry=r,
         )
         self.liveness_sweep_failures = Counter(

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from hodei.errors import InvalidWorkerData
 from hodei.observability import tracing
 from hodei.observability.logging import log_worker_event
-from hodei.scheduler.admission import AdmissionControl
+from hodei.scheduler.admission import AdmissionControl, HelloAdmission
 from hodei.scheduler.authentication import Authentication
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.interception import WrappedHandlers, scheduler_method
@@ -184,6 +184,7 @@ class SchedulerServer:
     ``async with SchedulerServer(scheduler) as server: ...`` starts it (and its liveness sweeps) and stops it; a
     server cannot be started twice. ``security`` (default: no auth, plaintext) and ``limits`` are described in
     the module docstring; ``options`` are more grpc.aio server options, which replace those of the same name.
+    ``admission_control`` bounds the registrations worked on at once, ``hello_admission`` the agents' hellos.
     """
 
     def __init__(
@@ -193,6 +194,7 @@ class SchedulerServer:
         listen: str = "127.0.0.1:0",
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         admission_control: AdmissionControl | None = None,
+        hello_admission: HelloAdmission | None = None,
         options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
         grace: float = 2.0,
         security: SchedulerSecurity | None = None,
@@ -203,6 +205,7 @@ class SchedulerServer:
         self.limits = limits or ServerLimits()
         self.admission = admission_control or AdmissionControl(metrics=scheduler.metrics)
         self.streams = StreamLimits(self.limits, metrics=scheduler.metrics)
+        self.hellos = hello_admission or HelloAdmission(metrics=scheduler.metrics)
         self._listen = listen
         self._interceptors = [self.admission, self.streams, *interceptors]
         self._options = list({**dict(self.limits.options()), **dict(options)}.items())
@@ -231,7 +234,7 @@ class SchedulerServer:
         interceptors = [*traced, *authentication, _RejectUndecodable(), *self._interceptors]
         server = grpc.aio.server(interceptors=interceptors, options=self._options)
         pb_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SchedulerServicer(self.scheduler, access=access), server
+            SchedulerServicer(self.scheduler, access=access, hellos=self.hellos), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -26,6 +26,7 @@ from hodei.domain import (
 )
 from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
 from hodei.ports import RegistrationReceipt, SpentTokens
+from hodei.scheduler.admission import HelloAdmission
 from hodei.scheduler.authentication import access_denied, current_caller, log_refusal
 from hodei.scheduler.core import AgentSession, Scheduler
 from hodei.scheduler.registry import MAX_BATCH_SIZE
@@ -116,11 +117,19 @@ def _registrable(worker_id: str) -> bool:
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
-    """``access``: the rules each call must pass (None: auth off, everything is allowed)."""
+    """``access``: the rules each call must pass (None: auth off, everything is allowed); ``hellos``: the bound
+    on agents' hellos worked on at once (default: :class:`HelloAdmission`'s)."""
 
-    def __init__(self, scheduler: Scheduler, *, access: AccessPolicy | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        access: AccessPolicy | None = None,
+        hellos: HelloAdmission | None = None,
+    ) -> None:
         self._scheduler = scheduler
         self._access = access
+        self._hellos = hellos or HelloAdmission(metrics=scheduler.metrics)
         store = scheduler.registry.store
         # A store that remembers spent join tokens for every replica and across restarts (SQLite, PostgreSQL).
         self._spent_tokens = store if isinstance(store, SpentTokens) else None
@@ -339,12 +348,14 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             watcher.close()
 
     async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
-        session, ack = await self._open_session(context)
-        try:
-            await context.write(pb.ConnectResponse(ack=ack))
-        except BaseException:
-            self._scheduler.goodbye(session)  # the agent went away before it heard the acknowledgement
-            raise
+        first = await self._read_hello(context)
+        async with self._hellos.admitted(context):  # or RESOURCE_EXHAUSTED, with a delay to come back after
+            session, ack = await self._open_session(context, first)
+            try:
+                await context.write(pb.ConnectResponse(ack=ack))
+            except BaseException:
+                self._scheduler.goodbye(session)  # the agent went away before it heard the acknowledgement
+                raise
         reader = asyncio.create_task(
             self._read_agent(session, context), name=f"hodei-agent-{session.worker_id}"
         )
@@ -359,7 +370,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _open_session(self, context: Context) -> tuple[AgentSession, pb.ConnectAck]:
+    async def _read_hello(self, context: Context) -> pb.ConnectRequest:
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
         except TimeoutError:
@@ -372,6 +383,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             # An agent fences itself with its incarnation; 0 would take over another agent's stream unfenced.
             self._scheduler.registry.count_invalid(first.hello.metadata.worker_type)
             await abort_with(context, _invalid("hello.incarnation", "must be greater than 0"))
+        hello: pb.ConnectRequest = first
+        return hello
+
+    async def _open_session(
+        self, context: Context, first: pb.ConnectRequest
+    ) -> tuple[AgentSession, pb.ConnectAck]:
         worker: DynamicWorker | None = None
         try:
             worker = codec.worker_from_request(first.hello)

@@ -13,7 +13,7 @@ from hodei.lifecycle import LivenessConfig
 from hodei.observability import tracing
 from hodei.observability.metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.scheduler.admission import AdmissionControl
+from hodei.scheduler.admission import AdmissionControl, HelloAdmission
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.limits import ServerLimits
 from hodei.scheduler.registry import Admission
@@ -32,7 +32,8 @@ class EmbeddedScheduler:
     It runs the real scheduler (in memory unless a store is given; leases as ``liveness`` says) behind the real
     gRPC service, so that what a test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach
     the registry directly; ``scheduler.events.watch()`` follows its events. ``metrics`` (default: a private
-    registry's) receives the scheduler's metrics, admission control's included. ``security`` turns on tokens
+    registry's) receives the scheduler's metrics, admission control's included (``admission_control`` and
+    ``hello_admission`` bound the registrations and the agents' hellos worked on at once). ``security`` turns on tokens
     and TLS as a deployment would (default: neither); ``limits`` are the server's
     (:class:`~hodei.scheduler.limits.ServerLimits`).
     """
@@ -44,6 +45,7 @@ class EmbeddedScheduler:
         admission: Admission | None = None,
         liveness: LivenessConfig | None = None,
         admission_control: AdmissionControl | None = None,
+        hello_admission: HelloAdmission | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         host: str = "127.0.0.1",
         port: int = 0,
@@ -61,11 +63,13 @@ class EmbeddedScheduler:
             listen=f"{host}:{port}",
             interceptors=interceptors,
             admission_control=admission_control,
+            hello_admission=hello_admission,
             grace=0.5,
             security=security,
             limits=limits,
         )
         self.admission_control = self._server.admission
+        self.hello_admission = self._server.hellos
         self.stream_limits = self._server.streams
         self._channels: list[grpc.aio.Channel] = []
 

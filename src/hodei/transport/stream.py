@@ -58,24 +58,50 @@ class ConnectStream:
         return None if response is grpc.aio.EOF else response
 
     async def open(
-        self, worker: DynamicWorker, running_jobs: Sequence[str] = (), *, timeout: float
+        self,
+        worker: DynamicWorker,
+        running_jobs: Sequence[str] = (),
+        *,
+        timeout: float,
+        accept_timeout: float | None = None,
     ) -> ConnectAck:
-        """Say hello and wait (at most ``timeout`` s, connecting included) for the acknowledgement."""
+        """Say hello; wait at most ``accept_timeout`` s (default: ``timeout``), connecting included, for the
+        scheduler to accept it (the stream's headers), then at most ``timeout`` s for the acknowledgement.
+
+        A scheduler busy with other hellos accepts this one when it gets to it, or refuses it at once
+        (``RESOURCE_EXHAUSTED`` with a delay to come back after): a hello it has not yet accepted is not given
+        up after ``timeout``, which would only send one more connection to a scheduler that is behind."""
         hello = pb.ConnectRequest(hello=codec.hello_from_worker(worker, running_jobs))
 
-        async def greet() -> pb.ConnectResponse | None:
-            await self._write(hello)  # waits for the connection: a network that answers nothing holds it
-            return await self._read()
+        async def accepted() -> None:
+            try:
+                await self._write(hello)  # waits for the connection: a network that answers nothing holds it
+            except SchedulerError:
+                await self._read()  # a call that already ended says why (a refusal), not the failed write
+                raise
+            await self._call.initial_metadata()
 
-        try:
-            response = await asyncio.wait_for(greet(), timeout)
-        except TimeoutError:
+        def expired(what: str, seconds: float) -> SchedulerError:
             self.cancel()
-            raise scheduler_error_for(
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"no acknowledgement within {timeout:g} s",
-                worker_id=worker.worker_id,
-            ) from None
+            return scheduler_error_for(
+                ErrorCode.DEADLINE_EXCEEDED, f"{what} within {seconds:g} s", worker_id=worker.worker_id
+            )
+
+        # asyncio.timeout, not wait_for: a failure raised through wait_for's task is held in a reference cycle
+        # (the task, its exception, the traceback, wait_for's frame) with this stream, its call and so its
+        # connection, which then stays open until the garbage collector runs; a refused agent must let go of
+        # its connection at once.
+        waited = timeout if accept_timeout is None else accept_timeout
+        try:
+            async with asyncio.timeout(waited):
+                await accepted()
+        except TimeoutError:
+            raise expired("the scheduler did not accept the hello", waited) from None
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._read()
+        except TimeoutError:
+            raise expired("no acknowledgement", timeout) from None
         if response is None or response.WhichOneof("message") != "ack":
             raise scheduler_error_for(
                 ErrorCode.INTERNAL, "the scheduler did not acknowledge the hello", worker_id=worker.worker_id
