@@ -7,10 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hodei.agent.agent import CHANNEL_OPTIONS
-from hodei.lifecycle import LivenessConfig
 from hodei.scheduler.limits import ServerLimits, StreamLimits, peer_host
-from hodei.scheduler.server import SERVER_OPTIONS
 
 
 def test_server_limits_become_the_grpc_options_that_enforce_them() -> None:
@@ -89,17 +86,3 @@ def test_server_limits_refuse_values_that_would_not_limit_or_would_stop_everythi
 ) -> None:
     with pytest.raises(ValueError, match=f"invalid ServerLimits: {next(iter(bad))} must be"):
         ServerLimits(**bad)
-
-
-def test_keepalive_never_declares_a_busy_peer_dead_before_its_lease_would_expire() -> None:
-    agent = dict(CHANNEL_OPTIONS)
-    server = dict(SERVER_OPTIONS)
-    limits = ServerLimits()
-    lease_ttl_ms = LivenessConfig().lease_ttl * 1000
-
-    # The agent pings at twice the least interval the scheduler allows: never a strike, never a GOAWAY.
-    assert agent["grpc.keepalive_time_ms"] >= 2 * limits.min_ping_interval * 1000
-    # Either side gives a ping's answer at least a lease TTL (gRPC times a ping out after ping_timeout_ms).
-    assert agent["grpc.http2.ping_timeout_ms"] >= lease_ttl_ms
-    assert agent["grpc.keepalive_timeout_ms"] >= lease_ttl_ms
-    assert server["grpc.keepalive_timeout_ms"] >= lease_ttl_ms

@@ -36,18 +36,14 @@ __all__ = ["CHANNEL_OPTIONS", "AgentRefused", "WorkerAgent"]
 
 log = logging.getLogger(__name__)
 
-# Pings on an idle stream notice a scheduler that vanished without closing the connection. A ping every 10 s
-# is twice the least interval the scheduler allows (ServerLimits.min_ping_interval, 5 s), so it never earns a
-# strike. Its answer may take a lease TTL (15 s by default) and more: a scheduler busy with a reconnection storm
-# on a loaded host answers late, and an agent that gives a healthy connection up dials again and feeds the
-# storm; the scheduler itself waits a lease TTL before it calls an agent LOST.
+# Pings on an idle stream notice a scheduler that vanished without closing the connection.
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     # gRPC times a keepalive ping out after this, not after keepalive_timeout_ms (its default is 60 s): a
-    # black-holed connection is then noticed within 10 s + 20 s.
-    ("grpc.http2.ping_timeout_ms", 20_000),
+    # black-holed connection is then noticed within 10 s + 5 s.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     # Each session dials afresh: the agent's own jittered backoff paces its reconnections, not the reconnect
     # backoff (growing to two minutes) of a connection that gRPC shares between a process's channels.
     ("grpc.use_local_subchannel_pool", 1),

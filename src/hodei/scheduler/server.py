@@ -45,10 +45,8 @@ LEADER_HEALTH = "hodei.scheduler.v1.LeaseLeader"
 # Agents keep streams open for hours: let them ping (keepalive) so that dead peers are noticed on both sides.
 # How often a client may ping, and the other limits on what a client may take, are ServerLimits'.
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
-    # A ping unanswered for a lease TTL (15 s by default) and more: a busy agent host is not declared gone
-    # sooner than its lease would expire.
     ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # gRPC core cancels (with CANCELLED, which nobody retries) the calls it holds beyond 1,000 (soft) or 3,000
