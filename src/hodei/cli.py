@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -131,6 +132,16 @@ def scheduler_serve(
     max_message_bytes: Annotated[
         int, typer.Option(help="The largest request accepted (RESOURCE_EXHAUSTED beyond).", min=1024)
     ] = 24 * 1024 * 1024,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            help="Connections held at once; one beyond is closed as soon as it is accepted. "
+            "Default: the open-files limit (raised to its hard limit at start) minus a reserve "
+            "(the larger of 256 and a twentieth of it).",
+            show_default=False,
+            min=0,
+        ),
+    ] = 0,
     log_format: LogFormatOption = LogFormat.AUTO,
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
@@ -141,6 +152,7 @@ def scheduler_serve(
     from hodei.observability.http import MetricsEndpoint
     from hodei.observability.logging import redact_text
     from hodei.observability.metrics import SchedulerMetrics, process_registry
+    from hodei.scheduler.connections import ConnectionWatch, default_max_connections, raise_open_files_limit
     from hodei.scheduler.limits import ServerLimits
 
     liveness = LivenessConfig(
@@ -154,6 +166,13 @@ def scheduler_serve(
     )
 
     observe("hodei-scheduler", log_format, log_level, native=True)
+    soft_before, soft, hard = raise_open_files_limit()
+    max_connections = max_connections or default_max_connections(soft)
+    logging.getLogger("hodei.scheduler").log(
+        logging.INFO if soft >= hard else logging.WARNING,
+        "scheduler.open_files_limit",
+        extra={"soft_before": soft_before, "soft": soft, "hard": hard, "max_connections": max_connections},
+    )
     security, metrics_tls = serve_security(
         auth_key,
         worker_credential_ttl,
@@ -165,6 +184,7 @@ def scheduler_serve(
             max_streams=max_streams,
             max_streams_per_peer=max_streams_per_peer,
             max_message_bytes=max_message_bytes,
+            max_connections=max_connections,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
@@ -186,6 +206,7 @@ def scheduler_serve(
             raise typer.Exit(1) from error
         registry = process_registry()
         endpoint = MetricsEndpoint(registry, metrics_listen, tls=metrics_tls) if metrics_listen else None
+        watch = ConnectionWatch(max_connections, registry)
         try:
             if endpoint is not None:
                 start_metrics(endpoint, "hodei scheduler")
@@ -212,6 +233,7 @@ def scheduler_serve(
             console.print(f"hodei scheduler listening on {address} (store: {shown})", highlight=False)
             if endpoint is not None:
                 console.print(f"metrics on {endpoint.url}", highlight=False)
+            watch.start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -219,6 +241,7 @@ def scheduler_serve(
             try:
                 await stop.wait()
             finally:
+                await watch.stop()
                 await server.stop()
                 console.print("hodei scheduler stopped")
         finally:

@@ -14,7 +14,10 @@ pings without end meets one of these limits, and the scheduler keeps its time fo
 - ``max_connection_idle``: a connection with no call for that long is closed (``GOAWAY``; a client dials again
   when it next calls);
 - ``handshake_timeout``: a connection that has not finished its TLS and HTTP/2 handshake by then is closed (a
-  socket that connects and sends nothing).
+  socket that connects and sends nothing);
+- ``max_connections``: connections held at once (gRPC's ``grpc.max_allowed_incoming_connections``): one beyond
+  is closed as soon as it is accepted, so that the process never runs out of file descriptors (0: no quota;
+  ``hodei scheduler serve`` derives it from its descriptor limit, :mod:`hodei.scheduler.connections`).
 
 Registrations are bounded by admission control (:mod:`hodei.scheduler.admission`).
 """
@@ -57,6 +60,7 @@ class ServerLimits:
     max_connection_idle: float = 600.0
     handshake_timeout: float = 10.0
     stream_retry_after: float = 1.0
+    max_connections: int = 0
 
     def __post_init__(self) -> None:
         check_settings(
@@ -74,12 +78,17 @@ class ServerLimits:
                 "max_connection_idle": ("> 0", self.max_connection_idle > 0),
                 "handshake_timeout": ("> 0", self.handshake_timeout > 0),
                 "stream_retry_after": (">= 0", self.stream_retry_after >= 0),
+                "max_connections": (">= 0", self.max_connections >= 0),
             },
         )
 
     def options(self) -> tuple[tuple[str, Any], ...]:
         """The grpc.aio server options that enforce what gRPC itself can (all but the stream caps)."""
+        quota = (
+            (("grpc.max_allowed_incoming_connections", self.max_connections),) if self.max_connections else ()
+        )
         return (
+            *quota,
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
             ("grpc.http2.min_ping_interval_without_data_ms", _ms(self.min_ping_interval)),
