@@ -18,7 +18,7 @@ from hodei.observability.metrics import ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import EventRelay, Leadership, RegistryStore, WorkerProvider
 from hodei.registration.adapter import WorkerRegistrationAdapter
 from hodei.registration.config import RegistrationConfig
-from hodei.scheduler.admission import AdmissionControl, HelloAdmission
+from hodei.scheduler.admission import DEFAULT_MAX_HELLOS_IN_FLIGHT, AdmissionControl, HelloAdmission
 from hodei.scheduler.core import Scheduler
 from hodei.scheduler.limits import ServerLimits
 from hodei.scheduler.server import SchedulerServer
@@ -82,7 +82,7 @@ def build_scheduler(
     leadership: Leadership | None = None,
     liveness: LivenessConfig | None = None,
     max_in_flight: int = 1000,
-    max_hellos_in_flight: int = 500,
+    max_hellos_in_flight: int = DEFAULT_MAX_HELLOS_IN_FLIGHT,
     metrics: SchedulerMetrics | None = None,
     security: SchedulerSecurity | None = None,
     limits: ServerLimits | None = None,

@@ -97,6 +97,12 @@ MAX_WAITING_TRACKED = 200_000
 DURATIONS_KEPT = 256
 
 
+DEFAULT_MAX_HELLOS_IN_FLIGHT = 2000
+"""Hellos worked on at once by default. Measured with 10,000 agents killed and restarted together (SQLite, 2 cores):
+500 brought them all back in 28 s, 2,000 in 24.5 s with fewer refusals, both with connections at the fleet's size
+and none LOST; hellos are cheap with group commit, the bound is there to keep a storm from taking the loop."""
+
+
 class HelloAdmission:
     """A bound on the agents' hellos the scheduler works on at once: from the hello read to the acknowledgement
     written (the registration, its store write and the answer).
@@ -120,7 +126,7 @@ class HelloAdmission:
     def __init__(
         self,
         *,
-        max_in_flight: int = 500,
+        max_in_flight: int = DEFAULT_MAX_HELLOS_IN_FLIGHT,
         base_delay: float = 0.25,
         max_delay: float = 10.0,
         expected_hello: float = 0.5,
