@@ -168,11 +168,6 @@ def scheduler_serve(
     observe("hodei-scheduler", log_format, log_level, native=True)
     soft_before, soft, hard = raise_open_files_limit()
     max_connections = max_connections or default_max_connections(soft)
-    logging.getLogger("hodei.scheduler").log(
-        logging.INFO if soft >= hard else logging.WARNING,
-        "scheduler.open_files_limit",
-        extra={"soft_before": soft_before, "soft": soft, "hard": hard, "max_connections": max_connections},
-    )
     security, metrics_tls = serve_security(
         auth_key,
         worker_credential_ttl,
@@ -227,6 +222,18 @@ def scheduler_serve(
             except OSError as error:
                 errors.print(f"hodei scheduler: {error.strerror or error}", highlight=False, markup=False)
                 raise typer.Exit(1) from error
+            # Said once serving (a start that fails says one line, its reason): the limit was raised before
+            # anything was opened.
+            logging.getLogger("hodei.scheduler").log(
+                logging.INFO if soft >= hard else logging.WARNING,
+                "scheduler.open_files_limit",
+                extra={
+                    "soft_before": soft_before,
+                    "soft": soft,
+                    "hard": hard,
+                    "max_connections": max_connections,
+                },
+            )
             shown = opened.shown
             if security.auth or security.tls is not None:
                 shown += f"; auth: {'on' if security.auth else 'off'}, tls: {security.tls_mode}"
