@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hodei.bench.fleet import _connections, _scrape, _Swarm, _total
+from hodei.bench.fleet import SwarmFleet, scrape, tcp_connections
 from hodei.bench.processes import ServerProcess, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -64,15 +64,12 @@ async def test_two_thousand_agents_all_come_back_after_a_sigkill_and_restart_spr
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     first = await scheduler(port, metrics_port, store, log).start(timeout=60)
     second: ServerProcess | None = None
-    per_swarm = AGENTS // SWARMS
-    swarms = [_Swarm(first.address, f"fleet-{n}", n * per_swarm, per_swarm) for n in range(SWARMS)]
-    for swarm in swarms:
-        swarm.start_reading()
+    swarms = SwarmFleet(first.address, AGENTS, swarms=SWARMS)
     try:
-        await until(lambda: _total(swarms, "connected") == AGENTS, "every agent connected at first")
-        reconnects_before = _total(swarms, "reconnects")
+        await until(lambda: swarms.total("connected") == AGENTS, "every agent connected at first")
+        reconnects_before = swarms.total("reconnects")
         first.kill()
-        await until(lambda: _total(swarms, "connected") < AGENTS, "the agents saw their streams break")
+        await until(lambda: swarms.total("connected") < AGENTS, "the agents saw their streams break")
         second = scheduler(port, metrics_port, store, log)
         await second.start(timeout=60)
         peak = 0
@@ -80,9 +77,9 @@ async def test_two_thousand_agents_all_come_back_after_a_sigkill_and_restart_spr
         def sample() -> None:
             nonlocal peak
             assert second is not None
-            peak = max(peak, _connections(second.pid))
+            peak = max(peak, tcp_connections(second.pid))
 
-        await until(lambda: _total(swarms, "connected") == AGENTS, "every agent connected again", sample)
+        await until(lambda: swarms.total("connected") == AGENTS, "every agent connected again", sample)
         available = 0.0
         samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
 
@@ -90,7 +87,7 @@ async def test_two_thousand_agents_all_come_back_after_a_sigkill_and_restart_spr
             nonlocal available, samples
             sample()
             with contextlib.suppress(OSError, ValueError):
-                samples = await _scrape(metrics_url)
+                samples = await scrape(metrics_url)
                 available = samples.get("hodei_workers", {}).get((("status", "available"),), 0.0)
             return available == AGENTS
 
@@ -100,14 +97,11 @@ async def test_two_thousand_agents_all_come_back_after_a_sigkill_and_restart_spr
             await asyncio.sleep(0.5)
         refused = samples["hodei_hello_rejections_total"][()]
         lost = samples["hodei_workers"][(("status", "lost"),)]
-        reconnects = _total(swarms, "reconnects") - reconnects_before
-        exits = _total(swarms, "exits")
-        connected = _total(swarms, "connected")
+        reconnects = swarms.total("reconnects") - reconnects_before
+        exits = swarms.total("exits")
+        connected = swarms.total("connected")
     finally:
-        for swarm in swarms:
-            swarm.stop()
-        for swarm in swarms:
-            await swarm.wait(90)
+        await swarms.stop()
         first.kill()
         if second is not None:
             second.kill()

@@ -36,7 +36,7 @@ from rich.table import Table
 from hodei.bench.processes import ProcessProbe, ServerProcess, free_port
 from hodei.bench.stores import registry_store
 
-__all__ = ["FleetReport", "fleet_table", "run_fleet"]
+__all__ = ["FleetReport", "SwarmFleet", "fleet_table", "run_fleet", "scrape", "tcp_connections"]
 
 Progress = Callable[[str, float, float], None]
 """``progress(phase, done, total)``."""
@@ -132,11 +132,34 @@ class _Swarm:
             await self._reader
 
 
-def _total(swarms: list[_Swarm], key: str) -> int:
-    return sum(s.counts.get(key, 0) for s in swarms)
+class SwarmFleet:
+    """The swarm processes of a fleet of ``agents`` agents, ``swarms`` of them in whole hosts of ``slots``:
+    started at once, their last reported counts summed by :meth:`total`, stopped by :meth:`stop` (SIGTERM: every
+    agent drains and unregisters; a swarm still there after ``grace`` is killed)."""
+
+    def __init__(
+        self, target: str, agents: int, *, swarms: int, slots: int = 1, prefix: str = "fleet"
+    ) -> None:
+        size = math.ceil(agents / swarms / slots) * slots  # whole hosts in each swarm
+        self._swarms = [
+            _Swarm(target, f"{prefix}-{index:02d}", index * size, min(size, agents - index * size), slots)
+            for index in range(swarms)
+        ]
+        for swarm in self._swarms:
+            swarm.start_reading()
+
+    def total(self, key: str) -> int:
+        """The sum of one count (``connected``, ``reconnects``, ``exits`` …) over the swarms' last reports."""
+        return sum(s.counts.get(key, 0) for s in self._swarms)
+
+    async def stop(self, grace: float = 90.0) -> None:
+        for swarm in self._swarms:
+            swarm.stop()
+        for swarm in self._swarms:
+            await swarm.wait(grace)
 
 
-async def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+async def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Every sample of the scheduler's ``/metrics``: name -> labels -> value."""
 
     def fetch() -> str:
@@ -173,7 +196,7 @@ def histogram_quantile(fraction: float, buckets: list[tuple[float, float]]) -> f
     return lower_bound
 
 
-def _connections(pid: int) -> int:
+def tcp_connections(pid: int) -> int:
     with contextlib.suppress(psutil.Error):
         return len(psutil.Process(pid).net_connections(kind="tcp"))
     return 0
@@ -252,35 +275,33 @@ async def run_fleet(
         async with registry_store(store) as url:
             first = await _scheduler(port, url, metrics_port, agents, heartbeat, log).start(timeout=60)
             second: ServerProcess | None = None
-            swarms: list[_Swarm] = []
             try:
-                size = math.ceil(agents / swarm_count / slots) * slots  # whole hosts in each swarm
-                for index in range(swarm_count):
-                    count = min(size, agents - index * size)
-                    swarms.append(_Swarm(first.address, f"fleet-{index:02d}", index * size, count, slots))
-                for swarm in swarms:
-                    swarm.start_reading()
+                swarms = SwarmFleet(first.address, agents, swarms=swarm_count, slots=slots)
+            except BaseException:
+                first.kill()
+                raise
+            try:
                 # 1. cold start
                 report.connect_s = await _until(
-                    lambda: _total(swarms, "connected") == agents,
+                    lambda: swarms.total("connected") == agents,
                     timeout,
-                    lambda: tell("connect", _total(swarms, "connected"), agents),
+                    lambda: tell("connect", swarms.total("connected"), agents),
                 )
-                tell("connect", _total(swarms, "connected"), agents)
-                report.hellos_refused_at_start = _total(swarms, "hellos_refused")
+                tell("connect", swarms.total("connected"), agents)
+                report.hellos_refused_at_start = swarms.total("hellos_refused")
                 if math.isnan(report.connect_s):
                     report.notes.append(
-                        f"only {_total(swarms, 'connected')} of {agents} connected in {timeout:g} s"
+                        f"only {swarms.total('connected')} of {agents} connected in {timeout:g} s"
                     )
                 # 2. steady window (after one interval, so every agent is in its heartbeat rhythm)
                 await asyncio.sleep(heartbeat)
                 probe = ProcessProbe(first.pid)
-                before, usage_before = await _scrape(metrics_url), probe.sample()
+                before, usage_before = await scrape(metrics_url), probe.sample()
                 started = time.perf_counter()
                 while (elapsed := time.perf_counter() - started) < steady:
                     tell("steady", elapsed, steady)
                     await asyncio.sleep(min(0.5, steady - elapsed))
-                after, usage_after = await _scrape(metrics_url), probe.sample()
+                after, usage_after = await scrape(metrics_url), probe.sample()
                 report.steady_s = usage_after.at - usage_before.at
                 tell("steady", steady, steady)
                 count_key: tuple[tuple[str, str], ...] = ()
@@ -289,10 +310,8 @@ async def run_fleet(
                 ) - before.get("hodei_heartbeat_lag_seconds_count", {}).get(count_key, 0.0)
                 report.heartbeats_expected = agents * report.steady_s / heartbeat
                 report.heartbeats_delivered = delivered
-                window = [
-                    (bound, count - dict(_buckets(before)).get(bound, 0.0))
-                    for bound, count in _buckets(after)
-                ]
+                earlier = dict(_buckets(before))
+                window = [(bound, count - earlier.get(bound, 0.0)) for bound, count in _buckets(after)]
                 report.interval_p50_s = histogram_quantile(0.5, window)
                 report.interval_p99_s = histogram_quantile(0.99, window)
                 report.scheduler_cpu_share = ProcessProbe.cpu_percent(usage_before, usage_after) / 100
@@ -304,17 +323,14 @@ async def run_fleet(
                     first.kill()
                     killed_at = time.perf_counter()
                     # The swarms' next reports show the broken streams: "all connected" is not the old news.
-                    await _until(lambda: _total(swarms, "connected") < agents, 30, lambda: None)
+                    await _until(lambda: swarms.total("connected") < agents, 30, lambda: None)
                     second = _scheduler(port, url, metrics_port, agents, heartbeat, log)
                     report.restart = await _restart(
                         second, swarms, metrics_url, agents, heartbeat, timeout, tell, killed_at
                     )
-                report.agent_exits = _total(swarms, "exits")
+                report.agent_exits = swarms.total("exits")
             finally:
-                for swarm in swarms:
-                    swarm.stop()
-                for swarm in swarms:
-                    await swarm.wait(90)
+                await swarms.stop()
                 first.kill()
                 if second is not None:
                     second.kill()
@@ -323,7 +339,7 @@ async def run_fleet(
 
 async def _restart(
     second: ServerProcess,
-    swarms: list[_Swarm],
+    swarms: SwarmFleet,
     metrics_url: str,
     agents: int,
     heartbeat: float,
@@ -334,17 +350,17 @@ async def _restart(
     """The first scheduler was killed at ``started``: start ``second`` on its port and store, and watch the
     fleet come back (times count from the kill)."""
     figures = RestartFigures()
-    refused, reconnects = _total(swarms, "hellos_refused"), _total(swarms, "reconnects")
+    refused, reconnects = swarms.total("hellos_refused"), swarms.total("reconnects")
     await second.start(timeout=60)
     available = 0
     lost = 0
 
     async def sample() -> None:
         nonlocal available, lost
-        figures.peak_connections = max(figures.peak_connections, _connections(second.pid))
+        figures.peak_connections = max(figures.peak_connections, tcp_connections(second.pid))
         figures.peak_fds = max(figures.peak_fds, _fds(second.pid))
         with contextlib.suppress(OSError, ValueError):
-            workers = (await _scrape(metrics_url)).get("hodei_workers", {})
+            workers = (await scrape(metrics_url)).get("hodei_workers", {})
             available = int(workers.get((("status", "available"),), 0))
             lost = int(workers.get((("status", "lost"),), 0))
             figures.workers_lost_max = max(figures.workers_lost_max, lost)
@@ -352,7 +368,7 @@ async def _restart(
     deadline = started + timeout
     while time.perf_counter() < deadline:
         await sample()
-        connected = _total(swarms, "connected")
+        connected = swarms.total("connected")
         tell("restart", connected, agents)
         if connected == agents and math.isnan(figures.all_connected_s):
             figures.all_connected_s = time.perf_counter() - started
@@ -365,8 +381,8 @@ async def _restart(
     while time.perf_counter() < settle:
         await sample()
         await asyncio.sleep(0.5)
-    figures.hellos_refused = _total(swarms, "hellos_refused") - refused
-    figures.reconnects = _total(swarms, "reconnects") - reconnects
+    figures.hellos_refused = swarms.total("hellos_refused") - refused
+    figures.reconnects = swarms.total("reconnects") - reconnects
     return figures
 
 
