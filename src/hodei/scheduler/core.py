@@ -42,6 +42,10 @@ __all__ = ["AgentSession", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
+_UNREGISTERED = WorkerCommand(
+    CommandKind.SHUTDOWN, "unregistered"
+)  # what an unregistered worker's agent hears
+
 AGENT_STATUSES = frozenset({WorkerStatus.AVAILABLE, WorkerStatus.BUSY, WorkerStatus.DRAINING})
 
 
@@ -356,18 +360,19 @@ class Scheduler:
         here = self._forget_unregistered(worker_id)
         if not here and status is UnregistrationStatus.SUCCESS and self.relay is not None:
             # Its stream may be on another replica: that one shuts it down (nobody waits for it to say so).
-            shutdown = WorkerCommand(CommandKind.SHUTDOWN, "unregistered")
-            await self.relay.command(worker_id, shutdown, incarnation=incarnation, close=True, wait=False)
+            await self.relay.command(
+                worker_id, _UNREGISTERED, incarnation=incarnation, close=True, wait=False
+            )
         return status
 
-    def _forget_unregistered(self, worker_id: str) -> bool:
-        """Forget an unregistered worker's lease and end its stream here; whether its stream was here."""
+    def _forget_unregistered(self, worker_id: str, command: WorkerCommand = _UNREGISTERED) -> bool:
+        """Forget an unregistered worker's lease and end its stream here, telling it ``command`` first; whether
+        its stream was here."""
         self.leases.drop(worker_id)
         self.monitor.forget(worker_id)
         session = self.sessions.pop(worker_id, None)
-        shutdown = WorkerCommand(CommandKind.SHUTDOWN, "unregistered")
         if session is not None:
-            session.push(shutdown)
+            session.push(command)
             session.close()
         return session is not None
 
@@ -420,12 +425,9 @@ class Scheduler:
         session = self.sessions.get(relayed.worker_id)
         if session is None or (relayed.incarnation is not None and session.incarnation > relayed.incarnation):
             return False
-        session.push(relayed.command)
         if relayed.close:  # unregistered on the other replica: as unregister() does here
-            del self.sessions[relayed.worker_id]
-            self.leases.drop(relayed.worker_id)
-            self.monitor.forget(relayed.worker_id)
-            session.close()
+            return self._forget_unregistered(relayed.worker_id, relayed.command)
+        session.push(relayed.command)
         return True
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
