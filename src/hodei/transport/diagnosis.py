@@ -11,24 +11,20 @@ from __future__ import annotations
 import socket
 import ssl
 
+from hodei.transport.client import _host_and_port
+
 __all__ = ["tls_mismatch", "unreachable_reason"]
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or "/" in host:
-        return None
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def tls_mismatch(address: str, *, tls: bool, client_cert: bool, timeout: float = 2.0) -> str | None:
     """What is wrong between this client's TLS settings (``tls``: it speaks TLS; ``client_cert``: it presents a
     certificate) and what the scheduler at ``address`` (``HOST:PORT``) speaks; None when TLS is not the problem
     (nothing listens, or both sides agree). Blocks for at most about ``timeout`` seconds per step."""
-    where = _host_port(address)
-    if where is None:
+    try:
+        where = _host_and_port(address.strip())  # the client's own reading of HOST:PORT ([::1]:50051 too)
+    except ValueError:
         return None
     try:
         connection = socket.create_connection(where, timeout=timeout)
