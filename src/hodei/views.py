@@ -44,7 +44,7 @@ def _agent(record: WorkerRecord) -> str:
     if record.connected:
         state = "connected"
     elif record.connected_via:
-        state = f"connected via {escape(record.connected_via)}"
+        state = f"connected via {record.connected_via}"  # shown as plain text (plain()), never as markup
     else:
         state = "disconnected"
     return f"{state}, drained" if record.drained else state

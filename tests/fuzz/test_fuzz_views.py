@@ -81,3 +81,15 @@ def test_a_label_value_of_closing_markup_is_shown_as_it_is() -> None:
     )
 
     assert "team=[/],x=[red]y" in rendered(workers_table([record], "[bold]1 worker[/bold]"))
+
+
+def test_the_replica_a_worker_is_connected_via_is_shown_as_it_is_whatever_it_holds() -> None:
+    record = WorkerRecord(
+        worker_id="w-1",
+        worker_type=WorkerType.DOCKER,
+        capabilities=WorkerCapabilities(1, 1, 0, 0),
+        lease_ttl=15.0,
+        connected_via="[replica]:50051",
+    )
+
+    assert "connected via [replica]:50051" in rendered(workers_table([record], "1 worker"))
