@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from hodei.domain import FieldViolation
 
 __all__ = [
+    "MAX_DRIVER_MESSAGE",
     "MAX_ERROR_BYTES",
     "MAX_QUOTED",
     "MAX_VIOLATIONS",
     "cap_violations",
     "clip",
+    "driver_message",
     "fit_violations",
     "quote_short",
 ]
@@ -48,6 +50,15 @@ def clip(text: str, limit: int = MAX_QUOTED) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text)} chars)"
+
+
+MAX_DRIVER_MESSAGE = 200
+
+
+def driver_message(error: BaseException) -> str:
+    """A database driver's message, bounded for a log line or a store error (it may quote a value a client
+    sent)."""
+    return clip(str(error), MAX_DRIVER_MESSAGE)
 
 
 def cap_violations(

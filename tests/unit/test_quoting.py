@@ -7,7 +7,15 @@ import base64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hodei._quoting import MAX_ERROR_BYTES, MAX_VIOLATIONS, cap_violations, clip, fit_violations, quote_short
+from hodei._quoting import (
+    MAX_ERROR_BYTES,
+    MAX_VIOLATIONS,
+    cap_violations,
+    clip,
+    driver_message,
+    fit_violations,
+    quote_short,
+)
 from hodei.domain import FieldViolation
 from hodei.errors import MAX_MESSAGE_LENGTH, ErrorCode, InvalidWorkerData, scheduler_error_for
 from hodei.transport import codec
@@ -83,3 +91,9 @@ def test_any_error_encodes_under_eight_kib_as_a_status_and_as_a_batch_entry(
     assert len(base64.b64encode(details)) + 3 * len(wire_message(error.message).encode()) < 16 * 1024 - 1024
     entry = codec.registration_result_to_proto("w-1", error)
     assert len(entry.error.SerializeToString()) < MAX_ERROR_BYTES
+
+
+def test_a_driver_message_is_kept_whole_up_to_200_characters_and_clipped_beyond() -> None:
+    assert driver_message(ValueError("database is locked")) == "database is locked"
+    assert driver_message(ValueError("x" * 200)) == "x" * 200
+    assert driver_message(ValueError("x" * 5000)) == "x" * 200 + "… (5000 chars)"

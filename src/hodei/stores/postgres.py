@@ -31,6 +31,7 @@ import asyncpg
 from asyncpg.exceptions._base import DataError as ClientDataError
 from asyncpg.pool import PoolConnectionProxy
 
+from hodei._quoting import driver_message
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import TouchedLeases, WorkerFilter
@@ -167,12 +168,6 @@ class _Broken(StoreUnavailable):
     """The call's connection broke, or none could be made: another connection may do (see ``_retrying``)."""
 
 
-def _short(error: BaseException) -> str:
-    """The driver's message, bounded (it may quote a value a client sent)."""
-    text = str(error)
-    return text if len(text) <= 200 else f"{text[:200]}… ({len(text)} chars)"
-
-
 @contextlib.contextmanager
 def _translated(dsn_hint: str) -> Iterator[None]:
     """Every error of the driver becomes a :class:`StoreError` kind, here and only here:
@@ -193,12 +188,12 @@ def _translated(dsn_hint: str) -> Iterator[None]:
             f"the registry database cannot hold this data ({type(error).__name__})"
         ) from error
     except _UNREACHABLE as error:
-        log.warning("store.unreachable", extra={"store": dsn_hint, "error": _short(error)})
+        log.warning("store.unreachable", extra={"store": dsn_hint, "error": driver_message(error)})
         raise _Broken("the registry database is unreachable") from error
     except _RACES:
         raise
     except asyncpg.PostgresError as error:
-        log.warning("store.refused_call", extra={"store": dsn_hint, "error": _short(error)})
+        log.warning("store.refused_call", extra={"store": dsn_hint, "error": driver_message(error)})
         raise StoreUnavailable(
             f"the registry database cannot be used now ({type(error).__name__})"
         ) from error

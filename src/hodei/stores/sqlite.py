@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hodei._quoting import driver_message
 from hodei.domain import (
     UpsertOutcome,
     WorkerRecord,
@@ -84,12 +85,6 @@ _UPSERT = (
 _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
 
-def _short(error: BaseException) -> str:
-    """The driver's message, bounded (it may quote a value a client sent)."""
-    text = str(error)
-    return text if len(text) <= 200 else f"{text[:200]}… ({len(text)} chars)"
-
-
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
@@ -152,8 +147,9 @@ class SqliteRegistryStore:
         except (
             sqlite3.Error
         ) as error:  # locked past the busy timeout, read-only, disk full, I/O error, damage
-            log.warning("store.unavailable", extra={"path": str(self.path), "error": _short(error)})
-            raise StoreUnavailable(f"the registry store cannot be used now ({_short(error)})") from error
+            said = driver_message(error)
+            log.warning("store.unavailable", extra={"path": str(self.path), "error": said})
+            raise StoreUnavailable(f"the registry store cannot be used now ({said})") from error
 
     def _connect(self) -> None:
         try:
