@@ -44,6 +44,7 @@ __all__ = [
     "validate_worker",
     "validate_worker_fields",
     "validate_worker_id",
+    "wire_size",
 ]
 
 MAX_WORKER_ID_LENGTH = 128
@@ -298,6 +299,19 @@ def stored_form(record: WorkerRecord) -> WorkerRecord:
     ):
         return replace(record, connected=False, usage=None, last_heartbeat_at=None, connected_via="")
     return record
+
+
+# What a record's encoding takes besides its texts: numbers, timestamps, tags and lengths, generously.
+_RECORD_FRAMING = 160
+_LABEL_FRAMING = 8
+
+
+def wire_size(record: WorkerRecord) -> int:
+    """An upper estimate of the bytes ``record`` takes encoded (its texts in UTF-8, and the framing): what bounds a
+    page of a listing and a group commit's transaction."""
+    texts = (record.worker_id, record.pool, record.hostname, record.agent_version, record.worker_type.value)
+    labels = sum(len(k.encode()) + len(v.encode()) + _LABEL_FRAMING for k, v in record.labels.items())
+    return _RECORD_FRAMING + sum(len(t.encode()) for t in texts) + labels
 
 
 def merge_registrations(

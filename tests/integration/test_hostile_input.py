@@ -12,9 +12,16 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from hodei import ErrorCode, InvalidWorkerData, SchedulerPortClient
-from hodei.domain import MAX_INCARNATION, MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS, utcnow
+from hodei.domain import (
+    MAX_INCARNATION,
+    MAX_LABEL_KEY_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    utcnow,
+    wire_size,
+)
 from hodei.ports import RegistryStore
-from hodei.scheduler.registry import MAX_PAGE_BYTES, wire_size
+from hodei.scheduler.registry import MAX_PAGE_BYTES
 from hodei.stores.postgres import PostgresRegistryStore
 from hodei.stores.sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler

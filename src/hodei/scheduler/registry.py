@@ -28,6 +28,7 @@ from hodei.domain import (
     validate_incarnation,
     validate_record,
     validate_worker_id,
+    wire_size,
 )
 from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
 from hodei.lifecycle import WorkerEventKind
@@ -42,7 +43,6 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "Admission",
     "WorkerRegistry",
-    "wire_size",
 ]
 
 DEFAULT_PAGE_SIZE = 100
@@ -51,9 +51,6 @@ MAX_BATCH_SIZE = 1000
 MAX_PAGE_BYTES = 1024 * 1024
 """A page ends before the record that would take its encoded size past this (a page holds one record at
 least): 1,000 workers with the most labels allowed would be ~22 MB, more than a client accepts."""
-# What a record's encoding takes besides its texts: numbers, timestamps, tags and lengths, generously.
-_RECORD_FRAMING = 160
-_LABEL_FRAMING = 8
 
 
 Admission = Callable[[WorkerRecord], SchedulerError | None]
@@ -65,13 +62,6 @@ _STATUS_EVENTS = {
     WorkerStatus.DRAINING: WorkerEventKind.DRAINING,
     WorkerStatus.LOST: WorkerEventKind.LOST,
 }
-
-
-def wire_size(record: WorkerRecord) -> int:
-    """An upper estimate of the bytes ``record`` takes on the wire (its texts in UTF-8, and the framing)."""
-    texts = (record.worker_id, record.pool, record.hostname, record.agent_version, record.worker_type.value)
-    labels = sum(len(k.encode()) + len(v.encode()) + _LABEL_FRAMING for k, v in record.labels.items())
-    return _RECORD_FRAMING + sum(len(t.encode()) for t in texts) + labels
 
 
 def encode_page_token(last_worker_id: str) -> str:

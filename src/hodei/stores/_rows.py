@@ -13,7 +13,7 @@ from typing import Any
 
 from hodei.domain import WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
 
-__all__ = ["COLUMNS", "estimated_size", "from_row", "to_row"]
+__all__ = ["COLUMNS", "from_row", "to_row"]
 
 COLUMNS = (
     "worker_id",
@@ -99,12 +99,3 @@ def from_row(row: Sequence[Any], timestamp: Callable[[Any], datetime | None]) ->
         lease_ttl=lease_ttl,
         drained=bool(drained),
     )
-
-
-_FIXED_ROW_BYTES = 256  # the columns of fixed size, and the row's own overhead
-
-
-def estimated_size(record: WorkerRecord) -> int:
-    """About how many bytes ``record`` takes in a write: what bounds a group commit."""
-    text = len(record.worker_id) + len(record.pool) + len(record.hostname) + len(record.agent_version)
-    return _FIXED_ROW_BYTES + text + sum(len(key) + len(value) + 6 for key, value in record.labels.items())

@@ -32,12 +32,19 @@ from asyncpg.exceptions._base import DataError as ClientDataError
 from asyncpg.pool import PoolConnectionProxy
 
 from hodei._quoting import driver_message
-from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
+from hodei.domain import (
+    UpsertOutcome,
+    WorkerRecord,
+    WorkerStatus,
+    merge_registrations,
+    stored_form,
+    wire_size,
+)
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import TouchedLeases, WorkerFilter
 from hodei.stores._group import GroupCommit
 from hodei.stores._postgres_relay import PostgresEventRelay
-from hodei.stores._rows import COLUMNS, estimated_size, from_row, to_row
+from hodei.stores._rows import COLUMNS, from_row, to_row
 
 __all__ = ["SCHEMA_VERSION", "PostgresEventRelay", "PostgresLeadership", "PostgresRegistryStore"]
 
@@ -220,7 +227,7 @@ class PostgresRegistryStore:
         self.dsn = _hint(dsn)
         # Two groups in flight: one commits while the next one locks its rows and merges.
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
-            self._upsert_now, size=estimated_size, in_flight=2
+            self._upsert_now, size=wire_size, in_flight=2
         )
 
     @classmethod

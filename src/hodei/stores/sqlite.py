@@ -28,12 +28,13 @@ from hodei.domain import (
     merge_registrations,
     stored_form,
     utcnow,
+    wire_size,
 )
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._group import GroupCommit
-from hodei.stores._rows import COLUMNS, estimated_size, from_row, to_row
+from hodei.stores._rows import COLUMNS, from_row, to_row
 
 __all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
 
@@ -121,7 +122,7 @@ class SqliteRegistryStore:
         self._busy_timeout_ms = round(busy_timeout * 1000)  # how long a write waits for another's lock
         self._lock = RegistryFileLock(self.path) if exclusive else None
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
-            self._upsert_now, size=estimated_size
+            self._upsert_now, size=wire_size
         )
 
     @classmethod
