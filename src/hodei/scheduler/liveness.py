@@ -22,7 +22,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from hodei.domain import WorkerStatus
-from hodei.errors import WorkerNotFound
 from hodei.lifecycle import LivenessConfig, WorkerEventKind
 from hodei.observability.metrics import SchedulerMetrics
 from hodei.scheduler.leases import LeaseTable
@@ -116,19 +115,14 @@ class LivenessMonitor:
         # is suspect too. LOST says the truth at once, however many went silent: nobody is offered a worker
         # that nobody hears. What a mass silence slows is the removal (see _pace).
         for worker_id in self._leases.expired(now - config.heartbeat_interval):
-            record = await self._registry.get(worker_id)
-            if record is None or record.lease_ttl is None:
-                self._leases.drop(worker_id)  # the store holds no lease for it: nothing to expire
-                continue
-            try:
-                await self._registry.transition(
-                    worker_id, WorkerStatus.LOST, reason=f"no heartbeat for {config.lease_ttl:g} s"
-                )
-            except WorkerNotFound:
-                self._leases.drop(worker_id)
-                continue
-            # The store says LOST: memory follows (a write that failed left the lease, to try again).
+            record = await self._registry.mark_lost(
+                worker_id, reason=f"no heartbeat for {config.lease_ttl:g} s"
+            )
+            # The store says LOST (or holds no lease for it: nothing to expire): memory follows. A write that
+            # failed raised, and left the lease, to try again.
             self._leases.drop(worker_id)
+            if record is None:
+                continue
             if record.status is not WorkerStatus.LOST:
                 self._expired.inc()
             self._lost_since[worker_id] = now
@@ -153,7 +147,6 @@ class LivenessMonitor:
                 f"the scheduler: they are LOST, and removed at most {config.slowed_expiry_per_sweep} per "
                 f"{config.sweep_interval:g} s"
             )
-            log.warning(reason)
             self._registry.events.publish(WorkerEventKind.EXPIRY_SLOWED, reason=reason)
         elif not mass and self.slowed:
             self.slowed = False

@@ -292,8 +292,31 @@ class WorkerRegistry:
         ``drained=None`` keeps the flag while the status stays the same, and clears it on a change. The move
         is one atomic read-modify-write of the store: a registration that lands meanwhile is not undone.
         """
+        changed = await self._move(worker_id, status, drained=drained, reason=reason)
+        if changed is None:
+            raise WorkerNotFound(f"worker {quote_short(worker_id)} is not registered", worker_id=worker_id)
+        return changed[1]
 
+    async def mark_lost(self, worker_id: str, *, reason: str) -> WorkerRecord | None:
+        """Make a worker whose agent holds a lease LOST, in one read-modify-write of the store: the record as it
+        was before, or None when the store holds no such worker (gone, or registered without an agent)."""
+        changed = await self._move(
+            worker_id, WorkerStatus.LOST, reason=reason, only_if=lambda record: record.lease_ttl is not None
+        )
+        return None if changed is None or changed[0].lease_ttl is None else changed[0]
+
+    async def _move(
+        self,
+        worker_id: str,
+        status: WorkerStatus,
+        *,
+        drained: bool | None = None,
+        reason: str = "",
+        only_if: Callable[[WorkerRecord], bool] | None = None,
+    ) -> tuple[WorkerRecord, WorkerRecord] | None:
         def move(record: WorkerRecord) -> WorkerRecord | None:
+            if only_if is not None and not only_if(record):
+                return None
             flag = record.drained and record.status is status if drained is None else drained
             if record.status is status and record.drained == flag:
                 return None
@@ -301,7 +324,7 @@ class WorkerRegistry:
 
         changed = await self._store.modify(worker_id, move)
         if changed is None:
-            raise WorkerNotFound(f"worker {quote_short(worker_id)} is not registered", worker_id=worker_id)
+            return None
         record, updated = changed
         if record.status is not updated.status:
             self.events.publish(
@@ -309,7 +332,7 @@ class WorkerRegistry:
             )
         if updated.drained and not record.drained:
             self.events.publish(WorkerEventKind.DRAINED, worker_id, updated, reason)
-        return updated
+        return changed
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         return await self._store.get(worker_id)
