@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
-FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/client.py,src/hodei/transport/status.py
+FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/_client.py,src/hodei/transport/_status.py
 
 .PHONY: demo test test-fast test-flaky system-deps lint proto bench bench-fleet bench-containers clean mutation
 
@@ -61,7 +61,7 @@ proto: $(STAMP)  ## regenerate the Python code of the contract in proto/
 
 # Mutation testing: the mutants of these functions only (mutmut globs; `?` stands for mutmut's `ǁ` in method
 # names). See docs/mutation.md for the last run's score and its survivors.
-MUTANTS := 'hodei.registration.adapter.*' 'hodei.registration.config.*' 'hodei.transport.status.*' \
+MUTANTS := 'hodei.registration._adapter.*' 'hodei.registration._config.*' 'hodei.transport._status.*' \
 	'hodei.errors.x_scheduler_error_for__mutmut_*' 'hodei.errors.x?SchedulerError?__init____mutmut_*' \
 	'hodei.domain.x_validate_*' 'hodei.domain.x__range__mutmut_*' 'hodei.domain.x__name__mutmut_*' \
 	'hodei.domain.x__labels__mutmut_*'

@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from hodei.observability import tracing
-from hodei.observability.logging import configure_logging
+from hodei.observability import _tracing as tracing
+from hodei.observability._logging import configure_logging
 from hodei.testing import EmbeddedScheduler, FaultProxy
 
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from hodei import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
+from hodei._infra.directories import free_loopback_port as free_port  # noqa: F401  (for the tests)
 from hodei.errors import (
     AccessDenied,
     ErrorCode,
@@ -26,7 +27,6 @@ from hodei.errors import (
     WorkerNotFound,
 )
 from hodei.testing import EmbeddedScheduler
-from hodei.testing._directories import free_loopback_port as free_port  # noqa: F401  (for the tests)
 
 
 def make_worker(worker_id: str = "test-worker", **config: object) -> DynamicWorker:

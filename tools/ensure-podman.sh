@@ -1,6 +1,6 @@
 #!/bin/sh
-# Make sure Podman, runc and mmdebstrap are here for the tests' private podman service (hodei.testing.podman)
-# and the worker image they build without a registry (hodei.testing.agent_image). When one is missing and we
+# Make sure Podman, runc and mmdebstrap are here for the tests' private podman service (hodei._infra.podman)
+# and the worker image they build without a registry (hodei._infra.agent_image). When one is missing and we
 # are root with apt-get, installs Debian's podman, runc and mmdebstrap packages without their recommends (as
 # root, podman runs containers with runc, conmon and its dependencies alone: no catatonit, fuse-overlayfs,
 # slirp4netns or uidmap); otherwise says what is missing and exits 0, and the tests that need them are skipped

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Make sure PostgreSQL's server programs are here for the tests' throw-away cluster (hodei.testing.postgres).
+# Make sure PostgreSQL's server programs are here for the tests' throw-away cluster (hodei._infra.postgres).
 # Looks for initdb as the tests do: on PATH, then in /usr/lib/postgresql/*/bin (Debian's layout). When it is
 # missing and we are root with apt-get, installs Debian's postgresql package; otherwise says what is missing
 # and exits 0, and the tests that need PostgreSQL are skipped (or fail under CI=true). Quiet when all is here.

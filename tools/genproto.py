@@ -92,7 +92,7 @@ def main() -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     (OUTPUT / "__init__.py").write_text(
-        HEADER + '"""Generated protobuf code; reach it through hodei.transport.codec."""\n'
+        HEADER + '"""Generated protobuf code; reach it through hodei.transport._codec."""\n'
     )
     print(f"wrote {len(wanted)} files under {OUTPUT.relative_to(ROOT)}")
     return 0

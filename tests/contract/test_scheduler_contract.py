@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from hodei.testing import EmbeddedScheduler
-from hodei.transport.codec import SERVICE_NAME, pb, pb_grpc
+from hodei.transport._codec import SERVICE_NAME, pb, pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,10 +13,10 @@ import pytest
 
 from hodei import SchedulerPortClient, WorkerStatus
 from hodei.agent import AgentConfig, WorkerAgent
-from hodei.agent.agent import CHANNEL_OPTIONS
+from hodei.agent._agent import CHANNEL_OPTIONS
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand
 from hodei.testing import EmbeddedScheduler, FaultProxy
-from hodei.transport.stream import ConnectStream
+from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, wait_for, wait_until
 
 pytestmark = pytest.mark.timeout(45)

@@ -19,7 +19,7 @@ from hodei import (
     SchedulerTimeout,
     WorkerRegistrationAdapter,
 )
-from hodei.scheduler.interception import REGISTRATION_METHODS, MethodInterceptor, with_behaviour
+from hodei.server._interception import REGISTRATION_METHODS, MethodInterceptor, with_behaviour
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from tests.helpers import KIND_BY_CODE, AttemptRecordingClient, make_worker
 

@@ -23,7 +23,7 @@ from hodei.domain import (
     MAX_WORKER_ID_LENGTH,
     WorkerType,
 )
-from hodei.transport.codec import pb
+from hodei.transport._codec import pb
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

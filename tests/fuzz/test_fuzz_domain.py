@@ -22,8 +22,8 @@ from hodei.domain import (
     validate_worker_fields,
 )
 from hodei.errors import InvalidWorkerData
-from hodei.transport import codec
-from hodei.transport.codec import pb
+from hodei.transport import _codec as codec
+from hodei.transport._codec import pb
 from tests.fuzz import strategies as fuzz
 
 EXAMPLES = {"client_and_server_agree": 500, "validation_is_total": 500}

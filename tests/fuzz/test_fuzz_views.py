@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from hodei._views import PoolView, workers_table
 from hodei.domain import WorkerCapabilities, WorkerRecord, WorkerType, validate_record
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
-from hodei.transport import codec
-from hodei.transport.codec import pb
-from hodei.views import PoolView, workers_table
+from hodei.transport import _codec as codec
+from hodei.transport._codec import pb
 from tests.fuzz import strategies as fuzz
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

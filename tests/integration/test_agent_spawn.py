@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from hodei import InvalidWorkerData, SchedulerError, WorkerRecord
-from hodei.agent.slots import slot_ids
+from hodei.agent._slots import slot_ids
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import wait_for
 from tests.integration.test_cli import CLI_ENV, HODEI, end

@@ -14,9 +14,9 @@ import pytest_asyncio
 from hodei import DynamicWorker, ErrorCode, SchedulerPortClient, WorkerStatus
 from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerEvent, WorkerEventKind
-from hodei.scheduler.events import Watcher
+from hodei.scheduler._events import Watcher
 from hodei.testing import EmbeddedScheduler
-from hodei.transport.codec import pb, pb_grpc
+from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, wait_for
 
 FAST = LivenessConfig(
@@ -427,7 +427,7 @@ async def test_heartbeats_and_status_reports_written_together_keep_the_stream_up
     scheduler: EmbeddedScheduler,
 ) -> None:
     from hodei.domain import ResourceUsage
-    from hodei.transport.stream import ConnectStream
+    from hodei.transport._stream import ConnectStream
 
     async with grpc.aio.insecure_channel(scheduler.target) as channel:
         stream = ConnectStream(channel)

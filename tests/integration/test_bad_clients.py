@@ -13,11 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei import ErrorCode, SchedulerError
 from hodei.domain import MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS, MAX_WORKER_ID_LENGTH
-from hodei.scheduler.limits import DEFAULT_MAX_MESSAGE_BYTES, ServerLimits
-from hodei.scheduler.registry import MAX_BATCH_SIZE
+from hodei.scheduler._registry import MAX_BATCH_SIZE
+from hodei.server._limits import DEFAULT_MAX_MESSAGE_BYTES, ServerLimits
 from hodei.testing import EmbeddedScheduler
-from hodei.transport import codec
-from hodei.transport.codec import pb, pb_grpc
+from hodei.transport import _codec as codec
+from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, wait_until
 
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)

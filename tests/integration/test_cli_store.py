@@ -19,8 +19,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei import SchedulerPortClient, WorkerStatus
-from hodei.scheduler.server import LEADER_HEALTH
-from hodei.testing import PostgresCluster
+from hodei._infra.postgres import PostgresCluster
+from hodei.server._server import LEADER_HEALTH
 from tests.helpers import make_worker
 from tests.integration.test_cli import (
     CLI_ENV,

@@ -35,12 +35,12 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
-from hodei.bootstrap import build_control_plane
-from hodei.scheduler.interception import REGISTRATION_METHODS, MethodInterceptor
-from hodei.stores.memory import MemoryRegistryStore
+from hodei._bootstrap import build_control_plane
+from hodei.server._interception import REGISTRATION_METHODS, MethodInterceptor
+from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler, MockWorkerProvider
 from hodei.testing.pytest_plugin import skip_or_fail_for_missing
-from hodei.transport.client import scheduler_addresses
+from hodei.transport._client import scheduler_addresses
 from tests.helpers import make_worker
 
 HODEI = shutil.which("hodei") or str(Path(sys.executable).parent / "hodei")

@@ -18,10 +18,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei.bench.processes import ServerProcess, free_port
-from hodei.scheduler.connections import default_max_connections
-from hodei.scheduler.limits import ServerLimits
+from hodei.server._connections import default_max_connections
+from hodei.server._limits import ServerLimits
 from hodei.testing import EmbeddedScheduler
-from hodei.transport.codec import pb_grpc
+from hodei.transport._codec import pb_grpc
 from tests.helpers import wait_for, wait_until
 
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)

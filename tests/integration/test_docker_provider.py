@@ -1,5 +1,5 @@
-"""DockerProvider against a real Docker-API engine: a private ``podman system service`` (hodei.testing.podman),
-and containers of the agent image built locally (hodei.testing.agent_image) that really run ``hodei agent`` and
+"""DockerProvider against a real Docker-API engine: a private ``podman system service`` (hodei._infra.podman),
+and containers of the agent image built locally (hodei._infra.agent_image) that really run ``hodei agent`` and
 register themselves with a scheduler on the host's loopback (``network_mode=host``).
 """
 
@@ -25,20 +25,21 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
-from hodei.bench.containers import run
-from hodei.domain import WorkerRecord
-from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
-from hodei.management import Reconciler, ReconcilerConfig
-from hodei.ownership import owned
-from hodei.providers.docker import DockerProvider, DockerProviderConfig
-from hodei.testing import EmbeddedScheduler, PodmanService
-from hodei.testing.agent_image import (
+from hodei._infra.agent_image import (
     AGENT_IMAGE_ENTRYPOINT,
     AGENT_IMAGE_ENV,
     AGENT_IMAGE_STOPSIGNAL,
     AGENT_IMAGE_USER,
 )
-from hodei.transport.client import SchedulerPortClient
+from hodei._infra.podman import PodmanService
+from hodei._ownership import owned
+from hodei.bench.containers import run
+from hodei.domain import WorkerRecord
+from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
+from hodei.management import Reconciler, ReconcilerConfig
+from hodei.providers._docker import DockerProvider, DockerProviderConfig
+from hodei.testing import EmbeddedScheduler
+from hodei.transport._client import SchedulerPortClient
 from tests.helpers import metric, wait_for, wait_until
 
 # The first test to use the agent image may build it (about a minute on a cold cache).

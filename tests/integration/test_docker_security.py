@@ -16,7 +16,7 @@ import pytest
 from hodei import DynamicWorkerConfig, WorkerRegistrationAdapter, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management import WorkerManagementService
-from hodei.providers.docker import DockerProvider, DockerProviderConfig
+from hodei.providers._docker import DockerProvider, DockerProviderConfig
 from hodei.security import (
     AccessPolicy,
     ClientTlsConfig,
@@ -26,7 +26,7 @@ from hodei.security import (
     TokenAuthority,
     write_test_pki,
 )
-from hodei.security.provisioning import JOIN_TOKEN_VARIABLE
+from hodei.security._provisioning import JOIN_TOKEN_VARIABLE
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import connected, wait_for
 

@@ -30,7 +30,7 @@ from hodei import (
 from hodei.bench.processes import ServerProcess
 from hodei.domain import ResourceUsage
 from hodei.lifecycle import WorkerEventKind
-from hodei.transport.stream import ConnectStream
+from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, wait_for
 
 pytestmark = pytest.mark.timeout(120)

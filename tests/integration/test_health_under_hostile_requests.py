@@ -23,7 +23,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hodei.transport.codec import pb, pb_grpc
+from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import free_port
 from tests.integration.test_cli import CLI_ENV, HODEI
 

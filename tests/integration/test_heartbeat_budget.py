@@ -9,11 +9,11 @@ import asyncio
 import pytest
 
 from hodei.agent import WorkerAgent
-from hodei.agent.config import AgentConfig
+from hodei.agent._config import AgentConfig
 from hodei.domain import ResourceUsage
 from hodei.lifecycle import LivenessConfig
-from hodei.scheduler.core import Scheduler
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._core import Scheduler
+from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import make_worker, wait_until
 

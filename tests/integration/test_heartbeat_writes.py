@@ -11,10 +11,10 @@ import pytest
 from hodei.domain import ResourceUsage
 from hodei.lifecycle import LivenessConfig
 from hodei.ports import RegistryStore, TouchedLeases
-from hodei.scheduler.core import Scheduler
-from hodei.stores.memory import MemoryRegistryStore
-from hodei.stores.postgres import PostgresRegistryStore
-from hodei.stores.sqlite import SqliteRegistryStore
+from hodei.scheduler._core import Scheduler
+from hodei.stores._memory import MemoryRegistryStore
+from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import FaultyStore
 from tests.helpers import make_worker
 

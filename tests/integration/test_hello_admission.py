@@ -18,11 +18,11 @@ import pytest
 
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.errors import ErrorCode, SchedulerError
-from hodei.scheduler.admission import HelloAdmission
-from hodei.scheduler.interception import MethodInterceptor
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.server._admission import HelloAdmission
+from hodei.server._interception import MethodInterceptor
+from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler, FaultyStore
-from hodei.transport.stream import ConnectStream
+from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, metric, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -214,7 +214,7 @@ async def test_an_agent_refused_comes_back_after_the_advised_delay_not_its_backo
             )
             return found or 0.0
 
-        caplog.set_level(logging.WARNING, logger="hodei.agent.agent")
+        caplog.set_level(logging.WARNING, logger="hodei.agent._agent")
         running = asyncio.create_task(agent.run())
         try:
             await wait_until(lambda: refused() >= 3, timeout=10)
@@ -232,7 +232,7 @@ async def test_an_agent_refused_comes_back_after_the_advised_delay_not_its_backo
     assert not running.done() or running.cancelled()  # the refusals never ended the agent
     assert record is not None and record.connected and record.incarnation == incarnation
     assert agent.connections == 1
-    assert [r.getMessage() for r in caplog.records if r.name == "hodei.agent.agent"] == []  # no failure told
+    assert [r.getMessage() for r in caplog.records if r.name == "hodei.agent._agent"] == []  # no failure told
 
 
 async def test_a_refused_hello_lets_go_of_its_stream_at_once_not_when_the_garbage_collector_runs() -> None:

@@ -21,13 +21,13 @@ from hodei.domain import (
     wire_size,
 )
 from hodei.ports import RegistryStore
-from hodei.scheduler.registry import MAX_PAGE_BYTES
-from hodei.stores.postgres import PostgresRegistryStore
-from hodei.stores.sqlite import SqliteRegistryStore
+from hodei.scheduler._registry import MAX_PAGE_BYTES
+from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler
-from hodei.transport import codec
-from hodei.transport.codec import pb, pb_grpc
-from hodei.transport.status import MAX_MESSAGE_BYTES, MAX_STATUS_BYTES, STATUS_DETAILS_KEY
+from hodei.transport import _codec as codec
+from hodei.transport._codec import pb, pb_grpc
+from hodei.transport._status import MAX_MESSAGE_BYTES, MAX_STATUS_BYTES, STATUS_DETAILS_KEY
 from tests.helpers import make_worker
 
 SHORT_MESSAGE = 300  # characters: a message quotes client text by a short prefix and its length

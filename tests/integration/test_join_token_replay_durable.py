@@ -19,8 +19,8 @@ from hodei.lifecycle import WorkerEventKind
 from hodei.ports import RegistryStore
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
 from hodei.security import AccessPolicy, SchedulerSecurity, TokenAuthority
-from hodei.stores.postgres import PostgresRegistryStore
-from hodei.stores.sqlite import SqliteRegistryStore
+from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler, FaultProxy
 from tests.helpers import AttemptRecordingClient, make_worker, wait_until
 

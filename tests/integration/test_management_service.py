@@ -36,7 +36,7 @@ from hodei import (
     WorkerType,
     load_static_workers,
 )
-from hodei.ownership import owned
+from hodei._ownership import owned
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import wait_for
 

@@ -31,15 +31,15 @@ from hodei import (
 )
 from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand
-from hodei.observability.http import MetricsEndpoint
-from hodei.observability.metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
+from hodei.observability._http import MetricsEndpoint
+from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.scheduler.admission import AdmissionControl
-from hodei.stores.memory import MemoryRegistryStore
-from hodei.stores.postgres import PostgresRegistryStore
-from hodei.stores.sqlite import SqliteRegistryStore
+from hodei.server._admission import AdmissionControl
+from hodei.stores._memory import MemoryRegistryStore
+from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
-from hodei.transport.codec import pb, pb_grpc
+from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, metric, wait_for
 from tests.integration.test_cli import CLI_ENV, HODEI, end
 from tests.integration.test_cli_store import scheduler_serve

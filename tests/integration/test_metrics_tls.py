@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from hodei.observability.http import MetricsEndpoint
+from hodei.observability._http import MetricsEndpoint
 from hodei.security import TestPki, TlsConfig, write_test_pki
 from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 

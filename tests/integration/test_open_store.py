@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 from hodei import WorkerCapabilities, WorkerRecord, WorkerType
-from hodei.bootstrap import open_store
-from hodei.stores.postgres import PostgresLeadership, PostgresRegistryStore
-from hodei.stores.sqlite import SqliteRegistryStore
+from hodei._bootstrap import open_store
+from hodei.stores._postgres import PostgresLeadership, PostgresRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
 
 PASSWORD = "s3cret-Passw0rd"
 

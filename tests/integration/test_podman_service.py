@@ -19,15 +19,14 @@ import pytest
 from docker.models.containers import Container
 
 import hodei
-from hodei.testing import PodmanService
-from hodei.testing.agent_image import (
+from hodei._infra.agent_image import (
     AGENT_IMAGE_ENTRYPOINT,
     AGENT_IMAGE_ENV,
     AGENT_IMAGE_REPOSITORY,
     agent_image_tag,
     ensure_agent_image,
 )
-from hodei.testing.podman import PodmanServiceError, missing_podman
+from hodei._infra.podman import PodmanService, PodmanServiceError, missing_podman
 from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 pytestmark = pytest.mark.timeout(600)

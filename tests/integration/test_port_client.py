@@ -25,8 +25,8 @@ from hodei import (
 )
 from hodei.errors import SchedulerOverloaded as Overloaded
 from hodei.testing import EmbeddedScheduler, FailingScheduler
-from hodei.transport.codec import pb, pb_grpc
-from hodei.transport.status import STATUS_DETAILS_KEY, status_trailer
+from hodei.transport._codec import pb, pb_grpc
+from hodei.transport._status import STATUS_DETAILS_KEY, status_trailer
 from tests.helpers import KIND_BY_CODE, make_worker
 
 # What the port client must raise for each code a scheduler can answer (OK is not an error).

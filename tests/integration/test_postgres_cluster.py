@@ -15,8 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hodei.testing import PostgresCluster
-from hodei.testing.postgres import PostgresClusterError, missing_postgres
+from hodei._infra.postgres import PostgresCluster, PostgresClusterError, missing_postgres
 from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 

@@ -36,7 +36,7 @@ import grpc
 import pytest
 
 from hodei.testing.pytest_plugin import skip_or_fail_for_missing
-from hodei.transport.codec import pb, pb_grpc
+from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

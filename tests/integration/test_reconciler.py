@@ -18,13 +18,13 @@ from hodei import (
     WorkerRegistrationAdapter,
     WorkerType,
 )
+from hodei._ownership import DEFAULT_OWNER, owned
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.management import Reconciler, ReconcilerConfig
-from hodei.ownership import DEFAULT_OWNER, owned
 from hodei.ports import WorkerFilter
 from hodei.testing import EmbeddedScheduler, MockWorkerProvider
-from hodei.transport.client import SchedulerPortClient
+from hodei.transport._client import SchedulerPortClient
 from tests.helpers import metric, wait_for, wait_until
 
 MOCK = DynamicWorkerConfig(worker_type=WorkerType.MOCK, cpu_cores=1, memory_mb=512)

@@ -20,11 +20,11 @@ from hodei import DynamicWorker, DynamicWorkerConfig, SchedulerPortClient, Worke
 from hodei.domain import MAX_WORKER_ID_LENGTH, ResourceUsage
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import UnregistrationStatus
-from hodei.scheduler.core import Scheduler
-from hodei.scheduler.events import Watcher
-from hodei.scheduler.relay import REASON_LIMIT, short_reason
-from hodei.stores.postgres import PostgresEventRelay, PostgresRegistryStore
-from hodei.transport.stream import ConnectStream
+from hodei.scheduler._core import Scheduler
+from hodei.scheduler._events import Watcher
+from hodei.scheduler._relay import REASON_LIMIT, short_reason
+from hodei.stores._postgres import PostgresEventRelay, PostgresRegistryStore
+from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, wait_for
 from tests.integration.test_cli import CLI_ENV, HODEI, table_rows
 from tests.integration.test_replicas import LEASE_TTL, OWN_SUBCHANNELS, replica

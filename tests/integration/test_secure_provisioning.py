@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 
 from hodei import DynamicWorkerConfig, WorkerType
+from hodei._bootstrap import build_control_plane
 from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
-from hodei.bootstrap import build_control_plane
 from hodei.domain import utcnow
 from hodei.errors import ErrorCode
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand
@@ -32,7 +32,7 @@ from hodei.security import (
     TokenAuthority,
     write_test_pki,
 )
-from hodei.security.provisioning import JOIN_TOKEN_VARIABLE
+from hodei.security._provisioning import JOIN_TOKEN_VARIABLE
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import connected, wait_for
 

@@ -20,8 +20,8 @@ from hodei.errors import AccessDenied, RegistrationFailed, SchedulerError
 from hodei.registration import RegistrationConfig
 from hodei.security import AccessPolicy, SchedulerSecurity, TokenAuthority, authorization_metadata
 from hodei.testing import EmbeddedScheduler
-from hodei.transport.codec import pb, pb_grpc
-from hodei.transport.stream import ConnectStream
+from hodei.transport._codec import pb, pb_grpc
+from hodei.transport._stream import ConnectStream
 from tests.helpers import AttemptRecordingClient, make_worker
 
 SECRET = b"k" * 48

@@ -10,7 +10,6 @@ import pytest
 
 from hodei import SchedulerPortClient
 from hodei.errors import SchedulerUnavailable
-from hodei.scheduler.server import is_loopback
 from hodei.security import (
     AccessPolicy,
     ClientTlsConfig,
@@ -20,6 +19,7 @@ from hodei.security import (
     TokenAuthority,
     write_test_pki,
 )
+from hodei.server._server import is_loopback
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import make_worker
 

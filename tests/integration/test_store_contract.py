@@ -30,10 +30,10 @@ from hodei import (
 from hodei.domain import ResourceUsage, UpsertOutcome
 from hodei.errors import ErrorCode
 from hodei.ports import RegistryStore, SharedLeases, SpentTokens, TouchedLeases
-from hodei.stores.memory import MemoryRegistryStore
-from hodei.stores.postgres import PostgresRegistryStore
-from hodei.stores.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
-from hodei.stores.sqlite import SCHEMA_VERSION, SqliteRegistryStore
+from hodei.stores._memory import MemoryRegistryStore
+from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores._sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from hodei.stores._sqlite import SCHEMA_VERSION, SqliteRegistryStore
 
 T0 = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)
 

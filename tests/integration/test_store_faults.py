@@ -21,10 +21,10 @@ from hodei.domain import UpsertOutcome, WorkerCapabilities, WorkerRecord, Worker
 from hodei.errors import ErrorCode, StoreRefusedData
 from hodei.lifecycle import LivenessConfig
 from hodei.ports import RegistryStore
-from hodei.stores.postgres import PostgresRegistryStore
-from hodei.stores.sqlite import SqliteRegistryStore
+from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
-from hodei.transport.codec import pb, pb_grpc
+from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, wait_for
 from tests.unit.test_scheduler_core import agent
 from tests.unit.test_store_faults import mass_silence_tells_the_truth_and_paces_removals

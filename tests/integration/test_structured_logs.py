@@ -133,7 +133,7 @@ async def test_the_scheduler_logs_each_change_of_a_workers_life_as_one_json_even
     assert (registered["worker_type"], registered["status"], registered["logger"]) == (
         "docker",
         "available",
-        "hodei.scheduler.service",
+        "hodei.server._servicer",
     )
     incarnation = connected["incarnation"]
     assert the(found, "worker.connected", worker_id="agent-1")["reason"] == f"incarnation {incarnation}"
@@ -142,7 +142,7 @@ async def test_the_scheduler_logs_each_change_of_a_workers_life_as_one_json_even
     the(found, "worker.disconnected", worker_id="agent-1")
     lost_line = the(found, "worker.lost", worker_id="agent-1")
     assert lost_line["level"] == "warning" and lost_line["reason"].startswith("no heartbeat for")
-    assert the(found, "worker.unregistered", worker_id="pushed-1")["logger"] == "hodei.scheduler.events"
+    assert the(found, "worker.unregistered", worker_id="pushed-1")["logger"] == "hodei.scheduler._events"
     the(found, "scheduler.stopped")
     # The events of one registry come numbered, in order.
     sequences = [line["sequence"] for line in found if "sequence" in line]

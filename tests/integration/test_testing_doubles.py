@@ -31,7 +31,7 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
-from hodei.ownership import owned
+from hodei._ownership import owned
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import make_worker
 

@@ -30,7 +30,7 @@ from hodei import (
     WorkerManagementService,
     WorkerRegistrationAdapter,
 )
-from hodei.observability import tracing
+from hodei.observability import _tracing as tracing
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import make_worker
 from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port

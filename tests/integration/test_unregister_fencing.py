@@ -24,7 +24,7 @@ from hodei.errors import RegistrationFailed
 from hodei.lifecycle import CommandKind, LivenessConfig
 from hodei.ports import UnregistrationStatus
 from hodei.testing import EmbeddedScheduler
-from hodei.transport.stream import ConnectStream
+from hodei.transport._stream import ConnectStream
 
 LIVENESS = LivenessConfig(heartbeat_interval=0.05, lease_ttl=2.0, recovery_window=0.0, sweep_interval=0.05)
 

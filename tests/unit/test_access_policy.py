@@ -21,7 +21,7 @@ from hodei.security import (
     authorization_metadata,
     bearer_token,
 )
-from hodei.security.access import JOIN_ACTIONS, WORKER_ACTIONS
+from hodei.security._access import JOIN_ACTIONS, WORKER_ACTIONS
 
 SECRET = b"a" * 48
 OPERATOR_ONLY = [

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hodei.bootstrap import default_store_url, open_store
-from hodei.stores.memory import MemoryRegistryStore
+from hodei._bootstrap import default_store_url, open_store
+from hodei.stores._memory import MemoryRegistryStore
 
 
 @pytest.mark.parametrize("url", ["memory", "memory://"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from hodei._cli_common import run_against_scheduler
+from hodei.cli._common import run_against_scheduler
 from hodei.errors import WorkerNotFound
 
 

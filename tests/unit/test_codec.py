@@ -24,7 +24,7 @@ from hodei.errors import (
     SchedulerUnavailable,
 )
 from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
-from hodei.transport.codec import (
+from hodei.transport._codec import (
     filter_from_proto,
     filter_to_proto,
     pb,

@@ -10,7 +10,7 @@ import pytest
 from hodei.domain import WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
 from hodei.errors import ErrorCode, SchedulerOverloaded
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
-from hodei.scheduler.events import EventHub, Watcher, WatcherFellBehind
+from hodei.scheduler._events import EventHub, Watcher, WatcherFellBehind
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 HUB_TIME = EPOCH + timedelta(days=1)

@@ -63,8 +63,6 @@ TESTING_NAMES = [
     "FaultProxy",
     "FaultyStore",
     "MockWorkerProvider",
-    "PodmanService",
-    "PostgresCluster",
     "REGISTRATION_METHODS",
 ]
 

@@ -14,11 +14,11 @@ import pytest
 from hodei.domain import WorkerStatus
 from hodei.errors import SchedulerUnavailable
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
-from hodei.scheduler.events import Watcher
-from hodei.scheduler.leases import LeaseTable
-from hodei.scheduler.liveness import LivenessMonitor
-from hodei.scheduler.registry import WorkerRegistry
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._events import Watcher
+from hodei.scheduler._leases import LeaseTable
+from hodei.scheduler._liveness import LivenessMonitor
+from hodei.scheduler._registry import WorkerRegistry
+from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import FaultyStore
 from tests.helpers import make_worker
 

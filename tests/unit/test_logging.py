@@ -23,7 +23,7 @@ from hodei import ErrorCode, MaxRetriesExceeded
 from hodei.domain import WorkerStatus
 from hodei.errors import scheduler_error_for
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
-from hodei.observability.logging import REDACTED, configure_logging, log_worker_event, redact_text
+from hodei.observability._logging import REDACTED, configure_logging, log_worker_event, redact_text
 from tests.helpers import make_worker
 from tests.unit.test_adapter import ScriptedPort, adapter, error, receipt
 

@@ -27,11 +27,11 @@ from hodei import (
 )
 from hodei.domain import ResourceUsage, WorkerRecord, WorkerStatus
 from hodei.errors import scheduler_error_for
-from hodei.observability.http import parse_listen
-from hodei.observability.metrics import BulkHistogram, ControlPlaneMetrics, SchedulerMetrics
+from hodei.observability._http import parse_listen
+from hodei.observability._metrics import BulkHistogram, ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import RegistrationReceipt, UnregistrationStatus
-from hodei.scheduler.core import Scheduler
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._core import Scheduler
+from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import MockWorkerProvider
 from tests.helpers import make_worker
 from tests.helpers import metric as value
@@ -153,7 +153,7 @@ def test_every_label_value_of_the_catalogue_is_a_series_at_zero_before_anything_
 
 
 def test_process_registry_serves_the_process_metrics_beside_hodei_ones() -> None:
-    from hodei.observability.metrics import process_registry
+    from hodei.observability._metrics import process_registry
 
     registry = process_registry()
     SchedulerMetrics(registry)

@@ -1,5 +1,5 @@
 """What the registration adapter tells the port, the metrics, the logs and the traces, checked to the value:
-the tests that kill what `make mutation` found surviving in registration/adapter.py.
+the tests that kill what `make mutation` found surviving in registration/_adapter.py.
 
 The scripted port of tests/unit/test_adapter.py is reused, recording what each call was given.
 """
@@ -27,8 +27,8 @@ from hodei import (
     WorkerType,
 )
 from hodei.domain import FieldViolation
-from hodei.observability import tracing
-from hodei.observability.metrics import ControlPlaneMetrics
+from hodei.observability import _tracing as tracing
+from hodei.observability._metrics import ControlPlaneMetrics
 from hodei.ports import DrainOutcome, UnregistrationStatus
 from tests.helpers import make_worker
 from tests.helpers import metric as value

@@ -1,5 +1,5 @@
 """Settings refused in words an operator can act on, and the error text a scheduler error carries: the tests
-that kill what `make mutation` found surviving in registration/config.py and errors.py."""
+that kill what `make mutation` found surviving in registration/_config.py and errors.py."""
 
 from __future__ import annotations
 

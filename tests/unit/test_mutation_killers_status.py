@@ -1,5 +1,5 @@
 """The rich status both ways, without a network: the tests that kill what `make mutation` found surviving in
-transport/status.py (the server's trailer and the client's reading of it, checked field by field)."""
+transport/_status.py (the server's trailer and the client's reading of it, checked field by field)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from hodei.domain import FieldViolation
 from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerOverloaded, scheduler_error_for
-from hodei.transport.status import STATUS_DETAILS_KEY, abort_with, error_from_rpc, status_trailer
+from hodei.transport._status import STATUS_DETAILS_KEY, abort_with, error_from_rpc, status_trailer
 
 VIOLATIONS = (
     FieldViolation("worker_id", "must not be empty"),

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from hodei.observability.native_log import NativeLogRouter
+from hodei.observability._native_log import NativeLogRouter
 
 PLAINTEXT = (
     "I1205 14:50:14.474276   13433 ssl_transport_security.cc:2563] Handshake failed with error SSL_ERROR_SSL: "

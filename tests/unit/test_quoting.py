@@ -18,8 +18,8 @@ from hodei._quoting import (
 )
 from hodei.domain import FieldViolation
 from hodei.errors import MAX_MESSAGE_LENGTH, ErrorCode, InvalidWorkerData, scheduler_error_for
-from hodei.transport import codec
-from hodei.transport.status import MAX_STATUS_BYTES, status_trailer, wire_message
+from hodei.transport import _codec as codec
+from hodei.transport._status import MAX_STATUS_BYTES, status_trailer, wire_message
 
 
 def test_short_text_is_quoted_whole_and_long_text_by_a_prefix_and_its_length() -> None:

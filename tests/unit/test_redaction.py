@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hodei.observability.redaction import (
+from hodei.observability._redaction import (
     MAX_LOGGED_TEXT,
     MAX_LOGGED_TRACEBACK,
     REDACTED,

@@ -20,8 +20,8 @@ from hodei.domain import (
 )
 from hodei.errors import InvalidWorkerData, SchedulerError, SchedulerOverloaded, StaleIncarnation
 from hodei.ports import RegistrationReceipt, UnregistrationStatus, UpsertOutcome, WorkerFilter
-from hodei.scheduler.registry import WorkerRegistry
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._registry import WorkerRegistry
+from hodei.stores._memory import MemoryRegistryStore
 from tests.helpers import make_worker
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)

@@ -16,9 +16,9 @@ from hodei.domain import ResourceUsage, UpsertOutcome, WorkerRecord, WorkerStatu
 from hodei.errors import SchedulerError, SchedulerInternalError, SchedulerUnavailable
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
 from hodei.ports import SharedLeases, TouchedLeases, WorkerFilter
-from hodei.scheduler.core import Scheduler
-from hodei.scheduler.registry import WorkerRegistry
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._core import Scheduler
+from hodei.scheduler._registry import WorkerRegistry
+from hodei.stores._memory import MemoryRegistryStore
 from tests.unit.test_scheduler_core import EPOCH, LIVENESS, EventLog, FakeClock, agent, status
 
 # LIVENESS: a 3 s lease renewed every second, a silent worker LOST one heartbeat interval (1 s) after its

@@ -15,9 +15,9 @@ import pytest
 from hodei import DynamicWorker, DynamicWorkerConfig, WorkerType
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
 from hodei.ports import Relayed, RelayedCommand, RelayedEvent
-from hodei.scheduler.core import Scheduler
-from hodei.scheduler.relay import REASON_LIMIT, short_reason
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._core import Scheduler
+from hodei.scheduler._relay import REASON_LIMIT, short_reason
+from hodei.stores._memory import MemoryRegistryStore
 
 
 class Bus:

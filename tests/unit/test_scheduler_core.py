@@ -17,9 +17,9 @@ from hodei.domain import DynamicWorker, ResourceUsage, WorkerStatus
 from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerUnavailable, StaleIncarnation, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import UnregistrationStatus
-from hodei.scheduler.core import AgentSession, Scheduler
-from hodei.scheduler.events import Watcher
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._core import AgentSession, Scheduler
+from hodei.scheduler._events import Watcher
+from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import FaultyStore
 from tests.helpers import make_worker, wait_for
 

@@ -225,7 +225,7 @@ def test_a_replayed_join_token_is_refused_though_it_was_identified_before(author
 
 
 def test_identify_remembers_a_bounded_number_of_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hodei.security import tokens
+    from hodei.security import _tokens as tokens
 
     monkeypatch.setattr(tokens, "IDENTIFIED_CACHE_SIZE", 3)
     authority = TokenAuthority(SECRET, clock=lambda: T0)

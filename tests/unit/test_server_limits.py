@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hodei.scheduler.limits import ServerLimits, StreamLimits, peer_host
+from hodei.server._limits import ServerLimits, StreamLimits, peer_host
 
 
 def test_server_limits_become_the_grpc_options_that_enforce_them() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
-from hodei.management.static import StaticWorkerFileError, load_static_workers, static_worker
+from hodei.management._static import StaticWorkerFileError, load_static_workers, static_worker
 
 GOOD_FILE = """
 [[workers]]

@@ -15,8 +15,8 @@ from hodei.domain import ResourceUsage, WorkerStatus
 from hodei.errors import SchedulerUnavailable
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
 from hodei.ports import RegistryStore, WorkerFilter
-from hodei.scheduler.core import AgentSession, Scheduler
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.scheduler._core import AgentSession, Scheduler
+from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import FaultyStore
 from tests.helpers import wait_for
 from tests.unit.test_scheduler_core import (

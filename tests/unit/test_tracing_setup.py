@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import INVALID_SPAN
 
-from hodei.observability import tracing
+from hodei.observability import _tracing as tracing
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import grpc
 
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerRecord, WorkerType
-from hodei.transport import codec
+from hodei.transport import _codec as codec
 
 __all__ = ["METHOD", "request_bytes", "response_bytes", "serve"]
 

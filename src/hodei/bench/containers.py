@@ -17,15 +17,16 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from hodei._infra.agent_image import ensure_agent_image
+from hodei._infra.podman import PodmanService
 from hodei.bench.report import percentile
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management import WorkerManagementService
-from hodei.providers.docker import DockerProvider, DockerProviderConfig
-from hodei.registration.adapter import WorkerRegistrationAdapter
-from hodei.testing import EmbeddedScheduler, PodmanService
-from hodei.testing.agent_image import ensure_agent_image
-from hodei.transport.client import SchedulerPortClient
+from hodei.providers._docker import DockerProvider, DockerProviderConfig
+from hodei.registration._adapter import WorkerRegistrationAdapter
+from hodei.testing import EmbeddedScheduler
+from hodei.transport._client import SchedulerPortClient
 
 __all__ = ["main"]
 

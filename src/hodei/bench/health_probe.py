@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei.bench.report import percentile
-from hodei.security.tls import channel_credentials
+from hodei.security._tls import channel_credentials
 
 
 async def probe(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from hodei.testing._directories import free_loopback_port as free_port
+from hodei._infra.directories import free_loopback_port as free_port
 
 __all__ = ["ProcessProbe", "ServerProcess", "free_port"]
 

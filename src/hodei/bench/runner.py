@@ -24,7 +24,7 @@ from hodei.bench.processes import ProcessProbe, ServerProcess
 from hodei.bench.report import ScenarioResult, Target
 from hodei.bench.security import PLAIN, PLAINTEXT, BenchSecurity, PreparedSecurity
 from hodei.bench.stores import STORES, registry_store
-from hodei.transport.client import SchedulerPortClient
+from hodei.transport._client import SchedulerPortClient
 
 __all__ = ["SCENARIOS", "STORES", "Scale", "run_benchmark"]
 

@@ -17,7 +17,7 @@ from hodei.bench.security import PLAINTEXT, PreparedSecurity
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
 from hodei.errors import RegistrationError
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
-from hodei.transport.client import SchedulerPortClient
+from hodei.transport._client import SchedulerPortClient
 
 __all__ = ["Load", "Progress"]
 

@@ -22,7 +22,7 @@ async def registry_store(kind: str) -> AsyncIterator[str]:
         with tempfile.TemporaryDirectory(prefix="hodei-bench-") as directory:
             yield f"sqlite:///{Path(directory) / 'registry.db'}"
     elif kind == "postgres":
-        from hodei.testing.postgres import PostgresCluster, missing_postgres
+        from hodei._infra.postgres import PostgresCluster, missing_postgres
 
         if (missing := missing_postgres()) is not None:
             raise RuntimeError(f"--store postgres needs PostgreSQL: {missing}")

@@ -16,10 +16,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hodei.agent.agent import WorkerAgent
-from hodei.agent.config import AgentConfig
-from hodei.agent.slots import SharedChannels
-from hodei.observability.metrics import AgentMetrics
+from hodei.agent._agent import WorkerAgent
+from hodei.agent._config import AgentConfig
+from hodei.agent._slots import SharedChannels
+from hodei.observability._metrics import AgentMetrics
 
 __all__ = ["counts", "swarm"]
 

@@ -1,6 +1,6 @@
 """Worker providers: where workers run."""
 
-from hodei.providers.docker import DockerProvider, DockerProviderConfig
-from hodei.providers.process import ProcessProvider
+from hodei.providers._docker import DockerProvider, DockerProviderConfig
+from hodei.providers._process import ProcessProvider
 
 __all__ = ["DockerProvider", "DockerProviderConfig", "ProcessProvider"]

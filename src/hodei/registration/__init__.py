@@ -1,6 +1,6 @@
 """Registering workers with the scheduler: the adapter, its configuration and its results."""
 
-from hodei.registration.adapter import BatchRegistrationResult, DrainResult, WorkerRegistrationAdapter
-from hodei.registration.config import RegistrationConfig
+from hodei.registration._adapter import BatchRegistrationResult, DrainResult, WorkerRegistrationAdapter
+from hodei.registration._config import RegistrationConfig
 
 __all__ = ["BatchRegistrationResult", "DrainResult", "RegistrationConfig", "WorkerRegistrationAdapter"]

@@ -12,7 +12,7 @@ from prometheus_client import Counter
 
 from hodei.domain import WorkerType
 from hodei.errors import ErrorCode, MaxRetriesExceeded, RegistrationError
-from hodei.observability.metrics import REGISTRATION_RESULTS, ControlPlaneMetrics
+from hodei.observability._metrics import REGISTRATION_RESULTS, ControlPlaneMetrics
 
 __all__ = ["RegistrationMeter", "result_of"]
 

@@ -22,7 +22,7 @@ from opentelemetry.trace import Span
 
 from hodei.domain import WorkerType
 from hodei.errors import ErrorCode, RegistrationError, SchedulerError
-from hodei.observability import tracing
+from hodei.observability import _tracing as tracing
 
 __all__ = [
     "attempt_span",

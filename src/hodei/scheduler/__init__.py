@@ -1,6 +1,9 @@
-"""The scheduler side: the worker registry and the gRPC server around it."""
+"""The scheduler's core: the worker registry, the agents' sessions, liveness and events — no gRPC below here.
 
-from hodei.scheduler.registry import WorkerRegistry
-from hodei.scheduler.server import SchedulerServer
+The gRPC face that serves it is :mod:`hodei.server`.
+"""
 
-__all__ = ["SchedulerServer", "WorkerRegistry"]
+from hodei.scheduler._core import Scheduler
+from hodei.scheduler._registry import WorkerRegistry
+
+__all__ = ["Scheduler", "WorkerRegistry"]

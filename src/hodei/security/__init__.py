@@ -1,19 +1,19 @@
 """Security: signed tokens for joining, for workers and for operators; TLS and mutual TLS from files.
 
 Nothing here is wired into a server by importing it: the scheduler and the agent build what they need from
-these parts (see :mod:`hodei.security.tokens`, :mod:`hodei.security.access` (who may call what),
-:mod:`hodei.security.config` (the scheduler's settings), :mod:`hodei.security.provisioning` (join tokens for
-providers), :mod:`hodei.security.tls`, :mod:`hodei.security.certs`). ``docs/security.md`` tells how to use them.
+these parts (see :mod:`hodei.security._tokens`, :mod:`hodei.security._access` (who may call what),
+:mod:`hodei.security._config` (the scheduler's settings), :mod:`hodei.security._provisioning` (join tokens for
+providers), :mod:`hodei.security._tls`, :mod:`hodei.security._certs`). ``docs/security.md`` tells how to use them.
 """
 
-from hodei.security.access import (
+from hodei.security._access import (
     AUTHORIZATION,
     AccessPolicy,
     Grant,
     authorization_metadata,
     bearer_token,
 )
-from hodei.security.certs import (
+from hodei.security._certs import (
     DEFAULT_VALIDITY,
     PemPair,
     TestPki,
@@ -21,16 +21,16 @@ from hodei.security.certs import (
     make_ca,
     write_test_pki,
 )
-from hodei.security.config import SchedulerSecurity
-from hodei.security.provisioning import JoinTokens
-from hodei.security.tls import (
+from hodei.security._config import SchedulerSecurity
+from hodei.security._provisioning import JoinTokens
+from hodei.security._tls import (
     ClientTlsConfig,
     TlsConfig,
     channel_credentials,
     server_credentials,
     ssl_context_for_http,
 )
-from hodei.security.tokens import (
+from hodei.security._tokens import (
     DEFAULT_LEEWAY,
     DEFAULT_OPERATOR_TOKEN_TTL,
     DEFAULT_WORKER_CREDENTIAL_TTL,

@@ -1,5 +1,5 @@
 """Registry stores: where the scheduler keeps its records."""
 
-from hodei.stores.memory import MemoryRegistryStore
+from hodei.stores._memory import MemoryRegistryStore
 
 __all__ = ["MemoryRegistryStore"]

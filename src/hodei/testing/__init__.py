@@ -1,5 +1,5 @@
 """Test doubles that are real: a scheduler on loopback, one that fails on purpose, a store whose writes fail or
-stall on purpose, an in-memory provider, and a throw-away PostgreSQL cluster.
+stall on purpose, and an in-memory provider.
 
 Shipped for people who test their own integrations with hodei; hodei's own suite uses the same.
 """
@@ -9,8 +9,6 @@ from hodei.testing._failing import REGISTRATION_METHODS, FailingScheduler
 from hodei.testing._faulty_store import FaultyStore
 from hodei.testing._provider import MockWorkerProvider
 from hodei.testing._proxy import FaultProxy
-from hodei.testing.podman import PodmanService
-from hodei.testing.postgres import PostgresCluster
 
 __all__ = [
     "REGISTRATION_METHODS",
@@ -19,6 +17,4 @@ __all__ = [
     "FaultProxy",
     "FaultyStore",
     "MockWorkerProvider",
-    "PodmanService",
-    "PostgresCluster",
 ]

@@ -10,18 +10,18 @@ import grpc
 
 from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.lifecycle import LivenessConfig
-from hodei.observability import tracing
-from hodei.observability.metrics import SchedulerMetrics
+from hodei.observability import _tracing as tracing
+from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.scheduler.admission import AdmissionControl, HelloAdmission
-from hodei.scheduler.core import Scheduler
-from hodei.scheduler.limits import ServerLimits
-from hodei.scheduler.registry import Admission
-from hodei.scheduler.server import SchedulerServer
-from hodei.security.config import SchedulerSecurity
-from hodei.security.tls import ClientTlsConfig
-from hodei.stores.memory import MemoryRegistryStore
-from hodei.transport.client import RECEIVE_OPTIONS, Credential, SchedulerPortClient
+from hodei.scheduler._core import Scheduler
+from hodei.scheduler._registry import Admission
+from hodei.security._config import SchedulerSecurity
+from hodei.security._tls import ClientTlsConfig
+from hodei.server._admission import AdmissionControl, HelloAdmission
+from hodei.server._limits import ServerLimits
+from hodei.server._server import SchedulerServer
+from hodei.stores._memory import MemoryRegistryStore
+from hodei.transport._client import RECEIVE_OPTIONS, Credential, SchedulerPortClient
 
 __all__ = ["EmbeddedScheduler"]
 
@@ -35,7 +35,7 @@ class EmbeddedScheduler:
     registry's) receives the scheduler's metrics, admission control's included (``admission_control`` and
     ``hello_admission`` bound the registrations and the agents' hellos worked on at once). ``security`` turns on tokens
     and TLS as a deployment would (default: neither); ``limits`` are the server's
-    (:class:`~hodei.scheduler.limits.ServerLimits`).
+    (:class:`~hodei.server._limits.ServerLimits`).
     """
 
     def __init__(

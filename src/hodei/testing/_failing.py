@@ -10,13 +10,13 @@ import grpc
 
 from hodei.domain import WorkerRecord
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
-from hodei.observability.metrics import SchedulerMetrics
+from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.scheduler.admission import AdmissionControl
-from hodei.scheduler.interception import REGISTRATION_METHODS, Behaviour, MethodInterceptor, with_behaviour
-from hodei.security.config import SchedulerSecurity
+from hodei.security._config import SchedulerSecurity
+from hodei.server._admission import AdmissionControl
+from hodei.server._interception import REGISTRATION_METHODS, Behaviour, MethodInterceptor, with_behaviour
 from hodei.testing._embedded import EmbeddedScheduler
-from hodei.transport.status import abort_with
+from hodei.transport._status import abort_with
 
 __all__ = ["REGISTRATION_METHODS", "FailingScheduler"]
 

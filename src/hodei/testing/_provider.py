@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from hodei._ownership import DEFAULT_OWNER, owned
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus
 from hodei.errors import ProviderError
-from hodei.ownership import DEFAULT_OWNER, owned
 
 __all__ = ["MockWorkerProvider"]
 

@@ -15,7 +15,7 @@ Podman: ``podman_service`` is one private :class:`PodmanService` per test sessio
 with every container removed and its directory deleted at the end); ``docker_url`` is its Docker API endpoint
 (``unix:///…/podman.sock``, the ``base_url`` of a ``docker.DockerClient``); ``agent_image`` is the tag of the
 worker image in its storage, built from this source tree on first use and cached across sessions (see
-:mod:`hodei.testing.agent_image`). Without Podman, runc or root, or without mmdebstrap for the image, they skip
+:mod:`hodei._infra.agent_image`). Without Podman, runc or root, or without mmdebstrap for the image, they skip
 (or fail under ``CI=true``) the same way. A cold build of the image takes about a minute: a test that is the
 first to use ``agent_image`` needs a ``timeout`` mark above pytest-timeout's default.
 """
@@ -30,18 +30,18 @@ from typing import Any, NoReturn
 
 import pytest
 
-from hodei.testing._embedded import EmbeddedScheduler
-from hodei.testing._failing import FailingScheduler
-from hodei.testing._provider import MockWorkerProvider
-from hodei.testing.agent_image import (
+from hodei._infra.agent_image import (
     AgentImageError,
     ensure_agent_image,
     find_project_dir,
     missing_image_builder,
 )
-from hodei.testing.podman import PodmanService, missing_podman
-from hodei.testing.postgres import PostgresCluster, missing_postgres
-from hodei.transport.client import SchedulerPortClient
+from hodei._infra.podman import PodmanService, missing_podman
+from hodei._infra.postgres import PostgresCluster, missing_postgres
+from hodei.testing._embedded import EmbeddedScheduler
+from hodei.testing._failing import FailingScheduler
+from hodei.testing._provider import MockWorkerProvider
+from hodei.transport._client import SchedulerPortClient
 
 try:
     import pytest_asyncio

@@ -1,0 +1,387 @@
+"""WorkerAgent: runs inside a worker, keeps it registered and heartbeating, and obeys the scheduler.
+
+It connects (the hello registers the worker, or attaches to the control plane's registration), heartbeats at
+the interval the scheduler asks for, and carries out commands: drain (finish work, take no more, report
+drained), shut down (drain, unregister, exit), re-register (reconnect with a new incarnation). A broken stream
+or an unreachable scheduler sends it to the next scheduler address after a jittered backoff, with a new
+incarnation; a scheduler busy with other hellos says when to come back, and the agent comes back then (with
+jitter). A permanent refusal (invalid data, refused credentials, a newer incarnation elsewhere) ends it
+with :class:`AgentRefused`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+import psutil
+
+from hodei.agent._config import AgentConfig
+from hodei.domain import ResourceUsage, WorkerStatus
+from hodei.errors import ErrorCode, HodeiError, SchedulerError
+from hodei.lifecycle import CommandKind, WorkerCommand
+from hodei.observability._metrics import AgentMetrics
+from hodei.security._access import authorization_metadata
+from hodei.transport._client import RECEIVE_OPTIONS, SchedulerPortClient
+from hodei.transport._diagnosis import unreachable_reason
+from hodei.transport._stream import ConnectStream, is_transient_for_stream
+
+__all__ = ["CHANNEL_OPTIONS", "AgentRefused", "WorkerAgent"]
+
+log = logging.getLogger(__name__)
+
+# Pings on an idle stream notice a scheduler that vanished without closing the connection.
+CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC times a keepalive ping out after this, not after keepalive_timeout_ms (its default is 60 s): a
+    # black-holed connection is then noticed within 10 s + 5 s.
+    ("grpc.http2.ping_timeout_ms", 5_000),
+    # Each session dials afresh: the agent's own jittered backoff paces its reconnections, not the reconnect
+    # backoff (growing to two minutes) of a connection that gRPC shares between a process's channels.
+    ("grpc.use_local_subchannel_pool", 1),
+    *RECEIVE_OPTIONS,  # the scheduler's largest answers
+)
+
+
+class SharedChannelsLike(Protocol):
+    """Where the slots of one agent process get the channel they share (:class:`hodei.agent._slots.SharedChannels`)."""
+
+    def session(self, target: str) -> contextlib.AbstractAsyncContextManager[grpc.aio.Channel]: ...
+
+
+class AgentRefused(HodeiError):
+    """The scheduler refused this worker for good; ``cause`` says why."""
+
+    def __init__(self, worker_id: str, cause: SchedulerError) -> None:
+        self.worker_id = worker_id
+        self.cause = cause
+        super().__init__(f"the scheduler refused worker {worker_id!r}: {cause}")
+
+
+def _usage() -> ResourceUsage:
+    return ResourceUsage(
+        cpu_percent=psutil.cpu_percent(interval=None),
+        memory_used_mb=int(psutil.virtual_memory().used // (1024 * 1024)),
+    )
+
+
+def _advised(error: SchedulerError) -> float | None:
+    """The delay a busy scheduler advised (``RESOURCE_EXHAUSTED`` with RetryInfo), or None."""
+    if error.code is ErrorCode.RESOURCE_EXHAUSTED and error.retry_after is not None:
+        return max(error.retry_after, 0.0)
+    return None
+
+
+class _Reregister(Exception):
+    """The scheduler asked for a fresh registration."""
+
+
+class WorkerAgent:
+    """``await WorkerAgent(config).run()`` until :meth:`request_shutdown` (SIGTERM) or a shutdown command.
+
+    Observable state for callers and tests: ``connected`` (an event set while a stream is up), ``incarnation``,
+    ``connections`` (streams opened), ``heartbeats_sent``, ``commands`` (received, in order), ``draining``,
+    ``unregistered``, ``credential``. ``metrics`` (default: a private registry's) counts stream connects by
+    result, reconnects and heartbeats.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        random: Callable[[], float] = random.random,
+        usage: Callable[[], ResourceUsage] = _usage,
+        metrics: AgentMetrics | None = None,
+        channels: SharedChannelsLike | None = None,
+    ) -> None:
+        self.config = config
+        self._shared = channels
+        self.metrics = metrics or AgentMetrics()
+        self._random = random
+        self._usage = usage
+        self.incarnation = time.time_ns()
+        self._acknowledged = False  # a hello of this incarnation was answered: the next one is new
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.commands: list[WorkerCommand] = []
+        self.draining = False
+        self.unregistered = False
+        self.heartbeat_interval = 5.0
+        self.heartbeats_sent = 0
+        self.running_jobs: list[str] = []
+        self._stopping = asyncio.Event()
+        self._failures = 0
+        self._target_index = 0
+        self._warned_at: float | None = (
+            None  # when agent.cannot_connect was last logged, in this run of failures
+        )
+        self._credential = ""  # the worker credential the scheduler handed over; replaces config.token
+
+    @property
+    def credential(self) -> str:
+        """The worker credential the scheduler handed this agent (kept for reconnecting and unregistering);
+        empty until it has one. A secret: for the agent's own use and for tests."""
+        return self._credential
+
+    def _token(self) -> str:
+        """What the agent presents now: its worker credential once it has one, else what it was given."""
+        return self._credential or self.config.token or ""
+
+    def _channel(self, target: str) -> contextlib.AbstractAsyncContextManager[grpc.aio.Channel]:
+        """A session's channel: a fresh one of its own, or the one its process's slots share (``--spawn``)."""
+        if self._shared is not None:
+            return self._shared.session(target)
+        tls = self.config.tls
+        own: contextlib.AbstractAsyncContextManager[grpc.aio.Channel] = (
+            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if tls is None
+            else grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+        )
+        return own
+
+    def _fields(self, **fields: object) -> dict[str, object]:
+        return {"worker_id": self.config.worker_id, **fields}
+
+    @property
+    def target(self) -> str:
+        return self.config.schedulers[self._target_index % len(self.config.schedulers)]
+
+    def request_shutdown(self, reason: str = "requested") -> None:
+        """Drain, unregister and return from :meth:`run` (what SIGTERM does)."""
+        if self._stopping.is_set():
+            return
+        log.info("agent.shutdown_requested", extra={"worker_id": self.config.worker_id, "reason": reason})
+        self._stopping.set()
+
+    async def run(self) -> None:
+        orphan_watch = asyncio.create_task(self._watch_parent()) if self.config.parent_pid else None
+        try:
+            while not self._stopping.is_set():
+                advised: float | None = None
+                try:
+                    await self._session(self.target)
+                except _Reregister:
+                    self._failures = 0
+                except SchedulerError as error:
+                    if not is_transient_for_stream(error):
+                        log.error(
+                            "agent.refused", extra=self._fields(code=error.code.name, error=error.message)
+                        )
+                        raise AgentRefused(self.config.worker_id, error) from error
+                    advised = _advised(error)
+                    if advised is None:
+                        await self._report_failure(error)
+                        self._failures += 1
+                    else:  # the scheduler is busy and said when to come back: no failure, no longer backoff
+                        log.debug(
+                            "agent.hello_deferred",
+                            extra=self._fields(scheduler=self.target, retry_after_s=advised),
+                        )
+                    self._target_index += 1
+                finally:
+                    self.connected.clear()
+                if self._stopping.is_set():
+                    break
+                if advised is None:
+                    delay = self.config.reconnect_delay(max(self._failures - 1, 0), self._random())
+                else:
+                    delay = self.config.advised_delay(advised, self._random())
+                log.debug(  # every attempt: quiet; agent.cannot_connect says why, rate-limited
+                    "agent.reconnecting",
+                    extra=self._fields(
+                        scheduler=self.target, delay_s=round(delay, 3), failures=self._failures
+                    ),
+                )
+                await self._pause(delay)
+                if self._acknowledged:
+                    # A new incarnation fences the old stream. A hello never answered (its answer lost, or the
+                    # scheduler unreachable) is retried as it was: the same registration, which a single-use
+                    # join token still admits.
+                    self.incarnation += 1
+                    self._acknowledged = False
+        finally:
+            if orphan_watch is not None:
+                orphan_watch.cancel()
+            if self._stopping.is_set() and not self.unregistered:
+                await self._unregister()
+
+    async def _report_failure(self, error: SchedulerError) -> None:
+        """Log a broken stream or a failed connection: each at debug level; a stream that was up breaking, as a
+        warning; and why the agent cannot connect (with what to check) at its first failure in a row, then at
+        most once per ``failure_log_interval`` seconds, as a warning."""
+        fields = self._fields(scheduler=self.target, code=error.code.name, error=error.message)
+        was_up = self.connected.is_set()
+        log.log(logging.WARNING if was_up else logging.DEBUG, "agent.stream_broken", extra=fields)
+        if was_up:
+            self._warned_at = None  # a new run of failures: say at once if it cannot come back
+            return
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < self.config.failure_log_interval:
+            return
+        self._warned_at = now
+        reason = await self._why_unreachable(error)
+        log.warning(
+            "agent.cannot_connect",
+            extra=self._fields(
+                scheduler=self.target,
+                code=error.code.name,
+                reason=reason,
+                failures=self._failures + 1,
+                ever_connected=self.connections > 0,
+            ),
+        )
+
+    async def _why_unreachable(self, error: SchedulerError) -> str:
+        if error.code is not ErrorCode.UNAVAILABLE:
+            if error.code is ErrorCode.DEADLINE_EXCEEDED:
+                return (
+                    f"no answer from {self.target} within {self.config.hello_timeout} s: check the address "
+                    "(--scheduler) and any firewall on the way"
+                )
+            return f"the scheduler at {self.target} answered {error.code.name}: it is retried"
+        tls = self.config.tls
+        return await asyncio.to_thread(
+            unreachable_reason,
+            self.target,
+            error.message,
+            tls=tls is not None,
+            client_cert=tls is not None and tls.cert_file is not None,
+        )
+
+    async def _watch_parent(self) -> None:
+        while os.getppid() == self.config.parent_pid:  # noqa: ASYNC110 - a parent's death has no event
+            await asyncio.sleep(self.config.parent_check_interval)
+        self.request_shutdown(f"the control plane (pid {self.config.parent_pid}) is gone")
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _session(self, target: str) -> None:
+        async with self._channel(target) as channel:
+            token = self._token()
+            stream = ConnectStream(channel, metadata=authorization_metadata(token) if token else ())
+            try:
+                try:
+                    ack = await stream.open(
+                        self.config.worker(self.incarnation),
+                        self.running_jobs,
+                        timeout=self.config.hello_timeout,
+                        accept_timeout=self.config.accept_timeout,
+                    )
+                except SchedulerError as error:
+                    self.metrics.stream_connects.labels(error.code.name.lower()).inc()
+                    raise
+                self.metrics.stream_connects.labels("ok").inc()
+                self._acknowledged = True
+                if ack.credential:
+                    self._credential = ack.credential
+                if self.connections:
+                    self.metrics.reconnects.inc()
+                self.heartbeat_interval = ack.heartbeat_interval
+                self.connections += 1
+                self._failures = 0
+                self.connected.set()
+                log.info(
+                    "agent.connected",
+                    extra=self._fields(
+                        scheduler=target,
+                        incarnation=self.incarnation,
+                        heartbeat_interval_s=self.heartbeat_interval,
+                    ),
+                )
+                await self._serve(stream, channel)
+            finally:
+                stream.cancel()
+
+    async def _serve(self, stream: ConnectStream, channel: grpc.aio.Channel) -> None:
+        # Cancelling a task that waits on the call would cancel the whole call, so the heartbeat loop stops by
+        # itself at shutdown and the reader keeps reading while the agent says goodbye on the same stream.
+        heartbeats: asyncio.Task[Any] = asyncio.create_task(self._heartbeat(stream))
+        commands: asyncio.Task[Any] = asyncio.create_task(self._obey(stream))
+        try:
+            done, _ = await asyncio.wait({heartbeats, commands}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if (error := task.exception()) is not None:
+                    raise error
+            if self._stopping.is_set():
+                await self._farewell(stream, channel)
+                with contextlib.suppress(TimeoutError, SchedulerError):
+                    await asyncio.wait_for(asyncio.shield(commands), self.config.farewell_timeout)
+        finally:
+            for task in (heartbeats, commands):
+                task.cancel()
+            await asyncio.gather(heartbeats, commands, return_exceptions=True)
+
+    async def _heartbeat(self, stream: ConnectStream) -> None:
+        sequence = 0
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.heartbeat_interval)
+                return
+            sequence += 1
+            usage = self._usage()
+            await stream.heartbeat(
+                sequence,
+                ResourceUsage(usage.cpu_percent, usage.memory_used_mb, len(self.running_jobs)),
+            )
+            self.heartbeats_sent += 1
+            self.metrics.heartbeats.inc()
+
+    async def _obey(self, stream: ConnectStream) -> None:
+        async for command in stream.commands():
+            self.commands.append(command)
+            log.info("agent.command", extra=self._fields(command=command.kind.value, reason=command.reason))
+            if command.kind is CommandKind.DRAIN:
+                await self._drain(stream, command.reason)
+            elif command.kind is CommandKind.SHUTDOWN:
+                self.request_shutdown(f"the scheduler asked: {command.reason}")
+            else:
+                raise _Reregister(command.reason)
+
+    async def _drain(self, stream: ConnectStream, reason: str) -> None:
+        self.draining = True
+        log.info("agent.draining", extra=self._fields(reason=reason, running_jobs=len(self.running_jobs)))
+        # Running jobs would be waited for here; the agent takes no new ones from now on.
+        await stream.report(WorkerStatus.DRAINING, drained=not self.running_jobs, reason=reason or "drained")
+
+    async def _farewell(self, stream: ConnectStream, channel: grpc.aio.Channel) -> None:
+        """Drain, then unregister on the same connection, then close the stream."""
+        with contextlib.suppress(SchedulerError, TimeoutError):
+            await asyncio.wait_for(self._drain(stream, "shutting down"), self.config.farewell_timeout)
+        await self._unregister(channel)
+        await stream.close()
+
+    async def _unregister(self, channel: grpc.aio.Channel | None = None) -> None:
+        if self.unregistered:
+            return
+        if channel is None:
+            client = SchedulerPortClient(
+                self.target, options=CHANNEL_OPTIONS, credential=self._token, tls=self.config.tls
+            )
+        else:
+            client = SchedulerPortClient(channel, credential=self._token)
+        try:
+            # Fenced by this agent's incarnation: a farewell that arrives after a successor's hello (the same
+            # worker id, a newer incarnation) is refused, and the successor stays registered and connected.
+            await client.unregister_worker(
+                self.config.worker_id, incarnation=self.incarnation, timeout=self.config.farewell_timeout
+            )
+            self.unregistered = True
+            log.info("agent.unregistered", extra=self._fields())
+        except SchedulerError as error:
+            # Its lease will expire.
+            log.warning(
+                "agent.unregister_failed", extra=self._fields(code=error.code.name, error=error.message)
+            )
+        finally:
+            await client.close()

@@ -1,0 +1,2 @@
+"""Internal: the benchmarks behind ``hodei bench`` (registration scenarios, the fleet, containers). Not a public
+API."""

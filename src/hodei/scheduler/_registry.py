@@ -1,0 +1,375 @@
+"""The scheduler's worker registry: the authority on which workers exist and in what state.
+
+It validates every registration (the same rules the client applies before sending), keeps registration an
+idempotent upsert fenced by incarnation (:func:`hodei.domain.merge_registration`), pages through its records
+in worker-id order, and publishes an event for every change it makes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from hodei._quoting import quote_short
+from hodei.domain import (
+    WORKER_TYPE_VALUES,
+    DynamicWorker,
+    FieldViolation,
+    UpsertOutcome,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+    holds_control_characters,
+    utcnow,
+    validate_incarnation,
+    validate_record,
+    validate_worker_id,
+    wire_size,
+)
+from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
+from hodei.lifecycle import WorkerEventKind
+from hodei.observability._metrics import SCHEDULER_REGISTRATION_RESULTS, UNKNOWN_WORKER_TYPE, SchedulerMetrics
+from hodei.ports import RegistrationReceipt, RegistryStore, UnregistrationStatus, WorkerFilter, WorkerPage
+from hodei.scheduler._events import EventHub
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_BATCH_SIZE",
+    "MAX_PAGE_BYTES",
+    "MAX_PAGE_SIZE",
+    "Admission",
+    "WorkerRegistry",
+]
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_BATCH_SIZE = 1000
+MAX_PAGE_BYTES = 1024 * 1024
+"""A page ends before the record that would take its encoded size past this (a page holds one record at
+least): 1,000 workers with the most labels allowed would be ~22 MB, more than a client accepts."""
+
+
+Admission = Callable[[WorkerRecord], SchedulerError | None]
+"""Asked before each registration is written; an error refuses that worker (and only that one)."""
+
+_STATUS_EVENTS = {
+    WorkerStatus.AVAILABLE: WorkerEventKind.AVAILABLE,
+    WorkerStatus.BUSY: WorkerEventKind.BUSY,
+    WorkerStatus.DRAINING: WorkerEventKind.DRAINING,
+    WorkerStatus.LOST: WorkerEventKind.LOST,
+}
+
+
+def encode_page_token(last_worker_id: str) -> str:
+    return base64.urlsafe_b64encode(last_worker_id.encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError) as exc:
+        raise InvalidWorkerData(
+            "page_token is not a token this scheduler issued",
+            violations=[FieldViolation("page_token", "is not a token this scheduler issued")],
+        ) from exc
+
+
+class WorkerRegistry:
+    def __init__(
+        self,
+        store: RegistryStore,
+        *,
+        events: EventHub | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        admission: Admission | None = None,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
+        self._store = store
+        self.events = events or EventHub(clock=clock)
+        self._clock = clock
+        self._admission = admission
+        self.metrics = metrics or SchedulerMetrics()
+        # Keyed by (result, worker type); a WorkerType is a str, so either finds its series.
+        self._results = {
+            (result, worker_type): self.metrics.registrations.labels(result, worker_type)
+            for result in SCHEDULER_REGISTRATION_RESULTS
+            for worker_type in (*(t.value for t in WorkerType), UNKNOWN_WORKER_TYPE)
+        }
+
+    @property
+    def store(self) -> RegistryStore:
+        return self._store
+
+    def now(self) -> datetime:
+        """The registry's clock."""
+        return self._clock()
+
+    def _record(self, worker: DynamicWorker, lease_ttl: float | None, status: WorkerStatus) -> WorkerRecord:
+        now = self._clock()
+        return WorkerRecord(
+            worker_id=worker.worker_id,
+            worker_type=worker.worker_type,
+            capabilities=worker.capabilities,
+            status=status,
+            labels=worker.labels,
+            pool=worker.pool,
+            hostname=worker.hostname,
+            incarnation=worker.incarnation,
+            registered_at=now,
+            updated_at=now,
+            lease_ttl=lease_ttl,
+        )
+
+    def _count(self, result: str, worker_type: str, count: int = 1) -> None:
+        self._results[result, worker_type].inc(count)
+
+    def count_invalid(self, worker_type: str) -> None:
+        """Count a registration refused as invalid before it became a record (the servicer could not decode
+        it, or an agent's hello was malformed): every registration the scheduler answers counts once."""
+        known = worker_type in WORKER_TYPE_VALUES
+        self._count("invalid", worker_type if known else UNKNOWN_WORKER_TYPE)
+
+    def check(self, record: WorkerRecord | DynamicWorker) -> None:
+        """Raise the refusal of ``record`` (or of a worker's registration), if any (counted): what
+        :meth:`register_record` would refuse before writing, said before anything is done for it (a join
+        token is spent only on a registration that passes)."""
+        if isinstance(record, DynamicWorker):
+            record = self._record(record, None, WorkerStatus.AVAILABLE)
+        refusal = self._refusal(record)
+        if refusal is not None:
+            result, error = refusal
+            self._count(result, record.worker_type)
+            raise error
+
+    def _refusal(
+        self, record: WorkerRecord, checked: dict[tuple[object, ...], list[FieldViolation]] | None = None
+    ) -> tuple[str, SchedulerError] | None:
+        """Why ``record`` may not be registered, as its ``result`` label and its error; None if it may."""
+        if checked is None:
+            violations = validate_record(record)
+        else:  # a batch: parts shared by many records (same objects) are validated once
+            key = (
+                id(record.capabilities),
+                id(record.labels),
+                record.worker_type,
+                record.pool,
+                record.hostname,
+                record.agent_version,
+            )
+            if (parts := checked.get(key)) is None:
+                parts = checked[key] = validate_record(replace(record, worker_id="x", incarnation=0))
+            violations = (
+                validate_worker_id(record.worker_id) + parts + validate_incarnation(record.incarnation)
+            )
+        if violations:
+            invalid = InvalidWorkerData(
+                f"worker {quote_short(record.worker_id)} is invalid",
+                worker_id=record.worker_id,
+                violations=violations,
+            )
+            return "invalid", invalid
+        if self._admission is not None and (refusal := self._admission(record)) is not None:
+            return "refused", refusal
+        return None
+
+    def _announce(
+        self, outcome: UpsertOutcome, stored: WorkerRecord, incarnation: int
+    ) -> RegistrationReceipt:
+        if outcome is UpsertOutcome.STALE:
+            raise StaleIncarnation(
+                f"worker {stored.worker_id!r}: incarnation {incarnation} is older than the registered "
+                f"incarnation {stored.incarnation}",
+                worker_id=stored.worker_id,
+            )
+        if not self.events.watchers:
+            pass  # nobody to tell: a batch of 10,000 need not build 10,000 events for nobody
+        elif outcome is UpsertOutcome.CREATED:
+            self.events.publish(WorkerEventKind.REGISTERED, stored.worker_id, stored)
+        elif outcome is UpsertOutcome.UPDATED:
+            self.events.publish(WorkerEventKind.UPDATED, stored.worker_id, stored)
+        return RegistrationReceipt(stored, created=outcome is UpsertOutcome.CREATED)
+
+    async def register(
+        self,
+        worker: DynamicWorker,
+        *,
+        lease_ttl: float | None = None,
+        status: WorkerStatus = WorkerStatus.AVAILABLE,
+    ) -> RegistrationReceipt:
+        """Register (or refresh) one worker; it is ``AVAILABLE`` once this returns.
+
+        ``lease_ttl`` is set for workers whose agent holds a lease; push registrations have none.
+        """
+        return await self.register_record(self._record(worker, lease_ttl, status))
+
+    async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
+        """Register one record built by the caller (validated and admitted here); raises the refusal."""
+        self.check(record)
+        [(outcome, stored)] = await self._store.upsert([record])
+        self._count(outcome.value, record.worker_type)
+        return self._announce(outcome, stored, record.incarnation)
+
+    async def register_many(
+        self, workers: Sequence[DynamicWorker]
+    ) -> list[RegistrationReceipt | SchedulerError]:
+        """Register a batch in one store write; one entry per worker, in input order."""
+        return await self.register_records([self._record(w, None, WorkerStatus.AVAILABLE) for w in workers])
+
+    async def register_records(
+        self, records: Sequence[WorkerRecord]
+    ) -> builtins.list[RegistrationReceipt | SchedulerError]:
+        """Register records built by the caller (the servicer builds them straight from the wire): each is
+        validated and admitted here, then all are written in one store call. One entry per record, in order."""
+        results: builtins.list[RegistrationReceipt | SchedulerError | None] = [None] * len(records)
+        accepted: builtins.list[tuple[int, WorkerRecord]] = []
+        checked: dict[tuple[object, ...], builtins.list[FieldViolation]] = {}
+        # Counted by (result, worker type) once the batch is written: a batch the store refused is not
+        # answered with these results.
+        tally: dict[tuple[str, str], int] = {}
+        for index, record in enumerate(records):
+            refusal = self._refusal(record, checked)
+            if refusal is None:
+                accepted.append((index, record))
+            else:
+                key = (refusal[0], record.worker_type)
+                tally[key] = tally.get(key, 0) + 1
+                results[index] = refusal[1]
+        if accepted:
+            written = await self._store.upsert([record for _, record in accepted])
+            for (index, record), (outcome, stored) in zip(accepted, written, strict=True):
+                key = (outcome.value, record.worker_type)
+                tally[key] = tally.get(key, 0) + 1
+                try:
+                    results[index] = self._announce(outcome, stored, record.incarnation)
+                except StaleIncarnation as stale:
+                    results[index] = stale
+        for (result, worker_type), count in tally.items():
+            self._count(result, worker_type, count)
+        return [r for r in results if r is not None]
+
+    async def unregister(
+        self, worker_id: str, *, reason: str = "", incarnation: int | None = None
+    ) -> UnregistrationStatus:
+        """Remove a worker; with ``incarnation``, only if the registered one is not newer (else
+        :class:`StaleIncarnation`, and nothing changes)."""
+        newer: list[int] = []  # the registered incarnation, when the fence refused
+
+        def not_newer(stored: WorkerRecord) -> bool:
+            if incarnation is not None and stored.incarnation > incarnation:
+                newer.append(stored.incarnation)
+                return False
+            return True
+
+        if not await self._store.delete(worker_id, only_if=None if incarnation is None else not_newer):
+            if newer:
+                raise StaleIncarnation(
+                    f"worker {worker_id!r}: incarnation {incarnation} is older than the registered "
+                    f"incarnation {newer[-1]}; it was not unregistered",
+                    worker_id=worker_id,
+                )
+            return UnregistrationStatus.NOT_REGISTERED
+        self.events.publish(WorkerEventKind.UNREGISTERED, worker_id, None, reason)
+        return UnregistrationStatus.SUCCESS
+
+    async def expire(self, worker_id: str, *, reason: str) -> bool:
+        """Remove a worker that stayed LOST past its grace. False if it is gone or no longer LOST."""
+        if not await self._store.delete(worker_id, only_if=lambda stored: stored.status is WorkerStatus.LOST):
+            return False
+        self.events.publish(WorkerEventKind.EXPIRED, worker_id, None, reason)
+        return True
+
+    async def transition(
+        self, worker_id: str, status: WorkerStatus, *, drained: bool | None = None, reason: str = ""
+    ) -> WorkerRecord:
+        """Move a worker to ``status`` (DRAINING with ``drained`` once its work is done); raises WorkerNotFound.
+
+        ``drained=None`` keeps the flag while the status stays the same, and clears it on a change. The move
+        is one atomic read-modify-write of the store: a registration that lands meanwhile is not undone.
+        """
+        changed = await self._move(worker_id, status, drained=drained, reason=reason)
+        if changed is None:
+            raise WorkerNotFound(f"worker {quote_short(worker_id)} is not registered", worker_id=worker_id)
+        return changed[1]
+
+    async def mark_lost(self, worker_id: str, *, reason: str) -> WorkerRecord | None:
+        """Make a worker whose agent holds a lease LOST, in one read-modify-write of the store: the record as it
+        was before, or None when the store holds no such worker (gone, or registered without an agent)."""
+        changed = await self._move(
+            worker_id, WorkerStatus.LOST, reason=reason, only_if=lambda record: record.lease_ttl is not None
+        )
+        return None if changed is None or changed[0].lease_ttl is None else changed[0]
+
+    async def _move(
+        self,
+        worker_id: str,
+        status: WorkerStatus,
+        *,
+        drained: bool | None = None,
+        reason: str = "",
+        only_if: Callable[[WorkerRecord], bool] | None = None,
+    ) -> tuple[WorkerRecord, WorkerRecord] | None:
+        def move(record: WorkerRecord) -> WorkerRecord | None:
+            if only_if is not None and not only_if(record):
+                return None
+            flag = record.drained and record.status is status if drained is None else drained
+            if record.status is status and record.drained == flag:
+                return None
+            return replace(record, status=status, drained=flag, updated_at=self._clock())
+
+        changed = await self._store.modify(worker_id, move)
+        if changed is None:
+            return None
+        record, updated = changed
+        if record.status is not updated.status:
+            self.events.publish(
+                _STATUS_EVENTS.get(status, WorkerEventKind.UPDATED), worker_id, updated, reason
+            )
+        if updated.drained and not record.drained:
+            self.events.publish(WorkerEventKind.DRAINED, worker_id, updated, reason)
+        return changed
+
+    async def get(self, worker_id: str) -> WorkerRecord | None:
+        return await self._store.get(worker_id)
+
+    async def list(
+        self, worker_filter: WorkerFilter | None = None, *, page_size: int = 0, page_token: str = ""
+    ) -> WorkerPage:
+        if page_size < 0:
+            raise InvalidWorkerData(
+                "page_size must not be negative",
+                violations=[FieldViolation("page_size", f"must not be negative, got {page_size}")],
+            )
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(page_token)
+        worker_filter = worker_filter or WorkerFilter()
+        if any(holds_control_characters(k + v) for k, v in worker_filter.labels.items()):
+            # No worker holds one (validation refuses them), and PostgreSQL's jsonb cannot even hold a NUL.
+            return WorkerPage([])
+        # One extra record tells whether another page follows.
+        found = await self._store.list(worker_filter, after=after, limit=limit + 1)
+        size = 0
+        for index, record in enumerate(found[:limit]):
+            size += wire_size(record)
+            if size > MAX_PAGE_BYTES and index > 0:  # full by bytes before it is by count
+                return WorkerPage(found[:index], encode_page_token(found[index - 1].worker_id))
+        if len(found) > limit:
+            return WorkerPage(found[:limit], encode_page_token(found[limit - 1].worker_id))
+        return WorkerPage(found)
+
+    async def all_records(self) -> builtins.list[WorkerRecord]:
+        """Every record, in worker-id order (start-up recovery, snapshots)."""
+        records: builtins.list[WorkerRecord] = []
+        after = ""
+        while batch := await self._store.list(WorkerFilter(), after=after, limit=MAX_PAGE_SIZE):
+            records += batch
+            after = batch[-1].worker_id
+        return records
+
+    async def count(self) -> int:
+        return await self._store.count()

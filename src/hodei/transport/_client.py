@@ -1,0 +1,373 @@
+"""SchedulerPortClient: the :class:`~hodei.ports.SchedulerPort` over grpc.aio, to one scheduler or several."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from hodei.domain import DynamicWorker, WorkerRecord
+from hodei.errors import (
+    ErrorCode,
+    RegistrationCancelled,
+    SchedulerError,
+    SchedulerUnavailable,
+    WorkerNotFound,
+    scheduler_error_for,
+)
+from hodei.lifecycle import WorkerEvent
+from hodei.observability import _tracing as tracing
+from hodei.ports import DrainOutcome, RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
+from hodei.security._access import authorization_metadata
+from hodei.security._tls import ClientTlsConfig
+from hodei.transport import _codec as codec
+from hodei.transport._codec import pb
+from hodei.transport._status import error_from_rpc
+
+__all__ = [
+    "FAILOVER_CHANNEL_OPTIONS",
+    "MAX_ANSWER_BYTES",
+    "RECEIVE_OPTIONS",
+    "Credential",
+    "SchedulerPortClient",
+    "scheduler_addresses",
+]
+
+R = TypeVar("R")
+
+Credential = str | Callable[[], str]
+"""A token, or a function that gives the token to present now (an agent's changes as it is handed new ones)."""
+
+# A gRPC target URI (``dns:///name:50051``, ``unix:/path``, ``ipv4:a:1,b:2``): a scheme not followed by a port.
+_TARGET_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?![0-9]*\s*(?:,|$))")
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The channel options of a client given several addresses; options passed in replace them key by key.
+# pick_first tries the addresses in order and moves on when one cannot be reached or goes away: a client stays
+# on one replica, the first that answers, as an agent given the same list does (the replica that holds an
+# agent's stream is the one that can deliver its drain), instead of spreading its calls over all of them
+# (("grpc.lb_policy_name", "round_robin") does that). A replica that shuts down answers CANCELLED to the calls
+# it had received but not yet started (grpc/grpc#41785), and the registration adapter does not retry
+# CANCELLED; gRPC retries those calls here, on the next replica. Any scheduler call may be repeated:
+# registration is an idempotent upsert, the others are reads or idempotent commands.
+FAILOVER_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.lb_policy_name", "pick_first"),
+    (
+        "grpc.service_config",
+        json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": [{"service": codec.SERVICE_NAME}],
+                        "retryPolicy": {
+                            "maxAttempts": 3,
+                            "initialBackoff": "0.05s",
+                            "maxBackoff": "0.5s",
+                            "backoffMultiplier": 2,
+                            "retryableStatusCodes": ["CANCELLED"],
+                        },
+                    }
+                ]
+            }
+        ),
+    ),
+)
+
+
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+"""The largest answer a client accepts (gRPC's default is 4 MiB). A scheduler's largest answers stay under: a
+RegisterWorkers answer echoes each entry's worker id (the request is at most 24 MiB,
+``limits.DEFAULT_MAX_MESSAGE_BYTES``) with an error of under 8 KiB (``transport.status.MAX_STATUS_BYTES``) or
+a slim record for each of at most 1,000 entries; a ListWorkers page is cut at ~1 MiB
+(``registry.MAX_PAGE_BYTES``) plus one record; an event or a GetWorker answer is one record (under 100 KB
+with the most labels allowed)."""
+
+RECEIVE_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
+"""The channel option every client of a scheduler needs (a client made from addresses has it; options passed in
+replace it key by key)."""
+
+
+def scheduler_addresses(target: str | Sequence[str], *, explicit_port: bool = False) -> tuple[str, ...]:
+    """The scheduler addresses in ``target``: a sequence of addresses, or one string of comma-separated ones.
+
+    A single address may be any gRPC target (a URI such as ``dns:///scheduler:50051`` stays whole, commas and
+    all; ``localhost`` is dialled on gRPC's default port) unless ``explicit_port`` (as the command line says);
+    each of several must be ``HOST:PORT``, an IPv6 address in brackets (``[::1]:50051``). Raises
+    ``ValueError`` naming the entry that is not.
+    """
+    entries = [target] if isinstance(target, str) else list(target)
+    if len(entries) == 1 and _TARGET_URI.match(entries[0].strip()):
+        return (entries[0].strip(),)
+    addresses = tuple(part.strip() for entry in entries for part in entry.split(","))
+    if not any(addresses):
+        raise ValueError(f"no scheduler address in {','.join(entries)!r}")
+    if "" in addresses:
+        raise ValueError(f"an empty scheduler address in {','.join(entries)!r}")
+    if len(addresses) > 1 or explicit_port:
+        for address in addresses:
+            _host_and_port(address)
+    return addresses
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    match = _HOST_PORT.fullmatch(address)
+    if match is None:
+        if re.search(r":[0-9]+$", address) is None:
+            raise ValueError(f"scheduler address {address!r} has no port: expected HOST:PORT")
+        raise ValueError(
+            f"scheduler address {address!r} is not HOST:PORT "
+            "(each of several addresses is HOST:PORT; an IPv6 address goes in brackets, [::1]:50051)"
+        )
+    port = int(match["port"])
+    if not 0 < port < 65536:
+        raise ValueError(f"scheduler address {address!r}: port {port} is out of range")
+    if match["ipv6"] is None:
+        return match["host"], port
+    try:
+        return str(ipaddress.IPv6Address(match["ipv6"])), port
+    except ValueError:
+        raise ValueError(f"scheduler address {address!r}: {match['ipv6']!r} is not an IPv6 address") from None
+
+
+def _resolve(address: str) -> list[tuple[_IPAddress, int]]:
+    """The IP addresses of ``HOST:PORT``: its literal, or every address its host name resolves to."""
+    host, port = _host_and_port(address)
+    try:
+        return [(ipaddress.ip_address(host), port)]
+    except ValueError:
+        pass  # a host name
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise SchedulerUnavailable(
+            f"scheduler address {address!r}: cannot resolve {host!r}: {error}"
+        ) from error
+    return [(ipaddress.ip_address(sockaddr[0]), port) for *_, sockaddr in found]
+
+
+def _channel_target(addresses: Sequence[str]) -> str:
+    """gRPC's target: one address as it is; several as a list of IP literals, the ``ipv4:``/``ipv6:`` schemes
+    being the only ones that take a list (so host names are resolved once, here)."""
+    if len(addresses) == 1:
+        return addresses[0]
+    endpoints = dict.fromkeys(endpoint for address in addresses for endpoint in _resolve(address))
+    if all(ip.version == 4 for ip, _ in endpoints):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in endpoints)
+    # A list holds one family: IPv4 addresses join IPv6 ones as IPv4-mapped IPv6 addresses.
+    return "ipv6:" + ",".join(
+        f"[{ip if ip.version == 6 else f'::ffff:{ip}'}]:{port}" for ip, port in endpoints
+    )
+
+
+class SchedulerPortClient:
+    """Talks to a scheduler: ``SchedulerPortClient("127.0.0.1:50051")`` or ``SchedulerPortClient(channel)``.
+
+    Given several replicas' addresses — ``SchedulerPortClient("10.0.0.1:50051,10.0.0.2:50051")`` or a
+    sequence of ``HOST:PORT`` strings — it uses the first that answers and fails over to the next when that
+    one goes away (:data:`FAILOVER_CHANNEL_OPTIONS`). ``target`` is then the addresses joined by commas. Host
+    names are resolved once, when the client is made: a malformed list raises ``ValueError``, a name that does
+    not resolve :class:`~hodei.errors.SchedulerUnavailable`.
+
+    A client made from addresses owns its channel and closes it in :meth:`close` (or at the end of
+    ``async with``); a channel passed in belongs to the caller. Every failed call raises the
+    :class:`~hodei.errors.SchedulerError` kind of its status code.
+
+    When tracing is configured (:func:`hodei.observability._tracing.configure_tracing`) before the client is
+    made, the channel it makes traces each call and sends the W3C trace context along; a channel passed in is
+    traced only if its maker added the interceptors (``tracing.client_interceptors()``).
+
+    Against a scheduler with auth on, ``credential`` (an operator token, or a worker's own credential; or a
+    function giving the one to use now) goes with every call as ``authorization: Bearer <token>`` metadata.
+    ``tls`` makes the channel speak TLS, trusting its CA and presenting its client certificate if it has one
+    (for a client made from addresses; a channel passed in is already what its maker made it).
+    """
+
+    def __init__(
+        self,
+        target: str | Sequence[str] | grpc.aio.Channel,
+        *,
+        options: Sequence[tuple[str, Any]] = (),
+        credential: Credential | None = None,
+        tls: ClientTlsConfig | None = None,
+    ) -> None:
+        self._credential = credential
+        if isinstance(target, Sequence):
+            addresses = scheduler_addresses(target)
+            defaults = RECEIVE_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(addresses) > 1 else ())
+            given = {key for key, _ in options}
+            options = [*(o for o in defaults if o[0] not in given), *options]
+            # With tracing on, each call gets a client span and carries the trace context in its metadata.
+            interceptors = tracing.client_interceptors() or None
+            if tls is None:
+                self._channel = grpc.aio.insecure_channel(
+                    _channel_target(addresses), options=list(options), interceptors=interceptors
+                )
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    _channel_target(addresses),
+                    tls.channel_credentials(),
+                    options=list(options),
+                    interceptors=interceptors,
+                )
+            self._owns_channel = True
+            self.target = ",".join(addresses)
+        else:
+            if tls is not None:
+                raise ValueError(
+                    "tls is for a client that makes its own channel; this one was given a channel"
+                )
+            self._channel = target
+            self._owns_channel = False
+            self.target = ""
+        self._stub = codec.pb_grpc.SchedulerServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._closed = False
+
+    async def __aenter__(self) -> SchedulerPortClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel if this client owns it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_channel:
+            await self._channel.close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The credential's metadata for one call (None without a credential)."""
+        credential = self._credential
+        token = credential() if callable(credential) else credential
+        return authorization_metadata(token) if token else None
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: object,
+        timeout: float | None,
+        worker_id: str | None,
+    ) -> R:
+        if self._closed:
+            raise RegistrationCancelled("the SchedulerPortClient is closed", worker_id=worker_id)
+        try:
+            return await method(request, timeout=timeout, metadata=self._metadata())
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error, worker_id=worker_id) from error
+
+    async def register_worker(
+        self, worker: DynamicWorker, *, timeout: float | None = None
+    ) -> RegistrationReceipt:
+        request = codec.worker_to_request(worker)  # raises InvalidWorkerData if the wire cannot hold it
+        response = await self._call(self._stub.RegisterWorker, request, timeout, worker.worker_id)
+        return codec.receipt_from_proto(response)
+
+    async def register_workers(
+        self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
+    ) -> list[RegistrationReceipt | SchedulerError]:
+        # Each worker's outcome in its place: a worker that cannot even be encoded is refused alone.
+        encoded = codec.workers_to_requests(workers)
+        outcomes: list[RegistrationReceipt | SchedulerError | None] = [
+            e if isinstance(e, SchedulerError) else None for e in encoded
+        ]
+        sendable = [(i, e) for i, e in enumerate(encoded) if not isinstance(e, SchedulerError)]
+        if sendable:
+            request = pb.RegisterWorkersRequest(workers=[e for _, e in sendable])
+            response = await self._call(self._stub.RegisterWorkers, request, timeout, None)
+            if len(response.results) != len(sendable):
+                raise scheduler_error_for(
+                    ErrorCode.INTERNAL,
+                    f"the scheduler answered {len(response.results)} results for {len(sendable)} workers",
+                )
+            for (index, _), result in zip(sendable, response.results, strict=True):
+                outcomes[index] = codec.result_from_proto(result, workers[index])
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def unregister_worker(
+        self,
+        worker_id: str,
+        *,
+        reason: str = "",
+        incarnation: int | None = None,
+        timeout: float | None = None,
+    ) -> UnregistrationStatus:
+        request = codec.unregister_request(worker_id, reason=reason, incarnation=incarnation)
+        response = await self._call(self._stub.UnregisterWorker, request, timeout, worker_id)
+        return codec.unregistration_from_proto(response.status)
+
+    async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None:
+        """The worker as registered, or ``None`` if the scheduler does not know it."""
+        try:
+            response = await self._call(
+                self._stub.GetWorker, pb.GetWorkerRequest(worker_id=worker_id), timeout, worker_id
+            )
+        except WorkerNotFound:
+            return None
+        return codec.record_from_proto(response.worker)
+
+    async def list_workers(
+        self,
+        worker_filter: WorkerFilter | None = None,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> WorkerPage:
+        request = codec.filter_to_proto(
+            worker_filter or WorkerFilter(), page_size=page_size, page_token=page_token
+        )
+        response = await self._call(self._stub.ListWorkers, request, timeout, None)
+        return WorkerPage([codec.record_from_proto(w) for w in response.workers], response.next_page_token)
+
+    async def drain_worker(
+        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
+    ) -> DrainOutcome:
+        """Mark the worker DRAINING and tell its agent; raises WorkerNotFound for an unknown worker."""
+        request = pb.DrainWorkerRequest(
+            worker_id=worker_id, deadline_ms=round(deadline * 1000), reason=reason
+        )
+        response = await self._call(self._stub.DrainWorker, request, timeout, worker_id)
+        return DrainOutcome(codec.record_from_proto(response.worker), response.delivered)
+
+    async def shutdown_worker(
+        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> bool:
+        """Tell the worker's agent to drain, unregister and exit; False if no agent is connected."""
+        request = pb.ShutdownWorkerRequest(worker_id=worker_id, reason=reason)
+        response = await self._call(self._stub.ShutdownWorker, request, timeout, worker_id)
+        return bool(response.delivered)
+
+    async def report_orphan_removed(
+        self, worker_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> None:
+        """Tell the scheduler's watchers that a machine of ``worker_id`` with no registration was destroyed."""
+        request = pb.ReportOrphanRemovedRequest(worker_id=worker_id, reason=reason)
+        await self._call(self._stub.ReportOrphanRemoved, request, timeout, worker_id)
+
+    async def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
+        """Lifecycle events as they happen (after one SNAPSHOT event per worker, if asked), until closed."""
+        if self._closed:
+            raise RegistrationCancelled("the SchedulerPortClient is closed")
+        call = self._stub.WatchWorkers(
+            pb.WatchWorkersRequest(include_snapshot=include_snapshot), metadata=self._metadata()
+        )
+        try:
+            async for response in call:
+                event = codec.event_from_proto(response.event)
+                if event is not None:
+                    yield event
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from error
+        finally:
+            call.cancel()
