@@ -1,4 +1,5 @@
-"""Fixtures shared by the suites (hodei's own pytest plugin gives the public ones)."""
+"""Fixtures shared by the suites (hodei's own pytest plugin gives the public ones; the real services —
+PostgreSQL, Podman, the agent image — come from :mod:`hodei._infra.fixtures`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from hodei._infra.fixtures import agent_image, docker_url, podman_service, postgres_cluster, postgres_dsn
 from hodei.observability import _tracing as tracing
 from hodei.observability._logging import configure_logging
 from hodei.testing import EmbeddedScheduler, FaultProxy
+
+__all__ = [
+    "agent_image",
+    "docker_url",
+    "podman_service",
+    "postgres_cluster",
+    "postgres_dsn",
+]  # the suite's services
 
 
 @pytest.fixture
@@ -49,10 +59,10 @@ def captured_logs() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def scheduler(embedded_scheduler: EmbeddedScheduler) -> EmbeddedScheduler:
+def scheduler(hodei_embedded_scheduler: EmbeddedScheduler) -> EmbeddedScheduler:
     """The plugin's embedded scheduler (in memory, default leases); a module that needs another kind (other
     leases, security, a store) defines its own ``scheduler``."""
-    return embedded_scheduler
+    return hodei_embedded_scheduler
 
 
 @pytest.fixture

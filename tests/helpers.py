@@ -1,5 +1,6 @@
-"""Helpers shared by the tests. The fixtures embedded_scheduler, scheduler_client, failing_scheduler and
-mock_worker_provider come from hodei's own pytest plugin (hodei.testing.pytest_plugin)."""
+"""Helpers shared by the tests. The fixtures hodei_embedded_scheduler, hodei_scheduler_client,
+hodei_failing_scheduler and hodei_mock_worker_provider come from hodei's own pytest
+plugin (hodei.testing.pytest_plugin)."""
 
 from __future__ import annotations
 

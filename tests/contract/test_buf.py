@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
+from hodei._infra.fixtures import skip_or_fail_for_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / "tools" / "buf" / "node_modules" / ".bin" / "buf"

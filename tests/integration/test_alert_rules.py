@@ -30,10 +30,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from hodei import RegistrationConfig, RegistrationFailed, WorkerRegistrationAdapter
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
 from hodei.testing import EmbeddedScheduler
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker
 

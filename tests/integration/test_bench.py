@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei._infra.postgres import missing_postgres
 from hodei.bench.disk import fsync_rate
 from hodei.bench.report import ScenarioResult, Target, percentile
 from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 REPORT_FIELDS = {
     "scenario",

@@ -36,10 +36,10 @@ from hodei import (
     WorkerType,
 )
 from hodei._bootstrap import build_control_plane
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.server._interception import REGISTRATION_METHODS, MethodInterceptor
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler, MockWorkerProvider
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 from hodei.transport._client import scheduler_addresses
 from tests.helpers import make_worker
 

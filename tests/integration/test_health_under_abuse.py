@@ -21,7 +21,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.transport._codec import pb_grpc
 from tests.helpers import wait_until
 from tests.integration.test_cli import CLI_ENV, HODEI, free_port

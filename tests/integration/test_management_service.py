@@ -49,7 +49,7 @@ ServiceFactory = Callable[..., WorkerManagementService]
 
 
 @pytest.fixture
-async def service_for(mock_worker_provider: MockWorkerProvider) -> AsyncIterator[ServiceFactory]:
+async def service_for(hodei_mock_worker_provider: MockWorkerProvider) -> AsyncIterator[ServiceFactory]:
     """``service_for(scheduler, registration=..., management=...)``: a service on its own SchedulerPortClient.
 
     The client owns its channel (it is not one the scheduler hands out), so that it outlives a stopped
@@ -66,7 +66,7 @@ async def service_for(mock_worker_provider: MockWorkerProvider) -> AsyncIterator
         client = SchedulerPortClient(scheduler.target)
         clients.append(client)
         adapter = WorkerRegistrationAdapter(client, registration or RegistrationConfig())
-        return WorkerManagementService(mock_worker_provider, registration=adapter, config=management)
+        return WorkerManagementService(hodei_mock_worker_provider, registration=adapter, config=management)
 
     yield make
     for client in clients:
@@ -88,24 +88,24 @@ class NumberedWorkerService(WorkerManagementService):
 
 
 async def test_provisioned_worker_comes_back_registered_and_is_available_in_the_scheduler_with_its_config(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
 
     worker = await service.provision_worker(CONFIG)
 
     assert worker.status is WorkerStatus.REGISTERED
     assert worker.config == owned(CONFIG, "hodei")  # the config, marked with the control plane's owner id
-    assert mock_worker_provider.provisioned == [worker.worker_id]
-    record = await embedded_scheduler.get_worker(worker.worker_id)
+    assert hodei_mock_worker_provider.provisioned == [worker.worker_id]
+    record = await hodei_embedded_scheduler.get_worker(worker.worker_id)
     assert record is not None
     assert record.status is WorkerStatus.AVAILABLE
     assert record.worker_type is WorkerType.DOCKER
     assert (record.capabilities.cpu_cores, record.capabilities.memory_mb) == (4, 8192)
     assert dict(record.labels) == {"team": "ci", "arch": "amd64", "hodei.owner": "hodei"}
-    assert [r.worker_id for r in await embedded_scheduler.workers()] == [worker.worker_id]
+    assert [r.worker_id for r in await hodei_embedded_scheduler.workers()] == [worker.worker_id]
 
 
 @pytest.mark.parametrize(
@@ -122,15 +122,15 @@ async def test_provisioned_worker_comes_back_registered_and_is_available_in_the_
     ids=["refused-by-admission", "invalid-argument"],
 )
 async def test_permanently_refused_registration_destroys_the_worker_after_a_single_attempt(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
     failures: int,
     options: dict[str, Any],
     code: ErrorCode,
     kind: type[Exception],
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(failures, **options)
+    scheduler: FailingScheduler = await hodei_failing_scheduler(failures, **options)
     service = service_for(scheduler)
 
     with pytest.raises(ProvisioningError) as caught:
@@ -145,17 +145,17 @@ async def test_permanently_refused_registration_destroys_the_worker_after_a_sing
     assert error.cause.code is code
     assert isinstance(error.cause.cause, kind)
     assert scheduler.calls == 1
-    assert mock_worker_provider.destroyed == ["refused-worker"]
-    assert mock_worker_provider.orphans == []
+    assert hodei_mock_worker_provider.destroyed == ["refused-worker"]
+    assert hodei_mock_worker_provider.orphans == []
     assert await scheduler.get_worker("refused-worker") is None
 
 
 async def test_registration_that_exhausts_its_retries_raises_max_retries_exceeded_and_destroys_the_worker(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(100)
+    scheduler: FailingScheduler = await hodei_failing_scheduler(100)
     service = service_for(scheduler, registration=RegistrationConfig(max_retries=1, base_backoff=0.01))
 
     with pytest.raises(ProvisioningError) as caught:
@@ -168,22 +168,22 @@ async def test_registration_that_exhausts_its_retries_raises_max_retries_exceede
     assert error.cleaned_up is True
     assert scheduler.calls == 2
     assert scheduler.failed_calls == 2
-    assert mock_worker_provider.destroyed == ["unlucky-worker"]
-    assert mock_worker_provider.orphans == []
+    assert hodei_mock_worker_provider.destroyed == ["unlucky-worker"]
+    assert hodei_mock_worker_provider.orphans == []
     assert await scheduler.workers() == []
 
 
 async def test_failed_destroy_after_failed_registration_is_reported_as_not_cleaned_up_with_the_cleanup_error(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(
+    scheduler: FailingScheduler = await hodei_failing_scheduler(
         0, refuse={"stuck-worker": ErrorCode.PERMISSION_DENIED}
     )
     service = service_for(scheduler)
     destroy_failure = ProviderError("the engine refused to remove the container", worker_id="stuck-worker")
-    mock_worker_provider.fail_destroy(1, destroy_failure)
+    hodei_mock_worker_provider.fail_destroy(1, destroy_failure)
 
     with pytest.raises(ProvisioningError) as caught:
         await service.provision_worker(CONFIG, worker_id="stuck-worker")
@@ -193,16 +193,16 @@ async def test_failed_destroy_after_failed_registration_is_reported_as_not_clean
     assert error.cleanup_error is destroy_failure
     assert isinstance(error.cause, RegistrationFailed)
     assert "destroying it failed too" in str(error)
-    assert mock_worker_provider.destroyed == []
-    assert mock_worker_provider.orphans == ["stuck-worker"]
+    assert hodei_mock_worker_provider.destroyed == []
+    assert hodei_mock_worker_provider.orphans == ["stuck-worker"]
 
 
 async def test_worker_whose_registration_failed_is_kept_when_configured_and_the_error_says_so(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(
+    scheduler: FailingScheduler = await hodei_failing_scheduler(
         0, refuse={"kept-worker": ErrorCode.PERMISSION_DENIED}
     )
     service = service_for(scheduler, management=WorkerManagementConfig(destroy_on_registration_failure=False))
@@ -214,51 +214,51 @@ async def test_worker_whose_registration_failed_is_kept_when_configured_and_the_
     assert error.cleaned_up is False
     assert error.cleanup_error is None
     assert "it was kept, as configured" in str(error)
-    assert list(mock_worker_provider.running) == ["kept-worker"]
-    assert mock_worker_provider.destroyed == []
+    assert list(hodei_mock_worker_provider.running) == ["kept-worker"]
+    assert hodei_mock_worker_provider.destroyed == []
     assert await scheduler.get_worker("kept-worker") is None
 
 
 async def test_invalid_config_raises_invalid_worker_data_and_provisions_nothing(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
     invalid = DynamicWorkerConfig(cpu_cores=0, memory_mb=-1)
 
     with pytest.raises(InvalidWorkerData) as caught:
         await service.provision_worker(invalid)
 
     assert {v.field for v in caught.value.violations} == {"capabilities.cpu_cores", "capabilities.memory_mb"}
-    assert mock_worker_provider.provisioned == []
-    assert await embedded_scheduler.workers() == []
+    assert hodei_mock_worker_provider.provisioned == []
+    assert await hodei_embedded_scheduler.workers() == []
 
 
 async def test_provider_failure_raises_provider_error_and_registers_nothing(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(0)
+    scheduler: FailingScheduler = await hodei_failing_scheduler(0)
     service = service_for(scheduler)
-    mock_worker_provider.fail_provision()
+    hodei_mock_worker_provider.fail_provision()
 
     with pytest.raises(ProviderError):
         await service.provision_worker(CONFIG, worker_id="never-born")
 
-    assert mock_worker_provider.provisioned == []
+    assert hodei_mock_worker_provider.provisioned == []
     assert scheduler.calls == 0
     assert await scheduler.workers() == []
 
 
 async def test_provision_through_a_closed_port_client_destroys_the_worker_and_reports_a_provisioning_error(
-    embedded_scheduler: EmbeddedScheduler, mock_worker_provider: MockWorkerProvider
+    hodei_embedded_scheduler: EmbeddedScheduler, hodei_mock_worker_provider: MockWorkerProvider
 ) -> None:
-    client = SchedulerPortClient(embedded_scheduler.target)
+    client = SchedulerPortClient(hodei_embedded_scheduler.target)
     await client.close()
     service = WorkerManagementService(
-        mock_worker_provider, registration=WorkerRegistrationAdapter(client, QUICK_RETRIES)
+        hodei_mock_worker_provider, registration=WorkerRegistrationAdapter(client, QUICK_RETRIES)
     )
 
     with pytest.raises(ProvisioningError) as caught:
@@ -266,18 +266,18 @@ async def test_provision_through_a_closed_port_client_destroys_the_worker_and_re
 
     assert isinstance(caught.value.cause, RegistrationError)
     assert caught.value.cleaned_up is True
-    assert mock_worker_provider.orphans == []
+    assert hodei_mock_worker_provider.orphans == []
 
 
 # --- many workers -----------------------------------------------------------------------------------------
 
 
 async def test_provision_workers_registers_all_twenty_workers_and_the_scheduler_has_them_available(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
 
     results = await service.provision_workers(20, CONFIG)
 
@@ -287,24 +287,24 @@ async def test_provision_workers_registers_all_twenty_workers_and_the_scheduler_
     ids = [r.worker_id for r in results]
     assert len(set(ids)) == 20
     assert [r.worker.worker_id for r in results if r.worker is not None] == ids
-    records = await embedded_scheduler.workers()
+    records = await hodei_embedded_scheduler.workers()
     assert sorted(r.worker_id for r in records) == sorted(ids)
     assert all(r.status is WorkerStatus.AVAILABLE for r in records)
     assert all(dict(r.labels) == {"team": "ci", "arch": "amd64", "hodei.owner": "hodei"} for r in records)
-    assert sorted(mock_worker_provider.provisioned) == sorted(ids)
-    assert mock_worker_provider.destroyed == []
+    assert sorted(hodei_mock_worker_provider.provisioned) == sorted(ids)
+    assert hodei_mock_worker_provider.destroyed == []
 
 
 async def test_provision_workers_reports_each_worker_and_destroys_only_the_refused_ones(
-    failing_scheduler: Callable[..., Any], mock_worker_provider: MockWorkerProvider
+    hodei_failing_scheduler: Callable[..., Any], hodei_mock_worker_provider: MockWorkerProvider
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(
+    scheduler: FailingScheduler = await hodei_failing_scheduler(
         0, refuse={"worker-003": ErrorCode.PERMISSION_DENIED, "worker-006": ErrorCode.INVALID_ARGUMENT}
     )
-    mock_worker_provider.fail_provision(1)  # the first provider call: worker-000's
+    hodei_mock_worker_provider.fail_provision(1)  # the first provider call: worker-000's
     async with SchedulerPortClient(scheduler.target) as client:
         service = NumberedWorkerService(
-            mock_worker_provider, registration=WorkerRegistrationAdapter(client, RegistrationConfig())
+            hodei_mock_worker_provider, registration=WorkerRegistrationAdapter(client, RegistrationConfig())
         )
 
         results = await service.provision_workers(8, CONFIG)
@@ -333,68 +333,68 @@ async def test_provision_workers_reports_each_worker_and_destroys_only_the_refus
         assert result.worker is not None
         assert result.worker.status is WorkerStatus.REGISTERED
 
-    assert sorted(mock_worker_provider.destroyed) == ["worker-003", "worker-006"]
-    assert mock_worker_provider.orphans == registered
-    assert sorted(mock_worker_provider.provisioned) == [i for i in ids if i != "worker-000"]
+    assert sorted(hodei_mock_worker_provider.destroyed) == ["worker-003", "worker-006"]
+    assert hodei_mock_worker_provider.orphans == registered
+    assert sorted(hodei_mock_worker_provider.provisioned) == [i for i in ids if i != "worker-000"]
     records = await scheduler.workers()
     assert [r.worker_id for r in records] == registered
     assert all(r.status is WorkerStatus.AVAILABLE for r in records)
 
 
 async def test_provision_workers_with_count_zero_returns_no_results_and_provisions_nothing(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
 
     assert await service.provision_workers(0, CONFIG) == []
-    assert mock_worker_provider.provisioned == []
-    assert await embedded_scheduler.workers() == []
+    assert hodei_mock_worker_provider.provisioned == []
+    assert await hodei_embedded_scheduler.workers() == []
 
 
 async def test_provision_workers_with_a_negative_count_raises_value_error_and_provisions_nothing(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
 
     with pytest.raises(ValueError, match="count must be >= 0"):
         await service.provision_workers(-1, CONFIG)
 
-    assert mock_worker_provider.provisioned == []
+    assert hodei_mock_worker_provider.provisioned == []
 
 
 async def test_sixty_workers_provisioned_concurrently_all_end_available_in_the_scheduler(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
 
     workers = await asyncio.gather(*(service.provision_worker(CONFIG) for _ in range(60)))
 
     assert all(w.status is WorkerStatus.REGISTERED for w in workers)
     ids = sorted(w.worker_id for w in workers)
     assert len(set(ids)) == 60
-    records = await embedded_scheduler.workers()
+    records = await hodei_embedded_scheduler.workers()
     assert [r.worker_id for r in records] == ids
     assert all(r.status is WorkerStatus.AVAILABLE for r in records)
-    assert mock_worker_provider.orphans == ids
+    assert hodei_mock_worker_provider.orphans == ids
 
 
 # --- end of life ------------------------------------------------------------------------------------------
 
 
 async def test_decommission_unregisters_stops_and_destroys_a_registered_worker(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
     worker = await service.provision_worker(CONFIG)
-    record = await embedded_scheduler.get_worker(worker.worker_id)
+    record = await hodei_embedded_scheduler.get_worker(worker.worker_id)
     assert record is not None and record.status is WorkerStatus.AVAILABLE
 
     result = await service.decommission_worker(worker.worker_id)
@@ -402,40 +402,40 @@ async def test_decommission_unregisters_stops_and_destroys_a_registered_worker(
     assert result.worker_id == worker.worker_id
     assert result.was_registered is True
     assert result.drained is False  # no agent was connected to drain
-    assert await embedded_scheduler.get_worker(worker.worker_id) is None
-    assert mock_worker_provider.stopped == [worker.worker_id]
-    assert mock_worker_provider.destroyed == [worker.worker_id]
-    assert mock_worker_provider.orphans == []
+    assert await hodei_embedded_scheduler.get_worker(worker.worker_id) is None
+    assert hodei_mock_worker_provider.stopped == [worker.worker_id]
+    assert hodei_mock_worker_provider.destroyed == [worker.worker_id]
+    assert hodei_mock_worker_provider.orphans == []
     assert await service.list_workers() == []
 
 
 async def test_decommission_of_a_worker_the_scheduler_already_forgot_still_destroys_it(
-    embedded_scheduler: EmbeddedScheduler,
-    scheduler_client: SchedulerPortClient,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_scheduler_client: SchedulerPortClient,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
     worker = await service.provision_worker(CONFIG)
-    assert await scheduler_client.unregister_worker(worker.worker_id) is UnregistrationStatus.SUCCESS
+    assert await hodei_scheduler_client.unregister_worker(worker.worker_id) is UnregistrationStatus.SUCCESS
 
     result = await service.decommission_worker(worker.worker_id)
 
     assert result.was_registered is False
     assert result.drained is False
-    assert mock_worker_provider.stopped == [worker.worker_id]
-    assert mock_worker_provider.destroyed == [worker.worker_id]
-    assert mock_worker_provider.orphans == []
+    assert hodei_mock_worker_provider.stopped == [worker.worker_id]
+    assert hodei_mock_worker_provider.destroyed == [worker.worker_id]
+    assert hodei_mock_worker_provider.orphans == []
 
 
 async def test_decommission_while_the_scheduler_is_down_raises_registration_error_and_keeps_the_worker(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    service = service_for(embedded_scheduler, registration=QUICK_RETRIES)
+    service = service_for(hodei_embedded_scheduler, registration=QUICK_RETRIES)
     worker = await service.provision_worker(CONFIG)
-    await embedded_scheduler.stop()
+    await hodei_embedded_scheduler.stop()
 
     with pytest.raises(RegistrationError) as caught:
         await service.decommission_worker(worker.worker_id)
@@ -443,17 +443,17 @@ async def test_decommission_while_the_scheduler_is_down_raises_registration_erro
     assert isinstance(caught.value, MaxRetriesExceeded)
     assert caught.value.attempts == 2
     assert isinstance(caught.value.last_error, SchedulerUnavailable)
-    assert mock_worker_provider.stopped == []
-    assert mock_worker_provider.destroyed == []
-    assert mock_worker_provider.orphans == [worker.worker_id]
+    assert hodei_mock_worker_provider.stopped == []
+    assert hodei_mock_worker_provider.destroyed == []
+    assert hodei_mock_worker_provider.orphans == [worker.worker_id]
 
 
 async def test_cancelling_provision_while_registration_hangs_destroys_the_worker(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(1, hang=True)
+    scheduler: FailingScheduler = await hodei_failing_scheduler(1, hang=True)
     service = service_for(scheduler, registration=RegistrationConfig(registration_timeout=60.0))
     provisioning = asyncio.create_task(service.provision_worker(CONFIG, worker_id="abandoned-worker"))
 
@@ -465,18 +465,18 @@ async def test_cancelling_provision_while_registration_hangs_destroys_the_worker
 
     with pytest.raises(asyncio.CancelledError):
         await provisioning
-    assert mock_worker_provider.provisioned == ["abandoned-worker"]
-    assert mock_worker_provider.destroyed == ["abandoned-worker"]
-    assert mock_worker_provider.orphans == []
+    assert hodei_mock_worker_provider.provisioned == ["abandoned-worker"]
+    assert hodei_mock_worker_provider.destroyed == ["abandoned-worker"]
+    assert hodei_mock_worker_provider.orphans == []
     assert await scheduler.get_worker("abandoned-worker") is None
 
 
 async def test_cancelling_provision_workers_while_batch_registration_hangs_destroys_every_provisioned_worker(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
-    scheduler: FailingScheduler = await failing_scheduler(1, hang=True)
+    scheduler: FailingScheduler = await hodei_failing_scheduler(1, hang=True)
     service = service_for(scheduler, registration=RegistrationConfig(registration_timeout=60.0))
     provisioning = asyncio.create_task(service.provision_workers(5, CONFIG))
 
@@ -488,9 +488,9 @@ async def test_cancelling_provision_workers_while_batch_registration_hangs_destr
 
     with pytest.raises(asyncio.CancelledError):
         await provisioning
-    assert len(mock_worker_provider.provisioned) == 5
-    assert sorted(mock_worker_provider.destroyed) == sorted(mock_worker_provider.provisioned)
-    assert mock_worker_provider.orphans == []
+    assert len(hodei_mock_worker_provider.provisioned) == 5
+    assert sorted(hodei_mock_worker_provider.destroyed) == sorted(hodei_mock_worker_provider.provisioned)
+    assert hodei_mock_worker_provider.orphans == []
     assert await scheduler.workers() == []
 
 
@@ -521,18 +521,18 @@ def static_workers_file(tmp_path: Path) -> Path:
 
 
 async def test_static_workers_from_a_toml_file_are_registered_as_static_with_their_labels(
-    embedded_scheduler: EmbeddedScheduler,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
     static_workers_file: Path,
 ) -> None:
-    service = service_for(embedded_scheduler)
+    service = service_for(hodei_embedded_scheduler)
 
     results = await service.register_static_workers(load_static_workers(static_workers_file))
 
     assert [(r.worker_id, r.ok) for r in results] == [("build-01", True), ("build-02", True)]
-    assert mock_worker_provider.provisioned == []
-    first, second = await embedded_scheduler.workers()
+    assert hodei_mock_worker_provider.provisioned == []
+    first, second = await hodei_embedded_scheduler.workers()
     assert (first.worker_id, first.worker_type, first.status) == (
         "build-01",
         WorkerType.STATIC,
@@ -552,42 +552,42 @@ async def test_static_workers_from_a_toml_file_are_registered_as_static_with_the
 
 
 async def test_registering_static_workers_without_a_registration_adapter_raises_runtime_error(
-    mock_worker_provider: MockWorkerProvider, static_workers_file: Path
+    hodei_mock_worker_provider: MockWorkerProvider, static_workers_file: Path
 ) -> None:
-    service = WorkerManagementService(mock_worker_provider)
+    service = WorkerManagementService(hodei_mock_worker_provider)
 
     with pytest.raises(RuntimeError, match="registration adapter"):
         await service.register_static_workers(load_static_workers(static_workers_file))
 
 
 async def test_new_with_registration_builds_a_service_that_provisions_and_registers_like_the_constructor(
-    embedded_scheduler: EmbeddedScheduler,
-    scheduler_client: SchedulerPortClient,
-    mock_worker_provider: MockWorkerProvider,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_scheduler_client: SchedulerPortClient,
+    hodei_mock_worker_provider: MockWorkerProvider,
 ) -> None:
-    adapter = WorkerRegistrationAdapter(scheduler_client, RegistrationConfig())
+    adapter = WorkerRegistrationAdapter(hodei_scheduler_client, RegistrationConfig())
     config = WorkerManagementConfig(worker_id_prefix="built")
 
-    service = WorkerManagementService.new_with_registration(mock_worker_provider, adapter, config)
+    service = WorkerManagementService.new_with_registration(hodei_mock_worker_provider, adapter, config)
 
-    assert service.provider is mock_worker_provider
+    assert service.provider is hodei_mock_worker_provider
     assert service.registration is adapter
     assert service.config is config
     worker = await service.provision_worker(CONFIG)
     assert worker.status is WorkerStatus.REGISTERED
     assert worker.worker_id.startswith("built-")
-    record = await embedded_scheduler.get_worker(worker.worker_id)
+    record = await hodei_embedded_scheduler.get_worker(worker.worker_id)
     assert record is not None and record.status is WorkerStatus.AVAILABLE
 
 
 async def test_a_worker_registered_by_an_attempt_whose_answer_was_lost_is_unregistered_before_it_is_destroyed(
-    failing_scheduler: Callable[..., Any],
-    mock_worker_provider: MockWorkerProvider,
+    hodei_failing_scheduler: Callable[..., Any],
+    hodei_mock_worker_provider: MockWorkerProvider,
     service_for: ServiceFactory,
 ) -> None:
     # Every registration is written, then answered UNAVAILABLE: the caller exhausts its retries and gives up
     # on a worker that the scheduler holds — and that no lease would ever expire.
-    scheduler: FailingScheduler = await failing_scheduler(100, lose_answers=True)
+    scheduler: FailingScheduler = await hodei_failing_scheduler(100, lose_answers=True)
     service = service_for(scheduler, registration=RegistrationConfig(max_retries=1, base_backoff=0.01))
 
     with pytest.raises(ProvisioningError) as caught:
@@ -595,5 +595,5 @@ async def test_a_worker_registered_by_an_attempt_whose_answer_was_lost_is_unregi
 
     assert isinstance(caught.value.cause, MaxRetriesExceeded)
     assert scheduler.failed_calls == 2
-    assert mock_worker_provider.destroyed == ["lost-answer"]
+    assert hodei_mock_worker_provider.destroyed == ["lost-answer"]
     assert await scheduler.get_worker("lost-answer") is None

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.observability._http import MetricsEndpoint
 from hodei.security import TestPki, TlsConfig, write_test_pki
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from hodei._infra.agent_image import (
     agent_image_tag,
     ensure_agent_image,
 )
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei._infra.podman import PodmanService, PodmanServiceError, missing_podman
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei._infra.postgres import PostgresCluster, PostgresClusterError, missing_postgres
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
 
 
 @pytest.fixture

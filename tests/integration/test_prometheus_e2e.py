@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from hodei.testing.pytest_plugin import skip_or_fail_for_missing
+from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import free_port
 

@@ -88,27 +88,27 @@ async def test_embedded_scheduler_client_registers_workers_into_the_schedulers_r
 
 
 async def test_add_worker_puts_the_worker_in_the_registry_as_available_and_get_worker_returns_it(
-    embedded_scheduler: EmbeddedScheduler, scheduler_client: SchedulerPortClient
+    hodei_embedded_scheduler: EmbeddedScheduler, hodei_scheduler_client: SchedulerPortClient
 ) -> None:
-    added = await embedded_scheduler.add_worker(make_worker("added-directly", memory_mb=2048))
+    added = await hodei_embedded_scheduler.add_worker(make_worker("added-directly", memory_mb=2048))
 
     assert added.worker_id == "added-directly"
     assert added.status is WorkerStatus.AVAILABLE
     assert added.capabilities.memory_mb == 2048
-    assert await embedded_scheduler.get_worker("added-directly") == added
-    assert await scheduler_client.get_worker("added-directly") == added
-    assert await embedded_scheduler.get_worker("never-added") is None
+    assert await hodei_embedded_scheduler.get_worker("added-directly") == added
+    assert await hodei_scheduler_client.get_worker("added-directly") == added
+    assert await hodei_embedded_scheduler.get_worker("never-added") is None
 
 
 async def test_workers_lists_every_registered_worker_in_worker_id_order(
-    embedded_scheduler: EmbeddedScheduler, scheduler_client: SchedulerPortClient
+    hodei_embedded_scheduler: EmbeddedScheduler, hodei_scheduler_client: SchedulerPortClient
 ) -> None:
-    assert await embedded_scheduler.workers() == []
+    assert await hodei_embedded_scheduler.workers() == []
     for worker_id in ("charlie", "alpha"):
-        await embedded_scheduler.add_worker(make_worker(worker_id))
-    await scheduler_client.register_worker(make_worker("bravo"))
+        await hodei_embedded_scheduler.add_worker(make_worker(worker_id))
+    await hodei_scheduler_client.register_worker(make_worker("bravo"))
 
-    assert [r.worker_id for r in await embedded_scheduler.workers()] == ["alpha", "bravo", "charlie"]
+    assert [r.worker_id for r in await hodei_embedded_scheduler.workers()] == ["alpha", "bravo", "charlie"]
 
 
 async def test_stop_is_idempotent_closes_the_channels_it_handed_out_and_frees_the_port(
@@ -452,26 +452,26 @@ def test_hodei_pytest_plugin_is_registered_through_its_entry_point(pytestconfig:
 
 async def test_embedded_scheduler_fixture_is_started_and_scheduler_client_talks_to_it(
     unreachable_after_teardown: list[str],
-    embedded_scheduler: EmbeddedScheduler,
-    scheduler_client: SchedulerPortClient,
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_scheduler_client: SchedulerPortClient,
 ) -> None:
-    unreachable_after_teardown.append(embedded_scheduler.target)
-    assert type(embedded_scheduler) is EmbeddedScheduler
-    assert scheduler_client.target == embedded_scheduler.target
+    unreachable_after_teardown.append(hodei_embedded_scheduler.target)
+    assert type(hodei_embedded_scheduler) is EmbeddedScheduler
+    assert hodei_scheduler_client.target == hodei_embedded_scheduler.target
 
-    await scheduler_client.register_worker(make_worker("through-fixture"))
+    await hodei_scheduler_client.register_worker(make_worker("through-fixture"))
 
-    record = await embedded_scheduler.get_worker("through-fixture")
+    record = await hodei_embedded_scheduler.get_worker("through-fixture")
     assert record is not None and record.status is WorkerStatus.AVAILABLE
 
 
 async def test_failing_scheduler_fixture_builds_started_schedulers_with_the_given_options(
     unreachable_after_teardown: list[str],
-    failing_scheduler: Callable[..., Any],
+    hodei_failing_scheduler: Callable[..., Any],
     raw_client: Callable[[str], SchedulerPortClient],
 ) -> None:
-    aborting: FailingScheduler = await failing_scheduler(2, code=ErrorCode.ABORTED)
-    healthy: FailingScheduler = await failing_scheduler(0)
+    aborting: FailingScheduler = await hodei_failing_scheduler(2, code=ErrorCode.ABORTED)
+    healthy: FailingScheduler = await hodei_failing_scheduler(0)
     unreachable_after_teardown += [aborting.target, healthy.target]
     assert aborting.port != healthy.port
 
@@ -486,9 +486,9 @@ async def test_failing_scheduler_fixture_builds_started_schedulers_with_the_give
 
 
 def test_mock_worker_provider_fixture_is_a_fresh_empty_provider(
-    mock_worker_provider: MockWorkerProvider,
+    hodei_mock_worker_provider: MockWorkerProvider,
 ) -> None:
-    assert isinstance(mock_worker_provider, MockWorkerProvider)
-    assert mock_worker_provider.running == {}
-    assert mock_worker_provider.provisioned == []
-    assert mock_worker_provider.orphans == []
+    assert isinstance(hodei_mock_worker_provider, MockWorkerProvider)
+    assert hodei_mock_worker_provider.running == {}
+    assert hodei_mock_worker_provider.provisioned == []
+    assert hodei_mock_worker_provider.orphans == []
