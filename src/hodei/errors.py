@@ -32,7 +32,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-from hodei._quoting import cap_violations, clip
+from hodei._quoting import clip
+from hodei._violations import cap_violations
 from hodei.domain import FieldViolation
 
 __all__ = [

@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from hodei._quoting import cap_violations
+from hodei._violations import cap_violations
 from hodei.domain import WorkerCapabilities, WorkerRecord, WorkerType, validate_worker_fields
 from hodei.scheduler._registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from hodei.testing import EmbeddedScheduler

@@ -7,15 +7,8 @@ import base64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hodei._quoting import (
-    MAX_ERROR_BYTES,
-    MAX_VIOLATIONS,
-    cap_violations,
-    clip,
-    driver_message,
-    fit_violations,
-    quote_short,
-)
+from hodei._quoting import clip, driver_message, quote_short
+from hodei._violations import MAX_ERROR_BYTES, MAX_VIOLATIONS, cap_violations, fit_violations
 from hodei.domain import FieldViolation
 from hodei.errors import MAX_MESSAGE_LENGTH, ErrorCode, InvalidWorkerData, scheduler_error_for
 from hodei.transport import _codec as codec

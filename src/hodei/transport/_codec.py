@@ -9,7 +9,8 @@ from types import MappingProxyType
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hodei._quoting import fit_violations, quote_short
+from hodei._quoting import quote_short
+from hodei._violations import fit_violations
 from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,

@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from hodei._quoting import MAX_ERROR_BYTES, fit_violations
+from hodei._violations import MAX_ERROR_BYTES, fit_violations
 from hodei.domain import FieldViolation
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 
