@@ -2,7 +2,8 @@
 
 Nothing here knows about gRPC, SQL or Docker. Validation is one function over plain values
 (:func:`validate_worker_fields`), used by the client before it sends and by the scheduler when it receives, so
-that both sides name the same field with the same words.
+that both sides name the same field with the same words. Each frozen config, worker and record carries its own
+verdict (``verdict``: its violations, found once), so that each side checks a worker once.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from hodei.domain._values import (
     WorkerType,
     utcnow,
 )
-from hodei.domain._workers import DynamicWorker, DynamicWorkerConfig, WorkerRecord
+from hodei.domain._workers import (
+    DynamicWorker,
+    DynamicWorkerConfig,
+    Verdict,
+    WorkerRecord,
+    record_in_shape,
+    record_of,
+)
 
 __all__ = [
     "MAX_CPU_CORES",
@@ -63,6 +71,7 @@ __all__ = [
     "FieldViolation",
     "ResourceUsage",
     "UpsertOutcome",
+    "Verdict",
     "WorkerCapabilities",
     "WorkerRecord",
     "WorkerStatus",
@@ -70,6 +79,8 @@ __all__ = [
     "holds_control_characters",
     "merge_registration",
     "merge_registrations",
+    "record_in_shape",
+    "record_of",
     "stored_form",
     "utcnow",
     "validate_incarnation",

@@ -12,7 +12,7 @@ from hodei._quoting import quote_short
 from hodei.domain._values import WORKER_TYPE_VALUES, FieldViolation, WorkerCapabilities, WorkerType
 
 if TYPE_CHECKING:
-    from hodei.domain._workers import DynamicWorker, WorkerRecord
+    from hodei.domain._workers import DynamicWorker, DynamicWorkerConfig, WorkerRecord
 
 __all__ = [
     "MAX_CPU_CORES",
@@ -168,8 +168,21 @@ def validate_worker_fields(
     return found
 
 
-def validate_record(record: WorkerRecord) -> list[FieldViolation]:
-    """Every violation in a record the registry is about to write."""
+def validate_record(
+    record: WorkerRecord, *, shape: DynamicWorkerConfig | None = None
+) -> list[FieldViolation]:
+    """Every violation in a record the registry is about to write.
+
+    ``shape``, a config of the record's type, capabilities, labels and pool, gives its verdict for those.
+    """
+    if shape is not None:
+        return (
+            validate_worker_id(record.worker_id)
+            + list(shape.verdict)
+            + _name("metadata.hostname", record.hostname)
+            + _name("metadata.agent_version", record.agent_version)
+            + validate_incarnation(record.incarnation)
+        )
     return validate_worker_fields(
         worker_id=record.worker_id,
         worker_type=record.worker_type.value,
@@ -182,19 +195,12 @@ def validate_record(record: WorkerRecord) -> list[FieldViolation]:
     )
 
 
-def validate_worker(
-    worker: DynamicWorker, *, config_violations: list[FieldViolation] | None = None
-) -> list[FieldViolation]:
-    """Every violation in a worker the control plane is about to register, in contract order.
-
-    ``config_violations`` may pass in ``worker.config.violations()`` computed once for many workers that share
-    their config (a batch usually does).
-    """
-    if config_violations is None:
-        config_violations = worker.config.violations()
+def validate_worker(worker: DynamicWorker) -> list[FieldViolation]:
+    """Every violation in a worker the control plane is about to register, in contract order; its config's
+    part is the config's verdict, found once for every worker that shares the config."""
     return (
         validate_worker_id(worker.worker_id)
-        + config_violations
+        + list(worker.config.verdict)
         + _name("metadata.hostname", worker.hostname)
         + validate_incarnation(worker.incarnation)
     )

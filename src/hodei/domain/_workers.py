@@ -8,10 +8,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 
-from hodei.domain._validation import validate_worker, validate_worker_fields
+from hodei.domain._validation import validate_record, validate_worker, validate_worker_fields
 from hodei.domain._values import FieldViolation, ResourceUsage, WorkerCapabilities, WorkerStatus, WorkerType
 
-__all__ = ["DynamicWorker", "DynamicWorkerConfig", "WorkerRecord"]
+__all__ = ["DynamicWorker", "DynamicWorkerConfig", "Verdict", "WorkerRecord", "record_in_shape", "record_of"]
+
+Verdict = tuple[FieldViolation, ...]
+"""Every violation of a frozen value, found once and kept on it; empty when it is valid."""
 
 
 def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -24,8 +27,8 @@ def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
 class DynamicWorkerConfig:
     """The shape of a worker to provision: ``DynamicWorkerConfig(worker_type=WorkerType.DOCKER, cpu_cores=4)``.
 
-    Values are not checked on construction; :meth:`violations` (and the registration adapter, before it sends)
-    reports every invalid field at once.
+    Values are not checked on construction; :meth:`violations` reports every invalid field at once, and
+    :attr:`verdict` is that, found once and kept (many workers share one config: it is checked once for all).
     """
 
     worker_type: WorkerType = WorkerType.DOCKER
@@ -36,6 +39,7 @@ class DynamicWorkerConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     pool: str = "default"
     image: str | None = None
+    _verdict: Verdict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
@@ -58,6 +62,15 @@ class DynamicWorkerConfig:
             pool=self.pool,
         )
 
+    @property
+    def verdict(self) -> Verdict:
+        """:meth:`violations`, found once: the config carries its own verdict."""
+        verdict = self._verdict
+        if verdict is None:
+            verdict = tuple(self.violations())
+            object.__setattr__(self, "_verdict", verdict)
+        return verdict
+
 
 @dataclass(frozen=True, slots=True)
 class DynamicWorker:
@@ -69,6 +82,7 @@ class DynamicWorker:
     status: WorkerStatus = WorkerStatus.PROVISIONING
     incarnation: int = 0
     hostname: str = ""
+    _verdict: Verdict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The worker's type is the one given to the worker; its config follows it, so the two never disagree.
@@ -93,6 +107,16 @@ class DynamicWorker:
     def violations(self) -> list[FieldViolation]:
         return validate_worker(self)
 
+    @property
+    def verdict(self) -> Verdict:
+        """:meth:`violations`, found once (its config's part by the config, once for every worker that shares
+        it): the worker carries its own verdict."""
+        verdict = self._verdict
+        if verdict is None:
+            verdict = tuple(self.violations())
+            object.__setattr__(self, "_verdict", verdict)
+        return verdict
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerRecord:
@@ -116,12 +140,34 @@ class WorkerRecord:
     usage: ResourceUsage | None = None
     last_heartbeat_at: datetime | None = None
     connected_via: str = ""  # the other replica (of a shared registry) whose stream the agent holds
+    # Its verdict once found; until then, what it was made from (record_of, record_in_shape), whose verdict is
+    # (part of) its own. replace() makes a record that finds its own.
+    _verdict: Verdict | DynamicWorker | DynamicWorkerConfig | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
 
     def __hash__(self) -> int:
         return hash((self.worker_id, self.incarnation, self.status, frozenset(self.labels.items())))
+
+    def violations(self) -> list[FieldViolation]:
+        return validate_record(self)
+
+    @property
+    def verdict(self) -> Verdict:
+        """:meth:`violations`, found once: what the registry checks before writing, however many times it asks
+        (made from a worker, the worker's verdict; made in a shape, the shape's for the fields it gave)."""
+        made_from = self._verdict
+        if isinstance(made_from, tuple):
+            return made_from
+        if isinstance(made_from, DynamicWorker):
+            verdict = made_from.verdict
+        else:
+            verdict = tuple(validate_record(self, shape=made_from))
+        object.__setattr__(self, "_verdict", verdict)
+        return verdict
 
     def to_worker(self) -> DynamicWorker:
         """The control plane's view of this record."""
@@ -137,3 +183,58 @@ class WorkerRecord:
         return DynamicWorker(
             self.worker_id, self.worker_type, config, self.status, self.incarnation, self.hostname
         )
+
+
+def record_of(
+    worker: DynamicWorker,
+    *,
+    status: WorkerStatus = WorkerStatus.AVAILABLE,
+    registered_at: datetime | None = None,
+    lease_ttl: float | None = None,
+) -> WorkerRecord:
+    """The record of registering ``worker``: it carries the worker's verdict as its own."""
+    record = WorkerRecord(
+        worker_id=worker.worker_id,
+        worker_type=worker.worker_type,
+        capabilities=worker.capabilities,
+        status=status,
+        labels=worker.labels,
+        pool=worker.pool,
+        hostname=worker.hostname,
+        incarnation=worker.incarnation,
+        registered_at=registered_at,
+        updated_at=registered_at,
+        lease_ttl=lease_ttl,
+    )
+    object.__setattr__(record, "_verdict", worker)
+    return record
+
+
+def record_in_shape(
+    shape: DynamicWorkerConfig,
+    capabilities: WorkerCapabilities,
+    *,
+    worker_id: str,
+    hostname: str,
+    agent_version: str,
+    incarnation: int,
+    registered_at: datetime,
+    status: WorkerStatus = WorkerStatus.AVAILABLE,
+) -> WorkerRecord:
+    """A record of ``shape``'s type, ``capabilities`` (the shape's), labels and pool: the records of one batch
+    made in one shape share its verdict for those fields, found once."""
+    record = WorkerRecord(
+        worker_id=worker_id,
+        worker_type=shape.worker_type,
+        capabilities=capabilities,
+        status=status,
+        labels=shape.labels,
+        pool=shape.pool,
+        hostname=hostname,
+        agent_version=agent_version,
+        incarnation=incarnation,
+        registered_at=registered_at,
+        updated_at=registered_at,
+    )
+    object.__setattr__(record, "_verdict", shape)
+    return record

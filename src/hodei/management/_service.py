@@ -104,7 +104,8 @@ class WorkerManagementService:
 
     @staticmethod
     def _check(config: DynamicWorkerConfig) -> None:
-        violations = config.violations()
+        # Kept on the config: the adapter, before it sends, does not check the worker's config again.
+        violations = config.verdict
         if violations:
             raise InvalidWorkerData(
                 "invalid worker configuration; nothing provisioned", violations=violations

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -19,6 +18,7 @@ from hodei.domain import (
     WorkerRecord,
     WorkerStatus,
     WorkerType,
+    record_in_shape,
     validate_worker_fields,
 )
 from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerError, scheduler_error_for
@@ -158,23 +158,22 @@ def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
 def workers_to_requests(
     workers: Sequence[DynamicWorker],
 ) -> list[pb.RegisterWorkerRequest | InvalidWorkerData]:
-    """Requests for a batch, in order, or the reason a worker cannot be encoded; workers that share a config
-    (and hostname) share its encoding."""
-    parts: dict[tuple[int, str], tuple[pb.WorkerCapabilities, pb.WorkerMetadata]] = {}
+    """Requests for a batch, in order, or the reason a worker cannot be encoded; a worker with the config (the
+    same object) and hostname of the one before it shares its encoding."""
+    shared: tuple[DynamicWorkerConfig, str, pb.WorkerCapabilities, pb.WorkerMetadata] | None = None
     requests: list[pb.RegisterWorkerRequest | InvalidWorkerData] = []
     for worker in workers:
-        key = (id(worker.config), worker.hostname)
-        if (shared := parts.get(key)) is None:
+        if shared is None or shared[0] is not worker.config or shared[1] != worker.hostname:
             try:
-                shared = parts[key] = _worker_parts(worker)
+                shared = (worker.config, worker.hostname, *_worker_parts(worker))
             except InvalidWorkerData as unencodable:
                 requests.append(unencodable)
                 continue
         requests.append(
             pb.RegisterWorkerRequest(
                 worker_id=worker.worker_id,
-                capabilities=shared[0],
-                metadata=shared[1],
+                capabilities=shared[2],
+                metadata=shared[3],
                 incarnation=worker.incarnation,
             )
         )
@@ -230,7 +229,7 @@ def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> D
     )
 
 
-_Parts = tuple[WorkerType, WorkerCapabilities, Mapping[str, str]]
+_Shape = tuple[DynamicWorkerConfig, WorkerCapabilities]
 
 
 def record_from_request(
@@ -238,39 +237,44 @@ def record_from_request(
     *,
     registered_at: datetime,
     status: WorkerStatus = WorkerStatus.AVAILABLE,
-    shared: dict[bytes, _Parts] | None = None,
+    shared: dict[bytes, _Shape] | None = None,
 ) -> WorkerRecord:
     """A registry record straight from a registration on the wire (the batch path: no intermediate worker).
     Like :func:`worker_from_request`, it reports only what a record cannot represent; the registry checks
-    the rest. Given a ``shared`` dict, entries of one batch with the same capabilities and metadata share
-    their decoded parts (the registry then validates those parts once)."""
+    the rest. Given a ``shared`` dict, entries of one batch with the same capabilities and metadata are made
+    in one shape (:func:`hodei.domain.record_in_shape`), whose verdict the registry then finds once."""
     metadata = request.metadata
     key = b""
-    parts = None
+    shape = None
     if shared is not None:
         # Absent and all-zero capabilities encode alike: the key says which it was.
         present = b"+" if request.HasField("capabilities") else b"-"
         key = present + request.capabilities.SerializeToString() + b"\0" + metadata.SerializeToString()
-        parts = shared.get(key)
-    if parts is None:
+        shape = shared.get(key)
+    if shape is None:
         worker_type = _representable(request)
         caps = request.capabilities
-        capabilities = WorkerCapabilities(caps.cpu_cores, caps.memory_mb, caps.disk_mb, caps.gpu_count)
-        parts = (worker_type, capabilities, MappingProxyType(dict(metadata.labels)))
+        config = DynamicWorkerConfig(
+            worker_type=worker_type,
+            cpu_cores=caps.cpu_cores,
+            memory_mb=caps.memory_mb,
+            disk_mb=caps.disk_mb,
+            gpu_count=caps.gpu_count,
+            labels=metadata.labels,
+            pool=metadata.pool or "default",
+        )
+        shape = (config, config.capabilities)
         if shared is not None:
-            shared[key] = parts
-    return WorkerRecord(
+            shared[key] = shape
+    return record_in_shape(
+        shape[0],
+        shape[1],
         worker_id=request.worker_id,
-        worker_type=parts[0],
-        capabilities=parts[1],
-        status=status,
-        labels=parts[2],
-        pool=metadata.pool or "default",
         hostname=metadata.hostname,
         agent_version=metadata.agent_version,
         incarnation=request.incarnation,
         registered_at=registered_at,
-        updated_at=registered_at,
+        status=status,
     )
 
 
