@@ -176,13 +176,12 @@ def validate_record(
     ``shape``, a config of the record's type, capabilities, labels and pool, gives its verdict for those.
     """
     if shape is not None:
-        return (
-            validate_worker_id(record.worker_id)
-            + list(shape.verdict)
-            + _name("metadata.hostname", record.hostname)
-            + _name("metadata.agent_version", record.agent_version)
-            + validate_incarnation(record.incarnation)
-        )
+        found = validate_worker_id(record.worker_id)  # a new list: extended in place
+        found += shape.verdict
+        found += _name("metadata.hostname", record.hostname)
+        found += _name("metadata.agent_version", record.agent_version)
+        found += validate_incarnation(record.incarnation)
+        return found
     return validate_worker_fields(
         worker_id=record.worker_id,
         worker_type=record.worker_type.value,
