@@ -134,7 +134,7 @@ class SchedulerPortClient:
 
     When tracing is configured (:func:`hodei.observability._tracing.configure_tracing`) before the client is
     made, the channel it makes traces each call and sends the W3C trace context along; a channel passed in is
-    traced only if its maker added the interceptors (``tracing.client_interceptors()``).
+    traced only if its maker added the interceptors (:func:`hodei.transport.open_channel` does).
 
     Against a scheduler with auth on, ``credential`` (an operator token, or a worker's own credential; or a
     function giving the one to use now) goes with every call as ``authorization: Bearer <token>`` metadata.
