@@ -15,6 +15,9 @@ from hodei.domain import (
     WorkerRecord,
     WorkerStatus,
     WorkerType,
+    record_in_shape,
+    record_of,
+    validate_record,
     validate_worker,
     validate_worker_fields,
 )
@@ -398,3 +401,56 @@ def test_a_field_violation_reads_as_field_then_description() -> None:
     assert str(FieldViolation("capabilities.cpu_cores", "must be positive")) == (
         "capabilities.cpu_cores: must be positive"
     )
+
+
+CPU_ZERO = FieldViolation("capabilities.cpu_cores", "must be between 1 and 4096, got 0")
+
+
+def test_a_frozen_value_carries_its_verdict_and_a_replaced_one_finds_its_own() -> None:
+    config = DynamicWorkerConfig(cpu_cores=0)
+    worker = DynamicWorker("w-1", WorkerType.DOCKER, config)
+    record = record_of(worker, registered_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    assert config.verdict == (CPU_ZERO,) and config.verdict is config.verdict
+    assert worker.verdict == tuple(worker.violations()) == (CPU_ZERO,)
+    assert record.verdict == tuple(record.violations()) == (CPU_ZERO,)
+    assert dataclasses.replace(config, cpu_cores=2).verdict == ()
+    assert dataclasses.replace(worker, worker_id="").verdict == (
+        FieldViolation("worker_id", "must not be empty"),
+        CPU_ZERO,
+    )
+    assert dataclasses.replace(record, incarnation=-1).verdict == (
+        CPU_ZERO,
+        FieldViolation("incarnation", f"must be between 0 and {2**63 - 1}, got -1"),
+    )
+    # The verdict is no field: equality, hashing and the repr ignore it.
+    assert config == DynamicWorkerConfig(cpu_cores=0) and hash(config) == hash(
+        DynamicWorkerConfig(cpu_cores=0)
+    )
+    assert "verdict" not in repr(config) + repr(worker) + repr(record)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"worker_id": "w-1", "hostname": "", "agent_version": "", "incarnation": 0},
+        {"worker_id": "", "hostname": "-host", "agent_version": "1.0 beta", "incarnation": -1},
+    ],
+    ids=["valid", "every own field invalid"],
+)
+@pytest.mark.parametrize(
+    "shape",
+    [DynamicWorkerConfig(labels={"zone": "a"}), DynamicWorkerConfig(cpu_cores=0, labels={"": "a"}, pool="-")],
+    ids=["valid shape", "invalid shape"],
+)
+def test_a_record_made_in_a_shape_has_the_verdict_its_fields_have(
+    shape: DynamicWorkerConfig, fields: dict[str, object]
+) -> None:
+    made = record_in_shape(
+        shape,
+        shape.capabilities,
+        registered_at=datetime(2026, 1, 1, tzinfo=UTC),
+        **fields,  # type: ignore[arg-type]
+    )
+
+    assert made.verdict == tuple(validate_record(dataclasses.replace(made)))

@@ -29,7 +29,8 @@ from hodei.errors import ErrorCode, HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.observability._metrics import AgentMetrics
 from hodei.security._access import authorization_metadata
-from hodei.transport._client import RECEIVE_OPTIONS, SchedulerPortClient
+from hodei.transport._channel import open_channel
+from hodei.transport._client import SchedulerPortClient
 from hodei.transport._diagnosis import unreachable_reason
 from hodei.transport._stream import ConnectStream, is_transient_for_stream
 
@@ -48,7 +49,6 @@ CHANNEL_OPTIONS = (
     # Each session dials afresh: the agent's own jittered backoff paces its reconnections, not the reconnect
     # backoff (growing to two minutes) of a connection that gRPC shares between a process's channels.
     ("grpc.use_local_subchannel_pool", 1),
-    *RECEIVE_OPTIONS,  # the scheduler's largest answers
 )
 
 
@@ -140,11 +140,9 @@ class WorkerAgent:
         """A session's channel: a fresh one of its own, or the one its process's slots share (``--spawn``)."""
         if self._shared is not None:
             return self._shared.session(target)
-        tls = self.config.tls
-        own: contextlib.AbstractAsyncContextManager[grpc.aio.Channel] = (
-            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-            if tls is None
-            else grpc.aio.secure_channel(target, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+        # Not traced: its Connect stream never is (tracing.UNTRACED_METHODS), so no interceptor stands in its way.
+        own: contextlib.AbstractAsyncContextManager[grpc.aio.Channel] = open_channel(
+            target, tls=self.config.tls, options=CHANNEL_OPTIONS, traced=False
         )
         return own
 

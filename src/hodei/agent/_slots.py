@@ -17,6 +17,7 @@ import grpc
 
 from hodei.agent._agent import CHANNEL_OPTIONS, AgentRefused, WorkerAgent
 from hodei.security._tls import ClientTlsConfig
+from hodei.transport._channel import open_channel
 
 __all__ = ["SharedChannels", "run_slots", "slot_ids"]
 
@@ -46,12 +47,7 @@ class SharedChannels:
     def get(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
         if channel is None:
-            if self._tls is None:
-                channel = grpc.aio.insecure_channel(target, options=SHARED_CHANNEL_OPTIONS)
-            else:
-                channel = grpc.aio.secure_channel(
-                    target, self._tls.channel_credentials(), options=SHARED_CHANNEL_OPTIONS
-                )
+            channel = open_channel(target, tls=self._tls, options=SHARED_CHANNEL_OPTIONS, traced=False)
             self._channels[target] = channel
         return channel
 

@@ -104,7 +104,8 @@ class WorkerManagementService:
 
     @staticmethod
     def _check(config: DynamicWorkerConfig) -> None:
-        violations = config.violations()
+        # Kept on the config: the adapter, before it sends, does not check the worker's config again.
+        violations = config.verdict
         if violations:
             raise InvalidWorkerData(
                 "invalid worker configuration; nothing provisioned", violations=violations
@@ -229,6 +230,8 @@ class WorkerManagementService:
             return await self._provision_batch(ids, config)
 
     async def _provision_batch(self, ids: list[str], config: DynamicWorkerConfig) -> list[ProvisionResult]:
+        # One owned config for the whole batch: the adapter checks it (and the client encodes it) once.
+        config = owned(config, self.owner)
         provisioned: dict[str, DynamicWorker] = {}
         failures: dict[str, HodeiError] = {}
         refused: list[tuple[str, RegistrationError]] = []
@@ -237,9 +240,7 @@ class WorkerManagementService:
         async def provision_one(worker_id: str) -> None:
             async with gate:
                 try:
-                    provisioned[worker_id] = await self.provider.provision(
-                        worker_id, owned(config, self.owner)
-                    )
+                    provisioned[worker_id] = await self.provider.provision(worker_id, config)
                 except ProviderError as error:
                     failures[worker_id] = error
 

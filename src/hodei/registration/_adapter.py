@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from hodei.domain import DynamicWorker, FieldViolation, WorkerType, validate_worker
+from hodei.domain import DynamicWorker, WorkerType
 from hodei.errors import (
     ErrorCode,
     InvalidWorkerData,
@@ -97,18 +97,12 @@ class WorkerRegistrationAdapter:
             return error.retry_after
         return self.config.backoff(retry, self._random())
 
-    def _rejected_locally(
-        self, worker: DynamicWorker, checked_configs: dict[int, list[FieldViolation]] | None = None
-    ) -> RegistrationFailed | None:
+    def _rejected_locally(self, worker: DynamicWorker) -> RegistrationFailed | None:
+        """The refusal of an invalid worker, before anything is sent (the worker's verdict: a config shared by
+        the workers of a batch is checked once)."""
         if not self.config.validate_before_send:
             return None
-        if checked_configs is None:
-            violations = worker.violations()
-        else:  # a batch: a config shared by many workers is checked once
-            config = worker.config
-            if (known := checked_configs.get(id(config))) is None:
-                known = checked_configs[id(config)] = config.violations()
-            violations = validate_worker(worker, config_violations=known)
+        violations = worker.verdict
         if not violations:
             return None
         cause = InvalidWorkerData(
@@ -258,9 +252,8 @@ class WorkerRegistrationAdapter:
         self._meter.batch(len(workers))
         results: list[BatchRegistrationResult | None] = [None] * len(workers)
         valid: list[int] = []
-        checked_configs: dict[int, list[FieldViolation]] = {}
         for index, worker in enumerate(workers):
-            rejected = self._rejected_locally(worker, checked_configs)
+            rejected = self._rejected_locally(worker)
             if rejected is None:
                 valid.append(index)
             else:

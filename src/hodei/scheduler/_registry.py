@@ -24,10 +24,8 @@ from hodei.domain import (
     WorkerStatus,
     WorkerType,
     holds_control_characters,
+    record_of,
     utcnow,
-    validate_incarnation,
-    validate_record,
-    validate_worker_id,
     wire_size,
 )
 from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
@@ -111,20 +109,7 @@ class WorkerRegistry:
         return self._clock()
 
     def _record(self, worker: DynamicWorker, lease_ttl: float | None, status: WorkerStatus) -> WorkerRecord:
-        now = self._clock()
-        return WorkerRecord(
-            worker_id=worker.worker_id,
-            worker_type=worker.worker_type,
-            capabilities=worker.capabilities,
-            status=status,
-            labels=worker.labels,
-            pool=worker.pool,
-            hostname=worker.hostname,
-            incarnation=worker.incarnation,
-            registered_at=now,
-            updated_at=now,
-            lease_ttl=lease_ttl,
-        )
+        return record_of(worker, status=status, registered_at=self._clock(), lease_ttl=lease_ttl)
 
     def _count(self, result: str, worker_type: str, count: int = 1) -> None:
         self._results[result, worker_type].inc(count)
@@ -147,26 +132,15 @@ class WorkerRegistry:
             self._count(result, record.worker_type)
             raise error
 
-    def _refusal(
-        self, record: WorkerRecord, checked: dict[tuple[object, ...], list[FieldViolation]] | None = None
-    ) -> tuple[str, SchedulerError] | None:
-        """Why ``record`` may not be registered, as its ``result`` label and its error; None if it may."""
-        if checked is None:
-            violations = validate_record(record)
-        else:  # a batch: parts shared by many records (same objects) are validated once
-            key = (
-                id(record.capabilities),
-                id(record.labels),
-                record.worker_type,
-                record.pool,
-                record.hostname,
-                record.agent_version,
-            )
-            if (parts := checked.get(key)) is None:
-                parts = checked[key] = validate_record(replace(record, worker_id="x", incarnation=0))
-            violations = (
-                validate_worker_id(record.worker_id) + parts + validate_incarnation(record.incarnation)
-            )
+    def _refusal(self, record: WorkerRecord) -> tuple[str, SchedulerError] | None:
+        """Why ``record`` may not be registered, as its ``result`` label and its error; None if it may.
+
+        The one place the scheduler validates a registration, whatever way it came (RegisterWorker,
+        RegisterWorkers, an agent's hello, a call in process): the record's verdict, found once however often
+        it is asked (a join token's spending asks first), and shared by the records of a batch made in one
+        shape (:func:`hodei.domain.record_in_shape`).
+        """
+        violations = record.verdict
         if violations:
             invalid = InvalidWorkerData(
                 f"worker {quote_short(record.worker_id)} is invalid",
@@ -228,12 +202,11 @@ class WorkerRegistry:
         validated and admitted here, then all are written in one store call. One entry per record, in order."""
         results: builtins.list[RegistrationReceipt | SchedulerError | None] = [None] * len(records)
         accepted: builtins.list[tuple[int, WorkerRecord]] = []
-        checked: dict[tuple[object, ...], builtins.list[FieldViolation]] = {}
         # Counted by (result, worker type) once the batch is written: a batch the store refused is not
         # answered with these results.
         tally: dict[tuple[str, str], int] = {}
         for index, record in enumerate(records):
-            refusal = self._refusal(record, checked)
+            refusal = self._refusal(record)
             if refusal is None:
                 accepted.append((index, record))
             else:

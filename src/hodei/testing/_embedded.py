@@ -10,7 +10,6 @@ import grpc
 
 from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.lifecycle import LivenessConfig
-from hodei.observability import _tracing as tracing
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
 from hodei.scheduler._core import Scheduler
@@ -21,7 +20,8 @@ from hodei.server._admission import AdmissionControl, HelloAdmission
 from hodei.server._limits import ServerLimits
 from hodei.server._server import SchedulerServer
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.transport._client import RECEIVE_OPTIONS, Credential, SchedulerPortClient
+from hodei.transport._channel import open_channel
+from hodei.transport._client import Credential, SchedulerPortClient
 
 __all__ = ["EmbeddedScheduler"]
 
@@ -109,15 +109,7 @@ class EmbeddedScheduler:
     def channel(self, *, tls: ClientTlsConfig | None = None) -> grpc.aio.Channel:
         """A new channel to this scheduler, closed when the scheduler stops (traced if tracing is on); over TLS
         with ``tls``."""
-        interceptors = tracing.client_interceptors() or None
-        if tls is None:
-            channel = grpc.aio.insecure_channel(
-                self.target, options=RECEIVE_OPTIONS, interceptors=interceptors
-            )
-        else:
-            channel = grpc.aio.secure_channel(
-                self.target, tls.channel_credentials(), options=RECEIVE_OPTIONS, interceptors=interceptors
-            )
+        channel = open_channel(self.target, tls=tls)
         self._channels.append(channel)
         return channel
 

@@ -1,5 +1,7 @@
-"""The wire: the gRPC client of the scheduler port, and the codec between proto and domain."""
+"""The wire: the gRPC client of the scheduler port, the one maker of channels to a scheduler, and the codec
+between proto and domain."""
 
+from hodei.transport._channel import open_channel
 from hodei.transport._client import SchedulerPortClient
 
-__all__ = ["SchedulerPortClient"]
+__all__ = ["SchedulerPortClient", "open_channel"]

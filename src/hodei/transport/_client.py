@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -22,18 +21,15 @@ from hodei.errors import (
     scheduler_error_for,
 )
 from hodei.lifecycle import WorkerEvent
-from hodei.observability import _tracing as tracing
 from hodei.ports import DrainOutcome, RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.security._access import authorization_metadata
 from hodei.security._tls import ClientTlsConfig
 from hodei.transport import _codec as codec
+from hodei.transport._channel import FAILOVER_CHANNEL_OPTIONS, open_channel
 from hodei.transport._codec import pb
 from hodei.transport._status import error_from_rpc
 
 __all__ = [
-    "FAILOVER_CHANNEL_OPTIONS",
-    "MAX_ANSWER_BYTES",
-    "RECEIVE_OPTIONS",
     "Credential",
     "SchedulerPortClient",
     "scheduler_addresses",
@@ -49,50 +45,6 @@ _TARGET_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?![0-9]*\s*(?:,|$))")
 _HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# The channel options of a client given several addresses; options passed in replace them key by key.
-# pick_first tries the addresses in order and moves on when one cannot be reached or goes away: a client stays
-# on one replica, the first that answers, as an agent given the same list does (the replica that holds an
-# agent's stream is the one that can deliver its drain), instead of spreading its calls over all of them
-# (("grpc.lb_policy_name", "round_robin") does that). A replica that shuts down answers CANCELLED to the calls
-# it had received but not yet started (grpc/grpc#41785), and the registration adapter does not retry
-# CANCELLED; gRPC retries those calls here, on the next replica. Any scheduler call may be repeated:
-# registration is an idempotent upsert, the others are reads or idempotent commands.
-FAILOVER_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.lb_policy_name", "pick_first"),
-    (
-        "grpc.service_config",
-        json.dumps(
-            {
-                "methodConfig": [
-                    {
-                        "name": [{"service": codec.SERVICE_NAME}],
-                        "retryPolicy": {
-                            "maxAttempts": 3,
-                            "initialBackoff": "0.05s",
-                            "maxBackoff": "0.5s",
-                            "backoffMultiplier": 2,
-                            "retryableStatusCodes": ["CANCELLED"],
-                        },
-                    }
-                ]
-            }
-        ),
-    ),
-)
-
-
-MAX_ANSWER_BYTES = 32 * 1024 * 1024
-"""The largest answer a client accepts (gRPC's default is 4 MiB). A scheduler's largest answers stay under: a
-RegisterWorkers answer echoes each entry's worker id (the request is at most 24 MiB,
-``limits.DEFAULT_MAX_MESSAGE_BYTES``) with an error of under 8 KiB (``transport.status.MAX_STATUS_BYTES``) or
-a slim record for each of at most 1,000 entries; a ListWorkers page is cut at ~1 MiB
-(``registry.MAX_PAGE_BYTES``) plus one record; an event or a GetWorker answer is one record (under 100 KB
-with the most labels allowed)."""
-
-RECEIVE_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
-"""The channel option every client of a scheduler needs (a client made from addresses has it; options passed in
-replace it key by key)."""
 
 
 def scheduler_addresses(target: str | Sequence[str], *, explicit_port: bool = False) -> tuple[str, ...]:
@@ -182,7 +134,7 @@ class SchedulerPortClient:
 
     When tracing is configured (:func:`hodei.observability._tracing.configure_tracing`) before the client is
     made, the channel it makes traces each call and sends the W3C trace context along; a channel passed in is
-    traced only if its maker added the interceptors (``tracing.client_interceptors()``).
+    traced only if its maker added the interceptors (:func:`hodei.transport.open_channel` does).
 
     Against a scheduler with auth on, ``credential`` (an operator token, or a worker's own credential; or a
     function giving the one to use now) goes with every call as ``authorization: Bearer <token>`` metadata.
@@ -201,22 +153,10 @@ class SchedulerPortClient:
         self._credential = credential
         if isinstance(target, Sequence):
             addresses = scheduler_addresses(target)
-            defaults = RECEIVE_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(addresses) > 1 else ())
-            given = {key for key, _ in options}
-            options = [*(o for o in defaults if o[0] not in given), *options]
-            # With tracing on, each call gets a client span and carries the trace context in its metadata.
-            interceptors = tracing.client_interceptors() or None
-            if tls is None:
-                self._channel = grpc.aio.insecure_channel(
-                    _channel_target(addresses), options=list(options), interceptors=interceptors
-                )
-            else:
-                self._channel = grpc.aio.secure_channel(
-                    _channel_target(addresses),
-                    tls.channel_credentials(),
-                    options=list(options),
-                    interceptors=interceptors,
-                )
+            if len(addresses) > 1:
+                given = {key for key, _ in options}
+                options = [*(o for o in FAILOVER_CHANNEL_OPTIONS if o[0] not in given), *options]
+            self._channel = open_channel(_channel_target(addresses), tls=tls, options=options)
             self._owns_channel = True
             self.target = ",".join(addresses)
         else:

@@ -1,0 +1,90 @@
+"""Registration as an idempotent upsert fenced by incarnation, the form a store keeps, and a record's size."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import MutableMapping, Sequence
+from dataclasses import replace
+
+from hodei.domain._values import WorkerStatus
+from hodei.domain._workers import WorkerRecord
+
+__all__ = ["UpsertOutcome", "merge_registration", "merge_registrations", "stored_form", "wire_size"]
+
+
+class UpsertOutcome(enum.Enum):
+    """What writing a registration did to the registry."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    KEPT = "kept"  # an unfenced (incarnation 0) registration of a worker its agent manages: the agent's wins
+    STALE = "stale"  # an older incarnation than the stored one: nothing written
+
+
+def merge_registration(stored: WorkerRecord | None, new: WorkerRecord) -> tuple[UpsertOutcome, WorkerRecord]:
+    """The rule of registration as an idempotent upsert fenced by incarnation; every store applies it atomically.
+
+    A higher incarnation is a restarted worker: it replaces the record and starts ``AVAILABLE``. The same
+    incarnation is a retry or a refresh: the fields are replaced but the status is kept (a ``LOST`` worker is
+    ``AVAILABLE`` again). A lower incarnation is refused. Incarnation 0 means "not fenced" (the control plane
+    registering what it provisioned): it never overrides a worker whose agent registered with an incarnation.
+    """
+    if stored is None:
+        return UpsertOutcome.CREATED, new
+    if new.incarnation == 0 and stored.incarnation > 0:
+        return UpsertOutcome.KEPT, stored
+    if new.incarnation < stored.incarnation:
+        return UpsertOutcome.STALE, stored
+    restarted = new.incarnation > stored.incarnation
+    keep_status = not restarted and stored.status is not WorkerStatus.LOST
+    merged = replace(
+        new,
+        registered_at=stored.registered_at,
+        status=stored.status if keep_status else new.status,
+        drained=stored.drained if keep_status else new.drained,
+        lease_ttl=new.lease_ttl if new.lease_ttl is not None else stored.lease_ttl,
+    )
+    return UpsertOutcome.UPDATED, merged
+
+
+def stored_form(record: WorkerRecord) -> WorkerRecord:
+    """The record without its live fields (stream, usage, last heartbeat), as every store keeps it."""
+    if (
+        record.connected
+        or record.usage is not None
+        or record.last_heartbeat_at is not None
+        or record.connected_via
+    ):
+        return replace(record, connected=False, usage=None, last_heartbeat_at=None, connected_via="")
+    return record
+
+
+# What a record's encoding takes besides its texts: numbers, timestamps, tags and lengths, generously.
+_RECORD_FRAMING = 160
+_LABEL_FRAMING = 8
+
+
+def wire_size(record: WorkerRecord) -> int:
+    """An upper estimate of the bytes ``record`` takes encoded (its texts in UTF-8, and the framing): what bounds a
+    page of a listing and a group commit's transaction."""
+    texts = (record.worker_id, record.pool, record.hostname, record.agent_version, record.worker_type.value)
+    labels = sum(len(k.encode()) + len(v.encode()) + _LABEL_FRAMING for k, v in record.labels.items())
+    return _RECORD_FRAMING + sum(len(t.encode()) for t in texts) + labels
+
+
+def merge_registrations(
+    current: MutableMapping[str, WorkerRecord], records: Sequence[WorkerRecord]
+) -> tuple[list[tuple[UpsertOutcome, WorkerRecord]], dict[str, WorkerRecord]]:
+    """A batch of registrations merged in order against ``current`` (updated in place), as every store does it.
+
+    Returns each record's outcome and the record now stored, and what the store must write: the last state of
+    every worker that was created or updated (a worker may appear twice in one batch).
+    """
+    outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
+    written: dict[str, WorkerRecord] = {}
+    for record in records:
+        outcome, stored = merge_registration(current.get(record.worker_id), stored_form(record))
+        if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
+            current[record.worker_id] = written[record.worker_id] = stored
+        outcomes.append((outcome, stored))
+    return outcomes, written
