@@ -262,8 +262,8 @@ class SchedulerServer:
         if self.port == 0:
             self._state = _State.STOPPED
             raise OSError(f"cannot listen on {self._listen}: {reason}")
-        self.scheduler.on_unhealthy = self._unhealthy
-        self.scheduler.on_leadership = self._leadership
+        self.scheduler.rounds.on_unhealthy = self._unhealthy
+        self.scheduler.rounds.on_leadership = self._leadership
         self.scheduler.events.listen(log_worker_event)
         self.scheduler.address = self.address  # the replica agents stream to, as other replicas show it
         await self._health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
