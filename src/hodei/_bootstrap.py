@@ -21,7 +21,7 @@ from hodei.registration._config import RegistrationConfig
 from hodei.scheduler._core import Scheduler
 from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig
-from hodei.server._admission import DEFAULT_MAX_HELLOS_IN_FLIGHT, AdmissionControl, HelloAdmission
+from hodei.server._bounds import DEFAULT_MAX_HELLOS_IN_FLIGHT, AdmissionControl, HelloAdmission
 from hodei.server._limits import ServerLimits
 from hodei.server._server import SchedulerServer
 from hodei.stores._memory import MemoryRegistryStore

@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hodei import RegistrationConfig, SchedulerOverloaded, SchedulerPortClient, WorkerRegistrationAdapter
-from hodei.server._admission import AdmissionControl
+from hodei.server._bounds import AdmissionControl
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, wait_for

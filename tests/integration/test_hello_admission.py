@@ -18,7 +18,7 @@ import pytest
 
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.errors import ErrorCode, SchedulerError
-from hodei.server._admission import HelloAdmission
+from hodei.server._bounds import HelloAdmission
 from hodei.server._interception import MethodInterceptor
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler, FaultyStore

@@ -34,7 +34,7 @@ from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand
 from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.server._admission import AdmissionControl
+from hodei.server._bounds import AdmissionControl
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._postgres import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore

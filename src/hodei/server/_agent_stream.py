@@ -15,7 +15,7 @@ from hodei.domain import DynamicWorker
 from hodei.errors import SchedulerError, SchedulerTimeout
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._sessions import AgentSession
-from hodei.server._admission import HelloAdmission
+from hodei.server._bounds import HelloAdmission
 from hodei.server._checks import check_reason, invalid
 from hodei.transport import _codec as codec
 from hodei.transport._codec import pb

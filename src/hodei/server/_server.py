@@ -27,8 +27,8 @@ from hodei.observability import _tracing as tracing
 from hodei.observability._logging import log_worker_event
 from hodei.scheduler._core import Scheduler
 from hodei.security._config import SchedulerSecurity
-from hodei.server._admission import AdmissionControl, HelloAdmission
 from hodei.server._authentication import Authentication
+from hodei.server._bounds import AdmissionControl, HelloAdmission
 from hodei.server._interception import WrappedHandlers, scheduler_method
 from hodei.server._limits import ServerLimits, StreamLimits
 from hodei.server._servicer import SchedulerServicer

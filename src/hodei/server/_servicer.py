@@ -24,9 +24,9 @@ from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import MAX_BATCH_SIZE
 from hodei.security._access import AccessPolicy, CallAuthorizer
 from hodei.security._refusals import AuthError
-from hodei.server._admission import HelloAdmission
 from hodei.server._agent_stream import ConnectHandler, Context
 from hodei.server._authentication import access_denied, current_caller, log_refusal
+from hodei.server._bounds import HelloAdmission
 from hodei.server._checks import check_reason, invalid, not_found, registrable
 from hodei.transport import _codec as codec
 from hodei.transport._codec import pb, pb_grpc

@@ -17,7 +17,7 @@ from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import Admission
 from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig
-from hodei.server._admission import AdmissionControl, HelloAdmission
+from hodei.server._bounds import AdmissionControl, HelloAdmission
 from hodei.server._limits import ServerLimits
 from hodei.server._server import SchedulerServer
 from hodei.stores._memory import MemoryRegistryStore

@@ -13,7 +13,7 @@ from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
 from hodei.security._config import SchedulerSecurity
-from hodei.server._admission import AdmissionControl
+from hodei.server._bounds import AdmissionControl
 from hodei.server._interception import REGISTRATION_METHODS, Behaviour, MethodInterceptor, with_behaviour
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.transport._status import abort_with
