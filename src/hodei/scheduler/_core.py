@@ -33,7 +33,7 @@ from hodei.ports import (
 from hodei.scheduler._events import EventHub
 from hodei.scheduler._leadership import SoleLeader
 from hodei.scheduler._liveness import LivenessMonitor
-from hodei.scheduler._registry import Admission, WorkerRegistry
+from hodei.scheduler._registry import RegistrationVeto, WorkerRegistry
 from hodei.scheduler._relay import ReplicaRelay
 from hodei.scheduler._rounds import LivenessRounds
 from hodei.scheduler._sessions import AgentSession, AgentStreams, once_committed
@@ -55,7 +55,7 @@ class Scheduler:
         store: RegistryStore,
         *,
         liveness: LivenessConfig | None = None,
-        admission: Admission | None = None,
+        veto: RegistrationVeto | None = None,
         leadership: Leadership | None = None,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
@@ -67,7 +67,7 @@ class Scheduler:
         self.leadership = leadership or SoleLeader()
         self.events = EventHub(clock=clock)
         self.registry = WorkerRegistry(
-            store, events=self.events, clock=clock, admission=admission, metrics=self.metrics
+            store, events=self.events, clock=clock, veto=veto, metrics=self.metrics
         )
         self._monotonic = monotonic
         self.monitor = LivenessMonitor(

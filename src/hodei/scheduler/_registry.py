@@ -41,7 +41,7 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_PAGE_BYTES",
     "MAX_PAGE_SIZE",
-    "Admission",
+    "RegistrationVeto",
     "WorkerRegistry",
 ]
 
@@ -53,7 +53,7 @@ MAX_PAGE_BYTES = 1024 * 1024
 least): 1,000 workers with the most labels allowed would be ~22 MB, more than a client accepts."""
 
 
-Admission = Callable[[WorkerRecord], SchedulerError | None]
+RegistrationVeto = Callable[[WorkerRecord], SchedulerError | None]
 """Asked before each registration is written; an error refuses that worker (and only that one)."""
 
 _STATUS_EVENTS = {
@@ -87,13 +87,13 @@ class WorkerRegistry:
         *,
         events: EventHub | None = None,
         clock: Callable[[], datetime] = utcnow,
-        admission: Admission | None = None,
+        veto: RegistrationVeto | None = None,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._store = store
         self.events = events or EventHub(clock=clock)
         self._clock = clock
-        self._admission = admission
+        self._veto = veto
         self.metrics = metrics or SchedulerMetrics()
         # Keyed by (result, worker type); a WorkerType is a str, so either finds its series.
         self._results = {
@@ -174,7 +174,7 @@ class WorkerRegistry:
                 violations=violations,
             )
             return "invalid", invalid
-        if self._admission is not None and (refusal := self._admission(record)) is not None:
+        if self._veto is not None and (refusal := self._veto(record)) is not None:
             return "refused", refusal
         return None
 

@@ -15,7 +15,7 @@ from hodei.domain import DynamicWorker
 from hodei.errors import SchedulerError, SchedulerTimeout
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._sessions import AgentSession
-from hodei.server._bounds import HelloAdmission
+from hodei.server._bounds import HelloBound
 from hodei.server._checks import check_reason, invalid
 from hodei.transport import _codec as codec
 from hodei.transport._codec import pb
@@ -35,7 +35,7 @@ class ConnectHandler:
     def __init__(
         self,
         scheduler: Scheduler,
-        hellos: HelloAdmission,
+        hellos: HelloBound,
         *,
         allow: Callable[[Context, DynamicWorker], Awaitable[str]],
     ) -> None:

@@ -26,7 +26,7 @@ from hodei.security._access import AccessPolicy, CallAuthorizer
 from hodei.security._refusals import AuthError
 from hodei.server._agent_stream import ConnectHandler, Context
 from hodei.server._authentication import access_denied, current_caller, log_refusal
-from hodei.server._bounds import HelloAdmission
+from hodei.server._bounds import HelloBound
 from hodei.server._checks import check_reason, invalid, not_found, registrable
 from hodei.transport import _codec as codec
 from hodei.transport._codec import pb, pb_grpc
@@ -90,14 +90,14 @@ def _log_batch(outcomes: Sequence[RegistrationReceipt | SchedulerError]) -> None
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     """``access``: the rules each call must pass (None: auth off, everything is allowed); ``hellos``: the bound
-    on agents' hellos worked on at once (default: :class:`HelloAdmission`'s)."""
+    on agents' hellos worked on at once (default: :class:`HelloBound`'s)."""
 
     def __init__(
         self,
         scheduler: Scheduler,
         *,
         access: AccessPolicy | None = None,
-        hellos: HelloAdmission | None = None,
+        hellos: HelloBound | None = None,
     ) -> None:
         self._scheduler = scheduler
         store = scheduler.registry.store
@@ -113,7 +113,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
         self._connections = ConnectHandler(
             scheduler,
-            hellos or HelloAdmission(metrics=scheduler.metrics),
+            hellos or HelloBound(metrics=scheduler.metrics),
             allow=lambda context, worker: self._allow(context, "Connect", worker=worker),
         )
 
@@ -136,7 +136,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             raise access_denied(error) from error
         return grant.credential
 
-    async def _admit(self, context: Context, action: str, worker_id: str | None = None) -> None:
+    async def _authorize(self, context: Context, action: str, worker_id: str | None = None) -> None:
         """End the call unless the caller may do ``action`` (to ``worker_id``)."""
         try:
             await self._allow(context, action, worker_id)
@@ -168,7 +168,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def RegisterWorkers(
         self, request: pb.RegisterWorkersRequest, context: Context
     ) -> pb.RegisterWorkersResponse:
-        await self._admit(context, "RegisterWorkers")
+        await self._authorize(context, "RegisterWorkers")
         if len(request.workers) > MAX_BATCH_SIZE:
             await abort_with(context, invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
         now = self._scheduler.registry.now()
@@ -201,7 +201,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UnregisterWorker(
         self, request: pb.UnregisterWorkerRequest, context: Context
     ) -> pb.UnregisterWorkerResponse:
-        await self._admit(context, "UnregisterWorker", request.worker_id)
+        await self._authorize(context, "UnregisterWorker", request.worker_id)
         try:
             check_reason(request.reason)
         except InvalidWorkerData as error:
@@ -219,7 +219,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ReportOrphanRemoved(
         self, request: pb.ReportOrphanRemovedRequest, context: Context
     ) -> pb.ReportOrphanRemovedResponse:
-        await self._admit(context, "ReportOrphanRemoved")
+        await self._authorize(context, "ReportOrphanRemoved")
         violations = validate_worker_id(request.worker_id) + validate_reason(request.reason)
         if violations:
             await abort_with(
@@ -233,7 +233,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.ReportOrphanRemovedResponse()
 
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
-        await self._admit(context, "GetWorker")
+        await self._authorize(context, "GetWorker")
         try:
             record = await self._scheduler.get(request.worker_id) if registrable(request.worker_id) else None
         except SchedulerError as error:  # the store could not be used: UNAVAILABLE, never UNKNOWN
@@ -243,7 +243,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.GetWorkerResponse(worker=codec.record_to_proto(record))
 
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Context) -> pb.ListWorkersResponse:
-        await self._admit(context, "ListWorkers")
+        await self._authorize(context, "ListWorkers")
         try:
             page = await self._scheduler.list(
                 codec.filter_from_proto(request), page_size=request.page_size, page_token=request.page_token
@@ -255,7 +255,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
 
     async def DrainWorker(self, request: pb.DrainWorkerRequest, context: Context) -> pb.DrainWorkerResponse:
-        await self._admit(context, "DrainWorker")
+        await self._authorize(context, "DrainWorker")
         try:
             check_reason(request.reason)
             if not registrable(request.worker_id):
@@ -272,7 +272,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ShutdownWorker(
         self, request: pb.ShutdownWorkerRequest, context: Context
     ) -> pb.ShutdownWorkerResponse:
-        await self._admit(context, "ShutdownWorker")
+        await self._authorize(context, "ShutdownWorker")
         try:
             check_reason(request.reason)
             if not registrable(request.worker_id):
@@ -285,7 +285,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def WatchWorkers(
         self, request: pb.WatchWorkersRequest, context: Context
     ) -> AsyncIterator[pb.WatchWorkersResponse]:
-        await self._admit(context, "WatchWorkers")
+        await self._authorize(context, "WatchWorkers")
         watcher = self._scheduler.events.watch()
         try:
             if request.include_snapshot:
