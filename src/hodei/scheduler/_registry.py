@@ -209,7 +209,7 @@ class WorkerRegistry:
         return await self.register_record(self._record(worker, lease_ttl, status))
 
     async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
-        """Register one record built by the caller (validated and admitted here); raises the refusal."""
+        """Register one record built by the caller (validated and vetted here); raises the refusal."""
         self.check(record)
         [(outcome, stored)] = await self._store.upsert([record])
         self._count(outcome.value, record.worker_type)
@@ -225,7 +225,7 @@ class WorkerRegistry:
         self, records: Sequence[WorkerRecord]
     ) -> builtins.list[RegistrationReceipt | SchedulerError]:
         """Register records built by the caller (the servicer builds them straight from the wire): each is
-        validated and admitted here, then all are written in one store call. One entry per record, in order."""
+        validated and vetted here, then all are written in one store call. One entry per record, in order."""
         results: builtins.list[RegistrationReceipt | SchedulerError | None] = [None] * len(records)
         accepted: builtins.list[tuple[int, WorkerRecord]] = []
         checked: dict[tuple[object, ...], builtins.list[FieldViolation]] = {}
