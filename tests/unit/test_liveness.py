@@ -184,6 +184,39 @@ def test_the_table_counts_and_contains_its_leases() -> None:
     assert "c" not in leases
 
 
+# --- what the monitor hears of a worker's stream ---------------------------------------------------------
+
+
+def test_heartbeats_renew_the_lease_and_their_lag_is_measured_within_one_stream_only() -> None:
+    monitor = Fleet(CONFIG).monitor
+
+    monitor.connected("w1", 3.0, 0.0)
+    first = monitor.beat("w1", 3.0, 1.0)  # nothing before it on this stream
+    second = monitor.beat("w1", 3.0, 2.5)
+    renewed = monitor.leases.expires_at("w1")
+    monitor.connected("w1", 3.0, 4.0)  # a new stream: its first beat has nothing before it either
+    after_reconnect = monitor.beat("w1", 3.0, 5.0)
+    monitor.disconnected("w1")  # the lease runs on; a stream opened later starts over
+    kept = monitor.leases.expires_at("w1")
+    monitor.heard("w1", 3.0, 6.0)  # a status report: heard, not a heartbeat
+    after_goodbye = monitor.beat("w1", 3.0, 7.0)
+
+    assert (first, second, after_reconnect, after_goodbye) == (None, 1.5, None, None)
+    assert (renewed, kept, monitor.leases.expires_at("w1")) == (5.5, 8.0, 10.0)
+
+
+def test_an_unregistered_worker_leaves_nothing_behind_in_the_monitor() -> None:
+    monitor = Fleet(CONFIG).monitor
+    monitor.connected("w1", 3.0, 0.0)
+    monitor.beat("w1", 3.0, 1.0)
+    monitor.mark_lost_since("w1", 2.0)
+
+    monitor.unregistered("w1")
+
+    assert ("w1" in monitor.leases, monitor.is_lost("w1")) == (False, False)
+    assert monitor.beat("w1", 3.0, 3.0) is None  # no beat of it was kept
+
+
 # --- LivenessConfig -------------------------------------------------------------------------------------
 
 
