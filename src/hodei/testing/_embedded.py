@@ -32,8 +32,9 @@ class EmbeddedScheduler:
     It runs the real scheduler (in memory unless a store is given; leases as ``liveness`` says) behind the real
     gRPC service, so that what a test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach
     the registry directly; ``scheduler.events.watch()`` follows its events. ``metrics`` (default: a private
-    registry's) receives the scheduler's metrics, the bounds' included (``registration_bound`` and
-    ``hello_bound`` bound the registrations and the agents' hellos worked on at once). ``security`` turns on tokens
+    registry's) receives the scheduler's metrics, its bounds' included (``registration_bound`` and
+    ``hello_bound`` bound the registrations and the agents' hellos worked on at once); ``veto`` may refuse any
+    registration (its error is the answer for that worker). ``security`` turns on tokens
     and TLS as a deployment would (default: neither); ``limits`` are the server's
     (:class:`~hodei.server._limits.ServerLimits`).
     """
