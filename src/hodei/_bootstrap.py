@@ -21,7 +21,7 @@ from hodei.registration._config import RegistrationConfig
 from hodei.scheduler._core import Scheduler
 from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig
-from hodei.server._admission import DEFAULT_MAX_HELLOS_IN_FLIGHT, AdmissionControl, HelloAdmission
+from hodei.server._bounds import DEFAULT_MAX_HELLOS_IN_FLIGHT, HelloBound, RegistrationBound
 from hodei.server._limits import ServerLimits
 from hodei.server._server import SchedulerServer
 from hodei.stores._memory import MemoryRegistryStore
@@ -93,7 +93,7 @@ def build_scheduler(
     ``leadership`` elects the replica that expires leases when several share the store (default: this one).
     ``max_in_flight`` registrations and ``max_hellos_in_flight`` agents' hellos are worked on at once (beyond,
     ``RESOURCE_EXHAUSTED`` with an advised retry delay).
-    ``metrics`` receives every metric of the scheduler, admission control's included (default: a private
+    ``metrics`` receives every metric of the scheduler, the registration bound's included (default: a private
     registry's); serve its registry with :class:`hodei.observability._http.MetricsEndpoint`. ``security``
     requires tokens and serves TLS (default: neither, for local use); ``limits`` bound what one caller takes.
     ``relay`` joins the replicas sharing ``store``: drains and shutdowns reach agents on any of them, and
@@ -109,8 +109,8 @@ def build_scheduler(
             relay=relay,
         ),
         listen=listen,
-        admission_control=AdmissionControl(max_in_flight=max_in_flight, metrics=metrics),
-        hello_admission=HelloAdmission(max_in_flight=max_hellos_in_flight, metrics=metrics),
+        registration_bound=RegistrationBound(max_in_flight=max_in_flight, metrics=metrics),
+        hello_bound=HelloBound(max_in_flight=max_hellos_in_flight, metrics=metrics),
         security=security,
         limits=limits,
     )

@@ -1,4 +1,4 @@
-"""Admission control: beyond its bound the scheduler refuses with RetryInfo, and the adapter waits as advised."""
+"""The registration bound: beyond it the scheduler refuses with RetryInfo, and the adapter waits as advised."""
 
 from __future__ import annotations
 
@@ -11,22 +11,21 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hodei import RegistrationConfig, SchedulerOverloaded, SchedulerPortClient, WorkerRegistrationAdapter
-from hodei.server._admission import AdmissionControl
+from hodei.server._bounds import RegistrationBound
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, wait_for
 
 
 class SlowScheduler(FailingScheduler):
-    """Every registration takes 300 ms, behind an admission bound of 2."""
+    """Every registration takes 300 ms, behind a registration bound of 2."""
 
     def __init__(self) -> None:
         super().__init__(
             0,
             delay=0.3,
-            admission_control=AdmissionControl(max_in_flight=2, retry_after=0.2, random=lambda: 0.5),
+            registration_bound=RegistrationBound(max_in_flight=2, retry_after=0.2, random=lambda: 0.5),
         )
-        self.admission = self.admission_control
 
 
 async def _true(value: bool) -> bool:
@@ -46,7 +45,7 @@ async def test_registrations_beyond_the_bound_are_refused_with_retry_info() -> N
             return await stub.RegisterWorker(request)
 
         admitted = [asyncio.create_task(register()) for _ in range(2)]
-        await wait_for(lambda: _true(scheduler.admission.in_flight == 2))
+        await wait_for(lambda: _true(scheduler.registration_bound.in_flight == 2))
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.RegisterWorker(request)
@@ -59,7 +58,11 @@ async def test_registrations_beyond_the_bound_are_refused_with_retry_info() -> N
     retry = error_details_pb2.RetryInfo()
     assert detail.Unpack(retry)
     assert retry.retry_delay.ToMilliseconds() == 200  # retry_after 0.2 s x (0.5 + 0.5)
-    assert (scheduler.admission.admitted, scheduler.admission.rejected, scheduler.admission.in_flight) == (
+    assert (
+        scheduler.registration_bound.admitted,
+        scheduler.registration_bound.rejected,
+        scheduler.registration_bound.in_flight,
+    ) == (
         2,
         1,
         0,
@@ -82,15 +85,15 @@ async def test_the_adapter_waits_the_advised_delay_and_every_worker_ends_registe
         elapsed = time.monotonic() - started
 
         assert sorted(w.worker_id for w in await scheduler.workers()) == [f"w-{i}" for i in range(6)]
-        assert scheduler.admission.rejected >= 4
+        assert scheduler.registration_bound.rejected >= 4
         assert sleeps and set(sleeps) == {0.2}  # the advice, never the 10 ms backoff
         assert elapsed >= 0.9  # three rounds of two, 300 ms each
 
 
 async def test_calls_other_than_registrations_are_never_refused() -> None:
-    full = AdmissionControl(max_in_flight=1)
+    full = RegistrationBound(max_in_flight=1)
     async with (
-        EmbeddedScheduler(admission_control=full) as scheduler,
+        EmbeddedScheduler(registration_bound=full) as scheduler,
         SchedulerPortClient(scheduler.target) as client,
     ):
         full.in_flight = 1  # as if one registration were being worked on
@@ -106,12 +109,12 @@ async def test_calls_other_than_registrations_are_never_refused() -> None:
 
 def test_a_bound_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
-        AdmissionControl(max_in_flight=0)
+        RegistrationBound(max_in_flight=0)
 
 
 async def test_calls_whose_body_cannot_be_decoded_are_never_counted_in_flight() -> None:
-    bound = AdmissionControl(max_in_flight=2)
-    async with EmbeddedScheduler(admission_control=bound) as scheduler:
+    bound = RegistrationBound(max_in_flight=2)
+    async with EmbeddedScheduler(registration_bound=bound) as scheduler:
         async with grpc.aio.insecure_channel(scheduler.target) as channel:
             raw = channel.unary_unary("/hodei.scheduler.v1.SchedulerService/RegisterWorker")
             for _ in range(5):

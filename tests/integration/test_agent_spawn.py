@@ -71,7 +71,7 @@ async def test_five_slots_register_over_one_connection_and_sigterm_drains_and_un
 
 
 async def test_a_refused_slot_ends_alone_and_the_process_says_so_and_exits_2_when_stopped() -> None:
-    async with EmbeddedScheduler(admission=refuse_slot_2) as scheduler:
+    async with EmbeddedScheduler(veto=refuse_slot_2) as scheduler:
         agent = await asyncio.create_subprocess_exec(
             HODEI, "agent", "-s", scheduler.target, "--worker-id", "host-b", "--spawn", "3",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=CLI_ENV,

@@ -55,7 +55,7 @@ async def until(condition: Callable[[], bool], what: str, on_tick: Callable[[], 
         await asyncio.sleep(0.2)
 
 
-async def test_two_thousand_agents_all_come_back_after_a_sigkill_and_restart_spread_by_admission_on_connect(
+async def test_two_thousand_agents_all_come_back_after_a_sigkill_and_restart_spread_by_the_hello_bound(
     tmp_path: Path,
 ) -> None:
     port, metrics_port = free_port(), free_port()

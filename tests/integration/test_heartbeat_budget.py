@@ -60,8 +60,8 @@ async def test_each_hello_is_handed_the_pace_of_the_fleet_connected_then_and_ren
         assert [(await scheduler.get(f"w-{n}")).lease_ttl for n in (1, 5)] == [3.0, 7.5]  # type: ignore[union-attr]
         now[0] = 104.0
         await scheduler.heartbeat(sessions[4], ResourceUsage())
-        assert scheduler.leases.expires_at("w-5") == 104.0 + 7.5
-        assert scheduler.leases.expires_at("w-1") == 100.0 + 3.0
+        assert scheduler.monitor.leases.expires_at("w-5") == 104.0 + 7.5
+        assert scheduler.monitor.leases.expires_at("w-1") == 100.0 + 3.0
         # A reconnect of a connected worker does not count it twice.
         _, again = await scheduler.hello(make_worker("w-5"))
         assert (again.heartbeat_interval, again.lease_ttl) == (2.5, 7.5)

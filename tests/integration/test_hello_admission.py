@@ -1,4 +1,4 @@
-"""Admission on Connect: beyond its bound of hellos in progress the scheduler refuses a hello with
+"""The hello bound on Connect: beyond its bound of hellos in progress the scheduler refuses a hello with
 RESOURCE_EXHAUSTED and a RetryInfo delay that grows with the agents waiting; the agent comes back after that
 delay (not its backoff), and a hello's timeout counts from the scheduler's acceptance, not from dialing."""
 
@@ -18,7 +18,7 @@ import pytest
 
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.errors import ErrorCode, SchedulerError
-from hodei.server._admission import HelloAdmission
+from hodei.server._bounds import HelloBound
 from hodei.server._interception import MethodInterceptor
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler, FaultyStore
@@ -38,10 +38,10 @@ class Clock:
         return self.now
 
 
-def stalled_scheduler(admission: HelloAdmission) -> tuple[EmbeddedScheduler, FaultyStore]:
+def stalled_scheduler(bound: HelloBound) -> tuple[EmbeddedScheduler, FaultyStore]:
     """A scheduler whose first store write (the first hello's registration) waits until released."""
     store = FaultyStore(MemoryRegistryStore(), stall_on=1)
-    return EmbeddedScheduler(store=store, hello_admission=admission), store
+    return EmbeddedScheduler(store=store, hello_bound=bound), store
 
 
 async def hello(target: str, worker_id: str) -> tuple[ConnectStream, grpc.aio.Channel, asyncio.Task[Any]]:
@@ -56,12 +56,12 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
 ):
     clock = Clock()
     # One hello at once, expected to take 0.5 s: 2 hellos a second; the u of the delay is always 0.5.
-    admission = HelloAdmission(max_in_flight=1, base_delay=0.25, clock=clock, random=lambda: 0.5)
-    scheduler, store = stalled_scheduler(admission)
+    bound = HelloBound(max_in_flight=1, base_delay=0.25, clock=clock, random=lambda: 0.5)
+    scheduler, store = stalled_scheduler(bound)
     async with scheduler:
         first, first_channel, opening = await hello(scheduler.target, "agent-first")
         await store.stalled()
-        assert admission.in_flight == 1
+        assert bound.in_flight == 1
         refusals: list[SchedulerError] = []
         for n in range(3):
             _, channel, refused = await hello(scheduler.target, f"agent-{n}")
@@ -69,14 +69,14 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
                 await refused
             refusals.append(raised.value)
             await channel.close()
-        waiting = admission.waiting
+        waiting = bound.waiting
         store.release()
         ack = await opening
-        in_flight_after = admission.in_flight
-        rejections = metric(admission.metrics.registry, "hodei_hello_rejections_total")
-        gauge = metric(admission.metrics.registry, "hodei_hellos_waiting")
+        in_flight_after = bound.in_flight
+        rejections = metric(bound.metrics.registry, "hodei_hello_rejections_total")
+        gauge = metric(bound.metrics.registry, "hodei_hellos_waiting")
         clock.now += 10.0  # every advised delay has run out
-        waiting_later = admission.waiting
+        waiting_later = bound.waiting
         first.cancel()
         await first_channel.close()
 
@@ -84,26 +84,26 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
     # base 0.25 s + (agents already waiting + 0.5) / 2 per s
     assert [r.retry_after for r in refusals] == [0.5, 1.0, 1.5]
     assert ack.record.worker_id == "agent-first"
-    assert (waiting, gauge, rejections, admission.rejected) == (3, 3.0, 3.0, 3)
+    assert (waiting, gauge, rejections, bound.rejected) == (3, 3.0, 3.0, 3)
     assert (in_flight_after, waiting_later) == (0, 0)
 
 
 async def test_the_advised_delay_is_spread_over_the_longest_window_once_the_queue_is_longer() -> None:
     clock = Clock()
     draws = iter([0.0] * 4 + [0.5])  # one draw per advice
-    admission = HelloAdmission(
+    bound = HelloBound(
         max_in_flight=1, base_delay=0.25, max_delay=2.0, clock=clock, random=lambda: next(draws)
     )
-    delays = [admission.advice() for _ in range(5)]
+    delays = [bound.advice() for _ in range(5)]
     # 0.25 + n / 2 until beyond 2 s; then uniform over [0.25, 2] (0.5 of the way)
     assert delays == [0.25, 0.75, 1.25, 1.75, 0.25 + 0.5 * 1.75]
 
 
-async def test_the_admission_rate_follows_the_time_the_last_hellos_took() -> None:
+async def test_the_hello_rate_follows_the_time_the_last_hellos_took() -> None:
     clock = Clock()
-    admission = HelloAdmission(max_in_flight=10, clock=clock)
-    assert admission.rate() == 20.0  # 10 at once, 0.5 s each expected
-    scheduler, store = stalled_scheduler(admission)
+    bound = HelloBound(max_in_flight=10, clock=clock)
+    assert bound.rate() == 20.0  # 10 at once, 0.5 s each expected
+    scheduler, store = stalled_scheduler(bound)
     async with scheduler:
         stream, channel, opening = await hello(scheduler.target, "agent-slow")
         await store.stalled()
@@ -112,26 +112,26 @@ async def test_the_admission_rate_follows_the_time_the_last_hellos_took() -> Non
         await opening
         stream.cancel()
         await channel.close()
-    assert admission.rate() == 5.0  # 10 at once, 2 s each
+    assert bound.rate() == 5.0  # 10 at once, 2 s each
 
 
 class QuietContext:
-    """What :meth:`HelloAdmission.admitted` asks of a call it admits."""
+    """What :meth:`HelloBound.admitted` asks of a call it admits."""
 
     async def send_initial_metadata(self, metadata: object) -> None:
         return None
 
 
-async def test_the_admission_rate_is_at_least_the_hellos_acknowledged_in_the_last_second() -> None:
+async def test_the_hello_rate_is_at_least_the_hellos_acknowledged_in_the_last_second() -> None:
     clock = Clock()
-    admission = HelloAdmission(max_in_flight=50, clock=clock)
+    bound = HelloBound(max_in_flight=50, clock=clock)
     async with contextlib.AsyncExitStack() as hellos:
         for _ in range(50):
-            await hellos.enter_async_context(admission.admitted(QuietContext()))  # type: ignore[arg-type]
+            await hellos.enter_async_context(bound.admitted(QuietContext()))  # type: ignore[arg-type]
         clock.now += 5.0  # a slow loop: each hello took 5 s, 50 at once
-    assert admission.rate() == 50.0  # not 50 / 5 s: 50 were acknowledged in the last second
+    assert bound.rate() == 50.0  # not 50 / 5 s: 50 were acknowledged in the last second
     clock.now += 1.0
-    assert admission.rate() == 10.0  # a second later, Little's law again
+    assert bound.rate() == 10.0  # a second later, Little's law again
 
 
 class Unhurried(MethodInterceptor):
@@ -192,8 +192,8 @@ async def test_an_agent_refused_comes_back_after_the_advised_delay_not_its_backo
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The scheduler advises 0.2 s; the agent's own backoff would be 30 s.
-    admission = HelloAdmission(max_in_flight=1, base_delay=0.2, random=lambda: 0.0)
-    scheduler, store = stalled_scheduler(admission)
+    bound = HelloBound(max_in_flight=1, base_delay=0.2, random=lambda: 0.0)
+    scheduler, store = stalled_scheduler(bound)
     async with scheduler:
         first, first_channel, opening = await hello(scheduler.target, "agent-first")
         await store.stalled()
@@ -239,8 +239,8 @@ async def test_a_refused_hello_lets_go_of_its_stream_at_once_not_when_the_garbag
     """A refused agent's stream (its call, and so its connection to the scheduler) is freed as soon as the
     refusal is handled: a reference cycle would keep the connection open on the scheduler until a collection,
     and a fleet refused after a restart would hold hundreds of connections more than it has agents."""
-    admission = HelloAdmission(max_in_flight=1)
-    scheduler, store = stalled_scheduler(admission)
+    bound = HelloBound(max_in_flight=1)
+    scheduler, store = stalled_scheduler(bound)
     async with scheduler:
         first, first_channel, opening = await hello(scheduler.target, "agent-first")
         await store.stalled()

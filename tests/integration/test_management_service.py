@@ -119,7 +119,7 @@ async def test_provisioned_worker_comes_back_registered_and_is_available_in_the_
         ),
         (1, {"code": ErrorCode.INVALID_ARGUMENT}, ErrorCode.INVALID_ARGUMENT, InvalidWorkerData),
     ],
-    ids=["refused-by-admission", "invalid-argument"],
+    ids=["refused-by-veto", "invalid-argument"],
 )
 async def test_permanently_refused_registration_destroys_the_worker_after_a_single_attempt(
     hodei_failing_scheduler: Callable[..., Any],

@@ -34,7 +34,7 @@ from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand
 from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.server._admission import AdmissionControl
+from hodei.server._bounds import RegistrationBound
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._postgres import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
@@ -429,14 +429,14 @@ async def test_an_agent_counts_its_refused_connects_by_status_code() -> None:
         await stopped(task)
 
 
-# --- admission control ------------------------------------------------------------------------------------
+# --- the registration bound ---------------------------------------------------------------------------------
 
 
-async def test_calls_refused_by_admission_control_are_counted_by_method() -> None:
+async def test_calls_refused_by_registration_bound_are_counted_by_method() -> None:
     metrics = SchedulerMetrics()
-    admission = AdmissionControl(max_in_flight=1, retry_after=0.05, metrics=metrics)
+    bound = RegistrationBound(max_in_flight=1, retry_after=0.05, metrics=metrics)
     async with (
-        FailingScheduler(0, delay=0.3, admission_control=admission, metrics=metrics) as scheduler,
+        FailingScheduler(0, delay=0.3, registration_bound=bound, metrics=metrics) as scheduler,
         grpc.aio.insecure_channel(scheduler.target) as channel,
     ):
         stub = pb_grpc.SchedulerServiceStub(channel)
@@ -445,7 +445,7 @@ async def test_calls_refused_by_admission_control_are_counted_by_method() -> Non
             return await stub.RegisterWorker(request("w-1"))
 
         admitted = asyncio.create_task(register())
-        await eventually(lambda: admission.in_flight == 1)
+        await eventually(lambda: bound.in_flight == 1)
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.RegisterWorkers(pb.RegisterWorkersRequest(workers=[request("w-2")]))
@@ -457,12 +457,12 @@ async def test_calls_refused_by_admission_control_are_counted_by_method() -> Non
         assert scheduler_count(metrics.registry, "created") == 1  # the refused call reached nobody
 
 
-async def test_the_default_admission_control_of_a_scheduler_shares_its_metrics() -> None:
+async def test_the_default_registration_bound_of_a_scheduler_shares_its_metrics() -> None:
     metrics = SchedulerMetrics()
 
     scheduler = EmbeddedScheduler(metrics=metrics)
 
-    assert scheduler.admission_control.metrics is metrics
+    assert scheduler.registration_bound.metrics is metrics
 
 
 # --- /metrics over HTTP -----------------------------------------------------------------------------------

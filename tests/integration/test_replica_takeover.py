@@ -30,7 +30,7 @@ StartReplica = Callable[[], Awaitable[Scheduler]]
 
 def leased(replica: Scheduler) -> list[str]:
     """Which of the test's workers hold a lease in the replica's own table."""
-    return [worker_id for worker_id in (*STALE, "steady", "victim") if worker_id in replica.leases]
+    return [worker_id for worker_id in (*STALE, "steady", "victim") if worker_id in replica.monitor.leases]
 
 
 @pytest.fixture

@@ -240,7 +240,7 @@ def refusing_with_a_password(record: WorkerRecord) -> SchedulerError:
 async def test_a_refused_agent_leaks_no_secret_in_its_logs_nor_in_its_error(
     agents: list[AgentProcess],
 ) -> None:
-    async with EmbeddedScheduler(admission=refusing_with_a_password) as scheduler:
+    async with EmbeddedScheduler(veto=refusing_with_a_password) as scheduler:
         agents.append(
             agent := await start_agent(
                 *("--scheduler", scheduler.target, "--worker-id", "agent-4", "--log-level", "debug"),

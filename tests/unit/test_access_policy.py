@@ -1,18 +1,23 @@
-"""The scheduler's rules of who may call what (AccessPolicy), and how a credential travels in metadata."""
+"""The scheduler's rules of who may call what (AccessPolicy), how a credential travels in metadata, and what the
+servicer asks before each call (CallAuthorizer: the rules, the registry's refusal first, a join token spent durably)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hodei.domain import DynamicWorker, WorkerRecord
+from hodei.errors import InvalidWorkerData
 from hodei.security import (
     DEFAULT_WORKER_CREDENTIAL_TTL,
     AccessPolicy,
     AuthError,
     AuthFailure,
+    JoinClaims,
     PermissionDenied,
     SchedulerSecurity,
     TokenAuthority,
@@ -21,7 +26,8 @@ from hodei.security import (
     authorization_metadata,
     bearer_token,
 )
-from hodei.security._access import JOIN_ACTIONS, WORKER_ACTIONS
+from hodei.security._access import JOIN_ACTIONS, WORKER_ACTIONS, CallAuthorizer
+from tests.helpers import make_worker
 
 SECRET = b"a" * 48
 OPERATOR_ONLY = [
@@ -274,3 +280,120 @@ def test_a_scheduler_configured_from_files_expires_worker_credentials_after_a_we
 
     assert default.access is not None and default.access.worker_credential_ttl == 7 * 24 * 3600
     assert never.access is not None and never.access.worker_credential_ttl is None
+
+
+# --- CallAuthorizer: what the servicer asks, with the caller's claims and the request's worker -------------
+
+
+class SpentTokensStore:
+    """The registry store's memory of spent join tokens (a collaborator of the authorizer): it records each call,
+    and says a token is spent by the first registration (worker id and incarnation) that spends it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self._spent: dict[str, tuple[str, int]] = {}
+
+    async def spend(self, token_id: str, expires_at: datetime, worker_id: str, incarnation: int) -> bool:
+        self.calls.append((token_id, worker_id, incarnation))
+        return self._spent.setdefault(token_id, (worker_id, incarnation)) == (worker_id, incarnation)
+
+
+class Vetting:
+    """The registry's check of a worker (a collaborator): records whom it was asked about, refuses ``refused``."""
+
+    def __init__(self, refused: str = "") -> None:
+        self.asked: list[str] = []
+        self._refused = refused
+
+    def __call__(self, worker: WorkerRecord | DynamicWorker) -> None:
+        self.asked.append(worker.worker_id)
+        if worker.worker_id == self._refused:
+            raise InvalidWorkerData(f"worker {worker.worker_id!r} is invalid", worker_id=worker.worker_id)
+
+
+def joining(worker_id: str, incarnation: int = 1) -> DynamicWorker:
+    return replace(make_worker(worker_id), incarnation=incarnation)
+
+
+async def test_an_operator_is_allowed_without_the_registry_being_asked_or_anything_spent(
+    policy: AccessPolicy, authority: TokenAuthority
+) -> None:
+    spent, vet = SpentTokensStore(), Vetting()
+    authorizer = CallAuthorizer(policy, spent=spent, vet=vet)
+    claims = policy.authenticate(authority.mint_operator_token("ops"))
+
+    grant = await authorizer.allow(claims, "RegisterWorker", worker=joining("w-1"))
+
+    assert (grant.caller, grant.kind, grant.credential) == ("ops", TokenKind.OPERATOR, "")
+    assert (vet.asked, spent.calls) == ([], [])
+
+
+async def test_a_call_nobody_authenticated_is_refused_as_missing_a_credential(policy: AccessPolicy) -> None:
+    vet = Vetting()
+    authorizer = CallAuthorizer(policy, vet=vet)
+
+    with pytest.raises(AuthError) as raised:
+        await authorizer.allow(None, "GetWorker", worker_id="w-1")
+
+    assert (type(raised.value), raised.value.reason) == (Unauthenticated, AuthFailure.MISSING)
+    assert vet.asked == []
+
+
+async def test_a_join_token_is_spent_in_the_store_once_per_registration_and_a_replay_is_refused(
+    policy: AccessPolicy, authority: TokenAuthority
+) -> None:
+    spent, vet = SpentTokensStore(), Vetting()
+    authorizer = CallAuthorizer(policy, spent=spent, vet=vet)
+    claims = policy.authenticate(authority.mint_join_token("w-1", ttl=60))
+    assert isinstance(claims, JoinClaims)
+
+    grant = await authorizer.allow(claims, "Connect", worker=joining("w-1"))
+    retried = await authorizer.allow(claims, "Connect", worker=joining("w-1"))  # its answer was lost
+    # Another process's ledger let it through (another replica, a restart): the store remembers.
+    elsewhere = CallAuthorizer(AccessPolicy(TokenAuthority(SECRET)), spent=spent, vet=vet)
+    with pytest.raises(AuthError) as replayed:
+        await elsewhere.allow(claims, "Connect", worker=joining("w-1", incarnation=2))
+
+    assert (grant.caller, grant.kind) == ("w-1", TokenKind.JOIN)
+    authority.verify_worker_credential(grant.credential, worker_id="w-1")
+    assert (retried.caller, retried.kind) == ("w-1", TokenKind.JOIN)
+    assert (type(replayed.value), replayed.value.reason) == (Unauthenticated, AuthFailure.REPLAYED)
+    assert spent.calls == [
+        (claims.token_id, "w-1", 1),
+        (claims.token_id, "w-1", 1),
+        (claims.token_id, "w-1", 2),
+    ]
+    assert vet.asked == ["w-1", "w-1", "w-1"]
+
+
+async def test_a_worker_the_registry_refuses_is_refused_before_its_join_token_is_spent(
+    policy: AccessPolicy, authority: TokenAuthority
+) -> None:
+    spent = SpentTokensStore()
+    authorizer = CallAuthorizer(policy, spent=spent, vet=Vetting(refused="w-1"))
+    claims = policy.authenticate(authority.mint_join_token("w-1", ttl=60))
+
+    with pytest.raises(InvalidWorkerData, match="worker 'w-1' is invalid"):
+        await authorizer.allow(claims, "RegisterWorker", worker=joining("w-1"))
+    grant = await CallAuthorizer(policy, spent=spent).allow(
+        claims, "RegisterWorker", worker=joining("w-1", 2)
+    )
+
+    assert spent.calls == [(claims.token_id, "w-1", 2)]  # the refused registration spent nothing
+    assert (grant.caller, grant.kind) == ("w-1", TokenKind.JOIN)
+
+
+async def test_a_worker_credential_is_allowed_for_its_own_worker_and_spends_nothing(
+    policy: AccessPolicy, authority: TokenAuthority
+) -> None:
+    spent, vet = SpentTokensStore(), Vetting()
+    authorizer = CallAuthorizer(policy, spent=spent, vet=vet)
+    claims = policy.authenticate(authority.mint_worker_credential("w-1"))
+
+    grant = await authorizer.allow(claims, "UnregisterWorker", worker_id="w-1")
+    with pytest.raises(AuthError) as other:
+        await authorizer.allow(claims, "UnregisterWorker", worker_id="w-2")
+
+    assert (grant.caller, grant.kind, grant.credential) == ("w-1", TokenKind.WORKER, "")
+    assert (type(other.value), other.value.reason) == (PermissionDenied, AuthFailure.WRONG_WORKER)
+    assert (vet.asked, spent.calls) == ([], [])

@@ -1,4 +1,4 @@
-"""LeaseTable and LivenessMonitor: silent workers become LOST, then are removed; mass silence is distrusted.
+"""LivenessMonitor and its LeaseTable: silent workers become LOST, then are removed; mass silence is distrusted.
 
 The monitor is driven by explicit sweeps at chosen moments of a fake monotonic clock; nothing sleeps.
 """
@@ -15,8 +15,7 @@ from hodei.domain import WorkerStatus
 from hodei.errors import SchedulerUnavailable
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.scheduler._events import Watcher
-from hodei.scheduler._leases import LeaseTable
-from hodei.scheduler._liveness import LivenessMonitor
+from hodei.scheduler._liveness import LeaseTable, LivenessMonitor
 from hodei.scheduler._registry import WorkerRegistry
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import FaultyStore
@@ -33,16 +32,15 @@ CONFIG = LivenessConfig(
 
 
 class Fleet:
-    """A registry over the memory store, a lease table and a monitor, on a fake monotonic clock."""
+    """A registry over the memory store and a monitor (with its lease table), on a fake monotonic clock."""
 
     def __init__(self, config: LivenessConfig) -> None:
         self.config = config
         self.now = 0.0
         self.registry = WorkerRegistry(MemoryRegistryStore())
-        self.leases = LeaseTable()
         self.removed: list[str] = []
         self.monitor = LivenessMonitor(
-            self.registry, self.leases, config, monotonic=lambda: self.now, on_removed=self._on_removed
+            self.registry, config, monotonic=lambda: self.now, on_removed=self._on_removed
         )
         self._watcher: Watcher = self.registry.events.watch()
 
@@ -56,7 +54,7 @@ class Fleet:
                 make_worker(worker_id), lease_ttl=self.config.lease_ttl if leased else None
             )
             if leased:
-                self.leases.renew(worker_id, self.config.lease_ttl, renewed_at)
+                self.monitor.leases.renew(worker_id, self.config.lease_ttl, renewed_at)
 
     def begin(self, now: float = 0.0) -> None:
         self.now = now
@@ -186,6 +184,39 @@ def test_the_table_counts_and_contains_its_leases() -> None:
     assert "c" not in leases
 
 
+# --- what the monitor hears of a worker's stream ---------------------------------------------------------
+
+
+def test_heartbeats_renew_the_lease_and_their_lag_is_measured_within_one_stream_only() -> None:
+    monitor = Fleet(CONFIG).monitor
+
+    monitor.connected("w1", 3.0, 0.0)
+    first = monitor.beat("w1", 3.0, 1.0)  # nothing before it on this stream
+    second = monitor.beat("w1", 3.0, 2.5)
+    renewed = monitor.leases.expires_at("w1")
+    monitor.connected("w1", 3.0, 4.0)  # a new stream: its first beat has nothing before it either
+    after_reconnect = monitor.beat("w1", 3.0, 5.0)
+    monitor.disconnected("w1")  # the lease runs on; a stream opened later starts over
+    kept = monitor.leases.expires_at("w1")
+    monitor.heard("w1", 3.0, 6.0)  # a status report: heard, not a heartbeat
+    after_goodbye = monitor.beat("w1", 3.0, 7.0)
+
+    assert (first, second, after_reconnect, after_goodbye) == (None, 1.5, None, None)
+    assert (renewed, kept, monitor.leases.expires_at("w1")) == (5.5, 8.0, 10.0)
+
+
+def test_an_unregistered_worker_leaves_nothing_behind_in_the_monitor() -> None:
+    monitor = Fleet(CONFIG).monitor
+    monitor.connected("w1", 3.0, 0.0)
+    monitor.beat("w1", 3.0, 1.0)
+    monitor.mark_lost_since("w1", 2.0)
+
+    monitor.unregistered("w1")
+
+    assert ("w1" in monitor.leases, monitor.is_lost("w1")) == (False, False)
+    assert monitor.beat("w1", 3.0, 3.0) is None  # no beat of it was kept
+
+
 # --- LivenessConfig -------------------------------------------------------------------------------------
 
 
@@ -207,7 +238,7 @@ async def test_a_worker_whose_lease_just_ran_out_is_suspect_but_still_available(
     await fleet.sweep_through(3.0)
 
     assert await fleet.status("w1") is WorkerStatus.AVAILABLE
-    assert fleet.leases.expires_at("w1") == 3.0
+    assert fleet.monitor.leases.expires_at("w1") == 3.0
     assert not fleet.monitor.is_lost("w1")
     assert await fleet.events() == []
 
@@ -230,7 +261,7 @@ async def test_a_worker_silent_one_heartbeat_past_its_lease_becomes_lost_with_an
     assert event.reason == "no heartbeat for 3 s"
     assert event.record is not None
     assert event.record.status is WorkerStatus.LOST
-    assert "w1" not in fleet.leases
+    assert "w1" not in fleet.monitor.leases
     assert fleet.monitor.is_lost("w1")
 
 
@@ -241,7 +272,7 @@ async def test_a_worker_whose_lease_is_renewed_in_time_never_becomes_lost() -> N
     await fleet.events()
 
     for second in range(1, 30):
-        fleet.leases.renew("w1", CONFIG.lease_ttl, float(second))  # a heartbeat, then the sweep
+        fleet.monitor.leases.renew("w1", CONFIG.lease_ttl, float(second))  # a heartbeat, then the sweep
         await fleet.sweep(float(second))
 
     assert await fleet.status("w1") is WorkerStatus.AVAILABLE
@@ -255,7 +286,7 @@ async def test_only_the_silent_worker_becomes_lost() -> None:
     await fleet.events()
 
     for second in range(1, 6):
-        fleet.leases.renew("talking", CONFIG.lease_ttl, float(second))
+        fleet.monitor.leases.renew("talking", CONFIG.lease_ttl, float(second))
         await fleet.sweep(float(second))
 
     assert await fleet.status("silent") is WorkerStatus.LOST
@@ -285,7 +316,7 @@ async def test_a_lease_of_a_worker_no_longer_registered_expires_without_an_event
 
     await fleet.sweep_through(20.0)
 
-    assert "w1" not in fleet.leases
+    assert "w1" not in fleet.monitor.leases
     assert not fleet.monitor.is_lost("w1")
     assert await fleet.events() == []
     assert fleet.removed == []
@@ -418,7 +449,7 @@ async def test_no_lost_worker_is_removed_during_the_recovery_window() -> None:
     fleet.begin(0.0)
     fleet.monitor.mark_lost_since("w1", 0.0)
     await fleet.registry.transition("w1", WorkerStatus.LOST)
-    fleet.leases.drop("w1")
+    fleet.monitor.leases.drop("w1")
     await fleet.events()
 
     await fleet.sweep_through(9.0)  # lost for 9 s of a 5 s grace, but recovering
@@ -460,9 +491,9 @@ async def mass_silence() -> Fleet:
     fleet = Fleet(GUARDED)
     await fleet.register(*HEALTHY, *SILENT)
     for worker_id in HEALTHY:
-        fleet.leases.renew(worker_id, 1000.0, 0.0)
+        fleet.monitor.leases.renew(worker_id, 1000.0, 0.0)
     for index, worker_id in enumerate(SILENT):
-        fleet.leases.renew(worker_id, 2.25 + (14 - index) / 8, 0.0)
+        fleet.monitor.leases.renew(worker_id, 2.25 + (14 - index) / 8, 0.0)
     fleet.begin(0.0)
     await fleet.events()
     return fleet
@@ -559,7 +590,7 @@ async def test_workers_lost_in_a_mass_silence_whose_lease_is_renewed_are_no_long
     await fleet.events()
 
     for worker_id in SILENT:  # the partition heals: what Scheduler.heartbeat does for each
-        fleet.leases.renew(worker_id, GUARDED.lease_ttl, 5.5)
+        fleet.monitor.leases.renew(worker_id, GUARDED.lease_ttl, 5.5)
         await fleet.registry.transition(worker_id, WorkerStatus.AVAILABLE, reason="heartbeats resumed")
         fleet.monitor.forget(worker_id)
     await fleet.events()
@@ -575,7 +606,7 @@ async def test_workers_lost_in_a_mass_silence_whose_lease_is_renewed_are_no_long
 async def test_below_the_minimum_fleet_size_there_is_no_guard_and_all_are_removed_at_once() -> None:
     fleet = Fleet(GUARDED)
     await fleet.register("healthy", "silent-a", "silent-b", "silent-c")
-    fleet.leases.renew("healthy", 1000.0, 0.0)
+    fleet.monitor.leases.renew("healthy", 1000.0, 0.0)
     fleet.begin(0.0)
     await fleet.events()
 
@@ -598,7 +629,7 @@ async def test_half_of_a_large_fleet_going_silent_is_not_slowed() -> None:
     workers = [f"w-{index:02d}" for index in range(20)]
     await fleet.register(*workers)
     for worker_id in workers[10:]:
-        fleet.leases.renew(worker_id, 1000.0, 0.0)
+        fleet.monitor.leases.renew(worker_id, 1000.0, 0.0)
     fleet.begin(0.0)
     await fleet.events()
 
@@ -619,7 +650,7 @@ def faulty_fleet(config: LivenessConfig) -> tuple[Fleet, FaultyStore]:
     store = FaultyStore(MemoryRegistryStore())
     fleet.registry = WorkerRegistry(store)
     fleet.monitor = LivenessMonitor(
-        fleet.registry, fleet.leases, config, monotonic=lambda: fleet.now, on_removed=fleet._on_removed
+        fleet.registry, config, monotonic=lambda: fleet.now, on_removed=fleet._on_removed
     )
     fleet._watcher = fleet.registry.events.watch()
     return fleet, store
@@ -636,13 +667,13 @@ async def test_a_lost_transition_the_store_refused_keeps_the_lease_and_is_made_a
         await fleet.sweep(4.0)
 
     assert await fleet.status("w1") is WorkerStatus.AVAILABLE
-    assert fleet.leases.expires_at("w1") == 3.0
+    assert fleet.monitor.leases.expires_at("w1") == 3.0
     assert not fleet.monitor.is_lost("w1")
 
     await fleet.sweep(5.0)
 
     assert await fleet.status("w1") is WorkerStatus.LOST
-    assert "w1" not in fleet.leases
+    assert "w1" not in fleet.monitor.leases
     assert fleet.monitor.is_lost("w1")
 
 
@@ -672,14 +703,16 @@ async def test_a_removal_the_store_refused_keeps_the_worker_noted_lost_and_is_ma
 async def test_a_lease_the_store_does_not_hold_is_dropped_without_making_the_worker_lost() -> None:
     fleet = Fleet(CONFIG)
     await fleet.register("pushed", leased=False)
-    fleet.leases.renew("pushed", CONFIG.lease_ttl, 0.0)  # e.g. from a hello whose write never committed
+    fleet.monitor.leases.renew(
+        "pushed", CONFIG.lease_ttl, 0.0
+    )  # e.g. from a hello whose write never committed
     fleet.begin(0.0)
     await fleet.events()
 
     await fleet.sweep_through(10.0)
 
     assert await fleet.status("pushed") is WorkerStatus.AVAILABLE
-    assert "pushed" not in fleet.leases
+    assert "pushed" not in fleet.monitor.leases
     assert await fleet.events() == []
 
 
@@ -691,7 +724,7 @@ async def test_a_sweep_that_runs_far_too_late_extends_every_lease_by_the_latenes
 ):
     fleet = Fleet(CONFIG)
     await fleet.register("w1", "w2")  # leases run out at 3
-    fleet.leases.renew("w2", CONFIG.lease_ttl, 1.0)  # this one at 4
+    fleet.monitor.leases.renew("w2", CONFIG.lease_ttl, 1.0)  # this one at 4
     fleet.begin(0.0)
     await fleet.sweep_through(2.0)
     await fleet.events()
@@ -699,8 +732,8 @@ async def test_a_sweep_that_runs_far_too_late_extends_every_lease_by_the_latenes
     await fleet.sweep(12.0)  # due at 3: 9 s late
 
     assert fleet.monitor.stall_compensations == 1
-    assert fleet.leases.expires_at("w1") == 12.0
-    assert fleet.leases.expires_at("w2") == 13.0
+    assert fleet.monitor.leases.expires_at("w1") == 12.0
+    assert fleet.monitor.leases.expires_at("w2") == 13.0
     assert await fleet.status("w1") is WorkerStatus.AVAILABLE
     assert await fleet.status("w2") is WorkerStatus.AVAILABLE
     assert await fleet.events() == []
@@ -737,7 +770,7 @@ async def test_a_sweep_a_little_late_is_not_a_stall() -> None:
     await fleet.sweep_through(2.0)
 
     await fleet.sweep(3.5)  # half a second late
-    assert fleet.leases.expires_at("w1") == 3.0
+    assert fleet.monitor.leases.expires_at("w1") == 3.0
     await fleet.sweep(4.5)
 
     assert fleet.monitor.stall_compensations == 0
@@ -753,5 +786,5 @@ async def test_every_stalled_sweep_is_counted_and_compensated() -> None:
     await fleet.sweep(20.0)  # 9 s late again
 
     assert fleet.monitor.stall_compensations == 2
-    assert fleet.leases.expires_at("w1") == 21.0
+    assert fleet.monitor.leases.expires_at("w1") == 21.0
     assert await fleet.status("w1") is WorkerStatus.AVAILABLE

@@ -1,4 +1,4 @@
-"""WorkerRegistry over the in-memory store: upsert semantics, incarnation fencing, admission, batches, paging."""
+"""WorkerRegistry over the in-memory store: upsert semantics, incarnation fencing, the veto, batches, paging."""
 
 from __future__ import annotations
 
@@ -178,13 +178,13 @@ async def test_an_invalid_re_registration_leaves_the_existing_record_unchanged(
     assert await registry.get("worker-1") == current
 
 
-async def test_the_admission_hook_refuses_only_the_worker_it_names(store: CountingStore) -> None:
+async def test_the_veto_refuses_only_the_worker_it_names(store: CountingStore) -> None:
     refusal = SchedulerOverloaded("pool 'gpu' is full", worker_id="worker-2", retry_after=2.0)
 
-    def admission(worker: DynamicWorker) -> SchedulerError | None:
+    def veto(worker: DynamicWorker) -> SchedulerError | None:
         return refusal if worker.worker_id == "worker-2" else None
 
-    registry = WorkerRegistry(store, clock=StepClock(), admission=admission)
+    registry = WorkerRegistry(store, clock=StepClock(), veto=veto)
 
     with pytest.raises(SchedulerOverloaded) as refused:
         await registry.register(make_worker("worker-2"))
@@ -195,14 +195,14 @@ async def test_the_admission_hook_refuses_only_the_worker_it_names(store: Counti
     assert ids(await registry.store.list(WorkerFilter())) == ["worker-1"]
 
 
-async def test_the_admission_hook_is_not_asked_about_an_invalid_worker(store: CountingStore) -> None:
+async def test_the_veto_is_not_asked_about_an_invalid_worker(store: CountingStore) -> None:
     asked: list[str] = []
 
-    def admission(worker: DynamicWorker) -> SchedulerError | None:
+    def veto(worker: DynamicWorker) -> SchedulerError | None:
         asked.append(worker.worker_id)
         return None
 
-    registry = WorkerRegistry(store, admission=admission)
+    registry = WorkerRegistry(store, veto=veto)
 
     with pytest.raises(InvalidWorkerData):
         await registry.register(make_worker("worker-1", cpu_cores=0))
@@ -252,11 +252,9 @@ async def test_a_mixed_batch_answers_each_worker_in_input_order_with_one_store_w
     assert stored_stale.incarnation == 9
 
 
-async def test_a_batch_refused_by_admission_registers_the_rest(store: CountingStore) -> None:
+async def test_a_batch_a_veto_refuses_in_part_registers_the_rest(store: CountingStore) -> None:
     refusal = SchedulerOverloaded("full")
-    registry = WorkerRegistry(
-        store, admission=lambda worker: refusal if worker.worker_id == "worker-2" else None
-    )
+    registry = WorkerRegistry(store, veto=lambda worker: refusal if worker.worker_id == "worker-2" else None)
 
     results = await registry.register_many([make_worker(f"worker-{n}") for n in range(1, 4)])
 

@@ -242,7 +242,7 @@ async def test_the_leader_keeps_a_worker_heard_only_by_another_replica_and_finds
     follower = await start_replica(SwitchedLeadership(leading=False))
     events = EventLog(leader)
     _, session = await follower.hello(agent("roamer"))
-    assert "roamer" not in leader.leases
+    assert "roamer" not in leader.monitor.leases
 
     for second in range(1, 11):
         clock.now = float(second)
@@ -251,7 +251,7 @@ async def test_the_leader_keeps_a_worker_heard_only_by_another_replica_and_finds
         assert await status(leader, "roamer") is WorkerStatus.AVAILABLE
 
     assert leader.sessions == {}  # it never heard the roamer itself
-    assert leader.leases.expires_at("roamer") == 13.0  # last touched by the follower at 10
+    assert leader.monitor.leases.expires_at("roamer") == 13.0  # last touched by the follower at 10
     assert store.calls.count(("touch", ["roamer"])) == 10
     assert store.calls.count(("lease_ages",)) == 10
 
@@ -276,11 +276,11 @@ async def test_an_older_last_heard_in_the_store_does_not_shorten_a_lease_the_lea
     leader = await start_replica(SwitchedLeadership(leading=True))
     await leader.hello(agent("agent-1"))  # silent from 0
     await tick_at(clock, 1.0, leader)  # touched at 1: the store says heard at 1, lease to 4
-    assert leader.leases.expires_at("agent-1") == 4.0
+    assert leader.monitor.leases.expires_at("agent-1") == 4.0
 
     await tick_at(clock, 4.0, leader)  # the leader stalled 2 s: every lease is extended by as much
     assert leader.monitor.stall_compensations == 1
-    assert leader.leases.expires_at("agent-1") == 6.0
+    assert leader.monitor.leases.expires_at("agent-1") == 6.0
 
     seen = {}
     for second in (5.0, 6.0, 7.0):
@@ -428,7 +428,7 @@ async def test_each_change_of_leadership_is_told_once_and_ticks_without_a_change
     leadership = SwitchedLeadership(leading=False)
     replica = await start_replica(leadership)
     told: list[bool] = []
-    replica.on_leadership = told.append
+    replica.rounds.on_leadership = told.append
 
     leading: list[bool] = []
     for second, answer in enumerate([False, True, True, False, False, True], start=1):
@@ -449,7 +449,7 @@ async def test_a_scheduler_alone_with_its_store_leads_from_the_first_tick_and_sw
     )
     await scheduler.start(sweep=False)
     told: list[bool] = []
-    scheduler.on_leadership = told.append
+    scheduler.rounds.on_leadership = told.append
     try:
         await scheduler.hello(agent("agent-1"))  # lease to 3, LOST at 4
         seen = {}
@@ -548,7 +548,7 @@ async def test_a_takeover_whose_restore_cannot_reach_the_store_is_completed_at_t
     leadership = SwitchedLeadership(leading=False)
     replica = await start_replica(leadership)
     told: list[bool] = []
-    replica.on_leadership = told.append
+    replica.rounds.on_leadership = told.append
     await elsewhere.register(agent("gone"), lease_ttl=3.0)
     clock.now = 1.0
     await elsewhere.transition("gone", WorkerStatus.LOST, reason="no heartbeat for 3 s")  # the old leader
@@ -610,7 +610,7 @@ async def test_a_scheduler_alone_with_its_store_keeps_no_list_of_whom_it_heard(c
             await scheduler.unregister(f"ephemeral-{number}")
         await tick_at(clock, 1.0, scheduler)
 
-        assert scheduler._heard == set()
+        assert scheduler.monitor._heard == set()
     finally:
         await scheduler.stop()
 

@@ -132,7 +132,7 @@ async def test_hello_from_an_unknown_worker_registers_it_available_with_a_lease(
     assert session.incarnation == 3
     assert session.closed is False
     assert scheduler.sessions["agent-1"] is session
-    assert scheduler.leases.expires_at("agent-1") == 3.0
+    assert scheduler.monitor.leases.expires_at("agent-1") == 3.0
     taken = await events.take()
     assert [(event.kind, event.worker_id) for event in taken] == [
         (WorkerEventKind.REGISTERED, "agent-1"),
@@ -204,7 +204,7 @@ async def test_heartbeats_on_a_replaced_session_are_ignored(scheduler: Scheduler
     clock.now = 2.0
     await scheduler.heartbeat(first, ResourceUsage(cpu_percent=50.0, memory_used_mb=100, running_jobs=1))
 
-    assert scheduler.leases.expires_at("agent-1") == 3.0
+    assert scheduler.monitor.leases.expires_at("agent-1") == 3.0
     viewed = await scheduler.get("agent-1")
     assert viewed is not None
     assert viewed.usage is None
@@ -245,12 +245,12 @@ async def test_hello_with_an_older_incarnation_is_refused_and_keeps_the_current_
 
 async def test_a_heartbeat_renews_the_lease(scheduler: Scheduler, clock: FakeClock) -> None:
     _, session = await scheduler.hello(agent("agent-1"))
-    assert scheduler.leases.expires_at("agent-1") == 3.0
+    assert scheduler.monitor.leases.expires_at("agent-1") == 3.0
 
     clock.now = 2.0
     await scheduler.heartbeat(session, ResourceUsage())
 
-    assert scheduler.leases.expires_at("agent-1") == 5.0
+    assert scheduler.monitor.leases.expires_at("agent-1") == 5.0
 
 
 async def test_a_heartbeat_records_usage_and_time_in_the_view(scheduler: Scheduler, clock: FakeClock) -> None:
@@ -290,7 +290,7 @@ async def test_a_heartbeat_from_a_lost_worker_makes_it_available_again(
 
     assert await status(scheduler, "agent-1") is WorkerStatus.AVAILABLE
     assert not scheduler.monitor.is_lost("agent-1")
-    assert scheduler.leases.expires_at("agent-1") == 7.0
+    assert scheduler.monitor.leases.expires_at("agent-1") == 7.0
     [event] = await events.take()
     assert (event.kind, event.worker_id, event.reason) == (
         WorkerEventKind.AVAILABLE,
@@ -432,7 +432,7 @@ async def test_after_goodbye_the_lease_runs_on_until_the_worker_is_lost(
     await scheduler.heartbeat(session, ResourceUsage())  # lease until 4
     scheduler.goodbye(session)
 
-    assert scheduler.leases.expires_at("agent-1") == 4.0
+    assert scheduler.monitor.leases.expires_at("agent-1") == 4.0
     await sweep_through(scheduler, clock, 4.0)
     assert await status(scheduler, "agent-1") is WorkerStatus.AVAILABLE
 
@@ -558,7 +558,7 @@ async def test_unregistering_a_connected_worker_shuts_its_agent_down_and_drops_i
     assert pending(session) == [WorkerCommand(CommandKind.SHUTDOWN, "unregistered"), None]
     assert session.closed is True
     assert "agent-1" not in scheduler.sessions
-    assert "agent-1" not in scheduler.leases
+    assert "agent-1" not in scheduler.monitor.leases
     assert await scheduler.get("agent-1") is None
     assert await events.kinds() == [(WorkerEventKind.UNREGISTERED, "agent-1")]
 
@@ -630,10 +630,10 @@ async def test_start_restores_the_leases_of_stored_leased_workers() -> None:
 
     scheduler = await restarted(store, clock)
     try:
-        assert scheduler.leases.expires_at("leased-1") == 103.0
-        assert scheduler.leases.expires_at("leased-2") == 104.0
-        assert "pushed" not in scheduler.leases
-        assert len(scheduler.leases) == 2
+        assert scheduler.monitor.leases.expires_at("leased-1") == 103.0
+        assert scheduler.monitor.leases.expires_at("leased-2") == 104.0
+        assert "pushed" not in scheduler.monitor.leases
+        assert len(scheduler.monitor.leases) == 2
     finally:
         await scheduler.stop()
 
@@ -681,7 +681,7 @@ async def test_a_stored_lost_worker_is_removed_a_grace_after_the_restart() -> No
     events = EventLog(scheduler)
     try:
         assert scheduler.monitor.is_lost("gone")
-        assert "gone" not in scheduler.leases
+        assert "gone" not in scheduler.monitor.leases
 
         await sweep_through(scheduler, clock, 109.0)
         assert await status(scheduler, "gone") is WorkerStatus.LOST
@@ -740,7 +740,7 @@ async def test_a_status_report_renews_the_lease_like_a_heartbeat(
     await sweep_through(scheduler, clock, 5.0)  # without the renewal it would be LOST at 4
 
     assert await status(scheduler, "agent-1") is WorkerStatus.BUSY
-    assert scheduler.leases.expires_at("agent-1") == 2.0 + LIVENESS.lease_ttl
+    assert scheduler.monitor.leases.expires_at("agent-1") == 2.0 + LIVENESS.lease_ttl
 
 
 async def test_a_liveness_tick_failing_with_any_error_is_counted_and_the_sweeper_goes_on() -> None:
@@ -750,7 +750,7 @@ async def test_a_liveness_tick_failing_with_any_error_is_counted_and_the_sweeper
     store = FaultyStore(MemoryRegistryStore())
     scheduler = Scheduler(store, liveness=fast)
     told: list[bool] = []
-    scheduler.on_unhealthy = lambda: told.append(True)
+    scheduler.rounds.on_unhealthy = lambda: told.append(True)
     await scheduler.start()
     try:
         store.fail_write(2, lambda: RuntimeError("the driver failed in a way nobody foresaw"))  # LOST, once
@@ -774,7 +774,7 @@ async def test_a_liveness_sweeper_ended_by_what_is_not_an_exception_makes_the_sc
     fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
     scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
     told: list[bool] = []
-    scheduler.on_unhealthy = lambda: told.append(True)
+    scheduler.rounds.on_unhealthy = lambda: told.append(True)
 
     class Fatal(BaseException):
         pass
@@ -782,7 +782,7 @@ async def test_a_liveness_sweeper_ended_by_what_is_not_an_exception_makes_the_sc
     async def fatal_tick(now: float) -> None:
         raise Fatal
 
-    scheduler.tick = fatal_tick  # type: ignore[method-assign]
+    scheduler.rounds.tick = fatal_tick  # type: ignore[method-assign]
     await scheduler.start()
     await wait_for(lambda: _is(not scheduler.healthy), timeout=1, interval=0)
     await scheduler.stop()  # the failure was reported once; stopping does not raise it again
@@ -801,7 +801,7 @@ async def test_a_sweep_that_cannot_reach_the_store_is_skipped_and_the_sweeper_go
         ticks.append(now)
         raise SchedulerUnavailable("the registry database is unreachable")
 
-    scheduler.tick = unreachable_tick  # type: ignore[method-assign]
+    scheduler.rounds.tick = unreachable_tick  # type: ignore[method-assign]
     await scheduler.start()
     await wait_for(lambda: _is(len(ticks) >= 3), timeout=2)
     assert scheduler.healthy

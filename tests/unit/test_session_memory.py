@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from hodei.lifecycle import CommandKind, WorkerCommand
-from hodei.scheduler._core import AgentSession, CommandQueue
+from hodei.scheduler._sessions import AgentSession, CommandQueue
 
 
 def test_a_session_and_its_command_queue_take_under_half_a_kilobyte() -> None:

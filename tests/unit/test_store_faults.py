@@ -118,12 +118,12 @@ async def test_a_hello_cancelled_while_its_write_stalls_leaves_a_worker_found_lo
     clock.now = 0.5
     store.release()
     await store.settled()
-    await wait_for(async_true(lambda: "a1" in scheduler.leases))  # followed once the write committed
+    await wait_for(async_true(lambda: "a1" in scheduler.monitor.leases))  # followed once the write committed
 
     # The registration committed after its agent went away: AVAILABLE in the store, no session, but a lease.
     assert await status(scheduler, "a1") is WorkerStatus.AVAILABLE
     assert "a1" not in scheduler.sessions
-    assert scheduler.leases.expires_at("a1") == 3.5
+    assert scheduler.monitor.leases.expires_at("a1") == 3.5
 
     await sweep_through(scheduler, clock, 4.5)
 
@@ -140,7 +140,7 @@ async def test_a_hello_whose_write_fails_leaves_no_session_and_no_lease(
 
     assert await scheduler.get("a1") is None
     assert scheduler.sessions == {}
-    assert "a1" not in scheduler.leases
+    assert "a1" not in scheduler.monitor.leases
 
 
 # --- heartbeats and status reports of a LOST worker ------------------------------------------------------
@@ -202,7 +202,7 @@ async def test_an_unregistration_cancelled_while_its_delete_stalls_ends_the_sess
 
     assert await scheduler.get("a1") is None
     assert scheduler.sessions == {}
-    assert "a1" not in scheduler.leases
+    assert "a1" not in scheduler.monitor.leases
     assert pending(session) == [WorkerCommand(CommandKind.SHUTDOWN, "unregistered"), None]
 
 
@@ -217,7 +217,7 @@ async def test_an_unregistration_the_store_refused_keeps_the_session_and_the_lea
 
     assert await status(scheduler, "a1") is WorkerStatus.AVAILABLE
     assert scheduler.sessions == {"a1": session}
-    assert scheduler.leases.expires_at("a1") == 3.0
+    assert scheduler.monitor.leases.expires_at("a1") == 3.0
     assert pending(session) == []
 
 

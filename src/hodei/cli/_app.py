@@ -103,7 +103,7 @@ def scheduler_serve(
             "the agents waiting (after a restart, the whole fleet) over time.",
             min=1,
         ),
-    ] = 2000,  # admission.DEFAULT_MAX_HELLOS_IN_FLIGHT (not imported: the CLI imports the scheduler lazily)
+    ] = 2000,  # _bounds.DEFAULT_MAX_HELLOS_IN_FLIGHT (not imported: the CLI imports the scheduler lazily)
     store: Annotated[
         str,
         typer.Option(

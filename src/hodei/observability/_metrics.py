@@ -208,9 +208,9 @@ class SchedulerMetrics:
     """What the scheduler counts.
 
     ``hodei_scheduler_registrations_total{result, worker_type}`` by ``result``: ``created``, ``updated``,
-    ``kept``, ``invalid``, ``stale``, ``refused`` (by the registry's admission hook), counted once per worker
+    ``kept``, ``invalid``, ``stale``, ``refused`` (by the registry's veto), counted once per worker
     (batch entries and agents' hellos included); ``worker_type`` is ``unknown`` for a registration refused
-    before its type could be read. Calls refused whole by admission control count in
+    before its type could be read. Calls refused whole by the registration bound count in
     ``hodei_admission_rejections_total{method}`` (the short RPC name) instead. ``hodei_workers{status}`` is
     read from the registry on every liveness tick of every replica (0 for the statuses nobody has).
     ``hodei_lease_expiries_total{reason}``: ``lease_expired``, ``lost_grace``;

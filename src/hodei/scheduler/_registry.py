@@ -39,7 +39,7 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_PAGE_BYTES",
     "MAX_PAGE_SIZE",
-    "Admission",
+    "RegistrationVeto",
     "WorkerRegistry",
 ]
 
@@ -51,7 +51,7 @@ MAX_PAGE_BYTES = 1024 * 1024
 least): 1,000 workers with the most labels allowed would be ~22 MB, more than a client accepts."""
 
 
-Admission = Callable[[WorkerRecord], SchedulerError | None]
+RegistrationVeto = Callable[[WorkerRecord], SchedulerError | None]
 """Asked before each registration is written; an error refuses that worker (and only that one)."""
 
 _STATUS_EVENTS = {
@@ -85,13 +85,13 @@ class WorkerRegistry:
         *,
         events: EventHub | None = None,
         clock: Callable[[], datetime] = utcnow,
-        admission: Admission | None = None,
+        veto: RegistrationVeto | None = None,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._store = store
         self.events = events or EventHub(clock=clock)
         self._clock = clock
-        self._admission = admission
+        self._veto = veto
         self.metrics = metrics or SchedulerMetrics()
         # Keyed by (result, worker type); a WorkerType is a str, so either finds its series.
         self._results = {
@@ -148,7 +148,7 @@ class WorkerRegistry:
                 violations=violations,
             )
             return "invalid", invalid
-        if self._admission is not None and (refusal := self._admission(record)) is not None:
+        if self._veto is not None and (refusal := self._veto(record)) is not None:
             return "refused", refusal
         return None
 
@@ -183,7 +183,7 @@ class WorkerRegistry:
         return await self.register_record(self._record(worker, lease_ttl, status))
 
     async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
-        """Register one record built by the caller (validated and admitted here); raises the refusal."""
+        """Register one record built by the caller (validated and vetted here); raises the refusal."""
         self.check(record)
         [(outcome, stored)] = await self._store.upsert([record])
         self._count(outcome.value, record.worker_type)
@@ -199,7 +199,7 @@ class WorkerRegistry:
         self, records: Sequence[WorkerRecord]
     ) -> builtins.list[RegistrationReceipt | SchedulerError]:
         """Register records built by the caller (the servicer builds them straight from the wire): each is
-        validated and admitted here, then all are written in one store call. One entry per record, in order."""
+        validated and vetted here, then all are written in one store call. One entry per record, in order."""
         results: builtins.list[RegistrationReceipt | SchedulerError | None] = [None] * len(records)
         accepted: builtins.list[tuple[int, WorkerRecord]] = []
         # Counted by (result, worker type) once the batch is written: a batch the store refused is not

@@ -23,9 +23,11 @@ valid one for another worker, or for a call its kind does not allow, is ``PERMIS
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from hodei.domain import DynamicWorker, WorkerRecord
+from hodei.ports import SpentTokens
 from hodei.security._refusals import AuthError, AuthFailure, TokenKind
 from hodei.security._tokens import (
     DEFAULT_WORKER_CREDENTIAL_TTL,
@@ -42,6 +44,7 @@ __all__ = [
     "JOIN_ACTIONS",
     "WORKER_ACTIONS",
     "AccessPolicy",
+    "CallAuthorizer",
     "Grant",
     "authorization_metadata",
     "bearer_token",
@@ -152,3 +155,62 @@ class AccessPolicy:
         return self.authority.mint_worker_credential(
             worker_id, ttl=self.worker_credential_ttl, pool=claims.pool, labels=claims.labels
         )
+
+
+class CallAuthorizer:
+    """What the servicer asks before serving a call: the caller's claims (read at the door; None when nobody
+    authenticated the call) and the request's worker in; a :class:`Grant` out, or the refusal raised.
+
+    ``policy`` says who may call what. A single-use join token is spent by the policy in this process's ledger,
+    and then in ``spent`` when the registry's store keeps spent tokens (a token spent on another replica, or
+    before a restart, is refused too). ``vet`` raises the registry's refusal of a worker, if any: asked before
+    anything is spent, so that a join token is spent only on a registration that passes.
+    """
+
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        *,
+        spent: SpentTokens | None = None,
+        vet: Callable[[WorkerRecord | DynamicWorker], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._spent = spent
+        self._vet = vet
+
+    async def allow(
+        self,
+        claims: Claims | None,
+        action: str,
+        *,
+        worker_id: str | None = None,
+        worker: WorkerRecord | DynamicWorker | None = None,
+    ) -> Grant:
+        """Allow ``action`` to ``worker_id``, or the registration of ``worker``; raises :class:`AuthError` (or
+        ``vet``'s refusal of ``worker``, or the error of a store of spent tokens that could not be used)."""
+        if worker is not None:
+            worker_id = worker.worker_id
+            if self._vet is not None and claims is not None and not isinstance(claims, OperatorClaims):
+                self._vet(worker)
+        if claims is None:  # a call that did not pass the door: refused, never let through
+            raise AuthError.refusal(AuthFailure.MISSING, kind=None, action=action)
+        grant = self.policy.authorize(
+            claims,
+            action,
+            worker_id=worker_id,
+            pool=None if worker is None else worker.pool,
+            labels=None if worker is None else worker.labels,
+            incarnation=0 if worker is None else worker.incarnation,
+        )
+        if isinstance(claims, JoinClaims) and claims.single_use and worker is not None:
+            await self._spend(claims, worker)
+        return grant
+
+    async def _spend(self, claims: JoinClaims, worker: WorkerRecord | DynamicWorker) -> None:
+        """Spent for this registration (worker id and incarnation): the same one retried (its answer lost, or
+        its commit ambiguous) is let through; another is a replay."""
+        if self._spent is None:
+            return
+        until = self.policy.authority.remember_until(claims)
+        if not await self._spent.spend(claims.token_id, until, worker.worker_id, worker.incarnation):
+            raise AuthError.refusal(AuthFailure.REPLAYED, kind=TokenKind.JOIN, worker_id=worker.worker_id)

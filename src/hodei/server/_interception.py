@@ -1,4 +1,4 @@
-"""Plumbing shared by the scheduler's server interceptors (admission control, the testing fault injector):
+"""Plumbing shared by the scheduler's server interceptors (the registration bound, the testing fault injector):
 which calls are the scheduler's, and how a call's behaviour is replaced while its (de)serialisation is kept."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ pings without end meets one of these limits, and the scheduler keeps its time fo
   is closed as soon as it is accepted, so that the process never runs out of file descriptors (0: no quota;
   ``hodei scheduler serve`` derives it from its descriptor limit, :mod:`hodei.server._connections`).
 
-Registrations are bounded by admission control (:mod:`hodei.server._admission`).
+Registrations and hellos are bounded by :mod:`hodei.server._bounds`.
 """
 
 from __future__ import annotations

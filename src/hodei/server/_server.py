@@ -27,8 +27,8 @@ from hodei.observability import _tracing as tracing
 from hodei.observability._logging import log_worker_event
 from hodei.scheduler._core import Scheduler
 from hodei.security._config import SchedulerSecurity
-from hodei.server._admission import AdmissionControl, HelloAdmission
 from hodei.server._authentication import Authentication
+from hodei.server._bounds import HelloBound, RegistrationBound
 from hodei.server._interception import WrappedHandlers, scheduler_method
 from hodei.server._limits import ServerLimits, StreamLimits
 from hodei.server._servicer import SchedulerServicer
@@ -50,7 +50,7 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # gRPC core cancels (with CANCELLED, which nobody retries) the calls it holds beyond 1,000 (soft) or 3,000
-    # (hard) before the server takes them; admission control, not silent cancellation, bounds the load.
+    # (hard) before the server takes them; the registration bound, not silent cancellation, bounds the load.
     ("grpc.server.max_pending_requests", 100_000),
     ("grpc.server.max_pending_requests_hard_limit", 200_000),
     # gRPC sets SO_REUSEPORT by default: a second scheduler on a port in use would then start too, and the
@@ -184,7 +184,7 @@ class SchedulerServer:
     ``async with SchedulerServer(scheduler) as server: ...`` starts it (and its liveness sweeps) and stops it; a
     server cannot be started twice. ``security`` (default: no auth, plaintext) and ``limits`` are described in
     the module docstring; ``options`` are more grpc.aio server options, which replace those of the same name.
-    ``admission_control`` bounds the registrations worked on at once, ``hello_admission`` the agents' hellos.
+    ``registration_bound`` bounds the registrations worked on at once, ``hello_bound`` the agents' hellos.
     """
 
     def __init__(
@@ -193,8 +193,8 @@ class SchedulerServer:
         *,
         listen: str = "127.0.0.1:0",
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-        admission_control: AdmissionControl | None = None,
-        hello_admission: HelloAdmission | None = None,
+        registration_bound: RegistrationBound | None = None,
+        hello_bound: HelloBound | None = None,
         options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
         grace: float = 2.0,
         security: SchedulerSecurity | None = None,
@@ -203,11 +203,11 @@ class SchedulerServer:
         self.scheduler = scheduler
         self.security = security or SchedulerSecurity()
         self.limits = limits or ServerLimits()
-        self.admission = admission_control or AdmissionControl(metrics=scheduler.metrics)
+        self.registration_bound = registration_bound or RegistrationBound(metrics=scheduler.metrics)
         self.streams = StreamLimits(self.limits, metrics=scheduler.metrics)
-        self.hellos = hello_admission or HelloAdmission(metrics=scheduler.metrics)
+        self.hellos = hello_bound or HelloBound(metrics=scheduler.metrics)
         self._listen = listen
-        self._interceptors = [self.admission, self.streams, *interceptors]
+        self._interceptors = [self.registration_bound, self.streams, *interceptors]
         self._options = list({**dict(self.limits.options()), **dict(options)}.items())
         self._grace = grace
         self._server: grpc.aio.Server | None = None
@@ -225,9 +225,9 @@ class SchedulerServer:
         if self._state is not _State.NEW:
             raise RuntimeError(f"a {self._state.value} SchedulerServer cannot be started")
         self._state = _State.SERVING
-        # The server span comes first, so that it covers every call, those refused by admission control too;
+        # The server span comes first, so that it covers every call, those refused by the registration bound too;
         # a caller without a valid token is refused next, before its request is read; an undecodable request
-        # then, before admission control or any other interceptor sees it.
+        # then, before the registration bound or any other interceptor sees it.
         traced = tracing.server_interceptors()
         access = self.security.access
         authentication = [] if access is None else [Authentication(access)]
@@ -262,8 +262,8 @@ class SchedulerServer:
         if self.port == 0:
             self._state = _State.STOPPED
             raise OSError(f"cannot listen on {self._listen}: {reason}")
-        self.scheduler.on_unhealthy = self._unhealthy
-        self.scheduler.on_leadership = self._leadership
+        self.scheduler.rounds.on_unhealthy = self._unhealthy
+        self.scheduler.rounds.on_leadership = self._leadership
         self.scheduler.events.listen(log_worker_event)
         self.scheduler.address = self.address  # the replica agents stream to, as other replicas show it
         await self._health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)

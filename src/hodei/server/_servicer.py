@@ -1,47 +1,39 @@
 """The gRPC face of the scheduler. It only translates: proto in, a Scheduler call, proto out, errors to codes.
 
-With auth on, each method first asks :class:`~hodei.security.AccessPolicy` whether the caller (authenticated at
-the door by :class:`~hodei.server._authentication.Authentication`) may do this to this worker.
+With auth on, each method first asks :class:`~hodei.security.CallAuthorizer` whether the caller (authenticated
+at the door by :class:`~hodei.server._authentication.Authentication`) may do this to this worker.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
-import grpc
-from google.protobuf.message import DecodeError
-
-from hodei._quoting import clip, quote_short
+from hodei._quoting import clip
 from hodei.domain import (
     MAX_WORKER_ID_LENGTH,
     DynamicWorker,
-    FieldViolation,
     WorkerRecord,
     validate_reason,
     validate_worker_id,
 )
-from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout, WorkerNotFound
+from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError
 from hodei.ports import RegistrationReceipt, SpentTokens
-from hodei.scheduler._core import AgentSession, Scheduler
+from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import MAX_BATCH_SIZE
-from hodei.security._access import AccessPolicy
-from hodei.security._refusals import AuthError, AuthFailure, TokenKind
-from hodei.security._tokens import JoinClaims, OperatorClaims
-from hodei.server._admission import HelloAdmission
+from hodei.security._access import AccessPolicy, CallAuthorizer
+from hodei.security._refusals import AuthError
+from hodei.server._agent_stream import ConnectHandler, Context
 from hodei.server._authentication import access_denied, current_caller, log_refusal
+from hodei.server._bounds import HelloBound
+from hodei.server._checks import check_reason, invalid, not_found, registrable
 from hodei.transport import _codec as codec
 from hodei.transport._codec import pb, pb_grpc
 from hodei.transport._status import abort_with
 
 __all__ = ["SchedulerServicer"]
 
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-HELLO_TIMEOUT = 10.0  # seconds an agent has to say who it is
-_CONNECT_REQUEST = pb.ConnectRequest.DESCRIPTOR.full_name
 
 log = logging.getLogger(__name__)
 
@@ -96,43 +88,34 @@ def _log_batch(outcomes: Sequence[RegistrationReceipt | SchedulerError]) -> None
     log.log(logging.WARNING if codes else logging.INFO, "workers.registered", extra=fields)
 
 
-def _invalid(field: str, description: str) -> InvalidWorkerData:
-    return InvalidWorkerData(f"{field} {description}", violations=[FieldViolation(field, description)])
-
-
-def _check_reason(reason: str, field: str = "reason") -> None:
-    """Raise InvalidWorkerData for a reason too long or holding control characters (it reaches events, logs
-    and terminals)."""
-    if violations := validate_reason(reason, field):
-        raise InvalidWorkerData(str(violations[0]), violations=violations)
-
-
-def _not_found(worker_id: str) -> WorkerNotFound:
-    return WorkerNotFound(f"worker {quote_short(worker_id)} is not registered", worker_id=worker_id)
-
-
-def _registrable(worker_id: str) -> bool:
-    """Whether a worker of this id could be registered at all (if not, the store need not be asked)."""
-    return not validate_worker_id(worker_id)
-
-
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     """``access``: the rules each call must pass (None: auth off, everything is allowed); ``hellos``: the bound
-    on agents' hellos worked on at once (default: :class:`HelloAdmission`'s)."""
+    on agents' hellos worked on at once (default: :class:`HelloBound`'s)."""
 
     def __init__(
         self,
         scheduler: Scheduler,
         *,
         access: AccessPolicy | None = None,
-        hellos: HelloAdmission | None = None,
+        hellos: HelloBound | None = None,
     ) -> None:
         self._scheduler = scheduler
-        self._access = access
-        self._hellos = hellos or HelloAdmission(metrics=scheduler.metrics)
         store = scheduler.registry.store
-        # A store that remembers spent join tokens for every replica and across restarts (SQLite, PostgreSQL).
-        self._spent_tokens = store if isinstance(store, SpentTokens) else None
+        self._authorizer = (
+            None
+            if access is None
+            else CallAuthorizer(
+                access,
+                # A store that remembers spent join tokens for every replica and across restarts (SQLite, PostgreSQL).
+                spent=store if isinstance(store, SpentTokens) else None,
+                vet=scheduler.registry.check,
+            )
+        )
+        self._connections = ConnectHandler(
+            scheduler,
+            hellos or HelloBound(metrics=scheduler.metrics),
+            allow=lambda context, worker: self._allow(context, "Connect", worker=worker),
+        )
 
     async def _allow(
         self,
@@ -142,50 +125,19 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         *,
         worker: WorkerRecord | DynamicWorker | None = None,
     ) -> str:
-        """Whether the caller may do ``action`` to ``worker_id``, or register ``worker``: the worker credential
-        to hand back (empty: none), or :class:`AccessDenied` (or the registry's refusal of ``worker``). Spends
-        a join token: in this process's ledger, and in the registry store when it keeps spent tokens (then a
-        token spent on another replica, or before a restart, is refused too)."""
-        if worker is not None:
-            worker_id = worker.worker_id
-        if self._access is None:
+        """The worker credential to hand back (empty: none) if the caller may do ``action`` to ``worker_id``, or
+        register ``worker``; else :class:`AccessDenied` (or the registry's refusal of ``worker``)."""
+        if self._authorizer is None:
             return ""
-        claims = current_caller()
-        if worker is not None and claims is not None and not isinstance(claims, OperatorClaims):
-            # What the registry would refuse is refused first: a join token is spent only on a registration
-            # that passes.
-            self._scheduler.registry.check(worker)
         try:
-            if claims is None:  # a call that did not pass the door: refused, never let through
-                raise AuthError.refusal(AuthFailure.MISSING, kind=None, action=action)
-            grant = self._access.authorize(
-                claims,
-                action,
-                worker_id=worker_id,
-                pool=None if worker is None else worker.pool,
-                labels=None if worker is None else worker.labels,
-                incarnation=0 if worker is None else worker.incarnation,
-            )
-            if isinstance(claims, JoinClaims) and claims.single_use and worker is not None:
-                await self._spend_durably(claims, worker)
+            grant = await self._authorizer.allow(current_caller(), action, worker_id=worker_id, worker=worker)
         except AuthError as error:
             log_refusal(action, error, context.peer())
             raise access_denied(error) from error
         return grant.credential
 
-    async def _spend_durably(self, claims: JoinClaims, worker: WorkerRecord | DynamicWorker) -> None:
-        """Spent for this registration (worker id and incarnation): the same one retried (its answer lost, or
-        its commit ambiguous) is let through; another is a replay."""
-        if self._spent_tokens is None or self._access is None:
-            return
-        until = self._access.authority.remember_until(claims)
-        if not await self._spent_tokens.spend(claims.token_id, until, worker.worker_id, worker.incarnation):
-            raise AuthError.refusal(AuthFailure.REPLAYED, kind=TokenKind.JOIN, worker_id=worker.worker_id)
-
-    async def _admit(self, context: Context, action: str, worker_id: str | None = None) -> None:
+    async def _authorize(self, context: Context, action: str, worker_id: str | None = None) -> None:
         """End the call unless the caller may do ``action`` (to ``worker_id``)."""
-        if self._access is None:
-            return
         try:
             await self._allow(context, action, worker_id)
         except SchedulerError as error:  # refused, or the store of spent tokens could not be used
@@ -216,9 +168,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def RegisterWorkers(
         self, request: pb.RegisterWorkersRequest, context: Context
     ) -> pb.RegisterWorkersResponse:
-        await self._admit(context, "RegisterWorkers")
+        await self._authorize(context, "RegisterWorkers")
         if len(request.workers) > MAX_BATCH_SIZE:
-            await abort_with(context, _invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
+            await abort_with(context, invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
         now = self._scheduler.registry.now()
         shared: dict[bytes, Any] = {}
         outcomes: list[SchedulerError | None] = []
@@ -249,12 +201,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UnregisterWorker(
         self, request: pb.UnregisterWorkerRequest, context: Context
     ) -> pb.UnregisterWorkerResponse:
-        await self._admit(context, "UnregisterWorker", request.worker_id)
+        await self._authorize(context, "UnregisterWorker", request.worker_id)
         try:
-            _check_reason(request.reason)
+            check_reason(request.reason)
         except InvalidWorkerData as error:
             await abort_with(context, error)
-        if not _registrable(request.worker_id):
+        if not registrable(request.worker_id):
             return pb.UnregisterWorkerResponse(status=pb.UNREGISTRATION_STATUS_NOT_REGISTERED)
         try:
             status = await self._scheduler.unregister(
@@ -267,7 +219,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ReportOrphanRemoved(
         self, request: pb.ReportOrphanRemovedRequest, context: Context
     ) -> pb.ReportOrphanRemovedResponse:
-        await self._admit(context, "ReportOrphanRemoved")
+        await self._authorize(context, "ReportOrphanRemoved")
         violations = validate_worker_id(request.worker_id) + validate_reason(request.reason)
         if violations:
             await abort_with(
@@ -281,17 +233,17 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.ReportOrphanRemovedResponse()
 
     async def GetWorker(self, request: pb.GetWorkerRequest, context: Context) -> pb.GetWorkerResponse:
-        await self._admit(context, "GetWorker")
+        await self._authorize(context, "GetWorker")
         try:
-            record = await self._scheduler.get(request.worker_id) if _registrable(request.worker_id) else None
+            record = await self._scheduler.get(request.worker_id) if registrable(request.worker_id) else None
         except SchedulerError as error:  # the store could not be used: UNAVAILABLE, never UNKNOWN
             await abort_with(context, error)
         if record is None:
-            await abort_with(context, _not_found(request.worker_id))
+            await abort_with(context, not_found(request.worker_id))
         return pb.GetWorkerResponse(worker=codec.record_to_proto(record))
 
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Context) -> pb.ListWorkersResponse:
-        await self._admit(context, "ListWorkers")
+        await self._authorize(context, "ListWorkers")
         try:
             page = await self._scheduler.list(
                 codec.filter_from_proto(request), page_size=request.page_size, page_token=request.page_token
@@ -303,11 +255,11 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
 
     async def DrainWorker(self, request: pb.DrainWorkerRequest, context: Context) -> pb.DrainWorkerResponse:
-        await self._admit(context, "DrainWorker")
+        await self._authorize(context, "DrainWorker")
         try:
-            _check_reason(request.reason)
-            if not _registrable(request.worker_id):
-                raise _not_found(request.worker_id)
+            check_reason(request.reason)
+            if not registrable(request.worker_id):
+                raise not_found(request.worker_id)
             outcome = await self._scheduler.drain(
                 request.worker_id, deadline=request.deadline_ms / 1000, reason=request.reason
             )
@@ -320,11 +272,11 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ShutdownWorker(
         self, request: pb.ShutdownWorkerRequest, context: Context
     ) -> pb.ShutdownWorkerResponse:
-        await self._admit(context, "ShutdownWorker")
+        await self._authorize(context, "ShutdownWorker")
         try:
-            _check_reason(request.reason)
-            if not _registrable(request.worker_id):
-                raise _not_found(request.worker_id)
+            check_reason(request.reason)
+            if not registrable(request.worker_id):
+                raise not_found(request.worker_id)
             delivered = await self._scheduler.shutdown(request.worker_id, reason=request.reason)
         except SchedulerError as error:
             await abort_with(context, error)
@@ -333,7 +285,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def WatchWorkers(
         self, request: pb.WatchWorkersRequest, context: Context
     ) -> AsyncIterator[pb.WatchWorkersResponse]:
-        await self._admit(context, "WatchWorkers")
+        await self._authorize(context, "WatchWorkers")
         watcher = self._scheduler.events.watch()
         try:
             if request.include_snapshot:
@@ -348,89 +300,4 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             watcher.close()
 
     async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
-        first = await self._read_hello(context)
-        async with self._hellos.admitted(context):  # or RESOURCE_EXHAUSTED, with a delay to come back after
-            session, ack = await self._open_session(context, first)
-            try:
-                await context.write(pb.ConnectResponse(ack=ack))
-            except BaseException:
-                self._scheduler.goodbye(session)  # the agent went away before it heard the acknowledgement
-                raise
-        reader = asyncio.create_task(
-            self._read_agent(session, context), name=f"hodei-agent-{session.worker_id}"
-        )
-        try:
-            while (command := await session.commands.get()) is not None:
-                await context.write(pb.ConnectResponse(command=codec.command_to_proto(command)))
-            if reader.done() and (error := reader.result()) is not None:
-                await abort_with(context, error)
-        finally:
-            self._scheduler.goodbye(session)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-
-    async def _read_hello(self, context: Context) -> pb.ConnectRequest:
-        try:
-            first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
-        except TimeoutError:
-            await abort_with(context, SchedulerTimeout(f"no hello within {HELLO_TIMEOUT:g} s"))
-        except DecodeError:  # grpc.aio would answer UNKNOWN; an unparsable request is the caller's error
-            await abort_with(context, _invalid("hello", f"is not a valid {_CONNECT_REQUEST}"))
-        if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
-            await abort_with(context, _invalid("hello", "must be the first message of the stream"))
-        if first.hello.incarnation == 0:
-            # An agent fences itself with its incarnation; 0 would take over another agent's stream unfenced.
-            self._scheduler.registry.count_invalid(first.hello.metadata.worker_type)
-            await abort_with(context, _invalid("hello.incarnation", "must be greater than 0"))
-        hello: pb.ConnectRequest = first
-        return hello
-
-    async def _open_session(
-        self, context: Context, first: pb.ConnectRequest
-    ) -> tuple[AgentSession, pb.ConnectAck]:
-        worker: DynamicWorker | None = None
-        try:
-            worker = codec.worker_from_request(first.hello)
-            credential = await self._allow(context, "Connect", worker=worker)
-            receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
-        except SchedulerError as error:
-            if worker is None:  # not even decoded: the registry never saw it, so it is counted here
-                self._scheduler.registry.count_invalid(first.hello.metadata.worker_type)
-            await abort_with(context, error)
-        ack = pb.ConnectAck(
-            worker=codec.record_to_proto(receipt.record),
-            created=receipt.created,
-            heartbeat_interval_ms=round(session.heartbeat_interval * 1000),
-            lease_ttl_ms=round(session.lease_ttl * 1000),
-            credential=credential,
-        )
-        return session, ack
-
-    async def _read_agent(self, session: AgentSession, context: Context) -> SchedulerError | None:
-        """Apply what the agent sends until it closes its side; a bad message ends the stream with its error."""
-        try:
-            while (message := await context.read()) is not grpc.aio.EOF:
-                which = message.WhichOneof("message")
-                if which == "heartbeat":
-                    await self._scheduler.heartbeat(session, codec.usage_from_proto(message.heartbeat.usage))
-                elif which == "status_change":
-                    change = message.status_change
-                    _check_reason(change.reason, "status_change.reason")
-                    await self._scheduler.report_status(
-                        session,
-                        codec.status_from_proto(change.status),
-                        drained=change.drained,
-                        reason=change.reason,
-                    )
-                else:
-                    raise _invalid(
-                        "message", "after the hello, only heartbeats and status changes are accepted"
-                    )
-            return None
-        except SchedulerError as error:
-            return error
-        except DecodeError:
-            return _invalid("message", f"is not a valid {_CONNECT_REQUEST}")
-        finally:
-            session.close()
+        await self._connections.serve(context)

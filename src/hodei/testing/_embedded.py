@@ -13,10 +13,10 @@ from hodei.lifecycle import LivenessConfig
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
 from hodei.scheduler._core import Scheduler
-from hodei.scheduler._registry import Admission
+from hodei.scheduler._registry import RegistrationVeto
 from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig
-from hodei.server._admission import AdmissionControl, HelloAdmission
+from hodei.server._bounds import HelloBound, RegistrationBound
 from hodei.server._limits import ServerLimits
 from hodei.server._server import SchedulerServer
 from hodei.stores._memory import MemoryRegistryStore
@@ -32,8 +32,9 @@ class EmbeddedScheduler:
     It runs the real scheduler (in memory unless a store is given; leases as ``liveness`` says) behind the real
     gRPC service, so that what a test sees is what a deployment does. ``get_worker`` and ``add_worker`` reach
     the registry directly; ``scheduler.events.watch()`` follows its events. ``metrics`` (default: a private
-    registry's) receives the scheduler's metrics, admission control's included (``admission_control`` and
-    ``hello_admission`` bound the registrations and the agents' hellos worked on at once). ``security`` turns on tokens
+    registry's) receives the scheduler's metrics, its bounds' included (``registration_bound`` and
+    ``hello_bound`` bound the registrations and the agents' hellos worked on at once); ``veto`` may refuse any
+    registration (its error is the answer for that worker). ``security`` turns on tokens
     and TLS as a deployment would (default: neither); ``limits`` are the server's
     (:class:`~hodei.server._limits.ServerLimits`).
     """
@@ -42,10 +43,10 @@ class EmbeddedScheduler:
         self,
         *,
         store: RegistryStore | None = None,
-        admission: Admission | None = None,
+        veto: RegistrationVeto | None = None,
         liveness: LivenessConfig | None = None,
-        admission_control: AdmissionControl | None = None,
-        hello_admission: HelloAdmission | None = None,
+        registration_bound: RegistrationBound | None = None,
+        hello_bound: HelloBound | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         host: str = "127.0.0.1",
         port: int = 0,
@@ -54,7 +55,7 @@ class EmbeddedScheduler:
         limits: ServerLimits | None = None,
     ) -> None:
         self.scheduler = Scheduler(
-            store or MemoryRegistryStore(), admission=admission, liveness=liveness, metrics=metrics
+            store or MemoryRegistryStore(), veto=veto, liveness=liveness, metrics=metrics
         )
         self.metrics = self.scheduler.metrics
         self.registry = self.scheduler.registry
@@ -62,14 +63,14 @@ class EmbeddedScheduler:
             self.scheduler,
             listen=f"{host}:{port}",
             interceptors=interceptors,
-            admission_control=admission_control,
-            hello_admission=hello_admission,
+            registration_bound=registration_bound,
+            hello_bound=hello_bound,
             grace=0.5,
             security=security,
             limits=limits,
         )
-        self.admission_control = self._server.admission
-        self.hello_admission = self._server.hellos
+        self.registration_bound = self._server.registration_bound
+        self.hello_bound = self._server.hellos
         self.stream_limits = self._server.streams
         self._channels: list[grpc.aio.Channel] = []
 

@@ -13,7 +13,7 @@ from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
 from hodei.security._config import SchedulerSecurity
-from hodei.server._admission import AdmissionControl
+from hodei.server._bounds import RegistrationBound
 from hodei.server._interception import REGISTRATION_METHODS, Behaviour, MethodInterceptor, with_behaviour
 from hodei.testing._embedded import EmbeddedScheduler
 from hodei.transport._status import abort_with
@@ -62,15 +62,15 @@ class FailingScheduler(EmbeddedScheduler):
         refuse: Mapping[str, ErrorCode] | None = None,
         methods: Collection[str] = REGISTRATION_METHODS,
         message: str = "injected failure",
-        admission_control: AdmissionControl | None = None,
+        registration_bound: RegistrationBound | None = None,
         metrics: SchedulerMetrics | None = None,
         store: RegistryStore | None = None,
         security: SchedulerSecurity | None = None,
     ) -> None:
         super().__init__(
-            admission=self._admit,
+            veto=self._veto,
             interceptors=[_FaultInterceptor(self, methods)],
-            admission_control=admission_control,
+            registration_bound=registration_bound,
             metrics=metrics,
             store=store,
             security=security,
@@ -100,7 +100,7 @@ class FailingScheduler(EmbeddedScheduler):
     def refuse(self, worker_id: str, code: ErrorCode = ErrorCode.PERMISSION_DENIED) -> None:
         self.refused[worker_id] = code
 
-    def _admit(self, worker: WorkerRecord) -> SchedulerError | None:
+    def _veto(self, worker: WorkerRecord) -> SchedulerError | None:
         code = self.refused.get(worker.worker_id)
         if code is None:
             return None

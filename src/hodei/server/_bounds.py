@@ -1,5 +1,5 @@
-"""Admission: bounds on the registrations (:class:`AdmissionControl`) and on the agents' hellos
-(:class:`HelloAdmission`) the scheduler works on at once.
+"""Bounds on the registrations (:class:`RegistrationBound`) and on the agents' hellos
+(:class:`HelloBound`) the scheduler works on at once.
 
 Beyond ``max_in_flight``, a registration call is answered at once with ``RESOURCE_EXHAUSTED`` and a
 ``google.rpc.RetryInfo`` delay (spread by jitter so that the refused do not all return together); the
@@ -28,14 +28,14 @@ from hodei.observability._metrics import SchedulerMetrics
 from hodei.server._interception import REGISTRATION_METHODS, MethodInterceptor, with_behaviour
 from hodei.transport._status import abort_with
 
-__all__ = ["AdmissionControl", "HelloAdmission"]
+__all__ = ["HelloBound", "RegistrationBound"]
 
 
-class AdmissionControl(MethodInterceptor):
+class RegistrationBound(MethodInterceptor):
     """``in_flight``, ``admitted`` and ``rejected`` say what it did; ``retry_after`` is the mean advised delay.
 
     Each refused call counts in ``hodei_admission_rejections_total{method}`` of ``metrics`` (default: a private
-    registry's; the server's own admission control shares its scheduler's).
+    registry's; the server's own bound shares its scheduler's).
     """
 
     def __init__(
@@ -93,7 +93,7 @@ class AdmissionControl(MethodInterceptor):
 
 # Refusals whose return time is remembered (to count the agents waiting); beyond, the delay is the longest.
 MAX_WAITING_TRACKED = 200_000
-# Hello durations the admission rate is estimated from.
+# Hello durations the rate of hellos let in is estimated from.
 DURATIONS_KEPT = 256
 
 
@@ -103,7 +103,7 @@ DEFAULT_MAX_HELLOS_IN_FLIGHT = 2000
 and none LOST; hellos are cheap with group commit, the bound is there to keep a storm from taking the loop."""
 
 
-class HelloAdmission:
+class HelloBound:
     """A bound on the agents' hellos the scheduler works on at once: from the hello read to the acknowledgement
     written (the registration, its store write and the answer).
 
