@@ -8,19 +8,17 @@ from typing import Self
 
 import grpc
 
+from hodei._bootstrap import SchedulerHost, build_scheduler
 from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.lifecycle import LivenessConfig
 from hodei.observability import _tracing as tracing
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import Admission
 from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig
 from hodei.server._admission import AdmissionControl, HelloAdmission
 from hodei.server._limits import ServerLimits
-from hodei.server._server import SchedulerServer
-from hodei.stores._memory import MemoryRegistryStore
 from hodei.transport._client import RECEIVE_OPTIONS, Credential, SchedulerPortClient
 
 __all__ = ["EmbeddedScheduler"]
@@ -53,21 +51,25 @@ class EmbeddedScheduler:
         security: SchedulerSecurity | None = None,
         limits: ServerLimits | None = None,
     ) -> None:
-        self.scheduler = Scheduler(
-            store or MemoryRegistryStore(), admission=admission, liveness=liveness, metrics=metrics
+        self._host = SchedulerHost(
+            build_scheduler(
+                listen=f"{host}:{port}",
+                store=store,
+                admission=admission,
+                liveness=liveness,
+                admission_control=admission_control,
+                hello_admission=hello_admission,
+                interceptors=interceptors,
+                grace=0.5,
+                metrics=metrics,
+                security=security,
+                limits=limits,
+            )
         )
+        self._server = self._host.server
+        self.scheduler = self._host.scheduler
         self.metrics = self.scheduler.metrics
         self.registry = self.scheduler.registry
-        self._server = SchedulerServer(
-            self.scheduler,
-            listen=f"{host}:{port}",
-            interceptors=interceptors,
-            admission_control=admission_control,
-            hello_admission=hello_admission,
-            grace=0.5,
-            security=security,
-            limits=limits,
-        )
         self.admission_control = self._server.admission
         self.hello_admission = self._server.hellos
         self.stream_limits = self._server.streams
@@ -88,7 +90,7 @@ class EmbeddedScheduler:
         return self._server.port
 
     async def start(self) -> Self:
-        await self._server.start()
+        await self._host.start()
         return self
 
     async def stop(self) -> None:
@@ -96,7 +98,7 @@ class EmbeddedScheduler:
         channels, self._channels = self._channels, []
         for channel in channels:
             await channel.close()
-        await self._server.stop()
+        await self._host.stop()
 
     async def __aenter__(self) -> Self:
         return await self.start()
