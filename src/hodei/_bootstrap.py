@@ -8,10 +8,8 @@ and the control plane comes from :func:`build_control_plane`, so that the object
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,6 @@ __all__ = [
     "build_scheduler",
     "default_store_url",
     "open_store",
-    "until_signalled",
 ]
 
 
@@ -283,20 +280,6 @@ class SchedulerHost:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-async def until_signalled(*signals: signal.Signals) -> None:
-    """Return once one of ``signals`` arrives (default: SIGINT or SIGTERM); their handlers are removed then."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = signals or (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
 
 
 def build_control_plane(

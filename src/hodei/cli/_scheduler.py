@@ -19,6 +19,7 @@ from hodei.cli._common import (
     console,
     errors,
     observe,
+    until_signalled,
 )
 from hodei.cli._security import (
     WORKER_CREDENTIAL_TTL,
@@ -118,7 +119,7 @@ def scheduler_serve(
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
-    from hodei._bootstrap import SchedulerHost, default_store_url, until_signalled
+    from hodei._bootstrap import SchedulerHost, default_store_url
     from hodei.errors import SchedulerError, StoreError
     from hodei.lifecycle import LivenessConfig
     from hodei.observability._logging import redact_text
