@@ -38,6 +38,7 @@ from hodei.stores._memory import MemoryRegistryStore
 from hodei.transport._client import Credential, SchedulerPortClient
 
 __all__ = [
+    "HostOptions",
     "OpenedStore",
     "SchedulerHost",
     "SchedulerOptions",
@@ -161,13 +162,25 @@ def build_scheduler(
     )
 
 
+class HostOptions(SchedulerOptions, total=False):
+    """What :meth:`SchedulerHost.on_store` takes beyond the store."""
+
+    metrics: SchedulerMetrics | None
+    metrics_listen: str
+    metrics_tls: TlsConfig | None
+    max_connections: int
+    tune_gc: bool
+
+
 class SchedulerHost:
     """A scheduler with what it runs beside, started and stopped as one: the :class:`SchedulerServer` that
     :func:`build_scheduler` wires, the registry store (closed on stop if the host opened it), the metrics
     endpoint and the connection watch (if asked for), and the garbage collector's tuning (if asked for).
 
-    ``async with await SchedulerHost.open(url, ...) as host:`` for a store named by its URL (the CLI, the
-    demo); ``SchedulerHost(build_scheduler(...))`` for a server over a store the caller keeps (tests).
+    ``async with await SchedulerHost.open(url, ...) as host:`` for a store named by its URL (the demo; the
+    CLI opens it with :func:`open_store` first, to tell a store that cannot be opened apart, and calls
+    :meth:`on_store`); ``SchedulerHost(build_scheduler(...))`` for a server over a store the caller keeps
+    (:class:`~hodei.testing.EmbeddedScheduler`).
     Every task it starts, it ends on :meth:`stop`.
     """
 
@@ -190,9 +203,15 @@ class SchedulerHost:
         self._tune_gc = tune_gc
 
     @classmethod
-    async def open(
+    async def open(cls, url: str, **options: Unpack[HostOptions]) -> SchedulerHost:
+        """:meth:`on_store` over the store ``url`` names, opened here (see :func:`open_store`, whose errors are
+        raised)."""
+        return await cls.on_store(await open_store(url), **options)
+
+    @classmethod
+    async def on_store(
         cls,
-        url: str,
+        opened: OpenedStore,
         *,
         metrics: SchedulerMetrics | None = None,
         metrics_listen: str = "",
@@ -201,11 +220,11 @@ class SchedulerHost:
         tune_gc: bool = False,
         **options: Unpack[SchedulerOptions],
     ) -> SchedulerHost:
-        """Open the store ``url`` names (see :func:`open_store`; its errors are raised) and build a scheduler
-        on it, with its leadership and relay. ``metrics_listen`` serves ``metrics``' registry (over TLS with
-        ``metrics_tls``); ``max_connections`` (if not 0) is watched against the sockets open; ``tune_gc``
-        freezes what start-up made and collects young objects less often (for a long-running process)."""
-        opened = await open_store(url)
+        """A scheduler on an opened store, with its leadership and relay; the host owns the store from now on
+        (closed on :meth:`stop`, or at once if the scheduler cannot be built). ``metrics_listen`` serves
+        ``metrics``' registry (over TLS with ``metrics_tls``); ``max_connections`` (if not 0) is watched against
+        the sockets open; ``tune_gc`` freezes what start-up made and collects young objects less often (for a
+        long-running process)."""
         metrics = metrics or SchedulerMetrics()
         try:
             endpoint = (

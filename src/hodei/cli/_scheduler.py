@@ -119,7 +119,7 @@ def scheduler_serve(
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Serve the scheduler's worker registry over gRPC until SIGINT or SIGTERM."""
-    from hodei._bootstrap import SchedulerHost, default_store_url
+    from hodei._bootstrap import SchedulerHost, default_store_url, open_store
     from hodei.errors import SchedulerError, StoreError
     from hodei.lifecycle import LivenessConfig
     from hodei.observability._logging import redact_text
@@ -158,20 +158,7 @@ def scheduler_serve(
 
     async def serve() -> None:
         try:
-            host = await SchedulerHost.open(
-                store or default_store_url(),
-                metrics=SchedulerMetrics(process_registry()),
-                metrics_listen=metrics_listen,
-                metrics_tls=metrics_tls,
-                max_connections=max_connections,
-                tune_gc=True,
-                listen=listen,
-                liveness=liveness,
-                max_in_flight=max_in_flight,
-                max_hellos_in_flight=max_hellos_in_flight,
-                security=security,
-                limits=limits,
-            )
+            opened = await open_store(store or default_store_url())
         except (StoreError, ValueError) as error:
             reason = error.message if isinstance(error, SchedulerError) else str(error)
             errors.print(
@@ -180,6 +167,20 @@ def scheduler_serve(
                 markup=False,
             )
             raise typer.Exit(1) from error
+        host = await SchedulerHost.on_store(
+            opened,
+            metrics=SchedulerMetrics(process_registry()),
+            metrics_listen=metrics_listen,
+            metrics_tls=metrics_tls,
+            max_connections=max_connections,
+            tune_gc=True,
+            listen=listen,
+            liveness=liveness,
+            max_in_flight=max_in_flight,
+            max_hellos_in_flight=max_hellos_in_flight,
+            security=security,
+            limits=limits,
+        )
         try:
             try:
                 address = await host.start()
