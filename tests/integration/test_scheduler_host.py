@@ -44,12 +44,20 @@ def recording_tasks() -> Iterator[list[asyncio.Task[Any]]]:
         loop.set_task_factory(None)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file's URL, or a fresh PostgreSQL database's (whose scheduler has a relay and a leadership)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return str(request.getfixturevalue("postgres_dsn"))
+
+
 async def test_once_the_host_has_stopped_every_task_started_while_it_served_an_agent_has_ended(
-    tmp_path: Path,
+    store_url: str,
 ) -> None:
     with recording_tasks() as created:
         host = await SchedulerHost.open(
-            f"sqlite:///{tmp_path / 'registry.db'}",
+            store_url,
             listen="127.0.0.1:0",
             liveness=FAST,
             metrics_listen="127.0.0.1:0",
@@ -66,7 +74,9 @@ async def test_once_the_host_has_stopped_every_task_started_while_it_served_an_a
         await asyncio.wait_for(running, 10)
         pending = [task for task in created if not task.done()]
 
-    assert [task for task in created if task.get_name().startswith("hodei-")] != []
+    started = {task.get_name() for task in created}
+    relayed = {"hodei-relay-listen", "hodei-relay-send"} if store_url.startswith("postgresql") else set()
+    assert {"hodei-liveness", "hodei-connection-watch", "hodei-health", *relayed} <= started
     assert pending == []
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
