@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import psutil
-from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from hodei._bootstrap import OpenedStore, build_control_plane, build_scheduler, open_store
+from hodei._bootstrap import SchedulerHost, build_control_plane
 from hodei._views import plain, workers_table
 from hodei.domain import DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management._config import WorkerManagementConfig
-from hodei.observability._http import MetricsEndpoint
+from hodei.management._service import WorkerManagementService
 from hodei.observability._metrics import ControlPlaneMetrics, SchedulerMetrics, process_registry
 from hodei.ports import WorkerFilter
 from hodei.providers._process import ProcessProvider
@@ -78,93 +77,90 @@ def _running(pid: int) -> bool:
 
 async def run_demo(console: Console, count: int, *, hold: float = 0.0) -> bool:
     registry = process_registry()  # one for the process: the scheduler's and the control plane's metrics
-    with (
-        tempfile.TemporaryDirectory(prefix="hodei-demo-") as state,
-        MetricsEndpoint(registry, "127.0.0.1:0") as endpoint,
-    ):
-        opened = await open_store(f"sqlite:///{Path(state) / 'registry.db'}")
-        try:
-            return await _demo(console, count, hold, opened, registry, endpoint)
-        finally:
-            await opened.store.close()
+    with tempfile.TemporaryDirectory(prefix="hodei-demo-") as state:
+        host = await SchedulerHost.open(
+            f"sqlite:///{Path(state) / 'registry.db'}",
+            metrics=SchedulerMetrics(registry),
+            metrics_listen="127.0.0.1:0",
+            listen="127.0.0.1:0",
+            liveness=DEMO_LIVENESS,
+        )
+        async with host:
+            console.print(
+                f"[bold]1.[/bold] scheduler listening on [cyan]{host.address}[/cyan] (in-process; store: "
+                f"{host.shown})"
+            )
+            console.print(f"   metrics: [cyan]{host.metrics_url}[/cyan]")
+            provider = ProcessProvider(host.address, stop_grace=5.0)
+            try:
+                async with (
+                    SchedulerPortClient(host.address) as client,
+                    build_control_plane(
+                        provider,
+                        scheduler=client,
+                        management=WorkerManagementConfig(drain_timeout=5.0, stop_grace=5.0),
+                        metrics=ControlPlaneMetrics(registry),
+                    ) as service,
+                ):
+                    return await _demo(console, count, hold, host.address, provider, service, client)
+            finally:
+                await provider.aclose()
 
 
 async def _demo(
     console: Console,
     count: int,
     hold: float,
-    opened: OpenedStore,
-    registry: CollectorRegistry,
-    endpoint: MetricsEndpoint,
+    address: str,
+    provider: ProcessProvider,
+    service: WorkerManagementService,
+    client: SchedulerPortClient,
 ) -> bool:
-    server = build_scheduler(
-        listen="127.0.0.1:0", store=opened.store, liveness=DEMO_LIVENESS, metrics=SchedulerMetrics(registry)
+    config = DynamicWorkerConfig(
+        worker_type=WorkerType.PROCESS, cpu_cores=1, memory_mb=512, labels={"demo": "true"}
     )
-    address = await server.start()
+    started = time.perf_counter()
+    results = await service.provision_workers(count, config)
+    registered = time.perf_counter() - started
+    ok = [r.worker for r in results if r.worker is not None]
     console.print(
-        f"[bold]1.[/bold] scheduler listening on [cyan]{address}[/cyan] (in-process; store: {opened.shown})"
+        f"[bold]2.[/bold] started {len(ok)}/{count} agent processes and registered them "
+        f"in {registered * 1000:.0f} ms"
     )
-    console.print(f"   metrics: [cyan]{endpoint.url}[/cyan]")
-    provider = ProcessProvider(address, stop_grace=5.0)
-    service = build_control_plane(
-        provider,
-        scheduler=address,
-        management=WorkerManagementConfig(drain_timeout=5.0, stop_grace=5.0),
-        metrics=ControlPlaneMetrics(registry),
+    for failure in (r for r in results if r.error is not None):
+        console.print(plain(f"   {failure.worker_id}: {failure.error}", "red"))
+
+    records = await _wait_connected(client, len(ok), deadline=30.0)
+    connected = time.perf_counter() - started
+    available = sum(r.connected and r.status is WorkerStatus.AVAILABLE for r in records)
+    console.print(workers_table(records, f"[bold]3.[/bold] the scheduler's view after {connected:.1f} s"))
+    died: list[str] = []
+    if hold:
+        pids = ", ".join(f"{w.worker_id}={provider.pid(w.worker_id)}" for w in ok)
+        console.print(
+            f"   holding {hold:g} s: watch with `{_command()} workers watch --scheduler {address}`, "
+            f"or kill an agent ({pids}) to see it go LOST",
+            markup=False,
+        )
+        await asyncio.sleep(hold)
+        died = await _died(client, provider, [w.worker_id for w in ok])
+        if died:
+            console.print(f"   [red]died during the hold[/red]: {', '.join(died)}")
+
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(service.decommission_worker(w.worker_id) for w in ok))
+    decommissioned = time.perf_counter() - started
+    left = await client.list_workers(page_size=1000)
+    children = psutil.Process().children(recursive=True)
+    drained = sum(o.drained for o in outcomes)
+    console.print(
+        f"[bold]4.[/bold] decommissioned {len(ok)} workers ({drained} drained through their stream) in "
+        f"{decommissioned * 1000:.0f} ms; {len(left.workers)} left registered, {len(children)} child processes left"
     )
-    assert service.registration is not None
-    client = service.registration.port
-    assert isinstance(client, SchedulerPortClient)
-    try:
-        config = DynamicWorkerConfig(
-            worker_type=WorkerType.PROCESS, cpu_cores=1, memory_mb=512, labels={"demo": "true"}
-        )
-        started = time.perf_counter()
-        results = await service.provision_workers(count, config)
-        registered = time.perf_counter() - started
-        ok = [r.worker for r in results if r.worker is not None]
-        console.print(
-            f"[bold]2.[/bold] started {len(ok)}/{count} agent processes and registered them "
-            f"in {registered * 1000:.0f} ms"
-        )
-        for failure in (r for r in results if r.error is not None):
-            console.print(plain(f"   {failure.worker_id}: {failure.error}", "red"))
-
-        records = await _wait_connected(client, len(ok), deadline=30.0)
-        connected = time.perf_counter() - started
-        available = sum(r.connected and r.status is WorkerStatus.AVAILABLE for r in records)
-        console.print(workers_table(records, f"[bold]3.[/bold] the scheduler's view after {connected:.1f} s"))
-        died: list[str] = []
-        if hold:
-            pids = ", ".join(f"{w.worker_id}={provider.pid(w.worker_id)}" for w in ok)
-            console.print(
-                f"   holding {hold:g} s: watch with `{_command()} workers watch --scheduler {address}`, "
-                f"or kill an agent ({pids}) to see it go LOST",
-                markup=False,
-            )
-            await asyncio.sleep(hold)
-            died = await _died(client, provider, [w.worker_id for w in ok])
-            if died:
-                console.print(f"   [red]died during the hold[/red]: {', '.join(died)}")
-
-        started = time.perf_counter()
-        outcomes = await asyncio.gather(*(service.decommission_worker(w.worker_id) for w in ok))
-        decommissioned = time.perf_counter() - started
-        left = await client.list_workers(page_size=1000)
-        children = psutil.Process().children(recursive=True)
-        drained = sum(o.drained for o in outcomes)
-        console.print(
-            f"[bold]4.[/bold] decommissioned {len(ok)} workers ({drained} drained through their stream) in "
-            f"{decommissioned * 1000:.0f} ms; {len(left.workers)} left registered, {len(children)} child processes left"
-        )
-        success = available == count and not died and not left.workers and not children
-        verdict = "[green]OK[/green]" if success else "[red]FAILED[/red]"
-        console.print(
-            f"[bold]summary[/bold] {verdict}: {count} provisioned, {available} AVAILABLE and heartbeating, "
-            f"{len(died)} died during the hold, {len(ok)} decommissioned, {len(children)} orphans"
-        )
-        return success
-    finally:
-        await provider.aclose()
-        await client.close()
-        await server.stop()
+    success = available == count and not died and not left.workers and not children
+    verdict = "[green]OK[/green]" if success else "[red]FAILED[/red]"
+    console.print(
+        f"[bold]summary[/bold] {verdict}: {count} provisioned, {available} AVAILABLE and heartbeating, "
+        f"{len(died)} died during the hold, {len(ok)} decommissioned, {len(children)} orphans"
+    )
+    return success

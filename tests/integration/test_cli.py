@@ -224,6 +224,7 @@ def test_sigterm_stops_scheduler_serve_with_exit_code_zero() -> None:
             f"hodei scheduler listening on {served.target} (store: memory)",
             "hodei scheduler stopped",
         ]
+        assert "Task was destroyed but it is pending" not in stderr  # every task started is ended on stop
 
 
 async def test_workers_list_where_nothing_listens_exits_1_promptly_with_an_error_line() -> None:
@@ -244,6 +245,7 @@ async def test_demo_with_three_workers_exits_0_and_prints_summary_ok() -> None:
     assert demo.returncode == 0, demo
     assert any(line.startswith("summary OK: 3 provisioned, 3 AVAILABLE") for line in demo.stdout.splitlines())
     assert "FAILED" not in demo.stdout
+    assert "Task was destroyed but it is pending" not in demo.stderr
     assert re.search(r"^   metrics: http://127\.0\.0\.1:\d+/metrics$", demo.stdout, re.MULTILINE), demo.stdout
 
 

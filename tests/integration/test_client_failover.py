@@ -287,12 +287,8 @@ async def test_a_client_whose_first_address_is_dead_from_the_start_works_through
 async def test_a_control_plane_built_with_several_addresses_registers_through_the_live_one() -> None:
     async with EmbeddedScheduler() as live:
         with dead_address() as dead:
-            service = build_control_plane(MockWorkerProvider(), scheduler=[dead, live.target])
-            assert service.registration is not None
-            try:
+            async with build_control_plane(MockWorkerProvider(), scheduler=[dead, live.target]) as service:
                 worker = await service.provision_worker(DynamicWorkerConfig(worker_type=WorkerType.DOCKER))
-            finally:
-                await service.registration.port.close()
 
         assert worker.status is WorkerStatus.REGISTERED
         assert await live.get_worker(worker.worker_id) is not None

@@ -23,6 +23,7 @@ from hodei import (
     MaxRetriesExceeded,
     ProviderError,
     ProvisioningError,
+    RegistrationCancelled,
     RegistrationConfig,
     RegistrationError,
     RegistrationFailed,
@@ -36,6 +37,7 @@ from hodei import (
     WorkerType,
     load_static_workers,
 )
+from hodei._bootstrap import build_control_plane
 from hodei._ownership import owned
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import wait_for
@@ -578,6 +580,46 @@ async def test_new_with_registration_builds_a_service_that_provisions_and_regist
     assert worker.worker_id.startswith("built-")
     record = await hodei_embedded_scheduler.get_worker(worker.worker_id)
     assert record is not None and record.status is WorkerStatus.AVAILABLE
+
+
+async def test_a_control_plane_built_from_an_address_closes_the_client_it_made_when_the_block_ends(
+    hodei_embedded_scheduler: EmbeddedScheduler, hodei_mock_worker_provider: MockWorkerProvider
+) -> None:
+    async with build_control_plane(
+        hodei_mock_worker_provider, scheduler=hodei_embedded_scheduler.target
+    ) as service:
+        worker = await service.provision_worker(CONFIG)
+    assert service.registration is not None
+
+    with pytest.raises(RegistrationCancelled, match="closed"):
+        await service.registration.port.get_worker(worker.worker_id)
+    await service.aclose()  # idempotent
+    assert hodei_mock_worker_provider.destroyed == []
+
+
+async def test_closing_a_service_leaves_the_client_and_the_provider_it_was_handed_to_the_caller(
+    hodei_embedded_scheduler: EmbeddedScheduler,
+    hodei_scheduler_client: SchedulerPortClient,
+    hodei_mock_worker_provider: MockWorkerProvider,
+) -> None:
+    async with build_control_plane(hodei_mock_worker_provider, scheduler=hodei_scheduler_client) as service:
+        worker = await service.provision_worker(CONFIG)
+    async with WorkerManagementService(
+        hodei_mock_worker_provider, registration=WorkerRegistrationAdapter(hodei_scheduler_client)
+    ):
+        pass
+
+    record = await hodei_scheduler_client.get_worker(worker.worker_id)
+    assert record is not None
+    assert record.worker_id == worker.worker_id
+    assert [w.worker_id for w in await hodei_mock_worker_provider.list_workers()] == [worker.worker_id]
+
+
+def test_a_service_cannot_own_the_port_client_of_a_registration_adapter_it_was_not_given(
+    hodei_mock_worker_provider: MockWorkerProvider,
+) -> None:
+    with pytest.raises(ValueError, match="owns_port needs a registration adapter"):
+        WorkerManagementService(hodei_mock_worker_provider, owns_port=True)
 
 
 async def test_a_worker_registered_by_an_attempt_whose_answer_was_lost_is_unregistered_before_it_is_destroyed(

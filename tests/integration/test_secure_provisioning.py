@@ -90,7 +90,6 @@ async def test_provision_register_available_decommission_with_join_tokens_and_mu
         tls=client_tls,
         management=WorkerManagementConfig(drain_timeout=5.0, stop_grace=5.0),
     )
-    assert service.registration is not None
     try:
         worker = await service.provision_worker(CONFIG)
         await wait_for(lambda: connected(scheduler, worker.worker_id), timeout=20)
@@ -105,7 +104,7 @@ async def test_provision_register_available_decommission_with_join_tokens_and_mu
         gone = not process.is_running()
     finally:
         await provider.aclose()
-        await service.registration.port.close()
+        await service.aclose()
 
     assert record is not None
     assert (record.pool, dict(record.labels), record.incarnation > 0) == (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
@@ -136,6 +137,16 @@ def start_metrics(endpoint: MetricsEndpoint, who: str) -> None:
     except OSError as error:
         errors.print(f"{who}: cannot serve metrics on {endpoint.listen}: {error}", highlight=False)
         raise typer.Exit(1) from error
+
+
+async def until_signalled(*signals: signal.Signals) -> None:
+    """Return once one of ``signals`` arrives (default: SIGINT or SIGTERM). Their handlers stay for the rest
+    of the loop's life, so that a second signal does not cut short the stop that the first one began."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in signals or (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def run_against_scheduler(

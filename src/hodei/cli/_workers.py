@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from hodei._views import plain, workers_table
-from hodei.cli._common import SchedulerOption, console, parse_labels, run_against_scheduler
+from hodei.cli._common import SchedulerOption, console, parse_labels, run_against_scheduler, until_signalled
 from hodei.cli._security import (
     TlsCaOption,
     TlsCertOption,
@@ -107,7 +107,6 @@ def workers_watch(
 ) -> None:
     """A live view of the pool: every worker and its status, with the latest lifecycle events. Without a
     terminal (or with --json), one line per event as it happens. Ends on SIGINT or SIGTERM."""
-    import signal
     import sys
 
     from rich.live import Live
@@ -134,12 +133,8 @@ def workers_watch(
                     live.update(view.render(scheduler))
 
     async def watch_until_told() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         watching = asyncio.create_task(watch())
-        stopping = asyncio.create_task(stop.wait())
+        stopping = asyncio.create_task(until_signalled())
         try:
             await asyncio.wait(
                 {watching, stopping}, timeout=exit_after or None, return_when=asyncio.FIRST_COMPLETED

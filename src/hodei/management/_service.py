@@ -12,6 +12,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 from opentelemetry import trace
 
@@ -71,6 +73,10 @@ class WorkerManagementService:
     destroyed again because their registration did not succeed (default: the adapter's, else a private one).
     Every worker it provisions carries its ``owner`` (the provider's owner id) in the reserved ``hodei.owner``
     label, which is what its reconciler acts on.
+
+    ``async with service:`` or :meth:`aclose` closes what the service owns and nothing else: the provider,
+    the adapter and the adapter's port client stay the caller's, unless ``owns_port`` hands the port client
+    over (as :func:`hodei._bootstrap.build_control_plane` does for the client it makes from addresses).
     """
 
     def __init__(
@@ -80,7 +86,10 @@ class WorkerManagementService:
         registration: WorkerRegistrationAdapter | None = None,
         config: WorkerManagementConfig | None = None,
         metrics: ControlPlaneMetrics | None = None,
+        owns_port: bool = False,
     ) -> None:
+        if owns_port and registration is None:
+            raise ValueError("owns_port needs a registration adapter, whose port client the service closes")
         self.provider = provider
         self.registration = registration
         self.config = config or WorkerManagementConfig()
@@ -89,6 +98,20 @@ class WorkerManagementService:
         self.metrics = metrics
         self.owner = owner_of(provider)
         self._in_flight: set[str] = set()  # ids being provisioned or decommissioned: not the reconciler's
+        self._owns_port = owns_port
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the adapter's port client if the service owns it (``owns_port``); nothing else. Idempotent."""
+        if self._owns_port and self.registration is not None:
+            await self.registration.port.close()
 
     @classmethod
     def new_with_registration(

@@ -212,6 +212,7 @@ class SchedulerServer:
         self._grace = grace
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._health_updates: set[asyncio.Task[None]] = set()
         self._state = _State.NEW
         self.port = 0
 
@@ -307,16 +308,21 @@ class SchedulerServer:
                 },
             )
 
+    def _set_health(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        """Set ``service``'s health from a synchronous callback: in a task kept until it ends, and awaited on
+        :meth:`stop`."""
+        task = asyncio.get_running_loop().create_task(self._health.set(service, status), name="hodei-health")
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
     def _unhealthy(self) -> None:
-        asyncio.get_running_loop().create_task(
-            self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-        )
+        self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _leadership(self, leading: bool) -> None:
         serving = (
             health_pb2.HealthCheckResponse.SERVING if leading else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        asyncio.get_running_loop().create_task(self._health.set(LEADER_HEALTH, serving))
+        self._set_health(LEADER_HEALTH, serving)
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:
@@ -330,6 +336,7 @@ class SchedulerServer:
             return
         await self._health.enter_graceful_shutdown()
         await self.scheduler.stop()  # ends agents' and watchers' streams, so that they do not hold the grace
+        await asyncio.gather(*self._health_updates)
         await server.stop(self._grace if grace is None else grace)
         log.info("scheduler.stopped", extra={"address": self.address})
 

@@ -8,18 +8,16 @@ from typing import Self
 
 import grpc
 
+from hodei._bootstrap import SchedulerHost, build_scheduler
 from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.lifecycle import LivenessConfig
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import RegistryStore
-from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import RegistrationVeto
 from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig
 from hodei.server._bounds import HelloBound, RegistrationBound
 from hodei.server._limits import ServerLimits
-from hodei.server._server import SchedulerServer
-from hodei.stores._memory import MemoryRegistryStore
 from hodei.transport._channel import open_channel
 from hodei.transport._client import Credential, SchedulerPortClient
 
@@ -54,21 +52,25 @@ class EmbeddedScheduler:
         security: SchedulerSecurity | None = None,
         limits: ServerLimits | None = None,
     ) -> None:
-        self.scheduler = Scheduler(
-            store or MemoryRegistryStore(), veto=veto, liveness=liveness, metrics=metrics
+        self._host = SchedulerHost(
+            build_scheduler(
+                listen=f"{host}:{port}",
+                store=store,
+                veto=veto,
+                liveness=liveness,
+                registration_bound=registration_bound,
+                hello_bound=hello_bound,
+                interceptors=interceptors,
+                grace=0.5,
+                metrics=metrics,
+                security=security,
+                limits=limits,
+            )
         )
+        self._server = self._host.server
+        self.scheduler = self._host.scheduler
         self.metrics = self.scheduler.metrics
         self.registry = self.scheduler.registry
-        self._server = SchedulerServer(
-            self.scheduler,
-            listen=f"{host}:{port}",
-            interceptors=interceptors,
-            registration_bound=registration_bound,
-            hello_bound=hello_bound,
-            grace=0.5,
-            security=security,
-            limits=limits,
-        )
         self.registration_bound = self._server.registration_bound
         self.hello_bound = self._server.hellos
         self.stream_limits = self._server.streams
@@ -89,7 +91,7 @@ class EmbeddedScheduler:
         return self._server.port
 
     async def start(self) -> Self:
-        await self._server.start()
+        await self._host.start()
         return self
 
     async def stop(self) -> None:
@@ -97,7 +99,7 @@ class EmbeddedScheduler:
         channels, self._channels = self._channels, []
         for channel in channels:
             await channel.close()
-        await self._server.stop()
+        await self._host.stop()
 
     async def __aenter__(self) -> Self:
         return await self.start()
