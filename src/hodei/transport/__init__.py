@@ -1,5 +1,5 @@
 """The wire: the gRPC client of the scheduler port, and the codec between proto and domain."""
 
-from hodei.transport._client import SchedulerPortClient
+from hodei.transport._client import Credential, SchedulerPortClient
 
-__all__ = ["SchedulerPortClient"]
+__all__ = ["Credential", "SchedulerPortClient"]
