@@ -29,8 +29,8 @@ from hodei.ports import RegistrationReceipt, SpentTokens
 from hodei.scheduler._core import AgentSession, Scheduler
 from hodei.scheduler._registry import MAX_BATCH_SIZE
 from hodei.security._access import AccessPolicy
+from hodei.security._claims import JoinClaims, OperatorClaims
 from hodei.security._refusals import AuthError, AuthFailure, TokenKind
-from hodei.security._tokens import JoinClaims, OperatorClaims
 from hodei.server._admission import HelloAdmission
 from hodei.server._authentication import access_denied, current_caller, log_refusal
 from hodei.transport import _codec as codec
