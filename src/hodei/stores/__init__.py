@@ -14,7 +14,8 @@ from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 
 if TYPE_CHECKING:
-    from hodei.stores._postgres import PostgresLeadership, PostgresRegistryStore
+    from hodei.stores._postgres import PostgresRegistryStore
+    from hodei.stores._postgres_leadership import PostgresLeadership
     from hodei.stores._postgres_relay import PostgresEventRelay
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 
 _POSTGRES = {
     "PostgresEventRelay": "hodei.stores._postgres_relay",
-    "PostgresLeadership": "hodei.stores._postgres",
+    "PostgresLeadership": "hodei.stores._postgres_leadership",
     "PostgresRegistryStore": "hodei.stores._postgres",
 }
 
