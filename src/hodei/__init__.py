@@ -11,8 +11,9 @@ Each sub-package has a face of its own for the rest (``hodei.scheduler``, ``hode
 modules with a leading underscore are not an API.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hodei._lazy import lazy_names
 from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,
@@ -144,12 +145,9 @@ __all__ = [
 
 # The composition root builds the scheduler's server and the control plane: imported on first use, so that
 # ``import hodei`` does not load the gRPC server, its admission and its stores.
-_BOOTSTRAP = frozenset({"OpenedStore", "build_control_plane", "build_scheduler", "open_store"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BOOTSTRAP:
-        from hodei import _bootstrap
-
-        return getattr(_bootstrap, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(
+    __name__,
+    dict.fromkeys(
+        ["OpenedStore", "build_control_plane", "build_scheduler", "open_store"], "hodei._bootstrap"
+    ),
+)

@@ -3,13 +3,19 @@
 What a program calls: :func:`configure_logging` and :func:`configure_tracing` once per process; a metrics class
 per part (:class:`ControlPlaneMetrics`, :class:`SchedulerMetrics`, :class:`AgentMetrics`), all registered into
 one registry (:func:`process_registry` adds the process's own CPU, memory and GC metrics), which a
-:class:`MetricsEndpoint` serves.
+:class:`MetricsEndpoint` serves. The logging and the HTTP endpoint are imported on first use, so that the parts
+that only count (every one of hodei's) do not load structlog and an HTTP server.
 """
 
-from hodei.observability._http import MetricsEndpoint
-from hodei.observability._logging import LogFormat, configure_logging
+from typing import TYPE_CHECKING
+
+from hodei._lazy import lazy_names
 from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics, process_registry
 from hodei.observability._tracing import configure_tracing
+
+if TYPE_CHECKING:
+    from hodei.observability._http import MetricsEndpoint
+    from hodei.observability._logging import LogFormat, configure_logging
 
 __all__ = [
     "AgentMetrics",
@@ -21,3 +27,12 @@ __all__ = [
     "configure_tracing",
     "process_registry",
 ]
+
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "LogFormat": "hodei.observability._logging",
+        "MetricsEndpoint": "hodei.observability._http",
+        "configure_logging": "hodei.observability._logging",
+    },
+)

@@ -5,8 +5,9 @@ with the Docker API, set up by :class:`DockerProviderConfig`. ``DockerProvider``
 so that ``import hodei.providers`` does not import the docker SDK.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hodei._lazy import lazy_names
 from hodei.providers._containers import DockerProviderConfig
 from hodei.providers._process import ProcessProvider
 
@@ -16,10 +17,4 @@ if TYPE_CHECKING:
 __all__ = ["DockerProvider", "DockerProviderConfig", "ProcessProvider"]
 
 
-def __getattr__(name: str) -> Any:
-    """``DockerProvider``, imported on first use (it needs the docker SDK)."""
-    if name == "DockerProvider":
-        from hodei.providers._docker import DockerProvider
-
-        return DockerProvider
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, {"DockerProvider": "hodei.providers._docker"})

@@ -7,8 +7,9 @@ hodei.stores`` does not import the asyncpg driver. A store may also offer what r
 (:class:`SharedLeases`, answering with :class:`TouchedLeases`) and spent join tokens (:class:`SpentTokens`).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hodei._lazy import lazy_names
 from hodei.ports import SharedLeases, SpentTokens, TouchedLeases
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
@@ -29,17 +30,11 @@ __all__ = [
     "TouchedLeases",
 ]
 
-_POSTGRES = {
-    "PostgresEventRelay": "hodei.stores._postgres_relay",
-    "PostgresLeadership": "hodei.stores._postgres_leadership",
-    "PostgresRegistryStore": "hodei.stores._postgres",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The PostgreSQL stores, imported on first use (they need asyncpg)."""
-    if name in _POSTGRES:
-        import importlib
-
-        return getattr(importlib.import_module(_POSTGRES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "PostgresEventRelay": "hodei.stores._postgres_relay",
+        "PostgresLeadership": "hodei.stores._postgres_leadership",
+        "PostgresRegistryStore": "hodei.stores._postgres",
+    },
+)
