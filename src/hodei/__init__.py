@@ -5,12 +5,21 @@ The public API, re-exported from the modules that define it::
     from hodei import (DynamicWorker, DynamicWorkerConfig, WorkerType, WorkerStatus, RegistrationConfig,
                        WorkerRegistrationAdapter, RegistrationError, MaxRetriesExceeded, SchedulerPortClient,
                        WorkerManagementService, WorkerManagementConfig)
+
+Each sub-package has a face of its own for the rest (``hodei.scheduler``, ``hodei.server``, ``hodei.agent``,
+``hodei.stores``, ``hodei.providers``, ``hodei.security``, ``hodei.observability``, ``hodei.testing``, …); the
+modules with a leading underscore are not an API.
 """
 
+from typing import TYPE_CHECKING
+
+from hodei._lazy import lazy_names
 from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,
     FieldViolation,
+    ResourceUsage,
+    UpsertOutcome,
     WorkerCapabilities,
     WorkerRecord,
     WorkerStatus,
@@ -40,6 +49,7 @@ from hodei.errors import (
     WorkerAlreadyExists,
     WorkerNotFound,
 )
+from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.management import (
     DecommissionResult,
     ProvisionResult,
@@ -50,6 +60,7 @@ from hodei.management import (
     static_worker,
 )
 from hodei.ports import (
+    DrainOutcome,
     RegistrationReceipt,
     RegistryStore,
     SchedulerPort,
@@ -58,8 +69,16 @@ from hodei.ports import (
     WorkerPage,
     WorkerProvider,
 )
-from hodei.registration import BatchRegistrationResult, RegistrationConfig, WorkerRegistrationAdapter
+from hodei.registration import (
+    BatchRegistrationResult,
+    DrainResult,
+    RegistrationConfig,
+    WorkerRegistrationAdapter,
+)
 from hodei.transport import SchedulerPortClient
+
+if TYPE_CHECKING:
+    from hodei._bootstrap import OpenedStore, build_control_plane, build_scheduler, open_store
 
 __version__ = "0.1.0"
 
@@ -67,6 +86,8 @@ __all__ = [
     "AccessDenied",
     "BatchRegistrationResult",
     "DecommissionResult",
+    "DrainOutcome",
+    "DrainResult",
     "DynamicWorker",
     "DynamicWorkerConfig",
     "ErrorCode",
@@ -74,6 +95,7 @@ __all__ = [
     "HodeiError",
     "InvalidWorkerData",
     "MaxRetriesExceeded",
+    "OpenedStore",
     "ProviderError",
     "ProvisionResult",
     "ProvisioningError",
@@ -83,6 +105,7 @@ __all__ = [
     "RegistrationFailed",
     "RegistrationReceipt",
     "RegistryStore",
+    "ResourceUsage",
     "SchedulerConflict",
     "SchedulerError",
     "SchedulerInternalError",
@@ -97,8 +120,11 @@ __all__ = [
     "StoreRefusedData",
     "StoreUnavailable",
     "UnregistrationStatus",
+    "UpsertOutcome",
     "WorkerAlreadyExists",
     "WorkerCapabilities",
+    "WorkerEvent",
+    "WorkerEventKind",
     "WorkerFilter",
     "WorkerManagementConfig",
     "WorkerManagementService",
@@ -110,6 +136,18 @@ __all__ = [
     "WorkerStatus",
     "WorkerType",
     "__version__",
+    "build_control_plane",
+    "build_scheduler",
     "load_static_workers",
+    "open_store",
     "static_worker",
 ]
+
+# The composition root builds the scheduler's server and the control plane: imported on first use, so that
+# ``import hodei`` does not load the gRPC server, its admission and its stores.
+__getattr__ = lazy_names(
+    __name__,
+    dict.fromkeys(
+        ["OpenedStore", "build_control_plane", "build_scheduler", "open_store"], "hodei._bootstrap"
+    ),
+)

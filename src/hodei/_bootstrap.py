@@ -87,7 +87,7 @@ async def open_store(url: str) -> OpenedStore:
         path = Path(url.removeprefix("sqlite:///"))
         return OpenedStore(await SqliteRegistryStore.open(path), None, f"sqlite:///{path}")
     if url.startswith(("postgresql://", "postgres://")):
-        from hodei.stores._postgres import PostgresEventRelay, PostgresLeadership, PostgresRegistryStore
+        from hodei.stores import PostgresEventRelay, PostgresLeadership, PostgresRegistryStore
 
         store = await PostgresRegistryStore.open(url)
         return OpenedStore(store, PostgresLeadership(url), store.dsn, PostgresEventRelay(url))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hodei.bench.fleet import histogram_quantile, run_fleet
+from hodei.bench.fleet import run_fleet
+from hodei.bench.processes import histogram_quantile
 
 pytestmark = pytest.mark.timeout(180)
 

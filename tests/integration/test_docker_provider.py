@@ -37,7 +37,7 @@ from hodei.bench.containers import run
 from hodei.domain import WorkerRecord
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.management import Reconciler, ReconcilerConfig
-from hodei.providers._docker import DockerProvider, DockerProviderConfig
+from hodei.providers import DockerProvider, DockerProviderConfig
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._client import SchedulerPortClient
 from tests.helpers import metric, wait_for, wait_until

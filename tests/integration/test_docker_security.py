@@ -16,7 +16,7 @@ import pytest
 from hodei import DynamicWorkerConfig, WorkerRegistrationAdapter, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management import WorkerManagementService
-from hodei.providers._docker import DockerProvider, DockerProviderConfig
+from hodei.providers import DockerProvider, DockerProviderConfig
 from hodei.security import (
     AccessPolicy,
     ClientTlsConfig,

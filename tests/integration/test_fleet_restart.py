@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hodei.bench.fleet import SwarmFleet, scrape, tcp_connections
-from hodei.bench.processes import ServerProcess, free_port
+from hodei.bench.processes import ServerProcess, free_port, scrape, tcp_connections
+from hodei.bench.swarm import SwarmFleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -12,8 +12,8 @@ from hodei.domain import ResourceUsage
 from hodei.lifecycle import LivenessConfig
 from hodei.ports import RegistryStore, TouchedLeases
 from hodei.scheduler._core import Scheduler
+from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.stores._postgres import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import FaultyStore
 from tests.helpers import make_worker

@@ -22,7 +22,7 @@ from hodei.domain import (
 )
 from hodei.ports import RegistryStore
 from hodei.scheduler._registry import MAX_PAGE_BYTES
-from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport import _codec as codec

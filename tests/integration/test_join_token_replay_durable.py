@@ -19,7 +19,7 @@ from hodei.lifecycle import WorkerEventKind
 from hodei.ports import RegistryStore
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
 from hodei.security import AccessPolicy, SchedulerSecurity, TokenAuthority
-from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler, FaultProxy
 from tests.helpers import AttemptRecordingClient, make_worker, wait_until

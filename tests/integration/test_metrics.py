@@ -35,8 +35,8 @@ from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
 from hodei.ports import RegistryStore
 from hodei.server._bounds import RegistrationBound
+from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.stores._postgres import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from hodei.transport._codec import pb, pb_grpc

@@ -15,7 +15,7 @@ import pytest
 
 from hodei import WorkerCapabilities, WorkerRecord, WorkerType
 from hodei._bootstrap import open_store
-from hodei.stores._postgres import PostgresLeadership, PostgresRegistryStore
+from hodei.stores import PostgresLeadership, PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 
 PASSWORD = "s3cret-Passw0rd"

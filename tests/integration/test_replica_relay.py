@@ -23,7 +23,7 @@ from hodei.ports import UnregistrationStatus
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._events import Watcher
 from hodei.scheduler._relay import REASON_LIMIT, short_reason
-from hodei.stores._postgres import PostgresEventRelay, PostgresRegistryStore
+from hodei.stores import PostgresEventRelay, PostgresRegistryStore
 from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, wait_for
 from tests.integration.test_cli import CLI_ENV, HODEI, table_rows

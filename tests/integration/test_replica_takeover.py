@@ -15,7 +15,7 @@ import pytest
 from hodei.domain import ResourceUsage, WorkerStatus
 from hodei.lifecycle import LivenessConfig, WorkerEventKind
 from hodei.scheduler._core import Scheduler
-from hodei.stores._postgres import PostgresLeadership, PostgresRegistryStore
+from hodei.stores import PostgresLeadership, PostgresRegistryStore
 from tests.unit.test_scheduler_core import EventLog, FakeClock, agent, status
 
 pytestmark = pytest.mark.timeout(60)

@@ -30,8 +30,8 @@ from hodei import (
 from hodei.domain import ResourceUsage, UpsertOutcome
 from hodei.errors import ErrorCode
 from hodei.ports import RegistryStore, SharedLeases, SpentTokens, TouchedLeases
+from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.stores._postgres import PostgresRegistryStore
 from hodei.stores._sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from hodei.stores._sqlite import SCHEMA_VERSION, SqliteRegistryStore
 

@@ -21,7 +21,7 @@ from hodei.domain import UpsertOutcome, WorkerCapabilities, WorkerRecord, Worker
 from hodei.errors import ErrorCode, StoreRefusedData
 from hodei.lifecycle import LivenessConfig
 from hodei.ports import RegistryStore
-from hodei.stores._postgres import PostgresRegistryStore
+from hodei.stores import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._codec import pb, pb_grpc

@@ -53,7 +53,11 @@ def _imports(module: str) -> set[str]:
     path = _path(module)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     named: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    skipped = _for_type_checkers(tree)
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             named.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -65,6 +69,16 @@ def _imports(module: str) -> set[str]:
             # ``from hodei.scheduler import _core`` imports a module, not only a name.
             named.update(f"{base}.{alias.name}" for alias in node.names if _is_module(f"{base}.{alias.name}"))
     return named
+
+
+def _for_type_checkers(tree: ast.Module) -> set[ast.AST]:
+    """The statements under ``if TYPE_CHECKING:`` — never run, so never an import at run time."""
+    skipped: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for statement in node.body:
+                skipped.update(ast.walk(statement))
+    return skipped
 
 
 def _is_module(name: str) -> bool:

@@ -23,7 +23,7 @@ from hodei.bench.report import percentile
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.lifecycle import LivenessConfig
 from hodei.management import WorkerManagementService
-from hodei.providers._docker import DockerProvider, DockerProviderConfig
+from hodei.providers import DockerProvider, DockerProviderConfig
 from hodei.registration._adapter import WorkerRegistrationAdapter
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._client import SchedulerPortClient

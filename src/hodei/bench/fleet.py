@@ -1,7 +1,7 @@
 """The fleet benchmark: N real agents against one scheduler process, a steady window, then SIGKILL and restart.
 
 ``hodei bench --scenario fleet --agents N`` (``make bench-fleet``). The agents run in swarm processes
-(:mod:`hodei.bench.swarm`, at most ``per_swarm`` agents each, so that the load generator is never the
+(:class:`hodei.bench.swarm.SwarmFleet`, at most ``per_swarm`` agents each, so that the load generator is never the
 bottleneck), each agent with a connection of its own; the scheduler is ``hodei scheduler serve`` in a process
 of its own, on the default store (SQLite) unless told otherwise, with its ``/metrics`` scraped. Measured:
 
@@ -18,25 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
-from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
-from hodei.bench.processes import ProcessProbe, ServerProcess, free_port
+from hodei.bench.processes import (
+    ProcessProbe,
+    ServerProcess,
+    free_port,
+    heartbeat_buckets,
+    histogram_quantile,
+    open_files,
+    scrape,
+    tcp_connections,
+)
 from hodei.bench.stores import registry_store
+from hodei.bench.swarm import SwarmFleet
 
-__all__ = ["FleetReport", "SwarmFleet", "fleet_table", "run_fleet", "scrape", "tcp_connections"]
+__all__ = ["FleetReport", "fleet_table", "run_fleet"]
 
 Progress = Callable[[str, float, float], None]
 """``progress(phase, done, total)``."""
@@ -84,128 +88,6 @@ class FleetReport:
         document["scenario"] = "fleet"
         document["heartbeats_delivered_share"] = self.heartbeats_delivered_share
         return document
-
-
-class _Swarm:
-    """One swarm process and the last counts it reported."""
-
-    def __init__(self, target: str, prefix: str, first: int, count: int, slots: int = 1) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hodei.bench.swarm",
-                target,
-                prefix,
-                str(first),
-                str(count),
-                "--slots",
-                str(slots),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self.counts: dict[str, int] = {"agents": count}
-        self._reader: asyncio.Task[None] | None = None
-
-    def start_reading(self) -> None:
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        stream = self.process.stdout
-        while line := await asyncio.to_thread(stream.readline):
-            with contextlib.suppress(ValueError):
-                self.counts = json.loads(line)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.to_thread(self.process.wait, timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
-        if self._reader is not None:
-            await self._reader
-
-
-class SwarmFleet:
-    """The swarm processes of a fleet of ``agents`` agents, ``swarms`` of them in whole hosts of ``slots``:
-    started at once, their last reported counts summed by :meth:`total`, stopped by :meth:`stop` (SIGTERM: every
-    agent drains and unregisters; a swarm still there after ``grace`` is killed)."""
-
-    def __init__(
-        self, target: str, agents: int, *, swarms: int, slots: int = 1, prefix: str = "fleet"
-    ) -> None:
-        size = math.ceil(agents / swarms / slots) * slots  # whole hosts in each swarm
-        self._swarms = [
-            _Swarm(target, f"{prefix}-{index:02d}", index * size, min(size, agents - index * size), slots)
-            for index in range(swarms)
-        ]
-        for swarm in self._swarms:
-            swarm.start_reading()
-
-    def total(self, key: str) -> int:
-        """The sum of one count (``connected``, ``reconnects``, ``exits`` …) over the swarms' last reports."""
-        return sum(s.counts.get(key, 0) for s in self._swarms)
-
-    async def stop(self, grace: float = 90.0) -> None:
-        for swarm in self._swarms:
-            swarm.stop()
-        for swarm in self._swarms:
-            await swarm.wait(grace)
-
-
-async def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Every sample of the scheduler's ``/metrics``: name -> labels -> value."""
-
-    def fetch() -> str:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return str(answer.read().decode())
-
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(await asyncio.to_thread(fetch)):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def _buckets(samples: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> list[tuple[float, float]]:
-    found = samples.get("hodei_heartbeat_lag_seconds_bucket", {})
-    return sorted((float(dict(labels)["le"]), value) for labels, value in found.items())
-
-
-def histogram_quantile(fraction: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus' ``histogram_quantile`` over cumulative ``(upper bound, count)`` buckets: linear within the
-    bucket the rank falls in. NaN without observations."""
-    if not buckets or buckets[-1][1] <= 0:
-        return math.nan
-    rank = fraction * buckets[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
-            if count == lower_count:
-                return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = bound, count
-    return lower_bound
-
-
-def tcp_connections(pid: int) -> int:
-    with contextlib.suppress(psutil.Error):
-        return len(psutil.Process(pid).net_connections(kind="tcp"))
-    return 0
-
-
-def _fds(pid: int) -> int:
-    with contextlib.suppress(psutil.Error):
-        return psutil.Process(pid).num_fds()
-    return 0
 
 
 async def _until(condition: Callable[[], bool], timeout: float, on_tick: Callable[[], None]) -> float:
@@ -310,14 +192,16 @@ async def run_fleet(
                 ) - before.get("hodei_heartbeat_lag_seconds_count", {}).get(count_key, 0.0)
                 report.heartbeats_expected = agents * report.steady_s / heartbeat
                 report.heartbeats_delivered = delivered
-                earlier = dict(_buckets(before))
-                window = [(bound, count - earlier.get(bound, 0.0)) for bound, count in _buckets(after)]
+                earlier = dict(heartbeat_buckets(before))
+                window = [
+                    (bound, count - earlier.get(bound, 0.0)) for bound, count in heartbeat_buckets(after)
+                ]
                 report.interval_p50_s = histogram_quantile(0.5, window)
                 report.interval_p99_s = histogram_quantile(0.99, window)
                 report.scheduler_cpu_share = ProcessProbe.cpu_percent(usage_before, usage_after) / 100
                 report.scheduler_rss_mb = usage_after.rss / 2**20
                 report.rss_kb_per_agent = usage_after.rss / 1024 / agents
-                report.scheduler_fds = _fds(first.pid)
+                report.scheduler_fds = open_files(first.pid)
                 # 3. SIGKILL and restart on the same port and store
                 if restart:
                     first.kill()
@@ -358,7 +242,7 @@ async def _restart(
     async def sample() -> None:
         nonlocal available, lost
         figures.peak_connections = max(figures.peak_connections, tcp_connections(second.pid))
-        figures.peak_fds = max(figures.peak_fds, _fds(second.pid))
+        figures.peak_fds = max(figures.peak_fds, open_files(second.pid))
         with contextlib.suppress(OSError, ValueError):
             workers = (await scrape(metrics_url)).get("hodei_workers", {})
             available = int(workers.get((("status", "available"),), 0))

@@ -1,21 +1,34 @@
-"""The processes a benchmark measures: a scheduler (or the raw baseline server) of its own, and its CPU and RSS."""
+"""The processes a benchmark measures: a scheduler (or the raw baseline server) of its own; its CPU and RSS, its
+connections and open files, and its ``/metrics``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from hodei._infra.directories import free_loopback_port as free_port
 
-__all__ = ["ProcessProbe", "ServerProcess", "free_port"]
+__all__ = [
+    "ProcessProbe",
+    "ServerProcess",
+    "free_port",
+    "heartbeat_buckets",
+    "histogram_quantile",
+    "open_files",
+    "scrape",
+    "tcp_connections",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +129,57 @@ class ServerProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Every sample of the scheduler's ``/metrics``: name -> labels -> value."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return str(answer.read().decode())
+
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(await asyncio.to_thread(fetch)):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def heartbeat_buckets(
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]],
+) -> list[tuple[float, float]]:
+    """The cumulative buckets of the scheduler's ``hodei_heartbeat_lag_seconds``, from a :func:`scrape`."""
+    found = samples.get("hodei_heartbeat_lag_seconds_bucket", {})
+    return sorted((float(dict(labels)["le"]), value) for labels, value in found.items())
+
+
+def histogram_quantile(fraction: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' ``histogram_quantile`` over cumulative ``(upper bound, count)`` buckets: linear within the
+    bucket the rank falls in. NaN without observations."""
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    rank = fraction * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def tcp_connections(pid: int) -> int:
+    """The TCP connections ``pid`` holds open (0 when it is gone)."""
+    with contextlib.suppress(psutil.Error):
+        return len(psutil.Process(pid).net_connections(kind="tcp"))
+    return 0
+
+
+def open_files(pid: int) -> int:
+    """The file descriptors ``pid`` holds open (0 when it is gone)."""
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).num_fds()
+    return 0

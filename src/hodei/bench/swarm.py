@@ -4,6 +4,7 @@
 :class:`~hodei.agent.WorkerAgent`\\ s (``PREFIX-FIRST`` …), each with a connection of its own as real agents
 have, and prints one JSON line of counts every ``--report-every`` seconds on standard output (see
 :func:`counts`). SIGTERM shuts every agent down (drain, unregister) and prints a last line.
+:class:`SwarmFleet` is the other end: it starts swarm processes and reads their counts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +24,7 @@ from hodei.agent._config import AgentConfig
 from hodei.agent._slots import SharedChannels
 from hodei.observability._metrics import AgentMetrics
 
-__all__ = ["counts", "swarm"]
+__all__ = ["SwarmFleet", "counts", "swarm"]
 
 
 def counts(
@@ -101,6 +104,79 @@ async def swarm(
     for host in hosts:
         await host.aclose()
     report()
+
+
+class _Swarm:
+    """One swarm process and the last counts it reported."""
+
+    def __init__(self, target: str, prefix: str, first: int, count: int, slots: int = 1) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hodei.bench.swarm",
+                target,
+                prefix,
+                str(first),
+                str(count),
+                "--slots",
+                str(slots),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.counts: dict[str, int] = {"agents": count}
+        self._reader: asyncio.Task[None] | None = None
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        stream = self.process.stdout
+        while line := await asyncio.to_thread(stream.readline):
+            with contextlib.suppress(ValueError):
+                self.counts = json.loads(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+        if self._reader is not None:
+            await self._reader
+
+
+class SwarmFleet:
+    """The swarm processes of a fleet of ``agents`` agents, ``swarms`` of them in whole hosts of ``slots``:
+    started at once, their last reported counts summed by :meth:`total`, stopped by :meth:`stop` (SIGTERM: every
+    agent drains and unregisters; a swarm still there after ``grace`` is killed)."""
+
+    def __init__(
+        self, target: str, agents: int, *, swarms: int, slots: int = 1, prefix: str = "fleet"
+    ) -> None:
+        size = math.ceil(agents / swarms / slots) * slots  # whole hosts in each swarm
+        self._swarms = [
+            _Swarm(target, f"{prefix}-{index:02d}", index * size, min(size, agents - index * size), slots)
+            for index in range(swarms)
+        ]
+        for swarm in self._swarms:
+            swarm.start_reading()
+
+    def total(self, key: str) -> int:
+        """The sum of one count (``connected``, ``reconnects``, ``exits`` …) over the swarms' last reports."""
+        return sum(s.counts.get(key, 0) for s in self._swarms)
+
+    async def stop(self, grace: float = 90.0) -> None:
+        for swarm in self._swarms:
+            swarm.stop()
+        for swarm in self._swarms:
+            await swarm.wait(grace)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Leadership for a scheduler that has its registry to itself: it always leads.
 
-Replicas that share a database elect one leader through it (``hodei.stores._postgres.PostgresLeadership``).
+Replicas that share a database elect one leader through it (``hodei.stores.PostgresLeadership``).
 """
 
 from __future__ import annotations

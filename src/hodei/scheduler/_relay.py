@@ -9,7 +9,7 @@
 - A worker another replica expired is forgotten here too: an agent still streaming to this replica is told to
   register again (``forgotten``).
 
-The core stays free of SQL: the PostgreSQL side is :class:`hodei.stores._postgres.PostgresEventRelay`.
+The core stays free of SQL: the PostgreSQL side is :class:`hodei.stores.PostgresEventRelay`.
 """
 
 from __future__ import annotations

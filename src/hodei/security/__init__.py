@@ -1,7 +1,8 @@
 """Security: signed tokens for joining, for workers and for operators; TLS and mutual TLS from files.
 
 Nothing here is wired into a server by importing it: the scheduler and the agent build what they need from
-these parts (see :mod:`hodei.security._tokens`, :mod:`hodei.security._access` (who may call what),
+these parts (see :mod:`hodei.security._tokens` (minting and verifying), :mod:`hodei.security._claims` (what a
+token says), :mod:`hodei.security._keys`, :mod:`hodei.security._access` (who may call what),
 :mod:`hodei.security._config` (the scheduler's settings), :mod:`hodei.security._provisioning` (join tokens for
 providers), :mod:`hodei.security._tls`, :mod:`hodei.security._certs`). ``docs/security.md`` tells how to use them.
 """
@@ -21,8 +22,12 @@ from hodei.security._certs import (
     make_ca,
     write_test_pki,
 )
+from hodei.security._claims import Claims, JoinClaims, OperatorClaims, WorkerClaims
 from hodei.security._config import SchedulerSecurity
+from hodei.security._keys import MIN_SECRET_BYTES, TokenKey, generate_secret, load_key
+from hodei.security._ledger import JtiLedger, MemoryJtiLedger
 from hodei.security._provisioning import JoinTokens
+from hodei.security._refusals import AuthError, AuthFailure, PermissionDenied, TokenKind, Unauthenticated
 from hodei.security._tls import (
     ClientTlsConfig,
     TlsConfig,
@@ -35,22 +40,7 @@ from hodei.security._tokens import (
     DEFAULT_OPERATOR_TOKEN_TTL,
     DEFAULT_WORKER_CREDENTIAL_TTL,
     MAX_TOKEN_LENGTH,
-    MIN_SECRET_BYTES,
-    AuthError,
-    AuthFailure,
-    Claims,
-    JoinClaims,
-    JtiLedger,
-    MemoryJtiLedger,
-    OperatorClaims,
-    PermissionDenied,
     TokenAuthority,
-    TokenKey,
-    TokenKind,
-    Unauthenticated,
-    WorkerClaims,
-    generate_secret,
-    load_key,
 )
 
 __all__ = [

@@ -28,16 +28,9 @@ from dataclasses import dataclass
 
 from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.ports import SpentTokens
+from hodei.security._claims import Claims, JoinClaims, OperatorClaims, WorkerClaims, check_binding
 from hodei.security._refusals import AuthError, AuthFailure, TokenKind
-from hodei.security._tokens import (
-    DEFAULT_WORKER_CREDENTIAL_TTL,
-    Claims,
-    JoinClaims,
-    OperatorClaims,
-    TokenAuthority,
-    WorkerClaims,
-    check_binding,
-)
+from hodei.security._tokens import DEFAULT_WORKER_CREDENTIAL_TTL, TokenAuthority
 
 __all__ = [
     "AUTHORIZATION",

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hodei.security._access import AccessPolicy
+from hodei.security._keys import load_key
 from hodei.security._tls import TlsConfig
-from hodei.security._tokens import DEFAULT_WORKER_CREDENTIAL_TTL, TokenAuthority, load_key
+from hodei.security._tokens import DEFAULT_WORKER_CREDENTIAL_TTL, TokenAuthority
 
 __all__ = ["SchedulerSecurity"]
 

@@ -24,49 +24,41 @@ contains the token.
 from __future__ import annotations
 
 import math
-import os
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from hodei.domain import utcnow, validate_worker_id
+from hodei.security._claims import (
+    Claims,
+    JoinClaims,
+    OperatorClaims,
+    WorkerClaims,
+    check_binding,
+    claimed_kind,
+    is_int,
+    join_claims,
+    kind_of,
+    operator_claims,
+    worker_claims,
+)
+from hodei.security._keys import MIN_SECRET_BYTES, TokenKey
 from hodei.security._ledger import JtiLedger, MemoryJtiLedger
-from hodei.security._refusals import AuthError, AuthFailure, PermissionDenied, TokenKind, Unauthenticated
+from hodei.security._refusals import AuthError, AuthFailure, TokenKind
 
 __all__ = [
     "DEFAULT_LEEWAY",
     "DEFAULT_OPERATOR_TOKEN_TTL",
     "DEFAULT_WORKER_CREDENTIAL_TTL",
     "MAX_TOKEN_LENGTH",
-    "MIN_SECRET_BYTES",
-    "AuthError",
-    "AuthFailure",
-    "Claims",
-    "JoinClaims",
-    "JtiLedger",
-    "MemoryJtiLedger",
-    "OperatorClaims",
-    "PermissionDenied",
     "TokenAuthority",
-    "TokenKey",
-    "TokenKind",
-    "Unauthenticated",
-    "WorkerClaims",
-    "generate_secret",
-    "load_key",
 ]
 
-MIN_SECRET_BYTES = 32
 DEFAULT_LEEWAY = 5.0  # seconds of clock skew forgiven on ``exp`` and ``iat``
 MAX_TOKEN_LENGTH = 4096  # ours are a few hundred characters; anything longer is refused unread
 DEFAULT_WORKER_CREDENTIAL_TTL = 7 * 24 * 3600.0
@@ -75,49 +67,6 @@ agent rides out an outage of days, and a credential leaked from a worker gone fo
 DEFAULT_OPERATOR_TOKEN_TTL = 30 * 24 * 3600.0
 """Seconds an operator token is good for, unless its minter says otherwise (``ttl=None``: for ever)."""
 IDENTIFIED_CACHE_SIZE = 4096  # tokens whose signature identify() checked, remembered (their times are not)
-
-TokenKey = bytes | Ed25519PrivateKey | Ed25519PublicKey
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JoinClaims:
-    """What a valid join token says; ``pool`` and ``labels`` are None when the token does not bind them."""
-
-    worker_id: str
-    token_id: str
-    issued_at: datetime
-    expires_at: datetime
-    pool: str | None = None
-    labels: Mapping[str, str] | None = None
-    single_use: bool = True
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerClaims:
-    """What a valid worker credential says; ``expires_at`` is None for a credential that does not expire;
-    ``pool`` and ``labels`` are None when it does not bind them (it binds what its join token bound)."""
-
-    worker_id: str
-    token_id: str
-    issued_at: datetime
-    expires_at: datetime | None = None
-    incarnation: int | None = None
-    pool: str | None = None
-    labels: Mapping[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OperatorClaims:
-    """What a valid operator token says."""
-
-    name: str
-    token_id: str
-    issued_at: datetime
-    expires_at: datetime | None = None
-
-
-Claims = JoinClaims | WorkerClaims | OperatorClaims
-"""What a valid token of any kind says (:meth:`TokenAuthority.identify`)."""
 
 
 class TokenAuthority:
@@ -194,7 +143,7 @@ class TokenAuthority:
         only once every other check has passed. Raises :class:`Unauthenticated` or :class:`PermissionDenied`.
         """
         payload = self._decode(TokenKind.JOIN, token, now, worker_id=worker_id, expires=True)
-        claims = _join_claims(payload, worker_id=worker_id)
+        claims = join_claims(payload, worker_id=worker_id)
         return self.admit_join(claims, worker_id=worker_id, pool=pool, labels=labels, incarnation=incarnation)
 
     def admit_join(
@@ -247,7 +196,7 @@ class TokenAuthority:
     ) -> WorkerClaims:
         """The claims of a credential presented to act as ``worker_id``; raises :class:`AuthError`."""
         payload = self._decode(TokenKind.WORKER, token, now, worker_id=worker_id, expires=False)
-        claims = _worker_claims(payload, worker_id=worker_id)
+        claims = worker_claims(payload, worker_id=worker_id)
         if claims.worker_id != worker_id:
             raise AuthError.refusal(AuthFailure.WRONG_WORKER, kind=TokenKind.WORKER, worker_id=worker_id)
         return claims
@@ -259,7 +208,7 @@ class TokenAuthority:
 
     def verify_operator_token(self, token: str | None, *, now: datetime | None = None) -> OperatorClaims:
         """The claims of an operator token; raises :class:`Unauthenticated`."""
-        return _operator_claims(self._decode(TokenKind.OPERATOR, token, now, worker_id=None, expires=False))
+        return operator_claims(self._decode(TokenKind.OPERATOR, token, now, worker_id=None, expires=False))
 
     def identify(self, token: str | None, *, now: datetime | None = None) -> Claims:
         """The claims of a token of any kind whose signature, kind and times are good: what the caller holds,
@@ -274,21 +223,21 @@ class TokenAuthority:
         known = self._identified.get(token)
         if known is not None:
             claims, issued_at, expires_at = known
-            self._check_times(_KIND_OF[type(claims)], issued_at, expires_at, now, worker_id=None)
+            self._check_times(kind_of(claims), issued_at, expires_at, now, worker_id=None)
             return claims
         if len(token) > MAX_TOKEN_LENGTH:
             raise refused(AuthFailure.MALFORMED)
-        kind = _claimed_kind(token)
+        kind = claimed_kind(token)
         if kind is None:
             raise refused(AuthFailure.MALFORMED)
         # The claimed kind only chooses the verifier, which checks the signature and the audience again.
         payload = self._decode(kind, token, now, worker_id=None, expires=kind is TokenKind.JOIN)
         claims = (
-            _join_claims(payload, worker_id=None)
+            join_claims(payload, worker_id=None)
             if kind is TokenKind.JOIN
-            else _worker_claims(payload, worker_id=None)
+            else worker_claims(payload, worker_id=None)
             if kind is TokenKind.WORKER
-            else _operator_claims(payload)
+            else operator_claims(payload)
         )
         if len(self._identified) >= IDENTIFIED_CACHE_SIZE:
             del self._identified[next(iter(self._identified))]
@@ -348,8 +297,8 @@ class TokenAuthority:
         if not (
             isinstance(payload.get("sub"), str)
             and isinstance(payload.get("jti"), str)
-            and _is_int(payload.get("iat"))
-            and (_is_int(exp) or (exp is None and not expires))
+            and is_int(payload.get("iat"))
+            and (is_int(exp) or (exp is None and not expires))
         ):
             raise refused(AuthFailure.MALFORMED)
         self._check_times(kind, payload["iat"], exp, now, worker_id=worker_id)
@@ -371,125 +320,6 @@ class TokenAuthority:
             raise AuthError.refusal(AuthFailure.EXPIRED, kind=kind, worker_id=worker_id)
 
 
-def load_key(path: str | os.PathLike[str]) -> TokenKey:
-    """A token key from a file: a PEM Ed25519 private or public key, or else a raw secret (stripped, >= 32 bytes).
-
-    Raises ValueError naming the file (never showing its content) when it holds neither.
-    """
-    data = Path(path).read_bytes()
-    if data.lstrip().startswith(b"-----BEGIN"):
-        try:
-            if b"PRIVATE KEY" in data:
-                key: object = serialization.load_pem_private_key(data, password=None)
-            else:
-                key = serialization.load_pem_public_key(data)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise ValueError(f"{path}: not a PEM key that can be read without a password") from exc
-        if not isinstance(key, Ed25519PrivateKey | Ed25519PublicKey):
-            raise ValueError(f"{path}: holds a {type(key).__name__}; a token key must be Ed25519")
-        return key
-    secret = data.strip()
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(
-            f"{path}: a token secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}"
-        )
-    return secret
-
-
-def generate_secret() -> bytes:
-    """A fresh HMAC secret: 64 URL-safe characters (384 random bits), safe to write to a file as it is."""
-    return secrets.token_urlsafe(48).encode("ascii")
-
-
-_KIND_OF: dict[type, TokenKind] = {
-    JoinClaims: TokenKind.JOIN,
-    WorkerClaims: TokenKind.WORKER,
-    OperatorClaims: TokenKind.OPERATOR,
-}
-
-
-def _claimed_kind(token: str) -> TokenKind | None:
-    """The kind a token says it is (its ``aud``), read without checking anything; None when unreadable."""
-    try:
-        payload = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        return None
-    audience = payload.get("aud") if isinstance(payload, dict) else None
-    try:
-        return TokenKind(audience) if isinstance(audience, str) else None
-    except ValueError:
-        return None
-
-
-def _join_claims(payload: dict[str, Any], *, worker_id: str | None) -> JoinClaims:
-    bound_pool, bound_labels = payload.get("pool"), payload.get("labels")
-    single_use = payload.get("single_use", True)
-    if not (
-        (bound_pool is None or isinstance(bound_pool, str))
-        and (bound_labels is None or _is_labels(bound_labels))
-        and isinstance(single_use, bool)
-    ):
-        raise AuthError.refusal(AuthFailure.MALFORMED, kind=TokenKind.JOIN, worker_id=worker_id)
-    return JoinClaims(
-        worker_id=payload["sub"],
-        token_id=payload["jti"],
-        issued_at=_moment(payload["iat"]),
-        expires_at=_moment(payload["exp"]),
-        pool=bound_pool,
-        labels=None if bound_labels is None else MappingProxyType(bound_labels),
-        single_use=single_use,
-    )
-
-
-def _worker_claims(payload: dict[str, Any], *, worker_id: str | None) -> WorkerClaims:
-    incarnation = payload.get("inc")
-    bound_pool, bound_labels = payload.get("pool"), payload.get("labels")
-    if not (
-        (incarnation is None or _is_int(incarnation))
-        and (bound_pool is None or isinstance(bound_pool, str))
-        and (bound_labels is None or _is_labels(bound_labels))
-    ):
-        raise AuthError.refusal(AuthFailure.MALFORMED, kind=TokenKind.WORKER, worker_id=worker_id)
-    return WorkerClaims(
-        worker_id=payload["sub"],
-        token_id=payload["jti"],
-        issued_at=_moment(payload["iat"]),
-        expires_at=_moment(payload["exp"]) if "exp" in payload else None,
-        incarnation=incarnation,
-        pool=bound_pool,
-        labels=None if bound_labels is None else MappingProxyType(bound_labels),
-    )
-
-
-def check_binding(
-    claims: JoinClaims | WorkerClaims,
-    *,
-    worker_id: str,
-    pool: str | None,
-    labels: Mapping[str, str] | None,
-) -> None:
-    """Refuse (:class:`PermissionDenied`) a registration of ``worker_id`` with ``pool`` and ``labels`` that the
-    token's claims do not admit: another worker, another pool than the bound one, other labels than the bound
-    ones (exactly those: none more, none fewer, none changed)."""
-    kind = TokenKind.JOIN if isinstance(claims, JoinClaims) else TokenKind.WORKER
-    refused = partial(AuthError.refusal, kind=kind, worker_id=worker_id)
-    if claims.worker_id != worker_id:
-        raise refused(AuthFailure.WRONG_WORKER)
-    if claims.pool is not None and pool != claims.pool:
-        raise refused(AuthFailure.WRONG_POOL)
-    if claims.labels is not None and dict(labels or {}) != claims.labels:
-        raise refused(AuthFailure.WRONG_LABELS)
-
-
-def _operator_claims(payload: dict[str, Any]) -> OperatorClaims:
-    return OperatorClaims(
-        name=payload["sub"],
-        token_id=payload["jti"],
-        issued_at=_moment(payload["iat"]),
-        expires_at=_moment(payload["exp"]) if "exp" in payload else None,
-    )
-
-
 def _checked_id(value: str, field_name: str) -> str:
     violations = validate_worker_id(value, field_name=field_name)
     if violations:
@@ -501,17 +331,3 @@ def _checked_ttl(ttl: float) -> float:
     if not (ttl > 0 and math.isfinite(ttl)):
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
     return ttl
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_labels(value: object) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    )
-
-
-def _moment(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)

@@ -22,8 +22,8 @@ from hodei._quoting import clip
 from hodei.domain import MAX_WORKER_ID_LENGTH
 from hodei.errors import AccessDenied
 from hodei.security._access import AccessPolicy, bearer_token
+from hodei.security._claims import Claims
 from hodei.security._refusals import AuthError
-from hodei.security._tokens import Claims
 from hodei.server._interception import scheduler_method
 from hodei.transport._status import abort_with
 

@@ -12,7 +12,9 @@ with a session advisory lock, and :class:`PostgresEventRelay` passes events and 
 LISTEN/NOTIFY.
 
 The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
-replicas starting together migrate once.
+replicas starting together migrate once; its migrations and statements are
+:mod:`hodei.stores._postgres_schema`. Leadership and the relay are modules of their own
+(:mod:`hodei.stores._postgres_leadership`, :mod:`hodei.stores._postgres_relay`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
@@ -43,97 +44,27 @@ from hodei.domain import (
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import TouchedLeases, WorkerFilter
 from hodei.stores._group import GroupCommit
-from hodei.stores._postgres_relay import PostgresEventRelay
-from hodei.stores._rows import COLUMNS, from_row, to_row
+from hodei.stores._postgres_schema import (
+    CHANGE,
+    INSERT,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SELECT,
+    UPDATE,
+    VIEW,
+    columns,
+    record,
+    viewed,
+)
 
-__all__ = ["SCHEMA_VERSION", "PostgresEventRelay", "PostgresLeadership", "PostgresRegistryStore"]
+__all__ = ["PostgresRegistryStore"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
-MIGRATION_LOCK = 0x686F6465_69000001  # "hodei" + 1: held while the schema is migrated
-LEADER_LOCK = 0x686F6465_69000002  # held by the replica that runs lease expiry
-
-# Each entry migrates the schema from version ``index`` to ``index + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE hodei_workers (
-            worker_id text PRIMARY KEY,
-            worker_type text NOT NULL,
-            status text NOT NULL,
-            pool text NOT NULL,
-            hostname text NOT NULL,
-            agent_version text NOT NULL,
-            incarnation bigint NOT NULL,
-            cpu_cores integer NOT NULL,
-            memory_mb bigint NOT NULL,
-            disk_mb bigint NOT NULL,
-            gpu_count integer NOT NULL,
-            labels jsonb NOT NULL,
-            registered_at timestamptz,
-            updated_at timestamptz,
-            lease_ttl double precision,
-            drained boolean NOT NULL,
-            last_seen timestamptz
-        )""",
-        "CREATE INDEX hodei_workers_by_status ON hodei_workers (status, worker_id)",
-    ),
-    (
-        # Single-use join tokens already spent by any replica (SpentTokens), until they expire.
-        "CREATE TABLE hodei_spent_tokens (token_id text PRIMARY KEY, expires_at timestamptz NOT NULL)",
-        "CREATE INDEX hodei_spent_tokens_by_expiry ON hodei_spent_tokens (expires_at)",
-    ),
-    (
-        # The replica whose Connect stream the worker's agent holds (set at each lease sync, cleared when the
-        # stream closes): what listings through the other replicas show as "connected via".
-        "ALTER TABLE hodei_workers ADD COLUMN stream_at text",
-    ),
-    (
-        # Which registration spent each token: the same one spending it again is a retry (after an ambiguous
-        # commit, or a lost answer), not a replay.
-        "ALTER TABLE hodei_spent_tokens ADD COLUMN worker_id text, ADD COLUMN incarnation bigint",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_TYPES = (
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "bigint",
-    "integer",
-    "bigint",
-    "bigint",
-    "integer",
-    "text",  # labels: JSON text, cast to jsonb in the statement
-    "timestamptz",
-    "timestamptz",
-    "double precision",
-    "boolean",
-)
-_UNNEST = (
-    "unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES)) + f") AS u({', '.join(COLUMNS)})"
-)
-_VALUES = ", ".join("u.labels::jsonb" if c == "labels" else f"u.{c}" for c in COLUMNS)
-_SEEN = "CASE WHEN u.lease_ttl IS NULL THEN NULL ELSE now() END"
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM hodei_workers"
-_VIEW = f"SELECT {', '.join(COLUMNS)}, stream_at FROM hodei_workers"  # what reads for callers also show
-_INSERT = (
-    f"INSERT INTO hodei_workers ({', '.join(COLUMNS)}, last_seen) SELECT {_VALUES}, {_SEEN} FROM {_UNNEST} "
-    "ON CONFLICT (worker_id) DO NOTHING RETURNING worker_id"
-)
-_SET = ", ".join(f"{c} = u.{c}::jsonb" if c == "labels" else f"{c} = u.{c}" for c in COLUMNS[1:])
-# A registration is news of its worker (last_seen moves); a status change made by the scheduler is not.
-_UPDATE = (
-    f"UPDATE hodei_workers AS w SET {_SET}, last_seen = COALESCE({_SEEN}, w.last_seen) "
-    f"FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
-)
-_CHANGE = f"UPDATE hodei_workers AS w SET {_SET} FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
 # The server went away (stopped, restarted, terminated this session) or the connection broke under a call.
 _UNREACHABLE = (
     OSError,
@@ -150,25 +81,6 @@ _RACE_ATTEMPTS = 10
 
 class _RaceLost(Exception):
     """Another replica created a row this transaction meant to create: run the transaction again."""
-
-
-def _same(moment: datetime | None) -> datetime | None:
-    return moment
-
-
-def _record(row: Any) -> WorkerRecord:
-    return from_row(row, _same)
-
-
-def _viewed(row: Any) -> WorkerRecord:
-    """A row of :data:`_VIEW`: the record, with the replica holding its agent's stream as ``connected_via``."""
-    record = from_row(tuple(row)[: len(COLUMNS)], _same)
-    return replace(record, connected_via=row[len(COLUMNS)]) if row[len(COLUMNS)] else record
-
-
-def _columns(records: Sequence[WorkerRecord]) -> list[list[Any]]:
-    rows = [to_row(record, _same) for record in records]
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in COLUMNS]
 
 
 class _Broken(StoreUnavailable):
@@ -314,19 +226,19 @@ class PostgresRegistryStore:
 
         async def write(db: Db) -> list[tuple[UpsertOutcome, WorkerRecord]]:
             rows = await db.fetch(
-                f"{_SELECT} WHERE worker_id = ANY($1::text[]) ORDER BY worker_id FOR UPDATE", ids
+                f"{SELECT} WHERE worker_id = ANY($1::text[]) ORDER BY worker_id FOR UPDATE", ids
             )
-            current = {row[0]: _record(row) for row in rows}
+            current = {row[0]: record(row) for row in rows}
             existing = set(current)
             outcomes, written = merge_registrations(current, records)
             created = [r for worker_id, r in written.items() if worker_id not in existing]
             updated = [r for worker_id, r in written.items() if worker_id in existing]
             if created:
-                inserted = await db.fetch(_INSERT, *_columns(created))
+                inserted = await db.fetch(INSERT, *columns(created))
                 if len(inserted) != len(created):
                     raise _RaceLost
             if updated:
-                await db.execute(_UPDATE, *_columns(updated))
+                await db.execute(UPDATE, *columns(updated))
             return outcomes
 
         return await self._retrying(write)
@@ -335,28 +247,28 @@ class PostgresRegistryStore:
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
         async def write(db: Db) -> tuple[WorkerRecord, WorkerRecord] | None:
-            row = await db.fetchrow(f"{_SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
+            row = await db.fetchrow(f"{SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
             if row is None:
                 return None
-            before = _record(row)
+            before = record(row)
             after = change(before)
             if after is None:
                 return before, before
             after = stored_form(after)
-            await db.execute(_CHANGE, *_columns([after]))
+            await db.execute(CHANGE, *columns([after]))
             return before, after
 
         return await self._retrying(write)
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
-        rows = await self._read(f"{_VIEW} WHERE worker_id = $1", worker_id)
-        return _viewed(rows[0]) if rows else None
+        rows = await self._read(f"{VIEW} WHERE worker_id = $1", worker_id)
+        return viewed(rows[0]) if rows else None
 
     async def delete(self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None) -> bool:
         async def write(db: Db) -> bool:
             if only_if is not None:
-                row = await db.fetchrow(f"{_SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
-                if row is None or not only_if(_record(row)):
+                row = await db.fetchrow(f"{SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
+                if row is None or not only_if(record(row)):
                     return False
             deleted = await db.fetchval(
                 "WITH gone AS (DELETE FROM hodei_workers WHERE worker_id = $1 RETURNING 1) SELECT count(*) FROM gone",
@@ -381,8 +293,8 @@ class PostgresRegistryStore:
             params.append(json.dumps(dict(worker_filter.labels)))
             where.append(f"labels @> ${len(params)}::jsonb")
         params.append(limit)
-        query = f"{_VIEW} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ${len(params)}"
-        return [_viewed(row) for row in await self._read(query, *params)]
+        query = f"{VIEW} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ${len(params)}"
+        return [viewed(row) for row in await self._read(query, *params)]
 
     async def count(self) -> int:
         [row] = await self._read("SELECT count(*) FROM hodei_workers")
@@ -454,44 +366,3 @@ class PostgresRegistryStore:
             WorkerStatus.LOST.value,
         )
         return [(row[0], row[1], row[2]) for row in rows]
-
-
-class PostgresLeadership:
-    """Leadership among the replicas of one database: whoever holds a session advisory lock leads.
-
-    The lock lives on a connection of its own. When the leader dies its connection closes and PostgreSQL
-    releases the lock; the next replica to ask takes it. A leader that loses its connection stops leading at
-    once (the database has released the lock too).
-    """
-
-    def __init__(self, dsn: str, *, key: int = LEADER_LOCK, connect_timeout: float = 2.0) -> None:
-        self._dsn = dsn
-        self._key = key
-        self._connect_timeout = connect_timeout
-        self._db: asyncpg.Connection | None = None
-        self.leading = False
-
-    async def acquire(self) -> bool:
-        try:
-            if self._db is None or self._db.is_closed():
-                self.leading = False
-                self._db = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-            if self.leading:
-                await self._db.fetchval("SELECT 1", timeout=self._connect_timeout)
-            else:
-                self.leading = bool(
-                    await self._db.fetchval(
-                        "SELECT pg_try_advisory_lock($1)", self._key, timeout=self._connect_timeout
-                    )
-                )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            if self.leading:
-                log.warning("leadership.lost", extra={"error": str(error)})
-            await self.release()
-        return self.leading
-
-    async def release(self) -> None:
-        self.leading = False
-        db, self._db = self._db, None
-        if db is not None:
-            db.terminate()  # closing the session releases the lock, whatever state the connection is in

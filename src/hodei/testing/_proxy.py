@@ -6,9 +6,9 @@
 
 Each connection is served by four tasks in a TaskGroup: per direction, a reader that takes chunks off one socket
 into a small bounded queue, and a writer that hands them to the other socket when the faults allow it — after
-the latency, within the bandwidth, not while black-holed, not beyond the close-after budget. The writers read
-the fault settings at every chunk, and every change wakes the writers that wait, so that a fault bites the
-connections already open (gRPC keeps one connection for hours) as well as new ones.
+the latency, within the bandwidth, not while black-holed (:mod:`hodei.testing._faults`), not beyond the
+close-after budget. The writers read the faults at every chunk, and every change wakes the writers that wait, so
+that a fault bites the connections already open (gRPC keeps one connection for hours) as well as new ones.
 """
 
 from __future__ import annotations
@@ -24,53 +24,18 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 
-__all__ = ["FaultProxy"]
+from hodei.testing._faults import Chunk, Direction, Faults, Way
 
-Direction = Literal["upstream", "downstream", "both"]
-_Way = Literal["upstream", "downstream"]
-_WAYS: tuple[_Way, _Way] = ("upstream", "downstream")
+__all__ = ["FaultProxy"]
 
 _CHUNK = 64 * 1024
 _QUEUED_CHUNKS = 16  # per direction and connection: what a held connection buffers before it stops reading
-_BURST_SECONDS = 0.05  # a bandwidth limit lets through bursts of at most this much time's worth of bytes
 _CUT_GRACE = 1.0  # after a close-after cut, how long the client may take to close its end
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST instead of FIN
 
 
 class _Cut(Exception):
     """The close-after budget of a connection is spent."""
-
-
-@dataclass(slots=True)
-class _Chunk:
-    data: bytes
-    arrived: float
-    jitter_fraction: float  # in [0, 1): this chunk's share of the jitter, drawn once
-
-
-@dataclass(slots=True)
-class _Bucket:
-    """A token bucket: ``rate`` bytes a second (``None``: unlimited), at most ``_BURST_SECONDS`` of them saved."""
-
-    rate: float | None = None
-    tokens: float = 0.0
-    stamp: float = 0.0
-
-    def limit(self, rate: float | None, now: float) -> None:
-        self.rate, self.tokens, self.stamp = rate, 0.0, now
-
-    def take(self, wanted: int, now: float) -> tuple[int, float]:
-        """``(granted, 0)`` with ``0 < granted <= wanted``, or ``(0, seconds to wait)`` before asking again."""
-        if self.rate is None:
-            return wanted, 0.0
-        capacity = max(1, int(self.rate * _BURST_SECONDS))
-        self.tokens = min(float(capacity), self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        need = min(wanted, capacity)
-        if self.tokens >= need:
-            self.tokens -= need
-            return need, 0.0
-        return 0, (need - self.tokens) / self.rate
 
 
 @dataclass(eq=False, slots=True)
@@ -140,12 +105,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._links: set[_Link] = set()
         self._failures: list[BaseException] = []  # what connection tasks died of, other than the network
-        self._changed = asyncio.Event()
-        # The faults.
-        self._delay: dict[_Way, float] = dict.fromkeys(_WAYS, 0.0)
-        self._jitter: dict[_Way, float] = dict.fromkeys(_WAYS, 0.0)
-        self._buckets: dict[_Way, _Bucket] = {way: _Bucket() for way in _WAYS}
-        self._black_hole = False
+        self._faults = Faults()
         self._close_after: int | None = None
         self._reset_new = False
         # The counters.
@@ -216,22 +176,12 @@ class FaultProxy:
         """Hold each chunk ``seconds`` (plus a random share of ``jitter``: jitter only lengthens) before it is
         forwarded in ``direction``; ``delay(0)`` ends it. Chunks already waiting get the new delay at once, and
         keep their order, as TCP's bytes do."""
-        if seconds < 0 or jitter < 0:
-            raise ValueError(f"delay and jitter must not be negative, got {seconds} and {jitter}")
-        for way in _ways(direction):
-            self._delay[way] = seconds
-            self._jitter[way] = jitter
-        self._wake()
+        self._faults.delay(seconds, jitter, direction)
 
     def limit_bandwidth(self, bytes_per_second: float | None, *, direction: Direction = "both") -> None:
         """Forward at most ``bytes_per_second`` in ``direction`` (each direction its own budget, shared by the
         connections, as a link's); ``None`` lifts the limit. Bursts are at most 50 ms worth."""
-        if bytes_per_second is not None and bytes_per_second <= 0:
-            raise ValueError(f"bytes_per_second must be positive or None, got {bytes_per_second}")
-        now = asyncio.get_running_loop().time()
-        for way in _ways(direction):
-            self._buckets[way].limit(bytes_per_second, now)
-        self._wake()
+        self._faults.limit_bandwidth(bytes_per_second, direction)
 
     def black_hole(self, on: bool = True) -> None:
         """Forward nothing either way and answer nothing, on open connections and on new ones (which are still
@@ -239,8 +189,7 @@ class FaultProxy:
         end by their deadlines. Nothing is lost: what was sent waits in the proxy and the kernel's buffers and
         flows on when the black hole ends, as TCP delivers what it retransmitted once a partition heals. For
         connections that never come back (a middlebox that forgot them), :meth:`reset_all` before healing."""
-        self._black_hole = on
-        self._wake()
+        self._faults.black_hole(on)
 
     def close_after(self, n_bytes: int | None) -> None:
         """Close each connection (FIN, both sides) once it has forwarded ``n_bytes`` more downstream — half-way
@@ -251,7 +200,7 @@ class FaultProxy:
         self._close_after = n_bytes
         for link in self._links:
             link.down_budget = n_bytes
-        self._wake()
+        self._faults.wake()
 
     def reset_all(self, *, including_new: bool = False) -> None:
         """Close every open connection with an RST, both to the client and to the upstream. With
@@ -275,17 +224,13 @@ class FaultProxy:
     def heal(self) -> None:
         """Every fault off: no latency, no bandwidth limit, no black hole, no close-after, no resets of new
         connections, listening."""
-        for way in _WAYS:
-            self._delay[way] = self._jitter[way] = 0.0
-            self._buckets[way].rate = None
-        self._black_hole = False
         self._close_after = None
         for link in self._links:
             link.down_budget = None
         self._reset_new = False
         if self._state == "started":
             self.refuse(False)
-        self._wake()
+        self._faults.heal()
 
     # --- listening ------------------------------------------------------------------------------------------
 
@@ -363,8 +308,8 @@ class FaultProxy:
             link.writers.append(upstream_writer)
             try:
                 async with asyncio.TaskGroup() as group:
-                    up: asyncio.Queue[_Chunk | None] = asyncio.Queue(_QUEUED_CHUNKS)
-                    down: asyncio.Queue[_Chunk | None] = asyncio.Queue(_QUEUED_CHUNKS)
+                    up: asyncio.Queue[Chunk | None] = asyncio.Queue(_QUEUED_CHUNKS)
+                    down: asyncio.Queue[Chunk | None] = asyncio.Queue(_QUEUED_CHUNKS)
                     group.create_task(self._read(client_reader, up))
                     group.create_task(self._write(link, upstream_writer, up, "upstream"))
                     group.create_task(self._read(upstream_reader, down))
@@ -383,21 +328,19 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
 
-    async def _read(self, reader: asyncio.StreamReader, queue: asyncio.Queue[_Chunk | None]) -> None:
+    async def _read(self, reader: asyncio.StreamReader, queue: asyncio.Queue[Chunk | None]) -> None:
         loop = asyncio.get_running_loop()
         while data := await reader.read(_CHUNK):
-            await queue.put(_Chunk(data, loop.time(), self._random()))
+            await queue.put(Chunk(data, loop.time(), self._random()))
         await queue.put(None)
 
     async def _write(
-        self, link: _Link, writer: asyncio.StreamWriter, queue: asyncio.Queue[_Chunk | None], way: _Way
+        self, link: _Link, writer: asyncio.StreamWriter, queue: asyncio.Queue[Chunk | None], way: Way
     ) -> None:
         while (chunk := await queue.get()) is not None:
             data = chunk.data
             while data:
-                await self._latency(chunk, way)
-                size = await self._bandwidth(way, len(data))
-                await self._out_of_black_hole()
+                size = await self._faults.hold(chunk, way, len(data))
                 if way == "downstream" and link.down_budget is not None:
                     if link.down_budget == 0:
                         raise _Cut
@@ -415,25 +358,6 @@ class FaultProxy:
         if writer.can_write_eof():
             writer.write_eof()
 
-    async def _latency(self, chunk: _Chunk, way: _Way) -> None:
-        loop = asyncio.get_running_loop()
-        while (
-            left := chunk.arrived + self._delay[way] + chunk.jitter_fraction * self._jitter[way] - loop.time()
-        ) > 0:
-            await self._until_changed(left)
-
-    async def _bandwidth(self, way: _Way, wanted: int) -> int:
-        loop = asyncio.get_running_loop()
-        while True:
-            granted, wait = self._buckets[way].take(wanted, loop.time())
-            if granted:
-                return granted
-            await self._until_changed(wait)
-
-    async def _out_of_black_hole(self) -> None:
-        while self._black_hole:
-            await self._until_changed(None)
-
     async def _close_gracefully(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """FIN to the client, then read what it still sends until it closes its end: closing a socket with
         unread data would send an RST instead of the FIN this fault promises."""
@@ -442,24 +366,3 @@ class FaultProxy:
             async with asyncio.timeout(_CUT_GRACE):
                 while await reader.read(_CHUNK):
                     pass
-
-    # --- switching ------------------------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        """Wake every writer waiting on a fault, to look at the faults again."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def _until_changed(self, timeout: float | None) -> None:
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await changed.wait()
-
-
-def _ways(direction: Direction) -> tuple[_Way, ...]:
-    if direction == "both":
-        return _WAYS
-    if direction in _WAYS:
-        return (direction,)
-    raise ValueError(f"direction must be 'upstream', 'downstream' or 'both', got {direction!r}")

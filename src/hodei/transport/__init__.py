@@ -2,6 +2,6 @@
 between proto and domain."""
 
 from hodei.transport._channel import open_channel
-from hodei.transport._client import SchedulerPortClient
+from hodei.transport._client import Credential, SchedulerPortClient
 
-__all__ = ["SchedulerPortClient", "open_channel"]
+__all__ = ["Credential", "SchedulerPortClient", "open_channel"]

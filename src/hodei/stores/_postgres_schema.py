@@ -1,0 +1,128 @@
+"""The PostgreSQL store's schema and statements: the migrations (each from one version to the next), the
+statements that read and write ``hodei_workers`` in bulk (``unnest`` of one array per column), and records to
+and from their rows. No connection here: :mod:`hodei.stores._postgres` runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from hodei.domain import WorkerRecord
+from hodei.stores._rows import COLUMNS, from_row, to_row
+
+__all__ = [
+    "CHANGE",
+    "INSERT",
+    "MIGRATIONS",
+    "MIGRATION_LOCK",
+    "SCHEMA_VERSION",
+    "SELECT",
+    "UPDATE",
+    "VIEW",
+    "columns",
+    "record",
+    "viewed",
+]
+
+MIGRATION_LOCK = 0x686F6465_69000001  # "hodei" + 1: held while the schema is migrated
+
+# Each entry migrates the schema from version ``index`` to ``index + 1``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE hodei_workers (
+            worker_id text PRIMARY KEY,
+            worker_type text NOT NULL,
+            status text NOT NULL,
+            pool text NOT NULL,
+            hostname text NOT NULL,
+            agent_version text NOT NULL,
+            incarnation bigint NOT NULL,
+            cpu_cores integer NOT NULL,
+            memory_mb bigint NOT NULL,
+            disk_mb bigint NOT NULL,
+            gpu_count integer NOT NULL,
+            labels jsonb NOT NULL,
+            registered_at timestamptz,
+            updated_at timestamptz,
+            lease_ttl double precision,
+            drained boolean NOT NULL,
+            last_seen timestamptz
+        )""",
+        "CREATE INDEX hodei_workers_by_status ON hodei_workers (status, worker_id)",
+    ),
+    (
+        # Single-use join tokens already spent by any replica (SpentTokens), until they expire.
+        "CREATE TABLE hodei_spent_tokens (token_id text PRIMARY KEY, expires_at timestamptz NOT NULL)",
+        "CREATE INDEX hodei_spent_tokens_by_expiry ON hodei_spent_tokens (expires_at)",
+    ),
+    (
+        # The replica whose Connect stream the worker's agent holds (set at each lease sync, cleared when the
+        # stream closes): what listings through the other replicas show as "connected via".
+        "ALTER TABLE hodei_workers ADD COLUMN stream_at text",
+    ),
+    (
+        # Which registration spent each token: the same one spending it again is a retry (after an ambiguous
+        # commit, or a lost answer), not a replay.
+        "ALTER TABLE hodei_spent_tokens ADD COLUMN worker_id text, ADD COLUMN incarnation bigint",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_TYPES = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "integer",
+    "bigint",
+    "bigint",
+    "integer",
+    "text",  # labels: JSON text, cast to jsonb in the statement
+    "timestamptz",
+    "timestamptz",
+    "double precision",
+    "boolean",
+)
+_UNNEST = (
+    "unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES)) + f") AS u({', '.join(COLUMNS)})"
+)
+_VALUES = ", ".join("u.labels::jsonb" if c == "labels" else f"u.{c}" for c in COLUMNS)
+_SEEN = "CASE WHEN u.lease_ttl IS NULL THEN NULL ELSE now() END"
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM hodei_workers"
+VIEW = f"SELECT {', '.join(COLUMNS)}, stream_at FROM hodei_workers"  # what reads for callers also show
+INSERT = (
+    f"INSERT INTO hodei_workers ({', '.join(COLUMNS)}, last_seen) SELECT {_VALUES}, {_SEEN} FROM {_UNNEST} "
+    "ON CONFLICT (worker_id) DO NOTHING RETURNING worker_id"
+)
+_SET = ", ".join(f"{c} = u.{c}::jsonb" if c == "labels" else f"{c} = u.{c}" for c in COLUMNS[1:])
+# A registration is news of its worker (last_seen moves); a status change made by the scheduler is not.
+UPDATE = (
+    f"UPDATE hodei_workers AS w SET {_SET}, last_seen = COALESCE({_SEEN}, w.last_seen) "
+    f"FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
+)
+CHANGE = f"UPDATE hodei_workers AS w SET {_SET} FROM {_UNNEST} WHERE w.worker_id = u.worker_id"
+
+
+def _same(moment: datetime | None) -> datetime | None:
+    return moment
+
+
+def record(row: Any) -> WorkerRecord:
+    return from_row(row, _same)
+
+
+def viewed(row: Any) -> WorkerRecord:
+    """A row of :data:`VIEW`: the record, with the replica holding its agent's stream as ``connected_via``."""
+    stored = from_row(tuple(row)[: len(COLUMNS)], _same)
+    return replace(stored, connected_via=row[len(COLUMNS)]) if row[len(COLUMNS)] else stored
+
+
+def columns(records: Sequence[WorkerRecord]) -> list[list[Any]]:
+    rows = [to_row(each, _same) for each in records]
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in COLUMNS]
