@@ -60,6 +60,7 @@ HODEI_NAMES = [
 TESTING_NAMES = [
     "EmbeddedScheduler",
     "FailingScheduler",
+    "FakeClock",
     "FaultProxy",
     "FaultyStore",
     "MockWorkerProvider",
