@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
 
 from hodei.domain import ResourceUsage, WorkerStatus
-from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerUnavailable, StaleIncarnation, WorkerNotFound
+from hodei.errors import (
+    ErrorCode,
+    InvalidWorkerData,
+    StaleIncarnation,
+    StoreUnavailable,
+    WorkerNotFound,
+)
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import UnregistrationStatus
 from hodei.scheduler._core import Scheduler
@@ -700,22 +706,36 @@ async def test_a_liveness_tick_failing_with_any_error_is_counted_and_the_sweeper
         await scheduler.stop()
 
 
+class FailingCounts(MemoryRegistryStore):
+    """The memory store, whose count of workers by status (the read every liveness tick ends with) raises
+    ``error()`` once ``failing`` is set; ``refused`` counts those refusals."""
+
+    def __init__(self, error: Callable[[], BaseException]) -> None:
+        super().__init__()
+        self.error = error
+        self.failing = False
+        self.refused = 0
+
+    async def count_by_status(self) -> dict[WorkerStatus, int]:
+        if self.failing:
+            self.refused += 1
+            raise self.error()
+        return await super().count_by_status()
+
+
 async def test_a_liveness_sweeper_ended_by_what_is_not_an_exception_makes_the_scheduler_unhealthy(
     clock: FakeClock,
 ) -> None:
-    fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
-    scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
-    told: list[bool] = []
-    scheduler.on_unhealthy = lambda: told.append(True)
-
     class Fatal(BaseException):
         pass
 
-    async def fatal_tick(now: float) -> None:
-        raise Fatal
-
-    scheduler.tick = fatal_tick  # type: ignore[method-assign]
+    fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
+    store = FailingCounts(Fatal)
+    scheduler = Scheduler(store, liveness=fast, monotonic=clock.monotonic)
+    told: list[bool] = []
+    scheduler.on_unhealthy = lambda: told.append(True)
     await scheduler.start()
+    store.failing = True  # the next tick ends with what is not an Exception
     await wait_for(lambda: _is(not scheduler.healthy), timeout=1, interval=0)
     await scheduler.stop()  # the failure was reported once; stopping does not raise it again
 
@@ -726,19 +746,14 @@ async def test_a_sweep_that_cannot_reach_the_store_is_skipped_and_the_sweeper_go
     clock: FakeClock,
 ) -> None:
     fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
-    scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
-    ticks: list[float] = []
-
-    async def unreachable_tick(now: float) -> None:
-        ticks.append(now)
-        raise SchedulerUnavailable("the registry database is unreachable")
-
-    scheduler.tick = unreachable_tick  # type: ignore[method-assign]
+    store = FailingCounts(lambda: StoreUnavailable("the registry database is unreachable"))
+    scheduler = Scheduler(store, liveness=fast, monotonic=clock.monotonic)
     await scheduler.start()
-    await wait_for(lambda: _is(len(ticks) >= 3), timeout=2)
+    store.failing = True
+    await wait_for(lambda: _is(store.refused >= 3), timeout=2)
     assert scheduler.healthy
     await scheduler.stop()
-    assert sample(scheduler, "hodei_liveness_sweep_failures_total", error="unavailable") == len(ticks)
+    assert sample(scheduler, "hodei_liveness_sweep_failures_total", error="unavailable") == store.refused
 
 
 async def _is(value: bool) -> bool:
