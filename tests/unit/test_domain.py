@@ -161,36 +161,37 @@ def test_record_to_worker_carries_every_field_the_control_plane_knows() -> None:
 # --- worker id ------------------------------------------------------------------------------------------
 
 
-def test_an_empty_worker_id_is_reported() -> None:
-    assert violations_for(worker_id="") == [FieldViolation("worker_id", "must not be empty")]
+WORKER_ID_RULE = "must start with a letter or digit and contain only letters, digits, '.', '_' and '-'"
 
 
-def test_a_worker_id_of_128_characters_is_accepted() -> None:
-    assert violations_for(worker_id="w" * 128) == []
+@pytest.mark.parametrize(
+    ("worker_id", "description"),
+    [
+        ("", "must not be empty"),
+        ("w" * 129, "must be at most 128 characters"),
+        *(
+            (worker_id, WORKER_ID_RULE)
+            for worker_id in [
+                "worker 1",
+                "-worker",
+                ".worker",
+                "worker/1",
+                "wörker",
+                "worker:1",
+                "-starts-with-a-dash",
+            ]
+        ),
+    ],
+)
+def test_a_bad_worker_id_is_described_in_the_contracts_words(worker_id: str, description: str) -> None:
+    assert validate_worker_id(worker_id) == [FieldViolation("worker_id", description)]
+    assert violations_for(worker_id=worker_id) == [FieldViolation("worker_id", description)]
 
 
-def test_a_worker_id_of_129_characters_is_reported() -> None:
-    assert violations_for(worker_id="w" * 129) == [
-        FieldViolation("worker_id", "must be at most 128 characters")
-    ]
-
-
-@pytest.mark.parametrize("worker_id", ["worker 1", "-worker", ".worker", "worker/1", "wörker", "worker:1"])
-def test_a_worker_id_with_bad_characters_is_reported(worker_id: str) -> None:
-    assert fields_of(violations_for(worker_id=worker_id)) == ["worker_id"]
-
-
-def test_a_worker_id_with_a_forbidden_character_is_described_in_the_contracts_words() -> None:
-    assert validate_worker_id("-starts-with-a-dash") == [
-        FieldViolation(
-            "worker_id",
-            "must start with a letter or digit and contain only letters, digits, '.', '_' and '-'",
-        )
-    ]
-
-
-@pytest.mark.parametrize("worker_id", ["w", "1", "worker-1", "Worker_1.a-b", "0.0.0"])
-def test_a_worker_id_of_letters_digits_dots_underscores_and_dashes_is_accepted(worker_id: str) -> None:
+@pytest.mark.parametrize("worker_id", ["w", "1", "worker-1", "Worker_1.a-b", "0.0.0", "w" * 128])
+def test_a_worker_id_of_up_to_128_letters_digits_dots_underscores_and_dashes_is_accepted(
+    worker_id: str,
+) -> None:
     assert violations_for(worker_id=worker_id) == []
 
 
