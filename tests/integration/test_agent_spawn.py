@@ -13,7 +13,7 @@ from hodei import InvalidWorkerData, SchedulerError, WorkerRecord
 from hodei.agent._slots import slot_ids
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import wait_for
-from tests.integration.test_cli import CLI_ENV, HODEI, end
+from tests.integration.helpers import CLI_ENV, HODEI, end
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
@@ -24,61 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import hodei
 from hodei import SchedulerPortClient, UnregistrationStatus
 from tests.helpers import free_port, make_worker
-
-HODEI = shutil.which("hodei") or str(Path(sys.executable).parent / "hodei")
-SCHEDULER_SERVICE = "hodei.scheduler.v1.SchedulerService"
-
-# What a pipe or a CI log gives the CLI: no terminal size, no forced colours.
-CLI_ENV = {
-    key: value
-    for key, value in os.environ.items()
-    if key not in {"COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
-} | {"NO_COLOR": "1"}
-
-
-@dataclass(frozen=True)
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def end(process: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
-    """Kill the process if it still runs, reap it, and return what it printed."""
-    if process.returncode is None:
-        process.kill()
-    return await process.communicate()
-
-
-async def run_hodei(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> Finished:
-    """Run ``hodei ARGS`` to completion (with ``env`` added to :data:`CLI_ENV`); fail the test if it takes longer
-    than ``timeout`` seconds."""
-    process = await asyncio.create_subprocess_exec(
-        HODEI,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=CLI_ENV | (env or {}),
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        await end(process)
-        raise AssertionError(f"hodei {' '.join(args)} still ran after {timeout} s") from None
-    finally:
-        if process.returncode is None:
-            await end(process)
-    assert process.returncode is not None
-    return Finished(process.returncode, stdout.decode(), stderr.decode())
-
-
-def table_rows(output: str) -> list[list[str]]:
-    """The body rows of a table printed by the CLI, as lists of cell texts."""
-    return [
-        [cell.strip() for cell in line.strip().strip("│").split("│")]
-        for line in output.splitlines()
-        if line.startswith("│")
-    ]
+from tests.integration.helpers import CLI_ENV, HODEI, SCHEDULER_SERVICE, run_hodei, table_rows
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from hodei import InvalidWorkerData
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import make_worker
-from tests.integration.test_cli import run_hodei, table_rows
+from tests.integration.helpers import run_hodei, table_rows
 
 LABELS = {"team": "[/]", "x": "[red]y"}
 

@@ -20,8 +20,7 @@ import pytest
 from hodei import SchedulerPortClient
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from tests.helpers import free_port, make_worker
-from tests.integration.test_cli import CLI_ENV, HODEI, end, run_hodei
-from tests.integration.test_cli_store import scheduler_serve
+from tests.integration.helpers import CLI_ENV, HODEI, end, run_hodei, scheduler_serve
 
 
 @pytest.mark.parametrize("columns", ["40", "60", "120"])

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from hodei.security import TestPki, TokenAuthority, load_key, write_test_pki
-from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port, run_hodei
+from tests.helpers import free_port
+from tests.integration.helpers import CLI_ENV, HODEI, end, run_hodei
 
 
 @dataclass(frozen=True)

@@ -7,110 +7,18 @@ Every process a test starts is killed by the test (by its PID) whatever happens;
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import signal
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei import SchedulerPortClient, WorkerStatus
 from hodei._infra.postgres import PostgresCluster
 from hodei.server._server import LEADER_HEALTH
-from tests.helpers import make_worker
-from tests.integration.test_cli import (
-    CLI_ENV,
-    HODEI,
-    SCHEDULER_SERVICE,
-    Finished,
-    end,
-    free_port,
-    run_hodei,
-)
+from tests.helpers import free_port, make_worker
+from tests.integration.helpers import CLI_ENV, health_becomes_serving, run_hodei, scheduler_serve
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
 PASSWORD = "s3cret-Passw0rd"
-
-
-async def health_becomes_serving(target: str, service: str, *, timeout: float) -> None:
-    """Watch ``service``'s health on ``target`` until it is SERVING; fail after ``timeout`` seconds."""
-    seen: list[str] = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        updates = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True
-        )
-        try:
-            async for update in updates:
-                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
-                if update.status == SERVING:
-                    return
-        except grpc.aio.AioRpcError as error:
-            raise AssertionError(
-                f"{service} on {target} was not SERVING within {timeout} s (statuses seen: {seen}): "
-                f"{error.code()}"
-            ) from None
-        finally:
-            updates.cancel()
-    raise AssertionError(f"the health watch of {service} on {target} ended at {seen}")
-
-
-@dataclass
-class ServedScheduler:
-    process: asyncio.subprocess.Process
-    target: str
-
-    async def listening_line(self, *, timeout: float = 5.0) -> str:
-        """The first line the scheduler printed, read while it runs."""
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        return line.decode().rstrip("\n")
-
-    async def stop(self, sig: signal.Signals = signal.SIGTERM, *, timeout: float = 15.0) -> Finished:
-        """Send ``sig`` and wait for the scheduler to exit; what it printed from here on."""
-        self.process.send_signal(sig)
-        stdout, stderr = await asyncio.wait_for(self.process.communicate(), timeout)
-        assert self.process.returncode is not None
-        return Finished(self.process.returncode, stdout.decode(), stderr.decode())
-
-
-@contextlib.asynccontextmanager
-async def scheduler_serve(
-    *options: str, env: Mapping[str, str] = CLI_ENV, timeout: float = 20.0
-) -> AsyncIterator[ServedScheduler]:
-    """``hodei scheduler serve OPTIONS`` on a free loopback port, once its scheduler service is SERVING;
-    killed at exit if it still runs."""
-    target = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        HODEI,
-        "scheduler",
-        "serve",
-        "--listen",
-        target,
-        *options,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env),
-    )
-    try:
-        serving = asyncio.create_task(health_becomes_serving(target, SCHEDULER_SERVICE, timeout=timeout))
-        exited = asyncio.create_task(process.wait())
-        await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
-        if not serving.done():
-            serving.cancel()
-            _, stderr = await end(process)
-            raise AssertionError(
-                f"hodei scheduler serve {' '.join(options)} exited with {process.returncode} before serving: "
-                f"{stderr.decode()}"
-            )
-        exited.cancel()
-        serving.result()
-        yield ServedScheduler(process, target)
-    finally:
-        await end(process)
 
 
 async def test_a_worker_registered_with_a_sqlite_store_is_still_there_after_sigterm_and_restart(

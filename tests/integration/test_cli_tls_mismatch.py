@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hodei.security import TestPki, write_test_pki
-from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port, run_hodei
+from tests.helpers import free_port
+from tests.integration.helpers import CLI_ENV, HODEI, end, run_hodei
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ async def test_a_client_without_a_certificate_is_told_that_the_scheduler_require
 
 async def test_a_tls_client_of_a_plaintext_scheduler_is_told_to_drop_the_ca(tmp_path: Path) -> None:
     pki = write_test_pki(tmp_path / "pki")
-    from tests.integration.test_cli_store import scheduler_serve
+    from tests.integration.helpers import scheduler_serve
 
     async with scheduler_serve("--store", "memory") as served:
         refused = await run_hodei("workers", "list", "-s", served.target, "--tls-ca", str(pki.ca_file))

@@ -38,7 +38,7 @@ from hodei.domain import WorkerRecord
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.management import Reconciler, ReconcilerConfig
 from hodei.providers import DockerProvider, DockerProviderConfig
-from hodei.testing import EmbeddedScheduler
+from hodei.testing import EmbeddedScheduler, FakeClock
 from hodei.transport._client import SchedulerPortClient
 from tests.helpers import metric, wait_for, wait_until
 
@@ -308,8 +308,8 @@ async def test_the_reconciler_destroys_a_hand_made_orphan_container_and_unregist
             events.append(event)
 
     following = asyncio.create_task(follow())
-    clock = [0.0]
-    reconciler = Reconciler(provider, client, config=ReconcilerConfig(grace=10.0), clock=lambda: clock[0])
+    clock = FakeClock()
+    reconciler = Reconciler(provider, client, config=ReconcilerConfig(grace=10.0), clock=clock)
 
     first = await reconciler.reconcile_once()
     assert (first.orphans_destroyed, first.ghosts_unregistered, first.suspects) == (
@@ -317,7 +317,7 @@ async def test_the_reconciler_destroys_a_hand_made_orphan_container_and_unregist
         [],
         ["ghost-1", "orphan-1"],
     )
-    clock[0] = 10.0
+    clock.advance(10.0)
     report = await reconciler.reconcile_once()
 
     assert (report.orphans_destroyed, report.ghosts_unregistered, report.failures) == (

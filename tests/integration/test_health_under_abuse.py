@@ -23,8 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.transport._codec import pb_grpc
-from tests.helpers import wait_until
-from tests.integration.test_cli import CLI_ENV, HODEI, free_port
+from tests.helpers import free_port, wait_until
+from tests.integration.helpers import CLI_ENV, HODEI
 
 IDLE_SOCKETS = 1_000  # raw TCP connections that never send a byte
 IDLE_CHANNELS = 1_000  # gRPC connections, handshake done, no call

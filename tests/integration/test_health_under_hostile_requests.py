@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import free_port
-from tests.integration.test_cli import CLI_ENV, HODEI
+from tests.integration.helpers import CLI_ENV, HODEI
 
 HOSTILE_REQUESTS = 100
 HEALTH_BOUND = 0.050  # seconds, each health check while the hostile requests arrive

@@ -14,7 +14,7 @@ from hodei.domain import ResourceUsage
 from hodei.lifecycle import LivenessConfig
 from hodei.scheduler._core import Scheduler
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.testing import EmbeddedScheduler
+from hodei.testing import EmbeddedScheduler, FakeClock
 from tests.helpers import make_worker, wait_until
 
 
@@ -41,11 +41,11 @@ def test_a_negative_budget_is_refused_naming_the_field() -> None:
 async def test_each_hello_is_handed_the_pace_of_the_fleet_connected_then_and_renewals_keep_its_lease() -> (
     None
 ):
-    now = [100.0]
+    clock = FakeClock(100.0)
     liveness = LivenessConfig(
         heartbeat_interval=1.0, lease_ttl=3.0, heartbeat_budget=2.0, recovery_window=0.0
     )
-    scheduler = Scheduler(MemoryRegistryStore(), liveness=liveness, monotonic=lambda: now[0])
+    scheduler = Scheduler(MemoryRegistryStore(), liveness=liveness, monotonic=clock)
     await scheduler.start(sweep=False)
     try:
         sessions = [(await scheduler.hello(make_worker(f"w-{n}")))[1] for n in range(1, 6)]
@@ -58,7 +58,7 @@ async def test_each_hello_is_handed_the_pace_of_the_fleet_connected_then_and_ren
         ]
         # The stored lease follows (a restarted scheduler restores it), and a renewal renews that lease.
         assert [(await scheduler.get(f"w-{n}")).lease_ttl for n in (1, 5)] == [3.0, 7.5]  # type: ignore[union-attr]
-        now[0] = 104.0
+        clock.advance(4.0)
         await scheduler.heartbeat(sessions[4], ResourceUsage())
         assert scheduler.monitor.leases.expires_at("w-5") == 104.0 + 7.5
         assert scheduler.monitor.leases.expires_at("w-1") == 100.0 + 3.0

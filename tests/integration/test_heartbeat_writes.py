@@ -15,18 +15,10 @@ from hodei.scheduler._core import Scheduler
 from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
-from hodei.testing import FaultyStore
+from hodei.testing import FakeClock, FaultyStore
 from tests.helpers import make_worker
 
 LIVENESS = LivenessConfig(heartbeat_interval=1.0, lease_ttl=3.0, recovery_window=0.0, sweep_interval=1.0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -39,14 +31,14 @@ async def test_a_hundred_heartbeats_of_ten_agents_write_nothing_after_their_hell
         else await SqliteRegistryStore.open(tmp_path / "registry.db")
     )
     store = FaultyStore(inner)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     scheduler = Scheduler(store, liveness=LIVENESS, monotonic=clock)
     await scheduler.start(sweep=False)
     try:
         sessions = [(await scheduler.hello(make_worker(f"w-{n}")))[1] for n in range(10)]
         assert store.writes == ["upsert"] * 10
         for _ in range(100):
-            clock.now += 1.0
+            clock.advance(1.0)
             for session in sessions:
                 await scheduler.heartbeat(session, ResourceUsage(cpu_percent=12.5, memory_used_mb=100))
             await scheduler.tick(clock.now)
@@ -73,7 +65,7 @@ async def test_on_postgresql_a_replica_shares_its_agents_heartbeats_once_per_tic
 ) -> None:
     store = await CountingPostgres.open(postgres_dsn)
     store.touches = []
-    clock = Clock()
+    clock = FakeClock(1000.0)
     scheduler = Scheduler(store, liveness=LIVENESS, monotonic=clock)
     await scheduler.start(sweep=False)
     try:
@@ -81,7 +73,7 @@ async def test_on_postgresql_a_replica_shares_its_agents_heartbeats_once_per_tic
         await scheduler.tick(clock.now)
         store.touches.clear()
         for _ in range(20):
-            clock.now += 1.0
+            clock.advance(1.0)
             for session in sessions:
                 for _ in range(5):  # even five heartbeats each within one tick
                     await scheduler.heartbeat(session, ResourceUsage())

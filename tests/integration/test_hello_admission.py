@@ -21,21 +21,13 @@ from hodei.errors import ErrorCode, SchedulerError
 from hodei.server._bounds import HelloBound
 from hodei.server._interception import MethodInterceptor
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.testing import EmbeddedScheduler, FaultyStore
+from hodei.testing import EmbeddedScheduler, FakeClock, FaultyStore
 from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, metric, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def stalled_scheduler(bound: HelloBound) -> tuple[EmbeddedScheduler, FaultyStore]:
@@ -54,7 +46,7 @@ async def hello(target: str, worker_id: str) -> tuple[ConnectStream, grpc.aio.Ch
 async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows_with_the_agents_waiting() -> (
     None
 ):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     # One hello at once, expected to take 0.5 s: 2 hellos a second; the u of the delay is always 0.5.
     bound = HelloBound(max_in_flight=1, base_delay=0.25, clock=clock, random=lambda: 0.5)
     scheduler, store = stalled_scheduler(bound)
@@ -75,7 +67,7 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
         in_flight_after = bound.in_flight
         rejections = metric(bound.metrics.registry, "hodei_hello_rejections_total")
         gauge = metric(bound.metrics.registry, "hodei_hellos_waiting")
-        clock.now += 10.0  # every advised delay has run out
+        clock.advance(10.0)  # every advised delay has run out
         waiting_later = bound.waiting
         first.cancel()
         await first_channel.close()
@@ -89,7 +81,7 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
 
 
 async def test_the_advised_delay_is_spread_over_the_longest_window_once_the_queue_is_longer() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     draws = iter([0.0] * 4 + [0.5])  # one draw per advice
     bound = HelloBound(
         max_in_flight=1, base_delay=0.25, max_delay=2.0, clock=clock, random=lambda: next(draws)
@@ -100,14 +92,14 @@ async def test_the_advised_delay_is_spread_over_the_longest_window_once_the_queu
 
 
 async def test_the_hello_rate_follows_the_time_the_last_hellos_took() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     bound = HelloBound(max_in_flight=10, clock=clock)
     assert bound.rate() == 20.0  # 10 at once, 0.5 s each expected
     scheduler, store = stalled_scheduler(bound)
     async with scheduler:
         stream, channel, opening = await hello(scheduler.target, "agent-slow")
         await store.stalled()
-        clock.now += 2.0
+        clock.advance(2.0)
         store.release()
         await opening
         stream.cancel()
@@ -123,14 +115,14 @@ class QuietContext:
 
 
 async def test_the_hello_rate_is_at_least_the_hellos_acknowledged_in_the_last_second() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     bound = HelloBound(max_in_flight=50, clock=clock)
     async with contextlib.AsyncExitStack() as hellos:
         for _ in range(50):
             await hellos.enter_async_context(bound.admitted(QuietContext()))  # type: ignore[arg-type]
-        clock.now += 5.0  # a slow loop: each hello took 5 s, 50 at once
+        clock.advance(5.0)  # a slow loop: each hello took 5 s, 50 at once
     assert bound.rate() == 50.0  # not 50 / 5 s: 50 were acknowledged in the last second
-    clock.now += 1.0
+    clock.advance(1.0)
     assert bound.rate() == 10.0  # a second later, Little's law again
 
 

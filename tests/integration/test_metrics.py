@@ -41,8 +41,7 @@ from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, metric, wait_for
-from tests.integration.test_cli import CLI_ENV, HODEI, end
-from tests.integration.test_cli_store import scheduler_serve
+from tests.integration.helpers import CLI_ENV, HODEI, end, scheduler_serve
 
 FAST = LivenessConfig(
     heartbeat_interval=0.05, lease_ttl=0.4, lost_grace=0.6, recovery_window=0.0, sweep_interval=0.05
@@ -507,7 +506,7 @@ async def test_scheduler_serve_serves_its_metrics_over_http_with_every_family_of
 
 
 async def test_a_bad_metrics_address_is_refused_before_the_scheduler_starts() -> None:
-    from tests.integration.test_cli import run_hodei
+    from tests.integration.helpers import run_hodei
 
     finished = await run_hodei("scheduler", "serve", "--store", "memory", "--metrics-listen", "nowhere")
 
@@ -631,7 +630,8 @@ async def test_an_endpoint_on_a_taken_port_fails_to_start_and_can_be_stopped_all
 
 
 async def test_scheduler_serve_exits_1_with_one_line_when_its_metrics_port_is_taken() -> None:
-    from tests.integration.test_cli import free_port, run_hodei
+    from tests.helpers import free_port
+    from tests.integration.helpers import run_hodei
 
     with MetricsEndpoint(CollectorRegistry(), "127.0.0.1:0") as serving:
         finished = await run_hodei(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hodei.testing import EmbeddedScheduler
-from tests.integration.test_cli import CLI_ENV
+from tests.integration.helpers import CLI_ENV
 
 README = Path(__file__).parents[2] / "README.md"
 

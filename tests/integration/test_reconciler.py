@@ -23,7 +23,7 @@ from hodei.agent import AgentConfig, WorkerAgent
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.management import Reconciler, ReconcilerConfig
 from hodei.ports import WorkerFilter
-from hodei.testing import EmbeddedScheduler, MockWorkerProvider
+from hodei.testing import EmbeddedScheduler, FakeClock, MockWorkerProvider
 from hodei.transport._client import SchedulerPortClient
 from tests.helpers import metric, wait_for, wait_until
 
@@ -32,17 +32,9 @@ OURS = owned(MOCK, DEFAULT_OWNER)  # a registration of a worker this control pla
 SCOPE = WorkerFilter(worker_type=WorkerType.MOCK)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def client(scheduler_client: SchedulerPortClient) -> SchedulerPortClient:
-    return scheduler_client
+def client(hodei_scheduler_client: SchedulerPortClient) -> SchedulerPortClient:
+    return hodei_scheduler_client
 
 
 @pytest.fixture
@@ -71,7 +63,7 @@ async def _watching(scheduler: EmbeddedScheduler) -> None:
 
 
 def _reconciler(
-    provider: MockWorkerProvider, client: SchedulerPortClient, clock: Clock, **config: object
+    provider: MockWorkerProvider, client: SchedulerPortClient, clock: FakeClock, **config: object
 ) -> Reconciler:
     options: dict[str, object] = {"grace": 30.0, "scope": SCOPE} | config
     return Reconciler(provider, client, config=ReconcilerConfig(**options), clock=clock)  # type: ignore[arg-type]
@@ -81,16 +73,16 @@ async def test_an_orphan_is_destroyed_only_after_the_grace_and_watchers_hear_of_
     scheduler: EmbeddedScheduler, client: SchedulerPortClient, events: list[WorkerEvent]
 ) -> None:
     await _watching(scheduler)
-    provider, clock = MockWorkerProvider(), Clock()
+    provider, clock = MockWorkerProvider(), FakeClock(1000.0)
     await provider.provision("orphan-1", MOCK)
     reconciler = _reconciler(provider, client, clock)
 
     first = await reconciler.reconcile_once()
     assert (first.orphans_destroyed, first.suspects) == ([], ["orphan-1"])
-    clock.now += 29.9
+    clock.advance(29.9)
     assert (await reconciler.reconcile_once()).orphans_destroyed == []
     assert provider.destroyed == []
-    clock.now += 0.1
+    clock.advance(0.1)
     report = await reconciler.reconcile_once()
 
     assert (report.orphans_destroyed, report.ghosts_unregistered, report.suspects) == (["orphan-1"], [], [])
@@ -114,11 +106,11 @@ async def test_a_ghost_is_unregistered_after_the_grace_with_the_reason_in_the_ev
 ) -> None:
     await _watching(scheduler)
     await scheduler.add_worker(DynamicWorker("ghost-1", WorkerType.MOCK, OURS))
-    provider, clock = MockWorkerProvider(), Clock()
+    provider, clock = MockWorkerProvider(), FakeClock(1000.0)
     reconciler = _reconciler(provider, client, clock, grace=5.0)
 
     assert (await reconciler.reconcile_once()).suspects == ["ghost-1"]
-    clock.now += 5.0
+    clock.advance(5.0)
     report = await reconciler.reconcile_once()
 
     assert (report.ghosts_unregistered, report.orphans_destroyed) == (["ghost-1"], [])
@@ -138,7 +130,7 @@ async def test_a_ghost_is_unregistered_after_the_grace_with_the_reason_in_the_ev
 async def test_matched_workers_and_registrations_outside_the_scope_are_left_alone(
     scheduler: EmbeddedScheduler, client: SchedulerPortClient
 ) -> None:
-    provider, clock = MockWorkerProvider(), Clock()
+    provider, clock = MockWorkerProvider(), FakeClock(1000.0)
     await provider.provision("both-1", MOCK)
     await scheduler.add_worker(DynamicWorker("both-1", WorkerType.MOCK, OURS))
     await scheduler.add_worker(DynamicWorker("static-1", WorkerType.STATIC))
@@ -154,25 +146,25 @@ async def test_matched_workers_and_registrations_outside_the_scope_are_left_alon
 async def test_a_mismatch_that_heals_within_the_grace_is_forgotten(
     scheduler: EmbeddedScheduler, client: SchedulerPortClient
 ) -> None:
-    provider, clock = MockWorkerProvider(), Clock()
+    provider, clock = MockWorkerProvider(), FakeClock(1000.0)
     await provider.provision("late-1", MOCK)
     reconciler = _reconciler(provider, client, clock, grace=10.0)
     assert (await reconciler.reconcile_once()).suspects == ["late-1"]
     await scheduler.add_worker(DynamicWorker("late-1", WorkerType.MOCK, OURS))  # registered at last
-    clock.now += 9.0
+    clock.advance(9.0)
     assert (await reconciler.reconcile_once()).suspects == []
     await scheduler.registry.unregister("late-1")  # a mismatch again: its grace starts from here, not before
-    clock.now += 9.0
+    clock.advance(9.0)
     report = await reconciler.reconcile_once()
     assert (report.orphans_destroyed, report.suspects) == ([], ["late-1"])
-    clock.now += 10.0
+    clock.advance(10.0)
     assert (await reconciler.reconcile_once()).orphans_destroyed == ["late-1"]
 
 
 async def test_a_failed_destroy_is_reported_and_tried_again_on_the_next_pass(
     scheduler: EmbeddedScheduler, client: SchedulerPortClient
 ) -> None:
-    provider, clock = MockWorkerProvider(), Clock()
+    provider, clock = MockWorkerProvider(), FakeClock(1000.0)
     await provider.provision("stuck-1", MOCK)
     provider.fail_destroy(1, ProviderError("engine said no", worker_id="stuck-1"))
     reconciler = _reconciler(provider, client, clock, grace=0.0)
@@ -190,7 +182,7 @@ async def test_a_failed_destroy_is_reported_and_tried_again_on_the_next_pass(
 async def test_a_pass_that_cannot_read_the_registry_changes_nothing_and_says_so(
     scheduler: EmbeddedScheduler, client: SchedulerPortClient
 ) -> None:
-    provider, clock = MockWorkerProvider(), Clock()
+    provider, clock = MockWorkerProvider(), FakeClock(1000.0)
     await provider.provision("orphan-2", MOCK)
     reconciler = _reconciler(provider, client, clock, grace=0.0, call_timeout=2.0)
     await scheduler.stop()
@@ -250,6 +242,10 @@ async def test_reconciling_runs_passes_in_the_background_until_the_block_ends(
     async with service.reconciling(ReconcilerConfig(interval=0.02, grace=0.0, scope=SCOPE)) as reconciler:
         await wait_until(lambda: provider.destroyed == ["orphan-3"])
         await wait_for(ghost_gone)
+        # the pass that did it is counted when it ends: leave the block after that, not in its middle
+        await wait_until(
+            lambda: metric(reconciler.metrics.registry, "hodei_reconciler_passes_total", result="ok") >= 1
+        )
     # The block's end cancelled and awaited the reconciler's task: no pass can run any more.
     assert [task for task in asyncio.all_tasks() if task.get_name() == "hodei-reconciler"] == []
     assert metric(reconciler.metrics.registry, "hodei_reconciler_passes_total", result="ok") >= 1
@@ -261,7 +257,7 @@ async def test_the_scope_defaults_to_the_providers_worker_type_and_is_required_w
     class Typed(MockWorkerProvider):
         worker_type = WorkerType.DOCKER
 
-    reconciler = Reconciler(Typed(), client, clock=Clock())
+    reconciler = Reconciler(Typed(), client, clock=FakeClock(1000.0))
     assert reconciler.scope == WorkerFilter(worker_type=WorkerType.DOCKER, labels={"hodei.owner": "hodei"})
     with pytest.raises(
         ValueError, match=r"^MockWorkerProvider has no worker_type: give ReconcilerConfig\.scope"
@@ -285,7 +281,7 @@ async def test_a_static_worker_and_another_control_planes_worker_are_untouched_a
     scheduler: EmbeddedScheduler, client: SchedulerPortClient
 ) -> None:
     """Same worker type, same engine: only the owner id tells them apart. Ours are repaired meanwhile."""
-    ours, clock = MockWorkerProvider(), Clock()
+    ours, clock = MockWorkerProvider(), FakeClock(1000.0)
     theirs = MockWorkerProvider(owner="cp-2")
     theirs.running = ours.running  # one engine, two control planes: each sees every machine on it
     # Another control plane's worker, machine and registration, and one of its machines not yet registered.
@@ -301,7 +297,7 @@ async def test_a_static_worker_and_another_control_planes_worker_are_untouched_a
     reports = []
     for _ in range(4):  # at 0, 5, 10 and 15 s: three graces
         reports.append(await reconciler.reconcile_once())
-        clock.now += 5.0
+        clock.advance(5.0)
 
     assert reports[0].suspects == ["ghost-1", "orphan-1"]
     assert (reports[1].orphans_destroyed, reports[1].ghosts_unregistered) == (["orphan-1"], ["ghost-1"])

@@ -26,8 +26,7 @@ from hodei.scheduler._relay import REASON_LIMIT, short_reason
 from hodei.stores import PostgresEventRelay, PostgresRegistryStore
 from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, wait_for
-from tests.integration.test_cli import CLI_ENV, HODEI, table_rows
-from tests.integration.test_replicas import LEASE_TTL, OWN_SUBCHANNELS, replica
+from tests.integration.helpers import CLI_ENV, HODEI, LEASE_TTL, OWN_SUBCHANNELS, replica, table_rows
 
 pytestmark = pytest.mark.timeout(120)
 

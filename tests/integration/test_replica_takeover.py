@@ -16,7 +16,8 @@ from hodei.domain import ResourceUsage, WorkerStatus
 from hodei.lifecycle import LivenessConfig, WorkerEventKind
 from hodei.scheduler._core import Scheduler
 from hodei.stores import PostgresLeadership, PostgresRegistryStore
-from tests.unit.test_scheduler_core import EventLog, FakeClock, agent, status
+from hodei.testing import FakeClock
+from tests.scheduling import EventLog, agent, status
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -28,34 +28,18 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
-from hodei.bench.processes import ServerProcess
 from hodei.domain import ResourceUsage
 from hodei.lifecycle import WorkerEventKind
 from hodei.server._server import LEADER_HEALTH
 from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, wait_for
+from tests.integration.helpers import HEARTBEAT, LEASE_TTL, OWN_SUBCHANNELS, SWEEP, replica
 
 pytestmark = pytest.mark.timeout(120)
 
-HEARTBEAT, LEASE_TTL, SWEEP = 0.5, 1.5, 0.2
-LIVENESS = (
-    "--heartbeat-interval",
-    str(HEARTBEAT),
-    "--lease-ttl",
-    str(LEASE_TTL),
-    "--sweep-interval",
-    str(SWEEP),
-    "--recovery-window",
-    "0",
-)
 # The follower asks for the lock every sweep, and the database frees it as soon as the leader's session
 # closes: the stated bound on taking over, with room for a loaded machine.
 TAKEOVER_BOUND = SWEEP + 2.0
-OWN_SUBCHANNELS = (("grpc.use_local_subchannel_pool", 1),)
-
-
-async def replica(dsn: str, log: Path) -> ServerProcess:
-    return await ServerProcess.scheduler(*LIVENESS, store=dsn, log=log).start()
 
 
 async def leads(address: str) -> bool:

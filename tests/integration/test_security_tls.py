@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -60,35 +61,26 @@ async def test_a_client_trusting_the_scheduler_s_ca_registers_over_tls(pki: Test
     assert registered == "w-1"
 
 
-@pytest.mark.parametrize("client", ["another CA", "plaintext"])
-async def test_a_client_trusting_another_ca_or_speaking_plaintext_is_refused_and_nothing_registers(
+# Whether the scheduler asks for a client certificate, and the client's TLS: from the scheduler's PKI and another.
+UNTRUSTED: dict[str, tuple[bool, Callable[[TestPki, TestPki], ClientTlsConfig | None]]] = {
+    "trusting-another-ca": (False, lambda pki, other: ClientTlsConfig(other.ca_file)),
+    "plaintext": (False, lambda pki, other: None),
+    "mutual-tls-without-a-certificate": (True, lambda pki, other: ClientTlsConfig(pki.ca_file)),
+    "mutual-tls-with-a-certificate-from-another-ca": (
+        True,
+        lambda pki, other: ClientTlsConfig(pki.ca_file, other.client_cert_file, other.client_key_file),
+    ),
+}
+
+
+@pytest.mark.parametrize("client", list(UNTRUSTED))
+async def test_a_client_that_does_not_trust_the_scheduler_or_is_not_trusted_is_refused_and_nothing_registers(
     pki: TestPki, other_pki: TestPki, client: str
 ) -> None:
-    tls = ClientTlsConfig(other_pki.ca_file) if client == "another CA" else None
-    async with EmbeddedScheduler(security=tls_security(pki)) as scheduler:
+    mutual, tls = UNTRUSTED[client]
+    async with EmbeddedScheduler(security=tls_security(pki, mutual=mutual)) as scheduler:
         with pytest.raises(SchedulerUnavailable):
-            await register(scheduler.target, tls)
-        workers = await scheduler.workers()
-
-    assert workers == []
-
-
-async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: TestPki) -> None:
-    async with EmbeddedScheduler(security=tls_security(pki, mutual=True)) as scheduler:
-        with pytest.raises(SchedulerUnavailable):
-            await register(scheduler.target, ClientTlsConfig(pki.ca_file))
-        workers = await scheduler.workers()
-
-    assert workers == []
-
-
-async def test_mutual_tls_refuses_a_client_certificate_from_another_ca(
-    pki: TestPki, other_pki: TestPki
-) -> None:
-    tls = ClientTlsConfig(pki.ca_file, other_pki.client_cert_file, other_pki.client_key_file)
-    async with EmbeddedScheduler(security=tls_security(pki, mutual=True)) as scheduler:
-        with pytest.raises(SchedulerUnavailable):
-            await register(scheduler.target, tls)
+            await register(scheduler.target, tls(pki, other_pki))
         workers = await scheduler.workers()
 
     assert workers == []

@@ -26,8 +26,7 @@ from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._codec import pb, pb_grpc
 from tests.helpers import make_worker, wait_for
-from tests.unit.test_scheduler_core import agent
-from tests.unit.test_store_faults import mass_silence_tells_the_truth_and_paces_removals
+from tests.scheduling import agent, mass_silence_tells_the_truth_and_paces_removals
 
 pytestmark = pytest.mark.timeout(120)
 

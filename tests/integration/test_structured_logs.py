@@ -29,9 +29,8 @@ from hodei.domain import WorkerRecord
 from hodei.errors import SchedulerError, scheduler_error_for
 from hodei.security import SchedulerSecurity, TlsConfig, write_test_pki
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
-from tests.helpers import make_worker, wait_for
-from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port, run_hodei
-from tests.integration.test_cli_store import scheduler_serve
+from tests.helpers import free_port, make_worker, wait_for
+from tests.integration.helpers import CLI_ENV, HODEI, end, run_hodei, scheduler_serve
 
 SECRET = "Sup3r-S3cret-Passw0rd"
 DSN = f"postgresql://hodei:{SECRET}@127.0.0.1:1/registry"

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import ssl
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -60,6 +60,14 @@ async def health_server(credentials: Any) -> AsyncIterator[str]:
         await server.stop(None)
 
 
+def tls_server(pki: TestPki) -> Any:
+    return server_credentials(pki.server_cert_file, pki.server_key_file)
+
+
+def mtls_server(pki: TestPki) -> Any:
+    return server_credentials(pki.server_cert_file, pki.server_key_file, client_ca_file=pki.ca_file)
+
+
 async def check_health(target: str, credentials: Any | None) -> int:
     """The server's health status, over TLS with ``credentials`` (None: plaintext); raises AioRpcError."""
     if credentials is None:
@@ -82,68 +90,58 @@ async def refused_with(target: str, credentials: Any | None) -> grpc.StatusCode:
 # --- gRPC ----------------------------------------------------------------------------------------------------
 
 
-async def test_tls_client_trusting_the_ca_gets_an_answer(pki: TestPki) -> None:
-    async with health_server(server_credentials(pki.server_cert_file, pki.server_key_file)) as target:
-        status = await check_health(target, channel_credentials(pki.ca_file))
-
-    assert status == health_pb2.HealthCheckResponse.SERVING
-
-
-async def test_tls_client_trusting_another_ca_is_refused_unavailable(
-    pki: TestPki, other_pki: TestPki
-) -> None:
-    async with health_server(server_credentials(pki.server_cert_file, pki.server_key_file)) as target:
-        code = await refused_with(target, channel_credentials(other_pki.ca_file))
-
-    assert code is grpc.StatusCode.UNAVAILABLE
-
-
-async def test_plaintext_client_of_a_tls_server_is_refused_unavailable(pki: TestPki) -> None:
-    async with health_server(server_credentials(pki.server_cert_file, pki.server_key_file)) as target:
-        code = await refused_with(target, None)
-
-    assert code is grpc.StatusCode.UNAVAILABLE
-
-
 async def test_tls_server_serves_a_client_after_refusing_another(pki: TestPki, other_pki: TestPki) -> None:
-    async with health_server(server_credentials(pki.server_cert_file, pki.server_key_file)) as target:
+    async with health_server(tls_server(pki)) as target:
         code = await refused_with(target, channel_credentials(other_pki.ca_file))
         status = await check_health(target, channel_credentials(pki.ca_file))
 
     assert (code, status) == (grpc.StatusCode.UNAVAILABLE, health_pb2.HealthCheckResponse.SERVING)
 
 
-def mtls_server(pki: TestPki) -> Any:
-    return server_credentials(pki.server_cert_file, pki.server_key_file, client_ca_file=pki.ca_file)
+# (the server's credentials, the client's) from one PKI
+TRUSTED: dict[str, tuple[Callable[[TestPki], Any], Callable[[TestPki], Any]]] = {
+    "tls-client-trusting-the-ca": (tls_server, lambda pki: channel_credentials(pki.ca_file)),
+    "mtls-client-with-a-certificate-from-the-ca": (
+        mtls_server,
+        lambda pki: channel_credentials(
+            pki.ca_file, cert_file=pki.client_cert_file, key_file=pki.client_key_file
+        ),
+    ),
+}
 
 
-async def test_mtls_client_without_a_certificate_is_refused_unavailable(pki: TestPki) -> None:
-    async with health_server(mtls_server(pki)) as target:
-        code = await refused_with(target, channel_credentials(pki.ca_file))
+@pytest.mark.parametrize("client", list(TRUSTED))
+async def test_a_client_and_a_server_that_trust_each_other_get_an_answer(client: str, pki: TestPki) -> None:
+    server, credentials = TRUSTED[client]
 
-    assert code is grpc.StatusCode.UNAVAILABLE
-
-
-async def test_mtls_client_with_a_certificate_from_the_ca_gets_an_answer(pki: TestPki) -> None:
-    credentials = channel_credentials(
-        pki.ca_file, cert_file=pki.client_cert_file, key_file=pki.client_key_file
-    )
-
-    async with health_server(mtls_server(pki)) as target:
-        status = await check_health(target, credentials)
+    async with health_server(server(pki)) as target:
+        status = await check_health(target, credentials(pki))
 
     assert status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_mtls_client_with_a_certificate_from_another_ca_is_refused_unavailable(
-    pki: TestPki, other_pki: TestPki
-) -> None:
-    credentials = channel_credentials(
-        pki.ca_file, cert_file=other_pki.client_cert_file, key_file=other_pki.client_key_file
-    )
+# (the server's credentials, the client's: from the server's PKI and another one)
+UNTRUSTED: dict[str, tuple[Callable[[TestPki], Any], Callable[[TestPki, TestPki], Any]]] = {
+    "tls-client-trusting-another-ca": (tls_server, lambda pki, other: channel_credentials(other.ca_file)),
+    "plaintext-client-of-a-tls-server": (tls_server, lambda pki, other: None),
+    "mtls-client-without-a-certificate": (mtls_server, lambda pki, other: channel_credentials(pki.ca_file)),
+    "mtls-client-with-a-certificate-from-another-ca": (
+        mtls_server,
+        lambda pki, other: channel_credentials(
+            pki.ca_file, cert_file=other.client_cert_file, key_file=other.client_key_file
+        ),
+    ),
+}
 
-    async with health_server(mtls_server(pki)) as target:
-        code = await refused_with(target, credentials)
+
+@pytest.mark.parametrize("client", list(UNTRUSTED))
+async def test_a_client_the_server_cannot_trust_or_that_cannot_trust_it_is_refused_unavailable(
+    client: str, pki: TestPki, other_pki: TestPki
+) -> None:
+    server, credentials = UNTRUSTED[client]
+
+    async with health_server(server(pki)) as target:
+        code = await refused_with(target, credentials(pki, other_pki))
 
     assert code is grpc.StatusCode.UNAVAILABLE
 

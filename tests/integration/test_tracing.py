@@ -32,9 +32,8 @@ from hodei import (
 )
 from hodei.observability import _tracing as tracing
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
-from tests.helpers import make_worker
-from tests.integration.test_cli import CLI_ENV, HODEI, end, free_port
-from tests.integration.test_cli_store import health_becomes_serving
+from tests.helpers import free_port, make_worker
+from tests.integration.helpers import CLI_ENV, HODEI, end, health_becomes_serving
 
 REGISTER = "/hodei.scheduler.v1.SchedulerService/RegisterWorker"
 REGISTER_BATCH = "/hodei.scheduler.v1.SchedulerService/RegisterWorkers"

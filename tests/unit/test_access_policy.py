@@ -27,6 +27,7 @@ from hodei.security import (
     bearer_token,
 )
 from hodei.security._access import JOIN_ACTIONS, WORKER_ACTIONS, CallAuthorizer
+from hodei.testing import FakeClock
 from tests.helpers import make_worker
 
 SECRET = b"a" * 48
@@ -242,16 +243,18 @@ def test_a_credential_from_a_bound_join_token_registers_only_within_the_binding(
 
 
 def test_worker_credentials_expire_after_a_week_by_default_and_each_hello_renews_them() -> None:
-    clock = [datetime(2030, 1, 1, tzinfo=UTC)]
-    authority = TokenAuthority(SECRET, clock=lambda: clock[0])
+    clock = FakeClock(epoch=datetime(2030, 1, 1, tzinfo=UTC))
+    authority = TokenAuthority(SECRET, clock=clock.wall)
     policy = AccessPolicy(authority)
     first = policy.authorize(
         policy.authenticate(authority.mint_join_token("w-1", ttl=60)), "Connect", worker_id="w-1"
     ).credential
 
-    clock[0] += timedelta(days=6)  # a day before it would expire, the agent says hello again
+    clock.advance(
+        timedelta(days=6).total_seconds()
+    )  # a day before it would expire, the agent says hello again
     renewed = policy.authorize(policy.authenticate(first), "Connect", worker_id="w-1").credential
-    clock[0] += timedelta(days=6)  # the first has expired by now; the renewed one has not
+    clock.advance(timedelta(days=6).total_seconds())  # the first has expired by now; the renewed one has not
     expired = refusal(lambda: policy.authenticate(first))
     again = policy.authorize(policy.authenticate(renewed), "Connect", worker_id="w-1").credential
 

@@ -6,138 +6,42 @@ end to end over real gRPC in tests/integration.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hodei import (
     DynamicWorker,
+    DynamicWorkerConfig,
     ErrorCode,
+    InvalidWorkerData,
     MaxRetriesExceeded,
     RegistrationConfig,
     RegistrationFailed,
-    SchedulerError,
     UnregistrationStatus,
     WorkerRegistrationAdapter,
+    WorkerType,
 )
-from hodei.domain import WorkerRecord
-from hodei.errors import scheduler_error_for
-from hodei.ports import DrainOutcome, RegistrationReceipt, WorkerFilter, WorkerPage
+from hodei.domain import FieldViolation
+from hodei.observability import _tracing as tracing
+from hodei.ports import DrainOutcome
 from hodei.registration import DrainResult
 from tests.helpers import make_worker
-
-Outcome = RegistrationReceipt | SchedulerError
-
-
-def receipt(worker: DynamicWorker) -> RegistrationReceipt:
-    record = WorkerRecord(
-        worker_id=worker.worker_id,
-        worker_type=worker.worker_type,
-        capabilities=worker.capabilities,
-        registered_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    return RegistrationReceipt(record, created=True)
+from tests.helpers import metric as value
+from tests.unit.helpers import RecordedSleep, ScriptedPort, adapter, drained_record, error, receipt
 
 
-def error(code: ErrorCode, retry_after: float | None = None) -> SchedulerError:
-    return scheduler_error_for(code, f"scripted {code.name}", retry_after=retry_after)
+def attributes_of(exporter: InMemorySpanExporter, name: str) -> list[dict[str, Any]]:
+    found: Sequence[ReadableSpan] = exporter.get_finished_spans()
+    return [dict(span.attributes or {}) for span in found if span.name == name]
 
 
-class ScriptedPort:
-    """Answers each call from a script: an error to raise, or (for batches) a per-worker outcome function."""
-
-    def __init__(self) -> None:
-        self.single: list[SchedulerError | None] = []  # None: succeed
-        self.batch_calls: list[list[str]] = []
-        self.batch_script: list[SchedulerError | dict[str, SchedulerError]] = []
-        self.calls = 0
-        self.timeouts: list[float | None] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.drain_answer: DrainOutcome | SchedulerError | None = None
-        self.records: list[WorkerRecord | SchedulerError | None] = []  # answers of get_worker, in turn
-
-    def _next(self) -> SchedulerError | None:
-        self.calls += 1
-        return self.single.pop(0) if self.single else None
-
-    async def register_worker(
-        self, worker: DynamicWorker, *, timeout: float | None = None
-    ) -> RegistrationReceipt:
-        self.timeouts.append(timeout)
-        if (failure := self._next()) is not None:
-            raise failure
-        return receipt(worker)
-
-    async def register_workers(
-        self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
-    ) -> list[Outcome]:
-        self.batch_calls.append([w.worker_id for w in workers])
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(0)  # let the other chunk tasks run, so that concurrency is observable
-            step = self.batch_script.pop(0) if self.batch_script else {}
-            if isinstance(step, SchedulerError):
-                raise step
-            return [step.get(w.worker_id) or receipt(w) for w in workers]
-        finally:
-            self.in_flight -= 1
-
-    async def unregister_worker(
-        self, worker_id: str, *, incarnation: int | None = None, timeout: float | None = None
-    ) -> UnregistrationStatus:
-        if (failure := self._next()) is not None:
-            raise failure
-        return UnregistrationStatus.SUCCESS
-
-    async def get_worker(self, worker_id: str, *, timeout: float | None = None) -> WorkerRecord | None:
-        answer = self.records.pop(0)
-        if isinstance(answer, SchedulerError):
-            raise answer
-        return answer
-
-    async def drain_worker(
-        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
-    ) -> DrainOutcome:
-        self.calls += 1
-        if isinstance(self.drain_answer, SchedulerError):
-            raise self.drain_answer
-        assert self.drain_answer is not None
-        return self.drain_answer
-
-    async def list_workers(
-        self,
-        worker_filter: WorkerFilter | None = None,
-        *,
-        page_size: int = 100,
-        page_token: str = "",
-        timeout: float | None = None,
-    ) -> WorkerPage:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        return None
-
-
-class RecordedSleep:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-
-
-def adapter(port: ScriptedPort, **config: object) -> tuple[WorkerRegistrationAdapter, RecordedSleep]:
-    sleep = RecordedSleep()
-    return (
-        WorkerRegistrationAdapter(port, RegistrationConfig(**config), sleep=sleep, random=lambda: 0.0),  # type: ignore[arg-type]
-        sleep,
-    )
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, Any]]]:
+    return [(r.getMessage(), r.__dict__) for r in caplog.records if r.name == "hodei.registration"]
 
 
 async def test_first_attempt_success_makes_one_call_with_the_attempt_deadline() -> None:
@@ -299,6 +203,15 @@ async def test_unregister_permanent_error_fails_at_once() -> None:
     assert (raised.value.worker_id, raised.value.attempts) == ("w-1", 1)
 
 
+async def test_unregistration_sends_the_worker_id_with_the_attempt_deadline() -> None:
+    port = ScriptedPort()
+    registration, _ = adapter(port, registration_timeout=2.5)
+
+    assert await registration.unregister_worker("w-gone") is UnregistrationStatus.SUCCESS
+
+    assert port.args == [("unregister_worker", "w-gone", 2.5)]
+
+
 async def test_empty_batch_makes_no_call() -> None:
     port = ScriptedPort()
     registration, _ = adapter(port)
@@ -416,8 +329,96 @@ async def test_batch_of_one_chunk_uses_one_task() -> None:
     assert port.max_in_flight == 1
 
 
-def drained_record(worker_id: str = "w-1", *, drained: bool) -> WorkerRecord:
-    return replace(receipt(make_worker(worker_id)).record, drained=drained)
+async def test_a_batch_call_gets_the_attempt_deadline_and_its_spans_the_sizes_and_attempts(
+    spans: InMemorySpanExporter,
+) -> None:
+    port = ScriptedPort()
+    port.batch_script = [{"w-0": error(ErrorCode.UNAVAILABLE)}]
+    registration, _ = adapter(port, registration_timeout=2.5)
+
+    await registration.register_workers_batch([make_worker(f"w-{i}") for i in range(3)])
+
+    assert port.args == [("register_workers", 3, 2.5), ("register_workers", 1, 2.5)]
+    assert attributes_of(spans, "register_workers_batch") == [{tracing.WORKERS: 3, "hodei.failed_workers": 0}]
+    assert attributes_of(spans, "register_workers.attempt") == [
+        {tracing.WORKERS: 3, tracing.ATTEMPT: 1},
+        {tracing.WORKERS: 1, tracing.ATTEMPT: 2},
+    ]
+
+
+async def test_a_batch_logs_its_retries_and_the_workers_that_failed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hodei.registration")
+    port = ScriptedPort()
+    port.batch_script = [
+        {"w-0": error(ErrorCode.UNAVAILABLE), "w-1": error(ErrorCode.UNAVAILABLE)},
+        {"w-1": error(ErrorCode.NOT_FOUND)},
+    ]
+    registration, _ = adapter(port)
+
+    await registration.register_workers_batch([make_worker(f"w-{i}") for i in range(3)])
+
+    (retrying, finished) = (fields for _, fields in logged(caplog))
+    assert (retrying["workers"], retrying["attempt"], retrying["codes"]) == (2, 1, {"UNAVAILABLE": 2})
+    assert (finished["registered"], finished["failed_worker_ids"]) == (2, ["w-1"])
+
+
+async def test_batch_failures_carry_the_worker_the_last_error_and_the_attempt_count() -> None:
+    port = ScriptedPort()
+    last = error(ErrorCode.UNAVAILABLE)
+    port.batch_script = [
+        {"w-0": error(ErrorCode.UNAVAILABLE), "w-1": error(ErrorCode.NOT_FOUND)},
+        {"w-0": last},
+    ]
+    registration, _ = adapter(port, max_retries=1)
+
+    exhausted, refused = await registration.register_workers_batch([make_worker("w-0"), make_worker("w-1")])
+
+    assert (exhausted.worker_id, exhausted.attempts) == ("w-0", 2)
+    assert isinstance(exhausted.error, MaxRetriesExceeded)
+    assert (exhausted.error.worker_id, exhausted.error.cause, exhausted.error.attempts) == ("w-0", last, 2)
+    assert (refused.worker_id, refused.attempts) == ("w-1", 1)
+    assert isinstance(refused.error, RegistrationFailed)
+    assert (refused.error.worker_id, refused.error.attempts) == ("w-1", 1)
+
+
+async def test_a_batch_counts_each_group_of_outcomes_and_retries_by_code() -> None:
+    port = ScriptedPort()
+    port.batch_script = [
+        {
+            "w-0": error(ErrorCode.UNAVAILABLE),
+            "w-1": error(ErrorCode.UNAVAILABLE),
+            "w-2": error(ErrorCode.ABORTED),
+        },
+    ]
+    registration, _ = adapter(port)
+    registry = registration.metrics.registry
+
+    await registration.register_workers_batch([make_worker(f"w-{i}") for i in range(4)])
+
+    assert value(registry, "hodei_registrations_total", result="success", worker_type="docker") == 4
+    assert value(registry, "hodei_registration_retries_total", cause="unavailable") == 2
+    assert value(registry, "hodei_registration_retries_total", cause="aborted") == 1
+    assert value(registry, "hodei_registration_attempts_count") == 4
+    assert value(registry, "hodei_registration_attempts_sum") == 1 + 2 * 3
+    assert 0 <= value(registry, "hodei_registration_duration_seconds_sum", worker_type="docker") < 5
+
+
+class ShortPort(ScriptedPort):
+    """A broken port: one outcome fewer than the workers it was sent."""
+
+    async def register_workers(
+        self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
+    ) -> list[Any]:
+        return [receipt(w) for w in workers][:-1]
+
+
+async def test_a_port_answering_fewer_outcomes_than_workers_is_an_error_not_a_lost_worker() -> None:
+    registration, _ = adapter(ShortPort())
+
+    with pytest.raises(ExceptionGroup) as failed:
+        await registration.register_workers_batch([make_worker("w-0"), make_worker("w-1")])
+
+    assert failed.group_contains(ValueError)
 
 
 async def test_drain_of_a_worker_the_scheduler_does_not_know_reports_not_registered() -> None:
@@ -430,13 +431,15 @@ async def test_drain_of_a_worker_the_scheduler_does_not_know_reports_not_registe
     assert result == DrainResult("w-1", registered=False)
 
 
-async def test_drain_failing_permanently_raises() -> None:
+async def test_a_drain_refused_for_good_raises_naming_the_worker_after_one_attempt() -> None:
     port = ScriptedPort()
     port.drain_answer = error(ErrorCode.PERMISSION_DENIED)
     registration, _ = adapter(port)
 
-    with pytest.raises(RegistrationFailed):
+    with pytest.raises(RegistrationFailed) as refused:
         await registration.drain_worker("w-1", deadline=1.0)
+
+    assert (refused.value.worker_id, refused.value.attempts) == ("w-1", 1)
 
 
 async def test_drain_without_a_connected_agent_does_not_wait() -> None:
@@ -463,6 +466,21 @@ async def test_drain_waits_until_the_agent_reports_drained() -> None:
     assert port.records == []
 
 
+async def test_drain_sends_the_worker_id_deadline_and_attempt_deadline_then_polls_at_the_default_interval() -> (
+    None
+):
+    port = ScriptedPort()
+    port.drain_answer = DrainOutcome(drained_record("w-1", drained=False), delivered=True)
+    port.records = [drained_record("w-1", drained=True)]
+    registration, sleep = adapter(port, registration_timeout=2.5)
+
+    result = await registration.drain_worker("w-1", deadline=30.0)
+
+    assert (result.registered, result.delivered, result.drained) == (True, True, True)
+    assert port.args == [("drain_worker", "w-1", 30.0, 2.5), ("get_worker", "w-1", 2.5)]
+    assert sleep.delays == [0.05]
+
+
 async def test_drain_of_an_already_drained_worker_returns_at_once() -> None:
     port = ScriptedPort()
     port.drain_answer = DrainOutcome(drained_record(drained=True), delivered=True)
@@ -484,7 +502,7 @@ async def test_drain_of_a_worker_that_unregistered_itself_counts_as_drained() ->
     assert result == DrainResult("w-1", registered=True, delivered=True, drained=True)
 
 
-async def test_drain_polling_stops_on_a_permanent_error() -> None:
+async def test_drain_polling_stops_on_a_permanent_error_naming_the_worker_after_one_attempt() -> None:
     port = ScriptedPort()
     port.drain_answer = DrainOutcome(drained_record(drained=False), delivered=True)
     port.records = [error(ErrorCode.PERMISSION_DENIED)]
@@ -494,6 +512,7 @@ async def test_drain_polling_stops_on_a_permanent_error() -> None:
         await registration.drain_worker("w-1", deadline=5.0)
 
     assert raised.value.code is ErrorCode.PERMISSION_DENIED
+    assert (raised.value.worker_id, raised.value.attempts) == ("w-1", 1)
 
 
 async def test_drain_gives_up_at_the_deadline_and_says_not_drained() -> None:
@@ -510,8 +529,6 @@ async def test_drain_gives_up_at_the_deadline_and_says_not_drained() -> None:
 
 
 async def test_a_batch_checks_a_config_shared_by_many_workers_once_and_still_names_each_worker() -> None:
-    from hodei import DynamicWorkerConfig, WorkerType
-
     port = ScriptedPort()
     registration, _ = adapter(port)
     bad = DynamicWorkerConfig(cpu_cores=0)
@@ -525,6 +542,32 @@ async def test_a_batch_checks_a_config_shared_by_many_workers_once_and_still_nam
     assert port.batch_calls == [["ok"]]
 
 
+async def test_a_batch_checks_each_distinct_config_once_and_never_mixes_two_configs_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[DynamicWorkerConfig] = []
+    original = DynamicWorkerConfig.violations
+
+    def counting(self: DynamicWorkerConfig) -> list[FieldViolation]:
+        checked.append(self)
+        return original(self)
+
+    monkeypatch.setattr(DynamicWorkerConfig, "violations", counting)
+    good, bad = DynamicWorkerConfig(), DynamicWorkerConfig(cpu_cores=0)
+    workers = [DynamicWorker(f"w-{i}", WorkerType.DOCKER, good if i % 2 else bad) for i in range(6)]
+    port = ScriptedPort()
+    registration, _ = adapter(port)
+
+    results = await registration.register_workers_batch(workers)
+
+    assert [r.ok for r in results] == [False, True, False, True, False, True]
+    assert len(checked) == 2
+    assert port.batch_calls == [["w-1", "w-3", "w-5"]]
+
+
+# --- one worker: what is logged, traced and counted -------------------------------------------------------------------
+
+
 async def test_each_retry_and_the_outcome_are_logged_with_the_worker_the_attempt_and_the_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -536,14 +579,129 @@ async def test_each_retry_and_the_outcome_are_logged_with_the_worker_the_attempt
     await registration.register_worker(make_worker("w-logged"))
     await registration.unregister_worker("w-logged")
 
-    logged = [(r.getMessage(), r.__dict__) for r in caplog.records if r.name == "hodei.registration"]
-    assert [message for message, _ in logged] == [
+    entries = logged(caplog)
+    assert [message for message, _ in entries] == [
         "registration.retrying",
         "registration.succeeded",
         "unregistration.succeeded",
     ]
-    retrying, succeeded, unregistered = (fields for _, fields in logged)
+    retrying, succeeded, unregistered = (fields for _, fields in entries)
     assert (retrying["worker_id"], retrying["attempt"], retrying["code"]) == ("w-logged", 1, "UNAVAILABLE")
     assert retrying["backoff_s"] == pytest.approx(0.1)
     assert (succeeded["attempts"], succeeded["worker_type"]) == (2, "docker")
     assert "worker_type" not in unregistered
+
+
+async def test_a_rejected_registration_is_logged_and_traced_with_worker_type_attempt_and_reason(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hodei.registration")
+    port = ScriptedPort()
+    port.single = [error(ErrorCode.NOT_FOUND)]
+    registration, _ = adapter(port)
+
+    with pytest.raises(RegistrationFailed):
+        await registration.register_worker(make_worker("w-refused"))
+
+    ((message, fields),) = logged(caplog)
+    assert message == "registration.failed"
+    assert (fields["worker_id"], fields["worker_type"], fields["attempts"], fields["reason"]) == (
+        "w-refused",
+        "docker",
+        1,
+        "rejected",
+    )
+    worker = {tracing.WORKER_ID: "w-refused", tracing.WORKER_TYPE: "docker"}
+    assert attributes_of(spans, "register_worker") == [worker]
+    (attempt,) = attributes_of(spans, "register_worker.attempt")
+    assert {k: attempt[k] for k in (*worker, tracing.ATTEMPT)} == {**worker, tracing.ATTEMPT: 1}
+
+
+async def test_an_exhausted_registration_is_logged_with_worker_type_attempts_and_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hodei.registration")
+    port = ScriptedPort()
+    port.single = [error(ErrorCode.UNAVAILABLE), error(ErrorCode.UNAVAILABLE)]
+    registration, _ = adapter(port, max_retries=1)
+
+    with pytest.raises(MaxRetriesExceeded) as exhausted:
+        await registration.register_worker(make_worker("w-tired"))
+
+    assert (exhausted.value.worker_id, exhausted.value.attempts) == ("w-tired", 2)
+    retrying, failed = (fields for _, fields in logged(caplog))
+    assert (retrying["worker_id"], retrying["worker_type"]) == ("w-tired", "docker")
+    assert (failed["worker_id"], failed["worker_type"], failed["attempts"], failed["reason"]) == (
+        "w-tired",
+        "docker",
+        2,
+        "exhausted",
+    )
+
+
+async def test_a_successful_registration_is_logged_with_its_worker_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hodei.registration")
+    registration, _ = adapter(ScriptedPort())
+
+    await registration.register_worker(make_worker("w-ok"))
+
+    ((message, fields),) = logged(caplog)
+    assert (message, fields["worker_id"], fields["attempts"]) == ("registration.succeeded", "w-ok", 1)
+
+
+async def test_an_invalid_worker_is_logged_as_not_sent_and_counted_as_rejected_without_an_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hodei.registration")
+    port = ScriptedPort()
+    registration, _ = adapter(port)
+    registry = registration.metrics.registry
+
+    with pytest.raises(RegistrationFailed) as rejected:
+        await registration.register_worker(make_worker("w-bad", cpu_cores=0))
+
+    cause = rejected.value.cause
+    assert isinstance(cause, InvalidWorkerData)
+    assert (cause.message, cause.worker_id) == ("worker 'w-bad' is invalid; not sent", "w-bad")
+    ((message, fields),) = logged(caplog)
+    assert (message, fields["worker_id"], fields["worker_type"], fields["reason"]) == (
+        "registration.failed",
+        "w-bad",
+        "docker",
+        "invalid",
+    )
+    assert value(registry, "hodei_registrations_total", result="rejected", worker_type="docker") == 1
+    assert value(registry, "hodei_registration_attempts_count") == 0
+    assert port.calls == 0
+
+
+async def test_a_registration_after_one_retry_counts_two_attempts_one_retry_and_a_short_duration() -> None:
+    port = ScriptedPort()
+    port.single = [error(ErrorCode.UNAVAILABLE)]
+    registration, _ = adapter(port)
+    registry = registration.metrics.registry
+
+    await registration.register_worker(make_worker("w-1"))
+
+    assert value(registry, "hodei_registrations_total", result="success", worker_type="docker") == 1
+    assert value(registry, "hodei_registration_attempts_count") == 1
+    assert value(registry, "hodei_registration_attempts_sum") == 2
+    assert value(registry, "hodei_registration_retries_total", cause="unavailable") == 1
+    assert value(registry, "hodei_registration_duration_seconds_count", worker_type="docker") == 1
+    assert 0 <= value(registry, "hodei_registration_duration_seconds_sum", worker_type="docker") < 5
+
+
+async def test_an_exhausted_registration_counts_its_attempts_and_a_short_duration() -> None:
+    port = ScriptedPort()
+    port.single = [error(ErrorCode.UNAVAILABLE)] * 3
+    registration, _ = adapter(port, max_retries=2)
+    registry = registration.metrics.registry
+
+    with pytest.raises(MaxRetriesExceeded):
+        await registration.register_worker(make_worker("w-1"))
+
+    assert value(registry, "hodei_registrations_total", result="exhausted", worker_type="docker") == 1
+    assert value(registry, "hodei_registration_attempts_sum") == 3
+    assert 0 <= value(registry, "hodei_registration_duration_seconds_sum", worker_type="docker") < 5

@@ -20,10 +20,14 @@ from hodei.domain import (
     validate_record,
     validate_worker,
     validate_worker_fields,
+    validate_worker_id,
 )
 from tests.helpers import make_worker
 
 VALID_CAPABILITIES = WorkerCapabilities(cpu_cores=2, memory_mb=4096)
+# The client and the scheduler name the same field with the same words (the description travels in the
+# BadRequest detail), so a description is part of the contract and is checked exactly.
+NAME_RULE = "must be at most 253 letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
 
 
 def fields_of(violations: list[FieldViolation]) -> list[str]:
@@ -159,27 +163,37 @@ def test_record_to_worker_carries_every_field_the_control_plane_knows() -> None:
 # --- worker id ------------------------------------------------------------------------------------------
 
 
-def test_an_empty_worker_id_is_reported() -> None:
-    assert violations_for(worker_id="") == [FieldViolation("worker_id", "must not be empty")]
+WORKER_ID_RULE = "must start with a letter or digit and contain only letters, digits, '.', '_' and '-'"
 
 
-def test_a_worker_id_of_128_characters_is_accepted() -> None:
-    assert violations_for(worker_id="w" * 128) == []
+@pytest.mark.parametrize(
+    ("worker_id", "description"),
+    [
+        ("", "must not be empty"),
+        ("w" * 129, "must be at most 128 characters"),
+        *(
+            (worker_id, WORKER_ID_RULE)
+            for worker_id in [
+                "worker 1",
+                "-worker",
+                ".worker",
+                "worker/1",
+                "wörker",
+                "worker:1",
+                "-starts-with-a-dash",
+            ]
+        ),
+    ],
+)
+def test_a_bad_worker_id_is_described_in_the_contracts_words(worker_id: str, description: str) -> None:
+    assert validate_worker_id(worker_id) == [FieldViolation("worker_id", description)]
+    assert violations_for(worker_id=worker_id) == [FieldViolation("worker_id", description)]
 
 
-def test_a_worker_id_of_129_characters_is_reported() -> None:
-    assert violations_for(worker_id="w" * 129) == [
-        FieldViolation("worker_id", "must be at most 128 characters")
-    ]
-
-
-@pytest.mark.parametrize("worker_id", ["worker 1", "-worker", ".worker", "worker/1", "wörker", "worker:1"])
-def test_a_worker_id_with_bad_characters_is_reported(worker_id: str) -> None:
-    assert fields_of(violations_for(worker_id=worker_id)) == ["worker_id"]
-
-
-@pytest.mark.parametrize("worker_id", ["w", "1", "worker-1", "Worker_1.a-b", "0.0.0"])
-def test_a_worker_id_of_letters_digits_dots_underscores_and_dashes_is_accepted(worker_id: str) -> None:
+@pytest.mark.parametrize("worker_id", ["w", "1", "worker-1", "Worker_1.a-b", "0.0.0", "w" * 128])
+def test_a_worker_id_of_up_to_128_letters_digits_dots_underscores_and_dashes_is_accepted(
+    worker_id: str,
+) -> None:
     assert violations_for(worker_id=worker_id) == []
 
 
@@ -273,6 +287,15 @@ def test_a_label_key_with_spaces_is_named_exactly() -> None:
     assert fields_of(violations_for(labels={"bad key": "v"})) == ["metadata.labels['bad key']"]
 
 
+def test_a_label_key_that_ends_with_a_slash_is_described_in_the_contracts_words() -> None:
+    assert validate_record(valid_record(labels={"team/": "ci"})) == [
+        FieldViolation(
+            "metadata.labels['team/']",
+            "key must be 1 to 63 letters, digits, '.', '_', '/' or '-', starting and ending with a letter or digit",
+        )
+    ]
+
+
 @pytest.mark.parametrize("key", ["k", "arch", "kubernetes.io/arch", "a_b-c.d", "k" * 63])
 def test_a_well_formed_label_key_is_accepted(key: str) -> None:
     assert violations_for(labels={key: "value"}) == []
@@ -308,6 +331,43 @@ def test_a_bad_name_is_reported_at_its_metadata_path(field: str, value: str) -> 
 @pytest.mark.parametrize("value", ["", "a", "build-01.lan", "1.2.3", "gpu_pool", "x" * 253])
 def test_a_well_formed_or_empty_name_is_accepted(field: str, value: str) -> None:
     assert violations_for(**{field: value}) == []
+
+
+# --- a stored record --------------------------------------------------------------------------------------------------
+
+
+def valid_record(**overrides: object) -> WorkerRecord:
+    values: dict[str, object] = {
+        "worker_id": "worker-1",
+        "worker_type": WorkerType.DOCKER,
+        "capabilities": WorkerCapabilities(cpu_cores=2, memory_mb=4096),
+        "pool": "default",
+        "hostname": "host-1",
+        "agent_version": "1.2.3",
+    }
+    values.update(overrides)
+    return WorkerRecord(**values)  # type: ignore[arg-type]
+
+
+def test_a_valid_record_has_no_violations() -> None:
+    assert validate_record(valid_record()) == []
+
+
+def test_a_record_is_checked_for_its_worker_id() -> None:
+    assert validate_record(valid_record(worker_id="")) == [FieldViolation("worker_id", "must not be empty")]
+
+
+def test_a_record_is_checked_for_its_pool_hostname_and_agent_version_each_by_name() -> None:
+    record = valid_record(pool="-pool", hostname="host_", agent_version="1.2.3!")
+    assert validate_record(record) == [
+        FieldViolation("metadata.pool", NAME_RULE),
+        FieldViolation("metadata.hostname", NAME_RULE),
+        FieldViolation("metadata.agent_version", NAME_RULE),
+    ]
+
+
+def test_a_name_that_ends_with_a_dot_is_described_in_the_contracts_words() -> None:
+    assert validate_record(valid_record(pool="pool.")) == [FieldViolation("metadata.pool", NAME_RULE)]
 
 
 # --- all at once ----------------------------------------------------------------------------------------

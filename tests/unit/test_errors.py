@@ -105,6 +105,12 @@ def test_str_of_a_scheduler_error_is_code_and_message() -> None:
     assert str(SchedulerUnavailable("scheduler is down")) == "UNAVAILABLE: scheduler is down"
 
 
+def test_the_exception_argument_of_a_scheduler_error_is_its_message() -> None:
+    error = scheduler_error_for(ErrorCode.UNAVAILABLE, "connection refused")
+
+    assert error.args == ("connection refused",)
+
+
 def test_str_of_a_scheduler_error_lists_every_violation() -> None:
     error = InvalidWorkerData("worker 'w' is invalid", violations=VIOLATIONS)
 

@@ -80,28 +80,23 @@ def test_a_pool_wide_event_has_no_worker_and_no_record() -> None:
 # --- event time -----------------------------------------------------------------------------------------
 
 
-def test_an_event_about_a_record_with_an_update_time_is_dated_by_the_record() -> None:
+@pytest.mark.parametrize(
+    ("kind", "about", "dated"),
+    [
+        (WorkerEventKind.UPDATED, record(updated_at=RECORD_TIME), RECORD_TIME),
+        (WorkerEventKind.UPDATED, record(updated_at=None), HUB_TIME),
+        (WorkerEventKind.DISCONNECTED, None, HUB_TIME),
+    ],
+    ids=["a-record-with-an-update-time", "a-record-without-an-update-time", "no-record"],
+)
+def test_an_event_is_dated_by_its_records_update_time_else_by_the_clock(
+    kind: WorkerEventKind, about: WorkerRecord | None, dated: datetime
+) -> None:
     hub = EventHub(clock=fixed_clock)
 
-    event = hub.publish(WorkerEventKind.UPDATED, "worker-1", record(updated_at=RECORD_TIME))
+    event = hub.publish(kind, "worker-1", about)
 
-    assert event.time == RECORD_TIME
-
-
-def test_an_event_about_a_record_without_an_update_time_is_dated_by_the_clock() -> None:
-    hub = EventHub(clock=fixed_clock)
-
-    event = hub.publish(WorkerEventKind.UPDATED, "worker-1", record(updated_at=None))
-
-    assert event.time == HUB_TIME
-
-
-def test_an_event_without_a_record_is_dated_by_the_clock() -> None:
-    hub = EventHub(clock=fixed_clock)
-
-    event = hub.publish(WorkerEventKind.DISCONNECTED, "worker-1")
-
-    assert event.time == HUB_TIME
+    assert event.time == dated
 
 
 # --- snapshots ------------------------------------------------------------------------------------------

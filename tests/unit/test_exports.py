@@ -209,6 +209,7 @@ FACES: dict[str, list[str]] = {
         "EmbeddedScheduler",
         "FailingScheduler",
         "FaultProxy",
+        "FakeClock",
         "FaultyStore",
         "MockWorkerProvider",
         "REGISTRATION_METHODS",

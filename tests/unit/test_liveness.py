@@ -18,7 +18,7 @@ from hodei.scheduler._events import Watcher
 from hodei.scheduler._liveness import LeaseTable, LivenessMonitor
 from hodei.scheduler._registry import WorkerRegistry
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.testing import FaultyStore
+from hodei.testing import FakeClock, FaultyStore
 from tests.helpers import make_worker
 
 # A 3 s lease renewed every second, swept every second; lost workers are removed after 5 s.
@@ -36,11 +36,11 @@ class Fleet:
 
     def __init__(self, config: LivenessConfig) -> None:
         self.config = config
-        self.now = 0.0
+        self.clock = FakeClock()
         self.registry = WorkerRegistry(MemoryRegistryStore())
         self.removed: list[str] = []
         self.monitor = LivenessMonitor(
-            self.registry, config, monotonic=lambda: self.now, on_removed=self._on_removed
+            self.registry, config, monotonic=self.clock, on_removed=self._on_removed
         )
         self._watcher: Watcher = self.registry.events.watch()
 
@@ -57,17 +57,17 @@ class Fleet:
                 self.monitor.leases.renew(worker_id, self.config.lease_ttl, renewed_at)
 
     def begin(self, now: float = 0.0) -> None:
-        self.now = now
+        self.clock.now = now
         self.monitor.begin(now)
 
     async def sweep(self, now: float) -> None:
-        self.now = now
+        self.clock.now = now
         await self.monitor.sweep(now)
 
     async def sweep_through(self, until: float) -> None:
         """Sweep on time, every sweep_interval after the current moment, up to and including ``until``."""
         step = self.config.sweep_interval
-        moment = self.now + step
+        moment = self.clock.now + step
         while moment <= until:
             await self.sweep(moment)
             moment += step
@@ -650,7 +650,7 @@ def faulty_fleet(config: LivenessConfig) -> tuple[Fleet, FaultyStore]:
     store = FaultyStore(MemoryRegistryStore())
     fleet.registry = WorkerRegistry(store)
     fleet.monitor = LivenessMonitor(
-        fleet.registry, config, monotonic=lambda: fleet.now, on_removed=fleet._on_removed
+        fleet.registry, config, monotonic=fleet.clock, on_removed=fleet._on_removed
     )
     fleet._watcher = fleet.registry.events.watch()
     return fleet, store

@@ -25,7 +25,7 @@ from hodei.errors import scheduler_error_for
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.observability._logging import REDACTED, configure_logging, log_worker_event, redact_text
 from tests.helpers import make_worker
-from tests.unit.test_adapter import ScriptedPort, adapter, error, receipt
+from tests.unit.helpers import ScriptedPort, adapter, error, receipt
 
 SECRET = "hunter2-S3CRET"
 DSN = f"postgresql://hodei:{SECRET}@db.internal:5432/registry"

@@ -32,10 +32,10 @@ from hodei.observability._metrics import BulkHistogram, ControlPlaneMetrics, Sch
 from hodei.ports import RegistrationReceipt, UnregistrationStatus
 from hodei.scheduler._core import Scheduler
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.testing import MockWorkerProvider
+from hodei.testing import FakeClock, MockWorkerProvider
 from tests.helpers import make_worker
 from tests.helpers import metric as value
-from tests.unit.test_scheduler_core import LIVENESS, FakeClock, agent
+from tests.scheduling import LIVENESS, agent
 
 
 def receipt(worker: DynamicWorker) -> RegistrationReceipt:

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from hodei.observability._native_log import NativeLogRouter
+from hodei.testing import FakeClock
 
 PLAINTEXT = (
     "I1205 14:50:14.474276   13433 ssl_transport_security.cc:2563] Handshake failed with error SSL_ERROR_SSL: "
@@ -17,14 +18,6 @@ NO_CERTIFICATE = (
     "error:1000007e:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE\n"
 )
 BIND = "E1205 14:51:15.707553   24983 add_port.cc:83] Failed to add port to server: Address already in use\n"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def routed(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int, dict[str, object]]]:
@@ -39,13 +32,13 @@ def routed(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int, dict[str, o
 def test_handshake_failures_are_one_event_per_cause_per_interval_then_say_how_many_were_suppressed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     router = NativeLogRouter(interval=60.0, clock=clock)
     with caplog.at_level(logging.DEBUG, logger="hodei.grpc"):
         for _ in range(24):
             router.line(PLAINTEXT)
         router.line(NO_CERTIFICATE)
-        clock.now = 61.0
+        clock.advance(61.0)
         router.line(PLAINTEXT)
 
     plaintext = "a client spoke plaintext to this TLS port (it needs --tls-ca)"

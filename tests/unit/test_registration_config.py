@@ -77,25 +77,36 @@ def test_defaults_are_as_documented() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "field"),
+    ("options", "said"),
     [
-        ({"max_retries": -1}, "max_retries"),
-        ({"base_backoff": -0.001}, "base_backoff"),
-        ({"base_backoff": float("nan")}, "base_backoff"),
-        ({"base_backoff": 2.0, "max_backoff": 1.0}, "max_backoff"),
-        ({"backoff_multiplier": 0.5}, "backoff_multiplier"),
-        ({"jitter": -0.1}, "jitter"),
-        ({"jitter": 1.01}, "jitter"),
-        ({"registration_timeout": 0}, "registration_timeout"),
-        ({"registration_timeout": -1.0}, "registration_timeout"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": 1001}, "batch_size"),
-        ({"batch_concurrency": 0}, "batch_concurrency"),
+        ({"max_retries": -1}, "max_retries must be >= 0, got -1"),
+        ({"base_backoff": -0.001}, "base_backoff must be >= 0, got -0.001"),
+        ({"base_backoff": -0.5}, "base_backoff must be >= 0, got -0.5"),
+        (
+            {"base_backoff": float("nan")},
+            "base_backoff must be >= 0, got nan; max_backoff must be >= base_backoff, got 5.0",
+        ),
+        ({"base_backoff": 2.0, "max_backoff": 1.0}, "max_backoff must be >= base_backoff, got 1.0"),
+        ({"base_backoff": 1.0, "max_backoff": 0.5}, "max_backoff must be >= base_backoff, got 0.5"),
+        ({"backoff_multiplier": 0.5}, "backoff_multiplier must be >= 1, got 0.5"),
+        ({"jitter": -0.1}, "jitter must be between 0 and 1, got -0.1"),
+        ({"jitter": 1.01}, "jitter must be between 0 and 1, got 1.01"),
+        ({"jitter": 1.5}, "jitter must be between 0 and 1, got 1.5"),
+        ({"registration_timeout": 0}, "registration_timeout must be > 0, got 0"),
+        ({"registration_timeout": 0.0}, "registration_timeout must be > 0, got 0.0"),
+        ({"registration_timeout": -1.0}, "registration_timeout must be > 0, got -1.0"),
+        ({"batch_size": 0}, "batch_size must be between 1 and 1000, got 0"),
+        ({"batch_size": 1001}, "batch_size must be between 1 and 1000, got 1001"),
+        ({"batch_concurrency": 0}, "batch_concurrency must be >= 1, got 0"),
     ],
 )
-def test_an_invalid_value_is_refused_naming_its_field(options: dict[str, object], field: str) -> None:
-    with pytest.raises(ValueError, match=rf"^invalid RegistrationConfig: {field} must be "):
+def test_an_invalid_value_is_refused_naming_its_field_its_rule_and_the_value_given(
+    options: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ValueError) as refused:
         RegistrationConfig(**options)  # type: ignore[arg-type]
+
+    assert str(refused.value) == f"invalid RegistrationConfig: {said}"
 
 
 def test_every_invalid_value_is_named_at_once() -> None:
@@ -119,9 +130,12 @@ def test_every_invalid_value_is_named_at_once() -> None:
         {"batch_size": 1},
         {"batch_size": 1000},
         {"batch_concurrency": 1},
+        {"registration_timeout": 0.5},
     ],
 )
-def test_values_at_the_edges_of_their_range_are_accepted(options: dict[str, object]) -> None:
+def test_values_at_the_edges_of_their_range_or_under_a_second_are_accepted(
+    options: dict[str, object],
+) -> None:
     config = RegistrationConfig(**options)  # type: ignore[arg-type]
 
     assert {name: getattr(config, name) for name in options} == options

@@ -19,7 +19,8 @@ from hodei.ports import SharedLeases, TouchedLeases, WorkerFilter
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import WorkerRegistry
 from hodei.stores._memory import MemoryRegistryStore
-from tests.unit.test_scheduler_core import EPOCH, LIVENESS, EventLog, FakeClock, agent, status
+from hodei.testing import FakeClock
+from tests.scheduling import EPOCH, LIVENESS, EventLog, agent, status
 
 # LIVENESS: a 3 s lease renewed every second, a silent worker LOST one heartbeat interval (1 s) after its
 # lease ran out and removed 5 s after that; sweeps every second, no recovery window.

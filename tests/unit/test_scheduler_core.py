@@ -7,93 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 
 import pytest
 
-from hodei.domain import DynamicWorker, ResourceUsage, WorkerStatus
-from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerUnavailable, StaleIncarnation, WorkerNotFound
+from hodei.domain import ResourceUsage, WorkerStatus
+from hodei.errors import (
+    ErrorCode,
+    InvalidWorkerData,
+    StaleIncarnation,
+    StoreUnavailable,
+    WorkerNotFound,
+)
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import UnregistrationStatus
-from hodei.scheduler._core import AgentSession, Scheduler
-from hodei.scheduler._events import Watcher
+from hodei.scheduler._core import Scheduler
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.testing import FaultyStore
+from hodei.testing import FakeClock, FaultyStore
 from tests.helpers import make_worker, wait_for
+from tests.scheduling import EPOCH, LIVENESS, EventLog, agent, pending, status, sweep_through
 
-EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-
-# A 3 s lease renewed every second: a silent worker is LOST 4 s after its last heartbeat (the lease, then one
-# heartbeat interval of confirmation) and removed 5 s later.
-LIVENESS = LivenessConfig(
-    heartbeat_interval=1.0, lease_ttl=3.0, lost_grace=5.0, recovery_window=0.0, sweep_interval=1.0
-)
 # After a restart: 10 s for the agents to come back; lost workers are removed 10 s after the restart.
 RESTARTED = LivenessConfig(
     heartbeat_interval=1.0, lease_ttl=3.0, lost_grace=10.0, recovery_window=10.0, sweep_interval=1.0
 )
-
-
-class FakeClock:
-    """The scheduler's monotonic and wall clocks, moved by the test: wall time is EPOCH + ``now`` seconds."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> datetime:
-        return EPOCH + timedelta(seconds=self.now)
-
-
-class EventLog:
-    """The scheduler's events, read in batches: :meth:`take` returns those published since the last call."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self._scheduler = scheduler
-        self._watcher: Watcher = scheduler.events.watch()
-
-    async def take(self) -> list[WorkerEvent]:
-        watcher, self._watcher = self._watcher, self._scheduler.events.watch()
-        watcher.close()
-
-        async def read() -> list[WorkerEvent]:
-            return [event async for event in watcher]
-
-        return await asyncio.wait_for(read(), 1)
-
-    async def kinds(self) -> list[tuple[WorkerEventKind, str]]:
-        return [(event.kind, event.worker_id) for event in await self.take()]
-
-
-def agent(worker_id: str = "agent-1", incarnation: int = 1) -> DynamicWorker:
-    return replace(make_worker(worker_id), incarnation=incarnation)
-
-
-def pending(session: AgentSession) -> list[WorkerCommand | None]:
-    """The commands pushed to the session and not read yet (None: the stream was ended)."""
-    found: list[WorkerCommand | None] = []
-    while not session.commands.empty():
-        found.append(session.commands.get_nowait())
-    return found
-
-
-async def sweep_through(scheduler: Scheduler, clock: FakeClock, until: float) -> None:
-    """Sweep on time, every sweep_interval after the current moment, up to and including ``until``."""
-    step = scheduler.liveness.sweep_interval
-    moment = clock.now + step
-    while moment <= until:
-        clock.now = moment
-        await scheduler.monitor.sweep(moment)
-        moment += step
-
-
-async def status(scheduler: Scheduler, worker_id: str) -> WorkerStatus | None:
-    record = await scheduler.get(worker_id)
-    return None if record is None else record.status
 
 
 @pytest.fixture
@@ -768,22 +706,36 @@ async def test_a_liveness_tick_failing_with_any_error_is_counted_and_the_sweeper
         await scheduler.stop()
 
 
+class FailingCounts(MemoryRegistryStore):
+    """The memory store, whose count of workers by status (the read every liveness tick ends with) raises
+    ``error()`` once ``failing`` is set; ``refused`` counts those refusals."""
+
+    def __init__(self, error: Callable[[], BaseException]) -> None:
+        super().__init__()
+        self.error = error
+        self.failing = False
+        self.refused = 0
+
+    async def count_by_status(self) -> dict[WorkerStatus, int]:
+        if self.failing:
+            self.refused += 1
+            raise self.error()
+        return await super().count_by_status()
+
+
 async def test_a_liveness_sweeper_ended_by_what_is_not_an_exception_makes_the_scheduler_unhealthy(
     clock: FakeClock,
 ) -> None:
-    fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
-    scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
-    told: list[bool] = []
-    scheduler.rounds.on_unhealthy = lambda: told.append(True)
-
     class Fatal(BaseException):
         pass
 
-    async def fatal_tick(now: float) -> None:
-        raise Fatal
-
-    scheduler.rounds.tick = fatal_tick  # type: ignore[method-assign]
+    fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
+    store = FailingCounts(Fatal)
+    scheduler = Scheduler(store, liveness=fast, monotonic=clock.monotonic)
+    told: list[bool] = []
+    scheduler.rounds.on_unhealthy = lambda: told.append(True)
     await scheduler.start()
+    store.failing = True  # the next tick ends with what is not an Exception
     await wait_for(lambda: _is(not scheduler.healthy), timeout=1, interval=0)
     await scheduler.stop()  # the failure was reported once; stopping does not raise it again
 
@@ -794,19 +746,14 @@ async def test_a_sweep_that_cannot_reach_the_store_is_skipped_and_the_sweeper_go
     clock: FakeClock,
 ) -> None:
     fast = dataclasses.replace(LIVENESS, sweep_interval=0.01)
-    scheduler = Scheduler(MemoryRegistryStore(), liveness=fast, monotonic=clock.monotonic)
-    ticks: list[float] = []
-
-    async def unreachable_tick(now: float) -> None:
-        ticks.append(now)
-        raise SchedulerUnavailable("the registry database is unreachable")
-
-    scheduler.rounds.tick = unreachable_tick  # type: ignore[method-assign]
+    store = FailingCounts(lambda: StoreUnavailable("the registry database is unreachable"))
+    scheduler = Scheduler(store, liveness=fast, monotonic=clock.monotonic)
     await scheduler.start()
-    await wait_for(lambda: _is(len(ticks) >= 3), timeout=2)
+    store.failing = True
+    await wait_for(lambda: _is(store.refused >= 3), timeout=2)
     assert scheduler.healthy
     await scheduler.stop()
-    assert sample(scheduler, "hodei_liveness_sweep_failures_total", error="unavailable") == len(ticks)
+    assert sample(scheduler, "hodei_liveness_sweep_failures_total", error="unavailable") == store.refused
 
 
 async def _is(value: bool) -> bool:

@@ -21,6 +21,7 @@ from hodei.security import (
     Unauthenticated,
     WorkerClaims,
 )
+from hodei.testing import FakeClock
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 SECRET = b"i" * 64
@@ -177,21 +178,13 @@ def test_a_refused_action_names_the_kind_and_the_action() -> None:
     assert error.message == "a join token does not allow ListWorkers"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def test_a_token_identified_once_still_expires_on_time() -> None:
-    clock = Clock()
-    authority = TokenAuthority(SECRET, clock=clock)
+    clock = FakeClock(epoch=T0)
+    authority = TokenAuthority(SECRET, clock=clock.wall)
     token = authority.mint_operator_token("alice", ttl=10)
 
     first = authority.identify(token)
-    clock.now = T0 + timedelta(seconds=10 + authority.leeway)
+    clock.advance(10 + authority.leeway)
     error = refusal(lambda: authority.identify(token))
 
     assert isinstance(first, OperatorClaims)
@@ -203,8 +196,8 @@ def test_a_token_identified_once_still_expires_on_time() -> None:
 
 
 def test_a_token_identified_once_is_not_valid_before_its_time_either() -> None:
-    clock = Clock()
-    authority = TokenAuthority(SECRET, clock=clock)
+    clock = FakeClock(epoch=T0)
+    authority = TokenAuthority(SECRET, clock=clock.wall)
     token = authority.mint_worker_credential("w-1")
     authority.identify(token)
 

@@ -31,27 +31,15 @@ from hodei.security import (
     generate_secret,
     load_key,
 )
+from hodei.testing import FakeClock
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 SECRET = b"s" * 64  # long enough for HS512 too, so that PyJWT does not warn
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(epoch=T0)
 
 
 @pytest.fixture(params=["hmac", "ed25519"])
@@ -60,8 +48,8 @@ def key(request: pytest.FixtureRequest) -> TokenKey:
 
 
 @pytest.fixture
-def authority(key: TokenKey, clock: Clock) -> TokenAuthority:
-    return TokenAuthority(key, clock=clock)
+def authority(key: TokenKey, clock: FakeClock) -> TokenAuthority:
+    return TokenAuthority(key, clock=clock.wall)
 
 
 def at(seconds: float) -> datetime:
@@ -164,8 +152,8 @@ def test_join_token_is_good_until_its_expiry_plus_the_leeway(authority: TokenAut
     assert str(error) == "join token expired"
 
 
-def test_expiry_follows_the_authority_clock_when_no_now_is_given(key: TokenKey, clock: Clock) -> None:
-    authority = TokenAuthority(key, clock=clock, leeway=0)
+def test_expiry_follows_the_authority_clock_when_no_now_is_given(key: TokenKey, clock: FakeClock) -> None:
+    authority = TokenAuthority(key, clock=clock.wall, leeway=0)
     token = authority.mint_join_token("w-1", ttl=30)
 
     clock.advance(30)
@@ -174,8 +162,8 @@ def test_expiry_follows_the_authority_clock_when_no_now_is_given(key: TokenKey, 
     assert error.reason is AuthFailure.EXPIRED
 
 
-def test_join_token_from_the_future_is_refused_beyond_the_leeway(key: TokenKey, clock: Clock) -> None:
-    authority = TokenAuthority(key, clock=clock, leeway=2)
+def test_join_token_from_the_future_is_refused_beyond_the_leeway(key: TokenKey, clock: FakeClock) -> None:
+    authority = TokenAuthority(key, clock=clock.wall, leeway=2)
     token = authority.mint_join_token("w-1", ttl=600, single_use=False)
 
     authority.verify_join_token(token, worker_id="w-1", now=at(-2))
@@ -267,11 +255,11 @@ def test_a_join_token_that_is_not_single_use_may_be_presented_again(authority: T
     assert first.single_use is False
 
 
-def test_replicas_sharing_a_ledger_refuse_a_token_spent_at_the_other(key: TokenKey, clock: Clock) -> None:
-    ledger = MemoryJtiLedger(clock=clock)
+def test_replicas_sharing_a_ledger_refuse_a_token_spent_at_the_other(key: TokenKey, clock: FakeClock) -> None:
+    ledger = MemoryJtiLedger(clock=clock.wall)
     first, second = (
-        TokenAuthority(key, ledger=ledger, clock=clock),
-        TokenAuthority(key, ledger=ledger, clock=clock),
+        TokenAuthority(key, ledger=ledger, clock=clock.wall),
+        TokenAuthority(key, ledger=ledger, clock=clock.wall),
     )
     token = first.mint_join_token("w-1", ttl=60)
 
@@ -336,7 +324,7 @@ def test_ed25519_token_is_refused_by_an_hmac_authority() -> None:
 
 
 def test_correctly_signed_tokens_with_bad_claims_are_malformed() -> None:
-    authority = TokenAuthority(SECRET, clock=Clock())
+    authority = TokenAuthority(SECRET, clock=FakeClock(epoch=T0).wall)
     good = {"aud": "hodei-join", "sub": "w-1", "iat": 1_893_499_200, "exp": 1_893_499_260, "jti": "j"}
     bad_payloads = [
         {k: v for k, v in good.items() if k != "exp"},
@@ -397,7 +385,9 @@ def test_a_token_of_one_kind_is_never_accepted_as_another(
 def test_a_signed_token_without_audience_is_no_kind_at_all() -> None:
     token = jwt.encode({"sub": "w-1", "iat": 1_893_499_200, "jti": "j"}, SECRET, algorithm="HS256")
 
-    error = refused(lambda: TokenAuthority(SECRET, clock=Clock()).verify_operator_token(token))
+    error = refused(
+        lambda: TokenAuthority(SECRET, clock=FakeClock(epoch=T0).wall).verify_operator_token(token)
+    )
 
     assert error.reason is AuthFailure.WRONG_KIND
 
@@ -457,7 +447,9 @@ def test_worker_credential_with_a_non_integer_incarnation_is_malformed() -> None
     token = jwt.encode(payload, SECRET, algorithm="HS256")
 
     error = refused(
-        lambda: TokenAuthority(SECRET, clock=Clock()).verify_worker_credential(token, worker_id="w-1")
+        lambda: TokenAuthority(SECRET, clock=FakeClock(epoch=T0).wall).verify_worker_credential(
+            token, worker_id="w-1"
+        )
     )
 
     assert error.reason is AuthFailure.MALFORMED
@@ -503,9 +495,12 @@ def test_no_operator_token_is_unauthenticated(authority: TokenAuthority) -> None
 # --- keys ----------------------------------------------------------------------------------------------------
 
 
-def test_an_ed25519_public_key_verifies_but_cannot_mint(clock: Clock) -> None:
+def test_an_ed25519_public_key_verifies_but_cannot_mint(clock: FakeClock) -> None:
     private = Ed25519PrivateKey.generate()
-    minter, verifier = TokenAuthority(private, clock=clock), TokenAuthority(private.public_key(), clock=clock)
+    minter, verifier = (
+        TokenAuthority(private, clock=clock.wall),
+        TokenAuthority(private.public_key(), clock=clock.wall),
+    )
     token = minter.mint_join_token("w-1", ttl=60)
 
     assert verifier.verify_join_token(token, worker_id="w-1").worker_id == "w-1"
@@ -617,8 +612,8 @@ def test_generate_secret_makes_distinct_secrets_that_survive_a_file() -> None:
 # --- the ledger ----------------------------------------------------------------------------------------------
 
 
-def test_ledger_refuses_a_second_claim_and_forgets_an_id_after_its_expiry(clock: Clock) -> None:
-    ledger = MemoryJtiLedger(clock=clock)
+def test_ledger_refuses_a_second_claim_and_forgets_an_id_after_its_expiry(clock: FakeClock) -> None:
+    ledger = MemoryJtiLedger(clock=clock.wall)
 
     assert ledger.claim("a", at(10), "w-1", 1) is True
     assert ledger.claim("b", at(20), "w-2", 1) is True
@@ -631,8 +626,8 @@ def test_ledger_refuses_a_second_claim_and_forgets_an_id_after_its_expiry(clock:
     assert len(ledger) == 0
 
 
-def test_ledger_lets_the_same_registration_claim_again_and_no_other(clock: Clock) -> None:
-    ledger = MemoryJtiLedger(clock=clock)
+def test_ledger_lets_the_same_registration_claim_again_and_no_other(clock: FakeClock) -> None:
+    ledger = MemoryJtiLedger(clock=clock.wall)
 
     assert ledger.claim("a", at(10), "w-1", 1) is True
     assert ledger.claim("a", at(10), "w-1", 1) is True  # a retry after a lost answer
@@ -642,9 +637,9 @@ def test_ledger_lets_the_same_registration_claim_again_and_no_other(clock: Clock
 
 
 def test_authority_remembers_a_spent_token_until_its_expiry_plus_the_leeway(
-    key: TokenKey, clock: Clock
+    key: TokenKey, clock: FakeClock
 ) -> None:
-    authority = TokenAuthority(key, clock=clock, leeway=5)
+    authority = TokenAuthority(key, clock=clock.wall, leeway=5)
     authority.verify_join_token(authority.mint_join_token("w-1", ttl=60), worker_id="w-1")
     assert isinstance(authority.ledger, MemoryJtiLedger)
 
@@ -682,8 +677,8 @@ def test_a_refusal_is_permission_denied_only_for_a_credential_bound_to_someone_e
     assert "worker credential" in error.message
 
 
-def test_no_refusal_ever_shows_the_token(key: TokenKey, clock: Clock) -> None:
-    authority = TokenAuthority(key, clock=clock)
+def test_no_refusal_ever_shows_the_token(key: TokenKey, clock: FakeClock) -> None:
+    authority = TokenAuthority(key, clock=clock.wall)
     join = authority.mint_join_token("w-1", ttl=60, pool="p", labels={"a": "b"})
     credential = authority.mint_worker_credential("w-1")
     operator = authority.mint_operator_token("alice")

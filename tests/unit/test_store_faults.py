@@ -13,17 +13,15 @@ import pytest
 
 from hodei.domain import ResourceUsage, WorkerStatus
 from hodei.errors import SchedulerUnavailable
-from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
-from hodei.ports import RegistryStore, WorkerFilter
+from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.scheduler._core import AgentSession, Scheduler
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.testing import FaultyStore
+from hodei.testing import FakeClock, FaultyStore
 from tests.helpers import wait_for
-from tests.unit.test_scheduler_core import (
+from tests.scheduling import (
     LIVENESS,
-    EventLog,
-    FakeClock,
     agent,
+    mass_silence_tells_the_truth_and_paces_removals,
     pending,
     status,
     sweep_through,
@@ -243,89 +241,6 @@ async def test_a_drain_cancelled_while_its_write_stalls_reaches_the_agent_once_t
     assert await status(scheduler, "a1") is WorkerStatus.DRAINING
     assert pending(session) == [WorkerCommand(CommandKind.DRAIN, "scale down", 30.0)]
     assert session.draining
-
-
-# --- a mass silence --------------------------------------------------------------------------------------
-
-FLEET = 1000
-MASS = LivenessConfig(
-    heartbeat_interval=1.0,
-    lease_ttl=3.0,
-    lost_grace=5.0,
-    recovery_window=0.0,
-    sweep_interval=1.0,
-    slowed_expiry_per_sweep=1,
-)
-
-
-async def available(scheduler: Scheduler) -> list[str]:
-    page = await scheduler.list(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})), page_size=1000)
-    return [record.worker_id for record in page.workers]
-
-
-async def silent_fleet(store: RegistryStore, clock: FakeClock) -> tuple[Scheduler, list[AgentSession]]:
-    """1,000 agents that said hello at 0 and then went silent together (their streams stay open: a partition)."""
-    scheduler = Scheduler(store, liveness=MASS, clock=clock.wall, monotonic=clock.monotonic)
-    await scheduler.start(sweep=False)
-    sessions = [(await scheduler.hello(agent(f"agent-{index:04d}")))[1] for index in range(FLEET)]
-    return scheduler, sessions
-
-
-async def mass_silence_tells_the_truth_and_paces_removals(store: RegistryStore) -> None:
-    """1,000 leased workers silent together: none AVAILABLE after the lease and two sweeps; removals one per
-    sweep; when the partition heals, the rest are AVAILABLE again without registering anew."""
-    clock = FakeClock()
-    scheduler, sessions = await silent_fleet(store, clock)
-    events = EventLog(scheduler)
-    try:
-        await sweep_through(scheduler, clock, 3.0)  # leases ran out at 3: suspect, still AVAILABLE
-        assert len(await available(scheduler)) == FLEET
-
-        await sweep_through(scheduler, clock, 5.0)  # the lease, then two sweeps
-
-        assert await available(scheduler) == []
-        assert await store.count_by_status() == {WorkerStatus.LOST: FLEET}
-        assert scheduler.monitor.slowed
-        silenced = await events.kinds()
-        assert sorted(worker for kind, worker in silenced if kind is WorkerEventKind.LOST) == [
-            f"agent-{index:04d}" for index in range(FLEET)
-        ]
-        assert [kind for kind, _ in silenced].count(WorkerEventKind.EXPIRY_SLOWED) == 1
-        removed_per_sweep = []
-        for moment in range(6, 13):  # due for removal from 9 (LOST at 4, a 5 s grace)
-            await sweep_through(scheduler, clock, float(moment))
-            removed_per_sweep.append(
-                [worker for kind, worker in await events.kinds() if kind is WorkerEventKind.EXPIRED]
-            )
-        assert removed_per_sweep == [
-            [],
-            [],
-            [],
-            ["agent-0000"],
-            ["agent-0001"],
-            ["agent-0002"],
-            ["agent-0003"],
-        ]
-
-        clock.now = 12.5
-        for session in sessions:  # the partition heals: heartbeats resume on the same streams
-            await scheduler.heartbeat(session, ResourceUsage())
-        clock.now = 13.0
-        await scheduler.monitor.sweep(13.0)
-
-        back = await available(scheduler)
-        assert back == [f"agent-{index:04d}" for index in range(4, FLEET)]
-        assert await store.count_by_status() == {WorkerStatus.AVAILABLE: FLEET - 4}
-        kinds = await events.kinds()
-        assert [kind for kind, _ in kinds].count(WorkerEventKind.AVAILABLE) == FLEET - 4
-        assert WorkerEventKind.REGISTERED not in [kind for kind, _ in kinds]
-        assert kinds[-1] == (WorkerEventKind.EXPIRY_RESUMED, "")
-        for session in sessions[:4]:  # removed meanwhile: told to register again
-            assert pending(session) == [
-                WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker")
-            ]
-    finally:
-        await scheduler.stop()
 
 
 async def test_a_mass_silence_of_1000_leased_workers_makes_none_available_and_paces_only_removals() -> None:

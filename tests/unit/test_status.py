@@ -1,5 +1,6 @@
-"""The rich status both ways, without a network: the tests that kill what `make mutation` found surviving in
-transport/_status.py (the server's trailer and the client's reading of it, checked field by field)."""
+"""The rich status both ways, without a network: the trailer the server sends with an error (code, message,
+field violations, retry advice) and the client's reading of it back into the same kind of error, checked field by
+field; and abort_with, which ends a call with them."""
 
 from __future__ import annotations
 
