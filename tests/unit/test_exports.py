@@ -208,8 +208,8 @@ FACES: dict[str, list[str]] = {
     "hodei.testing": [
         "EmbeddedScheduler",
         "FailingScheduler",
-        "FaultProxy",
         "FakeClock",
+        "FaultProxy",
         "FaultyStore",
         "MockWorkerProvider",
         "REGISTRATION_METHODS",
