@@ -156,6 +156,11 @@ def test_every_problem_is_listed_in_file_order() -> None:
     ]
 
 
+def test_a_file_nested_too_deeply_is_refused_not_crashed_on() -> None:
+    with pytest.raises(PoolFileError, match=r"^p\.toml:1: file: nests arrays or tables too deeply$"):
+        parse_pools("x = " + "[" * 5000, source="p.toml")
+
+
 def test_a_file_that_cannot_be_read_or_is_too_large_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(PoolFileError, match=r"missing\.toml:0: file: cannot be read"):
         load_pools(tmp_path / "missing.toml")
@@ -183,4 +188,4 @@ def test_hostile_text_is_refused_quickly_and_quoted_short(key: str, value: str) 
     except PoolFileError as error:
         assert len(str(error)) < 4096
         assert "\x1b" not in str(error) and "\x00" not in str(error)
-    assert time.process_time() - started < 0.05
+    assert time.process_time() - started < 0.2  # no blow-up: these files parse in time linear in their size

@@ -112,6 +112,8 @@ def parse_pools(text: str, *, source: str = "<pools>") -> dict[str, PoolSpec]:
         found = re.search(r"line (\d+)", str(error))
         line = int(found.group(1)) if found else 1
         raise PoolFileError(source, line, [(line, "file", f"is not valid TOML: {error}")]) from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise PoolFileError(source, 1, [(1, "file", "nests arrays or tables too deeply")]) from None
     lines = _Lines(text)
     problems: list[Problem] = []
     specs: dict[str, PoolSpec] = {}
