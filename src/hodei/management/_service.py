@@ -127,7 +127,6 @@ class WorkerManagementService:
 
     @staticmethod
     def _check(config: DynamicWorkerConfig) -> None:
-        # Kept on the config: the adapter, before it sends, does not check the worker's config again.
         violations = config.verdict
         if violations:
             raise InvalidWorkerData(
