@@ -41,8 +41,8 @@ class Clock:
 
 
 @pytest.fixture
-def client(scheduler_client: SchedulerPortClient) -> SchedulerPortClient:
-    return scheduler_client
+def client(hodei_scheduler_client: SchedulerPortClient) -> SchedulerPortClient:
+    return hodei_scheduler_client
 
 
 @pytest.fixture
