@@ -1,6 +1,6 @@
 """How long a container worker takes to come into service: ``python -m hodei.bench.containers``.
 
-A private ``podman system service`` (:class:`hodei.testing.PodmanService`) and the locally built agent image;
+A private ``podman system service`` (:class:`hodei._infra.podman.PodmanService`) and the locally built agent image;
 a scheduler on loopback; the :class:`~hodei.providers.DockerProvider` behind the management service. Measured,
 per worker: ``provider.provision`` (container created and started), ``provision_worker`` (… and registered by
 the control plane: REGISTERED), and until the scheduler holds the worker ``AVAILABLE`` with its agent's stream
@@ -17,6 +17,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from hodei._bootstrap import SchedulerHost, build_scheduler
 from hodei._infra.agent_image import ensure_agent_image
 from hodei._infra.podman import PodmanService
 from hodei.bench.report import percentile
@@ -25,7 +26,6 @@ from hodei.lifecycle import LivenessConfig
 from hodei.management import WorkerManagementService
 from hodei.providers import DockerProvider, DockerProviderConfig
 from hodei.registration._adapter import WorkerRegistrationAdapter
-from hodei.testing import EmbeddedScheduler
 from hodei.transport._client import SchedulerPortClient
 
 __all__ = ["main"]
@@ -34,11 +34,11 @@ CONFIG = DynamicWorkerConfig(worker_type=WorkerType.DOCKER, cpu_cores=1, memory_
 
 
 async def _available(
-    scheduler: EmbeddedScheduler, worker_id: str, since: float, timeout: float = 120
+    host: SchedulerHost, worker_id: str, since: float, timeout: float = 120
 ) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = await scheduler.scheduler.get(worker_id)
+        record = await host.scheduler.get(worker_id)
         if record is not None and record.connected and record.status is WorkerStatus.AVAILABLE:
             return time.monotonic() - since
         await asyncio.sleep(0.01)
@@ -80,11 +80,11 @@ async def run(rounds: int, concurrent: int, console: Console, *, engine: PodmanS
     console.print(f"engine {podman.url}; image {image} ready in {time.monotonic() - started:.1f} s")
     liveness = LivenessConfig(heartbeat_interval=0.5, lease_ttl=3.0, recovery_window=0.0)
     async with (
-        EmbeddedScheduler(liveness=liveness) as scheduler,
-        SchedulerPortClient(scheduler.target) as port,
+        SchedulerHost(build_scheduler(listen="127.0.0.1:0", liveness=liveness)) as scheduler,
+        SchedulerPortClient(scheduler.address) as port,
     ):
         config = DockerProviderConfig(
-            schedulers=(scheduler.target,), image=image, base_url=podman.url, owner="bench"
+            schedulers=(scheduler.address,), image=image, base_url=podman.url, owner="bench"
         )
         async with _TimedProvider(config) as provider:
             service = WorkerManagementService(provider, registration=WorkerRegistrationAdapter(port))
