@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## provision workers against an embedded scheduler and show them registered
 	$(BIN)/hodei demo
 
-check: $(STAMP) lint  ## the fast tier (under 30 s): lint, then the unit, contract and core registration tests
+check: $(STAMP) system-deps lint  ## the fast tier (under 30 s): lint, then the unit, contract and core registration tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) $(PYTEST_ARGS) $(CORE_TESTS)
 
 # coverage runs pytest (rather than pytest-cov) so that it measures hodei from the first import, which
