@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -25,6 +26,15 @@ __all__ = [
     "postgres_cluster",
     "postgres_dsn",
 ]  # the suite's services
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under `make test`, coverage measures the pytest processes: the xdist workers from their start-up
+    # (COVERAGE_PROCESS_CONFIG, set by pyproject.toml's patch = subprocess, read by coverage's .pth file). The
+    # processes the tests start (schedulers, agents, fleets) are not measured, as they never were: slowed by
+    # tracing, they would miss the tests' deadlines. Only a controller that hands the tests to workers keeps it.
+    if not getattr(config.option, "numprocesses", None):
+        os.environ.pop("COVERAGE_PROCESS_CONFIG", None)
 
 
 @pytest.fixture

@@ -82,6 +82,7 @@ async def health_latencies(target: str, count: int) -> list[float]:
     return latencies
 
 
+@pytest.mark.alone
 async def test_health_answers_within_100_ms_beside_1000_idle_connections_and_a_stream_flood(
     enough_file_descriptors: None,
 ) -> None:

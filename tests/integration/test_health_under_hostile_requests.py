@@ -117,6 +117,7 @@ def main() -> None:  # pragma: no cover - runs in the sender process
     print(json.dumps(asyncio.run(send_hostile_requests(sys.argv[1]))), flush=True)
 
 
+@pytest.mark.alone
 async def test_health_checks_stay_under_50_ms_while_100_hostile_requests_arrive(tmp_path: Path) -> None:
     log_file = tmp_path / "scheduler.log"
     async with (

@@ -17,12 +17,15 @@ is imported with ``podman import``, which sets the image contract below (the sam
 The tag is a hash of the project's ``pyproject.toml``, every file under ``src/hodei`` and the recipe, so that a
 change to hodei makes a new image. Root filesystems are cached in ``$XDG_CACHE_HOME/hodei/agent-image/``
 (default ``~/.cache``): a second test session imports the tar (seconds) instead of building it (tens of
-seconds). Building needs root, ``mmdebstrap`` and the Debian mirror; :func:`missing_image_builder` says what is
-missing, for a skip message.
+seconds); sessions side by side build it once (an exclusive lock on ``agent-image.lock`` beside it).
+Building needs root, ``mmdebstrap`` and the Debian mirror; :func:`missing_image_builder` says what is missing,
+for a skip message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -186,12 +189,14 @@ def ensure_agent_image(
         return tag
     cache = _default_cache_dir() if cache_dir is None else cache_dir
     rootfs = cache / f"{tag.rpartition(':')[2]}.tar"
-    if rootfs.is_file():
-        os.utime(rootfs)  # most recently used: the last to be pruned
-    else:
-        cache.mkdir(parents=True, exist_ok=True)
-        build_rootfs(rootfs, project_dir=project_dir)
-        _prune_cache(cache, keep=rootfs)
+    cache.mkdir(parents=True, exist_ok=True)
+    # Test sessions side by side (xdist workers, two checkouts) share the cache: one builds, the others wait.
+    with _locked(cache.with_name(f"{cache.name}.lock")):
+        if rootfs.is_file():
+            os.utime(rootfs)  # most recently used: the last to be pruned
+        else:
+            build_rootfs(rootfs, project_dir=project_dir)
+            _prune_cache(cache, keep=rootfs)
     changes = [f"ENTRYPOINT {json.dumps(AGENT_IMAGE_ENTRYPOINT)}"]
     changes += [f"ENV {name}={value}" for name, value in AGENT_IMAGE_ENV.items()]
     changes += [f"USER {AGENT_IMAGE_USER}", f"STOPSIGNAL {AGENT_IMAGE_STOPSIGNAL}"]
@@ -255,6 +260,14 @@ def _recipe_hash(project_dir: Path) -> str:
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hodei" / "agent-image"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the block (released by the kernel if the holder dies)."""
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _prune_cache(cache: Path, *, keep: Path) -> None:

@@ -208,6 +208,7 @@ class PodmanService:
                 self._remove_containers()
         finally:
             self._stop_service()
+            self._wait_for_helpers()
             self._unmount_leftovers()
             self._remove_directory()
 
@@ -352,6 +353,13 @@ class PodmanService:
                 os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=_STOP_TIMEOUT)
 
+    def _wait_for_helpers(self) -> None:
+        """Wait (a deadline) until no process names the directory: conmon and ``podman container cleanup``,
+        started for a container just removed, outlive the service and write into the directory as they end."""
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while _processes_naming(self.directory) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+
     def _unmount_leftovers(self) -> None:
         # Deepest first, and lazily: a mount that is still busy is detached now and freed when it is not.
         for mount_point in sorted(
@@ -373,6 +381,21 @@ class PodmanService:
     def _append_to_log(self, text: str) -> None:
         with self.log_path.open("a") as log:
             log.write(text)
+
+
+def _processes_naming(directory: Path) -> list[int]:
+    """The processes (but this one) whose command line holds ``directory``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes()
+        except OSError:  # it ended while we looked
+            continue
+        if os.fsencode(directory) in command_line:
+            found.append(int(entry.name))
+    return found
 
 
 def _mount_points_under(directory: Path) -> list[Path]:
