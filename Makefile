@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/_client.py,src/hodei/transport/_status.py
 
-# The suite runs in pytest-xdist workers, one per core here, each with its own PostgreSQL cluster and Podman
-# service when its tests ask for them; a test module runs whole in one worker (its module fixtures start once).
-WORKERS ?= 2
+# The suite runs in pytest-xdist workers, each with its own PostgreSQL cluster and Podman service when its
+# tests ask for them; a test module runs whole in one worker (its module fixtures start once). Three workers
+# on this machine's two cores: the tests spend much of their time waiting (on leases, processes, containers),
+# and a third worker fills that time (two take a third longer; four are no faster).
+WORKERS ?= 3
 XDIST := -n $(WORKERS) --dist loadscope
 # `make check`'s fast tier: the unit and contract tests, and the integration tests of the registration flow (a
 # worker registers, is refused with the right code, retries, and no provisioned worker stays unregistered).
