@@ -12,7 +12,7 @@ import pytest
 
 from hodei.bench.fleet import histogram_quantile, run_fleet
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 async def test_a_small_fleet_connects_heartbeats_and_all_come_back_after_a_sigkill_and_restart(
