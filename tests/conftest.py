@@ -37,6 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop("COVERAGE_PROCESS_CONFIG", None)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The slow tests first: one started last would keep its xdist worker busy long after the others are done.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """hodei traces into memory for the test; tracing is off again afterwards."""

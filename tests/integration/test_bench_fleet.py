@@ -13,7 +13,7 @@ import pytest
 from hodei.bench.fleet import run_fleet
 from hodei.bench.processes import histogram_quantile
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 async def test_a_small_fleet_connects_heartbeats_and_all_come_back_after_a_sigkill_and_restart(
