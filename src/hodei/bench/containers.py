@@ -33,9 +33,7 @@ __all__ = ["main"]
 CONFIG = DynamicWorkerConfig(worker_type=WorkerType.DOCKER, cpu_cores=1, memory_mb=192)
 
 
-async def _available(
-    host: SchedulerHost, worker_id: str, since: float, timeout: float = 120
-) -> float:
+async def _available(host: SchedulerHost, worker_id: str, since: float, timeout: float = 120) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = await host.scheduler.get(worker_id)
