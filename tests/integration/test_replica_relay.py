@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,7 +28,15 @@ from hodei.scheduler._relay import REASON_LIMIT, short_reason
 from hodei.stores import PostgresEventRelay, PostgresRegistryStore
 from hodei.transport._stream import ConnectStream
 from tests.helpers import make_worker, wait_for
-from tests.integration.helpers import CLI_ENV, HODEI, LEASE_TTL, OWN_SUBCHANNELS, replica, table_rows
+from tests.integration.helpers import (
+    CLI_ENV,
+    HEARTBEAT,
+    HODEI,
+    LEASE_TTL,
+    OWN_SUBCHANNELS,
+    replica,
+    table_rows,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,6 +45,13 @@ def agent_worker(worker_id: str, incarnation: int = 1) -> DynamicWorker:
     return DynamicWorker(
         worker_id, WorkerType.PROCESS, DynamicWorkerConfig(cpu_cores=1, memory_mb=64), incarnation=incarnation
     )
+
+
+async def heartbeats(stream: ConnectStream) -> None:
+    """A real agent's heartbeats, every HEARTBEAT seconds: its lease runs however long the test takes."""
+    for sequence in itertools.count(1):
+        await stream.heartbeat(sequence, ResourceUsage())
+        await asyncio.sleep(HEARTBEAT)
 
 
 async def next_command(commands: AsyncIterator[WorkerCommand]) -> WorkerCommand:
@@ -218,6 +235,22 @@ def _kinds(events: list[WorkerEvent]) -> list[tuple[WorkerEventKind, str]]:
     return [(event.kind, event.worker_id) for event in events]
 
 
+async def test_an_agent_whose_worker_another_replica_unregistered_is_shut_down_even_if_found_gone_first(
+    postgres_dsn: str,
+) -> None:
+    async with in_process_replica(postgres_dsn) as a, in_process_replica(postgres_dsn) as b:
+        _, session = await a.hello(agent_worker("unregistered-1"))  # heard: A's next lease sync touches it
+        assert await b.unregister("unregistered-1") is UnregistrationStatus.SUCCESS
+        # A's sync finds it gone, most often before B's relayed word of the unregistration has come: the
+        # operator's unregistration ends the agent all the same, it is never told to come back.
+        await a.tick(time.monotonic())
+
+        command = await asyncio.wait_for(session.commands.get(), 10)
+        assert command == WorkerCommand(CommandKind.SHUTDOWN, "unregistered")
+        assert await asyncio.wait_for(session.commands.get(), 10) is None  # and its stream ended
+        assert "unregistered-1" not in a.sessions
+
+
 async def test_a_worker_expired_by_another_replica_tells_its_agent_here_to_register_again_and_nothing_echoes(
     postgres_dsn: str,
 ) -> None:
@@ -325,6 +358,8 @@ async def test_a_listing_through_another_replica_shows_which_replica_holds_the_a
         ):
             stream = ConnectStream(channel)
             await stream.open(agent_worker("seen-1"), timeout=10)
+            # It heartbeats: under load the listing below takes longer than its lease.
+            beating = asyncio.create_task(heartbeats(stream))
 
             async def shown_via_a_on_b() -> bool:  # after A's next lease sync
                 stored = await via_b.get_worker("seen-1")
@@ -347,6 +382,9 @@ async def test_a_listing_through_another_replica_shows_which_replica_holds_the_a
             assert row[0] == "seen-1" and row[-1] == f"connected via {a.address}"
 
             # The stream closes: A clears it at its next sync, while the worker's lease still runs.
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
             stream.cancel()
 
             async def disconnected_on_b() -> bool:

@@ -34,7 +34,7 @@ from hodei.scheduler._events import EventHub
 from hodei.scheduler._leadership import SoleLeader
 from hodei.scheduler._liveness import LivenessMonitor
 from hodei.scheduler._registry import RegistrationVeto, WorkerRegistry
-from hodei.scheduler._relay import ReplicaRelay
+from hodei.scheduler._relay import ACK_TIMEOUT, ReplicaRelay
 from hodei.scheduler._rounds import LivenessRounds
 from hodei.scheduler._sessions import AgentSession, AgentStreams, once_committed
 
@@ -80,7 +80,13 @@ class Scheduler:
             shared=store if isinstance(store, SharedLeases) else None,
         )
         self.streams = AgentStreams(
-            self.registry, self.monitor, self.liveness, clock=clock, monotonic=monotonic, metrics=self.metrics
+            self.registry,
+            self.monitor,
+            self.liveness,
+            clock=clock,
+            monotonic=monotonic,
+            metrics=self.metrics,
+            relayed_within=0.0 if relay is None else ACK_TIMEOUT,
         )
         self.rounds = LivenessRounds(
             self.monitor,

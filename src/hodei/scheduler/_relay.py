@@ -7,7 +7,9 @@
   is relayed; the replica holding the stream delivers it and acknowledges, and the asker waits for that
   acknowledgement (at most ``ack_timeout``) to tell whether the command reached an agent.
 - A worker another replica expired is forgotten here too: an agent still streaming to this replica is told to
-  register again (``forgotten``).
+  register again (``forgotten``). One this replica finds gone under its stream before any word of it came is
+  given ``ACK_TIMEOUT`` for that word: an unregistration's relayed shutdown ends its agent, never a
+  REREGISTER (:meth:`AgentStreams.vanished`).
 
 The core stays free of SQL: the PostgreSQL side is :class:`hodei.stores.PostgresEventRelay`.
 """
@@ -26,7 +28,7 @@ from hodei.scheduler._events import EventHub
 __all__ = ["ACK_TIMEOUT", "REASON_LIMIT", "ReplicaRelay", "short_reason"]
 
 REASON_LIMIT = 200  # characters of a reason that travel to the other replicas
-ACK_TIMEOUT = 1.0  # seconds a relayed command waits to hear that it reached an agent
+ACK_TIMEOUT = 1.0  # seconds a relayed message is given to arrive (a command waits this long for its ack)
 
 
 def short_reason(reason: str) -> str:

@@ -115,7 +115,7 @@ class LivenessRounds:
         if monitor.shared:
             found = await monitor.share(self._streams.sessions)
             for worker_id in found.gone:  # deleted under its open stream (by another replica)
-                self._streams.forgotten(worker_id)
+                self._streams.vanished(worker_id)
             await self._streams.resume(found.lost)  # the leader found it silent: it is not
         leading = await self._leadership.acquire()
         if leading != self.leading:

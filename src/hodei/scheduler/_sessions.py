@@ -121,8 +121,12 @@ class AgentStreams:
         clock: Callable[[], datetime],
         monotonic: Callable[[], float],
         metrics: SchedulerMetrics,
+        relayed_within: float = 0.0,
     ) -> None:
+        """``relayed_within``: the seconds another replica's word takes to arrive here (0: no replicas relay)."""
         self.sessions: dict[str, AgentSession] = {}
+        self._relayed_within = relayed_within
+        self._vanishing: dict[str, asyncio.TimerHandle] = {}  # found gone, waiting for another replica's word
         self._registry = registry
         self._monitor = monitor
         self._liveness = liveness
@@ -222,6 +226,9 @@ class AgentStreams:
             self._metrics.streams_open.dec()
 
     def close_all(self) -> None:
+        for handle in self._vanishing.values():
+            handle.cancel()
+        self._vanishing.clear()
         for session in list(self.sessions.values()):
             session.close()
             self._end(session)
@@ -265,6 +272,7 @@ class AgentStreams:
         """Forget an unregistered worker and end its stream here, telling it ``command`` first; whether its
         stream was here."""
         self._monitor.unregistered(worker_id)
+        self._stop_waiting(worker_id)
         session = self.sessions.pop(worker_id, None)
         if session is not None:
             session.push(command)
@@ -273,7 +281,34 @@ class AgentStreams:
 
     def forgotten(self, worker_id: str) -> None:
         """The worker is gone from the store: an agent still streaming here must register again."""
+        self._stop_waiting(worker_id)
         self.push(worker_id, WorkerCommand(CommandKind.REREGISTER, "the scheduler forgot this worker"))
+
+    def vanished(self, worker_id: str) -> None:
+        """This replica's lease sync found the worker gone from the store under its stream here, with no word
+        why. Unregistered through another replica, it hears so from that replica (relayed): its agent is shut
+        down, as an operator's unregistration must end it, never bring it back. So the agent is told to
+        register again only if its stream is still open once that word had time to come (at once when no
+        replicas relay, or when another replica's expiry is relayed meanwhile)."""
+        session = self.sessions.get(worker_id)
+        if session is None or worker_id in self._vanishing:
+            return
+        if not self._relayed_within:
+            self.forgotten(worker_id)
+            return
+
+        def unexplained() -> None:
+            del self._vanishing[worker_id]
+            if self.sessions.get(worker_id) is session:
+                self.forgotten(worker_id)
+
+        loop = asyncio.get_running_loop()
+        self._vanishing[worker_id] = loop.call_later(self._relayed_within, unexplained)
+
+    def _stop_waiting(self, worker_id: str) -> None:
+        handle = self._vanishing.pop(worker_id, None)
+        if handle is not None:
+            handle.cancel()
 
     async def resume(self, worker_ids: Iterable[str]) -> None:
         """Workers found LOST by the leader (this replica's news came too late) that stream here: back to what
