@@ -375,6 +375,23 @@ async def test_a_hello_without_a_valid_token_for_its_worker_is_refused_and_chang
     assert scheduler.scheduler.sessions == {}
 
 
+async def test_a_refused_hello_reports_the_refusal_even_when_grpc_then_overwrites_the_status(
+    scheduler: EmbeddedScheduler,
+) -> None:
+    """grpc.aio marks a call INTERNAL "Internal error from Core" when a write fails because the server has
+    just ended it (grpc/grpc#36066): under load, the hello's write loses that race to the refusal now and then.
+    Here the overwrite is made to happen every time, as grpc.aio does it."""
+    stream = connect(scheduler, None)
+    call = stream._call  # the call grpc.aio overwrites
+    assert await call.code() is grpc.StatusCode.UNAUTHENTICATED  # the refusal has arrived
+    call._cython_call.set_internal_error("a write failed as the call ended")
+
+    error = await refused(lambda: stream.open(agent_worker("w-1"), timeout=5))
+
+    assert error.code is ErrorCode.UNAUTHENTICATED
+    assert error.message == "no credential"
+
+
 async def test_a_scheduler_that_renews_credentials_hands_a_fresh_one_with_each_hello(
     authority: TokenAuthority,
 ) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,6 +18,8 @@ from hodei.transport._codec import pb
 from hodei.transport._status import error_from_rpc
 
 __all__ = ["ConnectAck", "ConnectStream", "is_transient_for_stream"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +40,31 @@ class ConnectStream:
     def __init__(self, channel: grpc.aio.Channel, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
         stub = codec.pb_grpc.SchedulerServiceStub(channel)  # type: ignore[no-untyped-call]
         self._call: Any = stub.Connect(metadata=tuple(metadata) or None)
+        self._ended: grpc.aio.AioRpcError | None = None
+        self._call.add_done_callback(self._keep_status)
         # gRPC allows one write in flight per call; heartbeats and status reports come from different tasks.
         self._writing = asyncio.Lock()
+
+    def _keep_status(self, call: grpc.aio.Call) -> None:
+        """Keep the status the call ended with, as it arrived: a write that fails because the scheduler has
+        just ended the call (a refusal) overwrites it with INTERNAL "Internal error from Core" in grpc.aio
+        (grpc/grpc#36066), and the agent must still hear why it was refused."""
+        code = _now(call.code())
+        if code is not None and code is not grpc.StatusCode.OK:
+            self._ended = grpc.aio.AioRpcError(
+                code, trailing_metadata=_now(call.trailing_metadata()), details=_now(call.details())
+            )
+
+    def _failure(self, error: grpc.aio.AioRpcError) -> SchedulerError:
+        """The error for a failed call: with the status it ended with, not what grpc.aio made of it since."""
+        return error_from_rpc(self._ended or error)
 
     async def _write(self, request: pb.ConnectRequest) -> None:
         try:
             async with self._writing:
                 await self._call.write(request)
         except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from error
+            raise self._failure(error) from error
         except asyncio.InvalidStateError as error:
             raise scheduler_error_for(ErrorCode.CANCELLED, "the stream has already ended") from error
 
@@ -54,7 +72,7 @@ class ConnectStream:
         try:
             response = await self._call.read()
         except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from error
+            raise self._failure(error) from error
         return None if response is grpc.aio.EOF else response
 
     async def open(
@@ -139,6 +157,16 @@ class ConnectStream:
 
     def cancel(self) -> None:
         self._call.cancel()
+
+
+def _now(coroutine: Coroutine[Any, Any, _T]) -> _T | None:
+    """The value of a coroutine that needs no waiting (a finished call's status), or None if it would wait."""
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value  # type: ignore[no-any-return]
+    coroutine.close()
+    return None
 
 
 def is_transient_for_stream(error: SchedulerError) -> bool:
