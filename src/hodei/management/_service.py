@@ -27,6 +27,7 @@ from hodei.errors import (
     ProvisioningError,
     RegistrationError,
     SchedulerError,
+    StaleIncarnation,
 )
 from hodei.management._config import WorkerManagementConfig
 from hodei.management._reconciler import Reconciler, ReconcilerConfig
@@ -38,6 +39,12 @@ from hodei.registration._adapter import BatchRegistrationResult, WorkerRegistrat
 __all__ = ["DecommissionResult", "ProvisionResult", "WorkerManagementService"]
 
 log = logging.getLogger(__name__)
+
+UNREGISTRATION_PERSISTENCE = 60.0
+"""How long (seconds) a rollback keeps trying to unregister a worker in the background when the scheduler
+could not be told at once."""
+SETTLE_MARGIN = 0.2
+"""Seconds beyond an attempt's deadline for the scheduler to have dropped (or written) it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,7 @@ class WorkerManagementService:
         self.metrics = metrics
         self.owner = owner_of(provider)
         self._in_flight: set[str] = set()  # ids being provisioned or decommissioned: not the reconciler's
+        self._forgetting: set[asyncio.Task[None]] = set()  # rollbacks' unregistrations in the background
         self._owns_port = owns_port
 
     async def __aenter__(self) -> Self:
@@ -109,7 +117,11 @@ class WorkerManagementService:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the adapter's port client if the service owns it (``owns_port``); nothing else. Idempotent."""
+        """Stop the rollbacks' unregistrations still retrying in the background, and close the adapter's port
+        client if the service owns it (``owns_port``); nothing else. Idempotent."""
+        for task in list(self._forgetting):
+            task.cancel()
+        await asyncio.gather(*self._forgetting, return_exceptions=True)
         if self._owns_port and self.registration is not None:
             await self.registration.port.close()
 
@@ -140,20 +152,62 @@ class WorkerManagementService:
             return error
         return None
 
-    async def _forget(self, worker_id: str) -> None:
-        """One best-effort unregistration: a last attempt that timed out (or a cancelled one) may have been
-        written all the same, and a push registration holds no lease that would ever expire it."""
+    async def _forget(self, worker_id: str, incarnation: int | None = None) -> None:
+        """Unregister a worker whose registration was given up: a last attempt that timed out (or a cancelled
+        one) may have been written all the same, and a push registration holds no lease that would ever expire
+        it. One attempt now; if the scheduler could not be told, :meth:`_keep_forgetting` in the background."""
         if self.registration is None:
             return
         timeout = min(self.registration.config.registration_timeout, 2.0)
-        with contextlib.suppress(SchedulerError):
+        try:
             await self.registration.port.unregister_worker(worker_id, timeout=timeout)
+        except SchedulerError:
+            task = asyncio.create_task(
+                self._keep_forgetting(worker_id, incarnation), name=f"hodei-unregister-{worker_id}"
+            )
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
 
-    async def _retire(self, worker_id: str) -> ProviderError | None:
-        await self._forget(worker_id)
+    async def _keep_forgetting(self, worker_id: str, incarnation: int | None) -> None:
+        """Unregister until the scheduler says, twice with ``registration_timeout`` between, that it does not
+        know the worker (at most :data:`UNREGISTRATION_PERSISTENCE` seconds).
+
+        The attempts and the unregistrations the network held reach the scheduler when it heals, and it serves
+        each call in a task of its own: an attempt may be written after an unregistration found nothing. Any
+        attempt the scheduler received before it answered is written or dropped by its deadline, so an answer
+        ``NOT_REGISTERED`` that comes ``registration_timeout`` after an earlier answer is final. The
+        unregistration is fenced by ``incarnation``: it never removes a newer registration.
+        """
+        assert self.registration is not None
+        config = self.registration.config
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + UNREGISTRATION_PERSISTENCE
+        timeout = min(config.registration_timeout, 2.0)
+        backoff = config.base_backoff
+        answered = False
+        while loop.time() < give_up_at:
+            try:
+                status = await self.registration.port.unregister_worker(
+                    worker_id, incarnation=incarnation, timeout=timeout
+                )
+            except StaleIncarnation:
+                return
+            except SchedulerError:
+                await asyncio.sleep(backoff)
+                backoff = min(max(2 * backoff, 0.05), config.max_backoff)
+                continue
+            if answered and status is UnregistrationStatus.NOT_REGISTERED:
+                log.info("provisioning.unregistered", extra={"worker_id": worker_id})
+                return
+            answered = True
+            await asyncio.sleep(config.registration_timeout + SETTLE_MARGIN)
+        log.error("provisioning.unregistration_unconfirmed", extra={"worker_id": worker_id})
+
+    async def _retire(self, worker_id: str, incarnation: int | None = None) -> ProviderError | None:
+        await self._forget(worker_id, incarnation)
         return await self._destroy(worker_id)
 
-    async def _give_up(self, worker_id: str, cause: HodeiError) -> ProvisioningError:
+    async def _give_up(self, worker_id: str, cause: HodeiError, incarnation: int) -> ProvisioningError:
         """Destroy a worker whose registration failed (unless configured to keep it); the error to raise."""
         fields = {"worker_id": worker_id, "error": str(cause)}
         if isinstance(cause, RegistrationError):
@@ -162,7 +216,7 @@ class WorkerManagementService:
             log.warning("provisioning.kept_unregistered", extra=fields)
             return ProvisioningError(worker_id, cause, cleaned_up=False)
         if isinstance(cause, MaxRetriesExceeded):
-            await self._forget(worker_id)
+            await self._forget(worker_id, incarnation)
         cleanup_error = await self._destroy(worker_id)
         if cleanup_error is None:
             log.warning("provisioning.rolled_back", extra=fields)
@@ -215,14 +269,14 @@ class WorkerManagementService:
             await self.registration.register_worker(worker)
         except RegistrationError as error:
             self._count_rollbacks("registration_failed", 1)
-            raise await self._give_up(worker_id, error) from error
+            raise await self._give_up(worker_id, error, worker.incarnation) from error
         except BaseException as error:
             # Cancelled half-way, or a failure that is not a registration error: the worker must not outlive
             # the caller's interest in it.
             if self.config.destroy_on_registration_failure:
                 self._count_rollbacks(_rollback_reason(error), 1)
                 log.warning("provisioning.abandoned", extra={"worker_id": worker_id, "error": repr(error)})
-                await asyncio.shield(self._retire(worker_id))
+                await asyncio.shield(self._retire(worker_id, worker.incarnation))
             raise
         return worker.with_status(WorkerStatus.REGISTERED)
 
@@ -257,6 +311,7 @@ class WorkerManagementService:
         provisioned: dict[str, DynamicWorker] = {}
         failures: dict[str, HodeiError] = {}
         refused: list[tuple[str, RegistrationError]] = []
+        incarnations: dict[str, int] = {}  # of the workers sent to be registered: what their rollback fences
         gate = asyncio.Semaphore(self.config.provision_concurrency)
 
         async def provision_one(worker_id: str) -> None:
@@ -272,6 +327,7 @@ class WorkerManagementService:
                     group.create_task(provision_one(worker_id))
             if self.registration is not None and provisioned:
                 ready = [provisioned[i] for i in ids if i in provisioned]
+                incarnations.update((w.worker_id, w.incarnation) for w in ready)
                 for result in await self.registration.register_workers_batch(ready):
                     if result.error is not None:
                         refused.append((result.worker_id, result.error))
@@ -282,7 +338,9 @@ class WorkerManagementService:
                         )
                 self._count_rollbacks("registration_failed", len(refused))
                 # The refused are given up together: destroying one must not wait for another's grace.
-                given_up = await asyncio.gather(*(self._give_up(i, error) for i, error in refused))
+                given_up = await asyncio.gather(
+                    *(self._give_up(i, error, incarnations[i]) for i, error in refused)
+                )
                 failures.update((i, error) for (i, _), error in zip(refused, given_up, strict=True))
         except BaseException as error:
             # Cancelled (or failed) half-way: the caller will never hear of these workers, so none may stay.
@@ -294,7 +352,7 @@ class WorkerManagementService:
                     sum(i not in counted and not isinstance(failures.get(i), ProviderError) for i in ids),
                 )
                 # Every id: a provision cancelled half-way may have left something behind too.
-                cleanup = asyncio.gather(*(self._retire(i) for i in ids))
+                cleanup = asyncio.gather(*(self._retire(i, incarnations.get(i)) for i in ids))
                 await asyncio.shield(cleanup)
             raise
         return [ProvisionResult(i, provisioned.get(i), failures.get(i)) for i in ids]

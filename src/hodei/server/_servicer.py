@@ -18,7 +18,7 @@ from hodei.domain import (
     validate_reason,
     validate_worker_id,
 )
-from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError
+from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout
 from hodei.ports import RegistrationReceipt, SpentTokens
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import MAX_BATCH_SIZE
@@ -150,6 +150,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         try:
             record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
             credential = await self._allow(context, "RegisterWorker", worker=record)
+            if context.cancelled() or context.time_remaining() <= 0:
+                # The caller gave up (the network may have held this attempt until after its deadline): written
+                # now, it could land after the caller's rollback unregistered the worker, and stay forever.
+                raise SchedulerTimeout(
+                    "the call ended before the registration was written", worker_id=record.worker_id
+                )
             receipt = await self._scheduler.register_record(record)
         except SchedulerError as error:
             if record is None:  # not even decoded: the registry never saw it, so it is counted here
