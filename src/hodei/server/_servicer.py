@@ -150,7 +150,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         try:
             record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
             credential = await self._allow(context, "RegisterWorker", worker=record)
-            if context.cancelled() or context.time_remaining() <= 0:
+            remaining = context.time_remaining()  # None: the caller set no deadline
+            if context.cancelled() or (remaining is not None and remaining <= 0):
                 # The caller gave up (the network may have held this attempt until after its deadline): written
                 # now, it could land after the caller's rollback unregistered the worker, and stay forever.
                 raise SchedulerTimeout(
