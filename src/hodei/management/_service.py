@@ -26,10 +26,9 @@ from hodei.errors import (
     ProviderError,
     ProvisioningError,
     RegistrationError,
-    SchedulerError,
-    StaleIncarnation,
 )
 from hodei.management._config import WorkerManagementConfig
+from hodei.management._forgetting import Unregistrations
 from hodei.management._reconciler import Reconciler, ReconcilerConfig
 from hodei.observability import _tracing as tracing
 from hodei.observability._metrics import ControlPlaneMetrics
@@ -39,12 +38,6 @@ from hodei.registration._adapter import BatchRegistrationResult, WorkerRegistrat
 __all__ = ["DecommissionResult", "ProvisionResult", "WorkerManagementService"]
 
 log = logging.getLogger(__name__)
-
-UNREGISTRATION_PERSISTENCE = 60.0
-"""How long (seconds) a rollback keeps trying to unregister a worker in the background when the scheduler
-could not be told at once."""
-SETTLE_MARGIN = 0.2
-"""Seconds beyond an attempt's deadline for the scheduler to have dropped (or written) it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +98,7 @@ class WorkerManagementService:
         self.metrics = metrics
         self.owner = owner_of(provider)
         self._in_flight: set[str] = set()  # ids being provisioned or decommissioned: not the reconciler's
-        self._forgetting: set[asyncio.Task[None]] = set()  # rollbacks' unregistrations in the background
+        self._unregistrations = Unregistrations()  # rollbacks' unregistrations still retrying
         self._owns_port = owns_port
 
     async def __aenter__(self) -> Self:
@@ -119,9 +112,7 @@ class WorkerManagementService:
     async def aclose(self) -> None:
         """Stop the rollbacks' unregistrations still retrying in the background, and close the adapter's port
         client if the service owns it (``owns_port``); nothing else. Idempotent."""
-        for task in list(self._forgetting):
-            task.cancel()
-        await asyncio.gather(*self._forgetting, return_exceptions=True)
+        await self._unregistrations.aclose()
         if self._owns_port and self.registration is not None:
             await self.registration.port.close()
 
@@ -153,55 +144,9 @@ class WorkerManagementService:
         return None
 
     async def _forget(self, worker_id: str, incarnation: int | None = None) -> None:
-        """Unregister a worker whose registration was given up: a last attempt that timed out (or a cancelled
-        one) may have been written all the same, and a push registration holds no lease that would ever expire
-        it. One attempt now; if the scheduler could not be told, :meth:`_keep_forgetting` in the background."""
-        if self.registration is None:
-            return
-        timeout = min(self.registration.config.registration_timeout, 2.0)
-        try:
-            await self.registration.port.unregister_worker(worker_id, timeout=timeout)
-        except SchedulerError:
-            task = asyncio.create_task(
-                self._keep_forgetting(worker_id, incarnation), name=f"hodei-unregister-{worker_id}"
-            )
-            self._forgetting.add(task)
-            task.add_done_callback(self._forgetting.discard)
-
-    async def _keep_forgetting(self, worker_id: str, incarnation: int | None) -> None:
-        """Unregister until the scheduler says, twice with ``registration_timeout`` between, that it does not
-        know the worker (at most :data:`UNREGISTRATION_PERSISTENCE` seconds).
-
-        The attempts and the unregistrations the network held reach the scheduler when it heals, and it serves
-        each call in a task of its own: an attempt may be written after an unregistration found nothing. Any
-        attempt the scheduler received before it answered is written or dropped by its deadline, so an answer
-        ``NOT_REGISTERED`` that comes ``registration_timeout`` after an earlier answer is final. The
-        unregistration is fenced by ``incarnation``: it never removes a newer registration.
-        """
-        assert self.registration is not None
-        config = self.registration.config
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + UNREGISTRATION_PERSISTENCE
-        timeout = min(config.registration_timeout, 2.0)
-        backoff = config.base_backoff
-        answered = False
-        while loop.time() < give_up_at:
-            try:
-                status = await self.registration.port.unregister_worker(
-                    worker_id, incarnation=incarnation, timeout=timeout
-                )
-            except StaleIncarnation:
-                return
-            except SchedulerError:
-                await asyncio.sleep(backoff)
-                backoff = min(max(2 * backoff, 0.05), config.max_backoff)
-                continue
-            if answered and status is UnregistrationStatus.NOT_REGISTERED:
-                log.info("provisioning.unregistered", extra={"worker_id": worker_id})
-                return
-            answered = True
-            await asyncio.sleep(config.registration_timeout + SETTLE_MARGIN)
-        log.error("provisioning.unregistration_unconfirmed", extra={"worker_id": worker_id})
+        """Unregister a worker whose registration was given up (see :class:`Unregistrations`)."""
+        if self.registration is not None:
+            await self._unregistrations.forget(self.registration, worker_id, incarnation)
 
     async def _retire(self, worker_id: str, incarnation: int | None = None) -> ProviderError | None:
         await self._forget(worker_id, incarnation)
