@@ -27,7 +27,13 @@ from hodei._infra.agent_image import (
     ensure_agent_image,
 )
 from hodei._infra.fixtures import skip_or_fail_for_missing
-from hodei._infra.podman import PodmanService, PodmanServiceError, missing_podman
+from hodei._infra.podman import (
+    PodmanService,
+    PodmanServiceError,
+    missing_podman,
+    mount_points_under,
+    processes_naming,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -79,26 +85,6 @@ def make_project(directory: Path, version: int) -> Path:
 
 def process_is_gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """The processes whose command line contains ``text``: what a service left running, if anything."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command_line = (entry / "cmdline").read_bytes()
-        except OSError:  # it ended while we looked
-            continue
-        if text.encode() in command_line:
-            found.append(int(entry.name))
-    return found
-
-
-def mounts_under(directory: Path) -> list[str]:
-    mount_points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return [point for point in mount_points if point == str(directory) or point.startswith(f"{directory}/")]
 
 
 def run_to_completion(client: docker.DockerClient, image: str, entrypoint: list[str]) -> tuple[int, str]:
@@ -192,15 +178,15 @@ def test_a_new_service_imports_the_cached_root_filesystem_and_stop_leaves_nothin
         finally:
             client.close()
         directory, socket_path, service_pid = service.directory, service.socket_path, service.pid
-        assert mounts_under(directory) != []
+        assert mount_points_under(directory) != []
     finally:
         service.stop()
 
     assert not socket_path.exists()
     assert process_is_gone(service_pid)
     assert process_is_gone(sleeper_pid)
-    assert processes_mentioning(str(directory)) == []  # conmon, the container's monitor, is gone too
-    assert mounts_under(directory) == []
+    assert processes_naming(directory) == []  # conmon, the container's monitor, is gone too
+    assert mount_points_under(directory) == []
     assert not directory.exists()
 
 

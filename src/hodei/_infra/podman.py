@@ -41,7 +41,7 @@ import requests
 
 from hodei._infra.directories import log_tail, private_directory, running_as_root
 
-__all__ = ["PodmanService", "PodmanServiceError", "missing_podman"]
+__all__ = ["PodmanService", "PodmanServiceError", "missing_podman", "mount_points_under", "processes_naming"]
 
 _SOCKET_NAME = "podman.sock"
 _START_TIMEOUT = 30.0  # seconds the service has to answer GET /_ping
@@ -357,13 +357,13 @@ class PodmanService:
         """Wait (a deadline) until no process names the directory: conmon and ``podman container cleanup``,
         started for a container just removed, outlive the service and write into the directory as they end."""
         deadline = time.monotonic() + _STOP_TIMEOUT
-        while _processes_naming(self.directory) and time.monotonic() < deadline:
+        while processes_naming(self.directory) and time.monotonic() < deadline:
             time.sleep(_POLL_INTERVAL)
 
     def _unmount_leftovers(self) -> None:
         # Deepest first, and lazily: a mount that is still busy is detached now and freed when it is not.
         for mount_point in sorted(
-            _mount_points_under(self.directory), key=lambda p: len(p.parts), reverse=True
+            mount_points_under(self.directory), key=lambda p: len(p.parts), reverse=True
         ):
             subprocess.run(
                 ["umount", "--lazy", str(mount_point)], capture_output=True, check=False, timeout=30
@@ -383,7 +383,7 @@ class PodmanService:
             log.write(text)
 
 
-def _processes_naming(directory: Path) -> list[int]:
+def processes_naming(directory: Path) -> list[int]:
     """The processes (but this one) whose command line holds ``directory``."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -398,7 +398,7 @@ def _processes_naming(directory: Path) -> list[int]:
     return found
 
 
-def _mount_points_under(directory: Path) -> list[Path]:
+def mount_points_under(directory: Path) -> list[Path]:
     """The mount points at or below ``directory``, from /proc/self/mountinfo."""
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
