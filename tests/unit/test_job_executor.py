@@ -104,6 +104,25 @@ async def test_a_cancelled_job_is_ended_and_reported_cancelled(executor: ShellEx
     assert executor.running == []
 
 
+async def test_a_run_cancelled_from_outside_ends_the_jobs_whole_group(
+    executor: ShellExecutor, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    run = asyncio.create_task(
+        executor.run(sh(f"sleep 300 & echo $! > {pid_file}; sleep 300", job_id="stopping"))
+    )
+    await wait_for(lambda: _true(pid_file.exists() and pid_file.read_text().strip() != ""), timeout=5)
+    child = int(pid_file.read_text())
+
+    run.cancel()  # the agent stops while the job runs
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    await wait_for(lambda: _gone(child), timeout=5)
+    assert executor.running == []
+    assert not (tmp_path / "jobs" / "stopping").exists()
+
+
 async def test_a_command_that_cannot_start_is_reported_not_started(executor: ShellExecutor) -> None:
     result = await executor.run(JobSpec(job_id="nope", command=["/nonexistent/tool", "--x"]))
 

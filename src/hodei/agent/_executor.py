@@ -21,6 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hodei._environment import passed_environment
+from hodei._quoting import quote_short
+
 __all__ = ["JOB_ID_VARIABLE", "PASSED_JOB_ENVIRONMENT", "JobOutcome", "JobResult", "JobSpec", "ShellExecutor"]
 
 JOB_ID_VARIABLE = "HODEI_JOB_ID"
@@ -115,44 +118,70 @@ class ShellExecutor:
                     exit_code=None,
                     output_tail="",
                     duration=time.monotonic() - started,
-                    message=f"cannot start {job.command[0][:200]!a}: {error.strerror or error}",
+                    message=f"cannot start {quote_short(job.command[0], 200)}: {error.strerror or error}",
                 )
-            tail = _Tail(self.tail_bytes)
-            reader = asyncio.create_task(_pump(process, tail, on_output))
-            ended = asyncio.create_task(process.wait())
-            stop = asyncio.create_task(cancelled.wait())
             try:
-                done, _ = await asyncio.wait(
-                    {ended, stop}, timeout=job.timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                stop.cancel()
-            if ended in done:
-                outcome, message = None, ""
-            else:
-                outcome = JobOutcome.CANCELLED if cancelled.is_set() else JobOutcome.TIMED_OUT
-                message = "cancelled" if cancelled.is_set() else f"ran past its timeout of {job.timeout:g} s"
-                await self._end_group(process, ended)
-            # The group leader has exited; what it left behind holding the pipe is ended too.
-            _signal_group(process.pid, signal.SIGKILL)
-            try:
-                await asyncio.wait_for(reader, self.kill_grace)
-            except TimeoutError:  # a process that left the group (setsid) still holds the output open
-                message = message or "its output was left open by a process outside its group"
-            code = process.returncode
-            if outcome is None:
-                outcome = JobOutcome.SUCCEEDED if code == 0 else JobOutcome.FAILED
-            return JobResult(
-                job_id=job.job_id,
-                outcome=outcome,
-                exit_code=code,
-                output_tail=tail.text(),
-                duration=time.monotonic() - started,
-                message=message,
-            )
+                return await self._supervise(process, job, cancelled, on_output, started)
+            except BaseException:  # the run itself was cancelled (the agent stops): its group goes too
+                _signal_group(process.pid, signal.SIGKILL)
+                raise
         finally:
             del self._cancelled[job.job_id]
             shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _supervise(
+        self,
+        process: asyncio.subprocess.Process,
+        job: JobSpec,
+        cancelled: asyncio.Event,
+        on_output: Callable[[bytes], None] | None,
+        started: float,
+    ) -> JobResult:
+        tail = _Tail(self.tail_bytes)
+        reader = asyncio.create_task(_pump(process, tail, on_output))
+        ended = asyncio.create_task(process.wait())
+        stop = asyncio.create_task(cancelled.wait())
+        try:
+            return await self._outcome(process, job, cancelled, tail, reader, ended, stop, started)
+        finally:
+            for task in (reader, ended, stop):
+                task.cancel()
+
+    async def _outcome(
+        self,
+        process: asyncio.subprocess.Process,
+        job: JobSpec,
+        cancelled: asyncio.Event,
+        tail: _Tail,
+        reader: asyncio.Task[None],
+        ended: asyncio.Task[int],
+        stop: asyncio.Task[bool],
+        started: float,
+    ) -> JobResult:
+        done, _ = await asyncio.wait({ended, stop}, timeout=job.timeout, return_when=asyncio.FIRST_COMPLETED)
+        if ended in done:
+            outcome, message = None, ""
+        else:
+            outcome = JobOutcome.CANCELLED if cancelled.is_set() else JobOutcome.TIMED_OUT
+            message = "cancelled" if cancelled.is_set() else f"ran past its timeout of {job.timeout:g} s"
+            await self._end_group(process, ended)
+        # The group leader has exited; what it left behind holding the pipe is ended too.
+        _signal_group(process.pid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(reader, self.kill_grace)
+        except TimeoutError:  # a process that left the group (setsid) still holds the output open
+            message = message or "its output was left open by a process outside its group"
+        code = process.returncode
+        if outcome is None:
+            outcome = JobOutcome.SUCCEEDED if code == 0 else JobOutcome.FAILED
+        return JobResult(
+            job_id=job.job_id,
+            outcome=outcome,
+            exit_code=code,
+            output_tail=tail.text(),
+            duration=time.monotonic() - started,
+            message=message,
+        )
 
     async def _end_group(self, process: asyncio.subprocess.Process, ended: asyncio.Task[int]) -> None:
         _signal_group(process.pid, signal.SIGTERM)
@@ -163,9 +192,7 @@ class ShellExecutor:
             await ended
 
     def _environment(self, job: JobSpec, workdir: Path) -> dict[str, str]:
-        environment = {
-            k: v for k, v in os.environ.items() if k in PASSED_JOB_ENVIRONMENT or k.startswith("LC_")
-        }
+        environment = passed_environment(PASSED_JOB_ENVIRONMENT)
         environment.update(job.environment)
         environment.update({"HOME": str(workdir), "TMPDIR": str(workdir), JOB_ID_VARIABLE: job.job_id})
         return environment

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
+from hodei._environment import passed_environment
 from hodei._ownership import DEFAULT_OWNER, owned
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
 from hodei.errors import ProviderError
@@ -126,8 +127,7 @@ class ProcessProvider:
         # An allow-list, never the control plane's whole environment: its secrets are not the agent's. The
         # agent is told everything on its command line; HODEI_* settings of the control plane's own environment
         # (HODEI_LABELS, say) are not its. Its join token alone comes in its environment.
-        passed = {*PASSED_ENVIRONMENT, *self.pass_environment}
-        environment = {k: v for k, v in os.environ.items() if k in passed or k.startswith("LC_")}
+        environment = passed_environment({*PASSED_ENVIRONMENT, *self.pass_environment})
         environment.update(self.environment)
         if self._join_tokens is not None:
             environment[JOIN_TOKEN_VARIABLE] = self._join_tokens(worker_id, config)
