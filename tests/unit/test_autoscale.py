@@ -107,9 +107,10 @@ def idle(*since: float) -> tuple[IdleWorker, ...]:
             ScalePlan(desired=2, retire=("w0",), reason=ScaleReason.IDLE),
         ),
         # never while a job waits, never within the scale-down cooldown
+        (dynamic(), PoolObservation(now=100, idle=idle(0, 0), waiting=1), ScalePlan(desired=1)),
         (
             dynamic(max=1),
-            PoolObservation(now=100, idle=idle(0), busy=0, waiting=0, last_scale_up=90),
+            PoolObservation(now=100, idle=idle(0), last_scale_up=90),
             ScalePlan(desired=0, retire=("w0",), reason=ScaleReason.IDLE),
         ),
         (

@@ -189,3 +189,27 @@ def test_hostile_text_is_refused_quickly_and_quoted_short(key: str, value: str) 
         assert len(str(error)) < 4096
         assert "\x1b" not in str(error) and "\x00" not in str(error)
     assert time.process_time() - started < 0.2  # no blow-up: these files parse in time linear in their size
+
+
+def test_a_long_line_inside_a_string_is_read_in_linear_time() -> None:
+    text = '[pools.p]\nprovider = "process"\nnote = """\n[' + " " * 200_000 + '\n"""\n'
+    started = time.process_time()
+
+    with pytest.raises(PoolFileError, match=r"pools\.p\.note: unknown key 'note'"):
+        parse_pools(text)
+
+    assert time.process_time() - started < 0.2
+
+
+def test_the_files_own_keys_are_named_escaped_and_clipped() -> None:
+    pool = "a" * 5000 + "\x1b[31m"  # written escaped in the file, as TOML wants
+    text = '[pools."' + "a" * 5000 + '\\u001b[31m"]\nprovider = "process"\n"k\\u001b[2J" = 1\n'
+
+    with pytest.raises(PoolFileError) as caught:
+        parse_pools(text, source="p.toml")
+
+    message = str(caught.value)
+    assert "\x1b" not in message and "\x1b" not in caught.value.field
+    assert len(message) < 1024
+    shown = len(ascii(pool)) - 2  # ESC shown as \x1b
+    assert caught.value.field == f"pools.{'a' * 64}… ({shown} chars).k\\x1b[2J"

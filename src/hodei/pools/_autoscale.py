@@ -122,11 +122,11 @@ def _scale_up(
         )
         if cooling:
             return ScalePlan(desired=desired, reason=ScaleReason.COOLDOWN)
-        reason = _top_up_reason(spec, observed, serving)
+        reason = _top_up_reason(spec, serving)
     return ScalePlan(desired=desired, provision=min(missing, room, slots), reason=reason)
 
 
-def _top_up_reason(spec: PoolSpec, observed: PoolObservation, serving: int) -> ScaleReason:
+def _top_up_reason(spec: PoolSpec, serving: int) -> ScaleReason:
     if spec.kind is PoolKind.STATIC:
         return ScaleReason.SIZE
     return ScaleReason.MIN if serving < spec.min else ScaleReason.WARM

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hodei._quoting import quote_short
+from hodei._quoting import clip, quote_short
 from hodei.domain import FieldViolation, WorkerType
 from hodei.pools._spec import PoolKind, PoolSpec, WorkerTemplate
 
@@ -39,7 +39,7 @@ MAX_POOLS = 1000
 
 _DURATION = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_.\-\" ]{1,600})\s*\]")
+_HEADER = re.compile(r"\s*\[([A-Za-z0-9_.\-\" \t]{1,600})\]")  # one run of name characters: linear
 _KEY = re.compile(r"\s*([A-Za-z0-9_.\-]{1,300})\s*=")
 
 _POOL_KEYS = {
@@ -141,9 +141,15 @@ def parse_pools(text: str, *, source: str = "<pools>") -> dict[str, PoolSpec]:
 
 
 def _qualified(problem: Problem) -> str:
+    """The field as the message names it: the file's own keys, escaped and clipped (they are the file's text)."""
     if problem.pool is None:
-        return problem.field
-    return f"pools.{problem.pool}.{problem.field}" if problem.field != "name" else f"pools.{problem.pool}"
+        return _shown_key(problem.field)
+    pool = _shown_key(problem.pool)
+    return f"pools.{pool}.{_shown_key(problem.field)}" if problem.field != "name" else f"pools.{pool}"
+
+
+def _shown_key(text: str) -> str:
+    return clip(ascii(text)[1:-1])
 
 
 def _pool(name: str, table: Any, problems: list[Problem]) -> PoolSpec | None:

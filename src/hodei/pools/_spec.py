@@ -84,16 +84,7 @@ class PoolSpec:
 
     def violations(self) -> list[FieldViolation]:
         """Every invalid field, named as in the pool file (``min``, ``template.cpu_cores``, …)."""
-        found = [
-            FieldViolation(
-                v.field.replace("capabilities.", "template.").replace("metadata.", "template."), v.description
-            )
-            for v in self.worker_config.violations()
-        ]
-        if found and any(v.field == "template.pool" for v in found):
-            found = [
-                FieldViolation("name", v.description) if v.field == "template.pool" else v for v in found
-            ]
+        found = [FieldViolation(_as_in_file(v.field), v.description) for v in self.worker_config.violations()]
         if self.provider not in (WorkerType.PROCESS, WorkerType.DOCKER):
             found.append(FieldViolation("provider", f"must be process or docker, got {self.provider.value}"))
         for name, value, low in (("min", self.min, 0), ("max", self.max, 1), ("warm", self.warm, 0)):
@@ -123,6 +114,9 @@ class PoolSpec:
         return found
 
 
-def _template_field(name: str) -> str:
-    """A worker config's field as the pool file names it: ``capabilities.cpu_cores`` → ``template.cpu_cores``."""
+def _as_in_file(name: str) -> str:
+    """A worker config's field as the pool file names it: the pool is the pool's ``name``,
+    ``capabilities.cpu_cores`` is ``template.cpu_cores``."""
+    if name == "metadata.pool":
+        return "name"
     return name.replace("capabilities.", "template.", 1).replace("metadata.", "template.", 1)
