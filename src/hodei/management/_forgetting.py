@@ -36,10 +36,13 @@ class Unregistrations:
     ) -> None:
         timeout = min(registration.config.registration_timeout, 2.0)
         try:
-            await registration.port.unregister_worker(worker_id, timeout=timeout)
+            await registration.port.unregister_worker(worker_id, incarnation=incarnation, timeout=timeout)
+        except StaleIncarnation:  # a newer registration of the worker: not ours to remove
+            return
         except SchedulerError:
             task = asyncio.create_task(
-                _keep_forgetting(registration, worker_id, incarnation), name=f"hodei-unregister-{worker_id}"
+                _keep_forgetting(registration, worker_id, incarnation, timeout),
+                name=f"hodei-unregister-{worker_id}",
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -51,7 +54,7 @@ class Unregistrations:
 
 
 async def _keep_forgetting(
-    registration: WorkerRegistrationAdapter, worker_id: str, incarnation: int | None
+    registration: WorkerRegistrationAdapter, worker_id: str, incarnation: int | None, timeout: float
 ) -> None:
     """Unregister until the scheduler says, twice with ``registration_timeout`` between, that it does not
     know the worker (at most :data:`UNREGISTRATION_PERSISTENCE` seconds).
@@ -65,8 +68,7 @@ async def _keep_forgetting(
     config = registration.config
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + UNREGISTRATION_PERSISTENCE
-    timeout = min(config.registration_timeout, 2.0)
-    backoff = config.base_backoff
+    retry = 0
     answered = False
     while loop.time() < give_up_at:
         try:
@@ -76,8 +78,8 @@ async def _keep_forgetting(
         except StaleIncarnation:
             return
         except SchedulerError:
-            await asyncio.sleep(backoff)
-            backoff = min(max(2 * backoff, 0.05), config.max_backoff)
+            retry += 1
+            await asyncio.sleep(max(config.backoff(retry), 0.05))  # the adapter's backoff, never a spin
             continue
         if answered and status is UnregistrationStatus.NOT_REGISTERED:
             log.info("provisioning.unregistered", extra={"worker_id": worker_id})
