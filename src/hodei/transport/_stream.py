@@ -33,6 +33,9 @@ class ConnectAck:
     credential: str = field(default="", repr=False)
 
 
+_GRPC_OVERWRITE = "Internal error from Core"  # grpc.aio's set_internal_error (grpc/grpc#36066)
+
+
 class ConnectStream:
     """One Connect call on ``channel``, sending ``metadata`` (the agent's credential) with it. Every failure is
     raised as a :class:`SchedulerError` kind."""
@@ -50,9 +53,10 @@ class ConnectStream:
         just ended the call (a refusal) overwrites it with INTERNAL "Internal error from Core" in grpc.aio
         (grpc/grpc#36066), and the agent must still hear why it was refused."""
         code = _now(call.code())
-        if code is not None and code is not grpc.StatusCode.OK:
+        details = _now(call.details())
+        if code is not None and code is not grpc.StatusCode.OK and details != _GRPC_OVERWRITE:
             self._ended = grpc.aio.AioRpcError(
-                code, trailing_metadata=_now(call.trailing_metadata()), details=_now(call.details())
+                code, trailing_metadata=_now(call.trailing_metadata()), details=details
             )
 
     def _failure(self, error: grpc.aio.AioRpcError) -> SchedulerError:
