@@ -88,6 +88,13 @@ def _log_batch(outcomes: Sequence[RegistrationReceipt | SchedulerError]) -> None
     log.log(logging.WARNING if codes else logging.INFO, "workers.registered", extra=fields)
 
 
+def _call_over(context: Context) -> bool:
+    """Whether the caller has given up (cancelled, or past its deadline): a registration the network held until
+    then and written now could land after the caller's rollback unregistered the worker, and stay forever."""
+    remaining = context.time_remaining()  # None: the caller set no deadline
+    return context.cancelled() or (remaining is not None and remaining <= 0)
+
+
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     """``access``: the rules each call must pass (None: auth off, everything is allowed); ``hellos``: the bound
     on agents' hellos worked on at once (default: :class:`HelloBound`'s)."""
@@ -150,10 +157,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         try:
             record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
             credential = await self._allow(context, "RegisterWorker", worker=record)
-            remaining = context.time_remaining()  # None: the caller set no deadline
-            if context.cancelled() or (remaining is not None and remaining <= 0):
-                # The caller gave up (the network may have held this attempt until after its deadline): written
-                # now, it could land after the caller's rollback unregistered the worker, and stay forever.
+            if _call_over(context):
                 raise SchedulerTimeout(
                     "the call ended before the registration was written", worker_id=record.worker_id
                 )
@@ -190,6 +194,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             except SchedulerError as error:
                 outcomes.append(error)
                 undecoded.append(entry.metadata.worker_type)
+        if _call_over(context):
+            await abort_with(
+                context, SchedulerTimeout("the call ended before the registrations were written")
+            )
         try:
             registered = iter(await self._scheduler.register_records(decoded))
         except SchedulerError as error:  # the store could not be reached: nothing of the batch was written
