@@ -157,6 +157,7 @@ class AgentStreams:
         previous = self.sessions.get(worker.worker_id)
         if previous is not None:
             previous.close()
+        self._stop_waiting(worker.worker_id)  # a wait for word about the previous stream ends with it
         session = AgentSession(worker.worker_id, worker.incarnation, interval, ttl)
         self._connects["first" if receipt.created else "reconnect"].inc()
         self._metrics.streams_open.inc()
@@ -216,6 +217,7 @@ class AgentStreams:
         self._end(session)
         if self._current(session):
             del self.sessions[session.worker_id]
+            self._stop_waiting(session.worker_id)
             self._monitor.disconnected(session.worker_id)
             self._registry.events.publish(WorkerEventKind.DISCONNECTED, session.worker_id)
 
@@ -298,7 +300,7 @@ class AgentStreams:
             return
 
         def unexplained() -> None:
-            del self._vanishing[worker_id]
+            self._vanishing.pop(worker_id, None)
             if self.sessions.get(worker_id) is session:
                 self.forgotten(worker_id)
 
