@@ -64,6 +64,8 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
         waiting = bound.waiting
         store.release()
         ack = await opening
+        # The agent may read its acknowledgement before the scheduler's handler has left the bound: waited for.
+        await wait_until(lambda: bound.in_flight == 0, timeout=5)
         in_flight_after = bound.in_flight
         rejections = metric(bound.metrics.registry, "hodei_hello_rejections_total")
         gauge = metric(bound.metrics.registry, "hodei_hellos_waiting")
