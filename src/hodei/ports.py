@@ -257,7 +257,8 @@ class SharedLeases(Protocol):
         self, worker_ids: Sequence[str], *, stream_at: str = "", left: Sequence[str] = ()
     ) -> TouchedLeases:
         """Record that these workers were heard from now (by the replica ``stream_at``, if named: it holds their
-        streams), and that the streams of ``left`` closed there; say which of ``worker_ids`` are stored
+        streams), and that the streams of ``left`` closed there (after they were heard: a worker in both is no
+        longer connected there); say which of ``worker_ids`` are stored
         ``LOST``, and which are not stored at all (deleted under their agent's open stream, by another
         replica). Reads (``get``, ``list``) show where a worker's stream is as ``connected_via``."""
         ...

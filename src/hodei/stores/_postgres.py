@@ -335,15 +335,8 @@ class PostgresRegistryStore:
         self, worker_ids: Sequence[str], *, stream_at: str = "", left: Sequence[str] = ()
     ) -> TouchedLeases:
         async def write(db: Db) -> builtins.list[asyncpg.Record]:
-            if left and stream_at:
-                await db.execute(
-                    "UPDATE hodei_workers SET stream_at = NULL WHERE worker_id = ANY($1::text[]) AND stream_at = $2",
-                    list(left),
-                    stream_at,
-                )
-            if not worker_ids:
-                return []
-            return await db.fetch(
+            # Heard first, closed after: a stream that heartbeated and then closed within one sync is closed.
+            rows = [] if not worker_ids else await db.fetch(
                 "WITH touched AS (UPDATE hodei_workers SET last_seen = now(), stream_at = coalesce($2, stream_at) "
                 "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status) "
                 "SELECT worker_id, status FROM touched UNION ALL "
@@ -352,6 +345,13 @@ class PostgresRegistryStore:
                 list(worker_ids),
                 stream_at or None,
             )
+            if left and stream_at:
+                await db.execute(
+                    "UPDATE hodei_workers SET stream_at = NULL WHERE worker_id = ANY($1::text[]) AND stream_at = $2",
+                    list(left),
+                    stream_at,
+                )
+            return rows
 
         rows = await self._retrying(write)
         return TouchedLeases(
