@@ -15,9 +15,13 @@ from typing import TYPE_CHECKING
 
 from hodei._lazy import lazy_names
 from hodei.domain import (
+    Assignment,
     DynamicWorker,
     DynamicWorkerConfig,
     FieldViolation,
+    Job,
+    JobOutcome,
+    JobResult,
     ResourceUsage,
     UpsertOutcome,
     WorkerCapabilities,
@@ -84,6 +88,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDenied",
+    "Assignment",
     "BatchRegistrationResult",
     "DecommissionResult",
     "DrainOutcome",
@@ -94,6 +99,9 @@ __all__ = [
     "FieldViolation",
     "HodeiError",
     "InvalidWorkerData",
+    "Job",
+    "JobOutcome",
+    "JobResult",
     "MaxRetriesExceeded",
     "OpenedStore",
     "ProviderError",

@@ -507,10 +507,14 @@ async def test_postgres_shares_when_each_leased_worker_was_last_heard(postgres_d
         await store.close()
 
 
-async def test_postgres_a_stream_heard_and_closed_within_one_sync_is_not_shown_open(postgres_dsn: str) -> None:
+async def test_postgres_a_stream_heard_and_closed_within_one_sync_is_not_shown_open(
+    postgres_dsn: str,
+) -> None:
     store = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
     try:
-        await store.upsert([record("beat-then-left", 1, lease_ttl=15.0), record("elsewhere", 1, lease_ttl=15.0)])
+        await store.upsert(
+            [record("beat-then-left", 1, lease_ttl=15.0), record("elsewhere", 1, lease_ttl=15.0)]
+        )
         await store.touch(["beat-then-left"], stream_at="a:1")
         await store.touch(["elsewhere"], stream_at="b:2")
         assert [(await store.get(w)).connected_via for w in ("beat-then-left", "elsewhere")] == ["a:1", "b:2"]

@@ -21,6 +21,7 @@ import pytest
 FACES: dict[str, list[str]] = {
     "hodei": [
         "AccessDenied",
+        "Assignment",
         "BatchRegistrationResult",
         "DecommissionResult",
         "DrainOutcome",
@@ -31,6 +32,9 @@ FACES: dict[str, list[str]] = {
         "FieldViolation",
         "HodeiError",
         "InvalidWorkerData",
+        "Job",
+        "JobOutcome",
+        "JobResult",
         "MaxRetriesExceeded",
         "OpenedStore",
         "ProviderError",

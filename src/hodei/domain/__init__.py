@@ -8,6 +8,16 @@ verdict (``verdict``: its violations, found once), so that each side checks a wo
 
 from __future__ import annotations
 
+from hodei.domain._assignments import (
+    DEFAULT_ASSIGNMENT_TTL,
+    MAX_OUTPUT_TAIL,
+    Assignment,
+    Job,
+    JobOutcome,
+    JobResult,
+    validate_assignment_ttl,
+    validate_job_id,
+)
 from hodei.domain._registration import (
     UpsertOutcome,
     merge_registration,
@@ -54,6 +64,7 @@ from hodei.domain._workers import (
 )
 
 __all__ = [
+    "DEFAULT_ASSIGNMENT_TTL",
     "MAX_CPU_CORES",
     "MAX_DISK_MB",
     "MAX_GPU_COUNT",
@@ -63,12 +74,17 @@ __all__ = [
     "MAX_LABEL_VALUE_LENGTH",
     "MAX_MEMORY_MB",
     "MAX_NAME_LENGTH",
+    "MAX_OUTPUT_TAIL",
     "MAX_REASON_LENGTH",
     "MAX_WORKER_ID_LENGTH",
     "WORKER_TYPE_VALUES",
+    "Assignment",
     "DynamicWorker",
     "DynamicWorkerConfig",
     "FieldViolation",
+    "Job",
+    "JobOutcome",
+    "JobResult",
     "ResourceUsage",
     "UpsertOutcome",
     "Verdict",
@@ -83,7 +99,9 @@ __all__ = [
     "record_of",
     "stored_form",
     "utcnow",
+    "validate_assignment_ttl",
     "validate_incarnation",
+    "validate_job_id",
     "validate_reason",
     "validate_record",
     "validate_worker",

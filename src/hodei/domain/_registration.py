@@ -42,6 +42,9 @@ def merge_registration(stored: WorkerRecord | None, new: WorkerRecord) -> tuple[
         registered_at=stored.registered_at,
         status=stored.status if keep_status else new.status,
         drained=stored.drained if keep_status else new.drained,
+        # A refresh keeps the job it is bound to; a restarted worker ran none of it (its holder is told).
+        assignment=stored.assignment if not restarted else new.assignment,
+        use_count=stored.use_count if not restarted else new.use_count,
         lease_ttl=new.lease_ttl if new.lease_ttl is not None else stored.lease_ttl,
     )
     return UpsertOutcome.UPDATED, merged
@@ -62,6 +65,7 @@ def stored_form(record: WorkerRecord) -> WorkerRecord:
 # What a record's encoding takes besides its texts: numbers, timestamps, tags and lengths, generously.
 _RECORD_FRAMING = 160
 _LABEL_FRAMING = 8
+_ASSIGNMENT_FRAMING = 120
 
 
 def wire_size(record: WorkerRecord) -> int:
@@ -69,7 +73,15 @@ def wire_size(record: WorkerRecord) -> int:
     page of a listing and a group commit's transaction."""
     texts = (record.worker_id, record.pool, record.hostname, record.agent_version, record.worker_type.value)
     labels = sum(len(k.encode()) + len(v.encode()) + _LABEL_FRAMING for k, v in record.labels.items())
-    return _RECORD_FRAMING + sum(len(t.encode()) for t in texts) + labels
+    job = record.assignment.job if record.assignment is not None else None
+    assignment = 0 if record.assignment is None else _ASSIGNMENT_FRAMING + len(record.assignment.job_id)
+    return (
+        _RECORD_FRAMING
+        + sum(len(t.encode()) for t in texts)
+        + labels
+        + assignment
+        + (job.encoded_size() if job is not None else 0)
+    )
 
 
 def merge_registrations(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 
+from hodei.domain._assignments import Assignment
 from hodei.domain._validation import validate_record, validate_worker, validate_worker_fields
 from hodei.domain._values import FieldViolation, ResourceUsage, WorkerCapabilities, WorkerStatus, WorkerType
 
@@ -135,6 +136,8 @@ class WorkerRecord:
     updated_at: datetime | None = None
     lease_ttl: float | None = None  # None: no agent, never expires
     drained: bool = False
+    assignment: Assignment | None = None  # the job it is bound to (BUSY), stored with it
+    use_count: int = 0  # how many assignments it was bound to since it (re)started
     # Live facts about the agent's stream: not stored, filled in by the scheduler when it answers.
     connected: bool = False
     usage: ResourceUsage | None = None

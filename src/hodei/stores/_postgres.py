@@ -336,14 +336,18 @@ class PostgresRegistryStore:
     ) -> TouchedLeases:
         async def write(db: Db) -> builtins.list[asyncpg.Record]:
             # Heard first, closed after: a stream that heartbeated and then closed within one sync is closed.
-            rows = [] if not worker_ids else await db.fetch(
-                "WITH touched AS (UPDATE hodei_workers SET last_seen = now(), stream_at = coalesce($2, stream_at) "
-                "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status) "
-                "SELECT worker_id, status FROM touched UNION ALL "
-                "SELECT a.worker_id, NULL FROM unnest($1::text[]) AS a(worker_id) "
-                "WHERE NOT EXISTS (SELECT 1 FROM hodei_workers w WHERE w.worker_id = a.worker_id)",
-                list(worker_ids),
-                stream_at or None,
+            rows = (
+                []
+                if not worker_ids
+                else await db.fetch(
+                    "WITH touched AS (UPDATE hodei_workers SET last_seen = now(), stream_at = coalesce($2, stream_at) "
+                    "WHERE worker_id = ANY($1::text[]) AND lease_ttl IS NOT NULL RETURNING worker_id, status) "
+                    "SELECT worker_id, status FROM touched UNION ALL "
+                    "SELECT a.worker_id, NULL FROM unnest($1::text[]) AS a(worker_id) "
+                    "WHERE NOT EXISTS (SELECT 1 FROM hodei_workers w WHERE w.worker_id = a.worker_id)",
+                    list(worker_ids),
+                    stream_at or None,
+                )
             )
             if left and stream_at:
                 await db.execute(

@@ -54,6 +54,25 @@ class WorkerEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_EVENT_KIND_EXPIRY_SLOWED: _ClassVar[WorkerEventKind]
     WORKER_EVENT_KIND_EXPIRY_RESUMED: _ClassVar[WorkerEventKind]
     WORKER_EVENT_KIND_ORPHAN_REMOVED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_DEMAND: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_ASSIGNED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_RELEASED: _ClassVar[WorkerEventKind]
+
+class JobOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_OUTCOME_UNSPECIFIED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_SUCCEEDED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_FAILED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_TIMED_OUT: _ClassVar[JobOutcome]
+    JOB_OUTCOME_CANCELLED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_WORKER_LOST: _ClassVar[JobOutcome]
+    JOB_OUTCOME_ABANDONED: _ClassVar[JobOutcome]
+
+class AssignmentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ASSIGNMENT_STATE_UNSPECIFIED: _ClassVar[AssignmentState]
+    ASSIGNMENT_STATE_BOUND: _ClassVar[AssignmentState]
+    ASSIGNMENT_STATE_ENDED: _ClassVar[AssignmentState]
 WORKER_STATUS_UNSPECIFIED: WorkerStatus
 WORKER_STATUS_PROVISIONING: WorkerStatus
 WORKER_STATUS_REGISTERED: WorkerStatus
@@ -86,6 +105,19 @@ WORKER_EVENT_KIND_EXPIRED: WorkerEventKind
 WORKER_EVENT_KIND_EXPIRY_SLOWED: WorkerEventKind
 WORKER_EVENT_KIND_EXPIRY_RESUMED: WorkerEventKind
 WORKER_EVENT_KIND_ORPHAN_REMOVED: WorkerEventKind
+WORKER_EVENT_KIND_DEMAND: WorkerEventKind
+WORKER_EVENT_KIND_ASSIGNED: WorkerEventKind
+WORKER_EVENT_KIND_RELEASED: WorkerEventKind
+JOB_OUTCOME_UNSPECIFIED: JobOutcome
+JOB_OUTCOME_SUCCEEDED: JobOutcome
+JOB_OUTCOME_FAILED: JobOutcome
+JOB_OUTCOME_TIMED_OUT: JobOutcome
+JOB_OUTCOME_CANCELLED: JobOutcome
+JOB_OUTCOME_WORKER_LOST: JobOutcome
+JOB_OUTCOME_ABANDONED: JobOutcome
+ASSIGNMENT_STATE_UNSPECIFIED: AssignmentState
+ASSIGNMENT_STATE_BOUND: AssignmentState
+ASSIGNMENT_STATE_ENDED: AssignmentState
 
 class WorkerCapabilities(_message.Message):
     __slots__ = ("cpu_cores", "memory_mb", "disk_mb", "gpu_count")
@@ -288,14 +320,24 @@ class ListWorkersResponse(_message.Message):
     def __init__(self, workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "heartbeat", "status_change")
+    __slots__ = ("hello", "heartbeat", "status_change", "job_finished")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     STATUS_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    JOB_FINISHED_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     heartbeat: Heartbeat
     status_change: StatusChange
-    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., status_change: _Optional[_Union[StatusChange, _Mapping]] = ...) -> None: ...
+    job_finished: JobFinished
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., status_change: _Optional[_Union[StatusChange, _Mapping]] = ..., job_finished: _Optional[_Union[JobFinished, _Mapping]] = ...) -> None: ...
+
+class JobFinished(_message.Message):
+    __slots__ = ("assignment_id", "result")
+    ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    assignment_id: str
+    result: JobResult
+    def __init__(self, assignment_id: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
     __slots__ = ("worker_id", "incarnation", "capabilities", "metadata", "running_jobs")
@@ -352,14 +394,32 @@ class ConnectAck(_message.Message):
     def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., created: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., credential: _Optional[str] = ...) -> None: ...
 
 class WorkerCommand(_message.Message):
-    __slots__ = ("drain", "shutdown", "reregister")
+    __slots__ = ("drain", "shutdown", "reregister", "run_job", "cancel_job")
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    RUN_JOB_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_JOB_FIELD_NUMBER: _ClassVar[int]
     drain: DrainCommand
     shutdown: ShutdownCommand
     reregister: ReregisterCommand
-    def __init__(self, drain: _Optional[_Union[DrainCommand, _Mapping]] = ..., shutdown: _Optional[_Union[ShutdownCommand, _Mapping]] = ..., reregister: _Optional[_Union[ReregisterCommand, _Mapping]] = ...) -> None: ...
+    run_job: RunJobCommand
+    cancel_job: CancelJobCommand
+    def __init__(self, drain: _Optional[_Union[DrainCommand, _Mapping]] = ..., shutdown: _Optional[_Union[ShutdownCommand, _Mapping]] = ..., reregister: _Optional[_Union[ReregisterCommand, _Mapping]] = ..., run_job: _Optional[_Union[RunJobCommand, _Mapping]] = ..., cancel_job: _Optional[_Union[CancelJobCommand, _Mapping]] = ...) -> None: ...
+
+class RunJobCommand(_message.Message):
+    __slots__ = ("assignment",)
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    assignment: Assignment
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+
+class CancelJobCommand(_message.Message):
+    __slots__ = ("assignment_id", "reason")
+    ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    assignment_id: str
+    reason: str
+    def __init__(self, assignment_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DrainCommand(_message.Message):
     __slots__ = ("deadline_ms", "reason")
@@ -382,20 +442,22 @@ class ReregisterCommand(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class WorkerEvent(_message.Message):
-    __slots__ = ("sequence", "kind", "worker_id", "worker", "reason", "time")
+    __slots__ = ("sequence", "kind", "worker_id", "worker", "reason", "time", "demand")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     kind: WorkerEventKind
     worker_id: str
     worker: Worker
     reason: str
     time: _timestamp_pb2.Timestamp
-    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[WorkerEventKind, str]] = ..., worker_id: _Optional[str] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    demand: _containers.RepeatedCompositeFieldContainer[WaitingDemand]
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[WorkerEventKind, str]] = ..., worker_id: _Optional[str] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., demand: _Optional[_Iterable[_Union[WaitingDemand, _Mapping]]] = ...) -> None: ...
 
 class WatchWorkersRequest(_message.Message):
     __slots__ = ("include_snapshot",)
@@ -452,3 +514,239 @@ class ReportOrphanRemovedRequest(_message.Message):
 class ReportOrphanRemovedResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class Requirements(_message.Message):
+    __slots__ = ("pool", "cpu_cores", "memory_mb", "disk_mb", "gpu_count", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    DISK_MB_FIELD_NUMBER: _ClassVar[int]
+    GPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    cpu_cores: int
+    memory_mb: int
+    disk_mb: int
+    gpu_count: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, pool: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., gpu_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("command", "environment", "timeout_ms")
+    class EnvironmentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    command: _containers.RepeatedScalarFieldContainer[str]
+    environment: _containers.ScalarMap[str, str]
+    timeout_ms: int
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class JobResult(_message.Message):
+    __slots__ = ("outcome", "exit_code", "output_tail", "reason")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    outcome: JobOutcome
+    exit_code: int
+    output_tail: str
+    reason: str
+    def __init__(self, outcome: _Optional[_Union[JobOutcome, str]] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("assignment_id", "job_id", "worker_id", "incarnation", "lease_ttl_ms", "job", "bound_at", "state", "result", "priority")
+    ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    BOUND_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    assignment_id: str
+    job_id: str
+    worker_id: str
+    incarnation: int
+    lease_ttl_ms: int
+    job: Job
+    bound_at: _timestamp_pb2.Timestamp
+    state: AssignmentState
+    result: JobResult
+    priority: int
+    def __init__(self, assignment_id: _Optional[str] = ..., job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., bound_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class AcquireWorkerRequest(_message.Message):
+    __slots__ = ("job_id", "requirements", "priority", "wait_ms", "job", "lease_ttl_ms")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    requirements: Requirements
+    priority: int
+    wait_ms: int
+    job: Job
+    lease_ttl_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., priority: _Optional[int] = ..., wait_ms: _Optional[int] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+
+class AcquireWorkerResponse(_message.Message):
+    __slots__ = ("assignment", "worker", "created")
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    assignment: Assignment
+    worker: Worker
+    created: bool
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class RenewAssignmentRequest(_message.Message):
+    __slots__ = ("assignment_id", "wait_ms")
+    ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    assignment_id: str
+    wait_ms: int
+    def __init__(self, assignment_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class RenewAssignmentResponse(_message.Message):
+    __slots__ = ("assignment",)
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    assignment: Assignment
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+
+class ReleaseWorkerRequest(_message.Message):
+    __slots__ = ("assignment_id", "outcome", "recycle", "reason")
+    ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RECYCLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    assignment_id: str
+    outcome: JobOutcome
+    recycle: bool
+    reason: str
+    def __init__(self, assignment_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., recycle: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReleaseWorkerResponse(_message.Message):
+    __slots__ = ("assignment", "worker")
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    assignment: Assignment
+    worker: Worker
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ...) -> None: ...
+
+class WaitingDemand(_message.Message):
+    __slots__ = ("requirements", "shape", "waiting", "oldest_wait_ms", "pools")
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    requirements: Requirements
+    shape: str
+    waiting: int
+    oldest_wait_ms: int
+    pools: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, requirements: _Optional[_Union[Requirements, _Mapping]] = ..., shape: _Optional[str] = ..., waiting: _Optional[int] = ..., oldest_wait_ms: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetDemandRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetDemandResponse(_message.Message):
+    __slots__ = ("demand",)
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    demand: _containers.RepeatedCompositeFieldContainer[WaitingDemand]
+    def __init__(self, demand: _Optional[_Iterable[_Union[WaitingDemand, _Mapping]]] = ...) -> None: ...
+
+class ApplyPoolsRequest(_message.Message):
+    __slots__ = ("source", "text")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    text: str
+    def __init__(self, source: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class ApplyPoolsResponse(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[Pool]
+    def __init__(self, pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ...) -> None: ...
+
+class Pool(_message.Message):
+    __slots__ = ("name", "kind", "provider", "template", "labels", "image", "min", "max", "warm", "idle_timeout_ms", "max_provisioning", "provision_timeout_ms", "scale_up_cooldown_ms", "scale_down_cooldown_ms", "max_use_count", "workers", "waiting")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class WorkersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    WARM_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROVISIONING_FIELD_NUMBER: _ClassVar[int]
+    PROVISION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_UP_COOLDOWN_MS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_COOLDOWN_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_USE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    provider: str
+    template: WorkerCapabilities
+    labels: _containers.ScalarMap[str, str]
+    image: str
+    min: int
+    max: int
+    warm: int
+    idle_timeout_ms: int
+    max_provisioning: int
+    provision_timeout_ms: int
+    scale_up_cooldown_ms: int
+    scale_down_cooldown_ms: int
+    max_use_count: int
+    workers: _containers.ScalarMap[str, int]
+    waiting: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., provider: _Optional[str] = ..., template: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., warm: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., max_provisioning: _Optional[int] = ..., provision_timeout_ms: _Optional[int] = ..., scale_up_cooldown_ms: _Optional[int] = ..., scale_down_cooldown_ms: _Optional[int] = ..., max_use_count: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., waiting: _Optional[int] = ...) -> None: ...
+
+class ListPoolsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPoolsResponse(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[Pool]
+    def __init__(self, pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ...) -> None: ...

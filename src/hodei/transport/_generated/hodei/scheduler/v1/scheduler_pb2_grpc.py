@@ -86,6 +86,36 @@ class SchedulerServiceStub:
                 request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedRequest.SerializeToString,
                 response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedResponse.FromString,
                 _registered_method=True)
+        self.AcquireWorker = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/AcquireWorker',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.AcquireWorkerRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.AcquireWorkerResponse.FromString,
+                _registered_method=True)
+        self.RenewAssignment = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/RenewAssignment',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.RenewAssignmentRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.RenewAssignmentResponse.FromString,
+                _registered_method=True)
+        self.ReleaseWorker = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/ReleaseWorker',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseWorkerRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseWorkerResponse.FromString,
+                _registered_method=True)
+        self.GetDemand = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/GetDemand',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.GetDemandRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.GetDemandResponse.FromString,
+                _registered_method=True)
+        self.ApplyPools = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/ApplyPools',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ApplyPoolsRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ApplyPoolsResponse.FromString,
+                _registered_method=True)
+        self.ListPools = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/ListPools',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -166,6 +196,57 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcquireWorker(self, request, context):
+        """AcquireWorker binds one AVAILABLE, connected worker that fits the requirements to a job (the worker becomes
+        BUSY), or waits in a queue until one fits: priority first, then first come; each takes its best fit (the
+        smallest worker that fits). Past wait_ms it is DEADLINE_EXCEEDED and nothing is bound. Idempotent by
+        job_id: a retry answers the assignment already made. Requirements no worker and no pool could ever meet are
+        FAILED_PRECONDITION at once. With a job, the assignment is delivered to the worker's agent, which runs it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewAssignment(self, request, context):
+        """RenewAssignment keeps an assignment for another lease_ttl; its holder calls it within every lease, or the
+        assignment is ended (ABANDONED) and the worker released. With wait_ms it answers early when the
+        assignment ends (its job finished, its worker was lost): holders wait for a job's result this way.
+        An assignment that ended is answered once more with its result; unknown ones are NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseWorker(self, request, context):
+        """ReleaseWorker ends an assignment: its worker is AVAILABLE again, or recycled (drained, to be replaced).
+        Idempotent: releasing an assignment that ended answers its end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDemand(self, request, context):
+        """GetDemand says how many acquires wait, per requirement shape, and for how long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyPools(self, request, context):
+        """ApplyPools replaces the pool definitions (the text of a pools TOML file); an invalid file is
+        INVALID_ARGUMENT naming file, line and field, and the previous definitions stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPools(self, request, context):
+        """ListPools returns every pool's definition and its workers by status, derived from the registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +299,36 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ReportOrphanRemoved,
                     request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedRequest.FromString,
                     response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedResponse.SerializeToString,
+            ),
+            'AcquireWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireWorker,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.AcquireWorkerRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.AcquireWorkerResponse.SerializeToString,
+            ),
+            'RenewAssignment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewAssignment,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.RenewAssignmentRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.RenewAssignmentResponse.SerializeToString,
+            ),
+            'ReleaseWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseWorker,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseWorkerRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseWorkerResponse.SerializeToString,
+            ),
+            'GetDemand': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDemand,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.GetDemandRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.GetDemandResponse.SerializeToString,
+            ),
+            'ApplyPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPools,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ApplyPoolsRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ApplyPoolsResponse.SerializeToString,
+            ),
+            'ListPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPools,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -491,6 +602,168 @@ class SchedulerService:
             '/hodei.scheduler.v1.SchedulerService/ReportOrphanRemoved',
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedRequest.SerializeToString,
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportOrphanRemovedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/AcquireWorker',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.AcquireWorkerRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.AcquireWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewAssignment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/RenewAssignment',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.RenewAssignmentRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.RenewAssignmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/ReleaseWorker',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseWorkerRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReleaseWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDemand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/GetDemand',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.GetDemandRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.GetDemandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/ApplyPools',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ApplyPoolsRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ApplyPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/ListPools',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsResponse.FromString,
             options,
             channel_credentials,
             insecure,
