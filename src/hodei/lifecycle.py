@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from hodei._settings import check_settings
-from hodei.domain import WorkerRecord
+from hodei.domain import Assignment, WorkerRecord
+from hodei.pools import WaitingDemand
 
 __all__ = [
     "CommandKind",
@@ -27,6 +28,8 @@ class CommandKind(enum.StrEnum):
     DRAIN = "drain"
     SHUTDOWN = "shutdown"
     REREGISTER = "reregister"
+    RUN_JOB = "run_job"  # run the assignment's job, report how it ended
+    CANCEL_JOB = "cancel_job"  # stop the job of assignment_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,8 @@ class WorkerCommand:
     kind: CommandKind
     reason: str = ""
     deadline: float = 0.0  # seconds, for DRAIN; 0 means the scheduler's default
+    assignment: Assignment | None = None  # for RUN_JOB
+    assignment_id: str = ""  # for CANCEL_JOB
 
 
 class WorkerEventKind(enum.StrEnum):
@@ -52,6 +57,9 @@ class WorkerEventKind(enum.StrEnum):
     EXPIRY_SLOWED = "expiry_slowed"
     EXPIRY_RESUMED = "expiry_resumed"
     ORPHAN_REMOVED = "orphan_removed"  # a machine with no registration was destroyed (not in the registry)
+    DEMAND = "demand"  # what waits for a worker changed (no worker_id; ``demand`` says what waits now)
+    ASSIGNED = "assigned"  # bound to a job (reason: the job id)
+    RELEASED = "released"  # released from its job (reason: how the job ended)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,7 @@ class WorkerEvent:
     record: WorkerRecord | None
     reason: str
     time: datetime
+    demand: tuple[WaitingDemand, ...] = ()  # for DEMAND
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ from hodei.pools._file import PoolFileError, load_pools, parse_pools
 from hodei.pools._matching import Waiter, match
 from hodei.pools._requirements import Requirements, best_fit
 from hodei.pools._spec import PoolKind, PoolSpec, WorkerTemplate
+from hodei.pools._status import PoolStatus, WaitingDemand
 
 __all__ = [
     "IdleWorker",
@@ -18,10 +19,12 @@ __all__ = [
     "PoolKind",
     "PoolObservation",
     "PoolSpec",
+    "PoolStatus",
     "Requirements",
     "ScalePlan",
     "ScaleReason",
     "Waiter",
+    "WaitingDemand",
     "WorkerTemplate",
     "best_fit",
     "load_pools",

@@ -12,6 +12,12 @@ from hodei.domain import DynamicWorker, FieldViolation, WorkerType
 from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerError, scheduler_error_for
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
+from hodei.transport._codec._jobs import (
+    assignment_from_proto,
+    assignment_to_proto,
+    demand_from_proto,
+    demand_to_proto,
+)
 from hodei.transport._codec._records import (
     WORKER_TYPES,
     record_from_proto,
@@ -174,6 +180,13 @@ def command_to_proto(command: WorkerCommand) -> pb.WorkerCommand:
         )
     if command.kind is CommandKind.SHUTDOWN:
         return pb.WorkerCommand(shutdown=pb.ShutdownCommand(reason=command.reason))
+    if command.kind is CommandKind.RUN_JOB:
+        assert command.assignment is not None
+        return pb.WorkerCommand(run_job=pb.RunJobCommand(assignment=assignment_to_proto(command.assignment)))
+    if command.kind is CommandKind.CANCEL_JOB:
+        return pb.WorkerCommand(
+            cancel_job=pb.CancelJobCommand(assignment_id=command.assignment_id, reason=command.reason)
+        )
     return pb.WorkerCommand(reregister=pb.ReregisterCommand(reason=command.reason))
 
 
@@ -186,6 +199,12 @@ def command_from_proto(message: pb.WorkerCommand) -> WorkerCommand | None:
         return WorkerCommand(CommandKind.SHUTDOWN, message.shutdown.reason)
     if which == "reregister":
         return WorkerCommand(CommandKind.REREGISTER, message.reregister.reason)
+    if which == "run_job":
+        assignment, _ = assignment_from_proto(message.run_job.assignment)
+        return WorkerCommand(CommandKind.RUN_JOB, assignment=assignment)
+    if which == "cancel_job":
+        cancel = message.cancel_job
+        return WorkerCommand(CommandKind.CANCEL_JOB, cancel.reason, assignment_id=cancel.assignment_id)
     return None
 
 
@@ -203,6 +222,7 @@ def event_to_proto(event: WorkerEvent) -> pb.WorkerEvent:
         worker=record_to_proto(event.record) if event.record is not None else None,
         reason=event.reason,
         time=timestamp(event.time),
+        demand=[demand_to_proto(d) for d in event.demand],
     )
 
 
@@ -218,4 +238,5 @@ def event_from_proto(message: pb.WorkerEvent) -> WorkerEvent | None:
         record=record_from_proto(message.worker) if message.HasField("worker") else None,
         reason=message.reason,
         time=message.time.ToDatetime(tzinfo=UTC),
+        demand=tuple(demand_from_proto(d) for d in message.demand),
     )

@@ -23,6 +23,7 @@ from hodei.domain import (
     validate_worker_fields,
 )
 from hodei.errors import InvalidWorkerData
+from hodei.transport._codec._jobs import assignment_from_proto, assignment_to_proto
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
@@ -296,7 +297,10 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
         updated_at=timestamp(record.updated_at),
         lease_ttl_ms=round(record.lease_ttl * 1000) if record.lease_ttl is not None else 0,
         drained=record.drained,
+        use_count=record.use_count,
     )
+    if record.assignment is not None:
+        worker.assignment.CopyFrom(assignment_to_proto(record.assignment))
     if slim:
         return worker
     worker.capabilities.CopyFrom(_capabilities_to_proto(record.capabilities))
@@ -339,6 +343,8 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
         drained=message.drained,
         usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
         last_heartbeat_at=_moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
+        assignment=assignment_from_proto(message.assignment)[0] if message.HasField("assignment") else None,
+        use_count=message.use_count,
     )
 
 

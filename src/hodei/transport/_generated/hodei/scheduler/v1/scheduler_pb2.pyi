@@ -153,7 +153,7 @@ class WorkerMetadata(_message.Message):
     def __init__(self, worker_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., pool: _Optional[str] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "status", "capabilities", "metadata", "incarnation", "registered_at", "updated_at", "lease_ttl_ms", "connected", "drained", "usage", "last_heartbeat_at", "connected_via")
+    __slots__ = ("worker_id", "status", "capabilities", "metadata", "incarnation", "registered_at", "updated_at", "lease_ttl_ms", "connected", "drained", "usage", "last_heartbeat_at", "connected_via", "assignment", "use_count")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,8 @@ class Worker(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_VIA_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    USE_COUNT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     status: WorkerStatus
     capabilities: WorkerCapabilities
@@ -180,7 +182,9 @@ class Worker(_message.Message):
     usage: ResourceUsage
     last_heartbeat_at: _timestamp_pb2.Timestamp
     connected_via: str
-    def __init__(self, worker_id: _Optional[str] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., connected: _Optional[bool] = ..., drained: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected_via: _Optional[str] = ...) -> None: ...
+    assignment: Assignment
+    use_count: int
+    def __init__(self, worker_id: _Optional[str] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., connected: _Optional[bool] = ..., drained: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected_via: _Optional[str] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., use_count: _Optional[int] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
     __slots__ = ("cpu_percent", "memory_used_mb", "running_jobs")
