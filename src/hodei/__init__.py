@@ -34,6 +34,7 @@ from hodei.errors import (
     ErrorCode,
     HodeiError,
     InvalidWorkerData,
+    JobAlreadyBound,
     MaxRetriesExceeded,
     ProviderError,
     ProvisioningError,
@@ -64,7 +65,10 @@ from hodei.management import (
     static_worker,
 )
 from hodei.ports import (
+    Acquired,
+    AssignmentView,
     DrainOutcome,
+    PoolPort,
     RegistrationReceipt,
     RegistryStore,
     SchedulerPort,
@@ -88,7 +92,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDenied",
+    "Acquired",
     "Assignment",
+    "AssignmentView",
     "BatchRegistrationResult",
     "DecommissionResult",
     "DrainOutcome",
@@ -100,10 +106,12 @@ __all__ = [
     "HodeiError",
     "InvalidWorkerData",
     "Job",
+    "JobAlreadyBound",
     "JobOutcome",
     "JobResult",
     "MaxRetriesExceeded",
     "OpenedStore",
+    "PoolPort",
     "ProviderError",
     "ProvisionResult",
     "ProvisioningError",

@@ -20,7 +20,8 @@
     │   └── MaxRetriesExceeded            every attempt failed with a transient error
     ├── StoreError                    the registry's store cannot be used as it is (a schema from the future)
     │   ├── StoreUnavailable              also a SchedulerUnavailable: any failure of the database or its driver
-    │   └── StoreRefusedData              also an InvalidWorkerData: data the database cannot hold
+    │   ├── StoreRefusedData              also an InvalidWorkerData: data the database cannot hold
+    │   └── JobAlreadyBound               a record bound to a job another record is bound to (not written)
     ├── ProviderError                 a worker provider could not provision, stop or destroy a worker
     └── ProvisioningError             the management service gave up on a worker (and says what it cleaned up)
 
@@ -42,6 +43,7 @@ __all__ = [
     "ErrorCode",
     "HodeiError",
     "InvalidWorkerData",
+    "JobAlreadyBound",
     "MaxRetriesExceeded",
     "ProviderError",
     "ProvisioningError",
@@ -221,6 +223,14 @@ class StoreUnavailable(StoreError, SchedulerUnavailable):
 class StoreRefusedData(StoreError, InvalidWorkerData):
     """The registry's database cannot hold this data (a number beyond its range, a character it refuses): to
     a client, its request is invalid (not retried)."""
+
+
+class JobAlreadyBound(StoreError):
+    """The store holds another record bound to this job id: the write was refused, nothing changed."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {clip(job_id)} is already bound to a worker")
+        self.job_id = job_id
 
 
 class RegistrationError(HodeiError):

@@ -3,7 +3,9 @@
 - :class:`SchedulerPort` — how the control plane talks to the scheduler (``SchedulerPortClient`` over gRPC);
 - :class:`WorkerProvider` — how workers are created and destroyed (process, Docker, ``MockWorkerProvider``);
 - :class:`RegistryStore` — where the scheduler's registry keeps its records (memory; SQLite and PostgreSQL);
-- :class:`EventRelay` — how scheduler replicas on one store pass each other events and agents' commands.
+- :class:`EventRelay` — how scheduler replicas on one store pass each other events and agents' commands;
+- :class:`PoolPort` — the scheduler's resource pools: acquiring a worker for a job, demand, pool definitions;
+- :class:`BoundJobs` and :class:`PoolDefinitions` — what a registry store keeps of them.
 
 They are :class:`typing.Protocol` s: fakes and third-party adapters satisfy them without inheriting.
 """
@@ -17,8 +19,12 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from hodei.domain import (
+    Assignment,
     DynamicWorker,
     DynamicWorkerConfig,
+    Job,
+    JobOutcome,
+    JobResult,
     UpsertOutcome,
     WorkerRecord,
     WorkerStatus,
@@ -26,11 +32,17 @@ from hodei.domain import (
 )
 from hodei.errors import SchedulerError
 from hodei.lifecycle import WorkerCommand, WorkerEventKind
+from hodei.pools import PoolStatus, Requirements, WaitingDemand
 
 __all__ = [
+    "Acquired",
+    "AssignmentView",
+    "BoundJobs",
     "DrainOutcome",
     "EventRelay",
     "Leadership",
+    "PoolDefinitions",
+    "PoolPort",
     "RegistrationReceipt",
     "RegistryStore",
     "Relayed",
@@ -176,6 +188,76 @@ class SchedulerPort(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """A worker bound to a job: the assignment, the worker as bound (BUSY), and whether this call bound it
+    (False: a retry found the job's assignment already made)."""
+
+    assignment: Assignment
+    record: WorkerRecord
+    created: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentView:
+    """An assignment as the scheduler knows it now: ``result`` is None while it holds, how it ended after."""
+
+    assignment: Assignment
+    result: JobResult | None = None
+    record: WorkerRecord | None = None  # the worker now (after a release), if the scheduler said
+
+    @property
+    def ended(self) -> bool:
+        return self.result is not None
+
+
+class PoolPort(Protocol):
+    """The scheduler's resource pools, as job runners and the control plane's autoscaler see them
+    (``SchedulerPortClient`` over gRPC). Every method raises :class:`SchedulerError` kinds."""
+
+    async def acquire_worker(
+        self,
+        job_id: str,
+        requirements: Requirements,
+        *,
+        job: Job | None = None,
+        priority: int = 0,
+        wait: float = 0.0,
+        lease_ttl: float = 0.0,
+        timeout: float | None = None,
+    ) -> Acquired:
+        """Bind a worker that fits to ``job_id``, waiting up to ``wait`` seconds for one
+        (:class:`~hodei.errors.SchedulerTimeout` after that, nothing bound). Idempotent by ``job_id``.
+        ``lease_ttl`` 0: the scheduler's default. ``timeout`` defaults to ``wait`` plus a margin."""
+        ...
+
+    async def renew_assignment(
+        self, assignment_id: str, *, wait: float = 0.0, timeout: float | None = None
+    ) -> AssignmentView:
+        """Keep the assignment for another lease; with ``wait``, answer early when it ends."""
+        ...
+
+    async def release_worker(
+        self,
+        assignment_id: str,
+        *,
+        outcome: JobOutcome = JobOutcome.SUCCEEDED,
+        recycle: bool = False,
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> AssignmentView:
+        """End the assignment: the worker is AVAILABLE again, or recycled (drained, to be replaced)."""
+        ...
+
+    async def get_demand(self, *, timeout: float | None = None) -> list[WaitingDemand]: ...
+
+    async def apply_pools(self, source: str, text: str, *, timeout: float | None = None) -> list[PoolStatus]:
+        """Replace the pool definitions with those of a pools file's text (``source`` names it in errors)."""
+        ...
+
+    async def list_pools(self, *, timeout: float | None = None) -> list[PoolStatus]: ...
+
+
 @runtime_checkable
 class WorkerProvider(Protocol):
     """Creates and destroys the machines, containers or processes that workers run on.
@@ -235,6 +317,33 @@ class RegistryStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BoundJobs(Protocol):
+    """A store's index of the jobs its workers are bound to (a record's ``assignment``): at most one worker per
+    job id, in every store. Writing a record bound to a job another record holds raises
+    :class:`~hodei.errors.JobAlreadyBound` and writes nothing."""
+
+    async def find_job(self, job_id: str) -> WorkerRecord | None:
+        """The record bound to ``job_id``, or None."""
+        ...
+
+    async def bound(self) -> list[WorkerRecord]:
+        """Every record bound to a job, ordered by worker id."""
+        ...
+
+
+@runtime_checkable
+class PoolDefinitions(Protocol):
+    """A store keeps the pool definitions the scheduler was last given (the pools file's text), so that a
+    restart, and every replica, starts from them."""
+
+    async def save_pools(self, source: str, text: str) -> None: ...
+
+    async def load_pools(self) -> tuple[str, str] | None:
+        """``(source, text)`` as last saved, or None."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,9 @@ import pytest
 FACES: dict[str, list[str]] = {
     "hodei": [
         "AccessDenied",
+        "Acquired",
         "Assignment",
+        "AssignmentView",
         "BatchRegistrationResult",
         "DecommissionResult",
         "DrainOutcome",
@@ -33,10 +35,12 @@ FACES: dict[str, list[str]] = {
         "HodeiError",
         "InvalidWorkerData",
         "Job",
+        "JobAlreadyBound",
         "JobOutcome",
         "JobResult",
         "MaxRetriesExceeded",
         "OpenedStore",
+        "PoolPort",
         "ProviderError",
         "ProvisionResult",
         "ProvisioningError",

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hodei.domain import DynamicWorker, WorkerRecord
+from hodei.domain import DynamicWorker, Job, JobOutcome, WorkerRecord
 from hodei.errors import (
     ErrorCode,
     RegistrationCancelled,
@@ -21,7 +21,16 @@ from hodei.errors import (
     scheduler_error_for,
 )
 from hodei.lifecycle import WorkerEvent
-from hodei.ports import DrainOutcome, RegistrationReceipt, UnregistrationStatus, WorkerFilter, WorkerPage
+from hodei.pools import PoolStatus, Requirements, WaitingDemand
+from hodei.ports import (
+    Acquired,
+    AssignmentView,
+    DrainOutcome,
+    RegistrationReceipt,
+    UnregistrationStatus,
+    WorkerFilter,
+    WorkerPage,
+)
 from hodei.security._access import authorization_metadata
 from hodei.security._tls import ClientTlsConfig
 from hodei.transport import _codec as codec
@@ -311,3 +320,80 @@ class SchedulerPortClient:
             raise error_from_rpc(error) from error
         finally:
             call.cancel()
+
+    # -- resource pools (PoolPort) -------------------------------------------------------------------------
+
+    async def acquire_worker(
+        self,
+        job_id: str,
+        requirements: Requirements,
+        *,
+        job: Job | None = None,
+        priority: int = 0,
+        wait: float = 0.0,
+        lease_ttl: float = 0.0,
+        timeout: float | None = None,
+    ) -> Acquired:
+        request = pb.AcquireWorkerRequest(
+            job_id=job_id,
+            requirements=codec.requirements_to_proto(requirements),
+            priority=priority,
+            wait_ms=_milliseconds(wait),
+            job=codec.job_to_proto(job) if job is not None else None,
+            lease_ttl_ms=_milliseconds(lease_ttl),
+        )
+        if timeout is None:
+            timeout = wait + _ANSWER_MARGIN
+        response = await self._call(self._stub.AcquireWorker, request, timeout, None)
+        assignment, _ = codec.assignment_from_proto(response.assignment)
+        return Acquired(assignment, codec.record_from_proto(response.worker), response.created)
+
+    async def renew_assignment(
+        self, assignment_id: str, *, wait: float = 0.0, timeout: float | None = None
+    ) -> AssignmentView:
+        request = pb.RenewAssignmentRequest(assignment_id=assignment_id, wait_ms=_milliseconds(wait))
+        if timeout is None:
+            timeout = wait + _ANSWER_MARGIN
+        response = await self._call(self._stub.RenewAssignment, request, timeout, None)
+        return AssignmentView(*codec.assignment_from_proto(response.assignment))
+
+    async def release_worker(
+        self,
+        assignment_id: str,
+        *,
+        outcome: JobOutcome = JobOutcome.SUCCEEDED,
+        recycle: bool = False,
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> AssignmentView:
+        request = pb.ReleaseWorkerRequest(
+            assignment_id=assignment_id,
+            outcome=codec.outcome_to_proto(outcome),
+            recycle=recycle,
+            reason=reason,
+        )
+        response = await self._call(self._stub.ReleaseWorker, request, timeout, None)
+        assignment, result = codec.assignment_from_proto(response.assignment)
+        record = codec.record_from_proto(response.worker) if response.HasField("worker") else None
+        return AssignmentView(assignment, result, record)
+
+    async def get_demand(self, *, timeout: float | None = None) -> list[WaitingDemand]:
+        response = await self._call(self._stub.GetDemand, pb.GetDemandRequest(), timeout, None)
+        return [codec.demand_from_proto(d) for d in response.demand]
+
+    async def apply_pools(self, source: str, text: str, *, timeout: float | None = None) -> list[PoolStatus]:
+        request = pb.ApplyPoolsRequest(source=source, text=text)
+        response = await self._call(self._stub.ApplyPools, request, timeout, None)
+        return [codec.pool_from_proto(p) for p in response.pools]
+
+    async def list_pools(self, *, timeout: float | None = None) -> list[PoolStatus]:
+        response = await self._call(self._stub.ListPools, pb.ListPoolsRequest(), timeout, None)
+        return [codec.pool_from_proto(p) for p in response.pools]
+
+
+_ANSWER_MARGIN = 10.0
+"""A waiting call's deadline beyond its wait, when the caller names none: time for the answer to come back."""
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(0, min(2**32 - 1, round(seconds * 1000)))
