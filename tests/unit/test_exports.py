@@ -104,6 +104,10 @@ FACES: dict[str, list[str]] = {
     ],
     "hodei.management": [
         "DecommissionResult",
+        "PoolAutoscaler",
+        "PoolAutoscalerConfig",
+        "PoolTick",
+        "PoolsFile",
         "ProvisionResult",
         "ReconcileReport",
         "Reconciler",

@@ -32,7 +32,7 @@ from hodei._quoting import clip, quote_short
 from hodei.domain import FieldViolation, WorkerType
 from hodei.pools._spec import PoolKind, PoolSpec, WorkerTemplate
 
-__all__ = ["MAX_POOLS", "MAX_POOL_FILE_BYTES", "PoolFileError", "load_pools", "parse_pools"]
+__all__ = ["MAX_POOLS", "MAX_POOL_FILE_BYTES", "PoolFileError", "load_pools", "parse_pools", "read_pool_file"]
 
 MAX_POOL_FILE_BYTES = 1024 * 1024
 MAX_POOLS = 1000
@@ -87,6 +87,12 @@ class PoolFileError(ValueError):
 
 def load_pools(path: str | Path) -> dict[str, PoolSpec]:
     """The pools declared in the file at ``path``, by name."""
+    return parse_pools(read_pool_file(path), source=str(path))
+
+
+def read_pool_file(path: str | Path) -> str:
+    """The text of the pool file at ``path`` (at most :data:`MAX_POOL_FILE_BYTES`, UTF-8), unparsed; raises
+    :class:`PoolFileError` if it cannot be read."""
     path = Path(path)
     try:
         with path.open("rb") as file:
@@ -101,7 +107,7 @@ def load_pools(path: str | Path) -> dict[str, PoolSpec]:
         text = data.decode()
     except UnicodeDecodeError as error:
         raise PoolFileError(str(path), 1, [(1, "file", f"is not UTF-8 (byte {error.start})")]) from None
-    return parse_pools(text, source=str(path))
+    return text
 
 
 def parse_pools(text: str, *, source: str = "<pools>") -> dict[str, PoolSpec]:

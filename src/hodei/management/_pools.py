@@ -1,0 +1,545 @@
+"""The pool autoscaler: keeps every pool the scheduler knows between its bounds, one tick at a time.
+
+Each tick is level-triggered: it reads the pools and the waiting demand from the scheduler, the pools' workers
+from the registry and the machines from the provider, derives each pool's :class:`~hodei.pools.PoolObservation`
+afresh, and acts on :func:`~hodei.pools.plan_scale`. Nothing it acts on is a counter kept between ticks; what
+it remembers is its own history (when it last scaled each pool, when provisions failed, when it first saw a
+worker idle) and the provisions and retirements it has in flight — live task sets, whose members leave when
+their task ends.
+
+How a pool's workers are counted (by worker id, so that nothing counts twice):
+
+- a record ``BUSY`` is busy; ``AVAILABLE`` is idle — unless it ran ``max_use_count`` jobs (it is recycled:
+  retired, and replaced through the plan) or is being retired;
+- ``DRAINING``, or being retired by this autoscaler, is leaving (still counted toward ``max``);
+- ``LOST``, ``FAILED`` or gone is written off — retired at once — and counted (as leaving) only while the
+  provider still lists its machine;
+- a provision in flight, or a machine the provider lists with no record yet, is provisioning.
+
+Only the workers of this control plane's owner (the ``hodei.owner`` label) are counted or retired, and only
+the pools whose provider is this control plane's provider's type are sized. A demand shape that several pools
+fit counts for the first of them in name order only, so two pools never both scale for one job — whichever
+control plane sizes that pool.
+
+An idle worker's ``idle_since`` is when this autoscaler first saw it idle in its current incarnation and job
+count (the control plane's monotonic clock): no clock of another host is trusted, a job that ran between two
+ticks restarts it, and a restarted control plane waits a full ``idle_timeout`` before it retires anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from hodei._ownership import OWNER_LABEL
+from hodei._quoting import clip, quote_short
+from hodei._settings import check_settings
+from hodei.domain import DynamicWorker, WorkerRecord, WorkerStatus
+from hodei.errors import HodeiError, SchedulerError
+from hodei.management._service import WorkerManagementService
+from hodei.pools import (
+    IdleWorker,
+    PoolFileError,
+    PoolObservation,
+    PoolSpec,
+    PoolStatus,
+    ScalePlan,
+    WaitingDemand,
+    parse_pools,
+    plan_scale,
+)
+from hodei.pools._file import read_pool_file
+from hodei.ports import PoolPort, SchedulerPort, WorkerFilter
+
+__all__ = ["PoolAutoscaler", "PoolAutoscalerConfig", "PoolTick", "PoolsFile"]
+
+log = logging.getLogger(__name__)
+
+_WRITTEN_OFF = frozenset(
+    {WorkerStatus.LOST, WorkerStatus.FAILED, WorkerStatus.UNREGISTERED, WorkerStatus.TERMINATED}
+)
+_MAX_FAILURES_KEPT = 32
+_WORKER_ID_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolAutoscalerConfig:
+    """``interval``: seconds between ticks; ``call_timeout`` bounds each call to the scheduler; the registry is
+    read ``page_size`` workers a page. A pool whose provisions fail waits ``backoff_initial`` seconds before
+    the next, doubling with each failure in a row up to ``backoff_max``; a success resets it."""
+
+    interval: float = 1.0
+    call_timeout: float = 10.0
+    page_size: int = 500
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+    def __post_init__(self) -> None:
+        check_settings(
+            self,
+            {
+                "interval": ("> 0", self.interval > 0),
+                "call_timeout": ("> 0", self.call_timeout > 0),
+                "page_size": ("between 1 and 1000", 1 <= self.page_size <= 1000),
+                "backoff_initial": ("> 0", self.backoff_initial > 0),
+                "backoff_max": (">= backoff_initial", self.backoff_max >= self.backoff_initial),
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTick:
+    """One pool at one tick: what was observed, the plan, and the workers retired besides the plan's
+    (``recycled``: they ran ``max_use_count`` jobs; ``written_off``: lost or failed)."""
+
+    spec: PoolSpec
+    observation: PoolObservation
+    plan: ScalePlan
+    recycled: tuple[str, ...] = ()
+    written_off: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _History:
+    """What the autoscaler remembers of one pool: timestamps (its monotonic clock), never counts."""
+
+    last_scale_up: float | None = None
+    last_scale_down: float | None = None
+    failures: list[float] = field(default_factory=list)  # the provisions failed in a row, when
+
+
+class PoolsFile:
+    """The pools file the control plane was given (``--pools``): applied to the scheduler at start and again
+    whenever its content changes (polled: modification time, then a hash of the content).
+
+    A file that is invalid — checked here with :func:`~hodei.pools.parse_pools` first, then by the scheduler —
+    is refused (``pools.file_refused`` with the file, line and field) and the running pools keep their
+    definitions; it is not tried again until it changes. A scheduler that cannot be reached is tried again at
+    the next :meth:`sync`.
+    """
+
+    def __init__(self, path: str | Path, pools: PoolPort, *, call_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.pools = pools
+        self.call_timeout = call_timeout
+        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) last read
+        self._handled: str | None = None  # the hash of the content last applied or refused
+        self._refusal: str | None = None  # the last refusal logged: a file that stays unreadable is said once
+
+    async def sync(self) -> list[PoolStatus] | None:
+        """Apply the file if its content changed since it was last applied or refused; the pools applied,
+        or None when nothing was applied."""
+        try:
+            stat = self.path.stat()
+        except OSError as error:
+            self._refuse(PoolFileError(str(self.path), 0, [(0, "file", f"cannot be read: {error}")]))
+            return None
+        seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if seen == self._seen:
+            return None
+        try:
+            text = read_pool_file(self.path)
+        except PoolFileError as error:
+            self._refuse(error)
+            return None
+        self._seen = seen
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest == self._handled:
+            return None
+        try:
+            parse_pools(text, source=str(self.path))
+        except PoolFileError as error:
+            self._handled = digest
+            self._refuse(error)
+            return None
+        try:
+            applied = await self.pools.apply_pools(str(self.path), text, timeout=self.call_timeout)
+        except SchedulerError as error:
+            if error.retryable:
+                self._seen = None  # read it again next time
+                log.warning("pools.apply_failed", extra={"file": str(self.path), "error": clip(str(error))})
+                return None
+            self._handled = digest
+            log.error("pools.file_refused", extra={"file": str(self.path), "error": clip(str(error), 400)})
+            return None
+        self._handled, self._refusal = digest, None
+        log.info(
+            "pools.applied",
+            extra={"file": str(self.path), "pools": ",".join(p.spec.name for p in applied)},
+        )
+        return applied
+
+    def _refuse(self, error: PoolFileError) -> None:
+        if str(error) == self._refusal:
+            return
+        self._refusal = str(error)
+        log.error(
+            "pools.file_refused",
+            extra={
+                "file": error.path,
+                "line": error.line,
+                "field": error.field,
+                "error": clip(str(error), 400),
+            },
+        )
+
+
+class PoolAutoscaler:
+    """``PoolAutoscaler(service, pools)``: sizes the pools through ``service`` (a
+    :class:`WorkerManagementService` with a registration adapter), reading them from ``pools`` (the scheduler's
+    :class:`~hodei.ports.PoolPort`) and their workers from ``registry`` (default: the adapter's port).
+
+    ``await tick()`` runs one tick; ``start()``/``stop()`` (or ``async with``) run one every ``interval`` in the
+    background, where a tick that fails is logged and the next one comes. ``pools_file``, if given, is synced
+    at the start of every tick. ``clock`` is monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        service: WorkerManagementService,
+        pools: PoolPort,
+        *,
+        registry: SchedulerPort | None = None,
+        config: PoolAutoscalerConfig | None = None,
+        pools_file: PoolsFile | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if registry is None:
+            if service.registration is None:
+                raise ValueError(
+                    "the autoscaler reads the registry: give a registry, or a service that registers"
+                )
+            registry = service.registration.port
+        self.service = service
+        self.pools = pools
+        self.registry = registry
+        self.config = config or PoolAutoscalerConfig()
+        self.pools_file = pools_file
+        self.metrics = service.metrics
+        self.owner = service.owner
+        self._clock = clock
+        self._worker_type = getattr(service.provider, "worker_type", None)
+        self._history: dict[str, _History] = {}
+        self._idle_seen: dict[str, tuple[tuple[int, int], float]] = {}
+        self._provisions: dict[str, dict[str, asyncio.Task[None]]] = {}  # pool -> worker id -> its task
+        self._retirements: dict[str, asyncio.Task[None]] = {}  # worker id -> its task
+        self._skipped: set[str] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self._started = False
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def start(self) -> None:
+        """Tick every ``interval`` in the background until :meth:`stop`. A second start is an error."""
+        if self._started:
+            raise RuntimeError("the pool autoscaler was started already")
+        self._started = True
+        self._loop = asyncio.create_task(self._run(), name="hodei-pool-autoscaler")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # one failed tick must not stop the sizing of every pool: logged, whole
+                log.exception("pools.tick_failed")
+            await asyncio.sleep(self.config.interval)
+
+    async def stop(self) -> None:
+        """Stop ticking, and cancel the provisions and retirements in flight (a provision cancelled half-way
+        is rolled back by the service). Idempotent."""
+        tasks = [t for t in (self._loop,) if t is not None]
+        tasks += [t for pool in self._provisions.values() for t in pool.values()]
+        tasks += list(self._retirements.values())
+        self._loop = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def settle(self) -> None:
+        """Wait until the provisions and retirements in flight now have ended (for tests and shutdown)."""
+        tasks = [t for pool in self._provisions.values() for t in pool.values()]
+        tasks += list(self._retirements.values())
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def provisioning(self, pool: str) -> frozenset[str]:
+        """The ids this autoscaler is provisioning for ``pool`` right now."""
+        return frozenset(self._provisions.get(pool, {}))
+
+    @property
+    def retiring(self) -> frozenset[str]:
+        """The ids this autoscaler is retiring right now."""
+        return frozenset(self._retirements)
+
+    # -- one tick --------------------------------------------------------------------------------------------
+
+    async def tick(self, now: float | None = None) -> list[PoolTick]:
+        """Observe every pool, plan, and start what the plans say (without waiting for it); one
+        :class:`PoolTick` per pool sized. Raises the error of a read that failed (nothing done)."""
+        if self.pools_file is not None:
+            await self.pools_file.sync()
+        # What is in flight is taken before anything is read: a provision that ends during the reads is then
+        # counted either here or in what was read, never in neither.
+        in_flight = {pool: frozenset(tasks) for pool, tasks in self._provisions.items()}
+        retiring = frozenset(self._retirements)
+        timeout = self.config.call_timeout
+        statuses = await self.pools.list_pools(timeout=timeout)
+        demand = await self.pools.get_demand(timeout=timeout)
+        records = await self._records()
+        machines = await self._machines()
+        now = self._clock() if now is None else now
+        names = sorted(s.spec.name for s in statuses)
+        waiting = _waiting_by_pool(demand, names)
+        ticks = []
+        for status in sorted(statuses, key=lambda s: s.spec.name):
+            spec = status.spec
+            if self._worker_type is not None and spec.provider is not self._worker_type:
+                self._skip(spec)
+                continue
+            pool_tick = self._observe(
+                spec,
+                now,
+                records.get(spec.name, {}),
+                machines.get(spec.name, set()),
+                in_flight.get(spec.name, frozenset()),
+                retiring,
+                waiting.get(spec.name, 0),
+            )
+            self._act(pool_tick)
+            ticks.append(pool_tick)
+        self._forget_idle({r for pool in records.values() for r in pool})
+        return ticks
+
+    async def _records(self) -> dict[str, dict[str, WorkerRecord]]:
+        """This owner's registered workers, by pool and id (paged)."""
+        by_pool: dict[str, dict[str, WorkerRecord]] = {}
+        scope = WorkerFilter(labels={OWNER_LABEL: self.owner})
+        token = ""
+        while True:
+            page = await self.registry.list_workers(
+                scope, page_size=self.config.page_size, page_token=token, timeout=self.config.call_timeout
+            )
+            for record in page.workers:
+                by_pool.setdefault(record.pool, {})[record.worker_id] = record
+            token = page.next_page_token
+            if not token:
+                return by_pool
+
+    async def _machines(self) -> dict[str, set[str]]:
+        """This owner's machines the provider lists, by pool."""
+        by_pool: dict[str, set[str]] = {}
+        for worker in await self.service.provider.list_workers():
+            if _owner(worker) == self.owner:
+                by_pool.setdefault(worker.pool, set()).add(worker.worker_id)
+        return by_pool
+
+    def _skip(self, spec: PoolSpec) -> None:
+        if spec.name not in self._skipped:
+            self._skipped.add(spec.name)
+            log.info(
+                "pool.skipped",
+                extra={
+                    "pool": spec.name,
+                    "provider": spec.provider.value,
+                    "reason": "another provider's pool",
+                },
+            )
+
+    def _observe(
+        self,
+        spec: PoolSpec,
+        now: float,
+        records: Mapping[str, WorkerRecord],
+        machines: set[str],
+        in_flight: frozenset[str],
+        retiring: frozenset[str],
+        waiting: int,
+    ) -> PoolTick:
+        busy = provisioning = leaving = 0
+        idle: list[IdleWorker] = []
+        recycled: list[str] = []
+        written_off: list[str] = []
+        for worker_id in sorted(records.keys() | machines | in_flight):
+            record = records.get(worker_id)
+            status = record.status if record is not None else None
+            if status in _WRITTEN_OFF or (worker_id in retiring and status is None):
+                # Lost or failed (or gone while being retired): it counts while its machine is still there.
+                leaving += worker_id in machines
+                if status is not None and worker_id not in retiring:
+                    written_off.append(worker_id)
+            elif worker_id in retiring or status is WorkerStatus.DRAINING:
+                leaving += 1
+            elif status is WorkerStatus.BUSY:
+                busy += 1
+            elif status is WorkerStatus.AVAILABLE and record is not None:
+                if spec.max_use_count is not None and record.use_count >= spec.max_use_count:
+                    recycled.append(worker_id)
+                    leaving += 1
+                else:
+                    idle.append(IdleWorker(worker_id, self._idle_since(record, now)))
+            else:  # provisioning in flight, or a machine (or a record) not yet available
+                provisioning += 1
+        history = self._history.setdefault(spec.name, _History())
+        observation = PoolObservation(
+            now=now,
+            busy=busy,
+            idle=tuple(idle),
+            provisioning=provisioning,
+            leaving=leaving,
+            waiting=waiting,
+            last_scale_up=history.last_scale_up,
+            last_scale_down=history.last_scale_down,
+            backoff_until=self._backoff_until(history),
+        )
+        return PoolTick(spec, observation, plan_scale(spec, observation), tuple(recycled), tuple(written_off))
+
+    def _idle_since(self, record: WorkerRecord, now: float) -> float:
+        key = (record.incarnation, record.use_count)
+        seen = self._idle_seen.get(record.worker_id)
+        if seen is None or seen[0] != key:
+            seen = self._idle_seen[record.worker_id] = (key, now)
+        return seen[1]
+
+    def _forget_idle(self, registered: set[str]) -> None:
+        for worker_id in self._idle_seen.keys() - registered:
+            del self._idle_seen[worker_id]
+
+    def _backoff_until(self, history: _History) -> float | None:
+        if not history.failures:
+            return None
+        delay = self.config.backoff_initial * 2.0 ** (len(history.failures) - 1)
+        return history.failures[-1] + min(delay, self.config.backoff_max)
+
+    # -- acting ----------------------------------------------------------------------------------------------
+
+    def _act(self, pool_tick: PoolTick) -> None:
+        spec, plan, now = pool_tick.spec, pool_tick.plan, pool_tick.observation.now
+        pool = spec.name
+        self.metrics.pool_desired_workers.labels(pool).set(plan.desired)
+        history = self._history[pool]
+        if plan.provision:
+            history.last_scale_up = now
+            self.metrics.pool_scale_events.labels(pool, "up", plan.reason.value).inc(plan.provision)
+            for _ in range(plan.provision):
+                self._provision(spec)
+        if plan.retire:
+            history.last_scale_down = now
+        for reason, retired in (
+            (plan.reason.value, plan.retire),
+            ("recycle", pool_tick.recycled),
+            ("lost", pool_tick.written_off),
+        ):
+            if retired:
+                self.metrics.pool_scale_events.labels(pool, "down", reason).inc(len(retired))
+            for worker_id in retired:
+                self._retire(pool, worker_id, reason)
+        if plan.acts or pool_tick.recycled or pool_tick.written_off:
+            log.info(
+                "pool.scale",
+                extra={
+                    "pool": pool,
+                    "desired": plan.desired,
+                    "provision": plan.provision,
+                    "retire": ",".join(plan.retire + pool_tick.recycled + pool_tick.written_off),
+                    "reason": _reasons(plan, pool_tick),
+                },
+            )
+
+    def _provision(self, spec: PoolSpec) -> None:
+        worker_id = f"{spec.name[: _WORKER_ID_LENGTH - 9]}-{uuid.uuid4().hex[:8]}"
+        tasks = self._provisions.setdefault(spec.name, {})
+        task = asyncio.create_task(self._provision_one(spec, worker_id), name=f"hodei-provision-{worker_id}")
+        tasks[worker_id] = task
+        task.add_done_callback(lambda _: tasks.pop(worker_id, None))
+
+    async def _provision_one(self, spec: PoolSpec, worker_id: str) -> None:
+        try:
+            async with asyncio.timeout(spec.provision_timeout):
+                await self.service.provision_worker(spec.worker_config, worker_id=worker_id)
+        except TimeoutError:
+            # The provider may have made something before the timeout cut it short: it must not stay.
+            with contextlib.suppress(HodeiError):
+                await asyncio.shield(self.service.provider.destroy(worker_id))
+            self._failed(
+                spec.name, worker_id, f"no worker within provision_timeout ({spec.provision_timeout:g} s)"
+            )
+        except HodeiError as error:
+            self._failed(spec.name, worker_id, str(error))
+        else:
+            self._history[spec.name].failures.clear()
+
+    def _failed(self, pool: str, worker_id: str, error: str) -> None:
+        failures = self._history[pool].failures
+        failures.append(self._clock())
+        del failures[:-_MAX_FAILURES_KEPT]
+        self.metrics.pool_provision_failures.labels(pool).inc()
+        log.warning(
+            "pool.provision_failed",
+            extra={
+                "pool": pool,
+                "worker_id": worker_id,
+                "error": quote_short(error),
+                "failures": len(failures),
+            },
+        )
+
+    def _retire(self, pool: str, worker_id: str, reason: str) -> None:
+        # Never one being retired already: those are counted as leaving, never planned again.
+        task = asyncio.create_task(
+            self._retire_one(pool, worker_id, reason), name=f"hodei-retire-{worker_id}"
+        )
+        self._retirements[worker_id] = task
+        task.add_done_callback(lambda _: self._retirements.pop(worker_id, None))
+
+    async def _retire_one(self, pool: str, worker_id: str, reason: str) -> None:
+        try:
+            await self.service.decommission_worker(worker_id)
+        except HodeiError as error:
+            log.warning(
+                "pool.retire_failed",
+                extra={
+                    "pool": pool,
+                    "worker_id": worker_id,
+                    "reason": reason,
+                    "error": quote_short(str(error)),
+                },
+            )
+
+
+def _owner(worker: DynamicWorker) -> str | None:
+    return worker.config.labels.get(OWNER_LABEL)
+
+
+def _waiting_by_pool(demand: Iterable[WaitingDemand], pools: Sequence[str]) -> dict[str, int]:
+    """How many acquires wait for each pool: a shape counts for the first pool (in name order) that fits it
+    and that the scheduler knows."""
+    known = set(pools)
+    waiting: dict[str, int] = {}
+    for shape in demand:
+        first = min((p for p in shape.pools if p in known), default=None)
+        if first is not None:
+            waiting[first] = waiting.get(first, 0) + shape.waiting
+    return waiting
+
+
+def _reasons(plan: ScalePlan, pool_tick: PoolTick) -> str:
+    reasons = [plan.reason.value] if plan.acts else []
+    reasons += ["recycle"] * bool(pool_tick.recycled) + ["lost"] * bool(pool_tick.written_off)
+    return ",".join(reasons)
