@@ -20,10 +20,11 @@ import grpc
 
 from hodei.lifecycle import LivenessConfig
 from hodei.management._config import WorkerManagementConfig
+from hodei.management._pools import PoolAutoscaler, PoolAutoscalerConfig, PoolsFile
 from hodei.management._service import WorkerManagementService
 from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import ControlPlaneMetrics, SchedulerMetrics
-from hodei.ports import EventRelay, Leadership, RegistryStore, WorkerProvider
+from hodei.ports import EventRelay, Leadership, PoolPort, RegistryStore, WorkerProvider
 from hodei.registration._adapter import WorkerRegistrationAdapter
 from hodei.registration._config import RegistrationConfig
 from hodei.scheduler._core import Scheduler
@@ -43,6 +44,7 @@ __all__ = [
     "SchedulerHost",
     "SchedulerOptions",
     "build_control_plane",
+    "build_pool_autoscaler",
     "build_scheduler",
     "default_store_url",
     "open_store",
@@ -330,3 +332,25 @@ def build_control_plane(
     return WorkerManagementService(
         provider, registration=adapter, config=management, metrics=metrics, owns_port=owns_port
     )
+
+
+def build_pool_autoscaler(
+    service: WorkerManagementService,
+    *,
+    pools: PoolPort | None = None,
+    pools_file: str | Path | None = None,
+    config: PoolAutoscalerConfig | None = None,
+) -> PoolAutoscaler:
+    """The autoscaler of the pools the scheduler knows, provisioning and retiring through ``service`` (from
+    :func:`build_control_plane`). It reads the pools from ``pools`` (default: the service's scheduler client)
+    and, given ``pools_file``, applies that file at its first tick and again whenever it changes."""
+    if pools is None:
+        port = service.registration.port if service.registration is not None else None
+        if not isinstance(port, SchedulerPortClient):
+            raise ValueError("give the scheduler's pools (a PoolPort): the service has no scheduler client")
+        pools = port
+    config = config or PoolAutoscalerConfig()
+    synced = (
+        PoolsFile(pools_file, pools, call_timeout=config.call_timeout) if pools_file is not None else None
+    )
+    return PoolAutoscaler(service, pools, config=config, pools_file=synced)
