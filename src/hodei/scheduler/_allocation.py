@@ -91,9 +91,16 @@ class _Wait:
     job: Job | None
     lease_ttl: float
     since: float
+    until: float  # when the longest of the acquires waiting for it gives up
     bound: asyncio.Future[Acquired] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    assignment: Assignment
+    record: WorkerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +137,14 @@ class Allocator:
         self._waiting: dict[str, _Wait] = {}  # by job id
         self.leases = LeaseTable()  # by assignment id: the holder's renewals
         self._where: dict[str, str] = {}  # assignment id -> worker id, as bound (a cache: the store decides)
+        self._bound_jobs: dict[str, _Bound] = {}  # job id -> its assignment and worker as bound
         self._ended: OrderedDict[str, _Ended] = OrderedDict()  # by assignment id
         self._ended_jobs: dict[str, str] = {}  # job id -> assignment id, of the ended ones kept
         self._watching_end: dict[str, list[asyncio.Future[None]]] = {}
         self.pools: dict[str, PoolSpec] = {}
         self.pools_source: tuple[str, str] | None = None
         self._poked = asyncio.Event()
+        self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
         self._serving: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
         registry.events.listen(self._heard)
@@ -156,8 +165,7 @@ class Allocator:
             self.pools_source = saved
         if isinstance(store, BoundJobs):
             for record in await store.bound():
-                assert record.assignment is not None
-                self._track(record.assignment, now)
+                self._track(record, now)
 
     def start(self) -> None:
         self._serving = asyncio.ensure_future(self._serve_forever())
@@ -188,32 +196,43 @@ class Allocator:
     ) -> Acquired:
         ttl = lease_ttl or self._default_ttl
         self._check(job_id, requirements, job, ttl, wait)
-        known = await self._known(job_id)
-        if known is not None:
-            return known
-        waiting = self._waiting.get(job_id)
-        if waiting is None:
+        waiting = None
+        while waiting is None:
+            # Every await below may let another acquire of the same job in: look again after each.
+            if (known := self._known_here(job_id)) is not None:
+                return known
+            if (waiting := self._waiting.get(job_id)) is not None:
+                # A retry of an acquire that still waits: one wait, for as long as the longest asks, served
+                # after the round serving the first (if one runs).
+                waiting.until = max(waiting.until, self._monotonic() + wait)
+                await self._serve()
+                break
+            if (known := await self._known_in_store(job_id)) is not None:
+                return known
+            if job_id in self._waiting or self._known_here(job_id):
+                continue
             await self._refuse_impossible(requirements, job)
+            if job_id in self._waiting or self._known_here(job_id):
+                continue
+            now = self._monotonic()
             waiting = _Wait(
-                Waiter(job_id, requirements, priority, next(self._arrivals)), job, ttl, self._monotonic()
+                Waiter(job_id, requirements, priority, next(self._arrivals)), job, ttl, now, now + wait
             )
             self._waiting[job_id] = waiting
             self._demand_changed()
             await self._serve()
-        # A retry of an acquire that still waits waits with it (for as long as it asked itself).
         try:
-            if wait <= 0 and not waiting.bound.done():
-                raise TimeoutError
-            return await asyncio.wait_for(asyncio.shield(waiting.bound), wait if wait > 0 else None)
+            return await asyncio.wait_for(asyncio.shield(waiting.bound), wait)
         except TimeoutError:
-            if self._waiting.get(job_id) is waiting and not waiting.bound.done():
+            if waiting.bound.done():
+                return waiting.bound.result()
+            if self._waiting.get(job_id) is waiting and self._monotonic() >= waiting.until:
                 del self._waiting[job_id]
                 self._demand_changed()
-                raise SchedulerTimeout(
-                    f"no worker fitting {quote_short(requirements.shape)} was free within {wait:g} s; "
-                    f"nothing was bound to job {quote_short(job_id)}"
-                ) from None
-            return await asyncio.shield(waiting.bound)
+            raise SchedulerTimeout(
+                f"no worker fitting {quote_short(requirements.shape)} was free within {wait:g} s; "
+                f"nothing was bound to job {quote_short(job_id)}"
+            ) from None
 
     def _check(
         self, job_id: str, requirements: Requirements, job: Job | None, ttl: float, wait: float
@@ -226,15 +245,22 @@ class Allocator:
         if found:
             raise InvalidWorkerData(f"the acquire of job {quote_short(job_id)} is invalid", violations=found)
 
-    async def _known(self, job_id: str) -> Acquired | None:
-        """The job's assignment if it has one already (bound, or ended and still kept): a retried acquire."""
+    def _known_here(self, job_id: str) -> Acquired | None:
+        """The job's assignment if this scheduler made or restored it (bound, or ended and still kept)."""
+        if (bound := self._bound_jobs.get(job_id)) is not None:
+            return Acquired(bound.assignment, bound.record, created=False)
         ended = self._ended_jobs.get(job_id)
         if ended is not None and ended in self._ended:
             kept = self._ended[ended]
             return Acquired(kept.assignment, kept.record or _placeholder(kept.assignment), created=False)
+        return None
+
+    async def _known_in_store(self, job_id: str) -> Acquired | None:
+        """The job's assignment if another replica bound it."""
         store = self.store
         if isinstance(store, BoundJobs) and (record := await store.find_job(job_id)) is not None:
             assert record.assignment is not None
+            self._track(record, self._monotonic())
             return Acquired(record.assignment, record, created=False)
         return None
 
@@ -290,6 +316,10 @@ class Allocator:
     async def _serve(self) -> None:
         if not self._waiting:
             return
+        async with self._one_serving:
+            await self._serve_once()
+
+    async def _serve_once(self) -> None:
         waits = {wait.waiter.job_id: wait for wait in self._waiting.values() if not wait.bound.done()}
         free = [
             record
@@ -330,12 +360,11 @@ class Allocator:
         )
         try:
             bound = await self._registry.bind(assignment)
-        except JobAlreadyBound:
-            known = await self._known(assignment.job_id)
-            return known
+        except JobAlreadyBound:  # another replica bound it meanwhile
+            return await self._known_in_store(assignment.job_id)
         if bound is None:
             return None  # taken meanwhile (or changed): the next round chooses again
-        self._track(assignment, self._monotonic())
+        self._track(bound, self._monotonic())
         if wait.job is not None:
             delivered = await self._tell(bound, WorkerCommand(CommandKind.RUN_JOB, assignment=assignment))
             if not delivered:
@@ -353,8 +382,12 @@ class Allocator:
         )
         return Acquired(assignment, bound)
 
-    def _track(self, assignment: Assignment, now: float) -> None:
+    def _track(self, record: WorkerRecord, now: float) -> None:
+        """A worker bound to a job, as bound: its assignment's lease runs from ``now``."""
+        assignment = record.assignment
+        assert assignment is not None
         self._where[assignment.assignment_id] = assignment.worker_id
+        self._bound_jobs[assignment.job_id] = _Bound(assignment, record)
         self.leases.renew(assignment.assignment_id, assignment.lease_ttl, now)
 
     # -- renew, release, end -----------------------------------------------------------------------------
@@ -398,10 +431,13 @@ class Allocator:
     async def job_finished(self, worker_id: str, assignment_id: str, result: JobResult) -> None:
         """The worker's agent reports the job of ``assignment_id`` ended. A report about another worker's
         assignment, or one that ended already, changes nothing; a BUSY worker bound to nothing is AVAILABLE."""
-        view = await self._view(assignment_id)
-        if not view.ended and view.assignment.worker_id == worker_id:
-            await self._end(view.assignment, result)
-            return
+        with contextlib.suppress(
+            WorkerNotFound
+        ):  # an assignment this scheduler never knew (restarted on memory)
+            view = await self._view(assignment_id)
+            if not view.ended and view.assignment.worker_id == worker_id:
+                await self._end(view.assignment, result)
+                return
         record = await self._registry.get(worker_id)
         if record is not None and record.status is WorkerStatus.BUSY and record.assignment is None:
             await self._registry.transition(worker_id, WorkerStatus.AVAILABLE, reason="its job finished")
@@ -439,7 +475,7 @@ class Allocator:
             return None
         for record in await store.bound():
             if record.assignment is not None and record.assignment.assignment_id == assignment_id:
-                self._track(record.assignment, self._monotonic())
+                self._track(record, self._monotonic())
                 return record
         return None
 
@@ -484,6 +520,9 @@ class Allocator:
         assignment_id = assignment.assignment_id
         self.leases.drop(assignment_id)
         self._where.pop(assignment_id, None)
+        bound = self._bound_jobs.get(assignment.job_id)
+        if bound is not None and bound.assignment.assignment_id == assignment_id:
+            del self._bound_jobs[assignment.job_id]
         ended = _Ended(assignment, result, self._monotonic(), record)
         self._ended[assignment_id] = ended
         if assignment.job_id:

@@ -110,8 +110,20 @@ class WorkerRegistry:
         """The registry's clock."""
         return self._clock()
 
-    def _record(self, worker: DynamicWorker, lease_ttl: float | None, status: WorkerStatus) -> WorkerRecord:
-        return record_of(worker, status=status, registered_at=self._clock(), lease_ttl=lease_ttl)
+    def _record(
+        self,
+        worker: DynamicWorker,
+        lease_ttl: float | None,
+        status: WorkerStatus,
+        running_jobs: Sequence[str] = (),
+    ) -> WorkerRecord:
+        return record_of(
+            worker,
+            status=status,
+            registered_at=self._clock(),
+            lease_ttl=lease_ttl,
+            running_jobs=tuple(running_jobs),
+        )
 
     def _count(self, result: str, worker_type: str, count: int = 1) -> None:
         self._results[result, worker_type].inc(count)
@@ -177,12 +189,14 @@ class WorkerRegistry:
         *,
         lease_ttl: float | None = None,
         status: WorkerStatus = WorkerStatus.AVAILABLE,
+        running_jobs: Sequence[str] = (),
     ) -> RegistrationReceipt:
         """Register (or refresh) one worker; it is ``AVAILABLE`` once this returns.
 
         ``lease_ttl`` is set for workers whose agent holds a lease; push registrations have none.
+        ``running_jobs``: the assignments its agent says it runs (one it is bound to stays bound).
         """
-        return await self.register_record(self._record(worker, lease_ttl, status))
+        return await self.register_record(self._record(worker, lease_ttl, status, running_jobs))
 
     async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
         """Register one record built by the caller (validated and vetted here); raises the refusal."""
