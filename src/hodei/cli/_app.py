@@ -12,6 +12,7 @@ import typer
 from hodei.cli._agent import agent
 from hodei.cli._common import LogFormat, LogLevel, console, errors, observe
 from hodei.cli._control_plane import control_plane_app
+from hodei.cli._jobs import jobs_app
 from hodei.cli._pools import pools_app
 from hodei.cli._scheduler import scheduler_app
 from hodei.cli._security import pki_app, token_app
@@ -20,6 +21,7 @@ from hodei.cli._workers import workers_app
 app = typer.Typer(help="hodei: workers that auto-register with the scheduler.", no_args_is_help=True)
 app.add_typer(scheduler_app, name="scheduler")
 app.add_typer(workers_app, name="workers")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(pools_app, name="pools")
 app.add_typer(control_plane_app, name="control-plane")
 app.add_typer(token_app, name="token")
