@@ -358,6 +358,21 @@ async def test_a_static_pool_is_provisioned_at_once_and_replaces_a_lost_worker_w
     assert rig.scale_events("fixed", "down", "lost") == 1
 
 
+async def test_a_registered_worker_whose_machine_vanished_is_written_off_and_replaced_in_the_same_tick() -> (
+    None
+):
+    rig = Rig(static(size=2))
+    await rig.settled_tick(0.0)
+    gone = sorted(rig.provider.running)[0]
+    del rig.provider.running[gone]  # the process died; its record is still AVAILABLE
+
+    ticks = await rig.settled_tick(1.0)
+
+    assert (ticks["fixed"].written_off, ticks["fixed"].plan.provision) == ((gone,), 1)
+    assert gone not in rig.scheduler.records
+    assert len(rig.scheduler.pool_records("fixed", WorkerStatus.AVAILABLE)) == 2
+
+
 async def test_a_lost_worker_whose_machine_is_still_there_counts_until_it_is_destroyed() -> None:
     rig = Rig(static(size=2))
     await rig.settled_tick(0.0)

@@ -12,8 +12,9 @@ How a pool's workers are counted (by worker id, so that nothing counts twice):
 - a record ``BUSY`` is busy; ``AVAILABLE`` is idle — unless it ran ``max_use_count`` jobs (it is recycled:
   retired, and replaced through the plan) or is being retired;
 - ``DRAINING``, or being retired by this autoscaler, is leaving (still counted toward ``max``);
-- ``LOST``, ``FAILED`` or gone is written off — retired at once — and counted (as leaving) only while the
-  provider still lists its machine;
+- ``LOST``, ``FAILED``, or registered with no machine behind it (the registry is read before the provider, so
+  a machine it does not list is gone) is written off — retired at once — and counted (as leaving) only while
+  the provider still lists its machine;
 - a provision in flight, or a machine the provider lists with no record yet, is provisioning.
 
 Only the workers of this control plane's owner (the ``hodei.owner`` label) are counted or retired, and only
@@ -379,7 +380,10 @@ class PoolAutoscaler:
         for worker_id in sorted(records.keys() | machines | in_flight):
             record = records.get(worker_id)
             status = record.status if record is not None else None
-            if status in _WRITTEN_OFF or (worker_id in retiring and status is None):
+            # The registry was read before the provider: a registered worker whose machine the provider no longer
+            # lists (and that is not being provisioned) has lost it.
+            vanished = record is not None and worker_id not in machines and worker_id not in in_flight
+            if status in _WRITTEN_OFF or vanished or (worker_id in retiring and status is None):
                 # Lost or failed (or gone while being retired): it counts while its machine is still there.
                 leaving += worker_id in machines
                 if status is not None and worker_id not in retiring:
