@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -152,9 +153,10 @@ def pools_watch(
                 if not as_json:
                     print(plain(pools_lines(pools, demand)).plain, flush=True)
                 async for event in stream:
-                    print(
-                        pool_event_json(event) if as_json else plain(pool_event_line(event)).plain, flush=True
-                    )
+                    if event.kind is WorkerEventKind.DEMAND and not event.demand:  # it says that, not what
+                        event = replace(event, demand=tuple(await client.get_demand(timeout=10)))
+                    line = pool_event_json(event) if as_json else plain(pool_event_line(event)).plain
+                    print(line, flush=True)
                 return
             changed = asyncio.Event()
 
