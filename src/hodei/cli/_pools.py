@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections import deque
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Group
 from rich.markup import escape
-from rich.table import Table
 
+from hodei._pool_views import (
+    PoolsView,
+    demand_table,
+    pool_detail,
+    pool_event_json,
+    pool_event_line,
+    pools_lines,
+    pools_table,
+)
 from hodei._views import plain
 from hodei.cli._common import SchedulerOption, console, errors, run_against_scheduler, until_signalled
 from hodei.cli._security import (
@@ -26,11 +30,10 @@ from hodei.cli._security import (
     TokenOption,
     scheduler_client,
 )
-from hodei.domain import WorkerStatus
-from hodei.lifecycle import WorkerEvent, WorkerEventKind
+from hodei.lifecycle import WorkerEventKind
 
 if TYPE_CHECKING:
-    from hodei.pools import PoolSpec, PoolStatus, WaitingDemand
+    from hodei.pools import PoolStatus, WaitingDemand
 
 NO_SUCH_POOL_EXIT = 3  # hodei pools status: no such pool
 
@@ -65,7 +68,7 @@ def pools_apply(
             return await client.apply_pools(str(file), text, timeout=10)
 
     applied = run_against_scheduler(apply(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
-    console.print(pools_table(applied, [], f"{len(applied)} pool(s) applied to {escape(scheduler)}"))
+    console.print(pools_table(applied, f"{len(applied)} pool(s) applied to {escape(scheduler)}"))
 
 
 @pools_app.command("list")
@@ -80,12 +83,12 @@ def pools_list(
     """The pools: their kind, provider and bounds, their workers by status, and the jobs waiting for them."""
     connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
 
-    async def fetch() -> tuple[list[PoolStatus], list[WaitingDemand]]:
+    async def fetch() -> list[PoolStatus]:
         async with connect() as client:
-            return await client.list_pools(timeout=10), await client.get_demand(timeout=10)
+            return await client.list_pools(timeout=10)
 
-    pools, demand = run_against_scheduler(fetch(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
-    console.print(pools_table(pools, demand, f"{len(pools)} pool(s) on {escape(scheduler)}"))
+    pools = run_against_scheduler(fetch(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
+    console.print(pools_table(pools, f"{len(pools)} pool(s) on {escape(scheduler)}"))
 
 
 @pools_app.command("status")
@@ -142,46 +145,37 @@ def pools_watch(
 
     connect = scheduler_client(scheduler, token, token_file, tls_ca, tls_cert, tls_key)
     one_line_each = as_json or not sys.stdout.isatty()
-    recent: deque[WorkerEvent] = deque(maxlen=events)
+    view = PoolsView(scheduler, recent=events)
 
     async def watch() -> None:
         async with connect() as client:
             # Reach the scheduler (and pass its access control) before drawing anything.
-            pools, demand = await client.list_pools(timeout=10), await client.get_demand(timeout=10)
+            pools = await client.list_pools(timeout=10)
             stream = client.watch_workers()
             if one_line_each:
                 if not as_json:
-                    print(plain(pools_lines(pools, demand)).plain, flush=True)
+                    print(plain(pools_lines(pools)).plain, flush=True)
                 async for event in stream:
                     if event.kind is WorkerEventKind.DEMAND and not event.demand:  # it says that, not what
                         event = replace(event, demand=tuple(await client.get_demand(timeout=10)))
                     line = pool_event_json(event) if as_json else plain(pool_event_line(event)).plain
                     print(line, flush=True)
                 return
+            view.update(pools)
             changed = asyncio.Event()
-
-            def render() -> Group:
-                title = f"{len(pools)} pool(s) on {escape(scheduler)}"
-                lines = [plain(pool_event_line(e)) for e in recent]
-                return Group(pools_table(pools, demand, title), *lines)
-
-            with Live(render(), console=console, refresh_per_second=8) as live:
+            with Live(view.render(), console=console, refresh_per_second=8) as live:
 
                 async def redraw() -> None:  # events coalesce while the pools are being read
-                    nonlocal pools, demand
                     while True:
                         await changed.wait()
                         changed.clear()
-                        pools, demand = (
-                            await client.list_pools(timeout=10),
-                            await client.get_demand(timeout=10),
-                        )
-                        live.update(render())
+                        view.update(await client.list_pools(timeout=10))
+                        live.update(view.render())
 
                 redrawing = asyncio.create_task(redraw())
                 try:
                     async for event in stream:
-                        recent.append(event)
+                        view.apply(event)
                         changed.set()
                         if redrawing.done():
                             redrawing.result()  # its error
@@ -204,138 +198,3 @@ def pools_watch(
 
     with contextlib.suppress(BrokenPipeError):  # the reader went away (| head): nothing more to say
         run_against_scheduler(watch_until_told(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
-
-
-# --- the views ---------------------------------------------------------------------------------------------------
-
-
-def _bounds(spec: PoolSpec) -> str:
-    return f"{spec.min}/{spec.max}"
-
-
-def _by_status(status: PoolStatus) -> str:
-    return ", ".join(f"{n} {s.value}" for s in WorkerStatus if (n := status.workers.get(s, 0))) or "none"
-
-
-def _waiting(status: PoolStatus, demand: Sequence[WaitingDemand]) -> int:
-    """The jobs waiting that this pool fits (the scheduler's count; else the demand's, for the shapes it fits)."""
-    return status.waiting or sum(d.waiting for d in demand if status.spec.name in d.pools)
-
-
-def pools_table(pools: Sequence[PoolStatus], demand: Sequence[WaitingDemand], title: str) -> Table:
-    """The pools, one a row. ``title`` is rich markup (escape what a client gave in it)."""
-    table = Table(title=title)
-    for column in ("pool", "kind", "provider", "min/max", "size", "by status", "waiting"):
-        table.add_column(column, overflow="fold")
-    for status in sorted(pools, key=lambda p: p.spec.name):
-        spec = status.spec
-        table.add_row(
-            plain(spec.name),
-            plain(spec.kind.value),
-            plain(spec.provider.value),
-            plain(_bounds(spec)),
-            plain(str(status.size)),
-            plain(_by_status(status)),
-            plain(str(_waiting(status, demand))),
-        )
-    return table
-
-
-def pools_lines(pools: Sequence[PoolStatus], demand: Sequence[WaitingDemand]) -> str:
-    """The pools as plain lines (for a pipe), one a pool."""
-    return "\n".join(
-        f"pool {p.spec.name!a} {p.spec.kind.value} {p.spec.provider.value} {_bounds(p.spec)} size={p.size} "
-        f"[{_by_status(p)}] waiting={_waiting(p, demand)}"
-        for p in sorted(pools, key=lambda p: p.spec.name)
-    )
-
-
-def pool_detail(status: PoolStatus) -> Table:
-    """One pool's definition, field by field, and its workers by status."""
-    spec, template = status.spec, status.spec.template
-    table = Table(title=f"pool {escape(spec.name)}", show_header=False)
-    table.add_column("field")
-    table.add_column("value", overflow="fold")
-    rows: list[tuple[str, str]] = [("kind", spec.kind.value), ("provider", spec.provider.value)]
-    rows += [("min", str(spec.min)), ("max", str(spec.max))]
-    if spec.kind.value == "dynamic":
-        rows += [
-            ("warm", str(spec.warm)),
-            ("idle_timeout", f"{spec.idle_timeout:g} s"),
-            ("scale_up_cooldown", f"{spec.scale_up_cooldown:g} s"),
-            ("scale_down_cooldown", f"{spec.scale_down_cooldown:g} s"),
-        ]
-    rows += [
-        ("max_provisioning", str(spec.max_provisioning)),
-        ("provision_timeout", f"{spec.provision_timeout:g} s"),
-        ("max_use_count", "-" if spec.max_use_count is None else str(spec.max_use_count)),
-        (
-            "template",
-            f"cpu {template.cpu_cores}, memory {template.memory_mb} MB, disk {template.disk_mb} MB, "
-            f"gpu {template.gpu_count}",
-        ),
-        ("labels", ",".join(f"{k}={v}" for k, v in sorted(template.labels.items())) or "-"),
-        ("image", template.image or "-"),
-        ("size", str(status.size)),
-        ("by status", _by_status(status)),
-        ("waiting", str(status.waiting)),
-    ]
-    for field, value in rows:
-        table.add_row(field, plain(value))
-    return table
-
-
-def demand_table(demand: Sequence[WaitingDemand], title: str) -> Table:
-    """What waits, one shape a row: how many, the oldest wait, the pools that fit it."""
-    table = Table(title=title)
-    for column in ("requirements", "waiting", "oldest wait", "pools that fit"):
-        table.add_column(column, overflow="fold")
-    for shape in demand:
-        table.add_row(
-            plain(shape.shape),
-            plain(str(shape.waiting)),
-            plain(f"{shape.oldest_wait:.1f} s"),
-            plain(",".join(shape.pools) or "none"),
-        )
-    return table
-
-
-def _demand_text(demand: Sequence[WaitingDemand]) -> str:
-    return (
-        "; ".join(f"{d.shape} waiting={d.waiting} pools={','.join(d.pools) or '-'}" for d in demand) or "none"
-    )
-
-
-def pool_event_line(event: WorkerEvent) -> str:
-    """One event as one line: time, sequence, kind, then the demand (DEMAND) or the worker, its pool and status."""
-    head = f"{event.time.isoformat(timespec='milliseconds')} #{event.sequence} {event.kind.value}"
-    if event.kind is WorkerEventKind.DEMAND:
-        return f"{head} {_demand_text(event.demand)}"
-    record = event.record
-    pool = record.pool if record is not None else "-"
-    status = record.status.value if record is not None else "-"
-    return f"{head} {event.worker_id or '-'} pool={pool} {status} {event.reason}".rstrip()
-
-
-def pool_event_json(event: WorkerEvent) -> str:
-    """One event as one JSON object on one line."""
-    return json.dumps(
-        {
-            "time": event.time.isoformat(timespec="milliseconds"),
-            "sequence": event.sequence,
-            "kind": event.kind.value,
-            "worker_id": event.worker_id,
-            "pool": event.record.pool if event.record is not None else None,
-            "status": event.record.status.value if event.record is not None else None,
-            "reason": event.reason,
-            "demand": [
-                {
-                    "requirements": d.shape,
-                    "waiting": d.waiting,
-                    "oldest_wait": d.oldest_wait,
-                    "pools": list(d.pools),
-                }
-                for d in event.demand
-            ],
-        }
-    )
