@@ -217,3 +217,13 @@ async def test_control_plane_run_applies_its_pools_file_reapplies_it_on_change_a
     assert pool.spec.max == 2  # the invalid file changed nothing
     assert left == []  # its agents were retired with it
     assert "hodei control plane stopped" in stdout.decode()
+
+
+async def test_control_plane_run_refuses_an_invalid_pools_file_before_it_starts(tmp_path: Path) -> None:
+    path = tmp_path / "pools.toml"
+    path.write_text(fixed(2).replace("size = 2", "size = -1"))
+
+    refused = await run_hodei("control-plane", "run", "-s", "127.0.0.1:1", "--pools", str(path), timeout=30)
+
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr.startswith(f"hodei control-plane: {path}:4: pools.fixed.size: must be between ")

@@ -493,6 +493,18 @@ async def test_busy_draining_and_unregistered_machines_count_toward_max() -> Non
     assert rig.scheduler.listed_pages >= 3  # read a page of one at a time
 
 
+async def test_a_pool_removed_from_the_scheduler_is_no_longer_sized_nor_shown() -> None:
+    rig = Rig(dynamic("alpha", max=2), dynamic("beta", max=2))
+    await rig.settled_tick(0.0)
+    assert metric(rig.metrics.registry, "hodei_pool_desired_workers", pool="beta") == 0
+    del rig.scheduler.specs["beta"]
+
+    assert list(await rig.settled_tick(1.0)) == ["alpha"]
+
+    assert rig.metrics.registry.get_sample_value("hodei_pool_desired_workers", {"pool": "beta"}) is None
+    assert metric(rig.metrics.registry, "hodei_pool_desired_workers", pool="alpha") == 0
+
+
 async def test_pools_of_another_provider_are_left_alone(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "hodei.management")
 
@@ -529,7 +541,10 @@ async def test_a_retirement_that_fails_is_logged_and_tried_again_at_a_later_tick
 async def test_the_loop_survives_a_failed_tick_and_stops_cleanly(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "hodei.management")
     rig = Rig(dynamic(min=2, max=2), interval=0.01)
-    rig.scheduler.fail_list_pools.append(RuntimeError("a bug in one tick"))
+    rig.scheduler.fail_list_pools += [
+        RuntimeError("a bug in one tick"),
+        scheduler_error_for(ErrorCode.UNAVAILABLE, "the scheduler is away"),
+    ]
 
     async with rig.autoscaler as autoscaler:
         with pytest.raises(RuntimeError, match="started already"):
@@ -540,8 +555,10 @@ async def test_the_loop_survives_a_failed_tick_and_stops_cleanly(caplog: pytest.
 
         await wait_for(two_workers)
     await rig.autoscaler.stop()  # idempotent
-    [failed] = events(caplog, "pools.tick_failed")
-    assert failed.exc_info is not None and "a bug in one tick" in str(failed.exc_info[1])
+    [bug, away] = events(caplog, "pools.tick_failed")
+    assert bug.exc_info is not None and "a bug in one tick" in str(bug.exc_info[1])
+    assert (away.levelname, away.exc_info) == ("WARNING", None)
+    assert "the scheduler is away" in away.error  # type: ignore[attr-defined]
 
 
 async def test_stopping_cancels_the_provisions_in_flight_and_leaves_no_machine() -> None:

@@ -234,6 +234,7 @@ class PoolAutoscaler:
         self._provisions: dict[str, dict[str, asyncio.Task[None]]] = {}  # pool -> worker id -> its task
         self._retirements: dict[str, asyncio.Task[None]] = {}  # worker id -> its task
         self._skipped: set[str] = set()
+        self._gauged: set[str] = set()  # the pools whose desired size the metrics show
         self._loop: asyncio.Task[None] | None = None
         self._started = False
 
@@ -259,6 +260,8 @@ class PoolAutoscaler:
         while True:
             try:
                 await self.tick()
+            except HodeiError as error:  # the scheduler or the provider could not be read: nothing was done
+                log.warning("pools.tick_failed", extra={"error": clip(str(error), 400)})
             except Exception:  # one failed tick must not stop the sizing of every pool: logged, whole
                 log.exception("pools.tick_failed")
             await asyncio.sleep(self.config.interval)
@@ -326,7 +329,14 @@ class PoolAutoscaler:
             self._act(pool_tick)
             ticks.append(pool_tick)
         self._forget_idle({r for pool in records.values() for r in pool})
+        self._forget_pools({t.spec.name for t in ticks})
         return ticks
+
+    def _forget_pools(self, sized: set[str]) -> None:
+        """A pool no longer sized (gone from the pools, or another provider's) has no desired size any more."""
+        for pool in self._gauged - sized:
+            self.metrics.pool_desired_workers.remove(pool)
+        self._gauged = sized
 
     async def _records(self) -> dict[str, dict[str, WorkerRecord]]:
         """This owner's registered workers, by pool and id (paged)."""
