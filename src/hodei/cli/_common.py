@@ -4,6 +4,7 @@ logs, metrics), and how a command reports a scheduler's error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import signal
 import sys
@@ -147,6 +148,23 @@ async def until_signalled(*signals: signal.Signals) -> None:
     for sig in signals or (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def watch_until_told(watch: Coroutine[Any, Any, None], *, exit_after: float = 0.0) -> None:
+    """Run ``watch`` (a watch command's stream) until it ends, SIGINT or SIGTERM arrives, or ``exit_after``
+    seconds pass (0: no limit); raise its error, if it ended by one."""
+    watching = asyncio.create_task(watch)
+    stopping = asyncio.create_task(until_signalled())
+    try:
+        await asyncio.wait(
+            {watching, stopping}, timeout=exit_after or None, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (watching, stopping):
+            task.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching  # its error, if it ended by one
 
 
 def run_against_scheduler(

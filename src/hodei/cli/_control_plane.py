@@ -5,7 +5,8 @@ agent processes. It parses its options and hands them to the composition root
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -29,11 +30,9 @@ from hodei.cli._security import (
     TokenFileOption,
     TokenOption,
     client_tls,
+    minting_authority,
     read_token,
 )
-
-if TYPE_CHECKING:
-    from hodei.security import JoinTokens
 
 control_plane_app = typer.Typer(help="Run the control plane: the pools' autoscaler.", no_args_is_help=True)
 
@@ -89,6 +88,7 @@ def control_plane_run(
     from hodei.observability._metrics import ControlPlaneMetrics, process_registry
     from hodei.pools import PoolFileError, load_pools
     from hodei.providers import ProcessProvider
+    from hodei.security import JoinTokens
 
     observe("hodei-control-plane", log_format, log_level, native=True)
     if pools:
@@ -99,7 +99,7 @@ def control_plane_run(
             raise typer.Exit(1) from error
     tls = client_tls(tls_ca, tls_cert, tls_key)
     credential = read_token(token, token_file)
-    join_tokens = _join_tokens(join_key) if join_key else None
+    join_tokens = JoinTokens(minting_authority(Path(join_key), "--join-key")) if join_key else None
     metrics = ControlPlaneMetrics(process_registry())
     endpoint = MetricsEndpoint(metrics.registry, metrics_listen) if metrics_listen else None
 
@@ -145,15 +145,3 @@ def control_plane_run(
     finally:
         if endpoint is not None:
             endpoint.stop()
-
-
-def _join_tokens(key: str) -> JoinTokens:
-    from hodei.security import JoinTokens, TokenAuthority, load_key
-
-    try:
-        authority = TokenAuthority(load_key(key))
-    except (OSError, ValueError) as error:
-        raise typer.BadParameter(str(error), param_hint="--join-key") from error
-    if not authority.can_mint:
-        raise typer.BadParameter(f"{key} is a public key: it cannot make tokens", param_hint="--join-key")
-    return JoinTokens(authority)

@@ -21,7 +21,13 @@ from hodei._pool_views import (
     pools_table,
 )
 from hodei._views import plain
-from hodei.cli._common import SchedulerOption, console, errors, run_against_scheduler, until_signalled
+from hodei.cli._common import (
+    SchedulerOption,
+    console,
+    errors,
+    run_against_scheduler,
+    watch_until_told,
+)
 from hodei.cli._security import (
     TlsCaOption,
     TlsCertOption,
@@ -182,19 +188,10 @@ def pools_watch(
                 finally:
                     redrawing.cancel()
 
-    async def watch_until_told() -> None:
-        watching = asyncio.create_task(watch())
-        stopping = asyncio.create_task(until_signalled())
-        try:
-            await asyncio.wait(
-                {watching, stopping}, timeout=exit_after or None, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for task in (watching, stopping):
-                task.cancel()
-            await asyncio.gather(stopping, return_exceptions=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching  # its error, if it ended by one
-
     with contextlib.suppress(BrokenPipeError):  # the reader went away (| head): nothing more to say
-        run_against_scheduler(watch_until_told(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
+        run_against_scheduler(
+            watch_until_told(watch(), exit_after=exit_after),
+            scheduler=scheduler,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+        )

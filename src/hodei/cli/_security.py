@@ -33,6 +33,7 @@ __all__ = [
     "TokenOption",
     "WorkerCredentialTtlOption",
     "client_tls",
+    "minting_authority",
     "pki_app",
     "read_token",
     "scheduler_client",
@@ -220,16 +221,18 @@ KeyOption = Annotated[
 TtlOption = Annotated[float, typer.Option(help="Seconds the token is valid (0: no expiry).", min=0)]
 
 
-def _authority(key: Path) -> Any:
+def minting_authority(key: Path, option: str = "--key") -> Any:
+    """A token authority that can make tokens with the key in ``key``, or a bad-parameter error naming
+    ``option``."""
     from hodei.security import TokenAuthority, load_key
 
     try:
         authority = TokenAuthority(load_key(key))
     except (OSError, ValueError) as error:
-        raise typer.BadParameter(str(error), param_hint="--key") from error
+        raise typer.BadParameter(str(error), param_hint=option) from error
     if not authority.can_mint:
         raise typer.BadParameter(
-            f"{key} is a public key: it verifies tokens but cannot make them", param_hint="--key"
+            f"{key} is a public key: it verifies tokens but cannot make them", param_hint=option
         )
     return authority
 
@@ -295,7 +298,7 @@ def token_operator(
     """Print an operator token: every call allowed (the CLI's workers commands, a control plane).
 
     The token goes to stdout; when it expires, to stderr."""
-    authority = _authority(key)
+    authority = minting_authority(key)
     token = _mint(lambda: authority.mint_operator_token(name, ttl or None))
     _say_expiry("operator token", authority.verify_operator_token(token).expires_at, ttl)
 
@@ -313,7 +316,7 @@ def token_join(
 ) -> None:
     """Print a join token for one worker: its agent registers with it (hodei agent --token-file)."""
 
-    authority = _authority(key)
+    authority = minting_authority(key)
     labels = dict(parse_label(item) for item in label) if label else None
     _mint(
         lambda: authority.mint_join_token(
@@ -333,7 +336,7 @@ def token_worker(
     ] = None,
 ) -> None:
     """Print a worker credential: a static worker's own, long-lived token (it survives restarts of its agent)."""
-    authority = _authority(key)
+    authority = minting_authority(key)
     labels = dict(parse_label(item) for item in label) if label else None
     _mint(
         lambda: authority.mint_worker_credential(worker_id, ttl=ttl or None, pool=pool or None, labels=labels)
