@@ -58,6 +58,14 @@ SchedulerOption = Annotated[
 ]
 
 
+# The options of the watch commands (hodei workers watch, hodei pools watch).
+RecentEventsOption = Annotated[int, typer.Option("--events", help="Recent events shown under the table.")]
+JsonLinesOption = Annotated[
+    bool, typer.Option("--json", help="One JSON object per event (JSON lines) instead of the live view.")
+]
+ExitAfterOption = Annotated[float, typer.Option(hidden=True, help="Stop after this many seconds (tests).")]
+
+
 class LogFormat(enum.StrEnum):
     JSON = "json"
     CONSOLE = "console"

@@ -11,6 +11,9 @@ from rich.markup import escape
 
 from hodei._views import plain, workers_table
 from hodei.cli._common import (
+    ExitAfterOption,
+    JsonLinesOption,
+    RecentEventsOption,
     SchedulerOption,
     console,
     parse_labels,
@@ -97,13 +100,9 @@ def workers_unregister(
 @workers_app.command("watch")
 def workers_watch(
     scheduler: SchedulerOption = "127.0.0.1:50051",
-    events: Annotated[int, typer.Option(help="Recent events shown under the table.")] = 8,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object per event (JSON lines) instead of the live view.")
-    ] = False,
-    exit_after: Annotated[
-        float, typer.Option(hidden=True, help="Stop after this many seconds (tests).")
-    ] = 0.0,
+    events: RecentEventsOption = 8,
+    as_json: JsonLinesOption = False,
+    exit_after: ExitAfterOption = 0.0,
     token: TokenOption = "",
     token_file: TokenFileOption = "",
     tls_ca: TlsCaOption = "",
