@@ -605,7 +605,8 @@ class Allocator:
     def _demand_changed(self) -> None:
         events = self._registry.events
         if events.watchers:
-            events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting")
+            demand = tuple(self.demand())
+            events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting", demand=demand)
 
     async def apply_pools(self, source: str, text: str) -> list[PoolStatus]:
         specs = parse_pools(text, source=source)  # PoolFileError (file, line, field): nothing changes
