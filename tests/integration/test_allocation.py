@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 import pytest_asyncio
 
@@ -360,4 +359,42 @@ async def test_an_unknown_assignment_is_not_found(client: SchedulerPortClient) -
     assert [v.field for v in missing.value.violations] == ["assignment_id"]
 
 
-_ = (grpc, WorkerEventKind)
+async def test_watchers_see_the_waiting_demand_and_the_assignments(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.register_worker(worker("w", cpu=4, os="linux"))
+    held = await client.acquire_worker("first", Requirements(cpu_cores=2))
+    watch = client.watch_workers()
+    seen: list[tuple[WorkerEventKind, str, tuple[tuple[str, int], ...]]] = []
+
+    async def watching() -> None:
+        async for event in watch:
+            seen.append((event.kind, event.reason, tuple((d.shape, d.waiting) for d in event.demand)))
+
+    reader = asyncio.create_task(watching())
+    await wait_for(lambda: _true(scheduler.scheduler.events.watchers == 1))
+    waiting = asyncio.create_task(
+        client.acquire_worker("second", Requirements(cpu_cores=2, labels={"os": "linux"}), wait=10)
+    )
+    await wait_for(lambda: _true(any(kind is WorkerEventKind.DEMAND for kind, _, _ in seen)))
+    await client.release_worker(held.assignment.assignment_id)
+    await waiting
+    await wait_for(lambda: _true(len([k for k, _, _ in seen if k is WorkerEventKind.DEMAND]) == 2))
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+
+    assert [
+        entry
+        for entry in seen
+        if entry[0] in {WorkerEventKind.DEMAND, WorkerEventKind.ASSIGNED, WorkerEventKind.RELEASED}
+    ] == [
+        (WorkerEventKind.DEMAND, "1 waiting", (("cpu=2 os=linux", 1),)),
+        (WorkerEventKind.RELEASED, "succeeded", ()),
+        (WorkerEventKind.ASSIGNED, "second", ()),
+        (WorkerEventKind.DEMAND, "0 waiting", ()),
+    ]
+
+
+async def _true(value: bool) -> bool:
+    return value

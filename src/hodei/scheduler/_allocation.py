@@ -53,6 +53,7 @@ from hodei.errors import (
     WorkerNotFound,
 )
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
+from hodei.observability._metrics import SchedulerMetrics
 from hodei.pools import PoolSpec, PoolStatus, Requirements, Waiter, WaitingDemand, match, parse_pools
 from hodei.ports import Acquired, AssignmentView, BoundJobs, PoolDefinitions, RegistryStore, WorkerFilter
 from hodei.scheduler._liveness import LeaseTable
@@ -126,8 +127,13 @@ class Allocator:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         default_ttl: float = DEFAULT_ASSIGNMENT_TTL,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._registry = registry
+        self._metrics = metrics or SchedulerMetrics()
+        self._metrics.acquires_waiting.set_function(lambda: len(self._waiting))
+        self._gauged_pools: set[str] = set()
+        self._pools_counted_at = -1.0
         self._tell = tell
         self._connected_here = connected_here
         self._clock = clock
@@ -228,6 +234,7 @@ class Allocator:
                 return waiting.bound.result()
             if self._waiting.get(job_id) is waiting and self._monotonic() >= waiting.until:
                 del self._waiting[job_id]
+                self._metrics.acquire_wait.labels("timeout").observe(self._monotonic() - waiting.since)
                 self._demand_changed()
             raise SchedulerTimeout(
                 f"no worker fitting {quote_short(requirements.shape)} was free within {wait:g} s; "
@@ -299,7 +306,11 @@ class Allocator:
                 await asyncio.wait_for(self._poked.wait(), 0.5)
             self._poked.clear()
             try:
-                await self.tick(self._monotonic())
+                now = self._monotonic()
+                await self.tick(now)
+                if now - self._pools_counted_at >= 1.0:
+                    self._pools_counted_at = now
+                    await self.count_pools()
             except Exception:  # one failed round (the store, say) never ends serving
                 log.exception("allocation.round_failed")
 
@@ -334,6 +345,7 @@ class Allocator:
             acquired = await self._bind(wait, record)
             if acquired is not None:
                 served = True
+                self._metrics.acquire_wait.labels("bound").observe(self._monotonic() - wait.since)
                 self._waiting.pop(waiter.job_id, None)
                 if not wait.bound.done():
                     wait.bound.set_result(acquired)
@@ -523,6 +535,7 @@ class Allocator:
         bound = self._bound_jobs.get(assignment.job_id)
         if bound is not None and bound.assignment.assignment_id == assignment_id:
             del self._bound_jobs[assignment.job_id]
+        self._metrics.assignments_ended.labels(result.outcome.value).inc()
         ended = _Ended(assignment, result, self._monotonic(), record)
         self._ended[assignment_id] = ended
         if assignment.job_id:
@@ -592,7 +605,8 @@ class Allocator:
     def _demand_changed(self) -> None:
         events = self._registry.events
         if events.watchers:
-            events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting")
+            demand = tuple(self.demand())
+            events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting", demand=demand)
 
     async def apply_pools(self, source: str, text: str) -> list[PoolStatus]:
         specs = parse_pools(text, source=source)  # PoolFileError (file, line, field): nothing changes
@@ -604,6 +618,26 @@ class Allocator:
         log.info("pools.applied", extra={"source": quote_short(source), "pools": len(specs)})
         self.poke()
         return await self.pool_statuses()
+
+    async def count_pools(self) -> None:
+        """Set the pool gauges from the registry (a pool no longer declared loses its series)."""
+        metrics = self._metrics
+        statuses = await self.pool_statuses() if self.pools else []
+        for status in statuses:
+            name = status.spec.name
+            for worker_status in WorkerStatus:
+                metrics.pool_workers.labels(name, worker_status.value).set(
+                    status.workers.get(worker_status, 0)
+                )
+            metrics.pool_max.labels(name).set(status.spec.max)
+            metrics.pool_waiting.labels(name).set(status.waiting)
+        names = {status.spec.name for status in statuses}
+        for gone in self._gauged_pools - names:
+            for worker_status in WorkerStatus:
+                metrics.pool_workers.remove(gone, worker_status.value)
+            metrics.pool_max.remove(gone)
+            metrics.pool_waiting.remove(gone)
+        self._gauged_pools = names
 
     async def pool_statuses(self) -> list[PoolStatus]:
         """Every pool with its workers by status (from the registry, now) and the acquires waiting for it (a

@@ -124,6 +124,7 @@ class Scheduler:
             connected_here=self.streams.sessions.__contains__,
             clock=clock,
             monotonic=monotonic,
+            metrics=self.metrics,
         )
 
     @property
