@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import replace
@@ -604,13 +605,21 @@ async def test_the_pools_file_is_applied_at_start_and_again_only_when_its_conten
     assert await pools_file.sync() is None
     path.write_text(POOLS)  # rewritten, the same content
     assert await pools_file.sync() is None
-    path.write_text(POOLS.replace("max = 4", "max = 6"))
+    path.write_text(POOLS.replace("max = 4", "max = 5"))  # the same size, maybe the same modification time
     assert await pools_file.sync() is not None
+    assert scheduler.specs["builders"].max == 5
+    path.write_text(POOLS.replace("max = 4", "max = 6"))
+    os.utime(path, (1_000_000, 1_000_000))  # an old modification time: read once, then only stat
+    assert await pools_file.sync() is not None
+    path.write_text(POOLS.replace("max = 4", "max = 7"))
+    os.utime(path, (1_000_000, 1_000_000))  # the same size, inode and old time: it is not read again
+    assert await pools_file.sync() is None
     assert scheduler.specs["builders"].max == 6
-    assert len(scheduler.applied) == 2
+    assert scheduler.specs["builders"].max == 6
+    assert len(scheduler.applied) == 3
     assert [(r.file, r.pools) for r in events(caplog, "pools.applied")] == [  # type: ignore[attr-defined]
         (str(path), "builders")
-    ] * 2
+    ] * 3
 
 
 async def test_an_invalid_pools_file_is_refused_with_its_line_and_field_and_the_pools_stay(

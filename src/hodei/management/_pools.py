@@ -70,6 +70,7 @@ _WRITTEN_OFF = frozenset(
 )
 _MAX_FAILURES_KEPT = 32
 _WORKER_ID_LENGTH = 128
+_SETTLED_NS = 2_000_000_000  # a file's modification time this far in the past cannot be that of a new write
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,7 +121,7 @@ class _History:
 
 class PoolsFile:
     """The pools file the control plane was given (``--pools``): applied to the scheduler at start and again
-    whenever its content changes (polled: modification time, then a hash of the content).
+    whenever its content changes (polled: its modification time, size and inode, then a hash of the content).
 
     A file that is invalid — checked here with :func:`~hodei.pools.parse_pools` first, then by the scheduler —
     is refused (``pools.file_refused`` with the file, line and field) and the running pools keep their
@@ -152,7 +153,9 @@ class PoolsFile:
         except PoolFileError as error:
             self._refuse(error)
             return None
-        self._seen = seen
+        # A file written again within the clock's granularity keeps its modification time: until that time is
+        # safely past, it is read (and its hash compared) at every sync.
+        self._seen = seen if time.time_ns() - stat.st_mtime_ns > _SETTLED_NS else None
         digest = hashlib.sha256(text.encode()).hexdigest()
         if digest == self._handled:
             return None
