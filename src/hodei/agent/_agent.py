@@ -220,7 +220,9 @@ class WorkerAgent:
         finally:
             if orphan_watch is not None:
                 orphan_watch.cancel()
-            await self.jobs.aclose(self.config.job_kill_grace)
+            await self.jobs.aclose(
+                2 * self.config.job_kill_grace + 1.0
+            )  # the executor's own escalation first
             if self._stopping.is_set() and not self.unregistered:
                 await self._unregister()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import re
 import time
@@ -138,13 +139,13 @@ class AgentJobs:
         return self._ended[0]
 
     def sent(self, result: tuple[str, JobResult]) -> None:
-        if result in self._ended:
+        with contextlib.suppress(ValueError):  # dropped meanwhile, for a newer one (more ended than are kept)
             self._ended.remove(result)
-            self._notify()
+        self._notify()
 
     async def aclose(self, grace: float) -> None:
-        """Cancel every job, give them ``grace`` seconds to end, then stop waiting for them (their process
-        groups are killed)."""
+        """Cancel every job, give them ``grace`` seconds to end (SIGTERM, then SIGKILL after the executor's
+        kill grace), then stop them at once (their process groups are killed)."""
         self.cancel_all("the agent stops")
         if not await self.idle(grace):
             tasks = [running.task for running in self._running.values()]
@@ -153,12 +154,12 @@ class AgentJobs:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        until = asyncio.ensure_future(self._until(predicate))
         try:
-            async with asyncio.timeout(timeout):
-                await self._until(predicate)
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait({until}, timeout=timeout)
+        finally:
+            until.cancel()
+        return predicate()
 
     async def _until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
