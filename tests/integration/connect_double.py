@@ -114,6 +114,14 @@ class ConnectDouble(pb_grpc.SchedulerServiceServicer):  # type: ignore[misc]
         await wait_until(lambda: len(of_worker()) > index, timeout=timeout)
         return of_worker()[index]
 
+    async def go_down(self, call: AgentCall) -> None:
+        """Cut ``call`` and refuse every hello from now on (set ``refusing`` back to come up), returning once
+        its agent has been refused twice: it is between sessions, retrying."""
+        self.refusing = True
+        refused = self.refused
+        call.cut()
+        await wait_until(lambda: self.refused >= refused + 2)
+
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if self.refusing:
             self.refused += 1

@@ -155,38 +155,26 @@ async def test_a_job_that_exits_0_succeeds_and_the_heartbeats_count_it_while_it_
     assert call.heartbeats[-1].running_jobs == 0
 
 
-async def test_a_job_past_its_timeout_is_timed_out_and_its_whole_process_group_is_gone(
-    agents: Agents,
+@pytest.mark.parametrize(
+    ("timeout", "cancel", "outcome", "reason"),
+    [
+        (1.0, None, JobOutcome.TIMED_OUT, "ran past its timeout of 1 s"),
+        (None, "the holder released it", JobOutcome.CANCELLED, "cancelled: 'the holder released it'"),
+        (None, "", JobOutcome.CANCELLED, "cancelled"),
+    ],
+)
+async def test_a_job_past_its_timeout_or_cancelled_ends_with_its_whole_process_group(
+    agents: Agents, timeout: float | None, cancel: str | None, outcome: JobOutcome, reason: str
 ) -> None:
     _, call = await first_call(agents)
-    call.send(run_job("a-1", CHILD, timeout=1.0))
+    call.send(run_job("a-1", CHILD, timeout=timeout))
     child = await agents.child_of("w", "job-a-1")
 
+    if cancel is not None:
+        call.send(cancel_job("a-1", cancel))
     result = await call.result("a-1")
 
-    assert (result.outcome, result.exit_code, result.reason) == (
-        JobOutcome.TIMED_OUT,
-        -signal.SIGTERM,
-        "ran past its timeout of 1 s",
-    )
-    await wait_until(lambda: not alive(child))
-
-
-async def test_cancel_job_ends_the_running_job_and_its_process_group_and_reports_it_cancelled(
-    agents: Agents,
-) -> None:
-    _, call = await first_call(agents)
-    call.send(run_job("a-1", CHILD))
-    child = await agents.child_of("w", "job-a-1")
-
-    call.send(cancel_job("a-1", "the holder released it"))
-    result = await call.result("a-1")
-
-    assert (result.outcome, result.exit_code, result.reason) == (
-        JobOutcome.CANCELLED,
-        -signal.SIGTERM,
-        "cancelled: 'the holder released it'",
-    )
+    assert (result.outcome, result.exit_code, result.reason) == (outcome, -signal.SIGTERM, reason)
     await wait_until(lambda: not alive(child))
 
 
@@ -295,9 +283,7 @@ async def test_a_result_that_ended_while_no_stream_was_up_is_named_in_the_hello_
     agent, first = await first_call(agents, reconnect_max=0.2)
     first.send(run_job("a-1", HELD))
     directory = await agents.started("w", "job-a-1")
-    agents.double.refusing = True
-    first.cut()
-    await wait_until(lambda: agents.double.refused >= 2)
+    await agents.double.go_down(first)
     (directory / "go").touch()
     await wait_until(lambda: agent.running_jobs == [])
     assert agent.jobs.unreported == ["a-1"]
@@ -371,9 +357,7 @@ async def test_an_agent_stopped_while_a_job_runs_and_no_stream_is_up_ends_the_jo
     agent, call = await first_call(agents, reconnect_max=0.2)
     call.send(run_job("a-1", CHILD))
     child = await agents.child_of("w", "job-a-1")
-    agents.double.refusing = True
-    call.cut()
-    await wait_until(lambda: agents.double.refused >= 2)
+    await agents.double.go_down(call)
 
     agent.request_shutdown("test")
     await asyncio.wait_for(asyncio.shield(agents.tasks[0]), 15)

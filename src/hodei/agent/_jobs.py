@@ -205,7 +205,7 @@ class AgentJobs:
                 outcome=result.outcome.value,
                 exit_code=result.exit_code,
                 duration_s=round(self._clock() - started, 3),
-                reason=result.reason,
+                reason=clip(result.reason, 200),
             ),
         )
         return result
