@@ -1,6 +1,7 @@
 """The agent runs the jobs the scheduler assigns it down its Connect stream, against a real gRPC server on
 loopback playing the scheduler's side (tests/integration/connect_double.py): results, timeouts, cancellation,
-environment, hostile output, a stream cut while a job runs, drains and shutdowns, slots of one process."""
+environment, hostile output, a stream cut while a job runs, drains and shutdowns, slots of one process; and end to
+end, a job acquired on a real scheduler and run by a real agent process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -18,7 +20,9 @@ import pytest_asyncio
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.domain import MAX_OUTPUT_TAIL, Assignment, Job, JobOutcome, JobResult, WorkerStatus
 from hodei.lifecycle import CommandKind, WorkerCommand
-from tests.helpers import wait_until
+from hodei.pools import Requirements
+from hodei.testing import EmbeddedScheduler, FaultProxy
+from tests.helpers import connected, wait_for, wait_until
 from tests.integration.connect_double import AgentCall, ConnectDouble
 from tests.integration.helpers import CLI_ENV, HODEI, end
 
@@ -54,16 +58,18 @@ def cancel_job(assignment_id: str, reason: str = "") -> WorkerCommand:
 
 
 class Agents:
-    """In-process agents dialing the double, their jobs under ``work``; stopped at the end of the test."""
+    """In-process agents dialing the double (or a proxy to a real scheduler), their jobs under ``work``; stopped
+    at the end of the test."""
 
-    def __init__(self, double: ConnectDouble, work: Path) -> None:
-        self.double = double
+    def __init__(self, double: ConnectDouble | FaultProxy, work: Path) -> None:
+        self.target = double.target
+        self.double = double  # type: ignore[assignment]
         self.work = work
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self, worker_id: str = "w", **options: object) -> WorkerAgent:
         config = AgentConfig(
-            schedulers=(self.double.target,),
+            schedulers=(self.target,),
             worker_id=worker_id,
             cpu_cores=1,
             memory_mb=256,
@@ -394,3 +400,93 @@ async def test_spawned_slots_each_run_their_own_job_at_the_same_time(
         assert agent.returncode == 0, stderr.decode()
     finally:
         await end(agent)
+
+
+async def test_end_to_end_a_job_acquired_on_a_real_scheduler_runs_on_a_real_agent_process(
+    tmp_path: Path,
+) -> None:
+    async with EmbeddedScheduler() as scheduler:
+        agent = await asyncio.create_subprocess_exec(
+            HODEI, "agent", "-s", scheduler.target, "--worker-id", "e2e", "--cpu-cores", "1",
+            "--memory-mb", "256", "--work-dir", str(tmp_path / "work"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=CLI_ENV,
+        )  # fmt: skip
+        try:
+            await wait_for(lambda: connected(scheduler, "e2e"), timeout=30)
+            client = scheduler.client()
+
+            acquired = await client.acquire_worker(
+                "job-7", Requirements(), job=Job(("sh", "-c", "echo seven; exit 7")), wait=10
+            )
+            view = await client.renew_assignment(acquired.assignment.assignment_id, wait=20)
+
+            assert acquired.record.worker_id == "e2e"
+            assert view.result == JobResult(JobOutcome.FAILED, exit_code=7, output_tail="seven\n")
+
+            async def available_again() -> bool:
+                record = await scheduler.get_worker("e2e")
+                assert record is not None
+                return (record.status, record.assignment, record.use_count) == (
+                    WorkerStatus.AVAILABLE,
+                    None,
+                    1,
+                )
+
+            await wait_for(available_again, timeout=10)
+            agent.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(agent.communicate(), 30)
+            assert agent.returncode == 0, stderr.decode()
+            assert await scheduler.get_worker("e2e") is None  # it unregistered itself
+        finally:
+            await end(agent)
+
+
+@pytest_asyncio.fixture
+async def real(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedScheduler, FaultProxy, Agents]]:
+    """A real scheduler, a fault proxy in front of it, and in-process agents dialing the proxy."""
+    async with EmbeddedScheduler() as scheduler, FaultProxy(upstream=scheduler.target) as proxy:
+        running = Agents(proxy, tmp_path / "work")
+        yield scheduler, proxy, running
+        await running.stop()
+
+
+async def test_end_to_end_a_job_outlives_a_reset_connection_and_its_result_ends_the_assignment(
+    real: tuple[EmbeddedScheduler, FaultProxy, Agents],
+) -> None:
+    scheduler, proxy, agents = real
+    agent = agents.start("w")
+    await wait_for(lambda: connected(scheduler, "w"))
+    client = scheduler.client()
+    acquired = await client.acquire_worker("held", Requirements(), job=Job(HELD))
+    directory = await agents.started("w", "held")
+
+    proxy.reset_all()
+    await wait_until(lambda: agent.connections == 2, timeout=15)
+    record = await scheduler.get_worker("w")
+    assert record is not None and record.incarnation == agent.incarnation  # the agent's new incarnation ...
+    kept = replace(acquired.assignment, incarnation=agent.incarnation)
+    assert (record.status, record.assignment) == (WorkerStatus.BUSY, kept)  # ... still bound to the job
+    (directory / "go").touch()
+    view = await client.renew_assignment(acquired.assignment.assignment_id, wait=20)
+
+    assert view.result == JobResult(JobOutcome.SUCCEEDED, exit_code=0, output_tail="released\n")
+    await wait_for(lambda: connected(scheduler, "w"))  # AVAILABLE, on its new stream
+
+
+async def test_end_to_end_a_holder_that_releases_a_running_job_cancels_it_on_the_agent(
+    real: tuple[EmbeddedScheduler, FaultProxy, Agents],
+) -> None:
+    scheduler, _, agents = real
+    agent = agents.start("w")
+    await wait_for(lambda: connected(scheduler, "w"))
+    client = scheduler.client()
+    acquired = await client.acquire_worker("child", Requirements(), job=Job(CHILD))
+    child = await agents.child_of("w", "child")
+
+    await client.release_worker(
+        acquired.assignment.assignment_id, outcome=JobOutcome.CANCELLED, reason="no longer"
+    )
+
+    await wait_until(lambda: not alive(child), timeout=15)
+    await wait_until(lambda: agent.jobs.unreported == [], timeout=15)  # its result was sent, and ignored
+    assert [c.kind for c in agent.commands] == [CommandKind.RUN_JOB, CommandKind.CANCEL_JOB]
