@@ -24,7 +24,7 @@ from hodei.pools import Requirements
 from hodei.testing import EmbeddedScheduler, FaultProxy
 from tests.helpers import connected, wait_for, wait_until
 from tests.integration.connect_double import AgentCall, ConnectDouble
-from tests.integration.helpers import CLI_ENV, HODEI, end
+from tests.integration.helpers import CLI_ENV, HODEI, end, run_hodei
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -433,6 +433,12 @@ async def test_end_to_end_a_job_acquired_on_a_real_scheduler_runs_on_a_real_agen
                 )
 
             await wait_for(available_again, timeout=10)
+            # The same through the command line: the job's output, and its exit code as the command's.
+            ran = await run_hodei(
+                "jobs", "run", "--scheduler", scheduler.target, "--pool", "default", "--job-id", "cli-1",
+                "--", "sh", "-c", "echo from-cli; exit 5",
+            )  # fmt: skip
+            assert (ran.returncode, ran.stdout) == (5, "from-cli\n"), ran.stderr
             agent.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.wait_for(agent.communicate(), 30)
             assert agent.returncode == 0, stderr.decode()
