@@ -263,6 +263,23 @@ async def test_a_job_that_cannot_run_is_reported_failed_with_why(
     assert result.reason.startswith(reason)
 
 
+async def test_a_job_whose_directory_cannot_be_made_is_reported_failed(
+    double: ConnectDouble, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.touch()
+    agents = Agents(double, blocked)  # the work directory is a file: nothing can be made under it
+    try:
+        _, call = await first_call(agents)
+        call.send(run_job("a-1", ["true"]))
+        result = await call.result("a-1")
+    finally:
+        await agents.stop()
+
+    assert (result.outcome, result.exit_code) == (JobOutcome.FAILED, -1)
+    assert result.reason.startswith("cannot prepare the job's directory: [Errno 20] Not a directory")
+
+
 async def test_a_job_outlives_a_cut_stream_the_next_hello_names_it_and_its_result_comes_on_the_new_stream(
     agents: Agents,
 ) -> None:

@@ -196,6 +196,10 @@ class AgentJobs:
                 ran = await self.executor.run(spec)
             except ValueError as error:  # a job id the executor cannot name a directory after
                 result = JobResult(JobOutcome.FAILED, reason=_reason(str(error)))
+            except OSError as error:  # its working directory cannot be made (the work dir unwritable, full)
+                result = JobResult(
+                    JobOutcome.FAILED, reason=_reason(f"cannot prepare the job's directory: {error}")
+                )
             else:
                 result = self._result(assignment.assignment_id, ran)
         log.info(
