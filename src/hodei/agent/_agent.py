@@ -220,9 +220,8 @@ class WorkerAgent:
         finally:
             if orphan_watch is not None:
                 orphan_watch.cancel()
-            await self.jobs.aclose(
-                2 * self.config.job_kill_grace + 1.0
-            )  # the executor's own escalation first
+            # A job still running is cancelled (SIGTERM, SIGKILL after the grace); one that hangs even then, killed.
+            await self.jobs.aclose(2 * self.config.job_kill_grace + 1.0)
             if self._stopping.is_set() and not self.unregistered:
                 await self._unregister()
 
