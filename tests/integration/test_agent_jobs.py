@@ -10,17 +10,19 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 import pytest
 import pytest_asyncio
 
+from hodei import SchedulerPortClient
 from hodei.agent import AgentConfig, WorkerAgent
 from hodei.domain import MAX_OUTPUT_TAIL, Assignment, Job, JobOutcome, JobResult, WorkerStatus
 from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.pools import Requirements
+from hodei.ports import Acquired
 from hodei.testing import EmbeddedScheduler, FaultProxy
 from tests.helpers import connected, wait_for, wait_until
 from tests.integration.connect_double import AgentCall, ConnectDouble
@@ -464,28 +466,41 @@ async def test_end_to_end_a_job_acquired_on_a_real_scheduler_runs_on_a_real_agen
             await end(agent)
 
 
-@pytest_asyncio.fixture
-async def real(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedScheduler, FaultProxy, Agents]]:
+@dataclass(frozen=True)
+class Real:
     """A real scheduler, a fault proxy in front of it, and in-process agents dialing the proxy."""
+
+    scheduler: EmbeddedScheduler
+    proxy: FaultProxy
+    agents: Agents
+
+    async def acquired(
+        self, job_id: str, command: Sequence[str]
+    ) -> tuple[WorkerAgent, SchedulerPortClient, Acquired]:
+        """Agent ``w`` connected, then acquired for a job running ``command``."""
+        agent = self.agents.start("w")
+        await wait_for(lambda: connected(self.scheduler, "w"))
+        client = self.scheduler.client()
+        return agent, client, await client.acquire_worker(job_id, Requirements(), job=Job(tuple(command)))
+
+
+@pytest_asyncio.fixture
+async def real(tmp_path: Path) -> AsyncIterator[Real]:
     async with EmbeddedScheduler() as scheduler, FaultProxy(upstream=scheduler.target) as proxy:
         running = Agents(proxy, tmp_path / "work")
-        yield scheduler, proxy, running
+        yield Real(scheduler, proxy, running)
         await running.stop()
 
 
 async def test_end_to_end_a_job_outlives_a_reset_connection_and_its_result_ends_the_assignment(
-    real: tuple[EmbeddedScheduler, FaultProxy, Agents],
+    real: Real,
 ) -> None:
-    scheduler, proxy, agents = real
-    agent = agents.start("w")
-    await wait_for(lambda: connected(scheduler, "w"))
-    client = scheduler.client()
-    acquired = await client.acquire_worker("held", Requirements(), job=Job(HELD))
-    directory = await agents.started("w", "held")
+    agent, client, acquired = await real.acquired("held", HELD)
+    directory = await real.agents.started("w", "held")
 
-    proxy.reset_all()
+    real.proxy.reset_all()
     await wait_until(lambda: agent.connections == 2, timeout=15)
-    record = await scheduler.get_worker("w")
+    record = await real.scheduler.get_worker("w")
     assert record is not None and record.incarnation == agent.incarnation  # the agent's new incarnation ...
     kept = replace(acquired.assignment, incarnation=agent.incarnation)
     assert (record.status, record.assignment) == (WorkerStatus.BUSY, kept)  # ... still bound to the job
@@ -493,18 +508,12 @@ async def test_end_to_end_a_job_outlives_a_reset_connection_and_its_result_ends_
     view = await client.renew_assignment(acquired.assignment.assignment_id, wait=20)
 
     assert view.result == JobResult(JobOutcome.SUCCEEDED, exit_code=0, output_tail="released\n")
-    await wait_for(lambda: connected(scheduler, "w"))  # AVAILABLE, on its new stream
+    await wait_for(lambda: connected(real.scheduler, "w"))  # AVAILABLE, on its new stream
 
 
-async def test_end_to_end_a_holder_that_releases_a_running_job_cancels_it_on_the_agent(
-    real: tuple[EmbeddedScheduler, FaultProxy, Agents],
-) -> None:
-    scheduler, _, agents = real
-    agent = agents.start("w")
-    await wait_for(lambda: connected(scheduler, "w"))
-    client = scheduler.client()
-    acquired = await client.acquire_worker("child", Requirements(), job=Job(CHILD))
-    child = await agents.child_of("w", "child")
+async def test_end_to_end_a_holder_that_releases_a_running_job_cancels_it_on_the_agent(real: Real) -> None:
+    agent, client, acquired = await real.acquired("child", CHILD)
+    child = await real.agents.child_of("w", "child")
 
     await client.release_worker(
         acquired.assignment.assignment_id, outcome=JobOutcome.CANCELLED, reason="no longer"
