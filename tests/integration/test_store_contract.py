@@ -422,7 +422,7 @@ async def test_a_sqlite_file_of_schema_1_is_migrated_to_keep_spent_tokens(tmp_pa
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "r.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
 
 
 async def test_a_token_spent_before_the_spender_was_recorded_is_refused_to_every_worker(
@@ -452,7 +452,7 @@ async def test_sqlite_records_its_schema_version(tmp_path: Path) -> None:
 async def test_sqlite_refuses_a_schema_from_a_newer_hodei(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "r.db") as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 3"):
+    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 4"):
         await SqliteRegistryStore.open(tmp_path / "r.db")
 
 
@@ -481,11 +481,11 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: s
     await second.close()
     db = await asyncpg.connect(postgres_dsn)
     try:
-        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,), (3,), (4,)]
+        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,), (3,), (4,), (5,)]
         await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
     finally:
         await db.close()
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 4"):
+    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 5"):
         await PostgresRegistryStore.open(postgres_dsn, min_size=1)
 
 
