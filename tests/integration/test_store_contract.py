@@ -930,32 +930,39 @@ async def test_a_restarted_registry_still_has_the_busy_worker_bound_to_its_job_a
         await again.modify("w-2", bind("job-1"))
 
 
+# Workers stored by the previous schema (no assignment, no use_count), one BUSY.
+OLD_WORKERS = [record("w-1", 1, status=WorkerStatus.BUSY), record("w-2", 2, lease_ttl=15.0)]
+
+
+async def found_unbound_then_bound_once(store: SqliteRegistryStore | PostgresRegistryStore) -> None:
+    """The store migrated from the previous schema has :data:`OLD_WORKERS` unbound, used 0 times, no pools; and
+    its unique index on the job holds."""
+    assert await store.list(WorkerFilter()) == OLD_WORKERS
+    assert [(r.assignment, r.use_count) for r in await store.list(WorkerFilter())] == [(None, 0), (None, 0)]
+    assert await store.bound() == []
+    assert await store.load_pools() is None
+    await store.modify("w-1", bind("job-1"))
+    with pytest.raises(JobAlreadyBound):
+        await store.modify("w-2", bind("job-1"))
+    assert [r.worker_id for r in await store.bound()] == ["w-1"]
+
+
 async def test_a_sqlite_file_of_schema_3_holding_workers_is_migrated_to_unbound_workers_used_zero_times(
     tmp_path: Path,
 ) -> None:
-    old = [record("w-1", 1, status=WorkerStatus.BUSY), record("w-2", 2, lease_ttl=15.0)]
     with sqlite3.connect(tmp_path / "r.db") as db:
         for statements in SQLITE_MIGRATIONS[:3]:
             for statement in statements:
                 db.execute(statement)
         placeholders = ", ".join("?" for _ in COLUMNS[:16])
-        for each in old:
+        for each in OLD_WORKERS:
             row = to_row(each, lambda moment: None if moment is None else moment.isoformat())[:16]
             db.execute(f"INSERT INTO workers ({', '.join(COLUMNS[:16])}) VALUES ({placeholders})", row)
         db.execute("PRAGMA user_version = 3")
 
     store = await SqliteRegistryStore.open(tmp_path / "r.db")
     try:
-        assert await store.list(WorkerFilter()) == old
-        assert [(r.assignment, r.use_count) for r in await store.list(WorkerFilter())] == [
-            (None, 0),
-            (None, 0),
-        ]
-        assert await store.bound() == []
-        assert await store.load_pools() is None
-        await store.modify("w-1", bind("job-1"))
-        with pytest.raises(JobAlreadyBound):
-            await store.modify("w-2", bind("job-1"))
+        await found_unbound_then_bound_once(store)
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "r.db") as db:
@@ -965,7 +972,6 @@ async def test_a_sqlite_file_of_schema_3_holding_workers_is_migrated_to_unbound_
 async def test_a_postgres_database_of_schema_4_holding_workers_is_migrated_to_unbound_workers_used_zero_times(
     postgres_dsn: str,
 ) -> None:
-    old = [record("w-1", 1, status=WorkerStatus.BUSY), record("w-2", 2, lease_ttl=15.0)]
     db = await asyncpg.connect(postgres_dsn)
     try:
         await db.execute(
@@ -976,7 +982,7 @@ async def test_a_postgres_database_of_schema_4_holding_workers_is_migrated_to_un
                 await db.execute(statement)
             await db.execute("INSERT INTO hodei_schema (version) VALUES ($1)", number)
         placeholders = ", ".join(f"${n}" for n in range(1, 17))
-        for each in old:
+        for each in OLD_WORKERS:
             row = to_row(each, lambda moment: moment)[:16]
             await db.execute(
                 f"INSERT INTO hodei_workers ({', '.join(COLUMNS[:16])}) VALUES ({placeholders})", *row
@@ -984,16 +990,7 @@ async def test_a_postgres_database_of_schema_4_holding_workers_is_migrated_to_un
 
         store = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
         try:
-            assert await store.list(WorkerFilter()) == old
-            assert [(r.assignment, r.use_count) for r in await store.list(WorkerFilter())] == [
-                (None, 0),
-                (None, 0),
-            ]
-            assert await store.bound() == []
-            assert await store.load_pools() is None
-            await store.modify("w-1", bind("job-1"))
-            with pytest.raises(JobAlreadyBound):
-                await store.modify("w-2", bind("job-1"))
+            await found_unbound_then_bound_once(store)
         finally:
             await store.close()
         assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [
