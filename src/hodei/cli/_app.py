@@ -11,6 +11,7 @@ import typer
 
 from hodei.cli._agent import agent
 from hodei.cli._common import LogFormat, LogLevel, console, errors, observe
+from hodei.cli._jobs import jobs_app
 from hodei.cli._scheduler import scheduler_app
 from hodei.cli._security import pki_app, token_app
 from hodei.cli._workers import workers_app
@@ -18,6 +19,7 @@ from hodei.cli._workers import workers_app
 app = typer.Typer(help="hodei: workers that auto-register with the scheduler.", no_args_is_help=True)
 app.add_typer(scheduler_app, name="scheduler")
 app.add_typer(workers_app, name="workers")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(token_app, name="token")
 app.add_typer(pki_app, name="pki")
 app.command()(agent)

@@ -6,6 +6,7 @@ import enum
 from collections.abc import MutableMapping, Sequence
 from dataclasses import replace
 
+from hodei.domain._assignments import Assignment
 from hodei.domain._values import WorkerStatus
 from hodei.domain._workers import WorkerRecord
 
@@ -42,12 +43,22 @@ def merge_registration(stored: WorkerRecord | None, new: WorkerRecord) -> tuple[
         registered_at=stored.registered_at,
         status=stored.status if keep_status else new.status,
         drained=stored.drained if keep_status else new.drained,
-        # A refresh keeps the job it is bound to; a restarted worker ran none of it (its holder is told).
-        assignment=stored.assignment if not restarted else new.assignment,
-        use_count=stored.use_count if not restarted else new.use_count,
+        # A refresh keeps the job it is bound to, and so does an agent that reconnects (a new incarnation)
+        # still running it; a restarted worker runs none of it (its holder is told).
+        assignment=_kept_assignment(stored, new, restarted),
+        use_count=stored.use_count if not restarted or new.running_jobs else new.use_count,
         lease_ttl=new.lease_ttl if new.lease_ttl is not None else stored.lease_ttl,
     )
     return UpsertOutcome.UPDATED, merged
+
+
+def _kept_assignment(stored: WorkerRecord, new: WorkerRecord, restarted: bool) -> Assignment | None:
+    bound = stored.assignment
+    if bound is None or not restarted:
+        return bound
+    if bound.assignment_id in new.running_jobs:
+        return replace(bound, incarnation=new.incarnation)
+    return None
 
 
 def stored_form(record: WorkerRecord) -> WorkerRecord:
@@ -57,8 +68,11 @@ def stored_form(record: WorkerRecord) -> WorkerRecord:
         or record.usage is not None
         or record.last_heartbeat_at is not None
         or record.connected_via
+        or record.running_jobs
     ):
-        return replace(record, connected=False, usage=None, last_heartbeat_at=None, connected_via="")
+        return replace(
+            record, connected=False, usage=None, last_heartbeat_at=None, connected_via="", running_jobs=()
+        )
     return record
 
 
@@ -95,7 +109,8 @@ def merge_registrations(
     outcomes: list[tuple[UpsertOutcome, WorkerRecord]] = []
     written: dict[str, WorkerRecord] = {}
     for record in records:
-        outcome, stored = merge_registration(current.get(record.worker_id), stored_form(record))
+        outcome, stored = merge_registration(current.get(record.worker_id), record)
+        stored = stored_form(stored)
         if outcome in (UpsertOutcome.CREATED, UpsertOutcome.UPDATED):
             current[record.worker_id] = written[record.worker_id] = stored
         outcomes.append((outcome, stored))

@@ -143,6 +143,8 @@ class WorkerRecord:
     usage: ResourceUsage | None = None
     last_heartbeat_at: datetime | None = None
     connected_via: str = ""  # the other replica (of a shared registry) whose stream the agent holds
+    # What the agent's hello said it runs (assignment ids): a reconnected agent keeps the job it still runs.
+    running_jobs: tuple[str, ...] = field(default=(), compare=False)
     # Its verdict once found; until then, what it was made from (record_of, record_in_shape), whose verdict is
     # (part of) its own. replace() makes a record that finds its own.
     _verdict: Verdict | DynamicWorker | DynamicWorkerConfig | None = field(
@@ -194,6 +196,7 @@ def record_of(
     status: WorkerStatus = WorkerStatus.AVAILABLE,
     registered_at: datetime | None = None,
     lease_ttl: float | None = None,
+    running_jobs: tuple[str, ...] = (),
 ) -> WorkerRecord:
     """The record of registering ``worker``: it carries the worker's verdict as its own."""
     record = WorkerRecord(
@@ -208,6 +211,7 @@ def record_of(
         registered_at=registered_at,
         updated_at=registered_at,
         lease_ttl=lease_ttl,
+        running_jobs=running_jobs,
     )
     object.__setattr__(record, "_verdict", worker)
     return record

@@ -87,6 +87,26 @@ ROLLBACK_REASONS = ("registration_failed", "cancelled", "error")
 SCHEDULER_REGISTRATION_RESULTS = ("created", "updated", "kept", "invalid", "stale", "refused")
 UNKNOWN_WORKER_TYPE = "unknown"  # a registration refused before its worker type could be read
 LEASE_EXPIRY_REASONS = ("lease_expired", "lost_grace")
+ACQUIRE_RESULTS = ("bound", "timeout")
+ACQUIRE_WAIT_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
 SWEEP_FAILURE_KINDS = ("unavailable", "other")
 STREAM_CONNECT_KINDS = ("first", "reconnect")
 RECONCILER_ACTIONS = ("orphan_destroyed", "ghost_unregistered")
@@ -218,6 +238,9 @@ class SchedulerMetrics:
     ``hodei_liveness_sweep_failures_total{error}``: ``unavailable``, ``other``.
     Agents' hellos refused beyond the hello bound count in ``hodei_hello_rejections_total``;
     ``hodei_hellos_in_flight`` and ``hodei_hellos_waiting`` say how many are worked on and told to wait now.
+    Resource pools: ``hodei_acquires_waiting``, ``hodei_acquire_wait_seconds{result}`` (``bound``,
+    ``timeout``), ``hodei_assignments_ended_total{outcome}``; per declared pool ``hodei_pool_workers{pool,
+    status}``, ``hodei_pool_max_workers{pool}`` and ``hodei_pool_waiting{pool}``, set on every liveness tick.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -279,6 +302,43 @@ class SchedulerMetrics:
         self.lease_leader = Gauge(
             "hodei_lease_leader", "1 while this scheduler runs lease expiry for its registry.", registry=r
         )
+        self.acquires_waiting = Gauge(
+            "hodei_acquires_waiting",
+            "Acquires waiting for a worker that fits, now (read at each scrape).",
+            registry=r,
+        )
+        self.acquire_wait = Histogram(
+            "hodei_acquire_wait_seconds",
+            "How long an acquire waited, by result: bound (a worker was bound to its job) or timeout.",
+            ["result"],
+            buckets=ACQUIRE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.assignments_ended = Counter(
+            "hodei_assignments_ended",
+            "Assignments that ended, by outcome (succeeded, failed, timed_out, cancelled, worker_lost, abandoned).",
+            ["outcome"],
+            registry=r,
+        )
+        self.pool_workers = Gauge(
+            "hodei_pool_workers",
+            "Workers of each declared pool, by status (read on every liveness tick).",
+            ["pool", "status"],
+            registry=r,
+        )
+        self.pool_max = Gauge(
+            "hodei_pool_max_workers", "Each declared pool's max (a static pool's size).", ["pool"], registry=r
+        )
+        self.pool_waiting = Gauge(
+            "hodei_pool_waiting",
+            "Acquires waiting that each pool's template fits (first pool by name).",
+            ["pool"],
+            registry=r,
+        )
+        for result in ACQUIRE_RESULTS:
+            self.acquire_wait.labels(result)
+        for outcome in ("succeeded", "failed", "timed_out", "cancelled", "worker_lost", "abandoned"):
+            self.assignments_ended.labels(outcome)
         for result in SCHEDULER_REGISTRATION_RESULTS:
             for worker_type in (*(t.value for t in WorkerType), UNKNOWN_WORKER_TYPE):
                 self.registrations.labels(result, worker_type)

@@ -11,15 +11,28 @@ Its parts: :class:`~hodei.scheduler._registry.WorkerRegistry` (which workers exi
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from hodei.domain import DynamicWorker, ResourceUsage, WorkerRecord, WorkerStatus, utcnow
+from hodei.domain import (
+    DynamicWorker,
+    Job,
+    JobOutcome,
+    JobResult,
+    ResourceUsage,
+    WorkerRecord,
+    WorkerStatus,
+    utcnow,
+)
 from hodei.errors import SchedulerError, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
 from hodei.observability._metrics import SchedulerMetrics
+from hodei.pools import PoolStatus, Requirements, WaitingDemand
 from hodei.ports import (
+    Acquired,
+    AssignmentView,
     DrainOutcome,
     EventRelay,
     Leadership,
@@ -30,6 +43,7 @@ from hodei.ports import (
     WorkerFilter,
     WorkerPage,
 )
+from hodei.scheduler._allocation import Allocator
 from hodei.scheduler._events import EventHub
 from hodei.scheduler._leadership import SoleLeader
 from hodei.scheduler._liveness import LivenessMonitor
@@ -104,6 +118,14 @@ class Scheduler:
                 relay, self.events, deliver=self.streams.deliver, forgotten=self.streams.forgotten
             )
         )
+        self.allocator = Allocator(
+            self.registry,
+            tell=self._tell,
+            connected_here=self.streams.sessions.__contains__,
+            clock=clock,
+            monotonic=monotonic,
+            metrics=self.metrics,
+        )
 
     @property
     def sessions(self) -> dict[str, AgentSession]:
@@ -135,21 +157,25 @@ class Scheduler:
         now = self._monotonic()
         self.monitor.begin(now)
         await self.monitor.restore(now)
+        await self.allocator.restore(now)
         await self.rounds.count_workers()
         if self.relay is not None:
             await self.relay.start()
         if sweep:
             self.rounds.start()
+            self.allocator.start()
 
     async def tick(self, now: float) -> None:
         """One round of liveness and the gauge (the sweeper calls it; tests call it with their own clock)."""
         await self.rounds.tick(now)
+        await self.allocator.tick(now)
 
     async def count_workers(self) -> None:
         await self.rounds.count_workers()
 
     async def stop(self) -> None:
         await self.rounds.stop()
+        await self.allocator.stop()
         self.streams.close_all()
         self.events.close()
         if self.relay is not None:
@@ -265,3 +291,46 @@ class Scheduler:
     def goodbye(self, session: AgentSession) -> None:
         """The stream ended. The lease runs on: a worker that does not come back becomes LOST."""
         self.streams.goodbye(session)
+
+    async def job_finished(self, session: AgentSession, assignment_id: str, result: JobResult) -> None:
+        """The agent ran the job of ``assignment_id`` (a RUN_JOB command) to its end."""
+        await self.allocator.job_finished(session.worker_id, assignment_id, result)
+
+    # -- resource pools ----------------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        job_id: str,
+        requirements: Requirements,
+        *,
+        job: Job | None = None,
+        priority: int = 0,
+        wait: float = 0.0,
+        lease_ttl: float = 0.0,
+    ) -> Acquired:
+        acquired = await self.allocator.acquire(
+            job_id, requirements, job=job, priority=priority, wait=wait, lease_ttl=lease_ttl
+        )
+        return Acquired(acquired.assignment, self.view(acquired.record), acquired.created)
+
+    async def renew(self, assignment_id: str, *, wait: float = 0.0) -> AssignmentView:
+        return await self.allocator.renew(assignment_id, wait=wait)
+
+    async def release(
+        self,
+        assignment_id: str,
+        *,
+        outcome: JobOutcome = JobOutcome.SUCCEEDED,
+        recycle: bool = False,
+        reason: str = "",
+    ) -> AssignmentView:
+        return await self.allocator.release(assignment_id, outcome=outcome, recycle=recycle, reason=reason)
+
+    def demand(self) -> builtins.list[WaitingDemand]:
+        return self.allocator.demand()
+
+    async def apply_pools(self, source: str, text: str) -> builtins.list[PoolStatus]:
+        return await self.allocator.apply_pools(source, text)
+
+    async def list_pools(self) -> builtins.list[PoolStatus]:
+        return await self.allocator.pool_statuses()

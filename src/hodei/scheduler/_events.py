@@ -13,6 +13,7 @@ from datetime import datetime
 from hodei.domain import WorkerRecord, utcnow
 from hodei.errors import SchedulerOverloaded
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
+from hodei.pools import WaitingDemand
 
 __all__ = ["EventHub", "Watcher", "WatcherFellBehind"]
 
@@ -81,6 +82,7 @@ class EventHub:
         reason: str = "",
         *,
         time: datetime | None = None,
+        demand: tuple[WaitingDemand, ...] = (),
     ) -> WorkerEvent:
         """Number the event and hand it out; ``time`` (default: the record's update, else now) is when it
         happened (an event relayed from another replica keeps its own)."""
@@ -91,7 +93,7 @@ class EventHub:
             moment = record.updated_at
         else:
             moment = self._clock()
-        event = WorkerEvent(self.sequence, kind, worker_id, record, reason, moment)
+        event = WorkerEvent(self.sequence, kind, worker_id, record, reason, moment, demand)
         for watcher in list(self._watchers):
             if not watcher._offer(event):
                 # Cut off: its reader drains what it has, then learns it fell behind.

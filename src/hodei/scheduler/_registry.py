@@ -17,8 +17,10 @@ from datetime import datetime
 from hodei._quoting import quote_short
 from hodei.domain import (
     WORKER_TYPE_VALUES,
+    Assignment,
     DynamicWorker,
     FieldViolation,
+    JobResult,
     UpsertOutcome,
     WorkerRecord,
     WorkerStatus,
@@ -108,8 +110,20 @@ class WorkerRegistry:
         """The registry's clock."""
         return self._clock()
 
-    def _record(self, worker: DynamicWorker, lease_ttl: float | None, status: WorkerStatus) -> WorkerRecord:
-        return record_of(worker, status=status, registered_at=self._clock(), lease_ttl=lease_ttl)
+    def _record(
+        self,
+        worker: DynamicWorker,
+        lease_ttl: float | None,
+        status: WorkerStatus,
+        running_jobs: Sequence[str] = (),
+    ) -> WorkerRecord:
+        return record_of(
+            worker,
+            status=status,
+            registered_at=self._clock(),
+            lease_ttl=lease_ttl,
+            running_jobs=tuple(running_jobs),
+        )
 
     def _count(self, result: str, worker_type: str, count: int = 1) -> None:
         self._results[result, worker_type].inc(count)
@@ -175,12 +189,14 @@ class WorkerRegistry:
         *,
         lease_ttl: float | None = None,
         status: WorkerStatus = WorkerStatus.AVAILABLE,
+        running_jobs: Sequence[str] = (),
     ) -> RegistrationReceipt:
         """Register (or refresh) one worker; it is ``AVAILABLE`` once this returns.
 
         ``lease_ttl`` is set for workers whose agent holds a lease; push registrations have none.
+        ``running_jobs``: the assignments its agent says it runs (one it is bound to stays bound).
         """
-        return await self.register_record(self._record(worker, lease_ttl, status))
+        return await self.register_record(self._record(worker, lease_ttl, status, running_jobs))
 
     async def register_record(self, record: WorkerRecord) -> RegistrationReceipt:
         """Register one record built by the caller (validated and vetted here); raises the refusal."""
@@ -306,6 +322,69 @@ class WorkerRegistry:
         if updated.drained and not record.drained:
             self.events.publish(WorkerEventKind.DRAINED, worker_id, updated, reason)
         return changed
+
+    async def bind(self, assignment: Assignment) -> WorkerRecord | None:
+        """Bind the assignment's worker to its job, in one read-modify-write: only while it is AVAILABLE, of the
+        assignment's incarnation and bound to nothing (else None: it was taken or changed meanwhile). The worker
+        is BUSY, its use count one more. Raises :class:`~hodei.errors.JobAlreadyBound` when another worker
+        holds the job."""
+
+        def take(record: WorkerRecord) -> WorkerRecord | None:
+            if (
+                record.status is not WorkerStatus.AVAILABLE
+                or record.assignment is not None
+                or record.incarnation != assignment.incarnation
+            ):
+                return None
+            return replace(
+                record,
+                status=WorkerStatus.BUSY,
+                assignment=assignment,
+                use_count=record.use_count + 1,
+                updated_at=self._clock(),
+            )
+
+        changed = await self._store.modify(assignment.worker_id, take)
+        if changed is None or changed[1].assignment != assignment:
+            return None
+        bound = changed[1]
+        self.events.publish(WorkerEventKind.BUSY, bound.worker_id, bound, f"job {assignment.job_id}")
+        self.events.publish(WorkerEventKind.ASSIGNED, bound.worker_id, bound, assignment.job_id)
+        return bound
+
+    async def unbind(
+        self, assignment: Assignment, result: JobResult, *, recycle: bool = False
+    ) -> WorkerRecord | None:
+        """End the assignment on its worker's record: AVAILABLE again (DRAINING and drained when ``recycle``);
+        a LOST or DRAINING worker keeps its status. The record after (None if the worker is gone); a worker
+        that no longer holds this assignment is left as it is."""
+
+        def free(record: WorkerRecord) -> WorkerRecord | None:
+            if record.assignment is None or record.assignment.assignment_id != assignment.assignment_id:
+                return None
+            status, drained = record.status, record.drained
+            if recycle and status is not WorkerStatus.LOST:
+                status, drained = WorkerStatus.DRAINING, True
+            elif status is WorkerStatus.BUSY:
+                status = WorkerStatus.AVAILABLE
+            elif status is WorkerStatus.DRAINING:
+                drained = True  # its work is done
+            return replace(record, status=status, drained=drained, assignment=None, updated_at=self._clock())
+
+        changed = await self._store.modify(assignment.worker_id, free)
+        if changed is None:
+            return None
+        before, after = changed
+        if before.assignment == after.assignment:
+            return after
+        self.events.publish(WorkerEventKind.RELEASED, after.worker_id, after, result.outcome.value)
+        if before.status is not after.status:
+            self.events.publish(
+                _STATUS_EVENTS.get(after.status, WorkerEventKind.UPDATED), after.worker_id, after
+            )
+        if after.drained and not before.drained:
+            self.events.publish(WorkerEventKind.DRAINED, after.worker_id, after, "its job ended")
+        return after
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         return await self._store.get(worker_id)

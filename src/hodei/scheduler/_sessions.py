@@ -145,7 +145,9 @@ class AgentStreams:
         # and the new stream hears the drain again.
         draining = stored is not None and stored.status is WorkerStatus.DRAINING
         status = status_on_return(draining=draining, running_jobs=bool(running_jobs))
-        write = asyncio.ensure_future(self._registry.register(worker, lease_ttl=ttl, status=status))
+        write = asyncio.ensure_future(
+            self._registry.register(worker, lease_ttl=ttl, status=status, running_jobs=running_jobs)
+        )
         try:
             receipt = await asyncio.shield(write)
         except asyncio.CancelledError:
@@ -163,6 +165,12 @@ class AgentStreams:
         self._metrics.streams_open.inc()
         if draining:
             session.push(WorkerCommand(CommandKind.DRAIN, "still draining"))
+        bound = receipt.record.assignment
+        for assignment_id in running_jobs:
+            if bound is None or bound.assignment_id != assignment_id:
+                # Its holder was told it ended (the worker went LOST, the holder let go): it runs elsewhere now.
+                reason = "the assignment ended while the agent was away"
+                session.push(WorkerCommand(CommandKind.CANCEL_JOB, reason, assignment_id=assignment_id))
         self.sessions[worker.worker_id] = session
         self._monitor.connected(worker.worker_id, ttl, self._monotonic())
         self._registry.events.publish(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from hodei.domain import DynamicWorker
+from hodei.domain import MAX_OUTPUT_TAIL, DynamicWorker
 from hodei.errors import SchedulerError, SchedulerTimeout
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._sessions import AgentSession
@@ -120,9 +121,17 @@ class ConnectHandler:
                         drained=change.drained,
                         reason=change.reason,
                     )
+                elif which == "job_finished":
+                    finished = message.job_finished
+                    check_reason(finished.result.reason, "job_finished.result.reason")
+                    result = codec.job_result_from_proto(finished.result)
+                    # The tail is the job's own output: kept as the agent's last MAX_OUTPUT_TAIL characters.
+                    result = replace(result, output_tail=result.output_tail[-MAX_OUTPUT_TAIL:])
+                    await self._scheduler.job_finished(session, finished.assignment_id, result)
                 else:
                     raise invalid(
-                        "message", "after the hello, only heartbeats and status changes are accepted"
+                        "message",
+                        "after the hello, only heartbeats, status changes and job results are accepted",
                     )
             return None
         except SchedulerError as error:

@@ -14,11 +14,13 @@ from hodei._quoting import clip
 from hodei.domain import (
     MAX_WORKER_ID_LENGTH,
     DynamicWorker,
+    FieldViolation,
     WorkerRecord,
     validate_reason,
     validate_worker_id,
 )
 from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout
+from hodei.pools import PoolFileError
 from hodei.ports import RegistrationReceipt, SpentTokens
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import MAX_BATCH_SIZE
@@ -316,3 +318,89 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
         await self._connections.serve(context)
+
+    # -- resource pools ----------------------------------------------------------------------------------
+
+    async def AcquireWorker(
+        self, request: pb.AcquireWorkerRequest, context: Context
+    ) -> pb.AcquireWorkerResponse:
+        await self._authorize(context, "AcquireWorker")
+        try:
+            acquired = await self._scheduler.acquire(
+                request.job_id,
+                codec.requirements_from_proto(request.requirements),
+                job=codec.job_from_proto(request.job) if request.HasField("job") else None,
+                priority=request.priority,
+                wait=request.wait_ms / 1000,
+                lease_ttl=request.lease_ttl_ms / 1000,
+            )
+        except SchedulerError as error:
+            await abort_with(context, error)
+        return pb.AcquireWorkerResponse(
+            assignment=codec.assignment_to_proto(acquired.assignment),
+            worker=codec.record_to_proto(acquired.record),
+            created=acquired.created,
+        )
+
+    async def RenewAssignment(
+        self, request: pb.RenewAssignmentRequest, context: Context
+    ) -> pb.RenewAssignmentResponse:
+        await self._authorize(context, "RenewAssignment")
+        try:
+            view = await self._scheduler.renew(request.assignment_id, wait=request.wait_ms / 1000)
+        except SchedulerError as error:
+            await abort_with(context, error)
+        return pb.RenewAssignmentResponse(assignment=codec.assignment_to_proto(view.assignment, view.result))
+
+    async def ReleaseWorker(
+        self, request: pb.ReleaseWorkerRequest, context: Context
+    ) -> pb.ReleaseWorkerResponse:
+        await self._authorize(context, "ReleaseWorker")
+        try:
+            check_reason(request.reason)
+            view = await self._scheduler.release(
+                request.assignment_id,
+                outcome=codec.outcome_from_proto(request.outcome),
+                recycle=request.recycle,
+                reason=request.reason,
+            )
+        except SchedulerError as error:
+            await abort_with(context, error)
+        return pb.ReleaseWorkerResponse(
+            assignment=codec.assignment_to_proto(view.assignment, view.result),
+            worker=codec.record_to_proto(self._scheduler.view(view.record))
+            if view.record is not None
+            else None,
+        )
+
+    async def GetDemand(self, request: pb.GetDemandRequest, context: Context) -> pb.GetDemandResponse:
+        await self._authorize(context, "GetDemand")
+        return pb.GetDemandResponse(demand=[codec.demand_to_proto(d) for d in self._scheduler.demand()])
+
+    async def ApplyPools(self, request: pb.ApplyPoolsRequest, context: Context) -> pb.ApplyPoolsResponse:
+        await self._authorize(context, "ApplyPools")
+        try:
+            check_reason(request.source, "source")
+            if len(request.text.encode()) > MAX_POOLS_TEXT:
+                raise invalid("text", f"must be at most {MAX_POOLS_TEXT} bytes")
+            pools = await self._scheduler.apply_pools(request.source or "<pools>", request.text)
+        except PoolFileError as error:
+            violations = [
+                FieldViolation(f"{error.path}:{line}: {field}", text) for line, field, text in error.problems
+            ]
+            await abort_with(context, InvalidWorkerData(str(error), violations=violations))
+        except SchedulerError as error:
+            await abort_with(context, error)
+        return pb.ApplyPoolsResponse(pools=[codec.pool_to_proto(p) for p in pools])
+
+    async def ListPools(self, request: pb.ListPoolsRequest, context: Context) -> pb.ListPoolsResponse:
+        await self._authorize(context, "ListPools")
+        try:
+            pools = await self._scheduler.list_pools()
+        except SchedulerError as error:
+            await abort_with(context, error)
+        return pb.ListPoolsResponse(pools=[codec.pool_to_proto(p) for p in pools])
+
+
+MAX_POOLS_TEXT = 1024 * 1024
+"""The largest pools file ApplyPools takes, in bytes."""

@@ -1,0 +1,669 @@
+"""Allocator: workers bound to jobs — acquired, renewed, released — and the queue of acquires that wait.
+
+The truth is the registry: a worker is bound while its stored record holds the :class:`Assignment` (BUSY).
+Binding is one atomic read-modify-write of that record (still AVAILABLE, same incarnation, not bound), so two
+acquires never take one worker, and the store's unique job index makes a retried acquire find the first
+assignment instead of binding a second worker. What the allocator keeps in memory is derived or bounded:
+
+- the waiting acquires (a future each), served in order by :func:`hodei.pools.match` — priority, then arrival;
+  best fit — from the AVAILABLE workers the store lists at that moment;
+- each assignment's lease (:class:`~hodei.scheduler._liveness.LeaseTable`, the holder's renewals; started
+  afresh after a restart), and the results of assignments that ended, kept a while for their holders.
+
+An assignment ends when its holder releases it, its agent reports the job finished, its holder stops renewing
+(ABANDONED), or its worker goes LOST, is removed or restarts (WORKER_LOST): found when it happens (the event)
+and, whatever was missed, when anyone asks (the record no longer holds it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hodei._quoting import quote_short
+from hodei.domain import (
+    DEFAULT_ASSIGNMENT_TTL,
+    Assignment,
+    FieldViolation,
+    Job,
+    JobOutcome,
+    JobResult,
+    WorkerCapabilities,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+    utcnow,
+    validate_assignment_ttl,
+    validate_job_id,
+)
+from hodei.errors import (
+    ErrorCode,
+    InvalidWorkerData,
+    JobAlreadyBound,
+    SchedulerError,
+    SchedulerTimeout,
+    WorkerNotFound,
+)
+from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
+from hodei.observability._metrics import SchedulerMetrics
+from hodei.pools import PoolSpec, PoolStatus, Requirements, Waiter, WaitingDemand, match, parse_pools
+from hodei.ports import Acquired, AssignmentView, BoundJobs, PoolDefinitions, RegistryStore, WorkerFilter
+from hodei.scheduler._liveness import LeaseTable
+from hodei.scheduler._registry import MAX_PAGE_SIZE, WorkerRegistry
+
+__all__ = ["Allocator", "NoWorkerFits"]
+
+log = logging.getLogger(__name__)
+
+ENDED_KEPT = 10_000
+"""How many ended assignments are kept for their holders to read (the oldest are forgotten first)."""
+ENDED_KEPT_FOR = 600.0
+"""And for how long at most, in seconds."""
+MAX_WAIT = 3600.0
+_POKES = frozenset(
+    {
+        WorkerEventKind.AVAILABLE,
+        WorkerEventKind.CONNECTED,
+        WorkerEventKind.REGISTERED,
+        WorkerEventKind.UPDATED,
+    }
+)
+_GONE = frozenset({WorkerEventKind.UNREGISTERED, WorkerEventKind.EXPIRED})
+
+
+class NoWorkerFits(SchedulerError):
+    """Requirements that no pool's template and no registered worker could ever meet: refused at once rather
+    than left waiting forever (FAILED_PRECONDITION)."""
+
+    default_code = ErrorCode.FAILED_PRECONDITION
+
+
+@dataclass(eq=False)
+class _Wait:
+    waiter: Waiter
+    job: Job | None
+    lease_ttl: float
+    since: float
+    until: float  # when the longest of the acquires waiting for it gives up
+    bound: asyncio.Future[Acquired] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    assignment: Assignment
+    record: WorkerRecord
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    assignment: Assignment
+    result: JobResult
+    at: float
+    record: WorkerRecord | None
+
+
+Tell = Callable[[WorkerRecord, WorkerCommand], Awaitable[bool]]
+
+
+class Allocator:
+    """``tell`` pushes a command down a worker's stream (here or on another replica): whether it went."""
+
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        *,
+        tell: Tell,
+        connected_here: Callable[[str], bool],
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        default_ttl: float = DEFAULT_ASSIGNMENT_TTL,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics or SchedulerMetrics()
+        self._metrics.acquires_waiting.set_function(lambda: len(self._waiting))
+        self._gauged_pools: set[str] = set()
+        self._pools_counted_at = -1.0
+        self._tell = tell
+        self._connected_here = connected_here
+        self._clock = clock
+        self._monotonic = monotonic
+        self._default_ttl = default_ttl
+        self._arrivals = itertools.count()
+        self._waiting: dict[str, _Wait] = {}  # by job id
+        self.leases = LeaseTable()  # by assignment id: the holder's renewals
+        self._where: dict[str, str] = {}  # assignment id -> worker id, as bound (a cache: the store decides)
+        self._bound_jobs: dict[str, _Bound] = {}  # job id -> its assignment and worker as bound
+        self._ended: OrderedDict[str, _Ended] = OrderedDict()  # by assignment id
+        self._ended_jobs: dict[str, str] = {}  # job id -> assignment id, of the ended ones kept
+        self._watching_end: dict[str, list[asyncio.Future[None]]] = {}
+        self.pools: dict[str, PoolSpec] = {}
+        self.pools_source: tuple[str, str] | None = None
+        self._poked = asyncio.Event()
+        self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
+        self._serving: asyncio.Task[None] | None = None
+        self._chores: set[asyncio.Task[None]] = set()
+        registry.events.listen(self._heard)
+
+    @property
+    def store(self) -> RegistryStore:
+        return self._registry.store
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def restore(self, now: float) -> None:
+        """What the store holds: the pool definitions, and every bound worker's assignment (its lease starts
+        now: the holder renews it against this scheduler from here)."""
+        store = self.store
+        if isinstance(store, PoolDefinitions) and (saved := await store.load_pools()) is not None:
+            source, text = saved
+            self.pools = parse_pools(text, source=source)
+            self.pools_source = saved
+        if isinstance(store, BoundJobs):
+            for record in await store.bound():
+                self._track(record, now)
+
+    def start(self) -> None:
+        self._serving = asyncio.ensure_future(self._serve_forever())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._serving, *self._chores) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for wait in self._waiting.values():
+            if not wait.bound.done():
+                wait.bound.cancel()
+        self._waiting.clear()
+
+    # -- acquire -----------------------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        job_id: str,
+        requirements: Requirements,
+        *,
+        job: Job | None = None,
+        priority: int = 0,
+        wait: float = 0.0,
+        lease_ttl: float = 0.0,
+    ) -> Acquired:
+        ttl = lease_ttl or self._default_ttl
+        self._check(job_id, requirements, job, ttl, wait)
+        waiting = None
+        while waiting is None:
+            # Every await below may let another acquire of the same job in: look again after each.
+            if (known := self._known_here(job_id)) is not None:
+                return known
+            if (waiting := self._waiting.get(job_id)) is not None:
+                # A retry of an acquire that still waits: one wait, for as long as the longest asks, served
+                # after the round serving the first (if one runs).
+                waiting.until = max(waiting.until, self._monotonic() + wait)
+                await self._serve()
+                break
+            if (known := await self._known_in_store(job_id)) is not None:
+                return known
+            if job_id in self._waiting or self._known_here(job_id):
+                continue
+            await self._refuse_impossible(requirements, job)
+            if job_id in self._waiting or self._known_here(job_id):
+                continue
+            now = self._monotonic()
+            waiting = _Wait(
+                Waiter(job_id, requirements, priority, next(self._arrivals)), job, ttl, now, now + wait
+            )
+            self._waiting[job_id] = waiting
+            self._demand_changed()
+            await self._serve()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting.bound), wait)
+        except TimeoutError:
+            if waiting.bound.done():
+                return waiting.bound.result()
+            if self._waiting.get(job_id) is waiting and self._monotonic() >= waiting.until:
+                del self._waiting[job_id]
+                self._metrics.acquire_wait.labels("timeout").observe(self._monotonic() - waiting.since)
+                self._demand_changed()
+            raise SchedulerTimeout(
+                f"no worker fitting {quote_short(requirements.shape)} was free within {wait:g} s; "
+                f"nothing was bound to job {quote_short(job_id)}"
+            ) from None
+
+    def _check(
+        self, job_id: str, requirements: Requirements, job: Job | None, ttl: float, wait: float
+    ) -> None:
+        found = validate_job_id(job_id) + requirements.violations() + validate_assignment_ttl(ttl)
+        if job is not None:
+            found += job.violations()
+        if not 0 <= wait <= MAX_WAIT:
+            found.append(FieldViolation("wait_ms", f"must be between 0 and an hour, got {wait:g} s"))
+        if found:
+            raise InvalidWorkerData(f"the acquire of job {quote_short(job_id)} is invalid", violations=found)
+
+    def _known_here(self, job_id: str) -> Acquired | None:
+        """The job's assignment if this scheduler made or restored it (bound, or ended and still kept)."""
+        if (bound := self._bound_jobs.get(job_id)) is not None:
+            return Acquired(bound.assignment, bound.record, created=False)
+        ended = self._ended_jobs.get(job_id)
+        if ended is not None and ended in self._ended:
+            kept = self._ended[ended]
+            return Acquired(kept.assignment, kept.record or _placeholder(kept.assignment), created=False)
+        return None
+
+    async def _known_in_store(self, job_id: str) -> Acquired | None:
+        """The job's assignment if another replica bound it."""
+        store = self.store
+        if isinstance(store, BoundJobs) and (record := await store.find_job(job_id)) is not None:
+            assert record.assignment is not None
+            self._track(record, self._monotonic())
+            return Acquired(record.assignment, record, created=False)
+        return None
+
+    async def _refuse_impossible(self, requirements: Requirements, job: Job | None) -> None:
+        if any(
+            requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name)
+            for spec in self.pools.values()
+        ):
+            return
+        async for record in self._records(WorkerFilter(labels=requirements.labels)):
+            if requirements.fits(record) and (job is None or record.lease_ttl is not None):
+                return
+        raise NoWorkerFits(
+            f"no pool's template and no registered worker fits {quote_short(requirements.shape)}"
+            + (" with an agent to run the job" if job is not None else ""),
+            violations=[FieldViolation("requirements", "no pool and no worker can ever meet them")],
+        )
+
+    async def _records(self, worker_filter: WorkerFilter) -> AsyncIterator[WorkerRecord]:
+        after = ""
+        while batch := await self.store.list(worker_filter, after=after, limit=MAX_PAGE_SIZE):
+            for record in batch:
+                yield record
+            after = batch[-1].worker_id
+
+    # -- serving the queue -------------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Workers may have become free: serve the waiting acquires soon."""
+        if self._waiting:
+            self._poked.set()
+
+    async def _serve_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), 0.5)
+            self._poked.clear()
+            try:
+                now = self._monotonic()
+                await self.tick(now)
+                if now - self._pools_counted_at >= 1.0:
+                    self._pools_counted_at = now
+                    await self.count_pools()
+            except Exception:  # one failed round (the store, say) never ends serving
+                log.exception("allocation.round_failed")
+
+    async def tick(self, now: float) -> None:
+        """One round: assignments whose holder stopped renewing end, waiting acquires are served."""
+        for assignment_id in self.leases.expired(now):
+            self.leases.drop(assignment_id)
+            await self._end_by_id(
+                assignment_id, JobResult(JobOutcome.ABANDONED, reason="its holder stopped renewing")
+            )
+        self._forget_old(now)
+        await self._serve()
+
+    async def _serve(self) -> None:
+        if not self._waiting:
+            return
+        async with self._one_serving:
+            await self._serve_once()
+
+    async def _serve_once(self) -> None:
+        waits = {wait.waiter.job_id: wait for wait in self._waiting.values() if not wait.bound.done()}
+        free = [
+            record
+            async for record in self._records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
+            if record.assignment is None
+        ]
+        served = False
+        for waiter, record in match([w.waiter for w in waits.values()], free):
+            wait = waits[waiter.job_id]
+            if not self._may_run(record, wait.job):
+                continue
+            acquired = await self._bind(wait, record)
+            if acquired is not None:
+                served = True
+                self._metrics.acquire_wait.labels("bound").observe(self._monotonic() - wait.since)
+                self._waiting.pop(waiter.job_id, None)
+                if not wait.bound.done():
+                    wait.bound.set_result(acquired)
+        if served:
+            self._demand_changed()
+
+    def _may_run(self, record: WorkerRecord, job: Job | None) -> bool:
+        """A job goes to a worker whose agent is connected (here, or to another replica); a holder that uses
+        the worker itself may take a worker with no agent too."""
+        if record.lease_ttl is None:
+            return job is None
+        return self._connected_here(record.worker_id) or bool(record.connected_via)
+
+    async def _bind(self, wait: _Wait, chosen: WorkerRecord) -> Acquired | None:
+        assignment = Assignment(
+            assignment_id=uuid.uuid4().hex,
+            job_id=wait.waiter.job_id,
+            worker_id=chosen.worker_id,
+            incarnation=chosen.incarnation,
+            lease_ttl=wait.lease_ttl,
+            job=wait.job,
+            priority=wait.waiter.priority,
+            bound_at=self._clock(),
+        )
+        try:
+            bound = await self._registry.bind(assignment)
+        except JobAlreadyBound:  # another replica bound it meanwhile
+            return await self._known_in_store(assignment.job_id)
+        if bound is None:
+            return None  # taken meanwhile (or changed): the next round chooses again
+        self._track(bound, self._monotonic())
+        if wait.job is not None:
+            delivered = await self._tell(bound, WorkerCommand(CommandKind.RUN_JOB, assignment=assignment))
+            if not delivered:
+                await self._end(
+                    assignment, JobResult(JobOutcome.WORKER_LOST, reason="its agent was not reachable")
+                )
+                return None
+        log.info(
+            "allocation.bound",
+            extra={
+                "job_id": assignment.job_id,
+                "worker_id": bound.worker_id,
+                "assignment_id": assignment.assignment_id,
+            },
+        )
+        return Acquired(assignment, bound)
+
+    def _track(self, record: WorkerRecord, now: float) -> None:
+        """A worker bound to a job, as bound: its assignment's lease runs from ``now``."""
+        assignment = record.assignment
+        assert assignment is not None
+        self._where[assignment.assignment_id] = assignment.worker_id
+        self._bound_jobs[assignment.job_id] = _Bound(assignment, record)
+        self.leases.renew(assignment.assignment_id, assignment.lease_ttl, now)
+
+    # -- renew, release, end -----------------------------------------------------------------------------
+
+    async def renew(self, assignment_id: str, *, wait: float = 0.0) -> AssignmentView:
+        view = await self._view(assignment_id)
+        if view.ended:
+            return view
+        self.leases.renew(assignment_id, view.assignment.lease_ttl, self._monotonic())
+        if wait > 0:
+            ended = asyncio.get_running_loop().create_future()
+            self._watching_end.setdefault(assignment_id, []).append(ended)
+            try:
+                await asyncio.wait_for(ended, min(wait, MAX_WAIT))
+            except TimeoutError:
+                pass
+            finally:
+                watchers = self._watching_end.get(assignment_id, [])
+                if ended in watchers:
+                    watchers.remove(ended)
+                if not watchers:
+                    self._watching_end.pop(assignment_id, None)
+            return await self._view(assignment_id)
+        return view
+
+    async def release(
+        self,
+        assignment_id: str,
+        *,
+        outcome: JobOutcome = JobOutcome.SUCCEEDED,
+        recycle: bool = False,
+        reason: str = "",
+    ) -> AssignmentView:
+        view = await self._view(assignment_id)
+        if view.ended:
+            return view
+        result = JobResult(outcome, reason=reason or "released by its holder")
+        ended = await self._end(view.assignment, result, recycle=recycle, cancel=True)
+        return AssignmentView(view.assignment, ended.result, ended.record)
+
+    async def job_finished(self, worker_id: str, assignment_id: str, result: JobResult) -> None:
+        """The worker's agent reports the job of ``assignment_id`` ended. A report about another worker's
+        assignment, or one that ended already, changes nothing; a BUSY worker bound to nothing is AVAILABLE."""
+        with contextlib.suppress(
+            WorkerNotFound
+        ):  # an assignment this scheduler never knew (restarted on memory)
+            view = await self._view(assignment_id)
+            if not view.ended and view.assignment.worker_id == worker_id:
+                await self._end(view.assignment, result)
+                return
+        record = await self._registry.get(worker_id)
+        if record is not None and record.status is WorkerStatus.BUSY and record.assignment is None:
+            await self._registry.transition(worker_id, WorkerStatus.AVAILABLE, reason="its job finished")
+
+    async def _view(self, assignment_id: str) -> AssignmentView:
+        kept = self._ended.get(assignment_id)
+        if kept is not None:
+            return AssignmentView(kept.assignment, kept.result, kept.record)
+        worker_id = self._where.get(assignment_id)
+        record = (
+            await self._registry.get(worker_id) if worker_id is not None else await self._find(assignment_id)
+        )
+        if (
+            record is not None
+            and record.assignment is not None
+            and record.assignment.assignment_id == assignment_id
+        ):
+            return AssignmentView(record.assignment, None, record)
+        if worker_id is None:
+            raise WorkerNotFound(
+                f"assignment {quote_short(assignment_id)} is not known to this scheduler",
+                violations=[FieldViolation("assignment_id", "no such assignment")],
+            )
+        # Its worker no longer holds it (removed, restarted, bound anew after an end this replica missed).
+        gone = Assignment(assignment_id=assignment_id, job_id="", worker_id=worker_id, incarnation=0)
+        ended = self._remember(
+            gone, JobResult(JobOutcome.WORKER_LOST, reason="its worker no longer holds it"), record
+        )
+        return AssignmentView(ended.assignment, ended.result, record)
+
+    async def _find(self, assignment_id: str) -> WorkerRecord | None:
+        """A worker bound to ``assignment_id`` by another replica (this one has not tracked it)."""
+        store = self.store
+        if not isinstance(store, BoundJobs):
+            return None
+        for record in await store.bound():
+            if record.assignment is not None and record.assignment.assignment_id == assignment_id:
+                self._track(record, self._monotonic())
+                return record
+        return None
+
+    async def _end_by_id(self, assignment_id: str, result: JobResult) -> None:
+        view = await self._view(assignment_id)
+        if not view.ended:
+            await self._end(view.assignment, result, cancel=True)
+
+    async def _end(
+        self, assignment: Assignment, result: JobResult, *, recycle: bool = False, cancel: bool = False
+    ) -> _Ended:
+        """Unbind the worker (AVAILABLE again, or DRAINING when recycled; a LOST or DRAINING worker keeps its
+        status), keep the result for the holder, tell whoever waits for the end."""
+        record = await self._registry.unbind(assignment, result, recycle=recycle)
+        if (
+            cancel
+            and record is not None
+            and assignment.job is not None
+            and result.outcome is not JobOutcome.SUCCEEDED
+        ):
+            await self._tell(
+                record,
+                WorkerCommand(CommandKind.CANCEL_JOB, result.reason, assignment_id=assignment.assignment_id),
+            )
+        if recycle and record is not None:
+            await self._tell(record, WorkerCommand(CommandKind.DRAIN, "recycled after its job"))
+        log.info(
+            "allocation.ended",
+            extra={
+                "job_id": assignment.job_id,
+                "worker_id": assignment.worker_id,
+                "assignment_id": assignment.assignment_id,
+                "outcome": result.outcome.value,
+                "exit_code": result.exit_code,
+            },
+        )
+        ended = self._remember(assignment, result, record)
+        self.poke()
+        return ended
+
+    def _remember(self, assignment: Assignment, result: JobResult, record: WorkerRecord | None) -> _Ended:
+        assignment_id = assignment.assignment_id
+        self.leases.drop(assignment_id)
+        self._where.pop(assignment_id, None)
+        bound = self._bound_jobs.get(assignment.job_id)
+        if bound is not None and bound.assignment.assignment_id == assignment_id:
+            del self._bound_jobs[assignment.job_id]
+        self._metrics.assignments_ended.labels(result.outcome.value).inc()
+        ended = _Ended(assignment, result, self._monotonic(), record)
+        self._ended[assignment_id] = ended
+        if assignment.job_id:
+            self._ended_jobs[assignment.job_id] = assignment_id
+        while len(self._ended) > ENDED_KEPT:
+            self._forget_first()
+        for future in self._watching_end.pop(assignment_id, []):
+            if not future.done():
+                future.set_result(None)
+        return ended
+
+    def _forget_old(self, now: float) -> None:
+        while self._ended and now - next(iter(self._ended.values())).at > ENDED_KEPT_FOR:
+            self._forget_first()
+
+    def _forget_first(self) -> None:
+        _, ended = self._ended.popitem(last=False)
+        if self._ended_jobs.get(ended.assignment.job_id) == ended.assignment.assignment_id:
+            del self._ended_jobs[ended.assignment.job_id]
+
+    # -- what the registry's events say ------------------------------------------------------------------
+
+    def _heard(self, event: WorkerEvent) -> None:
+        if event.kind in _POKES:
+            self.poke()
+        elif event.kind is WorkerEventKind.LOST and event.record is not None and event.record.assignment:
+            self._chore(self._end_by_id(event.record.assignment.assignment_id, _lost("its worker went LOST")))
+        elif event.kind in _GONE:
+            for assignment_id in [a for a, w in self._where.items() if w == event.worker_id]:
+                self._chore(self._end_by_id(assignment_id, _lost(f"its worker was {event.kind.value}")))
+
+    def _chore(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chore_done)
+
+    def _chore_done(self, task: asyncio.Task[None]) -> None:
+        self._chores.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("allocation.end_failed", extra={"error": quote_short(str(error))})
+
+    # -- demand and pools --------------------------------------------------------------------------------
+
+    def demand(self) -> list[WaitingDemand]:
+        """What waits now, by requirement shape (the most waiting first), with the pools whose template fits."""
+        now = self._monotonic()
+        shapes: dict[Requirements, list[_Wait]] = {}
+        for wait in self._waiting.values():
+            shapes.setdefault(wait.waiter.requirements, []).append(wait)
+        found = [
+            WaitingDemand(
+                requirements,
+                len(waits),
+                max(now - w.since for w in waits),
+                tuple(self._fitting_pools(requirements)),
+            )
+            for requirements, waits in shapes.items()
+        ]
+        return sorted(found, key=lambda d: (-d.waiting, d.shape))
+
+    def _fitting_pools(self, requirements: Requirements) -> Iterable[str]:
+        for name in sorted(self.pools):
+            spec = self.pools[name]
+            if requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name):
+                yield name
+
+    def _demand_changed(self) -> None:
+        events = self._registry.events
+        if events.watchers:
+            demand = tuple(self.demand())
+            events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting", demand=demand)
+
+    async def apply_pools(self, source: str, text: str) -> list[PoolStatus]:
+        specs = parse_pools(text, source=source)  # PoolFileError (file, line, field): nothing changes
+        store = self.store
+        if isinstance(store, PoolDefinitions):
+            await store.save_pools(source, text)
+        self.pools = specs
+        self.pools_source = (source, text)
+        log.info("pools.applied", extra={"source": quote_short(source), "pools": len(specs)})
+        self.poke()
+        return await self.pool_statuses()
+
+    async def count_pools(self) -> None:
+        """Set the pool gauges from the registry (a pool no longer declared loses its series)."""
+        metrics = self._metrics
+        statuses = await self.pool_statuses() if self.pools else []
+        for status in statuses:
+            name = status.spec.name
+            for worker_status in WorkerStatus:
+                metrics.pool_workers.labels(name, worker_status.value).set(
+                    status.workers.get(worker_status, 0)
+                )
+            metrics.pool_max.labels(name).set(status.spec.max)
+            metrics.pool_waiting.labels(name).set(status.waiting)
+        names = {status.spec.name for status in statuses}
+        for gone in self._gauged_pools - names:
+            for worker_status in WorkerStatus:
+                metrics.pool_workers.remove(gone, worker_status.value)
+            metrics.pool_max.remove(gone)
+            metrics.pool_waiting.remove(gone)
+        self._gauged_pools = names
+
+    async def pool_statuses(self) -> list[PoolStatus]:
+        """Every pool with its workers by status (from the registry, now) and the acquires waiting for it (a
+        shape several pools fit counts for the first by name)."""
+        counts: dict[str, dict[WorkerStatus, int]] = {name: {} for name in self.pools}
+        async for record in self._records(WorkerFilter()):
+            if record.pool in counts:
+                by_status = counts[record.pool]
+                by_status[record.status] = by_status.get(record.status, 0) + 1
+        waiting: dict[str, int] = {}
+        for demand in self.demand():
+            if demand.pools:
+                waiting[demand.pools[0]] = waiting.get(demand.pools[0], 0) + demand.waiting
+        return [
+            PoolStatus(self.pools[name], counts[name], waiting.get(name, 0)) for name in sorted(self.pools)
+        ]
+
+
+def _lost(reason: str) -> JobResult:
+    return JobResult(JobOutcome.WORKER_LOST, reason=reason)
+
+
+def _placeholder(assignment: Assignment) -> WorkerRecord:
+    """The worker of an ended assignment whose record was not kept: its id only."""
+    return WorkerRecord(
+        worker_id=assignment.worker_id,
+        worker_type=WorkerType.MOCK,
+        capabilities=WorkerCapabilities(0, 0, 0, 0),
+    )
