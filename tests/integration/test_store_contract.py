@@ -851,7 +851,7 @@ async def test_a_registration_refused_for_its_job_fails_only_its_own_call(opener
 
 
 async def test_unbinding_frees_the_job_for_another_worker_and_so_does_deleting(store: RegistryStore) -> None:
-    await store.upsert([busy("a", "job-1"), record("b", 1), record("c", 1)])
+    await store.upsert([busy("a", "job-1"), record("b", 1)])
     await store.modify("a", unbind)
     assert await bound_jobs(store).find_job("job-1") is None
 
@@ -861,24 +861,26 @@ async def test_unbinding_frees_the_job_for_another_worker_and_so_does_deleting(s
 
     assert await store.delete("b") is True
     assert await bound_jobs(store).find_job("job-1") is None
-    # A registration of a restarted worker carrying the job binds it: nobody holds it now.
-    [(_, c)] = await store.upsert([busy("c", "job-1", incarnation=2)])
+    # A new worker registered bound to the job binds it: nobody holds it now.
+    [(_, c)] = await store.upsert([busy("c", "job-1")])
     assert c.assignment == assignment("job-1", "c")
     assert await bound_jobs(store).find_job("job-1") == c
     assert await bound_jobs(store).bound() == [c]
 
 
 async def test_a_job_may_move_between_two_workers_written_in_one_batch(store: RegistryStore) -> None:
-    """What a write leaves stored is judged, not its order: a swap binds each job once."""
-    await store.upsert([busy("a", "job-1"), busy("b", "job-2")])
-    swapped = [
-        record("a", 2, status=WorkerStatus.BUSY, assignment=assignment("job-2", "a")),
-        record("b", 2, status=WorkerStatus.BUSY, assignment=assignment("job-1", "b")),
+    """What a write leaves stored is judged, not its order: the restarted holder lets the job go (it runs none of
+    it) as a new worker written before it in the same batch takes it, and each job is bound once."""
+    holder = busy("a", "job-1")
+    await store.upsert([holder, busy("b", "job-2")])
+    taker, restarted = busy("c", "job-1"), record("a", 2)
+    assert await store.upsert([taker, restarted]) == [
+        (UpsertOutcome.CREATED, taker),
+        (UpsertOutcome.UPDATED, restarted),
     ]
-    assert await store.upsert(swapped) == [(UpsertOutcome.UPDATED, r) for r in swapped]
-    assert await bound_jobs(store).find_job("job-1") == swapped[1]
-    assert await bound_jobs(store).find_job("job-2") == swapped[0]
-    assert await bound_jobs(store).bound() == swapped
+    assert await bound_jobs(store).find_job("job-1") == taker
+    assert await store.get("a") == restarted
+    assert [r.worker_id for r in await bound_jobs(store).bound()] == ["b", "c"]
 
 
 async def test_find_job_and_bound_list_the_bound_workers_in_worker_id_order(store: RegistryStore) -> None:
