@@ -793,6 +793,22 @@ async def test_a_refresh_keeps_the_job_and_the_uses_and_a_restart_drops_them(sto
     assert await bound_jobs(store).find_job("job-1") is None
 
 
+async def test_an_agent_back_with_a_new_incarnation_still_running_its_job_keeps_it_bound(
+    store: RegistryStore,
+) -> None:
+    await store.upsert([busy(use_count=2)])
+    back = record(incarnation=5, running_jobs=("as-job-1",))
+    [(outcome, stored)] = await store.upsert([back])
+    assert (outcome, stored.incarnation, stored.assignment, stored.use_count) == (
+        UpsertOutcome.UPDATED,
+        5,
+        assignment(incarnation=5),
+        2,
+    )
+    assert await store.get("w-1") == stored
+    assert await bound_jobs(store).find_job("job-1") == stored
+
+
 async def test_a_second_worker_bound_to_a_job_by_modify_is_refused_and_nothing_changes(
     store: RegistryStore,
 ) -> None:
