@@ -323,7 +323,8 @@ class RegistryStore(Protocol):
 class BoundJobs(Protocol):
     """A store's index of the jobs its workers are bound to (a record's ``assignment``): at most one worker per
     job id, in every store. Writing a record bound to a job another record holds raises
-    :class:`~hodei.errors.JobAlreadyBound` and writes nothing."""
+    :class:`~hodei.errors.JobAlreadyBound` and writes nothing (an ``upsert``: nothing of its whole call). What a
+    write leaves stored is judged: a job moved from one record to another within one ``upsert`` is no conflict."""
 
     async def find_job(self, job_id: str) -> WorkerRecord | None:
         """The record bound to ``job_id``, or None."""
