@@ -68,6 +68,8 @@ ENDED_KEPT = 10_000
 ENDED_KEPT_FOR = 600.0
 """And for how long at most, in seconds."""
 MAX_WAIT = 3600.0
+FREE_RELIST = 1.0
+"""Seconds between two whole reads of the free workers from the store."""
 _POKES = frozenset(
     {
         WorkerEventKind.AVAILABLE,
@@ -151,9 +153,14 @@ class Allocator:
         self.pools_source: tuple[str, str] | None = None
         self._poked = asyncio.Event()
         self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
+        self._rounds_started = 0
+        self._free: dict[str, WorkerRecord] = {}
+        self._free_read_at: float | None = None
+        self._noted_meanwhile: list[WorkerRecord] | None = None
         self._serving: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
         registry.events.listen(self._heard)
+        registry.written.append(self._note)  # registrations, heard of even while nobody watches events
 
     @property
     def store(self) -> RegistryStore:
@@ -217,16 +224,20 @@ class Allocator:
                 return known
             if job_id in self._waiting or self._known_here(job_id):
                 continue
-            await self._refuse_impossible(requirements, job)
-            if job_id in self._waiting or self._known_here(job_id):
-                continue
             now = self._monotonic()
             waiting = _Wait(
                 Waiter(job_id, requirements, priority, next(self._arrivals)), job, ttl, now, now + wait
             )
             self._waiting[job_id] = waiting
-            self._demand_changed()
             await self._serve()
+            if not waiting.bound.done():
+                try:
+                    await self._refuse_impossible(requirements, job)
+                except NoWorkerFits:
+                    if self._waiting.get(job_id) is waiting and not waiting.bound.done():
+                        del self._waiting[job_id]
+                        raise
+                self._demand_changed()
         try:
             return await asyncio.wait_for(asyncio.shield(waiting.bound), wait)
         except TimeoutError:
@@ -277,8 +288,14 @@ class Allocator:
             for spec in self.pools.values()
         ):
             return
+
+        def could(record: WorkerRecord) -> bool:
+            return requirements.fits(record) and (job is None or record.lease_ttl is not None)
+
+        if any(could(record) for record in self._free.values()):
+            return
         async for record in self._records(WorkerFilter(labels=requirements.labels)):
-            if requirements.fits(record) and (job is None or record.lease_ttl is not None):
+            if could(record):
                 return
         raise NoWorkerFits(
             f"no pool's template and no registered worker fits {quote_short(requirements.shape)}"
@@ -325,23 +342,54 @@ class Allocator:
         await self._serve()
 
     async def _serve(self) -> None:
+        """Serve every waiting acquire: a round that starts after this call serves it (calls that come while a
+        round runs share the next one)."""
         if not self._waiting:
             return
+        asked = self._rounds_started
         async with self._one_serving:
+            if self._rounds_started > asked:
+                return
+            self._rounds_started += 1
             await self._serve_once()
+
+    async def _free_workers(self) -> list[WorkerRecord]:
+        """The AVAILABLE workers bound to nothing: as the registry's changes say (every write the allocator
+        hears of), read whole from the store again every FREE_RELIST seconds (what another replica changed, or
+        anything missed). A worker wrongly thought free is only a bind refused by the store."""
+        now = self._monotonic()
+        if self._free_read_at is None or now - self._free_read_at >= FREE_RELIST:
+            self._noted_meanwhile = []
+            try:
+                fresh = {
+                    record.worker_id: record
+                    async for record in self._records(
+                        WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE}))
+                    )
+                    if record.assignment is None
+                }
+                for record in self._noted_meanwhile:  # heard of while the store was read: newer than the read
+                    _note_in(fresh, record)
+            finally:
+                self._noted_meanwhile = None
+            self._free, self._free_read_at = fresh, now
+        return list(self._free.values())
+
+    def _note(self, record: WorkerRecord) -> None:
+        """A record as the registry just wrote it."""
+        _note_in(self._free, record)
+        if self._noted_meanwhile is not None:
+            self._noted_meanwhile.append(record)
 
     async def _serve_once(self) -> None:
         waits = {wait.waiter.job_id: wait for wait in self._waiting.values() if not wait.bound.done()}
-        free = [
-            record
-            async for record in self._records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
-            if record.assignment is None
-        ]
+        free = await self._free_workers()
         served = False
         for waiter, record in match([w.waiter for w in waits.values()], free):
             wait = waits[waiter.job_id]
             if not self._may_run(record, wait.job):
                 continue
+            self._free.pop(record.worker_id, None)  # bound now, or found taken: either way not free
             acquired = await self._bind(wait, record)
             if acquired is not None:
                 served = True
@@ -559,6 +607,10 @@ class Allocator:
     # -- what the registry's events say ------------------------------------------------------------------
 
     def _heard(self, event: WorkerEvent) -> None:
+        if event.record is not None:
+            self._note(event.record)
+        elif event.kind in _GONE:
+            self._free.pop(event.worker_id, None)
         if event.kind in _POKES:
             self.poke()
         elif event.kind is WorkerEventKind.LOST and event.record is not None and event.record.assignment:
@@ -654,6 +706,13 @@ class Allocator:
         return [
             PoolStatus(self.pools[name], counts[name], waiting.get(name, 0)) for name in sorted(self.pools)
         ]
+
+
+def _note_in(free: dict[str, WorkerRecord], record: WorkerRecord) -> None:
+    if record.status is WorkerStatus.AVAILABLE and record.assignment is None:
+        free[record.worker_id] = record
+    else:
+        free.pop(record.worker_id, None)
 
 
 def _lost(reason: str) -> JobResult:

@@ -94,6 +94,8 @@ class WorkerRegistry:
         self.events = events or EventHub(clock=clock)
         self._clock = clock
         self._veto = veto
+        # Told of every record a registration wrote (the allocator keeps its free workers by them).
+        self.written: builtins.list[Callable[[WorkerRecord], None]] = []
         self.metrics = metrics or SchedulerMetrics()
         # Keyed by (result, worker type); a WorkerType is a str, so either finds its series.
         self._results = {
@@ -175,6 +177,9 @@ class WorkerRegistry:
                 f"incarnation {stored.incarnation}",
                 worker_id=stored.worker_id,
             )
+        if outcome is not UpsertOutcome.KEPT:
+            for written in self.written:
+                written(stored)
         if not self.events.watchers:
             pass  # nobody to tell: a batch of 10,000 need not build 10,000 events for nobody
         elif outcome is UpsertOutcome.CREATED:
