@@ -298,6 +298,13 @@ class RegistryStore(Protocol):
         """Apply ``change`` to the stored record atomically; ``(before, after)``, or ``None`` if not found."""
         ...
 
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        """``modify`` of each ``(worker_id, change)`` in order, in one transaction (one commit); each result as
+        ``modify``'s."""
+        ...
+
     async def get(self, worker_id: str) -> WorkerRecord | None: ...
 
     async def delete(

@@ -383,32 +383,40 @@ class Allocator:
 
     async def _serve_once(self) -> None:
         waits = {wait.waiter.job_id: wait for wait in self._waiting.values() if not wait.bound.done()}
-        free = await self._free_workers()
-        served = False
+        free = [record for record in await self._free_workers() if self._may_take(record)]
+        chosen: list[tuple[_Wait, Assignment]] = []
         for waiter, record in match([w.waiter for w in waits.values()], free):
             wait = waits[waiter.job_id]
-            if not self._may_run(record, wait.job):
-                continue
+            if wait.job is not None and record.lease_ttl is None:
+                continue  # a job needs an agent to run it
             self._free.pop(record.worker_id, None)  # bound now, or found taken: either way not free
-            acquired = await self._bind(wait, record)
-            if acquired is not None:
-                served = True
-                self._metrics.acquire_wait.labels("bound").observe(self._monotonic() - wait.since)
-                self._waiting.pop(waiter.job_id, None)
-                if not wait.bound.done():
-                    wait.bound.set_result(acquired)
-        if served:
+            chosen.append((wait, self._assignment(wait, record)))
+        if not chosen:
+            return
+        bound = await self._bind([assignment for _, assignment in chosen])
+        acquired = await asyncio.gather(
+            *(self._deliver(w, a, r) for (w, a), r in zip(chosen, bound, strict=True))
+        )
+        for (wait, _), outcome in zip(chosen, acquired, strict=True):
+            if outcome is None:
+                continue
+            self._metrics.acquire_wait.labels("bound").observe(self._monotonic() - wait.since)
+            if self._waiting.get(wait.waiter.job_id) is wait:
+                del self._waiting[wait.waiter.job_id]
+            if not wait.bound.done():
+                wait.bound.set_result(outcome)
+        if any(outcome is not None for outcome in acquired):
             self._demand_changed()
 
-    def _may_run(self, record: WorkerRecord, job: Job | None) -> bool:
-        """A job goes to a worker whose agent is connected (here, or to another replica); a holder that uses
-        the worker itself may take a worker with no agent too."""
-        if record.lease_ttl is None:
-            return job is None
-        return self._connected_here(record.worker_id) or bool(record.connected_via)
+    def _may_take(self, record: WorkerRecord) -> bool:
+        """A worker with an agent is offered while its agent is connected (here, or to another replica); one
+        without (its holder uses it itself) always."""
+        return (
+            record.lease_ttl is None or self._connected_here(record.worker_id) or bool(record.connected_via)
+        )
 
-    async def _bind(self, wait: _Wait, chosen: WorkerRecord) -> Acquired | None:
-        assignment = Assignment(
+    def _assignment(self, wait: _Wait, chosen: WorkerRecord) -> Assignment:
+        return Assignment(
             assignment_id=uuid.uuid4().hex,
             job_id=wait.waiter.job_id,
             worker_id=chosen.worker_id,
@@ -418,12 +426,25 @@ class Allocator:
             priority=wait.waiter.priority,
             bound_at=self._clock(),
         )
+
+    async def _bind(self, assignments: list[Assignment]) -> list[WorkerRecord | Acquired | None]:
+        """Each assignment's worker bound (its record), or None (taken meanwhile: the next round chooses again),
+        or the job's assignment another replica made meanwhile. One commit for all, unless one of the jobs
+        was bound elsewhere: then one at a time."""
         try:
-            bound = await self._registry.bind(assignment)
-        except JobAlreadyBound:  # another replica bound it meanwhile
-            return await self._known_in_store(assignment.job_id)
-        if bound is None:
-            return None  # taken meanwhile (or changed): the next round chooses again
+            return list(await self._registry.bind(assignments))
+        except JobAlreadyBound:
+            if len(assignments) > 1:
+                return [found for assignment in assignments for found in await self._bind([assignment])]
+            return [await self._known_in_store(assignments[0].job_id)]
+
+    async def _deliver(
+        self, wait: _Wait, assignment: Assignment, bound: WorkerRecord | Acquired | None
+    ) -> Acquired | None:
+        """The bound worker tracked and, with a job, told to run it (an agent that cannot be told: the
+        assignment ends WORKER_LOST, and the next round chooses again)."""
+        if bound is None or isinstance(bound, Acquired):
+            return bound
         self._track(bound, self._monotonic())
         if wait.job is not None:
             delivered = await self._tell(bound, WorkerCommand(CommandKind.RUN_JOB, assignment=assignment))

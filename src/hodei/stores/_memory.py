@@ -48,15 +48,26 @@ class MemoryRegistryStore:
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
-        before = self._records.get(worker_id)
-        if before is None:
-            return None
-        after = change(before)
-        if after is None:
-            return before, before
-        after = stored_form(after)
-        self._write({worker_id: after})
-        return before, after
+        [changed] = await self.modify_many([(worker_id, change)])
+        return changed
+
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        results: list[tuple[WorkerRecord, WorkerRecord] | None] = []
+        for worker_id, change in changes:
+            before = self._records.get(worker_id)
+            if before is None:
+                results.append(None)
+                continue
+            after = change(before)
+            if after is None:
+                results.append((before, before))
+                continue
+            after = stored_form(after)
+            self._write({worker_id: after})
+            results.append((before, after))
+        return results
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         return self._records.get(worker_id)

@@ -283,18 +283,35 @@ class PostgresRegistryStore:
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
-        async def write(db: Db) -> tuple[WorkerRecord, WorkerRecord] | None:
-            row = await db.fetchrow(f"{SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
-            if row is None:
-                return None
-            before = record(row)
-            after = change(before)
-            if after is None:
-                return before, before
-            after = stored_form(after)
-            with _binding(await _bind(db, {worker_id: job_of(before)}, {worker_id: after})):
-                await db.execute(CHANGE, *columns([after]))
-            return before, after
+        [changed] = await self.modify_many([(worker_id, change)])
+        return changed
+
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> builtins.list[tuple[WorkerRecord, WorkerRecord] | None]:
+        async def write(db: Db) -> builtins.list[tuple[WorkerRecord, WorkerRecord] | None]:
+            # Rows are locked in worker-id order (as every write here locks them): no deadlock with another.
+            ids = sorted({worker_id for worker_id, _ in changes})
+            rows = await db.fetch(
+                f"{SELECT} WHERE worker_id = ANY($1::text[]) ORDER BY worker_id FOR UPDATE", ids
+            )
+            current = {row[0]: record(row) for row in rows}
+            results: builtins.list[tuple[WorkerRecord, WorkerRecord] | None] = []
+            for worker_id, change in changes:
+                before = current.get(worker_id)
+                if before is None:
+                    results.append(None)
+                    continue
+                after = change(before)
+                if after is None:
+                    results.append((before, before))
+                    continue
+                after = stored_form(after)
+                with _binding(await _bind(db, {worker_id: job_of(before)}, {worker_id: after})):
+                    await db.execute(CHANGE, *columns([after]))
+                current[worker_id] = after
+                results.append((before, after))
+            return results
 
         return await self._retrying(write)
 

@@ -268,17 +268,28 @@ class SqliteRegistryStore:
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
-        def write(db: sqlite3.Connection) -> tuple[WorkerRecord, WorkerRecord] | None:
-            before = _fetch(db, [worker_id]).get(worker_id)
-            if before is None:
-                return None
-            after = change(before)
-            if after is None:
-                return before, before
-            after = stored_form(after)
-            _bind(db, {worker_id: job_of(before)}, {worker_id: after})
-            db.execute(_UPSERT, to_row(after, _iso))
-            return before, after
+        [changed] = await self.modify_many([(worker_id, change)])
+        return changed
+
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        def write(db: sqlite3.Connection) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+            results: list[tuple[WorkerRecord, WorkerRecord] | None] = []
+            for worker_id, change in changes:
+                before = _fetch(db, [worker_id]).get(worker_id)
+                if before is None:
+                    results.append(None)
+                    continue
+                after = change(before)
+                if after is None:
+                    results.append((before, before))
+                    continue
+                after = stored_form(after)
+                _bind(db, {worker_id: job_of(before)}, {worker_id: after})
+                db.execute(_UPSERT, to_row(after, _iso))
+                results.append((before, after))
+            return results
 
         return await self._run(self._transaction(write))
 

@@ -106,6 +106,11 @@ class FaultyStore:
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
         return await self._write("modify", lambda: self.inner.modify(worker_id, change))
 
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        return await self._write("modify", lambda: self.inner.modify_many(changes))
+
     async def delete(self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None) -> bool:
         return await self._write("delete", lambda: self.inner.delete(worker_id, only_if=only_if))
 
