@@ -23,8 +23,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -54,22 +53,19 @@ from hodei.errors import (
 )
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.observability._metrics import SchedulerMetrics
-from hodei.pools import PoolSpec, PoolStatus, Requirements, Waiter, WaitingDemand, match, parse_pools
-from hodei.ports import Acquired, AssignmentView, BoundJobs, PoolDefinitions, RegistryStore, WorkerFilter
+from hodei.pools import PoolStatus, Requirements, Waiter, WaitingDemand, match
+from hodei.ports import Acquired, AssignmentView, BoundJobs, RegistryStore, WorkerFilter
+from hodei.scheduler._ended import Ended, EndedAssignments
+from hodei.scheduler._free import FreeWorkers
 from hodei.scheduler._liveness import LeaseTable
+from hodei.scheduler._pool_book import PoolBook
 from hodei.scheduler._registry import MAX_PAGE_SIZE, WorkerRegistry
 
 __all__ = ["Allocator", "NoWorkerFits"]
 
 log = logging.getLogger(__name__)
 
-ENDED_KEPT = 10_000
-"""How many ended assignments are kept for their holders to read (the oldest are forgotten first)."""
-ENDED_KEPT_FOR = 600.0
-"""And for how long at most, in seconds."""
 MAX_WAIT = 3600.0
-FREE_RELIST = 1.0
-"""Seconds between two whole reads of the free workers from the store."""
 _POKES = frozenset(
     {
         WorkerEventKind.AVAILABLE,
@@ -106,14 +102,6 @@ class _Bound:
     record: WorkerRecord
 
 
-@dataclass(frozen=True, slots=True)
-class _Ended:
-    assignment: Assignment
-    result: JobResult
-    at: float
-    record: WorkerRecord | None
-
-
 Tell = Callable[[WorkerRecord, WorkerCommand], Awaitable[bool]]
 
 
@@ -134,7 +122,6 @@ class Allocator:
         self._registry = registry
         self._metrics = metrics or SchedulerMetrics()
         self._metrics.acquires_waiting.set_function(lambda: len(self._waiting))
-        self._gauged_pools: set[str] = set()
         self._pools_counted_at = -1.0
         self._tell = tell
         self._connected_here = connected_here
@@ -146,21 +133,19 @@ class Allocator:
         self.leases = LeaseTable()  # by assignment id: the holder's renewals
         self._where: dict[str, str] = {}  # assignment id -> worker id, as bound (a cache: the store decides)
         self._bound_jobs: dict[str, _Bound] = {}  # job id -> its assignment and worker as bound
-        self._ended: OrderedDict[str, _Ended] = OrderedDict()  # by assignment id
-        self._ended_jobs: dict[str, str] = {}  # job id -> assignment id, of the ended ones kept
+        self._ended = EndedAssignments()
         self._watching_end: dict[str, list[asyncio.Future[None]]] = {}
-        self.pools: dict[str, PoolSpec] = {}
-        self.pools_source: tuple[str, str] | None = None
+        self.pools = PoolBook(registry.store, self._metrics)
         self._poked = asyncio.Event()
         self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
         self._rounds_started = 0
-        self._free: dict[str, WorkerRecord] = {}
-        self._free_read_at: float | None = None
-        self._noted_meanwhile: list[WorkerRecord] | None = None
+        self._free = FreeWorkers(
+            lambda: self._records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
+        )
         self._serving: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
         registry.events.listen(self._heard)
-        registry.written.append(self._note)  # registrations, heard of even while nobody watches events
+        registry.written.append(self._free.note)  # registrations, heard of even while nobody watches events
 
     @property
     def store(self) -> RegistryStore:
@@ -171,11 +156,8 @@ class Allocator:
     async def restore(self, now: float) -> None:
         """What the store holds: the pool definitions, and every bound worker's assignment (its lease starts
         now: the holder renews it against this scheduler from here)."""
+        await self.pools.restore()
         store = self.store
-        if isinstance(store, PoolDefinitions) and (saved := await store.load_pools()) is not None:
-            source, text = saved
-            self.pools = parse_pools(text, source=source)
-            self.pools_source = saved
         if isinstance(store, BoundJobs):
             for record in await store.bound():
                 self._track(record, now)
@@ -267,9 +249,8 @@ class Allocator:
         """The job's assignment if this scheduler made or restored it (bound, or ended and still kept)."""
         if (bound := self._bound_jobs.get(job_id)) is not None:
             return Acquired(bound.assignment, bound.record, created=False)
-        ended = self._ended_jobs.get(job_id)
-        if ended is not None and ended in self._ended:
-            kept = self._ended[ended]
+        kept = self._ended.of_job(job_id)
+        if kept is not None:
             return Acquired(kept.assignment, kept.record or _placeholder(kept.assignment), created=False)
         return None
 
@@ -283,16 +264,13 @@ class Allocator:
         return None
 
     async def _refuse_impossible(self, requirements: Requirements, job: Job | None) -> None:
-        if any(
-            requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name)
-            for spec in self.pools.values()
-        ):
+        if any(True for _ in self.pools.fitting(requirements)):
             return
 
         def could(record: WorkerRecord) -> bool:
             return requirements.fits(record) and (job is None or record.lease_ttl is not None)
 
-        if any(could(record) for record in self._free.values()):
+        if any(could(record) for record in self._free.known()):
             return
         async for record in self._records(WorkerFilter(labels=requirements.labels)):
             if could(record):
@@ -338,7 +316,7 @@ class Allocator:
             await self._end_by_id(
                 assignment_id, JobResult(JobOutcome.ABANDONED, reason="its holder stopped renewing")
             )
-        self._forget_old(now)
+        self._ended.forget_old(now)
         await self._serve()
 
     async def _serve(self) -> None:
@@ -353,43 +331,15 @@ class Allocator:
             self._rounds_started += 1
             await self._serve_once()
 
-    async def _free_workers(self) -> list[WorkerRecord]:
-        """The AVAILABLE workers bound to nothing: as the registry's changes say (every write the allocator
-        hears of), read whole from the store again every FREE_RELIST seconds (what another replica changed, or
-        anything missed). A worker wrongly thought free is only a bind refused by the store."""
-        now = self._monotonic()
-        if self._free_read_at is None or now - self._free_read_at >= FREE_RELIST:
-            self._noted_meanwhile = []
-            try:
-                fresh = {
-                    record.worker_id: record
-                    async for record in self._records(
-                        WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE}))
-                    )
-                    if record.assignment is None
-                }
-                for record in self._noted_meanwhile:  # heard of while the store was read: newer than the read
-                    _note_in(fresh, record)
-            finally:
-                self._noted_meanwhile = None
-            self._free, self._free_read_at = fresh, now
-        return list(self._free.values())
-
-    def _note(self, record: WorkerRecord) -> None:
-        """A record as the registry just wrote it."""
-        _note_in(self._free, record)
-        if self._noted_meanwhile is not None:
-            self._noted_meanwhile.append(record)
-
     async def _serve_once(self) -> None:
         waits = {wait.waiter.job_id: wait for wait in self._waiting.values() if not wait.bound.done()}
-        free = [record for record in await self._free_workers() if self._may_take(record)]
+        free = [record for record in await self._free.current(self._monotonic()) if self._may_take(record)]
         chosen: list[tuple[_Wait, Assignment]] = []
         for waiter, record in match([w.waiter for w in waits.values()], free):
             wait = waits[waiter.job_id]
             if wait.job is not None and record.lease_ttl is None:
                 continue  # a job needs an agent to run it
-            self._free.pop(record.worker_id, None)  # bound now, or found taken: either way not free
+            self._free.gone(record.worker_id)  # bound now, or found taken: either way not free
             chosen.append((wait, self._assignment(wait, record)))
         if not chosen:
             return
@@ -567,7 +517,7 @@ class Allocator:
 
     async def _end(
         self, assignment: Assignment, result: JobResult, *, recycle: bool = False, cancel: bool = False
-    ) -> _Ended:
+    ) -> Ended:
         """Unbind the worker (AVAILABLE again, or DRAINING when recycled; a LOST or DRAINING worker keeps its
         status), keep the result for the holder, tell whoever waits for the end."""
         record = await self._registry.unbind(assignment, result, recycle=recycle)
@@ -597,7 +547,7 @@ class Allocator:
         self.poke()
         return ended
 
-    def _remember(self, assignment: Assignment, result: JobResult, record: WorkerRecord | None) -> _Ended:
+    def _remember(self, assignment: Assignment, result: JobResult, record: WorkerRecord | None) -> Ended:
         assignment_id = assignment.assignment_id
         self.leases.drop(assignment_id)
         self._where.pop(assignment_id, None)
@@ -605,33 +555,20 @@ class Allocator:
         if bound is not None and bound.assignment.assignment_id == assignment_id:
             del self._bound_jobs[assignment.job_id]
         self._metrics.assignments_ended.labels(result.outcome.value).inc()
-        ended = _Ended(assignment, result, self._monotonic(), record)
-        self._ended[assignment_id] = ended
-        if assignment.job_id:
-            self._ended_jobs[assignment.job_id] = assignment_id
-        while len(self._ended) > ENDED_KEPT:
-            self._forget_first()
+        ended = Ended(assignment, result, self._monotonic(), record)
+        self._ended.remember(ended)
         for future in self._watching_end.pop(assignment_id, []):
             if not future.done():
                 future.set_result(None)
         return ended
 
-    def _forget_old(self, now: float) -> None:
-        while self._ended and now - next(iter(self._ended.values())).at > ENDED_KEPT_FOR:
-            self._forget_first()
-
-    def _forget_first(self) -> None:
-        _, ended = self._ended.popitem(last=False)
-        if self._ended_jobs.get(ended.assignment.job_id) == ended.assignment.assignment_id:
-            del self._ended_jobs[ended.assignment.job_id]
-
     # -- what the registry's events say ------------------------------------------------------------------
 
     def _heard(self, event: WorkerEvent) -> None:
         if event.record is not None:
-            self._note(event.record)
+            self._free.note(event.record)
         elif event.kind in _GONE:
-            self._free.pop(event.worker_id, None)
+            self._free.gone(event.worker_id)
         if event.kind in _POKES:
             self.poke()
         elif event.kind is WorkerEventKind.LOST and event.record is not None and event.record.assignment:
@@ -663,17 +600,11 @@ class Allocator:
                 requirements,
                 len(waits),
                 max(now - w.since for w in waits),
-                tuple(self._fitting_pools(requirements)),
+                tuple(self.pools.fitting(requirements)),
             )
             for requirements, waits in shapes.items()
         ]
         return sorted(found, key=lambda d: (-d.waiting, d.shape))
-
-    def _fitting_pools(self, requirements: Requirements) -> Iterable[str]:
-        for name in sorted(self.pools):
-            spec = self.pools[name]
-            if requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name):
-                yield name
 
     def _demand_changed(self) -> None:
         events = self._registry.events
@@ -682,58 +613,16 @@ class Allocator:
             events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting", demand=demand)
 
     async def apply_pools(self, source: str, text: str) -> list[PoolStatus]:
-        specs = parse_pools(text, source=source)  # PoolFileError (file, line, field): nothing changes
-        store = self.store
-        if isinstance(store, PoolDefinitions):
-            await store.save_pools(source, text)
-        self.pools = specs
-        self.pools_source = (source, text)
-        log.info("pools.applied", extra={"source": quote_short(source), "pools": len(specs)})
+        await self.pools.apply(source, text)
         self.poke()
         return await self.pool_statuses()
 
     async def count_pools(self) -> None:
-        """Set the pool gauges from the registry (a pool no longer declared loses its series)."""
-        metrics = self._metrics
-        statuses = await self.pool_statuses() if self.pools else []
-        for status in statuses:
-            name = status.spec.name
-            for worker_status in WorkerStatus:
-                metrics.pool_workers.labels(name, worker_status.value).set(
-                    status.workers.get(worker_status, 0)
-                )
-            metrics.pool_max.labels(name).set(status.spec.max)
-            metrics.pool_waiting.labels(name).set(status.waiting)
-        names = {status.spec.name for status in statuses}
-        for gone in self._gauged_pools - names:
-            for worker_status in WorkerStatus:
-                metrics.pool_workers.remove(gone, worker_status.value)
-            metrics.pool_max.remove(gone)
-            metrics.pool_waiting.remove(gone)
-        self._gauged_pools = names
+        """Set the pool gauges from the registry."""
+        self.pools.gauge(await self.pool_statuses() if self.pools.pools else [])
 
     async def pool_statuses(self) -> list[PoolStatus]:
-        """Every pool with its workers by status (from the registry, now) and the acquires waiting for it (a
-        shape several pools fit counts for the first by name)."""
-        counts: dict[str, dict[WorkerStatus, int]] = {name: {} for name in self.pools}
-        async for record in self._records(WorkerFilter()):
-            if record.pool in counts:
-                by_status = counts[record.pool]
-                by_status[record.status] = by_status.get(record.status, 0) + 1
-        waiting: dict[str, int] = {}
-        for demand in self.demand():
-            if demand.pools:
-                waiting[demand.pools[0]] = waiting.get(demand.pools[0], 0) + demand.waiting
-        return [
-            PoolStatus(self.pools[name], counts[name], waiting.get(name, 0)) for name in sorted(self.pools)
-        ]
-
-
-def _note_in(free: dict[str, WorkerRecord], record: WorkerRecord) -> None:
-    if record.status is WorkerStatus.AVAILABLE and record.assignment is None:
-        free[record.worker_id] = record
-    else:
-        free.pop(record.worker_id, None)
+        return await self.pools.statuses(self._records(WorkerFilter()), self.demand())
 
 
 def _lost(reason: str) -> JobResult:
