@@ -31,7 +31,6 @@ from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEv
 from hodei.pools import Requirements
 from hodei.stores import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
-from hodei.transport._codec import job_result_to_proto, pb
 from hodei.transport._stream import ConnectStream
 from tests.helpers import wait_for
 
@@ -262,10 +261,7 @@ async def test_a_job_goes_down_the_agents_stream_and_its_result_ends_the_assignm
     assert command == WorkerCommand(CommandKind.RUN_JOB, assignment=acquired.assignment)
     assert acquired.assignment.job == job
     result = JobResult(JobOutcome.FAILED, exit_code=7, output_tail="boom\n", reason="exit code 7")
-    finished = pb.JobFinished(
-        assignment_id=acquired.assignment.assignment_id, result=job_result_to_proto(result)
-    )
-    await agents.streams["agent-1"]._write(pb.ConnectRequest(job_finished=finished))
+    await agents.streams["agent-1"].job_finished(acquired.assignment.assignment_id, result)
 
     view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
     assert view.result == result
@@ -476,3 +472,38 @@ async def test_releasing_the_assignment_of_a_worker_that_is_gone_answers_its_end
     assert view.result is not None and view.result.outcome is JobOutcome.WORKER_LOST
     again = await client.renew_assignment(acquired.assignment.assignment_id, timeout=10)
     assert again.result == view.result
+
+
+async def test_a_holder_that_lets_go_of_a_running_job_stops_it_and_the_worker_is_busy_until_the_agent_says_so(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient, agents: Agents
+) -> None:
+    await agents.connect(worker("runner"))
+    commands = agents.streams["runner"].commands()
+    acquired = await client.acquire_worker("let-go", Requirements(), job=Job(("sleep", "600")))
+    assert (await asyncio.wait_for(anext(commands), 10)).kind is CommandKind.RUN_JOB
+
+    released = await client.release_worker(acquired.assignment.assignment_id, reason="no longer needed")
+
+    assert released.result == JobResult(JobOutcome.SUCCEEDED, reason="no longer needed")
+    cancel = await asyncio.wait_for(anext(commands), 10)
+    assert cancel == WorkerCommand(
+        CommandKind.CANCEL_JOB, "no longer needed", assignment_id=acquired.assignment.assignment_id
+    )
+    stored = await scheduler.get_worker("runner")
+    assert stored is not None and (stored.status, stored.assignment) == (WorkerStatus.BUSY, None)
+    with pytest.raises(SchedulerTimeout):  # not offered while its agent still stops the job
+        await client.acquire_worker("next", Requirements(), wait=0.3)
+
+    await agents.streams["runner"].job_finished(
+        acquired.assignment.assignment_id, JobResult(JobOutcome.CANCELLED, reason="cancelled")
+    )
+
+    async def available() -> bool:
+        record = await scheduler.get_worker("runner")
+        return record is not None and record.status is WorkerStatus.AVAILABLE
+
+    await wait_for(available)
+    again = await client.acquire_worker("next-after", Requirements(), wait=5)
+    assert again.record.worker_id == "runner"
+    # The holder's answer stays what it was told.
+    assert (await client.renew_assignment(acquired.assignment.assignment_id)).result == released.result

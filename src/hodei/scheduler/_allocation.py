@@ -519,14 +519,12 @@ class Allocator:
         self, assignment: Assignment, result: JobResult, *, recycle: bool = False, cancel: bool = False
     ) -> Ended:
         """Unbind the worker (AVAILABLE again, or DRAINING when recycled; a LOST or DRAINING worker keeps its
-        status), keep the result for the holder, tell whoever waits for the end."""
-        record = await self._registry.unbind(assignment, result, recycle=recycle)
-        if (
-            cancel
-            and record is not None
-            and assignment.job is not None
-            and result.outcome is not JobOutcome.SUCCEEDED
-        ):
+        status), keep the result for the holder, tell whoever waits for the end. With ``cancel`` (the end did
+        not come from the agent) a job its agent may still run is stopped, and the worker stays BUSY until the
+        agent says so."""
+        running = cancel and assignment.job is not None
+        record = await self._registry.unbind(assignment, result, recycle=recycle, job_running=running)
+        if running and record is not None and record.status is not WorkerStatus.LOST:
             await self._tell(
                 record,
                 WorkerCommand(CommandKind.CANCEL_JOB, result.reason, assignment_id=assignment.assignment_id),

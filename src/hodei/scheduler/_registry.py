@@ -365,21 +365,23 @@ class WorkerRegistry:
         return bound
 
     async def unbind(
-        self, assignment: Assignment, result: JobResult, *, recycle: bool = False
+        self, assignment: Assignment, result: JobResult, *, recycle: bool = False, job_running: bool = False
     ) -> WorkerRecord | None:
         """End the assignment on its worker's record: AVAILABLE again (DRAINING and drained when ``recycle``);
-        a LOST or DRAINING worker keeps its status. The record after (None if the worker is gone); a worker
-        that no longer holds this assignment is left as it is."""
+        a LOST or DRAINING worker keeps its status. With ``job_running`` (its agent still runs the job, told to
+        stop it) a BUSY worker stays BUSY, bound to nothing, and a draining one is not yet drained, until the
+        agent says the job ended. The record after (None if the worker is gone); a worker that no longer holds
+        this assignment is left as it is."""
 
         def free(record: WorkerRecord) -> WorkerRecord | None:
             if record.assignment is None or record.assignment.assignment_id != assignment.assignment_id:
                 return None
             status, drained = record.status, record.drained
             if recycle and status is not WorkerStatus.LOST:
-                status, drained = WorkerStatus.DRAINING, True
-            elif status is WorkerStatus.BUSY:
+                status, drained = WorkerStatus.DRAINING, not job_running
+            elif status is WorkerStatus.BUSY and not job_running:
                 status = WorkerStatus.AVAILABLE
-            elif status is WorkerStatus.DRAINING:
+            elif status is WorkerStatus.DRAINING and not job_running:
                 drained = True  # its work is done
             return replace(record, status=status, drained=drained, assignment=None, updated_at=self._clock())
 
