@@ -150,6 +150,10 @@ class ControlPlaneMetrics:
     registration; ``ghost_unregistered``: a registration with no machine), ``hodei_reconciler_passes_total{result}``
     (``ok``, ``failed``: the inventory or the registry could not be read), ``hodei_reconciler_suspects`` (machines
     and registrations without their other half, still within the grace, after the last pass).
+    The pool autoscaler: ``hodei_pool_scale_events_total{pool, direction, reason}`` (``direction``: ``up``,
+    ``down``; ``reason``: a :class:`~hodei.pools.ScaleReason`, or ``recycle`` and ``lost`` for the workers
+    retired because they ran ``max_use_count`` jobs or were lost), ``hodei_pool_provision_failures_total{pool}``,
+    ``hodei_pool_desired_workers{pool}`` (the desired size at the last tick).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -207,6 +211,24 @@ class ControlPlaneMetrics:
         self.reconciler_suspects = Gauge(
             "hodei_reconciler_suspects",
             "Machines without a registration and registrations without a machine, still within the grace.",
+            registry=r,
+        )
+        self.pool_scale_events = Counter(
+            "hodei_pool_scale_events",
+            "Workers the pool autoscaler provisioned (up) or retired (down), by pool and reason.",
+            ["pool", "direction", "reason"],
+            registry=r,
+        )
+        self.pool_provision_failures = Counter(
+            "hodei_pool_provision_failures",
+            "Provisions of a pool's workers that failed (the pool backs off), by pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_desired_workers = Gauge(
+            "hodei_pool_desired_workers",
+            "The size the pool autoscaler wants for each pool, at its last tick.",
+            ["pool"],
             registry=r,
         )
         for action in RECONCILER_ACTIONS:
