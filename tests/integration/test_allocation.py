@@ -398,3 +398,81 @@ async def test_watchers_see_the_waiting_demand_and_the_assignments(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+POOLS = """\
+[pools.builders]
+kind = "dynamic"
+provider = "process"
+max = 4
+
+[pools.builders.template]
+cpu_cores = 8
+memory_mb = 8192
+labels = { os = "linux" }
+
+[pools.tiny]
+kind = "static"
+provider = "process"
+size = 2
+template = { cpu_cores = 1, memory_mb = 512 }
+"""
+
+
+async def test_pools_applied_are_listed_with_their_workers_and_waiting_and_make_requirements_possible(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    # Nothing registered fits 8 cores: refused at once, until a pool's template fits.
+    with pytest.raises(SchedulerError) as refused:
+        await client.acquire_worker("early", Requirements(cpu_cores=8), wait=5)
+    assert refused.value.code is ErrorCode.FAILED_PRECONDITION
+
+    applied = await client.apply_pools("pools.toml", POOLS, timeout=10)
+    assert [(p.spec.name, p.spec.max, p.size, p.waiting) for p in applied] == [
+        ("builders", 4, 0, 0),
+        ("tiny", 2, 0, 0),
+    ]
+    await client.register_worker(worker("tiny-1", cpu=1, memory=512, pool="tiny"))
+    await client.acquire_worker("on-tiny", Requirements(pool="tiny"))
+    waiting = asyncio.create_task(client.acquire_worker("needs-builder", Requirements(cpu_cores=8), wait=20))
+
+    async def listed() -> bool:
+        pools = {p.spec.name: p for p in await client.list_pools(timeout=10)}
+        return pools["builders"].waiting == 1 and pools["tiny"].workers == {WorkerStatus.BUSY: 1}
+
+    await wait_for(listed)
+    [demand] = await client.get_demand(timeout=10)
+    assert (demand.shape, demand.waiting, demand.pools) == ("cpu=8", 1, ("builders",))
+
+    await client.register_worker(worker("builder-1", cpu=8, memory=8192, pool="builders", os="linux"))
+    acquired = await asyncio.wait_for(waiting, 20)
+    assert acquired.record.worker_id == "builder-1"
+
+
+async def test_an_invalid_pools_file_is_refused_naming_its_line_and_field_and_the_pools_stay(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.apply_pools("pools.toml", POOLS)
+    broken = POOLS.replace("max = 4", "max = -1")
+
+    with pytest.raises(SchedulerError) as refused:
+        await client.apply_pools("new.toml", broken)
+
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+    assert [v.field for v in refused.value.violations] == ["new.toml:4: pools.builders.max"]
+    assert [p.spec.name for p in await client.list_pools()] == ["builders", "tiny"]
+
+
+async def test_releasing_the_assignment_of_a_worker_that_is_gone_answers_its_end_without_a_worker(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.register_worker(worker("vanishing"))
+    acquired = await client.acquire_worker("orphaned", Requirements(), timeout=10, lease_ttl=30)
+    await client.unregister_worker("vanishing")
+
+    view = await client.release_worker(acquired.assignment.assignment_id, timeout=10)
+
+    assert view.record is None
+    assert view.result is not None and view.result.outcome is JobOutcome.WORKER_LOST
+    again = await client.renew_assignment(acquired.assignment.assignment_id, timeout=10)
+    assert again.result == view.result
