@@ -150,6 +150,10 @@ class ControlPlaneMetrics:
     registration; ``ghost_unregistered``: a registration with no machine), ``hodei_reconciler_passes_total{result}``
     (``ok``, ``failed``: the inventory or the registry could not be read), ``hodei_reconciler_suspects`` (machines
     and registrations without their other half, still within the grace, after the last pass).
+    The pool autoscaler: ``hodei_pool_scale_events_total{pool, direction, reason}`` (``direction``: ``up``,
+    ``down``; ``reason``: a :class:`~hodei.pools.ScaleReason`, or ``recycle`` and ``lost`` for the workers
+    retired because they ran ``max_use_count`` jobs or were lost), ``hodei_pool_provision_failures_total{pool}``,
+    ``hodei_pool_desired_workers{pool}`` (the desired size at the last tick).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -209,6 +213,24 @@ class ControlPlaneMetrics:
             "Machines without a registration and registrations without a machine, still within the grace.",
             registry=r,
         )
+        self.pool_scale_events = Counter(
+            "hodei_pool_scale_events",
+            "Workers the pool autoscaler provisioned (up) or retired (down), by pool and reason.",
+            ["pool", "direction", "reason"],
+            registry=r,
+        )
+        self.pool_provision_failures = Counter(
+            "hodei_pool_provision_failures",
+            "Provisions of a pool's workers that failed (the pool backs off), by pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_desired_workers = Gauge(
+            "hodei_pool_desired_workers",
+            "The size the pool autoscaler wants for each pool, at its last tick.",
+            ["pool"],
+            registry=r,
+        )
         for action in RECONCILER_ACTIONS:
             self.reconciler_actions.labels(action)
         for result in RECONCILER_PASS_RESULTS:
@@ -240,7 +262,8 @@ class SchedulerMetrics:
     ``hodei_hellos_in_flight`` and ``hodei_hellos_waiting`` say how many are worked on and told to wait now.
     Resource pools: ``hodei_acquires_waiting``, ``hodei_acquire_wait_seconds{result}`` (``bound``,
     ``timeout``), ``hodei_assignments_ended_total{outcome}``; per declared pool ``hodei_pool_workers{pool,
-    status}``, ``hodei_pool_max_workers{pool}`` and ``hodei_pool_waiting{pool}``, set on every liveness tick.
+    status}``, ``hodei_pool_max_workers{pool}`` and ``hodei_pool_waiting{pool}``, set from the registry about
+    once a second (a pool no longer declared loses its series).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -322,7 +345,7 @@ class SchedulerMetrics:
         )
         self.pool_workers = Gauge(
             "hodei_pool_workers",
-            "Workers of each declared pool, by status (read on every liveness tick).",
+            "Workers of each declared pool, by status (read from the registry about once a second).",
             ["pool", "status"],
             registry=r,
         )
