@@ -74,6 +74,7 @@ _POKES = frozenset(
         WorkerEventKind.UPDATED,
     }
 )
+_OUTCOMES = {outcome.value: outcome for outcome in JobOutcome}
 _GONE = frozenset({WorkerEventKind.UNREGISTERED, WorkerEventKind.EXPIRED})
 
 
@@ -131,7 +132,7 @@ class Allocator:
         self._arrivals = itertools.count()
         self._waiting: dict[str, _Wait] = {}  # by job id
         self.leases = LeaseTable()  # by assignment id: the holder's renewals
-        self._where: dict[str, str] = {}  # assignment id -> worker id, as bound (a cache: the store decides)
+        self._where: dict[str, Assignment] = {}  # by assignment id, as bound (a cache: the store decides)
         self._bound_jobs: dict[str, _Bound] = {}  # job id -> its assignment and worker as bound
         self._ended = EndedAssignments()
         self._watching_end: dict[str, list[asyncio.Future[None]]] = {}
@@ -417,7 +418,7 @@ class Allocator:
         """A worker bound to a job, as bound: its assignment's lease runs from ``now``."""
         assignment = record.assignment
         assert assignment is not None
-        self._where[assignment.assignment_id] = assignment.worker_id
+        self._where[assignment.assignment_id] = assignment
         self._bound_jobs[assignment.job_id] = _Bound(assignment, record)
         self.leases.renew(assignment.assignment_id, assignment.lease_ttl, now)
 
@@ -477,9 +478,11 @@ class Allocator:
         kept = self._ended.get(assignment_id)
         if kept is not None:
             return AssignmentView(kept.assignment, kept.result, kept.record)
-        worker_id = self._where.get(assignment_id)
+        tracked = self._where.get(assignment_id)
         record = (
-            await self._registry.get(worker_id) if worker_id is not None else await self._find(assignment_id)
+            await self._registry.get(tracked.worker_id)
+            if tracked is not None
+            else await self._find(assignment_id)
         )
         if (
             record is not None
@@ -487,15 +490,17 @@ class Allocator:
             and record.assignment.assignment_id == assignment_id
         ):
             return AssignmentView(record.assignment, None, record)
-        if worker_id is None:
+        if tracked is None:
             raise WorkerNotFound(
                 f"assignment {quote_short(assignment_id)} is not known to this scheduler",
                 violations=[FieldViolation("assignment_id", "no such assignment")],
             )
-        # Its worker no longer holds it (removed, restarted, bound anew after an end this replica missed).
-        gone = Assignment(assignment_id=assignment_id, job_id="", worker_id=worker_id, incarnation=0)
+        # Its worker no longer holds it (removed or restarted unheard of): not counted, as no end was made here.
         ended = self._remember(
-            gone, JobResult(JobOutcome.WORKER_LOST, reason="its worker no longer holds it"), record
+            tracked,
+            JobResult(JobOutcome.WORKER_LOST, reason="its worker no longer holds it"),
+            record,
+            counted=False,
         )
         return AssignmentView(ended.assignment, ended.result, record)
 
@@ -545,14 +550,17 @@ class Allocator:
         self.poke()
         return ended
 
-    def _remember(self, assignment: Assignment, result: JobResult, record: WorkerRecord | None) -> Ended:
+    def _remember(
+        self, assignment: Assignment, result: JobResult, record: WorkerRecord | None, *, counted: bool = True
+    ) -> Ended:
         assignment_id = assignment.assignment_id
         self.leases.drop(assignment_id)
         self._where.pop(assignment_id, None)
         bound = self._bound_jobs.get(assignment.job_id)
         if bound is not None and bound.assignment.assignment_id == assignment_id:
             del self._bound_jobs[assignment.job_id]
-        self._metrics.assignments_ended.labels(result.outcome.value).inc()
+        if counted:
+            self._metrics.assignments_ended.labels(result.outcome.value).inc()
         ended = Ended(assignment, result, self._monotonic(), record)
         self._ended.remember(ended)
         for future in self._watching_end.pop(assignment_id, []):
@@ -572,8 +580,17 @@ class Allocator:
         elif event.kind is WorkerEventKind.LOST and event.record is not None and event.record.assignment:
             self._chore(self._end_by_id(event.record.assignment.assignment_id, _lost("its worker went LOST")))
         elif event.kind in _GONE:
-            for assignment_id in [a for a, w in self._where.items() if w == event.worker_id]:
+            for assignment_id in self._assignments_of(event.worker_id):
                 self._chore(self._end_by_id(assignment_id, _lost(f"its worker was {event.kind.value}")))
+        elif event.kind is WorkerEventKind.RELEASED and event.record is None:
+            # Relayed: another replica ended an assignment this one bound; its reason is the outcome (counted there).
+            outcome = _OUTCOMES.get(event.reason, JobOutcome.WORKER_LOST)
+            for assignment_id in self._assignments_of(event.worker_id):
+                result = JobResult(outcome, reason="ended through another replica")
+                self._remember(self._where[assignment_id], result, None, counted=False)
+
+    def _assignments_of(self, worker_id: str) -> list[str]:
+        return [a for a, assignment in self._where.items() if assignment.worker_id == worker_id]
 
     def _chore(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
