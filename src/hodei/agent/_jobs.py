@@ -22,8 +22,14 @@ from hodei.agent._executor import JobOutcome as ExecutorOutcome
 from hodei.agent._executor import JobResult as ExecutorResult
 from hodei.agent._executor import JobSpec, ShellExecutor
 from hodei.domain import MAX_OUTPUT_TAIL, MAX_REASON_LENGTH, Assignment, JobOutcome, JobResult
+from hodei.observability import _tracing as tracing
 
 __all__ = ["KEPT_RESULTS", "AgentJobs", "bounded_tail"]
+
+JOB_ID = "hodei.job_id"
+ASSIGNMENT_ID = "hodei.assignment_id"
+JOB_OUTCOME = "hodei.job_outcome"
+JOB_EXIT_CODE = "hodei.exit_code"
 
 log = logging.getLogger("hodei.agent")
 
@@ -167,7 +173,14 @@ class AgentJobs:
 
     async def _run(self, assignment: Assignment) -> None:
         try:
-            result = await self._outcome(assignment)
+            # One trace from the holder's acquire to the job: the span continues the scheduler's.
+            with (
+                tracing.continuing(assignment.trace_context),
+                tracing.span("job.run", self._span_attributes(assignment)) as current,
+            ):
+                result = await self._outcome(assignment)
+                current.set_attribute(JOB_OUTCOME, result.outcome.value)
+                current.set_attribute(JOB_EXIT_CODE, result.exit_code)
         finally:  # a job cancelled with the agent itself has no result to report
             del self._running[assignment.assignment_id]
             self._notify()
@@ -213,6 +226,14 @@ class AgentJobs:
             ),
         )
         return result
+
+    @staticmethod
+    def _span_attributes(assignment: Assignment) -> dict[str, str | int]:
+        return {
+            tracing.WORKER_ID: assignment.worker_id,
+            JOB_ID: clip(assignment.job_id),
+            ASSIGNMENT_ID: assignment.assignment_id[:64],
+        }
 
     def _result(self, assignment_id: str, ran: ExecutorResult) -> JobResult:
         running = self._running[assignment_id]

@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -92,6 +92,7 @@ class _Wait:
     lease_ttl: float
     since: float
     until: float  # when the longest of the acquires waiting for it gives up
+    trace_context: dict[str, str] = field(default_factory=dict)
     bound: asyncio.Future[Acquired] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -189,7 +190,9 @@ class Allocator:
         priority: int = 0,
         wait: float = 0.0,
         lease_ttl: float = 0.0,
+        trace_context: Mapping[str, str] | None = None,
     ) -> Acquired:
+        """``trace_context``: the acquire's trace (W3C headers), handed to the agent with the job."""
         ttl = lease_ttl or self._default_ttl
         self._check(job_id, requirements, job, ttl, wait)
         waiting = None
@@ -211,6 +214,7 @@ class Allocator:
             waiting = _Wait(
                 Waiter(job_id, requirements, priority, next(self._arrivals)), job, ttl, now, now + wait
             )
+            waiting.trace_context = dict(trace_context or {})
             self._waiting[job_id] = waiting
             await self._serve()
             if not waiting.bound.done():
@@ -376,6 +380,7 @@ class Allocator:
             job=wait.job,
             priority=wait.waiter.priority,
             bound_at=self._clock(),
+            trace_context=wait.trace_context,
         )
 
     async def _bind(self, assignments: list[Assignment]) -> list[WorkerRecord | Acquired | None]:
