@@ -9,7 +9,6 @@ and the control plane comes from :func:`build_control_plane`, so that the object
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Self, TypedDict, Unpack
 
 import grpc
 
+from hodei._environment import state_directory
 from hodei.lifecycle import LivenessConfig
 from hodei.management._config import WorkerManagementConfig
 from hodei.management._pools import PoolAutoscaler, PoolAutoscalerConfig, PoolsFile
@@ -53,8 +53,7 @@ __all__ = [
 
 def default_store_url() -> str:
     """The embedded default: a SQLite file in the user's state directory (``$XDG_STATE_HOME/hodei``)."""
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return f"sqlite:///{(state / 'hodei' / 'registry.db').absolute()}"
+    return f"sqlite:///{state_directory() / 'registry.db'}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,6 +298,13 @@ class RegistryStore(Protocol):
         """Apply ``change`` to the stored record atomically; ``(before, after)``, or ``None`` if not found."""
         ...
 
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        """``modify`` of each ``(worker_id, change)`` in order, in one transaction (one commit); each result as
+        ``modify``'s."""
+        ...
+
     async def get(self, worker_id: str) -> WorkerRecord | None: ...
 
     async def delete(
@@ -323,7 +330,8 @@ class RegistryStore(Protocol):
 class BoundJobs(Protocol):
     """A store's index of the jobs its workers are bound to (a record's ``assignment``): at most one worker per
     job id, in every store. Writing a record bound to a job another record holds raises
-    :class:`~hodei.errors.JobAlreadyBound` and writes nothing."""
+    :class:`~hodei.errors.JobAlreadyBound` and writes nothing (an ``upsert``: nothing of its whole call). What a
+    write leaves stored is judged: a job moved from one record to another within one ``upsert`` is no conflict."""
 
     async def find_job(self, job_id: str) -> WorkerRecord | None:
         """The record bound to ``job_id``, or None."""

@@ -29,13 +29,21 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from hodei import RegistrationConfig, RegistrationFailed, WorkerRegistrationAdapter
+from hodei import (
+    JobOutcome,
+    RegistrationConfig,
+    RegistrationFailed,
+    SchedulerPortClient,
+    SchedulerTimeout,
+    WorkerRegistrationAdapter,
+)
 from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
+from hodei.pools import Requirements, ScaleReason
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._codec import pb, pb_grpc
-from tests.helpers import make_worker
+from tests.helpers import make_worker, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -56,6 +64,7 @@ GRAFANA_VARIABLES = {
     "$__range": "1h",
     "$scheduler": ".*",
     "$control_plane": ".*",
+    "$pool": ".*",
 }
 
 # Sample names each metric type exposes, by family name (the text parser names a counter's family without
@@ -345,11 +354,49 @@ async def scrape_over_http(registry: CollectorRegistry) -> str:
         return await asyncio.to_thread(get)
 
 
+SCRAPE_POOLS = """\
+[pools.builders]
+kind = "dynamic"
+provider = "process"
+max = 4
+
+[pools.builders.template]
+cpu_cores = 2
+memory_mb = 1024
+"""
+
+
+async def declare_a_busy_pool(
+    port: SchedulerPortClient, scheduler_metrics: SchedulerMetrics, control_plane_metrics: ControlPlaneMetrics
+) -> None:
+    """Pool builders, declared on the scheduler, with one worker that ran a job; an acquire that found no free
+    worker timed out. The scheduler sets the pool's gauges on its own (about once a second): wait for them.
+    The autoscaler's series are recorded as the control plane's autoscaler records them (one scale-up for
+    waiting jobs, one failed provision, a desired size), the autoscaler itself not being part of this scrape."""
+    await port.apply_pools("pools.toml", SCRAPE_POOLS)
+    await port.register_worker(make_worker("scrape-pool-1", cpu_cores=2, memory_mb=1024, pool="builders"))
+    acquired = await port.acquire_worker("scrape-job-1", Requirements(pool="builders"))
+    with pytest.raises(SchedulerTimeout):
+        await port.acquire_worker("scrape-job-2", Requirements(pool="builders"), wait=0.01)
+    await port.release_worker(acquired.assignment.assignment_id, outcome=JobOutcome.FAILED)
+    control_plane_metrics.pool_scale_events.labels("builders", "up", ScaleReason.WAITING_JOBS.value).inc()
+    control_plane_metrics.pool_provision_failures.labels("builders").inc()
+    control_plane_metrics.pool_desired_workers.labels("builders").set(2)
+    registry = scheduler_metrics.registry
+
+    async def counted() -> bool:
+        labels = {"pool": "builders", "status": "available"}
+        return registry.get_sample_value("hodei_pool_workers", labels) == 1
+
+    await wait_for(counted, timeout=10)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def live_scrape() -> AsyncIterator[Scrape]:
     """One scrape of a scheduler and a control plane (and an agent's metrics) that share one registry, after
     a few registrations went through them: a success, a batch, a worker the adapter rejects itself, and one
-    that only the scheduler refuses as invalid."""
+    that only the scheduler refuses as invalid; then a pool declared, a worker of it bound to a job and
+    released, and an acquire that timed out, so that the pools' series carry their labels."""
     registry = CollectorRegistry(auto_describe=True)
     scheduler_metrics = SchedulerMetrics(registry)
     control_plane_metrics = ControlPlaneMetrics(registry)
@@ -365,6 +412,7 @@ async def live_scrape() -> AsyncIterator[Scrape]:
         stub = pb_grpc.SchedulerServiceStub(scheduler.channel())
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.RegisterWorker(pb.RegisterWorkerRequest(worker_id="not a valid id"))
+        await declare_a_busy_pool(port, scheduler_metrics, control_plane_metrics)
         text = await scrape_over_http(registry)
     families = {family.name: family for family in text_string_to_metric_families(text)}
     yield Scrape(families, catalogue_jobs(), text)
@@ -430,7 +478,7 @@ MUTATIONS = [
     ("the error-ratio threshold doubles", ") > 0.05\n", ") > 0.10\n"),
     ("the error ratio's minimum traffic drops to 1", "[5m])) >= 10\n", "[5m])) >= 1\n"),
     ("the latency threshold drops to 1 ms", "[5m]))) > 2\n", "[5m]))) > 0.001\n"),
-    ("the lost-worker threshold rises", "[10m])) >= 3\n", "[10m])) >= 5\n"),
+    ("the lost-worker threshold rises", 'lease_expired"}[10m])) >= 3\n', 'lease_expired"}[10m])) >= 5\n'),
     (
         "absent() looks at a misspelt job",
         'absent(up{job="hodei-scheduler"})',
@@ -442,6 +490,24 @@ MUTATIONS = [
         'sweep_failures_total{job="hodei-scheduler"}[5m])) > 0.1\n',
         'sweep_failures_total{job="hodei-scheduler"}[5m])) > 2\n',
     ),
+    ("a pool counts as saturated only above its max", ">= on (job, pool)\n", "> on (job, pool)\n"),
+    (
+        "a saturated pool alerts with nobody waiting",
+        'waiting{job="hodei-scheduler"}) > 0\n',
+        'waiting{job="hodei-scheduler"}) >= 0\n',
+    ),
+    (
+        "the provisioning-failure threshold rises",
+        'failures_total{job="hodei-control-plane"}[10m])) >= 3\n',
+        'failures_total{job="hodei-control-plane"}[10m])) >= 12\n',
+    ),
+    (
+        "a burst of provisioning failures counts as still failing",
+        'failures_total{job="hodei-control-plane"}[2m])) > 0\n',
+        'failures_total{job="hodei-control-plane"}[10m])) > 0\n',
+    ),
+    ("the acquire-wait threshold rises", "[10m]))) > 60\n", "[10m]))) > 300\n"),
+    ("acquires that timed out no longer count as waits", 'result=~"bound|timeout"}', 'result="bound"}'),
 ]
 
 
@@ -538,11 +604,37 @@ def test_the_dashboard_covers_the_registration_flow_and_the_pool() -> None:
         "admission rejections",
         "lease leader",
         "schedulers up",
+        "pool size by status",
+        "acquires waiting per pool",
+        "acquire wait",
+        "acquires by result",
+        "assignments ended by outcome",
+        "scale events by direction and reason",
+        "provisioning failures",
     ):
         assert any(topic in title for title in titles), f"no panel about {topic!r}"
-    latency = next(p for p in all_panels(dashboard()) if "latency" in str(p["title"]).lower())
-    quantiles = {re.search(r"histogram_quantile\(([\d.]+)", t["expr"]).group(1) for t in latency["targets"]}
-    assert quantiles == {"0.5", "0.95", "0.99"}
+    for topic, expected in (("latency", {"0.5", "0.95", "0.99"}), ("acquire wait", {"0.5", "0.95"})):
+        panel = next(p for p in all_panels(dashboard()) if topic in str(p["title"]).lower())
+        quantiles = {re.search(r"histogram_quantile\(([\d.]+)", t["expr"]).group(1) for t in panel["targets"]}
+        assert quantiles == expected, topic
+
+
+def test_the_pool_size_panel_repeats_per_pool_stacks_the_statuses_and_draws_max_as_a_line() -> None:
+    board = dashboard()
+    panel = next(p for p in all_panels(board) if str(p["title"]).lower().startswith("pool size by status"))
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+
+    assert panel["repeat"] == "pool" and variables["pool"]["multi"] is True
+    assert panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    legends = [t["legendFormat"] for t in panel["targets"]]
+    assert legends == ["{{status}}", "max", "desired (autoscaler)"]
+    unstacked = {
+        o["matcher"]["options"]
+        for o in panel["fieldConfig"]["overrides"]
+        for prop in o["properties"]
+        if prop == {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}}
+    }
+    assert unstacked == {"max", "desired (autoscaler)"}
 
 
 # --- every metric named exists in a live scrape ---------------------------------------------------------------
@@ -554,9 +646,18 @@ def test_the_live_scrape_has_every_family_of_the_catalogue_and_counts_what_happe
     assert set(catalogue_jobs()) <= set(live_scrape.families)
     assert live_scrape.value("hodei_registrations_total", result="success", worker_type="docker") == 4
     assert live_scrape.value("hodei_registrations_total", result="rejected", worker_type="docker") == 1
-    assert live_scrape.value("hodei_scheduler_registrations_total", result="created") == 4
+    # The 4 the adapter registered, and the pool's worker.
+    assert live_scrape.value("hodei_scheduler_registrations_total", result="created") == 5
     assert live_scrape.value("hodei_scheduler_registrations_total", result="invalid") == 1
     assert live_scrape.value("hodei_registration_batch_size_count") == 1
+    assert live_scrape.value("hodei_pool_workers", pool="builders", status="available") == 1
+    assert live_scrape.value("hodei_pool_workers", pool="builders") == 1
+    assert live_scrape.value("hodei_pool_max_workers", pool="builders") == 4
+    assert live_scrape.value("hodei_pool_waiting", pool="builders") == 0
+    assert live_scrape.value("hodei_acquire_wait_seconds_count", result="bound") == 1
+    assert live_scrape.value("hodei_acquire_wait_seconds_count", result="timeout") == 1
+    assert live_scrape.value("hodei_assignments_ended_total", outcome="failed") == 1
+    assert live_scrape.value("hodei_assignments_ended_total") == 1
 
 
 def test_every_metric_in_the_dashboard_exists_in_a_live_scrape(live_scrape: Scrape) -> None:

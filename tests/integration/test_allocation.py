@@ -31,7 +31,6 @@ from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEv
 from hodei.pools import Requirements
 from hodei.stores import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
-from hodei.transport._codec import job_result_to_proto, pb
 from hodei.transport._stream import ConnectStream
 from tests.helpers import wait_for
 
@@ -262,10 +261,7 @@ async def test_a_job_goes_down_the_agents_stream_and_its_result_ends_the_assignm
     assert command == WorkerCommand(CommandKind.RUN_JOB, assignment=acquired.assignment)
     assert acquired.assignment.job == job
     result = JobResult(JobOutcome.FAILED, exit_code=7, output_tail="boom\n", reason="exit code 7")
-    finished = pb.JobFinished(
-        assignment_id=acquired.assignment.assignment_id, result=job_result_to_proto(result)
-    )
-    await agents.streams["agent-1"]._write(pb.ConnectRequest(job_finished=finished))
+    await agents.streams["agent-1"].job_finished(acquired.assignment.assignment_id, result)
 
     view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
     assert view.result == result
@@ -398,3 +394,116 @@ async def test_watchers_see_the_waiting_demand_and_the_assignments(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+POOLS = """\
+[pools.builders]
+kind = "dynamic"
+provider = "process"
+max = 4
+
+[pools.builders.template]
+cpu_cores = 8
+memory_mb = 8192
+labels = { os = "linux" }
+
+[pools.tiny]
+kind = "static"
+provider = "process"
+size = 2
+template = { cpu_cores = 1, memory_mb = 512 }
+"""
+
+
+async def test_pools_applied_are_listed_with_their_workers_and_waiting_and_make_requirements_possible(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    # Nothing registered fits 8 cores: refused at once, until a pool's template fits.
+    with pytest.raises(SchedulerError) as refused:
+        await client.acquire_worker("early", Requirements(cpu_cores=8), wait=5)
+    assert refused.value.code is ErrorCode.FAILED_PRECONDITION
+
+    applied = await client.apply_pools("pools.toml", POOLS, timeout=10)
+    assert [(p.spec.name, p.spec.max, p.size, p.waiting) for p in applied] == [
+        ("builders", 4, 0, 0),
+        ("tiny", 2, 0, 0),
+    ]
+    await client.register_worker(worker("tiny-1", cpu=1, memory=512, pool="tiny"))
+    await client.acquire_worker("on-tiny", Requirements(pool="tiny"))
+    waiting = asyncio.create_task(client.acquire_worker("needs-builder", Requirements(cpu_cores=8), wait=20))
+
+    async def listed() -> bool:
+        pools = {p.spec.name: p for p in await client.list_pools(timeout=10)}
+        return pools["builders"].waiting == 1 and pools["tiny"].workers == {WorkerStatus.BUSY: 1}
+
+    await wait_for(listed)
+    [demand] = await client.get_demand(timeout=10)
+    assert (demand.shape, demand.waiting, demand.pools) == ("cpu=8", 1, ("builders",))
+
+    await client.register_worker(worker("builder-1", cpu=8, memory=8192, pool="builders", os="linux"))
+    acquired = await asyncio.wait_for(waiting, 20)
+    assert acquired.record.worker_id == "builder-1"
+
+
+async def test_an_invalid_pools_file_is_refused_naming_its_line_and_field_and_the_pools_stay(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.apply_pools("pools.toml", POOLS)
+    broken = POOLS.replace("max = 4", "max = -1")
+
+    with pytest.raises(SchedulerError) as refused:
+        await client.apply_pools("new.toml", broken)
+
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+    assert [v.field for v in refused.value.violations] == ["new.toml:4: pools.builders.max"]
+    assert [p.spec.name for p in await client.list_pools()] == ["builders", "tiny"]
+
+
+async def test_releasing_the_assignment_of_a_worker_that_is_gone_answers_its_end_without_a_worker(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.register_worker(worker("vanishing"))
+    acquired = await client.acquire_worker("orphaned", Requirements(), timeout=10, lease_ttl=30)
+    await client.unregister_worker("vanishing")
+
+    view = await client.release_worker(acquired.assignment.assignment_id, timeout=10)
+
+    assert view.record is None
+    assert view.result is not None and view.result.outcome is JobOutcome.WORKER_LOST
+    again = await client.renew_assignment(acquired.assignment.assignment_id, timeout=10)
+    assert again.result == view.result
+
+
+async def test_a_holder_that_lets_go_of_a_running_job_stops_it_and_the_worker_is_busy_until_the_agent_says_so(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient, agents: Agents
+) -> None:
+    await agents.connect(worker("runner"))
+    commands = agents.streams["runner"].commands()
+    acquired = await client.acquire_worker("let-go", Requirements(), job=Job(("sleep", "600")))
+    assert (await asyncio.wait_for(anext(commands), 10)).kind is CommandKind.RUN_JOB
+
+    released = await client.release_worker(acquired.assignment.assignment_id, reason="no longer needed")
+
+    assert released.result == JobResult(JobOutcome.SUCCEEDED, reason="no longer needed")
+    cancel = await asyncio.wait_for(anext(commands), 10)
+    assert cancel == WorkerCommand(
+        CommandKind.CANCEL_JOB, "no longer needed", assignment_id=acquired.assignment.assignment_id
+    )
+    stored = await scheduler.get_worker("runner")
+    assert stored is not None and (stored.status, stored.assignment) == (WorkerStatus.BUSY, None)
+    with pytest.raises(SchedulerTimeout):  # not offered while its agent still stops the job
+        await client.acquire_worker("next", Requirements(), wait=0.3)
+
+    await agents.streams["runner"].job_finished(
+        acquired.assignment.assignment_id, JobResult(JobOutcome.CANCELLED, reason="cancelled")
+    )
+
+    async def available() -> bool:
+        record = await scheduler.get_worker("runner")
+        return record is not None and record.status is WorkerStatus.AVAILABLE
+
+    await wait_for(available)
+    again = await client.acquire_worker("next-after", Requirements(), wait=5)
+    assert again.record.worker_id == "runner"
+    # The holder's answer stays what it was told.
+    assert (await client.renew_assignment(acquired.assignment.assignment_id)).result == released.result

@@ -53,7 +53,7 @@ async def test_a_relative_sqlite_url_opens_that_file_under_the_working_directory
         await opened.store.close()
 
     assert "state/hodei/r.db" in files_under(tmp_path)
-    assert tables_in(tmp_path / "state" / "hodei" / "r.db") == ["workers", "spent_tokens"]
+    assert tables_in(tmp_path / "state" / "hodei" / "r.db") == ["workers", "spent_tokens", "pools"]
 
 
 async def test_an_absolute_sqlite_url_opens_that_file_creating_its_directories(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ async def test_an_absolute_sqlite_url_opens_that_file_creating_its_directories(t
         await opened.store.close()
 
     assert path.is_file()
-    assert tables_in(path) == ["workers", "spent_tokens"]
+    assert tables_in(path) == ["workers", "spent_tokens", "pools"]
 
 
 async def test_a_sqlite_url_reopened_finds_what_was_stored_in_that_file(tmp_path: Path) -> None:

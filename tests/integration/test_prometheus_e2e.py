@@ -49,6 +49,7 @@ ERRORS_ALERT = "HodeiRegistrationErrorRatioHigh"
 START_TIMEOUT = 30.0  # seconds for a process to be ready
 ALERT_TIMEOUT = 40.0  # seconds for Prometheus to scrape and evaluate its way to a verdict
 POLL = 0.1  # seconds between two looks at a condition
+POOLS = '[pools.builders]\nprovider = "process"\nmax = 2\n\n[pools.builders.template]\ncpu_cores = 1\n'
 
 T = TypeVar("T")
 
@@ -289,6 +290,10 @@ class Registrations:
     def close(self) -> None:
         self._channel.close()
 
+    def apply_pools(self, text: str) -> None:
+        """Declare pools on the scheduler, so that its pools' series exist for the dashboard's queries."""
+        self._stub.ApplyPools(pb.ApplyPoolsRequest(source="pools.toml", text=text), timeout=10)
+
     def send(self, *, valid: int = 0, invalid: int = 0) -> None:
         for _ in range(valid):
             self._sent += 1
@@ -309,7 +314,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     for panel in board["panels"] + [p for row in board["panels"] for p in row.get("panels", [])]:
         for target in panel.get("targets", []):
             expr = target["expr"].replace("$__rate_interval", "1m")
-            expr = expr.replace("$scheduler", ".*").replace("$control_plane", ".*")
+            expr = expr.replace("$scheduler", ".*").replace("$control_plane", ".*").replace("$pool", ".*")
             found.append((panel["title"], expr))
     return found
 
@@ -335,6 +340,7 @@ def test_prometheus_scrapes_a_live_scheduler_and_the_registration_errors_alert_g
                     f"{tail(prometheus.log)}\n--- scheduler ---\n{tail(work_directory / 'scheduler.err')}"
                 )
 
+            registrations.apply_pools(POOLS)
             # Prometheus loaded the real rule file: every alert, with its severity and annotations.
             rules = prometheus.rules()
             assert ERRORS_ALERT in rules

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -27,13 +27,16 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
-from hodei.domain import ResourceUsage, UpsertOutcome
-from hodei.errors import ErrorCode
-from hodei.ports import RegistryStore, SharedLeases, SpentTokens, TouchedLeases
+from hodei.domain import Assignment, Job, ResourceUsage, UpsertOutcome
+from hodei.errors import ErrorCode, JobAlreadyBound
+from hodei.ports import BoundJobs, PoolDefinitions, RegistryStore, SharedLeases, SpentTokens, TouchedLeases
 from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
+from hodei.stores._postgres_schema import MIGRATIONS as POSTGRES_MIGRATIONS
+from hodei.stores._rows import COLUMNS, to_row
 from hodei.stores._sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from hodei.stores._sqlite import SCHEMA_VERSION, SqliteRegistryStore
+from tests.helpers import wait_for
 
 T0 = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -422,7 +425,7 @@ async def test_a_sqlite_file_of_schema_1_is_migrated_to_keep_spent_tokens(tmp_pa
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "r.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
 
 
 async def test_a_token_spent_before_the_spender_was_recorded_is_refused_to_every_worker(
@@ -452,7 +455,7 @@ async def test_sqlite_records_its_schema_version(tmp_path: Path) -> None:
 async def test_sqlite_refuses_a_schema_from_a_newer_hodei(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "r.db") as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 3"):
+    with pytest.raises(StoreError, match=r"schema version 99, newer than this hodei's 4"):
         await SqliteRegistryStore.open(tmp_path / "r.db")
 
 
@@ -481,11 +484,17 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: s
     await second.close()
     db = await asyncpg.connect(postgres_dsn)
     try:
-        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [(1,), (2,), (3,), (4,)]
+        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [
+            (1,),
+            (2,),
+            (3,),
+            (4,),
+            (5,),
+        ]
         await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
     finally:
         await db.close()
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 4"):
+    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 5"):
         await PostgresRegistryStore.open(postgres_dsn, min_size=1)
 
 
@@ -624,3 +633,461 @@ async def test_concurrent_single_registrations_share_transactions_and_each_gets_
         assert (await store.get("w-000")).incarnation == 1  # type: ignore[union-attr]
     finally:
         await store.close()
+
+
+# -- assignments, bound jobs and pool definitions ---------------------------------------------------------
+
+JOB = Job(("sh", "-c", "echo 'hi' > \"out\""), {"A": "1", "LANG": "C.UTF-8", "Ü": "ü"}, 12.5)
+BOUND_AT = datetime(2026, 11, 28, 3, 4, 6, 654321, tzinfo=UTC)
+# Every character a client could send, and what looks like the store's own encoding.
+HOSTILE_JOB = Job(
+    (
+        "\x00\x01\x07\x1b[31m\x1f\x7f\t\r\n",
+        "x" * 65536,
+        "ünïcødé 漢字 🎉 \u2028\u2029 \ud800",
+        "'\"`\\ $(rm -rf /) ; DROP TABLE workers; --",
+        '{"job": null, "command": ["x"], "environment": {}}',
+        '\\u0000 \\n \\"',
+        "",
+    ),
+    {"K": "v\x00\n'\"{}[]", "J": '{"timeout": 1}', "not a name=\x01": "é"},
+    None,
+)
+
+
+def assignment(job_id: str = "job-1", worker_id: str = "w-1", **fields: object) -> Assignment:
+    values: dict[str, object] = {
+        "assignment_id": f"as-{job_id}",
+        "incarnation": 1,
+        "lease_ttl": 30.0,
+        "job": JOB,
+        "priority": 7,
+        "bound_at": BOUND_AT,
+    }
+    values.update(fields)
+    return Assignment(job_id=job_id, worker_id=worker_id, **values)  # type: ignore[arg-type]
+
+
+def busy(worker_id: str = "w-1", job_id: str = "job-1", **fields: object) -> WorkerRecord:
+    """Worker ``worker_id`` (incarnation 1 unless told) BUSY for ``job_id``, once used."""
+    values: dict[str, object] = {
+        "status": WorkerStatus.BUSY,
+        "use_count": 1,
+        "assignment": assignment(job_id, worker_id),
+        "incarnation": 1,
+    }
+    values.update(fields)
+    return record(worker_id, **values)
+
+
+def bind(job_id: str, **fields: object) -> Callable[[WorkerRecord], WorkerRecord]:
+    """The change that binds a worker to ``job_id`` (BUSY, one more use), as the scheduler's acquire does."""
+
+    def change(stored: WorkerRecord) -> WorkerRecord:
+        made = assignment(job_id, stored.worker_id, **fields)
+        return replace(stored, status=WorkerStatus.BUSY, assignment=made, use_count=stored.use_count + 1)
+
+    return change
+
+
+def unbind(stored: WorkerRecord) -> WorkerRecord:
+    return replace(stored, status=WorkerStatus.AVAILABLE, assignment=None)
+
+
+def bound_jobs(store: RegistryStore) -> BoundJobs:
+    assert isinstance(store, BoundJobs)
+    return store
+
+
+async def test_an_assignment_with_its_job_round_trips_field_for_field_through_upsert_modify_get_and_list(
+    store: RegistryStore,
+) -> None:
+    created = busy(use_count=3)
+    assert await store.upsert([created]) == [(UpsertOutcome.CREATED, created)]
+    assert await store.get("w-1") == created
+    assert await store.list(WorkerFilter()) == [created]
+    stored = await store.get("w-1")
+    assert stored is not None and stored.assignment is not None and stored.assignment.job is not None
+    assert stored.assignment == assignment()
+    assert (stored.assignment.job.command, dict(stored.assignment.job.environment)) == (
+        ("sh", "-c", "echo 'hi' > \"out\""),
+        {"A": "1", "LANG": "C.UTF-8", "Ü": "ü"},
+    )
+    assert (stored.assignment.job.timeout, stored.assignment.priority, stored.assignment.bound_at) == (
+        12.5,
+        7,
+        BOUND_AT,
+    )
+    assert stored.use_count == 3
+
+    # Rebound by modify: no job (the holder uses the worker itself), a bound_at given in another zone.
+    other_zone = BOUND_AT.astimezone(timezone(timedelta(hours=-3, minutes=-30)))
+    change = bind("job-2", job=None, lease_ttl=2.25, priority=-4, incarnation=9, bound_at=other_zone)
+    before, after = await store.modify("w-1", change) or (None, None)
+    expected = replace(
+        created,
+        assignment=assignment(
+            "job-2", job=None, lease_ttl=2.25, priority=-4, incarnation=9, bound_at=BOUND_AT
+        ),
+        use_count=4,
+    )
+    assert (before, after) == (created, expected)
+    assert await store.get("w-1") == expected
+    assert await store.list(WorkerFilter(statuses=frozenset({WorkerStatus.BUSY}))) == [expected]
+    stored = await store.get("w-1")
+    assert stored is not None and stored.assignment is not None
+    assert (stored.assignment.job, stored.assignment.bound_at) == (None, BOUND_AT)
+
+
+async def test_a_job_without_a_timeout_or_environment_and_an_assignment_without_bound_at_round_trip(
+    store: RegistryStore,
+) -> None:
+    bare = record(
+        incarnation=1,
+        assignment=assignment(job=Job(("true",)), bound_at=None, priority=0),
+        use_count=0,
+    )
+    await store.upsert([bare])
+    stored = await store.get("w-1")
+    assert stored == bare
+    assert stored is not None and stored.assignment is not None and stored.assignment.job is not None
+    assert (stored.assignment.job.timeout, dict(stored.assignment.job.environment)) == (None, {})
+    assert stored.assignment.bound_at is None
+
+
+async def test_hostile_job_text_round_trips_exactly(store: RegistryStore) -> None:
+    hostile = busy(assignment=assignment(job=HOSTILE_JOB))
+    assert await store.upsert([hostile]) == [(UpsertOutcome.CREATED, hostile)]
+    stored = await store.get("w-1")
+    assert stored is not None and stored.assignment is not None and stored.assignment.job is not None
+    assert stored.assignment.job.command == HOSTILE_JOB.command
+    assert dict(stored.assignment.job.environment) == dict(HOSTILE_JOB.environment)
+    await store.modify("w-1", unbind)
+    assert await store.modify("w-1", bind("job-h", job=HOSTILE_JOB)) is not None
+    found = await bound_jobs(store).find_job("job-h")
+    assert found is not None and found.assignment is not None
+    assert found.assignment.job == HOSTILE_JOB
+
+
+async def test_use_count_round_trips_through_upsert_and_modify(store: RegistryStore) -> None:
+    await store.upsert([record(use_count=41)])
+    assert (await store.get("w-1")) == record(use_count=41)
+    await store.modify("w-1", lambda r: replace(r, use_count=r.use_count + 1))
+    assert (await store.get("w-1")) == record(use_count=42)
+    assert [r.use_count for r in await store.list(WorkerFilter())] == [42]
+
+
+async def test_a_refresh_keeps_the_job_and_the_uses_and_a_restart_drops_them(store: RegistryStore) -> None:
+    await store.upsert([busy(use_count=5)])
+    [(outcome, refreshed)] = await store.upsert([record(incarnation=1, pool="refreshed")])
+    assert (outcome, refreshed) == (
+        UpsertOutcome.UPDATED,
+        record(
+            incarnation=1, pool="refreshed", status=WorkerStatus.BUSY, assignment=assignment(), use_count=5
+        ),
+    )
+    assert await store.get("w-1") == refreshed
+    [(_, restarted)] = await store.upsert([record(incarnation=2)])
+    assert restarted == record(incarnation=2)
+    assert await store.get("w-1") == restarted
+    assert await bound_jobs(store).find_job("job-1") is None
+
+
+async def test_an_agent_back_with_a_new_incarnation_still_running_its_job_keeps_it_bound(
+    store: RegistryStore,
+) -> None:
+    await store.upsert([busy(use_count=2)])
+    back = record(incarnation=5, running_jobs=("as-job-1",))
+    [(outcome, stored)] = await store.upsert([back])
+    assert (outcome, stored.incarnation, stored.assignment, stored.use_count) == (
+        UpsertOutcome.UPDATED,
+        5,
+        assignment(incarnation=5),
+        2,
+    )
+    assert await store.get("w-1") == stored
+    assert await bound_jobs(store).find_job("job-1") == stored
+
+
+async def test_a_second_worker_bound_to_a_job_by_modify_is_refused_and_nothing_changes(
+    store: RegistryStore,
+) -> None:
+    holder, other = busy("a", "job-1"), record("b", 1)
+    await store.upsert([holder, other])
+
+    with pytest.raises(JobAlreadyBound) as refused:
+        await store.modify("b", bind("job-1"))
+
+    assert refused.value.job_id == "job-1"
+    assert str(refused.value) == "job job-1 is already bound to a worker"
+    assert await store.get("a") == holder
+    assert await store.get("b") == other
+    assert await bound_jobs(store).find_job("job-1") == holder
+    assert await bound_jobs(store).bound() == [holder]
+
+
+async def test_a_registration_binding_a_job_another_worker_holds_refuses_its_whole_call(
+    store: RegistryStore,
+) -> None:
+    holder = busy("a", "job-1")
+    await store.upsert([holder])
+
+    with pytest.raises(JobAlreadyBound) as refused:
+        await store.upsert([record("new-1"), busy("b", "job-1"), record("new-2")])
+
+    assert refused.value.job_id == "job-1"
+    assert await store.count() == 1
+    assert await store.get("a") == holder
+    assert await bound_jobs(store).bound() == [holder]
+
+
+async def test_a_batch_binding_two_workers_to_one_new_job_is_refused_whole(store: RegistryStore) -> None:
+    with pytest.raises(JobAlreadyBound) as refused:
+        await store.upsert([busy("a", "job-9"), busy("b", "job-9")])
+    assert refused.value.job_id == "job-9"
+    assert await store.count() == 0
+    assert await bound_jobs(store).find_job("job-9") is None
+
+
+async def test_a_registration_refused_for_its_job_fails_only_its_own_call(opener: Opener) -> None:
+    """Registrations group committed with the refused one (SQLite, PostgreSQL) are written and answered."""
+    store = await opener()
+    await store.upsert([busy("holder", "job-1")])
+    calls = [[record(f"w-{n:03d}")] for n in range(60)]
+    calls.insert(30, [busy("thief", "job-1")])
+
+    answers = await asyncio.gather(*(store.upsert(call) for call in calls), return_exceptions=True)
+
+    refused = answers.pop(30)
+    assert isinstance(refused, JobAlreadyBound) and refused.job_id == "job-1"
+    assert [outcome for [(outcome, _)] in answers] == [UpsertOutcome.CREATED] * 60  # type: ignore[misc]
+    assert await store.count() == 61
+    assert await store.get("thief") is None
+    assert [r.worker_id for r in await bound_jobs(store).bound()] == ["holder"]
+
+
+async def test_unbinding_frees_the_job_for_another_worker_and_so_does_deleting(store: RegistryStore) -> None:
+    await store.upsert([busy("a", "job-1"), record("b", 1)])
+    await store.modify("a", unbind)
+    assert await bound_jobs(store).find_job("job-1") is None
+
+    changed = await store.modify("b", bind("job-1"))
+    assert changed is not None and changed[1].assignment == assignment("job-1", "b")
+    assert await bound_jobs(store).find_job("job-1") == changed[1]
+
+    assert await store.delete("b") is True
+    assert await bound_jobs(store).find_job("job-1") is None
+    # A new worker registered bound to the job binds it: nobody holds it now.
+    [(_, c)] = await store.upsert([busy("c", "job-1")])
+    assert c.assignment == assignment("job-1", "c")
+    assert await bound_jobs(store).find_job("job-1") == c
+    assert await bound_jobs(store).bound() == [c]
+
+
+async def test_a_job_may_move_between_two_workers_written_in_one_batch(store: RegistryStore) -> None:
+    """What a write leaves stored is judged, not its order: the restarted holder lets the job go (it runs none of
+    it) as a new worker written before it in the same batch takes it, and each job is bound once."""
+    holder = busy("a", "job-1")
+    await store.upsert([holder, busy("b", "job-2")])
+    taker, restarted = busy("c", "job-1"), record("a", 2)
+    assert await store.upsert([taker, restarted]) == [
+        (UpsertOutcome.CREATED, taker),
+        (UpsertOutcome.UPDATED, restarted),
+    ]
+    assert await bound_jobs(store).find_job("job-1") == taker
+    assert await store.get("a") == restarted
+    assert [r.worker_id for r in await bound_jobs(store).bound()] == ["b", "c"]
+
+
+async def test_find_job_and_bound_list_the_bound_workers_in_worker_id_order(store: RegistryStore) -> None:
+    jobs = bound_jobs(store)
+    assert await jobs.find_job("job-1") is None
+    assert await jobs.bound() == []
+    workers = [busy("w-3", "job-x"), record("w-2", 1), busy("w-1", "job-y"), busy("w-0", "job-z")]
+    await store.upsert(workers)
+    assert await jobs.bound() == [workers[3], workers[2], workers[0]]
+    assert await jobs.find_job("job-x") == workers[0]
+    assert await jobs.find_job("job-y") == workers[2]
+    assert await jobs.find_job("job") is None
+    assert await jobs.find_job("") is None
+
+
+async def test_pool_definitions_are_none_before_any_save_and_each_save_replaces_the_last(
+    store: RegistryStore,
+) -> None:
+    assert isinstance(store, PoolDefinitions)
+    assert await store.load_pools() is None
+    await store.save_pools("pools.toml", '[pools.small]\nkind = "static"\nsize = 2\n')
+    assert await store.load_pools() == ("pools.toml", '[pools.small]\nkind = "static"\nsize = 2\n')
+    hostile = "# ünïcødé 漢字 🎉 '\"`\\ \x01\x1b\r\n" + "x" * 65536
+    await store.save_pools("/etc/hodei/pöols 'v2'.toml", hostile)
+    assert await store.load_pools() == ("/etc/hodei/pöols 'v2'.toml", hostile)
+    await store.save_pools("", "")
+    assert await store.load_pools() == ("", "")
+
+
+async def test_a_restarted_registry_still_has_the_busy_worker_bound_to_its_job_and_the_pools(
+    durable: Opener,
+) -> None:
+    first = await durable()
+    worker = busy("w-1", "job-1", use_count=12, assignment=assignment(job=HOSTILE_JOB))
+    await first.upsert([worker, record("w-2", 1, use_count=3)])
+    assert isinstance(first, PoolDefinitions)
+    await first.save_pools("pools.toml", "[pools.a]\n")
+    await first.close()
+
+    again = await durable()  # the same file, or the same database, reopened
+
+    assert await again.get("w-1") == worker
+    assert await bound_jobs(again).find_job("job-1") == worker
+    assert await bound_jobs(again).bound() == [worker]
+    assert await again.get("w-2") == record("w-2", 1, use_count=3)
+    assert isinstance(again, PoolDefinitions)
+    assert await again.load_pools() == ("pools.toml", "[pools.a]\n")
+    with pytest.raises(JobAlreadyBound):
+        await again.modify("w-2", bind("job-1"))
+
+
+# Workers stored by the previous schema (no assignment, no use_count), one BUSY.
+OLD_WORKERS = [record("w-1", 1, status=WorkerStatus.BUSY), record("w-2", 2, lease_ttl=15.0)]
+
+
+async def found_unbound_then_bound_once(store: SqliteRegistryStore | PostgresRegistryStore) -> None:
+    """The store migrated from the previous schema has :data:`OLD_WORKERS` unbound, used 0 times, no pools; and
+    its unique index on the job holds."""
+    assert await store.list(WorkerFilter()) == OLD_WORKERS
+    assert [(r.assignment, r.use_count) for r in await store.list(WorkerFilter())] == [(None, 0), (None, 0)]
+    assert await store.bound() == []
+    assert await store.load_pools() is None
+    await store.modify("w-1", bind("job-1"))
+    with pytest.raises(JobAlreadyBound):
+        await store.modify("w-2", bind("job-1"))
+    assert [r.worker_id for r in await store.bound()] == ["w-1"]
+
+
+async def test_a_sqlite_file_of_schema_3_holding_workers_is_migrated_to_unbound_workers_used_zero_times(
+    tmp_path: Path,
+) -> None:
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        for statements in SQLITE_MIGRATIONS[:3]:
+            for statement in statements:
+                db.execute(statement)
+        placeholders = ", ".join("?" for _ in COLUMNS[:16])
+        for each in OLD_WORKERS:
+            row = to_row(each, lambda moment: None if moment is None else moment.isoformat())[:16]
+            db.execute(f"INSERT INTO workers ({', '.join(COLUMNS[:16])}) VALUES ({placeholders})", row)
+        db.execute("PRAGMA user_version = 3")
+
+    store = await SqliteRegistryStore.open(tmp_path / "r.db")
+    try:
+        await found_unbound_then_bound_once(store)
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+
+
+async def test_a_postgres_database_of_schema_4_holding_workers_is_migrated_to_unbound_workers_used_zero_times(
+    postgres_dsn: str,
+) -> None:
+    db = await asyncpg.connect(postgres_dsn)
+    try:
+        await db.execute(
+            "CREATE TABLE hodei_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for number, statements in enumerate(POSTGRES_MIGRATIONS[:4], start=1):
+            for statement in statements:
+                await db.execute(statement)
+            await db.execute("INSERT INTO hodei_schema (version) VALUES ($1)", number)
+        placeholders = ", ".join(f"${n}" for n in range(1, 17))
+        for each in OLD_WORKERS:
+            row = to_row(each, lambda moment: moment)[:16]
+            await db.execute(
+                f"INSERT INTO hodei_workers ({', '.join(COLUMNS[:16])}) VALUES ({placeholders})", *row
+            )
+
+        store = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+        try:
+            await found_unbound_then_bound_once(store)
+        finally:
+            await store.close()
+        assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [
+            (n,) for n in range(1, 6)
+        ]
+    finally:
+        await db.close()
+
+
+async def test_postgres_pool_definitions_saved_by_one_replica_are_read_by_another(postgres_dsn: str) -> None:
+    first = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    second = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    try:
+        await first.save_pools("a.toml", "[pools.a]\n")
+        assert await second.load_pools() == ("a.toml", "[pools.a]\n")
+        await second.save_pools("b.toml", "[pools.b]\n")
+        assert await first.load_pools() == ("b.toml", "[pools.b]\n")
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_two_handles_racing_to_bind_two_workers_to_one_job_bind_exactly_one(opener: Opener) -> None:
+    one, two = await opener(), await opener()
+    rounds = 15
+    await one.upsert([record(f"{side}-{n}", 1) for n in range(rounds) for side in "ab"])
+    for n in range(rounds):
+        answers = await asyncio.gather(
+            one.modify(f"a-{n}", bind(f"job-{n}")),
+            two.modify(f"b-{n}", bind(f"job-{n}")),
+            return_exceptions=True,
+        )
+        refused = [a for a in answers if isinstance(a, BaseException)]
+        assert (
+            len(refused) == 1 and isinstance(refused[0], JobAlreadyBound) and refused[0].job_id == f"job-{n}"
+        )
+        [winner] = [a[1] for a in answers if isinstance(a, tuple)]
+        assert await bound_jobs(two).find_job(f"job-{n}") == winner
+    assert len(await bound_jobs(one).bound()) == rounds
+
+
+async def test_postgres_a_job_bound_by_another_replica_after_the_write_looked_is_refused_by_the_index(
+    postgres_dsn: str,
+) -> None:
+    """The write looked the job up before the other replica committed: the unique index refuses it, and that is
+    JobAlreadyBound at once — not a race run again, not an unavailable store."""
+    store = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.upsert([record("a", 1), record("b", 1)])
+        their = other.transaction()
+        await their.start()
+        await other.execute("UPDATE hodei_workers SET job_id = 'job-1' WHERE worker_id = 'a'")
+        binding = asyncio.create_task(store.modify("b", bind("job-1")))
+
+        async def waiting_on_their_lock() -> bool:
+            waiting = await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            return bool(waiting == 1)
+
+        await wait_for(waiting_on_their_lock)
+        await their.commit()
+
+        with pytest.raises(JobAlreadyBound) as refused:
+            await binding
+        assert refused.value.job_id == "job-1"
+        assert await store.get("b") == record("b", 1)
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_a_closed_memory_store_forgets_its_bound_jobs_and_pools() -> None:
+    store = MemoryRegistryStore()
+    await store.upsert([busy()])
+    await store.save_pools("pools.toml", "[pools.a]\n")
+    await store.close()
+    assert (await store.find_job("job-1"), await store.bound(), await store.load_pools()) == (None, [], None)
+    await store.upsert([busy()])  # the job's index went with the records: binding it again is no conflict
+    assert await store.find_job("job-1") == busy()

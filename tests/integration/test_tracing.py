@@ -8,9 +8,11 @@ The test process traces through an SDK provider with an in-memory exporter, hand
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,6 +31,7 @@ from hodei import (
     SchedulerPortClient,
     WorkerManagementService,
     WorkerRegistrationAdapter,
+    WorkerType,
 )
 from hodei.observability import _tracing as tracing
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
@@ -319,3 +322,59 @@ async def test_a_batch_registered_without_a_span_of_the_callers_is_held_by_one_b
     assert [s.status.status_code for s in calls].count(StatusCode.ERROR) == 1  # the call that was failed
     assert [event.name for event in batch.events] == ["retry"]
     assert batch.attributes is not None and batch.attributes["hodei.failed_workers"] == 0
+
+
+async def test_one_trace_runs_from_the_holders_acquire_to_the_agents_job(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    from hodei import Job, JobOutcome
+    from hodei.agent import AgentConfig, WorkerAgent
+    from hodei.pools import Requirements
+
+    acquire = "/hodei.scheduler.v1.SchedulerService/AcquireWorker"
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as port:
+        agent = WorkerAgent(
+            AgentConfig(schedulers=(scheduler.target,), worker_id="traced-agent", work_dir=tmp_path)
+        )
+        running = asyncio.create_task(agent.run())
+        try:
+            await asyncio.wait_for(agent.connected.wait(), 10)
+            acquired = await port.acquire_worker("traced-job", Requirements(), job=Job(("true",)))
+            view = await port.renew_assignment(acquired.assignment.assignment_id, wait=20)
+            assert view.result is not None and view.result.outcome is JobOutcome.SUCCEEDED
+            [job] = await until_spans(spans, "job.run", 1)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    [server] = named(spans, acquire, SpanKind.SERVER)
+    [client] = named(spans, acquire, SpanKind.CLIENT)
+
+    assert trace_id(job) == trace_id(server) == trace_id(client)
+    assert parent_of(job) == span_id(server)  # handed over in the RunJobCommand, not in call metadata
+    assert job.parent is not None and job.parent.is_remote
+    assert job.attributes is not None
+    assert (job.attributes["hodei.job_id"], job.attributes["hodei.job_outcome"]) == (
+        "traced-job",
+        "succeeded",
+    )
+    assert job.attributes[tracing.WORKER_ID] == "traced-agent"
+
+
+async def test_without_tracing_the_job_carries_no_trace_context(tmp_path: Path) -> None:
+    from hodei import Job
+    from hodei.pools import Requirements
+    from hodei.transport._stream import ConnectStream
+
+    tracing.configure_tracing("hodei-tests", environ={})
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as port:
+        stream = ConnectStream(scheduler.channel())
+        await stream.open(
+            DynamicWorker("untraced", WorkerType.PROCESS, DynamicWorkerConfig(), incarnation=1), timeout=10
+        )
+        commands = stream.commands()
+        acquired = await port.acquire_worker("untraced-job", Requirements(), job=Job(("true",)))
+        command = await asyncio.wait_for(anext(commands), 10)
+        assert command.assignment is not None and dict(command.assignment.trace_context) == {}
+        assert dict(acquired.assignment.trace_context) == {}
+        stream.cancel()

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from hodei.domain import ResourceUsage, WorkerStatus
+from hodei.domain import Assignment, ResourceUsage, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
 from hodei.errors import SchedulerUnavailable
 from hodei.lifecycle import CommandKind, WorkerCommand
+from hodei.ports import BoundJobs, PoolDefinitions
 from hodei.scheduler._core import AgentSession, Scheduler
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import FakeClock, FaultyStore
@@ -99,6 +100,34 @@ async def test_a_stalled_write_commits_after_release_even_when_its_caller_was_ca
 
     record = await store.get("a1")
     assert record is not None and record.status is WorkerStatus.AVAILABLE
+
+
+async def test_a_faulty_store_passes_bound_jobs_and_pool_reads_through_and_numbers_pool_saves_as_writes() -> (
+    None
+):
+    inner = MemoryRegistryStore()
+    store = FaultyStore(inner, fail_on=3)
+    assert isinstance(store, BoundJobs) and isinstance(store, PoolDefinitions)
+    bound = WorkerRecord(
+        worker_id="w-1",
+        worker_type=WorkerType.PROCESS,
+        capabilities=WorkerCapabilities(1, 256, 1024, 0),
+        status=WorkerStatus.BUSY,
+        incarnation=1,
+        assignment=Assignment(assignment_id="as-1", job_id="job-1", worker_id="w-1", incarnation=1),
+        use_count=1,
+    )
+    await store.upsert([bound])  # write 1
+    await store.save_pools("pools.toml", "[pools.a]\n")  # write 2
+
+    with pytest.raises(SchedulerUnavailable, match=r"failed on purpose"):
+        await store.save_pools("pools.toml", "[pools.b]\n")  # write 3: not written
+
+    assert store.writes == ["upsert", "save_pools", "save_pools"]
+    assert await store.load_pools() == await inner.load_pools() == ("pools.toml", "[pools.a]\n")
+    assert await store.find_job("job-1") == bound
+    assert await store.find_job("job-2") is None
+    assert await store.bound() == [bound]
 
 
 # --- the hello -------------------------------------------------------------------------------------------

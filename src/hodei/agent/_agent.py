@@ -2,7 +2,8 @@
 
 It connects (the hello registers the worker, or attaches to the control plane's registration), heartbeats at
 the interval the scheduler asks for, and carries out commands: drain (finish work, take no more, report
-drained), shut down (drain, unregister, exit), re-register (reconnect with a new incarnation). A broken stream
+drained), shut down (drain, unregister, exit), re-register (reconnect with a new incarnation), run a job and
+report how it ended (:mod:`hodei.agent._jobs`), cancel it. A broken stream
 or an unreachable scheduler sends it to the next scheduler address after a jittered backoff, with a new
 incarnation; a scheduler busy with other hellos says when to come back, and the agent comes back then (with
 jitter). A permanent refusal (invalid data, refused credentials, a newer incarnation elsewhere) ends it
@@ -24,7 +25,9 @@ import grpc
 import psutil
 
 from hodei.agent._config import AgentConfig
-from hodei.domain import ResourceUsage, WorkerStatus
+from hodei.agent._executor import ShellExecutor
+from hodei.agent._jobs import AgentJobs
+from hodei.domain import MAX_OUTPUT_TAIL, ResourceUsage, WorkerStatus
 from hodei.errors import ErrorCode, HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.observability._metrics import AgentMetrics
@@ -90,8 +93,8 @@ class WorkerAgent:
 
     Observable state for callers and tests: ``connected`` (an event set while a stream is up), ``incarnation``,
     ``connections`` (streams opened), ``heartbeats_sent``, ``commands`` (received, in order), ``draining``,
-    ``unregistered``, ``credential``. ``metrics`` (default: a private registry's) counts stream connects by
-    result, reconnects and heartbeats.
+    ``unregistered``, ``credential``, ``jobs`` (the jobs it runs, :class:`AgentJobs`). ``metrics`` (default: a
+    private registry's) counts stream connects by result, reconnects and heartbeats.
     """
 
     def __init__(
@@ -117,7 +120,10 @@ class WorkerAgent:
         self.unregistered = False
         self.heartbeat_interval = 5.0
         self.heartbeats_sent = 0
-        self.running_jobs: list[str] = []
+        executor = ShellExecutor(
+            config.work_dir / config.worker_id, tail_bytes=MAX_OUTPUT_TAIL, kill_grace=config.job_kill_grace
+        )
+        self.jobs = AgentJobs(executor, config.worker_id)
         self._stopping = asyncio.Event()
         self._failures = 0
         self._target_index = 0
@@ -125,6 +131,11 @@ class WorkerAgent:
             None  # when agent.cannot_connect was last logged, in this run of failures
         )
         self._credential = ""  # the worker credential the scheduler handed over; replaces config.token
+
+    @property
+    def running_jobs(self) -> list[str]:
+        """The assignments whose job runs here now."""
+        return self.jobs.running
 
     @property
     def credential(self) -> str:
@@ -209,6 +220,8 @@ class WorkerAgent:
         finally:
             if orphan_watch is not None:
                 orphan_watch.cancel()
+            # A job still running is cancelled (SIGTERM, SIGKILL after the grace); one that hangs even then, killed.
+            await self.jobs.aclose(2 * self.config.job_kill_grace + 1.0)
             if self._stopping.is_set() and not self.unregistered:
                 await self._unregister()
 
@@ -272,7 +285,7 @@ class WorkerAgent:
                 try:
                     ack = await stream.open(
                         self.config.worker(self.incarnation),
-                        self.running_jobs,
+                        self.jobs.unreported,  # a job that ended unreported is still the scheduler's to end
                         timeout=self.config.hello_timeout,
                         accept_timeout=self.config.accept_timeout,
                     )
@@ -305,9 +318,12 @@ class WorkerAgent:
         # Cancelling a task that waits on the call would cancel the whole call, so the heartbeat loop stops by
         # itself at shutdown and the reader keeps reading while the agent says goodbye on the same stream.
         heartbeats: asyncio.Task[Any] = asyncio.create_task(self._heartbeat(stream))
-        commands: asyncio.Task[Any] = asyncio.create_task(self._obey(stream))
+        drains: set[asyncio.Task[None]] = set()
+        commands: asyncio.Task[Any] = asyncio.create_task(self._obey(stream, drains))
+        # Results of jobs that ended, this session's or earlier (while no stream was up), in the order they ended.
+        reports: asyncio.Task[Any] = asyncio.create_task(self._report_jobs(stream))
         try:
-            done, _ = await asyncio.wait({heartbeats, commands}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({heartbeats, commands, reports}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if (error := task.exception()) is not None:
                     raise error
@@ -316,9 +332,10 @@ class WorkerAgent:
                 with contextlib.suppress(TimeoutError, SchedulerError):
                     await asyncio.wait_for(asyncio.shield(commands), self.config.farewell_timeout)
         finally:
-            for task in (heartbeats, commands):
+            tasks = (heartbeats, commands, reports, *drains)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(heartbeats, commands, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _heartbeat(self, stream: ConnectStream) -> None:
         sequence = 0
@@ -330,32 +347,63 @@ class WorkerAgent:
             usage = self._usage()
             await stream.heartbeat(
                 sequence,
-                ResourceUsage(usage.cpu_percent, usage.memory_used_mb, len(self.running_jobs)),
+                ResourceUsage(usage.cpu_percent, usage.memory_used_mb, len(self.jobs.running)),
             )
             self.heartbeats_sent += 1
             self.metrics.heartbeats.inc()
 
-    async def _obey(self, stream: ConnectStream) -> None:
+    async def _report_jobs(self, stream: ConnectStream) -> None:
+        while True:
+            result = await self.jobs.next_result()
+            await stream.job_finished(*result)
+            self.jobs.sent(result)
+
+    async def _obey(self, stream: ConnectStream, drains: set[asyncio.Task[None]]) -> None:
         async for command in stream.commands():
             self.commands.append(command)
             log.info("agent.command", extra=self._fields(command=command.kind.value, reason=command.reason))
-            if command.kind is CommandKind.DRAIN:
-                await self._drain(stream, command.reason)
+            if command.kind is CommandKind.RUN_JOB:
+                assert command.assignment is not None  # the codec makes no RUN_JOB without one
+                self.jobs.start(command.assignment, refuse="draining" if self.draining else "")
+            elif command.kind is CommandKind.CANCEL_JOB:
+                self.jobs.cancel(command.assignment_id, command.reason)
+            elif command.kind is CommandKind.DRAIN:
+                # Waited for in a task of its own: a cancel or a shutdown is still obeyed while the job runs.
+                deadline = command.deadline or self.config.drain_timeout
+                drains.add(asyncio.create_task(self._drain(stream, command.reason, deadline)))
             elif command.kind is CommandKind.SHUTDOWN:
                 self.request_shutdown(f"the scheduler asked: {command.reason}")
             else:
                 raise _Reregister(command.reason)
 
-    async def _drain(self, stream: ConnectStream, reason: str) -> None:
+    async def _drain(self, stream: ConnectStream, reason: str, deadline: float) -> None:
+        """Take no new job; wait ``deadline`` seconds for the running one, then cancel it; report drained once
+        its result is sent."""
         self.draining = True
-        log.info("agent.draining", extra=self._fields(reason=reason, running_jobs=len(self.running_jobs)))
-        # Running jobs would be waited for here; the agent takes no new ones from now on.
-        await stream.report(WorkerStatus.DRAINING, drained=not self.running_jobs, reason=reason or "drained")
+        log.info(
+            "agent.draining",
+            extra=self._fields(reason=reason, running_jobs=len(self.jobs.running), deadline_s=deadline),
+        )
+        if self.jobs.unreported:
+            await stream.report(WorkerStatus.DRAINING, reason=reason or "draining")
+            if not await self.jobs.idle(deadline):
+                log.warning(
+                    "agent.drain_deadline", extra=self._fields(jobs=self.jobs.running, deadline_s=deadline)
+                )
+                self.jobs.cancel_all("the drain deadline passed")
+                await self.jobs.idle(None)  # ended within the executor's kill grace
+            await self.jobs.reported(self.config.farewell_timeout)
+        await stream.report(WorkerStatus.DRAINING, drained=True, reason=reason or "drained")
 
     async def _farewell(self, stream: ConnectStream, channel: grpc.aio.Channel) -> None:
-        """Drain, then unregister on the same connection, then close the stream."""
+        """Drain (the running job given ``drain_timeout``), then unregister on the same connection, then close
+        the stream."""
+        bound = self.config.farewell_timeout
+        if self.jobs.unreported:
+            bound += self.config.drain_timeout + 2 * self.config.job_kill_grace
         with contextlib.suppress(SchedulerError, TimeoutError):
-            await asyncio.wait_for(self._drain(stream, "shutting down"), self.config.farewell_timeout)
+            async with asyncio.timeout(bound):
+                await self._drain(stream, "shutting down", self.config.drain_timeout)
         await self._unregister(channel)
         await stream.close()
 

@@ -6,18 +6,25 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
+from hodei._environment import state_directory
 from hodei._settings import check_settings
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
 from hodei.security._tls import ClientTlsConfig
 
-__all__ = ["AgentConfig"]
+__all__ = ["AgentConfig", "default_work_dir"]
 
 
 def _memory_mb() -> int:
     return int(psutil.virtual_memory().total // (1024 * 1024))
+
+
+def default_work_dir() -> Path:
+    """Where jobs run unless told: ``$XDG_STATE_HOME/hodei/work`` (``~/.local/state/hodei/work``)."""
+    return state_directory() / "work"
 
 
 def _hostname() -> str:
@@ -45,6 +52,11 @@ class AgentConfig:
     scheduler answers with the worker's own credential, which the agent keeps for reconnecting and
     unregistering) or a worker credential. It is a secret: never shown by ``repr``. ``tls`` makes the agent
     speak TLS to the schedulers (their CA, and a client certificate for mutual TLS).
+
+    Each job the scheduler assigns runs in a directory of its own under ``work_dir/<worker id>`` (made when it
+    starts, removed when it ends). A drain (or a shutdown) waits for the running job ``drain_timeout`` seconds
+    unless the scheduler's drain names a deadline, then cancels it; a job cancelled or past its timeout gets
+    SIGTERM, then SIGKILL after ``job_kill_grace`` seconds.
     """
 
     schedulers: tuple[str, ...]
@@ -67,6 +79,9 @@ class AgentConfig:
     failure_log_interval: float = 30.0
     token: str | None = field(default=None, repr=False)
     tls: ClientTlsConfig | None = None
+    work_dir: Path = field(default_factory=default_work_dir)
+    drain_timeout: float = 60.0
+    job_kill_grace: float = 5.0
 
     def __post_init__(self) -> None:
         check_settings(
@@ -78,6 +93,8 @@ class AgentConfig:
                 "hello_timeout": ("> 0", self.hello_timeout > 0),
                 "accept_timeout": ("> 0", self.accept_timeout > 0),
                 "advised_jitter": (">= 0", self.advised_jitter >= 0),
+                "drain_timeout": (">= 0", self.drain_timeout >= 0),
+                "job_kill_grace": ("> 0", self.job_kill_grace > 0),
             },
         )
 

@@ -124,6 +124,7 @@ class ShellExecutor:
                 return await self._supervise(process, job, cancelled, on_output, started)
             except BaseException:  # the run itself was cancelled (the agent stops): its group goes too
                 _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()  # reaped (SIGKILL cannot be ignored), its pipes closed with it
                 raise
         finally:
             del self._cancelled[job.job_id]

@@ -26,7 +26,7 @@ from hodei.bench.security import PLAIN, PLAINTEXT, BenchSecurity, PreparedSecuri
 from hodei.bench.stores import STORES, registry_store
 from hodei.transport._client import SchedulerPortClient
 
-__all__ = ["SCENARIOS", "STORES", "Scale", "run_benchmark"]
+__all__ = ["POOL_SCENARIOS", "SCENARIOS", "STORES", "Scale", "run_benchmark"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,9 @@ class Scale:
     agents: int = 300
     agents_seconds: float = 10.0
     baseline: int = 30_000
+    pool_workers: int = 1_000
+    pool_acquires: int = 2_000
+    pool_burst: int = 500
 
     @classmethod
     def quick(cls) -> Scale:
@@ -57,6 +60,9 @@ class Scale:
             agents=5,
             agents_seconds=0.5,
             baseline=300,
+            pool_workers=50,
+            pool_acquires=50,
+            pool_burst=20,
         )
 
 
@@ -111,6 +117,18 @@ def _targets(name: str, store: str) -> list[Target]:
         ],
         "churn": [Target("rss_growth_after_warmup_mb", 2.0, at_most=True)],
         "sequential": [Target("workers_per_second", 500, label="workers/s >= 500 (the story's target)")],
+        "pool-acquire": [
+            Target("p95_ms", 10, at_most=True, label="acquire p95 < 10 ms, 1,000 workers registered")
+        ],
+        "pool-burst-500": [
+            Target(
+                "all_bound_s",
+                1.0,
+                at_most=True,
+                label="500 acquires on 500 warm workers all bound within 1 s",
+            ),
+            Target("errors", 0, at_most=True),
+        ],
     }.get(name, [])
 
 
@@ -124,7 +142,11 @@ SCENARIOS: dict[str, tuple[str, Callable[[Scale], int]]] = {
     "open-loop-1000": ("1,000 registrations/s offered", lambda s: int(1000 * s.open_loop_seconds)),
     "churn": ("register/unregister cycles", lambda s: s.churn),
     "agents": ("connected agents heartbeating", lambda s: s.agents),
+    "pool-acquire": ("acquire + release one at a time, warm pool", lambda s: s.pool_acquires),
+    "pool-burst-500": ("acquires started at once on a warm pool as large", lambda s: s.pool_burst),
 }
+POOL_SCENARIOS = ("pool-acquire", "pool-burst-500")
+"""``--scenario pools``."""
 
 
 async def _load(name: str, ctx: Context) -> scenarios.Load:
@@ -147,6 +169,10 @@ async def _load(name: str, ctx: Context) -> scenarios.Load:
         return await scenarios.churn(ctx.client, "churn", s.churn, 50, ctx.progress)
     if name == "agents":
         return await scenarios.agents(ctx.target, s.agents, s.agents_seconds, ctx.progress, ctx.security)
+    if name == "pool-acquire":
+        return await scenarios.pool_acquires(ctx.client, s.pool_workers, s.pool_acquires, ctx.progress)
+    if name == "pool-burst-500":
+        return await scenarios.pool_burst(ctx.client, s.pool_burst, ctx.progress)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 

@@ -15,7 +15,8 @@ from hodei.agent import AgentConfig, WorkerAgent
 from hodei.bench.baseline import METHOD, request_bytes
 from hodei.bench.security import PLAINTEXT, PreparedSecurity
 from hodei.domain import DynamicWorker, DynamicWorkerConfig, WorkerType
-from hodei.errors import RegistrationError
+from hodei.errors import RegistrationError, SchedulerError
+from hodei.pools import Requirements
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
 from hodei.transport._client import SchedulerPortClient
 
@@ -45,7 +46,7 @@ async def _timed(
     started = time.perf_counter()
     try:
         await call(index)
-    except RegistrationError as error:
+    except (RegistrationError, SchedulerError) as error:
         errors[error.code.name] += 1
     except grpc.aio.AioRpcError as error:
         errors[error.code().name] += 1
@@ -251,3 +252,48 @@ async def agents(
         all_connected,
         {"heartbeats_per_second": heartbeats / duration, "agents_connected_s": all_connected},
     )
+
+
+async def _warm_pool(client: SchedulerPortClient, pool: str, size: int) -> None:
+    """``size`` workers of ``pool`` registered (without agents: their holders use them themselves)."""
+    config = DynamicWorkerConfig(cpu_cores=2, memory_mb=4096, pool=pool, labels={"bench": "true"})
+    workers = [DynamicWorker(f"{pool}-{i:05}", WorkerType.PROCESS, config) for i in range(size)]
+    for start in range(0, size, 1000):
+        await client.register_workers(workers[start : start + 1000], timeout=60)
+
+
+async def pool_acquires(client: SchedulerPortClient, workers: int, count: int, progress: Progress) -> Load:
+    """From a warm pool of ``workers``, ``count`` acquires one at a time, each released before the next; the
+    latencies are the acquires' (the releases are not timed)."""
+    await _warm_pool(client, "warm", workers)
+    wanted = Requirements(pool="warm", cpu_cores=1)
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    started = time.perf_counter()
+    for index in range(count):
+        began = time.perf_counter()
+        try:
+            acquired = await client.acquire_worker(f"seq-{index:06}", wanted, wait=5.0)
+        except SchedulerError as error:
+            errors[error.code.name] += 1
+        else:
+            latencies.append(time.perf_counter() - began)
+            await client.release_worker(acquired.assignment.assignment_id)
+        progress(1)
+    return Load(latencies, errors, time.perf_counter() - started, {"pool_workers": float(workers)})
+
+
+async def pool_burst(client: SchedulerPortClient, workers: int, progress: Progress) -> Load:
+    """``workers`` acquires started at once on a warm pool of as many workers: all bound, each once."""
+    await _warm_pool(client, "burst", workers)
+    wanted = Requirements(pool="burst")
+    bound: set[str] = set()
+
+    async def acquire(index: int) -> None:
+        acquired = await client.acquire_worker(f"burst-{index:06}", wanted, wait=30.0)
+        bound.add(acquired.record.worker_id)
+
+    load = await all_at_once(workers, acquire, progress)
+    load.extra["all_bound_s"] = load.elapsed
+    load.extra["distinct_workers_bound"] = float(len(bound))
+    return load

@@ -86,6 +86,14 @@ def agent(
             "and drained on its own, all over one connection to the scheduler.",
         ),
     ] = 1,
+    work_dir: Annotated[
+        str,
+        typer.Option(
+            envvar="HODEI_WORK_DIR",
+            help="Where the jobs the scheduler assigns run: a directory per job under DIR/WORKER_ID, removed when "
+            "it ends (default: $XDG_STATE_HOME/hodei/work).",
+        ),
+    ] = "",
     log_format: Annotated[LogFormat, log_format_option("HODEI_LOG_FORMAT")] = LogFormat.AUTO,
     log_level: Annotated[LogLevel, log_level_option("HODEI_LOG_LEVEL")] = LogLevel.INFO,
 ) -> None:
@@ -95,6 +103,7 @@ def agent(
     import os
     import socket
     from dataclasses import replace
+    from pathlib import Path
 
     from rich.markup import escape
 
@@ -121,6 +130,8 @@ def agent(
         options["memory_mb"] = memory_mb
     if parent_pid:
         options["parent_pid"] = parent_pid
+    if work_dir:
+        options["work_dir"] = Path(work_dir).absolute()
     registry = process_registry()
     config = AgentConfig(**options)
     metrics = AgentMetrics(registry)

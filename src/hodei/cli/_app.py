@@ -70,11 +70,13 @@ def bench(
         return
 
     from hodei.bench.report import results_table
-    from hodei.bench.runner import SCENARIOS, Scale, run_benchmark
+    from hodei.bench.runner import POOL_SCENARIOS, SCENARIOS, Scale, run_benchmark
     from hodei.bench.security import BenchSecurity
     from hodei.observability._native_log import silence_native_log
 
-    names = scenario or list(SCENARIOS)
+    names = [
+        n for name in scenario or list(SCENARIOS) for n in (POOL_SCENARIOS if name == "pools" else (name,))
+    ]
     # Warnings (retries under load, say) go to a file, summarised after the table, so that the progress bars
     # and the table stay whole. Traced if the OTEL_* environment says so; its scheduler processes inherit it.
     silence_native_log()

@@ -134,6 +134,8 @@ class Assignment:
     job: Job | None = None
     priority: int = 0
     bound_at: datetime | None = None
+    # The trace of the acquire (W3C traceparent/tracestate), for the job's span on the agent: not stored.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 def validate_job_id(job_id: str) -> list[FieldViolation]:

@@ -262,7 +262,8 @@ class SchedulerMetrics:
     ``hodei_hellos_in_flight`` and ``hodei_hellos_waiting`` say how many are worked on and told to wait now.
     Resource pools: ``hodei_acquires_waiting``, ``hodei_acquire_wait_seconds{result}`` (``bound``,
     ``timeout``), ``hodei_assignments_ended_total{outcome}``; per declared pool ``hodei_pool_workers{pool,
-    status}``, ``hodei_pool_max_workers{pool}`` and ``hodei_pool_waiting{pool}``, set on every liveness tick.
+    status}``, ``hodei_pool_max_workers{pool}`` and ``hodei_pool_waiting{pool}``, set from the registry about
+    once a second (a pool no longer declared loses its series).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -344,7 +345,7 @@ class SchedulerMetrics:
         )
         self.pool_workers = Gauge(
             "hodei_pool_workers",
-            "Workers of each declared pool, by status (read on every liveness tick).",
+            "Workers of each declared pool, by status (read from the registry about once a second).",
             ["pool", "status"],
             registry=r,
         )

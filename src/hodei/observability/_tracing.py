@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -42,10 +42,12 @@ __all__ = [
     "WORKER_TYPE",
     "client_interceptors",
     "configure_tracing",
+    "continuing",
     "grouping_span",
     "mark_failed",
     "server_interceptors",
     "span",
+    "trace_context",
     "tracer_provider",
     "tracing_enabled",
 ]
@@ -209,3 +211,34 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
             tracer_provider=provider, filter_=_traced_method
         )
     ]
+
+
+def trace_context() -> dict[str, str]:
+    """The current trace as W3C headers (``traceparent``, ``tracestate``), to hand to another process in a
+    message; empty when tracing is off or no span is current."""
+    if tracer_provider() is None or not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier
+
+
+@contextlib.contextmanager
+def continuing(headers: Mapping[str, str]) -> Iterator[None]:
+    """Spans made in the block continue the trace of ``headers`` (from :func:`trace_context`, maybe another
+    process's); nothing when tracing is off or the headers say nothing usable."""
+    if tracer_provider() is None or not headers:
+        yield
+        return
+    from opentelemetry import context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    # Only the two W3C headers, each bounded: they came over the network.
+    carrier = {k: v[:512] for k, v in headers.items() if k in ("traceparent", "tracestate")}
+    token = context.attach(TraceContextTextMapPropagator().extract(carrier))
+    try:
+        yield
+    finally:
+        context.detach(token)

@@ -23,8 +23,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -54,19 +53,18 @@ from hodei.errors import (
 )
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.observability._metrics import SchedulerMetrics
-from hodei.pools import PoolSpec, PoolStatus, Requirements, Waiter, WaitingDemand, match, parse_pools
-from hodei.ports import Acquired, AssignmentView, BoundJobs, PoolDefinitions, RegistryStore, WorkerFilter
+from hodei.pools import PoolStatus, Requirements, Waiter, WaitingDemand, match
+from hodei.ports import Acquired, AssignmentView, BoundJobs, RegistryStore, WorkerFilter
+from hodei.scheduler._ended import Ended, EndedAssignments
+from hodei.scheduler._free import FreeWorkers
 from hodei.scheduler._liveness import LeaseTable
+from hodei.scheduler._pool_book import PoolBook
 from hodei.scheduler._registry import MAX_PAGE_SIZE, WorkerRegistry
 
 __all__ = ["Allocator", "NoWorkerFits"]
 
 log = logging.getLogger(__name__)
 
-ENDED_KEPT = 10_000
-"""How many ended assignments are kept for their holders to read (the oldest are forgotten first)."""
-ENDED_KEPT_FOR = 600.0
-"""And for how long at most, in seconds."""
 MAX_WAIT = 3600.0
 _POKES = frozenset(
     {
@@ -76,6 +74,7 @@ _POKES = frozenset(
         WorkerEventKind.UPDATED,
     }
 )
+_OUTCOMES = {outcome.value: outcome for outcome in JobOutcome}
 _GONE = frozenset({WorkerEventKind.UNREGISTERED, WorkerEventKind.EXPIRED})
 
 
@@ -93,6 +92,7 @@ class _Wait:
     lease_ttl: float
     since: float
     until: float  # when the longest of the acquires waiting for it gives up
+    trace_context: dict[str, str] = field(default_factory=dict)
     bound: asyncio.Future[Acquired] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -102,14 +102,6 @@ class _Wait:
 class _Bound:
     assignment: Assignment
     record: WorkerRecord
-
-
-@dataclass(frozen=True, slots=True)
-class _Ended:
-    assignment: Assignment
-    result: JobResult
-    at: float
-    record: WorkerRecord | None
 
 
 Tell = Callable[[WorkerRecord, WorkerCommand], Awaitable[bool]]
@@ -132,7 +124,6 @@ class Allocator:
         self._registry = registry
         self._metrics = metrics or SchedulerMetrics()
         self._metrics.acquires_waiting.set_function(lambda: len(self._waiting))
-        self._gauged_pools: set[str] = set()
         self._pools_counted_at = -1.0
         self._tell = tell
         self._connected_here = connected_here
@@ -142,18 +133,21 @@ class Allocator:
         self._arrivals = itertools.count()
         self._waiting: dict[str, _Wait] = {}  # by job id
         self.leases = LeaseTable()  # by assignment id: the holder's renewals
-        self._where: dict[str, str] = {}  # assignment id -> worker id, as bound (a cache: the store decides)
+        self._where: dict[str, Assignment] = {}  # by assignment id, as bound (a cache: the store decides)
         self._bound_jobs: dict[str, _Bound] = {}  # job id -> its assignment and worker as bound
-        self._ended: OrderedDict[str, _Ended] = OrderedDict()  # by assignment id
-        self._ended_jobs: dict[str, str] = {}  # job id -> assignment id, of the ended ones kept
+        self._ended = EndedAssignments()
         self._watching_end: dict[str, list[asyncio.Future[None]]] = {}
-        self.pools: dict[str, PoolSpec] = {}
-        self.pools_source: tuple[str, str] | None = None
+        self.pools = PoolBook(registry.store, self._metrics)
         self._poked = asyncio.Event()
         self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
+        self._rounds_started = 0
+        self._free = FreeWorkers(
+            lambda: self._records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
+        )
         self._serving: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
         registry.events.listen(self._heard)
+        registry.written.append(self._free.note)  # registrations, heard of even while nobody watches events
 
     @property
     def store(self) -> RegistryStore:
@@ -164,11 +158,8 @@ class Allocator:
     async def restore(self, now: float) -> None:
         """What the store holds: the pool definitions, and every bound worker's assignment (its lease starts
         now: the holder renews it against this scheduler from here)."""
+        await self.pools.restore()
         store = self.store
-        if isinstance(store, PoolDefinitions) and (saved := await store.load_pools()) is not None:
-            source, text = saved
-            self.pools = parse_pools(text, source=source)
-            self.pools_source = saved
         if isinstance(store, BoundJobs):
             for record in await store.bound():
                 self._track(record, now)
@@ -199,7 +190,9 @@ class Allocator:
         priority: int = 0,
         wait: float = 0.0,
         lease_ttl: float = 0.0,
+        trace_context: Mapping[str, str] | None = None,
     ) -> Acquired:
+        """``trace_context``: the acquire's trace (W3C headers), handed to the agent with the job."""
         ttl = lease_ttl or self._default_ttl
         self._check(job_id, requirements, job, ttl, wait)
         waiting = None
@@ -217,16 +210,21 @@ class Allocator:
                 return known
             if job_id in self._waiting or self._known_here(job_id):
                 continue
-            await self._refuse_impossible(requirements, job)
-            if job_id in self._waiting or self._known_here(job_id):
-                continue
             now = self._monotonic()
             waiting = _Wait(
                 Waiter(job_id, requirements, priority, next(self._arrivals)), job, ttl, now, now + wait
             )
+            waiting.trace_context = dict(trace_context or {})
             self._waiting[job_id] = waiting
-            self._demand_changed()
             await self._serve()
+            if not waiting.bound.done():
+                try:
+                    await self._refuse_impossible(requirements, job)
+                except NoWorkerFits:
+                    if self._waiting.get(job_id) is waiting and not waiting.bound.done():
+                        del self._waiting[job_id]
+                        raise
+                self._demand_changed()
         try:
             return await asyncio.wait_for(asyncio.shield(waiting.bound), wait)
         except TimeoutError:
@@ -256,9 +254,8 @@ class Allocator:
         """The job's assignment if this scheduler made or restored it (bound, or ended and still kept)."""
         if (bound := self._bound_jobs.get(job_id)) is not None:
             return Acquired(bound.assignment, bound.record, created=False)
-        ended = self._ended_jobs.get(job_id)
-        if ended is not None and ended in self._ended:
-            kept = self._ended[ended]
+        kept = self._ended.of_job(job_id)
+        if kept is not None:
             return Acquired(kept.assignment, kept.record or _placeholder(kept.assignment), created=False)
         return None
 
@@ -272,13 +269,16 @@ class Allocator:
         return None
 
     async def _refuse_impossible(self, requirements: Requirements, job: Job | None) -> None:
-        if any(
-            requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name)
-            for spec in self.pools.values()
-        ):
+        if any(True for _ in self.pools.fitting(requirements)):
+            return
+
+        def could(record: WorkerRecord) -> bool:
+            return requirements.fits(record) and (job is None or record.lease_ttl is not None)
+
+        if any(could(record) for record in self._free.known()):
             return
         async for record in self._records(WorkerFilter(labels=requirements.labels)):
-            if requirements.fits(record) and (job is None or record.lease_ttl is not None):
+            if could(record):
                 return
         raise NoWorkerFits(
             f"no pool's template and no registered worker fits {quote_short(requirements.shape)}"
@@ -321,46 +321,57 @@ class Allocator:
             await self._end_by_id(
                 assignment_id, JobResult(JobOutcome.ABANDONED, reason="its holder stopped renewing")
             )
-        self._forget_old(now)
+        self._ended.forget_old(now)
         await self._serve()
 
     async def _serve(self) -> None:
+        """Serve every waiting acquire: a round that starts after this call serves it (calls that come while a
+        round runs share the next one)."""
         if not self._waiting:
             return
+        asked = self._rounds_started
         async with self._one_serving:
+            if self._rounds_started > asked:
+                return
+            self._rounds_started += 1
             await self._serve_once()
 
     async def _serve_once(self) -> None:
         waits = {wait.waiter.job_id: wait for wait in self._waiting.values() if not wait.bound.done()}
-        free = [
-            record
-            async for record in self._records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
-            if record.assignment is None
-        ]
-        served = False
+        free = [record for record in await self._free.current(self._monotonic()) if self._may_take(record)]
+        chosen: list[tuple[_Wait, Assignment]] = []
         for waiter, record in match([w.waiter for w in waits.values()], free):
             wait = waits[waiter.job_id]
-            if not self._may_run(record, wait.job):
+            if wait.job is not None and record.lease_ttl is None:
+                continue  # a job needs an agent to run it
+            self._free.gone(record.worker_id)  # bound now, or found taken: either way not free
+            chosen.append((wait, self._assignment(wait, record)))
+        if not chosen:
+            return
+        bound = await self._bind([assignment for _, assignment in chosen])
+        acquired = await asyncio.gather(
+            *(self._deliver(w, a, r) for (w, a), r in zip(chosen, bound, strict=True))
+        )
+        for (wait, _), outcome in zip(chosen, acquired, strict=True):
+            if outcome is None:
                 continue
-            acquired = await self._bind(wait, record)
-            if acquired is not None:
-                served = True
-                self._metrics.acquire_wait.labels("bound").observe(self._monotonic() - wait.since)
-                self._waiting.pop(waiter.job_id, None)
-                if not wait.bound.done():
-                    wait.bound.set_result(acquired)
-        if served:
+            self._metrics.acquire_wait.labels("bound").observe(self._monotonic() - wait.since)
+            if self._waiting.get(wait.waiter.job_id) is wait:
+                del self._waiting[wait.waiter.job_id]
+            if not wait.bound.done():
+                wait.bound.set_result(outcome)
+        if any(outcome is not None for outcome in acquired):
             self._demand_changed()
 
-    def _may_run(self, record: WorkerRecord, job: Job | None) -> bool:
-        """A job goes to a worker whose agent is connected (here, or to another replica); a holder that uses
-        the worker itself may take a worker with no agent too."""
-        if record.lease_ttl is None:
-            return job is None
-        return self._connected_here(record.worker_id) or bool(record.connected_via)
+    def _may_take(self, record: WorkerRecord) -> bool:
+        """A worker with an agent is offered while its agent is connected (here, or to another replica); one
+        without (its holder uses it itself) always."""
+        return (
+            record.lease_ttl is None or self._connected_here(record.worker_id) or bool(record.connected_via)
+        )
 
-    async def _bind(self, wait: _Wait, chosen: WorkerRecord) -> Acquired | None:
-        assignment = Assignment(
+    def _assignment(self, wait: _Wait, chosen: WorkerRecord) -> Assignment:
+        return Assignment(
             assignment_id=uuid.uuid4().hex,
             job_id=wait.waiter.job_id,
             worker_id=chosen.worker_id,
@@ -369,13 +380,27 @@ class Allocator:
             job=wait.job,
             priority=wait.waiter.priority,
             bound_at=self._clock(),
+            trace_context=wait.trace_context,
         )
+
+    async def _bind(self, assignments: list[Assignment]) -> list[WorkerRecord | Acquired | None]:
+        """Each assignment's worker bound (its record), or None (taken meanwhile: the next round chooses again),
+        or the job's assignment another replica made meanwhile. One commit for all, unless one of the jobs
+        was bound elsewhere: then one at a time."""
         try:
-            bound = await self._registry.bind(assignment)
-        except JobAlreadyBound:  # another replica bound it meanwhile
-            return await self._known_in_store(assignment.job_id)
-        if bound is None:
-            return None  # taken meanwhile (or changed): the next round chooses again
+            return list(await self._registry.bind(assignments))
+        except JobAlreadyBound:
+            if len(assignments) > 1:
+                return [found for assignment in assignments for found in await self._bind([assignment])]
+            return [await self._known_in_store(assignments[0].job_id)]
+
+    async def _deliver(
+        self, wait: _Wait, assignment: Assignment, bound: WorkerRecord | Acquired | None
+    ) -> Acquired | None:
+        """The bound worker tracked and, with a job, told to run it (an agent that cannot be told: the
+        assignment ends WORKER_LOST, and the next round chooses again)."""
+        if bound is None or isinstance(bound, Acquired):
+            return bound
         self._track(bound, self._monotonic())
         if wait.job is not None:
             delivered = await self._tell(bound, WorkerCommand(CommandKind.RUN_JOB, assignment=assignment))
@@ -398,7 +423,7 @@ class Allocator:
         """A worker bound to a job, as bound: its assignment's lease runs from ``now``."""
         assignment = record.assignment
         assert assignment is not None
-        self._where[assignment.assignment_id] = assignment.worker_id
+        self._where[assignment.assignment_id] = assignment
         self._bound_jobs[assignment.job_id] = _Bound(assignment, record)
         self.leases.renew(assignment.assignment_id, assignment.lease_ttl, now)
 
@@ -458,9 +483,11 @@ class Allocator:
         kept = self._ended.get(assignment_id)
         if kept is not None:
             return AssignmentView(kept.assignment, kept.result, kept.record)
-        worker_id = self._where.get(assignment_id)
+        tracked = self._where.get(assignment_id)
         record = (
-            await self._registry.get(worker_id) if worker_id is not None else await self._find(assignment_id)
+            await self._registry.get(tracked.worker_id)
+            if tracked is not None
+            else await self._find(assignment_id)
         )
         if (
             record is not None
@@ -468,15 +495,17 @@ class Allocator:
             and record.assignment.assignment_id == assignment_id
         ):
             return AssignmentView(record.assignment, None, record)
-        if worker_id is None:
+        if tracked is None:
             raise WorkerNotFound(
                 f"assignment {quote_short(assignment_id)} is not known to this scheduler",
                 violations=[FieldViolation("assignment_id", "no such assignment")],
             )
-        # Its worker no longer holds it (removed, restarted, bound anew after an end this replica missed).
-        gone = Assignment(assignment_id=assignment_id, job_id="", worker_id=worker_id, incarnation=0)
+        # Its worker no longer holds it (removed or restarted unheard of): not counted, as no end was made here.
         ended = self._remember(
-            gone, JobResult(JobOutcome.WORKER_LOST, reason="its worker no longer holds it"), record
+            tracked,
+            JobResult(JobOutcome.WORKER_LOST, reason="its worker no longer holds it"),
+            record,
+            counted=False,
         )
         return AssignmentView(ended.assignment, ended.result, record)
 
@@ -498,16 +527,14 @@ class Allocator:
 
     async def _end(
         self, assignment: Assignment, result: JobResult, *, recycle: bool = False, cancel: bool = False
-    ) -> _Ended:
+    ) -> Ended:
         """Unbind the worker (AVAILABLE again, or DRAINING when recycled; a LOST or DRAINING worker keeps its
-        status), keep the result for the holder, tell whoever waits for the end."""
-        record = await self._registry.unbind(assignment, result, recycle=recycle)
-        if (
-            cancel
-            and record is not None
-            and assignment.job is not None
-            and result.outcome is not JobOutcome.SUCCEEDED
-        ):
+        status), keep the result for the holder, tell whoever waits for the end. With ``cancel`` (the end did
+        not come from the agent) a job its agent may still run is stopped, and the worker stays BUSY until the
+        agent says so."""
+        running = cancel and assignment.job is not None
+        record = await self._registry.unbind(assignment, result, recycle=recycle, job_running=running)
+        if running and record is not None and record.status is not WorkerStatus.LOST:
             await self._tell(
                 record,
                 WorkerCommand(CommandKind.CANCEL_JOB, result.reason, assignment_id=assignment.assignment_id),
@@ -528,44 +555,47 @@ class Allocator:
         self.poke()
         return ended
 
-    def _remember(self, assignment: Assignment, result: JobResult, record: WorkerRecord | None) -> _Ended:
+    def _remember(
+        self, assignment: Assignment, result: JobResult, record: WorkerRecord | None, *, counted: bool = True
+    ) -> Ended:
         assignment_id = assignment.assignment_id
         self.leases.drop(assignment_id)
         self._where.pop(assignment_id, None)
         bound = self._bound_jobs.get(assignment.job_id)
         if bound is not None and bound.assignment.assignment_id == assignment_id:
             del self._bound_jobs[assignment.job_id]
-        self._metrics.assignments_ended.labels(result.outcome.value).inc()
-        ended = _Ended(assignment, result, self._monotonic(), record)
-        self._ended[assignment_id] = ended
-        if assignment.job_id:
-            self._ended_jobs[assignment.job_id] = assignment_id
-        while len(self._ended) > ENDED_KEPT:
-            self._forget_first()
+        if counted:
+            self._metrics.assignments_ended.labels(result.outcome.value).inc()
+        ended = Ended(assignment, result, self._monotonic(), record)
+        self._ended.remember(ended)
         for future in self._watching_end.pop(assignment_id, []):
             if not future.done():
                 future.set_result(None)
         return ended
 
-    def _forget_old(self, now: float) -> None:
-        while self._ended and now - next(iter(self._ended.values())).at > ENDED_KEPT_FOR:
-            self._forget_first()
-
-    def _forget_first(self) -> None:
-        _, ended = self._ended.popitem(last=False)
-        if self._ended_jobs.get(ended.assignment.job_id) == ended.assignment.assignment_id:
-            del self._ended_jobs[ended.assignment.job_id]
-
     # -- what the registry's events say ------------------------------------------------------------------
 
     def _heard(self, event: WorkerEvent) -> None:
+        if event.record is not None:
+            self._free.note(event.record)
+        elif event.kind in _GONE:
+            self._free.gone(event.worker_id)
         if event.kind in _POKES:
             self.poke()
         elif event.kind is WorkerEventKind.LOST and event.record is not None and event.record.assignment:
             self._chore(self._end_by_id(event.record.assignment.assignment_id, _lost("its worker went LOST")))
         elif event.kind in _GONE:
-            for assignment_id in [a for a, w in self._where.items() if w == event.worker_id]:
+            for assignment_id in self._assignments_of(event.worker_id):
                 self._chore(self._end_by_id(assignment_id, _lost(f"its worker was {event.kind.value}")))
+        elif event.kind is WorkerEventKind.RELEASED and event.record is None:
+            # Relayed: another replica ended an assignment this one bound; its reason is the outcome (counted there).
+            outcome = _OUTCOMES.get(event.reason, JobOutcome.WORKER_LOST)
+            for assignment_id in self._assignments_of(event.worker_id):
+                result = JobResult(outcome, reason="ended through another replica")
+                self._remember(self._where[assignment_id], result, None, counted=False)
+
+    def _assignments_of(self, worker_id: str) -> list[str]:
+        return [a for a, assignment in self._where.items() if assignment.worker_id == worker_id]
 
     def _chore(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -590,17 +620,11 @@ class Allocator:
                 requirements,
                 len(waits),
                 max(now - w.since for w in waits),
-                tuple(self._fitting_pools(requirements)),
+                tuple(self.pools.fitting(requirements)),
             )
             for requirements, waits in shapes.items()
         ]
         return sorted(found, key=lambda d: (-d.waiting, d.shape))
-
-    def _fitting_pools(self, requirements: Requirements) -> Iterable[str]:
-        for name in sorted(self.pools):
-            spec = self.pools[name]
-            if requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name):
-                yield name
 
     def _demand_changed(self) -> None:
         events = self._registry.events
@@ -609,51 +633,16 @@ class Allocator:
             events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting", demand=demand)
 
     async def apply_pools(self, source: str, text: str) -> list[PoolStatus]:
-        specs = parse_pools(text, source=source)  # PoolFileError (file, line, field): nothing changes
-        store = self.store
-        if isinstance(store, PoolDefinitions):
-            await store.save_pools(source, text)
-        self.pools = specs
-        self.pools_source = (source, text)
-        log.info("pools.applied", extra={"source": quote_short(source), "pools": len(specs)})
+        await self.pools.apply(source, text)
         self.poke()
         return await self.pool_statuses()
 
     async def count_pools(self) -> None:
-        """Set the pool gauges from the registry (a pool no longer declared loses its series)."""
-        metrics = self._metrics
-        statuses = await self.pool_statuses() if self.pools else []
-        for status in statuses:
-            name = status.spec.name
-            for worker_status in WorkerStatus:
-                metrics.pool_workers.labels(name, worker_status.value).set(
-                    status.workers.get(worker_status, 0)
-                )
-            metrics.pool_max.labels(name).set(status.spec.max)
-            metrics.pool_waiting.labels(name).set(status.waiting)
-        names = {status.spec.name for status in statuses}
-        for gone in self._gauged_pools - names:
-            for worker_status in WorkerStatus:
-                metrics.pool_workers.remove(gone, worker_status.value)
-            metrics.pool_max.remove(gone)
-            metrics.pool_waiting.remove(gone)
-        self._gauged_pools = names
+        """Set the pool gauges from the registry."""
+        self.pools.gauge(await self.pool_statuses() if self.pools.pools else [])
 
     async def pool_statuses(self) -> list[PoolStatus]:
-        """Every pool with its workers by status (from the registry, now) and the acquires waiting for it (a
-        shape several pools fit counts for the first by name)."""
-        counts: dict[str, dict[WorkerStatus, int]] = {name: {} for name in self.pools}
-        async for record in self._records(WorkerFilter()):
-            if record.pool in counts:
-                by_status = counts[record.pool]
-                by_status[record.status] = by_status.get(record.status, 0) + 1
-        waiting: dict[str, int] = {}
-        for demand in self.demand():
-            if demand.pools:
-                waiting[demand.pools[0]] = waiting.get(demand.pools[0], 0) + demand.waiting
-        return [
-            PoolStatus(self.pools[name], counts[name], waiting.get(name, 0)) for name in sorted(self.pools)
-        ]
+        return await self.pools.statuses(self._records(WorkerFilter()), self.demand())
 
 
 def _lost(reason: str) -> JobResult:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from hodei.domain import (
@@ -307,9 +307,16 @@ class Scheduler:
         priority: int = 0,
         wait: float = 0.0,
         lease_ttl: float = 0.0,
+        trace_context: Mapping[str, str] | None = None,
     ) -> Acquired:
         acquired = await self.allocator.acquire(
-            job_id, requirements, job=job, priority=priority, wait=wait, lease_ttl=lease_ttl
+            job_id,
+            requirements,
+            job=job,
+            priority=priority,
+            wait=wait,
+            lease_ttl=lease_ttl,
+            trace_context=trace_context,
         )
         return Acquired(acquired.assignment, self.view(acquired.record), acquired.created)
 

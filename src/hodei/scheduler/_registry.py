@@ -94,6 +94,8 @@ class WorkerRegistry:
         self.events = events or EventHub(clock=clock)
         self._clock = clock
         self._veto = veto
+        # Told of every record a registration wrote (the allocator keeps its free workers by them).
+        self.written: builtins.list[Callable[[WorkerRecord], None]] = []
         self.metrics = metrics or SchedulerMetrics()
         # Keyed by (result, worker type); a WorkerType is a str, so either finds its series.
         self._results = {
@@ -175,6 +177,9 @@ class WorkerRegistry:
                 f"incarnation {stored.incarnation}",
                 worker_id=stored.worker_id,
             )
+        if outcome is not UpsertOutcome.KEPT:
+            for written in self.written:
+                written(stored)
         if not self.events.watchers:
             pass  # nobody to tell: a batch of 10,000 need not build 10,000 events for nobody
         elif outcome is UpsertOutcome.CREATED:
@@ -323,51 +328,60 @@ class WorkerRegistry:
             self.events.publish(WorkerEventKind.DRAINED, worker_id, updated, reason)
         return changed
 
-    async def bind(self, assignment: Assignment) -> WorkerRecord | None:
-        """Bind the assignment's worker to its job, in one read-modify-write: only while it is AVAILABLE, of the
-        assignment's incarnation and bound to nothing (else None: it was taken or changed meanwhile). The worker
-        is BUSY, its use count one more. Raises :class:`~hodei.errors.JobAlreadyBound` when another worker
-        holds the job."""
+    async def bind(self, assignments: Sequence[Assignment]) -> builtins.list[WorkerRecord | None]:
+        """Bind each assignment's worker to its job, in one transaction of read-modify-writes: each only while it
+        is AVAILABLE, of the assignment's incarnation and bound to nothing (else None in its place: it was taken
+        or changed meanwhile). A bound worker is BUSY, its use count one more. Raises
+        :class:`~hodei.errors.JobAlreadyBound` (nothing written) when another worker holds one of the jobs."""
 
-        def take(record: WorkerRecord) -> WorkerRecord | None:
-            if (
-                record.status is not WorkerStatus.AVAILABLE
-                or record.assignment is not None
-                or record.incarnation != assignment.incarnation
-            ):
-                return None
-            return replace(
-                record,
-                status=WorkerStatus.BUSY,
-                assignment=assignment,
-                use_count=record.use_count + 1,
-                updated_at=self._clock(),
-            )
+        def take(assignment: Assignment) -> Callable[[WorkerRecord], WorkerRecord | None]:
+            def change(record: WorkerRecord) -> WorkerRecord | None:
+                if (
+                    record.status is not WorkerStatus.AVAILABLE
+                    or record.assignment is not None
+                    or record.incarnation != assignment.incarnation
+                ):
+                    return None
+                return replace(
+                    record,
+                    status=WorkerStatus.BUSY,
+                    assignment=assignment,
+                    use_count=record.use_count + 1,
+                    updated_at=self._clock(),
+                )
 
-        changed = await self._store.modify(assignment.worker_id, take)
-        if changed is None or changed[1].assignment != assignment:
-            return None
-        bound = changed[1]
-        self.events.publish(WorkerEventKind.BUSY, bound.worker_id, bound, f"job {assignment.job_id}")
-        self.events.publish(WorkerEventKind.ASSIGNED, bound.worker_id, bound, assignment.job_id)
+            return change
+
+        changes = await self._store.modify_many([(a.worker_id, take(a)) for a in assignments])
+        bound: builtins.list[WorkerRecord | None] = []
+        for assignment, changed in zip(assignments, changes, strict=True):
+            if changed is None or changed[1].assignment != assignment:
+                bound.append(None)
+                continue
+            record = changed[1]
+            self.events.publish(WorkerEventKind.BUSY, record.worker_id, record, f"job {assignment.job_id}")
+            self.events.publish(WorkerEventKind.ASSIGNED, record.worker_id, record, assignment.job_id)
+            bound.append(record)
         return bound
 
     async def unbind(
-        self, assignment: Assignment, result: JobResult, *, recycle: bool = False
+        self, assignment: Assignment, result: JobResult, *, recycle: bool = False, job_running: bool = False
     ) -> WorkerRecord | None:
         """End the assignment on its worker's record: AVAILABLE again (DRAINING and drained when ``recycle``);
-        a LOST or DRAINING worker keeps its status. The record after (None if the worker is gone); a worker
-        that no longer holds this assignment is left as it is."""
+        a LOST or DRAINING worker keeps its status. With ``job_running`` (its agent still runs the job, told to
+        stop it) a BUSY worker stays BUSY, bound to nothing, and a draining one is not yet drained, until the
+        agent says the job ended. The record after (None if the worker is gone); a worker that no longer holds
+        this assignment is left as it is."""
 
         def free(record: WorkerRecord) -> WorkerRecord | None:
             if record.assignment is None or record.assignment.assignment_id != assignment.assignment_id:
                 return None
             status, drained = record.status, record.drained
             if recycle and status is not WorkerStatus.LOST:
-                status, drained = WorkerStatus.DRAINING, True
-            elif status is WorkerStatus.BUSY:
+                status, drained = WorkerStatus.DRAINING, not job_running
+            elif status is WorkerStatus.BUSY and not job_running:
                 status = WorkerStatus.AVAILABLE
-            elif status is WorkerStatus.DRAINING:
+            elif status is WorkerStatus.DRAINING and not job_running:
                 drained = True  # its work is done
             return replace(record, status=status, drained=drained, assignment=None, updated_at=self._clock())
 

@@ -20,6 +20,7 @@ from hodei.domain import (
     validate_worker_id,
 )
 from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout
+from hodei.observability import _tracing as tracing
 from hodei.pools import PoolFileError
 from hodei.ports import RegistrationReceipt, SpentTokens
 from hodei.scheduler._core import Scheduler
@@ -333,6 +334,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                 priority=request.priority,
                 wait=request.wait_ms / 1000,
                 lease_ttl=request.lease_ttl_ms / 1000,
+                trace_context=tracing.trace_context(),
             )
         except SchedulerError as error:
             await abort_with(context, error)

@@ -1,40 +1,73 @@
-"""An in-memory :class:`~hodei.ports.RegistryStore`: fast, and gone with the process."""
+"""An in-memory :class:`~hodei.ports.RegistryStore` (with :class:`~hodei.ports.BoundJobs` and
+:class:`~hodei.ports.PoolDefinitions`): fast, and gone with the process."""
 
 from __future__ import annotations
 
 import bisect
+import builtins
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
 from hodei.ports import WorkerFilter
+from hodei.stores._bound import check_bindings, job_of, newly_bound
 
 __all__ = ["MemoryRegistryStore"]
 
 
 class MemoryRegistryStore:
+    """A write that would bind a second record to a job raises :class:`~hodei.errors.JobAlreadyBound` and writes
+    nothing: for ``upsert``, nothing of the whole call."""
+
     def __init__(self) -> None:
         self._records: dict[str, WorkerRecord] = {}
         self._sorted_ids: list[str] | None = []
+        self._jobs: dict[str, str] = {}  # job id -> the worker bound to it
+        self._pools: tuple[str, str] | None = None
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
-        before = len(self._records)
-        outcomes, _ = merge_registrations(self._records, records)
-        if len(self._records) != before:
-            self._sorted_ids = None
+        current = {r.worker_id: self._records[r.worker_id] for r in records if r.worker_id in self._records}
+        outcomes, written = merge_registrations(current, records)
+        self._write(written)
         return outcomes
+
+    def _write(self, written: Mapping[str, WorkerRecord]) -> None:
+        """Store ``written`` (by worker id) unless it would bind a job twice; keep the job index."""
+        held = {worker_id: job_of(self._records.get(worker_id)) for worker_id in written}
+        check_bindings(written, {j: self._jobs[j] for j in newly_bound(held, written) if j in self._jobs})
+        for job in held.values():
+            if job is not None:
+                del self._jobs[job]
+        for worker_id, record in written.items():
+            if (job := job_of(record)) is not None:
+                self._jobs[job] = worker_id
+        if any(worker_id not in self._records for worker_id in written):
+            self._sorted_ids = None
+        self._records.update(written)
 
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
-        before = self._records.get(worker_id)
-        if before is None:
-            return None
-        after = change(before)
-        if after is None:
-            return before, before
-        self._records[worker_id] = after = stored_form(after)
-        return before, after
+        [changed] = await self.modify_many([(worker_id, change)])
+        return changed
+
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        results: list[tuple[WorkerRecord, WorkerRecord] | None] = []
+        for worker_id, change in changes:
+            before = self._records.get(worker_id)
+            if before is None:
+                results.append(None)
+                continue
+            after = change(before)
+            if after is None:
+                results.append((before, before))
+                continue
+            after = stored_form(after)
+            self._write({worker_id: after})
+            results.append((before, after))
+        return results
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         return self._records.get(worker_id)
@@ -44,6 +77,8 @@ class MemoryRegistryStore:
         if stored is None or (only_if is not None and not only_if(stored)):
             return False
         del self._records[worker_id]
+        if (job := job_of(stored)) is not None:
+            del self._jobs[job]
         self._sorted_ids = None
         return True
 
@@ -68,6 +103,21 @@ class MemoryRegistryStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return dict(collections.Counter(record.status for record in self._records.values()))
 
+    async def find_job(self, job_id: str) -> WorkerRecord | None:
+        worker_id = self._jobs.get(job_id)
+        return None if worker_id is None else self._records[worker_id]
+
+    async def bound(self) -> builtins.list[WorkerRecord]:
+        return [self._records[worker_id] for worker_id in sorted(self._jobs.values())]
+
+    async def save_pools(self, source: str, text: str) -> None:
+        self._pools = (source, text)
+
+    async def load_pools(self) -> tuple[str, str] | None:
+        return self._pools
+
     async def close(self) -> None:
         self._records.clear()
+        self._jobs.clear()
         self._sorted_ids = []
+        self._pools = None

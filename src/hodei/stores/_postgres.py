@@ -11,6 +11,13 @@ holds across replicas. The store also shares the agents' leases between replicas
 with a session advisory lock, and :class:`PostgresEventRelay` passes events and commands between replicas with
 LISTEN/NOTIFY.
 
+The store is also :class:`~hodei.ports.BoundJobs`: a unique index on ``job_id`` keeps at most one worker per
+job. A write that would bind a second raises :class:`~hodei.errors.JobAlreadyBound` and writes nothing (for
+``upsert``, nothing of its whole call; a caller whose registrations were group committed with it is answered
+for its own): found by looking the jobs up in the write's transaction, or, when another replica bound one of
+them meanwhile, by the index's unique violation — never retried as a race, and no :class:`StoreUnavailable`.
+And it is :class:`~hodei.ports.PoolDefinitions`: one row, which every replica reads.
+
 The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
 replicas starting together migrate once; its migrations and statements are
 :mod:`hodei.stores._postgres_schema`. Leadership and the relay are modules of their own
@@ -24,7 +31,7 @@ import contextlib
 import json
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
@@ -41,8 +48,9 @@ from hodei.domain import (
     stored_form,
     wire_size,
 )
-from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
+from hodei.errors import JobAlreadyBound, StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import TouchedLeases, WorkerFilter
+from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._group import GroupCommit
 from hodei.stores._postgres_schema import (
     CHANGE,
@@ -116,6 +124,34 @@ def _translated(dsn_hint: str) -> Iterator[None]:
         raise StoreUnavailable(
             f"the registry database cannot be used now ({type(error).__name__})"
         ) from error
+
+
+async def _bind(db: Db, held: Mapping[str, str | None], written: Mapping[str, WorkerRecord]) -> list[str]:
+    """Refuse ``written`` if it would bind a job twice (:mod:`hodei.stores._bound`), and unbind the workers whose
+    job moves to another written one, before they are written; the jobs it newly binds."""
+    newly = newly_bound(held, written)
+    if newly:
+        holders = await db.fetch(
+            "SELECT job_id, worker_id FROM hodei_workers WHERE job_id = ANY($1::text[])", newly
+        )
+        movers = check_bindings(written, {row[0]: row[1] for row in holders})
+        if movers:
+            await db.execute(
+                "UPDATE hodei_workers SET job_id = NULL WHERE worker_id = ANY($1::text[])", movers
+            )
+    return newly
+
+
+@contextlib.contextmanager
+def _binding(newly: Sequence[str]) -> Iterator[None]:
+    """The index refused a job ``newly`` binds: another replica bound it after this write looked (and committed
+    first). That is no race to run again, nor an unavailable store: the job is taken. The only unique index a
+    write of ``hodei_workers`` can break is the job's (a worker id that exists is updated, not inserted); a
+    write binding several new jobs names the first, in job id order."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as error:
+        raise JobAlreadyBound(next(iter(newly), "")) from error
 
 
 def _hint(dsn: str) -> str:
@@ -229,16 +265,17 @@ class PostgresRegistryStore:
                 f"{SELECT} WHERE worker_id = ANY($1::text[]) ORDER BY worker_id FOR UPDATE", ids
             )
             current = {row[0]: record(row) for row in rows}
-            existing = set(current)
+            held = {worker_id: job_of(stored) for worker_id, stored in current.items()}
             outcomes, written = merge_registrations(current, records)
-            created = [r for worker_id, r in written.items() if worker_id not in existing]
-            updated = [r for worker_id, r in written.items() if worker_id in existing]
-            if created:
-                inserted = await db.fetch(INSERT, *columns(created))
-                if len(inserted) != len(created):
-                    raise _RaceLost
-            if updated:
-                await db.execute(UPDATE, *columns(updated))
+            created = [r for worker_id, r in written.items() if worker_id not in held]
+            updated = [r for worker_id, r in written.items() if worker_id in held]
+            with _binding(await _bind(db, held, written)):
+                if created:
+                    inserted = await db.fetch(INSERT, *columns(created))
+                    if len(inserted) != len(created):
+                        raise _RaceLost
+                if updated:
+                    await db.execute(UPDATE, *columns(updated))
             return outcomes
 
         return await self._retrying(write)
@@ -246,17 +283,35 @@ class PostgresRegistryStore:
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
-        async def write(db: Db) -> tuple[WorkerRecord, WorkerRecord] | None:
-            row = await db.fetchrow(f"{SELECT} WHERE worker_id = $1 FOR UPDATE", worker_id)
-            if row is None:
-                return None
-            before = record(row)
-            after = change(before)
-            if after is None:
-                return before, before
-            after = stored_form(after)
-            await db.execute(CHANGE, *columns([after]))
-            return before, after
+        [changed] = await self.modify_many([(worker_id, change)])
+        return changed
+
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> builtins.list[tuple[WorkerRecord, WorkerRecord] | None]:
+        async def write(db: Db) -> builtins.list[tuple[WorkerRecord, WorkerRecord] | None]:
+            # Rows are locked in worker-id order (as every write here locks them): no deadlock with another.
+            ids = sorted({worker_id for worker_id, _ in changes})
+            rows = await db.fetch(
+                f"{SELECT} WHERE worker_id = ANY($1::text[]) ORDER BY worker_id FOR UPDATE", ids
+            )
+            current = {row[0]: record(row) for row in rows}
+            results: builtins.list[tuple[WorkerRecord, WorkerRecord] | None] = []
+            for worker_id, change in changes:
+                before = current.get(worker_id)
+                if before is None:
+                    results.append(None)
+                    continue
+                after = change(before)
+                if after is None:
+                    results.append((before, before))
+                    continue
+                after = stored_form(after)
+                with _binding(await _bind(db, {worker_id: job_of(before)}, {worker_id: after})):
+                    await db.execute(CHANGE, *columns([after]))
+                current[worker_id] = after
+                results.append((before, after))
+            return results
 
         return await self._retrying(write)
 
@@ -303,6 +358,32 @@ class PostgresRegistryStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         rows = await self._read("SELECT status, count(*) FROM hodei_workers GROUP BY status")
         return {WorkerStatus(row[0]): int(row[1]) for row in rows}
+
+    # -- BoundJobs, PoolDefinitions ---------------------------------------------------------------------
+
+    async def find_job(self, job_id: str) -> WorkerRecord | None:
+        rows = await self._read(f"{VIEW} WHERE job_id = $1", job_id)
+        return viewed(rows[0]) if rows else None
+
+    async def bound(self) -> builtins.list[WorkerRecord]:
+        return [
+            viewed(row) for row in await self._read(f"{VIEW} WHERE job_id IS NOT NULL ORDER BY worker_id")
+        ]
+
+    async def save_pools(self, source: str, text: str) -> None:
+        async def write(db: Db) -> None:
+            await db.execute(
+                "INSERT INTO hodei_pools (singleton, source, text) VALUES (true, $1, $2) ON CONFLICT (singleton) "
+                "DO UPDATE SET source = excluded.source, text = excluded.text, saved_at = now()",
+                source,
+                text,
+            )
+
+        await self._retrying(write)
+
+    async def load_pools(self) -> tuple[str, str] | None:
+        rows = await self._read("SELECT source, text FROM hodei_pools")
+        return (rows[0][0], rows[0][1]) if rows else None
 
     async def close(self) -> None:
         await self._registrations.aclose()

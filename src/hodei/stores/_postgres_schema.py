@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 MIGRATION_LOCK = 0x686F6465_69000001  # "hodei" + 1: held while the schema is migrated
+_JOB_INDEX = "hodei_workers_by_job"  # unique: at most one worker per job
 
 # Each entry migrates the schema from version ``index`` to ``index + 1``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -68,6 +69,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # commit, or a lost answer), not a replay.
         "ALTER TABLE hodei_spent_tokens ADD COLUMN worker_id text, ADD COLUMN incarnation bigint",
     ),
+    (
+        # Resource pools: the job each worker is bound to (one worker per job), its uses, and the pool
+        # definitions every replica starts from (a table of one row).
+        "ALTER TABLE hodei_workers ADD COLUMN assignment text, ADD COLUMN job_id text, "
+        "ADD COLUMN use_count bigint NOT NULL DEFAULT 0",
+        f"CREATE UNIQUE INDEX {_JOB_INDEX} ON hodei_workers (job_id) WHERE job_id IS NOT NULL",
+        "CREATE TABLE hodei_pools (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), "
+        "source text NOT NULL, text text NOT NULL, saved_at timestamptz NOT NULL DEFAULT now())",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -88,6 +98,9 @@ _TYPES = (
     "timestamptz",
     "double precision",
     "boolean",
+    "text",  # assignment: JSON text, kept as written
+    "text",
+    "bigint",
 )
 _UNNEST = (
     "unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES)) + f") AS u({', '.join(COLUMNS)})"

@@ -7,14 +7,21 @@ transaction and its fsync, each answered once that transaction committed. The fi
 ``synchronous=FULL``: a commit that returned is on disk, and a registration acknowledged to a client survives
 the scheduler's crash and the machine's. The schema is versioned (``PRAGMA user_version``) and migrated when
 the store opens; a file written by a newer hodei is refused rather than misread.
+
+The store is also :class:`~hodei.ports.BoundJobs` (a unique index on ``job_id``: at most one worker per job; a
+write that would bind a second raises :class:`~hodei.errors.JobAlreadyBound` and writes nothing — for
+``upsert``, nothing of its whole call, though a caller whose registrations were group committed with it is
+answered for its own) and :class:`~hodei.ports.PoolDefinitions` (a table of one row).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import json
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +39,7 @@ from hodei.domain import (
 )
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import WorkerFilter
+from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._group import GroupCommit
 from hodei.stores._rows import COLUMNS, from_row, to_row
@@ -74,6 +82,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Which registration spent each token: the same one spending it again is a retry, not a replay.
         "ALTER TABLE spent_tokens ADD COLUMN worker_id TEXT",
         "ALTER TABLE spent_tokens ADD COLUMN incarnation INTEGER",
+    ),
+    (
+        # Resource pools: the job each worker is bound to (one worker per job), its uses, the pool definitions.
+        "ALTER TABLE workers ADD COLUMN assignment TEXT",
+        "ALTER TABLE workers ADD COLUMN job_id TEXT",
+        "ALTER TABLE workers ADD COLUMN use_count INTEGER NOT NULL DEFAULT 0",
+        "CREATE UNIQUE INDEX workers_by_job ON workers (job_id) WHERE job_id IS NOT NULL",
+        "CREATE TABLE pools (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), source TEXT NOT NULL, "
+        "text TEXT NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -239,9 +256,10 @@ class SqliteRegistryStore:
 
     async def _upsert_now(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         def write(db: sqlite3.Connection) -> list[tuple[UpsertOutcome, WorkerRecord]]:
-            outcomes, written = merge_registrations(
-                _fetch(db, list({r.worker_id: None for r in records})), records
-            )
+            current = _fetch(db, list({r.worker_id: None for r in records}))
+            held = {worker_id: job_of(stored) for worker_id, stored in current.items()}
+            outcomes, written = merge_registrations(current, records)
+            _bind(db, held, written)
             db.executemany(_UPSERT, [to_row(r, _iso) for r in written.values()])
             return outcomes
 
@@ -250,16 +268,28 @@ class SqliteRegistryStore:
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
-        def write(db: sqlite3.Connection) -> tuple[WorkerRecord, WorkerRecord] | None:
-            before = _fetch(db, [worker_id]).get(worker_id)
-            if before is None:
-                return None
-            after = change(before)
-            if after is None:
-                return before, before
-            after = stored_form(after)
-            db.execute(_UPSERT, to_row(after, _iso))
-            return before, after
+        [changed] = await self.modify_many([(worker_id, change)])
+        return changed
+
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        def write(db: sqlite3.Connection) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+            results: list[tuple[WorkerRecord, WorkerRecord] | None] = []
+            for worker_id, change in changes:
+                before = _fetch(db, [worker_id]).get(worker_id)
+                if before is None:
+                    results.append(None)
+                    continue
+                after = change(before)
+                if after is None:
+                    results.append((before, before))
+                    continue
+                after = stored_form(after)
+                _bind(db, {worker_id: job_of(before)}, {worker_id: after})
+                db.execute(_UPSERT, to_row(after, _iso))
+                results.append((before, after))
+            return results
 
         return await self._run(self._transaction(write))
 
@@ -325,6 +355,32 @@ class SqliteRegistryStore:
 
         return await self._run(self._transaction(write))
 
+    # -- BoundJobs, PoolDefinitions ---------------------------------------------------------------------
+
+    async def find_job(self, job_id: str) -> WorkerRecord | None:
+        rows = await self._run(
+            self._read(lambda db: db.execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchall())
+        )
+        return _record(rows[0]) if rows else None
+
+    async def bound(self) -> builtins.list[WorkerRecord]:
+        query = f"{_SELECT} WHERE job_id IS NOT NULL ORDER BY worker_id"
+        return [_record(row) for row in await self._run(self._read(lambda db: db.execute(query).fetchall()))]
+
+    async def save_pools(self, source: str, text: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO pools (singleton, source, text) VALUES (1, ?, ?) "
+                "ON CONFLICT (singleton) DO UPDATE SET source = excluded.source, text = excluded.text",
+                (source, text),
+            )
+
+        await self._run(self._transaction(write))
+
+    async def load_pools(self) -> tuple[str, str] | None:
+        rows = await self._run(self._read(lambda db: db.execute("SELECT source, text FROM pools").fetchall()))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     async def close(self) -> None:
         def shut() -> None:
             if self._db is not None:
@@ -337,6 +393,26 @@ class SqliteRegistryStore:
             await self._registrations.aclose()
             await asyncio.get_running_loop().run_in_executor(self._thread, shut)
             self._thread.shutdown(wait=True)
+
+
+def _bind(
+    db: sqlite3.Connection, held: Mapping[str, str | None], written: Mapping[str, WorkerRecord]
+) -> None:
+    """Refuse ``written`` if it would bind a job twice (:mod:`hodei.stores._bound`); unbind the workers whose job
+    moves to another written one, before they are written."""
+    newly = newly_bound(held, written)
+    if not newly:
+        return
+    holders = db.execute(
+        "SELECT job_id, worker_id FROM workers WHERE job_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(newly),),
+    ).fetchall()
+    movers = check_bindings(written, dict(holders))
+    if movers:
+        db.execute(
+            "UPDATE workers SET job_id = NULL WHERE worker_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(movers),),
+        )
 
 
 def _fetch(db: sqlite3.Connection, worker_ids: Sequence[str]) -> dict[str, WorkerRecord]:

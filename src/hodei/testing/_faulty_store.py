@@ -1,6 +1,6 @@
 """FaultyStore: a real registry store whose Nth write fails, or stalls until the test lets it through.
 
-Writes (``upsert``, ``modify``, ``delete``) are numbered from 1 in the order they are asked; reads pass
+Writes (``upsert``, ``modify``, ``delete``, ``save_pools``) are numbered from 1 in the order they are asked; reads pass
 straight through. A failed write raises before it reaches the store (nothing is written); a stalled write
 waits, in a task of its own, until :meth:`FaultyStore.release` — and then commits even if the caller was
 cancelled meanwhile, as a SQLite write already in its thread or a PostgreSQL commit already sent does.
@@ -9,12 +9,13 @@ cancelled meanwhile, as a SQLite write already in its thread or a PostgreSQL com
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.errors import StoreUnavailable
-from hodei.ports import RegistryStore, WorkerFilter
+from hodei.ports import BoundJobs, PoolDefinitions, RegistryStore, WorkerFilter
 
 __all__ = ["FaultyStore"]
 
@@ -22,7 +23,8 @@ T = TypeVar("T")
 
 
 class FaultyStore:
-    """Wraps ``inner`` (any :class:`~hodei.ports.RegistryStore`: memory, SQLite, PostgreSQL).
+    """Wraps ``inner`` (any :class:`~hodei.ports.RegistryStore` that is also :class:`~hodei.ports.BoundJobs` and
+    :class:`~hodei.ports.PoolDefinitions`: memory, SQLite, PostgreSQL).
 
     ``fail_on=N`` makes the Nth write raise ``error`` (default: :class:`~hodei.errors.StoreUnavailable`);
     ``stall_on=N`` holds the Nth write until :meth:`release`. Both can be set again later with
@@ -104,8 +106,16 @@ class FaultyStore:
     ) -> tuple[WorkerRecord, WorkerRecord] | None:
         return await self._write("modify", lambda: self.inner.modify(worker_id, change))
 
+    async def modify_many(
+        self, changes: Sequence[tuple[str, Callable[[WorkerRecord], WorkerRecord | None]]]
+    ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
+        return await self._write("modify", lambda: self.inner.modify_many(changes))
+
     async def delete(self, worker_id: str, *, only_if: Callable[[WorkerRecord], bool] | None = None) -> bool:
         return await self._write("delete", lambda: self.inner.delete(worker_id, only_if=only_if))
+
+    async def save_pools(self, source: str, text: str) -> None:
+        await self._write("save_pools", lambda: cast(PoolDefinitions, self.inner).save_pools(source, text))
 
     # -- the reads -------------------------------------------------------------------------------------
 
@@ -122,6 +132,15 @@ class FaultyStore:
 
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return await self.inner.count_by_status()
+
+    async def find_job(self, job_id: str) -> WorkerRecord | None:
+        return await cast(BoundJobs, self.inner).find_job(job_id)
+
+    async def bound(self) -> builtins.list[WorkerRecord]:
+        return await cast(BoundJobs, self.inner).bound()
+
+    async def load_pools(self) -> tuple[str, str] | None:
+        return await cast(PoolDefinitions, self.inner).load_pools()
 
     async def close(self) -> None:
         await self.inner.close()

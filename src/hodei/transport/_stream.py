@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hodei.domain import DynamicWorker, ResourceUsage, WorkerRecord, WorkerStatus
+from hodei.domain import DynamicWorker, JobResult, ResourceUsage, WorkerRecord, WorkerStatus
 from hodei.errors import ErrorCode, SchedulerError, scheduler_error_for
 from hodei.lifecycle import WorkerCommand
 from hodei.transport import _codec as codec
@@ -145,6 +145,11 @@ class ConnectStream:
     async def report(self, status: WorkerStatus, *, drained: bool = False, reason: str = "") -> None:
         change = pb.StatusChange(status=codec.status_to_proto(status), drained=drained, reason=reason)
         await self._write(pb.ConnectRequest(status_change=change))
+
+    async def job_finished(self, assignment_id: str, result: JobResult) -> None:
+        """Report how the job of assignment ``assignment_id`` (from a RUN_JOB command) ended."""
+        finished = pb.JobFinished(assignment_id=assignment_id, result=codec.job_result_to_proto(result))
+        await self._write(pb.ConnectRequest(job_finished=finished))
 
     async def commands(self) -> AsyncIterator[WorkerCommand]:
         """The scheduler's commands, until it ends the stream."""

@@ -123,6 +123,7 @@ def assignment_to_proto(assignment: Assignment, ended: JobResult | None = None) 
         state=pb.ASSIGNMENT_STATE_ENDED if ended is not None else pb.ASSIGNMENT_STATE_BOUND,
         result=job_result_to_proto(ended) if ended is not None else None,
         priority=assignment.priority,
+        trace_context=dict(assignment.trace_context),
     )
 
 
@@ -137,6 +138,7 @@ def assignment_from_proto(message: pb.Assignment) -> tuple[Assignment, JobResult
         job=job_from_proto(message.job) if message.HasField("job") else None,
         priority=message.priority,
         bound_at=message.bound_at.ToDatetime(tzinfo=UTC) if message.HasField("bound_at") else None,
+        trace_context=dict(message.trace_context),
     )
     ended = message.state == pb.ASSIGNMENT_STATE_ENDED
     return assignment, job_result_from_proto(message.result) if ended else None

@@ -572,7 +572,14 @@ class JobResult(_message.Message):
     def __init__(self, outcome: _Optional[_Union[JobOutcome, str]] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("assignment_id", "job_id", "worker_id", "incarnation", "lease_ttl_ms", "job", "bound_at", "state", "result", "priority")
+    __slots__ = ("assignment_id", "job_id", "worker_id", "incarnation", "lease_ttl_ms", "job", "bound_at", "state", "result", "priority", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -583,6 +590,7 @@ class Assignment(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     assignment_id: str
     job_id: str
     worker_id: str
@@ -593,7 +601,8 @@ class Assignment(_message.Message):
     state: AssignmentState
     result: JobResult
     priority: int
-    def __init__(self, assignment_id: _Optional[str] = ..., job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., bound_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, assignment_id: _Optional[str] = ..., job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., bound_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., priority: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AcquireWorkerRequest(_message.Message):
     __slots__ = ("job_id", "requirements", "priority", "wait_ms", "job", "lease_ttl_ms")

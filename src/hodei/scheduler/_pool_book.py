@@ -1,0 +1,85 @@
+"""The pools the scheduler was given (ApplyPools; kept in the registry store when it can), the pools whose
+template fits a requirement, and each pool's workers by status and waiting acquires — derived when asked."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, Iterable, Sequence
+
+from hodei._quoting import quote_short
+from hodei.domain import WorkerRecord, WorkerStatus
+from hodei.observability._metrics import SchedulerMetrics
+from hodei.pools import PoolSpec, PoolStatus, Requirements, WaitingDemand, parse_pools
+from hodei.ports import PoolDefinitions, RegistryStore
+
+__all__ = ["PoolBook"]
+
+log = logging.getLogger(__name__)
+
+
+class PoolBook:
+    def __init__(self, store: RegistryStore, metrics: SchedulerMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+        self.pools: dict[str, PoolSpec] = {}
+        self._gauged: set[str] = set()
+
+    async def restore(self) -> None:
+        """The pools last applied, as the store kept them."""
+        store = self._store
+        if isinstance(store, PoolDefinitions) and (saved := await store.load_pools()) is not None:
+            source, text = saved
+            self.pools = parse_pools(text, source=source)
+
+    async def apply(self, source: str, text: str) -> None:
+        """Replace the pools with those of a pools file's text: refused whole (PoolFileError: file, line,
+        field) with nothing changed, or kept by the store first, then used."""
+        specs = parse_pools(text, source=source)
+        if isinstance(self._store, PoolDefinitions):
+            await self._store.save_pools(source, text)
+        self.pools = specs
+        log.info("pools.applied", extra={"source": quote_short(source), "pools": len(specs)})
+
+    def fitting(self, requirements: Requirements) -> Iterable[str]:
+        """The pools whose template fits, by name."""
+        for name in sorted(self.pools):
+            spec = self.pools[name]
+            if requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name):
+                yield name
+
+    async def statuses(
+        self, records: AsyncIterable[WorkerRecord], demand: Sequence[WaitingDemand]
+    ) -> list[PoolStatus]:
+        """Every pool with its workers by status (from ``records``: the registry, now) and the acquires
+        waiting for it (a shape several pools fit counts for the first by name)."""
+        counts: dict[str, dict[WorkerStatus, int]] = {name: {} for name in self.pools}
+        async for record in records:
+            if record.pool in counts:
+                by_status = counts[record.pool]
+                by_status[record.status] = by_status.get(record.status, 0) + 1
+        waiting: dict[str, int] = {}
+        for shape in demand:
+            if shape.pools:
+                waiting[shape.pools[0]] = waiting.get(shape.pools[0], 0) + shape.waiting
+        return [
+            PoolStatus(self.pools[name], counts[name], waiting.get(name, 0)) for name in sorted(self.pools)
+        ]
+
+    def gauge(self, statuses: Sequence[PoolStatus]) -> None:
+        """Set the pool gauges (a pool no longer declared loses its series)."""
+        metrics = self._metrics
+        for status in statuses:
+            name = status.spec.name
+            for worker_status in WorkerStatus:
+                metrics.pool_workers.labels(name, worker_status.value).set(
+                    status.workers.get(worker_status, 0)
+                )
+            metrics.pool_max.labels(name).set(status.spec.max)
+            metrics.pool_waiting.labels(name).set(status.waiting)
+        names = {status.spec.name for status in statuses}
+        for gone in self._gauged - names:
+            for worker_status in WorkerStatus:
+                metrics.pool_workers.remove(gone, worker_status.value)
+            metrics.pool_max.remove(gone)
+            metrics.pool_waiting.remove(gone)
+        self._gauged = names
