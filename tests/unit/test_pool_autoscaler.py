@@ -520,6 +520,25 @@ async def test_pools_of_another_provider_are_left_alone(caplog: pytest.LogCaptur
     assert (skipped.pool, skipped.provider) == ("builders", "process")  # type: ignore[attr-defined]
 
 
+async def test_an_idle_worker_bound_to_a_job_before_its_retirement_began_is_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "hodei.management")
+    rig = Rig(dynamic(min=0, max=1, idle_timeout=0.0, scale_down_cooldown=0.0))
+    rig.scheduler.demand = [waiting(1, "builders")]
+    await rig.settled_tick(0.0)
+    rig.scheduler.demand = []
+
+    [worker_id] = (await rig.tick(1.0))["builders"].plan.retire
+    rig.scheduler.set_status(worker_id, WorkerStatus.BUSY, use_count=1)  # acquired before the drain
+    await rig.autoscaler.settle()
+
+    assert worker_id in rig.provider.running
+    assert rig.scheduler.records[worker_id].status is WorkerStatus.BUSY
+    [skipped] = events(caplog, "pool.retire_skipped")
+    assert (skipped.worker_id, skipped.status) == (worker_id, "busy")  # type: ignore[attr-defined]
+
+
 async def test_a_retirement_that_fails_is_logged_and_tried_again_at_a_later_tick(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
