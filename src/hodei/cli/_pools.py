@@ -20,6 +20,7 @@ from hodei._pool_views import (
     pools_lines,
     pools_table,
 )
+from hodei._quoting import quote_short
 from hodei._views import plain
 from hodei.cli._common import (
     ExitAfterOption,
@@ -121,7 +122,9 @@ def pools_status(
     pools, demand = run_against_scheduler(fetch(), scheduler=scheduler, tls_ca=tls_ca, tls_cert=tls_cert)
     found = next((p for p in pools if p.spec.name == name), None)
     if found is None:
-        errors.print(plain(f"error: no pool {name!r} on {scheduler}"), highlight=False, soft_wrap=True)
+        errors.print(
+            plain(f"error: no pool {quote_short(name)} on {scheduler}"), highlight=False, soft_wrap=True
+        )
         raise typer.Exit(NO_SUCH_POOL_EXIT)
     console.print(pool_detail(found))
     console.print(
