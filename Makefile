@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-demo: $(STAMP)  ## provision workers against an embedded scheduler and show them registered
+demo: $(STAMP)  ## provision workers against an embedded scheduler and show them registered; then a pool grows from 0 on a burst of jobs and shrinks back
 	$(BIN)/hodei demo
+	$(BIN)/hodei demo --pools
 
 check: $(STAMP) system-deps lint  ## the fast tier (under 30 s): lint, then the unit, contract and core registration tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) $(PYTEST_ARGS) $(CORE_TESTS)

@@ -191,6 +191,22 @@ async def test_demo_with_three_workers_exits_0_and_prints_summary_ok() -> None:
     assert re.search(r"^   metrics: http://127\.0\.0\.1:\d+/metrics$", demo.stdout, re.MULTILINE), demo.stdout
 
 
+async def test_the_pools_demo_grows_a_pool_from_zero_runs_the_burst_and_shrinks_it_back() -> None:
+    demo = await run_hodei("demo", "--pools", "--workers", "4", timeout=120)
+
+    assert demo.returncode == 0, demo
+    lines = demo.stdout.splitlines()
+    assert any(line.endswith("first worker provisioned") for line in lines), demo.stdout
+    assert any(line.endswith("4 jobs running on 4 workers") for line in lines), demo.stdout
+    assert any("4/4 jobs succeeded; e.g. job demo-job-" in line for line in lines), demo.stdout
+    assert any(line.endswith("the pool has 0 workers; 0 agent processes left") for line in lines), demo.stdout
+    assert any(
+        line.startswith("summary OK: grew from 0 on 4 waiting jobs, ran them (4 succeeded), shrank back to 0")
+        for line in lines
+    ), demo.stdout
+    assert "Task was destroyed but it is pending" not in demo.stderr
+
+
 async def test_version_prints_the_package_version() -> None:
     version = await run_hodei("version")
 

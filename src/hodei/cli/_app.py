@@ -157,13 +157,27 @@ def demo(
     hold: Annotated[
         float, typer.Option(help="Seconds to keep the workers running before decommissioning.")
     ] = 0.0,
+    pools: Annotated[
+        bool,
+        typer.Option(
+            "--pools",
+            help="Instead: a dynamic pool grows from 0 on a burst of --workers jobs, runs them, shrinks back.",
+        ),
+    ] = False,
 ) -> None:
-    """Start a scheduler, provision agent processes, watch them become AVAILABLE, decommission them."""
-    from hodei._demo import run_demo
-
+    """Start a scheduler, provision agent processes, watch them become AVAILABLE, decommission them; with
+    ``--pools``, let a pool's autoscaler do it for a burst of jobs."""
     # The demo's story is on stdout; only trouble is logged.
     observe("hodei-demo", LogFormat.CONSOLE, LogLevel.WARNING)
-    if not asyncio.run(run_demo(console, workers, hold=hold)):
+    if pools:
+        from hodei._demo_pools import run_pools_demo
+
+        succeeded = asyncio.run(run_pools_demo(console, workers))
+    else:
+        from hodei._demo import run_demo
+
+        succeeded = asyncio.run(run_demo(console, workers, hold=hold))
+    if not succeeded:
         raise typer.Exit(1)
 
 
