@@ -46,6 +46,7 @@ class Scale:
     pool_workers: int = 1_000
     pool_acquires: int = 2_000
     pool_burst: int = 500
+    pool_from_zero: int = 50
 
     @classmethod
     def quick(cls) -> Scale:
@@ -63,6 +64,7 @@ class Scale:
             pool_workers=50,
             pool_acquires=50,
             pool_burst=20,
+            pool_from_zero=3,
         )
 
 
@@ -120,6 +122,21 @@ def _targets(name: str, store: str) -> list[Target]:
         "pool-acquire": [
             Target("p95_ms", 10, at_most=True, label="acquire p95 < 10 ms, 1,000 workers registered")
         ],
+        "pool-from-zero-50": [
+            Target(
+                "first_provision_s",
+                1.0,
+                at_most=True,
+                label="first waiting job to first provision call < 1 s",
+            ),
+            Target(
+                "over_slowest_provision_s",
+                2.0,
+                at_most=True,
+                label="all jobs running within the slowest provision + 2 s",
+            ),
+            Target("errors", 0, at_most=True),
+        ],
         "pool-burst-500": [
             Target(
                 "all_bound_s",
@@ -144,8 +161,9 @@ SCENARIOS: dict[str, tuple[str, Callable[[Scale], int]]] = {
     "agents": ("connected agents heartbeating", lambda s: s.agents),
     "pool-acquire": ("acquire + release one at a time, warm pool", lambda s: s.pool_acquires),
     "pool-burst-500": ("acquires started at once on a warm pool as large", lambda s: s.pool_burst),
+    "pool-from-zero-50": ("jobs at once on an empty dynamic pool of agents", lambda s: s.pool_from_zero),
 }
-POOL_SCENARIOS = ("pool-acquire", "pool-burst-500")
+POOL_SCENARIOS = ("pool-acquire", "pool-burst-500", "pool-from-zero-50")
 """``--scenario pools``."""
 
 
@@ -173,6 +191,8 @@ async def _load(name: str, ctx: Context) -> scenarios.Load:
         return await scenarios.pool_acquires(ctx.client, s.pool_workers, s.pool_acquires, ctx.progress)
     if name == "pool-burst-500":
         return await scenarios.pool_burst(ctx.client, s.pool_burst, ctx.progress)
+    if name == "pool-from-zero-50":
+        return await scenarios.pool_from_zero(ctx.target, ctx.client, s.pool_from_zero, ctx.progress)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 

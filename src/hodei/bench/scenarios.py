@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -296,4 +297,88 @@ async def pool_burst(client: SchedulerPortClient, workers: int, progress: Progre
     load = await all_at_once(workers, acquire, progress)
     load.extra["all_bound_s"] = load.elapsed
     load.extra["distinct_workers_bound"] = float(len(bound))
+    return load
+
+
+class _TimedProvider:
+    """A provider whose provision calls are timed (when each began), otherwise the provider it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def provision(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker:
+        self.calls.setdefault(worker_id, time.perf_counter())
+        return await self._inner.provision(worker_id, config)  # type: ignore[no-any-return]
+
+
+def burst_pools(jobs: int) -> str:
+    """An empty dynamic pool of process agents that may grow to ``jobs`` at once."""
+    return f"""\
+[pools.burst]
+kind = "dynamic"
+provider = "process"
+min = 0
+max = {jobs}
+max_provisioning = {jobs}
+idle_timeout = 600
+provision_timeout = 300
+
+[pools.burst.template]
+cpu_cores = 1
+memory_mb = 256
+"""
+
+
+async def pool_from_zero(target: str, client: SchedulerPortClient, jobs: int, progress: Progress) -> Load:
+    """``jobs`` jobs acquired at once on an empty dynamic pool (process agents, max ``jobs``) with the control
+    plane's autoscaler at its defaults: when the first provision was asked for, how long the slowest worker
+    took from its provision call to taking a job, and when all the jobs were running."""
+    import tempfile
+
+    from hodei._bootstrap import build_control_plane
+    from hodei.domain import Job
+    from hodei.management._pools import PoolAutoscaler
+    from hodei.providers._process import ProcessProvider
+
+    await client.apply_pools("bench-pools.toml", burst_pools(jobs))
+    with tempfile.TemporaryDirectory(prefix="hodei-bench-pool-") as work:
+        provider = _TimedProvider(
+            ProcessProvider(target, stop_grace=5.0, environment={"HODEI_WORK_DIR": work})
+        )
+        try:
+            async with (
+                build_control_plane(provider, scheduler=client) as service,
+                PoolAutoscaler(service, client) as autoscaler,
+            ):
+                job = Job(("sleep", "30"))
+                bound: dict[str, float] = {}
+
+                async def acquire(index: int) -> None:
+                    acquired = await client.acquire_worker(
+                        f"burst-job-{index:04}", Requirements(pool="burst"), job=job, wait=600.0
+                    )
+                    bound[acquired.record.worker_id] = time.perf_counter()
+
+                started = time.perf_counter()
+                load = await all_at_once(jobs, acquire, progress)
+                slowest = max(
+                    (bound[w] - provider.calls[w] for w in bound if w in provider.calls), default=0.0
+                )
+                all_running = max(bound.values(), default=started) - started
+                first_call = min(provider.calls.values(), default=started) - started
+                load.extra |= {
+                    "first_provision_s": first_call,
+                    "slowest_provision_s": slowest,
+                    "all_running_s": all_running,
+                    "over_slowest_provision_s": all_running - slowest,
+                    "provisioned": float(len(provider.calls)),
+                }
+                await autoscaler.stop()
+                await asyncio.gather(*(service.decommission_worker(w) for w in provider.calls))
+        finally:
+            await provider.aclose()
     return load
