@@ -127,6 +127,22 @@ def test_each_registration_scenario_registered_exactly_its_workers(
     assert registered["open-loop-1000"] == int(1000 * scale.open_loop_seconds)
     assert registered["churn"] == 0  # every cycle unregistered what it registered
     assert registered["agents"] == 0  # the agents unregistered on the way out
+    assert registered["pool-acquire"] == scale.pool_workers  # the warm pool, every worker released again
+    assert registered["pool-burst-500"] == scale.pool_burst
+    assert registered["pool-from-zero-50"] == 0  # the pool's agents decommissioned at the end
+
+
+def test_the_pool_scenarios_bind_every_acquire_and_time_the_pool_growing_from_zero(
+    quick_results: list[ScenarioResult],
+) -> None:
+    by_name = {r.name: r.metrics() for r in quick_results}
+    scale = SCALE
+
+    assert by_name["pool-burst-500"]["distinct_workers_bound"] == scale.pool_burst
+    grown = by_name["pool-from-zero-50"]
+    assert grown["provisioned"] == scale.pool_from_zero  # one worker per job, never more
+    assert 0 < grown["first_provision_s"] <= grown["all_running_s"]
+    assert 0 < grown["slowest_provision_s"] <= grown["all_running_s"]
 
 
 def test_latencies_are_measured_per_call(quick_results: list[ScenarioResult]) -> None:
