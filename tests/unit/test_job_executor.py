@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,35 @@ def _not_running(pid: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_run_cancelled_while_its_process_is_still_being_made_ends_the_whole_group(
+    executor: ShellExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A busy event loop may finish making the process well after the job started: cancelled then, the run
+    # must still end everything the job started (asyncio alone would kill only the leader).
+    made = asyncio.Event()
+    real = asyncio.create_subprocess_exec
+
+    async def slow_to_return(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        process = await real(*args, **kwargs)
+        made.set()
+        await asyncio.sleep(1)  # returned late: the run is cancelled meanwhile
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_to_return)
+    pid_file = tmp_path / "child.pid"
+    run = asyncio.create_task(
+        executor.run(sh(f"sleep 300 & echo $! > {pid_file}; sleep 300", job_id="early"))
+    )
+    await asyncio.wait_for(made.wait(), 5)
+    await wait_for(lambda: _true(pid_file.exists() and pid_file.read_text().strip() != ""), timeout=5)
+    child = int(pid_file.read_text())
+
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    await wait_for(lambda: _gone(child), timeout=5)
+    assert executor.running == []
+    assert not (tmp_path / "jobs" / "early").exists()

@@ -101,8 +101,8 @@ class ShellExecutor:
         try:
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir(parents=True)
-            try:
-                process = await asyncio.create_subprocess_exec(
+            creating = asyncio.ensure_future(
+                asyncio.create_subprocess_exec(
                     *job.command,
                     cwd=workdir,
                     env=self._environment(job, workdir),
@@ -111,6 +111,17 @@ class ShellExecutor:
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                 )
+            )
+            try:
+                process = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                # Cancelled while the process was being made: it may run already (a busy loop finishes making
+                # it after the job has started): its whole group goes, not only the leader asyncio would kill.
+                with contextlib.suppress(OSError):
+                    made = await creating
+                    _signal_group(made.pid, signal.SIGKILL)
+                    await made.wait()
+                raise
             except OSError as error:
                 return JobResult(
                     job_id=job.job_id,
