@@ -1,0 +1,208 @@
+"""A pool's counts stay true across a SIGKILL of the control plane and a restart of the scheduler.
+
+Real processes: ``hodei scheduler serve`` on a SQLite file, ``hodei control-plane run --pools`` with its agent
+processes, and jobs acquired through the public client. The control plane dies with SIGKILL (its agents shut
+down on their own, seeing their parent gone) and a new one takes over; the scheduler dies with SIGKILL and comes
+back on the same port and file. Throughout, the pool never holds more live workers than its max, a new control
+plane provisions only for what waits, and a BUSY worker stays bound to its job across the scheduler's restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from hodei import Job, JobOutcome, SchedulerError, SchedulerPortClient, SchedulerUnavailable, WorkerStatus
+from hodei.pools import Requirements
+from tests.helpers import free_port, wait_for
+from tests.integration.helpers import CLI_ENV, HODEI, SCHEDULER_SERVICE, end, health_becomes_serving
+
+T = TypeVar("T")
+pytestmark = pytest.mark.timeout(240)
+
+POOLS = """\
+[pools.burst]
+kind = "dynamic"
+provider = "process"
+min = 0
+max = 3
+max_provisioning = 3
+idle_timeout = 600
+scale_down_cooldown = 0
+
+[pools.burst.template]
+cpu_cores = 1
+memory_mb = 256
+"""
+LIVENESS = (
+    "--heartbeat-interval",
+    "0.5",
+    "--lease-ttl",
+    "2",
+    "--sweep-interval",
+    "0.2",
+    "--recovery-window",
+    "3",
+)
+
+
+async def serve(target: str, store: Path) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        HODEI, "scheduler", "serve", "--listen", target, "--store", f"sqlite:///{store}", *LIVENESS,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=CLI_ENV,
+    )  # fmt: skip
+    await health_becomes_serving(target, SCHEDULER_SERVICE, timeout=30)
+    return process
+
+
+async def control_plane(target: str, pools: Path, logs: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        HODEI, "control-plane", "run", "-s", target, "--pools", str(pools), "--interval", "0.2",
+        "--agent-logs", str(logs), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env=CLI_ENV,
+    )  # fmt: skip
+
+
+class Watch:
+    """Every live (not LOST) worker of the pool ever seen, and the most seen at once, sampled every 50 ms."""
+
+    def __init__(self, client: SchedulerPortClient) -> None:
+        self._client = client
+        self.seen: set[str] = set()
+        self.peak = 0
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(SchedulerError):  # the scheduler is down for a while
+                page = await self._client.list_workers(page_size=1000, timeout=2)
+                live = {
+                    r.worker_id
+                    for r in page.workers
+                    if r.pool == "burst" and r.status is not WorkerStatus.LOST
+                }
+                self.seen |= live
+                self.peak = max(self.peak, len(live))
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def watching(client: SchedulerPortClient) -> AsyncIterator[Watch]:
+    watch = Watch(client)
+    task = asyncio.create_task(watch.run())
+    try:
+        yield watch
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_and_a_restarted_scheduler(
+    tmp_path: Path,
+) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    store, pools = tmp_path / "registry.db", tmp_path / "pools.toml"
+    pools.write_text(POOLS)
+    scheduler = await serve(target, store)
+    first = second = None
+    try:
+        async with SchedulerPortClient(target) as client, watching(client) as watch:
+            first = await control_plane(target, pools, tmp_path / "agents-1")
+
+            async def pool_is(**statuses: int) -> bool:
+                with contextlib.suppress(SchedulerError):
+                    pools = await client.list_pools(timeout=5)
+                    return [{s.value: n for s, n in p.workers.items()} for p in pools] == [statuses]
+                return False
+
+            await wait_for(lambda: pool_is(), timeout=30, interval=0.1)  # the control plane applied its pools
+            # Three short jobs: the pool grows from 0 to 3, then they idle.
+            ran = await asyncio.gather(*(run_job(client, f"short-{i}", Job(("true",))) for i in range(3)))
+            assert [r.outcome for r in ran] == [JobOutcome.SUCCEEDED] * 3
+            await wait_for(lambda: pool_is(available=3), timeout=30, interval=0.1)
+
+            # The control plane dies: its agents see their parent gone and leave; the pool empties.
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            await wait_for(lambda: pool_is(), timeout=60, interval=0.1)
+
+            # A new control plane provisions only for what waits: two long jobs, two workers.
+            second = await control_plane(target, pools, tmp_path / "agents-2")
+            long = [
+                await asyncio.wait_for(
+                    client.acquire_worker(
+                        f"long-{i}", Requirements(pool="burst"), job=Job(("sleep", "600")), wait=90
+                    ),
+                    120,
+                )
+                for i in range(2)
+            ]
+            await wait_for(lambda: pool_is(busy=2), timeout=30, interval=0.1)
+
+            # The scheduler dies and comes back on the same port and file: both workers still bound.
+            scheduler.send_signal(signal.SIGKILL)
+            await scheduler.wait()
+            scheduler = await serve(target, store)
+            for acquired in long:
+                view = await answered(
+                    lambda a=acquired: client.renew_assignment(a.assignment.assignment_id, timeout=5)
+                )
+                # Still bound (to the same worker and job; its incarnation is the reconnected agent's).
+                assert view.result is None
+                assert (view.assignment.job_id, view.assignment.worker_id) == (
+                    acquired.assignment.job_id,
+                    acquired.assignment.worker_id,
+                )
+
+            async def agents_back() -> bool:
+                page = await client.list_workers(page_size=1000, timeout=5)
+                bound = {r.worker_id: r for r in page.workers if r.assignment is not None}
+                return {w: (r.status, r.connected) for w, r in bound.items()} == {
+                    a.record.worker_id: (WorkerStatus.BUSY, True) for a in long
+                }
+
+            await wait_for(agents_back, timeout=60, interval=0.1)
+            await wait_for(lambda: pool_is(busy=2), timeout=30, interval=0.1)
+            for acquired in long:
+                await client.release_worker(acquired.assignment.assignment_id, outcome=JobOutcome.CANCELLED)
+
+        assert watch.peak <= 3
+        assert (
+            len(watch.seen) == 5
+        )  # three for the short jobs, two for the long ones: none provisioned beyond
+    finally:
+        for process in (second, first):
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 60)
+                await end(process)
+        await end(scheduler)
+
+
+async def answered(call: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+    """``call()``'s answer once the scheduler answers (its client reconnects after a restart), within
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except SchedulerUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def run_job(client: SchedulerPortClient, job_id: str, job: Job) -> object:
+    acquired = await client.acquire_worker(job_id, Requirements(pool="burst"), job=job, wait=90, timeout=120)
+    while True:
+        view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
+        if view.result is not None:
+            return view.result
