@@ -12,6 +12,7 @@
     │   ├── WorkerNotFound                NOT_FOUND
     │   ├── WorkerAlreadyExists           ALREADY_EXISTS
     │   ├── StaleIncarnation              FAILED_PRECONDITION (an older incarnation than the one registered)
+    │   ├── NoWorkerFits                  FAILED_PRECONDITION (requirements no pool and no worker can meet)
     │   ├── AccessDenied                  UNAUTHENTICATED, PERMISSION_DENIED
     │   ├── RegistrationCancelled         CANCELLED
     │   └── SchedulerInternalError        INTERNAL, UNKNOWN, DATA_LOSS, UNIMPLEMENTED, anything else
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidWorkerData",
     "JobAlreadyBound",
     "MaxRetriesExceeded",
+    "NoWorkerFits",
     "ProviderError",
     "ProvisioningError",
     "RegistrationCancelled",
@@ -198,6 +200,13 @@ _KIND_BY_CODE: dict[ErrorCode, type[SchedulerError]] = {
 }
 
 
+class NoWorkerFits(SchedulerError):
+    """Requirements that no pool's template and no registered worker could ever meet: refused at once rather
+    than left waiting forever (FAILED_PRECONDITION, its violation's field ``requirements``)."""
+
+    default_code = ErrorCode.FAILED_PRECONDITION
+
+
 def scheduler_error_for(
     code: ErrorCode,
     message: str,
@@ -208,6 +217,8 @@ def scheduler_error_for(
 ) -> SchedulerError:
     """The error kind for a status code; codes with no kind of their own are internal errors."""
     kind = _KIND_BY_CODE.get(code, SchedulerInternalError)
+    if code is ErrorCode.FAILED_PRECONDITION and any(v.field == "requirements" for v in violations):
+        kind = NoWorkerFits
     return kind(message, code=code, worker_id=worker_id, violations=violations, retry_after=retry_after)
 
 

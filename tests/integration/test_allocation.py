@@ -21,6 +21,7 @@ from hodei import (
     Job,
     JobOutcome,
     JobResult,
+    NoWorkerFits,
     SchedulerError,
     SchedulerPortClient,
     SchedulerTimeout,
@@ -206,12 +207,12 @@ async def test_requirements_no_pool_and_no_worker_can_meet_are_refused_at_once(
     await client.register_worker(worker("w", cpu=4, os="linux"))
 
     for requirements in (Requirements(cpu_cores=64), Requirements(labels={"os": "windows"})):
-        with pytest.raises(SchedulerError) as refused:
+        with pytest.raises(NoWorkerFits) as refused:
             await client.acquire_worker("impossible", requirements, wait=30)
         assert refused.value.code is ErrorCode.FAILED_PRECONDITION
         assert "no pool's template and no registered worker fits" in refused.value.message
     # A job needs an agent to run it: the worker registered without one cannot.
-    with pytest.raises(SchedulerError) as refused:
+    with pytest.raises(NoWorkerFits) as refused:
         await client.acquire_worker("needs-agent", Requirements(), job=Job(("true",)), wait=30)
     assert refused.value.code is ErrorCode.FAILED_PRECONDITION
     assert "with an agent to run the job" in refused.value.message
@@ -419,7 +420,7 @@ async def test_pools_applied_are_listed_with_their_workers_and_waiting_and_make_
     scheduler: EmbeddedScheduler, client: SchedulerPortClient
 ) -> None:
     # Nothing registered fits 8 cores: refused at once, until a pool's template fits.
-    with pytest.raises(SchedulerError) as refused:
+    with pytest.raises(NoWorkerFits) as refused:
         await client.acquire_worker("early", Requirements(cpu_cores=8), wait=5)
     assert refused.value.code is ErrorCode.FAILED_PRECONDITION
 

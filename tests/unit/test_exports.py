@@ -39,6 +39,7 @@ FACES: dict[str, list[str]] = {
         "JobOutcome",
         "JobResult",
         "MaxRetriesExceeded",
+        "NoWorkerFits",
         "OpenedStore",
         "PoolPort",
         "ProviderError",

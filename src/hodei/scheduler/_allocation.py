@@ -44,10 +44,9 @@ from hodei.domain import (
     validate_job_id,
 )
 from hodei.errors import (
-    ErrorCode,
     InvalidWorkerData,
     JobAlreadyBound,
-    SchedulerError,
+    NoWorkerFits,
     SchedulerTimeout,
     WorkerNotFound,
 )
@@ -61,7 +60,7 @@ from hodei.scheduler._liveness import LeaseTable
 from hodei.scheduler._pool_book import PoolBook
 from hodei.scheduler._registry import MAX_PAGE_SIZE, WorkerRegistry
 
-__all__ = ["Allocator", "NoWorkerFits"]
+__all__ = ["Allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +75,6 @@ _POKES = frozenset(
 )
 _OUTCOMES = {outcome.value: outcome for outcome in JobOutcome}
 _GONE = frozenset({WorkerEventKind.UNREGISTERED, WorkerEventKind.EXPIRED})
-
-
-class NoWorkerFits(SchedulerError):
-    """Requirements that no pool's template and no registered worker could ever meet: refused at once rather
-    than left waiting forever (FAILED_PRECONDITION)."""
-
-    default_code = ErrorCode.FAILED_PRECONDITION
 
 
 @dataclass(eq=False)
