@@ -90,7 +90,8 @@ def pools_lines(pools: Sequence[PoolStatus]) -> str:
 
 
 def pool_detail(status: PoolStatus) -> Table:
-    """One pool's definition, field by field, and its workers by status."""
+    """One pool's definition, field by field, its workers by status, and its last scale events (newest
+    first)."""
     spec, template = status.spec, status.spec.template
     table = Table(title=f"pool {escape(spec.name)}", show_header=False)
     table.add_column("field")
@@ -119,6 +120,14 @@ def pool_detail(status: PoolStatus) -> Table:
         ("by status", _by_status(status)),
         ("waiting", str(status.waiting)),
     ]
+    rows += [
+        (
+            "scaled" if index == 0 else "",
+            f"{event.time.isoformat(timespec='seconds') if event.time else '-'} {event.direction} {event.count} "
+            f"({event.reason}), desired {event.desired}",
+        )
+        for index, event in enumerate(reversed(status.recent))  # the newest first
+    ] or [("scaled", "-")]
     for field, value in rows:
         table.add_row(field, plain(value))
     return table
@@ -150,6 +159,8 @@ def pool_event_line(event: WorkerEvent) -> str:
     head = f"{event.time.isoformat(timespec='milliseconds')} #{event.sequence} {event.kind.value}"
     if event.kind is WorkerEventKind.DEMAND:
         return f"{head} {_demand_text(event.demand)}"
+    if event.kind is WorkerEventKind.POOL_SCALED:
+        return f"{head} {event.reason}"
     record = event.record
     pool = record.pool if record is not None else "-"
     status = record.status.value if record is not None else "-"

@@ -60,6 +60,7 @@ class WorkerEventKind(enum.StrEnum):
     DEMAND = "demand"  # what waits for a worker changed (no worker_id; ``demand`` says what waits now)
     ASSIGNED = "assigned"  # bound to a job (reason: the job id)
     RELEASED = "released"  # released from its job (reason: how the job ended)
+    POOL_SCALED = "pool_scaled"  # the control plane scaled a pool (reason: what it did and why; no worker_id)
 
 
 @dataclass(frozen=True, slots=True)

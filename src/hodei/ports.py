@@ -32,7 +32,7 @@ from hodei.domain import (
 )
 from hodei.errors import SchedulerError
 from hodei.lifecycle import WorkerCommand, WorkerEventKind
-from hodei.pools import PoolStatus, Requirements, WaitingDemand
+from hodei.pools import PoolStatus, Requirements, ScaleEvent, WaitingDemand
 
 __all__ = [
     "Acquired",
@@ -256,6 +256,10 @@ class PoolPort(Protocol):
         ...
 
     async def list_pools(self, *, timeout: float | None = None) -> list[PoolStatus]: ...
+
+    async def report_scale_event(self, event: ScaleEvent, *, timeout: float | None = None) -> None:
+        """Tell the scheduler (its watchers, and ``list_pools``) what the autoscaler did to a pool."""
+        ...
 
 
 @runtime_checkable

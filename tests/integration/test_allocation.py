@@ -29,7 +29,7 @@ from hodei import (
     WorkerType,
 )
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
-from hodei.pools import Requirements
+from hodei.pools import Requirements, ScaleEvent
 from hodei.stores import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._stream import ConnectStream
@@ -508,3 +508,38 @@ async def test_a_holder_that_lets_go_of_a_running_job_stops_it_and_the_worker_is
     assert again.record.worker_id == "runner"
     # The holder's answer stays what it was told.
     assert (await client.renew_assignment(acquired.assignment.assignment_id)).result == released.result
+
+
+async def test_a_scale_event_is_kept_for_its_pool_shown_to_watchers_and_a_bad_one_refused(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.apply_pools("pools.toml", POOLS)
+    watch = client.watch_workers()
+    seen: list[str] = []
+
+    async def watching() -> None:
+        async for event in watch:
+            if event.kind is WorkerEventKind.POOL_SCALED:
+                seen.append(event.reason)
+
+    reader = asyncio.create_task(watching())
+    await wait_for(lambda: _true(scheduler.scheduler.events.watchers == 1))
+    for count in range(1, 13):
+        await client.report_scale_event(ScaleEvent("tiny", "up", "size", 2, count))
+
+    with pytest.raises(SchedulerError) as unknown:
+        await client.report_scale_event(ScaleEvent("nowhere", "up", "size", 1, 1))
+    assert unknown.value.code is ErrorCode.NOT_FOUND
+    with pytest.raises(SchedulerError) as invalid:
+        await client.report_scale_event(ScaleEvent("tiny", "sideways", "Bad Reason\x1b", 1, -1 + 2**32 // 2))
+    assert invalid.value.code is ErrorCode.INVALID_ARGUMENT
+    assert [v.field for v in invalid.value.violations] == ["event.direction", "event.reason", "event.count"]
+
+    [builders, tiny] = await client.list_pools()
+    assert builders.recent == ()
+    assert [e.count for e in tiny.recent] == list(range(3, 13))  # the last ten, oldest first
+    await wait_for(lambda: _true(len(seen) == 12))
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    assert seen[0] == "pool tiny up 1 (size), desired 2"

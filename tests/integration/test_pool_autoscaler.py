@@ -129,6 +129,15 @@ async def test_a_dynamic_pool_grows_from_zero_on_waiting_acquires_and_shrinks_ba
         return await cp.pool("burst") == [] and await cp.machines() == []
 
     await wait_for(shrunk, timeout=30, interval=0.1)
+
+    async def reported() -> bool:  # the decisions reach the scheduler in the background
+        [pool] = await cp.client.list_pools()
+        told: dict[tuple[str, str], int] = {}
+        for e in pool.recent:  # one decision may come in several ticks (the idle timeouts of each worker)
+            told[e.direction, e.reason] = told.get((e.direction, e.reason), 0) + e.count
+        return told == {("up", "waiting_jobs"): 3, ("down", "idle"): 3}
+
+    await wait_for(reported, timeout=10, interval=0.05)
     assert metric(cp.metrics.registry, "hodei_pool_scale_events_total", pool="burst", direction="down",
                   reason="idle") == 3  # fmt: skip
     assert metric(cp.metrics.registry, "hodei_pool_desired_workers", pool="burst") == 0
@@ -158,3 +167,64 @@ async def test_a_static_pool_is_started_whole_and_replaces_an_agent_that_was_kil
     await wait_for(replaced, timeout=30, interval=0.1)
     assert first[1] in await cp.pool("fixed")
     assert len(await cp.machines()) == 2
+
+
+async def test_a_pool_never_exceeds_max_under_200_concurrent_acquires_and_a_provider_failing_every_third() -> (
+    None
+):
+    import random
+
+    from hodei import DynamicWorker, DynamicWorkerConfig, ProviderError
+    from hodei.testing import MockWorkerProvider
+
+    class Flaky(MockWorkerProvider):
+        """Takes a random time; every third provision fails. Watches how many exist or are being made."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = self.making = self.peak = 0
+            self.random = random.Random(7)
+
+        async def provision(self, worker_id: str, config: DynamicWorkerConfig) -> DynamicWorker:
+            self.calls += 1
+            number = self.calls
+            self.making += 1
+            self.peak = max(self.peak, self.making + len(self.running))
+            try:
+                await asyncio.sleep(self.random.uniform(0.0, 0.05))
+                if number % 3 == 0:
+                    raise ProviderError("every third provision fails")
+                return await super().provision(worker_id, config)
+            finally:
+                self.making -= 1
+
+    pools = BURST.replace("max = 3", "max = 20\nmax_provisioning = 50").replace(
+        'idle_timeout = "1s"', "idle_timeout = 600"
+    )
+    provider = Flaky()
+    async with (
+        EmbeddedScheduler(liveness=LIVENESS) as scheduler,
+        SchedulerPortClient(scheduler.target) as client,
+        build_control_plane(provider, scheduler=client) as service,
+    ):
+        await client.apply_pools("pools.toml", pools)
+        config = PoolAutoscalerConfig(interval=0.05, backoff_initial=0.01, backoff_max=0.05)
+        async with build_pool_autoscaler(service, config=config) as autoscaler:
+            bound: list[str] = []
+
+            async def hold(
+                index: int,
+            ) -> None:  # a job-less holder: it uses its worker a moment, then lets go
+                acquired = await client.acquire_worker(f"job-{index:03}", Requirements(pool="burst"), wait=90)
+                bound.append(acquired.record.worker_id)
+                await asyncio.sleep(0.01)
+                await client.release_worker(acquired.assignment.assignment_id)
+
+            await asyncio.wait_for(asyncio.gather(*(hold(i) for i in range(200))), 120)
+            await autoscaler.settle()  # a provision asked for while jobs still waited may end after the last
+            pool = [r for r in await scheduler.workers() if r.pool == "burst"]
+
+    assert len(bound) == 200
+    assert len(set(bound)) <= 20
+    assert provider.peak <= 20  # never more machines existing or being made than max
+    assert len(provider.running) == len(pool) == provider.calls - provider.calls // 3 <= 20  # all kept

@@ -127,6 +127,7 @@ FACES: dict[str, list[str]] = {
         "PoolSpec",
         "PoolStatus",
         "Requirements",
+        "ScaleEvent",
         "ScalePlan",
         "ScaleReason",
         "Waiter",

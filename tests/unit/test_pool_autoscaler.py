@@ -22,7 +22,7 @@ from hodei import (
     WorkerRegistrationAdapter,
 )
 from hodei.domain import DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType, record_of
-from hodei.errors import ProviderError, SchedulerError, scheduler_error_for
+from hodei.errors import ProviderError, SchedulerError, SchedulerUnavailable, scheduler_error_for
 from hodei.management import (
     PoolAutoscaler,
     PoolAutoscalerConfig,
@@ -37,6 +37,7 @@ from hodei.pools import (
     PoolSpec,
     PoolStatus,
     Requirements,
+    ScaleEvent,
     ScaleReason,
     WaitingDemand,
     parse_pools,
@@ -58,6 +59,8 @@ class PoolScheduler:
         self.refuse_drain: list[SchedulerError] = []
         self.fail_list_pools: list[Exception] = []
         self.listed_pages = 0
+        self.scale_events: list[ScaleEvent] = []
+        self.refuse_reports: list[SchedulerError] = []
 
     # SchedulerPort
     async def register_worker(
@@ -143,6 +146,11 @@ class PoolScheduler:
         self.specs = parse_pools(text, source=source)
         self.applied.append((source, text))
         return await self.list_pools()
+
+    async def report_scale_event(self, event: ScaleEvent, *, timeout: float | None = None) -> None:
+        if self.refuse_reports:
+            raise self.refuse_reports.pop(0)
+        self.scale_events.append(event)
 
     # what the tests do
     def pool_records(self, pool: str, *statuses: WorkerStatus) -> list[WorkerRecord]:
@@ -711,3 +719,23 @@ async def test_every_tick_syncs_the_pools_file_first(tmp_path: Path) -> None:
     ticks = await rig.settled_tick(0.0)
     assert ticks["builders"].plan.provision == 1
     assert len(rig.provider.running) == 1
+
+
+async def test_every_scale_decision_is_reported_to_the_scheduler_and_a_refused_report_holds_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig(dynamic(min=0, max=5, idle_timeout=10.0, scale_down_cooldown=0.0))
+    rig.scheduler.demand = [waiting(3, "builders")]
+    await rig.settled_tick(0.0)
+    rig.scheduler.demand = []
+    await rig.settled_tick(1.0)  # first seen idle
+    rig.scheduler.refuse_reports.append(SchedulerUnavailable("the scheduler restarts"))
+    await rig.settled_tick(12.0)  # idle past the timeout: all three retired, the report refused
+
+    assert [(e.pool, e.direction, e.reason, e.desired, e.count) for e in rig.scheduler.scale_events] == [
+        ("builders", "up", "waiting_jobs", 3, 3)
+    ]
+    assert all(e.time is not None for e in rig.scheduler.scale_events)
+    assert rig.scheduler.pool_records("builders") == []  # the retirement went on all the same
+    [failed] = events(caplog, "pool.scale_report_failed")
+    assert failed.__dict__["pool"] == "builders" and "the scheduler restarts" in failed.__dict__["error"]

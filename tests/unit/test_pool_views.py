@@ -98,6 +98,7 @@ def test_a_pools_detail_shows_every_field_of_its_kind_and_its_labels_as_they_are
         "size": "3",
         "by status": "1 available, 2 busy",
         "waiting": "3",
+        "scaled": "-",
     }
     assert "warm" not in static and "idle_timeout" not in static
     assert (static["max_use_count"], static["labels"], static["image"]) == ("-", "-", "hodei-agent:1")
@@ -168,3 +169,24 @@ def test_the_live_view_shows_the_pools_last_read_and_the_latest_events() -> None
         "job-2",
         "job-3",
     ]
+
+
+def test_a_pools_detail_shows_its_last_scale_events_newest_first_and_a_scale_event_is_one_line() -> None:
+    from dataclasses import replace
+
+    from hodei.pools import ScaleEvent
+
+    up = ScaleEvent("builders", "up", "waiting_jobs", 3, 3, AT)
+    down = ScaleEvent("builders", "down", "idle", 0, 3, AT)
+    shown = rows(pool_detail(replace(BUILDERS, recent=(up, down))))
+
+    at = AT.isoformat(timespec="seconds")
+    assert shown[-2:] == [
+        ["scaled", f"{at} down 3 (idle), desired 0"],
+        ["", f"{at} up 3 (waiting_jobs), desired 3"],
+    ]
+    line = pool_event_line(event(WorkerEventKind.POOL_SCALED, reason=up.describe()))
+    assert (
+        line
+        == f"{AT.isoformat(timespec='milliseconds')} #7 pool_scaled pool builders up 3 (waiting_jobs), desired 3"
+    )

@@ -44,7 +44,7 @@ from typing import Self
 from hodei._ownership import OWNER_LABEL
 from hodei._quoting import clip, quote_short
 from hodei._settings import check_settings
-from hodei.domain import DynamicWorker, WorkerRecord, WorkerStatus
+from hodei.domain import DynamicWorker, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import HodeiError, SchedulerError
 from hodei.management._service import WorkerManagementService
 from hodei.pools import (
@@ -53,6 +53,7 @@ from hodei.pools import (
     PoolObservation,
     PoolSpec,
     PoolStatus,
+    ScaleEvent,
     ScalePlan,
     WaitingDemand,
     parse_pools,
@@ -236,6 +237,7 @@ class PoolAutoscaler:
         self._idle_seen: dict[str, tuple[tuple[int, int], float]] = {}
         self._provisions: dict[str, dict[str, asyncio.Task[None]]] = {}  # pool -> worker id -> its task
         self._retirements: dict[str, asyncio.Task[None]] = {}  # worker id -> its task
+        self._reports: set[asyncio.Task[None]] = set()  # scale events on their way to the scheduler
         self._skipped: set[str] = set()
         self._gauged: set[str] = set()  # the pools whose desired size the metrics show
         self._loop: asyncio.Task[None] | None = None
@@ -275,6 +277,7 @@ class PoolAutoscaler:
         tasks = [t for t in (self._loop,) if t is not None]
         tasks += [t for pool in self._provisions.values() for t in pool.values()]
         tasks += list(self._retirements.values())
+        tasks += list(self._reports)
         self._loop = None
         for task in tasks:
             task.cancel()
@@ -284,6 +287,7 @@ class PoolAutoscaler:
         """Wait until the provisions and retirements in flight now have ended (for tests and shutdown)."""
         tasks = [t for pool in self._provisions.values() for t in pool.values()]
         tasks += list(self._retirements.values())
+        tasks += list(self._reports)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def provisioning(self, pool: str) -> frozenset[str]:
@@ -454,6 +458,7 @@ class PoolAutoscaler:
         if plan.provision:
             history.last_scale_up = now
             self.metrics.pool_scale_events.labels(pool, "up", plan.reason.value).inc(plan.provision)
+            self._report(ScaleEvent(pool, "up", plan.reason.value, plan.desired, plan.provision, utcnow()))
             for _ in range(plan.provision):
                 self._provision(spec)
         if plan.retire:
@@ -465,6 +470,7 @@ class PoolAutoscaler:
         ):
             if retired:
                 self.metrics.pool_scale_events.labels(pool, "down", reason).inc(len(retired))
+                self._report(ScaleEvent(pool, "down", reason, plan.desired, len(retired), utcnow()))
             for worker_id in retired:
                 self._retire(pool, worker_id, reason)
         if plan.acts or pool_tick.recycled or pool_tick.written_off:
@@ -477,6 +483,21 @@ class PoolAutoscaler:
                     "retire": ",".join(plan.retire + pool_tick.recycled + pool_tick.written_off),
                     "reason": _reasons(plan, pool_tick),
                 },
+            )
+
+    def _report(self, event: ScaleEvent) -> None:
+        """Tell the scheduler what was decided (its watchers, ``hodei pools status``), in the background: a
+        report that fails is logged, never retried, and never holds a tick."""
+        task = asyncio.create_task(self._send_report(event), name=f"hodei-scale-report-{event.pool}")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _send_report(self, event: ScaleEvent) -> None:
+        try:
+            await self.pools.report_scale_event(event, timeout=self.config.call_timeout)
+        except HodeiError as error:
+            log.warning(
+                "pool.scale_report_failed", extra={"pool": event.pool, "error": quote_short(str(error))}
             )
 
     def _provision(self, spec: PoolSpec) -> None:

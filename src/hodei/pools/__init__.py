@@ -11,7 +11,7 @@ from hodei.pools._file import PoolFileError, load_pools, parse_pools
 from hodei.pools._matching import Waiter, match
 from hodei.pools._requirements import Requirements, best_fit
 from hodei.pools._spec import PoolKind, PoolSpec, WorkerTemplate
-from hodei.pools._status import PoolStatus, WaitingDemand
+from hodei.pools._status import PoolStatus, ScaleEvent, WaitingDemand
 
 __all__ = [
     "IdleWorker",
@@ -21,6 +21,7 @@ __all__ = [
     "PoolSpec",
     "PoolStatus",
     "Requirements",
+    "ScaleEvent",
     "ScalePlan",
     "ScaleReason",
     "Waiter",

@@ -52,7 +52,7 @@ from hodei.errors import (
 )
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.observability._metrics import SchedulerMetrics
-from hodei.pools import PoolStatus, Requirements, Waiter, WaitingDemand, match
+from hodei.pools import PoolStatus, Requirements, ScaleEvent, Waiter, WaitingDemand, match
 from hodei.ports import Acquired, AssignmentView, BoundJobs, RegistryStore, WorkerFilter
 from hodei.scheduler._ended import Ended, EndedAssignments
 from hodei.scheduler._free import FreeWorkers
@@ -628,6 +628,20 @@ class Allocator:
         await self.pools.apply(source, text)
         self.poke()
         return await self.pool_statuses()
+
+    def report_scale(self, event: ScaleEvent) -> None:
+        """The control plane scaled a pool: kept for ListPools, told to the watchers. A pool not declared here
+        is refused (NOT_FOUND), its event dropped."""
+        if found := event.violations():
+            raise InvalidWorkerData(
+                f"the scale event of pool {quote_short(event.pool)} is invalid", violations=found
+            )
+        if not self.pools.scaled(event):
+            raise WorkerNotFound(
+                f"pool {quote_short(event.pool)} is not declared here",
+                violations=[FieldViolation("event.pool", "no such pool")],
+            )
+        self._registry.events.publish(WorkerEventKind.POOL_SCALED, reason=event.describe(), time=event.time)
 
     async def count_pools(self) -> None:
         """Set the pool gauges from the registry."""

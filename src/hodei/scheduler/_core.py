@@ -29,7 +29,7 @@ from hodei.domain import (
 from hodei.errors import SchedulerError, WorkerNotFound
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
 from hodei.observability._metrics import SchedulerMetrics
-from hodei.pools import PoolStatus, Requirements, WaitingDemand
+from hodei.pools import PoolStatus, Requirements, ScaleEvent, WaitingDemand
 from hodei.ports import (
     Acquired,
     AssignmentView,
@@ -338,6 +338,9 @@ class Scheduler:
 
     async def apply_pools(self, source: str, text: str) -> builtins.list[PoolStatus]:
         return await self.allocator.apply_pools(source, text)
+
+    def report_scale(self, event: ScaleEvent) -> None:
+        self.allocator.report_scale(event)
 
     async def list_pools(self) -> builtins.list[PoolStatus]:
         return await self.allocator.pool_statuses()

@@ -4,15 +4,19 @@ template fits a requirement, and each pool's workers by status and waiting acqui
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterable, Iterable, Sequence
 
 from hodei._quoting import quote_short
 from hodei.domain import WorkerRecord, WorkerStatus
 from hodei.observability._metrics import SchedulerMetrics
-from hodei.pools import PoolSpec, PoolStatus, Requirements, WaitingDemand, parse_pools
+from hodei.pools import PoolSpec, PoolStatus, Requirements, ScaleEvent, WaitingDemand, parse_pools
 from hodei.ports import PoolDefinitions, RegistryStore
 
-__all__ = ["PoolBook"]
+__all__ = ["RECENT_EVENTS", "PoolBook"]
+
+RECENT_EVENTS = 10
+"""The scale events kept for each pool (the control plane's reports), newest last."""
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,15 @@ class PoolBook:
         self._metrics = metrics
         self.pools: dict[str, PoolSpec] = {}
         self._gauged: set[str] = set()
+        self._recent: dict[str, deque[ScaleEvent]] = {}
+
+    def scaled(self, event: ScaleEvent) -> bool:
+        """Keep a scale event the control plane reported (the last RECENT_EVENTS of each declared pool);
+        False for a pool not declared here (nothing kept)."""
+        if event.pool not in self.pools:
+            return False
+        self._recent.setdefault(event.pool, deque(maxlen=RECENT_EVENTS)).append(event)
+        return True
 
     async def restore(self) -> None:
         """The pools last applied, as the store kept them."""
@@ -38,6 +51,8 @@ class PoolBook:
         if isinstance(self._store, PoolDefinitions):
             await self._store.save_pools(source, text)
         self.pools = specs
+        for gone in set(self._recent) - set(specs):
+            del self._recent[gone]
         log.info("pools.applied", extra={"source": quote_short(source), "pools": len(specs)})
 
     def fitting(self, requirements: Requirements) -> Iterable[str]:
@@ -62,7 +77,10 @@ class PoolBook:
             if shape.pools:
                 waiting[shape.pools[0]] = waiting.get(shape.pools[0], 0) + shape.waiting
         return [
-            PoolStatus(self.pools[name], counts[name], waiting.get(name, 0)) for name in sorted(self.pools)
+            PoolStatus(
+                self.pools[name], counts[name], waiting.get(name, 0), tuple(self._recent.get(name, ()))
+            )
+            for name in sorted(self.pools)
         ]
 
     def gauge(self, statuses: Sequence[PoolStatus]) -> None:

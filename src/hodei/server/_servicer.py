@@ -403,6 +403,16 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             await abort_with(context, error)
         return pb.ListPoolsResponse(pools=[codec.pool_to_proto(p) for p in pools])
 
+    async def ReportScaleEvent(
+        self, request: pb.ReportScaleEventRequest, context: Context
+    ) -> pb.ReportScaleEventResponse:
+        await self._authorize(context, "ReportScaleEvent")
+        try:
+            self._scheduler.report_scale(codec.scale_event_from_proto(request.event))
+        except SchedulerError as error:
+            await abort_with(context, error)
+        return pb.ReportScaleEventResponse()
+
 
 MAX_POOLS_TEXT = 1024 * 1024
 """The largest pools file ApplyPools takes, in bytes."""

@@ -21,7 +21,7 @@ from hodei.errors import (
     scheduler_error_for,
 )
 from hodei.lifecycle import WorkerEvent
-from hodei.pools import PoolStatus, Requirements, WaitingDemand
+from hodei.pools import PoolStatus, Requirements, ScaleEvent, WaitingDemand
 from hodei.ports import (
     Acquired,
     AssignmentView,
@@ -389,6 +389,10 @@ class SchedulerPortClient:
     async def list_pools(self, *, timeout: float | None = None) -> list[PoolStatus]:
         response = await self._call(self._stub.ListPools, pb.ListPoolsRequest(), timeout, None)
         return [codec.pool_from_proto(p) for p in response.pools]
+
+    async def report_scale_event(self, event: ScaleEvent, *, timeout: float | None = None) -> None:
+        request = pb.ReportScaleEventRequest(event=codec.scale_event_to_proto(event))
+        await self._call(self._stub.ReportScaleEvent, request, timeout, None)
 
 
 _ANSWER_MARGIN = 10.0

@@ -20,6 +20,8 @@ from hodei.transport._codec._jobs import (
     pool_to_proto,
     requirements_from_proto,
     requirements_to_proto,
+    scale_event_from_proto,
+    scale_event_to_proto,
 )
 from hodei.transport._codec._outcomes import (
     command_from_proto,
@@ -84,6 +86,8 @@ __all__ = [
     "requirements_from_proto",
     "requirements_to_proto",
     "result_from_proto",
+    "scale_event_from_proto",
+    "scale_event_to_proto",
     "status_from_proto",
     "status_to_proto",
     "unregister_incarnation",

@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hodei.domain import Assignment, Job, JobOutcome, JobResult, WorkerCapabilities, WorkerStatus, WorkerType
-from hodei.pools import PoolKind, PoolSpec, PoolStatus, Requirements, WaitingDemand, WorkerTemplate
+from hodei.pools import (
+    PoolKind,
+    PoolSpec,
+    PoolStatus,
+    Requirements,
+    ScaleEvent,
+    WaitingDemand,
+    WorkerTemplate,
+)
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
@@ -25,6 +33,8 @@ __all__ = [
     "pool_to_proto",
     "requirements_from_proto",
     "requirements_to_proto",
+    "scale_event_from_proto",
+    "scale_event_to_proto",
 ]
 
 _OUTCOME_TO_PROTO: dict[JobOutcome, pb.JobOutcome] = {
@@ -188,6 +198,7 @@ def pool_to_proto(status: PoolStatus) -> pb.Pool:
         max_use_count=spec.max_use_count or 0,
         workers={status.value: count for status, count in status.workers.items() if count},
         waiting=status.waiting,
+        recent=[scale_event_to_proto(event) for event in status.recent],
     )
 
 
@@ -222,4 +233,28 @@ def pool_from_proto(message: pb.Pool) -> PoolStatus:
     )
     known = {status.value: status for status in WorkerStatus}
     workers = {known[name]: count for name, count in message.workers.items() if name in known}
-    return PoolStatus(spec, workers, message.waiting)
+    return PoolStatus(
+        spec, workers, message.waiting, tuple(scale_event_from_proto(e) for e in message.recent)
+    )
+
+
+def scale_event_to_proto(event: ScaleEvent) -> pb.ScaleEvent:
+    return pb.ScaleEvent(
+        pool=event.pool,
+        direction=event.direction,
+        reason=event.reason,
+        desired=event.desired,
+        count=event.count,
+        time=_stamp(event.time),
+    )
+
+
+def scale_event_from_proto(message: pb.ScaleEvent) -> ScaleEvent:
+    return ScaleEvent(
+        pool=message.pool,
+        direction=message.direction,
+        reason=message.reason,
+        desired=message.desired,
+        count=message.count,
+        time=message.time.ToDatetime(tzinfo=UTC) if message.HasField("time") else None,
+    )

@@ -57,6 +57,7 @@ class WorkerEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_EVENT_KIND_DEMAND: _ClassVar[WorkerEventKind]
     WORKER_EVENT_KIND_ASSIGNED: _ClassVar[WorkerEventKind]
     WORKER_EVENT_KIND_RELEASED: _ClassVar[WorkerEventKind]
+    WORKER_EVENT_KIND_POOL_SCALED: _ClassVar[WorkerEventKind]
 
 class JobOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -108,6 +109,7 @@ WORKER_EVENT_KIND_ORPHAN_REMOVED: WorkerEventKind
 WORKER_EVENT_KIND_DEMAND: WorkerEventKind
 WORKER_EVENT_KIND_ASSIGNED: WorkerEventKind
 WORKER_EVENT_KIND_RELEASED: WorkerEventKind
+WORKER_EVENT_KIND_POOL_SCALED: WorkerEventKind
 JOB_OUTCOME_UNSPECIFIED: JobOutcome
 JOB_OUTCOME_SUCCEEDED: JobOutcome
 JOB_OUTCOME_FAILED: JobOutcome
@@ -703,7 +705,7 @@ class ApplyPoolsResponse(_message.Message):
     def __init__(self, pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ...) -> None: ...
 
 class Pool(_message.Message):
-    __slots__ = ("name", "kind", "provider", "template", "labels", "image", "min", "max", "warm", "idle_timeout_ms", "max_provisioning", "provision_timeout_ms", "scale_up_cooldown_ms", "scale_down_cooldown_ms", "max_use_count", "workers", "waiting")
+    __slots__ = ("name", "kind", "provider", "template", "labels", "image", "min", "max", "warm", "idle_timeout_ms", "max_provisioning", "provision_timeout_ms", "scale_up_cooldown_ms", "scale_down_cooldown_ms", "max_use_count", "workers", "waiting", "recent")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -735,6 +737,7 @@ class Pool(_message.Message):
     MAX_USE_COUNT_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     provider: str
@@ -752,7 +755,34 @@ class Pool(_message.Message):
     max_use_count: int
     workers: _containers.ScalarMap[str, int]
     waiting: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., provider: _Optional[str] = ..., template: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., warm: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., max_provisioning: _Optional[int] = ..., provision_timeout_ms: _Optional[int] = ..., scale_up_cooldown_ms: _Optional[int] = ..., scale_down_cooldown_ms: _Optional[int] = ..., max_use_count: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., waiting: _Optional[int] = ...) -> None: ...
+    recent: _containers.RepeatedCompositeFieldContainer[ScaleEvent]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., provider: _Optional[str] = ..., template: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., warm: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., max_provisioning: _Optional[int] = ..., provision_timeout_ms: _Optional[int] = ..., scale_up_cooldown_ms: _Optional[int] = ..., scale_down_cooldown_ms: _Optional[int] = ..., max_use_count: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., waiting: _Optional[int] = ..., recent: _Optional[_Iterable[_Union[ScaleEvent, _Mapping]]] = ...) -> None: ...
+
+class ScaleEvent(_message.Message):
+    __slots__ = ("pool", "direction", "reason", "desired", "count", "time")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    direction: str
+    reason: str
+    desired: int
+    count: int
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, pool: _Optional[str] = ..., direction: _Optional[str] = ..., reason: _Optional[str] = ..., desired: _Optional[int] = ..., count: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReportScaleEventRequest(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: ScaleEvent
+    def __init__(self, event: _Optional[_Union[ScaleEvent, _Mapping]] = ...) -> None: ...
+
+class ReportScaleEventResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ListPoolsRequest(_message.Message):
     __slots__ = ()

@@ -116,6 +116,11 @@ class SchedulerServiceStub:
                 request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsRequest.SerializeToString,
                 response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsResponse.FromString,
                 _registered_method=True)
+        self.ReportScaleEvent = channel.unary_unary(
+                '/hodei.scheduler.v1.SchedulerService/ReportScaleEvent',
+                request_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportScaleEventRequest.SerializeToString,
+                response_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportScaleEventResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -247,6 +252,14 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportScaleEvent(self, request, context):
+        """ReportScaleEvent: the control plane's autoscaler says what it decided for a pool. Watchers see a
+        POOL_SCALED event; ListPools shows each pool's last ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +342,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListPools,
                     request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsRequest.FromString,
                     response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsResponse.SerializeToString,
+            ),
+            'ReportScaleEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportScaleEvent,
+                    request_deserializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportScaleEventRequest.FromString,
+                    response_serializer=hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportScaleEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -764,6 +782,33 @@ class SchedulerService:
             '/hodei.scheduler.v1.SchedulerService/ListPools',
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsRequest.SerializeToString,
             hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportScaleEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.scheduler.v1.SchedulerService/ReportScaleEvent',
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportScaleEventRequest.SerializeToString,
+            hodei_dot_scheduler_dot_v1_dot_scheduler__pb2.ReportScaleEventResponse.FromString,
             options,
             channel_credentials,
             insecure,
