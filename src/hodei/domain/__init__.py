@@ -19,7 +19,9 @@ from hodei.domain._assignments import (
     validate_job_id,
 )
 from hodei.domain._registration import (
+    Change,
     UpsertOutcome,
+    apply_change,
     merge_registration,
     merge_registrations,
     stored_form,
@@ -79,6 +81,7 @@ __all__ = [
     "MAX_WORKER_ID_LENGTH",
     "WORKER_TYPE_VALUES",
     "Assignment",
+    "Change",
     "DynamicWorker",
     "DynamicWorkerConfig",
     "FieldViolation",
@@ -92,6 +95,7 @@ __all__ = [
     "WorkerRecord",
     "WorkerStatus",
     "WorkerType",
+    "apply_change",
     "holds_control_characters",
     "merge_registration",
     "merge_registrations",

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import replace
 
 from hodei.domain._assignments import Assignment
 from hodei.domain._values import WorkerStatus
 from hodei.domain._workers import WorkerRecord
 
-__all__ = ["UpsertOutcome", "merge_registration", "merge_registrations", "stored_form", "wire_size"]
+__all__ = [
+    "Change",
+    "UpsertOutcome",
+    "apply_change",
+    "merge_registration",
+    "merge_registrations",
+    "stored_form",
+    "wire_size",
+]
+
+Change = Callable[[WorkerRecord], "WorkerRecord | None"]
+"""A store's read-modify-write of one record: the stored record in, the one to write out (None: leave it)."""
 
 
 class UpsertOutcome(enum.Enum):
@@ -59,6 +70,20 @@ def _kept_assignment(stored: WorkerRecord, new: WorkerRecord, restarted: bool) -
     if bound.assignment_id in new.running_jobs:
         return replace(bound, incarnation=new.incarnation)
     return None
+
+
+def apply_change(
+    before: WorkerRecord | None, change: Change
+) -> tuple[tuple[WorkerRecord, WorkerRecord] | None, WorkerRecord | None]:
+    """The rule of ``modify`` for one record, as every store applies it: what it answers (``(before, after)``,
+    or None for a record not stored) and the record to write (None: nothing to write)."""
+    if before is None:
+        return None, None
+    after = change(before)
+    if after is None:
+        return (before, before), None
+    after = stored_form(after)
+    return (before, after), after
 
 
 def stored_form(record: WorkerRecord) -> WorkerRecord:

@@ -8,7 +8,7 @@ import builtins
 import collections
 from collections.abc import Callable, Mapping, Sequence
 
-from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, merge_registrations, stored_form
+from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, apply_change, merge_registrations
 from hodei.ports import WorkerFilter
 from hodei.stores._bound import check_bindings, job_of, newly_bound
 
@@ -56,17 +56,10 @@ class MemoryRegistryStore:
     ) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
         results: list[tuple[WorkerRecord, WorkerRecord] | None] = []
         for worker_id, change in changes:
-            before = self._records.get(worker_id)
-            if before is None:
-                results.append(None)
-                continue
-            after = change(before)
-            if after is None:
-                results.append((before, before))
-                continue
-            after = stored_form(after)
-            self._write({worker_id: after})
-            results.append((before, after))
+            result, written = apply_change(self._records.get(worker_id), change)
+            if written is not None:
+                self._write({worker_id: written})
+            results.append(result)
         return results
 
     async def get(self, worker_id: str) -> WorkerRecord | None:

@@ -44,8 +44,8 @@ from hodei.domain import (
     UpsertOutcome,
     WorkerRecord,
     WorkerStatus,
+    apply_change,
     merge_registrations,
-    stored_form,
     wire_size,
 )
 from hodei.errors import JobAlreadyBound, StoreError, StoreRefusedData, StoreUnavailable
@@ -298,19 +298,12 @@ class PostgresRegistryStore:
             current = {row[0]: record(row) for row in rows}
             results: builtins.list[tuple[WorkerRecord, WorkerRecord] | None] = []
             for worker_id, change in changes:
-                before = current.get(worker_id)
-                if before is None:
-                    results.append(None)
-                    continue
-                after = change(before)
-                if after is None:
-                    results.append((before, before))
-                    continue
-                after = stored_form(after)
-                with _binding(await _bind(db, {worker_id: job_of(before)}, {worker_id: after})):
-                    await db.execute(CHANGE, *columns([after]))
-                current[worker_id] = after
-                results.append((before, after))
+                result, written = apply_change(current.get(worker_id), change)
+                if result is not None and written is not None:
+                    with _binding(await _bind(db, {worker_id: job_of(result[0])}, {worker_id: written})):
+                        await db.execute(CHANGE, *columns([written]))
+                    current[worker_id] = written
+                results.append(result)
             return results
 
         return await self._retrying(write)

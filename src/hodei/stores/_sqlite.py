@@ -32,8 +32,8 @@ from hodei.domain import (
     UpsertOutcome,
     WorkerRecord,
     WorkerStatus,
+    apply_change,
     merge_registrations,
-    stored_form,
     utcnow,
     wire_size,
 )
@@ -277,18 +277,11 @@ class SqliteRegistryStore:
         def write(db: sqlite3.Connection) -> list[tuple[WorkerRecord, WorkerRecord] | None]:
             results: list[tuple[WorkerRecord, WorkerRecord] | None] = []
             for worker_id, change in changes:
-                before = _fetch(db, [worker_id]).get(worker_id)
-                if before is None:
-                    results.append(None)
-                    continue
-                after = change(before)
-                if after is None:
-                    results.append((before, before))
-                    continue
-                after = stored_form(after)
-                _bind(db, {worker_id: job_of(before)}, {worker_id: after})
-                db.execute(_UPSERT, to_row(after, _iso))
-                results.append((before, after))
+                result, written = apply_change(_fetch(db, [worker_id]).get(worker_id), change)
+                if result is not None and written is not None:
+                    _bind(db, {worker_id: job_of(result[0])}, {worker_id: written})
+                    db.execute(_UPSERT, to_row(written, _iso))
+                results.append(result)
             return results
 
         return await self._run(self._transaction(write))
