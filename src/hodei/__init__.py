@@ -54,6 +54,7 @@ from hodei.errors import (
     StoreUnavailable,
     WorkerAlreadyExists,
     WorkerNotFound,
+    WorkerNotIdle,
 )
 from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.management import (
@@ -147,6 +148,7 @@ __all__ = [
     "WorkerManagementConfig",
     "WorkerManagementService",
     "WorkerNotFound",
+    "WorkerNotIdle",
     "WorkerPage",
     "WorkerProvider",
     "WorkerRecord",

@@ -13,6 +13,7 @@
     │   ├── WorkerAlreadyExists           ALREADY_EXISTS
     │   ├── StaleIncarnation              FAILED_PRECONDITION (an older incarnation than the one registered)
     │   ├── NoWorkerFits                  FAILED_PRECONDITION (requirements no pool and no worker can meet)
+    │   ├── WorkerNotIdle                 FAILED_PRECONDITION (a drain only if available, of a busy worker)
     │   ├── AccessDenied                  UNAUTHENTICATED, PERMISSION_DENIED
     │   ├── RegistrationCancelled         CANCELLED
     │   └── SchedulerInternalError        INTERNAL, UNKNOWN, DATA_LOSS, UNIMPLEMENTED, anything else
@@ -64,6 +65,7 @@ __all__ = [
     "StoreUnavailable",
     "WorkerAlreadyExists",
     "WorkerNotFound",
+    "WorkerNotIdle",
     "scheduler_error_for",
 ]
 
@@ -207,6 +209,13 @@ class NoWorkerFits(SchedulerError):
     default_code = ErrorCode.FAILED_PRECONDITION
 
 
+class WorkerNotIdle(SchedulerError):
+    """A drain asked only for an idle worker found it busy (bound to a job, or not AVAILABLE): nothing changed
+    (FAILED_PRECONDITION, its violation's field ``status``)."""
+
+    default_code = ErrorCode.FAILED_PRECONDITION
+
+
 def scheduler_error_for(
     code: ErrorCode,
     message: str,
@@ -217,8 +226,9 @@ def scheduler_error_for(
 ) -> SchedulerError:
     """The error kind for a status code; codes with no kind of their own are internal errors."""
     kind = _KIND_BY_CODE.get(code, SchedulerInternalError)
-    if code is ErrorCode.FAILED_PRECONDITION and any(v.field == "requirements" for v in violations):
-        kind = NoWorkerFits
+    if code is ErrorCode.FAILED_PRECONDITION:
+        fields = {v.field for v in violations}
+        kind = NoWorkerFits if "requirements" in fields else WorkerNotIdle if "status" in fields else kind
     return kind(message, code=code, worker_id=worker_id, violations=violations, retry_after=retry_after)
 
 

@@ -176,8 +176,17 @@ class SchedulerPort(Protocol):
     ) -> WorkerPage: ...
 
     async def drain_worker(
-        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
-    ) -> DrainOutcome: ...
+        self,
+        worker_id: str,
+        *,
+        deadline: float = 0.0,
+        reason: str = "",
+        only_if_available: bool = False,
+        timeout: float | None = None,
+    ) -> DrainOutcome:
+        """Mark the worker DRAINING and tell its agent; with ``only_if_available``, only a worker AVAILABLE and
+        bound to no job, in the same write (else :class:`~hodei.errors.WorkerNotIdle`, nothing changed)."""
+        ...
 
     async def report_orphan_removed(
         self, worker_id: str, *, reason: str = "", timeout: float | None = None

@@ -25,6 +25,7 @@ from hodei import (
     SchedulerError,
     SchedulerPortClient,
     SchedulerTimeout,
+    WorkerNotIdle,
     WorkerStatus,
     WorkerType,
 )
@@ -543,3 +544,29 @@ async def test_a_scale_event_is_kept_for_its_pool_shown_to_watchers_and_a_bad_on
     with contextlib.suppress(asyncio.CancelledError):
         await reader
     assert seen[0] == "pool tiny up 1 (size), desired 2"
+
+
+async def test_a_drain_only_if_available_refuses_a_busy_worker_and_changes_nothing(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.register_worker(worker("busy"))
+    await client.register_worker(worker("idle"))
+    acquired = await client.acquire_worker("holds-busy", Requirements(), timeout=10)
+    busy = acquired.record.worker_id
+    idle = ({"busy", "idle"} - {busy}).pop()
+    with pytest.raises(WorkerNotIdle) as refused:
+        await client.drain_worker(busy, reason="retire", only_if_available=True)
+    assert refused.value.code is ErrorCode.FAILED_PRECONDITION
+    assert [v.field for v in refused.value.violations] == ["status"]
+    assert "bound to job 'holds-busy'" in refused.value.message
+    stored = await scheduler.get_worker(busy)
+    assert stored is not None and (stored.status, stored.assignment) == (
+        WorkerStatus.BUSY,
+        acquired.assignment,
+    )
+
+    drained = await client.drain_worker(idle, reason="retire", only_if_available=True)
+    assert drained.record.status is WorkerStatus.DRAINING
+    # The conditional drain and an acquire never both win: the drained worker is not offered.
+    with pytest.raises(SchedulerTimeout):
+        await client.acquire_worker("too-late", Requirements(), wait=0.2)

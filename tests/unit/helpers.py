@@ -98,7 +98,13 @@ class ScriptedPort:
         return answer
 
     async def drain_worker(
-        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
+        self,
+        worker_id: str,
+        *,
+        deadline: float = 0.0,
+        reason: str = "",
+        only_if_available: bool = False,
+        timeout: float | None = None,
     ) -> DrainOutcome:
         self.args.append(("drain_worker", worker_id, deadline, timeout))
         self.calls += 1

@@ -27,6 +27,7 @@ from hodei import (
     WorkerType,
 )
 from hodei.domain import FieldViolation
+from hodei.errors import scheduler_error_for
 from hodei.observability import _tracing as tracing
 from hodei.ports import DrainOutcome
 from hodei.registration import DrainResult
@@ -429,6 +430,19 @@ async def test_drain_of_a_worker_the_scheduler_does_not_know_reports_not_registe
     result = await registration.drain_worker("w-1", deadline=1.0)
 
     assert result == DrainResult("w-1", registered=False)
+
+
+async def test_a_drain_only_of_an_idle_worker_that_is_busy_reports_it_busy_after_one_attempt() -> None:
+    port = ScriptedPort()
+    port.drain_answer = scheduler_error_for(
+        ErrorCode.FAILED_PRECONDITION, "worker w-1 is busy", violations=[FieldViolation("status", "is busy")]
+    )
+    registration, _ = adapter(port)
+
+    result = await registration.drain_worker("w-1", deadline=1.0, only_if_available=True)
+
+    assert result == DrainResult("w-1", registered=True, busy=True)
+    assert port.calls == 1  # not retried: nothing changed, and nothing will by asking again
 
 
 async def test_a_drain_refused_for_good_raises_naming_the_worker_after_one_attempt() -> None:

@@ -75,6 +75,7 @@ FACES: dict[str, list[str]] = {
         "WorkerManagementConfig",
         "WorkerManagementService",
         "WorkerNotFound",
+        "WorkerNotIdle",
         "WorkerPage",
         "WorkerProvider",
         "WorkerRecord",

@@ -21,8 +21,21 @@ from hodei import (
     UnregistrationStatus,
     WorkerRegistrationAdapter,
 )
-from hodei.domain import DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType, record_of
-from hodei.errors import ProviderError, SchedulerError, SchedulerUnavailable, scheduler_error_for
+from hodei.domain import (
+    DynamicWorkerConfig,
+    FieldViolation,
+    WorkerRecord,
+    WorkerStatus,
+    WorkerType,
+    record_of,
+)
+from hodei.errors import (
+    ProviderError,
+    SchedulerError,
+    SchedulerUnavailable,
+    WorkerNotIdle,
+    scheduler_error_for,
+)
 from hodei.management import (
     PoolAutoscaler,
     PoolAutoscalerConfig,
@@ -106,13 +119,21 @@ class PoolScheduler:
         return WorkerPage(page, page[-1].worker_id if len(chosen) > page_size else "")
 
     async def drain_worker(
-        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
+        self,
+        worker_id: str,
+        *,
+        deadline: float = 0.0,
+        reason: str = "",
+        only_if_available: bool = False,
+        timeout: float | None = None,
     ) -> DrainOutcome:
         if self.refuse_drain:
             raise self.refuse_drain.pop(0)
         record = self.records.get(worker_id)
         if record is None:
             raise scheduler_error_for(ErrorCode.NOT_FOUND, "no such worker")
+        if only_if_available and record.status is not WorkerStatus.AVAILABLE:
+            raise WorkerNotIdle("busy", violations=[FieldViolation("status", f"is {record.status.value}")])
         self.records[worker_id] = replace(record, status=WorkerStatus.DRAINING)
         return DrainOutcome(self.records[worker_id], delivered=False)
 
@@ -544,7 +565,8 @@ async def test_an_idle_worker_bound_to_a_job_before_its_retirement_began_is_kept
     assert worker_id in rig.provider.running
     assert rig.scheduler.records[worker_id].status is WorkerStatus.BUSY
     [skipped] = events(caplog, "pool.retire_skipped")
-    assert (skipped.worker_id, skipped.status) == (worker_id, "busy")  # type: ignore[attr-defined]
+    assert (skipped.worker_id, skipped.reason) == (worker_id, "busy")  # type: ignore[attr-defined]
+    assert rig.scheduler.records[worker_id].status is WorkerStatus.BUSY  # the drain was refused: unchanged
 
 
 async def test_a_retirement_that_fails_is_logged_and_tried_again_at_a_later_tick(

@@ -548,17 +548,13 @@ class PoolAutoscaler:
 
     async def _retire_one(self, pool: str, worker_id: str, reason: str) -> None:
         try:
-            if reason != "lost":
-                # Chosen idle at the tick; a job may have been bound to it since: then it stays (the next tick
-                # sees it busy). The window left, between this read and the drain, is the scheduler's to close.
-                record = await self.registry.get_worker(worker_id, timeout=self.config.call_timeout)
-                if record is not None and record.status is not WorkerStatus.AVAILABLE:
-                    log.info(
-                        "pool.retire_skipped",
-                        extra={"pool": pool, "worker_id": worker_id, "status": record.status.value},
-                    )
-                    return
-            await self.service.decommission_worker(worker_id)
+            # Chosen idle at the tick; a job may have been bound to it since: then it stays (the next tick sees
+            # it busy). The scheduler checks it in the same write as the drain, so no job slips in between.
+            result = await self.service.decommission_worker(worker_id, only_if_idle=reason != "lost")
+            if result.kept:
+                log.info(
+                    "pool.retire_skipped", extra={"pool": pool, "worker_id": worker_id, "reason": "busy"}
+                )
         except HodeiError as error:
             log.warning(
                 "pool.retire_failed",

@@ -55,11 +55,13 @@ class ProvisionResult:
 
 @dataclass(frozen=True, slots=True)
 class DecommissionResult:
-    """``drained``: the worker's agent finished its work before it was unregistered."""
+    """``drained``: the worker's agent finished its work before it was unregistered; ``kept``: asked to
+    decommission it only if idle, it was busy, and nothing was done."""
 
     worker_id: str
     was_registered: bool
     drained: bool = False
+    kept: bool = False
 
 
 def _rollback_reason(error: BaseException) -> str:
@@ -315,9 +317,11 @@ class WorkerManagementService:
             raise RuntimeError("static workers need a registration adapter")
         return await self.registration.register_workers_batch(workers)
 
-    async def decommission_worker(self, worker_id: str) -> DecommissionResult:
+    async def decommission_worker(self, worker_id: str, *, only_if_idle: bool = False) -> DecommissionResult:
         """Drain the worker (waiting up to ``drain_timeout`` for a connected agent to finish its work),
         unregister it, then stop and destroy it — also when the scheduler had already forgotten it.
+        ``only_if_idle``: only a worker the scheduler holds AVAILABLE and bound to no job, checked as it is
+        drained (a job bound to it meanwhile keeps it: ``kept``, nothing done).
 
         If draining or unregistration fails, the worker is left running and registered (consistent) and the
         :class:`~hodei.errors.RegistrationError` is raised, so the caller can try again.
@@ -326,12 +330,17 @@ class WorkerManagementService:
             tracing.span("decommission_worker", {tracing.WORKER_ID: worker_id}),
             self._working_on([worker_id]),
         ):
-            return await self._decommission_worker(worker_id)
+            return await self._decommission_worker(worker_id, only_if_idle)
 
-    async def _decommission_worker(self, worker_id: str) -> DecommissionResult:
+    async def _decommission_worker(self, worker_id: str, only_if_idle: bool) -> DecommissionResult:
         was_registered = drained = False
         if self.registration is not None:
-            drain = await self.registration.drain_worker(worker_id, deadline=self.config.drain_timeout)
+            drain = await self.registration.drain_worker(
+                worker_id, deadline=self.config.drain_timeout, only_if_available=only_if_idle
+            )
+            if drain.busy:
+                log.info("decommission.kept", extra={"worker_id": worker_id, "reason": "busy"})
+                return DecommissionResult(worker_id, was_registered=True, kept=True)
             drained = drain.drained
             log.info(
                 "decommission.drained",

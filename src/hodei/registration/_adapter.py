@@ -23,6 +23,7 @@ from hodei.errors import (
     RegistrationFailed,
     SchedulerError,
     WorkerNotFound,
+    WorkerNotIdle,
 )
 from hodei.observability._metrics import ControlPlaneMetrics
 from hodei.ports import RegistrationReceipt, SchedulerPort, UnregistrationStatus
@@ -60,12 +61,14 @@ class BatchRegistrationResult:
 @dataclass(frozen=True, slots=True)
 class DrainResult:
     """``registered``: the scheduler knew the worker; ``delivered``: its agent got the drain command;
-    ``drained``: the agent reported its work finished before the deadline."""
+    ``drained``: the agent reported its work finished before the deadline; ``busy``: asked only for an idle
+    worker, it was not (nothing changed)."""
 
     worker_id: str
     registered: bool
     delivered: bool = False
     drained: bool = False
+    busy: bool = False
 
 
 class WorkerRegistrationAdapter:
@@ -200,22 +203,27 @@ class WorkerRegistrationAdapter:
         )
 
     async def drain_worker(
-        self, worker_id: str, *, deadline: float, poll_interval: float = 0.05
+        self, worker_id: str, *, deadline: float, poll_interval: float = 0.05, only_if_available: bool = False
     ) -> DrainResult:
         """Ask the worker to drain and wait, at most ``deadline`` seconds, until its agent reports it drained.
 
         A worker the scheduler does not know is not an error (``registered=False``); nor is one with no agent
-        connected (``delivered=False``: there is nobody to wait for).
+        connected (``delivered=False``: there is nobody to wait for); nor, with ``only_if_available``, one that
+        is busy (``busy=True``: nothing changed).
         """
         try:
             outcome = await self._with_retries(
                 worker_id,
-                lambda timeout: self.port.drain_worker(worker_id, deadline=deadline, timeout=timeout),
+                lambda timeout: self.port.drain_worker(
+                    worker_id, deadline=deadline, only_if_available=only_if_available, timeout=timeout
+                ),
                 operation="drain_worker",
             )
         except RegistrationFailed as failure:
             if isinstance(failure.cause, WorkerNotFound):
                 return DrainResult(worker_id, registered=False)
+            if isinstance(failure.cause, WorkerNotIdle):
+                return DrainResult(worker_id, registered=True, busy=True)
             raise
         if not outcome.delivered or outcome.record.drained:
             return DrainResult(worker_id, True, outcome.delivered, outcome.record.drained)

@@ -54,6 +54,11 @@ from hodei.scheduler._sessions import AgentSession, AgentStreams, once_committed
 
 __all__ = ["AgentSession", "Scheduler"]
 
+
+def _idle(record: WorkerRecord) -> bool:
+    return record.status is WorkerStatus.AVAILABLE and record.assignment is None
+
+
 _UNREGISTERED = WorkerCommand(
     CommandKind.SHUTDOWN, "unregistered"
 )  # what an unregistered worker's agent hears
@@ -225,13 +230,22 @@ class Scheduler:
         """The control plane destroyed a machine of this id that had no registration: tell the watchers."""
         self.events.publish(WorkerEventKind.ORPHAN_REMOVED, worker_id, None, reason)
 
-    async def drain(self, worker_id: str, *, deadline: float = 0.0, reason: str = "") -> DrainOutcome:
+    async def drain(
+        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", only_if_available: bool = False
+    ) -> DrainOutcome:
+        """Mark the worker DRAINING and tell its agent. ``only_if_available``: only a worker AVAILABLE and bound
+        to no job, in the same write (else :class:`~hodei.errors.WorkerNotIdle`, nothing changed)."""
         current = await self.registry.get(worker_id)
-        if current is not None and current.status is WorkerStatus.LOST:
+        if current is not None and current.status is WorkerStatus.LOST and not only_if_available:
             # Nobody is there to drain; the worker stays LOST (and expires as LOST workers do).
             return DrainOutcome(self.view(current), delivered=False)
         write = asyncio.ensure_future(
-            self.registry.transition(worker_id, WorkerStatus.DRAINING, reason=reason or "drain requested")
+            self.registry.transition(
+                worker_id,
+                WorkerStatus.DRAINING,
+                reason=reason or "drain requested",
+                only_if=_idle if only_if_available else None,
+            )
         )
         command = WorkerCommand(CommandKind.DRAIN, reason, deadline)
         try:

@@ -30,7 +30,7 @@ from hodei.domain import (
     utcnow,
     wire_size,
 )
-from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound
+from hodei.errors import InvalidWorkerData, SchedulerError, StaleIncarnation, WorkerNotFound, WorkerNotIdle
 from hodei.lifecycle import WorkerEventKind
 from hodei.observability._metrics import SCHEDULER_REGISTRATION_RESULTS, UNKNOWN_WORKER_TYPE, SchedulerMetrics
 from hodei.ports import RegistrationReceipt, RegistryStore, UnregistrationStatus, WorkerFilter, WorkerPage
@@ -279,16 +279,42 @@ class WorkerRegistry:
         return True
 
     async def transition(
-        self, worker_id: str, status: WorkerStatus, *, drained: bool | None = None, reason: str = ""
+        self,
+        worker_id: str,
+        status: WorkerStatus,
+        *,
+        drained: bool | None = None,
+        reason: str = "",
+        only_if: Callable[[WorkerRecord], bool] | None = None,
     ) -> WorkerRecord:
         """Move a worker to ``status`` (DRAINING with ``drained`` once its work is done); raises WorkerNotFound.
 
         ``drained=None`` keeps the flag while the status stays the same, and clears it on a change. The move
         is one atomic read-modify-write of the store: a registration that lands meanwhile is not undone.
+        ``only_if``: only while it holds for the stored record, checked in the same write (else
+        :class:`~hodei.errors.WorkerNotIdle`, nothing changed).
         """
-        changed = await self._move(worker_id, status, drained=drained, reason=reason)
+        refused: list[WorkerRecord] = []
+
+        def allowed(record: WorkerRecord) -> bool:
+            if only_if is None or only_if(record):
+                return True
+            refused.append(record)
+            return False
+
+        changed = await self._move(worker_id, status, drained=drained, reason=reason, only_if=allowed)
         if changed is None:
             raise WorkerNotFound(f"worker {quote_short(worker_id)} is not registered", worker_id=worker_id)
+        if refused and changed[1] is changed[0]:
+            found = refused[-1]
+            state = found.status.value + (
+                f", bound to job {quote_short(found.assignment.job_id)}" if found.assignment else ""
+            )
+            raise WorkerNotIdle(
+                f"worker {quote_short(worker_id)} is {state}: not {status.value}",
+                worker_id=worker_id,
+                violations=[FieldViolation("status", f"is {found.status.value}, not available")],
+            )
         return changed[1]
 
     async def mark_lost(self, worker_id: str, *, reason: str) -> WorkerRecord | None:

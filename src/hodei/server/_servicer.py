@@ -279,7 +279,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             if not registrable(request.worker_id):
                 raise not_found(request.worker_id)
             outcome = await self._scheduler.drain(
-                request.worker_id, deadline=request.deadline_ms / 1000, reason=request.reason
+                request.worker_id,
+                deadline=request.deadline_ms / 1000,
+                reason=request.reason,
+                only_if_available=request.only_if_available,
             )
         except SchedulerError as error:
             await abort_with(context, error)

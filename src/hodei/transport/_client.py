@@ -280,11 +280,21 @@ class SchedulerPortClient:
         return WorkerPage([codec.record_from_proto(w) for w in response.workers], response.next_page_token)
 
     async def drain_worker(
-        self, worker_id: str, *, deadline: float = 0.0, reason: str = "", timeout: float | None = None
+        self,
+        worker_id: str,
+        *,
+        deadline: float = 0.0,
+        reason: str = "",
+        only_if_available: bool = False,
+        timeout: float | None = None,
     ) -> DrainOutcome:
-        """Mark the worker DRAINING and tell its agent; raises WorkerNotFound for an unknown worker."""
+        """Mark the worker DRAINING and tell its agent; raises WorkerNotFound for an unknown worker, and with
+        ``only_if_available`` WorkerNotIdle for a worker busy (nothing changed)."""
         request = pb.DrainWorkerRequest(
-            worker_id=worker_id, deadline_ms=round(deadline * 1000), reason=reason
+            worker_id=worker_id,
+            deadline_ms=round(deadline * 1000),
+            reason=reason,
+            only_if_available=only_if_available,
         )
         response = await self._call(self._stub.DrainWorker, request, timeout, worker_id)
         return DrainOutcome(codec.record_from_proto(response.worker), response.delivered)

@@ -478,14 +478,16 @@ class WatchWorkersResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[WorkerEvent, _Mapping]] = ...) -> None: ...
 
 class DrainWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "deadline_ms", "reason")
+    __slots__ = ("worker_id", "deadline_ms", "reason", "only_if_available")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IF_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     deadline_ms: int
     reason: str
-    def __init__(self, worker_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    only_if_available: bool
+    def __init__(self, worker_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., reason: _Optional[str] = ..., only_if_available: _Optional[bool] = ...) -> None: ...
 
 class DrainWorkerResponse(_message.Message):
     __slots__ = ("worker", "delivered")
