@@ -570,3 +570,48 @@ async def test_a_drain_only_if_available_refuses_a_busy_worker_and_changes_nothi
     # The conditional drain and an acquire never both win: the drained worker is not offered.
     with pytest.raises(SchedulerTimeout):
         await client.acquire_worker("too-late", Requirements(), wait=0.2)
+
+
+async def test_a_holder_asking_while_its_assignments_end_is_being_written_is_told_that_end() -> None:
+    from hodei.stores import MemoryRegistryStore
+
+    class SlowToAnswer(MemoryRegistryStore):
+        """Writes at once, answers a release's write only when told: a commit whose answer is still on its way."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.hold = asyncio.Event()
+            self.holding = asyncio.Event()
+            self.read_meanwhile = asyncio.Event()
+
+        async def get(self, worker_id: str):  # type: ignore[no-untyped-def]
+            if self.holding.is_set() and not self.hold.is_set():
+                self.read_meanwhile.set()
+            return await super().get(worker_id)
+
+        async def modify_many(self, changes):  # type: ignore[no-untyped-def]
+            results = await super().modify_many(changes)
+            if any(
+                r is not None and r[0].assignment is not None and r[1].assignment is None for r in results
+            ):
+                self.holding.set()
+                await self.hold.wait()
+            return results
+
+    store = SlowToAnswer()
+    async with EmbeddedScheduler(store=store, liveness=FAST) as scheduler, scheduler.client() as client:
+        await client.register_worker(worker("w"))
+        acquired = await client.acquire_worker("racing", Requirements())
+        releasing = asyncio.create_task(
+            client.release_worker(acquired.assignment.assignment_id, reason="done")
+        )
+        await asyncio.wait_for(
+            store.holding.wait(), 10
+        )  # the worker is free in the store; the end not yet told
+
+        asking = asyncio.create_task(client.renew_assignment(acquired.assignment.assignment_id, timeout=10))
+        await asyncio.wait_for(store.read_meanwhile.wait(), 10)  # the renew read the worker, bound to nothing
+        store.hold.set()
+        view, released = await asyncio.gather(asking, releasing)
+
+    assert view.result == released.result == JobResult(JobOutcome.SUCCEEDED, reason="done")

@@ -19,6 +19,7 @@ from rich.console import Console
 from hodei import (
     DynamicWorker,
     DynamicWorkerConfig,
+    JobOutcome,
     ProviderError,
     WorkerManagementService,
     WorkerRegistrationAdapter,
@@ -382,3 +383,70 @@ async def test_the_container_benchmark_measures_every_phase(
         assert re.search(rf"│ {re.escape(phase)} +│ 1 │ +\d+ ms │ +\d+ ms │ +\d+ ms │", text), (phase, text)
     assert re.search(r"2 at once: all REGISTERED after \d+\.\d\d s, all AVAILABLE after \d+\.\d\d s", text)
     assert text.rstrip().endswith("failed: none")
+
+
+BOXES = """\
+[pools.boxes]
+kind = "dynamic"
+provider = "docker"
+min = 0
+max = 2
+idle_timeout = 600
+
+[pools.boxes.template]
+cpu_cores = 1
+memory_mb = 256
+"""
+
+
+async def test_a_pool_of_containers_keeps_its_busy_worker_bound_when_its_control_plane_is_replaced(
+    scheduler: EmbeddedScheduler,
+    client: SchedulerPortClient,
+    agent_image: str,
+    docker_url: str,
+    owner: str,
+    engine: docker.DockerClient,
+) -> None:
+    from hodei import Job
+    from hodei.management import PoolAutoscaler, PoolAutoscalerConfig
+    from hodei.pools import Requirements
+
+    await client.apply_pools("pools.toml", BOXES)
+    fast = PoolAutoscalerConfig(interval=0.1)
+    first = DockerProvider(provider_config(scheduler, agent_image, docker_url, owner))
+    autoscaler = PoolAutoscaler(
+        WorkerManagementService(first, registration=WorkerRegistrationAdapter(client)), client, config=fast
+    )
+    autoscaler.start()
+    acquired = await client.acquire_worker(
+        "boxed", Requirements(pool="boxes"), job=Job(("sleep", "600")), wait=120
+    )
+    box = acquired.record.worker_id
+    # The control plane goes away without cleaning anything up (as a SIGKILL would): its container and its job
+    # stay, as containers outlive the process that started them.
+    await autoscaler.stop()
+    await first.aclose()
+
+    async with DockerProvider(provider_config(scheduler, agent_image, docker_url, owner)) as second:
+        service = WorkerManagementService(second, registration=WorkerRegistrationAdapter(client))
+        successor = PoolAutoscaler(service, client, config=fast)
+        ticks = [(await successor.tick())[0] for _ in range(3)]
+
+        assert [(t.observation.busy, t.observation.provisioning, t.plan.provision) for t in ticks] == [
+            (1, 0, 0)
+        ] * 3
+        assert [w.worker_id for w in await second.list_workers()] == [box]  # the new one found the container
+        view = await client.renew_assignment(acquired.assignment.assignment_id)
+        assert view.result is None  # still bound to its job, which still runs
+        stored = await scheduler.get_worker(box)
+        assert stored is not None and (stored.status, stored.assignment) == (
+            WorkerStatus.BUSY,
+            acquired.assignment,
+        )
+
+        released = await client.release_worker(
+            acquired.assignment.assignment_id, outcome=JobOutcome.CANCELLED
+        )
+        assert released.result is not None and released.result.outcome is JobOutcome.CANCELLED
+        await service.decommission_worker(box)
+        assert await second.list_workers() == []

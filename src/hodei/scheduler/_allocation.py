@@ -129,6 +129,7 @@ class Allocator:
         self._bound_jobs: dict[str, _Bound] = {}  # job id -> its assignment and worker as bound
         self._ended = EndedAssignments()
         self._watching_end: dict[str, list[asyncio.Future[None]]] = {}
+        self._ending: dict[str, asyncio.Future[Ended | None]] = {}  # ends being written, by assignment id
         self.pools = PoolBook(registry.store, self._metrics)
         self._poked = asyncio.Event()
         self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
@@ -487,6 +488,15 @@ class Allocator:
             and record.assignment.assignment_id == assignment_id
         ):
             return AssignmentView(record.assignment, None, record)
+        if (kept := self._ended.get(assignment_id)) is not None:  # it ended while the store was read
+            return AssignmentView(kept.assignment, kept.result, kept.record)
+        if (
+            ending := self._ending.get(assignment_id)
+        ) is not None:  # its end is being written: that is the answer
+            ended = await asyncio.shield(ending)
+            if ended is not None:
+                return AssignmentView(ended.assignment, ended.result, ended.record)
+            return await self._view(assignment_id)  # that end failed (the store): look again
         if tracked is None:
             raise WorkerNotFound(
                 f"assignment {quote_short(assignment_id)} is not known to this scheduler",
@@ -524,8 +534,23 @@ class Allocator:
         status), keep the result for the holder, tell whoever waits for the end. With ``cancel`` (the end did
         not come from the agent) a job its agent may still run is stopped, and the worker stays BUSY until the
         agent says so."""
+        assignment_id = assignment.assignment_id
+        if (ending := self._ending.get(assignment_id)) is not None:  # another end is under way: it decides
+            ended = await asyncio.shield(ending)
+            if ended is not None:
+                return ended
+        made: asyncio.Future[Ended | None] = asyncio.get_running_loop().create_future()
+        self._ending[assignment_id] = made
         running = cancel and assignment.job is not None
-        record = await self._registry.unbind(assignment, result, recycle=recycle, job_running=running)
+        try:
+            record = await self._registry.unbind(assignment, result, recycle=recycle, job_running=running)
+            # Remembered as soon as the store says so: a holder asking meanwhile is never told another end.
+            ended = self._remember(assignment, result, record)
+            made.set_result(ended)
+        finally:
+            del self._ending[assignment_id]
+            if not made.done():
+                made.set_result(None)
         if running and record is not None and record.status is not WorkerStatus.LOST:
             await self._tell(
                 record,
@@ -543,7 +568,6 @@ class Allocator:
                 "exit_code": result.exit_code,
             },
         )
-        ended = self._remember(assignment, result, record)
         self.poke()
         return ended
 
