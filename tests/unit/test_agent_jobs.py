@@ -73,3 +73,20 @@ async def test_closing_stops_a_job_that_ignores_sigterm_and_kills_its_group_at_o
 
     assert (jobs.running, jobs.unreported) == ([], [])  # a job ended with the agent has nothing to report
     await wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)
+
+
+def test_jobs_run_under_the_state_directory_or_where_a_user_with_no_home_can_write(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+    import tempfile
+
+    from hodei.agent._config import default_work_dir
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert default_work_dir() == tmp_path / "state" / "hodei" / "work"
+    # A state directory that cannot be made (here: under a file; in a container: a user with no home).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker / "state"))
+    assert default_work_dir() == Path(tempfile.gettempdir()) / f"hodei-{os.getuid()}" / "work"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,14 @@ def _memory_mb() -> int:
 
 
 def default_work_dir() -> Path:
-    """Where jobs run unless told: ``$XDG_STATE_HOME/hodei/work`` (``~/.local/state/hodei/work``)."""
-    return state_directory() / "work"
+    """Where jobs run unless told: ``$XDG_STATE_HOME/hodei/work`` (``~/.local/state/hodei/work``) — or, for a
+    user who cannot make it there (an agent in a container runs as a user with no home), a directory of its
+    own under the system's temporary directory."""
+    wanted = state_directory() / "work"
+    existing = next((p for p in (wanted, *wanted.parents) if p.exists()), Path("/"))
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return wanted
+    return Path(tempfile.gettempdir()) / f"hodei-{os.getuid()}" / "work"
 
 
 def _hostname() -> str:
