@@ -615,3 +615,23 @@ async def test_a_holder_asking_while_its_assignments_end_is_being_written_is_tol
         view, released = await asyncio.gather(asking, releasing)
 
     assert view.result == released.result == JobResult(JobOutcome.SUCCEEDED, reason="done")
+
+
+async def test_a_retry_of_an_acquire_that_still_waits_shares_its_wait_and_is_told_it_did_not_bind(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    await client.register_worker(worker("only"))
+    held = await client.acquire_worker("holder", Requirements())
+    first = asyncio.create_task(client.acquire_worker("patient", Requirements(), wait=10))
+
+    async def waiting(count: int) -> bool:
+        return [d.waiting for d in await client.get_demand()] == [count]
+
+    await wait_for(lambda: waiting(1))
+    retry = asyncio.create_task(client.acquire_worker("patient", Requirements(), wait=10))
+    await wait_for(lambda: waiting(1))  # one wait for both
+    await client.release_worker(held.assignment.assignment_id)
+
+    bound, again = await asyncio.gather(first, retry)
+    assert (bound.created, again.created) == (True, False)
+    assert bound.assignment == again.assignment and bound.record.worker_id == "only"

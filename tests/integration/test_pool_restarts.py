@@ -79,6 +79,7 @@ class Watch:
         self._client = client
         self.seen: set[str] = set()
         self.peak = 0
+        self.timeline: list[str] = []  # when each worker was first seen, and as what
 
     async def run(self) -> None:
         while True:
@@ -89,6 +90,11 @@ class Watch:
                     for r in page.workers
                     if r.pool == "burst" and r.status is not WorkerStatus.LOST
                 }
+                for record in page.workers:
+                    if record.worker_id in live and record.worker_id not in self.seen:
+                        self.timeline.append(
+                            f"{time.monotonic():.2f} {record.worker_id} {record.status.value}"
+                        )
                 self.seen |= live
                 self.peak = max(self.peak, len(live))
             await asyncio.sleep(0.05)
@@ -131,11 +137,13 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
             await wait_for(lambda: pool_is(available=3), timeout=30, interval=0.1)
 
             # The control plane dies: its agents see their parent gone and leave; the pool empties.
+            marks = [f"{time.monotonic():.2f} short jobs done"]
             first.send_signal(signal.SIGKILL)
             await first.wait()
             await wait_for(lambda: pool_is(), timeout=60, interval=0.1)
 
             # A new control plane provisions only for what waits: two long jobs, two workers.
+            marks.append(f"{time.monotonic():.2f} second control plane")
             second = await control_plane(target, pools, tmp_path / "agents-2")
             long = [
                 await asyncio.wait_for(
@@ -149,6 +157,7 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
             await wait_for(lambda: pool_is(busy=2), timeout=30, interval=0.1)
 
             # The scheduler dies and comes back on the same port and file: both workers still bound.
+            marks.append(f"{time.monotonic():.2f} scheduler killed")
             scheduler.send_signal(signal.SIGKILL)
             await scheduler.wait()
             scheduler = await serve(target, store)

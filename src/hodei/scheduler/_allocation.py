@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hodei._quoting import quote_short
@@ -189,6 +189,7 @@ class Allocator:
         ttl = lease_ttl or self._default_ttl
         self._check(job_id, requirements, job, ttl, wait)
         waiting = None
+        joined = False  # a retry of an acquire that still waits: the binding is the first's, not this call's
         while waiting is None:
             # Every await below may let another acquire of the same job in: look again after each.
             if (known := self._known_here(job_id)) is not None:
@@ -197,6 +198,7 @@ class Allocator:
                 # A retry of an acquire that still waits: one wait, for as long as the longest asks, served
                 # after the round serving the first (if one runs).
                 waiting.until = max(waiting.until, self._monotonic() + wait)
+                joined = True
                 await self._serve()
                 break
             if (known := await self._known_in_store(job_id)) is not None:
@@ -213,16 +215,19 @@ class Allocator:
             if not waiting.bound.done():
                 try:
                     await self._refuse_impossible(requirements, job)
-                except NoWorkerFits:
+                except NoWorkerFits as error:
                     if self._waiting.get(job_id) is waiting and not waiting.bound.done():
                         del self._waiting[job_id]
+                        waiting.bound.set_exception(error)  # retries that joined it hear it too
+                        waiting.bound.exception()  # (heard here: not an exception nobody retrieved)
                         raise
                 self._demand_changed()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiting.bound), wait)
+            acquired = await asyncio.wait_for(asyncio.shield(waiting.bound), wait)
+            return replace(acquired, created=False) if joined else acquired
         except TimeoutError:
             if waiting.bound.done():
-                return waiting.bound.result()
+                return replace(waiting.bound.result(), created=False) if joined else waiting.bound.result()
             if self._waiting.get(job_id) is waiting and self._monotonic() >= waiting.until:
                 del self._waiting[job_id]
                 self._metrics.acquire_wait.labels("timeout").observe(self._monotonic() - waiting.since)
