@@ -55,12 +55,23 @@ LIVENESS = (
 )
 
 
-async def serve(target: str, store: Path) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        HODEI, "scheduler", "serve", "--listen", target, "--store", f"sqlite:///{store}", *LIVENESS,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=CLI_ENV,
-    )  # fmt: skip
-    await health_becomes_serving(target, SCHEDULER_SERVICE, timeout=30)
+async def serve(target: str, store: Path, log: Path) -> asyncio.subprocess.Process:
+    """``hodei scheduler serve`` on ``target``, once SERVING; a scheduler that exits first fails the test with
+    what it said."""
+    with log.open("ab") as output:
+        process = await asyncio.create_subprocess_exec(
+            HODEI, "scheduler", "serve", "--listen", target, "--store", f"sqlite:///{store}", *LIVENESS,
+            stdout=output, stderr=output, env=CLI_ENV,
+        )  # fmt: skip
+    serving = asyncio.create_task(health_becomes_serving(target, SCHEDULER_SERVICE, timeout=90))
+    exited = asyncio.create_task(process.wait())
+    await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
+    if not serving.done():
+        serving.cancel()
+        said = await asyncio.to_thread(log.read_text)
+        raise AssertionError(f"the scheduler exited with {process.returncode}: {said[-2000:]}")
+    exited.cancel()
+    serving.result()
     return process
 
 
@@ -118,7 +129,7 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
     target = f"127.0.0.1:{free_port()}"
     store, pools = tmp_path / "registry.db", tmp_path / "pools.toml"
     pools.write_text(POOLS)
-    scheduler = await serve(target, store)
+    scheduler = await serve(target, store, tmp_path / "scheduler.log")
     first = second = None
     try:
         async with SchedulerPortClient(target) as client, watching(client) as watch:
@@ -160,7 +171,7 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
             marks.append(f"{time.monotonic():.2f} scheduler killed")
             scheduler.send_signal(signal.SIGKILL)
             await scheduler.wait()
-            scheduler = await serve(target, store)
+            scheduler = await serve(target, store, tmp_path / "scheduler.log")
             for acquired in long:
                 view = await answered(
                     lambda a=acquired: client.renew_assignment(a.assignment.assignment_id, timeout=5)
