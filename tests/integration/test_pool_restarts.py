@@ -63,15 +63,19 @@ async def serve(target: str, store: Path, log: Path) -> asyncio.subprocess.Proce
             HODEI, "scheduler", "serve", "--listen", target, "--store", f"sqlite:///{store}", *LIVENESS,
             stdout=output, stderr=output, env=CLI_ENV,
         )  # fmt: skip
-    serving = asyncio.create_task(health_becomes_serving(target, SCHEDULER_SERVICE, timeout=90))
-    exited = asyncio.create_task(process.wait())
-    await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
-    if not serving.done():
-        serving.cancel()
-        said = await asyncio.to_thread(log.read_text)
-        raise AssertionError(f"the scheduler exited with {process.returncode}: {said[-2000:]}")
-    exited.cancel()
-    serving.result()
+    try:
+        serving = asyncio.create_task(health_becomes_serving(target, SCHEDULER_SERVICE, timeout=90))
+        exited = asyncio.create_task(process.wait())
+        await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not serving.done():
+            serving.cancel()
+            said = await asyncio.to_thread(log.read_text)
+            raise AssertionError(f"the scheduler exited with {process.returncode}: {said[-2000:]}")
+        exited.cancel()
+        serving.result()
+    except BaseException:
+        await end(process)  # never left running by a test that failed
+        raise
     return process
 
 
