@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -58,7 +58,7 @@ from hodei.scheduler._ended import Ended, EndedAssignments
 from hodei.scheduler._free import FreeWorkers
 from hodei.scheduler._liveness import LeaseTable
 from hodei.scheduler._pool_book import PoolBook
-from hodei.scheduler._registry import MAX_PAGE_SIZE, WorkerRegistry
+from hodei.scheduler._registry import WorkerRegistry
 
 __all__ = ["Allocator"]
 
@@ -135,7 +135,7 @@ class Allocator:
         self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
         self._rounds_started = 0
         self._free = FreeWorkers(
-            lambda: self._records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
+            lambda: self._registry.records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
         )
         self._serving: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
@@ -275,7 +275,7 @@ class Allocator:
 
         if any(could(record) for record in self._free.known()):
             return
-        async for record in self._records(WorkerFilter(labels=requirements.labels)):
+        async for record in self._registry.records(WorkerFilter(labels=requirements.labels)):
             if could(record):
                 return
         raise NoWorkerFits(
@@ -283,13 +283,6 @@ class Allocator:
             + (" with an agent to run the job" if job is not None else ""),
             violations=[FieldViolation("requirements", "no pool and no worker can ever meet them")],
         )
-
-    async def _records(self, worker_filter: WorkerFilter) -> AsyncIterator[WorkerRecord]:
-        after = ""
-        while batch := await self.store.list(worker_filter, after=after, limit=MAX_PAGE_SIZE):
-            for record in batch:
-                yield record
-            after = batch[-1].worker_id
 
     # -- serving the queue -------------------------------------------------------------------------------
 
@@ -677,7 +670,7 @@ class Allocator:
         self.pools.gauge(await self.pool_statuses() if self.pools.pools else [])
 
     async def pool_statuses(self) -> list[PoolStatus]:
-        return await self.pools.statuses(self._records(WorkerFilter()), self.demand())
+        return await self.pools.statuses(self._registry.records(WorkerFilter()), self.demand())
 
 
 def _lost(reason: str) -> JobResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -454,14 +454,19 @@ class WorkerRegistry:
             return WorkerPage(found[:limit], encode_page_token(found[limit - 1].worker_id))
         return WorkerPage(found)
 
+    async def records(self, worker_filter: WorkerFilter | None = None) -> AsyncIterator[WorkerRecord]:
+        """Every record the filter matches, in worker-id order, read from the store a page at a time."""
+        after = ""
+        while batch := await self._store.list(
+            worker_filter or WorkerFilter(), after=after, limit=MAX_PAGE_SIZE
+        ):
+            for record in batch:
+                yield record
+            after = batch[-1].worker_id
+
     async def all_records(self) -> builtins.list[WorkerRecord]:
         """Every record, in worker-id order (start-up recovery, snapshots)."""
-        records: builtins.list[WorkerRecord] = []
-        after = ""
-        while batch := await self._store.list(WorkerFilter(), after=after, limit=MAX_PAGE_SIZE):
-            records += batch
-            after = batch[-1].worker_id
-        return records
+        return [record async for record in self.records()]
 
     async def count(self) -> int:
         return await self._store.count()
