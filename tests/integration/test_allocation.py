@@ -628,8 +628,16 @@ async def test_a_retry_of_an_acquire_that_still_waits_shares_its_wait_and_is_tol
         return [d.waiting for d in await client.get_demand()] == [count]
 
     await wait_for(lambda: waiting(1))
+    first_gives_up = scheduler.scheduler.allocator._waiting["patient"].until
     retry = asyncio.create_task(client.acquire_worker("patient", Requirements(), wait=10))
-    await wait_for(lambda: waiting(1))  # one wait for both
+
+    async def joined() -> (
+        bool
+    ):  # the retry waits with the first: their one wait lasts as long as the later asks
+        return scheduler.scheduler.allocator._waiting["patient"].until > first_gives_up
+
+    await wait_for(joined)
+    assert [d.waiting for d in await client.get_demand()] == [1]  # one wait for both
     await client.release_worker(held.assignment.assignment_id)
 
     bound, again = await asyncio.gather(first, retry)
