@@ -3,6 +3,7 @@ template fits a requirement, and each pool's workers by status and waiting acqui
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, Iterable, Sequence
@@ -47,7 +48,7 @@ class PoolBook:
     async def apply(self, source: str, text: str) -> None:
         """Replace the pools with those of a pools file's text: refused whole (PoolFileError: file, line,
         field) with nothing changed, or kept by the store first, then used."""
-        specs = parse_pools(text, source=source)
+        specs = await asyncio.to_thread(parse_pools, text, source=source)  # up to 1 MiB: not on the loop
         if isinstance(self._store, PoolDefinitions):
             await self._store.save_pools(source, text)
         self.pools = specs
