@@ -139,6 +139,7 @@ FACES: dict[str, list[str]] = {
         "match",
         "parse_pools",
         "plan_scale",
+        "waiting_by_pool",
     ],
     "hodei.providers": [
         "DockerProvider",

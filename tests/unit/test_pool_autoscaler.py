@@ -54,6 +54,7 @@ from hodei.pools import (
     ScaleReason,
     WaitingDemand,
     parse_pools,
+    waiting_by_pool,
 )
 from hodei.ports import DrainOutcome, RegistrationReceipt, WorkerFilter, WorkerPage
 from hodei.testing import FakeClock, MockWorkerProvider
@@ -156,7 +157,9 @@ class PoolScheduler:
                 if record.pool == spec.name:
                     counts[record.status] = counts.get(record.status, 0) + 1
             statuses.append(PoolStatus(spec, counts))
-        return statuses
+        # As the scheduler counts them (hodei.pools.waiting_by_pool: a shape for the first pool that fits it).
+        waiting = waiting_by_pool(self.demand, self.specs)
+        return [replace(status, waiting=waiting.get(status.spec.name, 0)) for status in statuses]
 
     async def get_demand(self, *, timeout: float | None = None) -> list[WaitingDemand]:
         return list(self.demand)

@@ -1,8 +1,8 @@
 """The pool autoscaler: keeps every pool the scheduler knows between its bounds, one tick at a time.
 
-Each tick is level-triggered: it reads the pools and the waiting demand from the scheduler, the pools' workers
-from the registry and the machines from the provider, derives each pool's :class:`~hodei.pools.PoolObservation`
-afresh, and acts on :func:`~hodei.pools.plan_scale`. Nothing it acts on is a counter kept between ticks; what
+Each tick is level-triggered: it reads the pools (with the acquires waiting for each) from the scheduler, the
+pools' workers from the registry and the machines from the provider, derives each pool's
+:class:`~hodei.pools.PoolObservation` afresh, and acts on :func:`~hodei.pools.plan_scale`. Nothing it acts on is a counter kept between ticks; what
 it remembers is its own history (when it last scaled each pool, when provisions failed, when it first saw a
 worker idle) and the provisions and retirements it has in flight — live task sets, whose members leave when
 their task ends.
@@ -35,7 +35,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -55,7 +55,6 @@ from hodei.pools import (
     PoolStatus,
     ScaleEvent,
     ScalePlan,
-    WaitingDemand,
     parse_pools,
     plan_scale,
 )
@@ -311,13 +310,11 @@ class PoolAutoscaler:
         in_flight = {pool: frozenset(tasks) for pool, tasks in self._provisions.items()}
         retiring = frozenset(self._retirements)
         timeout = self.config.call_timeout
+        # Each pool's waiting acquires are the scheduler's count (a shape several pools fit: the first by name).
         statuses = await self.pools.list_pools(timeout=timeout)
-        demand = await self.pools.get_demand(timeout=timeout)
         records = await self._records()
         machines = await self._machines()
         now = self._clock() if now is None else now
-        names = sorted(s.spec.name for s in statuses)
-        waiting = _waiting_by_pool(demand, names)
         ticks = []
         for status in sorted(statuses, key=lambda s: s.spec.name):
             spec = status.spec
@@ -331,7 +328,7 @@ class PoolAutoscaler:
                 machines.get(spec.name, set()),
                 in_flight.get(spec.name, frozenset()),
                 retiring,
-                waiting.get(spec.name, 0),
+                status.waiting,
             )
             self._act(pool_tick)
             ticks.append(pool_tick)
@@ -569,18 +566,6 @@ class PoolAutoscaler:
 
 def _owner(worker: DynamicWorker) -> str | None:
     return worker.config.labels.get(OWNER_LABEL)
-
-
-def _waiting_by_pool(demand: Iterable[WaitingDemand], pools: Sequence[str]) -> dict[str, int]:
-    """How many acquires wait for each pool: a shape counts for the first pool (in name order) that fits it
-    and that the scheduler knows."""
-    known = set(pools)
-    waiting: dict[str, int] = {}
-    for shape in demand:
-        first = min((p for p in shape.pools if p in known), default=None)
-        if first is not None:
-            waiting[first] = waiting.get(first, 0) + shape.waiting
-    return waiting
 
 
 def _reasons(plan: ScalePlan, pool_tick: PoolTick) -> str:

@@ -11,7 +11,7 @@ from hodei.pools._file import PoolFileError, load_pools, parse_pools
 from hodei.pools._matching import Waiter, match
 from hodei.pools._requirements import Requirements, best_fit
 from hodei.pools._spec import PoolKind, PoolSpec, WorkerTemplate
-from hodei.pools._status import PoolStatus, ScaleEvent, WaitingDemand
+from hodei.pools._status import PoolStatus, ScaleEvent, WaitingDemand, waiting_by_pool
 
 __all__ = [
     "IdleWorker",
@@ -32,4 +32,5 @@ __all__ = [
     "match",
     "parse_pools",
     "plan_scale",
+    "waiting_by_pool",
 ]

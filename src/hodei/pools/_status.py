@@ -7,7 +7,7 @@ instant, a pool's workers by status from the registry's records of that pool.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -90,3 +90,15 @@ class PoolStatus:
     @property
     def size(self) -> int:
         return sum(self.workers.values())
+
+
+def waiting_by_pool(demand: Iterable[WaitingDemand], pools: Iterable[str]) -> dict[str, int]:
+    """How many acquires wait for each of ``pools``: a shape counts for the first of them (by name) that fits
+    it, so that two pools never both grow for one job."""
+    known = set(pools)
+    waiting: dict[str, int] = {}
+    for shape in demand:
+        first = min((pool for pool in shape.pools if pool in known), default=None)
+        if first is not None:
+            waiting[first] = waiting.get(first, 0) + shape.waiting
+    return waiting

@@ -11,7 +11,15 @@ from collections.abc import AsyncIterable, Iterable, Sequence
 from hodei._quoting import quote_short
 from hodei.domain import WorkerRecord, WorkerStatus
 from hodei.observability._metrics import SchedulerMetrics
-from hodei.pools import PoolSpec, PoolStatus, Requirements, ScaleEvent, WaitingDemand, parse_pools
+from hodei.pools import (
+    PoolSpec,
+    PoolStatus,
+    Requirements,
+    ScaleEvent,
+    WaitingDemand,
+    parse_pools,
+    waiting_by_pool,
+)
 from hodei.ports import PoolDefinitions, RegistryStore
 
 __all__ = ["RECENT_EVENTS", "PoolBook"]
@@ -73,10 +81,7 @@ class PoolBook:
             if record.pool in counts:
                 by_status = counts[record.pool]
                 by_status[record.status] = by_status.get(record.status, 0) + 1
-        waiting: dict[str, int] = {}
-        for shape in demand:
-            if shape.pools:
-                waiting[shape.pools[0]] = waiting.get(shape.pools[0], 0) + shape.waiting
+        waiting = waiting_by_pool(demand, self.pools)
         return [
             PoolStatus(
                 self.pools[name], counts[name], waiting.get(name, 0), tuple(self._recent.get(name, ()))
