@@ -2,10 +2,10 @@
 
 Each tick is level-triggered: it reads the pools (with the acquires waiting for each) from the scheduler, the
 pools' workers from the registry and the machines from the provider, derives each pool's
-:class:`~hodei.pools.PoolObservation` afresh, and acts on :func:`~hodei.pools.plan_scale`. Nothing it acts on
-is a counter kept between ticks; what it remembers is its own history (when it last scaled each pool, when provisions failed, when it first saw a
-worker idle) and the provisions and retirements it has in flight — live task sets, whose members leave when
-their task ends.
+:class:`~hodei.pools.PoolObservation` afresh, and acts on :func:`~hodei.pools.plan_scale`. Nothing it acts
+on is a counter kept between ticks; what it remembers is its own history (when it last scaled each pool, when
+provisions failed, when it first saw a worker idle) and the provisions and retirements it has in flight — live
+task sets, whose members leave when their task ends.
 
 How a pool's workers are counted (by worker id, so that nothing counts twice):
 
