@@ -643,3 +643,19 @@ async def test_a_retry_of_an_acquire_that_still_waits_shares_its_wait_and_is_tol
     bound, again = await asyncio.gather(first, retry)
     assert (bound.created, again.created) == (True, False)
     assert bound.assignment == again.assignment and bound.record.worker_id == "only"
+
+
+async def test_whatever_tail_an_agent_reports_is_kept_bounded_and_without_control_characters(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient, agents: Agents
+) -> None:
+    await agents.connect(worker("loud"))
+    acquired = await client.acquire_worker("loud-job", Requirements(), job=Job(("true",)))
+    hostile = "\x1b[2J" + "é" * 10_000 + "\x00end\n"
+
+    await agents.streams["loud"].job_finished(
+        acquired.assignment.assignment_id, JobResult(JobOutcome.SUCCEEDED, 0, hostile)
+    )
+
+    view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
+    assert view.result is not None
+    assert view.result.output_tail == "é" * 2044 + "\ufffdend\n"  # its last 4,096 bytes, NUL replaced

@@ -21,7 +21,7 @@ from hodei._quoting import clip, quote_short
 from hodei.agent._executor import JobOutcome as ExecutorOutcome
 from hodei.agent._executor import JobResult as ExecutorResult
 from hodei.agent._executor import JobSpec, ShellExecutor
-from hodei.domain import MAX_OUTPUT_TAIL, MAX_REASON_LENGTH, Assignment, JobOutcome, JobResult
+from hodei.domain import MAX_REASON_LENGTH, Assignment, JobOutcome, JobResult, bounded_tail
 from hodei.observability import _tracing as tracing
 
 __all__ = ["KEPT_RESULTS", "AgentJobs", "bounded_tail"]
@@ -44,15 +44,7 @@ _OUTCOMES = {
     ExecutorOutcome.NOT_STARTED: JobOutcome.FAILED,
 }
 # What a terminal would act on (escape sequences, NUL, DEL, C1); tabs and line ends are output.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _REASON_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def bounded_tail(text: str, limit: int = MAX_OUTPUT_TAIL) -> str:
-    """The end of a job's output as reported: control characters but tab and line ends replaced (U+FFFD), at
-    most ``limit`` bytes of UTF-8, cut on a character boundary."""
-    data = _CONTROL.sub("\ufffd", text).encode(errors="replace")[-limit:]
-    return data.decode(errors="ignore")  # a character cut in two at the start is dropped
 
 
 def _reason(text: str) -> str:

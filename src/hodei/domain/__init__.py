@@ -15,6 +15,7 @@ from hodei.domain._assignments import (
     Job,
     JobOutcome,
     JobResult,
+    bounded_tail,
     validate_assignment_ttl,
     validate_job_id,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "WorkerStatus",
     "WorkerType",
     "apply_change",
+    "bounded_tail",
     "holds_control_characters",
     "merge_registration",
     "merge_registrations",

@@ -29,6 +29,7 @@ __all__ = [
     "Job",
     "JobOutcome",
     "JobResult",
+    "bounded_tail",
 ]
 
 DEFAULT_ASSIGNMENT_TTL = 30.0
@@ -136,6 +137,17 @@ class Assignment:
     bound_at: datetime | None = None
     # The trace of the acquire (W3C traceparent/tracestate), for the job's span on the agent: not stored.
     trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+_DRIVING = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def bounded_tail(text: str, limit: int = MAX_OUTPUT_TAIL) -> str:
+    """The end of a job's output as kept and shown: control characters but tab and line ends replaced
+    (U+FFFD), at most ``limit`` bytes of UTF-8, cut on a character boundary. The agent reports it so; the
+    scheduler applies it again to what any agent sends."""
+    data = _DRIVING.sub("\ufffd", text).encode(errors="replace")[-limit:]
+    return data.decode(errors="ignore")  # a character cut in two at the start is dropped
 
 
 def validate_job_id(job_id: str) -> list[FieldViolation]:

@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
-from hodei.domain import MAX_OUTPUT_TAIL, DynamicWorker
+from hodei.domain import DynamicWorker, bounded_tail
 from hodei.errors import SchedulerError, SchedulerTimeout
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._sessions import AgentSession
@@ -125,8 +125,8 @@ class ConnectHandler:
                     finished = message.job_finished
                     check_reason(finished.result.reason, "job_finished.result.reason")
                     result = codec.job_result_from_proto(finished.result)
-                    # The tail is the job's own output: kept as the agent's last MAX_OUTPUT_TAIL characters.
-                    result = replace(result, output_tail=result.output_tail[-MAX_OUTPUT_TAIL:])
+                    # The tail is the agent's to bound; any agent's is bounded again (bytes, control characters).
+                    result = replace(result, output_tail=bounded_tail(result.output_tail))
                     await self._scheduler.job_finished(session, finished.assignment_id, result)
                 else:
                     raise invalid(
