@@ -44,7 +44,7 @@ from typing import Self
 from hodei._ownership import OWNER_LABEL
 from hodei._quoting import clip, quote_short
 from hodei._settings import check_settings
-from hodei.domain import DynamicWorker, WorkerRecord, WorkerStatus, utcnow
+from hodei.domain import MAX_WORKER_ID_LENGTH, DynamicWorker, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import HodeiError, SchedulerError
 from hodei.management._service import WorkerManagementService
 from hodei.pools import (
@@ -69,7 +69,6 @@ _WRITTEN_OFF = frozenset(
     {WorkerStatus.LOST, WorkerStatus.FAILED, WorkerStatus.UNREGISTERED, WorkerStatus.TERMINATED}
 )
 _MAX_FAILURES_KEPT = 32
-_WORKER_ID_LENGTH = 128
 _SETTLED_NS = 2_000_000_000  # a file's modification time this far in the past cannot be that of a new write
 
 
@@ -273,10 +272,7 @@ class PoolAutoscaler:
     async def stop(self) -> None:
         """Stop ticking, and cancel the provisions and retirements in flight (a provision cancelled half-way
         is rolled back by the service). Idempotent."""
-        tasks = [t for t in (self._loop,) if t is not None]
-        tasks += [t for pool in self._provisions.values() for t in pool.values()]
-        tasks += list(self._retirements.values())
-        tasks += list(self._reports)
+        tasks = [t for t in (self._loop,) if t is not None] + self._in_flight()
         self._loop = None
         for task in tasks:
             task.cancel()
@@ -284,10 +280,12 @@ class PoolAutoscaler:
 
     async def settle(self) -> None:
         """Wait until the provisions and retirements in flight now have ended (for tests and shutdown)."""
+        await asyncio.gather(*self._in_flight(), return_exceptions=True)
+
+    def _in_flight(self) -> list[asyncio.Task[None]]:
+        """The provisions, retirements and scale reports running now."""
         tasks = [t for pool in self._provisions.values() for t in pool.values()]
-        tasks += list(self._retirements.values())
-        tasks += list(self._reports)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        return tasks + list(self._retirements.values()) + list(self._reports)
 
     def provisioning(self, pool: str) -> frozenset[str]:
         """The ids this autoscaler is provisioning for ``pool`` right now."""
@@ -498,7 +496,7 @@ class PoolAutoscaler:
             )
 
     def _provision(self, spec: PoolSpec) -> None:
-        worker_id = f"{spec.name[: _WORKER_ID_LENGTH - 9]}-{uuid.uuid4().hex[:8]}"
+        worker_id = f"{spec.name[: MAX_WORKER_ID_LENGTH - 9]}-{uuid.uuid4().hex[:8]}"
         tasks = self._provisions.setdefault(spec.name, {})
         task = asyncio.create_task(self._provision_one(spec, worker_id), name=f"hodei-provision-{worker_id}")
         tasks[worker_id] = task

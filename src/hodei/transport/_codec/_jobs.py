@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from hodei.domain import Assignment, Job, JobOutcome, JobResult, WorkerCapabilities, WorkerStatus, WorkerType
 from hodei.pools import (
     PoolKind,
@@ -16,6 +12,7 @@ from hodei.pools import (
     WaitingDemand,
     WorkerTemplate,
 )
+from hodei.transport._codec._time import moment, timestamp
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
@@ -41,14 +38,6 @@ _OUTCOME_TO_PROTO: dict[JobOutcome, pb.JobOutcome] = {
     outcome: getattr(pb, f"JOB_OUTCOME_{outcome.name}") for outcome in JobOutcome
 }
 _OUTCOME_FROM_PROTO: dict[int, JobOutcome] = {value: outcome for outcome, value in _OUTCOME_TO_PROTO.items()}
-
-
-def _stamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _ms(seconds: float) -> int:
@@ -129,7 +118,7 @@ def assignment_to_proto(assignment: Assignment, ended: JobResult | None = None) 
         incarnation=assignment.incarnation,
         lease_ttl_ms=_ms(assignment.lease_ttl),
         job=job_to_proto(assignment.job) if assignment.job is not None else None,
-        bound_at=_stamp(assignment.bound_at),
+        bound_at=timestamp(assignment.bound_at),
         state=pb.ASSIGNMENT_STATE_ENDED if ended is not None else pb.ASSIGNMENT_STATE_BOUND,
         result=job_result_to_proto(ended) if ended is not None else None,
         priority=assignment.priority,
@@ -147,7 +136,7 @@ def assignment_from_proto(message: pb.Assignment) -> tuple[Assignment, JobResult
         lease_ttl=message.lease_ttl_ms / 1000,
         job=job_from_proto(message.job) if message.HasField("job") else None,
         priority=message.priority,
-        bound_at=message.bound_at.ToDatetime(tzinfo=UTC) if message.HasField("bound_at") else None,
+        bound_at=moment(message.bound_at, message.HasField("bound_at")),
         trace_context=dict(message.trace_context),
     )
     ended = message.state == pb.ASSIGNMENT_STATE_ENDED
@@ -245,7 +234,7 @@ def scale_event_to_proto(event: ScaleEvent) -> pb.ScaleEvent:
         reason=event.reason,
         desired=event.desired,
         count=event.count,
-        time=_stamp(event.time),
+        time=timestamp(event.time),
     )
 
 
@@ -256,5 +245,5 @@ def scale_event_from_proto(message: pb.ScaleEvent) -> ScaleEvent:
         reason=message.reason,
         desired=message.desired,
         count=message.count,
-        time=message.time.ToDatetime(tzinfo=UTC) if message.HasField("time") else None,
+        time=moment(message.time, message.HasField("time")),
     )

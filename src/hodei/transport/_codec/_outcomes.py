@@ -25,8 +25,8 @@ from hodei.transport._codec._records import (
     slim_record,
     status_from_proto,
     status_to_proto,
-    timestamp,
 )
+from hodei.transport._codec._time import timestamp
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [

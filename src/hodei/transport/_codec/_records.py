@@ -3,11 +3,8 @@ record to and from its message, with their statuses, capabilities, usage and tim
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from datetime import datetime
 
 from hodei._quoting import quote_short
 from hodei.domain import (
@@ -24,6 +21,7 @@ from hodei.domain import (
 )
 from hodei.errors import InvalidWorkerData
 from hodei.transport._codec._jobs import assignment_from_proto, assignment_to_proto
+from hodei.transport._codec._time import moment, timestamp, timestamp_of
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
@@ -36,7 +34,6 @@ __all__ = [
     "slim_record",
     "status_from_proto",
     "status_to_proto",
-    "timestamp",
     "usage_from_proto",
     "usage_to_proto",
     "worker_from_request",
@@ -65,27 +62,6 @@ def status_from_proto(value: int) -> WorkerStatus:
             f"unknown worker status {value}",
             violations=[FieldViolation("statuses", f"unknown worker status {value}")],
         ) from None
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def timestamp(moment: datetime | None) -> Timestamp | None:
-    return None if moment is None else _timestamp_of(moment)
-
-
-@functools.lru_cache(maxsize=1024)
-def _timestamp_of(moment: datetime) -> Timestamp:
-    # Every record of a batch has the same time, and a message given to a constructor is copied: one
-    # conversion serves the whole batch. Plain arithmetic, as Timestamp.FromDatetime goes through time tuples.
-    delta = moment - _EPOCH
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
-
-
-def _moment(stamp: Timestamp, present: bool) -> datetime | None:
-    if not present:
-        return None
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def _capabilities_to_proto(capabilities: WorkerCapabilities) -> pb.WorkerCapabilities:
@@ -318,7 +294,7 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
     if record.usage is not None:
         worker.usage.CopyFrom(usage_to_proto(record.usage))
     if record.last_heartbeat_at is not None:
-        worker.last_heartbeat_at.CopyFrom(_timestamp_of(record.last_heartbeat_at))
+        worker.last_heartbeat_at.CopyFrom(timestamp_of(record.last_heartbeat_at))
     return worker
 
 
@@ -335,14 +311,14 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
         hostname=message.metadata.hostname,
         agent_version=message.metadata.agent_version,
         incarnation=message.incarnation,
-        registered_at=_moment(message.registered_at, message.HasField("registered_at")),
-        updated_at=_moment(message.updated_at, message.HasField("updated_at")),
+        registered_at=moment(message.registered_at, message.HasField("registered_at")),
+        updated_at=moment(message.updated_at, message.HasField("updated_at")),
         lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
         connected=message.connected,
         connected_via=message.connected_via,
         drained=message.drained,
         usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
-        last_heartbeat_at=_moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
+        last_heartbeat_at=moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
         assignment=assignment_from_proto(message.assignment)[0] if message.HasField("assignment") else None,
         use_count=message.use_count,
     )
@@ -359,8 +335,8 @@ def slim_record(message: pb.Worker, sent: DynamicWorker) -> WorkerRecord:
         pool=sent.pool or "default",
         hostname=sent.hostname,
         incarnation=message.incarnation,
-        registered_at=_moment(message.registered_at, message.HasField("registered_at")),
-        updated_at=_moment(message.updated_at, message.HasField("updated_at")),
+        registered_at=moment(message.registered_at, message.HasField("registered_at")),
+        updated_at=moment(message.updated_at, message.HasField("updated_at")),
         lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
         drained=message.drained,
     )
