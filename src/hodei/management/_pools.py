@@ -279,7 +279,8 @@ class PoolAutoscaler:
                     await asyncio.wait_for(demand.wait(), self.config.interval)
         finally:
             listening.cancel()
-            await asyncio.wait({listening}, timeout=5)
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
 
     async def _listen(self, demand: asyncio.Event) -> None:
         """Set ``demand`` on every change of what waits (the scheduler's DEMAND events), for as long as the
@@ -294,9 +295,7 @@ class PoolAutoscaler:
                     if event.kind is WorkerEventKind.DEMAND:
                         demand.set()
             except HodeiError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # the stream ended because this task is stopped
-                    raise asyncio.CancelledError from None
+                pass
             await asyncio.sleep(self.config.interval)
 
     async def stop(self) -> None:
