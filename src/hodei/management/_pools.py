@@ -46,7 +46,6 @@ from hodei._quoting import clip, quote_short
 from hodei._settings import check_settings
 from hodei.domain import MAX_WORKER_ID_LENGTH, DynamicWorker, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import HodeiError, SchedulerError
-from hodei.lifecycle import WorkerEventKind
 from hodei.management._service import WorkerManagementService
 from hodei.pools import (
     IdleWorker,
@@ -261,41 +260,13 @@ class PoolAutoscaler:
         self._loop = asyncio.create_task(self._run(), name="hodei-pool-autoscaler")
 
     async def _run(self) -> None:
-        demand = asyncio.Event()
-        listening = asyncio.create_task(self._listen(demand), name="hodei-pool-demand")
-        try:
-            while True:
-                demand.clear()
-                try:
-                    await self.tick()
-                except (
-                    HodeiError
-                ) as error:  # the scheduler or the provider could not be read: nothing was done
-                    log.warning("pools.tick_failed", extra={"error": clip(str(error), 400)})
-                except Exception:  # one failed tick must not stop the sizing of every pool: logged, whole
-                    log.exception("pools.tick_failed")
-                # The next tick comes after ``interval``, or as soon as what waits changes.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(demand.wait(), self.config.interval)
-        finally:
-            listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listening
-
-    async def _listen(self, demand: asyncio.Event) -> None:
-        """Set ``demand`` on every change of what waits (the scheduler's DEMAND events), for as long as the
-        scheduler streams them; without them (a port that does not watch, a broken stream) the ticks keep
-        their interval, and the stream is opened again a tick later."""
-        watch = getattr(self.pools, "watch_workers", None)
-        if watch is None:
-            return
         while True:
             try:
-                async for event in watch():
-                    if event.kind is WorkerEventKind.DEMAND:
-                        demand.set()
-            except HodeiError:
-                pass
+                await self.tick()
+            except HodeiError as error:  # the scheduler or the provider could not be read: nothing was done
+                log.warning("pools.tick_failed", extra={"error": clip(str(error), 400)})
+            except Exception:  # one failed tick must not stop the sizing of every pool: logged, whole
+                log.exception("pools.tick_failed")
             await asyncio.sleep(self.config.interval)
 
     async def stop(self) -> None:
