@@ -13,7 +13,7 @@ They are :class:`typing.Protocol` s: fakes and third-party adapters satisfy them
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -31,7 +31,7 @@ from hodei.domain import (
     WorkerType,
 )
 from hodei.errors import SchedulerError
-from hodei.lifecycle import WorkerCommand, WorkerEventKind
+from hodei.lifecycle import WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.pools import PoolStatus, Requirements, ScaleEvent, WaitingDemand
 
 __all__ = [
@@ -268,6 +268,11 @@ class PoolPort(Protocol):
 
     async def report_scale_event(self, event: ScaleEvent, *, timeout: float | None = None) -> None:
         """Tell the scheduler (its watchers, and ``list_pools``) what the autoscaler did to a pool."""
+        ...
+
+    def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
+        """The scheduler's lifecycle events as they happen, among them a DEMAND event each time what waits
+        changes (the autoscaler wakes on them rather than wait for its next tick)."""
         ...
 
 

@@ -228,3 +228,28 @@ async def test_a_pool_never_exceeds_max_under_200_concurrent_acquires_and_a_prov
     assert len(set(bound)) <= 20
     assert provider.peak <= 20  # never more machines existing or being made than max
     assert len(provider.running) == len(pool) == provider.calls - provider.calls // 3 <= 20  # all kept
+
+
+async def test_a_job_that_starts_waiting_wakes_the_autoscaler_at_once_not_at_its_next_tick() -> None:
+    from hodei.testing import MockWorkerProvider
+
+    async with (
+        EmbeddedScheduler(liveness=LIVENESS) as scheduler,
+        SchedulerPortClient(scheduler.target) as client,
+        build_control_plane(MockWorkerProvider(), scheduler=client) as service,
+    ):
+        await client.apply_pools("pools.toml", BURST)
+        lazy = PoolAutoscalerConfig(interval=60.0)  # its next tick would come a minute from now
+        async with build_pool_autoscaler(service, config=lazy):
+
+            async def first_tick_done() -> bool:  # it sized the pool once: desired 0, nothing waits
+                sample = service.metrics.registry.get_sample_value(
+                    "hodei_pool_desired_workers", {"pool": "burst"}
+                )
+                return sample == 0
+
+            await wait_for(first_tick_done, timeout=10)
+            acquired = await asyncio.wait_for(
+                client.acquire_worker("woken", Requirements(pool="burst"), wait=30), 10
+            )
+    assert acquired.record.pool == "burst"

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from hodei.domain import (
     WorkerStatus,
     WorkerType,
     record_of,
+    utcnow,
 )
 from hodei.errors import (
     ProviderError,
@@ -36,6 +37,7 @@ from hodei.errors import (
     WorkerNotIdle,
     scheduler_error_for,
 )
+from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.management import (
     PoolAutoscaler,
     PoolAutoscalerConfig,
@@ -75,6 +77,9 @@ class PoolScheduler:
         self.listed_pages = 0
         self.scale_events: list[ScaleEvent] = []
         self.refuse_reports: list[SchedulerError] = []
+        self.listed_pools = 0
+        self.events: asyncio.Queue[WorkerEvent | SchedulerError] = asyncio.Queue()
+        self.watches = 0
 
     # SchedulerPort
     async def register_worker(
@@ -148,6 +153,7 @@ class PoolScheduler:
 
     # PoolPort (the part the autoscaler uses)
     async def list_pools(self, *, timeout: float | None = None) -> list[PoolStatus]:
+        self.listed_pools += 1
         if self.fail_list_pools:
             raise self.fail_list_pools.pop(0)
         statuses = []
@@ -176,7 +182,22 @@ class PoolScheduler:
             raise self.refuse_reports.pop(0)
         self.scale_events.append(event)
 
+    async def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
+        self.watches += 1
+        while True:
+            item = await self.events.get()
+            if isinstance(item, SchedulerError):
+                raise item  # the stream broke
+            yield item
+
     # what the tests do
+    def tell_demand(self, *demand: WaitingDemand) -> None:
+        """What waits changed: the scheduler's DEMAND event."""
+        self.demand = list(demand)
+        self.events.put_nowait(
+            WorkerEvent(1, WorkerEventKind.DEMAND, "", None, f"{len(demand)} shapes", utcnow(), demand)
+        )
+
     def pool_records(self, pool: str, *statuses: WorkerStatus) -> list[WorkerRecord]:
         return [r for r in self.records.values() if r.pool == pool and (not statuses or r.status in statuses)]
 
@@ -612,6 +633,64 @@ async def test_the_loop_survives_a_failed_tick_and_stops_cleanly(caplog: pytest.
     assert bug.exc_info is not None and "a bug in one tick" in str(bug.exc_info[1])
     assert (away.levelname, away.exc_info) == ("WARNING", None)
     assert "the scheduler is away" in away.error  # type: ignore[attr-defined]
+
+
+async def test_more_acquires_waiting_wake_the_loop_before_its_interval_and_fewer_do_not() -> None:
+    rig = Rig(dynamic(max=10), provider=MockWorkerProvider(delay=30.0), interval=3600.0, wake_gap=0.0)
+    rig.scheduler.demand = [waiting(3, "builders")]
+    async with rig.autoscaler as autoscaler:
+
+        async def provisioning(count: int) -> bool:
+            return len(autoscaler.provisioning("builders")) == count
+
+        await wait_for(lambda: provisioning(3))  # the first tick: three wait, three are being made
+        assert rig.scheduler.listed_pools == 1
+        rig.scheduler.tell_demand(waiting(2, "builders"))  # fewer wait: nothing to add, no tick
+
+        async def heard() -> bool:
+            return rig.scheduler.events.empty()
+
+        await wait_for(heard)
+        for _ in range(5):  # the listener had its turn: a wake-up would have begun a tick by now
+            await asyncio.sleep(0)
+        assert rig.scheduler.listed_pools == 1
+        rig.scheduler.tell_demand(waiting(4, "builders"))  # more wait than the last tick saw: a tick now
+        await wait_for(lambda: provisioning(4))
+        assert rig.scheduler.listed_pools == 2
+        assert rig.scheduler.watches == 1
+
+
+async def test_the_loop_watches_again_after_its_demand_stream_breaks_and_stops_while_watching() -> None:
+    rig = Rig(dynamic(max=10), provider=MockWorkerProvider(delay=30.0), interval=0.01, wake_gap=0.0)
+    async with rig.autoscaler as autoscaler:
+        rig.scheduler.events.put_nowait(scheduler_error_for(ErrorCode.UNAVAILABLE, "the stream broke"))
+
+        async def watching_again() -> bool:
+            return rig.scheduler.watches == 2
+
+        await wait_for(watching_again)
+        rig.scheduler.tell_demand(waiting(1, "builders"))
+
+        async def provisioning() -> bool:
+            return len(autoscaler.provisioning("builders")) == 1
+
+        await wait_for(provisioning)
+    assert autoscaler.provisioning("builders") == frozenset()  # stopped: the provision was cancelled
+
+
+async def test_a_wake_up_at_the_moment_of_stop_does_not_keep_the_loop_running() -> None:
+    """``stop()`` cancels the loop while the wake-up it waits for is being set: the loop still ends (Python
+    3.11's ``asyncio.wait_for`` returned the wake-up and lost the cancellation; the stop then waited forever)."""
+    rig = Rig(dynamic(max=10), interval=3600.0, wake_gap=0.0)
+    async with rig.autoscaler:
+
+        async def ticked() -> bool:
+            return rig.scheduler.listed_pools == 1
+
+        await wait_for(ticked)
+        rig.autoscaler._wake.set()  # the wake-up and the stop in the same turn of the loop
+        await asyncio.wait_for(rig.autoscaler.stop(), 5)
+    assert rig.scheduler.listed_pools == 1
 
 
 async def test_stopping_cancels_the_provisions_in_flight_and_leaves_no_machine() -> None:

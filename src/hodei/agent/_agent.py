@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import grpc
 import psutil
 
+from hodei._waiting import wait_until_set
 from hodei.agent._config import AgentConfig
 from hodei.agent._executor import ShellExecutor
 from hodei.agent._jobs import AgentJobs
@@ -274,8 +275,7 @@ class WorkerAgent:
         self.request_shutdown(f"the control plane (pid {self.config.parent_pid}) is gone")
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await wait_until_set(self._stopping, seconds)
 
     async def _session(self, target: str) -> None:
         async with self._channel(target) as channel:
@@ -340,8 +340,7 @@ class WorkerAgent:
     async def _heartbeat(self, stream: ConnectStream) -> None:
         sequence = 0
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.heartbeat_interval)
+            if await wait_until_set(self._stopping, self.heartbeat_interval):
                 return
             sequence += 1
             usage = self._usage()

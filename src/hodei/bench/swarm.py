@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from hodei._waiting import wait_until_set
 from hodei.agent._agent import WorkerAgent
 from hodei.agent._config import AgentConfig
 from hodei.agent._slots import SharedChannels
@@ -96,8 +97,7 @@ async def swarm(
 
     while not stop.is_set():
         report()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), report_every)
+        await wait_until_set(stop, report_every)
     for agent in agents:
         agent.request_shutdown("fleet benchmark over")
     await asyncio.wait(tasks, timeout=60)

@@ -44,8 +44,10 @@ from typing import Self
 from hodei._ownership import OWNER_LABEL
 from hodei._quoting import clip, quote_short
 from hodei._settings import check_settings
+from hodei._waiting import wait_until_set
 from hodei.domain import MAX_WORKER_ID_LENGTH, DynamicWorker, WorkerRecord, WorkerStatus, utcnow
 from hodei.errors import HodeiError, SchedulerError
+from hodei.lifecycle import WorkerEventKind
 from hodei.management._service import WorkerManagementService
 from hodei.pools import (
     IdleWorker,
@@ -55,8 +57,10 @@ from hodei.pools import (
     PoolStatus,
     ScaleEvent,
     ScalePlan,
+    WaitingDemand,
     parse_pools,
     plan_scale,
+    waiting_by_pool,
 )
 from hodei.pools._file import read_pool_file
 from hodei.ports import PoolPort, SchedulerPort, WorkerFilter
@@ -76,13 +80,16 @@ _SETTLED_NS = 2_000_000_000  # a file's modification time this far in the past c
 class PoolAutoscalerConfig:
     """``interval``: seconds between ticks; ``call_timeout`` bounds each call to the scheduler; the registry is
     read ``page_size`` workers a page. A pool whose provisions fail waits ``backoff_initial`` seconds before
-    the next, doubling with each failure in a row up to ``backoff_max``; a success resets it."""
+    the next, doubling with each failure in a row up to ``backoff_max``; a success resets it. More acquires
+    waiting than the last tick saw wake the autoscaler before its interval is up, but no sooner than
+    ``wake_gap`` seconds after the last tick began."""
 
     interval: float = 1.0
     call_timeout: float = 10.0
     page_size: int = 500
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    wake_gap: float = 0.05
 
     def __post_init__(self) -> None:
         check_settings(
@@ -93,6 +100,7 @@ class PoolAutoscalerConfig:
                 "page_size": ("between 1 and 1000", 1 <= self.page_size <= 1000),
                 "backoff_initial": ("> 0", self.backoff_initial > 0),
                 "backoff_max": (">= backoff_initial", self.backoff_max >= self.backoff_initial),
+                "wake_gap": (">= 0", self.wake_gap >= 0),
             },
         )
 
@@ -239,6 +247,9 @@ class PoolAutoscaler:
         self._skipped: set[str] = set()
         self._gauged: set[str] = set()  # the pools whose desired size the metrics show
         self._loop: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None  # wakes the loop when more acquires wait
+        self._wake = asyncio.Event()
+        self._waiting_seen: dict[str, int] = {}  # pool -> the acquires waiting for it at the last tick
         self._started = False
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -258,22 +269,51 @@ class PoolAutoscaler:
             raise RuntimeError("the pool autoscaler was started already")
         self._started = True
         self._loop = asyncio.create_task(self._run(), name="hodei-pool-autoscaler")
+        self._listener = asyncio.create_task(self._listen(), name="hodei-pool-demand")
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()
+            self._wake.clear()
             try:
                 await self.tick()
             except HodeiError as error:  # the scheduler or the provider could not be read: nothing was done
                 log.warning("pools.tick_failed", extra={"error": clip(str(error), 400)})
             except Exception:  # one failed tick must not stop the sizing of every pool: logged, whole
                 log.exception("pools.tick_failed")
+            # The next tick comes after ``interval``, or as soon as more acquires wait than this tick saw, but
+            # never sooner than ``wake_gap`` after this one began (a burst of acquires is sized a few times,
+            # not once per acquire).
+            if await wait_until_set(self._wake, self.config.interval):
+                await asyncio.sleep(max(0.0, self.config.wake_gap - (loop.time() - began)))
+
+    async def _listen(self) -> None:
+        """Wake the loop whenever the scheduler's DEMAND events show more acquires waiting for a pool than the
+        last tick saw. Without the events (a broken stream) the ticks keep their interval, and the stream is
+        opened again an interval later."""
+        while True:
+            try:
+                async for event in self.pools.watch_workers():
+                    if event.kind is WorkerEventKind.DEMAND and self._waits_more(event.demand):
+                        self._wake.set()
+            except HodeiError as error:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the stream ended because this task is stopped
+                    raise asyncio.CancelledError from None
+                log.debug("pools.demand_watch_ended", extra={"error": clip(str(error), 400)})
             await asyncio.sleep(self.config.interval)
+
+    def _waits_more(self, demand: tuple[WaitingDemand, ...]) -> bool:
+        fitting = {pool for shape in demand for pool in shape.pools}
+        waiting = waiting_by_pool(demand, fitting)
+        return any(count > self._waiting_seen.get(pool, 0) for pool, count in waiting.items())
 
     async def stop(self) -> None:
         """Stop ticking, and cancel the provisions and retirements in flight (a provision cancelled half-way
         is rolled back by the service). Idempotent."""
-        tasks = [t for t in (self._loop,) if t is not None] + self._in_flight()
-        self._loop = None
+        tasks = [t for t in (self._loop, self._listener) if t is not None] + self._in_flight()
+        self._loop = self._listener = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -310,6 +350,7 @@ class PoolAutoscaler:
         timeout = self.config.call_timeout
         # Each pool's waiting acquires are the scheduler's count (a shape several pools fit: the first by name).
         statuses = await self.pools.list_pools(timeout=timeout)
+        self._waiting_seen = {status.spec.name: status.waiting for status in statuses}
         records = await self._records()
         machines = await self._machines()
         now = self._clock() if now is None else now

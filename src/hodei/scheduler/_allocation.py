@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hodei._quoting import quote_short
+from hodei._waiting import wait_until_set
 from hodei.domain import (
     DEFAULT_ASSIGNMENT_TTL,
     Assignment,
@@ -293,8 +294,7 @@ class Allocator:
 
     async def _serve_forever(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), 0.5)
+            await wait_until_set(self._poked, 0.5)
             self._poked.clear()
             try:
                 now = self._monotonic()

@@ -18,7 +18,6 @@ meanwhile is missed (the store stays the truth).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -29,6 +28,7 @@ from typing import Any
 
 import asyncpg
 
+from hodei._waiting import wait_until_set
 from hodei.errors import StoreUnavailable
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
 from hodei.ports import Relayed, RelayedAck, RelayedCommand, RelayedEvent
@@ -145,8 +145,7 @@ class PostgresEventRelay:
             return
         self.closed = True
         if self._tasks:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), flush)
+            await wait_until_set(self._idle, flush)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
