@@ -148,10 +148,20 @@ def demand_table(demand: Sequence[WaitingDemand], title: str) -> Table:
     return table
 
 
+# A DEMAND line names at most this many requirement shapes (the most waiting first), then counts the rest: a
+# scheduler with thousands of distinct shapes waiting still prints one short line per event.
+DEMAND_SHAPES_SHOWN = 5
+
+
 def _demand_text(demand: Sequence[WaitingDemand]) -> str:
-    return (
-        "; ".join(f"{d.shape} waiting={d.waiting} pools={','.join(d.pools) or '-'}" for d in demand) or "none"
-    )
+    shown = [
+        f"{d.shape} waiting={d.waiting} pools={','.join(d.pools) or '-'}"
+        for d in demand[:DEMAND_SHAPES_SHOWN]
+    ]
+    rest = demand[DEMAND_SHAPES_SHOWN:]
+    if rest:
+        shown.append(f"and {len(rest)} more shapes, {sum(d.waiting for d in rest)} waiting")
+    return "; ".join(shown) or "none"
 
 
 def pool_event_line(event: WorkerEvent) -> str:

@@ -26,6 +26,7 @@ from hodei import (
     SchedulerPortClient,
     SchedulerTimeout,
     WorkerNotIdle,
+    WorkerRecord,
     WorkerStatus,
     WorkerType,
 )
@@ -659,3 +660,36 @@ async def test_whatever_tail_an_agent_reports_is_kept_bounded_and_without_contro
     view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
     assert view.result is not None
     assert view.result.output_tail == "é" * 2044 + "\ufffdend\n"  # its last 4,096 bytes, NUL replaced
+
+
+async def test_an_agent_reporting_made_up_assignments_costs_a_read_of_its_own_worker_each_and_changes_nothing() -> (
+    None
+):
+    from hodei.stores import MemoryRegistryStore
+
+    class CountsScans(MemoryRegistryStore):
+        scans = 0
+
+        async def bound(self) -> list[WorkerRecord]:
+            self.scans += 1
+            return await super().bound()
+
+    store = CountsScans()
+    async with EmbeddedScheduler(store=store, liveness=FAST) as scheduler, scheduler.client() as client:
+        agents = Agents(scheduler)
+        try:
+            await agents.connect(worker("agent-1"))
+            acquired = await client.acquire_worker("real", Requirements())
+            stream = agents.streams["agent-1"]
+            scans = store.scans
+            for index in range(50):  # ids no scheduler ever handed out
+                await stream.job_finished(f"made-up-{index}", JobResult(JobOutcome.SUCCEEDED))
+            await stream.job_finished(
+                acquired.assignment.assignment_id, JobResult(JobOutcome.FAILED, exit_code=3)
+            )
+            view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
+        finally:
+            await agents.close()
+
+    assert view.result == JobResult(JobOutcome.FAILED, exit_code=3)  # the reports before it changed nothing
+    assert store.scans == scans

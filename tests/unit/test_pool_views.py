@@ -131,6 +131,19 @@ def test_a_demand_event_is_one_line_of_what_waits_and_a_worker_event_names_its_p
     assert gone == "2026-01-02T03:04:05.678+00:00 #7 unregistered builders-1 pool=- -"
 
 
+def test_a_demand_line_names_five_shapes_and_counts_the_rest() -> None:
+    shapes = tuple(
+        WaitingDemand(Requirements(labels={"shape": f"s{i:04}" + "x" * 50}), 2, 1.0, ("builders",))
+        for i in range(1000)
+    )
+
+    line = pool_event_line(event(WorkerEventKind.DEMAND, demand=shapes))
+
+    assert line.count("waiting=2") == 5
+    assert line.endswith("; and 995 more shapes, 1990 waiting")
+    assert len(line) < 600
+
+
 def test_an_event_as_json_carries_its_worker_pool_and_demand() -> None:
     shown = json.loads(pool_event_json(event(WorkerEventKind.DEMAND, demand=(WAITING,), reason="3 waiting")))
     released = json.loads(pool_event_json(event(WorkerEventKind.RELEASED, worker_id="w")))

@@ -462,7 +462,9 @@ class Allocator:
         with contextlib.suppress(
             WorkerNotFound
         ):  # an assignment this scheduler never knew (restarted on memory)
-            view = await self._view(assignment_id)
+            # The agent speaks of its own worker: that worker's record is read, never every bound one (an
+            # agent sending made-up assignment ids costs one read each).
+            view = await self._view(assignment_id, holder=worker_id)
             if not view.ended and view.assignment.worker_id == worker_id:
                 await self._end(view.assignment, result)
                 return
@@ -470,16 +472,22 @@ class Allocator:
         if record is not None and record.status is WorkerStatus.BUSY and record.assignment is None:
             await self._registry.transition(worker_id, WorkerStatus.AVAILABLE, reason="its job finished")
 
-    async def _view(self, assignment_id: str) -> AssignmentView:
+    async def _view(self, assignment_id: str, *, holder: str | None = None) -> AssignmentView:
+        """The assignment as it stands; ``holder``: the worker it must be bound to if it is bound at all (read
+        instead of looking through every bound worker for one this replica has not tracked)."""
         kept = self._ended.get(assignment_id)
         if kept is not None:
             return AssignmentView(kept.assignment, kept.result, kept.record)
         tracked = self._where.get(assignment_id)
-        record = (
-            await self._registry.get(tracked.worker_id)
-            if tracked is not None
-            else await self._find(assignment_id)
-        )
+        if tracked is not None:
+            record = await self._registry.get(tracked.worker_id)
+        elif holder is not None:
+            record = await self._registry.get(holder)
+            held = record.assignment if record is not None else None
+            if record is not None and held is not None and held.assignment_id == assignment_id:
+                self._track(record, self._monotonic())  # bound through another replica
+        else:
+            record = await self._find(assignment_id)
         if (
             record is not None
             and record.assignment is not None
@@ -494,7 +502,7 @@ class Allocator:
             ended = await asyncio.shield(ending)
             if ended is not None:
                 return AssignmentView(ended.assignment, ended.result, ended.record)
-            return await self._view(assignment_id)  # that end failed (the store): look again
+            return await self._view(assignment_id, holder=holder)  # that end failed (the store): look again
         if tracked is None:
             raise WorkerNotFound(
                 f"assignment {quote_short(assignment_id)} is not known to this scheduler",
