@@ -72,7 +72,19 @@ def test_quantiles_are_read_from_cumulative_buckets_as_prometheus_does() -> None
 
 def test_the_bench_command_runs_the_fleet_scenario_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
-    command = ["bench", "--scenario", "fleet", "--agents", "5", "--steady", "1", "--json", str(out)]
+    command = [
+        "bench",
+        "--scenario",
+        "fleet",
+        "--agents",
+        "5",
+        "--steady",
+        "2",
+        "--heartbeat",
+        "1",
+        "--json",
+        str(out),
+    ]
     result = subprocess.run(
         [sys.executable, "-m", "hodei", *command],
         capture_output=True,
@@ -84,3 +96,4 @@ def test_the_bench_command_runs_the_fleet_scenario_and_writes_its_json(tmp_path:
     assert "hodei fleet benchmark" in result.stdout
     document = json.loads(out.read_text())
     assert (document["scenario"], document["agents"], document["agent_exits"]) == ("fleet", 5, 0)
+    assert document["heartbeat_interval"] == 1.0  # as asked: the agents beat every second

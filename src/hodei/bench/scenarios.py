@@ -349,7 +349,7 @@ async def pool_from_zero(target: str, client: SchedulerPortClient, jobs: int, pr
     import tempfile
 
     from hodei._bootstrap import build_control_plane
-    from hodei.domain import Job
+    from hodei.domain import Job, JobOutcome
     from hodei.management._pools import PoolAutoscaler
     from hodei.providers._process import ProcessProvider
 
@@ -365,12 +365,14 @@ async def pool_from_zero(target: str, client: SchedulerPortClient, jobs: int, pr
             ):
                 job = Job(("sleep", "30"))
                 bound: dict[str, float] = {}
+                assignments: list[str] = []
 
                 async def acquire(index: int) -> None:
                     acquired = await client.acquire_worker(
                         f"burst-job-{index:04}", Requirements(pool="burst"), job=job, wait=600.0
                     )
                     bound[acquired.record.worker_id] = time.perf_counter()
+                    assignments.append(acquired.assignment.assignment_id)
 
                 # The burst comes after the autoscaler's first tick, not with it: the first provision call then
                 # measures how soon a waiting job wakes the autoscaler, not how its start-up met the burst.
@@ -390,6 +392,13 @@ async def pool_from_zero(target: str, client: SchedulerPortClient, jobs: int, pr
                     "provisioned": float(len(provider.calls)),
                 }
                 await autoscaler.stop()
+                # The jobs (``sleep 30``) only kept every worker busy at once: cancelled, not waited for.
+                await asyncio.gather(
+                    *(
+                        client.release_worker(a, outcome=JobOutcome.CANCELLED, reason="bench over")
+                        for a in assignments
+                    )
+                )
                 await asyncio.gather(*(service.decommission_worker(w) for w in provider.calls))
         finally:
             await provider.aclose()

@@ -58,6 +58,12 @@ def bench(
         int,
         typer.Option(help="--scenario fleet: worker slots per host, each host's over one connection.", min=1),
     ] = 1,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            help="--scenario fleet: the heartbeat interval the scheduler hands out, in seconds.", min=0.1
+        ),
+    ] = 5.0,
 ) -> None:
     """Measure registration throughput, latency, CPU and memory against the targets; or, with
     ``--scenario fleet``, a fleet of agents: cold start, steady heartbeats, SIGKILL and restart."""
@@ -66,7 +72,7 @@ def bench(
     from collections import Counter
 
     if scenario == ["fleet"]:
-        _bench_fleet(agents, store=store, steady=steady, slots=slots, json_out=json_out)
+        _bench_fleet(agents, store=store, steady=steady, slots=slots, heartbeat=heartbeat, json_out=json_out)
         return
 
     from hodei.bench.report import results_table
@@ -115,7 +121,9 @@ def bench(
         Path(warnings.name).unlink()
 
 
-def _bench_fleet(agents: int, *, store: str, steady: float, slots: int, json_out: str) -> None:
+def _bench_fleet(
+    agents: int, *, store: str, steady: float, slots: int, heartbeat: float, json_out: str
+) -> None:
     import json
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -138,7 +146,9 @@ def _bench_fleet(agents: int, *, store: str, steady: float, slots: int, json_out
 
         try:
             report = asyncio.run(
-                run_fleet(agents, store=store, steady=steady, slots=slots, progress=progress)
+                run_fleet(
+                    agents, store=store, steady=steady, heartbeat=heartbeat, slots=slots, progress=progress
+                )
             )
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
