@@ -359,6 +359,11 @@ class BoundJobs(Protocol):
         """Every record bound to a job, ordered by worker id."""
         ...
 
+    async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
+        """The record whose assignment is ``assignment_id``, or None. Looked for by the store itself (its own
+        thread or server), never by reading every bound record into the caller."""
+        ...
+
 
 @runtime_checkable
 class PoolDefinitions(Protocol):

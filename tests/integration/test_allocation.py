@@ -662,17 +662,21 @@ async def test_whatever_tail_an_agent_reports_is_kept_bounded_and_without_contro
     assert view.result.output_tail == "é" * 2044 + "\ufffdend\n"  # its last 4,096 bytes, NUL replaced
 
 
-async def test_an_agent_reporting_made_up_assignments_costs_a_read_of_its_own_worker_each_and_changes_nothing() -> (
-    None
-):
+async def test_made_up_assignment_ids_from_an_agent_or_a_holder_never_read_every_bound_worker() -> None:
     from hodei.stores import MemoryRegistryStore
 
     class CountsScans(MemoryRegistryStore):
         scans = 0
 
+        lookups = 0
+
         async def bound(self) -> list[WorkerRecord]:
             self.scans += 1
             return await super().bound()
+
+        async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
+            self.lookups += 1
+            return await super().find_assignment(assignment_id)
 
     store = CountsScans()
     async with EmbeddedScheduler(store=store, liveness=FAST) as scheduler, scheduler.client() as client:
@@ -681,15 +685,24 @@ async def test_an_agent_reporting_made_up_assignments_costs_a_read_of_its_own_wo
             await agents.connect(worker("agent-1"))
             acquired = await client.acquire_worker("real", Requirements())
             stream = agents.streams["agent-1"]
-            scans = store.scans
-            for index in range(50):  # ids no scheduler ever handed out
+            scans, lookups = store.scans, store.lookups
+            for index in range(50):  # ids no scheduler ever handed out: the agent's own worker is read
                 await stream.job_finished(f"made-up-{index}", JobResult(JobOutcome.SUCCEEDED))
             await stream.job_finished(
                 acquired.assignment.assignment_id, JobResult(JobOutcome.FAILED, exit_code=3)
             )
             view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
+            assert store.lookups == lookups
+            hostile = ("made-up", "%", "' OR 1=1 --", "x" * 128)
+            for made_up in hostile:  # a holder's: not found, the store asked for that one id only
+                with pytest.raises(SchedulerError) as renewing:
+                    await client.renew_assignment(made_up)
+                with pytest.raises(SchedulerError) as releasing:
+                    await client.release_worker(made_up)
+                assert renewing.value.code is releasing.value.code is ErrorCode.NOT_FOUND
         finally:
             await agents.close()
 
     assert view.result == JobResult(JobOutcome.FAILED, exit_code=3)  # the reports before it changed nothing
     assert store.scans == scans
+    assert store.lookups == lookups + 2 * len(hostile)

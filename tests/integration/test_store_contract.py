@@ -866,6 +866,22 @@ async def test_a_registration_refused_for_its_job_fails_only_its_own_call(opener
     assert [r.worker_id for r in await bound_jobs(store).bound()] == ["holder"]
 
 
+@pytest.mark.parametrize(
+    "asked",
+    ["as-job-9", "", "%", "as-%", "as-job-_", "' OR 1=1 --", '"as-job-1"', "as-job-1\u0000", "x" * 10_000],
+)
+async def test_an_assignment_is_found_by_its_id_and_any_other_id_finds_nothing(
+    store: RegistryStore, asked: str
+) -> None:
+    await store.upsert([busy("a", "job-1"), busy("b", "job-2"), record("c", 1)])
+    found = bound_jobs(store)
+
+    assert await found.find_assignment("as-job-2") == await store.get("b")
+    assert await found.find_assignment(asked) is None  # unknown, wildcards, quotes, huge: nothing, no error
+    await store.modify("a", unbind)
+    assert await found.find_assignment("as-job-1") is None  # ended: no longer anybody's
+
+
 async def test_unbinding_frees_the_job_for_another_worker_and_so_does_deleting(store: RegistryStore) -> None:
     await store.upsert([busy("a", "job-1"), record("b", 1)])
     await store.modify("a", unbind)

@@ -522,11 +522,10 @@ class Allocator:
         store = self.store
         if not isinstance(store, BoundJobs):
             return None
-        for record in await store.bound():
-            if record.assignment is not None and record.assignment.assignment_id == assignment_id:
-                self._track(record, self._monotonic())
-                return record
-        return None
+        record = await store.find_assignment(assignment_id)
+        if record is not None:
+            self._track(record, self._monotonic())
+        return record
 
     async def _end_by_id(self, assignment_id: str, result: JobResult) -> None:
         view = await self._view(assignment_id)

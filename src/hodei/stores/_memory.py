@@ -103,6 +103,13 @@ class MemoryRegistryStore:
     async def bound(self) -> builtins.list[WorkerRecord]:
         return [self._records[worker_id] for worker_id in sorted(self._jobs.values())]
 
+    async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
+        for worker_id in self._jobs.values():  # references, nothing decoded: microseconds per thousand
+            held = self._records[worker_id].assignment
+            if held is not None and held.assignment_id == assignment_id:
+                return self._records[worker_id]
+        return None
+
     async def save_pools(self, source: str, text: str) -> None:
         self._pools = (source, text)
 

@@ -363,6 +363,14 @@ class PostgresRegistryStore:
             viewed(row) for row in await self._read(f"{VIEW} WHERE job_id IS NOT NULL ORDER BY worker_id")
         ]
 
+    async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
+        if "\x00" in assignment_id:  # PostgreSQL's text holds no NUL: no stored assignment has one
+            return None
+        # Looked for by the server: only the match comes back.
+        query = f"{VIEW} WHERE job_id IS NOT NULL AND (assignment::jsonb ->> 'assignment_id') = $1"
+        rows = await self._read(query, assignment_id)
+        return viewed(rows[0]) if rows else None
+
     async def save_pools(self, source: str, text: str) -> None:
         async def write(db: Db) -> None:
             await db.execute(

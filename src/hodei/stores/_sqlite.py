@@ -360,6 +360,12 @@ class SqliteRegistryStore:
         query = f"{_SELECT} WHERE job_id IS NOT NULL ORDER BY worker_id"
         return [_record(row) for row in await self._run(self._read(lambda db: db.execute(query).fetchall()))]
 
+    async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
+        # Looked for in SQLite, on the store's thread: only the match is decoded.
+        query = f"{_SELECT} WHERE job_id IS NOT NULL AND json_extract(assignment, '$.assignment_id') = ?"
+        rows = await self._run(self._read(lambda db: db.execute(query, (assignment_id,)).fetchall()))
+        return _record(rows[0]) if rows else None
+
     async def save_pools(self, source: str, text: str) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute(

@@ -139,6 +139,9 @@ class FaultyStore:
     async def bound(self) -> builtins.list[WorkerRecord]:
         return await cast(BoundJobs, self.inner).bound()
 
+    async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
+        return await cast(BoundJobs, self.inner).find_assignment(assignment_id)
+
     async def load_pools(self) -> tuple[str, str] | None:
         return await cast(PoolDefinitions, self.inner).load_pools()
 
