@@ -341,6 +341,11 @@ class RegistryStore(Protocol):
         """How many records have each status (statuses nobody has may be left out)."""
         ...
 
+    async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
+        """How many records each pool has in each status (counted by the store; pools and statuses nobody
+        has may be left out)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -272,6 +272,27 @@ async def test_count_by_status_counts_each_stored_status_and_follows_changes(sto
     assert all(isinstance(status, WorkerStatus) and type(n) is int for status, n in counts.items())
 
 
+async def test_count_by_pool_counts_each_pools_statuses_and_follows_changes(store: RegistryStore) -> None:
+    assert await store.count_by_pool() == {}
+    await store.upsert(
+        [record(f"b-{n}") for n in range(3)]
+        + [record(f"f-{n}", pool="fixed") for n in range(2)]
+        + [record("x", pool="x'y\"z ü", status=WorkerStatus.DRAINING)]
+    )
+    await store.modify("b-0", lambda r: replace(r, status=WorkerStatus.BUSY))
+    await store.modify("f-1", lambda r: replace(r, pool="builders"))
+    await store.delete("b-2")
+
+    counts = await store.count_by_pool()
+
+    assert counts == {
+        "builders": {WorkerStatus.AVAILABLE: 2, WorkerStatus.BUSY: 1},
+        "fixed": {WorkerStatus.AVAILABLE: 1},
+        "x'y\"z ü": {WorkerStatus.DRAINING: 1},
+    }
+    assert all(type(n) is int for by_status in counts.values() for n in by_status.values())
+
+
 async def test_a_reopened_store_has_every_record(opener: Opener) -> None:
     first = await opener()
     await first.upsert([record(f"w-{n:03d}", lease_ttl=15.0) for n in range(300)])

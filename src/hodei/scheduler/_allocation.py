@@ -677,7 +677,8 @@ class Allocator:
         self.pools.gauge(await self.pool_statuses() if self.pools.pools else [])
 
     async def pool_statuses(self) -> list[PoolStatus]:
-        return await self.pools.statuses(self._registry.records(WorkerFilter()), self.demand())
+        # Counted by the store (a GROUP BY on its own thread or server), not by reading every record here.
+        return self.pools.statuses(await self._registry.store.count_by_pool(), self.demand())
 
 
 def _lost(reason: str) -> JobResult:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from hodei._quoting import quote_short
-from hodei.domain import WorkerRecord, WorkerStatus
+from hodei.domain import WorkerStatus
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.pools import (
     PoolSpec,
@@ -71,20 +71,18 @@ class PoolBook:
             if requirements.admits(spec.worker_config.capabilities, spec.template.labels, spec.name):
                 yield name
 
-    async def statuses(
-        self, records: AsyncIterable[WorkerRecord], demand: Sequence[WaitingDemand]
+    def statuses(
+        self, counts: Mapping[str, Mapping[WorkerStatus, int]], demand: Sequence[WaitingDemand]
     ) -> list[PoolStatus]:
-        """Every pool with its workers by status (from ``records``: the registry, now) and the acquires
-        waiting for it (a shape several pools fit counts for the first by name)."""
-        counts: dict[str, dict[WorkerStatus, int]] = {name: {} for name in self.pools}
-        async for record in records:
-            if record.pool in counts:
-                by_status = counts[record.pool]
-                by_status[record.status] = by_status.get(record.status, 0) + 1
+        """Every pool with its workers by status (``counts``: the registry's, counted by its store now) and the
+        acquires waiting for it (a shape several pools fit counts for the first by name)."""
         waiting = waiting_by_pool(demand, self.pools)
         return [
             PoolStatus(
-                self.pools[name], counts[name], waiting.get(name, 0), tuple(self._recent.get(name, ()))
+                self.pools[name],
+                {status: count for status, count in counts.get(name, {}).items() if count},
+                waiting.get(name, 0),
+                tuple(self._recent.get(name, ())),
             )
             for name in sorted(self.pools)
         ]

@@ -96,6 +96,14 @@ class MemoryRegistryStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return dict(collections.Counter(record.status for record in self._records.values()))
 
+    async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
+        counts: dict[str, dict[WorkerStatus, int]] = {}
+        for (pool, status), count in collections.Counter(
+            (record.pool, record.status) for record in self._records.values()
+        ).items():
+            counts.setdefault(pool, {})[status] = count
+        return counts
+
     async def find_job(self, job_id: str) -> WorkerRecord | None:
         worker_id = self._jobs.get(job_id)
         return None if worker_id is None else self._records[worker_id]

@@ -65,6 +65,7 @@ from hodei.stores._postgres_schema import (
     record,
     viewed,
 )
+from hodei.stores._rows import by_pool
 
 __all__ = ["PostgresRegistryStore"]
 
@@ -351,6 +352,11 @@ class PostgresRegistryStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         rows = await self._read("SELECT status, count(*) FROM hodei_workers GROUP BY status")
         return {WorkerStatus(row[0]): int(row[1]) for row in rows}
+
+    async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
+        return by_pool(
+            await self._read("SELECT pool, status, count(*) FROM hodei_workers GROUP BY pool, status")
+        )
 
     # -- BoundJobs, PoolDefinitions ---------------------------------------------------------------------
 

@@ -12,13 +12,13 @@ most one worker per job (:mod:`hodei.stores._bound`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from hodei.domain import Assignment, Job, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
 
-__all__ = ["COLUMNS", "from_row", "to_row"]
+__all__ = ["COLUMNS", "by_pool", "from_row", "to_row"]
 
 COLUMNS = (
     "worker_id",
@@ -160,3 +160,11 @@ def from_row(row: Sequence[Any], timestamp: Callable[[Any], datetime | None]) ->
         assignment=_assignment(assignment),
         use_count=use_count,
     )
+
+
+def by_pool(rows: Iterable[Any]) -> dict[str, dict[WorkerStatus, int]]:
+    """``(pool, status, count)`` rows (a ``GROUP BY pool, status``) as pool -> status -> count."""
+    counts: dict[str, dict[WorkerStatus, int]] = {}
+    for pool, status, count in rows:
+        counts.setdefault(pool, {})[WorkerStatus(status)] = int(count)
+    return counts

@@ -42,7 +42,7 @@ from hodei.ports import WorkerFilter
 from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._group import GroupCommit
-from hodei.stores._rows import COLUMNS, from_row, to_row
+from hodei.stores._rows import COLUMNS, by_pool, from_row, to_row
 
 __all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
 
@@ -331,6 +331,10 @@ class SqliteRegistryStore:
             )
         )
         return {WorkerStatus(status): int(count) for status, count in rows}
+
+    async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
+        query = "SELECT pool, status, count(*) FROM workers GROUP BY pool, status"
+        return by_pool(await self._run(self._read(lambda db: db.execute(query).fetchall())))
 
     async def spend(self, token_id: str, expires_at: datetime, worker_id: str, incarnation: int) -> bool:
         now, until = utcnow().timestamp(), expires_at.timestamp()  # seconds since the epoch

@@ -133,6 +133,9 @@ class FaultyStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return await self.inner.count_by_status()
 
+    async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
+        return await self.inner.count_by_pool()
+
     async def find_job(self, job_id: str) -> WorkerRecord | None:
         return await cast(BoundJobs, self.inner).find_job(job_id)
 
