@@ -346,6 +346,11 @@ class RegistryStore(Protocol):
         has may be left out)."""
         ...
 
+    async def any_fitting(self, requirements: Requirements, *, with_lease: bool = False) -> bool:
+        """Whether any record, in any status, fits ``requirements`` (with a lease: one an agent keeps, if
+        ``with_lease``). Looked for by the store itself, never by reading every record into the caller."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -29,6 +29,7 @@ from hodei import (
 )
 from hodei.domain import Assignment, Job, ResourceUsage, UpsertOutcome
 from hodei.errors import ErrorCode, JobAlreadyBound
+from hodei.pools import Requirements
 from hodei.ports import BoundJobs, PoolDefinitions, RegistryStore, SharedLeases, SpentTokens, TouchedLeases
 from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
@@ -291,6 +292,28 @@ async def test_count_by_pool_counts_each_pools_statuses_and_follows_changes(stor
         "x'y\"z ü": {WorkerStatus.DRAINING: 1},
     }
     assert all(type(n) is int for by_status in counts.values() for n in by_status.values())
+
+
+async def test_any_fitting_says_whether_some_worker_could_ever_meet_requirements(
+    store: RegistryStore,
+) -> None:
+    # record(): 4 cores, 8192 MB, 100,000 MB disk, 1 GPU, pool "builders", zone=eu-1 and a label of quotes.
+    assert await store.any_fitting(Requirements()) is False  # nothing registered
+    await store.upsert([record("pushed"), record("small", capabilities=WorkerCapabilities(1, 512, 0, 0))])
+    await store.upsert([record("leased", pool="agents", lease_ttl=15.0, status=WorkerStatus.BUSY)])
+
+    fits = store.any_fitting
+    assert await fits(Requirements(cpu_cores=4, memory_mb=8192, disk_mb=100_000, gpu_count=1)) is True
+    assert await fits(Requirements(cpu_cores=5)) is False
+    assert await fits(Requirements(gpu_count=2)) is False
+    assert await fits(Requirements(pool="builders", labels={"zone": "eu-1"})) is True
+    assert await fits(Requirements(labels={"gpu.vendor/model": "x'y\"z ü"})) is True
+    assert await fits(Requirements(labels={"zone": "eu-2"})) is False
+    assert await fits(Requirements(labels={"zone": "%"})) is False
+    assert await fits(Requirements(labels={"zone": "eu-1", "rack": "a"})) is False
+    assert await fits(Requirements(pool="nowhere")) is False
+    assert await fits(Requirements(pool="builders"), with_lease=True) is False  # no agent keeps those
+    assert await fits(Requirements(pool="agents", cpu_cores=4), with_lease=True) is True  # BUSY counts too
 
 
 async def test_a_reopened_store_has_every_record(opener: Opener) -> None:

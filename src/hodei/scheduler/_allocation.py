@@ -276,9 +276,9 @@ class Allocator:
 
         if any(could(record) for record in self._free.known()):
             return
-        async for record in self._registry.records(WorkerFilter(labels=requirements.labels)):
-            if could(record):
-                return
+        # Asked of the store (one query on its own thread or server), not by reading the registry here.
+        if await self._registry.store.any_fitting(requirements, with_lease=job is not None):
+            return
         raise NoWorkerFits(
             f"no pool's template and no registered worker fits {quote_short(requirements.shape)}"
             + (" with an agent to run the job" if job is not None else ""),

@@ -9,6 +9,7 @@ import collections
 from collections.abc import Callable, Mapping, Sequence
 
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, apply_change, merge_registrations
+from hodei.pools import Requirements
 from hodei.ports import WorkerFilter
 from hodei.stores._bound import check_bindings, job_of, newly_bound
 
@@ -95,6 +96,12 @@ class MemoryRegistryStore:
 
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return dict(collections.Counter(record.status for record in self._records.values()))
+
+    async def any_fitting(self, requirements: Requirements, *, with_lease: bool = False) -> bool:
+        return any(
+            requirements.fits(record) and (not with_lease or record.lease_ttl is not None)
+            for record in self._records.values()
+        )
 
     async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
         counts: dict[str, dict[WorkerStatus, int]] = {}

@@ -49,6 +49,7 @@ from hodei.domain import (
     wire_size,
 )
 from hodei.errors import JobAlreadyBound, StoreError, StoreRefusedData, StoreUnavailable
+from hodei.pools import Requirements
 from hodei.ports import TouchedLeases, WorkerFilter
 from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._group import GroupCommit
@@ -352,6 +353,26 @@ class PostgresRegistryStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         rows = await self._read("SELECT status, count(*) FROM hodei_workers GROUP BY status")
         return {WorkerStatus(row[0]): int(row[1]) for row in rows}
+
+    async def any_fitting(self, requirements: Requirements, *, with_lease: bool = False) -> bool:
+        params: list[Any] = [
+            requirements.cpu_cores,
+            requirements.memory_mb,
+            requirements.disk_mb,
+            requirements.gpu_count,
+        ]
+        where = ["cpu_cores >= $1", "memory_mb >= $2", "disk_mb >= $3", "gpu_count >= $4"]
+        if requirements.pool is not None:
+            params.append(requirements.pool)
+            where.append(f"pool = ${len(params)}")
+        if with_lease:
+            where.append("lease_ttl IS NOT NULL")
+        if requirements.labels:
+            params.append(json.dumps(dict(requirements.labels)))
+            where.append(f"labels @> ${len(params)}::jsonb")
+        return bool(
+            await self._read(f"SELECT 1 FROM hodei_workers WHERE {' AND '.join(where)} LIMIT 1", *params)
+        )
 
     async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
         return by_pool(

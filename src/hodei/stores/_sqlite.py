@@ -38,6 +38,7 @@ from hodei.domain import (
     wire_size,
 )
 from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
+from hodei.pools import Requirements
 from hodei.ports import WorkerFilter
 from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._file_lock import RegistryFileLock
@@ -331,6 +332,25 @@ class SqliteRegistryStore:
             )
         )
         return {WorkerStatus(status): int(count) for status, count in rows}
+
+    async def any_fitting(self, requirements: Requirements, *, with_lease: bool = False) -> bool:
+        where = ["cpu_cores >= ?", "memory_mb >= ?", "disk_mb >= ?", "gpu_count >= ?"]
+        params: list[Any] = [
+            requirements.cpu_cores,
+            requirements.memory_mb,
+            requirements.disk_mb,
+            requirements.gpu_count,
+        ]
+        if requirements.pool is not None:
+            where.append("pool = ?")
+            params.append(requirements.pool)
+        if with_lease:
+            where.append("lease_ttl IS NOT NULL")
+        for key, value in sorted(requirements.labels.items()):
+            where.append("EXISTS (SELECT 1 FROM json_each(labels) WHERE key = ? AND value = ?)")
+            params += [key, value]
+        query = f"SELECT 1 FROM workers WHERE {' AND '.join(where)} LIMIT 1"
+        return bool(await self._run(self._read(lambda db: db.execute(query, params).fetchall())))
 
     async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
         query = "SELECT pool, status, count(*) FROM workers GROUP BY pool, status"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.errors import StoreUnavailable
+from hodei.pools import Requirements
 from hodei.ports import BoundJobs, PoolDefinitions, RegistryStore, WorkerFilter
 
 __all__ = ["FaultyStore"]
@@ -132,6 +133,9 @@ class FaultyStore:
 
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return await self.inner.count_by_status()
+
+    async def any_fitting(self, requirements: Requirements, *, with_lease: bool = False) -> bool:
+        return await self.inner.any_fitting(requirements, with_lease=with_lease)
 
     async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:
         return await self.inner.count_by_pool()
