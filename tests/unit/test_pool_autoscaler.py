@@ -78,7 +78,7 @@ class PoolScheduler:
         self.scale_events: list[ScaleEvent] = []
         self.refuse_reports: list[SchedulerError] = []
         self.listed_pools = 0
-        self.events: asyncio.Queue[WorkerEvent | SchedulerError] = asyncio.Queue()
+        self.events: asyncio.Queue[WorkerEvent | Exception] = asyncio.Queue()
         self.watches = 0
 
     # SchedulerPort
@@ -186,8 +186,8 @@ class PoolScheduler:
         self.watches += 1
         while True:
             item = await self.events.get()
-            if isinstance(item, SchedulerError):
-                raise item  # the stream broke
+            if isinstance(item, Exception):
+                raise item  # the stream broke (or a bug)
             yield item
 
     # what the tests do
@@ -660,13 +660,16 @@ async def test_more_acquires_waiting_wake_the_loop_before_its_interval_and_fewer
         assert rig.scheduler.watches == 1
 
 
-async def test_the_loop_watches_again_after_its_demand_stream_breaks_and_stops_while_watching() -> None:
+async def test_the_loop_watches_again_after_its_demand_stream_breaks_and_stops_while_watching(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rig = Rig(dynamic(max=10), provider=MockWorkerProvider(delay=30.0), interval=0.01, wake_gap=0.0)
     async with rig.autoscaler as autoscaler:
         rig.scheduler.events.put_nowait(scheduler_error_for(ErrorCode.UNAVAILABLE, "the stream broke"))
+        rig.scheduler.events.put_nowait(RuntimeError("a bug in the watch"))
 
         async def watching_again() -> bool:
-            return rig.scheduler.watches == 2
+            return rig.scheduler.watches == 3
 
         await wait_for(watching_again)
         rig.scheduler.tell_demand(waiting(1, "builders"))
@@ -676,6 +679,8 @@ async def test_the_loop_watches_again_after_its_demand_stream_breaks_and_stops_w
 
         await wait_for(provisioning)
     assert autoscaler.provisioning("builders") == frozenset()  # stopped: the provision was cancelled
+    [bug] = events(caplog, "pools.demand_watch_failed")
+    assert bug.exc_info is not None and "a bug in the watch" in str(bug.exc_info[1])
 
 
 async def test_a_wake_up_at_the_moment_of_stop_does_not_keep_the_loop_running() -> None:

@@ -302,6 +302,8 @@ class PoolAutoscaler:
                 if task is not None and task.cancelling():  # the stream ended because this task is stopped
                     raise asyncio.CancelledError from None
                 log.debug("pools.demand_watch_ended", extra={"error": clip(str(error), 400)})
+            except Exception:  # a bug must not end the wake-ups for good: logged, and the stream opened again
+                log.exception("pools.demand_watch_failed")
             await asyncio.sleep(self.config.interval)
 
     def _waits_more(self, demand: tuple[WaitingDemand, ...]) -> bool:
