@@ -80,11 +80,12 @@ async def serve(target: str, store: Path, log: Path) -> asyncio.subprocess.Proce
 
 
 async def control_plane(target: str, pools: Path, logs: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        HODEI, "control-plane", "run", "-s", target, "--pools", str(pools), "--interval", "0.2",
-        "--agent-logs", str(logs), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        env=CLI_ENV,
-    )  # fmt: skip
+    """``hodei control-plane run``; what it says goes to ``logs``.log (shown if the test fails)."""
+    with logs.with_name(f"{logs.name}.log").open("ab") as output:
+        return await asyncio.create_subprocess_exec(
+            HODEI, "control-plane", "run", "-s", target, "--pools", str(pools), "--interval", "0.2",
+            "--agent-logs", str(logs), stdout=output, stderr=output, env=CLI_ENV,
+        )  # fmt: skip
 
 
 class Watch:
@@ -199,10 +200,12 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
             for acquired in long:
                 await client.release_worker(acquired.assignment.assignment_id, outcome=JobOutcome.CANCELLED)
 
-        assert watch.peak <= 3
-        assert (
-            len(watch.seen) == 5
-        )  # three for the short jobs, two for the long ones: none provisioned beyond
+        # Three for the short jobs, two for the long ones: none provisioned beyond.
+        said = "\n".join(
+            [*sorted(marks + watch.timeline), *_tails(tmp_path / "agents-1", tmp_path / "agents-2")]
+        )
+        assert watch.peak <= 3, said
+        assert len(watch.seen) == 5, said
     finally:
         for process in (second, first):
             if process is not None and process.returncode is None:
@@ -232,3 +235,14 @@ async def run_job(client: SchedulerPortClient, job_id: str, job: Job) -> object:
         view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
         if view.result is not None:
             return view.result
+
+
+def _tails(*directories: Path) -> list[str]:
+    """The last lines each control plane said about its pool (provisions, failures, scale decisions)."""
+    lines = []
+    for directory in directories:
+        log = directory.with_name(f"{directory.name}.log")
+        if log.is_file():
+            said = log.read_text(errors="replace").splitlines()
+            lines += [f"{directory.name}: {line[:300]}" for line in said if "pool" in line][-40:]
+    return lines
