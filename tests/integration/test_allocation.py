@@ -706,3 +706,45 @@ async def test_made_up_assignment_ids_from_an_agent_or_a_holder_never_read_every
     assert view.result == JobResult(JobOutcome.FAILED, exit_code=3)  # the reports before it changed nothing
     assert store.scans == scans
     assert store.lookups == lookups + 2 * len(hostile)
+
+
+async def test_a_waiter_whose_bind_is_being_written_is_no_longer_demand() -> None:
+    """Between the store's write of a bind and the end of its round, the job is BUSY in the registry: it is not
+    also counted waiting (an autoscaler reading both would provision a machine for it)."""
+    from hodei.stores import MemoryRegistryStore
+
+    class HoldsBinds(MemoryRegistryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.armed = False
+            self.hold = asyncio.Event()
+            self.holding = asyncio.Event()
+
+        async def modify_many(self, changes):  # type: ignore[no-untyped-def]
+            results = await super().modify_many(changes)
+            if self.armed and any(r is not None and r[1].assignment is not None for r in results):
+                self.holding.set()
+                await self.hold.wait()
+            return results
+
+    store = HoldsBinds()
+    async with EmbeddedScheduler(store=store, liveness=FAST) as scheduler, scheduler.client() as client:
+        await client.register_worker(worker("w"))
+        held = await client.acquire_worker("holder", Requirements())
+        acquiring = asyncio.create_task(client.acquire_worker("patient", Requirements(), wait=30))
+
+        async def waits() -> bool:
+            return [d.waiting for d in await client.get_demand()] == [1]
+
+        await wait_for(waits, timeout=10)
+        store.armed = True
+        await client.release_worker(held.assignment.assignment_id)  # w is free: the patient's round binds it
+        await asyncio.wait_for(store.holding.wait(), 10)  # bound in the store; the round not yet over
+
+        assert await client.get_demand() == []
+        stored = await scheduler.get_worker("w")
+        assert stored is not None and stored.status is WorkerStatus.BUSY
+        store.hold.set()
+        acquired = await asyncio.wait_for(acquiring, 10)
+
+    assert (acquired.record.worker_id, acquired.assignment.job_id) == ("w", "patient")

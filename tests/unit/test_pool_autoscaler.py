@@ -8,7 +8,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,6 +78,7 @@ class PoolScheduler:
         self.scale_events: list[ScaleEvent] = []
         self.refuse_reports: list[SchedulerError] = []
         self.listed_pools = 0
+        self.before_listing: Callable[[], None] | None = None  # what happens just before a page is read
         self.events: asyncio.Queue[WorkerEvent | Exception] = asyncio.Queue()
         self.watches = 0
 
@@ -116,6 +117,8 @@ class PoolScheduler:
         timeout: float | None = None,
     ) -> WorkerPage:
         self.listed_pages += 1
+        if self.before_listing is not None:
+            self.before_listing()
         chosen = [
             r
             for i, r in sorted(self.records.items())
@@ -571,6 +574,26 @@ async def test_pools_of_another_provider_are_left_alone(caplog: pytest.LogCaptur
     assert rig.provider.provisioned == []
     [skipped] = events(caplog, "pool.skipped")
     assert (skipped.pool, skipped.provider) == ("builders", "process")  # type: ignore[attr-defined]
+
+
+async def test_a_job_bound_while_a_tick_reads_is_never_counted_twice() -> None:
+    """The job waits when the tick begins and is bound to the idle worker while the registry is read: the tick
+    sees it busy or waiting, never both (it would provision a machine nobody waits for)."""
+    rig = Rig(dynamic(max=10))
+    rig.scheduler.demand = [waiting(1, "builders")]
+    await rig.settled_tick(0.0)
+    [worker_id] = rig.provider.provisioned  # the job's worker, idle now
+
+    def bound_meanwhile() -> None:
+        rig.scheduler.set_status(worker_id, WorkerStatus.BUSY, use_count=1)
+        rig.scheduler.demand = []
+        rig.scheduler.before_listing = None
+
+    rig.scheduler.before_listing = bound_meanwhile
+    tick = (await rig.settled_tick(1.0))["builders"]
+
+    assert (tick.observation.busy, tick.observation.waiting, tick.plan.provision) == (1, 0, 0)
+    assert rig.provider.provisioned == [worker_id]  # no second machine
 
 
 async def test_an_idle_worker_bound_to_a_job_before_its_retirement_began_is_kept(

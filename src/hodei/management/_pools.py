@@ -350,10 +350,12 @@ class PoolAutoscaler:
         in_flight = {pool: frozenset(tasks) for pool, tasks in self._provisions.items()}
         retiring = frozenset(self._retirements)
         timeout = self.config.call_timeout
-        # Each pool's waiting acquires are the scheduler's count (a shape several pools fit: the first by name).
+        # The registry is read before the waiting acquires (the scheduler's count; a shape several pools fit:
+        # the first by name): a job bound between the two reads is then counted in neither (provisioned for at
+        # the next tick), never in both (busy in the records and still waiting: one machine too many).
+        records = await self._records()
         statuses = await self.pools.list_pools(timeout=timeout)
         self._waiting_seen = {status.spec.name: status.waiting for status in statuses}
-        records = await self._records()
         machines = await self._machines()
         now = self._clock() if now is None else now
         ticks = []

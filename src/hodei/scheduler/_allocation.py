@@ -86,6 +86,7 @@ class _Wait:
     since: float
     until: float  # when the longest of the acquires waiting for it gives up
     trace_context: dict[str, str] = field(default_factory=dict)
+    binding: bool = False  # chosen in a round whose bind is being written: no longer demand
     bound: asyncio.Future[Acquired] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -339,10 +340,18 @@ class Allocator:
             chosen.append((wait, self._assignment(wait, record)))
         if not chosen:
             return
-        bound = await self._bind([assignment for _, assignment in chosen])
-        acquired = await asyncio.gather(
-            *(self._deliver(w, a, r) for (w, a), r in zip(chosen, bound, strict=True))
-        )
+        # From here until the round ends, a chosen waiter is neither waiting nor (in the store) surely bound: it
+        # is left out of the demand, so that a reader of both (the autoscaler) never counts one job twice.
+        for wait, _ in chosen:
+            wait.binding = True
+        try:
+            bound = await self._bind([assignment for _, assignment in chosen])
+            acquired = await asyncio.gather(
+                *(self._deliver(w, a, r) for (w, a), r in zip(chosen, bound, strict=True))
+            )
+        finally:
+            for wait, _ in chosen:
+                wait.binding = False
         for (wait, _), outcome in zip(chosen, acquired, strict=True):
             if outcome is None:
                 continue
@@ -635,7 +644,8 @@ class Allocator:
         now = self._monotonic()
         shapes: dict[Requirements, list[_Wait]] = {}
         for wait in self._waiting.values():
-            shapes.setdefault(wait.waiter.requirements, []).append(wait)
+            if not wait.binding:
+                shapes.setdefault(wait.waiter.requirements, []).append(wait)
         found = [
             WaitingDemand(
                 requirements,
