@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -32,7 +33,7 @@ from hodei import (
 )
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
 from hodei.pools import Requirements, ScaleEvent
-from hodei.stores import SqliteRegistryStore
+from hodei.stores import MemoryRegistryStore, SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._stream import ConnectStream
 from tests.helpers import wait_for
@@ -573,31 +574,40 @@ async def test_a_drain_only_if_available_refuses_a_busy_worker_and_changes_nothi
         await client.acquire_worker("too-late", Requirements(), wait=0.2)
 
 
-async def test_a_holder_asking_while_its_assignments_end_is_being_written_is_told_that_end() -> None:
-    from hodei.stores import MemoryRegistryStore
+class HeldWrites(MemoryRegistryStore):
+    """Writes at once, but answers a ``modify_many`` whose results ``holds`` picks only when told (``hold``):
+    a commit whose answer is still on its way. ``holding`` is set while one waits."""
 
-    class SlowToAnswer(MemoryRegistryStore):
-        """Writes at once, answers a release's write only when told: a commit whose answer is still on its way."""
+    def __init__(self, holds: Callable[[list[Any]], bool]) -> None:
+        super().__init__()
+        self.holds = holds
+        self.hold = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def modify_many(self, changes):  # type: ignore[no-untyped-def]
+        results = await super().modify_many(changes)
+        if self.holds(results):
+            self.holding.set()
+            await self.hold.wait()
+        return results
+
+
+def _released(results: list[Any]) -> bool:
+    return any(r is not None and r[0].assignment is not None and r[1].assignment is None for r in results)
+
+
+async def test_a_holder_asking_while_its_assignments_end_is_being_written_is_told_that_end() -> None:
+    class SlowToAnswer(HeldWrites):
+        """A release's write answered only when told; ``read_meanwhile``: a worker was read meanwhile."""
 
         def __init__(self) -> None:
-            super().__init__()
-            self.hold = asyncio.Event()
-            self.holding = asyncio.Event()
+            super().__init__(_released)
             self.read_meanwhile = asyncio.Event()
 
         async def get(self, worker_id: str):  # type: ignore[no-untyped-def]
             if self.holding.is_set() and not self.hold.is_set():
                 self.read_meanwhile.set()
             return await super().get(worker_id)
-
-        async def modify_many(self, changes):  # type: ignore[no-untyped-def]
-            results = await super().modify_many(changes)
-            if any(
-                r is not None and r[0].assignment is not None and r[1].assignment is None for r in results
-            ):
-                self.holding.set()
-                await self.hold.wait()
-            return results
 
     store = SlowToAnswer()
     async with EmbeddedScheduler(store=store, liveness=FAST) as scheduler, scheduler.client() as client:
@@ -663,8 +673,6 @@ async def test_whatever_tail_an_agent_reports_is_kept_bounded_and_without_contro
 
 
 async def test_made_up_assignment_ids_from_an_agent_or_a_holder_never_read_every_bound_worker() -> None:
-    from hodei.stores import MemoryRegistryStore
-
     class CountsScans(MemoryRegistryStore):
         scans = 0
 
@@ -711,23 +719,8 @@ async def test_made_up_assignment_ids_from_an_agent_or_a_holder_never_read_every
 async def test_a_waiter_whose_bind_is_being_written_is_no_longer_demand() -> None:
     """Between the store's write of a bind and the end of its round, the job is BUSY in the registry: it is not
     also counted waiting (an autoscaler reading both would provision a machine for it)."""
-    from hodei.stores import MemoryRegistryStore
-
-    class HoldsBinds(MemoryRegistryStore):
-        def __init__(self) -> None:
-            super().__init__()
-            self.armed = False
-            self.hold = asyncio.Event()
-            self.holding = asyncio.Event()
-
-        async def modify_many(self, changes):  # type: ignore[no-untyped-def]
-            results = await super().modify_many(changes)
-            if self.armed and any(r is not None and r[1].assignment is not None for r in results):
-                self.holding.set()
-                await self.hold.wait()
-            return results
-
-    store = HoldsBinds()
+    armed = False
+    store = HeldWrites(lambda results: armed and any(r is not None and r[1].assignment for r in results))
     async with EmbeddedScheduler(store=store, liveness=FAST) as scheduler, scheduler.client() as client:
         await client.register_worker(worker("w"))
         held = await client.acquire_worker("holder", Requirements())
@@ -737,7 +730,7 @@ async def test_a_waiter_whose_bind_is_being_written_is_no_longer_demand() -> Non
             return [d.waiting for d in await client.get_demand()] == [1]
 
         await wait_for(waits, timeout=10)
-        store.armed = True
+        armed = True
         await client.release_worker(held.assignment.assignment_id)  # w is free: the patient's round binds it
         await asyncio.wait_for(store.holding.wait(), 10)  # bound in the store; the round not yet over
 
