@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from hodei._ownership import OWNER_LABEL
 from hodei._quoting import clip, quote_short
@@ -545,9 +545,17 @@ class PoolAutoscaler:
         tasks = self._provisions.setdefault(spec.name, {})
         task = asyncio.create_task(self._provision_one(spec, worker_id), name=f"hodei-provision-{worker_id}")
         tasks[worker_id] = task
-        task.add_done_callback(lambda _: tasks.pop(worker_id, None))
+        task.add_done_callback(lambda ended: _forget(tasks, worker_id, ended))
 
     async def _provision_one(self, spec: PoolSpec, worker_id: str) -> None:
+        try:
+            await self._provision_or_fail(spec, worker_id)
+        finally:
+            # No longer in flight from the step it ends in (the done callback, a turn of the loop later, is only
+            # for a task cancelled before it began): a tick never counts a provision that has ended.
+            _forget(self._provisions.get(spec.name, {}), worker_id, asyncio.current_task())
+
+    async def _provision_or_fail(self, spec: PoolSpec, worker_id: str) -> None:
         try:
             async with asyncio.timeout(spec.provision_timeout):
                 await self.service.provision_worker(spec.worker_config, worker_id=worker_id)
@@ -584,9 +592,15 @@ class PoolAutoscaler:
             self._retire_one(pool, worker_id, reason), name=f"hodei-retire-{worker_id}"
         )
         self._retirements[worker_id] = task
-        task.add_done_callback(lambda _: self._retirements.pop(worker_id, None))
+        task.add_done_callback(lambda ended: _forget(self._retirements, worker_id, ended))
 
     async def _retire_one(self, pool: str, worker_id: str, reason: str) -> None:
+        try:
+            await self._retire_or_log(pool, worker_id, reason)
+        finally:
+            _forget(self._retirements, worker_id, asyncio.current_task())  # as for provisions
+
+    async def _retire_or_log(self, pool: str, worker_id: str, reason: str) -> None:
         try:
             # Chosen idle at the tick; a job may have been bound to it since: then it stays (the next tick sees
             # it busy). The scheduler checks it in the same write as the drain, so no job slips in between.
@@ -615,3 +629,9 @@ def _reasons(plan: ScalePlan, pool_tick: PoolTick) -> str:
     reasons = [plan.reason.value] if plan.acts else []
     reasons += ["recycle"] * bool(pool_tick.recycled) + ["lost"] * bool(pool_tick.written_off)
     return ",".join(reasons)
+
+
+def _forget(tasks: dict[str, asyncio.Task[None]], worker_id: str, task: asyncio.Future[Any] | None) -> None:
+    """``worker_id``'s entry gone from ``tasks`` if it is still ``task`` (not a later one for the same worker)."""
+    if task is not None and tasks.get(worker_id) is task:
+        del tasks[worker_id]
