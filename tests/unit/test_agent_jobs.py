@@ -4,14 +4,15 @@ takes them, and an agent that stops not waiting on a job that will not end."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import psutil
 import pytest
 
 from hodei.agent._executor import ShellExecutor
-from hodei.agent._jobs import AgentJobs, bounded_tail
-from hodei.domain import Assignment, Job, JobOutcome, JobResult
+from hodei.agent._jobs import AgentJobs
+from hodei.domain import Assignment, Job, JobOutcome, JobResult, bounded_tail
 from tests.helpers import wait_until
 
 
@@ -41,6 +42,22 @@ def test_the_tail_is_at_most_limit_bytes_of_valid_text_without_terminal_controls
     tail = bounded_tail(text, limit)
     assert tail == expected
     assert len(tail.encode()) <= limit
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "é" * 5000 + "\x1b" * 3000,  # control characters at the end, replaced by 3-byte characters
+        "\x00" * 2000 + "x" * 10,
+        "\ud800" * 5000,  # lone surrogates: one byte each once replaced
+        "a\r\n" * 100_000,
+        "😀" * 3000,
+    ],
+)
+def test_the_tail_of_a_long_text_is_the_tail_of_the_whole_text(text: str) -> None:
+    """Only the last ``limit`` characters are read: the result is what the whole text would give."""
+    whole = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", "\ufffd", text).encode(errors="replace")
+    assert bounded_tail(text) == whole[-4096:].decode(errors="ignore")
 
 
 async def test_results_beyond_those_kept_drop_the_oldest_and_say_so(

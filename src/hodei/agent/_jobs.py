@@ -24,7 +24,7 @@ from hodei.agent._executor import JobSpec, ShellExecutor
 from hodei.domain import MAX_REASON_LENGTH, Assignment, JobOutcome, JobResult, bounded_tail
 from hodei.observability import _tracing as tracing
 
-__all__ = ["KEPT_RESULTS", "AgentJobs", "bounded_tail"]
+__all__ = ["KEPT_RESULTS", "AgentJobs"]
 
 JOB_ID = "hodei.job_id"
 ASSIGNMENT_ID = "hodei.assignment_id"

@@ -146,7 +146,9 @@ def bounded_tail(text: str, limit: int = MAX_OUTPUT_TAIL) -> str:
     """The end of a job's output as kept and shown: control characters but tab and line ends replaced
     (U+FFFD), at most ``limit`` bytes of UTF-8, cut on a character boundary. The agent reports it so; the
     scheduler applies it again to what any agent sends."""
-    data = _DRIVING.sub("\ufffd", text).encode(errors="replace")[-limit:]
+    # Every character is at least one byte: the last ``limit`` bytes lie within the last ``limit`` characters,
+    # so only those are read, however long the text an agent sent (up to a whole message).
+    data = _DRIVING.sub("\ufffd", text[-limit:]).encode(errors="replace")[-limit:]
     return data.decode(errors="ignore")  # a character cut in two at the start is dropped
 
 
