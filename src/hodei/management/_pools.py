@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from hodei._ownership import OWNER_LABEL
 from hodei._quoting import clip, quote_short
@@ -331,12 +331,12 @@ class PoolAutoscaler:
 
     def provisioning(self, pool: str) -> frozenset[str]:
         """The ids this autoscaler is provisioning for ``pool`` right now."""
-        return frozenset(self._provisions.get(pool, {}))
+        return _running(self._provisions.get(pool, {}))
 
     @property
     def retiring(self) -> frozenset[str]:
         """The ids this autoscaler is retiring right now."""
-        return frozenset(self._retirements)
+        return _running(self._retirements)
 
     # -- one tick --------------------------------------------------------------------------------------------
 
@@ -347,8 +347,8 @@ class PoolAutoscaler:
             await self.pools_file.sync()
         # What is in flight is taken before anything is read: a provision that ends during the reads is then
         # counted either here or in what was read, never in neither.
-        in_flight = {pool: frozenset(tasks) for pool, tasks in self._provisions.items()}
-        retiring = frozenset(self._retirements)
+        in_flight = {pool: _running(tasks) for pool, tasks in self._provisions.items()}
+        retiring = _running(self._retirements)
         timeout = self.config.call_timeout
         # The registry is read before the waiting acquires (the scheduler's count; a shape several pools fit:
         # the first by name): a job bound between the two reads is then counted in neither (provisioned for at
@@ -545,17 +545,8 @@ class PoolAutoscaler:
         tasks = self._provisions.setdefault(spec.name, {})
         task = asyncio.create_task(self._provision_one(spec, worker_id), name=f"hodei-provision-{worker_id}")
         tasks[worker_id] = task
-        task.add_done_callback(lambda ended: _forget(tasks, worker_id, ended))
 
     async def _provision_one(self, spec: PoolSpec, worker_id: str) -> None:
-        try:
-            await self._provision_or_fail(spec, worker_id)
-        finally:
-            # No longer in flight from the step it ends in (the done callback, a turn of the loop later, is only
-            # for a task cancelled before it began): a tick never counts a provision that has ended.
-            _forget(self._provisions.get(spec.name, {}), worker_id, asyncio.current_task())
-
-    async def _provision_or_fail(self, spec: PoolSpec, worker_id: str) -> None:
         try:
             async with asyncio.timeout(spec.provision_timeout):
                 await self.service.provision_worker(spec.worker_config, worker_id=worker_id)
@@ -592,15 +583,8 @@ class PoolAutoscaler:
             self._retire_one(pool, worker_id, reason), name=f"hodei-retire-{worker_id}"
         )
         self._retirements[worker_id] = task
-        task.add_done_callback(lambda ended: _forget(self._retirements, worker_id, ended))
 
     async def _retire_one(self, pool: str, worker_id: str, reason: str) -> None:
-        try:
-            await self._retire_or_log(pool, worker_id, reason)
-        finally:
-            _forget(self._retirements, worker_id, asyncio.current_task())  # as for provisions
-
-    async def _retire_or_log(self, pool: str, worker_id: str, reason: str) -> None:
         try:
             # Chosen idle at the tick; a job may have been bound to it since: then it stays (the next tick sees
             # it busy). The scheduler checks it in the same write as the drain, so no job slips in between.
@@ -631,7 +615,9 @@ def _reasons(plan: ScalePlan, pool_tick: PoolTick) -> str:
     return ",".join(reasons)
 
 
-def _forget(tasks: dict[str, asyncio.Task[None]], worker_id: str, task: asyncio.Future[Any] | None) -> None:
-    """``worker_id``'s entry gone from ``tasks`` if it is still ``task`` (not a later one for the same worker)."""
-    if task is not None and tasks.get(worker_id) is task:
+def _running(tasks: dict[str, asyncio.Task[None]]) -> frozenset[str]:
+    """The ids whose task still runs, read from the tasks themselves: one that ended is not in flight from the
+    step it ended in (never a turn of the loop later, as a done callback would say), and is dropped here."""
+    for worker_id in [worker_id for worker_id, task in tasks.items() if task.done()]:
         del tasks[worker_id]
+    return frozenset(tasks)
