@@ -482,21 +482,17 @@ class Allocator:
             await self._registry.transition(worker_id, WorkerStatus.AVAILABLE, reason="its job finished")
 
     async def _view(self, assignment_id: str, *, holder: str | None = None) -> AssignmentView:
-        """The assignment as it stands; ``holder``: the worker it must be bound to if it is bound at all (read
-        instead of looking through every bound worker for one this replica has not tracked)."""
+        """The assignment as it stands; ``holder``: the worker it must be bound to if it is bound at all (an
+        untracked assignment is then looked for in that worker's record only)."""
         kept = self._ended.get(assignment_id)
         if kept is not None:
             return AssignmentView(kept.assignment, kept.result, kept.record)
         tracked = self._where.get(assignment_id)
-        if tracked is not None:
-            record = await self._registry.get(tracked.worker_id)
-        elif holder is not None:
-            record = await self._registry.get(holder)
-            held = record.assignment if record is not None else None
-            if record is not None and held is not None and held.assignment_id == assignment_id:
-                self._track(record, self._monotonic())  # bound through another replica
-        else:
-            record = await self._find(assignment_id)
+        record = (
+            await self._registry.get(tracked.worker_id)
+            if tracked is not None
+            else await self._find(assignment_id, holder)
+        )
         if (
             record is not None
             and record.assignment is not None
@@ -526,14 +522,18 @@ class Allocator:
         )
         return AssignmentView(ended.assignment, ended.result, record)
 
-    async def _find(self, assignment_id: str) -> WorkerRecord | None:
-        """A worker bound to ``assignment_id`` by another replica (this one has not tracked it)."""
-        store = self.store
-        if not isinstance(store, BoundJobs):
+    async def _find(self, assignment_id: str, holder: str | None = None) -> WorkerRecord | None:
+        """A worker bound to ``assignment_id`` by another replica (this one has not tracked it): ``holder``'s
+        record if the caller says whose it must be, else the store's answer for that id."""
+        if holder is not None:
+            record = await self._registry.get(holder)
+        elif isinstance(store := self.store, BoundJobs):
+            record = await store.find_assignment(assignment_id)
+        else:
             return None
-        record = await store.find_assignment(assignment_id)
-        if record is not None:
-            self._track(record, self._monotonic())
+        if record is None or record.assignment is None or record.assignment.assignment_id != assignment_id:
+            return None
+        self._track(record, self._monotonic())
         return record
 
     async def _end_by_id(self, assignment_id: str, result: JobResult) -> None:

@@ -119,7 +119,7 @@ class MemoryRegistryStore:
         return [self._records[worker_id] for worker_id in sorted(self._jobs.values())]
 
     async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
-        for worker_id in self._jobs.values():  # references, nothing decoded: microseconds per thousand
+        for worker_id in self._jobs.values():  # objects compared, nothing decoded (~0.1 ms per thousand)
             held = self._records[worker_id].assignment
             if held is not None and held.assignment_id == assignment_id:
                 return self._records[worker_id]
