@@ -311,9 +311,7 @@ class SqliteRegistryStore:
         if worker_filter.worker_type is not None:
             where.append("worker_type = ?")
             params.append(worker_filter.worker_type.value)
-        for key, value in sorted(worker_filter.labels.items()):
-            where.append("EXISTS (SELECT 1 FROM json_each(labels) WHERE key = ? AND value = ?)")
-            params += [key, value]
+        _where_labels(worker_filter.labels, where, params)
         query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ?"
         params.append(limit)
         rows = await self._run(self._read(lambda db: db.execute(query, params).fetchall()))
@@ -346,9 +344,7 @@ class SqliteRegistryStore:
             params.append(requirements.pool)
         if with_lease:
             where.append("lease_ttl IS NOT NULL")
-        for key, value in sorted(requirements.labels.items()):
-            where.append("EXISTS (SELECT 1 FROM json_each(labels) WHERE key = ? AND value = ?)")
-            params += [key, value]
+        _where_labels(requirements.labels, where, params)
         query = f"SELECT 1 FROM workers WHERE {' AND '.join(where)} LIMIT 1"
         return bool(await self._run(self._read(lambda db: db.execute(query, params).fetchall())))
 
@@ -446,3 +442,10 @@ def _fetch(db: sqlite3.Connection, worker_ids: Sequence[str]) -> dict[str, Worke
         for row in db.execute(query, chunk):
             found[row[0]] = _record(row)
     return found
+
+
+def _where_labels(labels: Mapping[str, str], where: list[str], params: list[Any]) -> None:
+    """Conditions that a worker has every one of ``labels`` (key and value), added to ``where`` and ``params``."""
+    for key, value in sorted(labels.items()):
+        where.append("EXISTS (SELECT 1 FROM json_each(labels) WHERE key = ? AND value = ?)")
+        params += [key, value]
