@@ -674,9 +674,7 @@ async def test_whatever_tail_an_agent_reports_is_kept_bounded_and_without_contro
 
 async def test_made_up_assignment_ids_from_an_agent_or_a_holder_never_read_every_bound_worker() -> None:
     class CountsScans(MemoryRegistryStore):
-        scans = 0
-
-        lookups = 0
+        scans = lookups = 0
 
         async def bound(self) -> list[WorkerRecord]:
             self.scans += 1
