@@ -4,7 +4,6 @@ violations), unregistrations, listing filters, commands to an agent and lifecycl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC
 
 from hodei._quoting import quote_short
 from hodei._violations import fit_violations
@@ -26,7 +25,7 @@ from hodei.transport._codec._records import (
     status_from_proto,
     status_to_proto,
 )
-from hodei.transport._codec._time import timestamp
+from hodei.transport._codec._time import moment_of, timestamp
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
@@ -237,6 +236,6 @@ def event_from_proto(message: pb.WorkerEvent) -> WorkerEvent | None:
         worker_id=message.worker_id,
         record=record_from_proto(message.worker) if message.HasField("worker") else None,
         reason=message.reason,
-        time=message.time.ToDatetime(tzinfo=UTC),
+        time=moment_of(message.time),
         demand=tuple(demand_from_proto(d) for d in message.demand),
     )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-__all__ = ["moment", "timestamp", "timestamp_of"]
+__all__ = ["moment", "moment_of", "timestamp", "timestamp_of"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -26,6 +26,8 @@ def timestamp_of(moment: datetime) -> Timestamp:
 
 
 def moment(stamp: Timestamp, present: bool) -> datetime | None:
-    if not present:
-        return None
+    return moment_of(stamp) if present else None
+
+
+def moment_of(stamp: Timestamp) -> datetime:
     return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
