@@ -13,7 +13,7 @@ They are :class:`typing.Protocol` s: fakes and third-party adapters satisfy them
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -270,9 +270,11 @@ class PoolPort(Protocol):
         """Tell the scheduler (its watchers, and ``list_pools``) what the autoscaler did to a pool."""
         ...
 
-    def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
-        """The scheduler's lifecycle events as they happen, among them a DEMAND event each time what waits
-        changes (the autoscaler wakes on them rather than wait for its next tick)."""
+    def watch_workers(
+        self, *, include_snapshot: bool = False, kinds: Collection[WorkerEventKind] | None = None
+    ) -> AsyncIterator[WorkerEvent]:
+        """The scheduler's lifecycle events as they happen (of ``kinds`` only, if given), among them a DEMAND
+        event each time what waits changes (the autoscaler wakes on them rather than wait for its next tick)."""
         ...
 
 

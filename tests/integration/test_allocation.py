@@ -31,7 +31,7 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
-from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEventKind
+from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.pools import Requirements, ScaleEvent
 from hodei.stores import MemoryRegistryStore, SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler
@@ -393,6 +393,40 @@ async def test_watchers_see_the_waiting_demand_and_the_assignments(
         (WorkerEventKind.RELEASED, "succeeded", ()),
         (WorkerEventKind.ASSIGNED, "second", ()),
         (WorkerEventKind.DEMAND, "0 waiting", ()),
+    ]
+
+
+async def test_a_watch_of_demand_only_hears_only_demand_and_registrations_build_no_event(
+    scheduler: EmbeddedScheduler, client: SchedulerPortClient
+) -> None:
+    """The pool autoscaler's watch: the scheduler sends it DEMAND events and builds none for registrations."""
+    events = scheduler.scheduler.events
+    seen: list[WorkerEvent] = []
+
+    async def watching() -> None:
+        async for event in client.watch_workers(kinds={WorkerEventKind.DEMAND}):
+            seen.append(event)
+
+    reader = asyncio.create_task(watching())
+    await wait_for(lambda: _true(events.watchers == 1))
+    assert (events.wants(WorkerEventKind.DEMAND), events.wants(WorkerEventKind.REGISTERED)) == (True, False)
+    sequence = events.sequence
+    await client.register_worker(worker("w"))
+    assert events.sequence == sequence  # no REGISTERED event was made for a watcher that does not want it
+    held = await client.acquire_worker("first", Requirements())
+    waiting = asyncio.create_task(client.acquire_worker("second", Requirements(), wait=10))
+    await wait_for(lambda: _true(len(seen) == 2))  # the first bound at once, then the second waits
+    await client.release_worker(held.assignment.assignment_id)
+    await waiting
+    await wait_for(lambda: _true(len(seen) == 3))
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+
+    assert [(e.kind, e.reason) for e in seen] == [
+        (WorkerEventKind.DEMAND, "0 waiting"),
+        (WorkerEventKind.DEMAND, "1 waiting"),
+        (WorkerEventKind.DEMAND, "0 waiting"),
     ]
 
 

@@ -147,6 +147,26 @@ async def test_every_watcher_gets_every_event_in_order() -> None:
     assert await collect(second) == published
 
 
+async def test_a_watcher_of_some_kinds_gets_only_those_and_the_hub_wants_only_what_someone_watches() -> None:
+    hub = EventHub(clock=fixed_clock)
+    assert not hub.wants(WorkerEventKind.REGISTERED)
+    demand_only = hub.watch({WorkerEventKind.DEMAND})
+    nothing = hub.watch(set())  # asked for kinds, none of them known: hears nothing
+
+    assert (hub.wants(WorkerEventKind.DEMAND), hub.wants(WorkerEventKind.REGISTERED)) == (True, False)
+    registered = hub.publish(WorkerEventKind.REGISTERED, "a", record("a"))
+    demand = hub.publish(WorkerEventKind.DEMAND, reason="1 waiting")
+    everything = hub.watch()
+    assert hub.wants(WorkerEventKind.REGISTERED)
+    later = hub.publish(WorkerEventKind.REGISTERED, "b", record("b"))
+    hub.close()
+
+    assert registered.sequence == 1  # still numbered: the sequence is the hub's, whoever hears it
+    assert await collect(demand_only) == [demand]
+    assert await collect(nothing) == []
+    assert await collect(everything) == [later]
+
+
 async def test_a_watcher_created_later_gets_only_later_events() -> None:
     hub = EventHub(clock=fixed_clock)
     early = hub.watch()

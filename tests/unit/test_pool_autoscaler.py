@@ -8,7 +8,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,6 +81,7 @@ class PoolScheduler:
         self.before_listing: Callable[[], None] | None = None  # what happens just before a page is read
         self.events: asyncio.Queue[WorkerEvent | Exception] = asyncio.Queue()
         self.watches = 0
+        self.watched_kinds: Collection[WorkerEventKind] | None = None
 
     # SchedulerPort
     async def register_worker(
@@ -185,8 +186,11 @@ class PoolScheduler:
             raise self.refuse_reports.pop(0)
         self.scale_events.append(event)
 
-    async def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
+    async def watch_workers(
+        self, *, include_snapshot: bool = False, kinds: Collection[WorkerEventKind] | None = None
+    ) -> AsyncIterator[WorkerEvent]:
         self.watches += 1
+        self.watched_kinds = kinds
         while True:
             item = await self.events.get()
             if isinstance(item, Exception):
@@ -681,6 +685,7 @@ async def test_more_acquires_waiting_wake_the_loop_before_its_interval_and_fewer
         await wait_for(lambda: provisioning(4))
         assert rig.scheduler.listed_pools == 2
         assert rig.scheduler.watches == 1
+        assert rig.scheduler.watched_kinds == {WorkerEventKind.DEMAND}  # nothing else is sent its way
 
 
 async def test_the_loop_watches_again_after_its_demand_stream_breaks_and_stops_while_watching(

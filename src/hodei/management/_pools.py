@@ -294,8 +294,8 @@ class PoolAutoscaler:
         opened again an interval later."""
         while True:
             try:
-                async for event in self.pools.watch_workers():
-                    if event.kind is WorkerEventKind.DEMAND and self._waits_more(event.demand):
+                async for event in self.pools.watch_workers(kinds={WorkerEventKind.DEMAND}):
+                    if self._waits_more(event.demand):
                         self._wake.set()
             except HodeiError as error:
                 task = asyncio.current_task()

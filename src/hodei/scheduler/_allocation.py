@@ -659,7 +659,7 @@ class Allocator:
 
     def _demand_changed(self) -> None:
         events = self._registry.events
-        if events.watchers:
+        if events.wants(WorkerEventKind.DEMAND):
             demand = tuple(self.demand())
             events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting", demand=demand)
 

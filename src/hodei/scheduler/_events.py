@@ -7,7 +7,7 @@ Each watcher has a bounded queue; one that falls too far behind is cut off (its 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 from hodei.domain import WorkerRecord, utcnow
@@ -23,16 +23,22 @@ class WatcherFellBehind(SchedulerOverloaded):
 
 
 class Watcher:
-    """One subscription. Iterate it (as often as you like) for events; ``close()`` ends it after the events
-    it already holds."""
+    """One subscription, to every kind of event or to ``kinds`` only. Iterate it (as often as you like) for
+    events; ``close()`` ends it after the events it already holds."""
 
-    def __init__(self, hub: EventHub, limit: int) -> None:
+    def __init__(self, hub: EventHub, limit: int, kinds: frozenset[WorkerEventKind] | None = None) -> None:
         self._hub = hub
         self._queue: asyncio.Queue[WorkerEvent | None] = asyncio.Queue(limit)
+        self.kinds = kinds
         self.fell_behind = False
         self.closed = False
 
+    def wants(self, kind: WorkerEventKind) -> bool:
+        return self.kinds is None or kind in self.kinds
+
     def _offer(self, event: WorkerEvent) -> bool:
+        if not self.wants(event.kind):
+            return True
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -108,8 +114,9 @@ class EventHub:
             self.sequence, WorkerEventKind.SNAPSHOT, record.worker_id, record, "", self._clock()
         )
 
-    def watch(self) -> Watcher:
-        watcher = Watcher(self, self._watcher_queue)
+    def watch(self, kinds: Collection[WorkerEventKind] | None = None) -> Watcher:
+        """A watcher of every event, or of ``kinds`` only."""
+        watcher = Watcher(self, self._watcher_queue, None if kinds is None else frozenset(kinds))
         self._watchers.add(watcher)
         return watcher
 
@@ -126,6 +133,11 @@ class EventHub:
     def watchers(self) -> int:
         """How many watch: this hub's watchers, and a relay to other replicas' (which may have some)."""
         return len(self._watchers) + self._relays
+
+    def wants(self, kind: WorkerEventKind) -> bool:
+        """Whether an event of ``kind`` would reach anyone: a watcher of that kind, or a relay. An event
+        nobody wants need not be built (the autoscaler watches DEMAND only: registrations stay unannounced)."""
+        return self._relays > 0 or any(watcher.wants(kind) for watcher in self._watchers)
 
     def close(self) -> None:
         """End every watcher's iteration."""

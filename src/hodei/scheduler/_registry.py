@@ -56,6 +56,12 @@ least): 1,000 workers with the most labels allowed would be ~22 MB, more than a 
 RegistrationVeto = Callable[[WorkerRecord], SchedulerError | None]
 """Asked before each registration is written; an error refuses that worker (and only that one)."""
 
+# A registration's event: a new worker, or one refreshed (a kept one is no news).
+_ANNOUNCED = {
+    UpsertOutcome.CREATED: WorkerEventKind.REGISTERED,
+    UpsertOutcome.UPDATED: WorkerEventKind.UPDATED,
+}
+
 _STATUS_EVENTS = {
     WorkerStatus.AVAILABLE: WorkerEventKind.AVAILABLE,
     WorkerStatus.BUSY: WorkerEventKind.BUSY,
@@ -180,12 +186,10 @@ class WorkerRegistry:
         if outcome is not UpsertOutcome.KEPT:
             for written in self.written:
                 written(stored)
-        if not self.events.watchers:
-            pass  # nobody to tell: a batch of 10,000 need not build 10,000 events for nobody
-        elif outcome is UpsertOutcome.CREATED:
-            self.events.publish(WorkerEventKind.REGISTERED, stored.worker_id, stored)
-        elif outcome is UpsertOutcome.UPDATED:
-            self.events.publish(WorkerEventKind.UPDATED, stored.worker_id, stored)
+        kind = _ANNOUNCED.get(outcome)
+        # Nobody to tell (no watcher of this kind): a batch of 10,000 need not build 10,000 events for nobody.
+        if kind is not None and self.events.wants(kind):
+            self.events.publish(kind, stored.worker_id, stored)
         return RegistrationReceipt(stored, created=outcome is UpsertOutcome.CREATED)
 
     async def register(

@@ -307,7 +307,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.WatchWorkersRequest, context: Context
     ) -> AsyncIterator[pb.WatchWorkersResponse]:
         await self._authorize(context, "WatchWorkers")
-        watcher = self._scheduler.events.watch()
+        # Kinds asked for, of which this scheduler knows none: a watch that hears nothing, not everything.
+        kinds = codec.event_kinds_from_proto(request.kinds) if request.kinds else None
+        watcher = self._scheduler.events.watch(kinds)
         try:
             if request.include_snapshot:
                 for record in await self._scheduler.registry.all_records():

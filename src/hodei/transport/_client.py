@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from hodei.errors import (
     WorkerNotFound,
     scheduler_error_for,
 )
-from hodei.lifecycle import WorkerEvent
+from hodei.lifecycle import WorkerEvent, WorkerEventKind
 from hodei.pools import PoolStatus, Requirements, ScaleEvent, WaitingDemand
 from hodei.ports import (
     Acquired,
@@ -314,13 +314,17 @@ class SchedulerPortClient:
         request = pb.ReportOrphanRemovedRequest(worker_id=worker_id, reason=reason)
         await self._call(self._stub.ReportOrphanRemoved, request, timeout, worker_id)
 
-    async def watch_workers(self, *, include_snapshot: bool = False) -> AsyncIterator[WorkerEvent]:
-        """Lifecycle events as they happen (after one SNAPSHOT event per worker, if asked), until closed."""
+    async def watch_workers(
+        self, *, include_snapshot: bool = False, kinds: Collection[WorkerEventKind] | None = None
+    ) -> AsyncIterator[WorkerEvent]:
+        """Lifecycle events as they happen (after one SNAPSHOT event per worker, if asked), until closed; of
+        ``kinds`` only, if given (the scheduler then builds no event for a kind nobody watches)."""
         if self._closed:
             raise RegistrationCancelled("the SchedulerPortClient is closed")
-        call = self._stub.WatchWorkers(
-            pb.WatchWorkersRequest(include_snapshot=include_snapshot), metadata=self._metadata()
+        request = pb.WatchWorkersRequest(
+            include_snapshot=include_snapshot, kinds=codec.event_kinds_to_proto(kinds or ())
         )
+        call = self._stub.WatchWorkers(request, metadata=self._metadata())
         try:
             async for response in call:
                 event = codec.event_from_proto(response.event)

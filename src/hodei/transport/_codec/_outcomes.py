@@ -3,7 +3,7 @@ violations), unregistrations, listing filters, commands to an agent and lifecycl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from hodei._quoting import quote_short
 from hodei._violations import fit_violations
@@ -32,6 +32,8 @@ __all__ = [
     "command_from_proto",
     "command_to_proto",
     "event_from_proto",
+    "event_kinds_from_proto",
+    "event_kinds_to_proto",
     "event_to_proto",
     "filter_from_proto",
     "filter_to_proto",
@@ -211,6 +213,15 @@ _EVENT_TO_PROTO: dict[WorkerEventKind, pb.WorkerEventKind] = {
     kind: getattr(pb, f"WORKER_EVENT_KIND_{kind.name}") for kind in WorkerEventKind
 }
 _EVENT_FROM_PROTO: dict[int, WorkerEventKind] = {value: kind for kind, value in _EVENT_TO_PROTO.items()}
+
+
+def event_kinds_to_proto(kinds: Collection[WorkerEventKind]) -> list[pb.WorkerEventKind]:
+    return [_EVENT_TO_PROTO[kind] for kind in sorted(kinds)]
+
+
+def event_kinds_from_proto(values: Iterable[int]) -> frozenset[WorkerEventKind]:
+    """The kinds asked for; values this scheduler does not know (a newer client's) are left out."""
+    return frozenset(_EVENT_FROM_PROTO[value] for value in values if value in _EVENT_FROM_PROTO)
 
 
 def event_to_proto(event: WorkerEvent) -> pb.WorkerEvent:

@@ -466,10 +466,12 @@ class WorkerEvent(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[WorkerEventKind, str]] = ..., worker_id: _Optional[str] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., demand: _Optional[_Iterable[_Union[WaitingDemand, _Mapping]]] = ...) -> None: ...
 
 class WatchWorkersRequest(_message.Message):
-    __slots__ = ("include_snapshot",)
+    __slots__ = ("include_snapshot", "kinds")
     INCLUDE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     include_snapshot: bool
-    def __init__(self, include_snapshot: _Optional[bool] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[WorkerEventKind]
+    def __init__(self, include_snapshot: _Optional[bool] = ..., kinds: _Optional[_Iterable[_Union[WorkerEventKind, str]]] = ...) -> None: ...
 
 class WatchWorkersResponse(_message.Message):
     __slots__ = ("event",)
