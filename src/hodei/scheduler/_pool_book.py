@@ -80,7 +80,7 @@ class PoolBook:
         return [
             PoolStatus(
                 self.pools[name],
-                {status: count for status, count in counts.get(name, {}).items() if count},
+                dict(counts.get(name, {})),
                 waiting.get(name, 0),
                 tuple(self._recent.get(name, ())),
             )
