@@ -243,7 +243,9 @@ async def test_a_restart_with_a_thousand_leased_workers_knows_them_all_and_expir
                     # outlast the lease by itself), and the rounds are timed from their start.
                     for sequence in range(1, 10_000):
                         started = time.monotonic()
-                        await asyncio.gather(*(stream.heartbeat(sequence, ResourceUsage()) for stream in streams))
+                        await asyncio.gather(
+                            *(stream.heartbeat(sequence, ResourceUsage()) for stream in streams)
+                        )
                         await asyncio.sleep(max(0.0, heartbeat / 2 - (time.monotonic() - started)))
 
                 beating = asyncio.create_task(beat())

@@ -15,7 +15,7 @@ from hodei.domain import WorkerStatus
 from hodei.errors import SchedulerUnavailable
 from hodei.lifecycle import LivenessConfig, WorkerEvent, WorkerEventKind
 from hodei.scheduler._events import Watcher
-from hodei.scheduler._liveness import LeaseTable, LivenessMonitor
+from hodei.scheduler._liveness import RECOVERY_GROWTH, LeaseTable, LivenessMonitor
 from hodei.scheduler._registry import WorkerRegistry
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import FakeClock, FaultyStore
@@ -462,6 +462,63 @@ async def test_no_lost_worker_is_removed_during_the_recovery_window() -> None:
     assert await fleet.registry.get("w1") is None
     assert kinds(await fleet.events()) == [(WorkerEventKind.EXPIRED, "w1")]
     assert fleet.removed == ["w1"]
+
+
+async def test_the_recovery_window_stays_open_while_agents_are_returning_until_none_has_been_for_a_lease() -> (
+    None
+):
+    fleet = Fleet(RECOVERING)  # a 10 s window, 3 s leases
+    await fleet.register("w1", "w2")
+    returning = {"agents": 0}
+    fleet.monitor.returning = lambda: returning["agents"]
+    fleet.begin(0.0)
+    await fleet.events()
+
+    returning["agents"] = 2  # refused hellos, told to come back later
+    await fleet.sweep_through(14.0)  # past the configured window, each sweep saw agents returning
+    returning["agents"] = 0
+    await fleet.sweep_through(16.0)  # the last sweep that saw one was at 14: open until 17
+
+    assert fleet.monitor.recovering
+    assert await fleet.events() == []
+
+    await fleet.sweep(17.0)
+
+    assert not fleet.monitor.recovering
+    assert kinds(await fleet.events()) == [(WorkerEventKind.LOST, "w1"), (WorkerEventKind.LOST, "w2")]
+
+
+async def test_agents_returning_for_ever_keep_the_recovery_window_open_at_most_its_growth_times_its_length() -> (
+    None
+):
+    fleet = Fleet(RECOVERING)
+    await fleet.register("w1")
+    fleet.monitor.returning = lambda: 1
+    fleet.begin(0.0)
+    await fleet.events()
+
+    await fleet.sweep_through(RECOVERY_GROWTH * 10.0 - 1)
+
+    assert await fleet.events() == []
+
+    await fleet.sweep(RECOVERY_GROWTH * 10.0)
+
+    assert kinds(await fleet.events()) == [(WorkerEventKind.LOST, "w1")]
+
+
+async def test_agents_returning_after_the_window_closed_do_not_open_it_again() -> None:
+    fleet = Fleet(RECOVERING)
+    await fleet.register("w1", renewed_at=10.0)  # heard at the end of the window
+    returning = {"agents": 0}
+    fleet.monitor.returning = lambda: returning["agents"]
+    fleet.begin(0.0)
+    await fleet.sweep_through(10.0)
+    returning["agents"] = 5
+
+    await fleet.sweep_through(14.0)  # w1's lease ran out at 13, and one heartbeat interval more has passed
+
+    assert not fleet.monitor.recovering
+    assert await fleet.status("w1") is WorkerStatus.LOST
 
 
 # --- the mass-expiry guard ------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ removes them after a grace, and distrusts mass silence.
 Each sweep (every ``sweep_interval``):
 
 1. if the sweep itself ran late, the scheduler stalled: every lease is extended by the delay;
-2. during the recovery window after start, nothing expires;
+2. during the recovery window after start, nothing expires; it stays open while agents told to come back later
+   (``returning``: the hellos the server refused, whose advised delay has not run out) are on their way, until
+   none has been for ``lease_ttl`` — at most ``RECOVERY_GROWTH`` times its configured length;
 3. a worker whose lease ran out is suspect, and becomes ``LOST`` after one more heartbeat interval of
    silence — however many go silent together: a status tells the truth at once;
 4. workers ``LOST`` for longer than ``lost_grace`` are removed (``EXPIRED``) — unless more than
@@ -30,9 +32,13 @@ from hodei.observability._metrics import SchedulerMetrics
 from hodei.ports import SharedLeases, TouchedLeases
 from hodei.scheduler._registry import WorkerRegistry
 
-__all__ = ["LeaseTable", "LivenessMonitor"]
+__all__ = ["RECOVERY_GROWTH", "LeaseTable", "LivenessMonitor"]
 
 log = logging.getLogger(__name__)
+
+RECOVERY_GROWTH = 4
+"""The recovery window grows to at most this many times its configured length while agents are still returning:
+a refused fleet keeps it open, but never for ever (a storm that never ends must not keep the dead alive)."""
 
 
 class LeaseTable:
@@ -100,18 +106,45 @@ class LivenessMonitor:
         self._left: set[str] = set()  # workers whose stream closed here since the last lease sync
         self.address = ""  # where agents reach this replica (set by the server): recorded with their leases
         self._recovering_until = 0.0
+        self._recovery_cap = 0.0  # the latest the recovery window may close
+        self._recovery_began = 0.0
+        self.returning: Callable[[], int] = lambda: 0
+        """Agents on their way back (the server sets it: hellos refused whose advised delay has not run out)."""
         self._last_sweep: float | None = None
         self.slowed = False
         self.stall_compensations = 0
 
     def begin(self, now: float) -> None:
         """Start the recovery window."""
+        self._recovery_began = now
         self._recovering_until = now + self._config.recovery_window
+        self._recovery_cap = now + RECOVERY_GROWTH * self._config.recovery_window
         self._last_sweep = now
 
     @property
     def recovering(self) -> bool:
         return self._monotonic() < self._recovering_until
+
+    def _still_recovering(self, now: float) -> bool:
+        """Whether the recovery window is open at ``now``: while agents are returning it moves on to ``lease_ttl``
+        after the last sweep that saw one, up to its cap."""
+        if now < self._recovering_until:
+            returning = self.returning() if now < self._recovery_cap else 0
+            if returning:
+                self._recovering_until = min(
+                    max(self._recovering_until, now + self._config.lease_ttl), self._recovery_cap
+                )
+            return True
+        if (
+            self._recovery_began
+            and self._recovering_until > self._recovery_began + self._config.recovery_window
+        ):
+            log.info(
+                "liveness.recovery_closed",
+                extra={"open_s": round(self._recovering_until - self._recovery_began, 3)},
+            )
+        self._recovery_began = 0.0
+        return False
 
     def is_lost(self, worker_id: str) -> bool:
         return worker_id in self._lost_since
@@ -231,7 +264,7 @@ class LivenessMonitor:
                     extra={"late_s": round(lateness, 3), "leases_extended_s": round(lateness, 3)},
                 )
         self._last_sweep = now
-        if now < self._recovering_until:
+        if self._still_recovering(now):
             return
         await self._expire_leases(now)
         self._pace(now)
