@@ -49,7 +49,11 @@ def scheduler_serve(
     ] = 15.0,
     lost_grace: Annotated[float, typer.Option(help="Seconds a LOST worker is kept before removal.")] = 60.0,
     recovery_window: Annotated[
-        float, typer.Option(help="Seconds after start in which nobody expires.")
+        float,
+        typer.Option(
+            help="Seconds after start in which nobody expires (longer while agents told to come back later are "
+            "still returning, up to 4 times as long)."
+        ),
     ] = 30.0,
     sweep_interval: Annotated[float, typer.Option(help="Seconds between liveness sweeps.")] = 1.0,
     heartbeat_budget: Annotated[
