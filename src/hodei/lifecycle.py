@@ -87,7 +87,7 @@ class LivenessConfig:
     reconnects before then finds its worker ``AVAILABLE`` again. For ``recovery_window`` after the scheduler
     starts, nobody expires: agents need time to find a restarted scheduler. The window stays open longer while
     agents are still on their way back — told by the scheduler's hello bound to come back later (a fleet larger
-    than the scheduler admits in one window) — until none has been waiting for ``lease_ttl``, and at most
+    than the scheduler admits in one window), or saying hello — until none has been for ``lease_ttl``, and at most
     ``RECOVERY_GROWTH`` times ``recovery_window`` in all. However many go silent together,
     each is ``LOST`` on time. While more than ``mass_expiry_threshold`` of the leased workers (and at least
     ``mass_expiry_min_workers``) are unreachable, the scheduler suspects itself or the network rather than the

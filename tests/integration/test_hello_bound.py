@@ -62,7 +62,7 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
             refusals.append(raised.value)
             await channel.close()
         waiting = bound.waiting
-        returning = scheduler.scheduler.monitor.returning()  # what holds the recovery window open
+        returning = scheduler.scheduler.monitor.returning()  # what holds the recovery window open: 3 + 1
         store.release()
         ack = await opening
         # The agent may read its acknowledgement before the scheduler's handler has left the bound: waited for.
@@ -79,7 +79,7 @@ async def test_hellos_beyond_the_bound_are_refused_with_a_retry_delay_that_grows
     # base 0.25 s + (agents already waiting + 0.5) / 2 per s
     assert [r.retry_after for r in refusals] == [0.5, 1.0, 1.5]
     assert ack.record.worker_id == "agent-first"
-    assert (waiting, returning, gauge, rejections, bound.rejected) == (3, 3, 3.0, 3.0, 3)
+    assert (waiting, returning, gauge, rejections, bound.rejected) == (3, 4, 3.0, 3.0, 3)
     assert (in_flight_after, waiting_later) == (0, 0)
 
 

@@ -7,7 +7,8 @@ Each sweep (every ``sweep_interval``):
 
 1. if the sweep itself ran late, the scheduler stalled: every lease is extended by the delay;
 2. during the recovery window after start, nothing expires; it stays open while agents told to come back later
-   (``returning``: the hellos the server refused, whose advised delay has not run out) are on their way, until
+   (``returning``: the hellos the server refused, whose advised delay has not run out, and those it is working
+   on) are on their way, until
    none has been for ``lease_ttl`` — at most ``RECOVERY_GROWTH`` times its configured length;
 3. a worker whose lease ran out is suspect, and becomes ``LOST`` after one more heartbeat interval of
    silence — however many go silent together: a status tells the truth at once;
@@ -109,7 +110,8 @@ class LivenessMonitor:
         self._recovery_cap = 0.0  # the latest the recovery window may close
         self._recovery_began = 0.0
         self.returning: Callable[[], int] = lambda: 0
-        """Agents on their way back (the server sets it: hellos refused whose advised delay has not run out)."""
+        """Agents on their way back (the server sets it: hellos refused whose advised delay has not run out, and
+        hellos in progress)."""
         self._last_sweep: float | None = None
         self.slowed = False
         self.stall_compensations = 0

@@ -206,8 +206,9 @@ class SchedulerServer:
         self.registration_bound = registration_bound or RegistrationBound(metrics=scheduler.metrics)
         self.streams = StreamLimits(self.limits, metrics=scheduler.metrics)
         self.hellos = hello_bound or HelloBound(metrics=scheduler.metrics)
-        # Agents this server told to come back later keep the scheduler's recovery window open.
-        scheduler.monitor.returning = lambda: self.hellos.waiting
+        # Agents on their way back keep the scheduler's recovery window open: those this server told to come back
+        # later, and those whose hellos it is working on.
+        scheduler.monitor.returning = lambda: self.hellos.waiting + self.hellos.in_flight
         self._listen = listen
         self._interceptors = [self.registration_bound, self.streams, *interceptors]
         self._options = list({**dict(self.limits.options()), **dict(options)}.items())
