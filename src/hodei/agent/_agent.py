@@ -85,6 +85,14 @@ def _advised(error: SchedulerError) -> float | None:
     return None
 
 
+def next_beat(due: float, now: float, interval: float) -> float:
+    """When the heartbeat after the one due at ``due`` is due, at ``now``: one ``interval`` later, on the same
+    beat — or, when that moment has passed already (the agent fell more than an interval behind), one
+    ``interval`` from ``now``, with no burst of heartbeats to catch up."""
+    following = due + interval
+    return following if following >= now else now + interval
+
+
 class _Reregister(Exception):
     """The scheduler asked for a fresh registration."""
 
@@ -338,10 +346,16 @@ class WorkerAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _heartbeat(self, stream: ConnectStream) -> None:
+        # A metronome: each heartbeat is due one interval after the previous one was due, not after it was sent,
+        # so the time a heartbeat takes (a busy loop, a slow write) does not stretch the interval the scheduler
+        # sees. An agent more than an interval behind starts counting again from now rather than catching up.
+        loop = asyncio.get_running_loop()
         sequence = 0
+        due = loop.time() + self.heartbeat_interval
         while not self._stopping.is_set():
-            if await wait_until_set(self._stopping, self.heartbeat_interval):
+            if await wait_until_set(self._stopping, max(0.0, due - loop.time())):
                 return
+            due = next_beat(due, loop.time(), self.heartbeat_interval)
             sequence += 1
             usage = self._usage()
             await stream.heartbeat(

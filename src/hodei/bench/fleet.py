@@ -36,6 +36,7 @@ from hodei.bench.processes import (
     open_files,
     scrape,
     tcp_connections,
+    timed_scrape,
 )
 from hodei.bench.stores import registry_store
 from hodei.bench.swarm import SwarmFleet
@@ -74,6 +75,7 @@ class FleetReport:
     scheduler_rss_mb: float = 0.0
     rss_kb_per_agent: float = 0.0
     scheduler_fds: int = 0
+    scrape_s: list[float] = field(default_factory=lambda: [0.0, 0.0])  # /metrics at the steady window's ends
     hellos_refused_at_start: int = 0
     restart: RestartFigures | None = None
     agent_exits: int = 0
@@ -178,13 +180,16 @@ async def run_fleet(
                 # 2. steady window (after one interval, so every agent is in its heartbeat rhythm)
                 await asyncio.sleep(heartbeat)
                 probe = ProcessProbe(first.pid)
-                before, usage_before = await scrape(metrics_url), probe.sample()
+                before, read_before, report.scrape_s[0] = await timed_scrape(metrics_url)
+                usage_before = probe.sample()
                 started = time.perf_counter()
                 while (elapsed := time.perf_counter() - started) < steady:
                     tell("steady", elapsed, steady)
                     await asyncio.sleep(min(0.5, steady - elapsed))
-                after, usage_after = await scrape(metrics_url), probe.sample()
-                report.steady_s = usage_after.at - usage_before.at
+                after, read_after, report.scrape_s[1] = await timed_scrape(metrics_url)
+                usage_after = probe.sample()
+                # The heartbeats counted between the two reads of the counter, over the time between them.
+                report.steady_s = read_after - read_before
                 tell("steady", steady, steady)
                 count_key: tuple[tuple[str, str], ...] = ()
                 delivered = after.get("hodei_heartbeat_lag_seconds_count", {}).get(

@@ -28,6 +28,7 @@ __all__ = [
     "open_files",
     "scrape",
     "tcp_connections",
+    "timed_scrape",
 ]
 
 
@@ -133,16 +134,27 @@ class ServerProcess:
 
 async def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Every sample of the scheduler's ``/metrics``: name -> labels -> value."""
+    return (await timed_scrape(url))[0]
 
-    def fetch() -> str:
+
+async def timed_scrape(url: str) -> tuple[dict[str, dict[tuple[tuple[str, str], ...], float]], float, float]:
+    """:func:`scrape`, with when the samples were read (``time.perf_counter()`` halfway through the request) and
+    how long the request took: a busy scheduler may take a while to answer, and counters read at its two ends
+    are a window's only if the window is timed where they were read."""
+
+    def fetch() -> tuple[str, float, float]:
+        sent = time.perf_counter()
         with urllib.request.urlopen(url, timeout=10) as answer:
-            return str(answer.read().decode())
+            text = str(answer.read().decode())
+        answered = time.perf_counter()
+        return text, (sent + answered) / 2, answered - sent
 
+    text, at, took = await asyncio.to_thread(fetch)
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(await asyncio.to_thread(fetch)):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
+    return samples, at, took
 
 
 def heartbeat_buckets(
