@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Python keeps what it compiles, whatever the shell says (this machine's sets PYTHONDONTWRITEBYTECODE): the suite
+# starts hundreds of Python processes, and each pytest worker rewrites the assertions of every test module and of
+# hodei's own (a pytest plugin's package); compiled once, a worker collects the suite in 1.9 s of CPU, not 5.8.
+unexport PYTHONDONTWRITEBYTECODE
 # The venv is rebuilt when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Files whose line and branch coverage must stay at 100%.
