@@ -6,6 +6,7 @@ The monitor is driven by explicit sweeps at chosen moments of a fake monotonic c
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Sequence
 
@@ -464,9 +465,10 @@ async def test_no_lost_worker_is_removed_during_the_recovery_window() -> None:
     assert fleet.removed == ["w1"]
 
 
-async def test_the_recovery_window_stays_open_while_agents_are_returning_until_none_has_been_for_a_lease() -> (
-    None
-):
+async def test_the_recovery_window_stays_open_while_agents_return_until_none_has_for_a_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hodei.scheduler._liveness")
     fleet = Fleet(RECOVERING)  # a 10 s window, 3 s leases
     await fleet.register("w1", "w2")
     returning = {"agents": 0}
@@ -483,9 +485,15 @@ async def test_the_recovery_window_stays_open_while_agents_are_returning_until_n
     assert await fleet.events() == []
 
     await fleet.sweep(17.0)
+    await fleet.sweep(18.0)
 
     assert not fleet.monitor.recovering
     assert kinds(await fleet.events()) == [(WorkerEventKind.LOST, "w1"), (WorkerEventKind.LOST, "w2")]
+    # Said once, when it closed: how long it stayed open.
+    said = [
+        (r.getMessage(), getattr(r, "open_s", None)) for r in caplog.records if "recovery" in r.getMessage()
+    ]
+    assert said == [("liveness.recovery_closed", 17.0)]
 
 
 async def test_agents_returning_for_ever_keep_the_recovery_window_open_at_most_its_growth_times_its_length() -> (

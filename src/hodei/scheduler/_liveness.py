@@ -6,10 +6,9 @@ removes them after a grace, and distrusts mass silence.
 Each sweep (every ``sweep_interval``):
 
 1. if the sweep itself ran late, the scheduler stalled: every lease is extended by the delay;
-2. during the recovery window after start, nothing expires; it stays open while agents told to come back later
-   (``returning``: the hellos the server refused, whose advised delay has not run out, and those it is working
-   on) are on their way, until
-   none has been for ``lease_ttl`` — at most ``RECOVERY_GROWTH`` times its configured length;
+2. during the recovery window after start, nothing expires; it stays open while agents are on their way back
+   (``returning``: hellos the server refused, whose advised delay has not run out, and hellos it is working
+   on), until none has been for ``lease_ttl`` — at most ``RECOVERY_GROWTH`` times its configured length;
 3. a worker whose lease ran out is suspect, and becomes ``LOST`` after one more heartbeat interval of
    silence — however many go silent together: a status tells the truth at once;
 4. workers ``LOST`` for longer than ``lost_grace`` are removed (``EXPIRED``) — unless more than
@@ -107,8 +106,9 @@ class LivenessMonitor:
         self._left: set[str] = set()  # workers whose stream closed here since the last lease sync
         self.address = ""  # where agents reach this replica (set by the server): recorded with their leases
         self._recovering_until = 0.0
-        self._recovery_cap = 0.0  # the latest the recovery window may close
         self._recovery_began = 0.0
+        self._recovery_cap = 0.0  # the latest the recovery window may close
+        self._recovery_closed = False
         self.returning: Callable[[], int] = lambda: 0
         """Agents on their way back (the server sets it: hellos refused whose advised delay has not run out, and
         hellos in progress)."""
@@ -121,6 +121,7 @@ class LivenessMonitor:
         self._recovery_began = now
         self._recovering_until = now + self._config.recovery_window
         self._recovery_cap = now + RECOVERY_GROWTH * self._config.recovery_window
+        self._recovery_closed = False
         self._last_sweep = now
 
     @property
@@ -131,21 +132,16 @@ class LivenessMonitor:
         """Whether the recovery window is open at ``now``: while agents are returning it moves on to ``lease_ttl``
         after the last sweep that saw one, up to its cap."""
         if now < self._recovering_until:
-            returning = self.returning() if now < self._recovery_cap else 0
-            if returning:
+            if now < self._recovery_cap and self.returning():
                 self._recovering_until = min(
                     max(self._recovering_until, now + self._config.lease_ttl), self._recovery_cap
                 )
             return True
-        if (
-            self._recovery_began
-            and self._recovering_until > self._recovery_began + self._config.recovery_window
-        ):
-            log.info(
-                "liveness.recovery_closed",
-                extra={"open_s": round(self._recovering_until - self._recovery_began, 3)},
-            )
-        self._recovery_began = 0.0
+        if not self._recovery_closed:
+            self._recovery_closed = True
+            open_for = self._recovering_until - self._recovery_began
+            if open_for > self._config.recovery_window:  # it waited for agents coming back: say for how long
+                log.info("liveness.recovery_closed", extra={"open_s": round(open_for, 3)})
         return False
 
     def is_lost(self, worker_id: str) -> bool:
