@@ -22,13 +22,14 @@ from hodei.domain import (
 )
 from hodei.ports import RegistryStore
 from hodei.scheduler._registry import MAX_PAGE_BYTES
+from hodei.server._servicer import MAX_WATCHED_KINDS
 from hodei.stores import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport import _codec as codec
 from hodei.transport._codec import pb, pb_grpc
 from hodei.transport._status import MAX_MESSAGE_BYTES, MAX_STATUS_BYTES, STATUS_DETAILS_KEY
-from tests.helpers import make_worker
+from tests.helpers import make_worker, wait_until
 
 SHORT_MESSAGE = 300  # characters: a message quotes client text by a short prefix and its length
 
@@ -106,6 +107,37 @@ async def test_an_error_with_the_longest_message_in_any_characters_keeps_its_cod
     assert raised.value.retry_after == 1.0
     assert raised.value.message.startswith(character * 200)
     assert len(raised.value.message.encode()) <= MAX_MESSAGE_BYTES
+
+
+@pytest.mark.parametrize("count", [MAX_WATCHED_KINDS + 1, 3_000_000])
+async def test_a_watch_naming_too_many_event_kinds_is_invalid_argument_naming_kinds(
+    scheduler: EmbeddedScheduler, count: int
+) -> None:
+    """Counted before any is read: three million kinds (a few MB) would hold the loop a fifth of a second."""
+    request = pb.WatchWorkersRequest(kinds=[pb.WORKER_EVENT_KIND_DEMAND] * count)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in stub_of(scheduler).WatchWorkers(request, timeout=10):
+            pass
+
+    error = raised.value
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert violations_of(status_of(error)[1]) == [("kinds", f"at most {MAX_WATCHED_KINDS} kinds")]
+    assert scheduler.scheduler.events.watchers == 0  # no watch was left behind
+
+
+async def test_a_watch_naming_the_most_kinds_allowed_hears_those_it_knows(
+    scheduler: EmbeddedScheduler,
+) -> None:
+    kinds = [pb.WORKER_EVENT_KIND_REGISTERED] * (MAX_WATCHED_KINDS - 1) + [999]  # 999: a kind from the future
+    call = stub_of(scheduler).WatchWorkers(pb.WatchWorkersRequest(kinds=kinds), timeout=10)
+    try:
+        await wait_until(lambda: scheduler.scheduler.events.watchers == 1, timeout=10)
+        await stub_of(scheduler).RegisterWorker(request_for("watched"), timeout=10)
+        response = await call.read()
+    finally:
+        call.cancel()
+
+    assert (response.event.kind, response.event.worker_id) == (pb.WORKER_EVENT_KIND_REGISTERED, "watched")
 
 
 @pytest.mark.parametrize("method", ["GetWorker", "DrainWorker", "ShutdownWorker"])

@@ -307,6 +307,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.WatchWorkersRequest, context: Context
     ) -> AsyncIterator[pb.WatchWorkersResponse]:
         await self._authorize(context, "WatchWorkers")
+        if (
+            len(request.kinds) > MAX_WATCHED_KINDS
+        ):  # counted before any is read: a message's worth is millions
+            await abort_with(context, invalid("kinds", f"at most {MAX_WATCHED_KINDS} kinds"))
         # Kinds asked for, of which this scheduler knows none: a watch that hears nothing, not everything.
         kinds = codec.event_kinds_from_proto(request.kinds) if request.kinds else None
         watcher = self._scheduler.events.watch(kinds)
@@ -421,3 +425,6 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
 MAX_POOLS_TEXT = 1024 * 1024
 """The largest pools file ApplyPools takes, in bytes."""
+
+MAX_WATCHED_KINDS = 64
+"""The most event kinds one WatchWorkers may name (there are fewer than 20; room for a newer client's)."""
