@@ -122,7 +122,7 @@ class EventHub:
 
     def listen(self, listener: Callable[[WorkerEvent], None], *, relay: bool = False) -> None:
         """Call ``listener`` with every event published from now on (the scheduler's event log does). Like
-        watchers, listeners hear of registrations only while a watcher is there (registrations are logged by
+        watchers, listeners hear of registrations only while a watcher wants them (registrations are logged by
         the gRPC service, one line per call). A ``relay`` listener passes events on to the watchers of other
         replicas, which this hub cannot count: it counts as a watcher, for as long as the hub lives."""
         self._listeners.append(listener)

@@ -132,7 +132,7 @@ class LivenessMonitor:
         """Whether the recovery window is open at ``now``: while agents are returning it moves on to ``lease_ttl``
         after the last sweep that saw one, up to its cap."""
         if now < self._recovering_until:
-            if now < self._recovery_cap and self.returning():
+            if self.returning():  # never past the cap: the window itself ends there at the latest
                 self._recovering_until = min(
                     max(self._recovering_until, now + self._config.lease_ttl), self._recovery_cap
                 )
