@@ -339,9 +339,7 @@ class PostgresRegistryStore:
         if worker_filter.worker_type is not None:
             params.append(worker_filter.worker_type.value)
             where.append(f"worker_type = ${len(params)}")
-        if worker_filter.labels:
-            params.append(json.dumps(dict(worker_filter.labels)))
-            where.append(f"labels @> ${len(params)}::jsonb")
+        _where_labels(worker_filter.labels, where, params)
         params.append(limit)
         query = f"{VIEW} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ${len(params)}"
         return [viewed(row) for row in await self._read(query, *params)]
@@ -367,9 +365,7 @@ class PostgresRegistryStore:
             where.append(f"pool = ${len(params)}")
         if with_lease:
             where.append("lease_ttl IS NOT NULL")
-        if requirements.labels:
-            params.append(json.dumps(dict(requirements.labels)))
-            where.append(f"labels @> ${len(params)}::jsonb")
+        _where_labels(requirements.labels, where, params)
         return bool(
             await self._read(f"SELECT 1 FROM hodei_workers WHERE {' AND '.join(where)} LIMIT 1", *params)
         )
@@ -479,3 +475,11 @@ class PostgresRegistryStore:
             WorkerStatus.LOST.value,
         )
         return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _where_labels(labels: Mapping[str, str], where: list[str], params: list[Any]) -> None:
+    """The condition that a worker has every one of ``labels`` (key and value), added to ``where`` and
+    ``params``: one JSONB containment."""
+    if labels:
+        params.append(json.dumps(dict(labels)))
+        where.append(f"labels @> ${len(params)}::jsonb")
