@@ -661,7 +661,10 @@ class Allocator:
         events = self._registry.events
         if events.wants(WorkerEventKind.DEMAND):
             demand = tuple(self.demand())
-            events.publish(WorkerEventKind.DEMAND, reason=f"{len(self._waiting)} waiting", demand=demand)
+            waiting = sum(
+                d.waiting for d in demand
+            )  # as the demand says: waiters being bound are not counted
+            events.publish(WorkerEventKind.DEMAND, reason=f"{waiting} waiting", demand=demand)
 
     async def apply_pools(self, source: str, text: str) -> list[PoolStatus]:
         await self.pools.apply(source, text)
