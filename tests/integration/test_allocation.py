@@ -430,6 +430,14 @@ async def test_a_watch_of_demand_only_hears_only_demand_and_registrations_build_
     ]
 
 
+async def test_a_watch_of_no_kind_at_all_is_a_value_error_not_a_watch_of_every_kind(
+    client: SchedulerPortClient,
+) -> None:
+    with pytest.raises(ValueError, match="at least one kind"):
+        async for _ in client.watch_workers(kinds=set()):
+            pass
+
+
 async def _true(value: bool) -> bool:
     return value
 

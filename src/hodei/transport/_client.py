@@ -318,9 +318,12 @@ class SchedulerPortClient:
         self, *, include_snapshot: bool = False, kinds: Collection[WorkerEventKind] | None = None
     ) -> AsyncIterator[WorkerEvent]:
         """Lifecycle events as they happen (after one SNAPSHOT event per worker, if asked), until closed; of
-        ``kinds`` only, if given (the scheduler then builds no event for a kind nobody watches)."""
+        ``kinds`` only, if given (the scheduler then builds no event for a kind nobody watches). No kind at all
+        cannot be asked for (the wire says "every kind" with none): ``ValueError``."""
         if self._closed:
             raise RegistrationCancelled("the SchedulerPortClient is closed")
+        if kinds is not None and not kinds:
+            raise ValueError("kinds: name at least one kind, or None for every kind")
         request = pb.WatchWorkersRequest(
             include_snapshot=include_snapshot, kinds=codec.event_kinds_to_proto(kinds or ())
         )
