@@ -151,13 +151,19 @@ async def test_a_watch_on_a_third_replica_sees_the_other_replicas_events_in_orde
                 streams = [ConnectStream(to_a) for _ in range(3)]
                 for number, stream in enumerate(streams):
                     await stream.open(agent_worker(f"watched-{number}"), timeout=10)
+                ids = [f"watched-{number}" for number in range(3)]
+                # Each replica's events arrive in the order it sent them; A sends its own after it answered
+                # the hellos, so B's drains wait until C has heard A's connections (a drain made meanwhile on
+                # B could reach C first). The drains, relayed to A, cause A's DRAINED: those arrive in order.
+                by_worker = await _events_by_worker(events, ids, WorkerEventKind.CONNECTED)
                 for number, stream in enumerate(streams):
                     await via_b.drain_worker(f"watched-{number}", reason=f"drain {number}")
                     # The agent on A says it drained, as an agent does.
                     await stream.report(WorkerStatus.DRAINING, drained=True, reason="drained")
 
-                ids = [f"watched-{number}" for number in range(3)]
-                by_worker = await _events_by_worker(events, ids, WorkerEventKind.DRAINED)
+                drained = await _events_by_worker(events, ids, WorkerEventKind.DRAINED)
+                for worker_id in ids:
+                    by_worker[worker_id] += drained[worker_id]
                 for number, worker_id in enumerate(ids):
                     seen = by_worker[worker_id]
                     assert [e.kind for e in seen] == [

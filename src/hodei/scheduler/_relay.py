@@ -2,7 +2,10 @@
 
 - Every event published on this replica goes to the other replicas, whose watchers see it; theirs come here
   and are published to this replica's watchers (never sent on again: no echo). Only ids, kinds and a short
-  reason travel; a relayed event carries no record.
+  reason travel; a relayed event carries no record. Each replica's events arrive in the order it published
+  them; two replicas' events about one worker arrive in the order they happened when one caused the other
+  through the relay (a relayed drain and the agent's DRAINED), and may cross otherwise (a replica sends its
+  events after it has answered the call that made them).
 - A command for a worker whose agent's stream is not here (drain, shut down, the shutdown of an unregistration)
   is relayed; the replica holding the stream delivers it and acknowledges, and the asker waits for that
   acknowledgement (at most ``ack_timeout``) to tell whether the command reached an agent.
