@@ -56,39 +56,39 @@ from hodei.errors import (
     WorkerNotFound,
     WorkerNotIdle,
 )
-from hodei.lifecycle import WorkerEvent, WorkerEventKind
-from hodei.management import (
-    DecommissionResult,
-    ProvisionResult,
-    StaticWorkerFileError,
-    WorkerManagementConfig,
-    WorkerManagementService,
-    load_static_workers,
-    static_worker,
-)
-from hodei.ports import (
-    Acquired,
-    AssignmentView,
-    DrainOutcome,
-    PoolPort,
-    RegistrationReceipt,
-    RegistryStore,
-    SchedulerPort,
-    UnregistrationStatus,
-    WorkerFilter,
-    WorkerPage,
-    WorkerProvider,
-)
-from hodei.registration import (
-    BatchRegistrationResult,
-    DrainResult,
-    RegistrationConfig,
-    WorkerRegistrationAdapter,
-)
-from hodei.transport import SchedulerPortClient
 
 if TYPE_CHECKING:
     from hodei._bootstrap import OpenedStore, build_control_plane, build_scheduler, open_store
+    from hodei.lifecycle import WorkerEvent, WorkerEventKind
+    from hodei.management import (
+        DecommissionResult,
+        ProvisionResult,
+        StaticWorkerFileError,
+        WorkerManagementConfig,
+        WorkerManagementService,
+        load_static_workers,
+        static_worker,
+    )
+    from hodei.ports import (
+        Acquired,
+        AssignmentView,
+        DrainOutcome,
+        PoolPort,
+        RegistrationReceipt,
+        RegistryStore,
+        SchedulerPort,
+        UnregistrationStatus,
+        WorkerFilter,
+        WorkerPage,
+        WorkerProvider,
+    )
+    from hodei.registration import (
+        BatchRegistrationResult,
+        DrainResult,
+        RegistrationConfig,
+        WorkerRegistrationAdapter,
+    )
+    from hodei.transport import SchedulerPortClient
 
 __version__ = "0.1.0"
 
@@ -163,11 +163,38 @@ __all__ = [
     "static_worker",
 ]
 
-# The composition root builds the scheduler's server and the control plane: imported on first use, so that
-# ``import hodei`` does not load the gRPC server, its admission and its stores.
-__getattr__ = lazy_names(
-    __name__,
-    dict.fromkeys(
-        ["OpenedStore", "build_control_plane", "build_scheduler", "open_store"], "hodei._bootstrap"
-    ),
-)
+# What the control plane and the port client need (the registration adapter, the gRPC channel, the management
+# service, the ports) and the composition root are imported on first use: ``import hodei`` (and so every ``hodei``
+# command, agent and scheduler process) loads only the vocabulary — the domain and its errors — until asked for more.
+_LAZY = {
+    "WorkerEvent": "hodei.lifecycle",
+    "WorkerEventKind": "hodei.lifecycle",
+    "DecommissionResult": "hodei.management",
+    "ProvisionResult": "hodei.management",
+    "StaticWorkerFileError": "hodei.management",
+    "WorkerManagementConfig": "hodei.management",
+    "WorkerManagementService": "hodei.management",
+    "load_static_workers": "hodei.management",
+    "static_worker": "hodei.management",
+    "Acquired": "hodei.ports",
+    "AssignmentView": "hodei.ports",
+    "DrainOutcome": "hodei.ports",
+    "PoolPort": "hodei.ports",
+    "RegistrationReceipt": "hodei.ports",
+    "RegistryStore": "hodei.ports",
+    "SchedulerPort": "hodei.ports",
+    "UnregistrationStatus": "hodei.ports",
+    "WorkerFilter": "hodei.ports",
+    "WorkerPage": "hodei.ports",
+    "WorkerProvider": "hodei.ports",
+    "BatchRegistrationResult": "hodei.registration",
+    "DrainResult": "hodei.registration",
+    "RegistrationConfig": "hodei.registration",
+    "WorkerRegistrationAdapter": "hodei.registration",
+    "SchedulerPortClient": "hodei.transport",
+    "OpenedStore": "hodei._bootstrap",
+    "build_control_plane": "hodei._bootstrap",
+    "build_scheduler": "hodei._bootstrap",
+    "open_store": "hodei._bootstrap",
+}
+__getattr__ = lazy_names(__name__, _LAZY)
