@@ -2,8 +2,9 @@
 
 The session's service and image come from the ``podman_service`` and ``agent_image`` fixtures; the tests of
 start and stop start their own. Without Podman (or mmdebstrap, or root) these tests are skipped (failed under
-CI=true). The first use of ``agent_image`` builds the image's root filesystem when it is not cached: about a
-minute, hence the timeout.
+CI=true). The first use of ``agent_image`` builds the image's root filesystem when it is not cached: seconds
+when only hodei's sources changed, about a minute when its base (Debian and the dependencies) is made too,
+hence the timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hodei._infra.agent_image import (
     AGENT_IMAGE_ENTRYPOINT,
     AGENT_IMAGE_ENV,
     AGENT_IMAGE_REPOSITORY,
+    agent_base_key,
     agent_image_tag,
     ensure_agent_image,
 )
@@ -245,6 +247,16 @@ def test_the_image_tag_follows_the_sources_and_not_their_bytecode(tmp_path: Path
     (project / "src" / "hodei" / "new_module.py").write_text("")
     make_project(project, version=1)
     assert agent_image_tag(project) != first
+
+
+def test_the_base_follows_the_project_s_dependencies_and_not_its_sources(tmp_path: Path) -> None:
+    project = make_project(tmp_path, version=1)
+    base, tag = agent_base_key(project), agent_image_tag(project)
+
+    make_project(project, version=2)
+    assert (agent_base_key(project), agent_image_tag(project) != tag) == (base, True)
+    (project / "pyproject.toml").write_text('[project]\nname = "hodei"\ndependencies = ["grpcio"]\n')
+    assert agent_base_key(project) != base
 
 
 def test_each_new_source_tree_is_built_once_and_the_cache_keeps_the_latest_three(

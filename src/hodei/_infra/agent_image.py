@@ -8,22 +8,25 @@
 
 The recipe: a Debian bookworm root filesystem made by ``mmdebstrap`` from the distribution's packages
 (``python3``, ``ca-certificates``, and ``libstdc++6``, which grpcio's wheel needs), without documentation,
-manual pages or translations; hodei and its runtime dependencies installed into ``/opt/hodei`` by the host's
-pip, from binary wheels chosen for bookworm's CPython 3.11 and glibc, at the versions installed here; the
-modules compiled by the image's own Python, so that a container does not compile them at every start. The tar
-is imported with ``podman import``, which sets the image contract below (the same as
-``deploy/docker/Dockerfile``'s).
+manual pages or translations; hodei's runtime dependencies installed into ``/opt/hodei`` by the host's pip,
+from binary wheels chosen for bookworm's CPython 3.11 and glibc, at the versions installed here, and compiled by
+the image's own Python, so that a container does not compile them at every start. That is the *base*, keyed by
+the recipe, ``pyproject.toml`` and the pinned versions only: a change to hodei's sources reuses it, and only
+hodei itself (its wheel, installed by pip, compiled by this interpreter when it makes the bytecode the image's
+does) is appended to a copy of it — a second or two instead of the base's half a minute. The tar is imported
+with ``podman import``, which sets the image contract below (the same as ``deploy/docker/Dockerfile``'s).
 
-The tag is a hash of the project's ``pyproject.toml``, every file under ``src/hodei`` and the recipe, so that a
-change to hodei makes a new image. Root filesystems are cached in ``$XDG_CACHE_HOME/hodei/agent-image/``
-(default ``~/.cache``): a second test session imports the tar (seconds) instead of building it (tens of
-seconds); sessions side by side build it once (an exclusive lock on ``agent-image.lock`` beside it).
+The tag is a hash of the base's key and every file under ``src/hodei``, so that a change to hodei makes a new
+image. Root filesystems are cached in ``$XDG_CACHE_HOME/hodei/agent-image/`` (default ``~/.cache``), bases in
+its ``base/``: a second test session imports the tar (seconds) instead of building it; sessions side by side
+build it once (an exclusive lock on ``agent-image.lock`` beside it).
 Building needs root, ``mmdebstrap`` and the Debian mirror; :func:`missing_image_builder` says what is missing,
 for a skip message.
 """
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import fcntl
 import hashlib
@@ -37,9 +40,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -54,6 +58,7 @@ __all__ = [
     "AGENT_IMAGE_USER",
     "AgentImageError",
     "RootfsBuilder",
+    "agent_base_key",
     "agent_image_tag",
     "build_agent_rootfs",
     "ensure_agent_image",
@@ -79,6 +84,8 @@ DEFAULT_MIRROR: Final = "http://deb.debian.org/debian"
 # What pip installs must run on bookworm's interpreter, whatever the host's: CPython 3.11, glibc 2.36.
 _TARGET_PYTHON = ("3.11", "cp", "cp311")
 _TARGET_GLIBC_MINOR = 36
+_TARGET_CACHE_TAG = "cpython-311"  # this interpreter's bytecode is the image's when its cache tag is this
+_PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input")
 _DPKG_OPTIONS = (
     "path-exclude=/usr/share/doc/*",
     "path-include=/usr/share/doc/*/copyright",
@@ -90,6 +97,7 @@ _DPKG_OPTIONS = (
 # Merged /usr by symlinks, as debootstrap does, instead of the usrmerge package, which pulls in perl (50 MB).
 _MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 _CACHED_ROOTFS_KEPT = 3
+_CACHED_BASES_KEPT = 2
 _PIP_TIMEOUT = 900
 _MMDEBSTRAP_TIMEOUT = 1800
 _OUTPUT_TAIL_LINES = 40
@@ -140,15 +148,43 @@ def find_project_dir() -> Path:
 
 
 def agent_image_tag(project_dir: Path) -> str:
-    """``localhost/hodei-agent:<hash>``: the hash of the project's sources, the pinned versions and the recipe."""
-    return f"{AGENT_IMAGE_REPOSITORY}:{_recipe_hash(project_dir)[:16]}"
+    """``localhost/hodei-agent:<hash>``: the hash of the base's key (:func:`agent_base_key`) and the sources."""
+    digest = hashlib.sha256(agent_base_key(project_dir).encode())
+    for path in _source_files(project_dir):
+        content = path.read_bytes()
+        digest.update(f"\0{path.relative_to(project_dir).as_posix()}\0{len(content)}\0".encode() + content)
+    return f"{AGENT_IMAGE_REPOSITORY}:{digest.hexdigest()[:16]}"
+
+
+def agent_base_key(project_dir: Path) -> str:
+    """What the base root filesystem (everything but hodei itself) is made of, hashed: the recipe, the
+    project's ``pyproject.toml`` and the versions pinned here; not hodei's sources."""
+    digest = hashlib.sha256()
+    recipe = {
+        "version": RECIPE_VERSION,
+        "suite": SUITE,
+        "packages": PACKAGES,
+        "dpkg": _DPKG_OPTIONS,
+        "python": _TARGET_PYTHON,
+        "pins": _pinned_versions(),
+        "entrypoint": AGENT_IMAGE_ENTRYPOINT,
+        "env": AGENT_IMAGE_ENV,
+        "user": AGENT_IMAGE_USER,
+        "stopsignal": AGENT_IMAGE_STOPSIGNAL,
+    }
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    digest.update(b"\0pyproject.toml\0" + (project_dir / "pyproject.toml").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def build_agent_rootfs(out_tar: Path, *, project_dir: Path) -> None:
-    """Build the worker image's root filesystem from ``project_dir`` (hodei's repository) into ``out_tar``.
+    """Build the worker image's root filesystem from ``project_dir`` (hodei's repository) into ``out_tar``:
+    hodei appended to a copy of the base, which is built first when ``out_tar``'s directory has none in its
+    ``base/`` for :func:`agent_base_key`. Where this interpreter's bytecode is not the image's, the whole root
+    filesystem is built at once instead.
 
-    Written to a temporary name next to ``out_tar`` and renamed when complete. Raises :class:`AgentImageError`
-    with the tail of the failing tool's output.
+    Each tar is written to a temporary name and renamed when complete. Raises :class:`AgentImageError` with the
+    tail of the failing tool's output.
     """
     missing = missing_image_builder()
     if missing is not None:
@@ -157,13 +193,21 @@ def build_agent_rootfs(out_tar: Path, *, project_dir: Path) -> None:
     out_tar.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hodei-agent-rootfs-") as work_name:
         work = Path(work_name)
-        site = _install_hodei(project_dir, work)
-        partial = out_tar.with_name(f".{out_tar.name}.{os.getpid()}.partial")
-        try:
-            _run(_mmdebstrap_command(site, partial), what="mmdebstrap", timeout=_MMDEBSTRAP_TIMEOUT)
-            partial.replace(out_tar)
-        finally:
-            partial.unlink(missing_ok=True)
+        package = _install_hodei(project_dir, work)
+        if sys.implementation.cache_tag != _TARGET_CACHE_TAG:
+            sites = [_install_dependencies(project_dir, work), package]
+            _written(out_tar, lambda partial: _debootstrap(sites, partial))
+            return
+        base = out_tar.parent / "base" / f"{agent_base_key(project_dir)}.tar"
+        if base.is_file():
+            os.utime(base)  # most recently used: the last to be pruned
+        else:
+            base.parent.mkdir(exist_ok=True)
+            dependencies = _install_dependencies(project_dir, work)
+            _written(base, lambda partial: _debootstrap([dependencies], partial))
+            _prune_cache(base.parent, keep=base, kept=_CACHED_BASES_KEPT)
+        compileall.compile_dir(package, quiet=1, workers=0)
+        _written(out_tar, lambda partial: _append_to_copy(base, package, partial))
 
 
 def ensure_agent_image(
@@ -235,28 +279,6 @@ def _pinned_versions() -> list[str]:
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
-def _recipe_hash(project_dir: Path) -> str:
-    digest = hashlib.sha256()
-    recipe = {
-        "version": RECIPE_VERSION,
-        "suite": SUITE,
-        "packages": PACKAGES,
-        "dpkg": _DPKG_OPTIONS,
-        "python": _TARGET_PYTHON,
-        "pins": _pinned_versions(),
-        "entrypoint": AGENT_IMAGE_ENTRYPOINT,
-        "env": AGENT_IMAGE_ENV,
-        "user": AGENT_IMAGE_USER,
-        "stopsignal": AGENT_IMAGE_STOPSIGNAL,
-    }
-    digest.update(json.dumps(recipe, sort_keys=True).encode())
-    digest.update(b"\0pyproject.toml\0" + (project_dir / "pyproject.toml").read_bytes())
-    for path in _source_files(project_dir):
-        content = path.read_bytes()
-        digest.update(f"\0{path.relative_to(project_dir).as_posix()}\0{len(content)}\0".encode() + content)
-    return digest.hexdigest()
-
-
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hodei" / "agent-image"
@@ -270,12 +292,22 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _prune_cache(cache: Path, *, keep: Path) -> None:
+def _prune_cache(cache: Path, *, keep: Path, kept: int = _CACHED_ROOTFS_KEPT) -> None:
     others = sorted(
         (path for path in cache.glob("*.tar") if path != keep), key=lambda p: p.stat().st_mtime, reverse=True
     )
-    for stale in others[_CACHED_ROOTFS_KEPT - 1 :]:
+    for stale in others[kept - 1 :]:
         stale.unlink(missing_ok=True)
+
+
+def _written(out: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a file to a temporary name next to ``out``, renamed to ``out`` once complete."""
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _run(command: list[str], *, what: str, timeout: float) -> None:
@@ -293,7 +325,7 @@ def _run(command: list[str], *, what: str, timeout: float) -> None:
 
 
 def _install_hodei(project_dir: Path, work: Path) -> Path:
-    """hodei and its dependencies, installed by the host's pip for the image's interpreter into ``work/site``."""
+    """hodei alone (its wheel, without dependencies), installed by the host's pip into ``work/hodei``."""
     # The wheel is built from a copy: setuptools writes build/ and *.egg-info/ into the tree it builds.
     source = work / "project"
     source.mkdir()
@@ -303,40 +335,53 @@ def _install_hodei(project_dir: Path, work: Path) -> Path:
     ignored = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(project_dir / "src" / "hodei", source / "src" / "hodei", ignore=ignored)
     wheels = work / "wheels"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     _run(
-        [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source)],
+        [*_PIP, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source)],
         what="pip wheel",
         timeout=_PIP_TIMEOUT,
     )
+    return _pip_install(work / "hodei", ["--no-deps", *(str(w) for w in sorted(wheels.glob("hodei-*.whl")))])
+
+
+def _install_dependencies(project_dir: Path, work: Path) -> Path:
+    """hodei's runtime dependencies (``pyproject.toml``'s, at the versions installed here), installed by the
+    host's pip for the image's interpreter into ``work/site``."""
+    dependencies = tomllib.loads((project_dir / "pyproject.toml").read_text())["project"]["dependencies"]
     constraints = work / "constraints.txt"
     constraints.write_text("\n".join(_pinned_versions()) + "\n")
     python_version, implementation, abi = _TARGET_PYTHON
     arch = platform.machine()
     platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(_TARGET_GLIBC_MINOR, 16, -1)]
     platforms += [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
-    site = work / "site"
-    _run(
+    return _pip_install(
+        work / "site",
         [
-            *pip,
-            *("install", "--quiet", "--no-compile", "--target", str(site), "--only-binary=:all:"),
+            "--only-binary=:all:",
             *("--python-version", python_version, "--implementation", implementation, "--abi", abi),
             *(f"--platform={tag}" for tag in platforms),
             *("--constraint", str(constraints)),
-            *(str(wheel) for wheel in sorted(wheels.glob("hodei-*.whl"))),
+            *dependencies,
         ],
+    )
+
+
+def _pip_install(target: Path, arguments: list[str]) -> Path:
+    """``pip install --target target`` of ``arguments``, uncompiled; ``target``."""
+    _run(
+        [*_PIP, "install", "--quiet", "--no-compile", "--target", str(target), *arguments],
         what="pip install",
         timeout=_PIP_TIMEOUT,
     )
     # Console scripts name the host's interpreter; the image runs `python3 -m hodei`.
-    shutil.rmtree(site / "bin", ignore_errors=True)
-    return site
+    shutil.rmtree(target / "bin", ignore_errors=True)
+    return target
 
 
-def _mmdebstrap_command(site: Path, out_tar: Path) -> list[str]:
+def _debootstrap(sites: list[Path], out_tar: Path) -> None:
+    """The root filesystem: Debian, ``sites`` copied into the install directory, compiled by its Python."""
     install_dir = AGENT_IMAGE_ENV["PYTHONPATH"]
     merged_usr = [f"--hook-dir={_MERGED_USR_HOOKS}"] if Path(_MERGED_USR_HOOKS).is_dir() else []
-    return [
+    command = [
         *(
             "mmdebstrap",
             "--variant=essential",
@@ -348,10 +393,30 @@ def _mmdebstrap_command(site: Path, out_tar: Path) -> list[str]:
         *(f"--dpkgopt={option}" for option in _DPKG_OPTIONS),
         # mmdebstrap runs a hook with sh, the root filesystem's directory as $1.
         f'--customize-hook=mkdir -p "$1{install_dir}"',
-        f"--customize-hook=sync-in {shlex.quote(str(site))} {install_dir}",
+        *(f"--customize-hook=sync-in {shlex.quote(str(site))} {install_dir}" for site in sites),
         f'--customize-hook=chroot "$1" python3 -m compileall -q -j0 {install_dir}',
         *(SUITE, str(out_tar), _debian_mirror()),
     ]
+    _run(command, what="mmdebstrap", timeout=_MMDEBSTRAP_TIMEOUT)
+
+
+def _append_to_copy(base: Path, package: Path, out_tar: Path) -> None:
+    """A copy of ``base`` with ``package``'s files added under the install directory, owned by root and
+    readable by all (the agent runs unprivileged), their times kept (the bytecode names its source's)."""
+    shutil.copyfile(base, out_tar)
+    with tarfile.open(out_tar, "a") as tar:
+        for path in sorted(package.rglob("*")):
+            info = tar.gettarinfo(
+                path, f".{AGENT_IMAGE_ENV['PYTHONPATH']}/{path.relative_to(package).as_posix()}"
+            )
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode = 0o755 if info.isdir() else 0o644
+            if info.isfile():
+                with path.open("rb") as content:
+                    tar.addfile(info, content)
+            else:
+                tar.addfile(info)
 
 
 def _debian_mirror() -> str:
