@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import hodei
+from hodei._infra.debian import DPKG_OPTIONS, PACKAGES, SUITE, debootstrap
 from hodei._infra.podman import PodmanService
 
 __all__ = [
@@ -78,24 +79,11 @@ AGENT_IMAGE_REPOSITORY: Final = "localhost/hodei-agent"
 
 RECIPE_VERSION: Final = 1
 """Raised whenever the recipe changes in a way the hash of its parameters below does not see."""
-SUITE: Final = "bookworm"
-PACKAGES: Final = ("python3", "ca-certificates", "libstdc++6")
-DEFAULT_MIRROR: Final = "http://deb.debian.org/debian"
 # What pip installs must run on bookworm's interpreter, whatever the host's: CPython 3.11, glibc 2.36.
 _TARGET_PYTHON = ("3.11", "cp", "cp311")
 _TARGET_GLIBC_MINOR = 36
 _TARGET_CACHE_TAG = "cpython-311"  # this interpreter's bytecode is the image's when its cache tag is this
 _PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input")
-_DPKG_OPTIONS = (
-    "path-exclude=/usr/share/doc/*",
-    "path-include=/usr/share/doc/*/copyright",
-    "path-exclude=/usr/share/man/*",
-    "path-exclude=/usr/share/info/*",
-    "path-exclude=/usr/share/locale/*",
-    "path-exclude=/usr/share/lintian/*",
-)
-# Merged /usr by symlinks, as debootstrap does, instead of the usrmerge package, which pulls in perl (50 MB).
-_MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 _CACHED_ROOTFS_KEPT = 3
 _CACHED_BASES_KEPT = 2
 _PIP_TIMEOUT = 900
@@ -164,7 +152,7 @@ def agent_base_key(project_dir: Path) -> str:
         "version": RECIPE_VERSION,
         "suite": SUITE,
         "packages": PACKAGES,
-        "dpkg": _DPKG_OPTIONS,
+        "dpkg": DPKG_OPTIONS,
         "python": _TARGET_PYTHON,
         "pins": _pinned_versions(),
         "entrypoint": AGENT_IMAGE_ENTRYPOINT,
@@ -378,26 +366,11 @@ def _pip_install(target: Path, arguments: list[str]) -> Path:
 
 
 def _debootstrap(sites: list[Path], out_tar: Path) -> None:
-    """The root filesystem: Debian, ``sites`` copied into the install directory, compiled by its Python."""
-    install_dir = AGENT_IMAGE_ENV["PYTHONPATH"]
-    merged_usr = [f"--hook-dir={_MERGED_USR_HOOKS}"] if Path(_MERGED_USR_HOOKS).is_dir() else []
-    command = [
-        *(
-            "mmdebstrap",
-            "--variant=essential",
-            f"--include={','.join(PACKAGES)}",
-            "--mode=root",
-            "--format=tar",
-        ),
-        *merged_usr,
-        *(f"--dpkgopt={option}" for option in _DPKG_OPTIONS),
-        # mmdebstrap runs a hook with sh, the root filesystem's directory as $1.
-        f'--customize-hook=mkdir -p "$1{install_dir}"',
-        *(f"--customize-hook=sync-in {shlex.quote(str(site))} {install_dir}" for site in sites),
-        f'--customize-hook=chroot "$1" python3 -m compileall -q -j0 {install_dir}',
-        *(SUITE, str(out_tar), _debian_mirror()),
-    ]
-    _run(command, what="mmdebstrap", timeout=_MMDEBSTRAP_TIMEOUT)
+    _run(
+        debootstrap(sites, out_tar, install_dir=AGENT_IMAGE_ENV["PYTHONPATH"]),
+        what="mmdebstrap",
+        timeout=_MMDEBSTRAP_TIMEOUT,
+    )
 
 
 def _append_to_copy(base: Path, package: Path, out_tar: Path) -> None:
@@ -417,37 +390,3 @@ def _append_to_copy(base: Path, package: Path, out_tar: Path) -> None:
                     tar.addfile(info, content)
             else:
                 tar.addfile(info)
-
-
-def _debian_mirror() -> str:
-    """The host's Debian mirror for the suite (from /etc/apt's sources), or deb.debian.org."""
-    deb822 = Path("/etc/apt/sources.list.d/debian.sources")
-    try:
-        stanzas = deb822.read_text().split("\n\n")
-    except OSError:
-        stanzas = []
-    for stanza in stanzas:
-        fields = dict(
-            (key.strip().lower(), value.split())
-            for key, _, value in (
-                line.partition(":") for line in stanza.splitlines() if not line.startswith("#")
-            )
-        )
-        if "deb" in fields.get("types", []) and SUITE in fields.get("suites", []):
-            mirrors = [uri for uri in fields.get("uris", []) if uri.startswith(("http://", "https://"))]
-            if mirrors:
-                return mirrors[0].rstrip("/")
-    try:
-        lines = Path("/etc/apt/sources.list").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
-        if (
-            len(words) >= 3
-            and words[0] == "deb"
-            and words[2] == SUITE
-            and words[1].startswith(("http://", "https://"))
-        ):
-            return words[1].rstrip("/")
-    return DEFAULT_MIRROR
