@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -36,10 +36,8 @@ from hodei.domain import (
     Job,
     JobOutcome,
     JobResult,
-    WorkerCapabilities,
     WorkerRecord,
     WorkerStatus,
-    WorkerType,
     utcnow,
     validate_assignment_ttl,
     validate_job_id,
@@ -54,10 +52,9 @@ from hodei.errors import (
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.pools import PoolStatus, Requirements, ScaleEvent, Waiter, WaitingDemand, match
-from hodei.ports import Acquired, AssignmentView, BoundJobs, RegistryStore, WorkerFilter
-from hodei.scheduler._ended import Ended, EndedAssignments
+from hodei.ports import Acquired, BoundJobs, RegistryStore, WorkerFilter
+from hodei.scheduler._assignments import GONE, MAX_WAIT, Assignments, Tell
 from hodei.scheduler._free import FreeWorkers
-from hodei.scheduler._liveness import LeaseTable
 from hodei.scheduler._pool_book import PoolBook
 from hodei.scheduler._registry import WorkerRegistry
 
@@ -65,7 +62,6 @@ __all__ = ["Allocator"]
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT = 3600.0
 _POKES = frozenset(
     {
         WorkerEventKind.AVAILABLE,
@@ -74,8 +70,6 @@ _POKES = frozenset(
         WorkerEventKind.UPDATED,
     }
 )
-_OUTCOMES = {outcome.value: outcome for outcome in JobOutcome}
-_GONE = frozenset({WorkerEventKind.UNREGISTERED, WorkerEventKind.EXPIRED})
 
 
 @dataclass(eq=False)
@@ -92,17 +86,9 @@ class _Wait:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Bound:
-    assignment: Assignment
-    record: WorkerRecord
-
-
-Tell = Callable[[WorkerRecord, WorkerCommand], Awaitable[bool]]
-
-
 class Allocator:
-    """``tell`` pushes a command down a worker's stream (here or on another replica): whether it went."""
+    """``tell`` pushes a command down a worker's stream (here or on another replica): whether it went. The
+    assignments it binds are kept by :attr:`assignments`, which renews, releases and ends them."""
 
     def __init__(
         self,
@@ -126,12 +112,9 @@ class Allocator:
         self._default_ttl = default_ttl
         self._arrivals = itertools.count()
         self._waiting: dict[str, _Wait] = {}  # by job id
-        self.leases = LeaseTable()  # by assignment id: the holder's renewals
-        self._where: dict[str, Assignment] = {}  # by assignment id, as bound (a cache: the store decides)
-        self._bound_jobs: dict[str, _Bound] = {}  # job id -> its assignment and worker as bound
-        self._ended = EndedAssignments()
-        self._watching_end: dict[str, list[asyncio.Future[None]]] = {}
-        self._ending: dict[str, asyncio.Future[Ended | None]] = {}  # ends being written, by assignment id
+        self.assignments = Assignments(
+            registry, tell=tell, poke=self.poke, monotonic=monotonic, metrics=self._metrics
+        )
         self.pools = PoolBook(registry.store, self._metrics)
         self._poked = asyncio.Event()
         self._one_serving = asyncio.Lock()  # one round of matching at a time: a waiter is bound once
@@ -140,7 +123,6 @@ class Allocator:
             lambda: self._registry.records(WorkerFilter(statuses=frozenset({WorkerStatus.AVAILABLE})))
         )
         self._serving: asyncio.Task[None] | None = None
-        self._chores: set[asyncio.Task[None]] = set()
         registry.events.listen(self._heard)
         registry.written.append(self._free.note)  # registrations, heard of even while nobody watches events
 
@@ -157,18 +139,17 @@ class Allocator:
         store = self.store
         if isinstance(store, BoundJobs):
             for record in await store.bound():
-                self._track(record, now)
+                self.assignments.track(record, now)
 
     def start(self) -> None:
         self._serving = asyncio.ensure_future(self._serve_forever())
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._serving, *self._chores) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        if self._serving is not None:
+            self._serving.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await self._serving
+        await self.assignments.stop()
         for wait in self._waiting.values():
             if not wait.bound.done():
                 wait.bound.cancel()
@@ -194,7 +175,7 @@ class Allocator:
         joined = False  # a retry of an acquire that still waits: the binding is the first's, not this call's
         while waiting is None:
             # Every await below may let another acquire of the same job in: look again after each.
-            if (known := self._known_here(job_id)) is not None:
+            if (known := self.assignments.known(job_id)) is not None:
                 return known
             if (waiting := self._waiting.get(job_id)) is not None:
                 # A retry of an acquire that still waits: one wait, for as long as the longest asks, served
@@ -203,9 +184,9 @@ class Allocator:
                 joined = True
                 await self._serve()
                 break
-            if (known := await self._known_in_store(job_id)) is not None:
+            if (known := await self.assignments.find_job(job_id)) is not None:
                 return known
-            if job_id in self._waiting or self._known_here(job_id):
+            if job_id in self._waiting or self.assignments.known(job_id):
                 continue
             now = self._monotonic()
             waiting = _Wait(
@@ -250,24 +231,6 @@ class Allocator:
         if found:
             raise InvalidWorkerData(f"the acquire of job {quote_short(job_id)} is invalid", violations=found)
 
-    def _known_here(self, job_id: str) -> Acquired | None:
-        """The job's assignment if this scheduler made or restored it (bound, or ended and still kept)."""
-        if (bound := self._bound_jobs.get(job_id)) is not None:
-            return Acquired(bound.assignment, bound.record, created=False)
-        kept = self._ended.of_job(job_id)
-        if kept is not None:
-            return Acquired(kept.assignment, kept.record or _placeholder(kept.assignment), created=False)
-        return None
-
-    async def _known_in_store(self, job_id: str) -> Acquired | None:
-        """The job's assignment if another replica bound it."""
-        store = self.store
-        if isinstance(store, BoundJobs) and (record := await store.find_job(job_id)) is not None:
-            assert record.assignment is not None
-            self._track(record, self._monotonic())
-            return Acquired(record.assignment, record, created=False)
-        return None
-
     async def _refuse_impossible(self, requirements: Requirements, job: Job | None) -> None:
         if any(True for _ in self.pools.fitting(requirements)):
             return
@@ -308,12 +271,7 @@ class Allocator:
 
     async def tick(self, now: float) -> None:
         """One round: assignments whose holder stopped renewing end, waiting acquires are served."""
-        for assignment_id in self.leases.expired(now):
-            self.leases.drop(assignment_id)
-            await self._end_by_id(
-                assignment_id, JobResult(JobOutcome.ABANDONED, reason="its holder stopped renewing")
-            )
-        self._ended.forget_old(now)
+        await self.assignments.expire(now)
         await self._serve()
 
     async def _serve(self) -> None:
@@ -392,7 +350,7 @@ class Allocator:
         except JobAlreadyBound:
             if len(assignments) > 1:
                 return [found for assignment in assignments for found in await self._bind([assignment])]
-            return [await self._known_in_store(assignments[0].job_id)]
+            return [await self.assignments.find_job(assignments[0].job_id)]
 
     async def _deliver(
         self, wait: _Wait, assignment: Assignment, bound: WorkerRecord | Acquired | None
@@ -401,11 +359,11 @@ class Allocator:
         assignment ends WORKER_LOST, and the next round chooses again)."""
         if bound is None or isinstance(bound, Acquired):
             return bound
-        self._track(bound, self._monotonic())
+        self.assignments.track(bound, self._monotonic())
         if wait.job is not None:
             delivered = await self._tell(bound, WorkerCommand(CommandKind.RUN_JOB, assignment=assignment))
             if not delivered:
-                await self._end(
+                await self.assignments.end(
                     assignment, JobResult(JobOutcome.WORKER_LOST, reason="its agent was not reachable")
                 )
                 return None
@@ -419,223 +377,17 @@ class Allocator:
         )
         return Acquired(assignment, bound)
 
-    def _track(self, record: WorkerRecord, now: float) -> None:
-        """A worker bound to a job, as bound: its assignment's lease runs from ``now``."""
-        assignment = record.assignment
-        assert assignment is not None
-        self._where[assignment.assignment_id] = assignment
-        self._bound_jobs[assignment.job_id] = _Bound(assignment, record)
-        self.leases.renew(assignment.assignment_id, assignment.lease_ttl, now)
-
-    # -- renew, release, end -----------------------------------------------------------------------------
-
-    async def renew(self, assignment_id: str, *, wait: float = 0.0) -> AssignmentView:
-        view = await self._view(assignment_id)
-        if view.ended:
-            return view
-        self.leases.renew(assignment_id, view.assignment.lease_ttl, self._monotonic())
-        if wait > 0:
-            ended = asyncio.get_running_loop().create_future()
-            self._watching_end.setdefault(assignment_id, []).append(ended)
-            try:
-                await asyncio.wait_for(ended, min(wait, MAX_WAIT))
-            except TimeoutError:
-                pass
-            finally:
-                watchers = self._watching_end.get(assignment_id, [])
-                if ended in watchers:
-                    watchers.remove(ended)
-                if not watchers:
-                    self._watching_end.pop(assignment_id, None)
-            return await self._view(assignment_id)
-        return view
-
-    async def release(
-        self,
-        assignment_id: str,
-        *,
-        outcome: JobOutcome = JobOutcome.SUCCEEDED,
-        recycle: bool = False,
-        reason: str = "",
-    ) -> AssignmentView:
-        view = await self._view(assignment_id)
-        if view.ended:
-            return view
-        result = JobResult(outcome, reason=reason or "released by its holder")
-        ended = await self._end(view.assignment, result, recycle=recycle, cancel=True)
-        return AssignmentView(view.assignment, ended.result, ended.record)
-
-    async def job_finished(self, worker_id: str, assignment_id: str, result: JobResult) -> None:
-        """The worker's agent reports the job of ``assignment_id`` ended. A report about another worker's
-        assignment, or one that ended already, changes nothing; a BUSY worker bound to nothing is AVAILABLE."""
-        with contextlib.suppress(
-            WorkerNotFound
-        ):  # an assignment this scheduler never knew (restarted on memory)
-            # The agent speaks of its own worker: that worker's record is read, never every bound one (an
-            # agent sending made-up assignment ids costs one read each).
-            view = await self._view(assignment_id, holder=worker_id)
-            if not view.ended and view.assignment.worker_id == worker_id:
-                await self._end(view.assignment, result)
-                return
-        record = await self._registry.get(worker_id)
-        if record is not None and record.status is WorkerStatus.BUSY and record.assignment is None:
-            await self._registry.transition(worker_id, WorkerStatus.AVAILABLE, reason="its job finished")
-
-    async def _view(self, assignment_id: str, *, holder: str | None = None) -> AssignmentView:
-        """The assignment as it stands; ``holder``: the worker it must be bound to if it is bound at all (an
-        untracked assignment is then looked for in that worker's record only)."""
-        kept = self._ended.get(assignment_id)
-        if kept is not None:
-            return AssignmentView(kept.assignment, kept.result, kept.record)
-        tracked = self._where.get(assignment_id)
-        record = (
-            await self._registry.get(tracked.worker_id)
-            if tracked is not None
-            else await self._find(assignment_id, holder)
-        )
-        if (
-            record is not None
-            and record.assignment is not None
-            and record.assignment.assignment_id == assignment_id
-        ):
-            return AssignmentView(record.assignment, None, record)
-        if (kept := self._ended.get(assignment_id)) is not None:  # it ended while the store was read
-            return AssignmentView(kept.assignment, kept.result, kept.record)
-        if (
-            ending := self._ending.get(assignment_id)
-        ) is not None:  # its end is being written: that is the answer
-            ended = await asyncio.shield(ending)
-            if ended is not None:
-                return AssignmentView(ended.assignment, ended.result, ended.record)
-            return await self._view(assignment_id, holder=holder)  # that end failed (the store): look again
-        if tracked is None:
-            raise WorkerNotFound(
-                f"assignment {quote_short(assignment_id)} is not known to this scheduler",
-                violations=[FieldViolation("assignment_id", "no such assignment")],
-            )
-        # Its worker no longer holds it (removed or restarted unheard of): not counted, as no end was made here.
-        ended = self._remember(
-            tracked,
-            JobResult(JobOutcome.WORKER_LOST, reason="its worker no longer holds it"),
-            record,
-            counted=False,
-        )
-        return AssignmentView(ended.assignment, ended.result, record)
-
-    async def _find(self, assignment_id: str, holder: str | None = None) -> WorkerRecord | None:
-        """A worker bound to ``assignment_id`` by another replica (this one has not tracked it): ``holder``'s
-        record if the caller says whose it must be, else the store's answer for that id."""
-        if holder is not None:
-            record = await self._registry.get(holder)
-        elif isinstance(store := self.store, BoundJobs):
-            record = await store.find_assignment(assignment_id)
-        else:
-            return None
-        if record is None or record.assignment is None or record.assignment.assignment_id != assignment_id:
-            return None
-        self._track(record, self._monotonic())
-        return record
-
-    async def _end_by_id(self, assignment_id: str, result: JobResult) -> None:
-        view = await self._view(assignment_id)
-        if not view.ended:
-            await self._end(view.assignment, result, cancel=True)
-
-    async def _end(
-        self, assignment: Assignment, result: JobResult, *, recycle: bool = False, cancel: bool = False
-    ) -> Ended:
-        """Unbind the worker (AVAILABLE again, or DRAINING when recycled; a LOST or DRAINING worker keeps its
-        status), keep the result for the holder, tell whoever waits for the end. With ``cancel`` (the end did
-        not come from the agent) a job its agent may still run is stopped, and the worker stays BUSY until the
-        agent says so."""
-        assignment_id = assignment.assignment_id
-        if (ending := self._ending.get(assignment_id)) is not None:  # another end is under way: it decides
-            ended = await asyncio.shield(ending)
-            if ended is not None:
-                return ended
-        made: asyncio.Future[Ended | None] = asyncio.get_running_loop().create_future()
-        self._ending[assignment_id] = made
-        running = cancel and assignment.job is not None
-        try:
-            record = await self._registry.unbind(assignment, result, recycle=recycle, job_running=running)
-            # Remembered as soon as the store says so: a holder asking meanwhile is never told another end.
-            ended = self._remember(assignment, result, record)
-            made.set_result(ended)
-        finally:
-            del self._ending[assignment_id]
-            if not made.done():
-                made.set_result(None)
-        if running and record is not None and record.status is not WorkerStatus.LOST:
-            await self._tell(
-                record,
-                WorkerCommand(CommandKind.CANCEL_JOB, result.reason, assignment_id=assignment.assignment_id),
-            )
-        if recycle and record is not None:
-            await self._tell(record, WorkerCommand(CommandKind.DRAIN, "recycled after its job"))
-        log.info(
-            "allocation.ended",
-            extra={
-                "job_id": assignment.job_id,
-                "worker_id": assignment.worker_id,
-                "assignment_id": assignment.assignment_id,
-                "outcome": result.outcome.value,
-                "exit_code": result.exit_code,
-            },
-        )
-        self.poke()
-        return ended
-
-    def _remember(
-        self, assignment: Assignment, result: JobResult, record: WorkerRecord | None, *, counted: bool = True
-    ) -> Ended:
-        assignment_id = assignment.assignment_id
-        self.leases.drop(assignment_id)
-        self._where.pop(assignment_id, None)
-        bound = self._bound_jobs.get(assignment.job_id)
-        if bound is not None and bound.assignment.assignment_id == assignment_id:
-            del self._bound_jobs[assignment.job_id]
-        if counted:
-            self._metrics.assignments_ended.labels(result.outcome.value).inc()
-        ended = Ended(assignment, result, self._monotonic(), record)
-        self._ended.remember(ended)
-        for future in self._watching_end.pop(assignment_id, []):
-            if not future.done():
-                future.set_result(None)
-        return ended
-
     # -- what the registry's events say ------------------------------------------------------------------
 
     def _heard(self, event: WorkerEvent) -> None:
         if event.record is not None:
             self._free.note(event.record)
-        elif event.kind in _GONE:
+        elif event.kind in GONE:
             self._free.gone(event.worker_id)
         if event.kind in _POKES:
             self.poke()
-        elif event.kind is WorkerEventKind.LOST and event.record is not None and event.record.assignment:
-            self._chore(self._end_by_id(event.record.assignment.assignment_id, _lost("its worker went LOST")))
-        elif event.kind in _GONE:
-            for assignment_id in self._assignments_of(event.worker_id):
-                self._chore(self._end_by_id(assignment_id, _lost(f"its worker was {event.kind.value}")))
-        elif event.kind is WorkerEventKind.RELEASED and event.record is None:
-            # Relayed: another replica ended an assignment this one bound; its reason is the outcome (counted there).
-            outcome = _OUTCOMES.get(event.reason, JobOutcome.WORKER_LOST)
-            for assignment_id in self._assignments_of(event.worker_id):
-                result = JobResult(outcome, reason="ended through another replica")
-                self._remember(self._where[assignment_id], result, None, counted=False)
-
-    def _assignments_of(self, worker_id: str) -> list[str]:
-        return [a for a, assignment in self._where.items() if assignment.worker_id == worker_id]
-
-    def _chore(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._chores.add(task)
-        task.add_done_callback(self._chore_done)
-
-    def _chore_done(self, task: asyncio.Task[None]) -> None:
-        self._chores.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.warning("allocation.end_failed", extra={"error": quote_short(str(error))})
+        else:
+            self.assignments.heard(event)
 
     # -- demand and pools --------------------------------------------------------------------------------
 
@@ -692,16 +444,3 @@ class Allocator:
     async def pool_statuses(self) -> list[PoolStatus]:
         # Counted by the store (a GROUP BY on its own thread or server), not by reading every record here.
         return self.pools.statuses(await self._registry.store.count_by_pool(), self.demand())
-
-
-def _lost(reason: str) -> JobResult:
-    return JobResult(JobOutcome.WORKER_LOST, reason=reason)
-
-
-def _placeholder(assignment: Assignment) -> WorkerRecord:
-    """The worker of an ended assignment whose record was not kept: its id only."""
-    return WorkerRecord(
-        worker_id=assignment.worker_id,
-        worker_type=WorkerType.MOCK,
-        capabilities=WorkerCapabilities(0, 0, 0, 0),
-    )

@@ -308,7 +308,7 @@ class Scheduler:
 
     async def job_finished(self, session: AgentSession, assignment_id: str, result: JobResult) -> None:
         """The agent ran the job of ``assignment_id`` (a RUN_JOB command) to its end."""
-        await self.allocator.job_finished(session.worker_id, assignment_id, result)
+        await self.allocator.assignments.job_finished(session.worker_id, assignment_id, result)
 
     # -- resource pools ----------------------------------------------------------------------------------
 
@@ -335,7 +335,7 @@ class Scheduler:
         return Acquired(acquired.assignment, self.view(acquired.record), acquired.created)
 
     async def renew(self, assignment_id: str, *, wait: float = 0.0) -> AssignmentView:
-        return await self.allocator.renew(assignment_id, wait=wait)
+        return await self.allocator.assignments.renew(assignment_id, wait=wait)
 
     async def release(
         self,
@@ -345,7 +345,9 @@ class Scheduler:
         recycle: bool = False,
         reason: str = "",
     ) -> AssignmentView:
-        return await self.allocator.release(assignment_id, outcome=outcome, recycle=recycle, reason=reason)
+        return await self.allocator.assignments.release(
+            assignment_id, outcome=outcome, recycle=recycle, reason=reason
+        )
 
     def demand(self) -> builtins.list[WaitingDemand]:
         return self.allocator.demand()
