@@ -20,7 +20,8 @@ import grpc
 from hodei._environment import state_directory
 from hodei.lifecycle import LivenessConfig
 from hodei.management._config import WorkerManagementConfig
-from hodei.management._pools import PoolAutoscaler, PoolAutoscalerConfig, PoolsFile
+from hodei.management._pools import PoolAutoscaler, PoolAutoscalerConfig
+from hodei.management._pools_file import PoolsFile
 from hodei.management._service import WorkerManagementService
 from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import ControlPlaneMetrics, SchedulerMetrics

@@ -7,15 +7,7 @@ on is a counter kept between ticks; what it remembers is its own history (when i
 provisions failed, when it first saw a worker idle) and the provisions and retirements it has in flight — live
 task sets, whose members leave when their task ends.
 
-How a pool's workers are counted (by worker id, so that nothing counts twice):
-
-- a record ``BUSY`` is busy; ``AVAILABLE`` is idle — unless it ran ``max_use_count`` jobs (it is recycled:
-  retired, and replaced through the plan) or is being retired;
-- ``DRAINING``, or being retired by this autoscaler, is leaving (still counted toward ``max``);
-- ``LOST``, ``FAILED``, or registered with no machine behind it (the registry is read before the provider, so
-  a machine it does not list is gone) is written off — retired at once — and counted (as leaving) only while
-  the provider still lists its machine;
-- a provision in flight, or a machine the provider lists with no record yet, is provisioning.
+How a pool's workers are counted is :func:`~hodei.management._pool_census.census`'s rule (its module says it).
 
 Only the workers of this control plane's owner (the ``hodei.owner`` label) are counted or retired, and only
 the pools whose provider is this control plane's provider's type are sized. A demand shape that several pools
@@ -31,13 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -45,35 +35,26 @@ from hodei._ownership import OWNER_LABEL
 from hodei._quoting import clip, quote_short
 from hodei._settings import check_settings
 from hodei._waiting import wait_until_set
-from hodei.domain import MAX_WORKER_ID_LENGTH, DynamicWorker, WorkerRecord, WorkerStatus, utcnow
-from hodei.errors import HodeiError, SchedulerError
+from hodei.domain import MAX_WORKER_ID_LENGTH, DynamicWorker, WorkerRecord, utcnow
+from hodei.errors import HodeiError
 from hodei.lifecycle import WorkerEventKind
+from hodei.management._pool_census import PoolHistory, PoolTick, census
+from hodei.management._pools_file import PoolsFile
 from hodei.management._service import WorkerManagementService
 from hodei.pools import (
-    IdleWorker,
-    PoolFileError,
-    PoolObservation,
     PoolSpec,
-    PoolStatus,
     ScaleEvent,
     ScalePlan,
     WaitingDemand,
-    parse_pools,
-    plan_scale,
     waiting_by_pool,
 )
-from hodei.pools._file import read_pool_file
 from hodei.ports import PoolPort, SchedulerPort, WorkerFilter
 
-__all__ = ["PoolAutoscaler", "PoolAutoscalerConfig", "PoolTick", "PoolsFile"]
+__all__ = ["PoolAutoscaler", "PoolAutoscalerConfig"]
 
 log = logging.getLogger(__name__)
 
-_WRITTEN_OFF = frozenset(
-    {WorkerStatus.LOST, WorkerStatus.FAILED, WorkerStatus.UNREGISTERED, WorkerStatus.TERMINATED}
-)
 _MAX_FAILURES_KEPT = 32
-_SETTLED_NS = 2_000_000_000  # a file's modification time this far in the past cannot be that of a new write
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,105 +82,6 @@ class PoolAutoscalerConfig:
                 "backoff_initial": ("> 0", self.backoff_initial > 0),
                 "backoff_max": (">= backoff_initial", self.backoff_max >= self.backoff_initial),
                 "wake_gap": (">= 0", self.wake_gap >= 0),
-            },
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PoolTick:
-    """One pool at one tick: what was observed, the plan, and the workers retired besides the plan's
-    (``recycled``: they ran ``max_use_count`` jobs; ``written_off``: lost or failed)."""
-
-    spec: PoolSpec
-    observation: PoolObservation
-    plan: ScalePlan
-    recycled: tuple[str, ...] = ()
-    written_off: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class _History:
-    """What the autoscaler remembers of one pool: timestamps (its monotonic clock), never counts."""
-
-    last_scale_up: float | None = None
-    last_scale_down: float | None = None
-    failures: list[float] = field(default_factory=list)  # the provisions failed in a row, when
-
-
-class PoolsFile:
-    """The pools file the control plane was given (``--pools``): applied to the scheduler at start and again
-    whenever its content changes (polled: its modification time, size and inode, then a hash of the content).
-
-    A file that is invalid — checked here with :func:`~hodei.pools.parse_pools` first, then by the scheduler —
-    is refused (``pools.file_refused`` with the file, line and field) and the running pools keep their
-    definitions; it is not tried again until it changes. A scheduler that cannot be reached is tried again at
-    the next :meth:`sync`.
-    """
-
-    def __init__(self, path: str | Path, pools: PoolPort, *, call_timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.pools = pools
-        self.call_timeout = call_timeout
-        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) last read
-        self._handled: str | None = None  # the hash of the content last applied or refused
-        self._refusal: str | None = None  # the last refusal logged: a file that stays unreadable is said once
-
-    async def sync(self) -> list[PoolStatus] | None:
-        """Apply the file if its content changed since it was last applied or refused; the pools applied,
-        or None when nothing was applied."""
-        try:
-            stat = self.path.stat()
-        except OSError as error:
-            self._refuse(PoolFileError(str(self.path), 0, [(0, "file", f"cannot be read: {error}")]))
-            return None
-        seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        if seen == self._seen:
-            return None
-        try:
-            text = read_pool_file(self.path)
-        except PoolFileError as error:
-            self._refuse(error)
-            return None
-        # A file written again within the clock's granularity keeps its modification time: until that time is
-        # safely past, it is read (and its hash compared) at every sync.
-        self._seen = seen if time.time_ns() - stat.st_mtime_ns > _SETTLED_NS else None
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        if digest == self._handled:
-            return None
-        try:
-            parse_pools(text, source=str(self.path))
-        except PoolFileError as error:
-            self._handled = digest
-            self._refuse(error)
-            return None
-        try:
-            applied = await self.pools.apply_pools(str(self.path), text, timeout=self.call_timeout)
-        except SchedulerError as error:
-            if error.retryable:
-                self._seen = None  # read it again next time
-                log.warning("pools.apply_failed", extra={"file": str(self.path), "error": clip(str(error))})
-                return None
-            self._handled = digest
-            log.error("pools.file_refused", extra={"file": str(self.path), "error": clip(str(error), 400)})
-            return None
-        self._handled, self._refusal = digest, None
-        log.info(
-            "pools.applied",
-            extra={"file": str(self.path), "pools": ",".join(p.spec.name for p in applied)},
-        )
-        return applied
-
-    def _refuse(self, error: PoolFileError) -> None:
-        if str(error) == self._refusal:
-            return
-        self._refusal = str(error)
-        log.error(
-            "pools.file_refused",
-            extra={
-                "file": error.path,
-                "line": error.line,
-                "field": error.field,
-                "error": clip(str(error), 400),
             },
         )
 
@@ -239,7 +121,7 @@ class PoolAutoscaler:
         self.owner = service.owner
         self._clock = clock
         self._worker_type = getattr(service.provider, "worker_type", None)
-        self._history: dict[str, _History] = {}
+        self._history: dict[str, PoolHistory] = {}
         self._idle_seen: dict[str, tuple[tuple[int, int], float]] = {}
         self._provisions: dict[str, dict[str, asyncio.Task[None]]] = {}  # pool -> worker id -> its task
         self._retirements: dict[str, asyncio.Task[None]] = {}  # worker id -> its task
@@ -364,7 +246,7 @@ class PoolAutoscaler:
             if self._worker_type is not None and spec.provider is not self._worker_type:
                 self._skip(spec)
                 continue
-            pool_tick = self._observe(
+            pool_tick = census(
                 spec,
                 now,
                 records.get(spec.name, {}),
@@ -372,6 +254,9 @@ class PoolAutoscaler:
                 in_flight.get(spec.name, frozenset()),
                 retiring,
                 status.waiting,
+                history=(history := self._history.setdefault(spec.name, PoolHistory())),
+                idle_since=lambda record: self._idle_since(record, now),
+                backoff_until=self._backoff_until(history),
             )
             self._act(pool_tick)
             ticks.append(pool_tick)
@@ -420,57 +305,6 @@ class PoolAutoscaler:
                 },
             )
 
-    def _observe(
-        self,
-        spec: PoolSpec,
-        now: float,
-        records: Mapping[str, WorkerRecord],
-        machines: set[str],
-        in_flight: frozenset[str],
-        retiring: frozenset[str],
-        waiting: int,
-    ) -> PoolTick:
-        busy = provisioning = leaving = 0
-        idle: list[IdleWorker] = []
-        recycled: list[str] = []
-        written_off: list[str] = []
-        for worker_id in sorted(records.keys() | machines | in_flight):
-            record = records.get(worker_id)
-            status = record.status if record is not None else None
-            # The registry was read before the provider: a registered worker whose machine the provider no longer
-            # lists (and that is not being provisioned) has lost it.
-            vanished = record is not None and worker_id not in machines and worker_id not in in_flight
-            if status in _WRITTEN_OFF or vanished or (worker_id in retiring and status is None):
-                # Lost or failed (or gone while being retired): it counts while its machine is still there.
-                leaving += worker_id in machines
-                if status is not None and worker_id not in retiring:
-                    written_off.append(worker_id)
-            elif worker_id in retiring or status is WorkerStatus.DRAINING:
-                leaving += 1
-            elif status is WorkerStatus.BUSY:
-                busy += 1
-            elif status is WorkerStatus.AVAILABLE and record is not None:
-                if spec.max_use_count is not None and record.use_count >= spec.max_use_count:
-                    recycled.append(worker_id)
-                    leaving += 1
-                else:
-                    idle.append(IdleWorker(worker_id, self._idle_since(record, now)))
-            else:  # provisioning in flight, or a machine (or a record) not yet available
-                provisioning += 1
-        history = self._history.setdefault(spec.name, _History())
-        observation = PoolObservation(
-            now=now,
-            busy=busy,
-            idle=tuple(idle),
-            provisioning=provisioning,
-            leaving=leaving,
-            waiting=waiting,
-            last_scale_up=history.last_scale_up,
-            last_scale_down=history.last_scale_down,
-            backoff_until=self._backoff_until(history),
-        )
-        return PoolTick(spec, observation, plan_scale(spec, observation), tuple(recycled), tuple(written_off))
-
     def _idle_since(self, record: WorkerRecord, now: float) -> float:
         key = (record.incarnation, record.use_count)
         seen = self._idle_seen.get(record.worker_id)
@@ -482,7 +316,7 @@ class PoolAutoscaler:
         for worker_id in self._idle_seen.keys() - registered:
             del self._idle_seen[worker_id]
 
-    def _backoff_until(self, history: _History) -> float | None:
+    def _backoff_until(self, history: PoolHistory) -> float | None:
         if not history.failures:
             return None
         delay = self.config.backoff_initial * 2.0 ** (len(history.failures) - 1)

@@ -39,7 +39,7 @@ from hodei.scheduler._registry import WorkerRegistry
 
 __all__ = ["GONE", "MAX_WAIT", "Assignments", "Tell"]
 
-log = logging.getLogger("hodei.scheduler._allocation")  # one logger for the allocation's lines
+log = logging.getLogger(__name__)
 
 MAX_WAIT = 3600.0
 GONE = frozenset({WorkerEventKind.UNREGISTERED, WorkerEventKind.EXPIRED})
