@@ -30,16 +30,13 @@ import builtins
 import contextlib
 import json
 import logging
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
-from asyncpg.exceptions._base import DataError as ClientDataError
 from asyncpg.pool import PoolConnectionProxy
 
-from hodei._quoting import driver_message
 from hodei.domain import (
     UpsertOutcome,
     WorkerRecord,
@@ -48,11 +45,12 @@ from hodei.domain import (
     merge_registrations,
     wire_size,
 )
-from hodei.errors import JobAlreadyBound, StoreError, StoreRefusedData, StoreUnavailable
+from hodei.errors import JobAlreadyBound, StoreError, StoreUnavailable
 from hodei.pools import Requirements
 from hodei.ports import TouchedLeases, WorkerFilter
 from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._group import GroupCommit
+from hodei.stores._postgres_errors import RACES, UNREACHABLE, Broken, RaceLost, dsn_hint, translated
 from hodei.stores._postgres_schema import (
     CHANGE,
     INSERT,
@@ -73,59 +71,8 @@ __all__ = ["PostgresRegistryStore"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
-
-# The server went away (stopped, restarted, terminated this session) or the connection broke under a call.
-_UNREACHABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
-_RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-# A value the server refuses (SQLSTATE class 22), or one the client cannot encode for it.
-_REFUSED_DATA = (asyncpg.DataError, ClientDataError, UnicodeEncodeError)
 _RACE_ATTEMPTS = 10
-
-
-class _RaceLost(Exception):
-    """Another replica created a row this transaction meant to create: run the transaction again."""
-
-
-class _Broken(StoreUnavailable):
-    """The call's connection broke, or none could be made: another connection may do (see ``_retrying``)."""
-
-
-@contextlib.contextmanager
-def _translated(dsn_hint: str) -> Iterator[None]:
-    """Every error of the driver becomes a :class:`StoreError` kind, here and only here:
-
-    - data the database cannot hold (a number beyond its range, a NUL in text): :class:`StoreRefusedData`;
-    - a connection that broke under the call, or could not be made: ``_Broken`` (a :class:`StoreUnavailable`
-      that ``_retrying`` tries again on another connection);
-    - anything else the database answers (read-only after a failover, too many connections, a cancelled
-      statement, an error nobody foresaw): :class:`StoreUnavailable`, not tried again.
-
-    Lost races (deadlock, serialization failure) pass through, for ``_retrying`` to run the transaction again.
-    The client hears that the registry database cannot be used; the log says which, and why.
-    """
-    try:
-        yield
-    except _REFUSED_DATA as error:
-        raise StoreRefusedData(
-            f"the registry database cannot hold this data ({type(error).__name__})"
-        ) from error
-    except _UNREACHABLE as error:
-        log.warning("store.unreachable", extra={"store": dsn_hint, "error": driver_message(error)})
-        raise _Broken("the registry database is unreachable") from error
-    except _RACES:
-        raise
-    except asyncpg.PostgresError as error:
-        log.warning("store.refused_call", extra={"store": dsn_hint, "error": driver_message(error)})
-        raise StoreUnavailable(
-            f"the registry database cannot be used now ({type(error).__name__})"
-        ) from error
+Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 
 async def _bind(db: Db, held: Mapping[str, str | None], written: Mapping[str, WorkerRecord]) -> list[str]:
@@ -156,25 +103,12 @@ def _binding(newly: Sequence[str]) -> Iterator[None]:
         raise JobAlreadyBound(next(iter(newly), "")) from error
 
 
-def _hint(dsn: str) -> str:
-    """The DSN without any password (in ``user:password@`` or in the query), for messages and logs."""
-    parts = urllib.parse.urlsplit(dsn)
-    netloc = parts.netloc
-    if "@" in netloc:
-        credentials, _, host = netloc.rpartition("@")
-        netloc = f"{credentials.split(':', 1)[0]}@{host}"
-    query = "&".join(
-        item for item in parts.query.split("&") if item and "password" not in item.split("=", 1)[0].lower()
-    )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
 class PostgresRegistryStore:
     """``await PostgresRegistryStore.open("postgresql://user@host/db")``; close it with :meth:`close`."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
-        self.dsn = _hint(dsn)
+        self.dsn = dsn_hint(dsn)
         # Two groups in flight: one commits while the next one locks its rows and merges.
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
             self._upsert_now, size=wire_size, in_flight=2
@@ -182,10 +116,10 @@ class PostgresRegistryStore:
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresRegistryStore:
-        hint = _hint(dsn)
+        hint = dsn_hint(dsn)
         try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-        except _UNREACHABLE as error:
+        except UNREACHABLE as error:
             raise StoreUnavailable(f"the registry database {hint} is unreachable: {error}") from error
         except asyncpg.PostgresError as error:  # no such database or user, a wrong password, too many clients
             raise StoreError(f"the registry database {hint} refused the connection: {error}") from error
@@ -231,17 +165,17 @@ class PostgresRegistryStore:
         races = broken = 0
         while True:
             try:
-                with _translated(self.dsn):
+                with translated(self.dsn):
                     async with self._pool.acquire() as db:
                         if not transaction:
                             return await work(db)
                         async with db.transaction():
                             return await work(db)
-            except (_RaceLost, *_RACES) as error:
+            except (RaceLost, *RACES) as error:
                 races += 1
                 if races == _RACE_ATTEMPTS:
                     raise StoreUnavailable("the registry database is too contended now") from error
-            except _Broken as error:
+            except Broken as error:
                 broken += 1
                 if broken > self._pool.get_max_size():
                     raise StoreUnavailable(str(error)) from error.__cause__
@@ -275,7 +209,7 @@ class PostgresRegistryStore:
                 if created:
                     inserted = await db.fetch(INSERT, *columns(created))
                     if len(inserted) != len(created):
-                        raise _RaceLost
+                        raise RaceLost
                 if updated:
                     await db.execute(UPDATE, *columns(updated))
             return outcomes
