@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from hodei._violations import cap_violations
 from hodei.domain import WorkerCapabilities, WorkerRecord, WorkerType, validate_worker_fields
-from hodei.scheduler._registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from hodei.scheduler._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from hodei.testing import EmbeddedScheduler
 from hodei.transport import _codec as codec
 from hodei.transport._codec import SERVICE_NAME, pb, pb_grpc

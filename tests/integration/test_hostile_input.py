@@ -21,7 +21,7 @@ from hodei.domain import (
     wire_size,
 )
 from hodei.ports import RegistryStore
-from hodei.scheduler._registry import MAX_PAGE_BYTES
+from hodei.scheduler._paging import MAX_PAGE_BYTES
 from hodei.server._servicer import MAX_WATCHED_KINDS
 from hodei.stores import PostgresRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore

@@ -7,8 +7,6 @@ in worker-id order, and publishes an event for every change it makes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -35,22 +33,21 @@ from hodei.lifecycle import WorkerEventKind
 from hodei.observability._metrics import SCHEDULER_REGISTRATION_RESULTS, UNKNOWN_WORKER_TYPE, SchedulerMetrics
 from hodei.ports import RegistrationReceipt, RegistryStore, UnregistrationStatus, WorkerFilter, WorkerPage
 from hodei.scheduler._events import EventHub
+from hodei.scheduler._paging import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_BYTES,
+    MAX_PAGE_SIZE,
+    decode_page_token,
+    encode_page_token,
+)
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
     "MAX_BATCH_SIZE",
-    "MAX_PAGE_BYTES",
-    "MAX_PAGE_SIZE",
     "RegistrationVeto",
     "WorkerRegistry",
 ]
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 1000
-MAX_PAGE_BYTES = 1024 * 1024
-"""A page ends before the record that would take its encoded size past this (a page holds one record at
-least): 1,000 workers with the most labels allowed would be ~22 MB, more than a client accepts."""
 
 
 RegistrationVeto = Callable[[WorkerRecord], SchedulerError | None]
@@ -68,22 +65,6 @@ _STATUS_EVENTS = {
     WorkerStatus.DRAINING: WorkerEventKind.DRAINING,
     WorkerStatus.LOST: WorkerEventKind.LOST,
 }
-
-
-def encode_page_token(last_worker_id: str) -> str:
-    return base64.urlsafe_b64encode(last_worker_id.encode()).decode()
-
-
-def decode_page_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeError, ValueError) as exc:
-        raise InvalidWorkerData(
-            "page_token is not a token this scheduler issued",
-            violations=[FieldViolation("page_token", "is not a token this scheduler issued")],
-        ) from exc
 
 
 class WorkerRegistry:
