@@ -353,7 +353,13 @@ async def test_a_connection_closed_half_way_through_a_large_list_fails_it_with_u
     assert proxy.bytes_downstream - received_before == 10_000
     assert (proxy.connections_cut, proxy.connections_reset) == (1, 0)
     proxy.heal()
-    page = await client.list_workers(page_size=many_workers, timeout=10)
+    try:
+        page = await client.list_workers(page_size=many_workers, timeout=10)
+    except SchedulerUnavailable as racing:
+        # The channel may hand the next call to the connection it is still closing (gRPC: "Delayed close due to
+        # in-progress write"); that one call fails UNAVAILABLE, and the one after it dials again. Once only.
+        assert "Delayed close" in str(racing)
+        page = await client.list_workers(page_size=many_workers, timeout=10)
     assert len(page.workers) == many_workers
     assert proxy.connections_accepted == 2
 
