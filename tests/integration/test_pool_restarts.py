@@ -195,7 +195,21 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
                     a.record.worker_id: (WorkerStatus.BUSY, True) for a in long
                 }
 
-            await wait_for(agents_back, timeout=60, interval=0.1)
+            try:
+                await wait_for(agents_back, timeout=60, interval=0.1)
+            except AssertionError:  # say what the registry holds, and what each process said
+                page = await client.list_workers(page_size=1000, timeout=5)
+                held = sorted((r.worker_id, r.status.value, r.connected, r.assignment) for r in page.workers)
+                log = (tmp_path / "scheduler.log").read_text(errors="replace").splitlines()[-40:]
+                tails = _tails(tmp_path / "agents-1", tmp_path / "agents-2")
+                agents = [
+                    f"{path.name}: {line[:300]}"
+                    for path in sorted((tmp_path / "agents-2").glob("*"))
+                    if path.is_file()
+                    for line in path.read_text(errors="replace").splitlines()[-10:]
+                ]
+                said = "\n".join([*marks, *map(str, held), *log, *tails, *agents])
+                raise AssertionError(f"the long jobs' agents were not back within 60 s:\n{said}") from None
             await wait_for(lambda: pool_is(busy=2), timeout=30, interval=0.1)
             for acquired in long:
                 await client.release_worker(acquired.assignment.assignment_id, outcome=JobOutcome.CANCELLED)
