@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,25 +83,37 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 async def health_becomes_serving(target: str, service: str, *, timeout: float) -> None:
-    """Watch ``service``'s health on ``target`` until it is SERVING; fail after ``timeout`` seconds."""
+    """Watch ``service``'s health on ``target`` until it is SERVING; fail after ``timeout`` seconds.
+
+    A watch sent while the scheduler starts may end UNAVAILABLE at once, though it waits for the channel to be
+    ready (seen under load: the connection was taken while the new process listened but did not serve yet);
+    it is watched again, until the deadline."""
     seen: list[str] = []
+    deadline = time.monotonic() + timeout
     async with grpc.aio.insecure_channel(target) as channel:
-        updates = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True
-        )
-        try:
-            async for update in updates:
-                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
-                if update.status == SERVING:
-                    return
-        except grpc.aio.AioRpcError as error:
-            raise AssertionError(
-                f"{service} on {target} was not SERVING within {timeout} s (statuses seen: {seen}): "
-                f"{error.code()}"
-            ) from None
-        finally:
-            updates.cancel()
-    raise AssertionError(f"the health watch of {service} on {target} ended at {seen}")
+        while True:
+            updates = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=max(deadline - time.monotonic(), 0.0),
+                wait_for_ready=True,
+            )
+            try:
+                async for update in updates:
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
+                    if update.status == SERVING:
+                        return
+            except grpc.aio.AioRpcError as error:
+                if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f"{service} on {target} was not SERVING within {timeout} s (statuses seen: {seen}): "
+                        f"{error.code()}"
+                    ) from None
+                seen.append("UNAVAILABLE")
+                await asyncio.sleep(0.1)
+                continue
+            finally:
+                updates.cancel()
+            raise AssertionError(f"the health watch of {service} on {target} ended at {seen}")
 
 
 @dataclass

@@ -6,8 +6,10 @@ raw SchedulerPortClient; MockWorkerProvider and the pytest plugin's fixtures are
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +33,7 @@ from hodei import (
     WorkerStatus,
     WorkerType,
 )
+from hodei._infra.directories import free_loopback_port
 from hodei._ownership import owned
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
 from tests.helpers import make_worker
@@ -492,3 +495,16 @@ def test_mock_worker_provider_fixture_is_a_fresh_empty_provider(
     assert hodei_mock_worker_provider.running == {}
     assert hodei_mock_worker_provider.provisioned == []
     assert hodei_mock_worker_provider.orphans == []
+
+
+def test_a_free_loopback_port_lies_below_the_kernel_s_ephemeral_range_and_can_be_bound() -> None:
+    # A port the kernel hands out itself may be handed out again, as an outgoing connection's: a server killed
+    # and started again on its port while agents reconnect would find it taken.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_loopback_port() for _ in range(20)}
+
+    assert all(10_000 <= port < low for port in ports), sorted(ports)
+    assert len(ports) > 1  # drawn at random: side-by-side test sessions rarely meet
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+            server.bind(("127.0.0.1", port))
