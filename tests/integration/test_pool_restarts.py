@@ -20,6 +20,7 @@ from typing import TypeVar
 import pytest
 
 from hodei import Job, JobOutcome, SchedulerError, SchedulerPortClient, SchedulerUnavailable, WorkerStatus
+from hodei._infra.directories import log_tail
 from hodei.pools import Requirements
 from tests.helpers import free_port, wait_for
 from tests.integration.helpers import CLI_ENV, HODEI, SCHEDULER_SERVICE, end, health_becomes_serving
@@ -200,15 +201,14 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
             except AssertionError:  # say what the registry holds, and what each process said
                 page = await client.list_workers(page_size=1000, timeout=5)
                 held = sorted((r.worker_id, r.status.value, r.connected, r.assignment) for r in page.workers)
-                log = (tmp_path / "scheduler.log").read_text(errors="replace").splitlines()[-40:]
-                tails = _tails(tmp_path / "agents-1", tmp_path / "agents-2")
                 agents = [
-                    f"{path.name}: {line[:300]}"
+                    f"{path.name}:\n{log_tail(path, 10)}"
                     for path in sorted((tmp_path / "agents-2").glob("*"))
-                    if path.is_file()
-                    for line in path.read_text(errors="replace").splitlines()[-10:]
                 ]
-                said = "\n".join([*marks, *map(str, held), *log, *tails, *agents])
+                tails = _tails(tmp_path / "agents-1", tmp_path / "agents-2")
+                said = "\n".join(
+                    [*marks, *map(str, held), log_tail(tmp_path / "scheduler.log", 40), *tails, *agents]
+                )
                 raise AssertionError(f"the long jobs' agents were not back within 60 s:\n{said}") from None
             await wait_for(lambda: pool_is(busy=2), timeout=30, interval=0.1)
             for acquired in long:

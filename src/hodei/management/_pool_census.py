@@ -45,6 +45,13 @@ class PoolHistory:
     last_scale_down: float | None = None
     failures: list[float] = field(default_factory=list)  # the provisions failed in a row, when
 
+    def backoff_until(self, initial: float, maximum: float) -> float | None:
+        """Until when the pool waits before provisioning again: ``initial`` after the first failure in a row,
+        doubling with each, at most ``maximum``; None after a success."""
+        if not self.failures:
+            return None
+        return self.failures[-1] + min(initial * 2.0 ** (len(self.failures) - 1), maximum)
+
 
 def census(
     spec: PoolSpec,
@@ -57,11 +64,11 @@ def census(
     *,
     history: PoolHistory,
     idle_since: Callable[[WorkerRecord], float],
-    backoff_until: float | None,
+    backoff: tuple[float, float],
 ) -> PoolTick:
     """One pool's :class:`PoolTick`: its workers counted from ``records`` (the registry's, by id),
     ``machines`` (the provider's), the provisions ``in_flight`` and the workers ``retiring``, as the module
-    says, and the plan for them."""
+    says, and the plan for them (``backoff``: the first delay after a failed provision, and the longest)."""
     busy = provisioning = leaving = 0
     idle: list[IdleWorker] = []
     recycled: list[str] = []
@@ -98,6 +105,6 @@ def census(
         waiting=waiting,
         last_scale_up=history.last_scale_up,
         last_scale_down=history.last_scale_down,
-        backoff_until=backoff_until,
+        backoff_until=history.backoff_until(*backoff),
     )
     return PoolTick(spec, observation, plan_scale(spec, observation), tuple(recycled), tuple(written_off))

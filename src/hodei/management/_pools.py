@@ -254,9 +254,9 @@ class PoolAutoscaler:
                 in_flight.get(spec.name, frozenset()),
                 retiring,
                 status.waiting,
-                history=(history := self._history.setdefault(spec.name, PoolHistory())),
+                history=self._history.setdefault(spec.name, PoolHistory()),
                 idle_since=lambda record: self._idle_since(record, now),
-                backoff_until=self._backoff_until(history),
+                backoff=(self.config.backoff_initial, self.config.backoff_max),
             )
             self._act(pool_tick)
             ticks.append(pool_tick)
@@ -315,12 +315,6 @@ class PoolAutoscaler:
     def _forget_idle(self, registered: set[str]) -> None:
         for worker_id in self._idle_seen.keys() - registered:
             del self._idle_seen[worker_id]
-
-    def _backoff_until(self, history: PoolHistory) -> float | None:
-        if not history.failures:
-            return None
-        delay = self.config.backoff_initial * 2.0 ** (len(history.failures) - 1)
-        return history.failures[-1] + min(delay, self.config.backoff_max)
 
     # -- acting ----------------------------------------------------------------------------------------------
 

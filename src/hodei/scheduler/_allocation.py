@@ -7,12 +7,8 @@ assignment instead of binding a second worker. What the allocator keeps in memor
 
 - the waiting acquires (a future each), served in order by :func:`hodei.pools.match` — priority, then arrival;
   best fit — from the AVAILABLE workers the store lists at that moment;
-- each assignment's lease (:class:`~hodei.scheduler._liveness.LeaseTable`, the holder's renewals; started
-  afresh after a restart), and the results of assignments that ended, kept a while for their holders.
-
-An assignment ends when its holder releases it, its agent reports the job finished, its holder stops renewing
-(ABANDONED), or its worker goes LOST, is removed or restarts (WORKER_LOST): found when it happens (the event)
-and, whatever was missed, when anyone asks (the record no longer holds it).
+- what it bound, in its :class:`~hodei.scheduler._assignments.Assignments`: each assignment's lease, its end
+  (released, finished, abandoned, or lost with its worker) and the results kept a while for the holders.
 """
 
 from __future__ import annotations
@@ -413,9 +409,8 @@ class Allocator:
         events = self._registry.events
         if events.wants(WorkerEventKind.DEMAND):
             demand = tuple(self.demand())
-            waiting = sum(
-                d.waiting for d in demand
-            )  # as the demand says: waiters being bound are not counted
+            # As the demand says: waiters being bound are not counted.
+            waiting = sum(d.waiting for d in demand)
             events.publish(WorkerEventKind.DEMAND, reason=f"{waiting} waiting", demand=demand)
 
     async def apply_pools(self, source: str, text: str) -> list[PoolStatus]:

@@ -137,9 +137,8 @@ class Assignments:
     async def job_finished(self, worker_id: str, assignment_id: str, result: JobResult) -> None:
         """The worker's agent reports the job of ``assignment_id`` ended. A report about another worker's
         assignment, or one that ended already, changes nothing; a BUSY worker bound to nothing is AVAILABLE."""
-        with contextlib.suppress(
-            WorkerNotFound
-        ):  # an assignment this scheduler never knew (restarted on memory)
+        # WorkerNotFound: an assignment this scheduler never knew (restarted on memory).
+        with contextlib.suppress(WorkerNotFound):
             # The agent speaks of its own worker: that worker's record is read, never every bound one (an
             # agent sending made-up assignment ids costs one read each).
             view = await self.view(assignment_id, holder=worker_id)
@@ -170,9 +169,7 @@ class Assignments:
             return AssignmentView(record.assignment, None, record)
         if (kept := self._ended.get(assignment_id)) is not None:  # it ended while the store was read
             return AssignmentView(kept.assignment, kept.result, kept.record)
-        if (
-            ending := self._ending.get(assignment_id)
-        ) is not None:  # its end is being written: that is the answer
+        if (ending := self._ending.get(assignment_id)) is not None:  # its end is being written: the answer
             ended = await asyncio.shield(ending)
             if ended is not None:
                 return AssignmentView(ended.assignment, ended.result, ended.record)

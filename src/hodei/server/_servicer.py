@@ -307,9 +307,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.WatchWorkersRequest, context: Context
     ) -> AsyncIterator[pb.WatchWorkersResponse]:
         await self._authorize(context, "WatchWorkers")
-        if (
-            len(request.kinds) > MAX_WATCHED_KINDS
-        ):  # counted before any is read: a message's worth is millions
+        # Counted before any is read: a message's worth of kinds is millions.
+        if len(request.kinds) > MAX_WATCHED_KINDS:
             await abort_with(context, invalid("kinds", f"at most {MAX_WATCHED_KINDS} kinds"))
         # Kinds asked for, of which this scheduler knows none: a watch that hears nothing, not everything.
         kinds = codec.event_kinds_from_proto(request.kinds) if request.kinds else None

@@ -40,8 +40,9 @@ class Broken(StoreUnavailable):
 
 
 @contextlib.contextmanager
-def translated(dsn_hint: str) -> Iterator[None]:
-    """Every error of the driver becomes a :class:`StoreError` kind, here and only here:
+def translated(store: str) -> Iterator[None]:
+    """Every error of the driver in a call to ``store`` (its DSN as :func:`dsn_hint` quotes it) becomes a
+    :class:`StoreError` kind, here and only here:
 
     - data the database cannot hold (a number beyond its range, a NUL in text): :class:`StoreRefusedData`;
     - a connection that broke under the call, or could not be made: ``Broken`` (a :class:`StoreUnavailable`
@@ -59,12 +60,12 @@ def translated(dsn_hint: str) -> Iterator[None]:
             f"the registry database cannot hold this data ({type(error).__name__})"
         ) from error
     except UNREACHABLE as error:
-        log.warning("store.unreachable", extra={"store": dsn_hint, "error": driver_message(error)})
+        log.warning("store.unreachable", extra={"store": store, "error": driver_message(error)})
         raise Broken("the registry database is unreachable") from error
     except RACES:
         raise
     except asyncpg.PostgresError as error:
-        log.warning("store.refused_call", extra={"store": dsn_hint, "error": driver_message(error)})
+        log.warning("store.refused_call", extra={"store": store, "error": driver_message(error)})
         raise StoreUnavailable(
             f"the registry database cannot be used now ({type(error).__name__})"
         ) from error
