@@ -20,6 +20,7 @@ import pytest
 from docker.models.containers import Container
 
 import hodei
+from hodei._infra._leftovers import mount_points_under, processes_naming
 from hodei._infra.agent_image import (
     AGENT_IMAGE_ENTRYPOINT,
     AGENT_IMAGE_ENV,
@@ -29,13 +30,7 @@ from hodei._infra.agent_image import (
     ensure_agent_image,
 )
 from hodei._infra.fixtures import skip_or_fail_for_missing
-from hodei._infra.podman import (
-    PodmanService,
-    PodmanServiceError,
-    missing_podman,
-    mount_points_under,
-    processes_naming,
-)
+from hodei._infra.podman import PodmanService, PodmanServiceError, missing_podman
 
 pytestmark = pytest.mark.timeout(600)
 

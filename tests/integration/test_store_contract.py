@@ -35,8 +35,9 @@ from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._postgres_schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from hodei.stores._rows import COLUMNS, to_row
-from hodei.stores._sqlite import MIGRATIONS as SQLITE_MIGRATIONS
-from hodei.stores._sqlite import SCHEMA_VERSION, SqliteRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
+from hodei.stores._sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
+from hodei.stores._sqlite_schema import SCHEMA_VERSION
 from tests.helpers import wait_for
 
 T0 = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)

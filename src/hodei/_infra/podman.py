@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -39,16 +38,16 @@ import docker
 import docker.errors
 import requests
 
+from hodei._infra._leftovers import mount_points_under, processes_naming
 from hodei._infra.directories import log_tail, private_directory, running_as_root
 
-__all__ = ["PodmanService", "PodmanServiceError", "missing_podman", "mount_points_under", "processes_naming"]
+__all__ = ["PodmanService", "PodmanServiceError", "missing_podman"]
 
 _SOCKET_NAME = "podman.sock"
 _START_TIMEOUT = 30.0  # seconds the service has to answer GET /_ping
 _STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 _POLL_INTERVAL = 0.05
 _CLI_TIMEOUT = 300.0  # an import of a few hundred MB takes seconds; a hung podman must not hang the tests
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes, NUL included
 # runc is looked up where podman looks for it, which is more than root's PATH may hold.
 _RUNTIME_DIRS = ("/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/sbin")
@@ -381,36 +380,3 @@ class PodmanService:
     def _append_to_log(self, text: str) -> None:
         with self.log_path.open("a") as log:
             log.write(text)
-
-
-def processes_naming(directory: Path) -> list[int]:
-    """The processes (but this one) whose command line holds ``directory``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command_line = (entry / "cmdline").read_bytes()
-        except OSError:  # it ended while we looked
-            continue
-        if os.fsencode(directory) in command_line:
-            found.append(int(entry.name))
-    return found
-
-
-def mount_points_under(directory: Path) -> list[Path]:
-    """The mount points at or below ``directory``, from /proc/self/mountinfo."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 5:
-            continue
-        # The mount point is the fifth field, with space, tab, newline and backslash escaped in octal.
-        mount_point = Path(_OCTAL_ESCAPE.sub(lambda match: chr(int(match[1], 8)), fields[4]))
-        if mount_point == directory or directory in mount_point.parents:
-            found.append(mount_point)
-    return found

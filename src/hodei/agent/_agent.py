@@ -6,8 +6,8 @@ drained), shut down (drain, unregister, exit), re-register (reconnect with a new
 report how it ended (:mod:`hodei.agent._jobs`), cancel it. A broken stream
 or an unreachable scheduler sends it to the next scheduler address after a jittered backoff, with a new
 incarnation; a scheduler busy with other hellos says when to come back, and the agent comes back then (with
-jitter). A permanent refusal (invalid data, refused credentials, a newer incarnation elsewhere) ends it
-with :class:`AgentRefused`.
+jitter): :mod:`hodei.agent._reconnect` counts the failures, says why, and times the wait. A permanent refusal
+(invalid data, refused credentials, a newer incarnation elsewhere) ends it with :class:`AgentRefused`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from hodei._waiting import wait_until_set
 from hodei.agent._config import AgentConfig
 from hodei.agent._executor import ShellExecutor
 from hodei.agent._jobs import AgentJobs
+from hodei.agent._reconnect import Reconnection
 from hodei.domain import MAX_OUTPUT_TAIL, ResourceUsage, WorkerStatus
-from hodei.errors import ErrorCode, HodeiError, SchedulerError
+from hodei.errors import HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
 from hodei.observability._metrics import AgentMetrics
 from hodei.security._access import authorization_metadata
 from hodei.transport._channel import open_channel
 from hodei.transport._client import SchedulerPortClient
-from hodei.transport._diagnosis import unreachable_reason
 from hodei.transport._stream import ConnectStream, is_transient_for_stream
 
 __all__ = ["CHANNEL_OPTIONS", "AgentRefused", "WorkerAgent"]
@@ -78,13 +78,6 @@ def _usage() -> ResourceUsage:
     )
 
 
-def _advised(error: SchedulerError) -> float | None:
-    """The delay a busy scheduler advised (``RESOURCE_EXHAUSTED`` with RetryInfo), or None."""
-    if error.code is ErrorCode.RESOURCE_EXHAUSTED and error.retry_after is not None:
-        return max(error.retry_after, 0.0)
-    return None
-
-
 def next_beat(due: float, now: float, interval: float) -> float:
     """When the heartbeat after the one due at ``due`` is due, at ``now``: one ``interval`` later, on the same
     beat — or, when that moment has passed already (the agent fell more than an interval behind), one
@@ -118,7 +111,6 @@ class WorkerAgent:
         self.config = config
         self._shared = channels
         self.metrics = metrics or AgentMetrics()
-        self._random = random
         self._usage = usage
         self.incarnation = time.time_ns()
         self._acknowledged = False  # a hello of this incarnation was answered: the next one is new
@@ -134,11 +126,8 @@ class WorkerAgent:
         )
         self.jobs = AgentJobs(executor, config.worker_id)
         self._stopping = asyncio.Event()
-        self._failures = 0
+        self._reconnection = Reconnection(config, random)
         self._target_index = 0
-        self._warned_at: float | None = (
-            None  # when agent.cannot_connect was last logged, in this run of failures
-        )
         self._credential = ""  # the worker credential the scheduler handed over; replaces config.token
 
     @property
@@ -188,35 +177,29 @@ class WorkerAgent:
                 try:
                     await self._session(self.target)
                 except _Reregister:
-                    self._failures = 0
+                    self._reconnection.failures = 0
                 except SchedulerError as error:
                     if not is_transient_for_stream(error):
                         log.error(
                             "agent.refused", extra=self._fields(code=error.code.name, error=error.message)
                         )
                         raise AgentRefused(self.config.worker_id, error) from error
-                    advised = _advised(error)
-                    if advised is None:
-                        await self._report_failure(error)
-                        self._failures += 1
-                    else:  # the scheduler is busy and said when to come back: no failure, no longer backoff
-                        log.debug(
-                            "agent.hello_deferred",
-                            extra=self._fields(scheduler=self.target, retry_after_s=advised),
-                        )
+                    advised = await self._reconnection.failed(
+                        error,
+                        self.target,
+                        was_up=self.connected.is_set(),
+                        ever_connected=self.connections > 0,
+                    )
                     self._target_index += 1
                 finally:
                     self.connected.clear()
                 if self._stopping.is_set():
                     break
-                if advised is None:
-                    delay = self.config.reconnect_delay(max(self._failures - 1, 0), self._random())
-                else:
-                    delay = self.config.advised_delay(advised, self._random())
+                delay = self._reconnection.delay(advised)
                 log.debug(  # every attempt: quiet; agent.cannot_connect says why, rate-limited
                     "agent.reconnecting",
                     extra=self._fields(
-                        scheduler=self.target, delay_s=round(delay, 3), failures=self._failures
+                        scheduler=self.target, delay_s=round(delay, 3), failures=self._reconnection.failures
                     ),
                 )
                 await self._pause(delay)
@@ -233,49 +216,6 @@ class WorkerAgent:
             await self.jobs.aclose(2 * self.config.job_kill_grace + 1.0)
             if self._stopping.is_set() and not self.unregistered:
                 await self._unregister()
-
-    async def _report_failure(self, error: SchedulerError) -> None:
-        """Log a broken stream or a failed connection: each at debug level; a stream that was up breaking, as a
-        warning; and why the agent cannot connect (with what to check) at its first failure in a row, then at
-        most once per ``failure_log_interval`` seconds, as a warning."""
-        fields = self._fields(scheduler=self.target, code=error.code.name, error=error.message)
-        was_up = self.connected.is_set()
-        log.log(logging.WARNING if was_up else logging.DEBUG, "agent.stream_broken", extra=fields)
-        if was_up:
-            self._warned_at = None  # a new run of failures: say at once if it cannot come back
-            return
-        now = time.monotonic()
-        if self._warned_at is not None and now - self._warned_at < self.config.failure_log_interval:
-            return
-        self._warned_at = now
-        reason = await self._why_unreachable(error)
-        log.warning(
-            "agent.cannot_connect",
-            extra=self._fields(
-                scheduler=self.target,
-                code=error.code.name,
-                reason=reason,
-                failures=self._failures + 1,
-                ever_connected=self.connections > 0,
-            ),
-        )
-
-    async def _why_unreachable(self, error: SchedulerError) -> str:
-        if error.code is not ErrorCode.UNAVAILABLE:
-            if error.code is ErrorCode.DEADLINE_EXCEEDED:
-                return (
-                    f"no answer from {self.target} within {self.config.hello_timeout} s: check the address "
-                    "(--scheduler) and any firewall on the way"
-                )
-            return f"the scheduler at {self.target} answered {error.code.name}: it is retried"
-        tls = self.config.tls
-        return await asyncio.to_thread(
-            unreachable_reason,
-            self.target,
-            error.message,
-            tls=tls is not None,
-            client_cert=tls is not None and tls.cert_file is not None,
-        )
 
     async def _watch_parent(self) -> None:
         while os.getppid() == self.config.parent_pid:  # noqa: ASYNC110 - a parent's death has no event
@@ -308,7 +248,7 @@ class WorkerAgent:
                     self.metrics.reconnects.inc()
                 self.heartbeat_interval = ack.heartbeat_interval
                 self.connections += 1
-                self._failures = 0
+                self._reconnection.failures = 0
                 self.connected.set()
                 log.info(
                     "agent.connected",

@@ -7,7 +7,8 @@ on is a counter kept between ticks; what it remembers is its own history (when i
 provisions failed, when it first saw a worker idle) and the provisions and retirements it has in flight — live
 task sets, whose members leave when their task ends.
 
-How a pool's workers are counted is :func:`~hodei.management._pool_census.census`'s rule (its module says it).
+How a pool's workers are counted is :func:`~hodei.management._pool_census.census`'s rule (its module says it);
+how a plan is acted on, and what is in flight, is :class:`~hodei.management._pool_actions.PoolActions`'s.
 
 Only the workers of this control plane's owner (the ``hodei.owner`` label) are counted or retired, and only
 the pools whose provider is this control plane's provider's type are sized. A demand shape that several pools
@@ -22,39 +23,30 @@ ticks restarts it, and a restarted control plane waits a full ``idle_timeout`` b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from hodei._ownership import OWNER_LABEL
-from hodei._quoting import clip, quote_short
+from hodei._quoting import clip
 from hodei._settings import check_settings
 from hodei._waiting import wait_until_set
-from hodei.domain import MAX_WORKER_ID_LENGTH, DynamicWorker, WorkerRecord, utcnow
+from hodei.domain import DynamicWorker, WorkerRecord
 from hodei.errors import HodeiError
 from hodei.lifecycle import WorkerEventKind
+from hodei.management._pool_actions import PoolActions
 from hodei.management._pool_census import PoolHistory, PoolTick, census
 from hodei.management._pools_file import PoolsFile
 from hodei.management._service import WorkerManagementService
-from hodei.pools import (
-    PoolSpec,
-    ScaleEvent,
-    ScalePlan,
-    WaitingDemand,
-    waiting_by_pool,
-)
+from hodei.pools import PoolSpec, WaitingDemand, waiting_by_pool
 from hodei.ports import PoolPort, SchedulerPort, WorkerFilter
 
 __all__ = ["PoolAutoscaler", "PoolAutoscalerConfig"]
 
 log = logging.getLogger(__name__)
-
-_MAX_FAILURES_KEPT = 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,10 +114,10 @@ class PoolAutoscaler:
         self._clock = clock
         self._worker_type = getattr(service.provider, "worker_type", None)
         self._history: dict[str, PoolHistory] = {}
+        self._actions = PoolActions(
+            service, pools, self._history, call_timeout=self.config.call_timeout, clock=clock
+        )
         self._idle_seen: dict[str, tuple[tuple[int, int], float]] = {}
-        self._provisions: dict[str, dict[str, asyncio.Task[None]]] = {}  # pool -> worker id -> its task
-        self._retirements: dict[str, asyncio.Task[None]] = {}  # worker id -> its task
-        self._reports: set[asyncio.Task[None]] = set()  # scale events on their way to the scheduler
         self._skipped: set[str] = set()
         self._gauged: set[str] = set()  # the pools whose desired size the metrics show
         self._loop: asyncio.Task[None] | None = None
@@ -196,7 +188,7 @@ class PoolAutoscaler:
     async def stop(self) -> None:
         """Stop ticking, and cancel the provisions and retirements in flight (a provision cancelled half-way
         is rolled back by the service). Idempotent."""
-        tasks = [t for t in (self._loop, self._listener) if t is not None] + self._in_flight()
+        tasks = [t for t in (self._loop, self._listener) if t is not None] + self._actions.in_flight()
         self._loop = self._listener = None
         for task in tasks:
             task.cancel()
@@ -204,21 +196,16 @@ class PoolAutoscaler:
 
     async def settle(self) -> None:
         """Wait until the provisions and retirements in flight now have ended (for tests and shutdown)."""
-        await asyncio.gather(*self._in_flight(), return_exceptions=True)
-
-    def _in_flight(self) -> list[asyncio.Task[None]]:
-        """The provisions, retirements and scale reports running now."""
-        tasks = [t for pool in self._provisions.values() for t in pool.values()]
-        return tasks + list(self._retirements.values()) + list(self._reports)
+        await asyncio.gather(*self._actions.in_flight(), return_exceptions=True)
 
     def provisioning(self, pool: str) -> frozenset[str]:
         """The ids this autoscaler is provisioning for ``pool`` right now."""
-        return _running(self._provisions.get(pool, {}))
+        return self._actions.provisioning(pool)
 
     @property
     def retiring(self) -> frozenset[str]:
         """The ids this autoscaler is retiring right now."""
-        return _running(self._retirements)
+        return self._actions.retiring
 
     # -- one tick --------------------------------------------------------------------------------------------
 
@@ -229,8 +216,8 @@ class PoolAutoscaler:
             await self.pools_file.sync()
         # What is in flight is taken before anything is read: a provision that ends during the reads is then
         # counted either here or in what was read, never in neither.
-        in_flight = {pool: _running(tasks) for pool, tasks in self._provisions.items()}
-        retiring = _running(self._retirements)
+        in_flight = self._actions.provisions()
+        retiring = self._actions.retiring
         timeout = self.config.call_timeout
         # The registry is read before the waiting acquires (the scheduler's count; a shape several pools fit:
         # the first by name): a job bound between the two reads is then counted in neither (provisioned for at
@@ -258,7 +245,7 @@ class PoolAutoscaler:
                 idle_since=lambda record: self._idle_since(record, now),
                 backoff=(self.config.backoff_initial, self.config.backoff_max),
             )
-            self._act(pool_tick)
+            self._actions.act(pool_tick)
             ticks.append(pool_tick)
         self._forget_idle({r for pool in records.values() for r in pool})
         self._forget_pools({t.spec.name for t in ticks})
@@ -316,136 +303,6 @@ class PoolAutoscaler:
         for worker_id in self._idle_seen.keys() - registered:
             del self._idle_seen[worker_id]
 
-    # -- acting ----------------------------------------------------------------------------------------------
-
-    def _act(self, pool_tick: PoolTick) -> None:
-        spec, plan, now = pool_tick.spec, pool_tick.plan, pool_tick.observation.now
-        pool = spec.name
-        self.metrics.pool_desired_workers.labels(pool).set(plan.desired)
-        history = self._history[pool]
-        if plan.provision:
-            history.last_scale_up = now
-            self.metrics.pool_scale_events.labels(pool, "up", plan.reason.value).inc(plan.provision)
-            self._report(ScaleEvent(pool, "up", plan.reason.value, plan.desired, plan.provision, utcnow()))
-            for _ in range(plan.provision):
-                self._provision(spec)
-        if plan.retire:
-            history.last_scale_down = now
-        for reason, retired in (
-            (plan.reason.value, plan.retire),
-            ("recycle", pool_tick.recycled),
-            ("lost", pool_tick.written_off),
-        ):
-            if retired:
-                self.metrics.pool_scale_events.labels(pool, "down", reason).inc(len(retired))
-                self._report(ScaleEvent(pool, "down", reason, plan.desired, len(retired), utcnow()))
-            for worker_id in retired:
-                self._retire(pool, worker_id, reason)
-        if plan.acts or pool_tick.recycled or pool_tick.written_off:
-            log.info(
-                "pool.scale",
-                extra={
-                    "pool": pool,
-                    "desired": plan.desired,
-                    "provision": plan.provision,
-                    "retire": ",".join(plan.retire + pool_tick.recycled + pool_tick.written_off),
-                    "reason": _reasons(plan, pool_tick),
-                },
-            )
-
-    def _report(self, event: ScaleEvent) -> None:
-        """Tell the scheduler what was decided (its watchers, ``hodei pools status``), in the background: a
-        report that fails is logged, never retried, and never holds a tick."""
-        task = asyncio.create_task(self._send_report(event), name=f"hodei-scale-report-{event.pool}")
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
-
-    async def _send_report(self, event: ScaleEvent) -> None:
-        try:
-            await self.pools.report_scale_event(event, timeout=self.config.call_timeout)
-        except HodeiError as error:
-            log.warning(
-                "pool.scale_report_failed", extra={"pool": event.pool, "error": quote_short(str(error))}
-            )
-
-    def _provision(self, spec: PoolSpec) -> None:
-        worker_id = f"{spec.name[: MAX_WORKER_ID_LENGTH - 9]}-{uuid.uuid4().hex[:8]}"
-        tasks = self._provisions.setdefault(spec.name, {})
-        task = asyncio.create_task(self._provision_one(spec, worker_id), name=f"hodei-provision-{worker_id}")
-        tasks[worker_id] = task
-
-    async def _provision_one(self, spec: PoolSpec, worker_id: str) -> None:
-        try:
-            async with asyncio.timeout(spec.provision_timeout):
-                await self.service.provision_worker(spec.worker_config, worker_id=worker_id)
-        except TimeoutError:
-            # The provider may have made something before the timeout cut it short: it must not stay.
-            with contextlib.suppress(HodeiError):
-                await asyncio.shield(self.service.provider.destroy(worker_id))
-            self._failed(
-                spec.name, worker_id, f"no worker within provision_timeout ({spec.provision_timeout:g} s)"
-            )
-        except HodeiError as error:
-            self._failed(spec.name, worker_id, str(error))
-        else:
-            self._history[spec.name].failures.clear()
-
-    def _failed(self, pool: str, worker_id: str, error: str) -> None:
-        failures = self._history[pool].failures
-        failures.append(self._clock())
-        del failures[:-_MAX_FAILURES_KEPT]
-        self.metrics.pool_provision_failures.labels(pool).inc()
-        log.warning(
-            "pool.provision_failed",
-            extra={
-                "pool": pool,
-                "worker_id": worker_id,
-                "error": quote_short(error),
-                "failures": len(failures),
-            },
-        )
-
-    def _retire(self, pool: str, worker_id: str, reason: str) -> None:
-        # Never one being retired already: those are counted as leaving, never planned again.
-        task = asyncio.create_task(
-            self._retire_one(pool, worker_id, reason), name=f"hodei-retire-{worker_id}"
-        )
-        self._retirements[worker_id] = task
-
-    async def _retire_one(self, pool: str, worker_id: str, reason: str) -> None:
-        try:
-            # Chosen idle at the tick; a job may have been bound to it since: then it stays (the next tick sees
-            # it busy). The scheduler checks it in the same write as the drain, so no job slips in between.
-            result = await self.service.decommission_worker(worker_id, only_if_idle=reason != "lost")
-            if result.kept:
-                log.info(
-                    "pool.retire_skipped", extra={"pool": pool, "worker_id": worker_id, "reason": "busy"}
-                )
-        except HodeiError as error:
-            log.warning(
-                "pool.retire_failed",
-                extra={
-                    "pool": pool,
-                    "worker_id": worker_id,
-                    "reason": reason,
-                    "error": quote_short(str(error)),
-                },
-            )
-
 
 def _owner(worker: DynamicWorker) -> str | None:
     return worker.config.labels.get(OWNER_LABEL)
-
-
-def _reasons(plan: ScalePlan, pool_tick: PoolTick) -> str:
-    reasons = [plan.reason.value] if plan.acts else []
-    reasons += ["recycle"] * bool(pool_tick.recycled) + ["lost"] * bool(pool_tick.written_off)
-    return ",".join(reasons)
-
-
-def _running(tasks: dict[str, asyncio.Task[None]]) -> frozenset[str]:
-    """The ids whose task still runs, read from the tasks themselves: one that ended is not in flight from the
-    step it ended in (never a turn of the loop later, as a done callback would say), and is dropped here."""
-    for worker_id in [worker_id for worker_id, task in tasks.items() if task.done()]:
-        del tasks[worker_id]
-    return frozenset(tasks)

@@ -5,8 +5,9 @@ Binding is one atomic read-modify-write of that record (still AVAILABLE, same in
 acquires never take one worker, and the store's unique job index makes a retried acquire find the first
 assignment instead of binding a second worker. What the allocator keeps in memory is derived or bounded:
 
-- the waiting acquires (a future each), served in order by :func:`hodei.pools.match` — priority, then arrival;
-  best fit — from the AVAILABLE workers the store lists at that moment;
+- the waiting acquires (a future each: :class:`~hodei.scheduler._waits.Wait`, checked and turned into demand
+  there), served in order by :func:`hodei.pools.match` — priority, then arrival; best fit — from the AVAILABLE
+  workers the store lists at that moment;
 - what it bound, in its :class:`~hodei.scheduler._assignments.Assignments`: each assignment's lease, its end
   (released, finished, abandoned, or lost with its worker) and the results kept a while for the holders.
 """
@@ -18,9 +19,8 @@ import contextlib
 import itertools
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 
 from hodei._quoting import quote_short
@@ -35,8 +35,6 @@ from hodei.domain import (
     WorkerRecord,
     WorkerStatus,
     utcnow,
-    validate_assignment_ttl,
-    validate_job_id,
 )
 from hodei.errors import (
     InvalidWorkerData,
@@ -49,10 +47,11 @@ from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEvent
 from hodei.observability._metrics import SchedulerMetrics
 from hodei.pools import PoolStatus, Requirements, ScaleEvent, Waiter, WaitingDemand, match
 from hodei.ports import Acquired, BoundJobs, RegistryStore, WorkerFilter
-from hodei.scheduler._assignments import GONE, MAX_WAIT, Assignments, Tell
+from hodei.scheduler._assignments import GONE, Assignments, Tell
 from hodei.scheduler._free import FreeWorkers
 from hodei.scheduler._pool_book import PoolBook
 from hodei.scheduler._registry import WorkerRegistry
+from hodei.scheduler._waits import Wait, check_acquire, demand_of, refuse_impossible
 
 __all__ = ["Allocator"]
 
@@ -66,20 +65,6 @@ _POKES = frozenset(
         WorkerEventKind.UPDATED,
     }
 )
-
-
-@dataclass(eq=False)
-class _Wait:
-    waiter: Waiter
-    job: Job | None
-    lease_ttl: float
-    since: float
-    until: float  # when the longest of the acquires waiting for it gives up
-    trace_context: dict[str, str] = field(default_factory=dict)
-    binding: bool = False  # chosen in a round whose bind is being written: no longer demand
-    bound: asyncio.Future[Acquired] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
 
 
 class Allocator:
@@ -107,7 +92,7 @@ class Allocator:
         self._monotonic = monotonic
         self._default_ttl = default_ttl
         self._arrivals = itertools.count()
-        self._waiting: dict[str, _Wait] = {}  # by job id
+        self._waiting: dict[str, Wait] = {}  # by job id
         self.assignments = Assignments(
             registry, tell=tell, poke=self.poke, monotonic=monotonic, metrics=self._metrics
         )
@@ -166,7 +151,7 @@ class Allocator:
     ) -> Acquired:
         """``trace_context``: the acquire's trace (W3C headers), handed to the agent with the job."""
         ttl = lease_ttl or self._default_ttl
-        self._check(job_id, requirements, job, ttl, wait)
+        check_acquire(job_id, requirements, job, ttl, wait)
         waiting = None
         joined = False  # a retry of an acquire that still waits: the binding is the first's, not this call's
         while waiting is None:
@@ -185,7 +170,7 @@ class Allocator:
             if job_id in self._waiting or self.assignments.known(job_id):
                 continue
             now = self._monotonic()
-            waiting = _Wait(
+            waiting = Wait(
                 Waiter(job_id, requirements, priority, next(self._arrivals)), job, ttl, now, now + wait
             )
             waiting.trace_context = dict(trace_context or {})
@@ -193,7 +178,9 @@ class Allocator:
             await self._serve()
             if not waiting.bound.done():
                 try:
-                    await self._refuse_impossible(requirements, job)
+                    await refuse_impossible(
+                        requirements, job, pools=self.pools, free=self._free, store=self._registry.store
+                    )
                 except NoWorkerFits as error:
                     if self._waiting.get(job_id) is waiting and not waiting.bound.done():
                         del self._waiting[job_id]
@@ -215,35 +202,6 @@ class Allocator:
                 f"no worker fitting {quote_short(requirements.shape)} was free within {wait:g} s; "
                 f"nothing was bound to job {quote_short(job_id)}"
             ) from None
-
-    def _check(
-        self, job_id: str, requirements: Requirements, job: Job | None, ttl: float, wait: float
-    ) -> None:
-        found = validate_job_id(job_id) + requirements.violations() + validate_assignment_ttl(ttl)
-        if job is not None:
-            found += job.violations()
-        if not 0 <= wait <= MAX_WAIT:
-            found.append(FieldViolation("wait_ms", f"must be between 0 and an hour, got {wait:g} s"))
-        if found:
-            raise InvalidWorkerData(f"the acquire of job {quote_short(job_id)} is invalid", violations=found)
-
-    async def _refuse_impossible(self, requirements: Requirements, job: Job | None) -> None:
-        if any(True for _ in self.pools.fitting(requirements)):
-            return
-
-        def could(record: WorkerRecord) -> bool:
-            return requirements.fits(record) and (job is None or record.lease_ttl is not None)
-
-        if any(could(record) for record in self._free.known()):
-            return
-        # Asked of the store (one query on its own thread or server), not by reading the registry here.
-        if await self._registry.store.any_fitting(requirements, with_lease=job is not None):
-            return
-        raise NoWorkerFits(
-            f"no pool's template and no registered worker fits {quote_short(requirements.shape)}"
-            + (" with an agent to run the job" if job is not None else ""),
-            violations=[FieldViolation("requirements", "no pool and no worker can ever meet them")],
-        )
 
     # -- serving the queue -------------------------------------------------------------------------------
 
@@ -285,13 +243,13 @@ class Allocator:
     async def _serve_once(self) -> None:
         waits = {wait.waiter.job_id: wait for wait in self._waiting.values() if not wait.bound.done()}
         free = [record for record in await self._free.current(self._monotonic()) if self._may_take(record)]
-        chosen: list[tuple[_Wait, Assignment]] = []
+        chosen: list[tuple[Wait, Assignment]] = []
         for waiter, record in match([w.waiter for w in waits.values()], free):
             wait = waits[waiter.job_id]
             if wait.job is not None and record.lease_ttl is None:
                 continue  # a job needs an agent to run it
             self._free.gone(record.worker_id)  # bound now, or found taken: either way not free
-            chosen.append((wait, self._assignment(wait, record)))
+            chosen.append((wait, wait.assignment(record, self._clock())))
         if not chosen:
             return
         # From here until the round ends, a chosen waiter is neither waiting nor (in the store) surely bound: it
@@ -324,19 +282,6 @@ class Allocator:
             record.lease_ttl is None or self._connected_here(record.worker_id) or bool(record.connected_via)
         )
 
-    def _assignment(self, wait: _Wait, chosen: WorkerRecord) -> Assignment:
-        return Assignment(
-            assignment_id=uuid.uuid4().hex,
-            job_id=wait.waiter.job_id,
-            worker_id=chosen.worker_id,
-            incarnation=chosen.incarnation,
-            lease_ttl=wait.lease_ttl,
-            job=wait.job,
-            priority=wait.waiter.priority,
-            bound_at=self._clock(),
-            trace_context=wait.trace_context,
-        )
-
     async def _bind(self, assignments: list[Assignment]) -> list[WorkerRecord | Acquired | None]:
         """Each assignment's worker bound (its record), or None (taken meanwhile: the next round chooses again),
         or the job's assignment another replica made meanwhile. One commit for all, unless one of the jobs
@@ -349,7 +294,7 @@ class Allocator:
             return [await self.assignments.find_job(assignments[0].job_id)]
 
     async def _deliver(
-        self, wait: _Wait, assignment: Assignment, bound: WorkerRecord | Acquired | None
+        self, wait: Wait, assignment: Assignment, bound: WorkerRecord | Acquired | None
     ) -> Acquired | None:
         """The bound worker tracked and, with a job, told to run it (an agent that cannot be told: the
         assignment ends WORKER_LOST, and the next round chooses again)."""
@@ -389,21 +334,7 @@ class Allocator:
 
     def demand(self) -> list[WaitingDemand]:
         """What waits now, by requirement shape (the most waiting first), with the pools whose template fits."""
-        now = self._monotonic()
-        shapes: dict[Requirements, list[_Wait]] = {}
-        for wait in self._waiting.values():
-            if not wait.binding:
-                shapes.setdefault(wait.waiter.requirements, []).append(wait)
-        found = [
-            WaitingDemand(
-                requirements,
-                len(waits),
-                max(now - w.since for w in waits),
-                tuple(self.pools.fitting(requirements)),
-            )
-            for requirements, waits in shapes.items()
-        ]
-        return sorted(found, key=lambda d: (-d.waiting, d.shape))
+        return demand_of(self._waiting.values(), self._monotonic(), self.pools.fitting)
 
     def _demand_changed(self) -> None:
         events = self._registry.events

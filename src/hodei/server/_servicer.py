@@ -1,7 +1,9 @@
 """The gRPC face of the scheduler. It only translates: proto in, a Scheduler call, proto out, errors to codes.
 
 With auth on, each method first asks :class:`~hodei.security.CallAuthorizer` whether the caller (authenticated
-at the door by :class:`~hodei.server._authentication.Authentication`) may do this to this worker.
+at the door by :class:`~hodei.server._authentication.Authentication`) may do this to this worker. The calls on
+workers are here; those on resource pools (acquire, renew, release, demand, pools, scale events) in its base,
+:class:`~hodei.server._pool_calls.PoolCalls`; the agents' Connect stream in :mod:`~hodei.server._agent_stream`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ from hodei._quoting import clip
 from hodei.domain import (
     MAX_WORKER_ID_LENGTH,
     DynamicWorker,
-    FieldViolation,
     WorkerRecord,
     validate_reason,
     validate_worker_id,
 )
 from hodei.errors import AccessDenied, InvalidWorkerData, SchedulerError, SchedulerTimeout
-from hodei.observability import _tracing as tracing
-from hodei.pools import PoolFileError
 from hodei.ports import RegistrationReceipt, SpentTokens
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import MAX_BATCH_SIZE
@@ -31,8 +30,9 @@ from hodei.server._agent_stream import ConnectHandler, Context
 from hodei.server._authentication import access_denied, current_caller, log_refusal
 from hodei.server._bounds import HelloBound
 from hodei.server._checks import check_reason, invalid, not_found, registrable
+from hodei.server._pool_calls import PoolCalls
 from hodei.transport import _codec as codec
-from hodei.transport._codec import pb, pb_grpc
+from hodei.transport._codec import pb
 from hodei.transport._status import abort_with
 
 __all__ = ["SchedulerServicer"]
@@ -98,7 +98,7 @@ def _call_over(context: Context) -> bool:
     return context.cancelled() or (remaining is not None and remaining <= 0)
 
 
-class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
+class SchedulerServicer(PoolCalls):
     """``access``: the rules each call must pass (None: auth off, everything is allowed); ``hellos``: the bound
     on agents' hellos worked on at once (default: :class:`HelloBound`'s)."""
 
@@ -328,102 +328,6 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context) -> None:
         await self._connections.serve(context)
 
-    # -- resource pools ----------------------------------------------------------------------------------
-
-    async def AcquireWorker(
-        self, request: pb.AcquireWorkerRequest, context: Context
-    ) -> pb.AcquireWorkerResponse:
-        await self._authorize(context, "AcquireWorker")
-        try:
-            acquired = await self._scheduler.acquire(
-                request.job_id,
-                codec.requirements_from_proto(request.requirements),
-                job=codec.job_from_proto(request.job) if request.HasField("job") else None,
-                priority=request.priority,
-                wait=request.wait_ms / 1000,
-                lease_ttl=request.lease_ttl_ms / 1000,
-                trace_context=tracing.trace_context(),
-            )
-        except SchedulerError as error:
-            await abort_with(context, error)
-        return pb.AcquireWorkerResponse(
-            assignment=codec.assignment_to_proto(acquired.assignment),
-            worker=codec.record_to_proto(acquired.record),
-            created=acquired.created,
-        )
-
-    async def RenewAssignment(
-        self, request: pb.RenewAssignmentRequest, context: Context
-    ) -> pb.RenewAssignmentResponse:
-        await self._authorize(context, "RenewAssignment")
-        try:
-            view = await self._scheduler.renew(request.assignment_id, wait=request.wait_ms / 1000)
-        except SchedulerError as error:
-            await abort_with(context, error)
-        return pb.RenewAssignmentResponse(assignment=codec.assignment_to_proto(view.assignment, view.result))
-
-    async def ReleaseWorker(
-        self, request: pb.ReleaseWorkerRequest, context: Context
-    ) -> pb.ReleaseWorkerResponse:
-        await self._authorize(context, "ReleaseWorker")
-        try:
-            check_reason(request.reason)
-            view = await self._scheduler.release(
-                request.assignment_id,
-                outcome=codec.outcome_from_proto(request.outcome),
-                recycle=request.recycle,
-                reason=request.reason,
-            )
-        except SchedulerError as error:
-            await abort_with(context, error)
-        return pb.ReleaseWorkerResponse(
-            assignment=codec.assignment_to_proto(view.assignment, view.result),
-            worker=codec.record_to_proto(self._scheduler.view(view.record))
-            if view.record is not None
-            else None,
-        )
-
-    async def GetDemand(self, request: pb.GetDemandRequest, context: Context) -> pb.GetDemandResponse:
-        await self._authorize(context, "GetDemand")
-        return pb.GetDemandResponse(demand=[codec.demand_to_proto(d) for d in self._scheduler.demand()])
-
-    async def ApplyPools(self, request: pb.ApplyPoolsRequest, context: Context) -> pb.ApplyPoolsResponse:
-        await self._authorize(context, "ApplyPools")
-        try:
-            check_reason(request.source, "source")
-            if len(request.text.encode()) > MAX_POOLS_TEXT:
-                raise invalid("text", f"must be at most {MAX_POOLS_TEXT} bytes")
-            pools = await self._scheduler.apply_pools(request.source or "<pools>", request.text)
-        except PoolFileError as error:
-            violations = [
-                FieldViolation(f"{error.path}:{line}: {field}", text) for line, field, text in error.problems
-            ]
-            await abort_with(context, InvalidWorkerData(str(error), violations=violations))
-        except SchedulerError as error:
-            await abort_with(context, error)
-        return pb.ApplyPoolsResponse(pools=[codec.pool_to_proto(p) for p in pools])
-
-    async def ListPools(self, request: pb.ListPoolsRequest, context: Context) -> pb.ListPoolsResponse:
-        await self._authorize(context, "ListPools")
-        try:
-            pools = await self._scheduler.list_pools()
-        except SchedulerError as error:
-            await abort_with(context, error)
-        return pb.ListPoolsResponse(pools=[codec.pool_to_proto(p) for p in pools])
-
-    async def ReportScaleEvent(
-        self, request: pb.ReportScaleEventRequest, context: Context
-    ) -> pb.ReportScaleEventResponse:
-        await self._authorize(context, "ReportScaleEvent")
-        try:
-            self._scheduler.report_scale(codec.scale_event_from_proto(request.event))
-        except SchedulerError as error:
-            await abort_with(context, error)
-        return pb.ReportScaleEventResponse()
-
-
-MAX_POOLS_TEXT = 1024 * 1024
-"""The largest pools file ApplyPools takes, in bytes."""
 
 MAX_WATCHED_KINDS = 64
 """The most event kinds one WatchWorkers may name (there are fewer than 20; room for a newer client's)."""

@@ -20,22 +20,22 @@ And it is :class:`~hodei.ports.PoolDefinitions`: one row, which every replica re
 
 The schema is versioned (table ``hodei_schema``) and migrated on open, under an advisory lock so that
 replicas starting together migrate once; its migrations and statements are
-:mod:`hodei.stores._postgres_schema`. Leadership and the relay are modules of their own
+:mod:`hodei.stores._postgres_schema`. Each call runs under the retry policy of
+:mod:`hodei.stores._postgres_retry`; the job bindings are looked up and enforced by
+:mod:`hodei.stores._postgres_bound`. Leadership and the relay are modules of their own
 (:mod:`hodei.stores._postgres_leadership`, :mod:`hodei.stores._postgres_relay`).
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from hodei.domain import (
     UpsertOutcome,
@@ -45,12 +45,14 @@ from hodei.domain import (
     merge_registrations,
     wire_size,
 )
-from hodei.errors import JobAlreadyBound, StoreError, StoreUnavailable
+from hodei.errors import StoreError, StoreUnavailable
 from hodei.pools import Requirements
 from hodei.ports import TouchedLeases, WorkerFilter
-from hodei.stores._bound import check_bindings, job_of, newly_bound
+from hodei.stores._bound import job_of
 from hodei.stores._group import GroupCommit
-from hodei.stores._postgres_errors import RACES, UNREACHABLE, Broken, RaceLost, dsn_hint, translated
+from hodei.stores._postgres_bound import bind, binding
+from hodei.stores._postgres_errors import UNREACHABLE, RaceLost, dsn_hint
+from hodei.stores._postgres_retry import Db, retrying
 from hodei.stores._postgres_schema import (
     CHANGE,
     INSERT,
@@ -71,36 +73,6 @@ __all__ = ["PostgresRegistryStore"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_RACE_ATTEMPTS = 10
-Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
-
-
-async def _bind(db: Db, held: Mapping[str, str | None], written: Mapping[str, WorkerRecord]) -> list[str]:
-    """Refuse ``written`` if it would bind a job twice (:mod:`hodei.stores._bound`), and unbind the workers whose
-    job moves to another written one, before they are written; the jobs it newly binds."""
-    newly = newly_bound(held, written)
-    if newly:
-        holders = await db.fetch(
-            "SELECT job_id, worker_id FROM hodei_workers WHERE job_id = ANY($1::text[])", newly
-        )
-        movers = check_bindings(written, {row[0]: row[1] for row in holders})
-        if movers:
-            await db.execute(
-                "UPDATE hodei_workers SET job_id = NULL WHERE worker_id = ANY($1::text[])", movers
-            )
-    return newly
-
-
-@contextlib.contextmanager
-def _binding(newly: Sequence[str]) -> Iterator[None]:
-    """The index refused a job ``newly`` binds: another replica bound it after this write looked (and committed
-    first). That is no race to run again, nor an unavailable store: the job is taken. The only unique index a
-    write of ``hodei_workers`` can break is the job's (a worker id that exists is updated, not inserted); a
-    write binding several new jobs names the first, in job id order."""
-    try:
-        yield
-    except asyncpg.UniqueViolationError as error:
-        raise JobAlreadyBound(next(iter(newly), "")) from error
 
 
 class PostgresRegistryStore:
@@ -153,32 +125,8 @@ class PostgresRegistryStore:
             log.info("store.migrated", extra={"store": self.dsn, "schema_version": number})
 
     async def _retrying(self, work: Callable[[Db], Awaitable[T]], *, transaction: bool = True) -> T:
-        """Run ``work`` on a pooled connection (in a transaction unless told otherwise), and run it again when
-
-        - it lost a race with another replica (a fresh snapshot decides again), or
-        - its connection was dead (the database restarted, or killed the session, since the pool last used
-          it): the next attempts take other connections, and a pool whose connections all died reconnects.
-          Writes are safe to repeat: an upsert or a change applied twice leaves what applying it once does.
-
-        A database that stays unreachable, or races lost too often, is :class:`StoreUnavailable`.
-        """
-        races = broken = 0
-        while True:
-            try:
-                with translated(self.dsn):
-                    async with self._pool.acquire() as db:
-                        if not transaction:
-                            return await work(db)
-                        async with db.transaction():
-                            return await work(db)
-            except (RaceLost, *RACES) as error:
-                races += 1
-                if races == _RACE_ATTEMPTS:
-                    raise StoreUnavailable("the registry database is too contended now") from error
-            except Broken as error:
-                broken += 1
-                if broken > self._pool.get_max_size():
-                    raise StoreUnavailable(str(error)) from error.__cause__
+        """Run ``work`` under the retry policy (:func:`~hodei.stores._postgres_retry.retrying`)."""
+        return await retrying(self._pool, self.dsn, work, transaction=transaction)
 
     async def _read(self, query: str, *args: Any) -> builtins.list[asyncpg.Record]:
         return await self._retrying(lambda db: db.fetch(query, *args), transaction=False)
@@ -205,7 +153,7 @@ class PostgresRegistryStore:
             outcomes, written = merge_registrations(current, records)
             created = [r for worker_id, r in written.items() if worker_id not in held]
             updated = [r for worker_id, r in written.items() if worker_id in held]
-            with _binding(await _bind(db, held, written)):
+            with binding(await bind(db, held, written)):
                 if created:
                     inserted = await db.fetch(INSERT, *columns(created))
                     if len(inserted) != len(created):
@@ -236,7 +184,7 @@ class PostgresRegistryStore:
             for worker_id, change in changes:
                 result, written = apply_change(current.get(worker_id), change)
                 if result is not None and written is not None:
-                    with _binding(await _bind(db, {worker_id: job_of(result[0])}, {worker_id: written})):
+                    with binding(await bind(db, {worker_id: job_of(result[0])}, {worker_id: written})):
                         await db.execute(CHANGE, *columns([written]))
                     current[worker_id] = written
                 results.append(result)

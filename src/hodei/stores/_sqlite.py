@@ -6,7 +6,8 @@ committed (:class:`~hodei.stores._group.GroupCommit`): those that arrive while a
 transaction and its fsync, each answered once that transaction committed. The file is in WAL mode with
 ``synchronous=FULL``: a commit that returned is on disk, and a registration acknowledged to a client survives
 the scheduler's crash and the machine's. The schema is versioned (``PRAGMA user_version``) and migrated when
-the store opens; a file written by a newer hodei is refused rather than misread.
+the store opens; a file written by a newer hodei is refused rather than misread. Its migrations and statements
+are :mod:`hodei.stores._sqlite_schema`.
 
 The store is also :class:`~hodei.ports.BoundJobs` (a unique index on ``job_id``: at most one worker per job; a
 write that would bind a second raises :class:`~hodei.errors.JobAlreadyBound` and writes nothing — for
@@ -43,77 +44,16 @@ from hodei.ports import WorkerFilter
 from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._group import GroupCommit
-from hodei.stores._rows import COLUMNS, by_pool, from_row, to_row
+from hodei.stores._rows import by_pool
+from hodei.stores._sqlite_schema import SELECT, UPSERT, as_row, migrate, record
 
-__all__ = ["SCHEMA_VERSION", "SqliteRegistryStore"]
+__all__ = ["SqliteRegistryStore"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# Each entry migrates the schema from version ``index`` to ``index + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE workers (
-            worker_id TEXT PRIMARY KEY,
-            worker_type TEXT NOT NULL,
-            status TEXT NOT NULL,
-            pool TEXT NOT NULL,
-            hostname TEXT NOT NULL,
-            agent_version TEXT NOT NULL,
-            incarnation INTEGER NOT NULL,
-            cpu_cores INTEGER NOT NULL,
-            memory_mb INTEGER NOT NULL,
-            disk_mb INTEGER NOT NULL,
-            gpu_count INTEGER NOT NULL,
-            labels TEXT NOT NULL,
-            registered_at TEXT,
-            updated_at TEXT,
-            lease_ttl REAL,
-            drained INTEGER NOT NULL
-        ) WITHOUT ROWID""",
-        "CREATE INDEX workers_by_status ON workers (status, worker_id)",
-    ),
-    (
-        # Single-use join tokens already spent (SpentTokens), until they expire.
-        "CREATE TABLE spent_tokens (token_id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
-        "CREATE INDEX spent_tokens_by_expiry ON spent_tokens (expires_at)",
-    ),
-    (
-        # Which registration spent each token: the same one spending it again is a retry, not a replay.
-        "ALTER TABLE spent_tokens ADD COLUMN worker_id TEXT",
-        "ALTER TABLE spent_tokens ADD COLUMN incarnation INTEGER",
-    ),
-    (
-        # Resource pools: the job each worker is bound to (one worker per job), its uses, the pool definitions.
-        "ALTER TABLE workers ADD COLUMN assignment TEXT",
-        "ALTER TABLE workers ADD COLUMN job_id TEXT",
-        "ALTER TABLE workers ADD COLUMN use_count INTEGER NOT NULL DEFAULT 0",
-        "CREATE UNIQUE INDEX workers_by_job ON workers (job_id) WHERE job_id IS NOT NULL",
-        "CREATE TABLE pools (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), source TEXT NOT NULL, "
-        "text TEXT NOT NULL)",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM workers"
-_UPSERT = (
-    f"INSERT INTO workers ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
-    f"ON CONFLICT (worker_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
-)
 _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def _parse(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _record(row: Sequence[Any]) -> WorkerRecord:
-    return from_row(row, _parse)
 
 
 class SqliteRegistryStore:
@@ -188,7 +128,7 @@ class SqliteRegistryStore:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            self._migrate(db)
+            migrate(db, self.path)
         except sqlite3.DatabaseError as error:  # not a database, or a damaged one
             db.close()
             self._release_lock()
@@ -202,24 +142,6 @@ class SqliteRegistryStore:
     def _release_lock(self) -> None:
         if self._lock is not None:
             self._lock.release()
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has registry schema version {version}, newer than this hodei's "
-                    f"{SCHEMA_VERSION}: upgrade hodei, or use another file"
-                )
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
         def run() -> T:
@@ -261,7 +183,7 @@ class SqliteRegistryStore:
             held = {worker_id: job_of(stored) for worker_id, stored in current.items()}
             outcomes, written = merge_registrations(current, records)
             _bind(db, held, written)
-            db.executemany(_UPSERT, [to_row(r, _iso) for r in written.values()])
+            db.executemany(UPSERT, [as_row(r) for r in written.values()])
             return outcomes
 
         return await self._run(self._transaction(write))
@@ -281,7 +203,7 @@ class SqliteRegistryStore:
                 result, written = apply_change(_fetch(db, [worker_id]).get(worker_id), change)
                 if result is not None and written is not None:
                     _bind(db, {worker_id: job_of(result[0])}, {worker_id: written})
-                    db.execute(_UPSERT, to_row(written, _iso))
+                    db.execute(UPSERT, as_row(written))
                 results.append(result)
             return results
 
@@ -312,10 +234,10 @@ class SqliteRegistryStore:
             where.append("worker_type = ?")
             params.append(worker_filter.worker_type.value)
         _where_labels(worker_filter.labels, where, params)
-        query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ?"
+        query = f"{SELECT} WHERE {' AND '.join(where)} ORDER BY worker_id LIMIT ?"
         params.append(limit)
         rows = await self._run(self._read(lambda db: db.execute(query, params).fetchall()))
-        return [_record(row) for row in rows]
+        return [record(row) for row in rows]
 
     async def count(self) -> int:
         (count,) = await self._run(
@@ -372,19 +294,19 @@ class SqliteRegistryStore:
 
     async def find_job(self, job_id: str) -> WorkerRecord | None:
         rows = await self._run(
-            self._read(lambda db: db.execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchall())
+            self._read(lambda db: db.execute(f"{SELECT} WHERE job_id = ?", (job_id,)).fetchall())
         )
-        return _record(rows[0]) if rows else None
+        return record(rows[0]) if rows else None
 
     async def bound(self) -> builtins.list[WorkerRecord]:
-        query = f"{_SELECT} WHERE job_id IS NOT NULL ORDER BY worker_id"
-        return [_record(row) for row in await self._run(self._read(lambda db: db.execute(query).fetchall()))]
+        query = f"{SELECT} WHERE job_id IS NOT NULL ORDER BY worker_id"
+        return [record(row) for row in await self._run(self._read(lambda db: db.execute(query).fetchall()))]
 
     async def find_assignment(self, assignment_id: str) -> WorkerRecord | None:
         # Looked for in SQLite, on the store's thread: only the match is decoded.
-        query = f"{_SELECT} WHERE job_id IS NOT NULL AND json_extract(assignment, '$.assignment_id') = ?"
+        query = f"{SELECT} WHERE job_id IS NOT NULL AND json_extract(assignment, '$.assignment_id') = ?"
         rows = await self._run(self._read(lambda db: db.execute(query, (assignment_id,)).fetchall()))
-        return _record(rows[0]) if rows else None
+        return record(rows[0]) if rows else None
 
     async def save_pools(self, source: str, text: str) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -438,9 +360,9 @@ def _fetch(db: sqlite3.Connection, worker_ids: Sequence[str]) -> dict[str, Worke
     found: dict[str, WorkerRecord] = {}
     for start in range(0, len(worker_ids), _IN_CHUNK):
         chunk = worker_ids[start : start + _IN_CHUNK]
-        query = f"{_SELECT} WHERE worker_id IN ({', '.join('?' for _ in chunk)})"
+        query = f"{SELECT} WHERE worker_id IN ({', '.join('?' for _ in chunk)})"
         for row in db.execute(query, chunk):
-            found[row[0]] = _record(row)
+            found[row[0]] = record(row)
     return found
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,7 +13,6 @@ from hodei.errors import (
     ErrorCode,
     RegistrationCancelled,
     SchedulerError,
-    SchedulerUnavailable,
     WorkerNotFound,
     scheduler_error_for,
 )
@@ -34,6 +30,7 @@ from hodei.ports import (
 from hodei.security._access import authorization_metadata
 from hodei.security._tls import ClientTlsConfig
 from hodei.transport import _codec as codec
+from hodei.transport._addresses import channel_target, scheduler_addresses
 from hodei.transport._channel import FAILOVER_CHANNEL_OPTIONS, open_channel
 from hodei.transport._codec import pb
 from hodei.transport._status import error_from_rpc
@@ -41,91 +38,13 @@ from hodei.transport._status import error_from_rpc
 __all__ = [
     "Credential",
     "SchedulerPortClient",
-    "scheduler_addresses",
+    "scheduler_addresses",  # how the client reads its target (hodei.transport._addresses), for the CLI
 ]
 
 R = TypeVar("R")
 
 Credential = str | Callable[[], str]
 """A token, or a function that gives the token to present now (an agent's changes as it is handed new ones)."""
-
-# A gRPC target URI (``dns:///name:50051``, ``unix:/path``, ``ipv4:a:1,b:2``): a scheme not followed by a port.
-_TARGET_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?![0-9]*\s*(?:,|$))")
-_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def scheduler_addresses(target: str | Sequence[str], *, explicit_port: bool = False) -> tuple[str, ...]:
-    """The scheduler addresses in ``target``: a sequence of addresses, or one string of comma-separated ones.
-
-    A single address may be any gRPC target (a URI such as ``dns:///scheduler:50051`` stays whole, commas and
-    all; ``localhost`` is dialled on gRPC's default port) unless ``explicit_port`` (as the command line says);
-    each of several must be ``HOST:PORT``, an IPv6 address in brackets (``[::1]:50051``). Raises
-    ``ValueError`` naming the entry that is not.
-    """
-    entries = [target] if isinstance(target, str) else list(target)
-    if len(entries) == 1 and _TARGET_URI.match(entries[0].strip()):
-        return (entries[0].strip(),)
-    addresses = tuple(part.strip() for entry in entries for part in entry.split(","))
-    if not any(addresses):
-        raise ValueError(f"no scheduler address in {','.join(entries)!r}")
-    if "" in addresses:
-        raise ValueError(f"an empty scheduler address in {','.join(entries)!r}")
-    if len(addresses) > 1 or explicit_port:
-        for address in addresses:
-            _host_and_port(address)
-    return addresses
-
-
-def _host_and_port(address: str) -> tuple[str, int]:
-    match = _HOST_PORT.fullmatch(address)
-    if match is None:
-        if re.search(r":[0-9]+$", address) is None:
-            raise ValueError(f"scheduler address {address!r} has no port: expected HOST:PORT")
-        raise ValueError(
-            f"scheduler address {address!r} is not HOST:PORT "
-            "(each of several addresses is HOST:PORT; an IPv6 address goes in brackets, [::1]:50051)"
-        )
-    port = int(match["port"])
-    if not 0 < port < 65536:
-        raise ValueError(f"scheduler address {address!r}: port {port} is out of range")
-    if match["ipv6"] is None:
-        return match["host"], port
-    try:
-        return str(ipaddress.IPv6Address(match["ipv6"])), port
-    except ValueError:
-        raise ValueError(f"scheduler address {address!r}: {match['ipv6']!r} is not an IPv6 address") from None
-
-
-def _resolve(address: str) -> list[tuple[_IPAddress, int]]:
-    """The IP addresses of ``HOST:PORT``: its literal, or every address its host name resolves to."""
-    host, port = _host_and_port(address)
-    try:
-        return [(ipaddress.ip_address(host), port)]
-    except ValueError:
-        pass  # a host name
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as error:
-        raise SchedulerUnavailable(
-            f"scheduler address {address!r}: cannot resolve {host!r}: {error}"
-        ) from error
-    return [(ipaddress.ip_address(sockaddr[0]), port) for *_, sockaddr in found]
-
-
-def _channel_target(addresses: Sequence[str]) -> str:
-    """gRPC's target: one address as it is; several as a list of IP literals, the ``ipv4:``/``ipv6:`` schemes
-    being the only ones that take a list (so host names are resolved once, here)."""
-    if len(addresses) == 1:
-        return addresses[0]
-    endpoints = dict.fromkeys(endpoint for address in addresses for endpoint in _resolve(address))
-    if all(ip.version == 4 for ip, _ in endpoints):
-        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in endpoints)
-    # A list holds one family: IPv4 addresses join IPv6 ones as IPv4-mapped IPv6 addresses.
-    return "ipv6:" + ",".join(
-        f"[{ip if ip.version == 6 else f'::ffff:{ip}'}]:{port}" for ip, port in endpoints
-    )
 
 
 class SchedulerPortClient:
@@ -165,7 +84,7 @@ class SchedulerPortClient:
             if len(addresses) > 1:
                 given = {key for key, _ in options}
                 options = [*(o for o in FAILOVER_CHANNEL_OPTIONS if o[0] not in given), *options]
-            self._channel = open_channel(_channel_target(addresses), tls=tls, options=options)
+            self._channel = open_channel(channel_target(addresses), tls=tls, options=options)
             self._owns_channel = True
             self.target = ",".join(addresses)
         else:

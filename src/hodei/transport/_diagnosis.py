@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from hodei.transport._client import _host_and_port
+from hodei.transport._addresses import host_and_port
 
 __all__ = ["tls_mismatch", "unreachable_reason"]
 
@@ -23,7 +23,7 @@ def tls_mismatch(address: str, *, tls: bool, client_cert: bool, timeout: float =
     certificate) and what the scheduler at ``address`` (``HOST:PORT``) speaks; None when TLS is not the problem
     (nothing listens, or both sides agree). Blocks for at most about ``timeout`` seconds per step."""
     try:
-        where = _host_and_port(address.strip())  # the client's own reading of HOST:PORT ([::1]:50051 too)
+        where = host_and_port(address.strip())  # the client's own reading of HOST:PORT ([::1]:50051 too)
     except ValueError:
         return None
     try:
