@@ -12,12 +12,13 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 FULL_COVERAGE := src/hodei/registration/*,src/hodei/transport/_addresses.py,src/hodei/transport/_client.py,src/hodei/transport/_status.py
 
 # The suite runs in pytest-xdist workers, each with its own PostgreSQL cluster and Podman service when its
-# tests ask for them; a test module runs whole in one worker (its module fixtures start once). Four workers
+# tests ask for them; a test module runs whole in one worker (its module fixtures start once), the longest handed
+# out first (tests/conftest.py orders them). Four workers
 # on this machine's two cores: the tests spend much of their time waiting (on leases, processes, containers),
 # and the others fill that time (the suite without coverage, compiled modules kept: three workers 233 s, four
 # 219 s, five 217 s, six 222 s).
 WORKERS ?= 4
-XDIST := -n $(WORKERS) --dist loadscope
+XDIST := -n $(WORKERS) --dist loadscope --no-loadscope-reorder
 # `make check`'s fast tier: the unit and contract tests, and the integration tests of the registration flow (a
 # worker registers, is refused with the right code, retries, and no provisioned worker stays unregistered).
 CORE_TESTS := tests/unit tests/contract tests/integration/test_auto_registration.py \

@@ -38,8 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The slow tests first: one started last would keep its xdist worker busy long after the others are done.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The longest first, the shortest last (`make test` hands whole modules to xdist workers in this order:
+    # --no-loadscope-reorder): the slow tests, then the other tests with processes, servers and containers, then
+    # the unit tests, which fill the gaps at the end. A long module started last would keep its worker busy long
+    # after the others are done. The sort is stable: a module's tests stay together and in order.
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.path.parent.name == "unit"))
 
 
 @pytest.fixture
