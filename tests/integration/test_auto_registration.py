@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -27,7 +26,7 @@ from hodei import (
     static_worker,
 )
 from hodei.testing import EmbeddedScheduler, FailingScheduler, MockWorkerProvider
-from tests.helpers import make_worker
+from tests.helpers import free_port, make_worker
 
 
 async def test_end_to_end_provision_register_available() -> None:
@@ -205,15 +204,10 @@ async def test_invalid_workers_are_rejected_by_the_server_with_the_field_named()
         assert [r.worker_id for r in await scheduler.workers()] == ["ok"]
 
 
-def _closed_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_scheduler_not_listening_exhausts_retries_with_unavailable() -> None:
-    async with SchedulerPortClient(f"127.0.0.1:{_closed_port()}") as port:
+    # A free port below the kernel's ephemeral range: a bind to port 0 never hands it out, so the next test's
+    # scheduler cannot get it and, through gRPC's pool of connections per address, this test's refused one.
+    async with SchedulerPortClient(f"127.0.0.1:{free_port()}") as port:
         registration_adapter = WorkerRegistrationAdapter(
             port, RegistrationConfig(max_retries=2, base_backoff=0.01)
         )

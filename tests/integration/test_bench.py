@@ -39,6 +39,10 @@ REPORT_FIELDS = {
 # than one, so the smoke run makes 300, enough to be seen however busy the machine is.
 SCALE = dataclasses.replace(Scale.quick(), sequential=300)
 
+# The module's first test runs every scenario (its fixture): 15 s on a quiet machine, over the default minute on a
+# machine busy with other work.
+pytestmark = pytest.mark.timeout(180)
+
 
 @pytest.fixture(scope="module")
 def quick_results() -> list[ScenarioResult]:

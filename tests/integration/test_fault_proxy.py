@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ from hodei import (
     WorkerRegistrationAdapter,
 )
 from hodei.testing import EmbeddedScheduler, FaultProxy
-from tests.helpers import AttemptRecordingClient, make_worker, wait_for
+from tests.helpers import AttemptRecordingClient, free_port, make_worker, wait_for
 
 OWN_CONNECTIONS = (("grpc.use_local_subchannel_pool", 1),)
 # gRPC waits about 1 s (jittered, growing) before it connects again after a refused or reset connection attempt;
@@ -132,9 +131,8 @@ async def test_stopping_the_proxy_ends_its_connections_and_tasks_even_with_traff
 
 
 async def test_a_proxy_whose_upstream_is_down_resets_each_connection_it_accepts() -> None:
-    with socket.socket() as placeholder:  # a port nobody listens on
-        placeholder.bind(("127.0.0.1", 0))
-        upstream = f"127.0.0.1:{placeholder.getsockname()[1]}"
+    # A port nobody listens on, below the kernel's ephemeral range: no server's bind to port 0 takes it meanwhile.
+    upstream = f"127.0.0.1:{free_port()}"
     async with (
         FaultProxy(upstream) as proxy,
         SchedulerPortClient(proxy.target, options=OWN_CONNECTIONS) as client,

@@ -27,7 +27,7 @@ from hodei.errors import SchedulerOverloaded as Overloaded
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport._codec import pb, pb_grpc
 from hodei.transport._status import STATUS_DETAILS_KEY, status_trailer
-from tests.helpers import KIND_BY_CODE, make_worker
+from tests.helpers import KIND_BY_CODE, free_port, make_worker
 
 # What the port client must raise for each code a scheduler can answer (OK is not an error).
 EXPECTED_KIND = {code: kind for code, kind in KIND_BY_CODE.items() if code is not ErrorCode.OK}
@@ -253,12 +253,10 @@ async def test_watch_on_a_closed_client_is_cancelled() -> None:
 
 
 async def test_watch_of_an_unreachable_scheduler_raises_unavailable() -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    async with SchedulerPortClient(f"127.0.0.1:{port}") as client:
+    # Nothing listens there, and no server started by another test can get it: a port below the kernel's
+    # ephemeral range (one that a bind to port 0 hands out again could be a later test's scheduler, whose
+    # client would then share this one's failed connection, in gRPC's pool of connections per address).
+    async with SchedulerPortClient(f"127.0.0.1:{free_port()}") as client:
         with pytest.raises(SchedulerUnavailable):
             await anext(client.watch_workers())
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +37,7 @@ from hodei.stores._rows import COLUMNS, to_row
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.stores._sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from hodei.stores._sqlite_schema import SCHEMA_VERSION
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 T0 = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -599,9 +598,7 @@ async def test_a_sqlite_file_locked_by_another_writer_is_unavailable_not_broken(
 
 
 async def test_a_postgres_that_does_not_answer_is_unavailable() -> None:
-    with socket.socket() as probe:  # a loopback port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a loopback port nobody listens on
     with pytest.raises(StoreUnavailable) as raised:
         await PostgresRegistryStore.open(f"postgresql://hodei:s3cret@127.0.0.1:{port}/registry")
     assert raised.value.message.startswith(
