@@ -93,8 +93,7 @@ proto: $(STAMP)  ## regenerate the Python code of the contract in proto/
 MUTANTS := 'hodei.registration._adapter.*' 'hodei.registration._config.*' 'hodei.transport._status.*' \
 	'hodei.errors.x_scheduler_error_for__mutmut_*' 'hodei.errors.x?SchedulerError?__init____mutmut_*' \
 	'hodei.domain._validation.x_validate_*' 'hodei.domain._validation.x__range__mutmut_*' \
-	'hodei.domain._validation.x__name__mutmut_*' \
-	'hodei.domain._validation.x__labels__mutmut_*'
+	'hodei.domain._validation.x__labels__mutmut_*' 'hodei.domain._workers.x_validate_*'
 MUTATION_CHILDREN ?= 2
 MUTATION_FLOOR ?= 90
 

@@ -43,8 +43,6 @@ from hodei.domain._validation import (
     holds_control_characters,
     validate_incarnation,
     validate_reason,
-    validate_record,
-    validate_worker,
     validate_worker_fields,
     validate_worker_id,
 )
@@ -64,6 +62,8 @@ from hodei.domain._workers import (
     WorkerRecord,
     record_in_shape,
     record_of,
+    validate_record,
+    validate_worker,
 )
 
 __all__ = [

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from hodei._quoting import quote_short
 from hodei.domain._values import WORKER_TYPE_VALUES, FieldViolation, WorkerCapabilities, WorkerType
-
-if TYPE_CHECKING:
-    from hodei.domain._workers import DynamicWorker, DynamicWorkerConfig, WorkerRecord
 
 __all__ = [
     "MAX_CPU_CORES",
@@ -28,9 +24,8 @@ __all__ = [
     "MAX_WORKER_ID_LENGTH",
     "holds_control_characters",
     "validate_incarnation",
+    "validate_name",
     "validate_reason",
-    "validate_record",
-    "validate_worker",
     "validate_worker_fields",
     "validate_worker_id",
 ]
@@ -75,7 +70,7 @@ def _range(name: str, value: int, low: int, high: int) -> list[FieldViolation]:
     return []
 
 
-def _name(name: str, value: str) -> list[FieldViolation]:
+def validate_name(name: str, value: str) -> list[FieldViolation]:
     if value and (len(value) > MAX_NAME_LENGTH or not _NAME.fullmatch(value)):
         return [
             FieldViolation(
@@ -161,45 +156,8 @@ def validate_worker_fields(
             )
         )
     found += _labels(labels, "metadata.labels")
-    found += _name("metadata.pool", pool)
-    found += _name("metadata.hostname", hostname)
-    found += _name("metadata.agent_version", agent_version)
+    found += validate_name("metadata.pool", pool)
+    found += validate_name("metadata.hostname", hostname)
+    found += validate_name("metadata.agent_version", agent_version)
     found += validate_incarnation(incarnation)
     return found
-
-
-def validate_record(
-    record: WorkerRecord, *, shape: DynamicWorkerConfig | None = None
-) -> list[FieldViolation]:
-    """Every violation in a record the registry is about to write.
-
-    ``shape``, a config of the record's type, capabilities, labels and pool, gives its verdict for those.
-    """
-    if shape is not None:
-        found = validate_worker_id(record.worker_id)  # a new list: extended in place
-        found += shape.verdict
-        found += _name("metadata.hostname", record.hostname)
-        found += _name("metadata.agent_version", record.agent_version)
-        found += validate_incarnation(record.incarnation)
-        return found
-    return validate_worker_fields(
-        worker_id=record.worker_id,
-        worker_type=record.worker_type.value,
-        capabilities=record.capabilities,
-        labels=record.labels,
-        pool=record.pool,
-        hostname=record.hostname,
-        agent_version=record.agent_version,
-        incarnation=record.incarnation,
-    )
-
-
-def validate_worker(worker: DynamicWorker) -> list[FieldViolation]:
-    """Every violation in a worker the control plane is about to register, in contract order; its config's
-    part is the config's verdict, found once for every worker that shares the config."""
-    return (
-        validate_worker_id(worker.worker_id)
-        + list(worker.config.verdict)
-        + _name("metadata.hostname", worker.hostname)
-        + validate_incarnation(worker.incarnation)
-    )

@@ -9,10 +9,24 @@ from datetime import datetime
 from types import MappingProxyType
 
 from hodei.domain._assignments import Assignment
-from hodei.domain._validation import validate_record, validate_worker, validate_worker_fields
+from hodei.domain._validation import (
+    validate_incarnation,
+    validate_name,
+    validate_worker_fields,
+    validate_worker_id,
+)
 from hodei.domain._values import FieldViolation, ResourceUsage, WorkerCapabilities, WorkerStatus, WorkerType
 
-__all__ = ["DynamicWorker", "DynamicWorkerConfig", "Verdict", "WorkerRecord", "record_in_shape", "record_of"]
+__all__ = [
+    "DynamicWorker",
+    "DynamicWorkerConfig",
+    "Verdict",
+    "WorkerRecord",
+    "record_in_shape",
+    "record_of",
+    "validate_record",
+    "validate_worker",
+]
 
 Verdict = tuple[FieldViolation, ...]
 """Every violation of a frozen value, found once and kept on it; empty when it is valid."""
@@ -245,3 +259,40 @@ def record_in_shape(
     )
     object.__setattr__(record, "_verdict", shape)
     return record
+
+
+def validate_record(
+    record: WorkerRecord, *, shape: DynamicWorkerConfig | None = None
+) -> list[FieldViolation]:
+    """Every violation in a record the registry is about to write.
+
+    ``shape``, a config of the record's type, capabilities, labels and pool, gives its verdict for those.
+    """
+    if shape is not None:
+        found = validate_worker_id(record.worker_id)  # a new list: extended in place
+        found += shape.verdict
+        found += validate_name("metadata.hostname", record.hostname)
+        found += validate_name("metadata.agent_version", record.agent_version)
+        found += validate_incarnation(record.incarnation)
+        return found
+    return validate_worker_fields(
+        worker_id=record.worker_id,
+        worker_type=record.worker_type.value,
+        capabilities=record.capabilities,
+        labels=record.labels,
+        pool=record.pool,
+        hostname=record.hostname,
+        agent_version=record.agent_version,
+        incarnation=record.incarnation,
+    )
+
+
+def validate_worker(worker: DynamicWorker) -> list[FieldViolation]:
+    """Every violation in a worker the control plane is about to register, in contract order; its config's
+    part is the config's verdict, found once for every worker that shares the config."""
+    return (
+        validate_worker_id(worker.worker_id)
+        + list(worker.config.verdict)
+        + validate_name("metadata.hostname", worker.hostname)
+        + validate_incarnation(worker.incarnation)
+    )
