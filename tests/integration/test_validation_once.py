@@ -39,10 +39,11 @@ def rules_run(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         return counted
 
-    config_rules = spy("config", _validation.validate_worker_fields)
-    monkeypatch.setattr(_workers, "validate_worker_fields", config_rules)  # a config's own
-    monkeypatch.setattr(_validation, "validate_worker_fields", config_rules)  # a record's, made in no shape
-    monkeypatch.setattr(_validation, "validate_worker_id", spy("id", _validation.validate_worker_id))
+    # A config's own rules, and a record's made in no shape (validate_record, in _workers).
+    monkeypatch.setattr(_workers, "validate_worker_fields", spy("config", _validation.validate_worker_fields))
+    id_rule = spy("id", _validation.validate_worker_id)
+    monkeypatch.setattr(_workers, "validate_worker_id", id_rule)  # a worker's and a record's (validate_*)
+    monkeypatch.setattr(_validation, "validate_worker_id", id_rule)  # inside validate_worker_fields
     return counts
 
 
