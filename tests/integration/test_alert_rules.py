@@ -518,7 +518,9 @@ MUTATIONS = [
 def cases_of(alert: str, tests: str) -> str:
     """The unit-test file ``tests`` with only the test groups that evaluate ``alert`` (its header kept)."""
     header, *groups = re.split(r"(?m)^(?=  - interval:)", tests)
-    return header + "".join(group for group in groups if re.search(rf"alertname: {alert}\s*$", group, re.M))
+    return header + "".join(
+        group for group in groups if re.search(rf"alertname: {re.escape(alert)}\s*$", group, re.M)
+    )
 
 
 def test_the_cases_of_an_alert_are_its_test_groups_and_only_they() -> None:

@@ -40,7 +40,7 @@ from hodei._infra.fixtures import skip_or_fail_for_missing
 from hodei.server._interception import REGISTRATION_METHODS, MethodInterceptor
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.testing import EmbeddedScheduler, MockWorkerProvider
-from hodei.transport._client import scheduler_addresses
+from hodei.transport._addresses import scheduler_addresses
 from tests.helpers import make_worker
 
 HODEI = shutil.which("hodei") or str(Path(sys.executable).parent / "hodei")

@@ -126,7 +126,7 @@ class WorkerAgent:
         )
         self.jobs = AgentJobs(executor, config.worker_id)
         self._stopping = asyncio.Event()
-        self._reconnection = Reconnection(config, random)
+        self._reconnection = Reconnection(config, random, log)
         self._target_index = 0
         self._credential = ""  # the worker credential the scheduler handed over; replaces config.token
 

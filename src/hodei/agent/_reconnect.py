@@ -5,8 +5,8 @@ breaking as a warning, and why the agent cannot connect (with what to check) at 
 at most once per ``failure_log_interval`` seconds. The wait is the agent's own jittered backoff, growing with the
 failures; a scheduler busy with other hellos is no failure: the agent waits the delay it advised.
 
-The records are the agent's: they go out under its logger's name (``hodei.agent._agent``), the one an operator
-filters the agent's words by.
+The records are the agent's: they go out through the logger it hands over (``hodei.agent._agent``'s), the one an
+operator filters the agent's words by.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from hodei.transport._diagnosis import unreachable_reason
 
 __all__ = ["Reconnection"]
 
-log = logging.getLogger("hodei.agent._agent")
-
 
 def _advised(error: SchedulerError) -> float | None:
     """The delay a busy scheduler advised (``RESOURCE_EXHAUSTED`` with RetryInfo), or None."""
@@ -36,13 +34,13 @@ class Reconnection:
     """One agent's reconnections: ``failures`` (in a row, 0 again once a stream is up), :meth:`failed` for a
     session that ended in a transient error, :meth:`delay` for the wait before the next attempt."""
 
-    def __init__(self, config: AgentConfig, random: Callable[[], float]) -> None:
+    def __init__(self, config: AgentConfig, random: Callable[[], float], log: logging.Logger) -> None:
         self._config = config
         self._random = random
+        self._log = log
         self.failures = 0
-        self._warned_at: float | None = (
-            None  # when agent.cannot_connect was last logged, in this run of failures
-        )
+        # When agent.cannot_connect was last logged, in this run of failures.
+        self._warned_at: float | None = None
 
     def _fields(self, **fields: object) -> dict[str, object]:
         return {"worker_id": self._config.worker_id, **fields}
@@ -57,7 +55,9 @@ class Reconnection:
             await self._report_failure(error, target, was_up=was_up, ever_connected=ever_connected)
             self.failures += 1
         else:  # the scheduler is busy and said when to come back: no failure, no longer backoff
-            log.debug("agent.hello_deferred", extra=self._fields(scheduler=target, retry_after_s=advised))
+            self._log.debug(
+                "agent.hello_deferred", extra=self._fields(scheduler=target, retry_after_s=advised)
+            )
         return advised
 
     def delay(self, advised: float | None) -> float:
@@ -73,7 +73,7 @@ class Reconnection:
         warning; and why the agent cannot connect (with what to check) at its first failure in a row, then at
         most once per ``failure_log_interval`` seconds, as a warning."""
         fields = self._fields(scheduler=target, code=error.code.name, error=error.message)
-        log.log(logging.WARNING if was_up else logging.DEBUG, "agent.stream_broken", extra=fields)
+        self._log.log(logging.WARNING if was_up else logging.DEBUG, "agent.stream_broken", extra=fields)
         if was_up:
             self._warned_at = None  # a new run of failures: say at once if it cannot come back
             return
@@ -82,7 +82,7 @@ class Reconnection:
             return
         self._warned_at = now
         reason = await self._why_unreachable(error, target)
-        log.warning(
+        self._log.warning(
             "agent.cannot_connect",
             extra=self._fields(
                 scheduler=target,

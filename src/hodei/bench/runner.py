@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hodei.bench import _load as shapes
 from hodei.bench import scenarios
 from hodei.bench.disk import fsync_rate
 from hodei.bench.processes import ProcessProbe, ServerProcess
@@ -68,7 +69,7 @@ class Scale:
         )
 
 
-Scenario = Callable[["Context"], Awaitable[scenarios.Load]]
+Scenario = Callable[["Context"], Awaitable[shapes.Load]]
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Context:
     target: str
     client: SchedulerPortClient
     scale: Scale
-    progress: scenarios.Progress
+    progress: shapes.Progress
     baseline_target: str = ""
     security: PreparedSecurity = PLAINTEXT
 
@@ -167,7 +168,7 @@ POOL_SCENARIOS = ("pool-acquire", "pool-burst-500", "pool-from-zero-50")
 """``--scenario pools``."""
 
 
-async def _load(name: str, ctx: Context) -> scenarios.Load:
+async def _load(name: str, ctx: Context) -> shapes.Load:
     s = ctx.scale
     if name == "baseline-sequential":
         return await scenarios.baseline(ctx.baseline_target, s.sequential, 1, ctx.progress)

@@ -21,8 +21,6 @@ from hodei.pools import Requirements
 from hodei.registration import RegistrationConfig, WorkerRegistrationAdapter
 from hodei.transport._client import SchedulerPortClient
 
-__all__ = ["Load", "Progress"]
-
 _CONFIG = DynamicWorkerConfig(labels={"bench": "true"})
 
 

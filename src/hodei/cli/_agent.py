@@ -112,7 +112,7 @@ def agent(
     from hodei.observability._http import MetricsEndpoint
     from hodei.observability._logging import redact_text
     from hodei.observability._metrics import AgentMetrics, process_registry
-    from hodei.transport._client import scheduler_addresses
+    from hodei.transport._addresses import scheduler_addresses
 
     observe("hodei-agent", log_format, log_level, native=True)
     options: dict[str, Any] = {

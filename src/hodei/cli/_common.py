@@ -35,7 +35,7 @@ def _refuse_malformed(text: str, parse: Callable[[str], object]) -> str:
 def check_scheduler_addresses(text: str) -> str:
     """Refuse a malformed ``--scheduler`` list before anything is dialled: every address needs its port (gRPC
     would dial a missing one as :443, and wrap one out of range)."""
-    from hodei.transport._client import scheduler_addresses
+    from hodei.transport._addresses import scheduler_addresses
 
     return _refuse_malformed(text, lambda given: scheduler_addresses(given, explicit_port=True))
 
@@ -198,7 +198,7 @@ def run_against_scheduler(
 def tls_hint(scheduler: str, tls_ca: str, tls_cert: str) -> str | None:
     """Which TLS option is missing or too many, asked of each address in ``scheduler`` in turn; None if TLS
     is not the problem."""
-    from hodei.transport._client import scheduler_addresses
+    from hodei.transport._addresses import scheduler_addresses
     from hodei.transport._diagnosis import tls_mismatch
 
     for address in scheduler_addresses(scheduler) if scheduler else ():

@@ -3,7 +3,7 @@ the assignment it gets once a worker is chosen for it, and the demand the waitin
 
 Serving the queue (the rounds that match waiters to free workers and bind them) is the
 :class:`~hodei.scheduler._allocation.Allocator`'s, and so is the queue itself; what is decided here, about one
-acquire or about all that wait, keeps no state of its own.
+acquire or about all that wait, keeps no state of its own (a ``Wait`` holds only its own acquire's).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The scheduler addresses a client is given: read (one gRPC target, or a list of ``HOST:PORT``), resolved, and
 made into the one target gRPC dials.
 
-None of it dials: the command line checks ``--scheduler`` with :func:`scheduler_addresses` (the client's
-:mod:`hodei.transport._client` passes it on), and the agent's diagnosis (:mod:`hodei.transport._diagnosis`)
-reads an address as the client does (:func:`host_and_port`).
+None of it dials: the client (:mod:`hodei.transport._client`) reads its target with
+:func:`scheduler_addresses`, and so does the command line to check ``--scheduler``; the agent's diagnosis
+(:mod:`hodei.transport._diagnosis`) reads an address as the client does (:func:`host_and_port`).
 """
 
 from __future__ import annotations

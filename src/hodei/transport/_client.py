@@ -38,7 +38,6 @@ from hodei.transport._status import error_from_rpc
 __all__ = [
     "Credential",
     "SchedulerPortClient",
-    "scheduler_addresses",  # how the client reads its target (hodei.transport._addresses), for the CLI
 ]
 
 R = TypeVar("R")
