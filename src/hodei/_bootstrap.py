@@ -15,8 +15,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self, TypedDict, Unpack
 
-import grpc
-
 from hodei._environment import state_directory
 from hodei.lifecycle import LivenessConfig
 from hodei.management._config import WorkerManagementConfig
@@ -34,6 +32,7 @@ from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig, TlsConfig
 from hodei.server._bounds import DEFAULT_MAX_HELLOS_IN_FLIGHT, HelloBound, RegistrationBound
 from hodei.server._connections import ConnectionWatch
+from hodei.server._interception import Interceptor
 from hodei.server._limits import ServerLimits
 from hodei.server._server import SchedulerServer
 from hodei.stores._memory import MemoryRegistryStore
@@ -106,7 +105,7 @@ class SchedulerOptions(TypedDict, total=False):
     max_hellos_in_flight: int
     registration_bound: RegistrationBound | None
     hello_bound: HelloBound | None
-    interceptors: Sequence[grpc.aio.ServerInterceptor]
+    interceptors: Sequence[Interceptor]
     grace: float
     security: SchedulerSecurity | None
     limits: ServerLimits | None
@@ -123,7 +122,7 @@ def build_scheduler(
     max_hellos_in_flight: int = DEFAULT_MAX_HELLOS_IN_FLIGHT,
     registration_bound: RegistrationBound | None = None,
     hello_bound: HelloBound | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[Interceptor] = (),
     grace: float = 2.0,
     metrics: SchedulerMetrics | None = None,
     security: SchedulerSecurity | None = None,
@@ -136,7 +135,9 @@ def build_scheduler(
     ``veto`` may refuse any registration (its error is the answer for that worker). ``max_in_flight`` registrations and
     ``max_hellos_in_flight`` agents' hellos are worked on at once (beyond, ``RESOURCE_EXHAUSTED`` with an
     advised retry delay), unless ``registration_bound`` and ``hello_bound`` are given whole.
-    ``interceptors`` run inside the registration bound; in-flight calls get ``grace`` seconds on stop.
+    ``interceptors``: gRPC's own see each call after the token check, a
+    :class:`~hodei.server._interception.MethodInterceptor` wraps the handlers inside the registration bound;
+    in-flight calls get ``grace`` seconds on stop.
     ``metrics`` receives every metric of the scheduler, its bounds' included (default: a private
     registry's); serve its registry with :class:`hodei.observability._http.MetricsEndpoint`. ``security``
     requires tokens and serves TLS (default: neither, for local use); ``limits`` bound what one caller takes.

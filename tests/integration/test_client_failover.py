@@ -52,6 +52,8 @@ CLI_ENV["NO_COLOR"] = "1"
 class RegistrationCounter(MethodInterceptor):
     """Counts the registration calls that reached one replica."""
 
+    per_call = True
+
     def __init__(self) -> None:
         super().__init__(REGISTRATION_METHODS)
         self.calls = 0

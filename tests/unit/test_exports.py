@@ -235,6 +235,7 @@ FACES: dict[str, list[str]] = {
     ],
     "hodei.server": [
         "HelloBound",
+        "MethodInterceptor",
         "RegistrationBound",
         "SchedulerServer",
         "ServerLimits",

@@ -3,11 +3,20 @@ and what guards the door (authentication, the bounds on registrations and hellos
 
 Exported: the server and what it is built from — its limits (:class:`ServerLimits`, enforced on streams by
 :class:`StreamLimits`) and its bounds (:class:`RegistrationBound` on registrations,
-:class:`HelloBound` on the agents' hellos).
+:class:`HelloBound` on the agents' hellos), and :class:`MethodInterceptor`, which wraps chosen methods' handlers
+inside them.
 """
 
 from hodei.server._bounds import HelloBound, RegistrationBound
+from hodei.server._interception import MethodInterceptor
 from hodei.server._limits import ServerLimits, StreamLimits
 from hodei.server._server import SchedulerServer
 
-__all__ = ["HelloBound", "RegistrationBound", "SchedulerServer", "ServerLimits", "StreamLimits"]
+__all__ = [
+    "HelloBound",
+    "MethodInterceptor",
+    "RegistrationBound",
+    "SchedulerServer",
+    "ServerLimits",
+    "StreamLimits",
+]

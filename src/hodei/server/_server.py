@@ -13,7 +13,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +29,7 @@ from hodei.scheduler._core import Scheduler
 from hodei.security._config import SchedulerSecurity
 from hodei.server._authentication import Authentication
 from hodei.server._bounds import HelloBound, RegistrationBound
-from hodei.server._interception import WrappedHandlers, scheduler_method
+from hodei.server._interception import HandlerWrapper, Interceptor, MethodInterceptor, serve_wrapped
 from hodei.server._limits import ServerLimits, StreamLimits
 from hodei.server._servicer import SchedulerServicer
 from hodei.transport._codec import SERVICE_NAME, pb, pb_grpc
@@ -75,25 +75,14 @@ _REQUEST_TYPES = {
 }
 
 
-class _RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _RejectUndecodable:
     """Answers a SchedulerService call with one request (unary or server-streaming) whose request does not parse
     with ``INVALID_ARGUMENT`` ("request is not a valid hodei.scheduler.v1.X"), as the gRPC status-code spec
     prescribes; left to itself, grpc.aio answers ``UNKNOWN`` for a deserializer that raises. The servicer, and
-    the interceptors inside this one, never see such a call."""
+    the checks inside this one, never see such a call."""
 
-    def __init__(self) -> None:
-        self._wrapped = WrappedHandlers()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = scheduler_method(details)
-        if handler is None or method is None or handler.request_streaming:
-            return handler
-        return self._wrapped.get(method, handler, lambda: self._wrap(handler, method))
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return handler if handler.request_streaming else self._wrap(handler, method)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         message = _REQUEST_TYPES[method]
@@ -179,12 +168,15 @@ class _State(enum.Enum):
 
 
 class SchedulerServer:
-    """Serves a :class:`Scheduler`. ``listen`` may use port 0; :attr:`address` is the bound address.
+    r"""Serves a :class:`Scheduler`. ``listen`` may use port 0; :attr:`address` is the bound address.
 
     ``async with SchedulerServer(scheduler) as server: ...`` starts it (and its liveness sweeps) and stops it; a
     server cannot be started twice. ``security`` (default: no auth, plaintext) and ``limits`` are described in
     the module docstring; ``options`` are more grpc.aio server options, which replace those of the same name.
     ``registration_bound`` bounds the registrations worked on at once, ``hello_bound`` the agents' hellos.
+    ``interceptors`` see each call after the token check; those that are
+    :class:`~hodei.server._interception.MethodInterceptor`\ s wrap the handlers inside the scheduler's own checks
+    (undecodable requests, the registration bound, the stream limits), which wrap them once, at start.
     """
 
     def __init__(
@@ -192,7 +184,7 @@ class SchedulerServer:
         scheduler: Scheduler,
         *,
         listen: str = "127.0.0.1:0",
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[Interceptor] = (),
         registration_bound: RegistrationBound | None = None,
         hello_bound: HelloBound | None = None,
         options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
@@ -210,7 +202,13 @@ class SchedulerServer:
         # later, and those whose hellos it is working on.
         scheduler.monitor.returning = lambda: self.hellos.waiting + self.hellos.in_flight
         self._listen = listen
-        self._interceptors = [self.registration_bound, self.streams, *interceptors]
+        self._interceptors = [i for i in interceptors if not isinstance(i, MethodInterceptor)]
+        self._wrappers: list[HandlerWrapper] = [
+            _RejectUndecodable(),
+            self.registration_bound,
+            self.streams,
+            *(i for i in interceptors if isinstance(i, MethodInterceptor)),
+        ]
         self._options = list({**dict(self.limits.options()), **dict(options)}.items())
         self._grace = grace
         self._server: grpc.aio.Server | None = None
@@ -230,15 +228,20 @@ class SchedulerServer:
             raise RuntimeError(f"a {self._state.value} SchedulerServer cannot be started")
         self._state = _State.SERVING
         # The server span comes first, so that it covers every call, those refused by the registration bound too;
-        # a caller without a valid token is refused next, before its request is read; an undecodable request
-        # then, before the registration bound or any other interceptor sees it.
+        # a caller without a valid token is refused next, before its request is read; then the given
+        # interceptors. Inside them, the scheduler's own checks wrap its handlers: an undecodable request is
+        # refused before the registration bound, the stream limits or a given MethodInterceptor see it.
         traced = tracing.server_interceptors()
         access = self.security.access
         authentication = [] if access is None else [Authentication(access)]
-        interceptors = [*traced, *authentication, _RejectUndecodable(), *self._interceptors]
+        interceptors = [*traced, *authentication, *self._interceptors]
         server = grpc.aio.server(interceptors=interceptors, options=self._options)
-        pb_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SchedulerServicer(self.scheduler, access=access, hellos=self.hellos), server
+        serve_wrapped(
+            server,
+            SERVICE_NAME,
+            pb_grpc.add_SchedulerServiceServicer_to_server,
+            SchedulerServicer(self.scheduler, access=access, hellos=self.hellos),
+            self._wrappers,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -17,6 +17,7 @@ from hodei.scheduler._registry import RegistrationVeto
 from hodei.security._config import SchedulerSecurity
 from hodei.security._tls import ClientTlsConfig
 from hodei.server._bounds import HelloBound, RegistrationBound
+from hodei.server._interception import Interceptor
 from hodei.server._limits import ServerLimits
 from hodei.transport._channel import open_channel
 from hodei.transport._client import Credential, SchedulerPortClient
@@ -45,7 +46,7 @@ class EmbeddedScheduler:
         liveness: LivenessConfig | None = None,
         registration_bound: RegistrationBound | None = None,
         hello_bound: HelloBound | None = None,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[Interceptor] = (),
         host: str = "127.0.0.1",
         port: int = 0,
         metrics: SchedulerMetrics | None = None,
