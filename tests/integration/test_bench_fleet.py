@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hodei.bench.fleet import run_fleet
-from hodei.bench.processes import histogram_quantile
+from hodei.bench.processes import histogram_quantile, tcp_connections
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -99,3 +102,19 @@ def test_the_bench_command_runs_the_fleet_scenario_and_writes_its_json(tmp_path:
     document = json.loads(out.read_text())
     assert (document["scenario"], document["agents"], document["agent_exits"]) == ("fleet", 5, 0)
     assert document["heartbeat_interval"] == 1.0  # as asked: the agents beat every second
+
+
+def test_the_connections_counted_are_those_a_process_holds_open_to_the_port() -> None:
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        port = listener.getsockname()[1]
+        clients = [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(3)]
+        accepted = [stack.enter_context(listener.accept()[0]) for _ in clients]
+        # The listener, and the clients' own ends (their local port is another), are not connections to the port.
+        assert tcp_connections(os.getpid(), port) == 3
+        accepted[0].close()
+        clients[0].close()
+        assert tcp_connections(os.getpid(), port) == 2
+
+    assert tcp_connections(os.getpid(), port) == 0
+    assert tcp_connections(2**22 + 1, port) == 0  # above pid_max: no such process

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
-import psutil
 
 from hodei._waiting import wait_until_set
 from hodei.agent._config import AgentConfig
 from hodei.agent._executor import ShellExecutor
 from hodei.agent._jobs import AgentJobs
 from hodei.agent._reconnect import Reconnection
+from hodei.agent._usage import host_usage
 from hodei.domain import MAX_OUTPUT_TAIL, ResourceUsage, WorkerStatus
 from hodei.errors import HodeiError, SchedulerError
 from hodei.lifecycle import CommandKind, WorkerCommand
@@ -71,13 +71,6 @@ class AgentRefused(HodeiError):
         super().__init__(f"the scheduler refused worker {worker_id!r}: {cause}")
 
 
-def _usage() -> ResourceUsage:
-    return ResourceUsage(
-        cpu_percent=psutil.cpu_percent(interval=None),
-        memory_used_mb=int(psutil.virtual_memory().used // (1024 * 1024)),
-    )
-
-
 def next_beat(due: float, now: float, interval: float) -> float:
     """When the heartbeat after the one due at ``due`` is due, at ``now``: one ``interval`` later, on the same
     beat — or, when that moment has passed already (the agent fell more than an interval behind), one
@@ -104,7 +97,7 @@ class WorkerAgent:
         config: AgentConfig,
         *,
         random: Callable[[], float] = random.random,
-        usage: Callable[[], ResourceUsage] = _usage,
+        usage: Callable[[], ResourceUsage] = host_usage.sample,
         metrics: AgentMetrics | None = None,
         channels: SharedChannelsLike | None = None,
     ) -> None:

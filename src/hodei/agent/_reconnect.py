@@ -41,6 +41,10 @@ class Reconnection:
         self.failures = 0
         # When agent.cannot_connect was last logged, in this run of failures.
         self._warned_at: float | None = None
+        # The addresses this agent has had a stream with: TLS cannot be what fails there (same settings), so
+        # their failures are not diagnosed by a TLS handshake, which a whole fleet would otherwise send to a
+        # scheduler on its way back from a restart.
+        self._reached: set[str] = set()
 
     def _fields(self, **fields: object) -> dict[str, object]:
         return {"worker_id": self._config.worker_id, **fields}
@@ -50,6 +54,8 @@ class Reconnection:
     ) -> float | None:
         """Count and tell the ``error`` that ended a session with ``target`` (``was_up``: its stream had been
         acknowledged); the delay the scheduler advised instead, if it was only busy (no failure then)."""
+        if was_up:
+            self._reached.add(target)
         advised = _advised(error)
         if advised is None:
             await self._report_failure(error, target, was_up=was_up, ever_connected=ever_connected)
@@ -108,4 +114,5 @@ class Reconnection:
             error.message,
             tls=tls is not None,
             client_cert=tls is not None and tls.cert_file is not None,
+            probe_tls=target not in self._reached,
         )

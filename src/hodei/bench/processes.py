@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import subprocess
 import sys
 import time
@@ -183,11 +184,22 @@ def histogram_quantile(fraction: float, buckets: list[tuple[float, float]]) -> f
     return lower_bound
 
 
-def tcp_connections(pid: int) -> int:
-    """The TCP connections ``pid`` holds open (0 when it is gone)."""
-    with contextlib.suppress(psutil.Error):
-        return len(psutil.Process(pid).net_connections(kind="tcp"))
-    return 0
+def tcp_connections(pid: int, port: int) -> int:
+    """The TCP connections open to ``port`` that a process holds, in ``pid``'s network namespace: listening
+    sockets and sockets no process owns any more (TIME_WAIT) not counted; 0 when ``pid`` is gone.
+
+    Read straight from ``/proc/PID/net/tcp{,6}`` with one pattern: psutil's ``net_connections`` decodes every
+    socket of the machine and maps each to its process, which took a third of a core, taken from the
+    scheduler under test, while 10,000 agents (20,000 sockets on loopback) came back after a restart."""
+    owned = re.compile(
+        rb"^ *\d+: [0-9A-F]+:%04X [0-9A-F]+:[0-9A-F]{4} (?!0A)[0-9A-F]{2} \S+ \S+ \S+ +\d+ +\d+ [1-9]" % port,
+        re.MULTILINE,
+    )
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            count += len(owned.findall(Path(f"/proc/{pid}/net/{table}").read_bytes()))
+    return count
 
 
 def open_files(pid: int) -> int:

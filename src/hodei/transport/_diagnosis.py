@@ -73,12 +73,15 @@ def _refuses_without_certificate(secured: ssl.SSLSocket) -> bool:
         return False
 
 
-def unreachable_reason(address: str, message: str, *, tls: bool, client_cert: bool) -> str:
+def unreachable_reason(
+    address: str, message: str, *, tls: bool, client_cert: bool, probe_tls: bool = True
+) -> str:
     """The operator's words for why the scheduler at ``address`` could not be reached, given gRPC's
-    ``UNAVAILABLE`` text ``message``: a TLS mismatch (asked of the port itself), nothing listening, a name that
-    does not resolve, a certificate not trusted, or else gRPC's own words (bounded). Blocks for a few seconds
-    at most."""
-    mismatch = tls_mismatch(address, tls=tls, client_cert=client_cert)
+    ``UNAVAILABLE`` text ``message``: a TLS mismatch (asked of the port itself, unless ``probe_tls`` is False:
+    a client that has spoken with this address before, with the same settings, knows TLS is not the problem),
+    nothing listening, a name that does not resolve, a certificate not trusted, or else gRPC's own words
+    (bounded). Blocks for a few seconds at most."""
+    mismatch = tls_mismatch(address, tls=tls, client_cert=client_cert) if probe_tls else None
     if mismatch:
         return mismatch
     lowered = message.lower()

@@ -35,14 +35,22 @@ class ConnectAck:
 
 _GRPC_OVERWRITE = "Internal error from Core"  # grpc.aio's set_internal_error (grpc/grpc#36066)
 
+# The one method a stream calls. Not the generated stub, which prepares a call handle for every method of the
+# service each time it is made: a tenth of an agent's CPU when 10,000 agents came back after a restart.
+_CONNECT = f"/{codec.SERVICE_NAME}/Connect"
+
 
 class ConnectStream:
     """One Connect call on ``channel``, sending ``metadata`` (the agent's credential) with it. Every failure is
     raised as a :class:`SchedulerError` kind."""
 
     def __init__(self, channel: grpc.aio.Channel, *, metadata: Sequence[tuple[str, str]] = ()) -> None:
-        stub = codec.pb_grpc.SchedulerServiceStub(channel)  # type: ignore[no-untyped-call]
-        self._call: Any = stub.Connect(metadata=tuple(metadata) or None)
+        connect = channel.stream_stream(
+            _CONNECT,
+            request_serializer=pb.ConnectRequest.SerializeToString,
+            response_deserializer=pb.ConnectResponse.FromString,
+        )
+        self._call: Any = connect(metadata=tuple(metadata) or None)
         self._ended: grpc.aio.AioRpcError | None = None
         self._call.add_done_callback(self._keep_status)
         # gRPC allows one write in flight per call; heartbeats and status reports come from different tasks.
