@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -104,17 +101,37 @@ def test_the_bench_command_runs_the_fleet_scenario_and_writes_its_json(tmp_path:
     assert document["heartbeat_interval"] == 1.0  # as asked: the agents beat every second
 
 
-def test_the_connections_counted_are_those_a_process_holds_open_to_the_port() -> None:
-    with contextlib.ExitStack() as stack:
-        listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
-        port = listener.getsockname()[1]
-        clients = [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(3)]
-        accepted = [stack.enter_context(listener.accept()[0]) for _ in clients]
-        # The listener, and the clients' own ends (their local port is another), are not connections to the port.
-        assert tcp_connections(os.getpid(), port) == 3
-        accepted[0].close()
-        clients[0].close()
-        assert tcp_connections(os.getpid(), port) == 2
+# A process of its own that holds three connections to its own listener (both ends each), then closes one.
+_HOLDER = """
+import socket, sys
+listener = socket.create_server(("127.0.0.1", 0))
+clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+accepted = [listener.accept()[0] for _ in clients]
+print("open", flush=True)
+sys.stdin.readline()
+accepted[0].close()
+clients[0].close()
+print("closed one", flush=True)
+sys.stdin.readline()
+"""
 
-    assert tcp_connections(os.getpid(), port) == 0
-    assert tcp_connections(2**22 + 1, port) == 0  # above pid_max: no such process
+
+def test_the_connections_counted_are_those_a_process_holds_open() -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "open\n"
+        # The listener is not a connection; both ends of each connection are the holder's.
+        held = tcp_connections(holder.pid)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "closed one\n"
+        after_closing = tcp_connections(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+    assert (held, after_closing) == (6, 4)
+    assert tcp_connections(holder.pid) == 0  # gone

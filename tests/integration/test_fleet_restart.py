@@ -77,7 +77,7 @@ async def test_two_thousand_agents_all_come_back_after_a_sigkill_and_restart_spr
         def sample() -> None:
             nonlocal peak
             assert second is not None
-            peak = max(peak, tcp_connections(second.pid, port))
+            peak = max(peak, tcp_connections(second.pid))
 
         await until(lambda: swarms.total("connected") == AGENTS, "every agent connected again", sample)
         available = 0.0

@@ -246,7 +246,7 @@ async def _restart(
 
     async def sample() -> None:
         nonlocal available, lost
-        figures.peak_connections = max(figures.peak_connections, tcp_connections(second.pid, second.port))
+        figures.peak_connections = max(figures.peak_connections, tcp_connections(second.pid))
         figures.peak_fds = max(figures.peak_fds, open_files(second.pid))
         with contextlib.suppress(OSError, ValueError):
             workers = (await scrape(metrics_url)).get("hodei_workers", {})
