@@ -194,7 +194,10 @@ def build_agent_rootfs(out_tar: Path, *, project_dir: Path) -> None:
             dependencies = _install_dependencies(project_dir, work)
             _written(base, lambda partial: _debootstrap([dependencies], partial))
             _prune_cache(base.parent, keep=base, kept=_CACHED_BASES_KEPT)
-        compileall.compile_dir(package, quiet=1, workers=0)
+        # In this process, one file after another (hodei's own modules, about a second): with workers, compileall
+        # forks a process pool from a process that may run threads (a pytest worker's), and a forked child once
+        # spun forever on a lock it inherited held.
+        compileall.compile_dir(package, quiet=1, workers=1)
         _written(out_tar, lambda partial: _append_to_copy(base, package, partial))
 
 
