@@ -8,13 +8,13 @@ and the control plane comes from :func:`build_control_plane`, so that the object
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypedDict, Unpack
 
+from hodei._collector import tune_for_long_lived_objects
 from hodei._environment import state_directory
 from hodei.lifecycle import LivenessConfig
 from hodei.management._config import WorkerManagementConfig
@@ -266,11 +266,8 @@ class SchedulerHost:
     async def start(self) -> str:
         """Serve metrics, then the scheduler; the address it listens on. Raises OSError, saying which address
         could not be bound (the caller still calls :meth:`stop`)."""
-        if self._tune_gc:
-            # The registry holds many long-lived objects; the default gen-0 threshold (700) makes the collector
-            # walk them over and over under load. Freeze what start-up made, and collect young objects less often.
-            gc.freeze()
-            gc.set_threshold(50_000, 20, 100)
+        if self._tune_gc:  # the registry holds many long-lived objects
+            tune_for_long_lived_objects()
         if self.endpoint is not None:
             try:
                 self.endpoint.start()

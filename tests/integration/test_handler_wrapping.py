@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from hodei import SchedulerPortClient
-from hodei.server._interception import REGISTRATION_METHODS, MethodInterceptor
+from hodei.server._interception import REGISTRATION_METHODS, MethodInterceptor, serve_wrapped
 from hodei.testing import EmbeddedScheduler
 from tests.helpers import make_worker
 
@@ -74,3 +74,12 @@ def test_a_method_not_among_the_interceptors_is_left_untouched() -> None:
 
     assert decisions.wrap(streaming, "Connect") is streaming
     assert decisions.asked == []
+
+
+async def test_generated_code_that_registers_no_handler_by_method_is_refused_at_start() -> None:
+    def generic_only(servicer: object, server: grpc.aio.Server) -> None:
+        handlers = {"RegisterWorker": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hodei.Old", handlers),))
+
+    with pytest.raises(RuntimeError, match=r"registered no method handlers of hodei\.Old by method"):
+        serve_wrapped(grpc.aio.server(), "hodei.Old", generic_only, object(), [])

@@ -19,6 +19,7 @@ from hodei.testing import EmbeddedScheduler
 from hodei.transport._diagnosis import unreachable_reason
 
 LOG = logging.getLogger("tests.unreachable")
+CLOSED = scheduler_error_for(ErrorCode.UNAVAILABLE, "Socket closed")
 
 
 @pytest.fixture
@@ -47,6 +48,7 @@ async def test_without_the_probe_the_reason_is_what_grpc_said(tls_scheduler: str
 
 
 def _reconnection(target: str) -> Reconnection:
+    """An agent's reconnections with ``target``, its log lines told to LOG."""
     config = AgentConfig(schedulers=(target,), worker_id="agent-1", cpu_cores=1, memory_mb=64)
     return Reconnection(config, random.Random(7).random, LOG)
 
@@ -62,11 +64,10 @@ def _reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_an_agent_probes_an_address_it_never_had_a_stream_with(
     tls_scheduler: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    closed = scheduler_error_for(ErrorCode.UNAVAILABLE, "Socket closed")
     reconnection = _reconnection(tls_scheduler)
 
     with caplog.at_level(logging.DEBUG, logger=LOG.name):
-        advised = await reconnection.failed(closed, tls_scheduler, was_up=False, ever_connected=False)
+        advised = await reconnection.failed(CLOSED, tls_scheduler, was_up=False, ever_connected=False)
 
     assert advised is None
     assert _reasons(caplog) == [_tls_hint(tls_scheduler)]
@@ -75,12 +76,11 @@ async def test_an_agent_probes_an_address_it_never_had_a_stream_with(
 async def test_an_agent_does_not_probe_an_address_whose_stream_was_up(
     tls_scheduler: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    closed = scheduler_error_for(ErrorCode.UNAVAILABLE, "Socket closed")
     reconnection = _reconnection(tls_scheduler)
 
     with caplog.at_level(logging.DEBUG, logger=LOG.name):
-        await reconnection.failed(closed, tls_scheduler, was_up=True, ever_connected=True)
-        await reconnection.failed(closed, tls_scheduler, was_up=False, ever_connected=True)
+        await reconnection.failed(CLOSED, tls_scheduler, was_up=True, ever_connected=True)
+        await reconnection.failed(CLOSED, tls_scheduler, was_up=False, ever_connected=True)
 
     assert _reasons(caplog) == [f"the scheduler at {tls_scheduler} cannot be reached: Socket closed"]
     assert reconnection.failures == 2

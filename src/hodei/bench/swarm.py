@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import math
 import signal
@@ -20,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from hodei._collector import tune_for_long_lived_objects
 from hodei._waiting import wait_until_set
 from hodei.agent._agent import WorkerAgent
 from hodei.agent._config import AgentConfig
@@ -191,10 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--slots", type=int, default=1, help="worker slots per host (one connection each host)"
     )
     args = parser.parse_args(argv)
-    # The load generator, not the thing measured: thousands of agents' long-lived objects make the collector's
-    # default gen-0 threshold (700) walk them over and over, as in the scheduler (hodei._bootstrap).
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    # The load generator, not the thing measured: thousands of agents' long-lived objects, as in the scheduler.
+    tune_for_long_lived_objects()
     asyncio.run(
         swarm(
             args.target, args.prefix, args.first, args.count, report_every=args.report_every, slots=args.slots

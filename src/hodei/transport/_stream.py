@@ -36,7 +36,7 @@ class ConnectAck:
 _GRPC_OVERWRITE = "Internal error from Core"  # grpc.aio's set_internal_error (grpc/grpc#36066)
 
 # The one method a stream calls. Not the generated stub, which prepares a call handle for every method of the
-# service each time it is made: a tenth of an agent's CPU when 10,000 agents came back after a restart.
+# service each time it is made: a fifth of a swarm's CPU when 10,000 agents came back after a restart.
 _CONNECT = f"/{codec.SERVICE_NAME}/Connect"
 
 
