@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hodei.bench.fleet import run_fleet
+from hodei.bench.fleet import fleet_table, run_fleet
 from hodei.bench.processes import histogram_quantile, tcp_connections
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -25,12 +25,13 @@ async def test_a_small_fleet_connects_heartbeats_and_all_come_back_after_a_sigki
         steady=3.0,
         heartbeat=1.5,  # in the middle of a histogram bucket, (1, 2] s
         per_swarm=25,
+        floor=True,
         progress=lambda phase, done, total: phases.add(phase),
         log_directory=tmp_path,
     )
 
     assert (report.agents, report.swarms, report.store) == (60, 3, "sqlite")
-    assert phases == {"connect", "steady", "restart"}
+    assert phases == {"floor", "floor steady", "floor restart", "connect", "steady", "restart"}
     assert report.connect_s > 0 and report.notes == []
     assert report.heartbeats_expected == pytest.approx(60 * report.steady_s / 1.5)
     # The window runs from one read of the counters to the other: at least the 3 s asked for.
@@ -39,7 +40,16 @@ async def test_a_small_fleet_connects_heartbeats_and_all_come_back_after_a_sigki
     # The agents beat at the interval the scheduler asked for: p50 falls in the bucket that holds 1.5 s (the
     # buckets are 0.1 s apart only around the default 5 s interval).
     assert 1.0 < report.interval_p50_s <= 2.0
-    assert report.scheduler_rss_mb > 0 and report.scheduler_fds > 60
+    assert 0 < report.scheduler_idle_rss_mb < report.scheduler_rss_mb and report.scheduler_fds > 60
+    # The same agents against the floor first: all connected, beating, and its process measured.
+    floor = report.floor
+    assert floor is not None and floor.connect_s > 0
+    # The swarms report their counts every 0.5 s, so each end of the 3 s window may be up to 0.5 s old: 20 of
+    # the 120 heartbeats expected, at either end.
+    assert 0.6 < floor.heartbeats_sent_share < 1.4
+    assert floor.cpu_share > 0 and 0 < floor.idle_rss_mb < floor.rss_mb
+    assert floor.rss_kb_per_agent == pytest.approx(floor.rss_mb * 1024 / 60)
+    assert floor.all_back_s > 0  # every agent back on the restarted floor
     assert report.restart is not None
     assert (
         report.restart.all_connected_s > 0
@@ -51,12 +61,16 @@ async def test_a_small_fleet_connects_heartbeats_and_all_come_back_after_a_sigki
     assert report.agent_exits == 0
     document = report.to_json()
     assert document["scenario"] == "fleet" and document["restart"]["workers_lost_max"] == 0  # type: ignore[index]
+    assert document["floor"]["cpu_share"] == floor.cpu_share  # type: ignore[index]
+    assert "gRPC floor" in (fleet_table([report]).caption or "")
 
 
 async def test_a_fleet_of_hosts_with_several_slots_holds_one_connection_per_host(tmp_path: Path) -> None:
     report = await run_fleet(40, steady=1.0, heartbeat=1.0, slots=10, restart=True, log_directory=tmp_path)
 
     assert (report.agents, report.slots, report.agent_exits, report.notes) == (40, 10, 0, [])
+    assert report.floor is None  # not asked for
+    assert fleet_table([report]).caption is None
     assert report.restart is not None and report.restart.workers_lost_max == 0
     # Four hosts of ten slots: four connections (the scheduler's own sockets aside), not forty.
     assert 4 <= report.restart.peak_connections < 10
@@ -99,6 +113,7 @@ def test_the_bench_command_runs_the_fleet_scenario_and_writes_its_json(tmp_path:
     document = json.loads(out.read_text())
     assert (document["scenario"], document["agents"], document["agent_exits"]) == ("fleet", 5, 0)
     assert document["heartbeat_interval"] == 1.0  # as asked: the agents beat every second
+    assert document["floor"]["connect_s"] > 0  # measured by default  # type: ignore[index]
 
 
 # A process of its own that holds three connections to its own listener (both ends each), then closes one.

@@ -12,6 +12,10 @@ of its own, on the default store (SQLite) unless told otherwise, with its ``/met
 3. SIGKILL of the scheduler and a restart on the same port and store: time until every agent is connected
    again and every worker ``AVAILABLE``, the peak of the scheduler's connections and open files meanwhile,
    hellos refused and reconnections, workers seen ``LOST``, agents that exited.
+
+With ``floor``, first the same swarms run against :mod:`hodei.bench.fleet_floor` (a server with the scheduler's
+gRPC options and nothing of hodei's behind them) for a steady window of their own: its CPU share and RSS are
+gRPC's own cost of that fleet on this machine, reported beside the scheduler's (:class:`FloorFigures`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,20 @@ class RestartFigures:
 
 
 @dataclass
+class FloorFigures:
+    """The same fleet against the floor server: ``heartbeats_sent_share`` is what the swarms sent over the
+    window against what the interval asks (the floor keeps no metrics)."""
+
+    connect_s: float = math.nan
+    heartbeats_sent_share: float = 0.0
+    cpu_share: float = 0.0  # cores
+    idle_rss_mb: float = 0.0  # before the first agent connected
+    rss_mb: float = 0.0
+    rss_kb_per_agent: float = 0.0
+    all_back_s: float = math.nan  # from the SIGKILL until every agent was connected to the restarted floor
+
+
+@dataclass
 class FleetReport:
     agents: int
     swarms: int
@@ -72,12 +90,14 @@ class FleetReport:
     interval_p50_s: float = math.nan
     interval_p99_s: float = math.nan
     scheduler_cpu_share: float = 0.0  # cores
+    scheduler_idle_rss_mb: float = 0.0  # before the first agent connected
     scheduler_rss_mb: float = 0.0
     rss_kb_per_agent: float = 0.0
     scheduler_fds: int = 0
     scrape_s: list[float] = field(default_factory=lambda: [0.0, 0.0])  # /metrics at the steady window's ends
     hellos_refused_at_start: int = 0
     restart: RestartFigures | None = None
+    floor: FloorFigures | None = None
     agent_exits: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -101,6 +121,84 @@ async def _until(condition: Callable[[], bool], timeout: float, on_tick: Callabl
             return math.nan
         await asyncio.sleep(0.2)
     return time.perf_counter() - started
+
+
+async def _all_connected(
+    swarms: SwarmFleet, agents: int, timeout: float, phase: str, tell: Progress
+) -> float:
+    """Seconds until all ``agents`` of ``swarms`` are connected (NaN if not within ``timeout``), told as ``phase``."""
+    took = await _until(
+        lambda: swarms.total("connected") == agents,
+        timeout,
+        lambda: tell(phase, swarms.total("connected"), agents),
+    )
+    tell(phase, swarms.total("connected"), agents)
+    return took
+
+
+async def _window(seconds: float, phase: str, tell: Progress) -> None:
+    """Wait ``seconds``, telling the progress of ``phase`` twice a second."""
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        tell(phase, elapsed, seconds)
+        await asyncio.sleep(min(0.5, seconds - elapsed))
+    tell(phase, seconds, seconds)
+
+
+async def _floor(
+    agents: int,
+    *,
+    swarm_count: int,
+    slots: int,
+    steady: float,
+    heartbeat: float,
+    timeout: float,
+    tell: Progress,
+) -> FloorFigures:
+    """The fleet against the floor server: connected, one interval to settle, ``steady`` s measured, then
+    SIGKILL and a restart on the same port."""
+    figures = FloorFigures()
+    args = [
+        "hodei.bench.fleet_floor",
+        "--listen",
+        "{address}",
+        "--heartbeat-interval",
+        str(heartbeat),
+        "--max-streams",
+        str(max(20_000, agents + 1000)),
+    ]
+    server = await ServerProcess(args).start(timeout=60)
+    second: ServerProcess | None = None
+    try:
+        probe = ProcessProbe(server.pid)
+        figures.idle_rss_mb = probe.sample().rss / 2**20
+        swarms = SwarmFleet(server.address, agents, swarms=swarm_count, slots=slots, prefix="floor")
+        try:
+            figures.connect_s = await _all_connected(swarms, agents, timeout, "floor", tell)
+            await asyncio.sleep(heartbeat)
+            sent, before = swarms.total("heartbeats"), probe.sample()
+            await _window(steady, "floor steady", tell)
+            after = probe.sample()
+            expected = agents * (after.at - before.at) / heartbeat
+            figures.heartbeats_sent_share = (swarms.total("heartbeats") - sent) / expected
+            figures.cpu_share = ProcessProbe.cpu_percent(before, after) / 100
+            figures.rss_mb = after.rss / 2**20
+            figures.rss_kb_per_agent = after.rss / 1024 / agents
+            # SIGKILL and a restart on the same port: how long gRPC and the agents take to be back, with no
+            # store, no admission and no registry behind the hellos.
+            server.kill()
+            killed_at = time.perf_counter()
+            await _until(lambda: swarms.total("connected") < agents, 30, lambda: None)
+            second = await ServerProcess(args, port=server.port).start(timeout=60)
+            back = await _all_connected(swarms, agents, timeout, "floor restart", tell)
+            figures.all_back_s = math.nan if math.isnan(back) else time.perf_counter() - killed_at
+        finally:
+            await swarms.stop()
+    finally:
+        server.kill()
+        if second is not None:
+            second.kill()
+    return figures
 
 
 def _scheduler(
@@ -135,11 +233,13 @@ async def run_fleet(
     per_swarm: int = 2500,
     slots: int = 1,
     restart: bool = True,
+    floor: bool = False,
     timeout: float = 300.0,
     progress: Progress | None = None,
     log_directory: Path | None = None,
 ) -> FleetReport:
-    """Run the fleet benchmark with ``agents`` agents; ``steady`` seconds of heartbeats are measured."""
+    """Run the fleet benchmark with ``agents`` agents; ``steady`` seconds of heartbeats are measured (with
+    ``floor``, against the floor server first)."""
     if agents < 1:
         raise ValueError(f"--agents must be at least 1, got {agents}")
     tell = progress or (lambda phase, done, total: None)
@@ -149,6 +249,16 @@ async def run_fleet(
     report = FleetReport(
         agents=agents, swarms=swarm_count, store=store, heartbeat_interval=heartbeat, slots=slots
     )
+    if floor:
+        report.floor = await _floor(
+            agents,
+            swarm_count=swarm_count,
+            slots=slots,
+            steady=steady,
+            heartbeat=heartbeat,
+            timeout=timeout,
+            tell=tell,
+        )
     port, metrics_port = free_port(), free_port()
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     with contextlib.ExitStack() as stack:
@@ -159,6 +269,7 @@ async def run_fleet(
         async with registry_store(store) as url:
             first = await _scheduler(port, url, metrics_port, agents, heartbeat, log).start(timeout=60)
             second: ServerProcess | None = None
+            report.scheduler_idle_rss_mb = ProcessProbe(first.pid).sample().rss / 2**20
             try:
                 swarms = SwarmFleet(first.address, agents, swarms=swarm_count, slots=slots)
             except BaseException:
@@ -166,12 +277,7 @@ async def run_fleet(
                 raise
             try:
                 # 1. cold start
-                report.connect_s = await _until(
-                    lambda: swarms.total("connected") == agents,
-                    timeout,
-                    lambda: tell("connect", swarms.total("connected"), agents),
-                )
-                tell("connect", swarms.total("connected"), agents)
+                report.connect_s = await _all_connected(swarms, agents, timeout, "connect", tell)
                 report.hellos_refused_at_start = swarms.total("hellos_refused")
                 if math.isnan(report.connect_s):
                     report.notes.append(
@@ -182,15 +288,11 @@ async def run_fleet(
                 probe = ProcessProbe(first.pid)
                 before, read_before, report.scrape_s[0] = await timed_scrape(metrics_url)
                 usage_before = probe.sample()
-                started = time.perf_counter()
-                while (elapsed := time.perf_counter() - started) < steady:
-                    tell("steady", elapsed, steady)
-                    await asyncio.sleep(min(0.5, steady - elapsed))
+                await _window(steady, "steady", tell)
                 after, read_after, report.scrape_s[1] = await timed_scrape(metrics_url)
                 usage_after = probe.sample()
                 # The heartbeats counted between the two reads of the counter, over the time between them.
                 report.steady_s = read_after - read_before
-                tell("steady", steady, steady)
                 count_key: tuple[tuple[str, str], ...] = ()
                 delivered = after.get("hodei_heartbeat_lag_seconds_count", {}).get(
                     count_key, 0.0
@@ -280,7 +382,13 @@ def _seconds(value: float) -> str:
 
 
 def fleet_table(reports: list[FleetReport]) -> Table:
+    """One row per report, and under it the row of its floor (if it was measured)."""
     table = Table(title="hodei fleet benchmark")
+    if any(r.floor for r in reports):
+        table.caption = (
+            "gRPC floor: the same agents against a server with the scheduler's gRPC options and nothing of "
+            "hodei's behind them (python -m hodei.bench.fleet_floor); its heartbeats are those the agents sent"
+        )
     for column in (
         "agents",
         "slots/host",
@@ -322,4 +430,20 @@ def fleet_table(reports: list[FleetReport]) -> Table:
             str(again.workers_lost_max) if again else "-",
             str(r.agent_exits),
         )
+        if (floor := r.floor) is not None:
+            table.add_row(
+                f"{r.agents:,}",
+                str(r.slots),
+                str(r.swarms),
+                "gRPC floor",
+                _seconds(floor.connect_s),
+                f"{floor.heartbeats_sent_share:.1%}",
+                "-",
+                f"{floor.cpu_share:.2f} core",
+                f"{floor.rss_mb:.0f} MB",
+                f"{floor.rss_kb_per_agent:.1f}",
+                "-",
+                _seconds(floor.all_back_s),
+                *("-",) * 5,
+            )
     return table

@@ -64,6 +64,13 @@ def bench(
             help="--scenario fleet: the heartbeat interval the scheduler hands out, in seconds.", min=0.1
         ),
     ] = 5.0,
+    floor: Annotated[
+        bool,
+        typer.Option(
+            help="--scenario fleet: first measure the same agents against a server with nothing of hodei's "
+            "behind gRPC (gRPC's own cost)."
+        ),
+    ] = True,
 ) -> None:
     """Measure registration throughput, latency, CPU and memory against the targets; or, with
     ``--scenario fleet``, a fleet of agents: cold start, steady heartbeats, SIGKILL and restart."""
@@ -72,7 +79,15 @@ def bench(
     from collections import Counter
 
     if scenario == ["fleet"]:
-        _bench_fleet(agents, store=store, steady=steady, slots=slots, heartbeat=heartbeat, json_out=json_out)
+        _bench_fleet(
+            agents,
+            store=store,
+            steady=steady,
+            slots=slots,
+            heartbeat=heartbeat,
+            floor=floor,
+            json_out=json_out,
+        )
         return
 
     from hodei.bench.report import results_table
@@ -122,7 +137,7 @@ def bench(
 
 
 def _bench_fleet(
-    agents: int, *, store: str, steady: float, slots: int, heartbeat: float, json_out: str
+    agents: int, *, store: str, steady: float, slots: int, heartbeat: float, floor: bool, json_out: str
 ) -> None:
     import json
 
@@ -147,7 +162,13 @@ def _bench_fleet(
         try:
             report = asyncio.run(
                 run_fleet(
-                    agents, store=store, steady=steady, heartbeat=heartbeat, slots=slots, progress=progress
+                    agents,
+                    store=store,
+                    steady=steady,
+                    heartbeat=heartbeat,
+                    slots=slots,
+                    floor=floor,
+                    progress=progress,
                 )
             )
         except ValueError as error:

@@ -35,7 +35,7 @@ from hodei.server._servicer import SchedulerServicer
 from hodei.transport._codec import SERVICE_NAME, pb, pb_grpc
 from hodei.transport._status import abort_with
 
-__all__ = ["LEADER_HEALTH", "SERVER_OPTIONS", "SchedulerServer", "is_loopback"]
+__all__ = ["LEADER_HEALTH", "SERVER_OPTIONS", "SchedulerServer", "is_loopback", "server_options"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,14 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
+def server_options(
+    limits: ServerLimits, options: Sequence[tuple[str, Any]] = SERVER_OPTIONS
+) -> list[tuple[str, Any]]:
+    """The grpc.aio server options of a scheduler with ``limits``: theirs, then ``options`` (which replace those of
+    the same name)."""
+    return list({**dict(limits.options()), **dict(options)}.items())
+
+
 class SchedulerServer:
     r"""Serves a :class:`Scheduler`. ``listen`` may use port 0; :attr:`address` is the bound address.
 
@@ -209,7 +217,7 @@ class SchedulerServer:
             self.streams,
             *(i for i in interceptors if isinstance(i, MethodInterceptor)),
         ]
-        self._options = list({**dict(self.limits.options()), **dict(options)}.items())
+        self._options = server_options(self.limits, options)
         self._grace = grace
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
