@@ -14,8 +14,9 @@ of its own, on the default store (SQLite) unless told otherwise, with its ``/met
    hellos refused and reconnections, workers seen ``LOST``, agents that exited.
 
 With ``floor``, first the same swarms run against :mod:`hodei.bench.fleet_floor` (a server with the scheduler's
-gRPC options and nothing of hodei's behind them) for a steady window of their own: its CPU share and RSS are
-gRPC's own cost of that fleet on this machine, reported beside the scheduler's (:class:`FloorFigures`).
+gRPC options and nothing of hodei's behind them) for a steady window and a SIGKILL and restart of their own: its
+CPU share, RSS and way back are gRPC's own (and the swarms') cost of that fleet on this machine at that hour,
+reported beside the scheduler's (:class:`FloorFigures`).
 """
 
 from __future__ import annotations
