@@ -35,6 +35,7 @@ from rich.table import Table
 from hodei.bench.processes import (
     ProcessProbe,
     ServerProcess,
+    Usage,
     free_port,
     heartbeat_buckets,
     histogram_quantile,
@@ -137,6 +138,20 @@ async def _all_connected(
     return took
 
 
+async def _sigkill(server: ServerProcess, swarms: SwarmFleet, agents: int) -> float:
+    """SIGKILL ``server``, then wait until the swarms' reports show the broken streams (so that "all connected"
+    is not the old news); when it was killed."""
+    server.kill()
+    killed_at = time.perf_counter()
+    await _until(lambda: swarms.total("connected") < agents, 30, lambda: None)
+    return killed_at
+
+
+def _held(before: Usage, after: Usage, agents: int) -> tuple[float, float, float]:
+    """What a server held over a window: cores, RSS in MB at its end, and that RSS in KB per agent."""
+    return ProcessProbe.cpu_percent(before, after) / 100, after.rss / 2**20, after.rss / 1024 / agents
+
+
 async def _window(seconds: float, phase: str, tell: Progress) -> None:
     """Wait ``seconds``, telling the progress of ``phase`` twice a second."""
     started = time.perf_counter()
@@ -182,14 +197,10 @@ async def _floor(
             after = probe.sample()
             expected = agents * (after.at - before.at) / heartbeat
             figures.heartbeats_sent_share = (swarms.total("heartbeats") - sent) / expected
-            figures.cpu_share = ProcessProbe.cpu_percent(before, after) / 100
-            figures.rss_mb = after.rss / 2**20
-            figures.rss_kb_per_agent = after.rss / 1024 / agents
+            figures.cpu_share, figures.rss_mb, figures.rss_kb_per_agent = _held(before, after, agents)
             # SIGKILL and a restart on the same port: how long gRPC and the agents take to be back, with no
             # store, no admission and no registry behind the hellos.
-            server.kill()
-            killed_at = time.perf_counter()
-            await _until(lambda: swarms.total("connected") < agents, 30, lambda: None)
+            killed_at = await _sigkill(server, swarms, agents)
             second = await ServerProcess(args, port=server.port).start(timeout=60)
             back = await _all_connected(swarms, agents, timeout, "floor restart", tell)
             figures.all_back_s = math.nan if math.isnan(back) else time.perf_counter() - killed_at
@@ -270,7 +281,8 @@ async def run_fleet(
         async with registry_store(store) as url:
             first = await _scheduler(port, url, metrics_port, agents, heartbeat, log).start(timeout=60)
             second: ServerProcess | None = None
-            report.scheduler_idle_rss_mb = ProcessProbe(first.pid).sample().rss / 2**20
+            probe = ProcessProbe(first.pid)
+            report.scheduler_idle_rss_mb = probe.sample().rss / 2**20
             try:
                 swarms = SwarmFleet(first.address, agents, swarms=swarm_count, slots=slots)
             except BaseException:
@@ -286,7 +298,6 @@ async def run_fleet(
                     )
                 # 2. steady window (after one interval, so every agent is in its heartbeat rhythm)
                 await asyncio.sleep(heartbeat)
-                probe = ProcessProbe(first.pid)
                 before, read_before, report.scrape_s[0] = await timed_scrape(metrics_url)
                 usage_before = probe.sample()
                 await _window(steady, "steady", tell)
@@ -306,16 +317,13 @@ async def run_fleet(
                 ]
                 report.interval_p50_s = histogram_quantile(0.5, window)
                 report.interval_p99_s = histogram_quantile(0.99, window)
-                report.scheduler_cpu_share = ProcessProbe.cpu_percent(usage_before, usage_after) / 100
-                report.scheduler_rss_mb = usage_after.rss / 2**20
-                report.rss_kb_per_agent = usage_after.rss / 1024 / agents
+                report.scheduler_cpu_share, report.scheduler_rss_mb, report.rss_kb_per_agent = _held(
+                    usage_before, usage_after, agents
+                )
                 report.scheduler_fds = open_files(first.pid)
                 # 3. SIGKILL and restart on the same port and store
                 if restart:
-                    first.kill()
-                    killed_at = time.perf_counter()
-                    # The swarms' next reports show the broken streams: "all connected" is not the old news.
-                    await _until(lambda: swarms.total("connected") < agents, 30, lambda: None)
+                    killed_at = await _sigkill(first, swarms, agents)
                     second = _scheduler(port, url, metrics_port, agents, heartbeat, log)
                     report.restart = await _restart(
                         second, swarms, metrics_url, agents, heartbeat, timeout, tell, killed_at

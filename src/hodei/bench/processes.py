@@ -24,6 +24,7 @@ from hodei._infra.directories import free_loopback_port as free_port
 __all__ = [
     "ProcessProbe",
     "ServerProcess",
+    "Usage",
     "free_port",
     "heartbeat_buckets",
     "histogram_quantile",
