@@ -16,6 +16,7 @@ from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,
     WorkerCapabilities,
+    WorkerRecord,
     WorkerType,
     validate_record,
     validate_worker,
@@ -26,7 +27,12 @@ from hodei.transport import _codec as codec
 from hodei.transport._codec import pb
 from tests.fuzz import strategies as fuzz
 
-EXAMPLES = {"client_and_server_agree": 500, "validation_is_total": 500}
+EXAMPLES = {
+    "client_and_server_agree": 500,
+    "validation_is_total": 500,
+    "shapes_change_nothing": 500,
+    "encoder_changes_nothing": 300,
+}
 
 FIELD_PATHS = {
     "worker_id",
@@ -123,3 +129,56 @@ def test_validation_never_fails_and_names_only_fields_of_the_contract(
 
     assert {path(v.field) for v in found} <= FIELD_PATHS
     assert all(v.description for v in found)
+
+
+_NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+# Shared by every example (as a scheduler's are by every call), and small, so that examples meet shapes kept by
+# earlier ones and push the oldest out.
+SHAPES = codec.Shapes(size=4)
+ENCODER = codec.RequestEncoder(size=4)
+
+
+def decoded(
+    request: pb.RegisterWorkerRequest, shapes: codec.Shapes | None
+) -> WorkerRecord | InvalidWorkerData:
+    try:
+        return codec.record_from_request(request, registered_at=_NOW, shapes=shapes)
+    except InvalidWorkerData as refused:
+        return refused
+
+
+@fuzzing("shapes_change_nothing")
+@given(request=st.one_of(fuzz.valid_register_worker_requests, fuzz.register_worker_requests))
+def test_a_request_decoded_in_a_kept_shape_is_the_record_it_is_alone(
+    request: pb.RegisterWorkerRequest,
+) -> None:
+    alone = decoded(request, None)
+
+    for _ in range(2):  # the second time, its shape is kept if it is valid
+        shaped = decoded(request, SHAPES)
+        if isinstance(alone, InvalidWorkerData):
+            assert isinstance(shaped, InvalidWorkerData)
+            assert shaped.violations == alone.violations
+        else:
+            assert shaped == alone
+            assert shaped.verdict == alone.verdict
+    assert len(SHAPES) <= 4
+
+
+@fuzzing("encoder_changes_nothing")
+@given(worker=workers)
+def test_the_clients_encoder_sends_what_the_worker_encodes_to(worker: DynamicWorker) -> None:
+    try:
+        expected: pb.RegisterWorkerRequest | InvalidWorkerData = codec.worker_to_request(worker)
+    except InvalidWorkerData as unencodable:
+        expected = unencodable
+
+    for _ in range(2):
+        [sent] = ENCODER.requests([worker])
+        if isinstance(expected, InvalidWorkerData):
+            assert isinstance(sent, InvalidWorkerData)
+            assert sent.violations == expected.violations
+        else:
+            assert sent == expected
+    assert len(ENCODER) <= 4

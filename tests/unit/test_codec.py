@@ -25,10 +25,13 @@ from hodei.errors import (
 )
 from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
 from hodei.transport._codec import (
+    RequestEncoder,
+    Shapes,
     filter_from_proto,
     filter_to_proto,
     pb,
     record_from_proto,
+    record_from_request,
     record_to_proto,
     registration_result_to_proto,
     result_from_proto,
@@ -169,6 +172,172 @@ def test_a_decodable_but_invalid_request_is_left_for_the_registry_to_refuse() ->
 
     assert worker.capabilities.cpu_cores == -3
     assert [v.field for v in validate_worker(worker)] == ["worker_id", "capabilities.cpu_cores"]
+
+
+# --- shapes: the workers of one shape decoded once ------------------------------------------------------
+
+
+def request_in_shape(worker_id: str, *, hostname: str = "", **config: object) -> pb.RegisterWorkerRequest:
+    request = worker_to_request(make_worker(worker_id, **config))
+    request.metadata.hostname = hostname
+    return request
+
+
+def test_records_of_one_shape_share_its_config_and_differ_in_what_is_their_own() -> None:
+    shapes = Shapes()
+    first = record_from_request(
+        request_in_shape("worker-1", hostname="host-1", labels={"arch": "amd64"}),
+        registered_at=REGISTERED_AT,
+        shapes=shapes,
+    )
+    second = record_from_request(
+        request_in_shape("worker-2", hostname="host-2", labels={"arch": "amd64"}),
+        registered_at=UPDATED_AT,
+        shapes=shapes,
+    )
+
+    assert len(shapes) == 1
+    assert first.labels is second.labels  # one shape's, not a copy each
+    assert (first.worker_id, first.hostname, first.registered_at) == ("worker-1", "host-1", REGISTERED_AT)
+    assert (second.worker_id, second.hostname, second.registered_at) == ("worker-2", "host-2", UPDATED_AT)
+    assert first.verdict == second.verdict == ()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"labels": {"arch": "arm64"}},
+        {"labels": {"arch": "amd64", "gpu": "yes"}},
+        {"cpu_cores": 3},
+        {"memory_mb": 1},
+        {"disk_mb": 5},
+        {"gpu_count": 1},
+        {"pool": "gpu"},
+    ],
+)
+def test_a_request_that_differs_in_its_shape_gets_a_shape_of_its_own(other: dict[str, object]) -> None:
+    shapes = Shapes()
+    base = record_from_request(
+        request_in_shape("worker-1", labels={"arch": "amd64"}), registered_at=REGISTERED_AT, shapes=shapes
+    )
+    config: dict[str, object] = {"labels": {"arch": "amd64"}, **other}
+    changed = record_from_request(
+        request_in_shape("worker-2", **config), registered_at=REGISTERED_AT, shapes=shapes
+    )
+
+    assert len(shapes) == 2
+    assert changed == record_from_request(request_in_shape("worker-2", **config), registered_at=REGISTERED_AT)
+    assert changed.labels is not base.labels
+
+
+def test_a_request_without_capabilities_never_takes_the_shape_of_one_with_zero_capabilities() -> None:
+    shapes = Shapes()
+    zero = request_in_shape("worker-1", cpu_cores=0, memory_mb=0)
+    absent = request_in_shape("worker-2")
+    absent.ClearField("capabilities")
+    # All-zero capabilities decode (and the registry refuses them); absent ones cannot be decoded at all.
+    assert record_from_request(zero, registered_at=REGISTERED_AT, shapes=shapes).verdict != ()
+
+    with pytest.raises(InvalidWorkerData) as refused:
+        record_from_request(absent, registered_at=REGISTERED_AT, shapes=shapes)
+
+    assert "capabilities" in fields_of(refused.value)
+
+
+def test_shapes_keep_at_most_their_size_dropping_the_oldest_first() -> None:
+    shapes = Shapes(size=2)
+    for pool in ("a", "b", "c"):
+        record_from_request(
+            request_in_shape(f"in-{pool}", pool=pool), registered_at=REGISTERED_AT, shapes=shapes
+        )
+    first_again = record_from_request(
+        request_in_shape("again", pool="a"), registered_at=REGISTERED_AT, shapes=shapes
+    )
+
+    assert len(shapes) == 2
+    assert first_again.pool == "a"
+
+
+def test_an_invalid_shape_is_never_kept_and_is_refused_every_time() -> None:
+    shapes = Shapes()
+    hostile = {"bad key": "x" * 100_000, **{f"k{i}": "v" for i in range(100)}}
+    for worker_id in ("worker-1", "worker-2"):
+        record = record_from_request(
+            request_in_shape(worker_id, labels=hostile), registered_at=REGISTERED_AT, shapes=shapes
+        )
+        assert "metadata.labels" in fields_of(InvalidWorkerData("", violations=record.verdict))
+        assert "metadata.labels['bad key']" in fields_of(InvalidWorkerData("", violations=record.verdict))
+
+    assert len(shapes) == 0
+
+
+def test_an_undecodable_request_is_refused_alike_with_or_without_shapes() -> None:
+    shapes = Shapes()
+    request = worker_to_request(make_worker("bad id", cpu_cores=0))
+    request.metadata.worker_type = "vm"
+
+    with pytest.raises(InvalidWorkerData) as alone:
+        record_from_request(request, registered_at=REGISTERED_AT)
+    with pytest.raises(InvalidWorkerData) as shaped:
+        record_from_request(request, registered_at=REGISTERED_AT, shapes=shapes)
+
+    assert shaped.value.violations == alone.value.violations
+    assert len(shapes) == 0
+
+
+def test_a_hello_decoded_in_a_shape_is_the_worker_it_says() -> None:
+    shapes = Shapes()
+    worker = full_worker()
+    twin = DynamicWorker("worker-2", worker.worker_type, worker.config, incarnation=1, hostname="host-2")
+
+    first = worker_from_request(worker_to_request(worker), shapes)
+    second = worker_from_request(worker_to_request(twin), shapes)
+
+    assert (first, second) == (worker, twin)
+    assert first.config is second.config
+    assert len(shapes) == 1
+
+
+# --- the client's encoder -------------------------------------------------------------------------------
+
+
+def test_the_encoder_gives_the_request_worker_to_request_gives() -> None:
+    encoder = RequestEncoder()
+    worker = full_worker()
+    twin = DynamicWorker("worker-2", worker.worker_type, worker.config, incarnation=9, hostname="host-1.lan")
+    elsewhere = DynamicWorker("worker-3", worker.worker_type, worker.config, hostname="host-3")
+
+    assert [encoder.request(w) for w in (worker, twin, elsewhere)] == [
+        worker_to_request(w) for w in (worker, twin, elsewhere)
+    ]
+    assert len(encoder) == 2  # one config, two hostnames
+
+
+def test_the_encoder_keeps_at_most_its_size() -> None:
+    encoder = RequestEncoder(size=2)
+    workers = [make_worker(f"worker-{i}", pool=f"pool-{i}") for i in range(3)]
+
+    assert [encoder.request(w) for w in [*workers, workers[0]]] == [
+        worker_to_request(w) for w in [*workers, workers[0]]
+    ]
+    assert len(encoder) == 2
+
+
+def test_a_worker_the_wire_cannot_hold_is_refused_alone_and_never_kept() -> None:
+    encoder = RequestEncoder()
+    huge = make_worker("huge", memory_mb=2**64)
+    fine = make_worker("fine")
+
+    with pytest.raises(InvalidWorkerData) as refused:
+        encoder.request(huge)
+    batch = encoder.requests([fine, huge, fine])
+
+    assert fields_of(refused.value) == ["capabilities.memory_mb"]
+    assert refused.value.worker_id == "huge"
+    assert batch[0] == batch[2] == worker_to_request(fine)
+    assert isinstance(batch[1], InvalidWorkerData)
+    assert fields_of(batch[1]) == ["capabilities.memory_mb"]
+    assert len(encoder) == 1
 
 
 # --- records --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ _CONNECT_REQUEST = pb.ConnectRequest.DESCRIPTOR.full_name
 
 class ConnectHandler:
     """``allow`` asks whether the caller may connect as ``worker``: the worker credential to hand back, or the
-    refusal raised."""
+    refusal raised. Hellos are decoded in ``shapes``, the servicer's."""
 
     def __init__(
         self,
@@ -39,8 +39,10 @@ class ConnectHandler:
         hellos: HelloBound,
         *,
         allow: Callable[[Context, DynamicWorker], Awaitable[str]],
+        shapes: codec.Shapes,
     ) -> None:
         self._scheduler = scheduler
+        self._shapes = shapes
         self._hellos = hellos
         self._allow = allow
 
@@ -89,7 +91,7 @@ class ConnectHandler:
     ) -> tuple[AgentSession, pb.ConnectAck]:
         worker: DynamicWorker | None = None
         try:
-            worker = codec.worker_from_request(first.hello)
+            worker = codec.worker_from_request(first.hello, self._shapes)
             credential = await self._allow(context, worker)
             receipt, session = await self._scheduler.hello(worker, list(first.hello.running_jobs))
         except SchedulerError as error:

@@ -110,6 +110,8 @@ class SchedulerServicer(PoolCalls):
         hellos: HelloBound | None = None,
     ) -> None:
         self._scheduler = scheduler
+        # The shapes of the workers registering: RegisterWorker, RegisterWorkers and Connect decode in them.
+        self._shapes = codec.Shapes()
         store = scheduler.registry.store
         self._authorizer = (
             None
@@ -125,6 +127,7 @@ class SchedulerServicer(PoolCalls):
             scheduler,
             hellos or HelloBound(metrics=scheduler.metrics),
             allow=lambda context, worker: self._allow(context, "Connect", worker=worker),
+            shapes=self._shapes,
         )
 
     async def _allow(
@@ -158,7 +161,9 @@ class SchedulerServicer(PoolCalls):
     ) -> pb.RegisterWorkerResponse:
         record: WorkerRecord | None = None
         try:
-            record = codec.record_from_request(request, registered_at=self._scheduler.registry.now())
+            record = codec.record_from_request(
+                request, registered_at=self._scheduler.registry.now(), shapes=self._shapes
+            )
             credential = await self._allow(context, "RegisterWorker", worker=record)
             if _call_over(context):
                 raise SchedulerTimeout(
@@ -186,13 +191,12 @@ class SchedulerServicer(PoolCalls):
         if len(request.workers) > MAX_BATCH_SIZE:
             await abort_with(context, invalid("workers", f"at most {MAX_BATCH_SIZE} workers per call"))
         now = self._scheduler.registry.now()
-        shared: dict[bytes, Any] = {}
         outcomes: list[SchedulerError | None] = []
         decoded: list[WorkerRecord] = []
         undecoded: list[str] = []  # worker types of entries refused here (the registry never sees them)
         for entry in request.workers:
             try:
-                decoded.append(codec.record_from_request(entry, registered_at=now, shared=shared))
+                decoded.append(codec.record_from_request(entry, registered_at=now, shapes=self._shapes))
                 outcomes.append(None)
             except SchedulerError as error:
                 outcomes.append(error)

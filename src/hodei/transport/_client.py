@@ -95,6 +95,7 @@ class SchedulerPortClient:
             self._owns_channel = False
             self.target = ""
         self._stub = codec.pb_grpc.SchedulerServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._encoder = codec.RequestEncoder()
         self._closed = False
 
     async def __aenter__(self) -> SchedulerPortClient:
@@ -136,7 +137,7 @@ class SchedulerPortClient:
     async def register_worker(
         self, worker: DynamicWorker, *, timeout: float | None = None
     ) -> RegistrationReceipt:
-        request = codec.worker_to_request(worker)  # raises InvalidWorkerData if the wire cannot hold it
+        request = self._encoder.request(worker)  # raises InvalidWorkerData if the wire cannot hold it
         response = await self._call(self._stub.RegisterWorker, request, timeout, worker.worker_id)
         return codec.receipt_from_proto(response)
 
@@ -144,7 +145,7 @@ class SchedulerPortClient:
         self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
     ) -> list[RegistrationReceipt | SchedulerError]:
         # Each worker's outcome in its place: a worker that cannot even be encoded is refused alone.
-        encoded = codec.workers_to_requests(workers)
+        encoded = self._encoder.requests(workers)
         outcomes: list[RegistrationReceipt | SchedulerError | None] = [
             e if isinstance(e, SchedulerError) else None for e in encoded
         ]

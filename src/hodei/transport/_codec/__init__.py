@@ -42,6 +42,8 @@ from hodei.transport._codec._outcomes import (
 )
 from hodei.transport._codec._records import (
     SERVICE_NAME,
+    RequestEncoder,
+    Shapes,
     hello_from_worker,
     record_from_proto,
     record_from_request,
@@ -52,13 +54,14 @@ from hodei.transport._codec._records import (
     usage_to_proto,
     worker_from_request,
     worker_to_request,
-    workers_to_requests,
 )
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 __all__ = [
     "SERVICE_NAME",
+    "RequestEncoder",
+    "Shapes",
     "assignment_from_proto",
     "assignment_to_proto",
     "command_from_proto",
@@ -102,5 +105,4 @@ __all__ = [
     "usage_to_proto",
     "worker_from_request",
     "worker_to_request",
-    "workers_to_requests",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from hodei._quoting import quote_short
 from hodei.domain import (
@@ -27,6 +28,8 @@ from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 __all__ = [
     "SERVICE_NAME",
     "WORKER_TYPES",
+    "RequestEncoder",
+    "Shapes",
     "hello_from_worker",
     "record_from_proto",
     "record_from_request",
@@ -38,7 +41,6 @@ __all__ = [
     "usage_to_proto",
     "worker_from_request",
     "worker_to_request",
-    "workers_to_requests",
 ]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SchedulerService"].full_name
@@ -118,29 +120,69 @@ def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
     )
 
 
-def workers_to_requests(
-    workers: Sequence[DynamicWorker],
-) -> list[pb.RegisterWorkerRequest | InvalidWorkerData]:
-    """Requests for a batch, in order, or the reason a worker cannot be encoded; a worker with the config (the
-    same object) and hostname of the one before it shares its encoding."""
-    shared: tuple[DynamicWorkerConfig, str, pb.WorkerCapabilities, pb.WorkerMetadata] | None = None
-    requests: list[pb.RegisterWorkerRequest | InvalidWorkerData] = []
-    for worker in workers:
-        if shared is None or shared[0] is not worker.config or shared[1] != worker.hostname:
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Recent(Generic[K, V]):
+    """At most ``size`` values by key, the oldest dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: dict[K, V] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: K) -> V | None:
+        return self._values.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._values) >= self._size:
+            del self._values[next(iter(self._values))]
+        self._values[key] = value
+
+
+class RequestEncoder:
+    """Registrations on the wire, for a client that sends many: the capabilities and metadata of a worker's
+    config with its hostname are encoded once for every worker that has them (the same config object: a
+    pool's, a provider's, a batch's). A config is frozen, so what it encodes to never changes. At most ``size``
+    encodings are kept, the oldest dropped first; a worker the wire cannot hold is never kept."""
+
+    def __init__(self, size: int = 64) -> None:
+        # Keyed by the config's id: the config is kept with its encoding, so its id is not reused meanwhile.
+        self._kept: _Recent[
+            tuple[int, str], tuple[DynamicWorkerConfig, pb.WorkerCapabilities, pb.WorkerMetadata]
+        ] = _Recent(size)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def request(self, worker: DynamicWorker) -> pb.RegisterWorkerRequest:
+        """``worker``'s registration; InvalidWorkerData if the wire cannot hold it."""
+        key = (id(worker.config), worker.hostname)
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = (worker.config, *_worker_parts(worker))
+            self._kept.put(key, kept)
+        return pb.RegisterWorkerRequest(
+            worker_id=worker.worker_id,
+            capabilities=kept[1],
+            metadata=kept[2],
+            incarnation=worker.incarnation,
+        )
+
+    def requests(
+        self, workers: Sequence[DynamicWorker]
+    ) -> list[pb.RegisterWorkerRequest | InvalidWorkerData]:
+        """A batch's registrations, in order, or the reason a worker cannot be encoded."""
+        requests: list[pb.RegisterWorkerRequest | InvalidWorkerData] = []
+        for worker in workers:
             try:
-                shared = (worker.config, worker.hostname, *_worker_parts(worker))
+                requests.append(self.request(worker))
             except InvalidWorkerData as unencodable:
                 requests.append(unencodable)
-                continue
-        requests.append(
-            pb.RegisterWorkerRequest(
-                worker_id=worker.worker_id,
-                capabilities=shared[2],
-                metadata=shared[3],
-                incarnation=worker.incarnation,
-            )
-        )
-    return requests
+        return requests
 
 
 def _representable(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> WorkerType:
@@ -169,30 +211,78 @@ def _representable(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> Worker
     )
 
 
-def worker_from_request(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> DynamicWorker:
-    """Decode a registration (or an agent's hello); see :func:`_representable` for what is refused here."""
+_Shape = tuple[DynamicWorkerConfig, WorkerCapabilities]
+
+
+class Shapes:
+    """The shapes (worker type, capabilities, labels, pool) of the registrations and hellos a scheduler decoded
+    lately: the workers of one shape — a pool's, a fleet's, a batch's — are made in it and share its verdict,
+    found once, instead of a config and a validation each. What differs from worker to worker (id, hostname,
+    agent version, incarnation) is not part of a shape.
+
+    At most ``size`` shapes are kept, the oldest dropped first, and only valid ones: a valid shape is small
+    (the label limits bound it), an invalid one could be as large as a request. A key is the message's own
+    values, so two requests share a shape only if they say the same; labels sent in another order only miss.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._kept: _Recent[tuple[object, ...], _Shape] = _Recent(size)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def of(self, request: pb.RegisterWorkerRequest | pb.WorkerHello) -> _Shape:
+        """The shape ``request`` is in; what the domain cannot represent is InvalidWorkerData (see
+        :func:`_representable`)."""
+        metadata = request.metadata
+        caps = request.capabilities
+        key = (
+            metadata.worker_type,
+            metadata.pool,
+            request.HasField("capabilities"),  # absent and all-zero capabilities read alike
+            caps.cpu_cores,
+            caps.memory_mb,
+            caps.disk_mb,
+            caps.gpu_count,
+            *metadata.labels.items(),
+        )
+        shape = self._kept.get(key)
+        if shape is None:
+            shape = _shape_of(request)
+            if not shape[0].verdict:
+                self._kept.put(key, shape)
+        return shape
+
+
+def _shape_of(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> _Shape:
     worker_type = _representable(request)
-    capabilities = _capabilities_from_proto(request.capabilities)
-    labels = dict(request.metadata.labels)
+    caps = request.capabilities
+    metadata = request.metadata
     config = DynamicWorkerConfig(
         worker_type=worker_type,
-        cpu_cores=capabilities.cpu_cores,
-        memory_mb=capabilities.memory_mb,
-        disk_mb=capabilities.disk_mb,
-        gpu_count=capabilities.gpu_count,
-        labels=labels,
-        pool=request.metadata.pool or "default",
+        cpu_cores=caps.cpu_cores,
+        memory_mb=caps.memory_mb,
+        disk_mb=caps.disk_mb,
+        gpu_count=caps.gpu_count,
+        labels=metadata.labels,
+        pool=metadata.pool or "default",
     )
+    return config, config.capabilities
+
+
+def worker_from_request(
+    request: pb.RegisterWorkerRequest | pb.WorkerHello, shapes: Shapes | None = None
+) -> DynamicWorker:
+    """Decode a registration (or an agent's hello); see :func:`_representable` for what is refused here.
+    Given ``shapes``, the worker's config is its shape's, shared with the workers decoded in it."""
+    config, _ = _shape_of(request) if shapes is None else shapes.of(request)
     return DynamicWorker(
         request.worker_id,
-        worker_type,
+        config.worker_type,
         config,
         incarnation=request.incarnation,
         hostname=request.metadata.hostname,
     )
-
-
-_Shape = tuple[DynamicWorkerConfig, WorkerCapabilities]
 
 
 def record_from_request(
@@ -200,38 +290,17 @@ def record_from_request(
     *,
     registered_at: datetime,
     status: WorkerStatus = WorkerStatus.AVAILABLE,
-    shared: dict[bytes, _Shape] | None = None,
+    shapes: Shapes | None = None,
 ) -> WorkerRecord:
-    """A registry record straight from a registration on the wire (the batch path: no intermediate worker).
-    Like :func:`worker_from_request`, it reports only what a record cannot represent; the registry checks
-    the rest. Given a ``shared`` dict, entries of one batch with the same capabilities and metadata are made
-    in one shape (:func:`hodei.domain.record_in_shape`), whose verdict the registry then finds once."""
+    """A registry record straight from a registration on the wire (no intermediate worker). Like
+    :func:`worker_from_request`, it reports only what a record cannot represent; the registry checks the rest.
+    The record is made in its shape (:func:`hodei.domain.record_in_shape`): given ``shapes``, one shared with
+    the records decoded in it, whose verdict the registry then finds once."""
+    config, capabilities = _shape_of(request) if shapes is None else shapes.of(request)
     metadata = request.metadata
-    key = b""
-    shape = None
-    if shared is not None:
-        # Absent and all-zero capabilities encode alike: the key says which it was.
-        present = b"+" if request.HasField("capabilities") else b"-"
-        key = present + request.capabilities.SerializeToString() + b"\0" + metadata.SerializeToString()
-        shape = shared.get(key)
-    if shape is None:
-        worker_type = _representable(request)
-        caps = request.capabilities
-        config = DynamicWorkerConfig(
-            worker_type=worker_type,
-            cpu_cores=caps.cpu_cores,
-            memory_mb=caps.memory_mb,
-            disk_mb=caps.disk_mb,
-            gpu_count=caps.gpu_count,
-            labels=metadata.labels,
-            pool=metadata.pool or "default",
-        )
-        shape = (config, config.capabilities)
-        if shared is not None:
-            shared[key] = shape
     return record_in_shape(
-        shape[0],
-        shape[1],
+        config,
+        capabilities,
         worker_id=request.worker_id,
         hostname=metadata.hostname,
         agent_version=metadata.agent_version,
