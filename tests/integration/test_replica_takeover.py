@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import pytest
 
 from hodei.domain import ResourceUsage, WorkerStatus
@@ -17,6 +18,7 @@ from hodei.lifecycle import LivenessConfig, WorkerEventKind
 from hodei.scheduler._core import Scheduler
 from hodei.stores import PostgresLeadership, PostgresRegistryStore
 from hodei.testing import FakeClock
+from tests.helpers import wait_for
 from tests.scheduling import EventLog, agent, status
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,3 +101,42 @@ async def test_a_new_leader_forgets_the_leases_it_renewed_as_a_follower_and_sees
     assert leased(b) == ["steady", "victim"]
     assert await status(b, "steady") is WorkerStatus.AVAILABLE
     assert await status(b, "victim") is WorkerStatus.AVAILABLE
+
+
+# --- the leader lock itself ------------------------------------------------------------------------------
+
+
+async def test_a_leader_that_stops_hands_the_lock_over_at_once(postgres_dsn: str) -> None:
+    # The stopping leader lets go of the lock before its session ends, so the next replica to ask leads at its
+    # very next round, every time (ending the session alone releases it only once the database has seen it end).
+    for _ in range(20):
+        first, second = PostgresLeadership(postgres_dsn), PostgresLeadership(postgres_dsn)
+        assert await first.acquire()
+        assert not await second.acquire()
+
+        await first.release()
+
+        assert (first.leading, await second.acquire()) == (False, True)
+        await second.release()
+
+
+async def test_a_leader_whose_session_was_ended_stops_without_error_and_the_lock_is_free(
+    postgres_dsn: str,
+) -> None:
+    first, second = PostgresLeadership(postgres_dsn), PostgresLeadership(postgres_dsn)
+    assert await first.acquire()
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        # The database ends the leader's session under it (an administrator, a failover, a network cut).
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        assert ended == 1
+
+        await first.release()  # the unlock fails on the dead session; stopping goes on
+
+        assert first.leading is False
+        await wait_for(second.acquire, timeout=10.0)
+    finally:
+        await second.release()
+        await admin.close()

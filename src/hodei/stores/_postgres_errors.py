@@ -14,7 +14,7 @@ from asyncpg.exceptions._base import DataError as ClientDataError
 from hodei._quoting import driver_message
 from hodei.errors import StoreRefusedData, StoreUnavailable
 
-__all__ = ["RACES", "UNREACHABLE", "Broken", "RaceLost", "dsn_hint", "translated"]
+__all__ = ["RACES", "TROUBLE", "UNREACHABLE", "Broken", "RaceLost", "dsn_hint", "translated"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ UNREACHABLE = (
     asyncpg.InternalClientError,
 )
 RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# What a connection of its own (the relay's, the leader lock's) raises when the database dropped it or is out of
+# reach: a statement on a connection whose session was just terminated raises InternalClientError, InterfaceError
+# or ConnectionDoesNotExistError.
+TROUBLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 # A value the server refuses (SQLSTATE class 22), or one the client cannot encode for it.
 _REFUSED_DATA = (asyncpg.DataError, ClientDataError, UnicodeEncodeError)
 

@@ -3,9 +3,12 @@ connection of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import asyncpg
+
+from hodei.stores._postgres_errors import TROUBLE
 
 __all__ = ["LEADER_LOCK", "PostgresLeadership"]
 
@@ -19,7 +22,9 @@ class PostgresLeadership:
 
     The lock lives on a connection of its own. When the leader dies its connection closes and PostgreSQL
     releases the lock; the next replica to ask takes it. A leader that loses its connection stops leading at
-    once (the database has released the lock too).
+    once (the database has released the lock too). A leader that stops (:meth:`release`) lets go of the lock
+    before it ends its session, so that the next replica to ask leads at once, not once the database has seen
+    the session end.
     """
 
     def __init__(self, dsn: str, *, key: int = LEADER_LOCK, connect_timeout: float = 2.0) -> None:
@@ -42,14 +47,22 @@ class PostgresLeadership:
                         "SELECT pg_try_advisory_lock($1)", self._key, timeout=self._connect_timeout
                     )
                 )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except TROUBLE as error:
             if self.leading:
                 log.warning("leadership.lost", extra={"error": str(error)})
-            await self.release()
+            self._end_session()
         return self.leading
 
     async def release(self) -> None:
+        """Stop leading: the lock is let go of (if this replica held it), then the session ends."""
+        db = self._db
+        if self.leading and db is not None and not db.is_closed():
+            with contextlib.suppress(*TROUBLE):  # then the session's end releases it
+                await db.execute("SELECT pg_advisory_unlock($1)", self._key, timeout=self._connect_timeout)
+        self._end_session()
+
+    def _end_session(self) -> None:
         self.leading = False
         db, self._db = self._db, None
         if db is not None:
-            db.terminate()  # closing the session releases the lock, whatever state the connection is in
+            db.terminate()  # ending the session releases the lock, whatever state the connection is in

@@ -32,6 +32,7 @@ from hodei._waiting import wait_until_set
 from hodei.errors import StoreUnavailable
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
 from hodei.ports import Relayed, RelayedAck, RelayedCommand, RelayedEvent
+from hodei.stores._postgres_errors import TROUBLE
 
 __all__ = ["CHANNEL", "PAYLOAD_LIMIT", "PostgresEventRelay", "decode", "encode"]
 
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 CHANNEL = "hodei_relay"
 PAYLOAD_LIMIT = 7_900  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 QUEUE_LIMIT = 10_000
-# What a connection the database dropped, or a database out of reach, raises (a statement on a connection whose
-# session was just terminated raises InternalClientError, InterfaceError or ConnectionDoesNotExistError).
-_TROUBLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def encode(message: Relayed) -> list[Any]:
@@ -115,7 +113,7 @@ class PostgresEventRelay:
         self._receive = receive
         try:
             await self._listen()
-        except _TROUBLE as error:
+        except TROUBLE as error:
             raise StoreUnavailable(f"the relay could not listen on the registry database: {error}") from error
         self._tasks = [
             asyncio.create_task(self._keep_listening(), name="hodei-relay-listen"),
@@ -175,7 +173,7 @@ class PostgresEventRelay:
                 await asyncio.sleep(self._retry_delay)
                 try:
                     await self._listen()
-                except _TROUBLE:
+                except TROUBLE:
                     continue
                 log.info("relay.listening_again", extra={"channel": self._channel})
                 break
@@ -236,7 +234,7 @@ class PostgresEventRelay:
                 if self._sending is None or self._sending.is_closed():
                     self._sending = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
                 await self._sending.execute("SELECT pg_notify($1, $2)", self._channel, payload)
-            except _TROUBLE as error:
+            except TROUBLE as error:
                 log.warning("relay.send_failed", extra={"channel": self._channel, "error": str(error)[:200]})
                 if self._sending is not None:
                     self._sending.terminate()
