@@ -17,6 +17,7 @@ from hodei.domain import ResourceUsage, WorkerStatus
 from hodei.lifecycle import LivenessConfig, WorkerEventKind
 from hodei.scheduler._core import Scheduler
 from hodei.stores import PostgresLeadership, PostgresRegistryStore
+from hodei.stores._postgres_leadership import LEADER_LOCK
 from hodei.testing import FakeClock
 from tests.helpers import wait_for
 from tests.scheduling import EventLog, agent, status
@@ -130,6 +131,10 @@ async def test_a_leader_whose_session_was_ended_stops_without_error_and_the_lock
         # The database ends the leader's session under it (an administrator, a failover, a network cut).
         ended = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = $1 AND objid = $2",
+            LEADER_LOCK >> 32,
+            LEADER_LOCK & 0xFFFFFFFF,
         )
         assert ended == 1
 

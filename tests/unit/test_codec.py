@@ -230,13 +230,16 @@ def test_a_request_that_differs_in_its_shape_gets_a_shape_of_its_own(other: dict
     assert changed.labels is not base.labels
 
 
-def test_a_request_without_capabilities_never_takes_the_shape_of_one_with_zero_capabilities() -> None:
+def test_a_request_without_capabilities_never_takes_a_kept_shape() -> None:
     shapes = Shapes()
     zero = request_in_shape("worker-1", cpu_cores=0, memory_mb=0)
+    kept = request_in_shape("worker-3")
     absent = request_in_shape("worker-2")
     absent.ClearField("capabilities")
-    # All-zero capabilities decode (and the registry refuses them); absent ones cannot be decoded at all.
+    # All-zero capabilities decode (and the registry refuses them); absent ones cannot be decoded at all, not
+    # even when a shape of the same type, labels and pool is kept.
     assert record_from_request(zero, registered_at=REGISTERED_AT, shapes=shapes).verdict != ()
+    assert record_from_request(kept, registered_at=REGISTERED_AT, shapes=shapes).verdict == ()
 
     with pytest.raises(InvalidWorkerData) as refused:
         record_from_request(absent, registered_at=REGISTERED_AT, shapes=shapes)
@@ -246,16 +249,23 @@ def test_a_request_without_capabilities_never_takes_the_shape_of_one_with_zero_c
 
 def test_shapes_keep_at_most_their_size_dropping_the_oldest_first() -> None:
     shapes = Shapes(size=2)
-    for pool in ("a", "b", "c"):
-        record_from_request(
+    first = {
+        pool: record_from_request(
             request_in_shape(f"in-{pool}", pool=pool), registered_at=REGISTERED_AT, shapes=shapes
         )
+        for pool in ("a", "b", "c")
+    }
+    b_again = record_from_request(
+        request_in_shape("again-b", pool="b"), registered_at=REGISTERED_AT, shapes=shapes
+    )
     first_again = record_from_request(
         request_in_shape("again", pool="a"), registered_at=REGISTERED_AT, shapes=shapes
     )
 
     assert len(shapes) == 2
     assert first_again.pool == "a"
+    assert b_again.labels is first["b"].labels  # "b" was kept
+    assert first_again.labels is not first["a"].labels  # "a", the oldest, was dropped
 
 
 def test_an_invalid_shape_is_never_kept_and_is_refused_every_time() -> None:
@@ -265,8 +275,9 @@ def test_an_invalid_shape_is_never_kept_and_is_refused_every_time() -> None:
         record = record_from_request(
             request_in_shape(worker_id, labels=hostile), registered_at=REGISTERED_AT, shapes=shapes
         )
-        assert "metadata.labels" in fields_of(InvalidWorkerData("", violations=record.verdict))
-        assert "metadata.labels['bad key']" in fields_of(InvalidWorkerData("", violations=record.verdict))
+        fields = [violation.field for violation in record.verdict]
+        assert "metadata.labels" in fields
+        assert "metadata.labels['bad key']" in fields
 
     assert len(shapes) == 0
 

@@ -30,7 +30,7 @@ RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # What a connection of its own (the relay's, the leader lock's) raises when the database dropped it or is out of
 # reach: a statement on a connection whose session was just terminated raises InternalClientError, InterfaceError
 # or ConnectionDoesNotExistError.
-TROUBLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+TROUBLE = (*UNREACHABLE, TimeoutError, asyncpg.PostgresError)
 # A value the server refuses (SQLSTATE class 22), or one the client cannot encode for it.
 _REFUSED_DATA = (asyncpg.DataError, ClientDataError, UnicodeEncodeError)
 

@@ -111,7 +111,13 @@ def _worker_parts(worker: DynamicWorker) -> tuple[pb.WorkerCapabilities, pb.Work
 
 
 def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
-    capabilities, metadata = _worker_parts(worker)
+    return _request(worker, *_worker_parts(worker))
+
+
+def _request(
+    worker: DynamicWorker, capabilities: pb.WorkerCapabilities, metadata: pb.WorkerMetadata
+) -> pb.RegisterWorkerRequest:
+    """``worker``'s registration around the encoding of its config and hostname."""
     return pb.RegisterWorkerRequest(
         worker_id=worker.worker_id,
         capabilities=capabilities,
@@ -165,12 +171,7 @@ class RequestEncoder:
         if kept is None:
             kept = (worker.config, *_worker_parts(worker))
             self._kept.put(key, kept)
-        return pb.RegisterWorkerRequest(
-            worker_id=worker.worker_id,
-            capabilities=kept[1],
-            metadata=kept[2],
-            incarnation=worker.incarnation,
-        )
+        return _request(worker, kept[1], kept[2])
 
     def requests(
         self, workers: Sequence[DynamicWorker]
@@ -236,10 +237,10 @@ class Shapes:
         :func:`_representable`)."""
         metadata = request.metadata
         caps = request.capabilities
+        # Absent capabilities read as all zeros, which no kept (valid) shape has: such a request always misses.
         key = (
             metadata.worker_type,
             metadata.pool,
-            request.HasField("capabilities"),  # absent and all-zero capabilities read alike
             caps.cpu_cores,
             caps.memory_mb,
             caps.disk_mb,
