@@ -105,8 +105,8 @@ def delete_incarnation_from_register_worker_request(proto: Path) -> None:
         proto,
         "  WorkerCapabilities capabilities = 2;\n  WorkerMetadata metadata = 3;\n"
         '  // Bumped by the worker each time it (re)starts; 0 means "not fenced".\n'
-        "  uint64 incarnation = 4;\n}",
-        "  WorkerCapabilities capabilities = 2;\n  WorkerMetadata metadata = 3;\n}",
+        "  uint64 incarnation = 4;\n",
+        "  WorkerCapabilities capabilities = 2;\n  WorkerMetadata metadata = 3;\n",
     )
 
 

@@ -314,6 +314,31 @@ async def test_batch_answers_leave_out_only_what_the_request_already_said(
     assert kept.worker.HasField("metadata") and kept.worker.incarnation == 5 and not kept.created
 
 
+async def test_a_single_answer_is_slim_only_when_asked_and_written_from_the_request(
+    stub: pb_grpc.SchedulerServiceStub,
+) -> None:
+    await stub.RegisterWorker(request("agent-managed", incarnation=5))
+
+    full = await stub.RegisterWorker(request("plain"))
+    slim = await stub.RegisterWorker(request("asked", slim_answer=True))
+    refreshed = await stub.RegisterWorker(request("asked", slim_answer=True))
+    kept = await stub.RegisterWorker(request("agent-managed", incarnation=0, slim_answer=True))
+
+    # An old client, which never asks, gets the whole worker, as before the field existed.
+    assert full.worker.HasField("metadata") and full.worker.HasField("capabilities")
+    assert (full.worker.metadata.worker_type, full.worker.capabilities.cpu_cores) == ("docker", 4)
+    for answer, created in ((slim, True), (refreshed, False)):
+        assert not answer.worker.HasField("metadata") and not answer.worker.HasField("capabilities")
+        assert (answer.worker.worker_id, answer.worker.status, answer.created) == (
+            "asked",
+            pb.WORKER_STATUS_AVAILABLE,
+            created,
+        )
+        assert answer.worker.HasField("registered_at") and answer.worker.HasField("updated_at")
+    # The agent's registration (incarnation 5) was kept: the answer says what is actually registered.
+    assert kept.worker.HasField("metadata") and kept.worker.incarnation == 5 and not kept.created
+
+
 @pytest.mark.parametrize(
     ("worker_id", "reason", "fields"),
     [

@@ -24,6 +24,7 @@ from hodei import (
     WorkerType,
 )
 from hodei.errors import SchedulerOverloaded as Overloaded
+from hodei.pools import Requirements
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport._codec import pb, pb_grpc
 from hodei.transport._status import STATUS_DETAILS_KEY, status_trailer
@@ -291,6 +292,28 @@ async def test_batch_receipts_hold_the_full_record_whether_or_not_the_answer_was
         assert not isinstance(fresh, SchedulerError) and not isinstance(kept, SchedulerError)
         assert fresh.record == await scheduler.get_worker("fresh")
         assert fresh.record.pool == "default" and fresh.record.labels == {"zone": "b"}
+        assert kept.record == await scheduler.get_worker("kept")
+        assert kept.record.incarnation == 7 and kept.record.labels == {}
+
+
+async def test_single_receipts_hold_the_full_record_though_the_answer_leaves_out_what_was_sent() -> None:
+    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
+        await scheduler.add_worker(
+            make_worker("kept", labels={"from": "agent"}).__class__("kept", incarnation=7)
+        )
+        fresh = await client.register_worker(make_worker("fresh", labels={"zone": "b"}, pool=""))
+        busy = make_worker("busy", labels={"zone": "c"})
+        await client.register_worker(busy)
+        acquired = await client.acquire_worker("job-1", Requirements(labels={"zone": "c"}))
+        refreshed = await client.register_worker(busy)
+        kept = await client.register_worker(make_worker("kept", labels={"from": "push"}))
+
+        assert fresh.record == await scheduler.get_worker("fresh")
+        assert fresh.record.pool == "default" and fresh.record.labels == {"zone": "b"} and fresh.created
+        # A refresh of a worker bound to a job keeps the job; the receipt says so.
+        assert refreshed.record == await scheduler.get_worker("busy") and not refreshed.created
+        assert refreshed.record.assignment == acquired.assignment and refreshed.record.use_count == 1
+        assert refreshed.record.status is WorkerStatus.BUSY
         assert kept.record == await scheduler.get_worker("kept")
         assert kept.record.incarnation == 7 and kept.record.labels == {}
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from hodei.domain import (
+    Assignment,
     DynamicWorker,
     DynamicWorkerConfig,
     FieldViolation,
@@ -27,9 +29,11 @@ from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
 from hodei.transport._codec import (
     RequestEncoder,
     Shapes,
+    answered_worker,
     filter_from_proto,
     filter_to_proto,
     pb,
+    receipt_from_proto,
     record_from_proto,
     record_from_request,
     record_to_proto,
@@ -334,6 +338,19 @@ def test_the_encoder_keeps_at_most_its_size() -> None:
     assert len(encoder) == 2
 
 
+def test_the_encoder_asks_for_a_slim_answer_only_when_told() -> None:
+    encoder = RequestEncoder()
+    worker = full_worker()
+
+    asked = encoder.request(worker, slim_answer=True)
+    plain = encoder.request(worker)
+
+    assert asked.slim_answer and not plain.slim_answer
+    assert plain == worker_to_request(worker)
+    asked.slim_answer = False
+    assert asked == plain
+
+
 def test_a_worker_the_wire_cannot_hold_is_refused_alone_and_never_kept() -> None:
     encoder = RequestEncoder()
     huge = make_worker("huge", memory_mb=2**64)
@@ -392,6 +409,51 @@ def test_an_unknown_status_value_is_refused_naming_statuses(value: int) -> None:
         status_from_proto(value)
 
     assert refused.value.violations == (FieldViolation("statuses", f"unknown worker status {value}"),)
+
+
+# --- single answers -------------------------------------------------------------------------------------
+
+
+def registered(worker: DynamicWorker, **overrides: object) -> tuple[pb.RegisterWorkerRequest, WorkerRecord]:
+    """``worker``'s request, asking for a slim answer, and the record the scheduler would write from it."""
+    request = worker_to_request(worker)
+    request.slim_answer = True
+    record = record_from_request(request, registered_at=REGISTERED_AT)
+    return request, dataclasses.replace(record, updated_at=UPDATED_AT, **overrides)  # type: ignore[arg-type]
+
+
+def test_a_slim_answer_leaves_out_what_was_sent_and_decodes_to_the_whole_record() -> None:
+    worker = full_worker()
+    bound = Assignment(assignment_id="as-1", job_id="job-1", worker_id=worker.worker_id, incarnation=0)
+    request, record = registered(
+        worker, status=WorkerStatus.BUSY, assignment=bound, use_count=2, lease_ttl=15.0, drained=True
+    )
+
+    answer = answered_worker(record, request, slim=True)
+    receipt = receipt_from_proto(pb.RegisterWorkerResponse(worker=answer, created=True), worker)
+
+    assert not answer.HasField("metadata") and not answer.HasField("capabilities")
+    assert receipt.record == record and receipt.created
+    assert (receipt.record.assignment, receipt.record.use_count) == (bound, 2)
+
+
+@pytest.mark.parametrize(
+    ("slim", "kept_incarnation"),
+    [(False, None), (True, 4)],
+    ids=["not asked", "kept from a newer registration"],
+)
+def test_an_answer_is_whole_unless_asked_for_and_written_from_the_request(
+    slim: bool, kept_incarnation: int | None
+) -> None:
+    worker = full_worker()
+    request, record = registered(worker)
+    if kept_incarnation is not None:
+        record = dataclasses.replace(record, incarnation=kept_incarnation, labels={"from": "agent"})
+
+    answer = answered_worker(record, request, slim=slim)
+
+    assert answer == record_to_proto(record) and answer.HasField("metadata")
+    assert receipt_from_proto(pb.RegisterWorkerResponse(worker=answer), worker).record == record
 
 
 # --- batch results --------------------------------------------------------------------------------------

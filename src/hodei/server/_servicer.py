@@ -179,7 +179,7 @@ class SchedulerServicer(PoolCalls):
         _log_registered(receipt)
         return pb.RegisterWorkerResponse(
             status=pb.REGISTRATION_STATUS_SUCCESS,
-            worker=codec.record_to_proto(receipt.record),
+            worker=codec.answered_worker(receipt.record, request, slim=request.slim_answer),
             created=receipt.created,
             credential=credential,
         )

@@ -137,9 +137,10 @@ class SchedulerPortClient:
     async def register_worker(
         self, worker: DynamicWorker, *, timeout: float | None = None
     ) -> RegistrationReceipt:
-        request = self._encoder.request(worker)  # raises InvalidWorkerData if the wire cannot hold it
+        # Raises InvalidWorkerData if the wire cannot hold it. The answer leaves out what was sent.
+        request = self._encoder.request(worker, slim_answer=True)
         response = await self._call(self._stub.RegisterWorker, request, timeout, worker.worker_id)
-        return codec.receipt_from_proto(response)
+        return codec.receipt_from_proto(response, worker)
 
     async def register_workers(
         self, workers: Sequence[DynamicWorker], *, timeout: float | None = None

@@ -24,6 +24,7 @@ from hodei.transport._codec._jobs import (
     scale_event_to_proto,
 )
 from hodei.transport._codec._outcomes import (
+    answered_worker,
     command_from_proto,
     command_to_proto,
     event_from_proto,
@@ -62,6 +63,7 @@ __all__ = [
     "SERVICE_NAME",
     "RequestEncoder",
     "Shapes",
+    "answered_worker",
     "assignment_from_proto",
     "assignment_to_proto",
     "command_from_proto",

@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 from hodei._quoting import quote_short
 from hodei._violations import fit_violations
-from hodei.domain import DynamicWorker, FieldViolation, WorkerType
+from hodei.domain import DynamicWorker, FieldViolation, WorkerRecord, WorkerType
 from hodei.errors import ErrorCode, InvalidWorkerData, SchedulerError, scheduler_error_for
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEvent, WorkerEventKind
 from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
@@ -29,6 +29,7 @@ from hodei.transport._codec._time import moment_of, timestamp
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
+    "answered_worker",
     "command_from_proto",
     "command_to_proto",
     "event_from_proto",
@@ -48,13 +49,26 @@ __all__ = [
 
 
 def receipt_from_proto(
-    message: pb.RegisterWorkerResponse | pb.WorkerRegistrationResult,
+    message: pb.RegisterWorkerResponse | pb.WorkerRegistrationResult, sent: DynamicWorker | None = None
 ) -> RegistrationReceipt:
+    """The receipt of a registration answered with ``message``; a slim answer's record is completed with the
+    worker ``sent``."""
     worker = message.worker
     credential = message.credential if isinstance(message, pb.RegisterWorkerResponse) else ""
+    if sent is not None and not worker.HasField("metadata"):
+        return RegistrationReceipt(
+            lambda: slim_record(worker, sent), created=message.created, credential=credential
+        )
     return RegistrationReceipt(
         lambda: record_from_proto(worker), created=message.created, credential=credential
     )
+
+
+def answered_worker(record: WorkerRecord, request: pb.RegisterWorkerRequest, *, slim: bool) -> pb.Worker:
+    """``record``, registered from ``request``, as its answer carries it: if ``slim``, and the record was written
+    from this very request (same incarnation: not kept from a newer registration), without the capabilities
+    and metadata, which are the request's own."""
+    return record_to_proto(record, slim=slim and record.incarnation == request.incarnation)
 
 
 def _error_to_proto(error: SchedulerError) -> pb.WorkerError:
@@ -83,11 +97,9 @@ def registration_result_to_proto(
     return pb.WorkerRegistrationResult(
         worker_id=worker_id,
         status=pb.REGISTRATION_STATUS_SUCCESS,
-        # A record written from this very request (same incarnation: not kept from a newer registration)
-        # carries the request's capabilities and metadata; the answer leaves them out.
-        worker=record_to_proto(
-            outcome.record, slim=request is not None and outcome.record.incarnation == request.incarnation
-        ),
+        worker=record_to_proto(outcome.record)
+        if request is None
+        else answered_worker(outcome.record, request, slim=True),
         created=outcome.created,
     )
 
@@ -96,10 +108,7 @@ def result_from_proto(
     message: pb.WorkerRegistrationResult, sent: DynamicWorker | None = None
 ) -> RegistrationReceipt | SchedulerError:
     if message.status == pb.REGISTRATION_STATUS_SUCCESS:
-        worker = message.worker
-        if sent is not None and not worker.HasField("metadata"):
-            return RegistrationReceipt(lambda: slim_record(worker, sent), created=message.created)
-        return receipt_from_proto(message)
+        return receipt_from_proto(message, sent)
     error = message.error
     try:
         code = ErrorCode(error.code)

@@ -115,7 +115,10 @@ def worker_to_request(worker: DynamicWorker) -> pb.RegisterWorkerRequest:
 
 
 def _request(
-    worker: DynamicWorker, capabilities: pb.WorkerCapabilities, metadata: pb.WorkerMetadata
+    worker: DynamicWorker,
+    capabilities: pb.WorkerCapabilities,
+    metadata: pb.WorkerMetadata,
+    slim_answer: bool = False,
 ) -> pb.RegisterWorkerRequest:
     """``worker``'s registration around the encoding of its config and hostname."""
     return pb.RegisterWorkerRequest(
@@ -123,6 +126,7 @@ def _request(
         capabilities=capabilities,
         metadata=metadata,
         incarnation=worker.incarnation,
+        slim_answer=slim_answer,
     )
 
 
@@ -164,14 +168,15 @@ class RequestEncoder:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def request(self, worker: DynamicWorker) -> pb.RegisterWorkerRequest:
-        """``worker``'s registration; InvalidWorkerData if the wire cannot hold it."""
+    def request(self, worker: DynamicWorker, *, slim_answer: bool = False) -> pb.RegisterWorkerRequest:
+        """``worker``'s registration (asking for a slim answer, if ``slim_answer``); InvalidWorkerData if the
+        wire cannot hold it."""
         key = (id(worker.config), worker.hostname)
         kept = self._kept.get(key)
         if kept is None:
             kept = (worker.config, *_worker_parts(worker))
             self._kept.put(key, kept)
-        return _request(worker, kept[1], kept[2])
+        return _request(worker, kept[1], kept[2], slim_answer)
 
     def requests(
         self, workers: Sequence[DynamicWorker]
@@ -395,7 +400,8 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
 
 
 def slim_record(message: pb.Worker, sent: DynamicWorker) -> WorkerRecord:
-    """A batch answer's record, completed with what was sent (the answer leaves out what did not change)."""
+    """A slim answer's record (a batch's, or one asked for), completed with what was sent: the answer leaves out
+    the capabilities and metadata, which are the request's own, and the live facts of the agent's stream."""
     return WorkerRecord(
         worker_id=message.worker_id,
         worker_type=sent.worker_type,
@@ -409,4 +415,6 @@ def slim_record(message: pb.Worker, sent: DynamicWorker) -> WorkerRecord:
         updated_at=moment(message.updated_at, message.HasField("updated_at")),
         lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
         drained=message.drained,
+        assignment=assignment_from_proto(message.assignment)[0] if message.HasField("assignment") else None,
+        use_count=message.use_count,
     )

@@ -199,16 +199,18 @@ class ResourceUsage(_message.Message):
     def __init__(self, cpu_percent: _Optional[float] = ..., memory_used_mb: _Optional[int] = ..., running_jobs: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "capabilities", "metadata", "incarnation")
+    __slots__ = ("worker_id", "capabilities", "metadata", "incarnation", "slim_answer")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SLIM_ANSWER_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     capabilities: WorkerCapabilities
     metadata: WorkerMetadata
     incarnation: int
-    def __init__(self, worker_id: _Optional[str] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    slim_answer: bool
+    def __init__(self, worker_id: _Optional[str] = ..., capabilities: _Optional[_Union[WorkerCapabilities, _Mapping]] = ..., metadata: _Optional[_Union[WorkerMetadata, _Mapping]] = ..., incarnation: _Optional[int] = ..., slim_answer: _Optional[bool] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("status", "worker", "created", "credential")
