@@ -306,14 +306,19 @@ async def test_single_receipts_hold_the_full_record_though_the_answer_leaves_out
         await client.register_worker(busy)
         acquired = await client.acquire_worker("job-1", Requirements(labels={"zone": "c"}))
         refreshed = await client.register_worker(busy)
+        after_refresh = await scheduler.get_worker("busy")
+        [in_batch] = await client.register_workers([busy])
+        after_batch = await scheduler.get_worker("busy")
         kept = await client.register_worker(make_worker("kept", labels={"from": "push"}))
 
         assert fresh.record == await scheduler.get_worker("fresh")
         assert fresh.record.pool == "default" and fresh.record.labels == {"zone": "b"} and fresh.created
-        # A refresh of a worker bound to a job keeps the job; the receipt says so.
-        assert refreshed.record == await scheduler.get_worker("busy") and not refreshed.created
-        assert refreshed.record.assignment == acquired.assignment and refreshed.record.use_count == 1
-        assert refreshed.record.status is WorkerStatus.BUSY
+        # A refresh of a worker bound to a job keeps the job; the receipt says so, alone or in a batch.
+        assert refreshed.record == after_refresh and not refreshed.created
+        assert not isinstance(in_batch, SchedulerError) and in_batch.record == after_batch
+        for receipt in (refreshed, in_batch):
+            assert receipt.record.assignment == acquired.assignment and receipt.record.use_count == 1
+            assert receipt.record.status is WorkerStatus.BUSY
         assert kept.record == await scheduler.get_worker("kept")
         assert kept.record.incarnation == 7 and kept.record.labels == {}
 
