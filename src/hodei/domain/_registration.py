@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 
+from hodei._same import SameAsLast
 from hodei.domain._assignments import Assignment
 from hodei.domain._values import WorkerStatus
 from hodei.domain._workers import WorkerRecord
@@ -107,11 +108,19 @@ _LABEL_FRAMING = 8
 _ASSIGNMENT_FRAMING = 120
 
 
+def _sum_labels(labels: Mapping[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) + _LABEL_FRAMING for k, v in labels.items())
+
+
+# The records of one shape share their labels: a group of them is sized with one pass over those.
+_labels_size = SameAsLast(_sum_labels)
+
+
 def wire_size(record: WorkerRecord) -> int:
     """An upper estimate of the bytes ``record`` takes encoded (its texts in UTF-8, and the framing): what bounds a
     page of a listing and a group commit's transaction."""
     texts = (record.worker_id, record.pool, record.hostname, record.agent_version, record.worker_type.value)
-    labels = sum(len(k.encode()) + len(v.encode()) + _LABEL_FRAMING for k, v in record.labels.items())
+    labels = _labels_size(record.labels)
     job = record.assignment.job if record.assignment is not None else None
     assignment = 0 if record.assignment is None else _ASSIGNMENT_FRAMING + len(record.assignment.job_id)
     return (

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from hodei._same import SameAsLast
 from hodei.domain import Assignment, Job, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
 
 __all__ = ["COLUMNS", "by_pool", "from_row", "to_row"]
@@ -45,8 +46,12 @@ COLUMNS = (
 _EMPTY_LABELS = "{}"
 
 
-def _labels_json(labels: Any) -> str:
+def _encode_labels(labels: Any) -> str:
     return json.dumps(dict(labels), sort_keys=True, separators=(",", ":")) if labels else _EMPTY_LABELS
+
+
+# The records of one shape share their labels: a group of them encodes those once.
+_labels_json = SameAsLast(_encode_labels)
 
 
 def _assignment_json(assignment: Assignment | None) -> str | None:

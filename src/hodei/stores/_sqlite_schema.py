@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hodei._same import SameAsLast
 from hodei.domain import WorkerRecord
 from hodei.errors import StoreError
 from hodei.stores._rows import COLUMNS, from_row, to_row
@@ -91,8 +92,12 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-def _iso(moment: datetime | None) -> str | None:
+def _iso_text(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+# A new record's two times are one moment, and the records of a batch share it: written once per batch.
+_iso = SameAsLast(_iso_text)
 
 
 def _parse(text: str | None) -> datetime | None:
