@@ -2,8 +2,9 @@
 
 The records of one shape share their labels (the shape's mapping), and those of one batch their timestamps (the
 batch's moment): encoding rows or sizing a group, the same object comes again and again, and is encoded once.
-For values that never change (a record's labels are read-only, a datetime is immutable); compared by identity,
-never by equality, so a lookup costs nothing.
+For values that never change (a datetime is immutable; a record's labels are read-only: the domain copies a dict
+it is given, and takes a ``MappingProxyType`` it is given as frozen, as it does for the record's verdict);
+compared by identity, never by equality, so a lookup costs nothing.
 """
 
 from __future__ import annotations

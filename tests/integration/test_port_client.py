@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from hodei import (
 )
 from hodei.errors import SchedulerOverloaded as Overloaded
 from hodei.pools import Requirements
+from hodei.server._interception import MethodInterceptor, with_behaviour
 from hodei.testing import EmbeddedScheduler, FailingScheduler
 from hodei.transport._codec import pb, pb_grpc
 from hodei.transport._status import STATUS_DETAILS_KEY, status_trailer
@@ -279,9 +281,7 @@ async def test_watch_skips_event_kinds_from_a_newer_scheduler(misbehaving: Calla
 
 async def test_batch_receipts_hold_the_full_record_whether_or_not_the_answer_was_slim() -> None:
     async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
-        await scheduler.add_worker(
-            make_worker("kept", labels={"from": "agent"}).__class__("kept", incarnation=7)
-        )
+        await scheduler.add_worker(dataclasses.replace(make_worker("kept"), incarnation=7))
         sent = [
             make_worker("fresh", labels={"zone": "b"}, pool=""),
             make_worker("kept", labels={"from": "push"}),
@@ -296,11 +296,31 @@ async def test_batch_receipts_hold_the_full_record_whether_or_not_the_answer_was
         assert kept.record.incarnation == 7 and kept.record.labels == {}
 
 
+class SlimAsked(MethodInterceptor):
+    """Records, for each RegisterWorker call, whether it asked for a slim answer and whether it got one."""
+
+    def __init__(self) -> None:
+        super().__init__({"RegisterWorker"})
+        self.calls: list[tuple[bool, bool]] = []
+
+    def intercept(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        serve = handler.unary_unary
+
+        async def recorded(request: pb.RegisterWorkerRequest, context: Any) -> pb.RegisterWorkerResponse:
+            response: pb.RegisterWorkerResponse = await serve(request, context)
+            self.calls.append((request.slim_answer, not response.worker.HasField("metadata")))
+            return response
+
+        return with_behaviour(handler, recorded)
+
+
 async def test_single_receipts_hold_the_full_record_though_the_answer_leaves_out_what_was_sent() -> None:
-    async with EmbeddedScheduler() as scheduler, SchedulerPortClient(scheduler.target) as client:
-        await scheduler.add_worker(
-            make_worker("kept", labels={"from": "agent"}).__class__("kept", incarnation=7)
-        )
+    asked = SlimAsked()
+    async with (
+        EmbeddedScheduler(interceptors=[asked]) as scheduler,
+        SchedulerPortClient(scheduler.target) as client,
+    ):
+        await scheduler.add_worker(dataclasses.replace(make_worker("kept"), incarnation=7))
         fresh = await client.register_worker(make_worker("fresh", labels={"zone": "b"}, pool=""))
         busy = make_worker("busy", labels={"zone": "c"})
         await client.register_worker(busy)
@@ -321,6 +341,8 @@ async def test_single_receipts_hold_the_full_record_though_the_answer_leaves_out
             assert receipt.record.status is WorkerStatus.BUSY
         assert kept.record == await scheduler.get_worker("kept")
         assert kept.record.incarnation == 7 and kept.record.labels == {}
+        # Every call asked; all were answered slim but the one kept from the agent's registration.
+        assert asked.calls == [(True, True), (True, True), (True, True), (True, False)]
 
 
 async def test_a_worker_the_wire_cannot_hold_is_refused_alone_and_the_rest_of_its_batch_registers() -> None:

@@ -12,6 +12,7 @@ from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,
     FieldViolation,
+    ResourceUsage,
     WorkerCapabilities,
     WorkerRecord,
     WorkerStatus,
@@ -425,8 +426,18 @@ def registered(worker: DynamicWorker, **overrides: object) -> tuple[pb.RegisterW
 def test_a_slim_answer_leaves_out_what_was_sent_and_decodes_to_the_whole_record() -> None:
     worker = full_worker()
     bound = Assignment(assignment_id="as-1", job_id="job-1", worker_id=worker.worker_id, incarnation=0)
+    # A record as the scheduler answers it: with its job, and the live facts of its agent's stream.
     request, record = registered(
-        worker, status=WorkerStatus.BUSY, assignment=bound, use_count=2, lease_ttl=15.0, drained=True
+        worker,
+        status=WorkerStatus.BUSY,
+        assignment=bound,
+        use_count=2,
+        lease_ttl=15.0,
+        drained=True,
+        connected=True,
+        connected_via="replica-b:50051",
+        usage=ResourceUsage(cpu_percent=12.5, memory_used_mb=512, running_jobs=1),
+        last_heartbeat_at=UPDATED_AT,
     )
 
     answer = answered_worker(record, request, slim=True)
@@ -435,6 +446,7 @@ def test_a_slim_answer_leaves_out_what_was_sent_and_decodes_to_the_whole_record(
     assert not answer.HasField("metadata") and not answer.HasField("capabilities")
     assert receipt.record == record and receipt.created
     assert (receipt.record.assignment, receipt.record.use_count) == (bound, 2)
+    assert (receipt.record.connected, receipt.record.last_heartbeat_at) == (True, UPDATED_AT)
 
 
 @pytest.mark.parametrize(
@@ -445,9 +457,9 @@ def test_a_slim_answer_leaves_out_what_was_sent_and_decodes_to_the_whole_record(
 def test_an_answer_is_whole_unless_asked_for_and_written_from_the_request(
     slim: bool, kept_incarnation: int | None
 ) -> None:
-    worker = full_worker()
+    worker = dataclasses.replace(full_worker(), incarnation=0)
     request, record = registered(worker)
-    if kept_incarnation is not None:
+    if kept_incarnation is not None:  # an agent's registration, which one with incarnation 0 never overrides
         record = dataclasses.replace(record, incarnation=kept_incarnation, labels={"from": "agent"})
 
     answer = answered_worker(record, request, slim=slim)

@@ -96,7 +96,7 @@ def _iso_text(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-# A new record's two times are one moment, and the records of a batch share it: written once per batch.
+# A new record's two times are one moment, and the new records of a batch share it: written once per batch.
 _iso = SameAsLast(_iso_text)
 
 

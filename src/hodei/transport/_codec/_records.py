@@ -338,8 +338,8 @@ def usage_from_proto(message: pb.ResourceUsage) -> ResourceUsage:
 
 
 def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
-    """The record on the wire; ``slim`` leaves out capabilities, metadata and the live facts of the agent's
-    stream (a batch answer does, where they are the request's own)."""
+    """The record on the wire; ``slim`` leaves out its capabilities and metadata (an answer does, where they are
+    the request's own)."""
     worker = pb.Worker(
         worker_id=record.worker_id,
         status=status_to_proto(record.status),
@@ -352,6 +352,13 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
     )
     if record.assignment is not None:
         worker.assignment.CopyFrom(assignment_to_proto(record.assignment))
+    # The live facts of the agent's stream (none in a record as a store holds it).
+    worker.connected = record.connected
+    worker.connected_via = record.connected_via
+    if record.usage is not None:
+        worker.usage.CopyFrom(usage_to_proto(record.usage))
+    if record.last_heartbeat_at is not None:
+        worker.last_heartbeat_at.CopyFrom(timestamp_of(record.last_heartbeat_at))
     if slim:
         return worker
     worker.capabilities.CopyFrom(_capabilities_to_proto(record.capabilities))
@@ -364,12 +371,6 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
             agent_version=record.agent_version,
         )
     )
-    worker.connected = record.connected
-    worker.connected_via = record.connected_via
-    if record.usage is not None:
-        worker.usage.CopyFrom(usage_to_proto(record.usage))
-    if record.last_heartbeat_at is not None:
-        worker.last_heartbeat_at.CopyFrom(timestamp_of(record.last_heartbeat_at))
     return worker
 
 
@@ -401,7 +402,7 @@ def record_from_proto(message: pb.Worker) -> WorkerRecord:
 
 def slim_record(message: pb.Worker, sent: DynamicWorker) -> WorkerRecord:
     """A slim answer's record (a batch's, or one asked for), completed with what was sent: the answer leaves out
-    the capabilities and metadata, which are the request's own, and the live facts of the agent's stream."""
+    the capabilities and metadata, which are the request's own."""
     return WorkerRecord(
         worker_id=message.worker_id,
         worker_type=sent.worker_type,
@@ -417,4 +418,8 @@ def slim_record(message: pb.Worker, sent: DynamicWorker) -> WorkerRecord:
         drained=message.drained,
         assignment=assignment_from_proto(message.assignment)[0] if message.HasField("assignment") else None,
         use_count=message.use_count,
+        connected=message.connected,
+        connected_via=message.connected_via,
+        usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
+        last_heartbeat_at=moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
     )
