@@ -7,7 +7,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
-from hodei._same import SameAsLast
+from hodei._kept import SameAsLast
 from hodei.domain import WorkerCapabilities, WorkerRecord, WorkerType, wire_size
 from hodei.stores._rows import _encode_labels
 from hodei.stores._sqlite_schema import _iso_text, as_row

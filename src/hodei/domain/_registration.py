@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 
-from hodei._same import SameAsLast
+from hodei._kept import SameAsLast
 from hodei.domain._assignments import Assignment
 from hodei.domain._values import WorkerStatus
 from hodei.domain._workers import WorkerRecord

@@ -33,6 +33,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from hodei._kept import Recent
 from hodei.domain import utcnow, validate_worker_id
 from hodei.security._claims import (
     Claims,
@@ -103,7 +104,7 @@ class TokenAuthority:
         self.ledger: JtiLedger = MemoryJtiLedger(clock=clock) if ledger is None else ledger
         # identify()'s verified tokens: checking a signature again costs tens of µs on every call of a client
         # that presents the same token each time. Times are checked on every use; the oldest entry goes first.
-        self._identified: dict[str, tuple[Claims, int, int | None]] = {}
+        self._identified: Recent[str, tuple[Claims, int, int | None]] = Recent(IDENTIFIED_CACHE_SIZE)
 
     @property
     def can_mint(self) -> bool:
@@ -239,9 +240,7 @@ class TokenAuthority:
             if kind is TokenKind.WORKER
             else operator_claims(payload)
         )
-        if len(self._identified) >= IDENTIFIED_CACHE_SIZE:
-            del self._identified[next(iter(self._identified))]
-        self._identified[token] = (claims, payload["iat"], payload.get("exp"))
+        self._identified.put(token, (claims, payload["iat"], payload.get("exp")))
         return claims
 
     def _mint(self, kind: TokenKind, subject: str, ttl: float | None, claims: dict[str, Any]) -> str:

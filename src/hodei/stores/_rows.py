@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from hodei._same import SameAsLast
+from hodei._kept import SameAsLast
 from hodei.domain import Assignment, Job, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
 
 __all__ = ["COLUMNS", "by_pool", "from_row", "to_row"]

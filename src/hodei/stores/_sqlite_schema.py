@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hodei._same import SameAsLast
+from hodei._kept import SameAsLast
 from hodei.domain import WorkerRecord
 from hodei.errors import StoreError
 from hodei.stores._rows import COLUMNS, from_row, to_row

@@ -4,6 +4,7 @@ violations), unregistrations, listing filters, commands to an agent and lifecycl
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from functools import partial
 
 from hodei._quoting import quote_short
 from hodei._violations import fit_violations
@@ -55,13 +56,12 @@ def receipt_from_proto(
     worker ``sent``."""
     worker = message.worker
     credential = message.credential if isinstance(message, pb.RegisterWorkerResponse) else ""
-    if sent is not None and not worker.HasField("metadata"):
-        return RegistrationReceipt(
-            lambda: slim_record(worker, sent), created=message.created, credential=credential
-        )
-    return RegistrationReceipt(
-        lambda: record_from_proto(worker), created=message.created, credential=credential
+    decode = (
+        partial(slim_record, worker, sent)
+        if sent is not None and not worker.HasField("metadata")
+        else partial(record_from_proto, worker)
     )
+    return RegistrationReceipt(decode, created=message.created, credential=credential)
 
 
 def answered_worker(record: WorkerRecord, request: pb.RegisterWorkerRequest, *, slim: bool) -> pb.Worker:

@@ -3,10 +3,10 @@ record to and from its message, with their statuses, capabilities, usage and tim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Generic, TypeVar
 
+from hodei._kept import Recent
 from hodei._quoting import quote_short
 from hodei.domain import (
     DynamicWorker,
@@ -130,29 +130,6 @@ def _request(
     )
 
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Recent(Generic[K, V]):
-    """At most ``size`` values by key, the oldest dropped first."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._values: dict[K, V] = {}
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def get(self, key: K) -> V | None:
-        return self._values.get(key)
-
-    def put(self, key: K, value: V) -> None:
-        if len(self._values) >= self._size:
-            del self._values[next(iter(self._values))]
-        self._values[key] = value
-
-
 class RequestEncoder:
     """Registrations on the wire, for a client that sends many: the capabilities and metadata of a worker's
     config with its hostname are encoded once for every worker that has them (the same config object: a
@@ -161,9 +138,9 @@ class RequestEncoder:
 
     def __init__(self, size: int = 64) -> None:
         # Keyed by the config's id: the config is kept with its encoding, so its id is not reused meanwhile.
-        self._kept: _Recent[
+        self._kept: Recent[
             tuple[int, str], tuple[DynamicWorkerConfig, pb.WorkerCapabilities, pb.WorkerMetadata]
-        ] = _Recent(size)
+        ] = Recent(size)
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -232,7 +209,7 @@ class Shapes:
     """
 
     def __init__(self, size: int = 256) -> None:
-        self._kept: _Recent[tuple[object, ...], _Shape] = _Recent(size)
+        self._kept: Recent[tuple[object, ...], _Shape] = Recent(size)
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -377,49 +354,61 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
 def record_from_proto(message: pb.Worker) -> WorkerRecord:
     # A newer scheduler may know types and statuses this client does not; they read as MOCK and FAILED rather
     # than failing the whole answer.
-    return WorkerRecord(
-        worker_id=message.worker_id,
-        worker_type=WORKER_TYPES.get(message.metadata.worker_type, WorkerType.MOCK),
+    metadata = message.metadata
+    return _record_of(
+        message,
+        worker_type=WORKER_TYPES.get(metadata.worker_type, WorkerType.MOCK),
         capabilities=_capabilities_from_proto(message.capabilities),
-        status=_STATUS_FROM_PROTO.get(message.status, WorkerStatus.FAILED),
-        labels=dict(message.metadata.labels),
-        pool=message.metadata.pool,
-        hostname=message.metadata.hostname,
-        agent_version=message.metadata.agent_version,
-        incarnation=message.incarnation,
-        registered_at=moment(message.registered_at, message.HasField("registered_at")),
-        updated_at=moment(message.updated_at, message.HasField("updated_at")),
-        lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
-        connected=message.connected,
-        connected_via=message.connected_via,
-        drained=message.drained,
-        usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
-        last_heartbeat_at=moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
-        assignment=assignment_from_proto(message.assignment)[0] if message.HasField("assignment") else None,
-        use_count=message.use_count,
+        labels=dict(metadata.labels),
+        pool=metadata.pool,
+        hostname=metadata.hostname,
+        agent_version=metadata.agent_version,
     )
 
 
 def slim_record(message: pb.Worker, sent: DynamicWorker) -> WorkerRecord:
     """A slim answer's record (a batch's, or one asked for), completed with what was sent: the answer leaves out
     the capabilities and metadata, which are the request's own."""
-    return WorkerRecord(
-        worker_id=message.worker_id,
+    return _record_of(
+        message,
         worker_type=sent.worker_type,
         capabilities=sent.capabilities,
-        status=_STATUS_FROM_PROTO.get(message.status, WorkerStatus.FAILED),
         labels=sent.labels,
         pool=sent.pool or "default",
         hostname=sent.hostname,
+        agent_version="",  # a control plane's worker has none; an agent sends its own in its hello
+    )
+
+
+def _record_of(
+    message: pb.Worker,
+    *,
+    worker_type: WorkerType,
+    capabilities: WorkerCapabilities,
+    labels: Mapping[str, str],
+    pool: str,
+    hostname: str,
+    agent_version: str,
+) -> WorkerRecord:
+    """The record ``message`` carries, with its capabilities and metadata as given."""
+    return WorkerRecord(
+        worker_id=message.worker_id,
+        worker_type=worker_type,
+        capabilities=capabilities,
+        status=_STATUS_FROM_PROTO.get(message.status, WorkerStatus.FAILED),
+        labels=labels,
+        pool=pool,
+        hostname=hostname,
+        agent_version=agent_version,
         incarnation=message.incarnation,
         registered_at=moment(message.registered_at, message.HasField("registered_at")),
         updated_at=moment(message.updated_at, message.HasField("updated_at")),
         lease_ttl=message.lease_ttl_ms / 1000 if message.lease_ttl_ms else None,
-        drained=message.drained,
-        assignment=assignment_from_proto(message.assignment)[0] if message.HasField("assignment") else None,
-        use_count=message.use_count,
         connected=message.connected,
         connected_via=message.connected_via,
+        drained=message.drained,
         usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
         last_heartbeat_at=moment(message.last_heartbeat_at, message.HasField("last_heartbeat_at")),
+        assignment=assignment_from_proto(message.assignment)[0] if message.HasField("assignment") else None,
+        use_count=message.use_count,
     )
