@@ -18,6 +18,7 @@ meanwhile is missed (the store stays the truth).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import secrets
@@ -28,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from hodei._kept import SameAsLast
 from hodei._waiting import wait_until_set
 from hodei.errors import StoreUnavailable
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
@@ -41,11 +43,15 @@ log = logging.getLogger(__name__)
 CHANNEL = "hodei_relay"
 PAYLOAD_LIMIT = 7_900  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 QUEUE_LIMIT = 10_000
+MOST_PER_PAYLOAD = 400  # messages tried in one payload at most (the shortest message is about 30 bytes)
+
+# The events of one batch of registrations share their moment: its text is written once.
+_moment = SameAsLast(datetime.isoformat)
 
 
 def encode(message: Relayed) -> list[Any]:
     if isinstance(message, RelayedEvent):
-        return ["e", message.kind.value, message.worker_id, message.reason, message.time.isoformat()]
+        return ["e", message.kind.value, message.worker_id, message.reason, _moment(message.time)]
     if isinstance(message, RelayedCommand):
         command = message.command
         return [
@@ -103,7 +109,9 @@ class PostgresEventRelay:
         self._listening: asyncpg.Connection | None = None
         self._sending: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._head = len(json.dumps({"o": self.origin, "m": []}, separators=(",", ":")))
+        self._own = f'{{"o":"{self.origin}",'  # how this replica's own payloads start
+        self._head = len(_payload(self.origin, []))
+        self._fits = 1  # messages the next payload is tried with: as many as the last one's suggest would fit
         self.dropped = 0
         self.closed = False
 
@@ -180,6 +188,8 @@ class PostgresEventRelay:
 
     def _heard(self, _db: object, _pid: int, _channel: str, notified: object) -> None:
         payload = str(notified)
+        if payload.startswith(self._own):
+            return  # its own, heard back: not even parsed
         try:
             parsed = json.loads(payload)
             if parsed["o"] == self.origin:
@@ -203,21 +213,25 @@ class PostgresEventRelay:
 
     def _pack(self) -> tuple[str, int]:
         """The next payload, and how many queued messages it carries (a message too large for any payload
-        is dropped)."""
-        items: list[str] = []
-        size = self._head
-        for message in self._queue:
-            item = json.dumps(encode(message), separators=(",", ":"))
-            if size + len(item) + 1 > PAYLOAD_LIMIT:
+        is dropped).
+
+        One ``json.dumps`` makes a payload: it is tried with as many messages as the last payload's suggest
+        would fit, and with proportionally fewer while it is too large."""
+        count = min(len(self._queue), self._fits)
+        while True:
+            payload = _payload(self.origin, [encode(m) for m in itertools.islice(self._queue, count)])
+            if len(payload) <= PAYLOAD_LIMIT:
                 break
-            items.append(item)
-            size += len(item) + 1
-        if not items:
-            self._queue.popleft()
-            self.dropped += 1
-            log.warning("relay.message_too_large", extra={"channel": self._channel})
-            return "", 0
-        return f'{{"o":"{self.origin}","m":[{",".join(items)}]}}', len(items)
+            if count == 1:
+                self._queue.popleft()
+                self.dropped += 1
+                log.warning("relay.message_too_large", extra={"channel": self._channel})
+                return "", 0
+            count = max(1, count * (PAYLOAD_LIMIT - self._head) // (len(payload) - self._head))
+        # Each message's share of this payload (its comma included) says how many the next one can hold.
+        each = (len(payload) - self._head + 1) / count
+        self._fits = max(1, min(MOST_PER_PAYLOAD, int((PAYLOAD_LIMIT - self._head + 1) / each)))
+        return payload, count
 
     async def _send(self) -> None:
         while True:
@@ -241,3 +255,7 @@ class PostgresEventRelay:
                     self._sending = None
                 self._queue.extendleft(reversed(sent))  # sent again first, in order
                 await asyncio.sleep(self._retry_delay)
+
+
+def _payload(origin: str, items: list[list[Any]]) -> str:
+    return json.dumps({"o": origin, "m": items}, separators=(",", ":"))

@@ -1,0 +1,168 @@
+"""How PostgresEventRelay packs its queue into NOTIFY payloads, and what it skips of what it hears, without a
+database: the payloads are made and read by the relay's own functions (its sending and listening over a real
+PostgreSQL are tests/integration/test_replica_relay.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hodei.domain import MAX_WORKER_ID_LENGTH
+from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
+from hodei.ports import Relayed, RelayedAck, RelayedCommand, RelayedEvent
+from hodei.scheduler._relay import REASON_LIMIT
+from hodei.stores._postgres_relay import MOST_PER_PAYLOAD, PAYLOAD_LIMIT, PostgresEventRelay, decode
+
+MOMENT = datetime(2026, 12, 6, 18, 30, 15, 123456, tzinfo=UTC)
+
+
+def _relay(*queued: Relayed) -> PostgresEventRelay:
+    relay = PostgresEventRelay("postgresql://127.0.0.1:1/none")  # never connects: only packs and hears
+    relay._queue.extend(queued)
+    return relay
+
+
+def _drain(relay: PostgresEventRelay) -> list[str]:
+    """Every payload the queue is sent in, taking what each carries off the queue as ``_send`` does."""
+    payloads = []
+    while relay._queue:
+        payload, count = relay._pack()
+        assert count > 0
+        for _ in range(count):
+            relay._queue.popleft()
+        payloads.append(payload)
+    return payloads
+
+
+def _carried(relay: PostgresEventRelay, payloads: list[str]) -> list[Relayed]:
+    messages = []
+    for payload in payloads:
+        parsed = json.loads(payload)
+        assert parsed["o"] == relay.origin
+        messages.extend(decode(item) for item in parsed["m"])
+    return messages
+
+
+def _event(n: int, *, time: datetime = MOMENT, reason: str = "") -> RelayedEvent:
+    return RelayedEvent(WorkerEventKind.REGISTERED, f"worker-{n:05d}", reason, time)
+
+
+def test_a_batchs_events_go_in_order_in_full_payloads_under_the_limit() -> None:
+    events = [_event(n) for n in range(3_000)]
+    relay = _relay(*events)
+
+    payloads = _drain(relay)
+
+    assert _carried(relay, payloads) == events
+    assert all(len(payload.encode()) <= PAYLOAD_LIMIT for payload in payloads)
+    each = len(json.dumps(["e", "registered", "worker-00000", "", MOMENT.isoformat()], separators=(",", ":")))
+    # After the first (one message: nothing is known of their sizes yet), each holds all that fit but one at most.
+    assert len(json.loads(payloads[0])["m"]) == 1
+    for payload in payloads[1:-1]:
+        assert len(payload) + 2 * (each + 1) > PAYLOAD_LIMIT
+
+
+def test_events_of_their_own_moments_carry_each_its_own_time() -> None:
+    events = [_event(n, time=MOMENT + timedelta(microseconds=n)) for n in range(500)]
+    relay = _relay(*events)
+
+    assert _carried(relay, _drain(relay)) == events
+
+
+def test_messages_of_every_kind_and_size_mixed_go_in_order_and_no_payload_is_too_large() -> None:
+    # The longest: every character escaped as \\uXXXX in the JSON, six bytes each.
+    longest = "é" * MAX_WORKER_ID_LENGTH
+    command = WorkerCommand(CommandKind.DRAIN, "ü" * REASON_LIMIT, 30.0)
+    messages: list[Relayed] = []
+    for n in range(600):
+        messages.append(_event(n))
+        if n % 7 == 0:
+            messages.append(RelayedEvent(WorkerEventKind.LOST, longest, "ü" * REASON_LIMIT, MOMENT))
+        if n % 50 == 0:
+            messages.append(RelayedCommand(longest, command, "r" * 32, n, n % 100 == 0))
+            messages.append(RelayedAck("r" * 32))
+    relay = _relay(*messages)
+
+    payloads = _drain(relay)
+
+    assert _carried(relay, payloads) == messages
+    assert all(len(payload.encode()) <= PAYLOAD_LIMIT for payload in payloads)
+    assert relay.dropped == 0
+
+
+def test_long_messages_after_short_ones_are_packed_in_fewer_and_short_ones_after_long_in_more() -> None:
+    short = [_event(n) for n in range(400)]
+    long = [_event(n, reason="ü" * REASON_LIMIT) for n in range(400)]
+    relay = _relay(*short, *long, *short)
+
+    payloads = _drain(relay)
+
+    assert _carried(relay, payloads) == [*short, *long, *short]
+    assert all(len(payload) <= PAYLOAD_LIMIT for payload in payloads)
+    counts = [len(json.loads(p)["m"]) for p in payloads]
+    assert max(counts) <= MOST_PER_PAYLOAD
+    assert len(set(counts)) > 2  # the estimate followed the messages' sizes down and up again
+
+
+def test_a_message_too_large_for_any_payload_is_dropped_counted_and_the_next_one_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    too_large = RelayedEvent(WorkerEventKind.LOST, "x" * PAYLOAD_LIMIT, "", MOMENT)
+    relay = _relay(_event(1), too_large, _event(2))
+    relay._fits = 3
+
+    with caplog.at_level(logging.WARNING, logger="hodei.stores._postgres_relay"):
+        first, count = relay._pack()  # three tried, too large; then fewer
+        assert count == 1 and _carried(relay, [first]) == [_event(1)]
+        relay._queue.popleft()
+        assert relay._pack() == ("", 0)
+        assert relay.dropped == 1
+        assert _carried(relay, _drain(relay)) == [_event(2)]
+
+    assert [r.message for r in caplog.records] == ["relay.message_too_large"]
+
+
+def _hearing(relay: PostgresEventRelay) -> list[Relayed]:
+    heard: list[Relayed] = []
+    relay._receive = heard.append
+    return heard
+
+
+def test_its_own_payloads_heard_back_are_skipped_and_another_replicas_are_received() -> None:
+    mine, other = _relay(_event(1), _event(2)), _relay(_event(3))
+    heard = _hearing(mine)
+
+    mine._heard(None, 0, "hodei_relay", _drain(mine)[0])
+    assert heard == []
+    mine._heard(None, 0, "hodei_relay", _drain(other)[0])
+    assert heard == [_event(3)]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not json",
+        '{"m": []}',
+        '{"o": "someone", "m": 5}',
+        '{"o": "someone", "m": [["z", 1], ["e"]]}',
+        '{"o":"' + "a" * 12 + '","m":[]}',
+    ],
+)
+def test_what_no_replica_sent_is_logged_short_and_nothing_is_received(
+    payload: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = _relay()
+    heard = _hearing(relay)
+
+    with caplog.at_level(logging.WARNING, logger="hodei.stores._postgres_relay"):
+        relay._heard(None, 0, "hodei_relay", payload)
+
+    assert heard == []
+    if payload.startswith('{"o":"aaaa'):
+        assert caplog.records == []  # empty, from a replica: nothing to do
+    else:
+        assert {r.message for r in caplog.records} == {"relay.unreadable"}
+        assert all(len(str(getattr(r, "error", ""))) <= 200 for r in caplog.records)
