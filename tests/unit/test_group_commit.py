@@ -8,6 +8,7 @@ import pytest
 
 from hodei.errors import StoreError, StoreUnavailable
 from hodei.stores._group import GroupCommit
+from tests.helpers import wait_until
 
 
 class Transactions:
@@ -35,8 +36,8 @@ class Transactions:
         return [f"stored {record}" for record in records]
 
 
-def group_commit(transactions: Transactions, **bounds: int) -> GroupCommit[str, str]:
-    return GroupCommit(transactions.commit, size=len, **bounds)
+def group_commit(transactions: Transactions, **bounds: float) -> GroupCommit[str, str]:
+    return GroupCommit(transactions.commit, size=len, **bounds)  # type: ignore[arg-type]
 
 
 async def test_a_write_on_an_idle_store_is_committed_alone_at_once() -> None:
@@ -169,3 +170,93 @@ async def test_several_groups_may_be_in_flight_when_the_store_allows_it() -> Non
 def test_in_flight_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="in_flight must be at least 1, got 0"):
         GroupCommit(Transactions().commit, size=len, in_flight=0)
+
+
+# -- gathering: under load, a group waits a little for more ----------------------------------------------
+
+
+async def _gathering(groups: GroupCommit[str, str], committers: int = 1) -> None:
+    await wait_until(lambda: len(groups._gathering) == committers, interval=0.001)
+
+
+async def _under_load(
+    transactions: Transactions, groups: GroupCommit[str, str]
+) -> tuple[asyncio.Task[list[str]], asyncio.Task[list[str]]]:
+    """A first write whose commit is held, a second queued behind it, then the commit let go: the committer
+    goes on to the second write, under load."""
+    transactions.gate = asyncio.Event()
+    first = asyncio.create_task(groups.write(["a"]))
+    await transactions.entered.wait()
+    second = asyncio.create_task(groups.write(["b"]))
+    await asyncio.sleep(0)
+    transactions.gate.set()
+    assert await first == ["stored a"]
+    return first, second
+
+
+async def test_a_write_on_an_idle_store_does_not_wait_to_gather() -> None:
+    transactions = Transactions()
+    groups = group_commit(transactions, gather=3600)
+    async with asyncio.timeout(5):
+        assert await groups.write(["alone"]) == ["stored alone"]
+        assert await groups.write(["later", "alone"]) == ["stored later", "stored alone"]
+    assert transactions.groups == [["alone"], ["later", "alone"]]
+
+
+async def test_under_load_the_next_group_waits_until_enough_records_are_queued() -> None:
+    transactions = Transactions()
+    groups = group_commit(transactions, gather=3600, gather_records=5)
+    _, second = await _under_load(transactions, groups)
+    await _gathering(groups)
+    assert transactions.groups == [["a"]]  # "b" waits for more
+
+    more = [asyncio.create_task(groups.write([f"c{n}", f"d{n}"])) for n in range(2)]
+    async with asyncio.timeout(5):
+        assert await second == ["stored b"]
+        assert [await task for task in more] == [["stored c0", "stored d0"], ["stored c1", "stored d1"]]
+    assert transactions.groups == [["a"], ["b", "c0", "d0", "c1", "d1"]]
+    assert not groups._gathering
+
+
+async def test_under_load_a_group_starts_after_gather_seconds_with_what_it_has() -> None:
+    transactions = Transactions()
+    groups = group_commit(transactions, gather=0.01, gather_records=1000)
+    _, second = await _under_load(transactions, groups)
+    async with asyncio.timeout(5):
+        assert await second == ["stored b"]
+    assert transactions.groups == [["a"], ["b"]]
+    assert not groups._gathering
+
+
+async def test_closing_while_a_group_gathers_cancels_its_writes() -> None:
+    transactions = Transactions()
+    groups = group_commit(transactions, gather=3600)
+    _, second = await _under_load(transactions, groups)
+    await _gathering(groups)
+    await groups.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert transactions.groups == [["a"]]
+    assert not groups._gathering
+
+
+async def test_two_committers_gathering_are_both_told_when_enough_is_queued() -> None:
+    transactions = Transactions()
+    transactions.gate = asyncio.Event()
+    groups = group_commit(transactions, in_flight=2, gather=3600, gather_records=3)
+    firsts = [asyncio.create_task(groups.write(["a"]))]
+    await transactions.entered.wait()
+    firsts.append(asyncio.create_task(groups.write(["b"])))
+    await transactions.two_running.wait()
+    queued = [asyncio.create_task(groups.write([name])) for name in ("c", "d")]
+    await asyncio.sleep(0)
+    transactions.gate.set()
+    assert [await task for task in firsts] == [["stored a"], ["stored b"]]
+    await _gathering(groups, committers=2)
+    assert transactions.groups == [["a"], ["b"]]
+
+    last = asyncio.create_task(groups.write(["e"]))
+    async with asyncio.timeout(5):
+        assert [await task for task in [*queued, last]] == [["stored c"], ["stored d"], ["stored e"]]
+    assert transactions.groups == [["a"], ["b"], ["c", "d", "e"]]
+    assert not groups._gathering

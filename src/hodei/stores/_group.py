@@ -6,6 +6,11 @@ order. The first write on an idle store starts at once (no added wait); while ``
 running, later writes queue, and the next group takes as many of them as its bounds allow (``max_records``
 records and ``max_bytes`` of estimated size, but always at least one caller's whole write).
 
+A store whose transaction costs its caller much, whatever its size (PostgreSQL's round trips on the event
+loop), may ``gather``: when writes came in while a commit ran (the store is under load), the next group waits
+up to ``gather`` seconds for ``gather_records`` records before it starts. The first write on an idle store
+never waits.
+
 A group whose transaction fails is not a failure of everyone in it: when it held several callers' writes,
 each caller's write is tried again on its own, so that only the caller whose write is at fault is told.
 """
@@ -47,6 +52,8 @@ class GroupCommit(Generic[R, O]):
         max_records: int = 2000,
         max_bytes: int = 4 * 2**20,
         in_flight: int = 1,
+        gather: float = 0.0,
+        gather_records: int = 64,
     ) -> None:
         if in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, got {in_flight}")
@@ -55,14 +62,20 @@ class GroupCommit(Generic[R, O]):
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._in_flight = in_flight
+        self._gather = gather
+        self._gather_records = gather_records
         self._queue: deque[_Write[R, O]] = deque()
         self._committers: set[asyncio.Task[None]] = set()
+        self._gathering: list[asyncio.Future[None]] = []  # committers waiting for more records
         self.groups = 0  # transactions committed (or tried) so far: what a test or a benchmark reads
 
     async def write(self, records: Sequence[R]) -> list[O]:
         """Write ``records`` in the next group; their outcomes once that group's transaction committed."""
         write: _Write[R, O] = _Write(records, sum(self._size(r) for r in records))
         self._queue.append(write)
+        if self._gathering and self._queued_records() >= self._gather_records:
+            for enough in self._gathering:
+                _resolve(enough)
         if len(self._committers) < self._in_flight:
             self._committers.add(asyncio.create_task(self._drain(), name="hodei-group-commit"))
         return await write.done
@@ -79,12 +92,36 @@ class GroupCommit(Generic[R, O]):
             group.append(self._queue.popleft())
         return group
 
+    def _queued_records(self) -> int:
+        return sum(len(write.records) for write in self._queue)
+
+    async def _gathered(self) -> None:
+        """Wait up to ``gather`` seconds for ``gather_records`` records to be queued."""
+        if self._queued_records() >= self._gather_records:
+            return
+        loop = asyncio.get_running_loop()
+        enough: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(self._gather, _resolve, enough)
+        self._gathering.append(enough)
+        try:
+            await enough
+        finally:
+            timer.cancel()
+            self._gathering.remove(enough)
+
     async def _drain(self) -> None:
+        under_load = False  # the loop goes on only if writes came in while this committer's last commit ran
         try:
             while self._queue:
-                group = self._next_group()
+                group: list[_Write[R, O]] = []
                 try:
+                    if under_load and self._gather:
+                        await self._gathered()
+                        if not self._queue:  # another committer took them meanwhile
+                            break
+                    group = self._next_group()
                     await self._run(group)
+                    under_load = True
                 except asyncio.CancelledError:
                     # The store is closing under us: nobody in this group, or still queued, is left waiting.
                     for write in [*group, *self._queue]:
@@ -133,6 +170,11 @@ class GroupCommit(Generic[R, O]):
         for task in list(self._committers):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _settle(
