@@ -3,7 +3,8 @@
 Every call is one transaction, run on the store's own thread (sqlite3 blocks): a batch of registrations is
 one ``BEGIN IMMEDIATE … COMMIT``, so a batch costs one fsync, not one per worker. Registrations are group
 committed (:class:`~hodei.stores._group.GroupCommit`): those that arrive while a commit runs share the next
-transaction and its fsync, each answered once that transaction committed. The file is in WAL mode with
+transaction and its fsync, each answered once that transaction committed (under load, a group waits up to
+:data:`GATHER` seconds for more). The file is in WAL mode with
 ``synchronous=FULL``: a commit that returned is on disk, and a registration acknowledged to a client survives
 the scheduler's crash and the machine's. The schema is versioned (``PRAGMA user_version``) and migrated when
 the store opens; a file written by a newer hodei is refused rather than misread. Its migrations and statements
@@ -55,6 +56,13 @@ log = logging.getLogger(__name__)
 
 _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
+GATHER = 0.002
+"""Seconds a group of registrations waits for more when they came in while one committed: each transaction is a
+hand-over to the store's thread and back, which costs the event loop and the GIL the same whatever the group's
+size. Measured here with 500 registrations in flight (``hodei bench``, seven pairs): 0.597 to 0.764 of raw gRPC
+calls (mean 0.682) against 0.529 to 0.655 (mean 0.585) without the wait; 5 ms did no better. The first
+registration on an idle store, and every one of a sequential caller, does not wait."""
+
 
 class SqliteRegistryStore:
     """``await SqliteRegistryStore.open("registry.db")``; close it with :meth:`close`.
@@ -80,7 +88,7 @@ class SqliteRegistryStore:
         self._busy_timeout_ms = round(busy_timeout * 1000)  # how long a write waits for another's lock
         self._lock = RegistryFileLock(self.path) if exclusive else None
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
-            self._upsert_now, size=wire_size
+            self._upsert_now, size=wire_size, gather=GATHER
         )
 
     @classmethod
