@@ -220,10 +220,13 @@ async def test_under_load_the_next_group_waits_until_enough_records_are_queued()
 
 async def test_under_load_a_group_starts_after_gather_seconds_with_what_it_has() -> None:
     transactions = Transactions()
-    groups = group_commit(transactions, gather=0.01, gather_records=1000)
+    groups = group_commit(transactions, gather=0.05, gather_records=1000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()  # before the first commit ends, so at least the gather time before "b" is committed
     _, second = await _under_load(transactions, groups)
     async with asyncio.timeout(5):
         assert await second == ["stored b"]
+    assert loop.time() - started >= 0.05 - 0.001
     assert transactions.groups == [["a"], ["b"]]
     assert not groups._gathering
 
@@ -253,6 +256,7 @@ async def test_two_committers_gathering_are_both_told_when_enough_is_queued() ->
     transactions.gate.set()
     assert [await task for task in firsts] == [["stored a"], ["stored b"]]
     await _gathering(groups, committers=2)
+    committers = set(groups._committers)
     assert transactions.groups == [["a"], ["b"]]
 
     last = asyncio.create_task(groups.write(["e"]))
@@ -260,3 +264,7 @@ async def test_two_committers_gathering_are_both_told_when_enough_is_queued() ->
         assert [await task for task in [*queued, last]] == [["stored c"], ["stored d"], ["stored e"]]
     assert transactions.groups == [["a"], ["b"], ["c", "d", "e"]]
     assert not groups._gathering
+    # The other committer found nothing left and stopped cleanly.
+    await wait_until(lambda: all(committer.done() for committer in committers))
+    assert [committer.exception() for committer in committers] == [None, None]
+    assert not groups._committers

@@ -4,6 +4,7 @@ PostgreSQL are tests/integration/test_replica_relay.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -166,3 +167,42 @@ def test_what_no_replica_sent_is_logged_short_and_nothing_is_received(
     else:
         assert {r.message for r in caplog.records} == {"relay.unreadable"}
         assert all(len(str(getattr(r, "error", ""))) <= 200 for r in caplog.records)
+
+
+class _SendingFails:
+    """A sending connection that breaks under the call; while it is in flight, more is published."""
+
+    def __init__(self, relay: PostgresEventRelay, meanwhile: list[Relayed]) -> None:
+        self.relay, self.meanwhile = relay, meanwhile
+        self.terminated = asyncio.Event()
+
+    def is_closed(self) -> bool:
+        return False
+
+    def terminate(self) -> None:
+        self.terminated.set()
+
+    async def execute(self, *_args: object) -> None:
+        for message in self.meanwhile:
+            self.relay.publish(message)
+        raise OSError("the connection broke")
+
+
+async def test_messages_sent_again_after_a_broken_send_go_first_and_what_no_longer_fits_is_counted() -> None:
+    relay = PostgresEventRelay("postgresql://127.0.0.1:1/none", queue_limit=3, retry_delay=3600)
+    sent, meanwhile = [_event(1), _event(2)], [_event(3), _event(4), _event(5)]
+    relay._queue.extend(sent)
+    relay._fits = 2  # both go in the payload that fails
+    failing = _SendingFails(relay, meanwhile)
+    relay._sending = failing  # type: ignore[assignment]
+    sender = asyncio.create_task(relay._send())
+    try:
+        async with asyncio.timeout(5):
+            await failing.terminated.wait()  # the messages go back in the same step: they are in by now
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+
+    assert list(relay._queue) == [_event(1), _event(2), _event(3)]
+    # Published while the queue was empty, then pushed off its end by the two sent again.
+    assert relay.dropped == 2

@@ -6,10 +6,11 @@ order. The first write on an idle store starts at once (no added wait); while ``
 running, later writes queue, and the next group takes as many of them as its bounds allow (``max_records``
 records and ``max_bytes`` of estimated size, but always at least one caller's whole write).
 
-A store whose transaction costs its caller much, whatever its size (PostgreSQL's round trips on the event
-loop), may ``gather``: when writes came in while a commit ran (the store is under load), the next group waits
-up to ``gather`` seconds for ``gather_records`` records before it starts. The first write on an idle store
-never waits.
+A store whose transaction costs much whatever its size (a hand-over to the store's thread, or PostgreSQL's round
+trips on the event loop) may ``gather``: when writes are waiting as a commit ends (the store is under load), the
+next group waits up to ``gather`` seconds for ``gather_records`` records before it starts. That adds up to
+``gather`` to those writes' wait, for fewer, larger transactions. The first write on an idle store never
+waits.
 
 A group whose transaction fails is not a failure of everyone in it: when it held several callers' writes,
 each caller's write is tried again on its own, so that only the caller whose write is at fault is told.
@@ -76,6 +77,7 @@ class GroupCommit(Generic[R, O]):
         if self._gathering and self._queued_records() >= self._gather_records:
             for enough in self._gathering:
                 _resolve(enough)
+            self._gathering.clear()  # told: later writes need not count again
         if len(self._committers) < self._in_flight:
             self._committers.add(asyncio.create_task(self._drain(), name="hodei-group-commit"))
         return await write.done
@@ -107,10 +109,11 @@ class GroupCommit(Generic[R, O]):
             await enough
         finally:
             timer.cancel()
-            self._gathering.remove(enough)
+            if enough in self._gathering:
+                self._gathering.remove(enough)
 
     async def _drain(self) -> None:
-        under_load = False  # the loop goes on only if writes came in while this committer's last commit ran
+        under_load = False  # writes were waiting as this committer's last commit ended
         try:
             while self._queue:
                 group: list[_Write[R, O]] = []
@@ -120,8 +123,7 @@ class GroupCommit(Generic[R, O]):
                         if not self._queue:  # another committer took them meanwhile
                             break
                     group = self._next_group()
-                    await self._run(group)
-                    under_load = True
+                    under_load = await self._run(group)
                 except asyncio.CancelledError:
                     # The store is closing under us: nobody in this group, or still queued, is left waiting.
                     for write in [*group, *self._queue]:
@@ -136,10 +138,11 @@ class GroupCommit(Generic[R, O]):
             if task is not None:
                 self._committers.discard(task)
 
-    async def _run(self, group: list[_Write[R, O]]) -> None:
+    async def _run(self, group: list[_Write[R, O]]) -> bool:
+        """Commit ``group``'s writes whose callers still wait; whether there were any."""
         live = [write for write in group if not write.done.cancelled()]
         if not live:
-            return
+            return False
         self.groups += 1
         try:
             outcomes = await self._commit([record for write in live for record in write.records])
@@ -148,7 +151,7 @@ class GroupCommit(Generic[R, O]):
                 # One caller, or a store nobody can write now: the same answer for everyone in the group.
                 for write in live:
                     _settle(write, error=error)
-                return
+                return True
             # One caller's write may be what failed the group: each is tried alone, and answered for itself.
             for write in live:
                 self.groups += 1
@@ -156,12 +159,13 @@ class GroupCommit(Generic[R, O]):
                     _settle(write, outcomes=await self._commit(list(write.records)))
                 except Exception as alone:
                     _settle(write, error=alone)
-            return
+            return True
         start = 0
         for write in live:
             end = start + len(write.records)
             _settle(write, outcomes=outcomes[start:end])
             start = end
+        return True
 
     async def aclose(self) -> None:
         """Stop committing; writes still queued are cancelled."""

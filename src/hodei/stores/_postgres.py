@@ -80,7 +80,8 @@ GATHER = 0.005
 scheduler's event loop about half a millisecond whatever its size (asyncpg's round trips), so under load fewer,
 larger groups go further. Measured here with 500 registrations in flight (``hodei bench``, six pairs): 0.456 to 0.599
 of raw gRPC calls (mean 0.545) against 0.396 to 0.556 (mean 0.469) with two groups in flight and no wait, in half
-the transactions or fewer; batches unchanged. The first registration on an idle store does not wait."""
+the transactions or fewer; batches unchanged. The cost: under load a registration may wait up to this much more
+before its transaction starts. The first registration on an idle store does not wait."""
 
 
 class PostgresRegistryStore:

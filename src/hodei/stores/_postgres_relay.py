@@ -100,6 +100,7 @@ class PostgresEventRelay:
         self._retry_delay = retry_delay
         self._connect_timeout = connect_timeout
         self.origin = secrets.token_hex(6)
+        self._queue_limit = queue_limit
         self._queue: deque[Relayed] = deque(maxlen=queue_limit)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing waits to be sent
@@ -253,7 +254,9 @@ class PostgresEventRelay:
                 if self._sending is not None:
                     self._sending.terminate()
                     self._sending = None
-                self._queue.extendleft(reversed(sent))  # sent again first, in order
+                # Sent again first, in order; what came meanwhile beyond the queue's bound falls off its end.
+                self.dropped += max(0, len(self._queue) + len(sent) - self._queue_limit)
+                self._queue.extendleft(reversed(sent))
                 await asyncio.sleep(self._retry_delay)
 
 

@@ -60,8 +60,9 @@ GATHER = 0.002
 """Seconds a group of registrations waits for more when they came in while one committed: each transaction is a
 hand-over to the store's thread and back, which costs the event loop and the GIL the same whatever the group's
 size. Measured here with 500 registrations in flight (``hodei bench``, seven pairs): 0.597 to 0.764 of raw gRPC
-calls (mean 0.682) against 0.529 to 0.655 (mean 0.585) without the wait; 5 ms did no better. The first
-registration on an idle store, and every one of a sequential caller, does not wait."""
+calls (mean 0.682) against 0.529 to 0.655 (mean 0.585) without the wait; 5 ms did no better. The cost: under
+load a registration may wait up to this much more before its transaction starts. The first registration on an
+idle store, and every one of a sequential caller, does not wait."""
 
 
 class SqliteRegistryStore:
