@@ -179,11 +179,9 @@ async def _gathering(groups: GroupCommit[str, str], committers: int = 1) -> None
     await wait_until(lambda: len(groups._gathering) == committers, interval=0.001)
 
 
-async def _under_load(
-    transactions: Transactions, groups: GroupCommit[str, str]
-) -> tuple[asyncio.Task[list[str]], asyncio.Task[list[str]]]:
+async def _under_load(transactions: Transactions, groups: GroupCommit[str, str]) -> asyncio.Task[list[str]]:
     """A first write whose commit is held, a second queued behind it, then the commit let go: the committer
-    goes on to the second write, under load."""
+    goes on to the second write (returned), under load."""
     transactions.gate = asyncio.Event()
     first = asyncio.create_task(groups.write(["a"]))
     await transactions.entered.wait()
@@ -191,7 +189,7 @@ async def _under_load(
     await asyncio.sleep(0)
     transactions.gate.set()
     assert await first == ["stored a"]
-    return first, second
+    return second
 
 
 async def test_a_write_on_an_idle_store_does_not_wait_to_gather() -> None:
@@ -206,7 +204,7 @@ async def test_a_write_on_an_idle_store_does_not_wait_to_gather() -> None:
 async def test_under_load_the_next_group_waits_until_enough_records_are_queued() -> None:
     transactions = Transactions()
     groups = group_commit(transactions, gather=3600, gather_records=5)
-    _, second = await _under_load(transactions, groups)
+    second = await _under_load(transactions, groups)
     await _gathering(groups)
     assert transactions.groups == [["a"]]  # "b" waits for more
 
@@ -223,7 +221,7 @@ async def test_under_load_a_group_starts_after_gather_seconds_with_what_it_has()
     groups = group_commit(transactions, gather=0.05, gather_records=1000)
     loop = asyncio.get_running_loop()
     started = loop.time()  # before the first commit ends, so at least the gather time before "b" is committed
-    _, second = await _under_load(transactions, groups)
+    second = await _under_load(transactions, groups)
     async with asyncio.timeout(5):
         assert await second == ["stored b"]
     assert loop.time() - started >= 0.05 - 0.001
@@ -234,7 +232,7 @@ async def test_under_load_a_group_starts_after_gather_seconds_with_what_it_has()
 async def test_closing_while_a_group_gathers_cancels_its_writes() -> None:
     transactions = Transactions()
     groups = group_commit(transactions, gather=3600)
-    _, second = await _under_load(transactions, groups)
+    second = await _under_load(transactions, groups)
     await _gathering(groups)
     await groups.aclose()
     with pytest.raises(asyncio.CancelledError):

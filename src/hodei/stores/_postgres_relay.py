@@ -100,7 +100,6 @@ class PostgresEventRelay:
         self._retry_delay = retry_delay
         self._connect_timeout = connect_timeout
         self.origin = secrets.token_hex(6)
-        self._queue_limit = queue_limit
         self._queue: deque[Relayed] = deque(maxlen=queue_limit)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing waits to be sent
@@ -110,8 +109,9 @@ class PostgresEventRelay:
         self._listening: asyncpg.Connection | None = None
         self._sending: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._own = f'{{"o":"{self.origin}",'  # how this replica's own payloads start
-        self._head = len(_payload(self.origin, []))
+        empty = _payload(self.origin, [])
+        self._own = empty.removesuffix('"m":[]}')  # how every payload of this replica starts
+        self._head = len(empty)
         self._fits = 1  # messages the next payload is tried with: as many as the last one's suggest would fit
         self.dropped = 0
         self.closed = False
@@ -193,9 +193,8 @@ class PostgresEventRelay:
             return  # its own, heard back: not even parsed
         try:
             parsed = json.loads(payload)
-            if parsed["o"] == self.origin:
-                return
-            items = list(parsed["m"])
+            # Another replica's: every payload names its sender.
+            _sender, items = parsed["o"], list(parsed["m"])
         except (ValueError, KeyError, TypeError) as error:
             log.warning("relay.unreadable", extra={"error": str(error)[:200], "payload_bytes": len(payload)})
             return
@@ -255,8 +254,9 @@ class PostgresEventRelay:
                     self._sending.terminate()
                     self._sending = None
                 # Sent again first, in order; what came meanwhile beyond the queue's bound falls off its end.
-                self.dropped += max(0, len(self._queue) + len(sent) - self._queue_limit)
+                before = len(self._queue) + len(sent)
                 self._queue.extendleft(reversed(sent))
+                self.dropped += before - len(self._queue)
                 await asyncio.sleep(self._retry_delay)
 
 
