@@ -1123,6 +1123,9 @@ async def test_postgres_a_job_bound_by_another_replica_after_the_write_looked_is
         binding = asyncio.create_task(store.modify("b", bind("job-1")))
 
         async def waiting_on_their_lock() -> bool:
+            # Inside a transaction PostgreSQL reads the activity once and then answers from that snapshot:
+            # each look takes a fresh one.
+            await other.execute("SELECT pg_stat_clear_snapshot()")
             waiting = await other.fetchval(
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"

@@ -67,6 +67,7 @@ from hodei.stores._postgres_schema import (
     record,
     viewed,
 )
+from hodei.stores._postgres_statistics import TableStatistics
 from hodei.stores._rows import by_pool
 
 __all__ = ["PostgresRegistryStore"]
@@ -93,6 +94,7 @@ class PostgresRegistryStore:
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
             self._upsert_now, size=wire_size, gather=GATHER
         )
+        self.statistics = TableStatistics(pool, self.dsn)
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresRegistryStore:
@@ -152,7 +154,7 @@ class PostgresRegistryStore:
     async def _upsert_now(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         ids = sorted({record.worker_id for record in records})
 
-        async def write(db: Db) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        async def write(db: Db) -> tuple[list[tuple[UpsertOutcome, WorkerRecord]], bool]:
             rows = await db.fetch(
                 f"{SELECT} WHERE worker_id = ANY($1::text[]) ORDER BY worker_id FOR UPDATE", ids
             )
@@ -168,9 +170,12 @@ class PostgresRegistryStore:
                         raise RaceLost
                 if updated:
                     await db.execute(UPDATE, *columns(updated))
-            return outcomes
+            return outcomes, bool(created)
 
-        return await self._retrying(write)
+        outcomes, grew = await self._retrying(write)
+        if grew:
+            self.statistics.grew()
+        return outcomes
 
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
@@ -301,6 +306,7 @@ class PostgresRegistryStore:
 
     async def close(self) -> None:
         await self._registrations.aclose()
+        await self.statistics.aclose()
         await self._pool.close()
 
     # -- SpentTokens -----------------------------------------------------------------------------------
