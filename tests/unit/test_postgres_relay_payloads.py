@@ -15,7 +15,7 @@ from hodei.domain import MAX_WORKER_ID_LENGTH
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
 from hodei.ports import Relayed, RelayedAck, RelayedCommand, RelayedEvent
 from hodei.scheduler._relay import REASON_LIMIT
-from hodei.stores._postgres_relay import MOST_PER_PAYLOAD, PAYLOAD_LIMIT, PostgresEventRelay, decode
+from hodei.stores._postgres_relay import MOST_PER_PAYLOAD, PAYLOAD_LIMIT, PostgresEventRelay, _payload, decode
 
 MOMENT = datetime(2026, 12, 6, 18, 30, 15, 123456, tzinfo=UTC)
 
@@ -43,8 +43,14 @@ def _carried(relay: PostgresEventRelay, payloads: list[str]) -> list[Relayed]:
     for payload in payloads:
         parsed = json.loads(payload)
         assert parsed["o"] == relay.origin
-        messages.extend(decode(item) for item in parsed["m"])
+        for item in parsed["m"]:
+            messages.extend(decode(item))
     return messages
+
+
+def _count(payload: str) -> int:
+    """How many messages ``payload`` carries (every event of a run counts)."""
+    return sum(len(decode(item)) for item in json.loads(payload)["m"])
 
 
 def _event(n: int, *, time: datetime = MOMENT, reason: str = "") -> RelayedEvent:
@@ -59,11 +65,18 @@ def test_a_batchs_events_go_in_order_in_full_payloads_under_the_limit() -> None:
 
     assert _carried(relay, payloads) == events
     assert all(len(payload.encode()) <= PAYLOAD_LIMIT for payload in payloads)
-    each = len(json.dumps(["e", "registered", "worker-00000", "", MOMENT.isoformat()], separators=(",", ":")))
-    # After the first (one message: nothing is known of their sizes yet), each holds all that fit but one at most.
-    assert len(json.loads(payloads[0])["m"]) == 1
-    for payload in payloads[1:-1]:
+    each = len(json.dumps("worker-00000"))  # what an event adds to its run
+    # The first holds one message (nothing is known of their sizes yet); the next ones more, as the estimate
+    # learns how little a message adds to its run (the run's head is counted as part of the first ones'); from
+    # the fourth on, each holds all that fit but one at most.
+    head = len(_payload(relay.origin, []))
+    counts = [_count(payload) for payload in payloads]
+    assert counts[:2] == [1, (PAYLOAD_LIMIT - head + 1) // (len(payloads[0]) - head + 1)]
+    assert counts[1] < counts[2] < counts[3]
+    for payload in payloads[3:-1]:
         assert len(payload) + 2 * (each + 1) > PAYLOAD_LIMIT
+    # One run a payload: a batch's kind, reason and moment are written once in each.
+    assert all(len(json.loads(payload)["m"]) == 1 for payload in payloads)
 
 
 def test_events_of_their_own_moments_carry_each_its_own_time() -> None:
@@ -95,19 +108,34 @@ def test_messages_of_every_kind_and_size_mixed_go_in_order_and_no_payload_is_too
 
 
 def test_long_messages_after_short_ones_are_packed_in_fewer_and_short_ones_after_long_in_more() -> None:
-    short = [_event(n) for n in range(400)]
-    long = [_event(n, reason="ü" * REASON_LIMIT) for n in range(400)]
+    short = [_event(n) for n in range(2_000)]
+    # Each with a reason of its own: a run of one, its reason written out in full.
+    long = [_event(n, reason=f"{n:03d}" + "ü" * (REASON_LIMIT - 3)) for n in range(400)]
     relay = _relay(*short, *long, *short)
 
     payloads = _drain(relay)
 
     assert _carried(relay, payloads) == [*short, *long, *short]
     assert all(len(payload) <= PAYLOAD_LIMIT for payload in payloads)
-    counts = [len(json.loads(p)["m"]) for p in payloads]
+    counts = [_count(p) for p in payloads]
     assert max(counts) <= MOST_PER_PAYLOAD
     # The estimate followed the messages' sizes down, and up again: the short ones after the long ones fill
     # their payloads as full as those before them.
-    assert min(counts[1:-1]) < counts[1] == counts[-2]
+    assert min(counts[3:-1]) < counts[3] == counts[-2]
+
+
+def test_short_messages_ahead_of_long_ones_still_fill_half_a_payload() -> None:
+    # Shrunk in proportion to the whole window (long ones included), the count would leave a few short ones
+    # in a payload nearly empty; it is looked for between that and the count found too many.
+    short = [_event(n) for n in range(300)]
+    long = [_event(n, reason=f"{n:03d}" + "ü" * (REASON_LIMIT - 3)) for n in range(100)]
+    relay = _relay(*short, *long)
+    relay._fits = 400  # as after full payloads of short ones
+
+    first, count = relay._pack()
+
+    assert 2 * len(first) >= PAYLOAD_LIMIT >= len(first)
+    assert _carried(relay, [first]) == short[:count]
 
 
 def test_a_message_too_large_for_any_payload_is_dropped_counted_and_the_next_one_goes(
@@ -144,6 +172,16 @@ def test_its_own_payloads_heard_back_are_skipped_and_another_replicas_are_receiv
     assert heard == [_event(3)]
 
 
+def test_a_replica_of_the_version_before_runs_is_still_heard() -> None:
+    relay = _relay()
+    heard = _hearing(relay)
+    older = [["e", "registered", "worker-00001", "", MOMENT.isoformat()], ["a", "r" * 32]]
+
+    relay._heard(None, 0, "hodei_relay", json.dumps({"o": "someone", "m": older}))
+
+    assert heard == [_event(1), RelayedAck("r" * 32)]
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -151,6 +189,7 @@ def test_its_own_payloads_heard_back_are_skipped_and_another_replicas_are_receiv
         '{"m": []}',
         '{"o": "someone", "m": 5}',
         '{"o": "someone", "m": [["z", 1], ["e"]]}',
+        '{"o": "someone", "m": [["r", "registered", "", "2026-12-06T18:30:15+00:00", 5]]}',
         '{"o":"' + "a" * 12 + '","m":[]}',
     ],
 )

@@ -6,9 +6,12 @@ time, from a queue, so its messages reach every listener in the order it publish
 notifications in commit order). Several messages share one notification, up to :data:`PAYLOAD_LIMIT` bytes
 (NOTIFY refuses 8000); each payload names its sender, and a replica skips its own.
 
-The payload is JSON: ``{"o": origin, "m": [message, ...]}`` with each message a list —
-``["e", kind, worker_id, reason, time]``, ``["c", worker_id, kind, reason, deadline, request, incarnation,
-close]`` or ``["a", request]``.
+The payload is JSON: ``{"o": origin, "m": [item, ...]}`` with each item a list —
+``["r", kind, reason, time, [worker_id, ...]]`` (a run of events of one kind, reason and moment, as a batch of
+registrations makes: each worker's id is all it adds), ``["c", worker_id, kind, reason, deadline, request,
+incarnation, close]`` or ``["a", request]``. A replica of the version before runs sent each event as
+``["e", kind, worker_id, reason, time]``, which is still read; it skips runs as unreadable (logged), so while
+replicas of both versions run, the older ones miss the newer ones' events.
 
 Best effort: the queue is bounded (the oldest are dropped, and counted, when it is full); a send that fails
 is tried again on a new connection; a listening connection that breaks is reopened, and what was notified
@@ -23,7 +26,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -43,15 +46,36 @@ log = logging.getLogger(__name__)
 CHANNEL = "hodei_relay"
 PAYLOAD_LIMIT = 7_900  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 QUEUE_LIMIT = 10_000
-MOST_PER_PAYLOAD = 400  # messages tried in one payload at most (the shortest message is about 30 bytes)
+MOST_PER_PAYLOAD = 1_000  # messages tried in one payload at most (an event in a run adds only its quoted id)
 
 # The events of one batch of registrations share their moment: its text is written once.
 _moment = SameAsLast(datetime.isoformat)
 
 
-def encode(message: Relayed) -> list[Any]:
-    if isinstance(message, RelayedEvent):
-        return ["e", message.kind.value, message.worker_id, message.reason, _moment(message.time)]
+def encode(messages: Iterable[Relayed]) -> list[list[Any]]:
+    """The items of a payload carrying ``messages``, in order: consecutive events of one kind, reason and moment
+    go as one run."""
+    items: list[list[Any]] = []
+    run: list[str] = []
+    last: RelayedEvent | None = None  # the event that began the current run
+    for message in messages:
+        if isinstance(message, RelayedEvent):
+            if (
+                last is None
+                or message.time != last.time
+                or message.kind is not last.kind
+                or message.reason != last.reason
+            ):
+                last, run = message, []
+                items.append(["r", message.kind.value, message.reason, _moment(message.time), run])
+            run.append(message.worker_id)
+        else:
+            last = None
+            items.append(_encode_one(message))
+    return items
+
+
+def _encode_one(message: RelayedCommand | RelayedAck) -> list[Any]:
     if isinstance(message, RelayedCommand):
         command = message.command
         return [
@@ -67,18 +91,26 @@ def encode(message: Relayed) -> list[Any]:
     return ["a", message.request]
 
 
-def decode(item: list[Any]) -> Relayed:
-    """Raises ValueError (or KeyError, TypeError, IndexError) for what no replica sent."""
-    if item[0] == "e":
-        return RelayedEvent(
-            WorkerEventKind(item[1]), str(item[2]), str(item[3]), datetime.fromisoformat(item[4])
-        )
+def decode(item: list[Any]) -> list[Relayed]:
+    """The messages an item carries. Raises ValueError (or KeyError, TypeError, IndexError) for what no replica
+    sent."""
+    if item[0] == "r":
+        kind, reason, time = WorkerEventKind(item[1]), str(item[2]), datetime.fromisoformat(item[3])
+        if not isinstance(item[4], list):
+            raise TypeError(f"a run's ids are not a list: {type(item[4]).__name__}")
+        return [RelayedEvent(kind, str(worker_id), reason, time) for worker_id in item[4]]
+    if item[0] == "e":  # a replica of the version before runs
+        return [
+            RelayedEvent(
+                WorkerEventKind(item[1]), str(item[2]), str(item[3]), datetime.fromisoformat(item[4])
+            )
+        ]
     if item[0] == "c":
         incarnation = None if item[6] is None else int(item[6])
         command = WorkerCommand(CommandKind(item[2]), str(item[3]), float(item[4]))
-        return RelayedCommand(str(item[1]), command, str(item[5]), incarnation, bool(item[7]))
+        return [RelayedCommand(str(item[1]), command, str(item[5]), incarnation, bool(item[7]))]
     if item[0] == "a":
-        return RelayedAck(str(item[1]))
+        return [RelayedAck(str(item[1]))]
     raise ValueError(f"unknown message type {str(item[0])[:16]!r}")
 
 
@@ -140,9 +172,15 @@ class PostgresEventRelay:
     def publish(self, message: Relayed) -> None:
         if self.closed:
             return
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1  # the deque drops the oldest
-        self._queue.append(message)
+        queue = self._queue
+        if (
+            queue
+        ):  # the sender was told when the queue stopped being empty, and looks at it again before waiting
+            if len(queue) == queue.maxlen:
+                self.dropped += 1  # the deque drops the oldest
+            queue.append(message)
+            return
+        queue.append(message)
         self._idle.clear()
         self._wake.set()
 
@@ -201,13 +239,14 @@ class PostgresEventRelay:
         assert self._receive is not None
         for item in items:
             try:
-                message = decode(item)
+                messages = decode(item)
             except (ValueError, KeyError, TypeError, IndexError) as error:  # a newer replica's, or garbage
                 log.warning(
                     "relay.unreadable", extra={"error": str(error)[:200], "payload_bytes": len(payload)}
                 )
                 continue
-            self._receive(message)
+            for message in messages:
+                self._receive(message)
 
     # -- sending ---------------------------------------------------------------------------------------
 
@@ -216,18 +255,29 @@ class PostgresEventRelay:
         is dropped).
 
         One ``json.dumps`` makes a payload: it is tried with as many messages as the last payload's suggest
-        would fit, and with proportionally fewer while it is too large."""
+        would fit, and with proportionally fewer while it is too large. When fewer turn out to fill less than
+        half a payload (short messages ahead of long ones), the count is looked for between the two."""
         count = min(len(self._queue), self._fits)
+        fitting: tuple[str, int] | None = None  # the payload of the most messages found to fit
+        too_many = 0  # the fewest messages found too many for a payload (0: none yet)
         while True:
-            payload = _payload(self.origin, [encode(m) for m in itertools.islice(self._queue, count)])
+            payload = _payload(self.origin, encode(itertools.islice(self._queue, count)))
             if len(payload) <= PAYLOAD_LIMIT:
-                break
-            if count == 1:
+                fitting = (payload, count)
+            elif count == 1:
                 self._queue.popleft()
                 self.dropped += 1
                 log.warning("relay.message_too_large", extra={"channel": self._channel})
                 return "", 0
-            count = max(1, count * (PAYLOAD_LIMIT - self._head) // (len(payload) - self._head))
+            else:
+                too_many = count
+            if fitting is None:
+                count = max(1, count * (PAYLOAD_LIMIT - self._head) // (len(payload) - self._head))
+            elif not too_many or too_many - fitting[1] == 1 or 2 * len(fitting[0]) >= PAYLOAD_LIMIT:
+                break
+            else:
+                count = (fitting[1] + too_many) // 2
+        payload, count = fitting
         # Each message's share of this payload (its comma included) says how many the next one can hold.
         each = (len(payload) - self._head + 1) / count
         self._fits = max(1, min(MOST_PER_PAYLOAD, int((PAYLOAD_LIMIT - self._head + 1) / each)))
