@@ -534,11 +534,12 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(postgres_dsn: s
             (3,),
             (4,),
             (5,),
+            (6,),
         ]
-        await db.execute("INSERT INTO hodei_schema (version) VALUES (7)")
+        await db.execute("INSERT INTO hodei_schema (version) VALUES (8)")
     finally:
         await db.close()
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this hodei's 5"):
+    with pytest.raises(StoreError, match=r"schema version 8, newer than this hodei's 6"):
         await PostgresRegistryStore.open(postgres_dsn, min_size=1)
 
 
@@ -1070,10 +1071,34 @@ async def test_a_postgres_database_of_schema_4_holding_workers_is_migrated_to_un
         finally:
             await store.close()
         assert await db.fetch("SELECT version FROM hodei_schema ORDER BY version") == [
-            (n,) for n in range(1, 6)
+            (n,) for n in range(1, 7)
         ]
     finally:
         await db.close()
+
+
+async def test_the_postgres_row_type_has_the_columns_written_in_order_with_the_tables_types(
+    postgres_dsn: str,
+) -> None:
+    """The statements write rows as one array of ``hodei_worker_row``: its attributes are COLUMNS, in order,
+    each of its column's type in the table (JSON as text, cast in the statement)."""
+    store = await PostgresRegistryStore.open(postgres_dsn, min_size=1)
+    db = await asyncpg.connect(postgres_dsn)
+    try:
+        query = (
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute AS a "
+            "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+        )
+        row_type = [tuple(r) for r in await db.fetch(query, "hodei_worker_row")]
+        table = dict(tuple(r) for r in await db.fetch(query, "hodei_workers"))
+        assert [name for name, _ in row_type] == list(COLUMNS)
+        assert row_type == [
+            (name, "text" if table[name] == "jsonb" or name == "assignment" else table[name])
+            for name in COLUMNS
+        ]
+    finally:
+        await db.close()
+        await store.close()
 
 
 async def test_postgres_pool_definitions_saved_by_one_replica_are_read_by_another(postgres_dsn: str) -> None:

@@ -63,7 +63,7 @@ from hodei.stores._postgres_schema import (
     SELECT,
     UPDATE,
     VIEW,
-    columns,
+    as_rows,
     record,
     viewed,
 )
@@ -165,11 +165,11 @@ class PostgresRegistryStore:
             updated = [r for worker_id, r in written.items() if worker_id in held]
             with binding(await bind(db, held, written)):
                 if created:
-                    inserted = await db.fetch(INSERT, *columns(created))
+                    inserted = await db.fetch(INSERT, as_rows(created))
                     if len(inserted) != len(created):
                         raise RaceLost
                 if updated:
-                    await db.execute(UPDATE, *columns(updated))
+                    await db.execute(UPDATE, as_rows(updated))
             return outcomes, bool(created)
 
         outcomes, grew = await self._retrying(write)
@@ -198,7 +198,7 @@ class PostgresRegistryStore:
                 result, written = apply_change(current.get(worker_id), change)
                 if result is not None and written is not None:
                     with binding(await bind(db, {worker_id: job_of(result[0])}, {worker_id: written})):
-                        await db.execute(CHANGE, *columns([written]))
+                        await db.execute(CHANGE, as_rows([written]))
                     current[worker_id] = written
                 results.append(result)
             return results

@@ -22,13 +22,18 @@ __all__ = [
     "SELECT",
     "UPDATE",
     "VIEW",
-    "columns",
+    "as_rows",
     "record",
     "viewed",
 ]
 
 MIGRATION_LOCK = 0x686F6465_69000001  # "hodei" + 1: held while the schema is migrated
 _JOB_INDEX = "hodei_workers_by_job"  # unique: at most one worker per job
+# Rows go to the database as one array of this type, a tuple each: asyncpg then encodes each row's values with
+# their own codecs, instead of asking of every value of one array per column whether it is an array itself
+# (11.6 against 16.4 µs of the scheduler's CPU per row in transactions of 2,000 here, 22 against 30 µs in all).
+# Its attributes are the columns written, in COLUMNS order.
+_ROW_TYPE = "hodei_worker_row"
 
 # Each entry migrates the schema from version ``index`` to ``index + 1``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -78,33 +83,34 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE hodei_pools (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), "
         "source text NOT NULL, text text NOT NULL, saved_at timestamptz NOT NULL DEFAULT now())",
     ),
+    (
+        # The rows a statement writes, as one argument (labels and assignment as JSON text).
+        f"""CREATE TYPE {_ROW_TYPE} AS (
+            worker_id text,
+            worker_type text,
+            status text,
+            pool text,
+            hostname text,
+            agent_version text,
+            incarnation bigint,
+            cpu_cores integer,
+            memory_mb bigint,
+            disk_mb bigint,
+            gpu_count integer,
+            labels text,
+            registered_at timestamptz,
+            updated_at timestamptz,
+            lease_ttl double precision,
+            drained boolean,
+            assignment text,
+            job_id text,
+            use_count bigint
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_TYPES = (
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "bigint",
-    "integer",
-    "bigint",
-    "bigint",
-    "integer",
-    "text",  # labels: JSON text, cast to jsonb in the statement
-    "timestamptz",
-    "timestamptz",
-    "double precision",
-    "boolean",
-    "text",  # assignment: JSON text, kept as written
-    "text",
-    "bigint",
-)
-_UNNEST = (
-    "unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES)) + f") AS u({', '.join(COLUMNS)})"
-)
+_UNNEST = f"unnest($1::{_ROW_TYPE}[]) AS u"
 _VALUES = ", ".join("u.labels::jsonb" if c == "labels" else f"u.{c}" for c in COLUMNS)
 _SEEN = "CASE WHEN u.lease_ttl IS NULL THEN NULL ELSE now() END"
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM hodei_workers"
@@ -136,6 +142,6 @@ def viewed(row: Any) -> WorkerRecord:
     return replace(stored, connected_via=row[len(COLUMNS)]) if row[len(COLUMNS)] else stored
 
 
-def columns(records: Sequence[WorkerRecord]) -> list[list[Any]]:
-    rows = [to_row(each, _same) for each in records]
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in COLUMNS]
+def as_rows(records: Sequence[WorkerRecord]) -> list[tuple[Any, ...]]:
+    """The statements' one argument: the records as rows of ``hodei_worker_row``."""
+    return [to_row(each, _same) for each in records]
