@@ -16,6 +16,7 @@ from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
 from hodei.ports import Relayed, RelayedAck, RelayedCommand, RelayedEvent
 from hodei.scheduler._relay import REASON_LIMIT
 from hodei.stores._postgres_relay import MOST_PER_PAYLOAD, PAYLOAD_LIMIT, PostgresEventRelay, _payload, decode
+from tests.helpers import wait_until
 
 MOMENT = datetime(2026, 12, 6, 18, 30, 15, 123456, tzinfo=UTC)
 
@@ -77,6 +78,23 @@ def test_a_batchs_events_go_in_order_in_full_payloads_under_the_limit() -> None:
         assert len(payload) + 2 * (each + 1) > PAYLOAD_LIMIT
     # One run a payload: a batch's kind, reason and moment are written once in each.
     assert all(len(json.loads(payload)["m"]) == 1 for payload in payloads)
+
+
+def test_events_of_another_kind_or_reason_at_the_same_moment_begin_a_run_of_their_own() -> None:
+    events = [
+        _event(1),
+        RelayedEvent(WorkerEventKind.LOST, "worker-00001", "", MOMENT),
+        RelayedEvent(WorkerEventKind.LOST, "worker-00002", "", MOMENT),
+        RelayedEvent(WorkerEventKind.LOST, "worker-00003", "quiet", MOMENT),
+        _event(4),
+    ]
+    relay = _relay(*events)
+    relay._fits = len(events)
+
+    [payload] = _drain(relay)
+
+    assert _carried(relay, [payload]) == events
+    assert [len(item[4]) for item in json.loads(payload)["m"]] == [1, 2, 1, 1]
 
 
 def test_events_of_their_own_moments_carry_each_its_own_time() -> None:
@@ -189,7 +207,9 @@ def test_a_replica_of_the_version_before_runs_is_still_heard() -> None:
         '{"m": []}',
         '{"o": "someone", "m": 5}',
         '{"o": "someone", "m": [["z", 1], ["e"]]}',
-        '{"o": "someone", "m": [["r", "registered", "", "2026-12-06T18:30:15+00:00", 5]]}',
+        '{"o": "someone", "m": [["r", "registered", "", "2026-12-06T18:30:15+00:00", "w-1"]]}',
+        '{"o": "someone", "m": [["r", "registered", "", "2026-12-06T18:30:15+00:00", ["w-1", null, ""]]]}',
+        '{"o": "someone", "m": ' + "[" * 3_000 + "]" * 3_000 + "}",
         '{"o":"' + "a" * 12 + '","m":[]}',
     ],
 )
@@ -247,3 +267,42 @@ async def test_messages_sent_again_after_a_broken_send_go_first_and_what_no_long
     assert list(relay._queue) == [_event(1), _event(2), _event(3)]
     # Published while the queue was empty, then pushed off its end by the two sent again.
     assert relay.dropped == 2
+
+
+class _SendingWorks:
+    """A sending connection whose first send has more published while it is in flight, after the queue emptied."""
+
+    def __init__(self, relay: PostgresEventRelay, meanwhile: list[Relayed]) -> None:
+        self.relay, self.meanwhile = relay, meanwhile
+        self.payloads: list[str] = []
+
+    def is_closed(self) -> bool:
+        return False
+
+    async def execute(self, _query: str, _channel: str, payload: str) -> None:
+        self.payloads.append(payload)
+        while self.meanwhile:
+            self.relay.publish(self.meanwhile.pop(0))
+        await asyncio.sleep(0)
+
+
+async def test_what_is_published_while_a_send_is_in_flight_is_sent_next_and_the_relay_goes_idle() -> None:
+    relay = PostgresEventRelay("postgresql://127.0.0.1:1/none")
+    meanwhile = [_event(2), _event(3)]
+    working = _SendingWorks(relay, list(meanwhile))
+    relay._sending = working  # type: ignore[assignment]
+    sender = asyncio.create_task(relay._send())
+    try:
+        await asyncio.sleep(0)  # the sender's first step: it finds the queue empty, and waits to be woken
+        relay.publish(_event(1))  # into the empty queue: the sender is woken
+        await wait_until(lambda: relay._idle.is_set() and len(working.payloads) == 2)
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+
+    assert _carried(relay, working.payloads) == [_event(1), *meanwhile]
+
+
+def test_a_queue_must_hold_one_message_at_least() -> None:
+    with pytest.raises(ValueError, match="queue_limit must be at least 1, got 0"):
+        PostgresEventRelay("postgresql://127.0.0.1:1/none", queue_limit=0)

@@ -24,7 +24,8 @@ replicas starting together migrate once; its migrations and statements are
 :mod:`hodei.stores._postgres_schema`. Each call runs under the retry policy of
 :mod:`hodei.stores._postgres_retry`; the job bindings are looked up and enforced by
 :mod:`hodei.stores._postgres_bound`. Leadership and the relay are modules of their own
-(:mod:`hodei.stores._postgres_leadership`, :mod:`hodei.stores._postgres_relay`).
+(:mod:`hodei.stores._postgres_leadership`, :mod:`hodei.stores._postgres_relay`), and so is the analysis of the
+workers' table while registrations grow it (:mod:`hodei.stores._postgres_statistics`).
 """
 
 from __future__ import annotations

@@ -96,9 +96,12 @@ def decode(item: list[Any]) -> list[Relayed]:
     sent."""
     if item[0] == "r":
         kind, reason, time = WorkerEventKind(item[1]), str(item[2]), datetime.fromisoformat(item[3])
-        if not isinstance(item[4], list):
-            raise TypeError(f"a run's ids are not a list: {type(item[4]).__name__}")
-        return [RelayedEvent(kind, str(worker_id), reason, time) for worker_id in item[4]]
+        ids = item[4]
+        if not isinstance(ids, list) or not all(
+            isinstance(worker_id, str) and worker_id for worker_id in ids
+        ):
+            raise TypeError("a run's ids are not a list of worker ids")
+        return [RelayedEvent(kind, worker_id, reason, time) for worker_id in ids]
     if item[0] == "e":  # a replica of the version before runs
         return [
             RelayedEvent(
@@ -127,6 +130,8 @@ class PostgresEventRelay:
         retry_delay: float = 0.5,
         connect_timeout: float = 2.0,
     ) -> None:
+        if queue_limit < 1:
+            raise ValueError(f"queue_limit must be at least 1, got {queue_limit}")
         self._dsn = dsn
         self._channel = channel
         self._retry_delay = retry_delay
@@ -173,9 +178,8 @@ class PostgresEventRelay:
         if self.closed:
             return
         queue = self._queue
-        if (
-            queue
-        ):  # the sender was told when the queue stopped being empty, and looks at it again before waiting
+        # The sender was told when the queue stopped being empty, and looks at it again before it waits.
+        if queue:
             if len(queue) == queue.maxlen:
                 self.dropped += 1  # the deque drops the oldest
             queue.append(message)
@@ -233,7 +237,7 @@ class PostgresEventRelay:
             parsed = json.loads(payload)
             # Another replica's: every payload names its sender.
             _sender, items = parsed["o"], list(parsed["m"])
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, RecursionError) as error:  # RecursionError: nested too deep
             log.warning("relay.unreadable", extra={"error": str(error)[:200], "payload_bytes": len(payload)})
             return
         assert self._receive is not None

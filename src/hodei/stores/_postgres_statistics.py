@@ -33,8 +33,10 @@ CHECK_EVERY = 1.0  # seconds between checks, while registrations create rows
 SLACK_PAGES = 8  # pages a table may have beyond twice what its statistics say before it is analyzed
 
 # Whether hodei_workers has more than twice the pages (plus the slack) its statistics were taken at (none, for a
-# table never analyzed), the size being the file's as it is now; and whether this role may analyze it (it owns
-# the table: a role granted only its rows would be skipped by ANALYZE, with a warning, at every check).
+# table never analyzed), the size being the file's as it is now; and whether this role owns the table (a member
+# of its owner's role). Only the owner analyzes: a role granted only its rows would be skipped by ANALYZE, with a
+# warning, at every check, and so would some roles that may (a database's owner, PostgreSQL 17's MAINTAIN), which
+# leave it to autovacuum.
 _OUTGROWN = (
     "SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint > 2 * c.relpages + $1 "
     "AND pg_has_role(c.relowner, 'USAGE') FROM pg_class AS c WHERE c.oid = 'hodei_workers'::regclass"
@@ -42,8 +44,8 @@ _OUTGROWN = (
 
 
 class TableStatistics:
-    """``grew()`` after rows were created; :meth:`aclose` with the store. ``analyses`` counts the tables this
-    store analyzed (what a test reads)."""
+    """``grew()`` after rows were created; :meth:`aclose` with the store. ``analyses`` counts the analyses this
+    store asked for (what a test reads)."""
 
     def __init__(
         self, pool: asyncpg.Pool, store: str, *, every: float = CHECK_EVERY, slack_pages: int = SLACK_PAGES
@@ -54,12 +56,13 @@ class TableStatistics:
         self._slack_pages = slack_pages
         self._due = 0.0  # the event loop's time before which no check starts
         self._checking: asyncio.Task[None] | None = None
+        self._closed = False
         self.analyses = 0
 
     def grew(self) -> bool:
         """Rows were created: check the statistics, unless a check is running or one started within ``every``
         seconds; whether a check started. Never waits."""
-        if self._checking is not None:
+        if self._checking is not None or self._closed:
             return False
         loop = asyncio.get_running_loop()
         if loop.time() < self._due:
@@ -69,8 +72,10 @@ class TableStatistics:
         self._checking.add_done_callback(self._checked)
         return True
 
-    def _checked(self, _task: asyncio.Task[None]) -> None:
+    def _checked(self, task: asyncio.Task[None]) -> None:
         self._checking = None
+        if not task.cancelled() and (error := task.exception()) is not None:  # a StoreError is logged inside
+            log.error("store.statistics_failed", extra={"store": self._store}, exc_info=error)
 
     async def check(self) -> None:
         """Analyze the table if it outgrew its statistics. A failure is logged, never raised: the plans stay
@@ -85,7 +90,8 @@ class TableStatistics:
     async def _analyze_outgrown(self, db: Db) -> bool:
         if not await db.fetchval(_OUTGROWN, self._slack_pages):
             return False
-        await db.execute("ANALYZE hodei_workers")
+        # Not waiting for the table: another replica analyzing it meanwhile does the same.
+        await db.execute("ANALYZE (SKIP_LOCKED) hodei_workers")
         return True
 
     async def checked(self) -> None:
@@ -94,6 +100,8 @@ class TableStatistics:
             await asyncio.shield(self._checking)
 
     async def aclose(self) -> None:
+        """Cancel a check that is running; none starts after."""
+        self._closed = True
         if self._checking is not None:
             self._checking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
