@@ -57,6 +57,12 @@ async def db(postgres_dsn: str, store: PostgresRegistryStore) -> AsyncIterator[a
     await connection.close()
 
 
+def statistics_of(store: PostgresRegistryStore, *, every: float = 0.0) -> TableStatistics:
+    """Statistics of the store's table, checked at most every ``every`` seconds (by default after every write
+    that may)."""
+    return TableStatistics(store._pool, store.dsn, every=every)
+
+
 async def generic_plan(db: asyncpg.Connection) -> str:
     rows = await db.fetch("EXPLAIN EXECUTE lookup('{w-1}')")
     return "\n".join(row[0] for row in rows)
@@ -88,9 +94,7 @@ async def test_a_plan_cached_on_the_empty_table_is_made_again_with_the_index_onc
 async def test_only_a_write_that_created_rows_checks_the_statistics(
     store: PostgresRegistryStore, db: asyncpg.Connection
 ) -> None:
-    store.statistics = TableStatistics(
-        store._pool, store.dsn, every=0.0
-    )  # a check after every write that may
+    store.statistics = statistics_of(store)
     await store.upsert([record(f"w-{n}") for n in range(1000)])
     await store.statistics.checked()
     assert store.statistics.analyses == 1
@@ -106,7 +110,7 @@ async def test_only_a_write_that_created_rows_checks_the_statistics(
 async def test_a_table_is_analyzed_again_only_once_it_more_than_doubled(
     store: PostgresRegistryStore, db: asyncpg.Connection
 ) -> None:
-    statistics = TableStatistics(store._pool, "test", every=0.0)
+    statistics = statistics_of(store)
     await statistics.check()
     assert statistics.analyses == 0  # empty: nothing to analyze
 
@@ -126,7 +130,7 @@ async def test_a_table_is_analyzed_again_only_once_it_more_than_doubled(
 async def test_one_check_at_a_time_and_none_again_within_its_interval(
     store: PostgresRegistryStore, db: asyncpg.Connection
 ) -> None:
-    hourly = TableStatistics(store._pool, "test", every=3600.0)
+    hourly = statistics_of(store, every=3600.0)
     await db.execute(FILL, "a-", 2000)
     assert hourly.grew() is True
     assert hourly.grew() is False  # one is running
@@ -138,7 +142,7 @@ async def test_one_check_at_a_time_and_none_again_within_its_interval(
     await hourly.checked()
     assert hourly.analyses == 1
 
-    always = TableStatistics(store._pool, "test", every=0.0)
+    always = statistics_of(store)
     assert always.grew() is True
     await always.checked()
     assert always.grew() is True
@@ -149,7 +153,7 @@ async def test_one_check_at_a_time_and_none_again_within_its_interval(
 async def test_a_check_that_fails_is_logged_short_and_changes_nothing(
     store: PostgresRegistryStore, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    statistics = TableStatistics(store._pool, "test", every=0.0)
+    statistics = statistics_of(store)
     await db.execute("ALTER TABLE hodei_workers RENAME TO hodei_workers_away")
     try:
         with caplog.at_level(logging.WARNING, logger="hodei.stores._postgres_statistics"):
@@ -168,7 +172,7 @@ async def test_a_check_that_fails_is_logged_short_and_changes_nothing(
 async def test_closing_cancels_a_check_that_is_running(
     store: PostgresRegistryStore, db: asyncpg.Connection
 ) -> None:
-    statistics = TableStatistics(store._pool, "test", every=0.0)
+    statistics = statistics_of(store)
     await db.execute(FILL, "a-", 1000)
     assert statistics.grew() is True
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import asyncpg
 
-from hodei._kept import SameAsLast
 from hodei._waiting import wait_until_set
 from hodei.errors import StoreUnavailable
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
@@ -47,9 +46,6 @@ CHANNEL = "hodei_relay"
 PAYLOAD_LIMIT = 7_900  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 QUEUE_LIMIT = 10_000
 MOST_PER_PAYLOAD = 1_000  # messages tried in one payload at most (an event in a run adds only its quoted id)
-
-# The events of one batch of registrations share their moment: its text is written once.
-_moment = SameAsLast(datetime.isoformat)
 
 
 def encode(messages: Iterable[Relayed]) -> list[list[Any]]:
@@ -67,7 +63,7 @@ def encode(messages: Iterable[Relayed]) -> list[list[Any]]:
                 or message.reason != last.reason
             ):
                 last, run = message, []
-                items.append(["r", message.kind.value, message.reason, _moment(message.time), run])
+                items.append(["r", message.kind.value, message.reason, message.time.isoformat(), run])
             run.append(message.worker_id)
         else:
             last = None

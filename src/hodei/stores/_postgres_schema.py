@@ -1,7 +1,6 @@
 """The PostgreSQL store's schema and statements: the migrations (each from one version to the next), the
 statements that read and write ``hodei_workers`` in bulk (``unnest`` of one array of ``hodei_worker_row``), and
-records to
-and from their rows. No connection here: :mod:`hodei.stores._postgres` runs them.
+records to and from their rows. No connection here: :mod:`hodei.stores._postgres` runs them.
 """
 
 from __future__ import annotations
