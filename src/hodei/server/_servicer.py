@@ -213,12 +213,7 @@ class SchedulerServicer(PoolCalls):
             self._scheduler.registry.count_invalid(worker_type)
         answers = [outcome or next(registered) for outcome in outcomes]
         _log_batch(answers)
-        return pb.RegisterWorkersResponse(
-            results=[
-                codec.registration_result_to_proto(entry.worker_id, answer, entry)
-                for entry, answer in zip(request.workers, answers, strict=True)
-            ]
-        )
+        return codec.registration_results(request.workers, answers)
 
     async def UnregisterWorker(
         self, request: pb.UnregisterWorkerRequest, context: Context

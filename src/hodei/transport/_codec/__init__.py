@@ -2,9 +2,11 @@
 
 :mod:`._records` converts workers and records (a registration, an agent's hello, a record and its statuses,
 capabilities, usage, timestamps); :mod:`._outcomes` what the scheduler answers and tells (receipts, results
-and a refusal's field violations, unregistrations, filters, commands, events).
+and a refusal's field violations, unregistrations, filters, commands, events); :mod:`._answers` a batch's
+answer, encoded once per kind of result.
 """
 
+from hodei.transport._codec._answers import registration_results
 from hodei.transport._codec._jobs import (
     assignment_from_proto,
     assignment_to_proto,
@@ -92,6 +94,7 @@ __all__ = [
     "record_from_request",
     "record_to_proto",
     "registration_result_to_proto",
+    "registration_results",
     "requirements_from_proto",
     "requirements_to_proto",
     "result_from_proto",
