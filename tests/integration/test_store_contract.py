@@ -273,6 +273,32 @@ async def test_count_by_status_counts_each_stored_status_and_follows_changes(sto
     assert all(isinstance(status, WorkerStatus) and type(n) is int for status, n in counts.items())
 
 
+async def test_leases_are_those_of_the_leased_records_in_worker_id_order_and_follow_changes(
+    store: RegistryStore,
+) -> None:
+    assert await store.leases() == []
+    await store.upsert(
+        [
+            record("c", lease_ttl=15.0),
+            record("a", lease_ttl=2.5),
+            record("pushed"),  # no agent: no lease
+            record("b", lease_ttl=15.0, status=WorkerStatus.DRAINING),
+            record("gone", lease_ttl=15.0),
+        ]
+    )
+    await store.modify("c", lambda r: replace(r, status=WorkerStatus.LOST))
+    await store.delete("gone")
+
+    leases = await store.leases()
+
+    assert leases == [
+        ("a", 2.5, WorkerStatus.AVAILABLE),
+        ("b", 15.0, WorkerStatus.DRAINING),
+        ("c", 15.0, WorkerStatus.LOST),
+    ]
+    assert all(type(ttl) is float and isinstance(status, WorkerStatus) for _, ttl, status in leases)
+
+
 async def test_count_by_pool_counts_each_pools_statuses_and_follows_changes(store: RegistryStore) -> None:
     assert await store.count_by_pool() == {}
     await store.upsert(

@@ -15,7 +15,7 @@ import pytest
 from hodei.domain import ResourceUsage, UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.errors import SchedulerError, SchedulerInternalError, SchedulerUnavailable
 from hodei.lifecycle import CommandKind, WorkerCommand, WorkerEventKind
-from hodei.ports import SharedLeases, TouchedLeases, WorkerFilter
+from hodei.ports import SharedLeases, TouchedLeases
 from hodei.scheduler._core import Scheduler
 from hodei.scheduler._registry import WorkerRegistry
 from hodei.stores._memory import MemoryRegistryStore
@@ -41,7 +41,7 @@ class SharedMemoryStore(MemoryRegistryStore):
         self.last_seen: dict[str, float] = {}
         self.calls: list[Call] = []
         self._touch_failure: SchedulerError | None = None
-        self._list_failure: SchedulerError | None = None
+        self._leases_failure: SchedulerError | None = None
         self._after_touch: Callable[[], Awaitable[None]] | None = None
 
     # -- fault injection -------------------------------------------------------------------------------
@@ -49,8 +49,8 @@ class SharedMemoryStore(MemoryRegistryStore):
     def fail_next_touch(self, error: SchedulerError) -> None:
         self._touch_failure = error
 
-    def fail_next_list(self, error: SchedulerError) -> None:
-        self._list_failure = error
+    def fail_next_leases(self, error: SchedulerError) -> None:
+        self._leases_failure = error
 
     def after_next_touch(self, change: Callable[[], Awaitable[None]]) -> None:
         """Run ``change`` once the next touch has answered (what another replica did meanwhile)."""
@@ -79,13 +79,11 @@ class SharedMemoryStore(MemoryRegistryStore):
             self.last_seen.pop(worker_id, None)
         return deleted
 
-    async def list(
-        self, worker_filter: WorkerFilter, *, after: str = "", limit: int = 100
-    ) -> list[WorkerRecord]:
-        if self._list_failure is not None:
-            error, self._list_failure = self._list_failure, None
+    async def leases(self) -> list[tuple[str, float, WorkerStatus]]:
+        if self._leases_failure is not None:
+            error, self._leases_failure = self._leases_failure, None
             raise error
-        return await super().list(worker_filter, after=after, limit=limit)
+        return await super().leases()
 
     # -- SharedLeases ----------------------------------------------------------------------------------
 
@@ -555,7 +553,7 @@ async def test_a_takeover_whose_restore_cannot_reach_the_store_is_completed_at_t
     await elsewhere.transition("gone", WorkerStatus.LOST, reason="no heartbeat for 3 s")  # the old leader
 
     leadership.leading = True
-    store.fail_next_list(SchedulerUnavailable("the registry database is unreachable"))
+    store.fail_next_leases(SchedulerUnavailable("the registry database is unreachable"))
     clock.now = 2.0
     with pytest.raises(SchedulerUnavailable):
         await replica.tick(2.0)

@@ -3,6 +3,7 @@ bound jobs, pool definitions, leases and spent join tokens shared by replicas.""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,6 +65,12 @@ class RegistryStore(Protocol):
 
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         """How many records have each status (statuses nobody has may be left out)."""
+        ...
+
+    async def leases(self) -> builtins.list[tuple[str, float, WorkerStatus]]:
+        """Every record with a lease (one an agent keeps), as its worker id, lease in seconds and status, in
+        worker-id order: what a scheduler restores its leases from. Read by the store itself, so that workers
+        without an agent cost nothing here."""
         ...
 
     async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:

@@ -212,13 +212,11 @@ class LivenessMonitor:
         if takeover:
             self.forget_lost()
             self.leases.clear()
-        for record in await self._registry.all_records():
-            if record.lease_ttl is None:
-                continue
-            if record.status is WorkerStatus.LOST:
-                self.mark_lost_since(record.worker_id, now)
+        for worker_id, ttl, status in await self._registry.leases():
+            if status is WorkerStatus.LOST:
+                self.mark_lost_since(worker_id, now)
             elif self._shared is None:
-                self.leases.renew(record.worker_id, record.lease_ttl, now)
+                self.leases.renew(worker_id, ttl, now)
 
     async def share(self, here: Container[str]) -> TouchedLeases:
         """Tell the other replicas (through the store) whom this replica heard, and whose streams closed here

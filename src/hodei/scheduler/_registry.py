@@ -300,3 +300,7 @@ class WorkerRegistry(WorkerMoves):
 
     async def count(self) -> int:
         return await self._store.count()
+
+    async def leases(self) -> builtins.list[tuple[str, float, WorkerStatus]]:
+        """Every leased worker's id, lease and status, in worker-id order (read by the store)."""
+        return await self._store.leases()

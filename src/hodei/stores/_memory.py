@@ -97,6 +97,13 @@ class MemoryRegistryStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return dict(collections.Counter(record.status for record in self._records.values()))
 
+    async def leases(self) -> builtins.list[tuple[str, float, WorkerStatus]]:
+        return sorted(
+            (record.worker_id, record.lease_ttl, record.status)
+            for record in self._records.values()
+            if record.lease_ttl is not None
+        )
+
     async def any_fitting(self, requirements: Requirements, *, with_lease: bool = False) -> bool:
         return any(
             requirements.fits(record) and (not with_lease or record.lease_ttl is not None)

@@ -244,6 +244,12 @@ class PostgresRegistryStore:
         [row] = await self._read("SELECT count(*) FROM hodei_workers")
         return int(row[0])
 
+    async def leases(self) -> builtins.list[tuple[str, float, WorkerStatus]]:
+        rows = await self._read(
+            "SELECT worker_id, lease_ttl, status FROM hodei_workers WHERE lease_ttl IS NOT NULL ORDER BY worker_id"
+        )
+        return [(row[0], row[1], WorkerStatus(row[2])) for row in rows]
+
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         rows = await self._read("SELECT status, count(*) FROM hodei_workers GROUP BY status")
         return {WorkerStatus(row[0]): int(row[1]) for row in rows}

@@ -254,6 +254,13 @@ class SqliteRegistryStore:
         )
         return int(count)
 
+    async def leases(self) -> builtins.list[tuple[str, float, WorkerStatus]]:
+        query = (
+            "SELECT worker_id, lease_ttl, status FROM workers WHERE lease_ttl IS NOT NULL ORDER BY worker_id"
+        )
+        rows = await self._run(self._read(lambda db: db.execute(query).fetchall()))
+        return [(worker_id, ttl, WorkerStatus(status)) for worker_id, ttl, status in rows]
+
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         rows = await self._run(
             self._read(

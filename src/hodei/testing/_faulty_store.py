@@ -134,6 +134,9 @@ class FaultyStore:
     async def count_by_status(self) -> dict[WorkerStatus, int]:
         return await self.inner.count_by_status()
 
+    async def leases(self) -> builtins.list[tuple[str, float, WorkerStatus]]:
+        return await self.inner.leases()
+
     async def any_fitting(self, requirements: Requirements, *, with_lease: bool = False) -> bool:
         return await self.inner.any_fitting(requirements, with_lease=with_lease)
 
