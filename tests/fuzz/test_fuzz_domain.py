@@ -6,6 +6,7 @@ Examples per property (derandomized): :data:`EXAMPLES`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -166,19 +167,45 @@ def test_a_request_decoded_in_a_kept_shape_is_the_record_it_is_alone(
     assert len(SHAPES) <= 4
 
 
-@fuzzing("encoder_changes_nothing")
-@given(worker=workers)
-def test_the_clients_encoder_sends_what_the_worker_encodes_to(worker: DynamicWorker) -> None:
+def encoded(worker: DynamicWorker) -> pb.RegisterWorkerRequest | InvalidWorkerData:
     try:
-        expected: pb.RegisterWorkerRequest | InvalidWorkerData = codec.worker_to_request(worker)
+        return codec.worker_to_request(worker)
     except InvalidWorkerData as unencodable:
-        expected = unencodable
+        return unencodable
 
-    for _ in range(2):
-        [sent] = ENCODER.requests([worker])
-        if isinstance(expected, InvalidWorkerData):
-            assert isinstance(sent, InvalidWorkerData)
-            assert sent.violations == expected.violations
-        else:
-            assert sent == expected
+
+@fuzzing("encoder_changes_nothing")
+@given(
+    # Some workers of a batch share another's config (and its hostname, or not): their encoding is kept.
+    batch=st.lists(workers, min_size=1, max_size=4).flatmap(
+        lambda made: st.lists(
+            st.one_of(
+                st.sampled_from(made),
+                st.builds(
+                    lambda worker, worker_id, incarnation: dataclasses.replace(
+                        worker, worker_id=worker_id, incarnation=incarnation
+                    ),
+                    st.sampled_from(made),
+                    fuzz.worker_ids,
+                    fuzz.incarnations,
+                ),
+            ),
+            max_size=6,
+        )
+    )
+)
+def test_the_clients_encoder_sends_what_each_worker_encodes_to(batch: list[DynamicWorker]) -> None:
+    expected = [encoded(worker) for worker in batch]
+
+    for _ in range(2):  # the second time, the encodings are kept
+        request, refused = ENCODER.batch(batch)
+        assert list(request.workers) == [e for e in expected if not isinstance(e, InvalidWorkerData)]
+        assert [r is None for r in refused] == [not isinstance(e, InvalidWorkerData) for e in expected]
+        for refusal, alone in zip(refused, expected, strict=True):
+            if isinstance(alone, InvalidWorkerData):
+                assert refusal is not None
+                assert refusal.violations == alone.violations
+        for worker, alone in zip(batch, expected, strict=True):
+            if not isinstance(alone, InvalidWorkerData):
+                assert ENCODER.request(worker) == alone
     assert len(ENCODER) <= 4

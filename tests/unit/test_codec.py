@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 
 from hodei.domain import (
     Assignment,
@@ -30,6 +32,7 @@ from hodei.ports import RegistrationReceipt, UnregistrationStatus, WorkerFilter
 from hodei.transport._codec import (
     RequestEncoder,
     Shapes,
+    _records,
     answered_worker,
     filter_from_proto,
     filter_to_proto,
@@ -359,14 +362,60 @@ def test_a_worker_the_wire_cannot_hold_is_refused_alone_and_never_kept() -> None
 
     with pytest.raises(InvalidWorkerData) as refused:
         encoder.request(huge)
-    batch = encoder.requests([fine, huge, fine])
+    request, refusals = encoder.batch([fine, huge, fine])
 
     assert fields_of(refused.value) == ["capabilities.memory_mb"]
     assert refused.value.worker_id == "huge"
-    assert batch[0] == batch[2] == worker_to_request(fine)
-    assert isinstance(batch[1], InvalidWorkerData)
-    assert fields_of(batch[1]) == ["capabilities.memory_mb"]
+    assert list(request.workers) == [worker_to_request(fine), worker_to_request(fine)]
+    assert refusals[0] is None and refusals[2] is None
+    assert isinstance(refusals[1], InvalidWorkerData)
+    assert fields_of(refusals[1]) == ["capabilities.memory_mb"]
     assert len(encoder) == 1
+
+
+@pytest.mark.parametrize(
+    ("tag", "name", "message", "kind"),
+    [
+        (_records._WORKERS, "workers", pb.RegisterWorkersRequest, FieldDescriptor.TYPE_MESSAGE),
+        (_records._WORKER_ID, "worker_id", pb.RegisterWorkerRequest, FieldDescriptor.TYPE_STRING),
+        (_records._INCARNATION, "incarnation", pb.RegisterWorkerRequest, FieldDescriptor.TYPE_UINT64),
+    ],
+)
+def test_each_tag_a_batch_is_framed_with_is_its_field_in_the_contract(
+    tag: bytes, name: str, message: Any, kind: int
+) -> None:
+    field = message.DESCRIPTOR.fields_by_name[name]
+    wire_type = 0 if kind == FieldDescriptor.TYPE_UINT64 else 2  # varint; length-delimited
+
+    assert field.type == kind
+    assert tag == bytes([field.number << 3 | wire_type])
+
+
+def test_a_batch_is_the_request_of_each_worker_in_order() -> None:
+    encoder = RequestEncoder()
+    config = full_worker().config
+    workers = [
+        DynamicWorker(f"w-{i}", config.worker_type, config, incarnation=i * 100, hostname=f"h-{i % 2}")
+        for i in range(6)
+    ] + [full_worker(), DynamicWorker("é" * 80, config.worker_type, config, incarnation=2**64 - 1)]
+
+    request, refused = encoder.batch(workers)
+
+    assert request == pb.RegisterWorkersRequest(workers=[worker_to_request(w) for w in workers])
+    assert refused == [None] * len(workers)
+    assert len(encoder) == 4  # one config with each of its three hostnames, and full_worker()'s own
+
+
+@pytest.mark.parametrize("incarnation", [-1, 2**64])
+def test_a_batch_refuses_an_incarnation_the_wire_cannot_hold_as_a_request_does(incarnation: int) -> None:
+    worker = dataclasses.replace(make_worker("w-1"), incarnation=incarnation)
+    with pytest.raises(ValueError) as alone:
+        worker_to_request(worker)
+
+    with pytest.raises(ValueError) as in_a_batch:
+        RequestEncoder().batch([make_worker("w-0"), worker])
+
+    assert str(in_a_batch.value) == str(alone.value)
 
 
 # --- records --------------------------------------------------------------------------------------------

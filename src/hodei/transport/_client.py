@@ -146,20 +146,17 @@ class SchedulerPortClient:
         self, workers: Sequence[DynamicWorker], *, timeout: float | None = None
     ) -> list[RegistrationReceipt | SchedulerError]:
         # Each worker's outcome in its place: a worker that cannot even be encoded is refused alone.
-        encoded = self._encoder.requests(workers)
-        outcomes: list[RegistrationReceipt | SchedulerError | None] = [
-            e if isinstance(e, SchedulerError) else None for e in encoded
-        ]
-        sendable = [(i, e) for i, e in enumerate(encoded) if not isinstance(e, SchedulerError)]
+        request, refused = self._encoder.batch(workers)
+        outcomes: list[RegistrationReceipt | SchedulerError | None] = list(refused)
+        sendable = [index for index, refusal in enumerate(refused) if refusal is None]
         if sendable:
-            request = pb.RegisterWorkersRequest(workers=[e for _, e in sendable])
             response = await self._call(self._stub.RegisterWorkers, request, timeout, None)
             if len(response.results) != len(sendable):
                 raise scheduler_error_for(
                     ErrorCode.INTERNAL,
                     f"the scheduler answered {len(response.results)} results for {len(sendable)} workers",
                 )
-            for (index, _), result in zip(sendable, response.results, strict=True):
+            for index, result in zip(sendable, response.results, strict=True):
                 outcomes[index] = codec.result_from_proto(result, workers[index])
         return [outcome for outcome in outcomes if outcome is not None]
 

@@ -4,10 +4,9 @@ The results of one RegisterWorkers call are nearly all alike: workers registered
 their times, their lease, and the slim answer leaves out what each sent. What differs is the worker's id and
 its incarnation. So the answer is encoded by :func:`registration_result_to_proto` (the reference, and the
 only encoder of what a result says) once for each kind of result in the call. Each further result of that
-kind is that encoding's bytes with the worker's own id and incarnation framed around them, as protobuf
-lays out any message: a field is its tag and value, a length-delimited one its tag, length and bytes, and
-fields may come in any order. The message is then parsed from those bytes (gRPC encodes it again on its way
-out): in process, about a fifth of the cost of building a message per result.
+kind is that encoding's bytes with the worker's own id and incarnation framed around them
+(:mod:`._framing`). The message is then parsed from those bytes (gRPC encodes it again on its way out): in
+process, 2.2 µs per result against 5.5 for a message built per result.
 
 A result of no kind (a refusal, a record bound to a job, a record kept from a newer incarnation, an
 incarnation the wire cannot hold) is encoded by the reference alone.
@@ -22,19 +21,19 @@ from operator import attrgetter
 from hodei.domain import WorkerRecord
 from hodei.errors import SchedulerError
 from hodei.ports import RegistrationReceipt
+from hodei.transport._codec._framing import LENGTH_DELIMITED, VARINT, field, tag, varint
 from hodei.transport._codec._outcomes import registration_result_to_proto
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = ["registration_results"]
 
-# Tags (field number << 3 | wire type) of the fields framed here; a test pins them to the contract.
-_RESULTS = b"\x0a"  # RegisterWorkersResponse.results = 1, length-delimited
-_ID = b"\x0a"  # worker_id = 1, length-delimited, of both WorkerRegistrationResult and Worker
-_RESULT_WORKER = b"\x1a"  # WorkerRegistrationResult.worker = 3, length-delimited
-_WORKER_INCARNATION = b"\x28"  # Worker.incarnation = 5, varint (uint64)
+# Tags of the fields framed here; a test pins them to the contract.
+_RESULTS = tag(1, LENGTH_DELIMITED)  # RegisterWorkersResponse.results
+_ID = tag(1, LENGTH_DELIMITED)  # worker_id, of both WorkerRegistrationResult and Worker
+_RESULT_WORKER = tag(3, LENGTH_DELIMITED)  # WorkerRegistrationResult.worker
+_WORKER_INCARNATION = tag(5, VARINT)  # Worker.incarnation (uint64)
 
 _UINT64 = 1 << 64
-_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
 
 # What a slim result's encoding is made of, besides the worker's id and incarnation: every field of the record
 # but those and the ones a slim answer leaves out (or that never go on the wire). A field added to the record is
@@ -55,21 +54,6 @@ _NOT_OF_THE_KIND = frozenset(
 )
 _KIND = tuple(f.name for f in fields(WorkerRecord) if f.name not in _NOT_OF_THE_KIND)
 _kind_of = attrgetter(*_KIND)
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(tag: bytes, value: bytes) -> bytes:
-    return tag + _varint(len(value)) + value
 
 
 def _rest(reference: pb.WorkerRegistrationResult) -> tuple[bytes, bytes]:
@@ -109,7 +93,7 @@ def registration_results(
                 record = None
         if record is None:
             pieces.append(
-                _field(_RESULTS, registration_result_to_proto(worker_id, outcome, entry).SerializeToString())
+                field(_RESULTS, registration_result_to_proto(worker_id, outcome, entry).SerializeToString())
             )
             continue
         assert isinstance(outcome, RegistrationReceipt)
@@ -118,8 +102,8 @@ def registration_results(
         if rest is None:
             rest = kinds[kind] = _rest(registration_result_to_proto(worker_id, outcome, entry))
         worker_rest, result_rest = rest
-        own_id = _field(_ID, worker_id.encode())
+        own_id = field(_ID, worker_id.encode())
         # proto3 leaves a zero out, as the reference does.
-        own = own_id + _WORKER_INCARNATION + _varint(incarnation) if incarnation else own_id
-        pieces.append(_field(_RESULTS, own_id + _field(_RESULT_WORKER, own + worker_rest) + result_rest))
+        own = own_id + _WORKER_INCARNATION + varint(incarnation) if incarnation else own_id
+        pieces.append(field(_RESULTS, own_id + field(_RESULT_WORKER, own + worker_rest) + result_rest))
     return pb.RegisterWorkersResponse.FromString(b"".join(pieces))

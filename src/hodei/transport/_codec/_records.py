@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from hodei._kept import Recent
 from hodei._quoting import quote_short
@@ -21,6 +22,7 @@ from hodei.domain import (
     validate_worker_fields,
 )
 from hodei.errors import InvalidWorkerData
+from hodei.transport._codec._framing import LENGTH_DELIMITED, VARINT, field, tag, varint
 from hodei.transport._codec._jobs import assignment_from_proto, assignment_to_proto
 from hodei.transport._codec._time import moment, timestamp, timestamp_of
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
@@ -130,42 +132,80 @@ def _request(
     )
 
 
+# Tags of the fields a batch's entries are framed with; a test pins them to the contract.
+_WORKERS = tag(1, LENGTH_DELIMITED)  # RegisterWorkersRequest.workers
+_WORKER_ID = tag(1, LENGTH_DELIMITED)  # RegisterWorkerRequest.worker_id
+_INCARNATION = tag(4, VARINT)  # RegisterWorkerRequest.incarnation (uint64)
+_UINT64 = 1 << 64
+
+
+class _Encoded(NamedTuple):
+    config: DynamicWorkerConfig  # kept with its encoding, so that its id is not reused meanwhile
+    capabilities: pb.WorkerCapabilities
+    metadata: pb.WorkerMetadata
+    shared: bytes  # a registration's bytes with only these two fields: what a batch's entries share
+
+
 class RequestEncoder:
     """Registrations on the wire, for a client that sends many: the capabilities and metadata of a worker's
     config with its hostname are encoded once for every worker that has them (the same config object: a
     pool's, a provider's, a batch's). A config is frozen, so what it encodes to never changes. At most ``size``
-    encodings are kept, the oldest dropped first; a worker the wire cannot hold is never kept."""
+    encodings are kept, the oldest dropped first; a worker the wire cannot hold is never kept.
+
+    A batch (:meth:`batch`) is framed from those bytes: each entry is its worker's id and incarnation around
+    the bytes its config and hostname encode to (:mod:`._framing`), and the request is parsed from them."""
 
     def __init__(self, size: int = 64) -> None:
-        # Keyed by the config's id: the config is kept with its encoding, so its id is not reused meanwhile.
-        self._kept: Recent[
-            tuple[int, str], tuple[DynamicWorkerConfig, pb.WorkerCapabilities, pb.WorkerMetadata]
-        ] = Recent(size)
+        # Keyed by the config's id and the hostname.
+        self._kept: Recent[tuple[int, str], _Encoded] = Recent(size)
 
     def __len__(self) -> int:
         return len(self._kept)
 
-    def request(self, worker: DynamicWorker, *, slim_answer: bool = False) -> pb.RegisterWorkerRequest:
-        """``worker``'s registration (asking for a slim answer, if ``slim_answer``); InvalidWorkerData if the
-        wire cannot hold it."""
+    def _encoded(self, worker: DynamicWorker) -> _Encoded:
         key = (id(worker.config), worker.hostname)
         kept = self._kept.get(key)
         if kept is None:
-            kept = (worker.config, *_worker_parts(worker))
+            capabilities, metadata = _worker_parts(worker)
+            shared = pb.RegisterWorkerRequest(
+                capabilities=capabilities, metadata=metadata
+            ).SerializeToString()
+            kept = _Encoded(worker.config, capabilities, metadata, shared)
             self._kept.put(key, kept)
-        return _request(worker, kept[1], kept[2], slim_answer)
+        return kept
 
-    def requests(
+    def request(self, worker: DynamicWorker, *, slim_answer: bool = False) -> pb.RegisterWorkerRequest:
+        """``worker``'s registration (asking for a slim answer, if ``slim_answer``); InvalidWorkerData if the
+        wire cannot hold it."""
+        kept = self._encoded(worker)
+        return _request(worker, kept.capabilities, kept.metadata, slim_answer)
+
+    def batch(
         self, workers: Sequence[DynamicWorker]
-    ) -> list[pb.RegisterWorkerRequest | InvalidWorkerData]:
-        """A batch's registrations, in order, or the reason a worker cannot be encoded."""
-        requests: list[pb.RegisterWorkerRequest | InvalidWorkerData] = []
+    ) -> tuple[pb.RegisterWorkersRequest, list[InvalidWorkerData | None]]:
+        """The RegisterWorkers request of the workers the wire can hold, in order (each entry what
+        :meth:`request` makes of it), and per worker None (sent) or the reason it cannot be encoded."""
+        entries: list[bytes] = []
+        refused: list[InvalidWorkerData | None] = []
         for worker in workers:
             try:
-                requests.append(self.request(worker))
+                kept = self._encoded(worker)
             except InvalidWorkerData as unencodable:
-                requests.append(unencodable)
-        return requests
+                refused.append(unencodable)
+                continue
+            refused.append(None)
+            incarnation = worker.incarnation
+            try:
+                own = field(_WORKER_ID, worker.worker_id.encode())
+            except UnicodeEncodeError:  # the reference refuses it as it will
+                own = b""
+            if not own or not 0 <= incarnation < _UINT64:
+                entries.append(field(_WORKERS, self.request(worker).SerializeToString()))
+                continue
+            if incarnation:  # proto3 leaves a zero out, as the reference does
+                own += _INCARNATION + varint(incarnation)
+            entries.append(field(_WORKERS, own + kept.shared))
+        return pb.RegisterWorkersRequest.FromString(b"".join(entries)), refused
 
 
 def _representable(request: pb.RegisterWorkerRequest | pb.WorkerHello) -> WorkerType:
