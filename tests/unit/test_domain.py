@@ -21,6 +21,7 @@ from hodei.domain import (
     validate_worker,
     validate_worker_fields,
     validate_worker_id,
+    wire_size,
 )
 from tests.helpers import make_worker
 
@@ -514,3 +515,22 @@ def test_a_record_made_in_a_shape_has_the_verdict_its_fields_have(
     )
 
     assert made.verdict == tuple(validate_record(dataclasses.replace(made)))
+
+
+def test_a_records_size_counts_each_text_in_utf8_bytes() -> None:
+    def sized(text: str) -> int:
+        return wire_size(
+            WorkerRecord(
+                worker_id=f"w{text}",
+                worker_type=WorkerType.DOCKER,
+                capabilities=WorkerCapabilities(1, 512),
+                pool=f"p{text}",
+                hostname=f"h{text}",
+                agent_version=f"v{text}",
+            )
+        )
+
+    # "é" is 2 bytes, "€" 3 and "😀" 4, against 1 for "e", in each of the four texts.
+    assert sized("é") - sized("e") == 4
+    assert sized("€") - sized("e") == 8
+    assert sized("😀") - sized("e") == 12

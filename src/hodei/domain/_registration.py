@@ -119,17 +119,15 @@ _labels_size = SameAsLast(_sum_labels)
 def wire_size(record: WorkerRecord) -> int:
     """An upper estimate of the bytes ``record`` takes encoded (its texts in UTF-8, and the framing): what bounds a
     page of a listing and a group commit's transaction."""
-    texts = (record.worker_id, record.pool, record.hostname, record.agent_version, record.worker_type.value)
-    labels = _labels_size(record.labels)
-    job = record.assignment.job if record.assignment is not None else None
-    assignment = 0 if record.assignment is None else _ASSIGNMENT_FRAMING + len(record.assignment.job_id)
-    return (
-        _RECORD_FRAMING
-        + sum(len(t.encode()) for t in texts)
-        + labels
-        + assignment
-        + (job.encoded_size() if job is not None else 0)
-    )
+    # UTF-8 is written text by text: the texts' bytes together are the bytes of their concatenation.
+    texts = record.worker_id + record.pool + record.hostname + record.agent_version + record.worker_type.value
+    size = _RECORD_FRAMING + len(texts.encode()) + _labels_size(record.labels)
+    assignment = record.assignment
+    if assignment is not None:
+        size += _ASSIGNMENT_FRAMING + len(assignment.job_id)
+        if assignment.job is not None:
+            size += assignment.job.encoded_size()
+    return size
 
 
 def merge_registrations(
