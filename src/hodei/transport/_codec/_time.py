@@ -1,12 +1,13 @@
-"""Timestamps on the wire, both ways: one conversion for every message (cached: a batch's records share
-their time)."""
+"""Timestamps on the wire, both ways: one conversion for every message (the last one kept: a batch's records
+share their time)."""
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from hodei._kept import SameAsLast
 
 __all__ = ["moment", "moment_of", "timestamp", "timestamp_of"]
 
@@ -17,12 +18,16 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
     return None if moment is None else timestamp_of(moment)
 
 
-@functools.lru_cache(maxsize=1024)
-def timestamp_of(moment: datetime) -> Timestamp:
-    # Every record of a batch has the same time, and a message given to a constructor is copied: one
-    # conversion serves the whole batch. Plain arithmetic, as Timestamp.FromDatetime goes through time tuples.
+def _timestamp(moment: datetime) -> Timestamp:
+    # Plain arithmetic, as Timestamp.FromDatetime goes through time tuples.
     delta = moment - _EPOCH
     return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
+# Every record of a batch has the very same time, a record its registration's for both its times, and a message
+# given to a constructor is copied: one conversion serves them all. A single registration's moment is new each
+# time, so a cache of many moments would only cost it (2.3 us a conversion with an LRU of 1,024 against 1.1).
+timestamp_of = SameAsLast(_timestamp)
 
 
 def moment(stamp: Timestamp, present: bool) -> datetime | None:
