@@ -3,7 +3,7 @@
 :mod:`._records` converts workers and records (a registration, an agent's hello, a record and its statuses,
 capabilities, usage, timestamps); :mod:`._outcomes` what the scheduler answers and tells (receipts, results
 and a refusal's field violations, unregistrations, filters, commands, events); :mod:`._answers` a batch's
-answer, encoded once per kind of result.
+answer, encoded once per kind of result and framed per worker (:mod:`._framing`), as a client's batch is.
 """
 
 from hodei.transport._codec._answers import registration_results
