@@ -418,6 +418,17 @@ def test_a_batch_refuses_an_incarnation_the_wire_cannot_hold_as_a_request_does(i
     assert str(in_a_batch.value) == str(alone.value)
 
 
+def test_a_batch_refuses_an_id_the_wire_cannot_hold_as_a_request_does() -> None:
+    worker = make_worker("w-\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(UnicodeEncodeError) as alone:
+        worker_to_request(worker)
+
+    with pytest.raises(UnicodeEncodeError) as in_a_batch:
+        RequestEncoder().batch([make_worker("w-0"), worker])
+
+    assert str(in_a_batch.value) == str(alone.value)
+
+
 # --- records --------------------------------------------------------------------------------------------
 
 

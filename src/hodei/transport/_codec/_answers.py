@@ -21,7 +21,7 @@ from operator import attrgetter
 from hodei.domain import WorkerRecord
 from hodei.errors import SchedulerError
 from hodei.ports import RegistrationReceipt
-from hodei.transport._codec._framing import LENGTH_DELIMITED, VARINT, field, tag, varint
+from hodei.transport._codec._framing import LENGTH_DELIMITED, UINT64_END, VARINT, field, tag, varint
 from hodei.transport._codec._outcomes import registration_result_to_proto
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
@@ -32,8 +32,6 @@ _RESULTS = tag(1, LENGTH_DELIMITED)  # RegisterWorkersResponse.results
 _ID = tag(1, LENGTH_DELIMITED)  # worker_id, of both WorkerRegistrationResult and Worker
 _RESULT_WORKER = tag(3, LENGTH_DELIMITED)  # WorkerRegistrationResult.worker
 _WORKER_INCARNATION = tag(5, VARINT)  # Worker.incarnation (uint64)
-
-_UINT64 = 1 << 64
 
 # What a slim result's encoding is made of, besides the worker's id and incarnation: every field of the record
 # but those and the ones a slim answer leaves out (or that never go on the wire). A field added to the record is
@@ -86,7 +84,7 @@ def registration_results(
             if (
                 record.incarnation != entry.incarnation  # kept from a newer registration: the whole record
                 or record.worker_id != worker_id
-                or not 0 <= incarnation < _UINT64
+                or not 0 <= incarnation < UINT64_END
                 # Its encoding carries the job's trace context, which an assignment's equality leaves out.
                 or record.assignment is not None
             ):

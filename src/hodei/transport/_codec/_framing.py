@@ -5,10 +5,11 @@ length and its bytes. Fields may come in any order, and the message parsed from 
 
 from __future__ import annotations
 
-__all__ = ["LENGTH_DELIMITED", "VARINT", "field", "tag", "varint"]
+__all__ = ["LENGTH_DELIMITED", "UINT64_END", "VARINT", "field", "tag", "varint"]
 
 VARINT = 0
 LENGTH_DELIMITED = 2
+UINT64_END = 1 << 64  # the first value a uint64 field cannot hold
 
 _ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
 

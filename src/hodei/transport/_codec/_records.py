@@ -22,7 +22,7 @@ from hodei.domain import (
     validate_worker_fields,
 )
 from hodei.errors import InvalidWorkerData
-from hodei.transport._codec._framing import LENGTH_DELIMITED, VARINT, field, tag, varint
+from hodei.transport._codec._framing import LENGTH_DELIMITED, UINT64_END, VARINT, field, tag, varint
 from hodei.transport._codec._jobs import assignment_from_proto, assignment_to_proto
 from hodei.transport._codec._time import moment, timestamp, timestamp_of
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
@@ -136,7 +136,6 @@ def _request(
 _WORKERS = tag(1, LENGTH_DELIMITED)  # RegisterWorkersRequest.workers
 _WORKER_ID = tag(1, LENGTH_DELIMITED)  # RegisterWorkerRequest.worker_id
 _INCARNATION = tag(4, VARINT)  # RegisterWorkerRequest.incarnation (uint64)
-_UINT64 = 1 << 64
 
 
 class _Encoded(NamedTuple):
@@ -195,13 +194,11 @@ class RequestEncoder:
                 continue
             refused.append(None)
             incarnation = worker.incarnation
-            try:
-                own = field(_WORKER_ID, worker.worker_id.encode())
-            except UnicodeEncodeError:  # the reference refuses it as it will
-                own = b""
-            if not own or not 0 <= incarnation < _UINT64:
+            if not 0 <= incarnation < UINT64_END:  # refused by the reference, as a single request is
                 entries.append(field(_WORKERS, self.request(worker).SerializeToString()))
                 continue
+            # An id the wire cannot hold (a lone surrogate) raises here what the reference raises.
+            own = field(_WORKER_ID, worker.worker_id.encode())
             if incarnation:  # proto3 leaves a zero out, as the reference does
                 own += _INCARNATION + varint(incarnation)
             entries.append(field(_WORKERS, own + kept.shared))
