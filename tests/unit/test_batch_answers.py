@@ -5,7 +5,7 @@ kind of result."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import pytest
@@ -33,6 +33,21 @@ MOMENTS = [
     datetime(2026, 12, 6, 22, 0, 0, 123456, tzinfo=UTC),
     datetime(1999, 1, 1, tzinfo=UTC),
 ]
+
+
+class Ambiguous(tzinfo):
+    """A zone whose clocks go back an hour: the first pass of an hour (fold 0) is an hour before the second."""
+
+    def utcoffset(self, moment: datetime | None) -> timedelta:
+        return timedelta(hours=-4 if moment is None or moment.fold == 0 else -5)
+
+    def dst(self, moment: datetime | None) -> timedelta:
+        return timedelta(0)
+
+
+# Equal as values, an hour apart as moments, so apart on the wire.
+FIRST_PASS = datetime(2026, 11, 1, 1, 30, tzinfo=Ambiguous())
+SECOND_PASS = FIRST_PASS.replace(fold=1)
 
 
 def reference(entries: list[pb.RegisterWorkerRequest], outcomes: list[Outcome]) -> pb.RegisterWorkersResponse:
@@ -118,8 +133,8 @@ def _results(draw: st.DrawFn) -> tuple[pb.RegisterWorkerRequest, Outcome]:
         draw(st.one_of(st.just(worker_id), _IDS)),  # almost always the entry's own
         draw(st.one_of(st.just(incarnation), _INCARNATIONS)),  # else kept from another registration
         status=draw(st.sampled_from(list(WorkerStatus))),
-        registered_at=draw(st.sampled_from(MOMENTS)),
-        updated_at=draw(st.sampled_from([*MOMENTS, None])),
+        registered_at=draw(st.sampled_from([*MOMENTS, FIRST_PASS, SECOND_PASS])),
+        updated_at=draw(st.sampled_from([*MOMENTS, FIRST_PASS, SECOND_PASS, None])),
         lease_ttl=draw(st.sampled_from([None, 0.5, 30.0, 12.3456])),
         drained=draw(st.booleans()),
         use_count=draw(st.sampled_from([0, 1, 2**32 - 1])),
@@ -127,7 +142,11 @@ def _results(draw: st.DrawFn) -> tuple[pb.RegisterWorkerRequest, Outcome]:
         connected_via=draw(st.sampled_from(["", "10.0.0.2:50051"])),
         last_heartbeat_at=draw(st.sampled_from([None, MOMENTS[2]])),
         assignment=draw(st.sampled_from([None, None, _ASSIGNMENT])),
-        usage=draw(st.sampled_from([None, None, ResourceUsage(12.5, 512, 1)])),
+        usage=draw(
+            st.sampled_from(
+                [None, None, ResourceUsage(12.5, 512, 1), ResourceUsage(0.0), ResourceUsage(-0.0)]
+            )
+        ),
     )
     return entry, RegistrationReceipt(stored, created=draw(st.booleans()))
 
@@ -254,3 +273,31 @@ def test_jobs_that_differ_only_in_their_trace_are_answered_apart() -> None:
 
     assert answer == reference(entries, outcomes)
     assert answer.results[1].worker.assignment.trace_context["traceparent"].startswith("00-111")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"registered_at": FIRST_PASS}, {"registered_at": SECOND_PASS}),
+        ({"updated_at": FIRST_PASS}, {"updated_at": SECOND_PASS}),
+        ({"last_heartbeat_at": FIRST_PASS}, {"last_heartbeat_at": SECOND_PASS}),
+        ({"usage": ResourceUsage(0.0)}, {"usage": ResourceUsage(-0.0)}),
+    ],
+    ids=["registered_at", "updated_at", "last_heartbeat_at", "usage"],
+)
+def test_values_equal_but_apart_on_the_wire_are_answered_apart(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    entries = [pb.RegisterWorkerRequest(worker_id=f"w-{i}") for i in range(2)]
+    outcomes: list[Outcome] = [
+        RegistrationReceipt(record("w-0", **first), created=True),
+        RegistrationReceipt(record("w-1", **second), created=True),
+    ]
+    assert outcomes[0].record == replace(outcomes[1].record, worker_id="w-0")  # the same kind, by value
+
+    answer = registration_results(entries, outcomes)
+
+    assert answer == reference(entries, outcomes)
+    assert answer.SerializeToString(deterministic=True) == reference(entries, outcomes).SerializeToString(
+        deterministic=True
+    )

@@ -69,8 +69,8 @@ class RegistryStore(Protocol):
 
     async def leases(self) -> builtins.list[tuple[str, float, WorkerStatus]]:
         """Every record with a lease (one an agent keeps), as its worker id, lease in seconds and status, in
-        worker-id order: what a scheduler restores its leases from. Read by the store itself, so that workers
-        without an agent cost nothing here."""
+        worker-id order: what a scheduler restores its leases from. Chosen by the store itself: workers
+        without an agent are not read back."""
         ...
 
     async def count_by_pool(self) -> dict[str, dict[WorkerStatus, int]]:

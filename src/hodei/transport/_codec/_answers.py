@@ -8,20 +8,23 @@ kind is that encoding's bytes with the worker's own id and incarnation framed ar
 (:mod:`._framing`). The message is then parsed from those bytes (gRPC encodes it again on its way out): in
 process, 2.2 µs per result against 5.5 for a message built per result.
 
-A result of no kind (a refusal, a record bound to a job, a record kept from a newer incarnation, an
-incarnation the wire cannot hold) is encoded by the reference alone.
+A kind is found by comparing values, so only values whose equality is their encoding's make one: times in UTC
+(two equal local times may be an hour apart, across a change of the clocks) and no usage (0.0 equals -0.0, which
+the wire keeps). A result of no kind (a refusal, a record bound to a job, a record with other times or with usage,
+a record whose id or incarnation is not its entry's) is encoded by the reference alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import UTC, datetime
 from operator import attrgetter
 
 from hodei.domain import WorkerRecord
 from hodei.errors import SchedulerError
 from hodei.ports import RegistrationReceipt
-from hodei.transport._codec._framing import LENGTH_DELIMITED, UINT64_END, VARINT, field, tag, varint
+from hodei.transport._codec._framing import LENGTH_DELIMITED, VARINT, field, tag, varint
 from hodei.transport._codec._outcomes import registration_result_to_proto
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
@@ -54,6 +57,10 @@ _KIND = tuple(f.name for f in fields(WorkerRecord) if f.name not in _NOT_OF_THE_
 _kind_of = attrgetter(*_KIND)
 
 
+def _in_utc(moment: datetime | None) -> bool:
+    return moment is None or moment.tzinfo is UTC
+
+
 def _rest(reference: pb.WorkerRegistrationResult) -> tuple[bytes, bytes]:
     """A result's encoding without its worker's id and incarnation: the worker's fields, and the result's own."""
     result = pb.WorkerRegistrationResult()
@@ -82,11 +89,14 @@ def registration_results(
             record = outcome.record
             incarnation = record.incarnation
             if (
-                record.incarnation != entry.incarnation  # kept from a newer registration: the whole record
+                incarnation != entry.incarnation  # kept from another registration: the whole record
                 or record.worker_id != worker_id
-                or not 0 <= incarnation < UINT64_END
                 # Its encoding carries the job's trace context, which an assignment's equality leaves out.
                 or record.assignment is not None
+                or record.usage is not None
+                or not _in_utc(record.registered_at)
+                or not _in_utc(record.updated_at)
+                or not _in_utc(record.last_heartbeat_at)
             ):
                 record = None
         if record is None:

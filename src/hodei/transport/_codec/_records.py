@@ -149,7 +149,7 @@ class RequestEncoder:
     """Registrations on the wire, for a client that sends many: the capabilities and metadata of a worker's
     config with its hostname are encoded once for every worker that has them (the same config object: a
     pool's, a provider's, a batch's). A config is frozen, so what it encodes to never changes. At most ``size``
-    encodings are kept, the oldest dropped first; a worker the wire cannot hold is never kept.
+    encodings are kept, the oldest dropped first; a config the wire cannot hold is never kept.
 
     A batch (:meth:`batch`) is framed from those bytes: each entry is its worker's id and incarnation around
     the bytes its config and hostname encode to (:mod:`._framing`), and the request is parsed from them."""
