@@ -406,24 +406,22 @@ def test_a_batch_is_the_request_of_each_worker_in_order() -> None:
     assert len(encoder) == 4  # one config with each of its three hostnames, and full_worker()'s own
 
 
-@pytest.mark.parametrize("incarnation", [-1, 2**64])
-def test_a_batch_refuses_an_incarnation_the_wire_cannot_hold_as_a_request_does(incarnation: int) -> None:
-    worker = dataclasses.replace(make_worker("w-1"), incarnation=incarnation)
-    with pytest.raises(ValueError) as alone:
+@pytest.mark.parametrize(
+    ("worker", "error"),
+    [
+        (dataclasses.replace(make_worker("w-1"), incarnation=-1), ValueError),
+        (dataclasses.replace(make_worker("w-1"), incarnation=2**64), ValueError),
+        (make_worker("w-\ud800"), UnicodeEncodeError),  # a lone surrogate: not UTF-8
+    ],
+    ids=["incarnation -1", "incarnation 2**64", "a lone surrogate"],
+)
+def test_a_batch_refuses_what_the_wire_cannot_hold_as_a_request_does(
+    worker: DynamicWorker, error: type[Exception]
+) -> None:
+    with pytest.raises(error) as alone:
         worker_to_request(worker)
 
-    with pytest.raises(ValueError) as in_a_batch:
-        RequestEncoder().batch([make_worker("w-0"), worker])
-
-    assert str(in_a_batch.value) == str(alone.value)
-
-
-def test_a_batch_refuses_an_id_the_wire_cannot_hold_as_a_request_does() -> None:
-    worker = make_worker("w-\ud800")  # a lone surrogate: not UTF-8
-    with pytest.raises(UnicodeEncodeError) as alone:
-        worker_to_request(worker)
-
-    with pytest.raises(UnicodeEncodeError) as in_a_batch:
+    with pytest.raises(error) as in_a_batch:
         RequestEncoder().batch([make_worker("w-0"), worker])
 
     assert str(in_a_batch.value) == str(alone.value)
