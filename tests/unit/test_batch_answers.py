@@ -58,6 +58,18 @@ def reference(entries: list[pb.RegisterWorkerRequest], outcomes: list[Outcome]) 
     )
 
 
+def assert_answered_as_the_reference(
+    entries: list[pb.RegisterWorkerRequest], outcomes: list[Outcome]
+) -> None:
+    """The batch's answer is the reference's message, and its deterministic bytes too."""
+    expected = reference(entries, outcomes)
+
+    answer = registration_results(entries, outcomes)
+
+    assert answer == expected
+    assert answer.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+
+
 def record(worker_id: str, incarnation: int = 0, **overrides: Any) -> WorkerRecord:
     values: dict[str, Any] = {
         "worker_id": worker_id,
@@ -157,14 +169,7 @@ def _results(draw: st.DrawFn) -> tuple[pb.RegisterWorkerRequest, Outcome]:
 def test_a_batch_is_answered_as_the_reference_answers_it(
     results: list[tuple[pb.RegisterWorkerRequest, Outcome]],
 ) -> None:
-    entries = [entry for entry, _ in results]
-    outcomes = [outcome for _, outcome in results]
-    expected = reference(entries, outcomes)
-
-    answer = registration_results(entries, outcomes)
-
-    assert answer == expected
-    assert answer.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+    assert_answered_as_the_reference([entry for entry, _ in results], [outcome for _, outcome in results])
 
 
 def test_an_incarnation_the_wire_cannot_hold_is_refused_as_the_reference_refuses_it() -> None:
@@ -295,9 +300,4 @@ def test_values_equal_but_apart_on_the_wire_are_answered_apart(
     ]
     assert outcomes[0].record == replace(outcomes[1].record, worker_id="w-0")  # the same kind, by value
 
-    answer = registration_results(entries, outcomes)
-
-    assert answer == reference(entries, outcomes)
-    assert answer.SerializeToString(deterministic=True) == reference(entries, outcomes).SerializeToString(
-        deterministic=True
-    )
+    assert_answered_as_the_reference(entries, outcomes)

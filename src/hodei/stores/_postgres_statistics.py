@@ -22,6 +22,7 @@ import logging
 
 import asyncpg
 
+from hodei._quoting import driver_message
 from hodei.errors import StoreError
 from hodei.stores._postgres_retry import Db, retrying
 
@@ -85,7 +86,9 @@ class TableStatistics:
                 self.analyses += 1
                 log.info("store.analyzed", extra={"store": self._store, "table": "hodei_workers"})
         except StoreError as error:
-            log.warning("store.statistics_failed", extra={"store": self._store, "error": str(error)[:200]})
+            log.warning(
+                "store.statistics_failed", extra={"store": self._store, "error": driver_message(error)}
+            )
 
     async def _analyze_outgrown(self, db: Db) -> bool:
         if not await db.fetchval(_OUTGROWN, self._slack_pages):

@@ -24,7 +24,7 @@ from operator import attrgetter
 from hodei.domain import WorkerRecord
 from hodei.errors import SchedulerError
 from hodei.ports import RegistrationReceipt
-from hodei.transport._codec._framing import LENGTH_DELIMITED, VARINT, field, tag, varint
+from hodei.transport._codec._framing import LENGTH_DELIMITED, VARINT, field, tag, uint64_field
 from hodei.transport._codec._outcomes import registration_result_to_proto
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
@@ -61,6 +61,20 @@ def _in_utc(moment: datetime | None) -> bool:
     return moment is None or moment.tzinfo is UTC
 
 
+def _of_a_kind(entry: pb.RegisterWorkerRequest, record: WorkerRecord) -> bool:
+    """Whether ``record``, registered from ``entry``, is answered as a kind of result (else by the reference)."""
+    return (
+        record.incarnation == entry.incarnation  # else kept from another registration: the whole record
+        and record.worker_id == entry.worker_id
+        # Its encoding carries the job's trace context, which an assignment's equality leaves out.
+        and record.assignment is None
+        and record.usage is None
+        and _in_utc(record.registered_at)
+        and _in_utc(record.updated_at)
+        and _in_utc(record.last_heartbeat_at)
+    )
+
+
 def _rest(reference: pb.WorkerRegistrationResult) -> tuple[bytes, bytes]:
     """A result's encoding without its worker's id and incarnation: the worker's fields, and the result's own."""
     result = pb.WorkerRegistrationResult()
@@ -84,34 +98,17 @@ def registration_results(
     pieces: list[bytes] = []
     for entry, outcome in zip(entries, outcomes, strict=True):
         worker_id = entry.worker_id
-        record: WorkerRecord | None = None
-        if isinstance(outcome, RegistrationReceipt):
-            record = outcome.record
-            incarnation = record.incarnation
-            if (
-                incarnation != entry.incarnation  # kept from another registration: the whole record
-                or record.worker_id != worker_id
-                # Its encoding carries the job's trace context, which an assignment's equality leaves out.
-                or record.assignment is not None
-                or record.usage is not None
-                or not _in_utc(record.registered_at)
-                or not _in_utc(record.updated_at)
-                or not _in_utc(record.last_heartbeat_at)
-            ):
-                record = None
-        if record is None:
+        if not isinstance(outcome, RegistrationReceipt) or not _of_a_kind(entry, record := outcome.record):
             pieces.append(
                 field(_RESULTS, registration_result_to_proto(worker_id, outcome, entry).SerializeToString())
             )
             continue
-        assert isinstance(outcome, RegistrationReceipt)
         kind = (outcome.created, _kind_of(record))
         rest = kinds.get(kind)
         if rest is None:
             rest = kinds[kind] = _rest(registration_result_to_proto(worker_id, outcome, entry))
         worker_rest, result_rest = rest
         own_id = field(_ID, worker_id.encode())
-        # proto3 leaves a zero out, as the reference does.
-        own = own_id + _WORKER_INCARNATION + varint(incarnation) if incarnation else own_id
+        own = own_id + uint64_field(_WORKER_INCARNATION, record.incarnation)
         pieces.append(field(_RESULTS, own_id + field(_RESULT_WORKER, own + worker_rest) + result_rest))
     return pb.RegisterWorkersResponse.FromString(b"".join(pieces))

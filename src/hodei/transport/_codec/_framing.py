@@ -5,7 +5,7 @@ length and its bytes. Fields may come in any order, and the message parsed from 
 
 from __future__ import annotations
 
-__all__ = ["LENGTH_DELIMITED", "UINT64_END", "VARINT", "field", "tag", "varint"]
+__all__ = ["LENGTH_DELIMITED", "UINT64_END", "VARINT", "field", "tag", "uint64_field", "varint"]
 
 VARINT = 0
 LENGTH_DELIMITED = 2
@@ -33,3 +33,8 @@ def varint(value: int) -> bytes:
 def field(key: bytes, value: bytes) -> bytes:
     """A length-delimited field: its ``key`` (from :func:`tag`), then ``value``'s length and bytes."""
     return key + varint(len(value)) + value
+
+
+def uint64_field(key: bytes, value: int) -> bytes:
+    """A uint64 field as proto3 writes it: its ``key`` and ``value`` as a varint, or nothing for 0."""
+    return key + varint(value) if value else b""

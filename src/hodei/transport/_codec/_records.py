@@ -22,7 +22,7 @@ from hodei.domain import (
     validate_worker_fields,
 )
 from hodei.errors import InvalidWorkerData
-from hodei.transport._codec._framing import LENGTH_DELIMITED, UINT64_END, VARINT, field, tag, varint
+from hodei.transport._codec._framing import LENGTH_DELIMITED, UINT64_END, VARINT, field, tag, uint64_field
 from hodei.transport._codec._jobs import assignment_from_proto, assignment_to_proto
 from hodei.transport._codec._time import moment, timestamp, timestamp_of
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
@@ -198,9 +198,7 @@ class RequestEncoder:
                 entries.append(field(_WORKERS, self.request(worker).SerializeToString()))
                 continue
             # An id the wire cannot hold (a lone surrogate) raises here what the reference raises.
-            own = field(_WORKER_ID, worker.worker_id.encode())
-            if incarnation:  # proto3 leaves a zero out, as the reference does
-                own += _INCARNATION + varint(incarnation)
+            own = field(_WORKER_ID, worker.worker_id.encode()) + uint64_field(_INCARNATION, incarnation)
             entries.append(field(_WORKERS, own + kept.shared))
         return pb.RegisterWorkersRequest.FromString(b"".join(entries)), refused
 
