@@ -46,7 +46,7 @@ from hodei.stores._bound import check_bindings, job_of, newly_bound
 from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._group import GroupCommit
 from hodei.stores._rows import by_pool
-from hodei.stores._sqlite_schema import SELECT, UPSERT, as_row, migrate, record
+from hodei.stores._sqlite_schema import SELECT, STATEMENT_CACHE, UPSERT, as_row, migrate, record, upsert_rows
 
 __all__ = ["SqliteRegistryStore"]
 
@@ -129,7 +129,9 @@ class SqliteRegistryStore:
         ):  # one scheduler per file: a second would expire and delete the first's workers
             self._lock.acquire()
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, cached_statements=STATEMENT_CACHE
+            )
         except (OSError, sqlite3.Error) as error:
             self._release_lock()
             raise StoreError(f"cannot open {self.path}: {error}") from error
@@ -192,7 +194,7 @@ class SqliteRegistryStore:
             held = {worker_id: job_of(stored) for worker_id, stored in current.items()}
             outcomes, written = merge_registrations(current, records)
             _bind(db, held, written)
-            db.executemany(UPSERT, [as_row(r) for r in written.values()])
+            upsert_rows(db, [as_row(r) for r in written.values()])
             return outcomes
 
         return await self._run(self._transaction(write))

@@ -6,8 +6,9 @@ thread.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,18 @@ from hodei.domain import WorkerRecord
 from hodei.errors import StoreError
 from hodei.stores._rows import COLUMNS, from_row, to_row
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SELECT", "UPSERT", "as_row", "migrate", "record"]
+__all__ = [
+    "MIGRATIONS",
+    "ROWS_PER_STATEMENT",
+    "SCHEMA_VERSION",
+    "SELECT",
+    "STATEMENT_CACHE",
+    "UPSERT",
+    "as_row",
+    "migrate",
+    "record",
+    "upsert_rows",
+]
 
 # Each entry migrates the schema from version ``index`` to ``index + 1``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -65,10 +77,47 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM workers"
-UPSERT = (
-    f"INSERT INTO workers ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
-    f"ON CONFLICT (worker_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
+_ROW = f"({', '.join('?' for _ in COLUMNS)})"
+_ON_CONFLICT = "ON CONFLICT (worker_id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in COLUMNS[1:]
 )
+
+
+@functools.cache
+def _upsert_of(rows: int) -> str:
+    """The statement that writes ``rows`` rows, each as :data:`UPSERT` writes one."""
+    return f"INSERT INTO workers ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * rows)} {_ON_CONFLICT}"
+
+
+UPSERT = _upsert_of(1)
+
+ROWS_PER_STATEMENT = 128
+"""Rows that one :func:`upsert_rows` statement writes at most (fewer if the connection binds fewer values).
+
+A group's rows are written in one statement, not one statement each. The sqlite3 module lets go of the GIL
+for every step of a statement, and the store's thread, sharing the GIL with a busy event loop, waits for it
+back after each one. Measured with 500 registrations in flight (``hodei bench``, twelve pairs against one
+statement per row): the p95 ratio to the raw baseline 1.37 against 1.54 (medians), throughput unchanged; a
+registration's wait for its commit had a p95 of about 50 ms against 75-116 ms."""
+
+STATEMENT_CACHE = ROWS_PER_STATEMENT + 128
+"""Statements a connection keeps compiled: one upsert of each row count up to :data:`ROWS_PER_STATEMENT`,
+and the store's others."""
+
+
+def upsert_rows(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write ``rows`` (of :func:`as_row`) in order, as many in each statement as the connection can bind, and
+    at most :data:`ROWS_PER_STATEMENT`: what :data:`UPSERT` of each row, one after the other, would write."""
+    per_statement = max(
+        1, min(ROWS_PER_STATEMENT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(COLUMNS))
+    )
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        db.execute(_upsert_of(len(chunk)), _flat(chunk))
+
+
+def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
