@@ -50,9 +50,14 @@ def events(log: Path, name: str) -> list[dict[str, object]]:
     return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e.get("event") == name]
 
 
-def lower_soft_limit() -> None:  # runs in the child between fork and exec
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+# Lowers the soft limit, then becomes the command it is given: a fresh interpreter with no threads. (A preexec_fn
+# would run Python in a child forked from this process, whose gRPC threads may hold a lock the child then waits
+# for: it hung once, before exec, and the scheduler never started.)
+WITH_SOFT_LIMIT_512 = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (512, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 async def test_serve_raises_its_open_files_soft_limit_to_the_hard_limit_and_says_so(tmp_path: Path) -> None:
@@ -61,13 +66,12 @@ async def test_serve_raises_its_open_files_soft_limit_to_the_hard_limit_and_says
     with log.open("wb") as stderr:
         process = subprocess.Popen(
             [
-                sys.executable,
+                *(sys.executable, "-c", WITH_SOFT_LIMIT_512, sys.executable),
                 *("-m", "hodei", "scheduler", "serve", "--store", "memory", "--log-format", "json"),
                 *("--listen", f"127.0.0.1:{free_port()}"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            preexec_fn=lower_soft_limit,
         )
     try:
         await wait_until(lambda: bool(events(log, "scheduler.open_files_limit")), timeout=30)
