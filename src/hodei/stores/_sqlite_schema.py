@@ -102,7 +102,8 @@ registration's wait for its commit had a p95 of about 50 ms against 75-116 ms.""
 
 STATEMENT_CACHE = ROWS_PER_STATEMENT + 128
 """Statements a connection keeps compiled: one upsert of each row count up to :data:`ROWS_PER_STATEMENT`,
-and the store's others."""
+and the store's others. Their cost is memory: the 128 upserts, compiled, hold about 19 MB (measured: a
+scheduler's RSS after 30,000 registrations at 500 in flight was 100-108 MB against 88-97 MB)."""
 
 
 def upsert_rows(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
