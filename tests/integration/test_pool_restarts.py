@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ import pytest
 from hodei import Job, JobOutcome, SchedulerError, SchedulerPortClient, SchedulerUnavailable, WorkerStatus
 from hodei._infra.directories import log_tail
 from hodei.pools import Requirements
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, wait_for, wait_until
 from tests.integration.helpers import CLI_ENV, HODEI, SCHEDULER_SERVICE, end, health_becomes_serving
 
 T = TypeVar("T")
@@ -172,6 +173,10 @@ async def test_a_pool_stays_within_max_and_bound_across_a_killed_control_plane_a
                 for i in range(2)
             ]
             await wait_for(lambda: pool_is(busy=2), timeout=30, interval=0.1)
+            # Bound is not yet delivered: an agent that never got its job says at its hello that it runs none,
+            # and the restarted scheduler rightly ends that job as lost. Both must run theirs first.
+            jobs = {f"long-{i}" for i in range(2)}
+            await wait_until(lambda: started_jobs(tmp_path / "agents-2") == jobs, timeout=60, interval=0.1)
 
             # The scheduler dies and comes back on the same port and file: both workers still bound.
             marks.append(f"{time.monotonic():.2f} scheduler killed")
@@ -249,6 +254,18 @@ async def run_job(client: SchedulerPortClient, job_id: str, job: Job) -> object:
         view = await client.renew_assignment(acquired.assignment.assignment_id, wait=10)
         if view.result is not None:
             return view.result
+
+
+def started_jobs(directory: Path) -> set[str]:
+    """The jobs the agents logging in ``directory`` have started (their ``job.started`` lines)."""
+    started: set[str] = set()
+    for path in directory.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == "job.started":
+                    started.add(str(event.get("job_id")))
+    return started
 
 
 def _tails(*directories: Path) -> list[str]:
