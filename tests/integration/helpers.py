@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -39,6 +40,18 @@ class Finished:
     returncode: int
     stdout: str
     stderr: str
+
+
+def logged_events(log: Path, name: str) -> list[dict[str, object]]:
+    """The events called ``name`` among the JSON lines of ``log`` (none if it is not there yet). A line still
+    being written is not one yet."""
+    found: list[dict[str, object]] = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        with contextlib.suppress(ValueError):
+            event = json.loads(line) if line.startswith("{") else None
+            if isinstance(event, dict) and event.get("event") == name:
+                found.append(event)
+    return found
 
 
 async def end(process: asyncio.subprocess.Process) -> tuple[bytes, bytes]:

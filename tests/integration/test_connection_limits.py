@@ -5,7 +5,6 @@ stream whose hello was abandoned ends at once, its connection closed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import resource
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from hodei.server._limits import ServerLimits
 from hodei.testing import EmbeddedScheduler
 from hodei.transport._codec import pb_grpc
 from tests.helpers import wait_for, wait_until
+from tests.integration.helpers import logged_events
 
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
@@ -43,11 +43,6 @@ async def accepted(channel: grpc.aio.Channel) -> bool:
 async def accepted_on_a_new_connection(target: str) -> bool:
     async with grpc.aio.insecure_channel(target, options=[OWN_CONNECTION]) as channel:
         return await accepted(channel)
-
-
-def events(log: Path, name: str) -> list[dict[str, object]]:
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e.get("event") == name]
 
 
 # Lowers the soft limit, then becomes the command it is given: a fresh interpreter with no threads. (A preexec_fn
@@ -74,8 +69,8 @@ async def test_serve_raises_its_open_files_soft_limit_to_the_hard_limit_and_says
             stderr=stderr,
         )
     try:
-        await wait_until(lambda: bool(events(log, "scheduler.open_files_limit")), timeout=30)
-        [event] = events(log, "scheduler.open_files_limit")
+        await wait_until(lambda: bool(logged_events(log, "scheduler.open_files_limit")), timeout=30)
+        [event] = logged_events(log, "scheduler.open_files_limit")
         soft_now, hard_now = psutil.Process(process.pid).rlimit(psutil.RLIMIT_NOFILE)
     finally:
         process.terminate()
@@ -124,15 +119,15 @@ async def test_serve_refuses_beyond_max_connections_with_a_metric_and_a_log_line
         log=log,
     )
     async with process:
-        await wait_until(lambda: bool(events(log, "scheduler.open_files_limit")), timeout=30)
+        await wait_until(lambda: bool(logged_events(log, "scheduler.open_files_limit")), timeout=30)
         channels = [grpc.aio.insecure_channel(process.address, options=[OWN_CONNECTION]) for _ in range(6)]
         try:
             # The start-up probe's connection may still hold a place for a moment.
             await wait_for(lambda: accepted(channels[0]), timeout=10)
             held = [await check(channel) for channel in channels[1:4]]
             beyond = [await check(channel) for channel in channels[4:]]
-            await wait_until(lambda: bool(events(log, "connections.refusing")), timeout=20)
-            [refusing] = events(log, "connections.refusing")
+            await wait_until(lambda: bool(logged_events(log, "connections.refusing")), timeout=20)
+            [refusing] = logged_events(log, "connections.refusing")
             scraped = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{metrics_port}/metrics")
         finally:
             for channel in channels:
@@ -145,7 +140,7 @@ async def test_serve_refuses_beyond_max_connections_with_a_metric_and_a_log_line
     assert refusing["level"] == "warning"
     assert "hodei_connections_max 4.0" in scraped
     assert "hodei_connections_refusing 1.0" in scraped
-    [open_event] = events(log, "scheduler.open_files_limit")
+    [open_event] = logged_events(log, "scheduler.open_files_limit")
     assert open_event["max_connections"] == 4
 
 

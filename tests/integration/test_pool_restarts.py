@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +23,14 @@ from hodei import Job, JobOutcome, SchedulerError, SchedulerPortClient, Schedule
 from hodei._infra.directories import log_tail
 from hodei.pools import Requirements
 from tests.helpers import free_port, wait_for, wait_until
-from tests.integration.helpers import CLI_ENV, HODEI, SCHEDULER_SERVICE, end, health_becomes_serving
+from tests.integration.helpers import (
+    CLI_ENV,
+    HODEI,
+    SCHEDULER_SERVICE,
+    end,
+    health_becomes_serving,
+    logged_events,
+)
 
 T = TypeVar("T")
 pytestmark = pytest.mark.timeout(240)
@@ -258,14 +264,7 @@ async def run_job(client: SchedulerPortClient, job_id: str, job: Job) -> object:
 
 def started_jobs(directory: Path) -> set[str]:
     """The jobs the agents logging in ``directory`` have started (their ``job.started`` lines)."""
-    started: set[str] = set()
-    for path in directory.glob("*.log"):
-        for line in path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict) and event.get("event") == "job.started":
-                    started.add(str(event.get("job_id")))
-    return started
+    return {str(e["job_id"]) for path in directory.glob("*.log") for e in logged_events(path, "job.started")}
 
 
 def _tails(*directories: Path) -> list[str]:

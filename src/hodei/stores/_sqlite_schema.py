@@ -7,8 +7,9 @@ thread.
 from __future__ import annotations
 
 import functools
+import itertools
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,7 @@ def upsert_rows(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None
     )
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        db.execute(_upsert_of(len(chunk)), _flat(chunk))
-
-
-def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
-    return [value for row in rows for value in row]
+        db.execute(_upsert_of(len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
