@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hodei.domain import (
+    Assignment,
     DynamicWorker,
     DynamicWorkerConfig,
     FieldViolation,
@@ -534,3 +535,21 @@ def test_a_records_size_counts_each_text_in_utf8_bytes() -> None:
     assert sized("é") - sized("e") == 4
     assert sized("€") - sized("e") == 8
     assert sized("😀") - sized("e") == 12
+
+
+def test_a_bound_records_size_counts_its_job_id_in_utf8_bytes() -> None:
+    def bound_to(job_id: str) -> int:
+        assignment = Assignment(assignment_id="as-1", job_id=job_id, worker_id="w-1", incarnation=0)
+        return wire_size(
+            WorkerRecord(
+                worker_id="w-1",
+                worker_type=WorkerType.DOCKER,
+                capabilities=WorkerCapabilities(1, 512),
+                assignment=assignment,
+            )
+        )
+
+    # 100 characters of 1, 2, 3 and 4 bytes.
+    assert bound_to("é" * 100) - bound_to("e" * 100) == 100
+    assert bound_to("€" * 100) - bound_to("e" * 100) == 200
+    assert bound_to("😀" * 100) - bound_to("e" * 100) == 300

@@ -124,7 +124,7 @@ def wire_size(record: WorkerRecord) -> int:
     size = _RECORD_FRAMING + len(texts.encode()) + _labels_size(record.labels)
     assignment = record.assignment
     if assignment is not None:
-        size += _ASSIGNMENT_FRAMING + len(assignment.job_id)
+        size += _ASSIGNMENT_FRAMING + len(assignment.job_id.encode())
         if assignment.job is not None:
             size += assignment.job.encoded_size()
     return size
