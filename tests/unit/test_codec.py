@@ -33,7 +33,6 @@ from hodei.transport._codec import (
     RequestEncoder,
     Shapes,
     _records,
-    answered_worker,
     filter_from_proto,
     filter_to_proto,
     pb,
@@ -41,6 +40,7 @@ from hodei.transport._codec import (
     record_from_proto,
     record_from_request,
     record_to_proto,
+    registration_answer,
     registration_result_to_proto,
     result_from_proto,
     status_from_proto,
@@ -498,8 +498,9 @@ def test_a_slim_answer_leaves_out_what_was_sent_and_decodes_to_the_whole_record(
         last_heartbeat_at=UPDATED_AT,
     )
 
-    answer = answered_worker(record, request, slim=True)
-    receipt = receipt_from_proto(pb.RegisterWorkerResponse(worker=answer, created=True), worker)
+    message = registration_answer(RegistrationReceipt(record, created=True), request)
+    answer = message.worker
+    receipt = receipt_from_proto(message, worker)
 
     assert not answer.HasField("metadata") and not answer.HasField("capabilities")
     assert receipt.record == record and receipt.created
@@ -520,10 +521,38 @@ def test_an_answer_is_whole_unless_asked_for_and_written_from_the_request(
     if kept_incarnation is not None:  # an agent's registration, which one with incarnation 0 never overrides
         record = dataclasses.replace(record, incarnation=kept_incarnation, labels={"from": "agent"})
 
-    answer = answered_worker(record, request, slim=slim)
+    request.slim_answer = slim
+    message = registration_answer(RegistrationReceipt(record, created=False), request)
+    answer = message.worker
 
     assert answer == record_to_proto(record) and answer.HasField("metadata")
-    assert receipt_from_proto(pb.RegisterWorkerResponse(worker=answer), worker).record == record
+    assert receipt_from_proto(message, worker).record == record
+
+
+def test_an_answer_says_success_whether_it_created_and_the_credential() -> None:
+    request, record = registered(full_worker())
+
+    message = registration_answer(RegistrationReceipt(record, created=False), request, credential="cred-1")
+
+    assert (message.status, message.created, message.credential) == (
+        pb.REGISTRATION_STATUS_SUCCESS,
+        False,
+        "cred-1",
+    )
+    assert message.worker == record_to_proto(record, slim=True)
+    receipt = receipt_from_proto(message, full_worker())
+    assert (receipt.record, receipt.created, receipt.credential) == (record, False, "cred-1")
+
+
+def test_a_record_at_the_epoch_keeps_its_times_on_the_wire() -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    record = full_record(registered_at=epoch, updated_at=epoch, last_heartbeat_at=epoch)
+
+    message = record_to_proto(record)
+
+    assert all(message.HasField(f) for f in ("registered_at", "updated_at", "last_heartbeat_at"))
+    assert message.registered_at.seconds == message.registered_at.nanos == 0
+    assert record_from_proto(message) == record
 
 
 # --- batch results --------------------------------------------------------------------------------------

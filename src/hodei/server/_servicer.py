@@ -177,12 +177,7 @@ class SchedulerServicer(PoolCalls):
                 _log_refused(request.worker_id, error)
             await abort_with(context, error)
         _log_registered(receipt)
-        return pb.RegisterWorkerResponse(
-            status=pb.REGISTRATION_STATUS_SUCCESS,
-            worker=codec.answered_worker(receipt.record, request, slim=request.slim_answer),
-            created=receipt.created,
-            credential=credential,
-        )
+        return codec.registration_answer(receipt, request, credential=credential)
 
     async def RegisterWorkers(
         self, request: pb.RegisterWorkersRequest, context: Context

@@ -26,7 +26,6 @@ from hodei.transport._codec._jobs import (
     scale_event_to_proto,
 )
 from hodei.transport._codec._outcomes import (
-    answered_worker,
     command_from_proto,
     command_to_proto,
     event_from_proto,
@@ -36,6 +35,7 @@ from hodei.transport._codec._outcomes import (
     filter_from_proto,
     filter_to_proto,
     receipt_from_proto,
+    registration_answer,
     registration_result_to_proto,
     result_from_proto,
     unregister_incarnation,
@@ -65,7 +65,6 @@ __all__ = [
     "SERVICE_NAME",
     "RequestEncoder",
     "Shapes",
-    "answered_worker",
     "assignment_from_proto",
     "assignment_to_proto",
     "command_from_proto",
@@ -93,6 +92,7 @@ __all__ = [
     "record_from_proto",
     "record_from_request",
     "record_to_proto",
+    "registration_answer",
     "registration_result_to_proto",
     "registration_results",
     "requirements_from_proto",

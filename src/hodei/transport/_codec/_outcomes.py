@@ -20,6 +20,7 @@ from hodei.transport._codec._jobs import (
 )
 from hodei.transport._codec._records import (
     WORKER_TYPES,
+    put_record,
     record_from_proto,
     record_to_proto,
     slim_record,
@@ -30,7 +31,6 @@ from hodei.transport._codec._time import moment_of, timestamp
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
-    "answered_worker",
     "command_from_proto",
     "command_to_proto",
     "event_from_proto",
@@ -40,6 +40,7 @@ __all__ = [
     "filter_from_proto",
     "filter_to_proto",
     "receipt_from_proto",
+    "registration_answer",
     "registration_result_to_proto",
     "result_from_proto",
     "unregister_incarnation",
@@ -64,11 +65,24 @@ def receipt_from_proto(
     return RegistrationReceipt(decode, created=message.created, credential=credential)
 
 
-def answered_worker(record: WorkerRecord, request: pb.RegisterWorkerRequest, *, slim: bool) -> pb.Worker:
-    """``record``, registered from ``request``, as its answer carries it: if ``slim``, and the record was written
-    from this very request (same incarnation: not kept from a newer registration), without the capabilities
-    and metadata, which are the request's own."""
-    return record_to_proto(record, slim=slim and record.incarnation == request.incarnation)
+def _answered_slim(record: WorkerRecord, request: pb.RegisterWorkerRequest, *, slim: bool) -> bool:
+    """Whether ``record``, registered from ``request``, is answered without its capabilities and metadata, which
+    are the request's own: if ``slim`` was asked for, and the record was written from this very request (same
+    incarnation: not kept from a newer registration)."""
+    return slim and record.incarnation == request.incarnation
+
+
+def registration_answer(
+    receipt: RegistrationReceipt, request: pb.RegisterWorkerRequest, *, credential: str = ""
+) -> pb.RegisterWorkerResponse:
+    """The answer to a RegisterWorker call of ``request`` that ``receipt`` settled; slim if the request asked
+    (``slim_answer``) and the record was written from it. Its worker is written in place (:func:`put_record`)."""
+    answer = pb.RegisterWorkerResponse(
+        status=pb.REGISTRATION_STATUS_SUCCESS, created=receipt.created, credential=credential
+    )
+    record = receipt.record
+    put_record(answer.worker, record, slim=_answered_slim(record, request, slim=request.slim_answer))
+    return answer
 
 
 def _error_to_proto(error: SchedulerError) -> pb.WorkerError:
@@ -94,14 +108,12 @@ def registration_result_to_proto(
             status=pb.REGISTRATION_STATUS_FAILED,
             error=_error_to_proto(outcome),
         )
-    return pb.WorkerRegistrationResult(
-        worker_id=worker_id,
-        status=pb.REGISTRATION_STATUS_SUCCESS,
-        worker=record_to_proto(outcome.record)
-        if request is None
-        else answered_worker(outcome.record, request, slim=True),
-        created=outcome.created,
+    result = pb.WorkerRegistrationResult(
+        worker_id=worker_id, status=pb.REGISTRATION_STATUS_SUCCESS, created=outcome.created
     )
+    record = outcome.record
+    put_record(result.worker, record, slim=request is not None and _answered_slim(record, request, slim=True))
+    return result
 
 
 def result_from_proto(

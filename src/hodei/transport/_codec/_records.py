@@ -24,7 +24,7 @@ from hodei.domain import (
 from hodei.errors import InvalidWorkerData
 from hodei.transport._codec._framing import LENGTH_DELIMITED, UINT64_END, VARINT, field, tag, uint64_field
 from hodei.transport._codec._jobs import assignment_from_proto, assignment_to_proto
-from hodei.transport._codec._time import moment, timestamp, timestamp_of
+from hodei.transport._codec._time import moment, put_moment
 from hodei.transport._generated.hodei.scheduler.v1 import scheduler_pb2 as pb
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "RequestEncoder",
     "Shapes",
     "hello_from_worker",
+    "put_record",
     "record_from_proto",
     "record_from_request",
     "record_to_proto",
@@ -352,27 +353,41 @@ def usage_from_proto(message: pb.ResourceUsage) -> ResourceUsage:
 def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
     """The record on the wire; ``slim`` leaves out its capabilities and metadata (an answer does, where they are
     the request's own)."""
-    worker = pb.Worker(
-        worker_id=record.worker_id,
-        status=status_to_proto(record.status),
-        incarnation=record.incarnation,
-        registered_at=timestamp(record.registered_at),
-        updated_at=timestamp(record.updated_at),
-        lease_ttl_ms=round(record.lease_ttl * 1000) if record.lease_ttl is not None else 0,
-        drained=record.drained,
-        use_count=record.use_count,
-    )
+    worker = pb.Worker()
+    put_record(worker, record, slim=slim)
+    return worker
+
+
+def put_record(worker: pb.Worker, record: WorkerRecord, *, slim: bool = False) -> None:
+    """Write ``record`` into ``worker``, an empty message (or an answer's own field), as :func:`record_to_proto`
+    encodes it. Fields are set in place, and those at their default not at all (proto3 leaves them off the wire
+    either way): no message is built to be copied."""
+    worker.worker_id = record.worker_id
+    worker.status = _STATUS_TO_PROTO[record.status]
+    worker.incarnation = record.incarnation
+    if record.registered_at is not None:
+        put_moment(worker.registered_at, record.registered_at)
+    if record.updated_at is not None:
+        put_moment(worker.updated_at, record.updated_at)
+    if record.lease_ttl is not None:
+        worker.lease_ttl_ms = round(record.lease_ttl * 1000)
+    if record.drained:
+        worker.drained = True
+    if record.use_count:
+        worker.use_count = record.use_count
     if record.assignment is not None:
         worker.assignment.CopyFrom(assignment_to_proto(record.assignment))
     # The live facts of the agent's stream (none in a record as a store holds it).
-    worker.connected = record.connected
-    worker.connected_via = record.connected_via
+    if record.connected:
+        worker.connected = True
+    if record.connected_via:
+        worker.connected_via = record.connected_via
     if record.usage is not None:
         worker.usage.CopyFrom(usage_to_proto(record.usage))
     if record.last_heartbeat_at is not None:
-        worker.last_heartbeat_at.CopyFrom(timestamp_of(record.last_heartbeat_at))
+        put_moment(worker.last_heartbeat_at, record.last_heartbeat_at)
     if slim:
-        return worker
+        return
     worker.capabilities.CopyFrom(_capabilities_to_proto(record.capabilities))
     worker.metadata.CopyFrom(
         pb.WorkerMetadata(
@@ -383,7 +398,6 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
             agent_version=record.agent_version,
         )
     )
-    return worker
 
 
 def record_from_proto(message: pb.Worker) -> WorkerRecord:

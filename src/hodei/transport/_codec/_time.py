@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hodei._kept import SameAsLast
 
-__all__ = ["moment", "moment_of", "timestamp", "timestamp_of"]
+__all__ = ["moment", "moment_of", "put_moment", "timestamp", "timestamp_of"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -18,10 +18,19 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
     return None if moment is None else timestamp_of(moment)
 
 
-def _timestamp(moment: datetime) -> Timestamp:
+def put_moment(stamp: Timestamp, moment: datetime) -> None:
+    """Set ``stamp`` to ``moment`` in place: a message's own Timestamp field is set so, with no Timestamp made
+    to be copied into it (which costs an answer more than the rest of its worker)."""
     # Plain arithmetic, as Timestamp.FromDatetime goes through time tuples.
     delta = moment - _EPOCH
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+    stamp.seconds = delta.days * 86_400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1000
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    put_moment(stamp, moment)
+    return stamp
 
 
 # Every record of a batch has the very same time, a record its registration's for both its times, and a message
