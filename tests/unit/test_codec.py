@@ -14,12 +14,14 @@ from hodei.domain import (
     DynamicWorker,
     DynamicWorkerConfig,
     FieldViolation,
+    Job,
     ResourceUsage,
     WorkerCapabilities,
     WorkerRecord,
     WorkerStatus,
     WorkerType,
     validate_worker,
+    wire_size,
 )
 from hodei.errors import (
     ErrorCode,
@@ -434,6 +436,40 @@ def test_a_record_survives_the_round_trip_with_its_timestamps() -> None:
     record = full_record()
 
     assert record_from_proto(record_to_proto(record)) == record
+
+
+@pytest.mark.parametrize("char", ["e", "é", "€", "😀"])
+def test_a_records_size_is_an_upper_estimate_of_its_encoding(char: str) -> None:
+    # Every text of a bound record long and in one width of UTF-8: the record's, its labels', its assignment's,
+    # its trace context's and its job's.
+    many = char * 128
+    assignment = Assignment(
+        assignment_id=many,
+        job_id=many,
+        worker_id=many,
+        incarnation=2**63,
+        lease_ttl=3600.0,
+        job=Job(command=(many, many), environment={many: many}, timeout=600.0),
+        priority=-(2**31),
+        bound_at=UPDATED_AT,
+        trace_context={"traceparent": many, "tracestate": many},
+    )
+    record = full_record(
+        worker_id=many,
+        labels={many: many, f"{many}2": many},
+        pool=many,
+        hostname=many,
+        agent_version=many,
+        incarnation=2**64 - 1,
+        assignment=assignment,
+        lease_ttl=3600.0,
+        use_count=2**32 - 1,
+        drained=True,
+    )
+
+    encoded = len(record_to_proto(record).SerializeToString())
+
+    assert encoded <= wire_size(record) < encoded + 1024
 
 
 def test_missing_timestamps_stay_missing() -> None:

@@ -537,9 +537,18 @@ def test_a_records_size_counts_each_text_in_utf8_bytes() -> None:
     assert sized("😀") - sized("e") == 12
 
 
-def test_a_bound_records_size_counts_its_job_id_in_utf8_bytes() -> None:
-    def bound_to(job_id: str) -> int:
-        assignment = Assignment(assignment_id="as-1", job_id=job_id, worker_id="w-1", incarnation=0)
+@pytest.mark.parametrize("text", ["assignment_id", "job_id", "worker_id", "trace key", "trace value"])
+def test_a_bound_records_size_counts_each_text_of_its_assignment_in_utf8_bytes(text: str) -> None:
+    def bound_to(value: str) -> int:
+        ids = {"assignment_id": "as-1", "job_id": "job-1", "worker_id": "w-1"}
+        trace = {"traceparent": "00-1-2-01"}
+        if text in ids:
+            ids[text] = value
+        elif text == "trace key":
+            trace = {value: "00-1-2-01"}
+        else:
+            trace = {"traceparent": value}
+        assignment = Assignment(**ids, incarnation=0, trace_context=trace)  # type: ignore[arg-type]
         return wire_size(
             WorkerRecord(
                 worker_id="w-1",
