@@ -360,8 +360,10 @@ def record_to_proto(record: WorkerRecord, *, slim: bool = False) -> pb.Worker:
 
 def put_record(worker: pb.Worker, record: WorkerRecord, *, slim: bool = False) -> None:
     """Write ``record`` into ``worker``, an empty message (or an answer's own field), as :func:`record_to_proto`
-    encodes it. Fields are set in place, and those at their default not at all (proto3 leaves them off the wire
-    either way): no message is built to be copied."""
+    encodes it. Its id, status, incarnation and times are set in place, with no Worker or Timestamp built to be
+    copied in; its other numbers and flags only when not at their default (proto3 leaves those off the wire
+    either way). Its assignment, usage, capabilities and metadata, rarer or absent from a slim answer, are built
+    and copied in."""
     worker.worker_id = record.worker_id
     worker.status = _STATUS_TO_PROTO[record.status]
     worker.incarnation = record.incarnation

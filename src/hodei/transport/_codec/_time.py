@@ -1,5 +1,6 @@
-"""Timestamps on the wire, both ways: one conversion for every message (the last one kept: a batch's records
-share their time)."""
+"""Timestamps on the wire, both ways: set in a message's own field (:func:`put_moment`, a record's times), or
+made as messages of their own (:func:`timestamp`, the last one kept: the events and assignments of one moment
+share it)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ def _timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-# Every record of a batch has the very same time, a record its registration's for both its times, and a message
-# given to a constructor is copied: one conversion serves them all. A single registration's moment is new each
-# time, so a cache of many moments would only cost it (2.3 us a conversion with an LRU of 1,024 against 1.1).
+# The events of one moment (a batch's workers are announced with one time) share one conversion, and a message
+# given to a constructor is copied: the last one is kept. A lone moment is new each time, so a cache of many
+# would only cost it (2.3 us a conversion with an LRU of 1,024 against 1.1).
 timestamp_of = SameAsLast(_timestamp)
 
 
