@@ -13,7 +13,7 @@ import pytest
 
 from hodei.domain import Assignment, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
 from hodei.stores._rows import COLUMNS
-from hodei.stores._sqlite_schema import ROWS_PER_STATEMENT, UPSERT, as_row, migrate, upsert_rows
+from hodei.stores._sqlite_schema import ROW_STEP, ROWS_PER_STATEMENT, UPSERT, as_row, migrate, upsert_rows
 
 AT = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
 
@@ -58,7 +58,19 @@ def statements(db: sqlite3.Connection) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "count", [0, 1, 2, ROWS_PER_STATEMENT - 1, ROWS_PER_STATEMENT, ROWS_PER_STATEMENT + 1, 300]
+    "count",
+    [
+        0,
+        1,
+        2,
+        ROW_STEP,
+        ROW_STEP + 1,
+        50,
+        ROWS_PER_STATEMENT - 1,
+        ROWS_PER_STATEMENT,
+        ROWS_PER_STATEMENT + 1,
+        300,
+    ],
 )
 def test_rows_written_together_leave_the_table_as_rows_written_one_by_one(
     pair: tuple[sqlite3.Connection, sqlite3.Connection], count: int
@@ -91,19 +103,41 @@ def test_a_worker_twice_among_the_rows_ends_as_its_last_row(
     assert [(r[0], r[COLUMNS.index("incarnation")]) for r in table(grouped)] == [("a", 2), ("b", 1)]
 
 
-def test_a_group_is_written_in_statements_of_at_most_rows_per_statement(
-    pair: tuple[sqlite3.Connection, sqlite3.Connection],
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [
+        (0, []),
+        (1, [1]),
+        (ROW_STEP, [ROW_STEP]),
+        (ROW_STEP + 1, [ROW_STEP, 1]),
+        (50, [48, 2]),
+        (ROWS_PER_STATEMENT, [ROWS_PER_STATEMENT]),
+        (ROWS_PER_STATEMENT + 1, [ROWS_PER_STATEMENT, 1]),
+        (2 * ROWS_PER_STATEMENT + 44, [ROWS_PER_STATEMENT, ROWS_PER_STATEMENT, 32, 12]),
+    ],
+)
+def test_a_group_is_written_in_statements_of_at_most_rows_per_statement_beyond_the_step_a_multiple_of_it(
+    pair: tuple[sqlite3.Connection, sqlite3.Connection], count: int, sizes: list[int]
 ) -> None:
     _, grouped = pair
     traced = statements(grouped)
 
-    upsert_rows(grouped, [row(f"w-{n:04d}") for n in range(2 * ROWS_PER_STATEMENT + 44)])
+    upsert_rows(grouped, [row(f"w-{n:04d}") for n in range(count)])
 
-    assert [statement.count("), (") + 1 for statement in traced] == [
-        ROWS_PER_STATEMENT,
-        ROWS_PER_STATEMENT,
-        44,
-    ]
+    assert [statement.count("), (") + 1 for statement in traced] == sizes
+
+
+def test_every_group_size_is_written_by_23_statements_at_most() -> None:
+    db = connection()
+    traced = statements(db)
+
+    for count in range(1, 3 * ROWS_PER_STATEMENT + 1):
+        upsert_rows(db, [row(f"w-{count}-{n:04d}") for n in range(count)])
+
+    sizes = {statement.count("), (") + 1 for statement in traced}
+    db.close()
+    assert sizes == set(range(1, ROW_STEP + 1)) | set(range(2 * ROW_STEP, ROWS_PER_STATEMENT + 1, ROW_STEP))
+    assert len(sizes) == 23
 
 
 def test_a_connection_that_binds_fewer_values_gets_fewer_rows_a_statement(
