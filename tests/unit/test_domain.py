@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -537,24 +538,37 @@ def test_a_records_size_counts_each_text_in_utf8_bytes() -> None:
     assert sized("😀") - sized("e") == 12
 
 
-@pytest.mark.parametrize("text", ["assignment_id", "job_id", "worker_id", "trace key", "trace value"])
-def test_a_bound_records_size_counts_each_text_of_its_assignment_in_utf8_bytes(text: str) -> None:
-    def bound_to(value: str) -> int:
-        ids = {"assignment_id": "as-1", "job_id": "job-1", "worker_id": "w-1"}
-        trace = {"traceparent": "00-1-2-01"}
-        if text in ids:
-            ids[text] = value
-        elif text == "trace key":
-            trace = {value: "00-1-2-01"}
-        else:
-            trace = {"traceparent": value}
-        assignment = Assignment(**ids, incarnation=0, trace_context=trace)  # type: ignore[arg-type]
+BOUND = Assignment(
+    assignment_id="as-1",
+    job_id="job-1",
+    worker_id="w-1",
+    incarnation=0,
+    trace_context={"traceparent": "00-1"},
+)
+
+
+@pytest.mark.parametrize(
+    "with_text",
+    [
+        pytest.param(lambda text: dataclasses.replace(BOUND, assignment_id=text), id="assignment_id"),
+        pytest.param(lambda text: dataclasses.replace(BOUND, job_id=text), id="job_id"),
+        pytest.param(lambda text: dataclasses.replace(BOUND, worker_id=text), id="worker_id"),
+        pytest.param(lambda text: dataclasses.replace(BOUND, trace_context={text: "00-1"}), id="trace key"),
+        pytest.param(
+            lambda text: dataclasses.replace(BOUND, trace_context={"traceparent": text}), id="trace value"
+        ),
+    ],
+)
+def test_a_bound_records_size_counts_each_text_of_its_assignment_in_utf8_bytes(
+    with_text: Callable[[str], Assignment],
+) -> None:
+    def bound_to(text: str) -> int:
         return wire_size(
             WorkerRecord(
                 worker_id="w-1",
                 worker_type=WorkerType.DOCKER,
                 capabilities=WorkerCapabilities(1, 512),
-                assignment=assignment,
+                assignment=with_text(text),
             )
         )
 

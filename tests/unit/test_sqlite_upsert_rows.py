@@ -57,6 +57,11 @@ def statements(db: sqlite3.Connection) -> list[str]:
     return seen
 
 
+def rows_in(statements: list[str]) -> list[int]:
+    """How many rows each traced statement wrote."""
+    return [statement.count("), (") + 1 for statement in statements]
+
+
 @pytest.mark.parametrize(
     "count",
     [
@@ -124,17 +129,17 @@ def test_a_group_is_written_in_statements_of_at_most_rows_per_statement_beyond_t
 
     upsert_rows(grouped, [row(f"w-{n:04d}") for n in range(count)])
 
-    assert [statement.count("), (") + 1 for statement in traced] == sizes
+    assert rows_in(traced) == sizes
 
 
-def test_every_group_size_is_written_by_23_statements_at_most() -> None:
+def test_every_group_size_is_written_in_statements_of_23_sizes() -> None:
     db = connection()
     traced = statements(db)
 
     for count in range(1, 3 * ROWS_PER_STATEMENT + 1):
         upsert_rows(db, [row(f"w-{count}-{n:04d}") for n in range(count)])
 
-    sizes = {statement.count("), (") + 1 for statement in traced}
+    sizes = set(rows_in(traced))
     db.close()
     assert sizes == set(range(1, ROW_STEP + 1)) | set(range(2 * ROW_STEP, ROWS_PER_STATEMENT + 1, ROW_STEP))
     assert len(sizes) == 23
@@ -153,7 +158,7 @@ def test_a_connection_that_binds_fewer_values_gets_fewer_rows_a_statement(
     reference.executemany(UPSERT, rows)
     upsert_rows(grouped, rows)
 
-    assert [statement.count("), (") + 1 for statement in traced] == [2, 2, 1]
+    assert rows_in(traced) == [2, 2, 1]
     assert table(grouped) == table(reference)
 
 

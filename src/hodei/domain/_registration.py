@@ -124,8 +124,8 @@ def wire_size(record: WorkerRecord) -> int:
     size = _RECORD_FRAMING + len(texts.encode()) + _labels_size(record.labels)
     assignment = record.assignment
     if assignment is not None:
-        texts = assignment.assignment_id + assignment.job_id + assignment.worker_id
-        size += _ASSIGNMENT_FRAMING + len(texts.encode()) + _sum_labels(assignment.trace_context)
+        ids = assignment.assignment_id + assignment.job_id + assignment.worker_id
+        size += _ASSIGNMENT_FRAMING + len(ids.encode()) + _sum_labels(assignment.trace_context)
         if assignment.job is not None:
             size += assignment.job.encoded_size()
     return size

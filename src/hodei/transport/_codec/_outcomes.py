@@ -65,11 +65,11 @@ def receipt_from_proto(
     return RegistrationReceipt(decode, created=message.created, credential=credential)
 
 
-def _answered_slim(record: WorkerRecord, request: pb.RegisterWorkerRequest, *, slim: bool) -> bool:
-    """Whether ``record``, registered from ``request``, is answered without its capabilities and metadata, which
-    are the request's own: if ``slim`` was asked for, and the record was written from this very request (same
-    incarnation: not kept from a newer registration)."""
-    return slim and record.incarnation == request.incarnation
+def _written_from(record: WorkerRecord, request: pb.RegisterWorkerRequest) -> bool:
+    """Whether ``record``, registered from ``request``, was written from this very request (same incarnation: not
+    kept from a newer registration). Only then may an answer leave out its capabilities and metadata, which are
+    the request's own."""
+    return record.incarnation == request.incarnation
 
 
 def registration_answer(
@@ -81,7 +81,7 @@ def registration_answer(
         status=pb.REGISTRATION_STATUS_SUCCESS, created=receipt.created, credential=credential
     )
     record = receipt.record
-    put_record(answer.worker, record, slim=_answered_slim(record, request, slim=request.slim_answer))
+    put_record(answer.worker, record, slim=request.slim_answer and _written_from(record, request))
     return answer
 
 
@@ -112,7 +112,7 @@ def registration_result_to_proto(
         worker_id=worker_id, status=pb.REGISTRATION_STATUS_SUCCESS, created=outcome.created
     )
     record = outcome.record
-    put_record(result.worker, record, slim=request is not None and _answered_slim(record, request, slim=True))
+    put_record(result.worker, record, slim=request is not None and _written_from(record, request))
     return result
 
 

@@ -365,7 +365,7 @@ def put_record(worker: pb.Worker, record: WorkerRecord, *, slim: bool = False) -
     either way). Its assignment, usage, capabilities and metadata, rarer or absent from a slim answer, are built
     and copied in."""
     worker.worker_id = record.worker_id
-    worker.status = _STATUS_TO_PROTO[record.status]
+    worker.status = status_to_proto(record.status)
     worker.incarnation = record.incarnation
     if record.registered_at is not None:
         put_moment(worker.registered_at, record.registered_at)

@@ -21,7 +21,7 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
 
 def put_moment(stamp: Timestamp, moment: datetime) -> None:
     """Set ``stamp`` to ``moment`` in place: a message's own Timestamp field is set so, with no Timestamp made
-    to be copied into it (which costs an answer more than the rest of its worker)."""
+    to be copied into it."""
     # Plain arithmetic, as Timestamp.FromDatetime goes through time tuples.
     delta = moment - _EPOCH
     stamp.seconds = delta.days * 86_400 + delta.seconds
