@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from hodei import (
@@ -166,6 +169,55 @@ async def test_sigkill_while_500_single_registrations_are_in_flight_loses_no_ack
         first.kill()
         if restarted is not None:
             restarted.kill()
+
+
+async def test_the_stores_writer_killed_while_500_single_registrations_are_in_flight_loses_none_and_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """The SQLite store's writer process dies under load: the groups it held are answered UNAVAILABLE (and
+    retried), every acknowledged worker stays as it was told, the next group starts another writer, and every
+    worker ends registered once."""
+    store = f"sqlite:///{tmp_path / 'registry.db'}"
+    scheduler = await ServerProcess.scheduler(store=store, log=tmp_path / "scheduler.log").start()
+    client = RecordingClient(scheduler.address)
+    config = RegistrationConfig(max_retries=60, base_backoff=0.05, max_backoff=0.25, registration_timeout=5.0)
+    adapter = WorkerRegistrationAdapter(client, config)
+    workers = [make_worker(f"single-{n:04d}") for n in range(1500)]
+    in_flight = asyncio.Semaphore(500)
+
+    async def register(worker: DynamicWorker) -> RegistrationReceipt:
+        async with in_flight:
+            return await adapter.register_worker(worker)
+
+    try:
+        [writer] = writers(scheduler.pid)
+        registering = asyncio.gather(*(register(w) for w in workers))
+        await wait_for(lambda: _at_least(len(client.told), 600), timeout=30)
+        os.kill(writer, signal.SIGKILL)
+        told_before_the_kill = dict(client.told)
+        assert 600 <= len(told_before_the_kill) < 1500, "the kill must land while registrations are in flight"
+
+        receipts = await asyncio.wait_for(registering, 60)
+        assert [r.record.worker_id for r in receipts] == [w.worker_id for w in workers]
+        assert [w for w in writers(scheduler.pid) if w != writer] != []
+        stored = {record.worker_id: record for record in await all_records(client)}
+        assert len(stored) == len(workers)
+        for worker_id, receipt in told_before_the_kill.items():
+            assert stored[worker_id].registered_at == receipt.record.registered_at
+        ids = await all_workers(client)
+        assert len(ids) == len(set(ids)) == len(workers)  # each once, none missing
+    finally:
+        await client.close()
+        scheduler.kill()
+
+
+def writers(scheduler: int) -> list[int]:
+    """The PIDs of the scheduler's SQLite writer processes."""
+    return [
+        child.pid
+        for child in psutil.Process(scheduler).children()
+        if "hodei.stores._sqlite_writer" in " ".join(child.cmdline())
+    ]
 
 
 async def all_records(client: SchedulerPortClient) -> list[WorkerRecord]:

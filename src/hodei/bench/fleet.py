@@ -186,7 +186,7 @@ async def _floor(
     server = await ServerProcess(args).start(timeout=60)
     second: ServerProcess | None = None
     try:
-        probe = ProcessProbe(server.pid)
+        probe = ProcessProbe(server.pid, with_children=True)
         figures.idle_rss_mb = probe.sample().rss / 2**20
         swarms = SwarmFleet(server.address, agents, swarms=swarm_count, slots=slots, prefix="floor")
         try:
@@ -281,7 +281,7 @@ async def run_fleet(
         async with registry_store(store) as url:
             first = await _scheduler(port, url, metrics_port, agents, heartbeat, log).start(timeout=60)
             second: ServerProcess | None = None
-            probe = ProcessProbe(first.pid)
+            probe = ProcessProbe(first.pid, with_children=True)
             report.scheduler_idle_rss_mb = probe.sample().rss / 2**20
             try:
                 swarms = SwarmFleet(first.address, agents, swarms=swarm_count, slots=slots)

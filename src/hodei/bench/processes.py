@@ -43,14 +43,26 @@ class Usage:
 
 
 class ProcessProbe:
-    """CPU time and resident memory of one process."""
+    """CPU time and resident memory of one process; ``with_children``, of the processes it started too (a
+    SQLite store's writer): what a server costs the machine."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, with_children: bool = False) -> None:
         self._process = psutil.Process(pid)
+        self._with_children = with_children
 
     def sample(self) -> Usage:
         times = self._process.cpu_times()
-        return Usage(times.user + times.system, self._process.memory_info().rss, time.perf_counter())
+        cpu = times.user + times.system
+        rss = self._process.memory_info().rss
+        if not self._with_children:
+            return Usage(cpu, rss, time.perf_counter())
+        cpu += times.children_user + times.children_system  # the children that ended
+        for child in self._process.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child_times = child.cpu_times()
+                cpu += child_times.user + child_times.system
+                rss += child.memory_info().rss
+        return Usage(cpu, rss, time.perf_counter())
 
     @staticmethod
     def cpu_percent(before: Usage, after: Usage) -> float:

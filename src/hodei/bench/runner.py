@@ -203,14 +203,14 @@ async def _server(
 ) -> AsyncIterator[tuple[str, ProcessProbe | None]]:
     if name.startswith("baseline"):
         async with ServerProcess.baseline() as server:
-            yield server.address, ProcessProbe(server.pid)
+            yield server.address, ProcessProbe(server.pid, with_children=True)
     elif target:
         yield target, None
     else:
         liveness = ("--heartbeat-interval", "1", "--lease-ttl", "5") if name == "agents" else ()
         args = (*liveness, *security.server_args)
         async with registry_store(store) as url, ServerProcess.scheduler(*args, store=url) as server:
-            yield server.address, ProcessProbe(server.pid)
+            yield server.address, ProcessProbe(server.pid, with_children=True)
 
 
 def _health_probe(address: str, scale: Scale, security: PreparedSecurity) -> subprocess.Popen[str]:

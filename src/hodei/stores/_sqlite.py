@@ -1,10 +1,11 @@
 """A :class:`~hodei.ports.RegistryStore` in one SQLite file: the embedded default, durable across restarts.
 
-Every call is one transaction, run on the store's own thread (sqlite3 blocks): a batch of registrations is
-one ``BEGIN IMMEDIATE … COMMIT``, so a batch costs one fsync, not one per worker. Registrations are group
-committed (:class:`~hodei.stores._group.GroupCommit`): those that arrive while a commit runs share the next
-transaction and its fsync, each answered once that transaction committed (under load, a group waits up to
-:data:`GATHER` seconds for more). The file is in WAL mode with
+Every call is one transaction: a batch of registrations is one ``BEGIN IMMEDIATE … COMMIT``, so a batch costs
+one fsync, not one per worker. Registrations are group committed (:class:`~hodei.stores._group.GroupCommit`):
+those that arrive while a commit runs share the next transaction and its fsync, each answered once that
+transaction committed (under load, a group waits up to :data:`GATHER` seconds for more). They are written by a
+process of the store's own (:mod:`hodei.stores._sqlite_writer`), off the scheduler's GIL; every other call
+runs on the store's thread (sqlite3 blocks), on a connection of its own. The file is in WAL mode with
 ``synchronous=FULL``: a commit that returned is on disk, and a registration acknowledged to a client survives
 the scheduler's crash and the machine's. The schema is versioned (``PRAGMA user_version``) and migrated when
 the store opens; a file written by a newer hodei is refused rather than misread. Its migrations and statements
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -29,32 +29,34 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hodei._quoting import driver_message
-from hodei.domain import (
-    UpsertOutcome,
-    WorkerRecord,
-    WorkerStatus,
-    apply_change,
-    merge_registrations,
-    utcnow,
-    wire_size,
-)
-from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
+from hodei.domain import UpsertOutcome, WorkerRecord, WorkerStatus, apply_change, utcnow, wire_size
+from hodei.errors import StoreError, StoreUnavailable
 from hodei.pools import Requirements
 from hodei.ports import WorkerFilter
-from hodei.stores._bound import check_bindings, job_of, newly_bound
+from hodei.stores._bound import job_of
 from hodei.stores._file_lock import RegistryFileLock
 from hodei.stores._group import GroupCommit
 from hodei.stores._rows import by_pool
-from hodei.stores._sqlite_schema import SELECT, STATEMENT_CACHE, UPSERT, as_row, migrate, record, upsert_rows
+from hodei.stores._sqlite_schema import (
+    DRIVER_ERRORS,
+    SELECT,
+    STATEMENT_CACHE,
+    UPSERT,
+    as_row,
+    bind_jobs,
+    configure,
+    driver_error,
+    fetch_rows,
+    migrate,
+    record,
+)
+from hodei.stores._sqlite_writer import WriterProcess
 
 __all__ = ["SqliteRegistryStore"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-_IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
 GATHER = 0.002
 """Seconds a group of registrations waits for more when they came in while one committed: each transaction is a
@@ -88,8 +90,11 @@ class SqliteRegistryStore:
         self._closed = False
         self._busy_timeout_ms = round(busy_timeout * 1000)  # how long a write waits for another's lock
         self._lock = RegistryFileLock(self.path) if exclusive else None
+        self._writer = WriterProcess(
+            self.path, synchronous=synchronous, busy_timeout_ms=self._busy_timeout_ms
+        )
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
-            self._upsert_now, size=wire_size, gather=GATHER
+            self._writer.register, size=wire_size, gather=GATHER
         )
 
     @classmethod
@@ -98,6 +103,11 @@ class SqliteRegistryStore:
     ) -> SqliteRegistryStore:
         store = cls(path, synchronous=synchronous, busy_timeout=busy_timeout, exclusive=exclusive)
         await store._run(store._connect)
+        try:
+            await store._writer.start()
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     # -- the thread ------------------------------------------------------------------------------------
@@ -108,16 +118,11 @@ class SqliteRegistryStore:
             raise StoreUnavailable(f"the registry store {self.path} is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, work)
-        except (OverflowError, UnicodeEncodeError, sqlite3.DataError) as error:  # a value SQLite cannot hold
-            raise StoreRefusedData(
-                f"the registry store cannot hold this data ({type(error).__name__})"
-            ) from error
-        except (
-            sqlite3.Error
-        ) as error:  # locked past the busy timeout, read-only, disk full, I/O error, damage
-            said = driver_message(error)
-            log.warning("store.unavailable", extra={"path": str(self.path), "error": said})
-            raise StoreUnavailable(f"the registry store cannot be used now ({said})") from error
+        except DRIVER_ERRORS as error:
+            told = driver_error(error)
+            if isinstance(told, StoreUnavailable):
+                log.warning("store.unavailable", extra={"path": str(self.path), "error": str(told)})
+            raise told from error
 
     def _connect(self) -> None:
         try:
@@ -136,9 +141,7 @@ class SqliteRegistryStore:
             self._release_lock()
             raise StoreError(f"cannot open {self.path}: {error}") from error
         try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute(f"PRAGMA synchronous = {self._synchronous}")
-            db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            configure(db, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms)
             migrate(db, self.path)
         except sqlite3.DatabaseError as error:  # not a database, or a damaged one
             db.close()
@@ -188,16 +191,10 @@ class SqliteRegistryStore:
         """Transactions that registrations have been written in so far (group commit: fewer than calls)."""
         return self._registrations.groups
 
-    async def _upsert_now(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
-        def write(db: sqlite3.Connection) -> list[tuple[UpsertOutcome, WorkerRecord]]:
-            current = _fetch(db, list({r.worker_id: None for r in records}))
-            held = {worker_id: job_of(stored) for worker_id, stored in current.items()}
-            outcomes, written = merge_registrations(current, records)
-            _bind(db, held, written)
-            upsert_rows(db, [as_row(r) for r in written.values()])
-            return outcomes
-
-        return await self._run(self._transaction(write))
+    @property
+    def writer_pid(self) -> int | None:
+        """The PID of the process that writes registrations (:mod:`hodei.stores._sqlite_writer`), while it runs."""
+        return self._writer.pid
 
     async def modify(
         self, worker_id: str, change: Callable[[WorkerRecord], WorkerRecord | None]
@@ -213,7 +210,7 @@ class SqliteRegistryStore:
             for worker_id, change in changes:
                 result, written = apply_change(_fetch(db, [worker_id]).get(worker_id), change)
                 if result is not None and written is not None:
-                    _bind(db, {worker_id: job_of(result[0])}, {worker_id: written})
+                    bind_jobs(db, {worker_id: job_of(result[0])}, {worker_id: written})
                     db.execute(UPSERT, as_row(written))
                 results.append(result)
             return results
@@ -350,38 +347,13 @@ class SqliteRegistryStore:
         if not self._closed:
             self._closed = True
             await self._registrations.aclose()
+            await self._writer.close()
             await asyncio.get_running_loop().run_in_executor(self._thread, shut)
             self._thread.shutdown(wait=True)
 
 
-def _bind(
-    db: sqlite3.Connection, held: Mapping[str, str | None], written: Mapping[str, WorkerRecord]
-) -> None:
-    """Refuse ``written`` if it would bind a job twice (:mod:`hodei.stores._bound`); unbind the workers whose job
-    moves to another written one, before they are written."""
-    newly = newly_bound(held, written)
-    if not newly:
-        return
-    holders = db.execute(
-        "SELECT job_id, worker_id FROM workers WHERE job_id IN (SELECT value FROM json_each(?))",
-        (json.dumps(newly),),
-    ).fetchall()
-    movers = check_bindings(written, dict(holders))
-    if movers:
-        db.execute(
-            "UPDATE workers SET job_id = NULL WHERE worker_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(movers),),
-        )
-
-
 def _fetch(db: sqlite3.Connection, worker_ids: Sequence[str]) -> dict[str, WorkerRecord]:
-    found: dict[str, WorkerRecord] = {}
-    for start in range(0, len(worker_ids), _IN_CHUNK):
-        chunk = worker_ids[start : start + _IN_CHUNK]
-        query = f"{SELECT} WHERE worker_id IN ({', '.join('?' for _ in chunk)})"
-        for row in db.execute(query, chunk):
-            found[row[0]] = record(row)
-    return found
+    return {row[0]: record(row) for row in fetch_rows(db, worker_ids)}
 
 
 def _where_labels(labels: Mapping[str, str], where: list[str], params: list[Any]) -> None:

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hodei._kept import SameAsLast
+from hodei._quoting import driver_message
 from hodei.domain import WorkerRecord
-from hodei.errors import StoreError
+from hodei.errors import StoreError, StoreRefusedData, StoreUnavailable
+from hodei.stores._bound import check_bindings, newly_bound
 from hodei.stores._rows import COLUMNS, from_row, to_row
 
 __all__ = [
+    "DRIVER_ERRORS",
     "MIGRATIONS",
     "ROWS_PER_STATEMENT",
     "SCHEMA_VERSION",
@@ -27,6 +31,10 @@ __all__ = [
     "STATEMENT_CACHE",
     "UPSERT",
     "as_row",
+    "bind_jobs",
+    "configure",
+    "driver_error",
+    "fetch_rows",
     "migrate",
     "record",
     "upsert_rows",
@@ -126,6 +134,58 @@ def upsert_rows(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None
         chunk = rows[start : start + count]
         db.execute(_upsert_of(count), list(itertools.chain.from_iterable(chunk)))
         start += count
+
+
+_IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
+
+DRIVER_ERRORS = (OverflowError, UnicodeEncodeError, sqlite3.Error)
+"""What the driver raises: a value SQLite cannot hold, or a database that cannot be used now."""
+
+
+def driver_error(error: BaseException) -> StoreRefusedData | StoreUnavailable:
+    """What one of :data:`DRIVER_ERRORS` means to the store's caller: data the file cannot hold
+    (:class:`StoreRefusedData`), or a store that cannot be used now (:class:`StoreUnavailable`: locked past the
+    busy timeout, read-only, disk full, I/O error, damage)."""
+    if isinstance(error, (OverflowError, UnicodeEncodeError, sqlite3.DataError)):
+        return StoreRefusedData(f"the registry store cannot hold this data ({type(error).__name__})")
+    return StoreUnavailable(f"the registry store cannot be used now ({driver_message(error)})")
+
+
+def configure(db: sqlite3.Connection, *, synchronous: str, busy_timeout_ms: int) -> None:
+    """A connection's settings, the same for every connection to the file: WAL, ``synchronous``, and how long
+    a write waits for another's lock."""
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {synchronous}")
+    db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+
+
+def fetch_rows(db: sqlite3.Connection, worker_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The stored rows (of :data:`SELECT`) of those of ``worker_ids`` that are stored."""
+    found: list[tuple[Any, ...]] = []
+    for start in range(0, len(worker_ids), _IN_CHUNK):
+        chunk = worker_ids[start : start + _IN_CHUNK]
+        found += db.execute(f"{SELECT} WHERE worker_id IN ({', '.join('?' for _ in chunk)})", chunk)
+    return found
+
+
+def bind_jobs(
+    db: sqlite3.Connection, held: Mapping[str, str | None], written: Mapping[str, WorkerRecord]
+) -> None:
+    """Refuse ``written`` if it would bind a job twice (:mod:`hodei.stores._bound`); unbind the workers whose job
+    moves to another written one, before they are written."""
+    newly = newly_bound(held, written)
+    if not newly:
+        return
+    holders = db.execute(
+        "SELECT job_id, worker_id FROM workers WHERE job_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(newly),),
+    ).fetchall()
+    movers = check_bindings(written, dict(holders))
+    if movers:
+        db.execute(
+            "UPDATE workers SET job_id = NULL WHERE worker_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(movers),),
+        )
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:

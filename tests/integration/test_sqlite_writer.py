@@ -1,0 +1,340 @@
+"""The SQLite store's writer process: its exchange with the scheduler's end, and what happens when it dies.
+
+The writer's end is driven in this process too (``serve`` and ``main`` over real pipes), so that each of its
+answers is checked exactly; the store's own writer is a real process, killed with signals by its PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from hodei.domain import Assignment, UpsertOutcome, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
+from hodei.errors import JobAlreadyBound, StoreRefusedData, StoreUnavailable
+from hodei.ports import WorkerFilter
+from hodei.stores import _sqlite_writer as sqlite_writer
+from hodei.stores._memory import MemoryRegistryStore
+from hodei.stores._sqlite import SqliteRegistryStore
+from hodei.stores._sqlite_schema import SELECT, as_row, configure, migrate
+from hodei.stores._sqlite_writer import WriterProcess, main, register_rows, serve
+from tests.helpers import wait_until
+
+AT = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
+LENGTH = struct.Struct("<I")
+
+
+def worker(worker_id: str, incarnation: int = 1, **fields: Any) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id=worker_id,
+        worker_type=WorkerType.DOCKER,
+        capabilities=WorkerCapabilities(2, 512, 10, 0),
+        labels={"zone": "eu-1"},
+        incarnation=incarnation,
+        registered_at=AT,
+        updated_at=AT,
+        lease_ttl=30.0,
+        **fields,
+    )
+
+
+def bound(worker_id: str, job_id: str, incarnation: int = 1) -> WorkerRecord:
+    return worker(
+        worker_id,
+        incarnation,
+        status=WorkerStatus.BUSY,
+        assignment=Assignment(
+            assignment_id=f"as-{job_id}",
+            job_id=job_id,
+            worker_id=worker_id,
+            incarnation=incarnation,
+            lease_ttl=30.0,
+            bound_at=AT,
+        ),
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    configure(connection, synchronous="FULL", busy_timeout_ms=100)
+    migrate(connection, tmp_path / "registry.db")
+    yield connection
+    connection.close()
+
+
+def frames(*bodies: object) -> bytes:
+    out = b""
+    for body in bodies:
+        data = pickle.dumps(body)
+        out += LENGTH.pack(len(data)) + data
+    return out
+
+
+def replies(out: bytes) -> list[Any]:
+    found, at = [], 0
+    while at < len(out):
+        (length,) = LENGTH.unpack_from(out, at)
+        found.append(pickle.loads(out[at + LENGTH.size : at + LENGTH.size + length]))
+        at += LENGTH.size + length
+    return found
+
+
+def stored(db: sqlite3.Connection) -> list[str]:
+    return [worker_id for (worker_id,) in db.execute("SELECT worker_id FROM workers ORDER BY worker_id")]
+
+
+# -- the writer's end -----------------------------------------------------------------------------------------
+
+
+def test_a_frame_is_written_in_one_transaction_and_answered_with_the_rows_it_found(
+    db: sqlite3.Connection,
+) -> None:
+    assert register_rows(db, [as_row(worker("a"))]) == []
+    again = [as_row(worker("a", 2)), as_row(worker("b"))]
+    found = register_rows(db, again)
+    assert [row[0] for row in found] == ["a"]
+    assert found[0][6] == 1  # the incarnation it had before this frame
+    assert stored(db) == ["a", "b"]
+    assert db.execute("SELECT incarnation FROM workers WHERE worker_id = 'a'").fetchone() == (2,)
+
+
+GROUPS = {
+    "new workers, each once": [worker("a"), worker("b"), worker("c")],
+    "a worker twice": [worker("a"), worker("b"), worker("a", 2)],
+    "a worker stored before": [worker("stored", 2), worker("b")],
+    "a worker bound to a job": [worker("a"), bound("b", "job-2")],
+}
+
+
+@pytest.mark.parametrize("group", GROUPS.values(), ids=GROUPS.keys())
+async def test_a_group_leaves_the_table_as_the_memory_store_leaves_its_records(
+    db: sqlite3.Connection, group: list[WorkerRecord]
+) -> None:
+    reference = MemoryRegistryStore()
+    for first in ([worker("stored")], group):
+        await reference.upsert(first)
+        register_rows(db, [as_row(r) for r in first])
+    expected = sorted(as_row(r) for r in await reference.list(WorkerFilter(), limit=10))
+    assert db.execute(f"{SELECT} ORDER BY worker_id").fetchall() == expected
+
+
+def test_the_jobs_a_registration_says_it_runs_keep_its_job_bound(db: sqlite3.Connection) -> None:
+    register_rows(db, [as_row(bound("a", "job-1"))])
+    # A new incarnation that says it still runs the job keeps it; one that does not, loses it.
+    register_rows(db, [as_row(worker("a", 2))], {0: ("as-job-1",)})
+    assert db.execute("SELECT job_id FROM workers WHERE worker_id = 'a'").fetchone() == ("job-1",)
+    register_rows(db, [as_row(worker("a", 3))])
+    assert db.execute("SELECT job_id FROM workers WHERE worker_id = 'a'").fetchone() == (None,)
+
+
+def test_each_failure_of_the_store_is_answered_by_its_kind_and_the_writer_goes_on(
+    db: sqlite3.Connection, tmp_path: Path
+) -> None:
+    good: tuple[list[tuple[Any, ...]], dict[int, tuple[str, ...]]] = ([as_row(worker("good"))], {})
+    other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    out = io.BytesIO()
+    register_rows(db, [as_row(bound("holder", "job-1"))])
+
+    serve(db, io.BytesIO(frames(([as_row(bound("second", "job-1"))], {}))), out)
+    serve(db, io.BytesIO(frames(([as_row(worker("big", 2**63))], {}))), out)
+    other.execute("BEGIN IMMEDIATE")  # another connection holds the write lock, past the busy timeout
+    serve(db, io.BytesIO(frames(good)), out)
+    other.execute("ROLLBACK")
+    serve(db, io.BytesIO(frames(good)), out)
+
+    assert replies(out.getvalue()) == [
+        ("bound", "job-1"),
+        ("refused", "the registry store cannot hold this data (OverflowError)"),
+        ("unavailable", "the registry store cannot be used now (database is locked)"),
+        ("ok", []),
+    ]
+    assert stored(db) == ["good", "holder"]  # nothing of the refused frames was written
+    other.close()
+
+
+def test_a_fault_of_the_writers_own_ends_it_and_writes_nothing(db: sqlite3.Connection) -> None:
+    out = io.BytesIO()
+    with pytest.raises(IndexError, match="tuple index out of range"):
+        serve(db, io.BytesIO(frames(([as_row(worker("a")), ("not", "a", "row")], {}))), out)
+    assert (out.getvalue(), stored(db)) == (b"", [])
+
+
+@pytest.mark.parametrize("cut", [0, 2, LENGTH.size, LENGTH.size + 3], ids=["empty", "head", "body", "part"])
+def test_the_writer_stops_at_the_end_of_its_input_even_in_the_middle_of_a_frame(
+    db: sqlite3.Connection, cut: int
+) -> None:
+    whole = frames(([as_row(worker("a"))], {}))
+    out = io.BytesIO()
+    serve(db, io.BytesIO(whole[:cut]), out)
+    assert (out.getvalue(), stored(db)) == (b"", [])
+
+
+def test_main_opens_the_file_ignores_interrupts_and_serves_its_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: sqlite3.Connection
+) -> None:
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(frames(([as_row(worker("a"))], {})))))
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
+    handlers = {
+        signal.SIGINT: signal.getsignal(signal.SIGINT),
+        signal.SIGTERM: signal.getsignal(signal.SIGTERM),
+    }
+    try:
+        main([str(tmp_path / "registry.db"), "FULL", "100"])
+        ignored = {sig: signal.getsignal(sig) for sig in handlers}
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert ignored == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    assert replies(out.getvalue()) == [("ok", [])]
+    assert stored(db) == ["a"]
+
+
+# -- the store's writer, a process ----------------------------------------------------------------------------
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_registrations_are_written_by_a_process_of_the_stores_own_which_ends_with_it(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+    pid = store.writer_pid
+    assert pid is not None and pid != os.getpid()
+    assert psutil.Process(pid).ppid() == os.getpid()
+    assert await store.upsert([worker("a")]) == [(UpsertOutcome.CREATED, worker("a"))]
+    await store.close()
+    assert (store.writer_pid, gone(pid)) == (None, True)
+    with pytest.raises(StoreUnavailable, match="is closed"):
+        await store.upsert([worker("b")])
+    assert store.writer_pid is None  # a closed store starts no writer
+
+
+async def test_a_writer_that_does_not_exit_when_its_store_closes_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "STOP_TIMEOUT", 0.2)
+    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+    pid = store.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen: it cannot read the end of its input
+    await asyncio.wait_for(store.close(), 10)
+    assert gone(pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_the_writer_outlives_an_interrupt_and_a_terminate(tmp_path: Path, sig: signal.Signals) -> None:
+    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+    try:
+        await store.upsert([worker("a")])  # the writer is up, its handlers set
+        pid = store.writer_pid
+        assert pid is not None
+        os.kill(pid, sig)
+        assert await store.upsert([worker("b")]) == [(UpsertOutcome.CREATED, worker("b"))]
+        assert store.writer_pid == pid
+    finally:
+        await store.close()
+
+
+async def test_a_writer_killed_fails_only_the_group_it_held_and_the_next_group_starts_another(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+    try:
+        await store.upsert([worker("before")])
+        first = store.writer_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(StoreUnavailable, match=r"the registry store's writer stopped \(exit code -9\)"):
+            await store.upsert([worker("during")])
+        assert await store.upsert([worker("after")]) == [(UpsertOutcome.CREATED, worker("after"))]
+        assert store.writer_pid not in (None, first)
+        assert [r.worker_id for r in await store.bound()] == []
+        assert await store.get("before") == worker("before")
+        assert await store.get("during") is None
+        assert await store.count() == 2
+    finally:
+        await store.close()
+
+
+async def test_a_group_cancelled_in_its_exchange_ends_that_writer_and_the_next_group_starts_another(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    store = await SqliteRegistryStore.open(path, busy_timeout=30)
+    writer = WriterProcess(path, synchronous="FULL", busy_timeout_ms=30_000)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await writer.start()
+        first = writer.pid
+        assert first is not None
+        other.execute("BEGIN IMMEDIATE")  # the writer's transaction waits for this lock
+        waiting = asyncio.create_task(writer.register([worker("a")]))
+        await asyncio.sleep(0)
+        await wait_until(lambda: psutil.Process(first).status() != psutil.STATUS_RUNNING, timeout=10)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await wait_until(lambda: gone(first), timeout=10)
+        other.execute("ROLLBACK")
+        assert await writer.register([worker("b")]) == [(UpsertOutcome.CREATED, worker("b"))]
+        assert writer.pid not in (None, first)
+        assert [r.worker_id for r in await store.list(WorkerFilter())] == ["b"]
+    finally:
+        other.close()
+        await writer.close()
+        await store.close()
+
+
+async def test_the_writers_answers_reach_the_caller_as_the_stores_errors(tmp_path: Path) -> None:
+    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
+    try:
+        await store.upsert([bound("holder", "job-1")])
+        with pytest.raises(JobAlreadyBound) as refused:
+            await store.upsert([bound("second", "job-1")])
+        assert refused.value.job_id == "job-1"
+        with pytest.raises(StoreRefusedData, match=r"cannot hold this data \(OverflowError\)"):
+            await store.upsert([worker("big", 2**63)])
+        assert await store.count() == 1
+    finally:
+        await store.close()
+
+
+def test_a_writer_whose_scheduler_was_killed_exits_once_its_group_is_done(tmp_path: Path) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from hodei.stores._sqlite import SqliteRegistryStore\n"
+        "async def main():\n"
+        f"    store = await SqliteRegistryStore.open({str(tmp_path / 'registry.db')!r})\n"
+        "    print(store.writer_pid, flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    scheduler = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert scheduler.stdout is not None
+        writer = int(scheduler.stdout.readline())
+        assert psutil.Process(writer).ppid() == scheduler.pid
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+    asyncio.run(wait_until(lambda: gone(writer), timeout=10))
