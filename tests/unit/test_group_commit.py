@@ -266,3 +266,41 @@ async def test_two_committers_gathering_are_both_told_when_enough_is_queued() ->
     await wait_until(lambda: all(committer.done() for committer in committers))
     assert [committer.exception() for committer in committers] == [None, None]
     assert not groups._committers
+
+
+@pytest.mark.parametrize(
+    ("gather_records", "burst"),
+    [(1000, ["b", "c"]), (2, ["b", "c", "c2"])],
+    ids=["as many as the last group held", "at most gather_records"],
+)
+async def test_with_gather_as_last_a_group_waits_for_as_many_records_as_the_last_one_held(
+    gather_records: int, burst: list[str]
+) -> None:
+    transactions = Transactions()
+    groups = group_commit(transactions, gather=3600, gather_records=gather_records, gather_as_last=True)
+    transactions.gate = asyncio.Event()
+    first = asyncio.create_task(groups.write(["a"]))
+    await transactions.entered.wait()
+    queued = [asyncio.create_task(groups.write([name])) for name in burst]
+    await asyncio.sleep(0)
+    held, transactions.gate = transactions.gate, asyncio.Event()  # the next commit is held in its turn
+    held.set()
+    assert await first == ["stored a"]
+    # The last group held one record, and the burst had more waiting: it starts at once, all together.
+    await wait_until(lambda: len(transactions.groups) == 2)
+    assert transactions.groups[1] == burst
+
+    fourth = asyncio.create_task(groups.write(["d"]))
+    await asyncio.sleep(0)
+    transactions.gate.set()
+    await _gathering(groups)  # "d" waits for a second record
+    assert transactions.groups == [["a"], burst]
+    fifth = asyncio.create_task(groups.write(["e"]))
+    async with asyncio.timeout(5):
+        assert [await task for task in [*queued, fourth, fifth]] == [
+            *([f"stored {name}"] for name in burst),
+            ["stored d"],
+            ["stored e"],
+        ]
+    assert transactions.groups == [["a"], burst, ["d", "e"]]
+    assert not groups._gathering

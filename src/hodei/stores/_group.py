@@ -6,11 +6,16 @@ order. The first write on an idle store starts at once (no added wait); while ``
 running, later writes queue, and the next group takes as many of them as its bounds allow (``max_records``
 records and ``max_bytes`` of estimated size, but always at least one caller's whole write).
 
-A store whose transaction costs much whatever its size (a hand-over to the store's thread, or PostgreSQL's round
-trips on the event loop) may ``gather``: when writes are waiting as a commit ends (the store is under load), the
-next group waits up to ``gather`` seconds for ``gather_records`` records before it starts. That adds up to
-``gather`` to those writes' wait, for fewer, larger transactions. The first write on an idle store never
-waits.
+A store whose transaction costs much whatever its size (a hand-over to the store's writer process, or
+PostgreSQL's round trips on the event loop) may ``gather``: when writes are waiting as a commit ends (the store
+is under load), the next group waits up to ``gather`` seconds for ``gather_records`` records before it starts.
+That adds up to ``gather`` to those writes' wait, for fewer, larger transactions. The first write on an idle
+store never waits.
+
+With ``gather_as_last``, a group waits for as many records as the last group held instead (at most
+``gather_records``): what the callers answered by the last commit are likely to send next. A few callers
+(the last group held two) are waited for only until they are back, not for ``gather`` seconds; hundreds are
+gathered into ever larger groups, until ``gather`` seconds or ``gather_records`` bound them.
 
 A group whose transaction fails is not a failure of everyone in it: when it held several callers' writes,
 each caller's write is tried again on its own, so that only the caller whose write is at fault is told.
@@ -55,6 +60,7 @@ class GroupCommit(Generic[R, O]):
         in_flight: int = 1,
         gather: float = 0.0,
         gather_records: int = 64,
+        gather_as_last: bool = False,
     ) -> None:
         if in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, got {in_flight}")
@@ -65,6 +71,8 @@ class GroupCommit(Generic[R, O]):
         self._in_flight = in_flight
         self._gather = gather
         self._gather_records = gather_records
+        self._gather_as_last = gather_as_last
+        self._wanted = gather_records  # records that end a gather
         self._queue: deque[_Write[R, O]] = deque()
         self._committers: set[asyncio.Task[None]] = set()
         self._gathering: list[asyncio.Future[None]] = []  # committers waiting for more records
@@ -74,7 +82,7 @@ class GroupCommit(Generic[R, O]):
         """Write ``records`` in the next group; their outcomes once that group's transaction committed."""
         write: _Write[R, O] = _Write(records, sum(self._size(r) for r in records))
         self._queue.append(write)
-        if self._gathering and self._queued_records() >= self._gather_records:
+        if self._gathering and self._queued_records() >= self._wanted:
             for enough in self._gathering:
                 _resolve(enough)
             self._gathering.clear()  # told: later writes need not count again
@@ -98,8 +106,8 @@ class GroupCommit(Generic[R, O]):
         return sum(len(write.records) for write in self._queue)
 
     async def _gathered(self) -> None:
-        """Wait up to ``gather`` seconds for ``gather_records`` records to be queued."""
-        if self._queued_records() >= self._gather_records:
+        """Wait up to ``gather`` seconds for the records wanted to be queued."""
+        if self._queued_records() >= self._wanted:
             return
         loop = asyncio.get_running_loop()
         enough: asyncio.Future[None] = loop.create_future()
@@ -144,8 +152,11 @@ class GroupCommit(Generic[R, O]):
         if not live:
             return False
         self.groups += 1
+        records = [record for write in live for record in write.records]
+        if self._gather_as_last:
+            self._wanted = min(self._gather_records, len(records))
         try:
-            outcomes = await self._commit([record for write in live for record in write.records])
+            outcomes = await self._commit(records)
         except Exception as error:
             if len(live) == 1 or isinstance(error, StoreUnavailable):
                 # One caller, or a store nobody can write now: the same answer for everyone in the group.

@@ -58,13 +58,16 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-GATHER = 0.002
-"""Seconds a group of registrations waits for more when they came in while one committed: each transaction is a
-hand-over to the store's thread and back, which costs the event loop and the GIL the same whatever the group's
-size. Measured here with 500 registrations in flight (``hodei bench``, seven pairs): 0.597 to 0.764 of raw gRPC
-calls (mean 0.682) against 0.529 to 0.655 (mean 0.585) without the wait; 5 ms did no better. The cost: under
-load a registration may wait up to this much more before its transaction starts. The first registration on an
-idle store, and every one of a sequential caller, does not wait."""
+GATHER = 0.010
+"""Seconds a group of registrations may wait for more when they came in while one committed (under load): each
+transaction costs the event loop an exchange with the writer process, and the writer a ``BEGIN``, a read and
+a ``COMMIT`` with its fsync, whatever the group's size. The group waits for as many registrations as the last
+group held (``gather_as_last``, at most :data:`GATHER_RECORDS`), so that a few callers are not held for this
+long, and hundreds are gathered into groups of dozens. Measured here: see ``benchmarks/README.md``, issue 17,
+the twelfth session."""
+
+GATHER_RECORDS = 256
+"""Registrations that end a group's wait, however many the last group held."""
 
 
 class SqliteRegistryStore:
@@ -94,7 +97,11 @@ class SqliteRegistryStore:
             self.path, synchronous=synchronous, busy_timeout_ms=self._busy_timeout_ms
         )
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
-            self._writer.register, size=wire_size, gather=GATHER
+            self._writer.register,
+            size=wire_size,
+            gather=GATHER,
+            gather_records=GATHER_RECORDS,
+            gather_as_last=True,
         )
 
     @classmethod
