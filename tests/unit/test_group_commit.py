@@ -268,39 +268,53 @@ async def test_two_committers_gathering_are_both_told_when_enough_is_queued() ->
     assert not groups._committers
 
 
-@pytest.mark.parametrize(
-    ("gather_records", "burst"),
-    [(1000, ["b", "c"]), (2, ["b", "c", "c2"])],
-    ids=["as many as the last group held", "at most gather_records"],
-)
-async def test_with_gather_as_last_a_group_waits_for_as_many_records_as_the_last_one_held(
-    gather_records: int, burst: list[str]
-) -> None:
+async def _held_then_released(transactions: Transactions, first: asyncio.Task[list[str]]) -> None:
+    """Let the held commit go, holding the next one in its turn."""
+    held, transactions.gate = transactions.gate, asyncio.Event()
+    assert held is not None
+    held.set()
+    await first
+
+
+async def test_with_gather_as_last_a_group_waits_for_those_waiting_and_as_many_as_the_last_one_answered() -> (
+    None
+):
     transactions = Transactions()
-    groups = group_commit(transactions, gather=3600, gather_records=gather_records, gather_as_last=True)
+    groups = group_commit(transactions, gather=3600, gather_records=1000, gather_as_last=True)
     transactions.gate = asyncio.Event()
     first = asyncio.create_task(groups.write(["a"]))
     await transactions.entered.wait()
-    queued = [asyncio.create_task(groups.write([name])) for name in burst]
+    second = asyncio.create_task(groups.write(["b"]))
     await asyncio.sleep(0)
-    held, transactions.gate = transactions.gate, asyncio.Event()  # the next commit is held in its turn
-    held.set()
-    assert await first == ["stored a"]
-    # The last group held one record, and the burst had more waiting: it starts at once, all together.
+    await _held_then_released(transactions, first)
+    # "b" waited through "a"'s commit, which answered one caller: it waits for one more (1 + 1).
+    await _gathering(groups)
+    assert transactions.groups == [["a"]]
+    third = asyncio.create_task(groups.write(["c", "c2"]))
     await wait_until(lambda: len(transactions.groups) == 2)
-    assert transactions.groups[1] == burst
-
-    fourth = asyncio.create_task(groups.write(["d"]))
-    await asyncio.sleep(0)
+    assert transactions.groups[1] == ["b", "c", "c2"]
     transactions.gate.set()
-    await _gathering(groups)  # "d" waits for a second record
-    assert transactions.groups == [["a"], burst]
-    fifth = asyncio.create_task(groups.write(["e"]))
     async with asyncio.timeout(5):
-        assert [await task for task in [*queued, fourth, fifth]] == [
-            *([f"stored {name}"] for name in burst),
-            ["stored d"],
-            ["stored e"],
-        ]
-    assert transactions.groups == [["a"], burst, ["d", "e"]]
+        assert [await second, await third] == [["stored b"], ["stored c", "stored c2"]]
+        # Nobody was waiting as that commit ended: the next write, alone, does not wait.
+        assert await groups.write(["d"]) == ["stored d"]
+    assert transactions.groups == [["a"], ["b", "c", "c2"], ["d"]]
+    assert not groups._gathering
+
+
+async def test_with_gather_as_last_a_group_waits_for_gather_records_at_most() -> None:
+    transactions = Transactions()
+    groups = group_commit(transactions, gather=3600, gather_records=2, gather_as_last=True)
+    transactions.gate = asyncio.Event()
+    first = asyncio.create_task(groups.write(["a"]))
+    await transactions.entered.wait()
+    queued = [asyncio.create_task(groups.write([name])) for name in ("b", "c")]
+    await asyncio.sleep(0)
+    await _held_then_released(transactions, first)
+    # Two waiting and one answered would want three: two are enough, and they start at once.
+    await wait_until(lambda: len(transactions.groups) == 2)
+    assert transactions.groups == [["a"], ["b", "c"]]
+    transactions.gate.set()
+    async with asyncio.timeout(5):
+        assert [await task for task in queued] == [["stored b"], ["stored c"]]
     assert not groups._gathering

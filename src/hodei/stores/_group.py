@@ -12,10 +12,11 @@ is under load), the next group waits up to ``gather`` seconds for ``gather_recor
 That adds up to ``gather`` to those writes' wait, for fewer, larger transactions. The first write on an idle
 store never waits.
 
-With ``gather_as_last``, a group waits for as many records as the last group held instead (at most
-``gather_records``): what the callers answered by the last commit are likely to send next. A few callers
-(the last group held two) are waited for only until they are back, not for ``gather`` seconds; hundreds are
-gathered into ever larger groups, until ``gather`` seconds or ``gather_records`` bound them.
+With ``gather_as_last``, a group waits instead for the records waiting as the last commit ended and as many
+again as that commit answered (at most ``gather_records``): the callers it answered are likely to send their
+next records soon. Two callers taking turns are gathered as a pair, as soon as the second is back, not after
+``gather`` seconds; hundreds are gathered into ever larger groups, until ``gather`` seconds or
+``gather_records`` bound them.
 
 A group whose transaction fails is not a failure of everyone in it: when it held several callers' writes,
 each caller's write is tried again on its own, so that only the caller whose write is at fault is told.
@@ -132,6 +133,10 @@ class GroupCommit(Generic[R, O]):
                             break
                     group = self._next_group()
                     under_load = await self._run(group)
+                    if self._gather_as_last:
+                        # Those waiting now, and as many again as this group answered: they are likely back soon.
+                        answered = sum(len(write.records) for write in group)
+                        self._wanted = min(self._gather_records, self._queued_records() + answered)
                 except asyncio.CancelledError:
                     # The store is closing under us: nobody in this group, or still queued, is left waiting.
                     for write in [*group, *self._queue]:
@@ -152,11 +157,8 @@ class GroupCommit(Generic[R, O]):
         if not live:
             return False
         self.groups += 1
-        records = [record for write in live for record in write.records]
-        if self._gather_as_last:
-            self._wanted = min(self._gather_records, len(records))
         try:
-            outcomes = await self._commit(records)
+            outcomes = await self._commit([record for write in live for record in write.records])
         except Exception as error:
             if len(live) == 1 or isinstance(error, StoreUnavailable):
                 # One caller, or a store nobody can write now: the same answer for everyone in the group.

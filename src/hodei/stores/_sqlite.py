@@ -61,10 +61,10 @@ log = logging.getLogger(__name__)
 GATHER = 0.010
 """Seconds a group of registrations may wait for more when they came in while one committed (under load): each
 transaction costs the event loop an exchange with the writer process, and the writer a ``BEGIN``, a read and
-a ``COMMIT`` with its fsync, whatever the group's size. The group waits for as many registrations as the last
-group held (``gather_as_last``, at most :data:`GATHER_RECORDS`), so that a few callers are not held for this
-long, and hundreds are gathered into groups of dozens. Measured here: see ``benchmarks/README.md``, issue 17,
-the twelfth session."""
+a ``COMMIT`` with its fsync, whatever the group's size. A group waits for the registrations waiting and as
+many again as the last commit answered (``gather_as_last``, at most :data:`GATHER_RECORDS`): a few callers are
+not held this long, and hundreds are gathered into groups of dozens. Measured here: ``benchmarks/README.md``,
+issue 17, the twelfth session."""
 
 GATHER_RECORDS = 256
 """Registrations that end a group's wait, however many the last group held."""
