@@ -258,6 +258,14 @@ class SchedulerHost:
         """``host:port`` that clients dial."""
         return self.server.address
 
+    def own_processes(self) -> set[int]:
+        """The PIDs of the processes the scheduler runs for itself (a SQLite store's writer), while they run."""
+        from hodei.stores._sqlite import SqliteRegistryStore
+
+        store = self._owned_store
+        writer = store.writer_pid if isinstance(store, SqliteRegistryStore) else None
+        return set() if writer is None else {writer}
+
     @property
     def metrics_url(self) -> str:
         """Where the metrics are served (empty without a metrics endpoint)."""

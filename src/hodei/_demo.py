@@ -68,6 +68,12 @@ async def _died(client: SchedulerPortClient, provider: ProcessProvider, worker_i
     return gone
 
 
+def agents_left(host: SchedulerHost) -> list[psutil.Process]:
+    """The processes this one started that still run, but for those the scheduler runs for itself."""
+    own = host.own_processes()
+    return [child for child in psutil.Process().children(recursive=True) if child.pid not in own]
+
+
 def _running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -102,7 +108,7 @@ async def run_demo(console: Console, count: int, *, hold: float = 0.0) -> bool:
                         metrics=ControlPlaneMetrics(registry),
                     ) as service,
                 ):
-                    return await _demo(console, count, hold, host.address, provider, service, client)
+                    return await _demo(console, count, hold, host, provider, service, client)
             finally:
                 await provider.aclose()
 
@@ -111,7 +117,7 @@ async def _demo(
     console: Console,
     count: int,
     hold: float,
-    address: str,
+    host: SchedulerHost,
     provider: ProcessProvider,
     service: WorkerManagementService,
     client: SchedulerPortClient,
@@ -138,7 +144,7 @@ async def _demo(
     if hold:
         pids = ", ".join(f"{w.worker_id}={provider.pid(w.worker_id)}" for w in ok)
         console.print(
-            f"   holding {hold:g} s: watch with `{_command()} workers watch --scheduler {address}`, "
+            f"   holding {hold:g} s: watch with `{_command()} workers watch --scheduler {host.address}`, "
             f"or kill an agent ({pids}) to see it go LOST",
             markup=False,
         )
@@ -151,7 +157,7 @@ async def _demo(
     outcomes = await asyncio.gather(*(service.decommission_worker(w.worker_id) for w in ok))
     decommissioned = time.perf_counter() - started
     left = await client.list_workers(page_size=1000)
-    children = psutil.Process().children(recursive=True)
+    children = agents_left(host)
     drained = sum(o.drained for o in outcomes)
     console.print(
         f"[bold]4.[/bold] decommissioned {len(ok)} workers ({drained} drained through their stream) in "

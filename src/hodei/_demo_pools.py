@@ -16,10 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import psutil
 from rich.console import Console
 
 from hodei._bootstrap import SchedulerHost, build_control_plane
+from hodei._demo import agents_left
 from hodei._views import plain
 from hodei.domain import Job, JobOutcome, JobResult, WorkerStatus
 from hodei.lifecycle import LivenessConfig
@@ -84,12 +84,14 @@ async def run_pools_demo(console: Console, jobs: int = 8, *, idle_timeout: float
                         f"workers, idle timeout {idle_timeout:g} s"
                     )
                     async with PoolAutoscaler(service, client, config=PoolAutoscalerConfig(interval=0.25)):
-                        return await _burst(console, client, jobs, idle_timeout)
+                        return await _burst(console, client, jobs, idle_timeout, host)
             finally:
                 await provider.aclose()
 
 
-async def _burst(console: Console, client: SchedulerPortClient, jobs: int, idle_timeout: float) -> bool:
+async def _burst(
+    console: Console, client: SchedulerPortClient, jobs: int, idle_timeout: float, host: SchedulerHost
+) -> bool:
     started = time.perf_counter()
 
     def at() -> str:
@@ -115,10 +117,9 @@ async def _burst(console: Console, client: SchedulerPortClient, jobs: int, idle_
     )
     console.print(f"[bold]4.[/bold] {at()}  the workers idle; after {idle_timeout:g} s the pool shrinks")
     shrunk = await _until(lambda: _has(size, lambda p: p.size == 0), idle_timeout + 60)
-    children = await _until(lambda: _no_agents(), 15)
+    children = await _until(lambda: _no_agents(host), 15)
     console.print(
-        f"   {at()}  the pool has {(await size()).size} workers; "
-        f"{len(psutil.Process().children(recursive=True))} agent processes left"
+        f"   {at()}  the pool has {(await size()).size} workers; {len(agents_left(host))} agent processes left"
     )
     success = grown and succeeded == jobs and shrunk and children
     verdict = "[green]OK[/green]" if success else "[red]FAILED[/red]"
@@ -141,8 +142,8 @@ async def _has(read: Callable[[], Awaitable[PoolStatus]], holds: Callable[[PoolS
     return holds(await read())
 
 
-async def _no_agents() -> bool:
-    return not psutil.Process().children(recursive=True)
+async def _no_agents(host: SchedulerHost) -> bool:
+    return not agents_left(host)
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], seconds: float) -> bool:

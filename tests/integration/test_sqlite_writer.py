@@ -30,7 +30,7 @@ from hodei.stores import _sqlite_writer as sqlite_writer
 from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.stores._sqlite_schema import SELECT, as_row, configure, migrate
-from hodei.stores._sqlite_writer import WriterProcess, main, register_rows, serve
+from hodei.stores._sqlite_writer import READY, WriterProcess, main, register_rows, serve
 from tests.helpers import wait_until
 
 AT = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
@@ -200,7 +200,9 @@ def test_main_opens_the_file_ignores_interrupts_and_serves_its_stdin(
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert ignored == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
-    assert replies(out.getvalue()) == [("ok", [])]
+    said = out.getvalue()
+    assert said.startswith(READY)  # once the file is open
+    assert replies(said[len(READY) :]) == [("ok", [])]
     assert stored(db) == ["a"]
 
 
@@ -239,6 +241,16 @@ async def test_a_writer_that_does_not_exit_when_its_store_closes_is_killed(
     os.kill(pid, signal.SIGSTOP)  # frozen: it cannot read the end of its input
     await asyncio.wait_for(store.close(), 10)
     assert gone(pid)
+
+
+async def test_a_writer_that_cannot_open_the_file_is_told_at_start(tmp_path: Path) -> None:
+    writer = WriterProcess(
+        tmp_path / "no such directory" / "registry.db", synchronous="FULL", busy_timeout_ms=100
+    )
+    with pytest.raises(StoreUnavailable, match=r"the registry store's writer did not start \(exit code 1\)"):
+        await writer.start()
+    assert writer.pid is None
+    await writer.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
 _JOB_ID = COLUMNS.index("job_id")
 
+READY = _LENGTH.pack(0)
+"""What the writer says first, once its connection is open: an empty frame."""
+
 Row = tuple[Any, ...]
 
 STOP_TIMEOUT = 10.0
@@ -140,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     db = sqlite3.connect(path, isolation_level=None, cached_statements=STATEMENT_CACHE)
     try:
         configure(db, synchronous=synchronous, busy_timeout_ms=int(busy_timeout_ms))
+        sys.stdout.buffer.write(READY)
+        sys.stdout.buffer.flush()
         serve(db, sys.stdin.buffer, sys.stdout.buffer)
     finally:
         db.close()
@@ -166,11 +171,13 @@ class WriterProcess:
         return None if self._process is None else self._process.pid
 
     async def start(self) -> None:
+        """Start the writer, and wait until it has opened the file (a writer that cannot is
+        :class:`StoreUnavailable`)."""
         if self._closed:
             raise StoreUnavailable(f"the registry store {self._path} is closed")
         if self._process is None:
             try:
-                self._process = await asyncio.create_subprocess_exec(
+                process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-c",
                     "from hodei.stores._sqlite_writer import main; main()",
@@ -181,6 +188,18 @@ class WriterProcess:
                 )
             except OSError as error:
                 raise StoreUnavailable(f"cannot start the registry store's writer ({error})") from error
+            self._process = process
+            assert process.stdout is not None
+            try:
+                await process.stdout.readexactly(len(READY))
+            except asyncio.IncompleteReadError as error:
+                self._end()
+                raise StoreUnavailable(
+                    f"the registry store's writer did not start (exit code {await process.wait()})"
+                ) from error
+            except BaseException:
+                self._end()
+                raise
 
     async def register(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         """Write ``records`` in one transaction of the writer; each one's outcome, once it committed."""
