@@ -122,15 +122,10 @@ async def test_sigkill_in_the_middle_of_a_500_worker_batch_loses_no_acknowledged
             restarted.kill()
 
 
-async def test_sigkill_while_500_single_registrations_are_in_flight_loses_no_acknowledged_worker_and_duplicates_none(
-    tmp_path: Path,
-) -> None:
-    """The twin of the batch test for group commit: 500 single registrations in flight share transactions, and
-    each is acknowledged only once the transaction holding it committed."""
-    store = f"sqlite:///{tmp_path / 'registry.db'}"
-    first = await ServerProcess.scheduler(store=store, log=tmp_path / "scheduler.log").start()
-    restarted: ServerProcess | None = None
-    client = RecordingClient(first.address)
+def singles_in_flight(
+    client: SchedulerPortClient,
+) -> tuple[list[DynamicWorker], asyncio.Future[list[RegistrationReceipt]]]:
+    """1,500 single registrations through the adapter (retrying through a restart), 500 in flight at a time."""
     config = RegistrationConfig(max_retries=60, base_backoff=0.05, max_backoff=0.25, registration_timeout=5.0)
     adapter = WorkerRegistrationAdapter(client, config)
     workers = [make_worker(f"single-{n:04d}") for n in range(1500)]
@@ -140,8 +135,20 @@ async def test_sigkill_while_500_single_registrations_are_in_flight_loses_no_ack
         async with in_flight:
             return await adapter.register_worker(worker)
 
+    return workers, asyncio.gather(*(register(w) for w in workers))
+
+
+async def test_sigkill_while_500_single_registrations_are_in_flight_loses_no_acknowledged_worker_and_duplicates_none(
+    tmp_path: Path,
+) -> None:
+    """The twin of the batch test for group commit: 500 single registrations in flight share transactions, and
+    each is acknowledged only once the transaction holding it committed."""
+    store = f"sqlite:///{tmp_path / 'registry.db'}"
+    first = await ServerProcess.scheduler(store=store, log=tmp_path / "scheduler.log").start()
+    restarted: ServerProcess | None = None
+    client = RecordingClient(first.address)
     try:
-        registering = asyncio.gather(*(register(w) for w in workers))
+        workers, registering = singles_in_flight(client)
         await wait_for(lambda: _at_least(len(client.told), 600), timeout=30)
         first.kill()
         told_before_the_crash = dict(client.told)
@@ -180,18 +187,9 @@ async def test_the_stores_writer_killed_while_500_single_registrations_are_in_fl
     store = f"sqlite:///{tmp_path / 'registry.db'}"
     scheduler = await ServerProcess.scheduler(store=store, log=tmp_path / "scheduler.log").start()
     client = RecordingClient(scheduler.address)
-    config = RegistrationConfig(max_retries=60, base_backoff=0.05, max_backoff=0.25, registration_timeout=5.0)
-    adapter = WorkerRegistrationAdapter(client, config)
-    workers = [make_worker(f"single-{n:04d}") for n in range(1500)]
-    in_flight = asyncio.Semaphore(500)
-
-    async def register(worker: DynamicWorker) -> RegistrationReceipt:
-        async with in_flight:
-            return await adapter.register_worker(worker)
-
     try:
         [writer] = writers(scheduler.pid)
-        registering = asyncio.gather(*(register(w) for w in workers))
+        workers, registering = singles_in_flight(client)
         await wait_for(lambda: _at_least(len(client.told), 600), timeout=30)
         os.kill(writer, signal.SIGKILL)
         told_before_the_kill = dict(client.told)
