@@ -98,7 +98,11 @@ class PostgresRegistryStore:
         self._pool = pool
         self.dsn = dsn_hint(dsn)
         self._registrations: GroupCommit[WorkerRecord, tuple[UpsertOutcome, WorkerRecord]] = GroupCommit(
-            self._upsert_now, size=wire_size, gather=GATHER, gather_records=GATHER_RECORDS, gather_as_last=True
+            self._upsert_now,
+            size=wire_size,
+            gather=GATHER,
+            gather_records=GATHER_RECORDS,
+            gather_as_last=True,
         )
         self.statistics = TableStatistics(pool, self.dsn)
 
