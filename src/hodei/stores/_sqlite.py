@@ -62,9 +62,10 @@ GATHER = 0.010
 """Seconds a group of registrations may wait for more when they came in while one committed (under load): each
 transaction costs the event loop an exchange with the writer process, and the writer a ``BEGIN``, a read and
 a ``COMMIT`` with its fsync, whatever the group's size. A group waits for the registrations waiting and as
-many again as the last commit answered (``gather_as_last``, at most :data:`GATHER_RECORDS`): a few callers are
-not held this long, and hundreds are gathered into groups of dozens. Measured here: ``benchmarks/README.md``,
-issue 17, the twelfth session."""
+many again as the last commit answered (``gather_as_last``, at most :data:`GATHER_RECORDS`): a few callers that
+send again soon are not held this long, and hundreds are gathered into groups of dozens. Callers that do not
+come back (a burst, then silence) hold the last group of the burst up to this long. Measured here:
+``benchmarks/README.md``, issue 17, the twelfth session."""
 
 GATHER_RECORDS = 256
 """Registrations that end a group's wait, however many the last group held."""
@@ -128,7 +129,7 @@ class SqliteRegistryStore:
         except DRIVER_ERRORS as error:
             told = driver_error(error)
             if isinstance(told, StoreUnavailable):
-                log.warning("store.unavailable", extra={"path": str(self.path), "error": str(told)})
+                log.warning("store.unavailable", extra={"path": str(self.path), "error": told.message})
             raise told from error
 
     def _connect(self) -> None:
@@ -353,8 +354,8 @@ class SqliteRegistryStore:
 
         if not self._closed:
             self._closed = True
+            await self._writer.close()  # after the group it writes, if any
             await self._registrations.aclose()
-            await self._writer.close()
             await asyncio.get_running_loop().run_in_executor(self._thread, shut)
             self._thread.shutdown(wait=True)
 

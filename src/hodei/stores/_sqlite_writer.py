@@ -37,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
+from hodei._quoting import clip
 from hodei.domain import UpsertOutcome, WorkerRecord, merge_registrations
 from hodei.errors import JobAlreadyBound, StoreError, StoreRefusedData, StoreUnavailable
 from hodei.stores._bound import job_of
@@ -66,7 +67,7 @@ READY = _LENGTH.pack(0)
 Row = tuple[Any, ...]
 
 STOP_TIMEOUT = 10.0
-"""Seconds the writer has to finish its group and exit once its stdin is closed, before it is killed."""
+"""Seconds the writer has to exit once its stdin is closed (it has no group then), before it is killed."""
 
 
 # -- the writer's end --------------------------------------------------------------------------------------
@@ -114,8 +115,8 @@ def _answer(db: sqlite3.Connection, frame: tuple[list[Row], dict[int, tuple[str,
     except DRIVER_ERRORS as error:
         told = driver_error(error)
         return ("refused" if isinstance(told, StoreRefusedData) else "unavailable"), told.message
-    # Any other error is a fault of the writer's own: it ends the writer, with its traceback on stderr, and the
-    # scheduler tells the group's callers that the store is unavailable, and starts another at the next group.
+    except Exception as error:  # a record it cannot merge (a stored row damaged): that group's own failure
+        return "failed", f"{type(error).__name__}: {clip(str(error))}"
 
 
 def serve(db: sqlite3.Connection, inp: IO[bytes], out: IO[bytes]) -> None:
@@ -167,18 +168,22 @@ class WriterProcess:
 
     @property
     def pid(self) -> int | None:
-        """The running writer's PID."""
-        return None if self._process is None else self._process.pid
+        """The running writer's PID (None once it is known to have exited)."""
+        process = self._process
+        return None if process is None or process.returncode is not None else process.pid
 
     async def start(self) -> None:
         """Start the writer, and wait until it has opened the file (a writer that cannot is
         :class:`StoreUnavailable`)."""
         if self._closed:
             raise StoreUnavailable(f"the registry store {self._path} is closed")
+        if self._process is not None and self._process.returncode is not None:  # it died while idle
+            self._forget()
         if self._process is None:
             try:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
+                    "-P",  # not the working directory's modules: a hodei/ there is not this hodei
                     "-c",
                     "from hodei.stores._sqlite_writer import main; main()",
                     *self._args,
@@ -193,7 +198,7 @@ class WriterProcess:
             try:
                 await process.stdout.readexactly(len(READY))
             except asyncio.IncompleteReadError as error:
-                self._end()
+                self._forget()
                 raise StoreUnavailable(
                     f"the registry store's writer did not start (exit code {await process.wait()})"
                 ) from error
@@ -214,8 +219,11 @@ class WriterProcess:
                 await process.stdin.drain()
                 (length,) = _LENGTH.unpack(await process.stdout.readexactly(_LENGTH.size))
                 kind, said = pickle.loads(await process.stdout.readexactly(length))
-            except (ConnectionError, asyncio.IncompleteReadError) as error:
-                self._end()
+            except (
+                ConnectionError,
+                asyncio.IncompleteReadError,
+            ) as error:  # it died (its answer lost, if any)
+                self._forget()
                 raise StoreUnavailable(
                     f"the registry store's writer stopped (exit code {await process.wait()})"
                 ) from error
@@ -231,12 +239,18 @@ class WriterProcess:
         raise _error(kind, said)
 
     def _end(self) -> None:
+        """Kill the writer (in the middle of an exchange, or stopped), and forget it."""
+        if self._process is not None and self._process.returncode is None:
+            # Not Process.kill(): it polls the child first, and reaping it there would leave asyncio's own
+            # wait with no exit code to tell (255).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGKILL)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Let the writer go (it exited, or was killed): it is reaped at :meth:`close`, with the others."""
         if self._process is not None:
-            if self._process.returncode is None:
-                # Not Process.kill(): it polls the child first, and reaping it there would leave asyncio's own
-                # wait with no exit code to tell (255).
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._process.pid, signal.SIGKILL)
+            self._ended = [process for process in self._ended if process.returncode is None]
             self._ended.append(self._process)
             self._process = None
 
@@ -261,5 +275,6 @@ def _error(kind: str, said: str) -> StoreError:
         return JobAlreadyBound(said)
     if kind == "refused":
         return StoreRefusedData(said)
-    assert kind == "unavailable"
-    return StoreUnavailable(said)
+    if kind == "unavailable":
+        return StoreUnavailable(said)
+    return StoreError(f"the registry store cannot write this group ({said})")
