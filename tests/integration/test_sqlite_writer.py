@@ -15,7 +15,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -221,6 +221,16 @@ def gone(pid: int) -> bool:
         return True
 
 
+@pytest.fixture
+async def held(tmp_path: Path) -> AsyncIterator[tuple[SqliteRegistryStore, sqlite3.Connection]]:
+    """A store whose writes wait for the lock (30 s), and another connection to the file that can hold it."""
+    store = await SqliteRegistryStore.open(tmp_path / "registry.db", busy_timeout=30)
+    other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    yield store, other
+    other.close()
+    await store.close()
+
+
 async def in_its_group(store: SqliteRegistryStore, transactions: int) -> None:
     """Wait until the store has sent its ``transactions``-th group to its writer (sent in the same step)."""
     await wait_until(lambda: store.registration_transactions == transactions, timeout=10)
@@ -278,28 +288,22 @@ async def test_the_writer_outlives_an_interrupt_and_a_terminate(tmp_path: Path, 
 
 
 async def test_a_writer_killed_in_a_group_fails_that_group_and_the_next_group_starts_another(
-    tmp_path: Path,
+    held: tuple[SqliteRegistryStore, sqlite3.Connection],
 ) -> None:
-    path = tmp_path / "registry.db"
-    store = await SqliteRegistryStore.open(path, busy_timeout=30)
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        await store.upsert([worker("before")])
-        first = store.writer_pid
-        assert first is not None
-        other.execute("BEGIN IMMEDIATE")  # the writer's transaction waits for this lock
-        during = asyncio.create_task(store.upsert([worker("during")]))
-        await in_its_group(store, 2)
-        os.kill(first, signal.SIGKILL)
-        with pytest.raises(StoreUnavailable, match=r"the registry store's writer stopped \(exit code -9\)"):
-            await during
-        other.execute("ROLLBACK")
-        assert await store.upsert([worker("after")]) == [(UpsertOutcome.CREATED, worker("after"))]
-        assert store.writer_pid not in (None, first)
-        assert [r.worker_id for r in await store.list(WorkerFilter())] == ["after", "before"]
-    finally:
-        other.close()
-        await store.close()
+    store, other = held
+    await store.upsert([worker("before")])
+    first = store.writer_pid
+    assert first is not None
+    other.execute("BEGIN IMMEDIATE")  # the writer's transaction waits for this lock
+    during = asyncio.create_task(store.upsert([worker("during")]))
+    await in_its_group(store, 2)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(StoreUnavailable, match=r"the registry store's writer stopped \(exit code -9\)"):
+        await during
+    other.execute("ROLLBACK")
+    assert await store.upsert([worker("after")]) == [(UpsertOutcome.CREATED, worker("after"))]
+    assert store.writer_pid not in (None, first)
+    assert [r.worker_id for r in await store.list(WorkerFilter())] == ["after", "before"]
 
 
 async def test_a_writer_that_died_idle_is_replaced_before_the_next_group(tmp_path: Path) -> None:
@@ -315,54 +319,46 @@ async def test_a_writer_that_died_idle_is_replaced_before_the_next_group(tmp_pat
         await store.close()
 
 
-async def test_closing_the_store_lets_the_group_its_writer_holds_commit(tmp_path: Path) -> None:
-    path = tmp_path / "registry.db"
-    store = await SqliteRegistryStore.open(path, busy_timeout=30)
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        held = asyncio.create_task(store.upsert([worker("held")]))
-        await in_its_group(store, 1)
-        closing = asyncio.create_task(store.close())
-        await asyncio.sleep(0)
-        other.execute("ROLLBACK")
-        async with asyncio.timeout(10):
-            assert await held == [(UpsertOutcome.CREATED, worker("held"))]
-            await closing
-    finally:
-        other.close()
-        await store.close()
-    reopened = await SqliteRegistryStore.open(path)
+async def test_closing_the_store_lets_the_group_its_writer_holds_commit(
+    held: tuple[SqliteRegistryStore, sqlite3.Connection],
+) -> None:
+    store, other = held
+    other.execute("BEGIN IMMEDIATE")
+    holding = asyncio.create_task(store.upsert([worker("held")]))
+    await in_its_group(store, 1)
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    other.execute("ROLLBACK")
+    async with asyncio.timeout(10):
+        assert await holding == [(UpsertOutcome.CREATED, worker("held"))]
+        await closing
+    reopened = await SqliteRegistryStore.open(store.path)
     try:
         assert await reopened.get("held") == worker("held")
     finally:
         await reopened.close()
 
 
-async def test_a_group_that_fails_in_the_writer_is_tried_caller_by_caller(tmp_path: Path) -> None:
-    path = tmp_path / "registry.db"
-    store = await SqliteRegistryStore.open(path, busy_timeout=30)
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        await store.upsert([worker("bad")])
-        other.execute("UPDATE workers SET labels = '{' WHERE worker_id = 'bad'")  # a damaged row
-        other.execute("BEGIN IMMEDIATE")
-        first = asyncio.create_task(store.upsert([worker("first")]))
-        await in_its_group(store, 2)
-        group = [asyncio.create_task(store.upsert([w])) for w in (worker("x"), worker("bad", 2), worker("y"))]
-        await asyncio.sleep(0)
-        other.execute("ROLLBACK")
-        async with asyncio.timeout(10):
-            assert await first == [(UpsertOutcome.CREATED, worker("first"))]
-            x, bad, y = await asyncio.gather(*group, return_exceptions=True)
-        assert (x, y) == ([(UpsertOutcome.CREATED, worker("x"))], [(UpsertOutcome.CREATED, worker("y"))])
-        assert isinstance(bad, StoreError) and not isinstance(bad, StoreUnavailable)
-        assert str(bad).startswith("the registry store cannot write this group (JSONDecodeError: ")
-        assert store.registration_transactions == 6  # before, first, the group, then each of its three alone
-        assert store.writer_pid is not None
-    finally:
-        other.close()
-        await store.close()
+async def test_a_group_that_fails_in_the_writer_is_tried_caller_by_caller(
+    held: tuple[SqliteRegistryStore, sqlite3.Connection],
+) -> None:
+    store, other = held
+    await store.upsert([worker("bad")])
+    other.execute("UPDATE workers SET labels = '{' WHERE worker_id = 'bad'")  # a damaged row
+    other.execute("BEGIN IMMEDIATE")
+    first = asyncio.create_task(store.upsert([worker("first")]))
+    await in_its_group(store, 2)
+    group = [asyncio.create_task(store.upsert([w])) for w in (worker("x"), worker("bad", 2), worker("y"))]
+    await asyncio.sleep(0)
+    other.execute("ROLLBACK")
+    async with asyncio.timeout(10):
+        assert await first == [(UpsertOutcome.CREATED, worker("first"))]
+        x, bad, y = await asyncio.gather(*group, return_exceptions=True)
+    assert (x, y) == ([(UpsertOutcome.CREATED, worker("x"))], [(UpsertOutcome.CREATED, worker("y"))])
+    assert isinstance(bad, StoreError) and not isinstance(bad, StoreUnavailable)
+    assert str(bad).startswith("the registry store cannot write this group (JSONDecodeError: ")
+    assert store.registration_transactions == 6  # before, first, the group, then each of its three alone
+    assert store.writer_pid is not None
 
 
 async def test_a_group_cancelled_while_it_waits_for_its_answer_ends_that_writer_and_the_next_group_starts_another(
