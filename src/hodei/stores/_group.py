@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -104,7 +104,7 @@ class GroupCommit(Generic[R, O]):
         return group
 
     def _queued_records(self) -> int:
-        return sum(len(write.records) for write in self._queue)
+        return _records_in(self._queue)
 
     async def _gathered(self) -> None:
         """Wait up to ``gather`` seconds for the records wanted to be queued."""
@@ -135,8 +135,7 @@ class GroupCommit(Generic[R, O]):
                     under_load = await self._run(group)
                     if self._gather_as_last:
                         # Those waiting now, and as many again as this group answered: they are likely back soon.
-                        answered = sum(len(write.records) for write in group)
-                        self._wanted = min(self._gather_records, self._queued_records() + answered)
+                        self._wanted = min(self._gather_records, self._queued_records() + _records_in(group))
                 except asyncio.CancelledError:
                     # The store is closing under us: nobody in this group, or still queued, is left waiting.
                     for write in [*group, *self._queue]:
@@ -187,6 +186,10 @@ class GroupCommit(Generic[R, O]):
         for task in list(self._committers):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _records_in(writes: Iterable[_Write[R, O]]) -> int:
+    return sum(len(write.records) for write in writes)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

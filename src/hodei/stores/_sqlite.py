@@ -44,6 +44,7 @@ from hodei.stores._sqlite_schema import (
     UPSERT,
     as_row,
     bind_jobs,
+    by_worker_id,
     configure,
     driver_error,
     fetch_rows,
@@ -361,7 +362,7 @@ class SqliteRegistryStore:
 
 
 def _fetch(db: sqlite3.Connection, worker_ids: Sequence[str]) -> dict[str, WorkerRecord]:
-    return {row[0]: record(row) for row in fetch_rows(db, worker_ids)}
+    return by_worker_id(fetch_rows(db, worker_ids))
 
 
 def _where_labels(labels: Mapping[str, str], where: list[str], params: list[Any]) -> None:

@@ -10,7 +10,7 @@ import functools
 import itertools
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "UPSERT",
     "as_row",
     "bind_jobs",
+    "by_worker_id",
     "configure",
     "driver_error",
     "fetch_rows",
@@ -224,6 +225,11 @@ def _parse(text: str | None) -> datetime | None:
 def record(row: Sequence[Any]) -> WorkerRecord:
     """The record of a row of :data:`SELECT`."""
     return from_row(row, _parse)
+
+
+def by_worker_id(rows: Iterable[Sequence[Any]]) -> dict[str, WorkerRecord]:
+    """The records of rows of :data:`SELECT`, by worker id."""
+    return {row[0]: record(row) for row in rows}
 
 
 def as_row(stored: WorkerRecord) -> tuple[Any, ...]:

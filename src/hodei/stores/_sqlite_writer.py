@@ -4,9 +4,11 @@ Why a process. The store's thread shares the scheduler's GIL with the event loop
 of it for each step of a statement (``BEGIN``, the read, the write, ``COMMIT``), and under load the thread
 then waits the interpreter's switch interval (5 ms) to get it back, after every step. A group's transaction
 of about a millisecond took tens, and the callers in it waited that long. Measured with 500 registrations in
-flight (``hodei bench``, seven alternating pairs): the p95 ratio to the raw baseline was at most 1.43 in each
-of the seven with the writer process (median 1.31), against 1.15 to 2.35 on the thread (median 1.44, two above
-1.5); the throughput ratio had the same median, 0.770 against 0.763.
+flight (``hodei bench``, seven alternating pairs, a prototype of this writer against the thread, both
+gathering as the store then did): the p95 ratio to the raw baseline was at most 1.43 in each of the seven
+with the writer (median 1.31), against 1.15 to 2.35 on the thread (median 1.44, two above 1.5); the
+throughput ratio had the same median, 0.770 against 0.763. Larger groups (:data:`~hodei.stores._sqlite.GATHER`)
+gain more with the writer than on the thread.
 
 The two ends speak over the child's stdin and stdout, one exchange at a time: a frame (a 4-byte length, then a
 pickle) with the rows (:func:`~hodei.stores._sqlite_schema.as_row`) of a group's records and the jobs that
@@ -47,6 +49,7 @@ from hodei.stores._sqlite_schema import (
     STATEMENT_CACHE,
     as_row,
     bind_jobs,
+    by_worker_id,
     configure,
     driver_error,
     fetch_rows,
@@ -100,7 +103,7 @@ def _merge(
     records = [record(row) for row in rows]
     for index, jobs in running.items():
         records[index] = replace(records[index], running_jobs=jobs)
-    current = {row[0]: record(row) for row in stored}
+    current = by_worker_id(stored)
     held = {worker_id: job_of(was) for worker_id, was in current.items()}
     _, written = merge_registrations(current, records)
     bind_jobs(db, held, written)
@@ -219,10 +222,9 @@ class WriterProcess:
                 await process.stdin.drain()
                 (length,) = _LENGTH.unpack(await process.stdout.readexactly(_LENGTH.size))
                 kind, said = pickle.loads(await process.stdout.readexactly(length))
-            except (
-                ConnectionError,
-                asyncio.IncompleteReadError,
-            ) as error:  # it died (its answer lost, if any)
+            except (ConnectionError, asyncio.IncompleteReadError) as error:
+                # It died; if it did after its commit, that group is written but told UNAVAILABLE, and its
+                # callers' retries are answered as updates.
                 self._forget()
                 raise StoreUnavailable(
                     f"the registry store's writer stopped (exit code {await process.wait()})"
@@ -231,8 +233,7 @@ class WriterProcess:
                 self._end()
                 raise
         if kind == "ok":
-            current = {row[0]: record(row) for row in said}
-            outcomes, _ = merge_registrations(current, records)
+            outcomes, _ = merge_registrations(by_worker_id(said), records)
             return outcomes
         if kind == "unavailable":
             log.warning("store.unavailable", extra={"path": str(self._path), "error": said})
