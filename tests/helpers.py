@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from hodei import DynamicWorker, DynamicWorkerConfig, WorkerStatus, WorkerType
+from hodei import DynamicWorker, DynamicWorkerConfig, WorkerRecord, WorkerStatus, WorkerType
 from hodei._infra.directories import free_loopback_port as free_port  # noqa: F401  (for the tests)
+from hodei.domain import WorkerCapabilities
 from hodei.errors import (
     AccessDenied,
     ErrorCode,
@@ -28,6 +31,25 @@ from hodei.errors import (
     WorkerNotFound,
 )
 from hodei.testing import EmbeddedScheduler
+
+MOMENT = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
+
+
+def stored_worker(worker_id: str, incarnation: int = 0, **fields: Any) -> WorkerRecord:
+    """A docker worker's record as a store keeps it (2 cores, 512 MB, zone=eu-1, registered at :data:`MOMENT`);
+    keyword arguments override its fields."""
+    return WorkerRecord(
+        **{
+            "worker_id": worker_id,
+            "worker_type": WorkerType.DOCKER,
+            "capabilities": WorkerCapabilities(2, 512, 10, 0),
+            "labels": {"zone": "eu-1"},
+            "incarnation": incarnation,
+            "registered_at": MOMENT,
+            "updated_at": MOMENT,
+            **fields,
+        }
+    )
 
 
 def make_worker(worker_id: str = "test-worker", **config: object) -> DynamicWorker:
@@ -77,7 +99,6 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 # Support for the failure suite (tests/failure).
 from collections.abc import Sequence  # noqa: E402
-from typing import Any  # noqa: E402
 
 from hodei import RegistrationReceipt, SchedulerPortClient  # noqa: E402
 

@@ -16,14 +16,14 @@ import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from hodei.domain import Assignment, UpsertOutcome, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
+from hodei.domain import Assignment, UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.errors import JobAlreadyBound, StoreError, StoreRefusedData, StoreUnavailable
 from hodei.ports import WorkerFilter
 from hodei.stores import _sqlite_writer as sqlite_writer
@@ -31,24 +31,13 @@ from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.stores._sqlite_schema import SELECT, as_row, configure, migrate
 from hodei.stores._sqlite_writer import READY, WriterProcess, main, register_rows, serve
-from tests.helpers import wait_until
+from tests.helpers import MOMENT, stored_worker, wait_until
 
-AT = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
 LENGTH = struct.Struct("<I")
 
 
 def worker(worker_id: str, incarnation: int = 1, **fields: Any) -> WorkerRecord:
-    return WorkerRecord(
-        worker_id=worker_id,
-        worker_type=WorkerType.DOCKER,
-        capabilities=WorkerCapabilities(2, 512, 10, 0),
-        labels={"zone": "eu-1"},
-        incarnation=incarnation,
-        registered_at=AT,
-        updated_at=AT,
-        lease_ttl=30.0,
-        **fields,
-    )
+    return stored_worker(worker_id, incarnation, lease_ttl=30.0, **fields)
 
 
 def bound(worker_id: str, job_id: str, incarnation: int = 1) -> WorkerRecord:
@@ -62,7 +51,7 @@ def bound(worker_id: str, job_id: str, incarnation: int = 1) -> WorkerRecord:
             worker_id=worker_id,
             incarnation=incarnation,
             lease_ttl=30.0,
-            bound_at=AT,
+            bound_at=MOMENT,
         ),
     )
 
@@ -221,19 +210,35 @@ def gone(pid: int) -> bool:
         return True
 
 
+@dataclass
+class Held:
+    """A store whose writes wait for the file's lock (30 s), and another connection to the file that holds it."""
+
+    store: SqliteRegistryStore
+    other: sqlite3.Connection
+
+    async def sent(
+        self, records: list[WorkerRecord]
+    ) -> asyncio.Task[list[tuple[UpsertOutcome, WorkerRecord]]]:
+        """Take the lock and write ``records``: the write, once its group is with the writer and held there."""
+        groups = self.store.registration_transactions
+        self.other.execute("BEGIN IMMEDIATE")
+        writing = asyncio.create_task(self.store.upsert(records))
+        # The group's frame is sent in the same step as it is counted.
+        await wait_until(lambda: self.store.registration_transactions == groups + 1, timeout=10)
+        return writing
+
+    def let_go(self) -> None:
+        self.other.execute("ROLLBACK")
+
+
 @pytest.fixture
-async def held(tmp_path: Path) -> AsyncIterator[tuple[SqliteRegistryStore, sqlite3.Connection]]:
-    """A store whose writes wait for the lock (30 s), and another connection to the file that can hold it."""
+async def held(tmp_path: Path) -> AsyncIterator[Held]:
     store = await SqliteRegistryStore.open(tmp_path / "registry.db", busy_timeout=30)
     other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
-    yield store, other
+    yield Held(store, other)
     other.close()
     await store.close()
-
-
-async def in_its_group(store: SqliteRegistryStore, transactions: int) -> None:
-    """Wait until the store has sent its ``transactions``-th group to its writer (sent in the same step)."""
-    await wait_until(lambda: store.registration_transactions == transactions, timeout=10)
 
 
 async def test_registrations_are_written_by_a_process_of_the_stores_own_which_ends_with_it(
@@ -288,19 +293,17 @@ async def test_the_writer_outlives_an_interrupt_and_a_terminate(tmp_path: Path, 
 
 
 async def test_a_writer_killed_in_a_group_fails_that_group_and_the_next_group_starts_another(
-    held: tuple[SqliteRegistryStore, sqlite3.Connection],
+    held: Held,
 ) -> None:
-    store, other = held
+    store = held.store
     await store.upsert([worker("before")])
     first = store.writer_pid
     assert first is not None
-    other.execute("BEGIN IMMEDIATE")  # the writer's transaction waits for this lock
-    during = asyncio.create_task(store.upsert([worker("during")]))
-    await in_its_group(store, 2)
+    during = await held.sent([worker("during")])
     os.kill(first, signal.SIGKILL)
     with pytest.raises(StoreUnavailable, match=r"the registry store's writer stopped \(exit code -9\)"):
         await during
-    other.execute("ROLLBACK")
+    held.let_go()
     assert await store.upsert([worker("after")]) == [(UpsertOutcome.CREATED, worker("after"))]
     assert store.writer_pid not in (None, first)
     assert [r.worker_id for r in await store.list(WorkerFilter())] == ["after", "before"]
@@ -319,16 +322,12 @@ async def test_a_writer_that_died_idle_is_replaced_before_the_next_group(tmp_pat
         await store.close()
 
 
-async def test_closing_the_store_lets_the_group_its_writer_holds_commit(
-    held: tuple[SqliteRegistryStore, sqlite3.Connection],
-) -> None:
-    store, other = held
-    other.execute("BEGIN IMMEDIATE")
-    holding = asyncio.create_task(store.upsert([worker("held")]))
-    await in_its_group(store, 1)
+async def test_closing_the_store_lets_the_group_its_writer_holds_commit(held: Held) -> None:
+    store = held.store
+    holding = await held.sent([worker("held")])
     closing = asyncio.create_task(store.close())
     await asyncio.sleep(0)
-    other.execute("ROLLBACK")
+    held.let_go()
     async with asyncio.timeout(10):
         assert await holding == [(UpsertOutcome.CREATED, worker("held"))]
         await closing
@@ -340,17 +339,15 @@ async def test_closing_the_store_lets_the_group_its_writer_holds_commit(
 
 
 async def test_a_group_that_fails_in_the_writer_is_tried_caller_by_caller(
-    held: tuple[SqliteRegistryStore, sqlite3.Connection],
+    held: Held,
 ) -> None:
-    store, other = held
+    store = held.store
     await store.upsert([worker("bad")])
-    other.execute("UPDATE workers SET labels = '{' WHERE worker_id = 'bad'")  # a damaged row
-    other.execute("BEGIN IMMEDIATE")
-    first = asyncio.create_task(store.upsert([worker("first")]))
-    await in_its_group(store, 2)
+    held.other.execute("UPDATE workers SET labels = '{' WHERE worker_id = 'bad'")  # a damaged row
+    first = await held.sent([worker("first")])
     group = [asyncio.create_task(store.upsert([w])) for w in (worker("x"), worker("bad", 2), worker("y"))]
     await asyncio.sleep(0)
-    other.execute("ROLLBACK")
+    held.let_go()
     async with asyncio.timeout(10):
         assert await first == [(UpsertOutcome.CREATED, worker("first"))]
         x, bad, y = await asyncio.gather(*group, return_exceptions=True)

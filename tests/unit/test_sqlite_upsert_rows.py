@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hodei.domain import Assignment, WorkerCapabilities, WorkerRecord, WorkerStatus, WorkerType
+from hodei.domain import Assignment, WorkerStatus
 from hodei.stores._rows import COLUMNS
 from hodei.stores._sqlite_schema import ROW_STEP, ROWS_PER_STATEMENT, UPSERT, as_row, migrate, upsert_rows
-
-AT = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+from tests.helpers import stored_worker
 
 
 def connection() -> sqlite3.Connection:
@@ -34,17 +32,7 @@ def pair() -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection]]:
 
 
 def row(worker_id: str, incarnation: int = 0, **fields: Any) -> tuple[Any, ...]:
-    record = WorkerRecord(
-        worker_id=worker_id,
-        worker_type=WorkerType.DOCKER,
-        capabilities=WorkerCapabilities(2, 512, 10, 0),
-        labels={"zone": "eu-1"},
-        incarnation=incarnation,
-        registered_at=AT,
-        updated_at=AT,
-        **fields,
-    )
-    return as_row(record)
+    return as_row(stored_worker(worker_id, incarnation, **fields))
 
 
 def table(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
