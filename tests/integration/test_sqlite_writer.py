@@ -10,6 +10,7 @@ import asyncio
 import io
 import os
 import pickle
+import re
 import signal
 import sqlite3
 import struct
@@ -275,6 +276,86 @@ async def test_a_writer_that_cannot_open_the_file_is_told_at_start(tmp_path: Pat
     with pytest.raises(StoreUnavailable, match=r"the registry store's writer did not start \(exit code 1\)"):
         await writer.start()
     assert writer.pid is None
+    await writer.close()
+
+
+async def test_a_writer_that_does_not_say_it_started_in_time_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        sqlite_writer,
+        "COMMAND",
+        "import time; time.sleep(600)",  # it never says READY
+    )
+    monkeypatch.setattr(sqlite_writer, "START_TIMEOUT", 0.3)
+    writer = WriterProcess(tmp_path / "registry.db", synchronous="FULL", busy_timeout_ms=100)
+    before = psutil.Process().children()
+    starting = asyncio.create_task(writer.start())
+    await wait_until(lambda: len(psutil.Process().children()) > len(before), timeout=10)
+    [hung] = [child for child in psutil.Process().children() if child not in before]
+    with pytest.raises(
+        StoreUnavailable, match=r"the registry store's writer did not start in 0\.3 s \(killed\)$"
+    ):
+        await starting
+    assert writer.pid is None
+    await writer.close()  # reaps it
+    assert not psutil.pid_exists(hung.pid)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_writer_that_cannot_start_is_tried_again_only_after_a_delay_that_doubles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "COMMAND", "raise SystemExit(3)")
+    monkeypatch.setattr(sqlite_writer, "RESTART_DELAYS", (1.0, 3.0))
+    clock = Clock()
+    writer = WriterProcess(tmp_path / "registry.db", synchronous="FULL", busy_timeout_ms=100, clock=clock)
+    failed = "the registry store's writer did not start \\(exit code 3\\)"
+
+    async def start_at(now: float) -> str:
+        clock.now = now
+        with pytest.raises(StoreUnavailable) as told:
+            await writer.start()
+        return told.value.message
+
+    # (when, what it is told): a start is tried at 0, 1, 3 and 6 (delays 1, 2, then 3 at most); not between.
+    for now, later in [
+        (0.0, None),
+        (0.5, 0.5),
+        (1.0, None),
+        (2.5, 0.5),
+        (3.0, None),
+        (5.9, 0.1),
+        (6.0, None),
+    ]:
+        message = await start_at(now)
+        assert re.fullmatch(
+            failed + ("" if later is None else f"; the next start is tried in {later} s"), message
+        )
+    assert (
+        await start_at(6.0)
+        == "the registry store's writer did not start (exit code 3); the next start is tried in 3.0 s"
+    )
+
+    monkeypatch.undo()  # the writer can start again
+    clock.now = 9.0
+    await writer.start()  # and it does: the delays begin again from the first
+    assert writer.pid is not None
+    writer._end()
+    monkeypatch.setattr(sqlite_writer, "COMMAND", "raise SystemExit(3)")
+    monkeypatch.setattr(sqlite_writer, "RESTART_DELAYS", (1.0, 3.0))
+    assert re.fullmatch(failed, await start_at(9.0))
+    assert (
+        await start_at(9.0)
+        == "the registry store's writer did not start (exit code 3); the next start is tried in 1.0 s"
+    )
     await writer.close()
 
 

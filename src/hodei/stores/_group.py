@@ -135,6 +135,8 @@ class GroupCommit(Generic[R, O]):
                     under_load = await self._run(group)
                     if self._gather_as_last:
                         # Those waiting now, and as many again as this group answered: they are likely back soon.
+                        # Always more than are queued now (or the cap, which a gatherer was already told of):
+                        # a committer gathering meanwhile is told by the next write that reaches it.
                         self._wanted = min(self._gather_records, self._queued_records() + _records_in(group))
                 except asyncio.CancelledError:
                     # The store is closing under us: nobody in this group, or still queued, is left waiting.

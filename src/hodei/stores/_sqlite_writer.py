@@ -34,7 +34,8 @@ import signal
 import sqlite3
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -71,6 +72,15 @@ Row = tuple[Any, ...]
 
 STOP_TIMEOUT = 10.0
 """Seconds the writer has to exit once its stdin is closed (it has no group then), before it is killed."""
+
+START_TIMEOUT = 30.0
+"""Seconds a writer has to open the file and say so (:data:`READY`), before it is killed and the start failed."""
+
+RESTART_DELAYS = (0.25, 10.0)
+"""After a start that failed, the seconds before the next try: the first, doubled at each failure up to the
+last. Groups meanwhile are answered UNAVAILABLE at once, without starting a process."""
+
+COMMAND = "from hodei.stores._sqlite_writer import main; main()"
 
 
 # -- the writer's end --------------------------------------------------------------------------------------
@@ -161,13 +171,22 @@ class WriterProcess:
     """The writer of the store at ``path``: started by :meth:`start`, asked by :meth:`register`, one group at
     a time. A writer that died (or was left in the middle of an exchange) is started again at the next group."""
 
-    def __init__(self, path: Path, *, synchronous: str, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str,
+        busy_timeout_ms: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._path = path
+        self._clock = clock
         self._args = [str(path), synchronous, str(busy_timeout_ms)]
         self._process: asyncio.subprocess.Process | None = None
         self._exchange = asyncio.Lock()
         self._ended: list[asyncio.subprocess.Process] = []  # stopped, still to be reaped
         self._closed = False
+        self._failed: tuple[str, float, float] | None = None  # the last start's failure, its delay, next try
 
     @property
     def pid(self) -> int | None:
@@ -177,37 +196,57 @@ class WriterProcess:
 
     async def start(self) -> None:
         """Start the writer, and wait until it has opened the file (a writer that cannot is
-        :class:`StoreUnavailable`)."""
+        :class:`StoreUnavailable`, and the next start is tried only after :data:`RESTART_DELAYS`)."""
         if self._closed:
             raise StoreUnavailable(f"the registry store {self._path} is closed")
         if self._process is not None and self._process.returncode is not None:  # it died while idle
             self._forget()
-        if self._process is None:
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-P",  # not the working directory's modules: a hodei/ there is not this hodei
-                    "-c",
-                    "from hodei.stores._sqlite_writer import main; main()",
-                    *self._args,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                )
-            except OSError as error:
-                raise StoreUnavailable(f"cannot start the registry store's writer ({error})") from error
-            self._process = process
-            assert process.stdout is not None
-            try:
-                await process.stdout.readexactly(len(READY))
-            except asyncio.IncompleteReadError as error:
-                self._forget()
-                raise StoreUnavailable(
-                    f"the registry store's writer did not start (exit code {await process.wait()})"
-                ) from error
-            except BaseException:
-                self._end()
-                raise
+        if self._process is not None:
+            return
+        now = self._clock()
+        if self._failed is not None and now < self._failed[2]:
+            said, _, after = self._failed
+            raise StoreUnavailable(f"{said}; the next start is tried in {after - now:.1f} s")
+        try:
+            await self._started()
+        except StoreUnavailable as error:
+            delay = RESTART_DELAYS[0] if self._failed is None else min(self._failed[1] * 2, RESTART_DELAYS[1])
+            self._failed = (error.message, delay, self._clock() + delay)
+            raise
+        self._failed = None
+
+    async def _started(self) -> None:
+        """One try at starting the writer: :class:`StoreUnavailable` if it exits or is silent at start."""
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",  # not the working directory's modules: a hodei/ there is not this hodei
+                "-c",
+                COMMAND,
+                *self._args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise StoreUnavailable(f"cannot start the registry store's writer ({error})") from error
+        self._process = process
+        assert process.stdout is not None
+        try:
+            await asyncio.wait_for(process.stdout.readexactly(len(READY)), START_TIMEOUT)
+        except asyncio.IncompleteReadError as error:
+            self._forget()
+            raise StoreUnavailable(
+                f"the registry store's writer did not start (exit code {await process.wait()})"
+            ) from error
+        except TimeoutError as error:
+            self._end()
+            raise StoreUnavailable(
+                f"the registry store's writer did not start in {START_TIMEOUT:g} s (killed)"
+            ) from error
+        except BaseException:
+            self._end()
+            raise
 
     async def register(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         """Write ``records`` in one transaction of the writer; each one's outcome, once it committed."""
