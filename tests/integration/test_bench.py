@@ -177,6 +177,18 @@ def test_the_concurrent_scenario_is_related_to_the_same_run_baseline(
     }
 
 
+def test_each_scenario_on_the_scheduler_reports_how_many_registrations_shared_a_transaction(
+    quick_results: list[ScenarioResult],
+) -> None:
+    shared = {r.name: r.metrics().get("registrations_per_transaction") for r in quick_results}
+
+    assert shared["baseline-concurrent"] is None  # not a scheduler
+    assert shared["sequential"] == 1.0  # one at a time: each commits alone
+    assert shared["concurrent-500"] is not None and shared["concurrent-500"] > 1  # they share commits
+    # Every call of the batches holds 250 workers, written whole in one transaction (with others, or alone).
+    assert shared["batch-10000"] is not None and shared["batch-10000"] >= 250
+
+
 def test_the_churn_scenario_reports_memory_growth_after_warm_up(quick_results: list[ScenarioResult]) -> None:
     churn = next(r for r in quick_results if r.name == "churn")
 

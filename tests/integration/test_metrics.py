@@ -33,7 +33,7 @@ from hodei.agent import AgentConfig, AgentRefused, WorkerAgent
 from hodei.lifecycle import CommandKind, LivenessConfig, WorkerCommand
 from hodei.observability._http import MetricsEndpoint
 from hodei.observability._metrics import AgentMetrics, ControlPlaneMetrics, SchedulerMetrics
-from hodei.ports import RegistryStore
+from hodei.ports import CountedTransactions, RegistryStore
 from hodei.server._bounds import RegistrationBound
 from hodei.stores import PostgresRegistryStore
 from hodei.stores._memory import MemoryRegistryStore
@@ -66,6 +66,7 @@ SCHEDULER_FAMILIES = {
     "hodei_streams_open": "gauge",
     "hodei_admission_rejections": "counter",
     "hodei_lease_leader": "gauge",
+    "hodei_store_registration_transactions": "counter",
 }
 AGENT_FAMILIES = {
     "hodei_agent_stream_connects": "counter",
@@ -311,6 +312,19 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         opened = await PostgresRegistryStore.open(request.getfixturevalue("postgres_dsn"), max_size=4)
     yield opened
     await opened.close()
+
+
+async def test_the_registration_transactions_counted_are_the_stores_own(store: RegistryStore) -> None:
+    async with EmbeddedScheduler(store=store) as scheduler, scheduler.client() as client:
+        registry = scheduler.metrics.registry
+        await asyncio.gather(*(client.register_worker(make_worker(f"w-{n}")) for n in range(60)))
+        await client.register_workers([make_worker(f"b-{n}") for n in range(10)])
+        counted = metric(registry, "hodei_store_registration_transactions_total")
+        assert isinstance(store, CountedTransactions)
+        assert counted == store.registration_transactions
+        # The batch in one; each single in its own on the memory store, in shared ones on the others.
+        assert counted == 61 if isinstance(store, MemoryRegistryStore) else 2 <= counted <= 61
+        assert scheduler_count(registry, "created") == 70
 
 
 async def test_workers_by_status_follow_registration_transition_and_unregistration(

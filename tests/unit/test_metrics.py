@@ -32,8 +32,8 @@ from hodei.observability._metrics import BulkHistogram, ControlPlaneMetrics, Sch
 from hodei.ports import RegistrationReceipt, UnregistrationStatus
 from hodei.scheduler._core import Scheduler
 from hodei.stores._memory import MemoryRegistryStore
-from hodei.testing import FakeClock, MockWorkerProvider
-from tests.helpers import make_worker
+from hodei.testing import FakeClock, FaultyStore, MockWorkerProvider
+from tests.helpers import make_worker, stored_worker
 from tests.helpers import metric as value
 from tests.scheduling import LIVENESS, agent
 
@@ -448,6 +448,21 @@ async def test_the_scheduler_counts_registrations_where_the_registry_decides_the
         return value(registry, "hodei_scheduler_registrations_total", result=result, worker_type="docker")
 
     assert (counted("created"), counted("updated"), counted("stale")) == (2, 1, 1)
+
+
+async def test_the_stores_registration_transactions_are_read_at_each_scrape(scheduler: Scheduler) -> None:
+    registry = registry_of(scheduler)
+    assert value(registry, "hodei_store_registration_transactions_total") == 0
+    await scheduler.register(make_worker("w-1"))
+    await scheduler.register_records([stored_worker(f"b-{n}") for n in range(4)])
+    # The memory store writes each call whole: one transaction each, however many workers it holds.
+    assert value(registry, "hodei_store_registration_transactions_total") == 2
+    assert value(registry, "hodei_scheduler_registrations_total", result="created", worker_type="docker") == 5
+
+
+def test_a_store_that_counts_no_transactions_reads_as_none() -> None:
+    registry = Scheduler(FaultyStore(MemoryRegistryStore())).metrics.registry
+    assert value(registry, "hodei_store_registration_transactions_total") == 0
 
 
 async def test_a_follower_still_refreshes_the_workers_gauge(clock: FakeClock) -> None:

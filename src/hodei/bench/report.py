@@ -119,6 +119,7 @@ def results_table(results: list[ScenarioResult]) -> Table:
         "client CPU %",
         "sched RSS MB",
         "MB/1000 workers",
+        "per commit",
         "targets",
     ):
         table.add_column(
@@ -146,6 +147,7 @@ def results_table(results: list[ScenarioResult]) -> Table:
             f"{metrics.get('client_cpu_percent', 0.0):.0f}",
             f"{metrics['scheduler_rss_before_mb']:.1f} → {metrics['scheduler_rss_after_mb']:.1f}",
             f"{metrics['rss_mb_per_1000_workers']:.2f}" if "rss_mb_per_1000_workers" in metrics else "",
+            f"{shared:.1f}" if (shared := metrics.get("registrations_per_transaction")) else "",
             verdicts,
         )
     return table

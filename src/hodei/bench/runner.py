@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hodei.bench import _load as shapes
 from hodei.bench import scenarios
 from hodei.bench.disk import fsync_rate
-from hodei.bench.processes import ProcessProbe, ServerProcess
+from hodei.bench.processes import ProcessProbe, ServerProcess, free_port, scrape
 from hodei.bench.report import ScenarioResult, Target
 from hodei.bench.security import PLAIN, PLAINTEXT, BenchSecurity, PreparedSecurity
 from hodei.bench.stores import STORES, registry_store
@@ -200,17 +200,34 @@ async def _load(name: str, ctx: Context) -> shapes.Load:
 @contextlib.asynccontextmanager
 async def _server(
     name: str, target: str | None, security: PreparedSecurity, store: str
-) -> AsyncIterator[tuple[str, ProcessProbe | None]]:
+) -> AsyncIterator[tuple[str, ProcessProbe | None, str | None]]:
+    """The server's address, its probe (if the bench started it), and its ``/metrics`` (if a scheduler's)."""
     if name.startswith("baseline"):
         async with ServerProcess.baseline() as server:
-            yield server.address, ProcessProbe(server.pid, with_children=True)
+            yield server.address, ProcessProbe(server.pid, with_children=True), None
     elif target:
-        yield target, None
+        yield target, None, None
     else:
         liveness = ("--heartbeat-interval", "1", "--lease-ttl", "5") if name == "agents" else ()
-        args = (*liveness, *security.server_args)
+        metrics = f"127.0.0.1:{free_port()}"
+        args = (*liveness, *security.server_args, "--metrics-listen", metrics)
         async with registry_store(store) as url, ServerProcess.scheduler(*args, store=url) as server:
-            yield server.address, ProcessProbe(server.pid, with_children=True)
+            yield server.address, ProcessProbe(server.pid, with_children=True), f"http://{metrics}/metrics"
+
+
+# What the store wrote (an invalid or refused registration never reaches it).
+_STORED = ("created", "updated", "kept", "stale")
+
+
+async def _writes(metrics_url: str) -> tuple[float, float]:
+    """The registrations the scheduler's store wrote so far, and the transactions it wrote them in."""
+    samples = await scrape(metrics_url)
+    registrations = sum(
+        value
+        for labels, value in samples.get("hodei_scheduler_registrations_total", {}).items()
+        if dict(labels).get("result") in _STORED
+    )
+    return registrations, sum(samples.get("hodei_store_registration_transactions_total", {}).values())
 
 
 def _health_probe(address: str, scale: Scale, security: PreparedSecurity) -> subprocess.Popen[str]:
@@ -247,7 +264,7 @@ async def run_scenario(
     # The raw baseline speaks plaintext, without tokens, whatever the scheduler's security.
     reach = PLAINTEXT if baseline else security
     async with (
-        _server(name, target, reach, store) as (address, probe),
+        _server(name, target, reach, store) as (address, probe, metrics_url),
         SchedulerPortClient(address, credential=reach.operator, tls=reach.client_tls) as client,
     ):
         before_count = 0 if baseline else await _registered(client)
@@ -263,11 +280,18 @@ async def run_scenario(
             assert health.stdout is not None
             await asyncio.to_thread(health.stdout.readline)
         own = ProcessProbe(os.getpid())
+        writes_before = await _writes(metrics_url) if metrics_url else None
         client_before = own.sample()
         before = probe.sample() if probe else None
         load = await _load(name, ctx)
         after = probe.sample() if probe else None
         load.extra["client_cpu_percent"] = ProcessProbe.cpu_percent(client_before, own.sample())
+        if writes_before is not None and metrics_url:
+            registrations, transactions = (
+                b - a for a, b in zip(writes_before, await _writes(metrics_url), strict=True)
+            )
+            if transactions:
+                load.extra["registrations_per_transaction"] = registrations / transactions
         if health is not None:
             out, _ = await asyncio.to_thread(health.communicate)
             load.extra.update(json.loads(out))

@@ -9,6 +9,7 @@ the client library), and labels with a small, fixed set of values: never a worke
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from hodei.domain import WorkerStatus, WorkerType
 
@@ -37,6 +40,7 @@ __all__ = [
     "AgentMetrics",
     "BulkHistogram",
     "ControlPlaneMetrics",
+    "ReadCounter",
     "SchedulerMetrics",
     "process_registry",
 ]
@@ -246,6 +250,22 @@ class ControlPlaneMetrics:
             self.provisioning_rollbacks.labels(reason)
 
 
+class ReadCounter(Collector):
+    """A counter kept elsewhere (by a store), read at each scrape: ``read`` (0 until it is given)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.read: Callable[[], float] = lambda: 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self.read())
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation)
+
+
 class SchedulerMetrics:
     """What the scheduler counts.
 
@@ -264,6 +284,9 @@ class SchedulerMetrics:
     ``timeout``), ``hodei_assignments_ended_total{outcome}``; per declared pool ``hodei_pool_workers{pool,
     status}``, ``hodei_pool_max_workers{pool}`` and ``hodei_pool_waiting{pool}``, set from the registry about
     once a second (a pool no longer declared loses its series).
+    ``hodei_store_registration_transactions_total`` is read from the registry store at each scrape: the
+    transactions registrations were written in (group commit: the registrations counted above, over these, is
+    how many shared one).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -357,6 +380,12 @@ class SchedulerMetrics:
             "Acquires waiting that each pool's template fits (first pool by name).",
             ["pool"],
             registry=r,
+        )
+        self.store_transactions = ReadCounter(
+            "hodei_store_registration_transactions",
+            "Transactions the registry store wrote registrations in (read from the store at each scrape); "
+            "with group commit, several registrations share one.",
+            r,
         )
         for result in ACQUIRE_RESULTS:
             self.acquire_wait.labels(result)

@@ -5,7 +5,8 @@
 - :class:`RegistryStore` — where the scheduler's registry keeps its records (memory; SQLite and PostgreSQL);
 - :class:`EventRelay` — how scheduler replicas on one store pass each other events and agents' commands;
 - :class:`PoolPort` — the scheduler's resource pools: acquiring a worker for a job, demand, pool definitions;
-- :class:`BoundJobs` and :class:`PoolDefinitions` — what a registry store keeps of them.
+- :class:`BoundJobs` and :class:`PoolDefinitions` — what a registry store keeps of them;
+  :class:`CountedTransactions` — a store that counts the transactions its registrations shared.
 
 They are :class:`typing.Protocol` s: fakes and third-party adapters satisfy them without inheriting.
 """
@@ -35,6 +36,7 @@ from hodei.ports._scheduler import (
 )
 from hodei.ports._stores import (
     BoundJobs,
+    CountedTransactions,
     PoolDefinitions,
     RegistryStore,
     SharedLeases,
@@ -46,6 +48,7 @@ __all__ = [
     "Acquired",
     "AssignmentView",
     "BoundJobs",
+    "CountedTransactions",
     "DrainOutcome",
     "EventRelay",
     "Leadership",

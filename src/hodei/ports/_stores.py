@@ -17,7 +17,15 @@ from hodei.domain import (
 from hodei.pools import Requirements
 from hodei.ports._scheduler import WorkerFilter
 
-__all__ = ["BoundJobs", "PoolDefinitions", "RegistryStore", "SharedLeases", "SpentTokens", "TouchedLeases"]
+__all__ = [
+    "BoundJobs",
+    "CountedTransactions",
+    "PoolDefinitions",
+    "RegistryStore",
+    "SharedLeases",
+    "SpentTokens",
+    "TouchedLeases",
+]
 
 
 @runtime_checkable
@@ -125,6 +133,17 @@ class TouchedLeases:
 
     lost: Sequence[str] = ()
     gone: Sequence[str] = ()
+
+
+@runtime_checkable
+class CountedTransactions(Protocol):
+    """A store that counts the transactions it wrote registrations in. With group commit, registrations that
+    arrive while one commits share the next: registrations over transactions is how many share one."""
+
+    @property
+    def registration_transactions(self) -> int:
+        """Transactions (or tries) that registrations were written in so far."""
+        ...
 
 
 @runtime_checkable

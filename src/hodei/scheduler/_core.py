@@ -33,6 +33,7 @@ from hodei.pools import PoolStatus, Requirements, ScaleEvent, WaitingDemand
 from hodei.ports import (
     Acquired,
     AssignmentView,
+    CountedTransactions,
     DrainOutcome,
     EventRelay,
     Leadership,
@@ -82,6 +83,8 @@ class Scheduler:
         relay: EventRelay | None = None,
     ) -> None:
         self.metrics = metrics or SchedulerMetrics()
+        if isinstance(store, CountedTransactions):
+            self.metrics.store_transactions.read = lambda: store.registration_transactions
         self.liveness = liveness or LivenessConfig()
         self.leadership = leadership or SoleLeader()
         self.events = EventHub(clock=clock)

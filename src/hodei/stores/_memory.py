@@ -25,8 +25,10 @@ class MemoryRegistryStore:
         self._sorted_ids: list[str] | None = []
         self._jobs: dict[str, str] = {}  # job id -> the worker bound to it
         self._pools: tuple[str, str] | None = None
+        self.registration_transactions = 0  # each upsert is applied whole, as one transaction would be
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        self.registration_transactions += 1
         current = {r.worker_id: self._records[r.worker_id] for r in records if r.worker_id in self._records}
         outcomes, written = merge_registrations(current, records)
         self._write(written)
