@@ -48,6 +48,13 @@ async def test_a_write_on_an_idle_store_is_committed_alone_at_once() -> None:
     assert groups.groups == 1
 
 
+async def test_writing_nothing_is_answered_at_once_without_a_transaction() -> None:
+    transactions = Transactions()
+    groups = group_commit(transactions)
+    assert await groups.write([]) == []
+    assert (transactions.groups, groups.groups, groups.commits) == ([], 0, 0)
+
+
 async def test_writes_that_arrive_during_a_commit_share_the_next_one_and_each_gets_its_own_outcomes() -> None:
     transactions = Transactions()
     transactions.gate = asyncio.Event()
@@ -102,6 +109,7 @@ async def test_one_bad_write_in_a_group_fails_only_its_caller() -> None:
     # The group failed whole, then each of its writes was tried alone.
     assert transactions.groups[1] == ["good-0", "good-1", "good-2", "bad"]
     assert transactions.groups[2:] == [["good-0"], ["good-1"], ["good-2"], ["bad"]]
+    assert (groups.groups, groups.commits) == (6, 4)  # tried; committed: "held" and each good one alone
 
 
 async def test_a_store_nobody_can_write_fails_the_whole_group_at_once_without_trying_each_alone() -> None:
@@ -118,6 +126,7 @@ async def test_a_store_nobody_can_write_fails_the_whole_group_at_once_without_tr
         with pytest.raises(StoreUnavailable):
             await task
     assert transactions.groups == [["held"], ["w0", "w1", "w2"]]
+    assert (groups.groups, groups.commits) == (2, 0)
 
 
 async def test_a_caller_cancelled_while_queued_is_not_written() -> None:

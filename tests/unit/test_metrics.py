@@ -460,9 +460,20 @@ async def test_the_stores_registration_transactions_are_read_at_each_scrape(sche
     assert value(registry, "hodei_scheduler_registrations_total", result="created", worker_type="docker") == 5
 
 
-def test_a_store_that_counts_no_transactions_reads_as_none() -> None:
+def test_a_store_that_counts_no_transactions_has_no_such_series() -> None:
     registry = Scheduler(FaultyStore(MemoryRegistryStore())).metrics.registry
-    assert value(registry, "hodei_store_registration_transactions_total") == 0
+    assert "hodei_store_registration_transactions_total" not in generate_latest(registry).decode()
+
+
+async def test_schedulers_sharing_their_metrics_count_the_transactions_of_both_stores() -> None:
+    metrics = SchedulerMetrics()
+    first, second = MemoryRegistryStore(), MemoryRegistryStore()
+    for store in (first, second):
+        Scheduler(store, metrics=metrics)
+    await first.upsert([stored_worker("a")])
+    await second.upsert([stored_worker("b")])
+    await second.upsert([stored_worker("c")])
+    assert value(metrics.registry, "hodei_store_registration_transactions_total") == 3
 
 
 async def test_a_follower_still_refreshes_the_workers_gauge(clock: FakeClock) -> None:

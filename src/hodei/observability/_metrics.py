@@ -251,16 +251,24 @@ class ControlPlaneMetrics:
 
 
 class ReadCounter(Collector):
-    """A counter kept elsewhere (by a store), read at each scrape: ``read`` (0 until it is given)."""
+    """A counter kept elsewhere (by a store), read at each scrape: the sum of what each reader :meth:`add` ed
+    returns; no series at all while none was added (a store that does not count is not a store that wrote
+    nothing)."""
 
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
         self._name = name
         self._documentation = documentation
-        self.read: Callable[[], float] = lambda: 0
+        self._readers: list[Callable[[], float]] = []
         registry.register(self)
 
+    def add(self, read: Callable[[], float]) -> None:
+        self._readers.append(read)
+
     def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self._name, self._documentation, value=self.read())
+        if self._readers:
+            yield CounterMetricFamily(
+                self._name, self._documentation, value=sum(read() for read in self._readers)
+            )
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self._name, self._documentation)
@@ -285,8 +293,8 @@ class SchedulerMetrics:
     status}``, ``hodei_pool_max_workers{pool}`` and ``hodei_pool_waiting{pool}``, set from the registry about
     once a second (a pool no longer declared loses its series).
     ``hodei_store_registration_transactions_total`` is read from the registry store at each scrape: the
-    transactions registrations were written in (group commit: the registrations counted above, over these, is
-    how many shared one).
+    transactions that committed registrations (group commit: the registrations counted above, over these, is
+    how many shared one); a store that does not count them has no such series.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -383,7 +391,7 @@ class SchedulerMetrics:
         )
         self.store_transactions = ReadCounter(
             "hodei_store_registration_transactions",
-            "Transactions the registry store wrote registrations in (read from the store at each scrape); "
+            "Transactions the registry store committed registrations in (read from the store at each scrape); "
             "with group commit, several registrations share one.",
             r,
         )

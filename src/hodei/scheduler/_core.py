@@ -84,7 +84,7 @@ class Scheduler:
     ) -> None:
         self.metrics = metrics or SchedulerMetrics()
         if isinstance(store, CountedTransactions):
-            self.metrics.store_transactions.read = lambda: store.registration_transactions
+            self.metrics.store_transactions.add(lambda: store.registration_transactions)
         self.liveness = liveness or LivenessConfig()
         self.leadership = leadership or SoleLeader()
         self.events = EventHub(clock=clock)

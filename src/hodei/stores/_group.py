@@ -77,10 +77,13 @@ class GroupCommit(Generic[R, O]):
         self._queue: deque[_Write[R, O]] = deque()
         self._committers: set[asyncio.Task[None]] = set()
         self._gathering: list[asyncio.Future[None]] = []  # committers waiting for more records
-        self.groups = 0  # transactions committed (or tried) so far: what a test or a benchmark reads
+        self.groups = 0  # transactions tried so far (a failed group, then each of its callers alone, count)
+        self.commits = 0  # transactions committed so far
 
     async def write(self, records: Sequence[R]) -> list[O]:
         """Write ``records`` in the next group; their outcomes once that group's transaction committed."""
+        if not records:  # nothing to write, nor to count towards a gather
+            return []
         write: _Write[R, O] = _Write(records, sum(self._size(r) for r in records))
         self._queue.append(write)
         if self._gathering and self._queued_records() >= self._wanted:
@@ -170,10 +173,14 @@ class GroupCommit(Generic[R, O]):
             for write in live:
                 self.groups += 1
                 try:
-                    _settle(write, outcomes=await self._commit(list(write.records)))
+                    alone_outcomes = await self._commit(list(write.records))
                 except Exception as alone:
                     _settle(write, error=alone)
+                else:
+                    self.commits += 1
+                    _settle(write, outcomes=alone_outcomes)
             return True
+        self.commits += 1
         start = 0
         for write in live:
             end = start + len(write.records)

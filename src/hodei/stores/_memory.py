@@ -28,10 +28,10 @@ class MemoryRegistryStore:
         self.registration_transactions = 0  # each upsert is applied whole, as one transaction would be
 
     async def upsert(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
-        self.registration_transactions += 1
         current = {r.worker_id: self._records[r.worker_id] for r in records if r.worker_id in self._records}
         outcomes, written = merge_registrations(current, records)
         self._write(written)
+        self.registration_transactions += 1
         return outcomes
 
     def _write(self, written: Mapping[str, WorkerRecord]) -> None:

@@ -158,8 +158,8 @@ class PostgresRegistryStore:
 
     @property
     def registration_transactions(self) -> int:
-        """Transactions that registrations have been written in so far (group commit: fewer than calls)."""
-        return self._registrations.groups
+        """Transactions that committed registrations so far (group commit: fewer than calls)."""
+        return self._registrations.commits
 
     async def _upsert_now(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
         ids = sorted({record.worker_id for record in records})

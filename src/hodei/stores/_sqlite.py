@@ -197,8 +197,8 @@ class SqliteRegistryStore:
 
     @property
     def registration_transactions(self) -> int:
-        """Transactions that registrations have been written in so far (group commit: fewer than calls)."""
-        return self._registrations.groups
+        """Transactions that committed registrations so far (group commit: fewer than calls)."""
+        return self._registrations.commits
 
     @property
     def writer_pid(self) -> int | None:

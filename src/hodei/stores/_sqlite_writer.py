@@ -74,11 +74,13 @@ STOP_TIMEOUT = 10.0
 """Seconds the writer has to exit once its stdin is closed (it has no group then), before it is killed."""
 
 START_TIMEOUT = 30.0
-"""Seconds a writer has to open the file and say so (:data:`READY`), before it is killed and the start failed."""
+"""Seconds a writer has to open the file and say so (:data:`READY`), beyond the store's busy timeout (opening may
+wait for another's lock), before it is killed and the start failed."""
 
 RESTART_DELAYS = (0.25, 10.0)
-"""After a start that failed, the seconds before the next try: the first, doubled at each failure up to the
-last. Groups meanwhile are answered UNAVAILABLE at once, without starting a process."""
+"""After a start that failed (or a writer that died before its first answer), the seconds before the next try:
+the first, doubled at each failure up to the last, until a writer answers. Groups meanwhile are answered
+UNAVAILABLE at once, without starting a process."""
 
 COMMAND = "from hodei.stores._sqlite_writer import main; main()"
 
@@ -182,11 +184,13 @@ class WriterProcess:
         self._path = path
         self._clock = clock
         self._args = [str(path), synchronous, str(busy_timeout_ms)]
+        self._start_timeout = START_TIMEOUT + busy_timeout_ms / 1000
         self._process: asyncio.subprocess.Process | None = None
         self._exchange = asyncio.Lock()
         self._ended: list[asyncio.subprocess.Process] = []  # stopped, still to be reaped
         self._closed = False
         self._failed: tuple[str, float, float] | None = None  # the last start's failure, its delay, next try
+        self._answered = False  # whether the running writer has answered a group yet
 
     @property
     def pid(self) -> int | None:
@@ -206,14 +210,21 @@ class WriterProcess:
         now = self._clock()
         if self._failed is not None and now < self._failed[2]:
             said, _, after = self._failed
-            raise StoreUnavailable(f"{said}; the next start is tried in {after - now:.1f} s")
+            raise StoreUnavailable(f"{said}; the next start is tried in {max(after - now, 0.1):.1f} s")
         try:
             await self._started()
         except StoreUnavailable as error:
-            delay = RESTART_DELAYS[0] if self._failed is None else min(self._failed[1] * 2, RESTART_DELAYS[1])
-            self._failed = (error.message, delay, self._clock() + delay)
+            self._not_started(error.message)
             raise
-        self._failed = None
+        self._answered = False
+
+    def _not_started(self, said: str) -> None:
+        """A writer did not start, or died before its first answer: the next start waits (:data:`RESTART_DELAYS`)."""
+        delay = RESTART_DELAYS[0] if self._failed is None else min(self._failed[1] * 2, RESTART_DELAYS[1])
+        self._failed = (said, delay, self._clock() + delay)
+        log.warning(
+            "store.writer_not_started", extra={"path": str(self._path), "error": said, "retry_in": delay}
+        )
 
     async def _started(self) -> None:
         """One try at starting the writer: :class:`StoreUnavailable` if it exits or is silent at start."""
@@ -233,7 +244,8 @@ class WriterProcess:
         self._process = process
         assert process.stdout is not None
         try:
-            await asyncio.wait_for(process.stdout.readexactly(len(READY)), START_TIMEOUT)
+            async with asyncio.timeout(self._start_timeout):
+                await process.stdout.readexactly(len(READY))
         except asyncio.IncompleteReadError as error:
             self._forget()
             raise StoreUnavailable(
@@ -242,7 +254,7 @@ class WriterProcess:
         except TimeoutError as error:
             self._end()
             raise StoreUnavailable(
-                f"the registry store's writer did not start in {START_TIMEOUT:g} s (killed)"
+                f"the registry store's writer did not start in {self._start_timeout:g} s (killed)"
             ) from error
         except BaseException:
             self._end()
@@ -265,12 +277,14 @@ class WriterProcess:
                 # It died; if it did after its commit, that group is written but told UNAVAILABLE, and its
                 # callers' retries are answered as updates.
                 self._forget()
-                raise StoreUnavailable(
-                    f"the registry store's writer stopped (exit code {await process.wait()})"
-                ) from error
+                said = f"the registry store's writer stopped (exit code {await process.wait()})"
+                if not self._answered:  # one that cannot get through a group is not started again at once
+                    self._not_started(said)
+                raise StoreUnavailable(said) from error
             except BaseException:  # cancelled in the middle of an exchange: the pipes are out of step
                 self._end()
                 raise
+            self._answered, self._failed = True, None
         if kind == "ok":
             outcomes, _ = merge_registrations(by_worker_id(said), records)
             return outcomes
