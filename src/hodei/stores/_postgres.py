@@ -91,6 +91,16 @@ GATHER_RECORDS = 256
 """Registrations that end a group's wait, however many the last commit answered."""
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The store's pooled connections keep no session state (no LISTEN, session lock, setting or cursor: the
+    leadership and the relay have connections of their own), so one released needs no reset query: a round trip
+    less per call. The pool still rolls back a transaction left open."""
+
+
+def _worker_id(record: WorkerRecord) -> str:
+    return record.worker_id
+
+
 class PostgresRegistryStore:
     """``await PostgresRegistryStore.open("postgresql://user@host/db")``; close it with :meth:`close`."""
 
@@ -110,7 +120,7 @@ class PostgresRegistryStore:
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresRegistryStore:
         hint = dsn_hint(dsn)
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
         except UNREACHABLE as error:
             raise StoreUnavailable(f"the registry database {hint} is unreachable: {error}") from error
         except asyncpg.PostgresError as error:  # no such database or user, a wrong password, too many clients
@@ -162,6 +172,33 @@ class PostgresRegistryStore:
         return self._registrations.commits
 
     async def _upsert_now(self, records: Sequence[WorkerRecord]) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        """A group's transaction. New workers, each once and bound to no job (what a fleet registers), are
+        inserted by one statement: one round trip, one commit. Any the table already holds (or another replica
+        inserted meanwhile) are merged in a transaction that locks their rows, in worker id order."""
+        if len({record.worker_id for record in records}) < len(records) or any(
+            record.assignment is not None or record.running_jobs for record in records
+        ):
+            return await self._upsert_locked(records)
+        outcomes, written = merge_registrations({}, records)  # as if none were stored: each one CREATED
+        rows = as_rows(sorted(written.values(), key=_worker_id))
+        inserted = {
+            row[0] for row in await self._retrying(lambda db: db.fetch(INSERT, rows), transaction=False)
+        }
+        if inserted:
+            self.statistics.grew()
+        if len(inserted) == len(records):
+            return outcomes
+        held = [record for record in records if record.worker_id not in inserted]
+        merged = iter(await self._upsert_locked(held))
+        return [
+            outcome if record.worker_id in inserted else next(merged)
+            for record, outcome in zip(records, outcomes, strict=True)
+        ]
+
+    async def _upsert_locked(
+        self, records: Sequence[WorkerRecord]
+    ) -> list[tuple[UpsertOutcome, WorkerRecord]]:
+        """``records`` merged against their stored rows, locked in worker id order, in one transaction."""
         ids = sorted({record.worker_id for record in records})
 
         async def write(db: Db) -> tuple[list[tuple[UpsertOutcome, WorkerRecord]], bool]:
@@ -171,7 +208,7 @@ class PostgresRegistryStore:
             current = {row[0]: record(row) for row in rows}
             held = {worker_id: job_of(stored) for worker_id, stored in current.items()}
             outcomes, written = merge_registrations(current, records)
-            created = [r for worker_id, r in written.items() if worker_id not in held]
+            created = sorted((r for worker_id, r in written.items() if worker_id not in held), key=_worker_id)
             updated = [r for worker_id, r in written.items() if worker_id in held]
             with binding(await bind(db, held, written)):
                 if created:

@@ -1,0 +1,110 @@
+"""What one group of registrations asks of PostgreSQL: new workers in one statement (one round trip, one commit);
+workers it already holds merged under row locks in one transaction; a released connection is not reset."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from hodei.domain import Assignment, UpsertOutcome, WorkerRecord, WorkerStatus
+from hodei.stores import PostgresRegistryStore
+from hodei.stores._postgres_statistics import _OUTGROWN
+from tests.helpers import MOMENT, stored_worker
+
+
+def worker(worker_id: str, incarnation: int = 1) -> WorkerRecord:
+    return stored_worker(worker_id, incarnation, lease_ttl=30.0)
+
+
+@dataclass
+class Logged:
+    store: PostgresRegistryStore
+    queries: list[str] = field(default_factory=list)
+
+    def heard(self, logged: Any) -> None:
+        if not logged.query.startswith(
+            ("ANALYZE", _OUTGROWN)
+        ):  # the store's statistics check, not the group's
+            self.queries.append(" ".join(logged.query.split()[:3]))
+
+    def said(self) -> list[str]:
+        said, self.queries = self.queries, []
+        return said
+
+
+@pytest.fixture
+async def logged(postgres_dsn: str) -> AsyncIterator[Logged]:
+    """A store with one pooled connection, whose every statement is logged (its first three words)."""
+    store = await PostgresRegistryStore.open(postgres_dsn, min_size=1, max_size=1)
+    found = Logged(store)
+    async with store._pool.acquire() as db:
+        db.add_query_logger(found.heard)
+    await store.upsert([worker("warm")])  # the statements are prepared once per connection
+    await store.upsert([worker("warm")])
+    found.said()
+    yield found
+    await store.close()
+
+
+async def test_a_group_of_new_workers_is_one_statement_and_its_connection_is_not_reset(
+    logged: Logged,
+) -> None:
+    records = [worker(f"w-{n:02d}") for n in reversed(range(50))]
+    assert await logged.store.upsert(records) == [(UpsertOutcome.CREATED, r) for r in records]
+    assert logged.said() == ["INSERT INTO hodei_workers"]  # no BEGIN, no COMMIT: it commits alone
+    assert await logged.store.count() == 51
+
+
+async def test_workers_it_already_holds_are_merged_under_row_locks_after_the_new_are_inserted(
+    logged: Logged,
+) -> None:
+    await logged.store.upsert([worker("known", 3)])
+    logged.said()
+    records = [worker("new-1"), worker("known", 4), worker("new-2"), worker("known-older", 1)]
+    await logged.store.upsert([worker("known-older", 2)])
+    logged.said()
+
+    outcomes = await logged.store.upsert(records)
+
+    assert [(outcome, r.worker_id, r.incarnation) for outcome, r in outcomes] == [
+        (UpsertOutcome.CREATED, "new-1", 1),
+        (UpsertOutcome.UPDATED, "known", 4),
+        (UpsertOutcome.CREATED, "new-2", 1),
+        (UpsertOutcome.STALE, "known-older", 2),
+    ]
+    assert logged.said() == [
+        "INSERT INTO hodei_workers",  # all four tried; the two it holds are left as they are
+        "BEGIN;",
+        "SELECT worker_id, worker_type,",  # ... FOR UPDATE, in worker id order
+        "UPDATE hodei_workers AS",
+        "COMMIT;",
+    ]
+    assert (await logged.store.get("known")).incarnation == 4  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("shape", ["twice in one group", "bound to a job"])
+async def test_a_group_that_names_a_worker_twice_or_binds_a_job_goes_straight_to_the_locked_transaction(
+    logged: Logged, shape: str
+) -> None:
+    if shape == "twice in one group":
+        records = [worker("a", 1), worker("a", 2)]
+    else:
+        bound = Assignment(
+            assignment_id="as-1",
+            job_id="job-1",
+            worker_id="a",
+            incarnation=1,
+            lease_ttl=30.0,
+            bound_at=MOMENT,
+        )
+        records = [replace(worker("a"), status=WorkerStatus.BUSY, assignment=bound)]
+
+    outcomes = await logged.store.upsert(records)
+
+    assert outcomes[0][0] is UpsertOutcome.CREATED
+    said = logged.said()
+    assert said[:2] == ["BEGIN;", "SELECT worker_id, worker_type,"] and said[-1] == "COMMIT;"
+    assert said.count("INSERT INTO hodei_workers") == 1
