@@ -1,5 +1,6 @@
 """What one group of registrations asks of PostgreSQL: new workers in one statement (one round trip, one commit);
-workers it already holds merged under row locks in one transaction; a released connection is not reset."""
+a group that meets workers it already holds merged under row locks in one transaction (one commit either way); a
+released connection is not reset."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from hodei.domain import Assignment, UpsertOutcome, WorkerRecord, WorkerStatus
+from hodei.ports import WorkerFilter
 from hodei.stores import PostgresRegistryStore
 from hodei.stores._postgres_statistics import _OUTGROWN
 from tests.helpers import MOMENT, stored_worker
@@ -42,7 +44,6 @@ async def logged(postgres_dsn: str) -> AsyncIterator[Logged]:
     found = Logged(store)
     async with store._pool.acquire() as db:
         db.add_query_logger(found.heard)
-    await store.upsert([worker("warm")])  # the statements are prepared once per connection
     await store.upsert([worker("warm")])
     found.said()
     yield found
@@ -58,14 +59,13 @@ async def test_a_group_of_new_workers_is_one_statement_and_its_connection_is_not
     assert await logged.store.count() == 51
 
 
-async def test_workers_it_already_holds_are_merged_under_row_locks_after_the_new_are_inserted(
+async def test_a_group_that_meets_a_stored_worker_writes_nothing_first_and_is_merged_under_row_locks(
     logged: Logged,
 ) -> None:
     await logged.store.upsert([worker("known", 3)])
-    logged.said()
-    records = [worker("new-1"), worker("known", 4), worker("new-2"), worker("known-older", 1)]
     await logged.store.upsert([worker("known-older", 2)])
     logged.said()
+    records = [worker("new-1"), worker("known", 4), worker("new-2"), worker("known-older", 1)]
 
     outcomes = await logged.store.upsert(records)
 
@@ -76,13 +76,35 @@ async def test_workers_it_already_holds_are_merged_under_row_locks_after_the_new
         (UpsertOutcome.STALE, "known-older", 2),
     ]
     assert logged.said() == [
-        "INSERT INTO hodei_workers",  # all four tried; the two it holds are left as they are
+        "INSERT INTO hodei_workers",  # refused whole: two of them are stored
         "BEGIN;",
         "SELECT worker_id, worker_type,",  # ... FOR UPDATE, in worker id order
+        "INSERT INTO hodei_workers",
         "UPDATE hodei_workers AS",
         "COMMIT;",
     ]
-    assert (await logged.store.get("known")).incarnation == 4  # type: ignore[union-attr]
+    stored = {r.worker_id: r.incarnation for r in await logged.store.list(WorkerFilter())}
+    assert stored == {"known": 4, "known-older": 2, "new-1": 1, "new-2": 1, "warm": 1}
+
+
+async def test_after_a_group_met_stored_workers_the_next_go_to_the_lock_until_one_finds_none_stored(
+    logged: Logged,
+) -> None:
+    await logged.store.upsert([worker("known")])
+    await logged.store.upsert([worker("known"), worker("a")])  # re-registers one: merged under locks
+    logged.said()
+    assert await logged.store.upsert([worker("b"), worker("c")]) == [
+        (UpsertOutcome.CREATED, worker("b")),
+        (UpsertOutcome.CREATED, worker("c")),
+    ]
+    assert logged.said() == [
+        "BEGIN;",
+        "SELECT worker_id, worker_type,",
+        "INSERT INTO hodei_workers",
+        "COMMIT;",
+    ]
+    assert await logged.store.upsert([worker("d")]) == [(UpsertOutcome.CREATED, worker("d"))]
+    assert logged.said() == ["INSERT INTO hodei_workers"]  # the last found none stored: one statement again
 
 
 @pytest.mark.parametrize("shape", ["twice in one group", "bound to a job"])

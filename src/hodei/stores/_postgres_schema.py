@@ -16,6 +16,7 @@ from hodei.stores._rows import COLUMNS, from_row, to_row
 __all__ = [
     "CHANGE",
     "INSERT",
+    "INSERT_NEW",
     "MIGRATIONS",
     "MIGRATION_LOCK",
     "SCHEMA_VERSION",
@@ -117,10 +118,11 @@ _VALUES = ", ".join("u.labels::jsonb" if c == "labels" else f"u.{c}" for c in CO
 _SEEN = "CASE WHEN u.lease_ttl IS NULL THEN NULL ELSE now() END"
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM hodei_workers"
 VIEW = f"SELECT {', '.join(COLUMNS)}, stream_at FROM hodei_workers"  # what reads for callers also show
-INSERT = (
-    f"INSERT INTO hodei_workers ({', '.join(COLUMNS)}, last_seen) SELECT {_VALUES}, {_SEEN} FROM {_UNNEST} "
-    "ON CONFLICT (worker_id) DO NOTHING RETURNING worker_id"
+# New workers only: all of them or, if the table holds any of them already, none (a unique violation).
+INSERT_NEW = (
+    f"INSERT INTO hodei_workers ({', '.join(COLUMNS)}, last_seen) SELECT {_VALUES}, {_SEEN} FROM {_UNNEST}"
 )
+INSERT = f"{INSERT_NEW} ON CONFLICT (worker_id) DO NOTHING RETURNING worker_id"
 _SET = ", ".join(f"{c} = u.{c}::jsonb" if c == "labels" else f"{c} = u.{c}" for c in COLUMNS[1:])
 # A registration is news of its worker (last_seen moves); a status change made by the scheduler is not.
 UPDATE = (
