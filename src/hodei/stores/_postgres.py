@@ -1,17 +1,16 @@
 """A :class:`~hodei.ports.RegistryStore` in PostgreSQL (asyncpg), shared by several scheduler replicas.
 
 Every call is one transaction; registrations that arrive while one commits are group committed
-(:class:`~hodei.stores._group.GroupCommit`; under load a group gathers registrations for up to
-:data:`GATHER` seconds, or until as many have come as the last commit answered). A group of new workers, each
-once and bound to no job, is one ``INSERT`` of them all (a unique violation if any is stored: then it writes
-nothing). Any other group of registrations locks the rows it touches (``SELECT … FOR UPDATE``, in worker-id order so that two replicas cannot deadlock
-on one batch), merges each registration with :func:`hodei.domain.merge_registration`, and writes creations with one
-``INSERT … ON CONFLICT DO NOTHING`` and updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a
-row another replica created meanwhile rolls the transaction back and runs it again, so the incarnation fence
-holds across replicas. The store also shares the agents' leases between replicas
-(:class:`~hodei.ports.SharedLeases`), :class:`PostgresLeadership` elects the one replica that expires leases,
-with a session advisory lock, and :class:`PostgresEventRelay` passes events and commands between replicas with
-LISTEN/NOTIFY.
+(:class:`~hodei.stores._group.GroupCommit`; under load a group gathers registrations for up to :data:`GATHER` seconds,
+or until as many have come as the last commit answered). A group of new workers, each once and bound to no job, is one
+``INSERT`` of them all (a unique violation if any is stored: then it writes nothing). Any other group of registrations
+locks the rows it touches (``SELECT … FOR UPDATE``, in worker-id order so that two replicas cannot deadlock on one
+batch), merges each registration with :func:`hodei.domain.merge_registration`, and writes creations with one ``INSERT
+… ON CONFLICT DO NOTHING`` and updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another
+replica created meanwhile rolls the transaction back and runs it again, so the incarnation fence holds across
+replicas. The store also shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`),
+:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock, and
+:class:`PostgresEventRelay` passes events and commands between replicas with LISTEN/NOTIFY.
 
 The store is also :class:`~hodei.ports.BoundJobs`: a unique index on ``job_id`` keeps at most one worker per
 job. A write that would bind a second raises :class:`~hodei.errors.JobAlreadyBound` and writes nothing (for
@@ -82,12 +81,12 @@ T = TypeVar("T")
 GATHER = 0.010
 """Seconds a group of registrations may wait for more when they came in while one committed. A transaction costs the
 scheduler's event loop about a tenth (one statement, for new workers) to half a millisecond (the locked merge)
-whatever its size (asyncpg's round trips), so under load fewer, larger groups go further. A group waits for the registrations waiting and as many again as the last commit
-answered (``gather_as_last``, at most :data:`GATHER_RECORDS`), so that a few callers are not held this long.
-Measured here with 500 registrations in flight (``hodei bench``, three pairs against a wait of up to 5 ms or 64
-records): 0.708 to 0.808 of raw gRPC calls against 0.618 to 0.742, batches 25.5k to 31.2k/s against 22.2k to
-28.0k; with 2 and 8 in flight, 534 to 681 and 1,206 to 1,681 registrations/s against 268 to 312 and 680 to 769.
-The first registration on an idle store does not wait."""
+whatever its size (asyncpg's round trips), so under load fewer, larger groups go further. A group waits for the
+registrations waiting and as many again as the last commit answered (``gather_as_last``, at most
+:data:`GATHER_RECORDS`), so that a few callers are not held this long. Measured here with 500 registrations in flight
+(``hodei bench``, three pairs against a wait of up to 5 ms or 64 records): 0.708 to 0.808 of raw gRPC calls against
+0.618 to 0.742, batches 25.5k to 31.2k/s against 22.2k to 28.0k; with 2 and 8 in flight, 534 to 681 and 1,206 to 1,681
+registrations/s against 268 to 312 and 680 to 769. The first registration on an idle store does not wait."""
 
 GATHER_RECORDS = 256
 """Registrations that end a group's wait, however many the last commit answered."""
