@@ -4,6 +4,7 @@ released connection is not reset."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -130,3 +131,24 @@ async def test_a_group_that_names_a_worker_twice_or_binds_a_job_goes_straight_to
     said = logged.said()
     assert said[:2] == ["BEGIN;", "SELECT worker_id, worker_type,"] and said[-1] == "COMMIT;"
     assert said.count("INSERT INTO hodei_workers") == 1
+
+
+async def test_two_replicas_inserting_the_same_new_workers_at_once_create_each_exactly_once(
+    postgres_dsn: str,
+) -> None:
+    one = await PostgresRegistryStore.open(postgres_dsn, min_size=1, max_size=1)
+    two = await PostgresRegistryStore.open(postgres_dsn, min_size=1, max_size=1)
+    try:
+        for round_ in range(10):
+            ids = [f"r{round_}-{n:02d}" for n in range(40)]
+            first, second = await asyncio.gather(
+                one.upsert([worker(i) for i in ids[:30]]),
+                two.upsert([worker(i) for i in reversed(ids[10:])]),  # 20 of them in both, in the other order
+            )
+            created = [r.worker_id for o, r in [*first, *second] if o is UpsertOutcome.CREATED]
+            assert sorted(created) == ids  # each once, by whichever replica's statement came first
+            assert {o for o, _ in [*first, *second]} <= {UpsertOutcome.CREATED, UpsertOutcome.UPDATED}
+        assert await one.count() == 400
+    finally:
+        await one.close()
+        await two.close()

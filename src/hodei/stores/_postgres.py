@@ -1,16 +1,17 @@
 """A :class:`~hodei.ports.RegistryStore` in PostgreSQL (asyncpg), shared by several scheduler replicas.
 
-Every call is one transaction; registrations that arrive while one commits are group committed
+Every call commits one transaction; registrations that arrive while one commits are group committed
 (:class:`~hodei.stores._group.GroupCommit`; under load a group gathers registrations for up to :data:`GATHER` seconds,
 or until as many have come as the last commit answered). A group of new workers, each once and bound to no job, is one
-``INSERT`` of them all (a unique violation if any is stored: then it writes nothing). Any other group of registrations
-locks the rows it touches (``SELECT … FOR UPDATE``, in worker-id order so that two replicas cannot deadlock on one
-batch), merges each registration with :func:`hodei.domain.merge_registration`, and writes creations with one ``INSERT
-… ON CONFLICT DO NOTHING`` and updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another
-replica created meanwhile rolls the transaction back and runs it again, so the incarnation fence holds across
-replicas. The store also shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`),
-:class:`PostgresLeadership` elects the one replica that expires leases, with a session advisory lock, and
-:class:`PostgresEventRelay` passes events and commands between replicas with LISTEN/NOTIFY.
+``INSERT`` of them all (a unique violation if any is stored: then it writes nothing, and this group and the next ones
+go the locked way, until one finds none of its workers stored). Any other group of registrations locks the rows it
+touches (``SELECT … FOR UPDATE``, in worker-id order so that two replicas cannot deadlock on one batch), merges each
+registration with :func:`hodei.domain.merge_registration`, and writes creations with one ``INSERT … ON CONFLICT DO
+NOTHING`` and updates with one ``UPDATE … FROM unnest(…)``. A creation that meets a row another replica created
+meanwhile rolls the transaction back and runs it again, so the incarnation fence holds across replicas. The store also
+shares the agents' leases between replicas (:class:`~hodei.ports.SharedLeases`), :class:`PostgresLeadership` elects
+the one replica that expires leases, with a session advisory lock, and :class:`PostgresEventRelay` passes events and
+commands between replicas with LISTEN/NOTIFY.
 
 The store is also :class:`~hodei.ports.BoundJobs`: a unique index on ``job_id`` keeps at most one worker per
 job. A write that would bind a second raises :class:`~hodei.errors.JobAlreadyBound` and writes nothing (for
@@ -96,6 +97,9 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """The store's pooled connections keep no session state (no LISTEN, session lock, setting or cursor: the
     leadership and the relay have connections of their own), so one released needs no reset query: a round trip
     less per call. The pool still rolls back a transaction left open."""
+
+
+_WORKER_KEY = "hodei_workers_pkey"  # the primary key's index, which PostgreSQL names after the table
 
 
 def _worker_id(record: WorkerRecord) -> str:
@@ -190,8 +194,10 @@ class PostgresRegistryStore:
         async def insert_new(db: Db) -> bool:
             try:
                 await db.execute(INSERT_NEW, rows)
-            except asyncpg.UniqueViolationError:  # one of them is stored (the only unique index it can meet)
-                return False
+            except asyncpg.UniqueViolationError as error:
+                if error.constraint_name != _WORKER_KEY:
+                    raise
+                return False  # one of them is stored: the statement wrote nothing
             return True
 
         if not await self._retrying(insert_new, transaction=False):
