@@ -1,6 +1,6 @@
 """What one group of registrations asks of PostgreSQL: new workers in one statement (one round trip, one commit);
 a group that meets workers it already holds merged under row locks in one transaction (one commit either way); a
-released connection is not reset."""
+released connection is not reset; a replica frozen inside a transaction does not hold its rows for ever."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 from hodei.domain import Assignment, UpsertOutcome, WorkerRecord, WorkerStatus
 from hodei.ports import WorkerFilter
 from hodei.stores import PostgresRegistryStore
+from hodei.stores import _postgres as postgres_store
 from hodei.stores._postgres_statistics import _OUTGROWN
-from tests.helpers import MOMENT, stored_worker
+from tests.helpers import MOMENT, stored_worker, wait_for
 
 
 def worker(worker_id: str, incarnation: int = 1) -> WorkerRecord:
@@ -152,3 +153,40 @@ async def test_two_replicas_inserting_the_same_new_workers_at_once_create_each_e
     finally:
         await one.close()
         await two.close()
+
+
+async def test_the_stores_sessions_end_a_transaction_left_idle_after_a_minute(postgres_dsn: str) -> None:
+    store = await PostgresRegistryStore.open(postgres_dsn, min_size=1, max_size=1)
+    try:
+        async with store._pool.acquire() as db:
+            assert await db.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+    finally:
+        await store.close()
+
+
+async def test_a_replica_frozen_inside_a_transaction_lets_go_of_its_rows_after_the_idle_timeout(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_store, "IDLE_IN_TRANSACTION", 0.5)
+    frozen = await PostgresRegistryStore.open(postgres_dsn, min_size=1, max_size=2)
+    other = await PostgresRegistryStore.open(postgres_dsn, min_size=1, max_size=1)
+    try:
+        await other.upsert([worker("w", 1)])
+        db = await frozen._pool.acquire()
+        pid = db.get_server_pid()
+        # A group stopped between its row locks and its write: the transaction stays open, idle.
+        await db.execute("BEGIN")
+        await db.execute("SELECT worker_id FROM hodei_workers WHERE worker_id = 'w' FOR UPDATE")
+        # The other replica's registration of that worker waits for the lock until PostgreSQL ends the frozen
+        # session, then goes on.
+        [(outcome, stored)] = await asyncio.wait_for(other.upsert([worker("w", 2)]), 30)
+        assert (outcome, stored.incarnation) == (UpsertOutcome.UPDATED, 2)
+
+        async def ended() -> bool:
+            return not await other._read("SELECT 1 FROM pg_stat_activity WHERE pid = $1", pid)
+
+        await wait_for(ended, timeout=10)
+    finally:
+        frozen._pool.terminate()  # its one session was ended under it
+        await frozen.close()
+        await other.close()

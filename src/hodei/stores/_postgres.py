@@ -89,6 +89,12 @@ registrations waiting and as many again as the last commit answered (``gather_as
 0.618 to 0.742, batches 25.5k to 31.2k/s against 22.2k to 28.0k; with 2 and 8 in flight, 534 to 681 and 1,206 to 1,681
 registrations/s against 268 to 312 and 680 to 769. The first registration on an idle store does not wait."""
 
+IDLE_IN_TRANSACTION = 60.0
+"""Seconds PostgreSQL lets one of the store's connections sit idle inside a transaction before it ends the session
+(``idle_in_transaction_session_timeout``): a replica frozen in the middle of a group (stopped, or cut off) then
+lets go of the rows it locked, and the other replicas' registrations of those workers go on. The store's own
+transactions are a few statements, milliseconds apart."""
+
 GATHER_RECORDS = 256
 """Registrations that end a group's wait, however many the last commit answered."""
 
@@ -126,7 +132,13 @@ class PostgresRegistryStore:
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresRegistryStore:
         hint = dsn_hint(dsn)
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                reset=_keep_session,
+                server_settings={"idle_in_transaction_session_timeout": f"{IDLE_IN_TRANSACTION * 1000:.0f}"},
+            )
         except UNREACHABLE as error:
             raise StoreUnavailable(f"the registry database {hint} is unreachable: {error}") from error
         except asyncpg.PostgresError as error:  # no such database or user, a wrong password, too many clients
