@@ -32,6 +32,7 @@ from hodei.stores._memory import MemoryRegistryStore
 from hodei.stores._sqlite import SqliteRegistryStore
 from hodei.stores._sqlite_schema import SELECT, as_row, configure, migrate
 from hodei.stores._sqlite_writer import READY, WriterProcess, main, register_rows, serve
+from hodei.testing import FakeClock
 from tests.helpers import MOMENT, stored_worker, wait_until
 
 LENGTH = struct.Struct("<I")
@@ -211,6 +212,13 @@ def gone(pid: int) -> bool:
         return True
 
 
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteRegistryStore]:
+    opened = await SqliteRegistryStore.open(tmp_path / "registry.db")
+    yield opened
+    await opened.close()
+
+
 @dataclass
 class Held:
     """A store whose writes wait for the file's lock (30 s), and another connection to the file that holds it."""
@@ -303,20 +311,12 @@ async def test_a_writer_that_does_not_say_it_started_in_time_is_killed(
     assert not psutil.pid_exists(hung.pid)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_writer_that_cannot_start_is_tried_again_only_after_a_delay_that_doubles(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_writer, "COMMAND", "raise SystemExit(3)")
     monkeypatch.setattr(sqlite_writer, "RESTART_DELAYS", (1.0, 3.0))
-    clock = Clock()
+    clock = FakeClock()
     writer = WriterProcess(tmp_path / "registry.db", synchronous="FULL", busy_timeout_ms=100, clock=clock)
     failed = "the registry store's writer did not start \\(exit code 3\\)"
 
@@ -359,7 +359,7 @@ async def test_a_writer_that_dies_before_its_first_answer_is_started_again_only_
 ) -> None:
     answers = sqlite_writer.COMMAND
     monkeypatch.setattr(sqlite_writer, "RESTART_DELAYS", (1.0, 3.0))
-    clock = Clock()
+    clock = FakeClock()
     writer = WriterProcess(tmp_path / "registry.db", synchronous="FULL", busy_timeout_ms=100, clock=clock)
     stopped = "the registry store's writer stopped (exit code 4)"
     # Twice: a writer that answered once resets the delay, so the second round waits 1 s again, not 2.
@@ -371,7 +371,7 @@ async def test_a_writer_that_dies_before_its_first_answer_is_started_again_only_
                 await writer.register([worker(f"w-{attempt}")])
             told.append(error.value.message)
         assert told == [stopped, f"{stopped}; the next start is tried in 1.0 s"]
-        clock.now += 1.0
+        clock.advance(1.0)
         monkeypatch.setattr(sqlite_writer, "COMMAND", answers)
         assert await writer.register([worker(f"w-{attempt}")]) == [
             (UpsertOutcome.CREATED, worker(f"w-{attempt}"))
@@ -381,17 +381,15 @@ async def test_a_writer_that_dies_before_its_first_answer_is_started_again_only_
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-async def test_the_writer_outlives_an_interrupt_and_a_terminate(tmp_path: Path, sig: signal.Signals) -> None:
-    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
-    try:
-        await store.upsert([worker("a")])  # the writer is up, its handlers set
-        pid = store.writer_pid
-        assert pid is not None
-        os.kill(pid, sig)
-        assert await store.upsert([worker("b")]) == [(UpsertOutcome.CREATED, worker("b"))]
-        assert store.writer_pid == pid
-    finally:
-        await store.close()
+async def test_the_writer_outlives_an_interrupt_and_a_terminate(
+    store: SqliteRegistryStore, sig: signal.Signals
+) -> None:
+    await store.upsert([worker("a")])  # the writer is up, its handlers set
+    pid = store.writer_pid
+    assert pid is not None
+    os.kill(pid, sig)
+    assert await store.upsert([worker("b")]) == [(UpsertOutcome.CREATED, worker("b"))]
+    assert store.writer_pid == pid
 
 
 async def test_a_writer_killed_in_a_group_fails_that_group_and_the_next_group_starts_another(
@@ -411,17 +409,13 @@ async def test_a_writer_killed_in_a_group_fails_that_group_and_the_next_group_st
     assert [r.worker_id for r in await store.list(WorkerFilter())] == ["after", "before"]
 
 
-async def test_a_writer_that_died_idle_is_replaced_before_the_next_group(tmp_path: Path) -> None:
-    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
-    try:
-        first = store.writer_pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        await wait_until(lambda: store.writer_pid is None, timeout=10)  # its exit is known
-        assert await store.upsert([worker("after")]) == [(UpsertOutcome.CREATED, worker("after"))]
-        assert store.writer_pid not in (None, first)
-    finally:
-        await store.close()
+async def test_a_writer_that_died_idle_is_replaced_before_the_next_group(store: SqliteRegistryStore) -> None:
+    first = store.writer_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    await wait_until(lambda: store.writer_pid is None, timeout=10)  # its exit is known
+    assert await store.upsert([worker("after")]) == [(UpsertOutcome.CREATED, worker("after"))]
+    assert store.writer_pid not in (None, first)
 
 
 async def test_closing_the_store_lets_the_group_its_writer_holds_commit(held: Held) -> None:
@@ -490,18 +484,14 @@ async def test_a_group_cancelled_while_it_waits_for_its_answer_ends_that_writer_
         await store.close()
 
 
-async def test_the_writers_answers_reach_the_caller_as_the_stores_errors(tmp_path: Path) -> None:
-    store = await SqliteRegistryStore.open(tmp_path / "registry.db")
-    try:
-        await store.upsert([bound("holder", "job-1")])
-        with pytest.raises(JobAlreadyBound) as refused:
-            await store.upsert([bound("second", "job-1")])
-        assert refused.value.job_id == "job-1"
-        with pytest.raises(StoreRefusedData, match=r"cannot hold this data \(OverflowError\)"):
-            await store.upsert([worker("big", 2**63)])
-        assert await store.count() == 1
-    finally:
-        await store.close()
+async def test_the_writers_answers_reach_the_caller_as_the_stores_errors(store: SqliteRegistryStore) -> None:
+    await store.upsert([bound("holder", "job-1")])
+    with pytest.raises(JobAlreadyBound) as refused:
+        await store.upsert([bound("second", "job-1")])
+    assert refused.value.job_id == "job-1"
+    with pytest.raises(StoreRefusedData, match=r"cannot hold this data \(OverflowError\)"):
+        await store.upsert([worker("big", 2**63)])
+    assert await store.count() == 1
 
 
 def test_a_writer_whose_scheduler_was_killed_exits(tmp_path: Path) -> None:

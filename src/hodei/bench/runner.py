@@ -25,6 +25,7 @@ from hodei.bench.processes import ProcessProbe, ServerProcess, free_port, scrape
 from hodei.bench.report import ScenarioResult, Target
 from hodei.bench.security import PLAIN, PLAINTEXT, BenchSecurity, PreparedSecurity
 from hodei.bench.stores import STORES, registry_store
+from hodei.domain import UpsertOutcome
 from hodei.transport._client import SchedulerPortClient
 
 __all__ = ["POOL_SCENARIOS", "SCENARIOS", "STORES", "Scale", "run_benchmark"]
@@ -215,8 +216,8 @@ async def _server(
             yield server.address, ProcessProbe(server.pid, with_children=True), f"http://{metrics}/metrics"
 
 
-# What the store wrote (an invalid or refused registration never reaches it).
-_STORED = ("created", "updated", "kept", "stale")
+# What the store decided (an invalid or refused registration never reaches it).
+_STORED = frozenset(outcome.value for outcome in UpsertOutcome)
 
 
 async def _writes(metrics_url: str) -> tuple[float, float]:

@@ -137,12 +137,12 @@ class TouchedLeases:
 
 @runtime_checkable
 class CountedTransactions(Protocol):
-    """A store that counts the transactions it wrote registrations in. With group commit, registrations that
+    """A store that counts the transactions it committed registrations in. With group commit, registrations that
     arrive while one commits share the next: registrations over transactions is how many share one."""
 
     @property
     def registration_transactions(self) -> int:
-        """Transactions (or tries) that registrations were written in so far."""
+        """Transactions that committed registrations so far (not those that failed)."""
         ...
 
 

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from hodei._quoting import clip
 from hodei.domain import UpsertOutcome, WorkerRecord, merge_registrations
@@ -83,6 +83,14 @@ the first, doubled at each failure up to the last, until a writer answers. Group
 UNAVAILABLE at once, without starting a process."""
 
 COMMAND = "from hodei.stores._sqlite_writer import main; main()"
+
+
+class _Failure(NamedTuple):
+    """Why the last writer did not start, how long the store waits after it, and until when."""
+
+    said: str
+    delay: float
+    until: float
 
 
 # -- the writer's end --------------------------------------------------------------------------------------
@@ -189,7 +197,7 @@ class WriterProcess:
         self._exchange = asyncio.Lock()
         self._ended: list[asyncio.subprocess.Process] = []  # stopped, still to be reaped
         self._closed = False
-        self._failed: tuple[str, float, float] | None = None  # the last start's failure, its delay, next try
+        self._failed: _Failure | None = None  # the last start that failed, while no writer has answered since
         self._answered = False  # whether the running writer has answered a group yet
 
     @property
@@ -208,9 +216,9 @@ class WriterProcess:
         if self._process is not None:
             return
         now = self._clock()
-        if self._failed is not None and now < self._failed[2]:
-            said, _, after = self._failed
-            raise StoreUnavailable(f"{said}; the next start is tried in {max(after - now, 0.1):.1f} s")
+        if self._failed is not None and now < self._failed.until:
+            left = max(self._failed.until - now, 0.1)
+            raise StoreUnavailable(f"{self._failed.said}; the next start is tried in {left:.1f} s")
         try:
             await self._started()
         except StoreUnavailable as error:
@@ -220,8 +228,8 @@ class WriterProcess:
 
     def _not_started(self, said: str) -> None:
         """A writer did not start, or died before its first answer: the next start waits (:data:`RESTART_DELAYS`)."""
-        delay = RESTART_DELAYS[0] if self._failed is None else min(self._failed[1] * 2, RESTART_DELAYS[1])
-        self._failed = (said, delay, self._clock() + delay)
+        delay = RESTART_DELAYS[0] if self._failed is None else min(self._failed.delay * 2, RESTART_DELAYS[1])
+        self._failed = _Failure(said, delay, self._clock() + delay)
         log.warning(
             "store.writer_not_started", extra={"path": str(self._path), "error": said, "retry_in": delay}
         )
